@@ -1,0 +1,32 @@
+# The verbs a newcomer needs. Everything runs from the project's own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/unlearn run
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service workers models tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/unlearn db check
+
+bench: $(STAMP)
+	$(PY) bench/quality.py --quick
+
+clean:
+	rm -rf var .pytest_cache

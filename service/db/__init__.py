@@ -1,0 +1,1 @@
+"""Database access: tables, engine and session handling. Torch-free; shared by the API and the workers."""

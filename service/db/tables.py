@@ -1,0 +1,195 @@
+"""SQLAlchemy tables. (In this project `models/` means ML; database rows live here.)"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
+
+
+class ApiKey(Base):
+    """An API key; only its sha256 is stored. Scopes: deletion:write, jobs:read, audit:read, admin."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Dataset(Base):
+    """A registered, immutable list of samples. Sample IDs are mirrored in `dataset_samples`
+    so the API can validate deletion requests without loading the data."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(50))
+    uri: Mapped[str] = mapped_column(Text)
+    num_samples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetSample(Base):
+    __tablename__ = "dataset_samples"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_dataset_samples_position", "dataset_id", "position"),)
+
+
+class Model(Base):
+    """A deployed classifier and its unlearning policy. `lease_*` serialise jobs per model."""
+
+    __tablename__ = "models"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    architecture: Mapped[str] = mapped_column(String(100))
+    arch_kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    train_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    test_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    default_method: Mapped[str] = mapped_column(String(50))
+    default_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    latest_version: Mapped[int] = mapped_column(Integer, default=1)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_models_tenant_name"),)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    parent_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    checkpoint_uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    forgotten_count: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),)
+
+
+class ForgottenSample(Base):
+    """The cumulative forgotten set: a sample is forgotten from `version_number` on."""
+
+    __tablename__ = "forgotten_samples"
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version_number: Mapped[int] = mapped_column(Integer)
+
+
+class DeletionRequest(Base):
+    __tablename__ = "deletion_requests"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    sample_ids: Mapped[list[str]] = mapped_column(JSON)
+    sample_count: Mapped[int] = mapped_column(Integer)
+    already_forgotten_count: Mapped[int] = mapped_column(Integer, default=0)
+    requester_key_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(String(500), default=None)
+    state: Mapped[str] = mapped_column(String(20), default="received")
+    job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    model_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        Index("ix_deletion_requests_model_state", "model_id", "state"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_deletion_requests_tenant_idem"),
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    request_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    base_version: Mapped[int] = mapped_column(Integer)
+    result_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    method: Mapped[str] = mapped_column(String(50))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    phase: Mapped[str] = mapped_column(String(30), default="queued")
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    __table_args__ = (Index("ix_jobs_model_state", "model_id", "state"),)
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained per tenant: hash = sha256(prev_hash || canonical_json(event))."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    seq: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    entity_type: Mapped[str] = mapped_column(String(50))
+    entity_id: Mapped[str] = mapped_column(String(100))
+    model_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (UniqueConstraint("tenant", "seq", name="uq_audit_events_tenant_seq"),)

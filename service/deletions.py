@@ -1,0 +1,131 @@
+"""Accepting deletion requests: validate every ID against the model's training set, then record the
+request and its audit event in one transaction. Nothing is written for a rejected request."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import audit
+from service.audit import canonical_json
+from service.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
+from service.errors import PayloadTooLarge, Unprocessable
+
+PENDING_STATES = ("received", "queued")
+MAX_REPORTED_UNKNOWN = 100
+_CHUNK = 500
+
+
+def dedupe(ids: Iterable[str]) -> list[str]:
+    """Distinct IDs in first-seen order."""
+    return list(dict.fromkeys(ids))
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def unknown_ids(session: Session, dataset_id: str, ids: Sequence[str]) -> list[str]:
+    """IDs that are not in the dataset, in request order."""
+    known: set[str] = set()
+    for chunk in _chunks(ids):
+        known.update(
+            session.scalars(
+                select(DatasetSample.sample_id).where(
+                    DatasetSample.dataset_id == dataset_id, DatasetSample.sample_id.in_(chunk)
+                )
+            )
+        )
+    return [i for i in ids if i not in known]
+
+
+def forgotten_ids(session: Session, model_id: str, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(
+            session.scalars(
+                select(ForgottenSample.sample_id).where(
+                    ForgottenSample.model_id == model_id, ForgottenSample.sample_id.in_(chunk)
+                )
+            )
+        )
+    return found
+
+
+def body_digest(ids: Sequence[str], reference: str | None) -> str:
+    return hashlib.sha256(canonical_json({"sample_ids": sorted(ids), "reference": reference}).encode()).hexdigest()
+
+
+def submit(
+    session: Session,
+    *,
+    model: Model,
+    key: ApiKey,
+    sample_ids: Sequence[str],
+    reference: str | None,
+    max_ids: int,
+    idempotency_key: str | None = None,
+) -> DeletionRequest:
+    """Validate and record a request (state `received`) with its audit event; the caller commits."""
+    ids = dedupe(sample_ids)
+    if len(ids) > max_ids:
+        raise PayloadTooLarge(f"{len(ids)} distinct sample IDs; at most {max_ids} per request", limit=max_ids)
+    unknown = unknown_ids(session, model.train_dataset_id, ids)
+    if unknown:
+        raise Unprocessable(
+            f"{len(unknown)} sample ID(s) are not in the training set of model {model.name!r}",
+            unknown_ids=unknown[:MAX_REPORTED_UNKNOWN],
+            unknown_count=len(unknown),
+        )
+    already = forgotten_ids(session, model.id, ids)
+    req = DeletionRequest(
+        tenant=model.tenant,
+        model_id=model.id,
+        sample_ids=ids,
+        sample_count=len(ids),
+        already_forgotten_count=len(already),
+        requester_key_id=key.id,
+        idempotency_key=idempotency_key,
+        body_sha256=body_digest(ids, reference),
+        reference=reference,
+        state="received",
+    )
+    session.add(req)
+    session.flush()
+    audit.record(
+        session,
+        tenant=model.tenant,
+        actor=f"key:{key.prefix}",
+        action="deletion_request.received",
+        entity_type="deletion_request",
+        entity_id=req.id,
+        model_id=model.id,
+        data={
+            "model": model.name,
+            "sample_count": len(ids),
+            "sample_ids_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
+            "already_forgotten_count": len(already),
+            "reference": reference,
+        },
+    )
+    return req
+
+
+def mark_queued(session: Session, req: DeletionRequest, actor: str) -> None:
+    """Record that a worker has been asked to process the request (only if nothing has claimed it yet)."""
+    if req.state != "received":
+        return
+    req.state = "queued"
+    audit.record(
+        session,
+        tenant=req.tenant,
+        actor=actor,
+        action="deletion_request.queued",
+        entity_type="deletion_request",
+        entity_id=req.id,
+        model_id=req.model_id,
+    )

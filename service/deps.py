@@ -1,0 +1,69 @@
+"""FastAPI dependencies: the per-request session, settings, the task sender and the caller's key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.db.tables import ApiKey
+from service.errors import Forbidden, Unauthorized
+from service.keys import find_key
+from service.settings import Settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request. Routes that write commit explicitly (before they enqueue anything);
+    whatever is left uncommitted when the request ends is rolled back."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer ul_...`")
+
+
+def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
+    """A dependency that admits keys holding any of `scopes` (or `admin`, which implies every scope)."""
+
+    def dependency(
+        session: SessionDep,
+        creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> ApiKey:
+        if creds is None or not creds.credentials:
+            raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
+        key = find_key(session, creds.credentials)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key")
+        if "admin" not in key.scopes and not set(scopes) & set(key.scopes):
+            wanted = " or ".join(repr(s) for s in scopes)
+            raise Forbidden(f"this API key lacks the scope {wanted}", required_scopes=list(scopes))
+        return key
+
+    return dependency
+
+
+DeletionWriter = Annotated[ApiKey, Depends(require_scope("deletion:write"))]
+JobsReader = Annotated[ApiKey, Depends(require_scope("jobs:read"))]
+AuditReader = Annotated[ApiKey, Depends(require_scope("audit:read"))]
+RequestReader = Annotated[ApiKey, Depends(require_scope("deletion:write", "jobs:read", "audit:read"))]
+Admin = Annotated[ApiKey, Depends(require_scope("admin"))]

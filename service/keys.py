@@ -1,0 +1,49 @@
+"""API keys: generated once, shown once, stored as sha256 only."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.tables import ApiKey, utcnow
+
+SCOPES = ("deletion:write", "jobs:read", "audit:read", "admin")
+
+
+def hash_key(plaintext: str) -> str:
+    # Keys carry 256 bits of randomness, so a plain (unsalted) sha256 is enough and allows indexed lookup.
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def create_key(
+    session: Session, *, tenant: str, scopes: Iterable[str], name: str = ""
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext (never stored)."""
+    scopes = sorted(set(scopes))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+    prefix = secrets.token_hex(4)
+    plaintext = f"ul_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(tenant=tenant, name=name, prefix=prefix, key_hash=hash_key(plaintext), scopes=scopes)
+    session.add(key)
+    session.flush()
+    return key, plaintext
+
+
+def find_key(session: Session, plaintext: str) -> ApiKey | None:
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    if key is None or key.revoked_at is not None:
+        return None
+    return key
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    key = session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key

@@ -1,0 +1,34 @@
+"""Tenant-scoped lookups: an object of another tenant is indistinguishable from a missing one (404)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.tables import DeletionRequest, Job, Model
+from service.errors import NotFound
+
+
+def get_model(session: Session, tenant: str, name: str) -> Model:
+    model = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
+    if model is None:
+        raise NotFound(f"model {name!r} not found")
+    return model
+
+
+def get_request(session: Session, tenant: str, request_id: str) -> DeletionRequest:
+    req = session.get(DeletionRequest, request_id)
+    if req is None or req.tenant != tenant:
+        raise NotFound(f"deletion request {request_id!r} not found")
+    return req
+
+
+def get_job(session: Session, tenant: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant != tenant:
+        raise NotFound(f"job {job_id!r} not found")
+    return job
+
+
+def version_label(number: int | None) -> str | None:
+    return None if number is None else f"v{number}"

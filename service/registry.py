@@ -1,0 +1,118 @@
+"""Registering datasets and models in the database (no torch here: callers pass what they measured)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from service import audit
+from service.db.tables import Dataset, DatasetSample, Model, ModelVersion
+
+_BATCH = 5000
+
+
+def register_dataset(
+    session: Session,
+    *,
+    tenant: str,
+    name: str,
+    kind: str,
+    uri: str,
+    sample_ids: Sequence[str],
+    labels: Sequence[int],
+    actor: str,
+) -> Dataset:
+    """Record a dataset and mirror its sample IDs, so requests can be validated without the data."""
+    if len(sample_ids) != len(labels):
+        raise ValueError("sample_ids and labels differ in length")
+    if len(set(sample_ids)) != len(sample_ids):
+        raise ValueError("sample IDs must be unique within a dataset")
+    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids))
+    session.add(ds)
+    session.flush()
+    rows = [
+        {"dataset_id": ds.id, "sample_id": sid, "position": i, "label": int(lab)}
+        for i, (sid, lab) in enumerate(zip(sample_ids, labels, strict=True))
+    ]
+    for i in range(0, len(rows), _BATCH):
+        session.execute(insert(DatasetSample), rows[i : i + _BATCH])
+    audit.record(
+        session,
+        tenant=tenant,
+        actor=actor,
+        action="dataset.registered",
+        entity_type="dataset",
+        entity_id=ds.id,
+        data={"name": name, "kind": kind, "uri": uri, "num_samples": len(sample_ids)},
+    )
+    return ds
+
+
+def register_model(
+    session: Session,
+    *,
+    tenant: str,
+    name: str,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    num_classes: int,
+    train: Dataset,
+    test: Dataset,
+    checkpoint_uri: str,
+    checkpoint_sha256: str,
+    default_method: str,
+    default_params: dict[str, Any],
+    train_recipe: dict[str, Any],
+    gates: dict[str, Any],
+    metrics: dict[str, Any],
+    actor: str,
+) -> Model:
+    """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
+    model = Model(
+        tenant=tenant,
+        name=name,
+        architecture=architecture,
+        arch_kwargs=arch_kwargs,
+        num_classes=num_classes,
+        train_dataset_id=train.id,
+        test_dataset_id=test.id,
+        default_method=default_method,
+        default_params=default_params,
+        train_recipe=train_recipe,
+        gates=gates,
+        latest_version=1,
+    )
+    session.add(model)
+    session.flush()
+    session.add(
+        ModelVersion(
+            model_id=model.id,
+            number=1,
+            parent_number=None,
+            checkpoint_uri=checkpoint_uri,
+            sha256=checkpoint_sha256,
+            forgotten_count=0,
+            metrics=metrics,
+        )
+    )
+    audit.record(
+        session,
+        tenant=tenant,
+        actor=actor,
+        action="model.registered",
+        entity_type="model",
+        entity_id=model.id,
+        model_id=model.id,
+        data={
+            "name": name,
+            "architecture": architecture,
+            "version": "v1",
+            "checkpoint_sha256": checkpoint_sha256,
+            "train_dataset": train.id,
+            "test_dataset": test.id,
+        },
+    )
+    return model

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["running", "completed", "failed", "cancelled"]
+
+
+class JobOut(BaseModel):
+    id: str
+    model: str
+    state: JobState
+    phase: str = Field(description="load, unlearn, evaluate, publish, done")
+    progress: float = Field(ge=0, le=1)
+    method: str
+    params: dict[str, Any]
+    request_ids: list[str]
+    base_version: str
+    result_version: str | None
+    attempts: int
+    heartbeat_at: datetime | None
+    heartbeat_age_s: float | None
+    metrics: dict[str, Any] = Field(description="`base` and `result` metrics (fractions, with counts).")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

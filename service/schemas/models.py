@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class VersionOut(BaseModel):
+    version: str
+    number: int
+    parent: str | None
+    checkpoint_sha256: str
+    forgotten_count: int = Field(description="Samples forgotten so far (cumulative).")
+    metrics: dict[str, Any]
+    job_id: str | None
+    created_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    num_classes: int
+    latest_version: str
+    default_method: str
+    default_params: dict[str, Any]
+    gates: dict[str, Any]
+    train_samples: int
+    test_samples: int
+    pending_requests: int
+    created_at: datetime

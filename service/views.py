@@ -1,0 +1,104 @@
+"""ORM rows -> response schemas (one place, so routes stay thin)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.tables import Dataset, DeletionRequest, Job, Model, ModelVersion
+from service.deletions import PENDING_STATES
+from service.lookups import version_label
+from service.schemas.deletion import DeletionRequestOut
+from service.schemas.jobs import JobOut
+from service.schemas.models import ModelOut, VersionOut
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every timestamp we store is UTC."""
+    if ts is None or ts.tzinfo is not None:
+        return ts
+    return ts.replace(tzinfo=UTC)
+
+
+def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
+    return DeletionRequestOut(
+        id=req.id,
+        model=model_name,
+        state=req.state,  # type: ignore[arg-type]
+        sample_count=req.sample_count,
+        already_forgotten_count=req.already_forgotten_count,
+        reference=req.reference,
+        job_id=req.job_id,
+        model_version=version_label(req.model_version),
+        error=req.error,
+        created_at=_aware(req.created_at),  # type: ignore[arg-type]
+        updated_at=_aware(req.updated_at),  # type: ignore[arg-type]
+        completed_at=_aware(req.completed_at),
+    )
+
+
+def job_out(job: Job, model_name: str) -> JobOut:
+    heartbeat = _aware(job.heartbeat_at)
+    age = (datetime.now(UTC) - heartbeat).total_seconds() if heartbeat else None
+    return JobOut(
+        id=job.id,
+        model=model_name,
+        state=job.state,  # type: ignore[arg-type]
+        phase=job.phase,
+        progress=min(max(job.progress, 0.0), 1.0),
+        method=job.method,
+        params=job.params,
+        request_ids=job.request_ids,
+        base_version=version_label(job.base_version) or "",
+        result_version=version_label(job.result_version),
+        attempts=job.attempts,
+        heartbeat_at=heartbeat,
+        heartbeat_age_s=age,
+        metrics=job.metrics,
+        error=job.error,
+        created_at=_aware(job.created_at),  # type: ignore[arg-type]
+        started_at=_aware(job.started_at),
+        finished_at=_aware(job.finished_at),
+    )
+
+
+def version_out(v: ModelVersion) -> VersionOut:
+    return VersionOut(
+        version=f"v{v.number}",
+        number=v.number,
+        parent=version_label(v.parent_number),
+        checkpoint_sha256=v.sha256,
+        forgotten_count=v.forgotten_count,
+        metrics=v.metrics,
+        job_id=v.job_id,
+        created_at=_aware(v.created_at),  # type: ignore[arg-type]
+    )
+
+
+def model_out(session: Session, m: Model) -> ModelOut:
+    sizes = dict(
+        session.execute(
+            select(Dataset.id, Dataset.num_samples).where(Dataset.id.in_([m.train_dataset_id, m.test_dataset_id]))
+        ).all()
+    )
+    pending = session.scalar(
+        select(func.count())
+        .select_from(DeletionRequest)
+        .where(DeletionRequest.model_id == m.id, DeletionRequest.state.in_(PENDING_STATES))
+    )
+    return ModelOut(
+        name=m.name,
+        architecture=m.architecture,
+        arch_kwargs=m.arch_kwargs,
+        num_classes=m.num_classes,
+        latest_version=f"v{m.latest_version}",
+        default_method=m.default_method,
+        default_params=m.default_params,
+        gates=m.gates,
+        train_samples=sizes.get(m.train_dataset_id, 0),
+        test_samples=sizes.get(m.test_dataset_id, 0),
+        pending_requests=pending or 0,
+        created_at=_aware(m.created_at),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,63 @@
+"""Backends for the tests: the embedded default (SQLite + filesystem broker) always, and PostgreSQL +
+Redis where they answer on 127.0.0.1 (skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+from tests.helpers import PG_ADMIN_URL, REDIS_URL, services_available
+
+BACKENDS = ["embedded", "postgres"]
+
+
+@dataclass
+class Backend:
+    name: str
+    env: dict[str, str]  # environment for subprocesses and Settings
+
+    def settings(self) -> Settings:
+        return Settings(**self.env)  # type: ignore[arg-type]
+
+
+def _create_pg_database() -> str:
+    import psycopg
+
+    name = f"unlearn_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop_pg_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A fresh, empty state (database, queue, state directory) on each backend."""
+    env = {"UNLEARN_VAR_DIR": str(tmp_path / "var"), "UNLEARN_QUEUE": f"q-{uuid.uuid4().hex[:8]}"}
+    if request.param == "embedded":
+        yield Backend("embedded", env)
+        return
+    reason = services_available()
+    if reason:
+        pytest.skip(reason)
+    name = _create_pg_database()
+    env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    env["BROKER_URL"] = REDIS_URL
+    try:
+        yield Backend("postgres", env)
+    finally:
+        from service.db.engine import engine_for
+
+        engine_for(env["DATABASE_URL"]).dispose()
+        _drop_pg_database(name)

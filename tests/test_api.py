@@ -1,0 +1,158 @@
+"""The HTTP contract, through the real ASGI app and database (no worker needed: nothing here waits for
+a job). Runs on the embedded default and on PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service import audit
+from service.app import create_app
+from service.db import migrate
+from service.db.engine import session_scope
+from service.db.tables import AuditEvent, DeletionRequest
+from tests.conftest import Backend
+from tests.factories import make_key, make_model
+
+
+@dataclass
+class Api:
+    client: TestClient
+    url: str
+    key: str
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def counts(self) -> tuple[int, int]:
+        with session_scope(self.url) as s:
+            return (
+                s.scalar(select(func.count()).select_from(DeletionRequest)) or 0,
+                s.scalar(select(func.count()).select_from(AuditEvent)) or 0,
+            )
+
+
+@pytest.fixture
+def api(backend: Backend) -> Iterator[Api]:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        make_model(s, name="toy", n_train=50)
+        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
+    with TestClient(create_app(settings)) as client:
+        yield Api(client, url, key)
+
+
+def post(api: Api, body: object, model: str = "toy", **headers: str):  # noqa: ANN201
+    return api.client.post(f"/v1/models/{model}/deletion-requests", json=body, headers={**api.auth(), **headers})
+
+
+def test_valid_request_is_accepted_and_readable(api: Api) -> None:
+    r = post(api, {"sample_ids": ["toy-0003", "toy-0007", "toy-0003"], "reference": "ticket-1"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["state"] in ("received", "queued")
+    assert body["sample_count"] == 2  # deduplicated
+    assert body["reference"] == "ticket-1"
+    got = api.client.get(f"/v1/deletion-requests/{body['id']}", headers=api.auth())
+    assert got.status_code == 200
+    assert got.json()["id"] == body["id"]
+
+
+def test_unknown_ids_are_rejected_by_name_and_nothing_is_written(api: Api) -> None:
+    before = api.counts()
+    r = post(api, {"sample_ids": ["toy-0001", "nope-1", "nope-2"]})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["unknown_ids"] == ["nope-1", "nope-2"]
+    assert body["unknown_count"] == 2
+    assert api.counts() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"sample_ids": []}, {}, {"sample_ids": "toy-0001"}, {"sample_ids": [1, 2]}, {"sample_ids": [""]},
+     {"sample_ids": ["toy-0001"], "extra": 1}],
+)
+def test_malformed_bodies_get_422_naming_the_field(api: Api, body: object) -> None:
+    before = api.counts()
+    r = post(api, body)
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"], r.json()
+    assert api.counts() == before
+
+
+def test_invalid_json_gets_422(api: Api) -> None:
+    r = api.client.post("/v1/models/toy/deletion-requests", content=b"{not json",
+                        headers={**api.auth(), "content-type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}])
+def test_missing_or_wrong_key_is_401(api: Api, headers: dict[str, str]) -> None:
+    before = api.counts()
+    r = api.client.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]}, headers=headers)
+    assert r.status_code == 401
+    assert r.json()["status"] == 401
+    assert api.counts() == before
+
+
+def test_unknown_model_is_404(api: Api) -> None:
+    before = api.counts()
+    r = post(api, {"sample_ids": ["toy-0001"]}, model="missing")
+    assert r.status_code == 404
+    assert "missing" in r.json()["detail"]
+    assert api.counts() == before
+
+
+def test_key_without_scope_is_403(api: Api) -> None:
+    with session_scope(api.url) as s:
+        reader = make_key(s, scopes=("jobs:read",))
+    r = api.client.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]},
+                        headers=api.auth(reader))
+    assert r.status_code == 403
+
+
+def test_another_tenants_model_is_invisible(api: Api) -> None:
+    with session_scope(api.url) as s:
+        make_model(s, tenant="other", name="theirs")
+    assert post(api, {"sample_ids": ["theirs-0001"]}, model="theirs").status_code == 404
+    names = [m["name"] for m in api.client.get("/v1/models", headers=api.auth()).json()]
+    assert names == ["toy"]
+
+
+def test_versions_list_starts_with_v1(api: Api) -> None:
+    r = api.client.get("/v1/models/toy/versions", headers=api.auth())
+    assert r.status_code == 200
+    [v1] = r.json()
+    assert v1["version"] == "v1" and v1["parent"] is None and v1["forgotten_count"] == 0
+
+
+def test_audit_export_is_a_valid_hash_chain(api: Api) -> None:
+    assert post(api, {"sample_ids": ["toy-0001"]}).status_code == 202
+    r = api.client.get("/v1/audit/export?format=jsonl", headers=api.auth())
+    assert r.status_code == 200
+    import json
+
+    events = [json.loads(line) for line in r.text.splitlines()]
+    actions = [e["action"] for e in events]
+    assert "deletion_request.received" in actions and "model.registered" in actions
+    prev = audit.GENESIS
+    for e in events:
+        body = {k: v for k, v in e.items() if k not in ("prev_hash", "hash")}
+        assert e["prev_hash"] == prev
+        assert e["hash"] == audit.chain_hash(prev, body)
+        prev = e["hash"]
+    assert api.client.get("/v1/audit/verify", headers=api.auth()).json()["ok"] is True
+
+
+def test_unknown_request_and_job_are_404(api: Api) -> None:
+    assert api.client.get("/v1/deletion-requests/nope", headers=api.auth()).status_code == 404
+    assert api.client.get("/v1/jobs/nope", headers=api.auth()).status_code == 404

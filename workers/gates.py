@@ -1,0 +1,43 @@
+"""Acceptance gates: a new version is published only if its measured metrics pass all of them.
+
+Gates are a model's policy (a dict stored with the model). Known keys, all fractions:
+- `max_test_accuracy_drop`: test accuracy may fall by at most this much from the base version.
+- `max_retain_accuracy_drop`: the same for retain accuracy.
+- `max_forget_accuracy_above_test`: accuracy on the forget set may exceed test accuracy by at most this
+  (a forgotten sample should look like one the model never saw).
+- `min_mia_score`: at least this fraction of the forget set must look like non-members.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KNOWN_GATES = (
+    "max_test_accuracy_drop",
+    "max_retain_accuracy_drop",
+    "max_forget_accuracy_above_test",
+    "min_mia_score",
+)
+
+
+def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """Return one human-readable reason per failed gate (empty: all passed)."""
+    failures: list[str] = []
+    if (g := gates.get("max_test_accuracy_drop")) is not None:
+        drop = base["test_accuracy"] - result["test_accuracy"]
+        if drop > g:
+            failures.append(f"test accuracy dropped {drop:.4f} > {g}")
+    if (g := gates.get("max_retain_accuracy_drop")) is not None:
+        drop = base["retain_accuracy"] - result["retain_accuracy"]
+        if drop > g:
+            failures.append(f"retain accuracy dropped {drop:.4f} > {g}")
+    if (g := gates.get("max_forget_accuracy_above_test")) is not None:
+        forget_acc = 1.0 - result["unlearning_accuracy"]
+        if forget_acc > result["test_accuracy"] + g:
+            failures.append(
+                f"forget-set accuracy {forget_acc:.4f} > test accuracy {result['test_accuracy']:.4f} + {g}"
+            )
+    if (g := gates.get("min_mia_score")) is not None and result.get("mia_score") is not None:
+        if result["mia_score"] < g:
+            failures.append(f"MIA score {result['mia_score']:.4f} < {g}")
+    return failures

@@ -1,0 +1,45 @@
+"""A per-model lease in the database: jobs of one model run one at a time, so versions form a line.
+
+A conditional UPDATE is atomic on PostgreSQL and SQLite alike, so no advisory lock is needed; the
+expiry means a killed worker's lease lapses and another worker resumes its job.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
+
+from service.db.tables import Model, utcnow
+
+
+def acquire(session: Session, model_id: str, owner: str, seconds: float) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(Model)
+        .where(
+            Model.id == model_id,
+            or_(Model.lease_owner.is_(None), Model.lease_expires_at < now, Model.lease_owner == owner),
+        )
+        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def renew(session: Session, model_id: str, owner: str, seconds: float) -> bool:
+    """Extend our lease; False means we lost it (it expired and another worker took it)."""
+    result = session.execute(
+        update(Model)
+        .where(Model.id == model_id, Model.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release(session: Session, model_id: str, owner: str) -> None:
+    session.execute(
+        update(Model)
+        .where(Model.id == model_id, Model.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )

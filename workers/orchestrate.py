@@ -1,0 +1,44 @@
+"""The per-model loop a worker runs: take the lease, run jobs until no request is pending, let go."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from service.db.engine import session_scope
+from service.settings import Settings
+from workers import claims, leases
+from workers.progress import LeaseLost
+from workers.runner import run_job
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def process_model(settings: Settings, model_id: str) -> str:
+    """Serve a model's pending requests. Returns why it stopped: `busy` (another worker holds the
+    lease and will see our requests), `idle` (nothing left) or `lost` (our lease was taken over)."""
+    url = settings.resolved_database_url
+    owner = worker_identity()
+    while True:
+        with session_scope(url) as s:
+            if not leases.acquire(s, model_id, owner, settings.lease_seconds):
+                return "busy"
+        try:
+            while True:
+                with session_scope(url) as s:
+                    job_id = claims.next_job(s, model_id)
+                if job_id is None:
+                    break
+                run_job(settings, job_id, owner)
+        except LeaseLost:
+            return "lost"
+        finally:
+            with session_scope(url) as s:
+                leases.release(s, model_id, owner)
+        # Requests committed while we were releasing found the lease taken and gave up: look again.
+        with session_scope(url) as s:
+            if not claims.has_pending(s, model_id):
+                return "idle"
