@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
 
-from service.api import audit, deletion_requests, health, jobs, models
+from service.api import audit, datasets, deletion_requests, health, jobs, keys, models
 from service.db.engine import sessionmaker_for
 from service.errors import install_handlers, problem
+from service.observability import DatabaseCollector, HttpMetrics
 from service.queue import make_celery
 from service.settings import Settings, get_settings
+from service.signing import load_or_create_key
+
+UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets/upload"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,15 +29,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
     app.state.celery = make_celery(settings)
+    app.state.signing_key = load_or_create_key(settings.signing_key_path)
     install_handlers(app)
+    app.state.metrics_registry = registry = CollectorRegistry()
+    registry.register(DatabaseCollector(app.state.sessionmaker))
+    app.middleware("http")(HttpMetrics(registry).middleware)
 
     @app.middleware("http")
-    async def limit_body_size(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def limit_body_size(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return problem(413, "Payload too large", f"request bodies are limited to {settings.max_body_bytes} bytes")
+        upload = request.url.path in UPLOAD_PATHS
+        limit = settings.max_upload_bytes if upload else settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
         return await call_next(request)
 
-    for module in (health, deletion_requests, jobs, models, audit):
+    for module in (health, deletion_requests, jobs, models, datasets, audit, keys):
         app.include_router(module.router)
     return app

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from service.db import migrate
 from service.db.engine import session_scope
@@ -19,8 +18,21 @@ from service.settings import Settings, get_settings
 
 
 def _worker_argv(settings: Settings, *, beat: bool, name: str = "worker@%h") -> list[str]:
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
-            "--concurrency=1", "--loglevel=INFO", "-n", name, "-Q", settings.queue_name]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "-n",
+        name,
+        "-Q",
+        settings.queue_name,
+    ]
     if beat:
         argv += ["-B", "-s", str((settings.var_dir / "celerybeat-schedule").resolve())]
     return argv
@@ -69,8 +81,14 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=args.workers, log_level="info")
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_level="info",
+    )
     return 0
 
 
@@ -83,7 +101,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
     """The periodic reconciler on its own (production runs exactly one of these)."""
     schedule = str((settings.var_dir / "celerybeat-schedule").resolve())
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-s", schedule, "--loglevel=INFO"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "-s",
+        schedule,
+        "--loglevel=INFO",
+    ]
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
 
@@ -116,9 +144,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn", description="The unlearning service.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start the embedded stack: migrations, demo model, worker and API").set_defaults(
-        fn=cmd_run
-    )
+    sub.add_parser(
+        "run", help="start the embedded stack: migrations, demo model, worker and API"
+    ).set_defaults(fn=cmd_run)
     api = sub.add_parser("api", help="start the API server only (production)")
     api.add_argument("--workers", type=int, default=1)
     api.set_defaults(fn=cmd_api)

@@ -4,15 +4,18 @@ request and its audit event in one transaction. Nothing is written for a rejecte
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service import audit
 from service.audit import canonical_json
+from service.db.engine import is_postgres
 from service.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
-from service.errors import PayloadTooLarge, Unprocessable
+from service.errors import Conflict, PayloadTooLarge, Unprocessable
 
 PENDING_STATES = ("received", "queued")
 MAX_REPORTED_UNKNOWN = 100
@@ -56,8 +59,31 @@ def forgotten_ids(session: Session, model_id: str, ids: Sequence[str]) -> set[st
     return found
 
 
-def body_digest(ids: Sequence[str], reference: str | None) -> str:
-    return hashlib.sha256(canonical_json({"sample_ids": sorted(ids), "reference": reference}).encode()).hexdigest()
+def body_digest(ids: Sequence[str], reference: str | None, callback_url: str | None = None) -> str:
+    body = {"sample_ids": sorted(ids), "reference": reference, "callback_url": callback_url}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def find_idempotent(
+    session: Session, *, tenant: str, idempotency_key: str, digest: str
+) -> DeletionRequest | None:
+    """The request an Idempotency-Key already created, if any. The same key with another body is an error:
+    the client is reusing keys, and silently returning the old request would hide that."""
+    if is_postgres(session):
+        # Two concurrent first attempts: one proceeds, the other is told to retry (409), never a duplicate.
+        lock_key = zlib.crc32(f"{tenant}\x00{idempotency_key}".encode())
+        if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key}):
+            raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
+    existing = session.scalar(
+        select(DeletionRequest).where(
+            DeletionRequest.tenant == tenant, DeletionRequest.idempotency_key == idempotency_key
+        )
+    )
+    if existing is not None and existing.body_sha256 != digest:
+        raise Unprocessable(
+            "this Idempotency-Key was already used with a different body; use a new key for a new request"
+        )
+    return existing
 
 
 def submit(
@@ -69,8 +95,20 @@ def submit(
     reference: str | None,
     max_ids: int,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> DeletionRequest:
     """Validate and record a request (state `received`) with its audit event; the caller commits."""
+    if model.status != "ready":
+        detail = f": {model.status_detail}" if model.status_detail else ""
+        raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
+    if callback_url is not None:
+        host = urlsplit(callback_url).hostname or ""
+        if host not in allowed_hosts:
+            raise Unprocessable(
+                f"callback_url host {host!r} is not on the webhook allow-list",
+                errors=[{"loc": ["body", "callback_url"], "msg": "host not allowed", "type": "value_error"}],
+            )
     ids = dedupe(sample_ids)
     if len(ids) > max_ids:
         raise PayloadTooLarge(f"{len(ids)} distinct sample IDs; at most {max_ids} per request", limit=max_ids)
@@ -90,8 +128,9 @@ def submit(
         already_forgotten_count=len(already),
         requester_key_id=key.id,
         idempotency_key=idempotency_key,
-        body_sha256=body_digest(ids, reference),
+        body_sha256=body_digest(ids, reference, callback_url),
         reference=reference,
+        callback_url=callback_url,
         state="received",
     )
     session.add(req)

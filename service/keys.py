@@ -19,9 +19,7 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def create_key(
-    session: Session, *, tenant: str, scopes: Iterable[str], name: str = ""
-) -> tuple[ApiKey, str]:
+def create_key(session: Session, *, tenant: str, scopes: Iterable[str], name: str = "") -> tuple[ApiKey, str]:
     """Create a key and return it with its plaintext (never stored)."""
     scopes = sorted(set(scopes))
     unknown = [s for s in scopes if s not in SCOPES]

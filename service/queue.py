@@ -8,6 +8,8 @@ from service.settings import Settings
 
 RUN_MODEL = "workers.process_model"
 RECONCILE = "workers.reconcile"
+DELIVER_WEBHOOK = "workers.deliver_webhook"
+VALIDATE_MODEL = "workers.validate_model"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -50,4 +52,13 @@ def send_run_model(app: Celery, model_id: str) -> bool:
         app.send_task(RUN_MODEL, args=[model_id], retry=False)
         return True
     except Exception:  # noqa: BLE001 - any broker failure means "try later", never a lost request
+        return False
+
+
+def send_validate_model(app: Celery, model_id: str) -> bool:
+    """Ask a worker to load a newly registered checkpoint and measure v1 (the reconciler retries)."""
+    try:
+        app.send_task(VALIDATE_MODEL, args=[model_id], retry=False)
+        return True
+    except Exception:  # noqa: BLE001
         return False

@@ -69,6 +69,8 @@ def register_model(
     gates: dict[str, Any],
     metrics: dict[str, Any],
     actor: str,
+    status: str = "ready",
+    fallback_methods: Sequence[str] = (),
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
     model = Model(
@@ -84,6 +86,8 @@ def register_model(
         train_recipe=train_recipe,
         gates=gates,
         latest_version=1,
+        status=status,
+        fallback_methods=list(fallback_methods),
     )
     session.add(model)
     session.flush()

@@ -6,11 +6,13 @@ the state directory, so a fresh clone runs with no services. Production sets DAT
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _env(name: str) -> AliasChoices:
@@ -37,10 +39,45 @@ class Settings(BaseSettings):
 
     # Request limits.
     max_sample_ids: int = Field(100_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_SAMPLE_IDS"))
-    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_BODY_BYTES"))
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_BODY_BYTES")
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
+    )  # checkpoints and dataset uploads
+
+    # Ed25519 key that signs certificates (PEM; created on first use).
+    signing_key_file: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_SIGNING_KEY_FILE"))
+
+    # Webhooks: deletion requests may name a callback_url on one of these hosts.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("UNLEARN_WEBHOOK_ALLOWED_HOSTS")
+    )
+    webhook_secret: str | None = Field(None, validation_alias=AliasChoices("UNLEARN_WEBHOOK_SECRET"))
+    webhook_max_attempts: int = Field(8, ge=1, validation_alias=AliasChoices("UNLEARN_WEBHOOK_MAX_ATTEMPTS"))
+
+    # Where datasets registered by path may live (an admin cannot make the service read arbitrary files).
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("/usr/share/datasets")],
+        validation_alias=AliasChoices("UNLEARN_DATA_ROOTS"),
+    )
+
+    # Observability.
+    metrics_require_key: bool = Field(False, validation_alias=AliasChoices("UNLEARN_METRICS_REQUIRE_KEY"))
 
     # Demo model registered on first start of the embedded stack.
     demo: bool = Field(True, validation_alias=AliasChoices("UNLEARN_DEMO"))
+
+    @field_validator("webhook_allowed_hosts", "data_roots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Lists come from the environment as `a,b,c` (a JSON list works too)."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -58,6 +95,28 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return (self.storage_dir or self.var_dir / "checkpoints").resolve()
+
+    @property
+    def signing_key_path(self) -> Path:
+        return (self.signing_key_file or self.var_dir / "signing-key.pem").resolve()
+
+    @property
+    def webhook_key(self) -> bytes:
+        """The HMAC secret for webhooks: configured, or generated once under the state directory."""
+        if self.webhook_secret:
+            return self.webhook_secret.encode()
+        path = self.var_dir / "webhook-secret"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+    @property
+    def allowed_data_roots(self) -> list[Path]:
+        return [p.resolve() for p in (*self.data_roots, self.dataset_dir)]
 
     @property
     def dataset_dir(self) -> Path:

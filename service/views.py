@@ -33,6 +33,8 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
         job_id=req.job_id,
         model_version=version_label(req.model_version),
         error=req.error,
+        callback_url=req.callback_url,
+        webhook_state=req.webhook_state,
         created_at=_aware(req.created_at),  # type: ignore[arg-type]
         updated_at=_aware(req.updated_at),  # type: ignore[arg-type]
         completed_at=_aware(req.completed_at),
@@ -80,7 +82,9 @@ def version_out(v: ModelVersion) -> VersionOut:
 def model_out(session: Session, m: Model) -> ModelOut:
     sizes = dict(
         session.execute(
-            select(Dataset.id, Dataset.num_samples).where(Dataset.id.in_([m.train_dataset_id, m.test_dataset_id]))
+            select(Dataset.id, Dataset.num_samples).where(
+                Dataset.id.in_([m.train_dataset_id, m.test_dataset_id])
+            )
         ).all()
     )
     pending = session.scalar(
@@ -93,8 +97,11 @@ def model_out(session: Session, m: Model) -> ModelOut:
         architecture=m.architecture,
         arch_kwargs=m.arch_kwargs,
         num_classes=m.num_classes,
+        status=m.status,
+        status_detail=m.status_detail,
         latest_version=f"v{m.latest_version}",
         default_method=m.default_method,
+        fallback_methods=m.fallback_methods,
         default_params=m.default_params,
         gates=m.gates,
         train_samples=sizes.get(m.train_dataset_id, 0),

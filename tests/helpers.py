@@ -13,7 +13,9 @@ PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def wait_until(fn: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str = "condition") -> T:
+def wait_until(
+    fn: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str = "condition"
+) -> T:
     """Call `fn` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None

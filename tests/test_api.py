@@ -50,7 +50,9 @@ def api(backend: Backend) -> Iterator[Api]:
 
 
 def post(api: Api, body: object, model: str = "toy", **headers: str):  # noqa: ANN201
-    return api.client.post(f"/v1/models/{model}/deletion-requests", json=body, headers={**api.auth(), **headers})
+    return api.client.post(
+        f"/v1/models/{model}/deletion-requests", json=body, headers={**api.auth(), **headers}
+    )
 
 
 def test_valid_request_is_accepted_and_readable(api: Api) -> None:
@@ -77,8 +79,14 @@ def test_unknown_ids_are_rejected_by_name_and_nothing_is_written(api: Api) -> No
 
 @pytest.mark.parametrize(
     "body",
-    [{"sample_ids": []}, {}, {"sample_ids": "toy-0001"}, {"sample_ids": [1, 2]}, {"sample_ids": [""]},
-     {"sample_ids": ["toy-0001"], "extra": 1}],
+    [
+        {"sample_ids": []},
+        {},
+        {"sample_ids": "toy-0001"},
+        {"sample_ids": [1, 2]},
+        {"sample_ids": [""]},
+        {"sample_ids": ["toy-0001"], "extra": 1},
+    ],
 )
 def test_malformed_bodies_get_422_naming_the_field(api: Api, body: object) -> None:
     before = api.counts()
@@ -90,15 +98,20 @@ def test_malformed_bodies_get_422_naming_the_field(api: Api, body: object) -> No
 
 
 def test_invalid_json_gets_422(api: Api) -> None:
-    r = api.client.post("/v1/models/toy/deletion-requests", content=b"{not json",
-                        headers={**api.auth(), "content-type": "application/json"})
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests",
+        content=b"{not json",
+        headers={**api.auth(), "content-type": "application/json"},
+    )
     assert r.status_code == 422
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}])
 def test_missing_or_wrong_key_is_401(api: Api, headers: dict[str, str]) -> None:
     before = api.counts()
-    r = api.client.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]}, headers=headers)
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]}, headers=headers
+    )
     assert r.status_code == 401
     assert r.json()["status"] == 401
     assert api.counts() == before
@@ -115,8 +128,9 @@ def test_unknown_model_is_404(api: Api) -> None:
 def test_key_without_scope_is_403(api: Api) -> None:
     with session_scope(api.url) as s:
         reader = make_key(s, scopes=("jobs:read",))
-    r = api.client.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]},
-                        headers=api.auth(reader))
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0001"]}, headers=api.auth(reader)
+    )
     assert r.status_code == 403
 
 

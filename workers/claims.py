@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -16,7 +18,9 @@ def has_pending(session: Session, model_id: str) -> bool:
     return bool(
         session.scalar(
             select(
-                exists().where(DeletionRequest.model_id == model_id, DeletionRequest.state.in_(PENDING_STATES))
+                exists().where(
+                    DeletionRequest.model_id == model_id, DeletionRequest.state.in_(PENDING_STATES)
+                )
             )
         )
     )
@@ -142,6 +146,8 @@ def finish_job(
     requests = session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(job.request_ids))).all()
     for r in requests:
         r.state, r.error = request_state, error
+        if r.callback_url and request_state in ("completed", "failed"):
+            r.webhook_state = "pending"
         if request_state == "completed":
             r.model_version, r.completed_at = result_version, now
         audit.record(
@@ -152,8 +158,11 @@ def finish_job(
             entity_type="deletion_request",
             entity_id=r.id,
             model_id=job.model_id,
-            data={"job_id": job.id, "model_version": f"v{result_version}" if result_version else None,
-                  "error": error},
+            data={
+                "job_id": job.id,
+                "model_version": f"v{result_version}" if result_version else None,
+                "error": error,
+            },
         )
     audit.record(
         session,
@@ -163,6 +172,35 @@ def finish_job(
         entity_type="job",
         entity_id=job.id,
         model_id=job.model_id,
-        data={"result_version": f"v{result_version}" if result_version else None, "error": error,
-              "attempts": job.attempts},
+        data={
+            "result_version": f"v{result_version}" if result_version else None,
+            "error": error,
+            "attempts": job.attempts,
+        },
     )
+
+
+def webhooks_of_job(session: Session, job_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(DeletionRequest.id).where(
+                DeletionRequest.job_id == job_id, DeletionRequest.webhook_state == "pending"
+            )
+        )
+    )
+
+
+def stale_webhooks(session: Session, older_than_s: float = 600) -> list[str]:
+    """Webhooks still pending long after their request finished (their task was lost)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    return list(
+        session.scalars(
+            select(DeletionRequest.id).where(
+                DeletionRequest.webhook_state == "pending", DeletionRequest.updated_at < cutoff
+            )
+        )
+    )
+
+
+def models_validating(session: Session) -> list[str]:
+    return list(session.scalars(select(Model.id).where(Model.status == "validating")))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 
+from models.metrics import accuracy
+from models.training import DIGITS_RECIPE, train
 from sqlalchemy import select
 
 from models.architectures import build_model
 from models.datasets import load_digits_split, save_npz
-from models.metrics import accuracy
-from models.training import DIGITS_RECIPE, train
 from service.db.engine import session_scope
 from service.db.tables import Model
 from service.registry import register_dataset, register_model
@@ -36,7 +36,10 @@ def ensure_demo(settings: Settings) -> bool:
             return False
     train_ds, test_ds = load_digits_split(seed=0, test_fraction=0.2)
     settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = settings.dataset_dir / "digits-train.npz", settings.dataset_dir / "digits-test.npz"
+    train_path, test_path = (
+        settings.dataset_dir / "digits-train.npz",
+        settings.dataset_dir / "digits-test.npz",
+    )
     save_npz(train_ds, train_path)
     save_npz(test_ds, test_path)
 
@@ -53,17 +56,50 @@ def ensure_demo(settings: Settings) -> bool:
     ckpt = version_path(settings.checkpoint_dir, "digits-demo", 1)
     digest = write_checkpoint(model, ckpt, architecture=ARCH, kwargs=ARCH_KWARGS, num_classes=10)
     with session_scope(url) as s:
-        tr = register_dataset(s, tenant=DEMO_TENANT, name="digits-train", kind="npz", uri=str(train_path),
-                              sample_ids=train_ds.ids, labels=train_ds.y.tolist(), actor="bootstrap")
-        te = register_dataset(s, tenant=DEMO_TENANT, name="digits-test", kind="npz", uri=str(test_path),
-                              sample_ids=test_ds.ids, labels=test_ds.y.tolist(), actor="bootstrap")
-        register_model(s, tenant=DEMO_TENANT, name=DEMO_MODEL, architecture=ARCH, arch_kwargs=ARCH_KWARGS,
-                       num_classes=10, train=tr, test=te, checkpoint_uri=str(ckpt), checkpoint_sha256=digest,
-                       default_method="ugradsl_plus", default_params={},
-                       train_recipe=DIGITS_RECIPE.to_dict(), gates=DEMO_GATES, metrics=metrics,
-                       actor="bootstrap")
-    log.info("registered demo model %r: train acc %.3f, test acc %.3f", DEMO_MODEL,
-             metrics["retain_accuracy"], metrics["test_accuracy"])
+        tr = register_dataset(
+            s,
+            tenant=DEMO_TENANT,
+            name="digits-train",
+            kind="npz",
+            uri=str(train_path),
+            sample_ids=train_ds.ids,
+            labels=train_ds.y.tolist(),
+            actor="bootstrap",
+        )
+        te = register_dataset(
+            s,
+            tenant=DEMO_TENANT,
+            name="digits-test",
+            kind="npz",
+            uri=str(test_path),
+            sample_ids=test_ds.ids,
+            labels=test_ds.y.tolist(),
+            actor="bootstrap",
+        )
+        register_model(
+            s,
+            tenant=DEMO_TENANT,
+            name=DEMO_MODEL,
+            architecture=ARCH,
+            arch_kwargs=ARCH_KWARGS,
+            num_classes=10,
+            train=tr,
+            test=te,
+            checkpoint_uri=str(ckpt),
+            checkpoint_sha256=digest,
+            default_method="ugradsl_plus",
+            default_params={},
+            train_recipe=DIGITS_RECIPE.to_dict(),
+            gates=DEMO_GATES,
+            metrics=metrics,
+            actor="bootstrap",
+        )
+    log.info(
+        "registered demo model %r: train acc %.3f, test acc %.3f",
+        DEMO_MODEL,
+        metrics["retain_accuracy"],
+        metrics["test_accuracy"],
+    )
     return True
 
 

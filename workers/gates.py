@@ -37,7 +37,7 @@ def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -
             failures.append(
                 f"forget-set accuracy {forget_acc:.4f} > test accuracy {result['test_accuracy']:.4f} + {g}"
             )
-    if (g := gates.get("min_mia_score")) is not None and result.get("mia_score") is not None:
-        if result["mia_score"] < g:
-            failures.append(f"MIA score {result['mia_score']:.4f} < {g}")
+    g = gates.get("min_mia_score")
+    if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
+        failures.append(f"MIA score {result['mia_score']:.4f} < {g}")
     return failures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from service.db.engine import session_scope
 from service.settings import Settings
@@ -17,7 +18,9 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def process_model(settings: Settings, model_id: str) -> str:
+def process_model(
+    settings: Settings, model_id: str, on_job_done: Callable[[list[str]], None] | None = None
+) -> str:
     """Serve a model's pending requests. Returns why it stopped: `busy` (another worker holds the
     lease and will see our requests), `idle` (nothing left) or `lost` (our lease was taken over)."""
     url = settings.resolved_database_url
@@ -33,6 +36,10 @@ def process_model(settings: Settings, model_id: str) -> str:
                 if job_id is None:
                     break
                 run_job(settings, job_id, owner)
+                if on_job_done is not None:
+                    with session_scope(url) as s:
+                        pending_hooks = claims.webhooks_of_job(s, job_id)
+                    on_job_done(pending_hooks)
         except LeaseLost:
             return "lost"
         finally:

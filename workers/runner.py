@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from sqlalchemy import select
-
-from models.datasets import SampleDataset, load_dataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import evaluate
-from models.checkpoints import load_checkpoint
-from models.unlearning import run_method
 from models.unlearning.params import params_to_dict, parse_params
+from sqlalchemy import select
+
+from models.architectures import build_model
+from models.datasets import SampleDataset, load_dataset
+from models.unlearning import run_method
 from service import audit
 from service.db.engine import session_scope
 from service.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
@@ -24,6 +25,17 @@ from service.settings import Settings
 from workers import claims, gates
 from workers.progress import JobCancelled, LeaseLost, Reporter
 from workers.storage import version_path, write_checkpoint
+
+
+def load_weights(model: torch.nn.Module, path: str, device: torch.device) -> None:
+    """Load safetensors weights into a model built from the registry (strict: every tensor must match).
+    Never unpickles."""
+    missing, unexpected = safetensors.torch.load_model(model, path, strict=False, device=str(device))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit the architecture: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -58,13 +70,17 @@ def load_context(url: str, job_id: str) -> JobContext:
         job = s.get_one(Job, job_id)
         model = s.get_one(Model, job.model_id)
         base = s.scalar(
-            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.number == model.latest_version)
+            select(ModelVersion).where(
+                ModelVersion.model_id == model.id, ModelVersion.number == model.latest_version
+            )
         )
         assert base is not None
         train, test = s.get_one(Dataset, model.train_dataset_id), s.get_one(Dataset, model.test_dataset_id)
         requests = s.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(job.request_ids))).all()
         claimed = list(dict.fromkeys(i for r in requests for i in r.sample_ids))
-        forgotten = set(s.scalars(select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)))
+        forgotten = set(
+            s.scalars(select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id))
+        )
         # A resumed job restarts from the latest published version.
         job.base_version, job.started_at, job.heartbeat_at = model.latest_version, utcnow(), utcnow()
         return JobContext(
@@ -86,7 +102,9 @@ def load_context(url: str, job_id: str) -> JobContext:
         )
 
 
-def split(train: SampleDataset, new_ids: list[str], forgotten: set[str]) -> tuple[SampleDataset, SampleDataset]:
+def split(
+    train: SampleDataset, new_ids: list[str], forgotten: set[str]
+) -> tuple[SampleDataset, SampleDataset]:
     """D_f = the newly forgotten samples; D_r = the training set minus everything forgotten so far."""
     forget_idx = train.index_of(new_ids)
     keep = torch.ones(len(train), dtype=torch.bool)
@@ -99,20 +117,31 @@ def split(train: SampleDataset, new_ids: list[str], forgotten: set[str]) -> tupl
 def run_job(settings: Settings, job_id: str, owner: str) -> None:
     url = settings.resolved_database_url
     ctx = load_context(url, job_id)
-    rep = Reporter(url, job_id, ctx.model_id, owner, lease_s=settings.lease_seconds,
-                   interval=settings.heartbeat_seconds)
+    rep = Reporter(
+        url, job_id, ctx.model_id, owner, lease_s=settings.lease_seconds, interval=settings.heartbeat_seconds
+    )
     try:
         _run(settings, ctx, rep)
     except LeaseLost:
         raise  # another worker owns the model now; it will resume this job
     except (Cancelled, JobCancelled):
         with session_scope(url) as s:
-            claims.finish_job(s, s.get_one(Job, job_id), state="cancelled", request_state="cancelled",
-                              error="cancelled by an admin")
+            claims.finish_job(
+                s,
+                s.get_one(Job, job_id),
+                state="cancelled",
+                request_state="cancelled",
+                error="cancelled by an admin",
+            )
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         with session_scope(url) as s:
-            claims.finish_job(s, s.get_one(Job, job_id), state="failed", request_state="failed",
-                              error=f"{type(exc).__name__}: {exc}")
+            claims.finish_job(
+                s,
+                s.get_one(Job, job_id),
+                state="failed",
+                request_state="failed",
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
@@ -121,13 +150,19 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
     new_ids = [i for i in ctx.claimed_ids if i not in ctx.forgotten]
     if not new_ids:  # every ID was already forgotten: complete as a no-op on the current version
         with session_scope(url) as s:
-            claims.finish_job(s, s.get_one(Job, ctx.job_id), state="completed", request_state="completed",
-                              result_version=ctx.base_version)
+            claims.finish_job(
+                s,
+                s.get_one(Job, ctx.job_id),
+                state="completed",
+                request_state="completed",
+                result_version=ctx.base_version,
+            )
         return
 
     rep.phase("load", 0.0, 0.05)
     train, test = load_dataset(*ctx.train), load_dataset(*ctx.test)
-    model, _header = load_checkpoint(ctx.base_uri, device=device)
+    model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs}).to(device)
+    load_weights(model, ctx.base_uri, device)
     forget, retain = split(train, new_ids, ctx.forgotten)
     params = parse_params(ctx.method, ctx.params)
     rep.phase("evaluate_base", 0.05, 0.1)
@@ -150,23 +185,40 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
         job.metrics = {"base": base_metrics, "result": metrics, "gates": failures}
     if failures:
         with session_scope(url) as s:
-            claims.finish_job(s, s.get_one(Job, ctx.job_id), state="failed", request_state="failed",
-                              error="gates failed: " + "; ".join(failures))
+            claims.finish_job(
+                s,
+                s.get_one(Job, ctx.job_id),
+                state="failed",
+                request_state="failed",
+                error="gates failed: " + "; ".join(failures),
+            )
         return
 
     rep.phase("publish", 0.95, 1.0)
     publish(settings, ctx, model, new_ids, metrics, rep)
 
 
-def publish(settings: Settings, ctx: JobContext, model: torch.nn.Module, new_ids: list[str],
-            metrics: dict[str, Any], rep: Reporter) -> None:
+def publish(
+    settings: Settings,
+    ctx: JobContext,
+    model: torch.nn.Module,
+    new_ids: list[str],
+    metrics: dict[str, Any],
+    rep: Reporter,
+) -> None:
     """Write the checkpoint, then record the version, the forgotten IDs, the job and its requests in one
     transaction. A crash before the commit leaves at most an orphan file, never a half version."""
     url = settings.resolved_database_url
     number = ctx.base_version + 1
     final: Path = version_path(settings.checkpoint_dir, ctx.model_id, number, ctx.job_id)
-    digest = write_checkpoint(model.cpu(), final, architecture=ctx.architecture, kwargs=ctx.arch_kwargs,
-                              num_classes=ctx.num_classes, extra={"version": number, "job_id": ctx.job_id})
+    digest = write_checkpoint(
+        model.cpu(),
+        final,
+        architecture=ctx.architecture,
+        kwargs=ctx.arch_kwargs,
+        num_classes=ctx.num_classes,
+        extra={"version": number, "job_id": ctx.job_id},
+    )
     try:
         rep.report(0.5, force=True)  # proves we still hold the lease right before committing
         _commit_version(url, ctx, final, digest, number, new_ids, metrics, rep.owner)
@@ -175,20 +227,56 @@ def publish(settings: Settings, ctx: JobContext, model: torch.nn.Module, new_ids
         raise
 
 
-def _commit_version(url: str, ctx: JobContext, final: Path, digest: str, number: int, new_ids: list[str],
-                    metrics: dict[str, Any], owner: str) -> None:
+def _commit_version(
+    url: str,
+    ctx: JobContext,
+    final: Path,
+    digest: str,
+    number: int,
+    new_ids: list[str],
+    metrics: dict[str, Any],
+    owner: str,
+) -> None:
     with session_scope(url) as s:
         m = s.scalar(select(Model).where(Model.id == ctx.model_id).with_for_update())
         job = s.get_one(Job, ctx.job_id)
-        if m is None or m.latest_version != ctx.base_version or m.lease_owner != owner or job.state != "running":
+        if (
+            m is None
+            or m.latest_version != ctx.base_version
+            or m.lease_owner != owner
+            or job.state != "running"
+        ):
             raise LeaseLost("the model moved on while this job ran; not publishing")
         total = len(ctx.forgotten) + len(new_ids)
-        s.add(ModelVersion(model_id=m.id, number=number, parent_number=ctx.base_version, checkpoint_uri=str(final),
-                           sha256=digest, forgotten_count=total, metrics=metrics, job_id=ctx.job_id))
+        s.add(
+            ModelVersion(
+                model_id=m.id,
+                number=number,
+                parent_number=ctx.base_version,
+                checkpoint_uri=str(final),
+                sha256=digest,
+                forgotten_count=total,
+                metrics=metrics,
+                job_id=ctx.job_id,
+            )
+        )
         s.add_all(ForgottenSample(model_id=m.id, sample_id=i, version_number=number) for i in new_ids)
         m.latest_version = number
-        audit.record(s, tenant=ctx.tenant, actor=claims.ACTOR, action="model_version.published",
-                     entity_type="model_version", entity_id=f"{m.name}/v{number}", model_id=m.id,
-                     data={"version": f"v{number}", "parent": f"v{ctx.base_version}", "checkpoint_sha256": digest,
-                           "forgotten_count": total, "method": ctx.method, "metrics": metrics})
+        audit.record(
+            s,
+            tenant=ctx.tenant,
+            actor=claims.ACTOR,
+            action="model_version.published",
+            entity_type="model_version",
+            entity_id=f"{m.name}/v{number}",
+            model_id=m.id,
+            data={
+                "version": f"v{number}",
+                "parent": f"v{ctx.base_version}",
+                "checkpoint_sha256": digest,
+                "forgotten_count": total,
+                "method": ctx.method,
+                "metrics": metrics,
+            },
+        )
         claims.finish_job(s, job, state="completed", request_state="completed", result_version=number)

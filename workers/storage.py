@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import torch
-
 from models.checkpoints import file_sha256, save_checkpoint
 
 
@@ -31,7 +30,9 @@ def write_checkpoint(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_checkpoint(model, tmp, architecture=architecture, kwargs=kwargs, num_classes=num_classes, extra=extra)
+        save_checkpoint(
+            model, tmp, architecture=architecture, kwargs=kwargs, num_classes=num_classes, extra=extra
+        )
         digest = file_sha256(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

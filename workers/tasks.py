@@ -6,9 +6,16 @@ from __future__ import annotations
 import logging
 
 from service.db.engine import session_scope
-from service.queue import RECONCILE, RUN_MODEL, send_run_model
+from service.queue import (
+    DELIVER_WEBHOOK,
+    RECONCILE,
+    RUN_MODEL,
+    VALIDATE_MODEL,
+    send_run_model,
+    send_validate_model,
+)
 from service.settings import get_settings
-from workers import claims
+from workers import claims, validate, webhooks
 from workers.celery_app import app
 from workers.orchestrate import process_model
 
@@ -17,9 +24,28 @@ log = logging.getLogger(__name__)
 
 @app.task(name=RUN_MODEL, acks_late=True, reject_on_worker_lost=True)
 def run_model(model_id: str) -> str:
-    outcome = process_model(get_settings(), model_id)
+    outcome = process_model(get_settings(), model_id, on_job_done=send_webhooks)
     log.info("model %s: %s", model_id, outcome)
     return outcome
+
+
+@app.task(name=DELIVER_WEBHOOK, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self, request_id: str) -> None:  # noqa: ANN001 - Celery's bound task
+    if not webhooks.deliver(get_settings(), request_id):
+        raise self.retry(countdown=min(2**self.request.retries, 300))
+
+
+def send_webhooks(request_ids: list[str]) -> None:
+    for rid in request_ids:
+        try:
+            app.send_task(DELIVER_WEBHOOK, args=[rid], retry=False)
+        except Exception:  # noqa: BLE001 - the reconciler re-sends pending webhooks
+            log.warning("could not enqueue webhook for %s; the reconciler will", rid)
+
+
+@app.task(name=VALIDATE_MODEL, acks_late=True)
+def validate_model_task(model_id: str) -> str:
+    return validate.validate_model(get_settings(), model_id)
 
 
 @app.task(name=RECONCILE)
@@ -29,7 +55,12 @@ def reconcile() -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as s:
         model_ids = claims.models_needing_work(s)
+        stale_webhooks = claims.stale_webhooks(s)
+        unvalidated = claims.models_validating(s)
+    for m in unvalidated:
+        send_validate_model(app, m)
     sent = sum(send_run_model(app, m) for m in model_ids)
+    send_webhooks(stale_webhooks)
     if sent:
         log.info("reconciler enqueued %d model(s)", sent)
     return sent

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response, status
-from sqlalchemy import select
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy import and_, or_, select
 
-from service import deletions
+from service import audit, deletions
 from service.db.tables import DeletionRequest, Model
 from service.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
+from service.errors import Conflict, Unprocessable
 from service.lookups import get_model, get_request
+from service.pagination import decode_cursor, encode_cursor
 from service.queue import send_run_model
-from service.schemas.deletion import DeletionRequestCreate, DeletionRequestOut
+from service.schemas.common import Page
+from service.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
 from service.views import request_out
 
 router = APIRouter(tags=["deletion requests"])
@@ -33,6 +37,17 @@ def create_deletion_request(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> DeletionRequestOut:
     m = get_model(session, key.tenant, model)
+    callback = str(body.callback_url) if body.callback_url else None
+    if idempotency_key is not None:
+        digest = deletions.body_digest(deletions.dedupe(body.sample_ids), body.reference, callback)
+        existing = deletions.find_idempotent(
+            session, tenant=key.tenant, idempotency_key=idempotency_key, digest=digest
+        )
+        if existing is not None:
+            if existing.model_id != m.id:
+                raise Unprocessable("this Idempotency-Key was already used for another model")
+            response.status_code = status.HTTP_200_OK
+            return request_out(existing, m.name)
     req = deletions.submit(
         session,
         model=m,
@@ -41,6 +56,8 @@ def create_deletion_request(
         reference=body.reference,
         max_ids=settings.max_sample_ids,
         idempotency_key=idempotency_key,
+        callback_url=callback,
+        allowed_hosts=settings.webhook_allowed_hosts,
     )
     session.commit()  # the request is durable before anything is enqueued
     response.headers["Location"] = f"/v1/deletion-requests/{req.id}"
@@ -53,7 +70,78 @@ def create_deletion_request(
     return request_out(req, m.name)
 
 
+@router.get(
+    "/v1/deletion-requests", response_model=Page[DeletionRequestOut], summary="Requests, newest first"
+)
+def list_deletion_requests(
+    session: SessionDep,
+    key: RequestReader,
+    model: str | None = None,
+    state: RequestState | None = None,
+    reference: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Page[DeletionRequestOut]:
+    query = (
+        select(DeletionRequest, Model.name)
+        .join(Model, Model.id == DeletionRequest.model_id)
+        .where(DeletionRequest.tenant == key.tenant)
+    )
+    if model is not None:
+        query = query.where(DeletionRequest.model_id == get_model(session, key.tenant, model).id)
+    if state is not None:
+        query = query.where(DeletionRequest.state == state)
+    if reference is not None:
+        query = query.where(DeletionRequest.reference == reference)
+    if cursor is not None:
+        ts, last_id = decode_cursor(cursor, 2)
+        ts = datetime.fromisoformat(ts)
+        query = query.where(
+            or_(
+                DeletionRequest.created_at < ts,
+                and_(DeletionRequest.created_at == ts, DeletionRequest.id < last_id),
+            )
+        )
+    rows = session.execute(
+        query.order_by(DeletionRequest.created_at.desc(), DeletionRequest.id.desc()).limit(limit + 1)
+    ).all()
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+    return Page[DeletionRequestOut](
+        items=[request_out(r, n) for r, n in rows[:limit]], next_cursor=next_cursor
+    )
+
+
 @router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)
 def get_deletion_request(request_id: str, session: SessionDep, key: RequestReader) -> DeletionRequestOut:
     req = get_request(session, key.tenant, request_id)
+    return request_out(req, session.get_one(Model, req.model_id).name)
+
+
+@router.post(
+    "/v1/deletion-requests/{request_id}/cancel",
+    response_model=DeletionRequestOut,
+    summary="Withdraw a request that no job has claimed yet",
+)
+def cancel_deletion_request(request_id: str, session: SessionDep, key: DeletionWriter) -> DeletionRequestOut:
+    get_request(session, key.tenant, request_id)  # 404 for other tenants
+    req = session.scalar(select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update())
+    assert req is not None
+    if req.state not in deletions.PENDING_STATES:
+        raise Conflict(
+            f"request {request_id} is {req.state}; only received or queued requests can be cancelled"
+        )
+    req.state = "cancelled"
+    audit.record(
+        session,
+        tenant=key.tenant,
+        actor=f"key:{key.prefix}",
+        action="deletion_request.cancelled",
+        entity_type="deletion_request",
+        entity_id=req.id,
+        model_id=req.model_id,
+    )
+    session.commit()
     return request_out(req, session.get_one(Model, req.model_id).name)

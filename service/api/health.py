@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from service.deps import SessionDep, SettingsDep, require_scope
 
 router = APIRouter(tags=["health"])
 
@@ -8,3 +15,39 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", summary="The API process is up")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database and the broker are reachable")
+def readyz(request: Request, session: SessionDep) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        with request.app.state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    if settings.metrics_require_key:
+        # Resolved here rather than as a dependency so the setting can switch it off at run time.
+        header = request.headers.get("authorization", "")
+        require_scope("jobs:read")(session, _credentials(header))
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _credentials(header: str) -> Any:
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)

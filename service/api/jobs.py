@@ -1,17 +1,77 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated
 
-from service.db.tables import Model
-from service.deps import JobsReader, SessionDep
-from service.lookups import get_job
-from service.schemas.jobs import JobOut
+from fastapi import APIRouter, Query
+from sqlalchemy import and_, or_, select
+
+from service import audit
+from service.db.tables import Job, Model
+from service.deps import Admin, JobsReader, SessionDep
+from service.errors import Conflict
+from service.lookups import get_job, get_model
+from service.pagination import decode_cursor, encode_cursor
+from service.schemas.common import Page
+from service.schemas.jobs import JobOut, JobState
 from service.views import job_out
 
 router = APIRouter(tags=["jobs"])
 
 
+@router.get("/v1/jobs", response_model=Page[JobOut], summary="Jobs, newest first, with filters")
+def list_jobs(
+    session: SessionDep,
+    key: JobsReader,
+    model: str | None = None,
+    state: JobState | None = None,
+    since: Annotated[datetime | None, Query(description="only jobs created at or after this time")] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Page[JobOut]:
+    query = select(Job, Model.name).join(Model, Model.id == Job.model_id).where(Job.tenant == key.tenant)
+    if model is not None:
+        query = query.where(Job.model_id == get_model(session, key.tenant, model).id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if cursor is not None:
+        ts, last_id = decode_cursor(cursor, 2)
+        ts = datetime.fromisoformat(ts)
+        query = query.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < last_id)))
+    rows = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    items = [job_out(job, name) for job, name in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+    return Page[JobOut](items=items, next_cursor=next_cursor)
+
+
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
 def get_job_route(job_id: str, session: SessionDep, key: JobsReader) -> JobOut:
     job = get_job(session, key.tenant, job_id)
+    return job_out(job, session.get_one(Model, job.model_id).name)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut, summary="Ask a running job to stop")
+def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
+    """The worker checks the flag between steps (within a heartbeat interval); the job then ends
+    `cancelled` and its requests with it, and no version is published."""
+    job = get_job(session, key.tenant, job_id)
+    if job.state != "running":
+        raise Conflict(f"job {job_id} is {job.state}; only a running job can be cancelled")
+    if not job.cancel_requested:
+        job.cancel_requested = True
+        audit.record(
+            session,
+            tenant=key.tenant,
+            actor=f"key:{key.prefix}",
+            action="job.cancel_requested",
+            entity_type="job",
+            entity_id=job.id,
+            model_id=job.model_id,
+        )
+        session.commit()
     return job_out(job, session.get_one(Model, job.model_id).name)

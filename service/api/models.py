@@ -1,11 +1,29 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlalchemy import select
+import uuid
+from pathlib import Path
+from typing import Annotated
 
-from service.db.tables import Model, ModelVersion
-from service.deps import JobsReader, SessionDep
-from service.lookups import get_model
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.responses import FileResponse
+from sqlalchemy import and_, select
+
+from service.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
+from service.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
+from service.errors import Conflict, NotFound
+from service.lookups import get_model, version_label
+from service.model_specs import (
+    check_labels,
+    check_methods,
+    parse_model_spec,
+    registered_dataset,
+    save_safetensors_upload,
+)
+from service.pagination import decode_cursor, encode_cursor
+from service.queue import send_validate_model
+from service.registry import register_model
+from service.schemas.common import Page
+from service.schemas.datasets import SampleOut
 from service.schemas.models import ModelOut, VersionOut
 from service.views import model_out, version_out
 
@@ -30,3 +48,152 @@ def list_versions(model: str, session: SessionDep, key: JobsReader) -> list[Vers
         select(ModelVersion).where(ModelVersion.model_id == m.id).order_by(ModelVersion.number)
     ).all()
     return [version_out(v) for v in rows]
+
+
+@router.get(
+    "/v1/models/{model}/samples",
+    response_model=Page[SampleOut],
+    summary="The model's training-set sample IDs, in dataset order, with their forgotten status",
+)
+def list_samples(
+    model: str,
+    session: SessionDep,
+    key: RequestReader,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Page[SampleOut]:
+    m = get_model(session, key.tenant, model)
+    after = int(decode_cursor(cursor, 1)[0]) if cursor else -1
+    rows = session.execute(
+        select(
+            DatasetSample.sample_id,
+            DatasetSample.label,
+            DatasetSample.position,
+            ForgottenSample.version_number,
+        )
+        .outerjoin(
+            ForgottenSample,
+            and_(ForgottenSample.model_id == m.id, ForgottenSample.sample_id == DatasetSample.sample_id),
+        )
+        .where(DatasetSample.dataset_id == m.train_dataset_id, DatasetSample.position > after)
+        .order_by(DatasetSample.position)
+        .limit(limit + 1)
+    ).all()
+    items = [SampleOut(sample_id=r[0], label=r[1], forgotten_in=version_label(r[3])) for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1][2]) if len(rows) > limit else None
+    return Page[SampleOut](items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/models/{model}/samples/{sample_id}", response_model=SampleOut, summary="Look up one sample ID"
+)
+def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestReader) -> SampleOut:
+    m = get_model(session, key.tenant, model)
+    row = session.execute(
+        select(DatasetSample.label, ForgottenSample.version_number)
+        .outerjoin(
+            ForgottenSample,
+            and_(ForgottenSample.model_id == m.id, ForgottenSample.sample_id == DatasetSample.sample_id),
+        )
+        .where(DatasetSample.dataset_id == m.train_dataset_id, DatasetSample.sample_id == sample_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"sample {sample_id!r} is not in the training set of model {model!r}")
+    return SampleOut(sample_id=sample_id, label=row[0], forgotten_in=version_label(row[1]))
+
+
+def _get_version(session: SessionDep, m: Model, version: str) -> ModelVersion:
+    number = version[1:] if version.startswith("v") else version
+    v = None
+    if number.isdigit():
+        v = session.scalar(
+            select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == int(number))
+        )
+    if v is None:
+        raise NotFound(f"model {m.name!r} has no version {version!r}")
+    return v
+
+
+@router.get("/v1/models/{model}/versions/{version}", response_model=VersionOut)
+def get_version(model: str, version: str, session: SessionDep, key: JobsReader) -> VersionOut:
+    return version_out(_get_version(session, get_model(session, key.tenant, model), version))
+
+
+@router.get(
+    "/v1/models/{model}/versions/{version}/checkpoint",
+    summary="Download a version's safetensors checkpoint (sha256 in the X-Checkpoint-SHA256 header)",
+    response_class=FileResponse,
+)
+def download_checkpoint(model: str, version: str, session: SessionDep, key: JobsReader) -> FileResponse:
+    m = get_model(session, key.tenant, model)
+    v = _get_version(session, m, version)
+    path = Path(v.checkpoint_uri)
+    if not path.is_file():
+        raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage")
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{m.name}-v{v.number}.safetensors",
+        headers={"X-Checkpoint-SHA256": v.sha256},
+    )
+
+
+@router.post(
+    "/v1/models",
+    response_model=ModelOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Register a model: a spec (JSON) and its v1 checkpoint (safetensors)",
+)
+def register_model_route(
+    spec: Annotated[
+        str,
+        Form(
+            description="JSON: name, architecture, arch_kwargs, num_classes, train_dataset, "
+            "test_dataset, default_method, default_params, gates, train_recipe"
+        ),
+    ],
+    checkpoint: Annotated[UploadFile, File(description="the v1 weights, safetensors")],
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    key: Admin,
+) -> ModelOut:
+    """Answers 202: a worker then loads the checkpoint into the architecture and measures v1; the model
+    accepts deletion requests once its status is `ready` (or shows why it is `invalid`)."""
+    body = parse_model_spec(spec)
+    if session.scalar(select(Model.id).where(Model.tenant == key.tenant, Model.name == body.name)):
+        raise Conflict(f"a model named {body.name!r} already exists")
+    train, test = (
+        registered_dataset(session, key.tenant, d) for d in (body.train_dataset, body.test_dataset)
+    )
+    check_labels(session, train, body.num_classes)
+    check_methods(body)
+    path = settings.checkpoint_dir / "uploads" / f"{uuid.uuid4().hex}.safetensors"
+    digest = save_safetensors_upload(checkpoint, path)
+    try:
+        m = register_model(
+            session,
+            tenant=key.tenant,
+            name=body.name,
+            architecture=body.architecture,
+            arch_kwargs=body.arch_kwargs,
+            num_classes=body.num_classes,
+            train=train,
+            test=test,
+            checkpoint_uri=str(path),
+            checkpoint_sha256=digest,
+            default_method=body.default_method,
+            default_params=body.default_params,
+            train_recipe=body.train_recipe,
+            gates=body.gates,
+            metrics={},
+            actor=f"key:{key.prefix}",
+            status="validating",
+            fallback_methods=body.fallback_methods,
+        )
+        session.commit()
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    send_validate_model(celery, m.id)
+    return model_out(session, m)

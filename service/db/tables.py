@@ -92,7 +92,10 @@ class Model(Base):
     num_classes: Mapped[int] = mapped_column(Integer)
     train_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     test_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    status: Mapped[str] = mapped_column(String(20), default="ready")  # validating | ready | invalid
+    status_detail: Mapped[str | None] = mapped_column(Text, default=None)
     default_method: Mapped[str] = mapped_column(String(50))
+    fallback_methods: Mapped[list[str]] = mapped_column(JSON, default=list)
     default_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     train_recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -143,6 +146,9 @@ class DeletionRequest(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
     model_version: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_state: Mapped[str | None] = mapped_column(String(20), default=None)  # pending|delivered|failed
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 RequestState = Literal["received", "queued", "processing", "completed", "failed", "cancelled"]
@@ -18,6 +18,11 @@ class DeletionRequestCreate(BaseModel):
     reference: Annotated[str, StringConstraints(max_length=500)] | None = Field(
         None, description="Your own reference, e.g. a ticket number; echoed back and kept in the audit trail."
     )
+    callback_url: AnyHttpUrl | None = Field(
+        None,
+        description="POSTed (HMAC-SHA256 signed) when the request completes or fails; the host must be on "
+        "the service's allow-list.",
+    )
 
 
 class DeletionRequestOut(BaseModel):
@@ -30,6 +35,10 @@ class DeletionRequestOut(BaseModel):
     job_id: str | None
     model_version: str | None = Field(description="The version that forgot these samples, once completed.")
     error: str | None
+    callback_url: str | None
+    webhook_state: str | None = Field(
+        description="pending, delivered or failed, when a callback_url was given"
+    )
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None

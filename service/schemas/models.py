@@ -22,8 +22,11 @@ class ModelOut(BaseModel):
     architecture: str
     arch_kwargs: dict[str, Any]
     num_classes: int
+    status: str = Field(description="validating (just registered), ready, or invalid (see status_detail)")
+    status_detail: str | None
     latest_version: str
     default_method: str
+    fallback_methods: list[str]
     default_params: dict[str, Any]
     gates: dict[str, Any]
     train_samples: int

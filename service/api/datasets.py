@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from sqlalchemy import select
+
+from service.dataset_ids import read_ids
+from service.db.tables import Dataset
+from service.deps import Admin, SessionDep, SettingsDep
+from service.errors import NotFound, Unprocessable
+from service.registry import register_dataset
+from service.schemas.registry import DatasetCreate, DatasetOut, Name
+
+router = APIRouter(tags=["datasets"])
+
+
+def dataset_out(d: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=d.id, name=d.name, kind=d.kind, uri=d.uri, num_samples=d.num_samples, created_at=d.created_at
+    )
+
+
+def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path) -> DatasetOut:
+    ids, labels = read_ids(kind, path)
+    if not ids:
+        raise Unprocessable("the dataset has no samples")
+    try:
+        ds = register_dataset(
+            session,
+            tenant=key.tenant,
+            name=name,
+            kind=kind,
+            uri=str(path),
+            sample_ids=ids,
+            labels=labels,
+            actor=f"key:{key.prefix}",
+        )
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from exc
+    session.commit()
+    return dataset_out(ds)
+
+
+@router.post(
+    "/v1/datasets",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a dataset file that the workers can read (by path)",
+)
+def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep, key: Admin) -> DatasetOut:
+    path = Path(body.uri).resolve()
+    if not any(path.is_relative_to(root) for root in settings.allowed_data_roots):
+        raise Unprocessable(
+            f"{body.uri} is outside the data roots {[str(r) for r in settings.allowed_data_roots]}"
+        )
+    if not path.is_file():
+        raise Unprocessable(f"no file at {body.uri}")
+    return _register(session, key, body.name, body.kind, path)
+
+
+@router.post(
+    "/v1/datasets/upload",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload an .npz dataset (arrays x, y, ids)",
+)
+def upload_dataset(
+    name: Annotated[Name, Form()],
+    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids")],
+    session: SessionDep,
+    settings: SettingsDep,
+    key: Admin,
+) -> DatasetOut:
+    target = settings.dataset_dir / "uploads" / f"{uuid.uuid4().hex}.npz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        while chunk := file.file.read(1 << 20):
+            out.write(chunk)
+    try:
+        return _register(session, key, name, "npz", target)
+    except Exception:
+        target.unlink(missing_ok=True)
+        raise
+
+
+@router.get("/v1/datasets", response_model=list[DatasetOut])
+def list_datasets(session: SessionDep, key: Admin) -> list[DatasetOut]:
+    rows = session.scalars(select(Dataset).where(Dataset.tenant == key.tenant).order_by(Dataset.created_at))
+    return [dataset_out(d) for d in rows]
+
+
+@router.get("/v1/datasets/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: SessionDep, key: Admin) -> DatasetOut:
+    d = session.get(Dataset, dataset_id)
+    if d is None or d.tenant != key.tenant:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    return dataset_out(d)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from sqlalchemy import select
+
+from service import audit
+from service.db.tables import ApiKey
+from service.deps import Admin, SessionDep
+from service.errors import NotFound
+from service.keys import create_key, revoke_key
+from service.schemas.keys import KeyCreate, KeyOut
+
+router = APIRouter(tags=["keys"])
+
+
+def key_out(k: ApiKey, plaintext: str | None = None) -> KeyOut:
+    return KeyOut(
+        id=k.id,
+        tenant=k.tenant,
+        name=k.name,
+        prefix=k.prefix,
+        scopes=k.scopes,
+        created_at=k.created_at,
+        revoked_at=k.revoked_at,
+        key=plaintext,
+    )
+
+
+@router.post("/v1/keys", response_model=KeyOut, status_code=status.HTTP_201_CREATED)
+def create_key_route(body: KeyCreate, session: SessionDep, caller: Admin) -> KeyOut:
+    """Admins create keys for their own tenant. (Keys for other tenants: `unlearn keys create`.)"""
+    tenant = body.tenant or caller.tenant
+    if tenant != caller.tenant:
+        raise NotFound(f"tenant {tenant!r} not found")
+    key, plaintext = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
+    audit.record(
+        session,
+        tenant=tenant,
+        actor=f"key:{caller.prefix}",
+        action="api_key.created",
+        entity_type="api_key",
+        entity_id=key.id,
+        data={"scopes": key.scopes, "name": key.name},
+    )
+    session.commit()
+    return key_out(key, plaintext)
+
+
+@router.get("/v1/keys", response_model=list[KeyOut])
+def list_keys(session: SessionDep, caller: Admin) -> list[KeyOut]:
+    rows = session.scalars(select(ApiKey).where(ApiKey.tenant == caller.tenant).order_by(ApiKey.created_at))
+    return [key_out(k) for k in rows]
+
+
+@router.post("/v1/keys/{key_id}/revoke", response_model=KeyOut)
+def revoke_key_route(key_id: str, session: SessionDep, caller: Admin) -> KeyOut:
+    key = session.get(ApiKey, key_id)
+    if key is None or key.tenant != caller.tenant:
+        raise NotFound(f"API key {key_id!r} not found")
+    revoke_key(session, key_id)
+    audit.record(
+        session,
+        tenant=key.tenant,
+        actor=f"key:{caller.prefix}",
+        action="api_key.revoked",
+        entity_type="api_key",
+        entity_id=key.id,
+    )
+    session.commit()
+    return key_out(key)

@@ -1,0 +1,69 @@
+"""Deletion certificates: what a compliance team hands to a data subject or an auditor. Everything in it
+can be checked against the audit trail (the chain hash pins the event that recorded the completion)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
+from service.errors import Conflict
+
+
+def sample_ids_digest(ids: list[str]) -> str:
+    """sha256 over the sorted IDs joined by newlines: anyone holding the list can recompute it."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _version(session: Session, model_id: str, number: int | None) -> dict[str, Any] | None:
+    if number is None:
+        return None
+    v = session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.number == number)
+    )
+    return None if v is None else {"version": f"v{v.number}", "checkpoint_sha256": v.sha256}
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
+
+
+def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
+    if req.state != "completed" or req.job_id is None:
+        raise Conflict(f"request {req.id} is {req.state}; certificates exist only for completed requests")
+    job = session.get_one(Job, req.job_id)
+    model = session.get_one(Model, req.model_id)
+    event = session.scalar(
+        select(AuditEvent).where(
+            AuditEvent.tenant == req.tenant,
+            AuditEvent.entity_id == req.id,
+            AuditEvent.action == "deletion_request.completed",
+        )
+    )
+    result = job.metrics.get("result", {}) if job.metrics else {}
+    return {
+        "type": "unlearning-deletion-certificate/v1",
+        "request_id": req.id,
+        "reference": req.reference,
+        "tenant": req.tenant,
+        "model": model.name,
+        "sample_count": req.sample_count,
+        "sample_ids_sha256": sample_ids_digest(req.sample_ids),
+        "already_forgotten_count": req.already_forgotten_count,
+        "version_before": _version(session, model.id, job.base_version),
+        "version_after": _version(session, model.id, req.model_version),
+        "job_id": job.id,
+        "method": job.method,
+        "params": job.params,
+        "metrics": result,
+        "requested_at": _iso(req.created_at),
+        "completed_at": _iso(req.completed_at),
+        "audit": None if event is None else {"seq": event.seq, "event_hash": event.hash},
+        "issued_at": datetime.now(UTC).isoformat(),
+    }

@@ -1,0 +1,73 @@
+"""Validating a model registration without torch: the spec, its datasets, its methods, and that the
+upload really is a safetensors file (parsed by the safetensors library, never unpickled)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+from safetensors import safe_open
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.tables import Dataset, DatasetSample
+from service.errors import Unprocessable
+from service.schemas.registry import ModelCreate
+
+
+def parse_model_spec(raw: str) -> ModelCreate:
+    try:
+        return ModelCreate.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise Unprocessable(f"`spec` is not valid JSON: {exc}") from exc
+    except ValidationError as exc:
+        errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise Unprocessable("invalid model spec", errors=errors) from exc
+
+
+def registered_dataset(session: Session, tenant: str, dataset_id: str) -> Dataset:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or ds.tenant != tenant:
+        raise Unprocessable(f"dataset {dataset_id!r} is not registered (POST /v1/datasets first)")
+    return ds
+
+
+def check_labels(session: Session, train: Dataset, num_classes: int) -> None:
+    top = session.scalar(select(func.max(DatasetSample.label)).where(DatasetSample.dataset_id == train.id))
+    low = session.scalar(select(func.min(DatasetSample.label)).where(DatasetSample.dataset_id == train.id))
+    if top is not None and (top >= num_classes or (low or 0) < 0):
+        raise Unprocessable(f"training labels span [{low}, {top}] but num_classes is {num_classes}")
+
+
+def check_methods(body: ModelCreate) -> None:
+    from models.unlearning.params import parse_params  # torch-free by contract (tested)
+
+    for method, params in [
+        (body.default_method, body.default_params),
+        *((m, {}) for m in body.fallback_methods),
+    ]:
+        try:
+            parse_params(method, params)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Unprocessable(f"method {method!r}: {exc}") from exc
+
+
+def save_safetensors_upload(upload: UploadFile, path: Path) -> str:
+    """Stream the upload to `path`, check it parses as safetensors, return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if not list(f.keys()):
+                raise ValueError("it holds no tensors")
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the client's file, not our error
+        path.unlink(missing_ok=True)
+        raise Unprocessable(f"`checkpoint` is not a readable safetensors file: {exc}") from exc
+    return digest.hexdigest()

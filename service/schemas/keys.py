@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Scope = Literal["deletion:write", "jobs:read", "audit:read", "admin"]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: (
+        Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] | None
+    ) = Field(None, description="Defaults to the caller's tenant.")
+    scopes: list[Scope] = Field(..., min_length=1)
+    name: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = Field(None, description="The secret, shown once at creation and never again.")

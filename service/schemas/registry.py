@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    kind: Literal["npz", "csv_manifest"] = Field(
+        description="npz: arrays x, y, ids. csv_manifest: columns sample_id,path,label "
+        "(paths relative to the CSV)."
+    )
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)] = Field(
+        description="A local path under one of the service's data roots (UNLEARN_DATA_ROOTS)."
+    )
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    uri: str
+    num_samples: int
+    created_at: datetime
+
+
+class ModelCreate(BaseModel):
+    """The `spec` part of a model registration (the `checkpoint` part is the safetensors file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    architecture: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int = Field(ge=2, le=100_000)
+    train_dataset: str = Field(description="id of a registered dataset")
+    test_dataset: str = Field(description="id of a registered dataset")
+    default_method: str = "ugradsl_plus"
+    default_params: dict[str, Any] = Field(default_factory=dict)
+    fallback_methods: list[str] = Field(default_factory=list, max_length=5)
+    train_recipe: dict[str, Any] = Field(default_factory=dict, description="used by the `retrain` method")
+    gates: dict[str, float] = Field(default_factory=dict)

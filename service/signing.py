@@ -1,0 +1,87 @@
+"""Ed25519 signing of certificates. The private key is a PEM file (created on first use, mode 600); the
+public key is served at /v1/audit/public-key so a third party can verify a certificate offline."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from service.audit import canonical_json
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return load_or_create_key(path)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def public_key_pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def sign_document(key: Ed25519PrivateKey, document: dict[str, Any]) -> dict[str, Any]:
+    """Wrap `document` with a detached signature over its canonical JSON."""
+    signature = key.sign(canonical_json(document).encode())
+    return {
+        "certificate": document,
+        "signature": {
+            "algorithm": "Ed25519",
+            "canonicalization": "JSON, sorted keys, no whitespace, UTF-8",
+            "public_key": public_key_b64(key),
+            "value": base64.b64encode(signature).decode(),
+        },
+    }
+
+
+def verify_document(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:
+    """Check a signed certificate; with `trusted_public_key_b64`, also that it was signed by that key."""
+    try:
+        sig = signed["signature"]
+        embedded = sig["public_key"]
+        if trusted_public_key_b64 is not None and embedded != trusted_public_key_b64:
+            return False, "signed by a different key than the trusted one"
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(embedded))
+        pub.verify(base64.b64decode(sig["value"]), canonical_json(signed["certificate"]).encode())
+    except InvalidSignature:
+        return False, "signature does not match the certificate's content"
+    except (KeyError, TypeError, ValueError) as exc:
+        return False, f"malformed certificate: {exc}"
+    return True, "signature valid"
+
+
+def public_key_b64_from_pem(pem: str) -> str:
+    pub = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return base64.b64encode(
+        pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()

@@ -1,0 +1,68 @@
+"""Validating a registered model: build the architecture, load the uploaded weights strictly, and measure
+v1 on its own data. Only then does the model accept deletion requests."""
+
+from __future__ import annotations
+
+import logging
+
+from models.metrics import accuracy
+from sqlalchemy import select
+
+from models.architectures import build_model
+from models.datasets import load_dataset
+from service import audit
+from service.db.engine import session_scope
+from service.db.tables import Dataset, Model, ModelVersion
+from service.settings import Settings
+from workers.runner import load_weights, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def validate_model(settings: Settings, model_id: str) -> str:
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        m = s.get(Model, model_id)
+        if m is None or m.status != "validating":
+            return "nothing to do"
+        v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
+        assert v1 is not None
+        arch, kwargs, k = m.architecture, dict(m.arch_kwargs), m.num_classes
+        train = s.get_one(Dataset, m.train_dataset_id)
+        test = s.get_one(Dataset, m.test_dataset_id)
+        sources, uri = ((train.kind, train.uri), (test.kind, test.uri)), v1.checkpoint_uri
+    try:
+        device = resolve_device(settings.device)
+        model = build_model(arch, **{"num_classes": k, **kwargs}).to(device)
+        load_weights(model, uri, device)
+        train_ds, test_ds = (load_dataset(*src) for src in sources)
+        metrics = {
+            "retain_accuracy": accuracy(model, train_ds),
+            "test_accuracy": accuracy(model, test_ds),
+            "unlearning_accuracy": None,
+            "mia_score": None,
+            "retain_count": len(train_ds),
+            "test_count": len(test_ds),
+            "forget_count": 0,
+        }
+        status, detail = "ready", None
+    except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
+        status, detail, metrics = "invalid", f"{type(exc).__name__}: {exc}", {}
+    with session_scope(url) as s:
+        m = s.get_one(Model, model_id)
+        m.status, m.status_detail = status, detail
+        v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
+        assert v1 is not None
+        v1.metrics = metrics
+        audit.record(
+            s,
+            tenant=m.tenant,
+            actor="worker",
+            action=f"model.{status}",
+            entity_type="model",
+            entity_id=m.id,
+            model_id=m.id,
+            data={"detail": detail, "metrics": metrics},
+        )
+    log.info("model %s validated: %s %s", model_id, status, detail or "")
+    return status
