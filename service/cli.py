@@ -64,6 +64,10 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     if settings.demo:
         subprocess.run([sys.executable, "-m", "workers.demo"], check=True)
     worker = subprocess.Popen(_worker_argv(settings, beat=True, name="embedded@%h"))
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a normal exit so the
+    # `finally` below stops the worker instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     try:
         from service.app import create_app
 

@@ -75,7 +75,8 @@ def test_deletion_request_end_to_end_and_restart(backend: Backend, tmp_path: Pat
                 )
                 prev = e["hash"]
     finally:
-        assert stack.stop() == 0, stack.log()
+        code = stack.stop()
+    assert code == 0, stack.log()
 
     # Stop and start again: models, versions, requests and the audit trail are all still there.
     stack.start()

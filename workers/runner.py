@@ -3,6 +3,8 @@ in short transactions at the boundaries; the long computation holds no transacti
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +12,14 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from models.hooks import Cancelled, Hooks
-from models.metrics import evaluate
-from models.unlearning.params import params_to_dict, parse_params
 from sqlalchemy import select
 
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_dataset
+from models.hooks import Cancelled, Hooks
+from models.metrics import evaluate
 from models.unlearning import run_method
+from models.unlearning.params import params_class, params_to_dict, parse_params
 from service import audit
 from service.db.engine import session_scope
 from service.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
@@ -61,6 +63,8 @@ class JobContext:
     method: str
     params: dict[str, Any]
     gates: dict[str, Any]
+    fallback_methods: list[str]
+    train_recipe: dict[str, Any]
     claimed_ids: list[str]
     forgotten: set[str]
 
@@ -94,9 +98,11 @@ def load_context(url: str, job_id: str) -> JobContext:
             test=(test.kind, test.uri),
             base_version=model.latest_version,
             base_uri=base.checkpoint_uri,
-            method=job.method,
-            params=dict(job.params),
+            method=model.default_method,  # a resumed job starts its method chain over
+            params=dict(model.default_params),
             gates=dict(model.gates),
+            fallback_methods=list(model.fallback_methods),
+            train_recipe=dict(model.train_recipe),
             claimed_ids=claimed,
             forgotten=forgotten,
         )
@@ -161,41 +167,76 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
 
     rep.phase("load", 0.0, 0.05)
     train, test = load_dataset(*ctx.train), load_dataset(*ctx.test)
-    model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs}).to(device)
-    load_weights(model, ctx.base_uri, device)
+    base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs}).to(
+        device
+    )
+    load_weights(base_model, ctx.base_uri, device)
     forget, retain = split(train, new_ids, ctx.forgotten)
-    params = parse_params(ctx.method, ctx.params)
     rep.phase("evaluate_base", 0.05, 0.1)
-    base_metrics = evaluate(model, forget=forget, retain=retain, test=test)
+    base_metrics = evaluate(base_model, forget=forget, retain=retain, test=test)
 
-    rep.phase("unlearn", 0.1, 0.85)
-    hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
-    started = time.perf_counter()
-    model = run_method(ctx.method, model, forget, retain, params, hooks)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    runtime = time.perf_counter() - started
-
-    rep.phase("evaluate", 0.85, 0.95)
-    metrics = {**evaluate(model, forget=forget, retain=retain, test=test), "runtime_s": runtime}
-    failures = gates.check(ctx.gates, base_metrics, metrics)
+    chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
+    attempts: list[dict[str, Any]] = []
+    span = 0.85 / len(chain)
+    for i, (method, raw_params) in enumerate(chain):
+        lo = 0.1 + i * span
+        params = parse_params(method, with_recipe(method, raw_params, ctx.train_recipe))
+        rep.phase(f"unlearn:{method}", lo, lo + 0.8 * span)
+        hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
+        started = time.perf_counter()
+        model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runtime = time.perf_counter() - started
+        rep.phase(f"evaluate:{method}", lo + 0.8 * span, lo + span)
+        metrics = {**evaluate(model, forget=forget, retain=retain, test=test), "runtime_s": runtime}
+        failures = gates.check(ctx.gates, base_metrics, metrics)
+        attempts.append(
+            {
+                "method": method,
+                "params": params_to_dict(params),
+                "metrics": metrics,
+                "gate_failures": failures,
+                "passed": not failures,
+            }
+        )
+        record_attempt(url, ctx.job_id, method, params_to_dict(params), base_metrics, metrics, attempts)
+        if not failures:
+            rep.phase("publish", 0.95, 1.0)
+            publish(settings, ctx, model, new_ids, metrics, rep)
+            return
+    reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     with session_scope(url) as s:
-        job = s.get_one(Job, ctx.job_id)
-        job.params = params_to_dict(params)
-        job.metrics = {"base": base_metrics, "result": metrics, "gates": failures}
-    if failures:
-        with session_scope(url) as s:
-            claims.finish_job(
-                s,
-                s.get_one(Job, ctx.job_id),
-                state="failed",
-                request_state="failed",
-                error="gates failed: " + "; ".join(failures),
-            )
-        return
+        claims.finish_job(
+            s,
+            s.get_one(Job, ctx.job_id),
+            state="failed",
+            request_state="failed",
+            error=f"every method failed its gates ({reasons})",
+        )
 
-    rep.phase("publish", 0.95, 1.0)
-    publish(settings, ctx, model, new_ids, metrics, rep)
+
+def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """Exact retrain uses the model's registered training recipe unless the params override it."""
+    if method != "retrain" or not recipe:
+        return params
+    fields = {f.name for f in dataclasses.fields(params_class(method))}
+    return {**{k: v for k, v in recipe.items() if k in fields}, **params}
+
+
+def record_attempt(
+    url: str,
+    job_id: str,
+    method: str,
+    params: dict[str, Any],
+    base: dict[str, Any],
+    result: dict[str, Any],
+    attempts: list[dict[str, Any]],
+) -> None:
+    with session_scope(url) as s:
+        job = s.get_one(Job, job_id)
+        job.method, job.params = method, params
+        job.metrics = {"base": base, "result": result, "attempts": attempts}
 
 
 def publish(

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
 
 from service import audit
-from service.db.tables import Job, Model
-from service.deps import Admin, JobsReader, SessionDep
+from service.db.tables import DeletionRequest, Job, Model
+from service.deps import Admin, CeleryDep, JobsReader, SessionDep
 from service.errors import Conflict
 from service.lookups import get_job, get_model
 from service.pagination import decode_cursor, encode_cursor
+from service.queue import send_run_model
 from service.schemas.common import Page
 from service.schemas.jobs import JobOut, JobState
 from service.views import job_out
@@ -74,4 +75,35 @@ def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
             model_id=job.model_id,
         )
         session.commit()
+    return job_out(job, session.get_one(Model, job.model_id).name)
+
+
+@router.post(
+    "/v1/jobs/{job_id}/retry", response_model=JobOut, summary="Re-queue the requests of a failed job"
+)
+def retry_job(job_id: str, session: SessionDep, celery: CeleryDep, key: Admin) -> JobOut:
+    """After a job fails (e.g. every method missed its gates), an admin may change the model's policy and
+    send its failed requests round again; they join the next job with any other pending requests."""
+    job = get_job(session, key.tenant, job_id)
+    if job.state != "failed":
+        raise Conflict(f"job {job_id} is {job.state}; only a failed job can be retried")
+    requests = session.scalars(
+        select(DeletionRequest).where(
+            DeletionRequest.id.in_(job.request_ids), DeletionRequest.state == "failed"
+        )
+    ).all()
+    for r in requests:
+        r.state, r.error, r.job_id, r.webhook_state = "received", None, None, None
+        audit.record(
+            session,
+            tenant=key.tenant,
+            actor=f"key:{key.prefix}",
+            action="deletion_request.retried",
+            entity_type="deletion_request",
+            entity_id=r.id,
+            model_id=r.model_id,
+            data={"failed_job_id": job.id},
+        )
+    session.commit()
+    send_run_model(celery, job.model_id)
     return job_out(job, session.get_one(Model, job.model_id).name)

@@ -1,0 +1,195 @@
+"""Issue-5 contracts through real HTTP (uvicorn in a thread) and the real database: idempotency under
+concurrency, cancellation, tenant isolation, the audit chain's tamper detection, pagination, metrics."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select, update
+
+from service.app import create_app
+from service.db import migrate
+from service.db.engine import session_scope
+from service.db.tables import AuditEvent, DeletionRequest
+from tests.conftest import Backend
+from tests.factories import make_key, make_model
+from tests.helpers import free_port, wait_until
+
+
+@dataclass
+class Live:
+    url: str
+    db: str
+    key: str
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=30
+        )
+
+
+@pytest.fixture
+def live(backend: Backend) -> Iterator[Live]:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.resolved_database_url
+    migrate.upgrade(db)
+    with session_scope(db) as s:
+        make_model(s, name="toy", n_train=200)
+        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, what="uvicorn")
+    try:
+        yield Live(f"http://127.0.0.1:{port}", db, key)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def request_count(db: str) -> int:
+    with session_scope(db) as s:
+        return len(s.scalars(select(DeletionRequest.id)).all())
+
+
+def test_idempotency_key_replays_the_original_request(live: Live) -> None:
+    body = {"sample_ids": ["toy-0001", "toy-0002"], "reference": "T-1"}
+    with live.client() as c:
+        first = c.post("/v1/models/toy/deletion-requests", json=body, headers={"Idempotency-Key": "abc"})
+        again = c.post("/v1/models/toy/deletion-requests", json=body, headers={"Idempotency-Key": "abc"})
+        other = c.post(
+            "/v1/models/toy/deletion-requests",
+            json={**body, "reference": "T-2"},
+            headers={"Idempotency-Key": "abc"},
+        )
+    assert first.status_code == 202
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
+    assert request_count(live.db) == 1
+
+
+def test_twenty_concurrent_retries_create_one_request(live: Live) -> None:
+    body = {"sample_ids": ["toy-0005"], "reference": "burst"}
+
+    def fire(_: int) -> httpx.Response:
+        with live.client() as c:
+            return c.post(
+                "/v1/models/toy/deletion-requests", json=body, headers={"Idempotency-Key": "burst-1"}
+            )
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(fire, range(20)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 202, 409}, codes
+    assert codes.count(202) == 1
+    assert len({r.json()["id"] for r in responses if r.status_code in (200, 202)}) == 1
+    assert request_count(live.db) == 1
+
+
+def test_a_pending_request_can_be_cancelled_once(live: Live) -> None:
+    with live.client() as c:
+        rid = c.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0003"]}).json()["id"]
+        r = c.post(f"/v1/deletion-requests/{rid}/cancel")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        assert c.post(f"/v1/deletion-requests/{rid}/cancel").status_code == 409
+
+
+def test_a_tenant_never_sees_another_tenants_objects(live: Live) -> None:
+    with session_scope(live.db) as s:
+        make_model(s, tenant="b", name="toy")  # same name, other tenant
+        key_b = make_key(s, tenant="b")
+    with live.client() as a, live.client(key_b) as b:
+        rid = a.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0003"]}).json()["id"]
+        assert b.get(f"/v1/deletion-requests/{rid}").status_code == 404
+        assert b.post(f"/v1/deletion-requests/{rid}/cancel").status_code == 404
+        assert b.get(f"/v1/deletion-requests/{rid}/certificate").status_code == 404
+        assert rid not in {r["id"] for r in b.get("/v1/deletion-requests").json()["items"]}
+        assert all(
+            e["tenant"] == "b"
+            for e in map(__import__("json").loads, b.get("/v1/audit/export").text.splitlines())
+        )
+
+
+def test_audit_verify_names_the_first_edited_event(live: Live) -> None:
+    with live.client() as c:
+        for i in range(3):
+            assert (
+                c.post("/v1/models/toy/deletion-requests", json={"sample_ids": [f"toy-00{i}0"]}).status_code
+                == 202
+            )
+        assert c.get("/v1/audit/verify").json()["ok"] is True
+        with session_scope(live.db) as s:
+            victim = s.scalars(
+                select(AuditEvent).where(AuditEvent.tenant == "default").order_by(AuditEvent.seq)
+            ).all()[3]
+            s.execute(update(AuditEvent).where(AuditEvent.id == victim.id).values(actor="mallory"))
+            seq = victim.seq
+        report = c.get("/v1/audit/verify").json()
+    assert report["ok"] is False and report["first_broken_seq"] == seq
+
+
+def test_request_listing_paginates_without_gaps_or_repeats(live: Live) -> None:
+    with live.client() as c:
+        made = {
+            c.post("/v1/models/toy/deletion-requests", json={"sample_ids": [f"toy-01{i:02d}"]}).json()["id"]
+            for i in range(7)
+        }
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = c.get(
+                "/v1/deletion-requests", params={"limit": 3, **({"cursor": cursor} if cursor else {})}
+            ).json()
+            seen += [r["id"] for r in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert len(seen) == len(set(seen)) and set(seen) == made
+        assert c.get("/v1/deletion-requests", params={"cursor": "garbage!"}).status_code == 422
+
+
+def test_too_many_ids_is_413(backend: Backend) -> None:
+    env = {**backend.env, "UNLEARN_MAX_SAMPLE_IDS": "3"}
+    settings = Backend(backend.name, env).settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        key = make_key(s)
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings)) as c:
+        r = c.post(
+            "/v1/models/toy/deletion-requests",
+            json={"sample_ids": [f"toy-000{i}" for i in range(5)]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert r.status_code == 413 and r.json()["limit"] == 3
+
+
+def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
+    with live.client() as c:
+        c.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0009"]})
+        text = httpx.get(f"{live.url}/metrics").text
+    assert (
+        'unlearn_http_requests_total{method="POST",route="/v1/models/{model}/deletion-requests",status="202"}'
+        in text
+    )
+    assert "unlearn_deletion_requests{state=" in text
+    assert "unlearn_job_duration_seconds_bucket" in text
+
+
+def test_readyz_reports_database_and_broker(live: Live) -> None:
+    r = httpx.get(f"{live.url}/readyz")
+    assert r.json()["checks"]["database"] == "ok"
+    assert r.status_code in (200, 503)
