@@ -20,8 +20,8 @@ def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
             return _npz(path)
         if kind == "csv_manifest":
             return _csv(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise Unprocessable(f"cannot read {kind} dataset at {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - an untrusted file may fail in any way; it is the client's
+        raise Unprocessable(f"cannot read {kind} dataset at {path}: {type(exc).__name__}: {exc}") from exc
     raise Unprocessable(f"unknown dataset kind {kind!r}; known: {list(ID_KINDS)}")
 
 

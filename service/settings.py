@@ -67,6 +67,7 @@ class Settings(BaseSettings):
 
     # Demo model registered on first start of the embedded stack.
     demo: bool = Field(True, validation_alias=AliasChoices("UNLEARN_DEMO"))
+    demo_cache: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_DEMO_CACHE"))
 
     @field_validator("webhook_allowed_hosts", "data_roots", mode="before")
     @classmethod

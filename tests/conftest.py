@@ -3,6 +3,8 @@ Redis where they answer on 127.0.0.1 (skipped with the reason otherwise)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +16,10 @@ from service.settings import Settings
 from tests.helpers import PG_ADMIN_URL, REDIS_URL, services_available
 
 BACKENDS = ["embedded", "postgres"]
+
+# Every live stack registers the demo model; train it once per test session (training is deterministic).
+DEMO_CACHE = tempfile.mkdtemp(prefix="unlearn-demo-cache-")
+os.environ.setdefault("UNLEARN_DEMO_CACHE", DEMO_CACHE)
 
 
 @dataclass

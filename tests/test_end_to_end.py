@@ -46,15 +46,18 @@ def test_deletion_request_end_to_end_and_restart(backend: Backend, tmp_path: Pat
             assert job["state"] == "completed" and job["progress"] == 1.0
             assert job["method"] == "ugradsl_plus" and job["params"]
             base, result = job["metrics"]["base"], job["metrics"]["result"]
-            # v1 memorised these samples; v2 has forgotten a clear share of them, at little cost.
-            assert base["unlearning_accuracy"] <= 0.05
-            assert result["unlearning_accuracy"] >= base["unlearning_accuracy"] + 0.05
+            # v1 memorised these samples (UA ~0, MIA ~0). A model retrained without them would err on
+            # them about as often as on test data (~2% here), so "forgotten" means UA rises towards the
+            # test error and the attack calls clearly more of them non-members; test accuracy holds.
+            assert base["unlearning_accuracy"] <= 0.01 and base["mia_score"] <= 0.05
+            assert result["unlearning_accuracy"] > base["unlearning_accuracy"]
+            assert result["mia_score"] >= base["mia_score"] + 0.05
             assert base["test_accuracy"] - result["test_accuracy"] <= 0.03
             print("demo v1 -> v2 metrics:", json.dumps({"base": base, "result": result}))
 
             v1, v2 = c.get("/v1/models/digits/versions").json()
             assert (v1["version"], v2["version"], v2["parent"]) == ("v1", "v2", "v1")
-            assert v2["forgotten_count"] == 40
+            assert v2["forgotten_count"] == len(ids)
             for key in ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy", "runtime_s"):
                 assert key in v2["metrics"], key
             [ckpt] = list((stack.var_dir / "checkpoints").rglob("v2-*.safetensors"))

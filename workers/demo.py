@@ -7,13 +7,16 @@ Run as `python -m workers.demo` (the launcher does); it does nothing if the mode
 from __future__ import annotations
 
 import logging
+import os
 
-from models.metrics import accuracy
-from models.training import DIGITS_RECIPE, train
+import safetensors.torch
+import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
-from models.datasets import load_digits_split, save_npz
+from models.datasets import SampleDataset, load_digits_split, save_npz
+from models.metrics import accuracy
+from models.training import DIGITS_RECIPE, train
 from service.db.engine import session_scope
 from service.db.tables import Model
 from service.registry import register_dataset, register_model
@@ -26,6 +29,27 @@ DEMO_TENANT = "default"
 DEMO_MODEL = "digits"
 ARCH, ARCH_KWARGS = "small_cnn", {"in_channels": 1, "image_size": 8, "num_classes": 10}
 DEMO_GATES = {"max_test_accuracy_drop": 0.05, "max_forget_accuracy_above_test": 0.05}
+
+
+def trained_demo(settings: Settings, train_ds: SampleDataset) -> torch.nn.Module:
+    """Train the demo CNN, or reuse the weights cached in UNLEARN_DEMO_CACHE (training is deterministic,
+    so a cached copy is the same model; test suites and re-created state directories skip ~10 s)."""
+    model = build_model(ARCH, **ARCH_KWARGS)
+    cache = (
+        settings.demo_cache / f"digits-{ARCH}-{DIGITS_RECIPE.seed}.safetensors"
+        if settings.demo_cache
+        else None
+    )
+    if cache is not None and cache.exists():
+        safetensors.torch.load_model(model, str(cache))
+        return model
+    model = train(model, train_ds, DIGITS_RECIPE)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        safetensors.torch.save_model(model, str(tmp))
+        os.replace(tmp, cache)
+    return model
 
 
 def ensure_demo(settings: Settings) -> bool:
@@ -43,7 +67,7 @@ def ensure_demo(settings: Settings) -> bool:
     save_npz(train_ds, train_path)
     save_npz(test_ds, test_path)
 
-    model = train(build_model(ARCH, **ARCH_KWARGS), train_ds, DIGITS_RECIPE)
+    model = trained_demo(settings, train_ds)
     metrics = {
         "retain_accuracy": accuracy(model, train_ds),
         "test_accuracy": accuracy(model, test_ds),
