@@ -23,7 +23,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check service workers models tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/unlearn db check
+	$(VENV)/bin/mypy service workers
+	d=$$(mktemp -d) && UNLEARN_VAR_DIR=$$d $(VENV)/bin/unlearn db upgrade && UNLEARN_VAR_DIR=$$d $(VENV)/bin/unlearn db check
 
 bench: $(STAMP)
 	$(PY) bench/quality.py --quick

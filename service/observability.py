@@ -43,6 +43,7 @@ class DatabaseCollector(Collector):
                         Job.state == "completed", Job.started_at.is_not(None), Job.finished_at.is_not(None)
                     )
                 )
+                if st is not None and f is not None
             ]
             s.rollback()
         hist = HistogramMetricFamily("unlearn_job_duration_seconds", "Duration of completed jobs")

@@ -12,7 +12,9 @@ DELIVER_WEBHOOK = "workers.deliver_webhook"
 VALIDATE_MODEL = "workers.validate_model"
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
+    """The Celery app. `fail_fast` (the API): give up on an unreachable broker within a second instead of
+    retrying for seconds per request; the request is already committed and the reconciler enqueues it."""
     app = Celery("unlearn", broker=settings.resolved_broker_url)
     conf: dict[str, object] = {
         "task_default_queue": settings.queue_name,
@@ -42,6 +44,14 @@ def make_celery(settings: Settings) -> Celery:
     else:
         # Longer than any job, so a running job is never redelivered while its worker is alive.
         conf["broker_transport_options"] = {"visibility_timeout": 6 * 3600}
+        if fail_fast:
+            conf["broker_transport_options"] |= {
+                "max_retries": 1,
+                "interval_start": 0,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            }
+            conf["broker_connection_timeout"] = 2
     app.conf.update(conf)
     return app
 

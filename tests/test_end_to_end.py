@@ -7,13 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from service import audit
+from service.signing import verify_document
 from tests.conftest import Backend
+from tests.helpers import wait_until
 from tests.stack import LiveStack, wait_for_request
+from workers.webhooks import SIGNATURE_HEADER
+from workers.webhooks import verify as verify_webhook
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +30,34 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_deletion_request_end_to_end_and_restart(backend: Backend, tmp_path: Path) -> None:
-    stack = LiveStack(env=backend.env, log_path=tmp_path / "stack.log")
+class WebhookReceiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[bytes, str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((body, self.headers.get(SIGNATURE_HEADER, "")))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[str]:
+    WebhookReceiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def test_deletion_request_end_to_end_and_restart(
+    backend: Backend, tmp_path: Path, webhook_server: str
+) -> None:
+    env = {**backend.env, "UNLEARN_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "UNLEARN_WEBHOOK_SECRET": "s3cret"}
+    stack = LiveStack(env=env, log_path=tmp_path / "stack.log")
     stack.start()
     try:
         with stack.client() as c:
@@ -62,6 +96,27 @@ def test_deletion_request_end_to_end_and_restart(backend: Backend, tmp_path: Pat
                 assert key in v2["metrics"], key
             [ckpt] = list((stack.var_dir / "checkpoints").rglob("v2-*.safetensors"))
             assert sha256_file(ckpt) == v2["checkpoint_sha256"]
+
+            # The product's webhook arrives, signed with the shared secret.
+            body, signature = wait_until(
+                lambda: WebhookReceiver.received[:1], timeout=60, what="the webhook"
+            )[0]
+            assert verify_webhook(b"s3cret", body, signature)
+            assert not verify_webhook(b"wrong", body, signature)
+            assert json.loads(body)["request"]["model_version"] == "v2"
+
+            # Compliance gets a signed certificate that checks out offline, and fails once tampered with.
+            cert = c.get(f"/v1/deletion-requests/{req['id']}/certificate").json()
+            pub = c.get("/v1/audit/public-key").json()["public_key"]
+            assert verify_document(cert, pub) == (True, "signature valid")
+            assert cert["certificate"]["version_after"]["checkpoint_sha256"] == v2["checkpoint_sha256"]
+            assert (
+                cert["certificate"]["sample_ids_sha256"]
+                == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+            )
+            forged = json.loads(json.dumps(cert))
+            forged["certificate"]["sample_count"] += 1
+            assert verify_document(forged, pub)[0] is False
 
             events = [json.loads(line) for line in c.get("/v1/audit/export?format=jsonl").text.splitlines()]
             actions = {e["action"] for e in events}

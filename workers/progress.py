@@ -30,11 +30,26 @@ class Reporter:
         self._phase, self._lo, self._hi = "load", 0.0, 0.0
         self._last = 0.0
         self._cancel = False
+        self._phase_started: float | None = None
+        self.timings: dict[str, float] = {}
 
     def phase(self, name: str, start: float, end: float) -> None:
-        """Enter a phase that spans [start, end] of the job's overall progress."""
+        """Enter a phase that spans [start, end] of the job's overall progress (and time the last one)."""
+        self._close_phase()
         self._phase, self._lo, self._hi = name, start, end
+        self._phase_started = time.perf_counter()
         self.report(0.0, force=True)
+
+    def _close_phase(self) -> None:
+        if self._phase_started is not None:
+            took = time.perf_counter() - self._phase_started
+            self.timings[self._phase] = self.timings.get(self._phase, 0.0) + took
+            self._phase_started = None
+
+    def finished_timings(self) -> dict[str, float]:
+        """Seconds per phase, the current one closed now (recorded with the job: where a job's time goes)."""
+        self._close_phase()
+        return {k: round(v, 4) for k, v in self.timings.items()}
 
     def report(self, fraction: float, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -262,7 +262,7 @@ def publish(
     )
     try:
         rep.report(0.5, force=True)  # proves we still hold the lease right before committing
-        _commit_version(url, ctx, final, digest, number, new_ids, metrics, rep.owner)
+        _commit_version(url, ctx, final, digest, number, new_ids, metrics, rep.owner, rep.finished_timings())
     except BaseException:
         final.unlink(missing_ok=True)
         raise
@@ -277,10 +277,12 @@ def _commit_version(
     new_ids: list[str],
     metrics: dict[str, Any],
     owner: str,
+    timings: dict[str, float],
 ) -> None:
     with session_scope(url) as s:
         m = s.scalar(select(Model).where(Model.id == ctx.model_id).with_for_update())
         job = s.get_one(Job, ctx.job_id)
+        job.metrics = {**job.metrics, "timings": timings}
         if (
             m is None
             or m.latest_version != ctx.base_version

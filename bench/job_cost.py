@@ -1,0 +1,158 @@
+"""Where a job's time goes, and how fast the unlearning loop runs against a bare training loop.
+
+    .venv/bin/python bench/job_cost.py            # digits demo + Fashion-MNIST (if installed)
+    .venv/bin/python bench/job_cost.py --quick    # digits only
+
+Part 1 runs real jobs through the worker code (database, lease, checkpoint, publish) on the embedded
+default and prints the seconds per phase. Part 2 times UGradSL+ steps against plain SGD steps of the same
+model on the same data (same samples per step: B_r + B_f vs one batch of 2B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.architectures import build_model  # noqa: E402
+from models.datasets import SampleDataset, load_dataset, load_digits_split, save_npz  # noqa: E402
+from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
+from models.unlearning import run_method  # noqa: E402
+from service import deletions  # noqa: E402
+from service.db import migrate  # noqa: E402
+from service.db.engine import session_scope  # noqa: E402
+from service.db.tables import Job, Model  # noqa: E402
+from service.keys import create_key  # noqa: E402
+from service.registry import register_dataset, register_model  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from workers.orchestrate import process_model  # noqa: E402
+from workers.storage import version_path, write_checkpoint  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def setup_model(settings: Settings, name: str, arch: str, kwargs: dict, train_ds: SampleDataset,
+                test_ds: SampleDataset, recipe: TrainRecipe) -> str:
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        save_npz(ds, settings.dataset_dir / f"{name}-{split}.npz")
+    model = train(build_model(arch, **kwargs), train_ds, recipe)
+    ckpt = version_path(settings.checkpoint_dir, name, 1)
+    digest = write_checkpoint(model, ckpt, architecture=arch, kwargs=kwargs, num_classes=10)
+    with session_scope(settings.resolved_database_url) as s:
+        tr, te = (
+            register_dataset(s, tenant="bench", name=f"{name}-{sp}", kind="npz",
+                             uri=str(settings.dataset_dir / f"{name}-{sp}.npz"), sample_ids=ds.ids,
+                             labels=ds.y.tolist(), actor="bench")
+            for sp, ds in (("train", train_ds), ("test", test_ds))
+        )
+        m = register_model(s, tenant="bench", name=name, architecture=arch, arch_kwargs=kwargs, num_classes=10,
+                           train=tr, test=te, checkpoint_uri=str(ckpt), checkpoint_sha256=digest,
+                           default_method="ugradsl_plus", default_params={}, train_recipe=recipe.to_dict(),
+                           gates={}, metrics={}, actor="bench")
+        return m.id
+
+
+def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        key, _ = create_key(s, tenant="bench", scopes=["deletion:write"])
+        deletions.submit(s, model=s.get_one(Model, model_id), key=key, sample_ids=ids, reference=None,
+                         max_ids=10**6)
+    started = time.perf_counter()
+    process_model(settings, model_id)
+    wall = time.perf_counter() - started
+    with session_scope(url) as s:
+        job = s.query(Job).filter(Job.model_id == model_id).order_by(Job.created_at.desc()).first()
+        assert job is not None and job.state == "completed", job and job.error
+        return {"wall": wall, **job.metrics["timings"], "forget": len(ids)}
+
+
+def loop_throughput(model: torch.nn.Module, train_ds: SampleDataset, batch: int, steps: int) -> tuple[float, float]:
+    """samples/s of UGradSL+ steps vs plain SGD steps over the same number of samples per step."""
+    device = next(model.parameters()).device
+    ids = random.Random(0).sample(train_ds.ids, len(train_ds) // 10)
+    forget, retain = train_ds.split_by_ids(ids)
+    epochs = steps * batch / len(retain)
+    m = copy.deepcopy(model)
+    run_method("ugradsl_plus", m, forget, retain, {"epochs": epochs / 10, "batch_size": batch})  # warm-up
+    t0 = time.perf_counter()
+    run_method("ugradsl_plus", m, forget, retain, {"epochs": epochs, "batch_size": batch})
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    unlearn = steps * 2 * batch / (time.perf_counter() - t0)
+
+    m = copy.deepcopy(model).train()
+    x, y = retain.x.to(device), retain.y.to(device)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+
+    def bare(n: int) -> None:
+        for _ in range(n):
+            idx = torch.randint(len(x), (2 * batch,), generator=gen).to(device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x[idx]), y[idx]).backward()
+            opt.step()
+
+    bare(max(steps // 10, 1))
+    t0 = time.perf_counter()
+    bare(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return unlearn, steps * 2 * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="digits only")
+    args = ap.parse_args()
+    var = Path(tempfile.mkdtemp(prefix="unlearn-jobcost-"))
+    settings = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_HEARTBEAT_SECONDS=1.0)  # type: ignore[call-arg]
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    cases = []
+    tr, te = load_digits_split()
+    kw = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+    cases.append(("digits / small_cnn(8x8)", "digits", kw, tr, te, DIGITS_RECIPE, "1 epoch"))
+    if not args.quick and FASHION.exists():
+        ftr, fte = load_dataset("fashion_mnist", f"{FASHION}:train"), load_dataset("fashion_mnist", f"{FASHION}:test")
+        kw28 = {"in_channels": 1, "image_size": 28, "num_classes": 10}
+        cases.append(("fashion-mnist 60k / small_cnn(28x28)", "fashion", kw28, ftr, fte,
+                      TrainRecipe(epochs=1, lr=0.05, batch_size=128), "1 epoch (cost, not quality)"))
+
+    rows, loops = [], []
+    for label, name, kw_, tr_, te_, recipe, _note in cases:
+        model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe)
+        ids = random.Random(1).sample(tr_.ids, len(tr_) // 10)
+        rows.append((label, run_job(settings, model_id, ids)))
+        model = train(build_model("small_cnn", **kw_), tr_.subset(torch.arange(min(len(tr_), 2048))),
+                      TrainRecipe(epochs=1)).to(device)
+        loops.append((label, *loop_throughput(model, tr_, batch=64, steps=200)))
+
+    print(f"\n## Job phases (seconds; device {device}; random 10% forget set; UGradSL+ defaults)\n")
+    phases = sorted({k for _, r in rows for k in r if k not in ("wall", "forget")})
+    print("| model | forget | " + " | ".join(phases) + " | job wall |")
+    print("|---|---:|" + "---:|" * len(phases) + "---:|")
+    for label, r in rows:
+        print(f"| {label} | {r['forget']} | " + " | ".join(f"{r.get(p, 0):.2f}" for p in phases)
+              + f" | {r['wall']:.2f} |")
+    print("\n## Unlearning loop vs bare training loop (samples/s, batch 64+64 vs 128, 200 steps)\n")
+    print("| model | UGradSL+ samples/s | bare SGD samples/s | ratio |")
+    print("|---|---:|---:|---:|")
+    for label, u, b in loops:
+        print(f"| {label} | {u:,.0f} | {b:,.0f} | {u / b:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
