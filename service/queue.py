@@ -43,15 +43,11 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
         }
     else:
         # Longer than any job, so a running job is never redelivered while its worker is alive.
-        conf["broker_transport_options"] = {"visibility_timeout": 6 * 3600}
+        options: dict[str, float] = {"visibility_timeout": 6 * 3600}
         if fail_fast:
-            conf["broker_transport_options"] |= {
-                "max_retries": 1,
-                "interval_start": 0,
-                "interval_step": 0.2,
-                "interval_max": 0.5,
-            }
+            options |= {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
             conf["broker_connection_timeout"] = 2
+        conf["broker_transport_options"] = options
     app.conf.update(conf)
     return app
 

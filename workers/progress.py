@@ -1,18 +1,24 @@
-"""Job progress, heartbeat and lease renewal, written in short transactions at most every few seconds.
+"""Job progress, heartbeat and lease renewal.
 
-The unlearning loop calls `report()` often; we touch the database only when `interval` has passed, so
-progress costs nothing measurable per step.
+A background thread writes progress and heartbeat and renews the model's lease every `interval` seconds,
+whatever the job is doing (loading data, fitting the MIA classifier, a slow step), so a live job never
+looks dead. The unlearning loop only sets a number in memory: it does no database I/O per step.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from types import TracebackType
 
 from sqlalchemy import select
 
 from service.db.engine import session_scope
 from service.db.tables import Job, utcnow
 from workers import leases
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(RuntimeError):
@@ -27,18 +33,71 @@ class Reporter:
     def __init__(self, url: str, job_id: str, model_id: str, owner: str, *, lease_s: float, interval: float):
         self.url, self.job_id, self.model_id, self.owner = url, job_id, model_id, owner
         self.lease_s, self.interval = lease_s, interval
-        self._phase, self._lo, self._hi = "load", 0.0, 0.0
-        self._last = 0.0
+        self._phase, self._lo, self._hi, self._fraction = "load", 0.0, 0.0, 0.0
         self._cancel = False
+        self._lost: str | None = None
         self._phase_started: float | None = None
         self.timings: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
+    # --- lifecycle --------------------------------------------------------------------------------
+    def __enter__(self) -> Reporter:
+        self.flush()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 30)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except LeaseLost:
+                return
+            except Exception:  # noqa: BLE001 - a database blip must not kill the job; the next beat retries
+                log.warning("heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
+
+    def flush(self) -> None:
+        """Write progress and heartbeat, renew the lease, read the cancel flag (one short transaction)."""
+        with self._lock:
+            overall = self._lo + (self._hi - self._lo) * min(max(self._fraction, 0.0), 1.0)
+            phase = self._phase
+        with session_scope(self.url) as s:
+            if not leases.renew(s, self.model_id, self.owner, self.lease_s):
+                self._lost = f"lease on model {self.model_id} lost"
+                raise LeaseLost(self._lost)
+            job = s.scalar(select(Job).where(Job.id == self.job_id))
+            if job is None:
+                self._lost = f"job {self.job_id} vanished"
+                raise LeaseLost(self._lost)
+            job.progress, job.phase, job.heartbeat_at = overall, phase, utcnow()
+            self._cancel = job.cancel_requested
+
+    # --- called by the job --------------------------------------------------------------------------
     def phase(self, name: str, start: float, end: float) -> None:
         """Enter a phase that spans [start, end] of the job's overall progress (and time the last one)."""
+        self._check()
         self._close_phase()
-        self._phase, self._lo, self._hi = name, start, end
+        with self._lock:
+            self._phase, self._lo, self._hi, self._fraction = name, start, end, 0.0
         self._phase_started = time.perf_counter()
-        self.report(0.0, force=True)
+
+    def report(self, fraction: float) -> None:
+        """The unlearning loop's progress callback: memory only, plus the lease check."""
+        self._check()
+        self._fraction = fraction
+
+    def cancelled(self) -> bool:
+        """The cancel flag as of the last heartbeat (at most `interval` old)."""
+        return self._cancel
+
+    def _check(self) -> None:
+        if self._lost is not None:
+            raise LeaseLost(self._lost)
 
     def _close_phase(self) -> None:
         if self._phase_started is not None:
@@ -50,22 +109,3 @@ class Reporter:
         """Seconds per phase, the current one closed now (recorded with the job: where a job's time goes)."""
         self._close_phase()
         return {k: round(v, 4) for k, v in self.timings.items()}
-
-    def report(self, fraction: float, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        overall = self._lo + (self._hi - self._lo) * min(max(fraction, 0.0), 1.0)
-        with session_scope(self.url) as s:
-            if not leases.renew(s, self.model_id, self.owner, self.lease_s):
-                raise LeaseLost(f"lease on model {self.model_id} lost")
-            job = s.scalar(select(Job).where(Job.id == self.job_id))
-            if job is None:
-                raise LeaseLost(f"job {self.job_id} vanished")
-            job.progress, job.phase, job.heartbeat_at = overall, self._phase, utcnow()
-            self._cancel = job.cancel_requested
-
-    def cancelled(self) -> bool:
-        """The cancel flag as of the last heartbeat (at most `interval` old)."""
-        return self._cancel

@@ -127,7 +127,8 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         url, job_id, ctx.model_id, owner, lease_s=settings.lease_seconds, interval=settings.heartbeat_seconds
     )
     try:
-        _run(settings, ctx, rep)
+        with rep:
+            _run(settings, ctx, rep)
     except LeaseLost:
         raise  # another worker owns the model now; it will resume this job
     except (Cancelled, JobCancelled):
@@ -261,7 +262,7 @@ def publish(
         extra={"version": number, "job_id": ctx.job_id},
     )
     try:
-        rep.report(0.5, force=True)  # proves we still hold the lease right before committing
+        rep.flush()  # proves we still hold the lease right before committing
         _commit_version(url, ctx, final, digest, number, new_ids, metrics, rep.owner, rep.finished_timings())
     except BaseException:
         final.unlink(missing_ok=True)
