@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, text
@@ -32,31 +33,22 @@ def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]
         yield items[i : i + size]
 
 
+def _present(session: Session, column: Any, scope: Any, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` appear in `column` (within `scope`), queried in chunks to bound the IN list."""
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(session.scalars(select(column).where(scope, column.in_(chunk))))
+    return found
+
+
 def unknown_ids(session: Session, dataset_id: str, ids: Sequence[str]) -> list[str]:
     """IDs that are not in the dataset, in request order."""
-    known: set[str] = set()
-    for chunk in _chunks(ids):
-        known.update(
-            session.scalars(
-                select(DatasetSample.sample_id).where(
-                    DatasetSample.dataset_id == dataset_id, DatasetSample.sample_id.in_(chunk)
-                )
-            )
-        )
+    known = _present(session, DatasetSample.sample_id, DatasetSample.dataset_id == dataset_id, ids)
     return [i for i in ids if i not in known]
 
 
 def forgotten_ids(session: Session, model_id: str, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(ids):
-        found.update(
-            session.scalars(
-                select(ForgottenSample.sample_id).where(
-                    ForgottenSample.model_id == model_id, ForgottenSample.sample_id.in_(chunk)
-                )
-            )
-        )
-    return found
+    return _present(session, ForgottenSample.sample_id, ForgottenSample.model_id == model_id, ids)
 
 
 def body_digest(ids: Sequence[str], reference: str | None, callback_url: str | None = None) -> str:

@@ -15,13 +15,13 @@ from sqlalchemy import select
 
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_digits_split, save_npz
-from models.metrics import accuracy
 from models.training import DIGITS_RECIPE, train
 from service.db.engine import session_scope
 from service.db.tables import Model
 from service.registry import register_dataset, register_model
 from service.settings import Settings, get_settings
 from workers.storage import version_path, write_checkpoint
+from workers.validate import v1_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,7 @@ def ensure_demo(settings: Settings) -> bool:
     save_npz(test_ds, test_path)
 
     model = trained_demo(settings, train_ds)
-    metrics = {
-        "retain_accuracy": accuracy(model, train_ds),
-        "test_accuracy": accuracy(model, test_ds),
-        "unlearning_accuracy": None,
-        "mia_score": None,
-        "retain_count": len(train_ds),
-        "test_count": len(test_ds),
-        "forget_count": 0,
-    }
+    metrics = v1_metrics(model, train_ds, test_ds)
     ckpt = version_path(settings.checkpoint_dir, "digits-demo", 1)
     digest = write_checkpoint(model, ckpt, architecture=ARCH, kwargs=ARCH_KWARGS, num_classes=10)
     with session_scope(url) as s:

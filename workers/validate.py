@@ -4,12 +4,14 @@ v1 on its own data. Only then does the model accept deletion requests."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from models.metrics import accuracy
+import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
-from models.datasets import load_dataset
+from models.datasets import SampleDataset, load_dataset
+from models.metrics import accuracy
 from service import audit
 from service.db.engine import session_scope
 from service.db.tables import Dataset, Model, ModelVersion
@@ -17,6 +19,19 @@ from service.settings import Settings
 from workers.runner import load_weights, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def v1_metrics(model: torch.nn.Module, train: SampleDataset, test: SampleDataset) -> dict[str, Any]:
+    """A registered version's metrics: nothing is forgotten yet, so UA and MIA do not apply."""
+    return {
+        "retain_accuracy": accuracy(model, train),
+        "test_accuracy": accuracy(model, test),
+        "unlearning_accuracy": None,
+        "mia_score": None,
+        "retain_count": len(train),
+        "test_count": len(test),
+        "forget_count": 0,
+    }
 
 
 def validate_model(settings: Settings, model_id: str) -> str:
@@ -36,15 +51,7 @@ def validate_model(settings: Settings, model_id: str) -> str:
         model = build_model(arch, **{"num_classes": k, **kwargs}).to(device)
         load_weights(model, uri, device)
         train_ds, test_ds = (load_dataset(*src) for src in sources)
-        metrics = {
-            "retain_accuracy": accuracy(model, train_ds),
-            "test_accuracy": accuracy(model, test_ds),
-            "unlearning_accuracy": None,
-            "mia_score": None,
-            "retain_count": len(train_ds),
-            "test_count": len(test_ds),
-            "forget_count": 0,
-        }
+        metrics = v1_metrics(model, train_ds, test_ds)
         status, detail = "ready", None
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
         status, detail, metrics = "invalid", f"{type(exc).__name__}: {exc}", {}

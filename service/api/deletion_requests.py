@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from service import audit, deletions
 from service.db.tables import DeletionRequest, Model
 from service.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
 from service.errors import Conflict, Unprocessable
 from service.lookups import get_model, get_request
-from service.pagination import decode_cursor, encode_cursor
+from service.pagination import newest_first
 from service.queue import send_run_model
 from service.schemas.common import Page
 from service.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
@@ -93,25 +92,8 @@ def list_deletion_requests(
         query = query.where(DeletionRequest.state == state)
     if reference is not None:
         query = query.where(DeletionRequest.reference == reference)
-    if cursor is not None:
-        ts, last_id = decode_cursor(cursor, 2)
-        ts = datetime.fromisoformat(ts)
-        query = query.where(
-            or_(
-                DeletionRequest.created_at < ts,
-                and_(DeletionRequest.created_at == ts, DeletionRequest.id < last_id),
-            )
-        )
-    rows = session.execute(
-        query.order_by(DeletionRequest.created_at.desc(), DeletionRequest.id.desc()).limit(limit + 1)
-    ).all()
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1][0]
-        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
-    return Page[DeletionRequestOut](
-        items=[request_out(r, n) for r, n in rows[:limit]], next_cursor=next_cursor
-    )
+    rows, next_cursor = newest_first(session, query, DeletionRequest, cursor, limit)
+    return Page[DeletionRequestOut](items=[request_out(r, n) for r, n in rows], next_cursor=next_cursor)
 
 
 @router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)

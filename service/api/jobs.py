@@ -4,14 +4,14 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from service import audit
 from service.db.tables import DeletionRequest, Job, Model
 from service.deps import Admin, CeleryDep, JobsReader, SessionDep
 from service.errors import Conflict
 from service.lookups import get_job, get_model
-from service.pagination import decode_cursor, encode_cursor
+from service.pagination import newest_first
 from service.queue import send_run_model
 from service.schemas.common import Page
 from service.schemas.jobs import JobOut, JobState
@@ -37,16 +37,8 @@ def list_jobs(
         query = query.where(Job.state == state)
     if since is not None:
         query = query.where(Job.created_at >= since)
-    if cursor is not None:
-        ts, last_id = decode_cursor(cursor, 2)
-        ts = datetime.fromisoformat(ts)
-        query = query.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < last_id)))
-    rows = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
-    items = [job_out(job, name) for job, name in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1][0]
-        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+    rows, next_cursor = newest_first(session, query, Job, cursor, limit)
+    items = [job_out(job, name) for job, name in rows]
     return Page[JobOut](items=items, next_cursor=next_cursor)
 
 
