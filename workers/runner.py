@@ -17,7 +17,7 @@ from sqlalchemy import select
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_dataset
 from models.hooks import Cancelled, Hooks
-from models.metrics import evaluate
+from models.metrics import accuracy, evaluate
 from models.unlearning import run_method
 from models.unlearning.params import params_class, params_to_dict, parse_params
 from service import audit
@@ -120,6 +120,33 @@ def split(
     return train.subset(forget_idx), train.subset(torch.nonzero(keep).flatten())
 
 
+def test_without_forgotten_classes(
+    train: SampleDataset, test: SampleDataset, retain: SampleDataset
+) -> tuple[SampleDataset, SampleDataset | None]:
+    """Class-wise forgetting: when every training sample of a class is forgotten, a retrained model could
+    never predict that class, so test accuracy is measured without it (and the forgotten classes' test
+    accuracy is reported on its own). Returns (test set to score, forgotten classes' test samples)."""
+    gone = torch.tensor(sorted(set(train.y.tolist()) - set(retain.y.tolist())), dtype=torch.long)
+    if len(gone) == 0:
+        return test, None
+    is_gone = torch.isin(test.y, gone)
+    return test.subset(torch.nonzero(~is_gone).flatten()), test.subset(torch.nonzero(is_gone).flatten())
+
+
+def measure(
+    model: torch.nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    test: SampleDataset,
+    removed: SampleDataset | None,
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = dict(evaluate(model, forget=forget, retain=retain, test=test))
+    if removed is not None:
+        metrics["forgotten_class_test_accuracy"] = accuracy(model, removed) if len(removed) else None
+        metrics["forgotten_class_test_count"] = len(removed)
+    return metrics
+
+
 def run_job(settings: Settings, job_id: str, owner: str) -> None:
     url = settings.resolved_database_url
     ctx = load_context(url, job_id)
@@ -173,8 +200,9 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
     )
     load_weights(base_model, ctx.base_uri, device)
     forget, retain = split(train, new_ids, ctx.forgotten)
+    test, removed = test_without_forgotten_classes(train, test, retain)
     rep.phase("evaluate_base", 0.05, 0.1)
-    base_metrics = evaluate(base_model, forget=forget, retain=retain, test=test)
+    base_metrics = measure(base_model, forget, retain, test, removed)
 
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
     attempts: list[dict[str, Any]] = []
@@ -190,7 +218,7 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
             torch.cuda.synchronize()
         runtime = time.perf_counter() - started
         rep.phase(f"evaluate:{method}", lo + 0.8 * span, lo + span)
-        metrics = {**evaluate(model, forget=forget, retain=retain, test=test), "runtime_s": runtime}
+        metrics = {**measure(model, forget, retain, test, removed), "runtime_s": runtime}
         failures = gates.check(ctx.gates, base_metrics, metrics)
         attempts.append(
             {

@@ -1,0 +1,80 @@
+"""The worker's job logic run in-process on the embedded database (the same functions a Celery worker
+calls): class-wise forgetting is scored like the papers do, and a job whose every method misses its
+gates fails with the measured reasons, keeps every attempt, and can be retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from service import deletions
+from service.db import migrate
+from service.db.engine import session_scope
+from service.db.tables import DatasetSample, DeletionRequest, Job, Model
+from service.keys import create_key
+from service.settings import Settings
+from workers.demo import ensure_demo
+from workers.orchestrate import process_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Settings:
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    migrate.upgrade(settings.resolved_database_url)
+    ensure_demo(settings)
+    return settings
+
+
+def submit(settings: Settings, ids: list[str]) -> tuple[str, str]:
+    with session_scope(settings.resolved_database_url) as s:
+        model = s.scalars(select(Model)).one()
+        key, _ = create_key(s, tenant=model.tenant, scopes=["deletion:write"])
+        req = deletions.submit(s, model=model, key=key, sample_ids=ids, reference=None, max_ids=10**6)
+        return model.id, req.id
+
+
+def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        train_id = s.scalars(select(Model.train_dataset_id)).one()
+        ids = list(
+            s.scalars(
+                select(DatasetSample.sample_id).where(
+                    DatasetSample.dataset_id == train_id, DatasetSample.label == 3
+                )
+            )
+        )
+        s.execute(update(Model).values(gates={}))
+    model_id, req_id = submit(demo, ids)
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, req.model_version) == ("completed", 2)
+        base, result = job.metrics["base"], job.metrics["result"]
+    # The class is gone from the scored test set, and reported on its own.
+    n_class = result["forgotten_class_test_count"]
+    assert n_class > 0 and result["test_count"] == base["test_count"] == 360 - n_class
+    assert base["forgotten_class_test_accuracy"] > 0.9  # v1 still knows the class
+    assert result["forgotten_class_test_accuracy"] < base["forgotten_class_test_accuracy"]
+    assert result["unlearning_accuracy"] > 0.5
+    assert set(job.metrics["timings"]) >= {"load", "evaluate_base", "unlearn:ugradsl_plus", "publish"}
+
+
+def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(gates={"min_mia_score": 1.01}, fallback_methods=["gradient_ascent"]))
+    model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 100, 7)])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert req.state == "failed" and job.state == "failed"
+        assert [a["method"] for a in job.metrics["attempts"]] == ["ugradsl_plus", "gradient_ascent"]
+        assert all(not a["passed"] and a["gate_failures"] for a in job.metrics["attempts"])
+        assert "MIA score" in (job.error or "")
+        assert s.get_one(Model, model_id).latest_version == 1  # nothing published
