@@ -1,0 +1,249 @@
+"""Datasets with stable string sample IDs: the one type every loader returns.
+
+Samples are held in memory as tensors (the largest supported set, Fashion-MNIST, is 188 MB as float32).
+``subset`` copies the selected rows; the forget set is small and the retain set is needed contiguous on
+the device anyway, so a view type would save little and complicate every method.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SampleDataset:
+    x: torch.Tensor  # (N, ...) float32
+    y: torch.Tensor  # (N,) int64
+    ids: list[str]
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (len(self.x) == len(self.y) == len(self.ids)):
+            raise ValueError(f"x, y and ids differ in length: {len(self.x)}, {len(self.y)}, {len(self.ids)}")
+        self.x = self.x.float()
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        """max label + 1 (0 for an empty dataset)."""
+        return int(self.y.max()) + 1 if len(self) else 0
+
+    def _id_index(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {sid: i for i, sid in enumerate(self.ids)}
+            if len(self._index) != len(self.ids):
+                raise ValueError("sample IDs are not unique")
+        return self._index
+
+    def index_of(self, ids: Sequence[str]) -> torch.Tensor:
+        """Row indices (LongTensor) of ``ids``; KeyError naming every unknown ID."""
+        index = self._id_index()
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
+            raise KeyError(f"{len(unknown)} unknown sample id(s): {shown}")
+        return torch.tensor([index[i] for i in ids], dtype=torch.long)
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> SampleDataset:
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return SampleDataset(self.x[idx], self.y[idx], [self.ids[i] for i in idx.tolist()])
+
+    def split_by_ids(self, forget_ids: Sequence[str]) -> tuple[SampleDataset, SampleDataset]:
+        """(forget, retain): the rows named by ``forget_ids`` and all the others, in dataset order."""
+        keep = torch.ones(len(self), dtype=torch.bool)
+        forget_idx = self.index_of(list(dict.fromkeys(forget_ids)))
+        keep[forget_idx] = False
+        return self.subset(forget_idx), self.subset(torch.nonzero(keep).flatten())
+
+
+# ---------------------------------------------------------------- digits (ships with scikit-learn)
+
+
+def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[SampleDataset, SampleDataset]:
+    """scikit-learn's digits as (N, 1, 8, 8) in [0, 1], stratified fixed-seed split.
+    IDs: ``digits-0000``... (index within the train split), ``digits-test-0000``..."""
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped,unused-ignore]
+    from sklearn.model_selection import train_test_split  # type: ignore[import-untyped,unused-ignore]
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    train = SampleDataset(
+        torch.from_numpy(x_tr), torch.from_numpy(y_tr), [f"digits-{i:04d}" for i in range(len(y_tr))]
+    )
+    test = SampleDataset(
+        torch.from_numpy(x_te), torch.from_numpy(y_te), [f"digits-test-{i:04d}" for i in range(len(y_te))]
+    )
+    return train, test
+
+
+# ---------------------------------------------------------------- .npz
+
+
+def save_npz(ds: SampleDataset, path: str | Path) -> None:
+    """Arrays ``x`` (float32), ``y`` (int64) and ``ids`` (unicode, so loading needs no pickle)."""
+    np.savez(path, x=ds.x.cpu().numpy(), y=ds.y.cpu().numpy(), ids=np.asarray(ds.ids, dtype=np.str_))
+
+
+def load_npz(path: str | Path) -> SampleDataset:
+    with np.load(path, allow_pickle=False) as f:
+        x, y, ids = f["x"], f["y"], f["ids"]
+    if ids.dtype.kind != "U":
+        raise ValueError(f"{path}: 'ids' must be a unicode string array, got dtype {ids.dtype}")
+    return SampleDataset(
+        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), ids.tolist()
+    )
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (Debian package files)
+
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """IDX file (gzip'd or not): big-endian magic (dtype code, ndim), dims, then uint8 data."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / name.removesuffix(".gz")):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{root / name} not found (apt-get install -y dataset-fashion-mnist)")
+
+
+def load_fashion_mnist(root: str | Path = FASHION_ROOT, split: str = "train") -> SampleDataset:
+    """Fashion-MNIST from the IDX files as (N, 1, 28, 28) in [0, 1]. IDs: ``fashion-train-00000``,
+    ``fashion-test-00000`` (index in the official file order)."""
+    if split not in _FASHION_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    images = _read_idx(_find(root, _FASHION_FILES[split].format("images", 3)))  # (N, 28, 28) uint8
+    labels = _read_idx(_find(root, _FASHION_FILES[split].format("labels", 1)))  # (N,)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    y = torch.from_numpy(labels.astype(np.int64))
+    return SampleDataset(x, y, [f"fashion-{split}-{i:05d}" for i in range(len(y))])
+
+
+# ---------------------------------------------------------------- CSV manifest of image files
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """An image file as (C, H, W) float32 in [0, 1]: .npy arrays, or anything PIL reads."""
+    if path.suffix == ".npy":
+        arr: np.ndarray = np.load(path, allow_pickle=False).astype(np.float32)
+        return arr[None] if arr.ndim == 2 else arr
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_csv_manifest(path: str | Path) -> SampleDataset:
+    """CSV with header ``sample_id,path,label``; relative paths are relative to the CSV's folder. All images
+    must have the same shape (they are stacked into one tensor)."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"sample_id", "path", "label"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}")
+    arrays = [_load_image(path.parent / r["path"]) for r in rows]
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
+    x = torch.from_numpy(np.stack(arrays))
+    y = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
+    return SampleDataset(x, y, [r["sample_id"] for r in rows])
+
+
+# ---------------------------------------------------------------- torchvision from a local root
+
+
+def load_torchvision(name: str, root: str | Path, split: str = "train") -> SampleDataset:
+    """A torchvision dataset class (e.g. ``FashionMNIST``, ``MNIST``, ``CIFAR10``) read from ``root``
+    with ``download=False``: never touches the network. IDs: ``{name}-{split}-{index:05d}``."""
+    import torchvision  # type: ignore[import-untyped,unused-ignore]
+
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"unknown torchvision dataset {name!r}")
+    ds = cls(root=str(root), train=(split == "train"), download=False)
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    x = torch.from_numpy(data.astype(np.float32) / 255.0)
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+    return SampleDataset(x, y, [f"{name.lower()}-{split}-{i:05d}" for i in range(len(y))])
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _split_suffix(uri: str, default: str = "train") -> tuple[str, str]:
+    """``root:train`` / ``root:test`` -> (root, split); no suffix -> the default split."""
+    head, sep, tail = uri.rpartition(":")
+    if sep and tail in ("train", "test"):
+        return head, tail
+    return uri, default
+
+
+def _torchvision_uri(uri: str) -> SampleDataset:
+    root, split = _split_suffix(uri)
+    name, sep, path = root.partition(":")
+    if not sep:
+        raise ValueError(f"torchvision uri must be NAME:ROOT[:train|:test], got {uri!r}")
+    return load_torchvision(name, path, split)
+
+
+def _fashion_uri(uri: str) -> SampleDataset:
+    root, split = _split_suffix(uri)
+    return load_fashion_mnist(root or FASHION_ROOT, split)
+
+
+def _digits_uri(uri: str) -> SampleDataset:
+    _, split = _split_suffix(uri)
+    train, test = load_digits_split()
+    return train if split == "train" else test
+
+
+_LOADERS: dict[str, Callable[[str], SampleDataset]] = {
+    "npz": load_npz,
+    "csv_manifest": load_csv_manifest,
+    "fashion_mnist": _fashion_uri,
+    "torchvision": _torchvision_uri,
+    "digits": _digits_uri,
+}
+
+
+def load_dataset(kind: str, uri: str) -> SampleDataset:
+    """Load a registered dataset. Kinds and URIs:
+
+    - ``npz``: path to a ``.npz`` with ``x``, ``y``, ``ids``.
+    - ``csv_manifest``: path to a CSV ``sample_id,path,label``.
+    - ``fashion_mnist``: ``ROOT[:train|:test]`` (folder with the IDX files; empty ROOT = the Debian path).
+    - ``torchvision``: ``NAME:ROOT[:train|:test]``, e.g. ``FashionMNIST:/data:test`` (never downloads).
+    - ``digits``: ``:train`` / ``:test`` (scikit-learn's digits, the split of ``load_digits_split()``).
+    """
+    try:
+        loader = _LOADERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_LOADERS))}") from None
+    return loader(uri)

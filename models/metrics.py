@@ -1,0 +1,195 @@
+"""Unlearning metrics (METHODS.md "Metrics"): UA, RA, TA, MIA-efficacy, a loss-threshold MIA, Avg Gap.
+
+Predictions are computed batched on the model's device and summed there; the host syncs once per metric,
+never per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.datasets import SampleDataset
+
+GAP_KEYS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _map_batches(model: nn.Module, data: SampleDataset, fn: Any, batch_size: int) -> torch.Tensor:
+    """Concatenate ``fn(logits (B, K), y (B,)) -> (B,)`` over batches, in eval mode, on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    try:
+        outs = [
+            fn(model(data.x[i : i + batch_size].to(device)), data.y[i : i + batch_size].to(device))
+            for i in range(0, len(data), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+def accuracy(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> float:
+    """Fraction of ``data`` classified correctly (NaN for an empty set)."""
+    if len(data) == 0:
+        return float("nan")
+    correct = _map_batches(model, data, lambda logits, y: logits.argmax(1) == y, batch_size)
+    return float(correct.float().mean())
+
+
+def true_label_confidence(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> np.ndarray:
+    """softmax(h(x))_y per sample, shape (N,)."""
+    conf = _map_batches(
+        model, data, lambda logits, y: logits.softmax(1).gather(1, y[:, None]).squeeze(1), batch_size
+    )
+    return conf.float().cpu().numpy()
+
+
+def per_sample_loss(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> np.ndarray:
+    """Cross-entropy per sample, shape (N,)."""
+    loss = _map_batches(
+        model, data, lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"), batch_size
+    )
+    return loss.float().cpu().numpy()
+
+
+def _member_sample(retain: SampleDataset, n: int, seed: int) -> SampleDataset:
+    gen = torch.Generator().manual_seed(seed)
+    return retain.subset(torch.randperm(len(retain), generator=gen)[: min(n, len(retain))])
+
+
+def mia_efficacy(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, test: SampleDataset, *, seed: int = 0
+) -> float:
+    """MIA-efficacy as in the SalUn / l1-sparse code: an SVC (RBF, C=3, gamma='auto') on the true-label
+    confidence, members = a seeded sample of D_r the size of D_te (label 1), non-members = D_te (label 0);
+    see ``mia_sets`` for a retain set smaller than D_te. Returns the fraction of D_f predicted non-member:
+    high = D_f looks unseen."""
+    if len(forget) == 0:
+        return float("nan")
+    members, non_members = mia_sets(retain, test, seed)
+    return mia_efficacy_from_confidence(
+        true_label_confidence(model, members),
+        true_label_confidence(model, non_members),
+        true_label_confidence(model, forget),
+    )
+
+
+def mia_sets(retain: SampleDataset, test: SampleDataset, seed: int) -> tuple[SampleDataset, SampleDataset]:
+    """(members, non-members) of the attack's training set: a seeded sample of D_r the size of D_te, and
+    D_te. When D_r is the smaller one (a 9k retain set against a 10k test set), D_te is subsampled to
+    |D_r| instead: with unequal classes and indistinguishable confidences the SVC predicts the majority
+    class everywhere, and the score flips to 0 or 100 for reasons unrelated to the model."""
+    n = min(len(retain), len(test))
+    return _member_sample(retain, n, seed), (_member_sample(test, n, seed + 1) if n < len(test) else test)
+
+
+def mia_efficacy_from_confidence(members: np.ndarray, non_members: np.ndarray, forget: np.ndarray) -> float:
+    """The SVC attack on precomputed confidences (see ``mia_efficacy``)."""
+    from sklearn.svm import SVC  # type: ignore[import-untyped,unused-ignore]
+
+    feats = np.concatenate([members, non_members])[:, None]
+    labels = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(feats, labels)
+    return float((clf.predict(forget[:, None]) == 0).mean())
+
+
+def loss_threshold_mia(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, test: SampleDataset, *, seed: int = 0
+) -> float:
+    """A second attack (Yeom et al.'s loss threshold): pick the per-sample-loss threshold that best separates
+    a seeded D_r sample (members) from D_te (non-members); return the fraction of D_f whose loss is above
+    it (called non-member). Same reading as ``mia_efficacy``: high = D_f looks unseen."""
+    if len(forget) == 0:
+        return float("nan")
+    member_set, non_member_set = mia_sets(retain, test, seed)
+    members, non_members = per_sample_loss(model, member_set), per_sample_loss(model, non_member_set)
+    threshold = _best_threshold(members, non_members)
+    return float((per_sample_loss(model, forget) > threshold).mean())
+
+
+def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
+    """Threshold t maximising balanced accuracy of 'loss > t -> non-member'."""
+    cands = np.unique(np.concatenate([members, non_members]))
+    m_sorted, n_sorted = np.sort(members), np.sort(non_members)
+    tpr_m = np.searchsorted(m_sorted, cands, side="right") / max(len(members), 1)  # members <= t (correct)
+    tnr_n = 1 - np.searchsorted(n_sorted, cands, side="right") / max(len(non_members), 1)  # non-members > t
+    return float(cands[np.argmax(tpr_m + tnr_n)])
+
+
+def _correct_and_confidence(model: nn.Module, data: SampleDataset) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: (N,) correctness and (N,) true-label confidence."""
+    out = _map_batches(
+        model,
+        data,
+        lambda logits, y: torch.stack(
+            [(logits.argmax(1) == y).float(), logits.softmax(1).gather(1, y[:, None])[:, 0]], 1
+        ),
+        1024,
+    )  # (N, 2)
+    arr = out.float().cpu().numpy().reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def evaluate(
+    model: nn.Module,
+    *,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    test: SampleDataset,
+    retain_sample: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float | int | None]:
+    """UA, MIA-efficacy, RA, TA as fractions, with counts. RA uses a fixed-seed sample of at most
+    ``retain_sample`` rows (``retain_count`` is that sample's size). With an empty forget set the forget
+    metrics (UA, MIA) are ``None``: there is nothing to measure. One forward pass per set."""
+    ra_set = _member_sample(retain, retain_sample, seed) if len(retain) > retain_sample else retain
+    members, non_members = mia_sets(retain, test, seed)  # as ``mia_efficacy``
+    ra_correct, _ = _correct_and_confidence(model, ra_set)
+    te_correct, te_conf = _correct_and_confidence(model, test)
+    out: dict[str, float | int | None] = {
+        "unlearning_accuracy": None,
+        "mia_score": None,
+        "retain_accuracy": float(ra_correct.mean()) if len(ra_set) else float("nan"),
+        "test_accuracy": float(te_correct.mean()) if len(test) else float("nan"),
+        "forget_count": len(forget),
+        "retain_count": len(ra_set),
+        "test_count": len(test),
+    }
+    if len(forget):
+        f_correct, f_conf = _correct_and_confidence(model, forget)
+        _, m_conf = _correct_and_confidence(model, members)
+        n_conf = te_conf if non_members is test else _correct_and_confidence(model, non_members)[1]
+        out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
+        out["mia_score"] = mia_efficacy_from_confidence(m_conf, n_conf, f_conf)
+    return out
+
+
+def classwise_test_metrics(
+    model: nn.Module, test: SampleDataset, forgotten_classes: Iterable[int]
+) -> dict[str, float]:
+    """Class-wise forgetting: TA on D_te without the forgotten classes, and the accuracy on the forgotten
+    classes' test samples (which should fall to ~0 like a retrained model's)."""
+    classes = torch.tensor(sorted(set(forgotten_classes)), dtype=torch.long)
+    is_forgotten = torch.isin(test.y, classes)
+    return {
+        "test_accuracy": accuracy(model, test.subset(torch.nonzero(~is_forgotten).flatten())),
+        "forgotten_class_test_accuracy": accuracy(model, test.subset(torch.nonzero(is_forgotten).flatten())),
+    }
+
+
+def avg_gap(
+    metrics: Mapping[str, Any], reference: Mapping[str, Any], keys: Iterable[str] = GAP_KEYS
+) -> float:
+    """Mean over UA, MIA, RA, TA of |metric - reference| in percentage points (the papers' Avg Gap)."""
+    gaps = [abs(float(metrics[k]) - float(reference[k])) * 100 for k in keys]
+    return float(np.mean(gaps))

@@ -1,0 +1,249 @@
+"""The shared step loop of every first-order unlearning method.
+
+A method supplies an *objective* that, for one step's batches, returns the utility loss L_C (cross-entropy
+on B_r) and the unlearning loss L_U (its forget term, to be minimised), and constant weights; the update
+direction is ``w_C·∇L_C + w_U·∇L_U``. Keeping the two terms apart is what lets any mask (AND, PROB, focus,
+SalUn) compose with any method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.datasets import SampleDataset
+from models.hooks import Hooks
+from models.unlearning import masks as M
+from models.unlearning.params import GradientParams
+
+
+@dataclass
+class Batch:
+    xr: torch.Tensor  # (B, ...) retain inputs
+    yr: torch.Tensor  # (B,)
+    xf: torch.Tensor  # (B, ...) forget inputs (same B: equal batch sizes)
+    yf: torch.Tensor  # (B,) true labels
+    tf: torch.Tensor  # (B,) forget targets of the method (random wrong labels for random_label; else yf)
+
+
+@dataclass
+class Terms:
+    retain: torch.Tensor | None  # L_C, scalar
+    forget: torch.Tensor | None  # L_U, scalar
+    forget_correct: torch.Tensor | None = None  # (B,) bool: forget samples still classified correctly
+
+
+Objective = Callable[[nn.Module, Batch], Terms]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a method iterates: which set defines an epoch, and the weights of the two terms."""
+
+    lead: str  # "retain" | "forget": an epoch is one pass over this set; the other is cycled alongside
+    w_retain: float
+    w_forget: float
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class CyclingSampler:
+    """Indices of a set of size n, reshuffled each time it is used up; ``take(k)`` may wrap around (and,
+    when k > n, repeat samples) so that the partner batch always has exactly the lead batch's size."""
+
+    def __init__(self, n: int, gen: torch.Generator) -> None:
+        self.n, self.gen = n, gen
+        self.queue = torch.empty(0, dtype=torch.long)
+
+    def take(self, k: int) -> torch.Tensor:
+        while len(self.queue) < k:
+            self.queue = torch.cat([self.queue, torch.randperm(self.n, generator=self.gen)])
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+def lead_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless stream of epochs over n samples, shuffled per epoch, in batches (the last one may be short)."""
+    while True:
+        yield from torch.randperm(n, generator=gen).split(batch_size)  # type: ignore[no-untyped-call]
+
+
+def count_steps(plan: Plan, params: GradientParams, n_forget: int, n_retain: int) -> int:
+    """Total steps: ``epochs`` passes over the lead set (fractions rounded, at least one step)."""
+    n = n_forget if plan.lead == "forget" else n_retain
+    if n == 0 or params.epochs <= 0:
+        return 0
+    return max(1, round(params.epochs * math.ceil(n / params.batch_size)))
+
+
+def run_steps(
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: GradientParams,
+    hooks: Hooks,
+    objective: Objective,
+    plan: Plan,
+    *,
+    forget_targets: torch.Tensor | None = None,
+    static_mask: list[torch.Tensor] | None = None,
+) -> nn.Module:
+    """Run the method's steps in place on ``model`` (on its device) and return it."""
+    needs_retain = plan.w_retain > 0 or params.mask in ("and", "prob", "focus")
+    if len(forget) == 0:  # nothing to forget: the model is already the answer
+        hooks.start()
+        hooks.finish()
+        return model
+    if needs_retain and len(retain) == 0:
+        raise ValueError("this method needs a non-empty retain set")
+    device = model_device(model)
+    xf, yf = forget.x.to(device), forget.y.to(device)  # moved once
+    tf = yf if forget_targets is None else forget_targets.to(device)
+    xr, yr = (retain.x.to(device), retain.y.to(device)) if len(retain) else (xf[:0], yf[:0])
+    gen = torch.Generator().manual_seed(params.seed)
+    lead_n, partner_n = (len(forget), len(retain)) if plan.lead == "forget" else (len(retain), len(forget))
+    lead = lead_batches(lead_n, params.batch_size, gen)
+    partner = CyclingSampler(max(partner_n, 1), gen)
+    total = count_steps(plan, params, len(forget), len(retain))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+    )
+    stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
+    model.train()
+    hooks.start()
+    for step in range(1, total + 1):
+        i_lead = next(lead)
+        i_part = partner.take(len(i_lead)) if partner_n else i_lead[:0]
+        i_f, i_r = (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
+        i_f, i_r = i_f.to(device), i_r.to(device)
+        batch = Batch(xr[i_r], yr[i_r], xf[i_f], yf[i_f], tf[i_f])
+        correct = _step(model, opt, batch, params, objective, plan, static_mask)
+        stopper.add(correct)
+        if hooks.step(step, total, model) or stopper.should_stop(step, hooks.check_every):
+            break
+    hooks.finish()
+    return model
+
+
+class _ForgetAccuracyStop:
+    """Stops once the accuracy on the forget batches of (about) the last pass over D_f is <= the target.
+    The correctness flags come from the step's own forward pass; the host syncs only every few steps."""
+
+    def __init__(self, target: float, n_forget: int) -> None:
+        self.target, self.n_forget = target, n_forget
+        self.window: deque[torch.Tensor] = deque()
+        self.seen = 0
+
+    def add(self, correct: torch.Tensor | None) -> None:
+        if self.target <= 0 or correct is None:
+            return
+        self.window.append(correct.detach())
+        self.seen += len(correct)
+        while self.seen - len(self.window[0]) >= self.n_forget:
+            self.seen -= len(self.window.popleft())
+
+    def should_stop(self, step: int, every: int) -> bool:
+        if self.target <= 0 or not self.window or step % max(every, 1) or self.seen < self.n_forget:
+            return False
+        return float(torch.cat(list(self.window)).float().mean()) <= self.target
+
+
+def _step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    params: GradientParams,
+    objective: Objective,
+    plan: Plan,
+    static_mask: list[torch.Tensor] | None,
+) -> torch.Tensor | None:
+    """One optimiser step with the configured mask; returns the forget batch's correctness flags."""
+    ps: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    weights: list[torch.Tensor] | None = static_mask
+    binary = True
+    if params.mask in ("none", "salun"):
+        terms = objective(model, batch)
+        _total_loss(terms, plan).backward()  # type: ignore[no-untyped-call]
+    elif params.mask == "and":
+        terms = objective(model, batch)
+        g_c, g_u = _grads(terms.retain, ps), _grads(terms.forget, ps)
+        _set_grads(ps, g_c, g_u, plan)
+        weights = [M.and_mask(u, c) for u, c in zip(g_u, g_c, strict=True)]
+    else:  # prob / focus: gradient statistics over micro-batches
+        terms, stats = _group_gradients(model, batch, params.mask_groups, objective, ps)
+        (mean_c, se_c), (mean_u, se_u) = stats
+        _set_grads(ps, mean_c, mean_u, plan)
+        fn = M.prob_mask if params.mask == "prob" else M.focus_weights
+        weights = [
+            fn(mu, su, mc, sc, params.mask_p)
+            for mu, su, mc, sc in zip(mean_u, se_u, mean_c, se_c, strict=True)
+        ]
+        binary = params.mask == "prob"
+    if params.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(ps, params.grad_clip)
+    if weights is None:
+        opt.step()
+    else:
+        before = [p.detach().clone() for p in ps]
+        opt.step()
+        M.apply_update_mask(ps, before, weights, binary=binary)
+    return terms.forget_correct
+
+
+def _total_loss(terms: Terms, plan: Plan) -> torch.Tensor:
+    parts = [
+        w * t
+        for w, t in ((plan.w_retain, terms.retain), (plan.w_forget, terms.forget))
+        if w and t is not None
+    ]
+    if not parts:
+        raise ValueError("the objective produced no term with a non-zero weight")
+    return torch.stack(parts).sum()
+
+
+def _grads(loss: torch.Tensor | None, ps: list[torch.Tensor]) -> list[torch.Tensor]:
+    if loss is None or not loss.requires_grad:
+        return [torch.zeros_like(p) for p in ps]
+    gs = torch.autograd.grad(loss, ps, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(ps, gs, strict=True)]
+
+
+def _set_grads(ps: list[torch.Tensor], g_c: list[torch.Tensor], g_u: list[torch.Tensor], plan: Plan) -> None:
+    for p, c, u in zip(ps, g_c, g_u, strict=True):
+        p.grad = plan.w_retain * c + plan.w_forget * u
+
+
+def _group_gradients(
+    model: nn.Module, batch: Batch, groups: int, objective: Objective, ps: list[torch.Tensor]
+) -> tuple[
+    Terms, tuple[tuple[list[torch.Tensor], list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
+]:
+    """Split B_r and B_f into ``groups`` aligned micro-batches; return the mean and standard error of
+    ∇L_C and ∇L_U over them (running sums: memory is 4 gradient copies, not ``groups``)."""
+    g = max(1, min(groups, len(batch.xf), len(batch.xr) if len(batch.xr) else len(batch.xf)))
+    sums = [[torch.zeros_like(p) for p in ps] for _ in range(4)]  # sum_c, sq_c, sum_u, sq_u
+    correct: list[torch.Tensor] = []
+    parts = [t.tensor_split(g) for t in (batch.xr, batch.yr, batch.xf, batch.yf, batch.tf)]
+    for xr, yr, xf, yf, tf in zip(*parts, strict=True):
+        terms = objective(model, Batch(xr, yr, xf, yf, tf))
+        for k, gs in ((0, _grads(terms.retain, ps)), (2, _grads(terms.forget, ps))):
+            for s, sq, gi in zip(sums[k], sums[k + 1], gs, strict=True):
+                s.add_(gi)
+                sq.addcmul_(gi, gi)
+        if terms.forget_correct is not None:
+            correct.append(terms.forget_correct)
+    stat_c = [M.mean_and_stderr(s, q, g) for s, q in zip(sums[0], sums[1], strict=True)]
+    stat_u = [M.mean_and_stderr(s, q, g) for s, q in zip(sums[2], sums[3], strict=True)]
+    merged = Terms(None, None, torch.cat(correct) if correct else None)
+    return merged, (
+        ([m for m, _ in stat_c], [e for _, e in stat_c]),
+        ([m for m, _ in stat_u], [e for _, e in stat_u]),
+    )

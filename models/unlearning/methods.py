@@ -1,0 +1,283 @@
+"""The unlearning methods, registered by decorator. Each is ``fn(model, forget, retain, params, hooks) ->
+model``: it updates ``model`` in place on the model's device and returns it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.architectures import Classifier, build_model
+from models.datasets import SampleDataset
+from models.hooks import Hooks
+from models.training import TrainRecipe, train
+from models.unlearning import masks as M
+from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, run_steps
+from models.unlearning.losses import smoothed_cross_entropy
+from models.unlearning.params import (
+    FinetuneParams,
+    GradientAscentParams,
+    GradientParams,
+    RandomLabelParams,
+    RetrainParams,
+    UGradSLParams,
+    params_class,
+    params_to_dict,
+    parse_params,
+)
+
+Method = Callable[[nn.Module, SampleDataset, SampleDataset, Any, Hooks], nn.Module]
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str) -> Callable[[Method], Method]:
+    """Register a method; its params dataclass must exist in ``models.unlearning.params`` (torch-free)."""
+
+    def deco(fn: Method) -> Method:
+        params_class(name)  # raises ValueError if the params are not declared
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        _METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_METHODS))}") from None
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def run_method(
+    name: str,
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: Any = None,
+    hooks: Hooks | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Validate ``params`` (dict, params dataclass or None for defaults), move the model to ``device`` if
+    given, run the method in place and return the model."""
+    fn = get_method(name)
+    p = parse_params(name, params)
+    if device is not None:
+        model.to(device)
+    return fn(model, forget, retain, p, hooks or Hooks())
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    return F.cross_entropy(model(x), y) if len(x) else None
+
+
+def ugradsl_objective(params: UGradSLParams) -> Objective:
+    """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| with live = still correct
+    (``bounded``, METHODS.md "Measured pitfalls"). Penultimate features come from the same forward pass."""
+
+    def objective(model: nn.Module, b: Batch) -> Terms:
+        net = cast(Classifier, model)  # any registered architecture: features() and head()
+        feat_r, feat_f = net.features(b.xr), net.features(b.xf)  # (B, D) each
+        logits_r, logits_f = net.head(feat_r), net.head(feat_f)  # (B, K) each
+        alpha = adaptive_alpha(feat_f.detach(), feat_r.detach(), params)  # (B,) or float
+        per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
+        correct = logits_f.argmax(1) == b.yf  # (B,)
+        live = correct.float() if params.bounded else torch.ones_like(per_sample)  # (B,)
+        forget = -(live * per_sample).sum() / len(b.yf)
+        return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
+
+    return objective
+
+
+def adaptive_alpha(feat_f: torch.Tensor, feat_r: torch.Tensor, params: UGradSLParams) -> torch.Tensor | float:
+    """Self-adaptive smoothing rate per forget sample (Di et al.). c_i = #{z_r in B_r : d(z_r, z_f,i) < β}
+    with d the cosine distance (1 - cos)/2 in [0, 1] on penultimate features.
+
+    - ``intuition`` (default of the two): α_i = -α_max·(1 - c_i/|B_f|). The paper's stated intuition: a
+      forget sample in a dense retain neighbourhood needs less forgetting, i.e. a smaller NLS magnitude.
+    - ``literal``: α_i = -c_i/|B_f|, the formula as printed (more forgetting in dense neighbourhoods).
+    ``bench/quality.py`` compares them; ``off`` uses the fixed ``alpha``."""
+    if params.adaptive == "off":
+        return params.alpha
+    cos = F.normalize(feat_f, dim=1) @ F.normalize(feat_r, dim=1).T  # (B_f, B_r)
+    dense = ((1 - cos) / 2 < params.beta).float().sum(1) / len(feat_f)  # (B_f,) c_i / |B_f|
+    dense = dense.clamp(max=1.0)
+    if params.adaptive == "intuition":
+        return -params.alpha_max * (1 - dense)
+    return -dense
+
+
+def _ascent_objective(model: nn.Module, b: Batch) -> Terms:
+    logits_f = model(b.xf)
+    return Terms(_ce(model, b.xr, b.yr), -F.cross_entropy(logits_f, b.yf), logits_f.argmax(1) == b.yf)
+
+
+def _random_label_objective(model: nn.Module, b: Batch) -> Terms:
+    logits_f = model(b.xf)
+    return Terms(_ce(model, b.xr, b.yr), F.cross_entropy(logits_f, b.tf), logits_f.argmax(1) == b.yf)
+
+
+def _finetune_objective(model: nn.Module, b: Batch) -> Terms:
+    return Terms(_ce(model, b.xr, b.yr), None)
+
+
+# ---------------------------------------------------------------- masks fixed before the run
+
+
+def salun_mask(
+    model: nn.Module, forget: SampleDataset, keep: float, batch_size: int = 256
+) -> list[torch.Tensor]:
+    """SalUn's weight saliency: |∇θ of the gradient-ascent loss on D_f| (summed over D_f, eval mode so no
+    BatchNorm statistic moves), top ``keep`` fraction of all weights globally."""
+    device, was_training = model_device(model), model.training
+    ps = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for i in range(0, len(forget), batch_size):
+        x, y = forget.x[i : i + batch_size].to(device), forget.y[i : i + batch_size].to(device)
+        (-F.cross_entropy(model(x), y, reduction="sum")).backward()  # type: ignore[no-untyped-call]
+    scores = [torch.zeros_like(p) if p.grad is None else p.grad.abs() for p in ps]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return M.top_fraction_mask(scores, keep)
+
+
+def _static_mask(
+    model: nn.Module, forget: SampleDataset, params: GradientParams
+) -> list[torch.Tensor] | None:
+    return salun_mask(model, forget, params.salun_keep) if params.mask == "salun" and len(forget) else None
+
+
+def _run(
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: GradientParams,
+    hooks: Hooks,
+    objective: Objective,
+    plan: Plan,
+    forget_targets: torch.Tensor | None = None,
+) -> nn.Module:
+    mask = _static_mask(model, forget, params)
+    return run_steps(model, forget, retain, params, hooks, objective, plan, forget_targets=forget_targets,
+                     static_mask=mask)  # fmt: skip
+
+
+# ---------------------------------------------------------------- methods
+
+
+@register_method("ugradsl_plus")
+def ugradsl_plus(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: UGradSLParams, hooks: Hooks
+) -> nn.Module:
+    """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f), equal-size batches;
+    an epoch is one pass over D_r, cycling D_f. Better quality than UGradSL, cost ∝ |D_r|."""
+    plan = Plan("retain", params.p, 1 - params.p)
+    return _run(model, forget, retain, params, hooks, ugradsl_objective(params), plan)
+
+
+@register_method("ugradsl")
+def ugradsl(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: UGradSLParams, hooks: Hooks
+) -> nn.Module:
+    """UGradSL (Di et al., Algorithm 1 on gradient ascent): same loss as UGradSL+, but an epoch is one pass
+    over D_f with retain batches sampled alongside. Cost ∝ |D_f|."""
+    plan = Plan("forget", params.p, 1 - params.p)
+    return _run(model, forget, retain, params, hooks, ugradsl_objective(params), plan)
+
+
+@register_method("finetune")
+def finetune(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: FinetuneParams, hooks: Hooks
+) -> nn.Module:
+    """Fine-tuning: descent on D_r only (catastrophic forgetting of D_f); epoch = one pass over D_r."""
+    return _run(model, forget, retain, params, hooks, _finetune_objective, Plan("retain", 1.0, 0.0))
+
+
+@register_method("gradient_ascent")
+def gradient_ascent(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: GradientAscentParams, hooks: Hooks
+) -> nn.Module:
+    """Gradient ascent on D_f only; epoch = one pass over D_f (retain batches only feed a mask)."""
+    return _run(model, forget, retain, params, hooks, _ascent_objective, Plan("forget", 0.0, 1.0))
+
+
+def random_wrong_labels(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """A fixed random label != y per sample (drawn once, as SalUn relabels its forget set)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return (y.cpu() + torch.randint(1, max(num_classes, 2), (len(y),), generator=gen)) % max(num_classes, 2)
+
+
+def _num_classes(model: nn.Module, forget: SampleDataset) -> int:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        k = model(forget.x[:1].to(model_device(model))).shape[1]
+        model.train(was)
+    return int(k)
+
+
+@register_method("random_label")
+def random_label(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RandomLabelParams, hooks: Hooks
+) -> nn.Module:
+    """Random labels: descent on D_f relabelled with random wrong classes, plus descent on D_r; epoch = one
+    pass over D_f (retain batches alongside)."""
+    targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
+    return _run(
+        model, forget, retain, params, hooks, _random_label_objective, Plan("forget", 1.0, 1.0), targets
+    )
+
+
+@register_method("salun")
+def salun(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RandomLabelParams, hooks: Hooks
+) -> nn.Module:
+    """SalUn (Fan et al.): random labels restricted by the saliency mask (``mask='salun'`` by default)."""
+    return random_label(model, forget, retain, params, hooks)
+
+
+@register_method("retrain")
+def retrain(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RetrainParams, hooks: Hooks
+) -> nn.Module:
+    """Exact unlearning: re-initialise the architecture and train on D_r only with the recipe in ``params``
+    (the recipe that trained the original, so the comparison is honest). D_f is never touched; passing a
+    retain set that shares IDs with the forget set is an error."""
+    overlap = set(forget.ids) & set(retain.ids)
+    if overlap:
+        raise ValueError(f"retain set contains {len(overlap)} forget sample(s), e.g. {sorted(overlap)[:3]}")
+    device = model_device(model)
+    recipe = TrainRecipe.from_dict(params_to_dict(params))
+    fresh = fresh_init(model, recipe.seed).to(device)
+    train(fresh, retain, recipe, device=device, hooks=hooks)
+    model.load_state_dict(fresh.state_dict())
+    return model
+
+
+def fresh_init(model: nn.Module, seed: int) -> nn.Module:
+    """The architecture's own initialisation, seeded, without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        name, kwargs = getattr(model, "architecture", None), getattr(model, "architecture_kwargs", None)
+        if isinstance(name, str) and isinstance(kwargs, dict):
+            return build_model(name, **kwargs)
+        import copy
+
+        fresh = copy.deepcopy(model)
+        for m in fresh.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+        return fresh

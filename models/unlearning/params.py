@@ -1,0 +1,198 @@
+"""Parameters of every unlearning method: frozen dataclasses with defaults and bounds.
+
+This module must not import torch, even indirectly: the API validates a job's method and params with it in
+a process that never loads torch. Bounds live in each field's metadata, so one function validates them all.
+
+Defaults are for ``small_cnn`` (the only architecture benchmarked on CPU): picked with ``bench/quality.py``
+grids on tuning seeds (digits model seed 0 with forget splits 100/101, Fashion-MNIST 10k-subset seed 0),
+never on the seeds the table reports (1, 2, 3). Unbounded ascent methods (gradient_ascent, random_label)
+sit close to a cliff on memorised models: a 1.5x larger learning rate collapses test accuracy.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MASKS = ("none", "and", "prob", "focus", "salun")
+ADAPTIVE = ("off", "intuition", "literal")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+def _f(
+    default: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] = (),
+    doc: str = "",
+) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+@dataclass(frozen=True)
+class GradientParams:
+    """Shared by every first-order method. ``mask`` composes a masked update (Dine et al.) with the method."""
+
+    epochs: float = _f(1.0, 0.0, 1000.0, doc="passes over the method's epoch set; fractions allowed")
+    lr: float = _f(0.01, 1e-8, 10.0, doc="SGD learning rate")
+    batch_size: int = _f(64, 1, 65536, doc="size of B_r and of B_f (equal)")
+    momentum: float = _f(0.9, 0.0, 0.999)
+    weight_decay: float = _f(0.0, 0.0, 1.0)
+    grad_clip: float = _f(5.0, 0.0, 1e6, doc="max gradient norm; 0 = off")
+    seed: int = _f(0, 0, 2**31 - 1)
+    mask: str = _f("none", choices=MASKS, doc="masked-update add-on: none | and | prob | focus | salun")
+    mask_p: float = _f(0.5, 0.0, 1.0, doc="prob/focus: keep a coordinate iff P(gradients agree) >= mask_p")
+    mask_groups: int = _f(4, 2, 256, doc="prob/focus: micro-batches for the gradients' mean and std. error")
+    salun_keep: float = _f(0.5, 0.0, 1.0, doc="salun mask: fraction of weights (largest saliency) updated")
+    stop_at_forget_accuracy: float = _f(
+        0.0, 0.0, 1.0, doc="stop once the running accuracy on forget batches is <= this (0 = never)"
+    )
+
+
+@dataclass(frozen=True)
+class UGradSLParams(GradientParams):
+    """UGradSL (Di et al.): descent on B_r, ascent on label-smoothed B_f; epoch = one pass over D_f."""
+
+    epochs: float = _f(3.0, 0.0, 1000.0)
+    lr: float = _f(0.05, 1e-8, 10.0)
+    p: float = _f(0.95, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
+    alpha: float = _f(-0.5, -1.0, 1.0, doc="fixed smoothing rate (used when adaptive = 'off'); < 0 is NLS")
+    adaptive: str = _f("off", choices=ADAPTIVE, doc="self-adaptive α: off | intuition | literal")
+    alpha_max: float = _f(1.0, 0.0, 1.0, doc="adaptive 'intuition': α_i = -alpha_max·(1 - c_i/|B_f|)")
+    beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
+    bounded: bool = _f(True, doc="ascend only on forget samples still classified correctly")
+
+
+@dataclass(frozen=True)
+class UGradSLPlusParams(UGradSLParams):
+    """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled)."""
+
+    epochs: float = _f(2.0, 0.0, 1000.0)
+    lr: float = _f(0.03, 1e-8, 10.0)
+    p: float = _f(0.95, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
+
+
+@dataclass(frozen=True)
+class FinetuneParams(GradientParams):
+    """Fine-tuning on D_r only (no forget term, hence no mask)."""
+
+    epochs: float = _f(3.0, 0.0, 1000.0)
+    lr: float = _f(0.1, 1e-8, 10.0)
+    mask: str = _f("none", choices=("none",), doc="finetune has no forget gradient to align with")
+
+
+@dataclass(frozen=True)
+class GradientAscentParams(GradientParams):
+    """Gradient ascent on D_f only; epoch = one pass over D_f."""
+
+    epochs: float = _f(5.0, 0.0, 1000.0)
+    lr: float = _f(0.05, 1e-8, 10.0)
+
+
+@dataclass(frozen=True)
+class RandomLabelParams(GradientParams):
+    """Descent on D_f with random wrong labels plus D_r; epoch = one pass over D_f."""
+
+    epochs: float = _f(3.0, 0.0, 1000.0)
+    lr: float = _f(0.004, 1e-8, 10.0)
+
+
+@dataclass(frozen=True)
+class SalunParams(RandomLabelParams):
+    """SalUn: random labels with a saliency mask (top ``salun_keep`` of |∇ GA loss on D_f|)."""
+
+    epochs: float = _f(1.0, 0.0, 1000.0)
+    lr: float = _f(0.02, 1e-8, 10.0)
+    mask: str = _f("salun", choices=MASKS)
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    """Exact retraining on D_r: the fields of ``models.training.TrainRecipe`` (the model's recipe)."""
+
+    epochs: int = _f(30, 0, 10000)
+    lr: float = _f(0.05, 1e-8, 10.0)
+    batch_size: int = _f(64, 1, 65536)
+    momentum: float = _f(0.9, 0.0, 0.999)
+    weight_decay: float = _f(5e-4, 0.0, 1.0)
+    seed: int = _f(0, 0, 2**31 - 1)
+    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    schedule: str = _f("cosine", choices=SCHEDULES)
+
+
+PARAMS: dict[str, type] = {
+    "ugradsl_plus": UGradSLPlusParams,
+    "ugradsl": UGradSLParams,
+    "finetune": FinetuneParams,
+    "gradient_ascent": GradientAscentParams,
+    "random_label": RandomLabelParams,
+    "salun": SalunParams,
+    "retrain": RetrainParams,
+}
+METHOD_NAMES: list[str] = list(PARAMS)
+
+
+def params_class(method: str) -> type:
+    try:
+        return PARAMS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_NAMES)}") from None
+
+
+def _check(method: str, f: dataclasses.Field, value: Any) -> Any:  # type: ignore[type-arg]
+    meta, name = f.metadata, f"{method}.{f.name}"
+    if f.type is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a boolean, got {value!r}")
+        return value
+    if f.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if f.type is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+    if f.type is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def parse_params(method: str, raw: Any = None) -> Any:
+    """Validate ``raw`` (a dict, None for defaults, or an instance) into the method's frozen params.
+    ValueError names the method and the bad field (unknown, wrong type, out of bounds)."""
+    cls = params_class(method)
+    if isinstance(raw, cls):
+        raw = dataclasses.asdict(raw)  # type: ignore[call-overload]
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{method} params must be an object, got {type(raw).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {method} param(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**{k: _check(method, known[k], v) for k, v in raw.items()})
+
+
+def params_to_dict(p: Any) -> dict[str, Any]:
+    """JSON-ready dict of a params instance (every field, defaults included)."""
+    return dataclasses.asdict(p)
+
+
+def describe_params(method: str) -> list[dict[str, Any]]:
+    """Each field's name, type, default, bounds, choices and doc: for API documentation."""
+    return [
+        {
+            "name": f.name,
+            "type": getattr(f.type, "__name__", str(f.type)),
+            "default": f.default,
+            "min": f.metadata.get("lo"),
+            "max": f.metadata.get("hi"),
+            "choices": list(f.metadata.get("choices") or ()),
+            "doc": f.metadata.get("doc", ""),
+        }
+        for f in dataclasses.fields(params_class(method))
+    ]

@@ -1,0 +1,112 @@
+"""Masked updates: AND / PROB / focus / SalUn, applied after the optimiser's transform."""
+
+import copy
+
+import torch
+from torch import nn
+
+from models.architectures import build_model
+from models.datasets import SampleDataset
+from models.unlearning import masks as M
+from models.unlearning import run_method
+from models.unlearning.methods import salun_mask
+
+
+def test_prob_with_zero_variance_equals_and_at_one_half() -> None:
+    gen = torch.Generator().manual_seed(0)
+    g_u, g_c = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
+    g_u[:50] = 0.0  # exact zeros follow the same tie rule in both
+    zero = torch.zeros(1000)
+    assert torch.equal(M.prob_mask(g_u, zero, g_c, zero, 0.5), M.and_mask(g_u, g_c))
+
+
+def test_prob_mask_drops_coordinates_whose_sign_is_uncertain() -> None:
+    mean_u, mean_c = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])
+    se = torch.tensor([0.01, 100.0])  # second coordinate: agreement is a coin flip
+    pi = M.agreement_probability(mean_u, se, mean_c, se)
+    assert pi[0] > 0.99 and abs(float(pi[1]) - 0.5) < 0.01
+    assert M.prob_mask(mean_u, se, mean_c, se, 0.6).tolist() == [True, False]
+
+
+def test_masked_parameters_are_bit_identical_after_a_step_with_momentum_and_decay() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    x = torch.randn(8, 5)
+    for _ in range(3):  # build up momentum on every coordinate
+        opt.zero_grad()
+        lin(x).pow(2).sum().backward()
+        opt.step()
+    ps = list(lin.parameters())
+    masks = [torch.rand_like(p) > 0.5 for p in ps]
+    opt.zero_grad()
+    lin(x).pow(2).sum().backward()
+    before = [p.detach().clone() for p in ps]
+    opt.step()
+    stepped = [p.detach().clone() for p in ps]
+    M.apply_update_mask(ps, before, masks, binary=True)
+    for p, b, s, m in zip(ps, before, stepped, masks, strict=True):
+        assert torch.equal(p[~m], b[~m])  # frozen exactly, despite momentum and weight decay
+        assert torch.equal(p[m], s[m])
+        assert not torch.equal(s[~m], b[~m])  # the optimiser alone would have moved them
+
+
+def test_focus_update_has_the_norm_of_the_masked_update() -> None:
+    before = [torch.zeros(4)]
+    params = [torch.tensor([1.0, 2.0, 3.0, 4.0])]
+    weights = [torch.tensor([0.0, 0.5, 1.0, 0.25])]
+    M.apply_update_mask(params, before, weights, binary=False)
+    kept = torch.tensor([0.0, 2.0, 3.0, 4.0]).norm()
+    torch.testing.assert_close(params[0].norm(), kept)
+    assert params[0][0] == 0.0 and params[0][2] / params[0][1] == 3.0 / 1.0  # (1.0·3) / (0.5·2)
+
+
+def test_salun_mask_keeps_the_requested_fraction() -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=4, hidden=(8,), num_classes=3)
+    data = SampleDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)), [str(i) for i in range(16)])
+    mask = salun_mask(model, data, keep=0.3)
+    kept = sum(int(m.sum()) for m in mask) / sum(m.numel() for m in mask)
+    assert abs(kept - 0.3) < 0.02
+
+
+def test_salun_masked_method_never_moves_unmasked_weights(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    model = copy.deepcopy(digits_model)
+    mask = salun_mask(model, forget, keep=0.5)
+    params = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.01, "epochs": 2}
+    run_method("random_label", model, forget, retain, {**params, "mask": "salun", "salun_keep": 0.5})
+    moved = 0
+    for p0, p1, m in zip(digits_model.parameters(), model.parameters(), mask, strict=True):
+        assert torch.equal(p1[~m], p0[~m])
+        moved += int((p1[m] != p0[m]).sum())
+    assert moved > 0
+
+
+def _repeated(x: torch.Tensor, y: int, n: int, prefix: str) -> SampleDataset:
+    return SampleDataset(
+        x.expand(n, *x.shape).clone(), torch.full((n,), y), [f"{prefix}{i}" for i in range(n)]
+    )
+
+
+def test_prob_step_equals_and_step_when_micro_batches_are_identical() -> None:
+    """Every micro-batch holds the same samples, so the gradients have zero variance: PROB(p=1/2) = AND."""
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=6, hidden=(16,), num_classes=3)
+    x = torch.randn(2, 6)
+    forget, retain = _repeated(x[0], 0, 8, "f"), _repeated(x[1], 1, 8, "r")
+    common = {
+        "epochs": 1,
+        "batch_size": 8,
+        "mask_groups": 4,
+        "mask_p": 0.5,
+        "momentum": 0.0,
+        "bounded": False,
+    }
+    a = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {**common, "mask": "and"})
+    b = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {**common, "mask": "prob"})
+    changed = 0
+    for pa, pb, p0 in zip(a.parameters(), b.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+        changed += int((pa != p0).sum())
+    assert changed > 0

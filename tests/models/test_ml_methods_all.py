@@ -1,0 +1,145 @@
+"""Every registered method on the digits model; step counting; exact retrain."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from models.datasets import SampleDataset
+from models.hooks import Hooks
+from models.metrics import accuracy, evaluate
+from models.training import TrainRecipe
+from models.unlearning import list_methods, run_method
+from models.unlearning.engine import Batch, Plan, Terms, run_steps
+from models.unlearning.params import METHOD_NAMES, parse_params
+
+# Stated bound for every approximate method on digits, random 10%: test accuracy drops <= 5 points.
+TA_BUDGET = 0.05
+APPROXIMATE = [
+    ("ugradsl_plus", {}),
+    ("ugradsl_plus", {"adaptive": "intuition"}),
+    ("ugradsl_plus", {"adaptive": "literal"}),
+    ("ugradsl_plus", {"mask": "and"}),
+    ("ugradsl_plus", {"mask": "prob"}),
+    ("ugradsl_plus", {"mask": "focus"}),
+    ("ugradsl", {}),
+    ("gradient_ascent", {}),
+    ("random_label", {}),
+    ("salun", {}),
+]
+
+
+def test_method_registry_matches_the_torch_free_params() -> None:
+    assert set(list_methods()) == set(METHOD_NAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "params"), APPROXIMATE, ids=[f"{n}-{p}" for n, p in APPROXIMATE])
+def test_approximate_method_lowers_forget_confidence_and_keeps_test_accuracy(
+    digits_model, digits, digits_random10, name: str, params: dict
+) -> None:
+    forget, retain = digits_random10
+    test = digits[1]
+    before = evaluate(digits_model, forget=forget, retain=retain, test=test)
+    model = run_method(name, copy.deepcopy(digits_model), forget, retain, params)
+    after = evaluate(model, forget=forget, retain=retain, test=test)
+    loss_before, loss_after = _forget_loss(digits_model, forget), _forget_loss(model, forget)
+    assert loss_after > 1.5 * loss_before  # the forget set is less memorised
+    assert (
+        after["unlearning_accuracy"] > before["unlearning_accuracy"]
+        or after["mia_score"] > before["mia_score"]
+    )
+    assert after["test_accuracy"] >= before["test_accuracy"] - TA_BUDGET
+
+
+def test_finetune_does_not_rememorise_and_keeps_test_accuracy(digits_model, digits, digits_random10) -> None:
+    """Honest baseline: fine-tuning alone barely forgets memorised digits (its forget loss may only rise)."""
+    forget, retain = digits_random10
+    model = run_method("finetune", copy.deepcopy(digits_model), forget, retain)
+    assert _forget_loss(model, forget) >= _forget_loss(digits_model, forget)
+    assert accuracy(model, digits[1]) >= accuracy(digits_model, digits[1]) - TA_BUDGET
+
+
+def _forget_loss(model: torch.nn.Module, data: SampleDataset) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(data.x), data.y))
+
+
+def _count_steps(name: str, forget: SampleDataset, retain: SampleDataset, model, params: dict) -> int:
+    calls: list[float] = []
+    run_method(
+        name, copy.deepcopy(model), forget, retain, params, Hooks(progress=calls.append, check_every=1)
+    )
+    return len(calls) - 2  # start (0.0) and finish (1.0) bracket one call per step
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_ugradsl_epoch_is_a_pass_over_forget_and_ugradsl_plus_over_retain(
+    digits_model, digits_random10, epochs
+) -> None:
+    forget, retain = digits_random10
+    params = {"epochs": epochs, "batch_size": 32}
+    assert _count_steps("ugradsl", forget, retain, digits_model, params) == epochs * math.ceil(
+        len(forget) / 32
+    )
+    assert _count_steps("ugradsl_plus", forget, retain, digits_model, params) == epochs * math.ceil(
+        len(retain) / 32
+    )
+
+
+@pytest.mark.parametrize("lead", ["forget", "retain"])
+def test_retain_and_forget_batches_have_equal_size(digits_model, digits_random10, lead: str) -> None:
+    forget, retain = digits_random10
+    sizes: list[tuple[int, int]] = []
+
+    def spy(model: torch.nn.Module, b: Batch) -> Terms:
+        sizes.append((len(b.xr), len(b.xf)))
+        return Terms(torch.nn.functional.cross_entropy(model(b.xr), b.yr), None)
+
+    params = parse_params("ugradsl", {"batch_size": 50, "epochs": 1, "lr": 1e-6})
+    run_steps(copy.deepcopy(digits_model), forget, retain, params, Hooks(), spy, Plan(lead, 1.0, 0.0))
+    n_lead = len(forget) if lead == "forget" else len(retain)
+    assert len(sizes) == math.ceil(n_lead / 50)
+    assert all(r == f for r, f in sizes) and sum(r for r, _ in sizes) == n_lead
+    assert sizes[-1][0] == n_lead - 50 * (len(sizes) - 1)  # a short last batch is matched, too
+
+
+def test_retrain_never_sees_forget_samples(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    seen: set[str] = set()
+
+    def record(idx: torch.Tensor) -> None:
+        seen.update(retain.ids[i] for i in idx.tolist())
+
+    recipe = TrainRecipe(epochs=3, batch_size=32)
+    model = run_method(
+        "retrain", copy.deepcopy(digits_model), forget, retain, recipe.to_dict(), Hooks(on_batch=record)
+    )
+    assert seen == set(retain.ids) and not seen & set(forget.ids)
+    assert accuracy(model, retain) > 0.5  # it trained
+    assert not torch.equal(next(model.parameters()), next(digits_model.parameters()))  # from a fresh init
+
+
+def test_retrain_refuses_a_retain_set_containing_forget_samples(digits_model, digits) -> None:
+    train_ds = digits[0]
+    forget = train_ds.subset(range(5))
+    with pytest.raises(ValueError, match="forget sample"):
+        run_method("retrain", copy.deepcopy(digits_model), forget, train_ds, {"epochs": 1})
+
+
+def test_early_stop_hook_ends_the_run(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    calls: list[float] = []
+    hooks = Hooks(progress=calls.append, early_stop=lambda m: True, check_every=2)
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 1}, hooks)
+    assert calls[-2] == pytest.approx(2 / math.ceil(len(retain) / 64)) and calls[-1] == 1.0
+
+
+def test_stop_at_forget_accuracy_ends_early(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    fast = {"epochs": 20, "lr": 0.1, "p": 0.8}
+    full = _count_steps("ugradsl", forget, retain, digits_model, fast)
+    stopped = _count_steps("ugradsl", forget, retain, digits_model, {**fast, "stop_at_forget_accuracy": 0.95})
+    assert stopped < full

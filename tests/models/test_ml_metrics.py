@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score
+from torch import nn
+
+from models.datasets import SampleDataset
+from models.metrics import (
+    accuracy,
+    avg_gap,
+    classwise_test_metrics,
+    evaluate,
+    loss_threshold_mia,
+    mia_efficacy,
+)
+
+
+class FixedLogits(nn.Module):
+    """'Model' whose input is its logits: lets a test choose every prediction and confidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0 * self.dummy
+
+
+def _ds(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> SampleDataset:
+    return SampleDataset(logits.float(), y.long(), [f"{prefix}-{i}" for i in range(len(y))])
+
+
+def _confident(y: torch.Tensor, conf: torch.Tensor, k: int = 2) -> torch.Tensor:
+    """Logits whose softmax gives probability ``conf`` to class y (k = 2)."""
+    logit = torch.log(conf / (1 - conf))
+    out = torch.zeros(len(y), k)
+    out[torch.arange(len(y)), y] = logit
+    return out
+
+
+def test_accuracy_matches_sklearn_across_batches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(1000, 5, generator=gen), torch.randint(0, 5, (1000,), generator=gen)
+    ours = accuracy(FixedLogits(), _ds(logits, y, "a"), batch_size=64)
+    assert ours == pytest.approx(accuracy_score(y.numpy(), logits.argmax(1).numpy()))
+
+
+def test_mia_efficacy_known_answer() -> None:
+    """Members (D_r) have confidence ~0.99, non-members (D_te) ~0.6. A forget set of 10 samples at 0.99
+    and 30 at 0.6 must score 30/40 non-member; one all at 0.99 must score 0."""
+    gen = torch.Generator().manual_seed(0)
+    y = lambda n: torch.randint(0, 2, (n,), generator=gen)  # noqa: E731
+    jitter = lambda n, c: (c + 0.005 * torch.rand(n, generator=gen)).clamp(max=0.999)  # noqa: E731
+    yr, yt, yf = y(300), y(100), y(40)
+    retain = _ds(_confident(yr, jitter(300, 0.99)), yr, "r")
+    test = _ds(_confident(yt, jitter(100, 0.6)), yt, "t")
+    conf_f = torch.cat([jitter(10, 0.99), jitter(30, 0.6)])
+    forget = _ds(_confident(yf, conf_f), yf, "f")
+    model = FixedLogits()
+    assert mia_efficacy(model, forget, retain, test) == pytest.approx(0.75)
+    assert loss_threshold_mia(model, forget, retain, test) == pytest.approx(0.75)
+    remembered = _ds(_confident(yf, jitter(40, 0.99)), yf, "g")
+    assert mia_efficacy(model, remembered, retain, test) == 0.0
+
+
+def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
+    gen = torch.Generator().manual_seed(1)
+    mk = lambda n, p: _ds(torch.randn(n, 3, generator=gen), torch.randint(0, 3, (n,), generator=gen), p)  # noqa: E731
+    out = evaluate(
+        FixedLogits(), forget=mk(20, "f"), retain=mk(500, "r"), test=mk(50, "t"), retain_sample=100
+    )
+    assert set(out) == {
+        "unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy",
+        "forget_count", "retain_count", "test_count",
+    }  # fmt: skip
+    assert out["retain_count"] == 100 and out["forget_count"] == 20 and out["test_count"] == 50
+    for k in ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy"):
+        assert 0.0 <= out[k] <= 1.0
+
+
+def test_evaluate_with_empty_forget_set_reports_none_for_forget_metrics() -> None:
+    empty = SampleDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [])
+    some = _ds(torch.eye(3), torch.arange(3), "x")
+    out = evaluate(FixedLogits(), forget=empty, retain=some, test=some)
+    assert out["unlearning_accuracy"] is None and out["mia_score"] is None and out["forget_count"] == 0
+    assert out["test_accuracy"] == 1.0
+
+
+def test_avg_gap_is_mean_absolute_difference_in_points() -> None:
+    ref = {"unlearning_accuracy": 0.1, "mia_score": 0.2, "retain_accuracy": 1.0, "test_accuracy": 0.9}
+    m = {"unlearning_accuracy": 0.0, "mia_score": 0.3, "retain_accuracy": 0.98, "test_accuracy": 0.9}
+    assert avg_gap(m, ref) == pytest.approx((10 + 10 + 2 + 0) / 4)
+
+
+def test_classwise_test_metrics_split_forgotten_classes() -> None:
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 0, 2]), 3).float()
+    out = classwise_test_metrics(FixedLogits(), _ds(logits, y, "t"), forgotten_classes=[0])
+    assert out["forgotten_class_test_accuracy"] == 0.5 and out["test_accuracy"] == 0.75
+    assert np.isfinite(out["test_accuracy"])
+
+
+def test_mia_balances_classes_when_retain_is_smaller_than_test() -> None:
+    """9 members vs 20 non-members with identical confidences: without balancing, the SVC would call
+    everything non-member (the majority); balanced, it must not call every member sample non-member."""
+    y = torch.zeros(40, dtype=torch.long)
+    same = _confident(y, torch.full((40,), 0.99))
+    retain, test, forget = _ds(same[:9], y[:9], "r"), _ds(same[9:29], y[9:29], "t"), _ds(same[29:], y[29:], "f")
+    from models.metrics import mia_sets
+
+    members, non_members = mia_sets(retain, test, seed=0)
+    assert len(members) == len(non_members) == 9
+    assert mia_efficacy(FixedLogits(), forget, retain, test) < 1.0

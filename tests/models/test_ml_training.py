@@ -1,0 +1,57 @@
+import torch
+
+from models.architectures import build_model
+from models.datasets import SampleDataset
+from models.hooks import Cancelled, Hooks
+from models.metrics import accuracy
+from models.training import TrainRecipe, train
+
+
+def test_digits_model_memorises_and_generalises(
+    digits: tuple[SampleDataset, SampleDataset], digits_model
+) -> None:
+    train_ds, test_ds = digits
+    assert accuracy(digits_model, train_ds) >= 0.99
+    assert accuracy(digits_model, test_ds) >= 0.95
+
+
+def test_training_is_deterministic_on_cpu(digits: tuple[SampleDataset, SampleDataset]) -> None:
+    small = digits[0].subset(range(200))
+    recipe = TrainRecipe(epochs=2, batch_size=32, seed=3)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        outs.append(train(build_model("mlp", hidden=(16,)), small, recipe).state_dict())
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k
+
+
+def test_recipe_round_trips_through_dict() -> None:
+    r = TrainRecipe(epochs=3, lr=0.1, optimizer="adam")
+    assert TrainRecipe.from_dict(r.to_dict()) == r
+
+
+def test_training_reports_progress_and_honours_cancellation(
+    digits: tuple[SampleDataset, SampleDataset],
+) -> None:
+    small = digits[0].subset(range(256))
+    seen: list[float] = []
+    train(build_model("mlp"), small, TrainRecipe(epochs=2, batch_size=32), hooks=Hooks(progress=seen.append))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    calls = {"n": 0}
+
+    def cancel_on_second_check() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    try:
+        train(
+            build_model("mlp"),
+            small,
+            TrainRecipe(epochs=5, batch_size=8),
+            hooks=Hooks(should_cancel=cancel_on_second_check, check_every=3),
+        )
+    except Cancelled:
+        pass
+    else:
+        raise AssertionError("training was not cancelled")
