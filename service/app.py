@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 
-from service.api import audit, datasets, deletion_requests, health, jobs, keys, models
+from service.api import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.db.engine import sessionmaker_for
 from service.errors import install_handlers, problem
 from service.observability import DatabaseCollector, HttpMetrics
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
-    app.state.celery = make_celery(settings)
+    app.state.celery = make_celery(settings, fail_fast=True)
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
     install_handlers(app)
     app.state.metrics_registry = registry = CollectorRegistry()
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
         return await call_next(request)
 
-    for module in (health, deletion_requests, jobs, models, datasets, audit, keys):
+    for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router)
     return app

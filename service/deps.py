@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import ApiKey
 from service.errors import Forbidden, Unauthorized
-from service.keys import find_key
+from service.keys import SCOPES, find_key
 from service.settings import Settings
 
 
@@ -65,5 +65,6 @@ def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
 DeletionWriter = Annotated[ApiKey, Depends(require_scope("deletion:write"))]
 JobsReader = Annotated[ApiKey, Depends(require_scope("jobs:read"))]
 AuditReader = Annotated[ApiKey, Depends(require_scope("audit:read"))]
+AnyKey = Annotated[ApiKey, Depends(require_scope(*SCOPES))]
 RequestReader = Annotated[ApiKey, Depends(require_scope("deletion:write", "jobs:read", "audit:read"))]
 Admin = Annotated[ApiKey, Depends(require_scope("admin"))]

@@ -79,8 +79,11 @@ class Reporter:
 
     # --- called by the job --------------------------------------------------------------------------
     def phase(self, name: str, start: float, end: float) -> None:
-        """Enter a phase that spans [start, end] of the job's overall progress (and time the last one)."""
+        """Enter a phase that spans [start, end] of the job's overall progress (and time the last one).
+        A cancel seen by the heartbeat stops the job here, between phases, as well as between steps."""
         self._check()
+        if self._cancel:
+            raise JobCancelled(f"cancelled before {name}")
         self._close_phase()
         with self._lock:
             self._phase, self._lo, self._hi, self._fraction = name, start, end, 0.0

@@ -319,6 +319,8 @@ def _commit_version(
             or job.state != "running"
         ):
             raise LeaseLost("the model moved on while this job ran; not publishing")
+        if job.cancel_requested:  # authoritative: a cancel that lands any time before this commit wins
+            raise Cancelled("cancelled before publishing")
         total = len(ctx.forgotten) + len(new_ids)
         s.add(
             ModelVersion(

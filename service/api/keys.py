@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from service import audit
 from service.db.tables import ApiKey
-from service.deps import Admin, SessionDep
+from service.deps import Admin, AnyKey, SessionDep
 from service.errors import NotFound
 from service.keys import create_key, revoke_key
 from service.schemas.keys import KeyCreate, KeyOut
@@ -44,6 +44,12 @@ def create_key_route(body: KeyCreate, session: SessionDep, caller: Admin) -> Key
     )
     session.commit()
     return key_out(key, plaintext)
+
+
+@router.get("/v1/keys/me", response_model=KeyOut, summary="The calling key: its tenant and scopes")
+def who_am_i(caller: AnyKey) -> KeyOut:
+    """Lets a dashboard or script learn what it may do without probing endpoints."""
+    return key_out(caller)
 
 
 @router.get("/v1/keys", response_model=list[KeyOut])

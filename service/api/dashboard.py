@@ -1,0 +1,49 @@
+"""The admin dashboard: three static files served at /dashboard without a key. Everything it shows comes
+from the public API, called by the browser with the user's own key (kept in the tab's sessionStorage), so
+this router holds no data and no auth of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from service.errors import NotFound
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# Only our own scripts and styles, calls to this origin only; no framing, no referrer leaking the hash.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",  # revalidate (ETag) so a new release is picked up at once
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.api_route("/dashboard", methods=["GET", "HEAD"])
+def dashboard_root() -> Response:
+    return RedirectResponse("/dashboard/", status_code=307)
+
+
+@router.api_route("/dashboard/", methods=["GET", "HEAD"])
+def dashboard_index() -> Response:
+    return dashboard_file("index.html")
+
+
+@router.api_route("/dashboard/{name}", methods=["GET", "HEAD"])
+def dashboard_file(name: str) -> Response:
+    media_type = FILES.get(name)
+    if media_type is None:
+        raise NotFound(f"no dashboard file {name!r}")
+    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=HEADERS)

@@ -1,0 +1,223 @@
+"""A small HTTP client for the public API (httpx), used by the `unlearn` command line.
+
+Every failure becomes one `ApiError` whose message is a single line a person can act on: the server is
+down, the key was rejected or lacks a scope, the object does not exist, or the server's own `detail`.
+It imports nothing heavy (no torch, no database), so the CLI starts fast on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL_REQUEST_STATES = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_JOB_STATES = frozenset({"completed", "failed", "cancelled"})
+
+
+class ApiError(Exception):
+    """A failed call. `kind` is one of: unreachable, auth, forbidden, not_found, conflict, invalid, server."""
+
+    def __init__(self, message: str, *, kind: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status = status
+        self.body = body
+
+
+def resolve_url(url: str | None) -> str:
+    return (url or os.environ.get("UNLEARN_URL") or DEFAULT_URL).rstrip("/")
+
+
+def resolve_key(key: str | None, url: str = DEFAULT_URL) -> str | None:
+    """--api-key, else UNLEARN_API_KEY, else (for a server on this machine only, so a local admin key is
+    never sent elsewhere) the embedded stack's $UNLEARN_VAR_DIR/admin.key if there is one."""
+    if key:
+        return key.strip()
+    if os.environ.get("UNLEARN_API_KEY"):
+        return os.environ["UNLEARN_API_KEY"].strip()
+    if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    path = Path(os.environ.get("UNLEARN_VAR_DIR", "var")) / "admin.key"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _detail(response: httpx.Response) -> tuple[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text.strip().splitlines() or [response.reason_phrase])[0][:300], None
+    if isinstance(body, dict) and body.get("detail"):
+        return str(body["detail"]), body
+    return response.reason_phrase, body
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Client:
+    def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 30.0) -> None:
+        self.url = resolve_url(url)
+        self.key = resolve_key(key, self.url)
+        headers = {"User-Agent": "unlearn-cli"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if not self.key:
+            raise ApiError(
+                "no API key: pass --api-key or set UNLEARN_API_KEY (the embedded stack writes one to "
+                "var/admin.key)",
+                kind="auth",
+            )
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if not response.is_success:
+            self._raise_for(response)
+        return response
+
+    def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self._send("GET", path, params=clean).json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self._send("POST", path, json=body).json()
+
+    def paginate(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = self.get(path, cursor=cursor, **params)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    # -- the API ---------------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get("/v1/models"))
+
+    def model(self, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get(f"/v1/models/{name}"))
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get(f"/v1/models/{model}/versions"))
+
+    def create_request(
+        self, model: str, sample_ids: list[str], reference: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"sample_ids": sample_ids}
+        if reference:
+            body["reference"] = reference
+        return cast(dict[str, Any], self.post(f"/v1/models/{model}/deletion-requests", body))
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get(f"/v1/deletion-requests/{request_id}"))
+
+    def requests(self, **filters: Any) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get("/v1/deletion-requests", **filters)["items"])
+
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get(f"/v1/deletion-requests/{request_id}/certificate"))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, **filters: Any) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get("/v1/jobs", **filters)["items"])
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def audit_verify(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get("/v1/audit/verify"))
+
+    def public_key(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.get("/v1/audit/public-key"))
+
+    def audit_export(self, fmt: str, out: Any, **filters: Any) -> int:
+        """Stream the export into the binary file `out`; returns the number of bytes written."""
+        params = {"format": fmt, **{k: v for k, v in filters.items() if v is not None}}
+        if not self.key:
+            self._send("GET", "/v1/audit/export")  # raises the "no API key" error
+        written = 0
+        try:
+            with self._http.stream("GET", "/v1/audit/export", params=params) as response:
+                if not response.is_success:
+                    self._raise_for(response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return written
+
+    def _unreachable(self, exc: httpx.TransportError) -> ApiError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ApiError(f"the server at {self.url} did not answer in time", kind="unreachable")
+        reason = _one_line(str(exc)) or type(exc).__name__
+        return ApiError(
+            f"cannot reach the unlearning service at {self.url} ({reason}); is it running? "
+            "(set --url or UNLEARN_URL)",
+            kind="unreachable",
+        )
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        """Turn an error response into one ApiError with a one-line message."""
+        response.read()
+        detail, body = _detail(response)
+        status = response.status_code
+        if not (isinstance(body, dict) and body.get("detail")):
+            raise ApiError(
+                f"{self.url} answered {status} {response.reason_phrase} to {response.request.method} "
+                f"{response.request.url.path} without a problem body: is this the unlearning service? "
+                "(check --url / UNLEARN_URL)",
+                kind="server",
+                status=status,
+            )
+        if status == 401:
+            raise ApiError(
+                f"the server rejected the API key: {detail}", kind="auth", status=status, body=body
+            )
+        kind = {403: "forbidden", 404: "not_found", 409: "conflict", 413: "invalid", 422: "invalid"}.get(
+            status, "server"
+        )
+        message = detail
+        if status == 422 and isinstance(body, dict) and body.get("unknown_ids"):
+            ids = body["unknown_ids"]
+            message = f"{detail} (e.g. {', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''})"
+        if kind == "server":
+            message = f"the server answered {status}: {detail}"
+        raise ApiError(_one_line(message), kind=kind, status=status, body=body)
+
+    def create_key(self, scopes: list[str], name: str = "", tenant: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"scopes": scopes, "name": name}
+        if tenant:
+            body["tenant"] = tenant
+        return cast(dict[str, Any], self.post("/v1/keys", body))
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.post(f"/v1/keys/{key_id}/revoke"))

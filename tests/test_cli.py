@@ -1,0 +1,278 @@
+"""The `unlearn` command line against a live embedded stack: the installed console script in a subprocess,
+as a user runs it. One stack serves the whole module (it trains the demo model once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.keys import SCOPES
+from tests.helpers import free_port, wait_until
+from tests.stack import LiveStack
+
+pytestmark = pytest.mark.slow
+
+UNLEARN = str(Path(sys.executable).parent / "unlearn")
+IDS = [f"digits-{i:04d}" for i in (3, 42, 77, 128, 256, 512, 777, 1024, 1200, 1400)]
+
+
+@dataclass
+class Cli:
+    stack: LiveStack
+    admin_key: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_")}
+        env.update(
+            UNLEARN_URL=self.stack.base_url,
+            UNLEARN_API_KEY=self.admin_key,
+            UNLEARN_VAR_DIR=str(self.stack.var_dir),
+            COLUMNS="200",
+        )
+        env.update(extra)
+        return env
+
+    def run(self, *argv: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [UNLEARN, *argv], env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    tmp = tmp_path_factory.mktemp("cli")
+    stack = LiveStack(env={"UNLEARN_VAR_DIR": str(tmp / "var")}, log_path=tmp / "stack.log")
+    stack.start()
+    try:
+        yield Cli(stack, (stack.var_dir / "admin.key").read_text().strip())
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def waited(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """`unlearn request digits --ids-file ... --wait`, run once for the module."""
+    ids_file = tmp_path_factory.mktemp("ids") / "ids.txt"
+    ids_file.write_text("# erasure batch for ticket cli-1\n" + "\n".join(IDS) + "\n\n")
+    return cli.run(
+        "request", "digits", "--ids-file", str(ids_file), "--reference", "cli-1", "--wait", timeout=300
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def request_id(cli: Cli, reference: str = "cli-1") -> str:
+    with cli.stack.client() as c:
+        [req] = c.get("/v1/deletion-requests", params={"reference": reference}).json()["items"]
+    return req["id"]
+
+
+def test_request_wait_follows_the_job_to_the_end_and_prints_the_new_versions_metrics(
+    waited: subprocess.CompletedProcess[str],
+) -> None:
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    out = waited.stdout
+    assert "accepted: 10 sample(s) for digits" in out
+    assert "completed: model digits, 10 sample(s)" in out
+    assert "new version v2 of digits (parent v1)" in out
+    for label in ("UA", "MIA", "RA", "TA"):
+        assert label in out
+    assert "v1 (before)" in out and "v2 (after)" in out
+    assert "checkpoint sha256: " in out
+    assert "100%" in waited.stderr  # the progress bar reached its end
+
+
+def test_versions_lists_v2_with_its_checkpoint_hash(
+    cli: Cli, waited: subprocess.CompletedProcess[str]
+) -> None:
+    result = cli.run("versions", "digits", "--full")
+    assert result.returncode == 0, result.stderr
+    sha = waited.stdout.split("checkpoint sha256: ")[1].split()[0]
+    rows = [line for line in result.stdout.splitlines() if "v2" in line]
+    assert rows and sha in rows[0] and "v1" in rows[0]  # v2, parent v1, with its full hash
+
+
+def test_jobs_lists_the_completed_job(cli: Cli, waited: subprocess.CompletedProcess[str]) -> None:
+    result = cli.run("jobs")
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout and "100%" in result.stdout and "v1 -> v2" in result.stdout
+
+
+def test_jobs_watch_refreshes_until_interrupted(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "watch.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([UNLEARN, "jobs", "--watch"], env=cli.env(), stdout=out, stderr=out)
+        try:
+            wait_until(lambda: "completed" in log.read_text(), timeout=30, what="the watched job table")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_audit_verify_reports_an_intact_chain(cli: Cli, waited: subprocess.CompletedProcess[str]) -> None:
+    result = cli.run("audit", "verify")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("audit chain OK: ")
+
+
+def test_audit_export_writes_jsonl_and_csv(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    jsonl, csv_file = tmp_path / "audit.jsonl", tmp_path / "audit.csv"
+    r1 = cli.run("audit", "export", "--format", "jsonl", "-o", str(jsonl))
+    r2 = cli.run("audit", "export", "--format", "csv", "-o", str(csv_file))
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert any(e["action"] == "deletion_request.completed" for e in events)
+    assert f"wrote {len(events)} audit event(s)" in r1.stdout and f"wrote {len(events)} audit" in r2.stdout
+    assert csv_file.read_text().startswith("seq,ts,tenant,actor,action")
+
+
+def test_verify_certificate_accepts_a_real_certificate_and_rejects_a_tampered_one(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    cert, pem = tmp_path / "cert.json", tmp_path / "key.pem"
+    assert cli.run("certificate", request_id(cli), "-o", str(cert)).returncode == 0
+    assert cli.run("public-key", "-o", str(pem)).returncode == 0
+
+    # Offline: no server URL, no key.
+    offline = {"UNLEARN_URL": "http://127.0.0.1:9", "UNLEARN_API_KEY": ""}
+    ok = cli.run("verify-certificate", str(cert), "--public-key", str(pem), **offline)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("certificate valid: ") and "v1 -> v2" in ok.stdout
+
+    signed = json.loads(cert.read_text())
+    signed["certificate"]["sample_count"] += 1
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(signed))
+    bad = cli.run("verify-certificate", str(tampered), "--public-key", str(pem), **offline)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "certificate INVALID: signature does not match the certificate's content"
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    wrong = cli.run("verify-certificate", str(cert), "--public-key", str(other), **offline)
+    assert wrong.returncode == 1 and "different key" in wrong.stderr
+
+
+def test_server_down_is_one_line_and_exit_code_3(cli: Cli) -> None:
+    result = cli.run("versions", "digits", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 3
+    assert "cannot reach the unlearning service" in one_error_line(result)
+
+
+def test_bad_key_is_one_line_and_exit_code_4(cli: Cli) -> None:
+    result = cli.run("jobs", "--api-key", "ul_nope_not-a-key")
+    assert result.returncode == 4
+    assert one_error_line(result) == "error: the server rejected the API key: invalid or revoked API key"
+
+
+def test_unknown_model_is_one_line_and_exit_code_5(cli: Cli, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("digits-0001\n")
+    for argv in (("versions", "nope"), ("request", "nope", "--ids-file", str(ids))):
+        result = cli.run(*argv)
+        assert result.returncode == 5, argv
+        assert one_error_line(result) == "error: model 'nope' not found"
+
+
+def test_unknown_sample_ids_are_named_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("digits-0001\ndigits-9999\n")
+    result = cli.run("request", "digits", "--ids-file", str(ids))
+    assert result.returncode == 6
+    assert "digits-9999" in one_error_line(result)
+
+
+def test_missing_ids_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    result = cli.run("request", "digits", "--ids-file", str(tmp_path / "absent.txt"))
+    assert result.returncode == 2
+    assert "cannot read the ids file" in one_error_line(result)
+
+
+def test_keys_create_and_revoke_still_manage_keys_in_the_database(cli: Cli) -> None:
+    created = cli.run("keys", "create", "--tenant", "default", "--scopes", "jobs:read", "--name", "dash")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.splitlines()[0]
+    key_id = created.stdout.split("id=")[1].split()[0]
+
+    assert cli.run("versions", "digits", "--api-key", key).returncode == 0
+    no_scope = cli.run("audit", "verify", "--api-key", key)
+    assert no_scope.returncode == 4
+    assert one_error_line(no_scope) == "error: this API key lacks the scope 'audit:read'"
+
+    assert cli.run("keys", "revoke", key_id).returncode == 0
+    revoked = cli.run("versions", "digits", "--api-key", key)
+    assert revoked.returncode == 4 and "rejected the API key" in one_error_line(revoked)
+
+
+def test_the_cli_knows_the_same_scopes_as_the_server() -> None:
+    from service.cli import SCOPE_NAMES
+
+    assert tuple(SCOPE_NAMES) == tuple(SCOPES)
+
+
+def test_without_a_key_a_local_server_uses_the_embedded_admin_key_and_a_remote_one_gets_none(
+    cli: Cli,
+) -> None:
+    local = cli.run("versions", "digits", UNLEARN_API_KEY="")
+    assert local.returncode == 0, local.stderr
+    remote = cli.run("versions", "digits", "--url", "http://unlearn.invalid:8000", UNLEARN_API_KEY="")
+    assert remote.returncode == 4
+    assert one_error_line(remote).startswith("error: no API key: pass --api-key or set UNLEARN_API_KEY")
+
+
+def test_keys_create_and_revoke_through_the_api_with_an_admin_key(cli: Cli) -> None:
+    created = cli.run("keys", "create", "--api", "--scopes", "audit:read", "--name", "compliance")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.splitlines()[0]
+    key_id = created.stdout.split("id=")[1].split()[0]
+    assert "tenant=default" in created.stdout
+    assert cli.run("audit", "verify", "--api-key", key).returncode == 0
+    assert cli.run("keys", "revoke", "--api", key_id).returncode == 0
+    revoked = cli.run("audit", "verify", "--api-key", key)
+    assert revoked.returncode == 4
+
+    no_admin = cli.run("keys", "create", "--api", "--scopes", "admin", "--api-key", key)
+    assert no_admin.returncode == 4 and "rejected" in one_error_line(no_admin)
+    assert cli.run("keys", "create", "--scopes", "admin").returncode == 2  # the database way needs --tenant
+
+
+def test_request_wait_with_a_product_key_follows_the_request_without_reading_jobs(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    created = cli.run("keys", "create", "--tenant", "default", "--scopes", "deletion:write")
+    product_key = created.stdout.splitlines()[0]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("digits-0600\ndigits-0601\n")
+    result = cli.run(
+        "request", "digits", "--ids-file", str(ids), "--wait", "--api-key", product_key, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "completed: model digits, 2 sample(s)" in result.stdout
+    assert "(metrics need a key with jobs:read)" in result.stdout

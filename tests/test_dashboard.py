@@ -1,0 +1,331 @@
+"""The admin dashboard at /dashboard, in a real browser (Debian's chromium driven by Playwright) against a
+live embedded stack. The browser talks to the public API only, with the key typed into its sign-in form.
+
+Screenshots land in each test's tmp_path; with SAVE_SCREENSHOTS=1 they are also copied to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from tests.helpers import wait_until
+from tests.stack import LiveStack, wait_for_request
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1400, "height": 900}
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="the dashboard's browser tests need Debian's chromium at /usr/bin/chromium "
+    "(apt-get install -y chromium); CI installs it",
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    live = LiveStack(env={"UNLEARN_VAR_DIR": str(tmp / "var")}, log_path=tmp / "stack.log")
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_key(stack: LiveStack) -> str:
+    return (stack.var_dir / "admin.key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: LiveStack) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context per test (its own sessionStorage), failing the test on any script error."""
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def make_key(stack: LiveStack, scopes: list[str]) -> str:
+    from service.db.engine import session_scope
+    from service.keys import create_key
+
+    settings = Settings(**stack.env)  # type: ignore[arg-type]
+    with session_scope(settings.resolved_database_url) as s:
+        _, plaintext = create_key(s, tenant="default", scopes=scopes, name="dashboard test")
+    return plaintext
+
+
+def sign_in(page: Any, stack: LiveStack, key: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.base_url}/dashboard/")
+    page.fill("#key-input", key)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#nav")).to_be_visible(timeout=10_000)
+
+
+def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        target = ROOT / "docs" / "screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / name)
+    return path
+
+
+def go(page: Any, route: str) -> None:
+    """Navigate inside the single page (a hash change: no reload)."""
+    page.evaluate("route => { location.hash = route; }", route)
+
+
+def test_dashboard_files_are_served_without_a_key_under_a_strict_policy(stack: LiveStack) -> None:
+    with httpx.Client(base_url=stack.base_url) as c:
+        assert c.get("/dashboard").headers["location"] == "/dashboard/"
+        index = c.get("/dashboard/")
+        assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+        csp = index.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
+        assert c.get("/dashboard/app.js").headers["content-type"].startswith("text/javascript")
+        assert c.get("/dashboard/style.css").headers["content-type"].startswith("text/css")
+        for bad in ("/dashboard/nope.js", "/dashboard/..%2Fapp.py", "/dashboard/__init__.py"):
+            r = c.get(bad)
+            assert r.status_code == 404 and r.json()["detail"], bad
+        assert not [p for p in c.get("/openapi.json").json()["paths"] if p.startswith("/dashboard")]
+    # Plain files, no third-party code: every script and stylesheet comes from this origin.
+    static = ROOT / "service" / "dashboard"
+    html, js = (static / "index.html").read_text(), (static / "app.js").read_text()
+    assert "http" not in html
+    assert "http" not in js.replace('"http://www.w3.org/2000/svg"', "")
+
+
+@needs_chromium
+def test_a_wrong_key_is_refused_at_sign_in_and_not_kept(page: Any, stack: LiveStack) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.base_url}/dashboard/")
+    paint = page.evaluate(
+        "() => (performance.getEntriesByName('first-contentful-paint')[0]"
+        " || performance.getEntriesByType('navigation')[0]).startTime"
+    )
+    assert paint < 1000, f"first paint after {paint:.0f} ms"
+    page.fill("#key-input", "ul_wrong_key")
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("invalid or revoked API key")
+    assert page.evaluate("sessionStorage.getItem('unlearn.apiKey')") is None
+    expect(page.locator("#nav")).to_be_hidden()
+
+
+@needs_chromium
+def test_jobs_page_follows_a_job_to_100_percent_and_the_chart_shows_the_new_version(
+    page: Any, stack: LiveStack, admin_key: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    sign_in(page, stack, admin_key)
+    go(page, "#/jobs")
+    expect(page.locator("[data-page=jobs]")).to_be_visible()
+    page.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
+
+    ids = sorted(random.Random(11).sample([f"digits-{i:04d}" for i in range(1437)], 30))
+    with stack.client() as api:
+        r = api.post("/v1/models/digits/deletion-requests", json={"sample_ids": ids, "reference": "dash-1"})
+        assert r.status_code == 202, r.text
+        job_id = wait_until(
+            lambda: api.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"],
+            timeout=120,
+            what="a job to claim the request",
+        )
+
+    bar = page.locator(f'[role=progressbar][data-job-id="{job_id}"]')
+    expect(bar).to_be_visible(timeout=15_000)
+    try:  # best effort: a picture of the bar mid-way (the demo job takes a few seconds)
+        page.wait_for_selector(
+            f'tr[data-job-id="{job_id}"][data-state=running] [role=progressbar]:not([aria-valuenow="0"])',
+            timeout=5_000,
+        )
+        save_screenshot(page, tmp_path, "dashboard-jobs-running.png")
+    except PlaywrightTimeout:
+        pass
+    expect(bar).to_have_attribute("aria-valuenow", "100", timeout=180_000)
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row).to_have_attribute("data-state", "completed")
+    expect(row).to_contain_text("v1 → v2")
+    assert page.evaluate("window.__sameDocument") is True, "the jobs page reloaded instead of polling"
+    save_screenshot(page, tmp_path, "dashboard-jobs.png")
+
+    with stack.client() as api:
+        v2 = api.get("/v1/models/digits/versions").json()[-1]
+    assert v2["version"] == "v2"
+    go(page, "#/models/digits")
+    expect(page.locator('svg.chart circle[data-version="v2"]')).to_have_count(4)  # UA, MIA, RA, TA
+    expect(page.locator('svg.chart circle[data-version="v1"]')).to_have_count(2)  # v1: RA, TA only
+    expect(page.locator('table.versions tr[data-version="v2"]')).to_contain_text(v2["checkpoint_sha256"])
+    save_screenshot(page, tmp_path, "dashboard-versions.png")
+
+    # The key went in headers only: never in a URL the browser requested.
+    assert urls and not [u for u in urls if admin_key in u or admin_key.split("_")[-1] in u]
+    assert page.evaluate("sessionStorage.getItem('unlearn.apiKey')") == admin_key
+
+
+@needs_chromium
+def test_an_admin_cancels_a_running_job_from_the_jobs_page(
+    page: Any, stack: LiveStack, admin_key: str
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, stack, admin_key)
+    go(page, "#/jobs")
+    expect(page.locator("[data-page=jobs]")).to_be_visible()
+    with stack.client() as api:  # a large forget set, so the job runs for a while
+        r = api.post(
+            "/v1/models/digits/deletion-requests",
+            json={"sample_ids": [f"digits-{i:04d}" for i in range(300, 1300)], "reference": "dash-cancel"},
+        )
+        assert r.status_code == 202, r.text
+        job_id = wait_until(
+            lambda: api.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"],
+            timeout=120,
+            what="a job to claim the request",
+        )
+        cancel = page.locator(f'tr[data-job-id="{job_id}"][data-state=running] button:has-text("Cancel")')
+        expect(cancel).to_be_enabled(timeout=15_000)
+        cancel.click()
+
+        def cancel_recorded() -> bool:
+            events = api.get("/v1/audit/export", params={"format": "jsonl"}).text.splitlines()
+            return any('"job.cancel_requested"' in e and job_id in e for e in events)
+
+        wait_until(cancel_recorded, timeout=30, what="the cancel request in the audit trail")
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        expect(row).not_to_have_attribute("data-state", "running", timeout=120_000)
+        # The worker honours the flag at its next checkpoint; only a job already past its last one
+        # (evaluating, publishing) may still complete.
+        final = row.get_attribute("data-state")
+        assert final in ("cancelled", "completed"), final
+        if final == "cancelled":
+            assert wait_for_request(api, r.json()["id"])["state"] == "cancelled"
+
+
+@needs_chromium
+def test_a_key_without_jobs_read_sees_the_jobs_section_disabled_with_the_reason(
+    page: Any, stack: LiveStack, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, stack, make_key(stack, ["deletion:write"]))
+    expect(page.locator("[data-page=requests]")).to_be_visible()  # lands on a section it may see
+    jobs_link = page.locator("#nav a[data-section=jobs]")
+    expect(jobs_link).to_have_class(re.compile(r"\bdisabled\b"))
+    expect(jobs_link).to_have_attribute("title", "this API key lacks the scope 'jobs:read'")
+    go(page, "#/jobs")
+    expect(page.locator(".panel.disabled .disabled-reason")).to_have_text(
+        "this API key lacks the scope 'jobs:read'"
+    )
+    expect(page.locator(".panel.disabled")).to_contain_text("jobs:read")
+    expect(page.locator("table.jobs")).to_have_count(0)
+    save_screenshot(page, tmp_path, "dashboard-jobs-disabled.png")
+    # The same key may still list and submit deletion requests.
+    go(page, "#/requests")
+    expect(page.locator("[data-page=requests]")).to_be_visible()
+    expect(page.locator("#nav a[data-section=audit]")).to_have_class(re.compile(r"\bdisabled\b"))
+
+
+@needs_chromium
+def test_search_by_reference_finds_a_request_and_shows_its_signed_certificate(
+    page: Any, stack: LiveStack, admin_key: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    with stack.client() as api:
+        r = api.post(
+            "/v1/models/digits/deletion-requests",
+            json={"sample_ids": ["digits-0005", "digits-0006"], "reference": "dash-search"},
+        )
+        assert r.status_code == 202, r.text
+        req = wait_for_request(api, r.json()["id"])
+        assert req["state"] == "completed", req
+        cert = api.get(f"/v1/deletion-requests/{req['id']}/certificate").json()
+
+    sign_in(page, stack, admin_key)
+    go(page, "#/requests")
+    page.fill("[data-page=requests] input[name=q]", "dash-search")
+    page.click("[data-page=requests] form[role=search] button[type=submit]")
+    link = page.locator(f'tr[data-request-id="{req["id"]}"] a[href="#/requests/{req["id"]}"]')
+    expect(page.locator("table.requests tbody tr")).to_have_count(1)
+    link.click()
+    certificate = page.locator(".certificate")
+    expect(certificate).to_contain_text(cert["certificate"]["sample_ids_sha256"])
+    expect(certificate).to_contain_text(cert["certificate"]["version_after"]["checkpoint_sha256"])
+    expect(certificate).to_contain_text(cert["signature"]["public_key"])
+    save_screenshot(page, tmp_path, "dashboard-certificate.png")
+
+    # Searching by the request's id finds it too.
+    go(page, "#/requests")
+    page.fill("[data-page=requests] input[name=q]", req["id"])
+    page.click("[data-page=requests] form[role=search] button[type=submit]")
+    expect(page.locator("table.requests tbody tr")).to_have_count(1)
+    expect(page.locator("table.requests tbody tr")).to_have_attribute("data-request-id", req["id"])
+
+
+@needs_chromium
+def test_audit_page_verifies_the_chain_and_exports_it(
+    page: Any, stack: LiveStack, admin_key: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, stack, admin_key)
+    go(page, "#/audit")
+    expect(page.locator("table.audit tbody tr").first).to_be_visible()
+    page.click("#verify-chain")
+    expect(page.locator(".verify-result")).to_contain_text("Chain verified")
+    with page.expect_download() as info:
+        page.click("text=Export JSONL")
+    exported = tmp_path / "audit.jsonl"
+    info.value.save_as(exported)
+    lines = exported.read_text().splitlines()
+    assert lines and all(line.startswith("{") for line in lines)
+    save_screenshot(page, tmp_path, "dashboard-audit.png")
