@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from fastapi import UploadFile
 from pydantic import ValidationError
@@ -42,13 +43,11 @@ def check_labels(session: Session, train: Dataset, num_classes: int) -> None:
         raise Unprocessable(f"training labels span [{low}, {top}] but num_classes is {num_classes}")
 
 
-def check_methods(body: ModelCreate) -> None:
+def check_methods(default_method: str, default_params: dict[str, Any], fallback_methods: list[str]) -> None:
+    """Every method of the chain exists and its params are within bounds (validated without torch)."""
     from models.unlearning.params import parse_params  # torch-free by contract (tested)
 
-    for method, params in [
-        (body.default_method, body.default_params),
-        *((m, {}) for m in body.fallback_methods),
-    ]:
+    for method, params in [(default_method, default_params), *((m, {}) for m in fallback_methods)]:
         try:
             parse_params(method, params)
         except (KeyError, ValueError, TypeError) as exc:

@@ -170,3 +170,20 @@ def test_audit_export_is_a_valid_hash_chain(api: Api) -> None:
 def test_unknown_request_and_job_are_404(api: Api) -> None:
     assert api.client.get("/v1/deletion-requests/nope", headers=api.auth()).status_code == 404
     assert api.client.get("/v1/jobs/nope", headers=api.auth()).status_code == 404
+
+
+def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+    r = api.client.patch(url, json={"default_params": {"epochs": 3}, "fallback_methods": ["retrain"],
+                                    "gates": {"max_test_accuracy_drop": 0.02}}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["default_params"] == {"epochs": 3} and body["fallback_methods"] == ["retrain"]
+    assert body["gates"] == {"max_test_accuracy_drop": 0.02}
+    for bad in ({"default_method": "nope"}, {"default_params": {"epochs": -1}}, {"default_params": {"zz": 1}},
+                {"gates": {"max_bogus": 0.1}}, {"gates": {"min_mia_score": 2}}, {"fallback_methods": ["x"]}):
+        assert api.client.patch(url, json=bad, headers=h).status_code == 422, bad
+    assert api.client.get(url, headers=h).json()["default_params"] == {"epochs": 3}  # unchanged by refusals
+    assert api.client.patch(url, json={"gates": {}}, headers=api.auth()).status_code == 403

@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
 
+from service import audit
 from service.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
 from service.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
 from service.errors import Conflict, NotFound
@@ -25,6 +26,7 @@ from service.registry import register_model
 from service.schemas.common import Page
 from service.schemas.datasets import SampleOut
 from service.schemas.models import ModelOut, VersionOut
+from service.schemas.registry import ModelUpdate
 from service.views import model_out, version_out
 
 router = APIRouter(tags=["models"])
@@ -167,7 +169,7 @@ def register_model_route(
         registered_dataset(session, key.tenant, d) for d in (body.train_dataset, body.test_dataset)
     )
     check_labels(session, train, body.num_classes)
-    check_methods(body)
+    check_methods(body.default_method, body.default_params, body.fallback_methods)
     path = settings.checkpoint_dir / "uploads" / f"{uuid.uuid4().hex}.safetensors"
     digest = save_safetensors_upload(checkpoint, path)
     try:
@@ -185,7 +187,7 @@ def register_model_route(
             default_method=body.default_method,
             default_params=body.default_params,
             train_recipe=body.train_recipe,
-            gates=body.gates,
+            gates=body.gates.model_dump(exclude_none=True),
             metrics={},
             actor=f"key:{key.prefix}",
             status="validating",
@@ -196,4 +198,36 @@ def register_model_route(
         path.unlink(missing_ok=True)
         raise
     send_validate_model(celery, m.id)
+    return model_out(session, m)
+
+
+@router.patch("/v1/models/{model}", response_model=ModelOut, summary="Change a model's unlearning policy")
+def update_model(model: str, body: ModelUpdate, session: SessionDep, key: Admin) -> ModelOut:
+    """Method, params, fallback chain, gates or retrain recipe; applies to jobs that start afterwards."""
+    m = get_model(session, key.tenant, model)
+    changes = body.model_dump(exclude_unset=True)
+    method = body.default_method or m.default_method
+    params = (
+        body.default_params
+        if body.default_params is not None
+        else (m.default_params if body.default_method is None else {})
+    )
+    fallbacks = body.fallback_methods if body.fallback_methods is not None else m.fallback_methods
+    check_methods(method, params, fallbacks)
+    m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks
+    if body.gates is not None:
+        m.gates = body.gates.model_dump(exclude_none=True)
+    if body.train_recipe is not None:
+        m.train_recipe = body.train_recipe
+    audit.record(
+        session,
+        tenant=key.tenant,
+        actor=f"key:{key.prefix}",
+        action="model.updated",
+        entity_type="model",
+        entity_id=m.id,
+        model_id=m.id,
+        data=changes,
+    )
+    session.commit()
     return model_out(session, m)

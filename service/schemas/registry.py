@@ -32,6 +32,32 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Gates(BaseModel):
+    """Acceptance gates for a new version; all optional, all fractions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_test_accuracy_drop: Fraction | None = None
+    max_retain_accuracy_drop: Fraction | None = None
+    max_forget_accuracy_above_test: Fraction | None = None
+    min_mia_score: Fraction | None = None
+
+
+class ModelUpdate(BaseModel):
+    """An admin's change of a model's unlearning policy; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_method: str | None = None
+    default_params: dict[str, Any] | None = None
+    fallback_methods: list[str] | None = Field(None, max_length=5)
+    train_recipe: dict[str, Any] | None = None
+    gates: Gates | None = None
+
+
 class ModelCreate(BaseModel):
     """The `spec` part of a model registration (the `checkpoint` part is the safetensors file)."""
 
@@ -47,4 +73,4 @@ class ModelCreate(BaseModel):
     default_params: dict[str, Any] = Field(default_factory=dict)
     fallback_methods: list[str] = Field(default_factory=list, max_length=5)
     train_recipe: dict[str, Any] = Field(default_factory=dict, description="used by the `retrain` method")
-    gates: dict[str, float] = Field(default_factory=dict)
+    gates: Gates = Field(default_factory=Gates)
