@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     # Worker behaviour.
     device: str = Field("auto", validation_alias=AliasChoices("UNLEARN_DEVICE"))
+    precision: Literal["fp32", "bf16"] = Field("fp32", validation_alias=AliasChoices("UNLEARN_PRECISION"))
     lease_seconds: float = Field(120.0, gt=0, validation_alias=AliasChoices("UNLEARN_LEASE_SECONDS"))
     heartbeat_seconds: float = Field(2.0, gt=0, validation_alias=AliasChoices("UNLEARN_HEARTBEAT_SECONDS"))
     reconcile_seconds: float = Field(10.0, gt=0, validation_alias=AliasChoices("UNLEARN_RECONCILE_SECONDS"))

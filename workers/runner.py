@@ -3,6 +3,7 @@ in short transactions at the boundaries; the long computation holds no transacti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -38,6 +39,14 @@ def load_weights(model: torch.nn.Module, path: str, device: torch.device) -> Non
             f"checkpoint does not fit the architecture: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
+
+
+def precision(setting: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast for the unlearning loop (weights and optimiser state stay fp32, so no loss scaling
+    is needed); metrics are always computed in fp32."""
+    if setting == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -213,7 +222,8 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
         rep.phase(f"unlearn:{method}", lo, lo + 0.8 * span)
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
         started = time.perf_counter()
-        model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks)
+        with precision(settings.precision, device):
+            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks)
         if device.type == "cuda":
             torch.cuda.synchronize()
         runtime = time.perf_counter() - started
