@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Unlearning service",
         version="0.1.0",
         description="Make a deployed classifier forget training samples on request, and prove it.",
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
@@ -36,16 +37,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(HttpMetrics(registry).middleware)
 
     @app.middleware("http")
-    async def limit_body_size(
+    async def screen_request(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        """Refuse what no route can accept before any work: NUL bytes (PostgreSQL cannot store them) and a
+        declared Content-Length over the limit. (Chunked bodies are counted as they arrive by FastAPI's
+        own body limit, set below.)"""
+        raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+        if b"%00" in raw or b"\x00" in raw or "\x00" in request.headers.get("idempotency-key", ""):
+            return problem(422, "Invalid request", "NUL characters are not allowed in paths, queries or keys")
         length = request.headers.get("content-length")
-        upload = request.url.path in UPLOAD_PATHS
-        limit = settings.max_upload_bytes if upload else settings.max_body_bytes
+        limit = settings.max_upload_bytes if request.url.path in UPLOAD_PATHS else settings.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
         return await call_next(request)
 
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router)
+    for module in (models, datasets):
+        app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from celery import Celery
@@ -16,14 +16,16 @@ from service.keys import SCOPES, find_key
 from service.settings import Settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request. Routes that write commit explicitly (before they enqueue anything);
-    whatever is left uncommitted when the request ends is rolled back."""
+    whatever is left uncommitted when the request ends is rolled back by close().
+
+    An async dependency, so its teardown runs on the event loop rather than waiting for a free worker
+    thread: under load, a teardown queued behind requests that wait for its connection deadlocked."""
     session = request.app.state.sessionmaker()
     try:
         yield session
     finally:
-        session.rollback()
         session.close()
 
 
@@ -52,6 +54,7 @@ def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
         if creds is None or not creds.credentials:
             raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
         key = find_key(session, creds.credentials)
+        session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
         if key is None:
             raise Unauthorized("invalid or revoked API key")
         if "admin" not in key.scopes and not set(scopes) & set(key.scopes):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,27 @@ from service.errors import Unprocessable
 from service.schemas.registry import ModelCreate
 
 
+def _no_constants(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def require_finite(value: Any, where: str = "body") -> None:
+    """NaN and Infinity are not JSON and PostgreSQL's JSON cannot store them: a 422, not a 500."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unprocessable(f"{where} holds a non-finite number ({value})")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            require_finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            require_finite(v, f"{where}[{i}]")
+
+
 def parse_model_spec(raw: str) -> ModelCreate:
     try:
-        return ModelCreate.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise Unprocessable(f"`spec` is not valid JSON: {exc}") from exc
+        return ModelCreate.model_validate(json.loads(raw, parse_constant=_no_constants))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
         errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise Unprocessable("invalid model spec", errors=errors) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_
@@ -17,15 +17,33 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, arity: int) -> list[Any]:
+BAD_CURSOR = "invalid cursor: pass back the `next_cursor` of a previous page"
+
+
+def decode_cursor(cursor: str, arity: int, kind: type = str) -> list[Any]:
+    """The cursor's values, each of type `kind` (ints within 32 bits); a 422 for anything else."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except ValueError as exc:
-        raise Unprocessable("invalid cursor: pass back the `next_cursor` of a previous page") from exc
+    except (ValueError, RecursionError) as exc:
+        raise Unprocessable(BAD_CURSOR) from exc
     if not isinstance(values, list) or len(values) != arity:
-        raise Unprocessable("invalid cursor: pass back the `next_cursor` of a previous page")
+        raise Unprocessable(BAD_CURSOR)
+    for v in values:
+        ok = type(v) is kind and (
+            (isinstance(v, int) and -(2**31) <= v < 2**31) or (isinstance(v, str) and "\x00" not in v)
+        )
+        if not ok:
+            raise Unprocessable(BAD_CURSOR)
     return values
+
+
+def utc(ts: datetime) -> datetime:
+    """A timestamp the database can store: aware, in UTC, within datetime's range (else 422)."""
+    try:
+        return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise Unprocessable(f"timestamp {ts.isoformat()} is out of range") from exc
 
 
 def newest_first(
@@ -36,9 +54,9 @@ def newest_first(
     if cursor is not None:
         ts, last_id = decode_cursor(cursor, 2)
         try:
-            ts = datetime.fromisoformat(ts)
+            ts = utc(datetime.fromisoformat(ts))
         except (TypeError, ValueError) as exc:
-            raise Unprocessable("invalid cursor: pass back the `next_cursor` of a previous page") from exc
+            raise Unprocessable(BAD_CURSOR) from exc
         query = query.where(or_(table.created_at < ts, and_(table.created_at == ts, table.id < last_id)))
     rows = list(
         session.execute(query.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)).all()

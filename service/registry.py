@@ -30,6 +30,14 @@ def register_dataset(
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
         raise ValueError("sample IDs must be unique within a dataset")
+    # Every ID must be nameable by a deletion request (1-200 characters, no NUL), or it could never be erased.
+    bad = [i for i in sample_ids if not 0 < len(i) <= 200 or "\x00" in i]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} sample ID(s) are empty, longer than 200 characters or hold NUL: {bad[:3]!r}"
+        )
+    if any(not -(2**31) <= int(label) < 2**31 for label in labels):
+        raise ValueError("labels must be 32-bit integers")
     ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids))
     session.add(ds)
     session.flush()

@@ -176,14 +176,79 @@ def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> N
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))
     url, h = "/v1/models/toy", api.auth(admin)
-    r = api.client.patch(url, json={"default_params": {"epochs": 3}, "fallback_methods": ["retrain"],
-                                    "gates": {"max_test_accuracy_drop": 0.02}}, headers=h)
+    r = api.client.patch(
+        url,
+        json={
+            "default_params": {"epochs": 3},
+            "fallback_methods": ["retrain"],
+            "gates": {"max_test_accuracy_drop": 0.02},
+        },
+        headers=h,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["default_params"] == {"epochs": 3} and body["fallback_methods"] == ["retrain"]
     assert body["gates"] == {"max_test_accuracy_drop": 0.02}
-    for bad in ({"default_method": "nope"}, {"default_params": {"epochs": -1}}, {"default_params": {"zz": 1}},
-                {"gates": {"max_bogus": 0.1}}, {"gates": {"min_mia_score": 2}}, {"fallback_methods": ["x"]}):
+    for bad in (
+        {"default_method": "nope"},
+        {"default_params": {"epochs": -1}},
+        {"default_params": {"zz": 1}},
+        {"gates": {"max_bogus": 0.1}},
+        {"gates": {"min_mia_score": 2}},
+        {"fallback_methods": ["x"]},
+    ):
         assert api.client.patch(url, json=bad, headers=h).status_code == 422, bad
     assert api.client.get(url, headers=h).json()["default_params"] == {"epochs": 3}  # unchanged by refusals
     assert api.client.patch(url, json={"gates": {}}, headers=api.auth()).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/models/toy/deletion-requests", {"sample_ids": ["toy-0001\u0000"]}),
+        ("post", "/v1/models/toy/deletion-requests", {"sample_ids": ["toy-0001"], "reference": "a\u0000b"}),
+        ("get", "/v1/deletion-requests?reference=a%00b", None),
+        ("get", "/v1/models/to%00y", None),
+        ("get", "/v1/models/toy/samples?cursor=WyJhYmMiXQ", None),  # ["abc"] where a position is due
+        ("get", "/v1/models/toy/samples?cursor=WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDBd", None),  # [10**30]
+        ("get", "/v1/jobs?cursor=WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwgIngiXQ", None),  # year 1, +14:00
+        ("get", "/v1/jobs?since=0001-01-01T00:00:00%2B01:00", None),
+    ],
+)
+def test_odd_inputs_are_refused_with_422_not_500(api: Api, method: str, path: str, body: object) -> None:
+    before = api.counts()
+    r = getattr(api.client, method)(path, headers=api.auth(), **({"json": body} if body is not None else {}))
+    assert r.status_code == 422, (r.status_code, r.text)
+    assert api.counts() == before
+
+
+@pytest.mark.parametrize("version", ["v\u00b2", "v99999999999999999999999", "latest", "v0"])
+def test_odd_version_names_are_404(api: Api, version: str) -> None:
+    assert api.client.get(f"/v1/models/toy/versions/{version}", headers=api.auth()).status_code == 404
+
+
+def test_a_chunked_body_over_the_limit_is_413_even_without_a_key(backend: Backend) -> None:
+    env = {**backend.env, "UNLEARN_MAX_BODY_BYTES": "1000"}
+    settings = Backend(backend.name, env).settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+
+    def chunks():  # noqa: ANN202 - a generator body is sent chunked, without Content-Length
+        yield b'{"sample_ids": ["' + b"x" * 5000 + b'"]}'
+
+    with TestClient(create_app(settings)) as c:
+        r = c.post(
+            "/v1/models/toy/deletion-requests", content=chunks(), headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 413
+
+
+def test_non_finite_numbers_in_a_policy_are_422(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    r = api.client.patch(
+        "/v1/models/toy",
+        content=b'{"train_recipe": {"lr": NaN}}',
+        headers={**api.auth(admin), "content-type": "application/json"},
+    )
+    assert r.status_code == 422

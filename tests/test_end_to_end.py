@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,8 +62,11 @@ def test_deletion_request_end_to_end_and_restart(
         with stack.client() as c:
             [model] = c.get("/v1/models").json()
             assert model["name"] == "digits" and model["latest_version"] == "v1"
-            n = model["train_samples"]
-            ids = sorted(random.Random(7).sample([f"digits-{i:04d}" for i in range(n)], n // 10))
+            # A takedown of every training image of one digit. (For a random 10% of digits, even a
+            # model retrained without them classifies them right: UA 0.0, MIA 0.02 measured; a class is
+            # where "forgotten" is visible, as in the papers' class-wise setting.)
+            samples = c.get("/v1/models/digits/samples", params={"limit": 10_000}).json()["items"]
+            ids = sorted(s["sample_id"] for s in samples if s["label"] == 3)
 
             r = c.post(
                 "/v1/models/digits/deletion-requests",
@@ -80,12 +82,11 @@ def test_deletion_request_end_to_end_and_restart(
             assert job["state"] == "completed" and job["progress"] == 1.0
             assert job["method"] == "ugradsl_plus" and job["params"]
             base, result = job["metrics"]["base"], job["metrics"]["result"]
-            # v1 memorised these samples (UA ~0, MIA ~0). A model retrained without them would err on
-            # them about as often as on test data (~2% here), so "forgotten" means UA rises towards the
-            # test error and the attack calls clearly more of them non-members; test accuracy holds.
-            assert base["unlearning_accuracy"] <= 0.01 and base["mia_score"] <= 0.05
-            assert result["unlearning_accuracy"] > base["unlearning_accuracy"]
-            assert result["mia_score"] >= base["mia_score"] + 0.05
+            # v1 knows these samples (UA ~0, MIA ~0); v2 has forgotten them like a model that never saw
+            # the class would, while test accuracy on the other classes holds (within 3 points).
+            assert base["unlearning_accuracy"] <= 0.02 and base["mia_score"] <= 0.05
+            assert result["unlearning_accuracy"] >= 0.5
+            assert result["forgotten_class_test_accuracy"] < base["forgotten_class_test_accuracy"]
             assert base["test_accuracy"] - result["test_accuracy"] <= 0.03
             print("demo v1 -> v2 metrics:", json.dumps({"base": base, "result": result}))
 

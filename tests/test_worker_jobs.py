@@ -96,3 +96,33 @@ def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:
         assert (req.state, req.model_version) == ("completed", 2), req.error
         result = s.get_one(Job, req.job_id).metrics["result"]
     assert result["test_accuracy"] > 0.9  # bf16 steps did not wreck the model
+
+
+def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -> None:
+    """Worker A's lease lapsed and B took the model over: A's failure path must not touch the job."""
+    from tests.factories import make_model
+    from workers import claims, leases
+    from workers.progress import LeaseLost
+    from workers.runner import close_job
+
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        model = make_model(s, name="toy")
+        key, _ = create_key(s, tenant="default", scopes=["deletion:write"])
+        deletions.submit(s, model=model, key=key, sample_ids=["toy-0001"], reference=None, max_ids=10)
+        assert leases.acquire(s, model.id, "B", 60)
+        job = claims.claim_pending(s, model)
+        assert job is not None
+        job_id = job.id
+    with pytest.raises(LeaseLost):
+        close_job(url, job_id, "A", "failed", error="stale worker A")
+    with session_scope(url) as s:
+        job = s.get_one(Job, job_id)
+        assert job.state == "running" and job.error is None
+        assert s.scalars(select(DeletionRequest.state)).all() == ["processing"]
+    close_job(url, job_id, "B", "failed", error="owner B")  # the owner still can
+    with session_scope(url) as s:
+        assert s.get_one(Job, job_id).state == "failed"

@@ -12,6 +12,8 @@ from service.db.tables import DeletionRequest, Job, Model, utcnow
 from service.deletions import PENDING_STATES
 
 ACTOR = "worker"
+MAX_ATTEMPTS = 3  # a job whose worker dies this often is failed instead of resumed forever
+MAX_REQUESTS_PER_JOB = 1000  # coalescing bound: one job's bookkeeping stays one small transaction
 
 
 def has_pending(session: Session, model_id: str) -> bool:
@@ -42,6 +44,15 @@ def resume_unfinished(session: Session, model_id: str) -> Job | None:
     )
     if job is None:
         return None
+    if job.attempts >= MAX_ATTEMPTS:  # its worker died every time (e.g. killed for memory): stop trying
+        finish_job(
+            session,
+            job,
+            state="failed",
+            request_state="failed",
+            error=f"gave up after {job.attempts} attempts: the worker died each time",
+        )
+        return None
     job.attempts += 1
     job.progress = 0.0
     job.phase = "queued"
@@ -64,6 +75,7 @@ def claim_pending(session: Session, model: Model) -> Job | None:
         select(DeletionRequest)
         .where(DeletionRequest.model_id == model.id, DeletionRequest.state.in_(PENDING_STATES))
         .order_by(DeletionRequest.created_at)
+        .limit(MAX_REQUESTS_PER_JOB)
         .with_for_update(skip_locked=True)
     )
     requests = list(session.scalars(query))
@@ -143,7 +155,7 @@ def finish_job(
     job.result_version = result_version
     if state == "completed":
         job.progress, job.phase = 1.0, "done"
-    requests = session.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(job.request_ids))).all()
+    requests = session.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
     for r in requests:
         r.state, r.error = request_state, error
         if r.callback_url and request_state in ("completed", "failed"):
@@ -204,3 +216,26 @@ def stale_webhooks(session: Session, older_than_s: float = 600) -> list[str]:
 
 def models_validating(session: Session) -> list[str]:
     return list(session.scalars(select(Model.id).where(Model.status == "validating")))
+
+
+class NotOurs(Exception):
+    """The job is no longer this worker's to write: its lease moved on, or the job already ended."""
+
+
+def fenced_job(session: Session, job_id: str, owner: str) -> Job:
+    """The job, locked together with its model row, if `owner` still holds the model's lease and the job
+    is still running; else NotOurs. Every write of a running job's outcome goes through here."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if job is None:
+        raise NotOurs(f"job {job_id} vanished")
+    model = session.scalar(
+        select(Model)
+        .where(Model.id == job.model_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if model is None or model.lease_owner != owner or job.state != "running":
+        raise NotOurs(f"job {job_id} is no longer ours")
+    return job

@@ -19,23 +19,30 @@ def worker_identity() -> str:
 
 
 def process_model(
-    settings: Settings, model_id: str, on_job_done: Callable[[list[str]], None] | None = None
+    settings: Settings,
+    model_id: str,
+    on_job_done: Callable[[list[str]], None] | None = None,
+    requeue: Callable[[str], object] | None = None,
 ) -> str:
     """Serve a model's pending requests. Returns why it stopped: `busy` (another worker holds the
-    lease and will see our requests), `idle` (nothing left) or `lost` (our lease was taken over)."""
+    lease and will see our requests), `idle` (nothing left), `yielded` (one job done and the model sent
+    to the back of the queue, so one busy model cannot starve the others on a worker) or `lost` (our
+    lease was taken over). Without `requeue` it runs jobs until nothing is pending."""
     url = settings.resolved_database_url
     owner = worker_identity()
     while True:
         with session_scope(url) as s:
             if not leases.acquire(s, model_id, owner, settings.lease_seconds):
                 return "busy"
+        ran = 0
         try:
-            while True:
+            while requeue is None or ran == 0:
                 with session_scope(url) as s:
                     job_id = claims.next_job(s, model_id)
                 if job_id is None:
                     break
                 run_job(settings, job_id, owner)
+                ran += 1
                 if on_job_done is not None:
                     with session_scope(url) as s:
                         pending_hooks = claims.webhooks_of_job(s, job_id)
@@ -49,3 +56,6 @@ def process_model(
         with session_scope(url) as s:
             if not claims.has_pending(s, model_id):
                 return "idle"
+        if requeue is not None:
+            requeue(model_id)  # if the broker is down, the reconciler enqueues it instead
+            return "yielded"

@@ -71,6 +71,8 @@ class Reporter:
                 self._lost = f"lease on model {self.model_id} lost"
                 raise LeaseLost(self._lost)
             job = s.scalar(select(Job).where(Job.id == self.job_id))
+            if job is not None and job.state != "running":  # ended (published/cancelled): nothing to report
+                return
             if job is None:
                 self._lost = f"job {self.job_id} vanished"
                 raise LeaseLost(self._lost)

@@ -89,7 +89,7 @@ def load_context(url: str, job_id: str) -> JobContext:
         )
         assert base is not None
         train, test = s.get_one(Dataset, model.train_dataset_id), s.get_one(Dataset, model.test_dataset_id)
-        requests = s.scalars(select(DeletionRequest).where(DeletionRequest.id.in_(job.request_ids))).all()
+        requests = s.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
         claimed = list(dict.fromkeys(i for r in requests for i in r.sample_ids))
         forgotten = set(
             s.scalars(select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id))
@@ -158,48 +158,52 @@ def measure(
 
 def run_job(settings: Settings, job_id: str, owner: str) -> None:
     url = settings.resolved_database_url
-    ctx = load_context(url, job_id)
+    try:
+        ctx = load_context(url, job_id)
+    except Exception as exc:  # noqa: BLE001 - a job that cannot even start is failed, not retried forever
+        close_job(url, job_id, owner, "failed", error=f"{type(exc).__name__}: {exc}")
+        return
     rep = Reporter(
         url, job_id, ctx.model_id, owner, lease_s=settings.lease_seconds, interval=settings.heartbeat_seconds
     )
     try:
         with rep:
-            _run(settings, ctx, rep)
+            _run(settings, ctx, rep, owner)
     except LeaseLost:
         raise  # another worker owns the model now; it will resume this job
     except (Cancelled, JobCancelled):
-        with session_scope(url) as s:
-            claims.finish_job(
-                s,
-                s.get_one(Job, job_id),
-                state="cancelled",
-                request_state="cancelled",
-                error="cancelled by an admin",
-            )
+        close_job(url, job_id, owner, "cancelled", error="cancelled by an admin")
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
+        close_job(url, job_id, owner, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def close_job(
+    url: str,
+    job_id: str,
+    owner: str,
+    state: str,
+    *,
+    error: str | None = None,
+    result_version: int | None = None,
+) -> None:
+    """End a job and its requests, but only while we still own it: a worker whose lease lapsed must never
+    overwrite what the worker that took over has done (fenced by the lease, under the model-row lock)."""
+    try:
         with session_scope(url) as s:
+            job = claims.fenced_job(s, job_id, owner)
             claims.finish_job(
-                s,
-                s.get_one(Job, job_id),
-                state="failed",
-                request_state="failed",
-                error=f"{type(exc).__name__}: {exc}",
+                s, job, state=state, request_state=state, error=error, result_version=result_version
             )
+    except claims.NotOurs:
+        raise LeaseLost(f"job {job_id} is no longer ours; leaving it to its owner") from None
 
 
-def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
+def _run(settings: Settings, ctx: JobContext, rep: Reporter, owner: str) -> None:
     url = settings.resolved_database_url
     device = resolve_device(settings.device)
     new_ids = [i for i in ctx.claimed_ids if i not in ctx.forgotten]
     if not new_ids:  # every ID was already forgotten: complete as a no-op on the current version
-        with session_scope(url) as s:
-            claims.finish_job(
-                s,
-                s.get_one(Job, ctx.job_id),
-                state="completed",
-                request_state="completed",
-                result_version=ctx.base_version,
-            )
+        close_job(url, ctx.job_id, owner, "completed", result_version=ctx.base_version)
         return
 
     rep.phase("load", 0.0, 0.05)
@@ -239,20 +243,15 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter) -> None:
                 "passed": not failures,
             }
         )
-        record_attempt(url, ctx.job_id, method, params_to_dict(params), base_metrics, metrics, attempts)
+        record_attempt(
+            url, ctx.job_id, owner, method, params_to_dict(params), base_metrics, metrics, attempts
+        )
         if not failures:
             rep.phase("publish", 0.95, 1.0)
-            publish(settings, ctx, model, new_ids, metrics, rep)
+            publish(settings, ctx, model, new_ids, metrics, rep, method, params_to_dict(params))
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
-    with session_scope(url) as s:
-        claims.finish_job(
-            s,
-            s.get_one(Job, ctx.job_id),
-            state="failed",
-            request_state="failed",
-            error=f"every method failed its gates ({reasons})",
-        )
+    close_job(url, ctx.job_id, owner, "failed", error=f"every method failed its gates ({reasons})")
 
 
 def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
@@ -266,16 +265,20 @@ def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any]) -> 
 def record_attempt(
     url: str,
     job_id: str,
+    owner: str,
     method: str,
     params: dict[str, Any],
     base: dict[str, Any],
     result: dict[str, Any],
     attempts: list[dict[str, Any]],
 ) -> None:
-    with session_scope(url) as s:
-        job = s.get_one(Job, job_id)
-        job.method, job.params = method, params
-        job.metrics = {"base": base, "result": result, "attempts": attempts}
+    try:
+        with session_scope(url) as s:
+            job = claims.fenced_job(s, job_id, owner)
+            job.method, job.params = method, params
+            job.metrics = {"base": base, "result": result, "attempts": attempts}
+    except claims.NotOurs as exc:
+        raise LeaseLost(str(exc)) from None
 
 
 def publish(
@@ -285,6 +288,8 @@ def publish(
     new_ids: list[str],
     metrics: dict[str, Any],
     rep: Reporter,
+    method: str,
+    params: dict[str, Any],
 ) -> None:
     """Write the checkpoint, then record the version, the forgotten IDs, the job and its requests in one
     transaction. A crash before the commit leaves at most an orphan file, never a half version."""
@@ -301,7 +306,19 @@ def publish(
     )
     try:
         rep.flush()  # proves we still hold the lease right before committing
-        _commit_version(url, ctx, final, digest, number, new_ids, metrics, rep.owner, rep.finished_timings())
+        _commit_version(
+            url,
+            ctx,
+            final,
+            digest,
+            number,
+            new_ids,
+            metrics,
+            rep.owner,
+            rep.finished_timings(),
+            method,
+            params,
+        )
     except BaseException:
         final.unlink(missing_ok=True)
         raise
@@ -317,18 +334,18 @@ def _commit_version(
     metrics: dict[str, Any],
     owner: str,
     timings: dict[str, float],
+    method: str,
+    params: dict[str, Any],
 ) -> None:
     with session_scope(url) as s:
-        m = s.scalar(select(Model).where(Model.id == ctx.model_id).with_for_update())
-        job = s.get_one(Job, ctx.job_id)
-        job.metrics = {**job.metrics, "timings": timings}
-        if (
-            m is None
-            or m.latest_version != ctx.base_version
-            or m.lease_owner != owner
-            or job.state != "running"
-        ):
+        try:
+            job = claims.fenced_job(s, ctx.job_id, owner)
+        except claims.NotOurs as exc:
+            raise LeaseLost(f"{exc}; not publishing") from None
+        m = s.get_one(Model, ctx.model_id)
+        if m.latest_version != ctx.base_version:
             raise LeaseLost("the model moved on while this job ran; not publishing")
+        job.metrics = {**job.metrics, "timings": timings}
         if job.cancel_requested:  # authoritative: a cancel that lands any time before this commit wins
             raise Cancelled("cancelled before publishing")
         total = len(ctx.forgotten) + len(new_ids)
@@ -359,7 +376,8 @@ def _commit_version(
                 "parent": f"v{ctx.base_version}",
                 "checkpoint_sha256": digest,
                 "forgotten_count": total,
-                "method": ctx.method,
+                "method": method,
+                "params": params,
                 "metrics": metrics,
             },
         )

@@ -8,12 +8,14 @@ import uuid
 from pathlib import Path
 
 import torch
+
 from models.checkpoints import file_sha256, save_checkpoint
 
 
 def version_path(checkpoint_dir: Path, model_id: str, number: int, job_id: str | None = None) -> Path:
-    """One file per (version, job): a job that lost its lease can never overwrite another's checkpoint."""
-    suffix = f"-{job_id[:8]}" if job_id else ""
+    """One file per publish attempt: a worker that lost its lease (and cleans up after itself) can never
+    overwrite or delete the checkpoint another worker published for the same job."""
+    suffix = f"-{job_id[:8]}-{uuid.uuid4().hex[:8]}" if job_id else ""
     return checkpoint_dir / model_id / f"v{number}{suffix}.safetensors"
 
 

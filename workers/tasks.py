@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 @app.task(name=RUN_MODEL, acks_late=True, reject_on_worker_lost=True)
 def run_model(model_id: str) -> str:
-    outcome = process_model(get_settings(), model_id, on_job_done=send_webhooks)
+    outcome = process_model(
+        get_settings(), model_id, on_job_done=send_webhooks, requeue=lambda m: send_run_model(app, m)
+    )
     log.info("model %s: %s", model_id, outcome)
     return outcome
 

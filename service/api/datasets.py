@@ -15,6 +15,7 @@ from service.registry import register_dataset
 from service.schemas.registry import DatasetCreate, DatasetOut, Name
 
 router = APIRouter(tags=["datasets"])
+upload_router = APIRouter(tags=["datasets"])  # carries the larger upload body limit
 
 
 def dataset_out(d: Dataset) -> DatasetOut:
@@ -61,7 +62,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     return _register(session, key, body.name, body.kind, path)
 
 
-@router.post(
+@upload_router.post(
     "/v1/datasets/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,

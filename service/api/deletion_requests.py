@@ -61,7 +61,12 @@ def create_deletion_request(
     session.commit()  # the request is durable before anything is enqueued
     response.headers["Location"] = f"/v1/deletion-requests/{req.id}"
     if send_run_model(celery, m.id):
-        locked = session.scalar(select(DeletionRequest).where(DeletionRequest.id == req.id).with_for_update())
+        locked = session.scalar(
+            select(DeletionRequest)
+            .where(DeletionRequest.id == req.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
         if locked is not None:
             deletions.mark_queued(session, locked, actor="service")
             session.commit()
@@ -109,7 +114,12 @@ def get_deletion_request(request_id: str, session: SessionDep, key: RequestReade
 )
 def cancel_deletion_request(request_id: str, session: SessionDep, key: DeletionWriter) -> DeletionRequestOut:
     get_request(session, key.tenant, request_id)  # 404 for other tenants
-    req = session.scalar(select(DeletionRequest).where(DeletionRequest.id == request_id).with_for_update())
+    req = session.scalar(
+        select(DeletionRequest)
+        .where(DeletionRequest.id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     assert req is not None
     if req.state not in deletions.PENDING_STATES:
         raise Conflict(

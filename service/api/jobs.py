@@ -11,7 +11,7 @@ from service.db.tables import DeletionRequest, Job, Model
 from service.deps import Admin, CeleryDep, JobsReader, SessionDep
 from service.errors import Conflict
 from service.lookups import get_job, get_model
-from service.pagination import newest_first
+from service.pagination import newest_first, utc
 from service.queue import send_run_model
 from service.schemas.common import Page
 from service.schemas.jobs import JobOut, JobState
@@ -36,7 +36,7 @@ def list_jobs(
     if state is not None:
         query = query.where(Job.state == state)
     if since is not None:
-        query = query.where(Job.created_at >= since)
+        query = query.where(Job.created_at >= utc(since))
     rows, next_cursor = newest_first(session, query, Job, cursor, limit)
     items = [job_out(job, name) for job, name in rows]
     return Page[JobOut](items=items, next_cursor=next_cursor)
@@ -80,9 +80,7 @@ def retry_job(job_id: str, session: SessionDep, celery: CeleryDep, key: Admin) -
     if job.state != "failed":
         raise Conflict(f"job {job_id} is {job.state}; only a failed job can be retried")
     requests = session.scalars(
-        select(DeletionRequest).where(
-            DeletionRequest.id.in_(job.request_ids), DeletionRequest.state == "failed"
-        )
+        select(DeletionRequest).where(DeletionRequest.job_id == job.id, DeletionRequest.state == "failed")
     ).all()
     for r in requests:
         r.state, r.error, r.job_id, r.webhook_state = "received", None, None, None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,7 @@ from service.model_specs import (
     check_methods,
     parse_model_spec,
     registered_dataset,
+    require_finite,
     save_safetensors_upload,
 )
 from service.pagination import decode_cursor, encode_cursor
@@ -30,6 +32,7 @@ from service.schemas.registry import ModelUpdate
 from service.views import model_out, version_out
 
 router = APIRouter(tags=["models"])
+upload_router = APIRouter(tags=["models"])  # carries the larger upload body limit
 
 
 @router.get("/v1/models", response_model=list[ModelOut])
@@ -65,7 +68,7 @@ def list_samples(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Page[SampleOut]:
     m = get_model(session, key.tenant, model)
-    after = int(decode_cursor(cursor, 1)[0]) if cursor else -1
+    after = decode_cursor(cursor, 1, int)[0] if cursor else -1
     rows = session.execute(
         select(
             DatasetSample.sample_id,
@@ -107,7 +110,7 @@ def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestRead
 def _get_version(session: SessionDep, m: Model, version: str) -> ModelVersion:
     number = version[1:] if version.startswith("v") else version
     v = None
-    if number.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", number):
         v = session.scalar(
             select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == int(number))
         )
@@ -140,7 +143,7 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
     )
 
 
-@router.post(
+@upload_router.post(
     "/v1/models",
     response_model=ModelOut,
     status_code=status.HTTP_202_ACCEPTED,
@@ -206,6 +209,7 @@ def update_model(model: str, body: ModelUpdate, session: SessionDep, key: Admin)
     """Method, params, fallback chain, gates or retrain recipe; applies to jobs that start afterwards."""
     m = get_model(session, key.tenant, model)
     changes = body.model_dump(exclude_unset=True)
+    require_finite(changes)
     method = body.default_method or m.default_method
     params = (
         body.default_params

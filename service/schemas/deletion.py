@@ -5,7 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
-SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
+SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 RequestState = Literal["received", "queued", "processing", "completed", "failed", "cancelled"]
 
 
@@ -15,7 +16,7 @@ class DeletionRequestCreate(BaseModel):
     sample_ids: list[SampleId] = Field(
         ..., min_length=1, description="Training-sample IDs to forget (duplicates are ignored)."
     )
-    reference: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+    reference: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = Field(
         None, description="Your own reference, e.g. a ticket number; echoed back and kept in the audit trail."
     )
     callback_url: AnyHttpUrl | None = Field(

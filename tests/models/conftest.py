@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,6 +11,16 @@ import torch
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_digits_split
 from models.training import DIGITS_RECIPE, train
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """These models are tiny: one thread is as fast, and on a shared 2-core machine two OpenMP threads
+    spin-wait for each other (10x slower under load). Restored when the session ends."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -47,3 +47,9 @@ def test_dataset_rejects_mismatched_lengths_and_unknown_kind() -> None:
         SampleDataset(torch.zeros(2, 1), torch.zeros(3, dtype=torch.long), ["a", "b"])
     with pytest.raises(ValueError, match="npz"):
         load_dataset("parquet-ish", "x")
+
+
+def test_digits_kind_loads_either_split() -> None:
+    train, test = load_digits_split()
+    assert load_dataset("digits", ":test").ids == test.ids
+    assert len(load_dataset("digits", ":train")) == len(train)
