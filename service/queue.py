@@ -26,7 +26,12 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
         "beat_schedule": {
-            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_seconds},
+            # Expires: ticks that wait behind a long job are dropped, not piled up.
+            "reconcile": {
+                "task": RECONCILE,
+                "schedule": settings.reconcile_seconds,
+                "options": {"expires": settings.reconcile_seconds},
+            },
         },
     }
     if settings.broker_url is None:

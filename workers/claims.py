@@ -224,18 +224,17 @@ class NotOurs(Exception):
 
 def fenced_job(session: Session, job_id: str, owner: str) -> Job:
     """The job, locked together with its model row, if `owner` still holds the model's lease and the job
-    is still running; else NotOurs. Every write of a running job's outcome goes through here."""
+    is still running; else NotOurs. Every write of a running job's outcome goes through here.
+    Lock order is model then job, as in the heartbeat (lease renewal, then progress): no deadlock."""
+    model_id = session.scalar(select(Job.model_id).where(Job.id == job_id))
+    if model_id is None:
+        raise NotOurs(f"job {job_id} vanished")
+    model = session.scalar(
+        select(Model).where(Model.id == model_id).with_for_update().execution_options(populate_existing=True)
+    )
     job = session.scalar(
         select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
     )
-    if job is None:
-        raise NotOurs(f"job {job_id} vanished")
-    model = session.scalar(
-        select(Model)
-        .where(Model.id == job.model_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if model is None or model.lease_owner != owner or job.state != "running":
+    if model is None or job is None or model.lease_owner != owner or job.state != "running":
         raise NotOurs(f"job {job_id} is no longer ours")
     return job

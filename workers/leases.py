@@ -6,12 +6,20 @@ expiry means a killed worker's lease lapses and another worker resumes its job.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from service.db.tables import Model, utcnow
+
+
+def worker_identity() -> str:
+    """A lease owner name unique to this process and call: host, pid, random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def acquire(session: Session, model_id: str, owner: str, seconds: float) -> bool:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Callable
 
 from service.db.engine import session_scope
@@ -12,10 +9,6 @@ from service.settings import Settings
 from workers import claims, leases
 from workers.progress import LeaseLost
 from workers.runner import run_job
-
-
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def process_model(
@@ -29,7 +22,7 @@ def process_model(
     to the back of the queue, so one busy model cannot starve the others on a worker) or `lost` (our
     lease was taken over). Without `requeue` it runs jobs until nothing is pending."""
     url = settings.resolved_database_url
-    owner = worker_identity()
+    owner = leases.worker_identity()
     while True:
         with session_scope(url) as s:
             if not leases.acquire(s, model_id, owner, settings.lease_seconds):

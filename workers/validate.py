@@ -16,6 +16,7 @@ from service import audit
 from service.db.engine import session_scope
 from service.db.tables import Dataset, Model, ModelVersion
 from service.settings import Settings
+from workers import leases
 from workers.runner import load_weights, resolve_device
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,19 @@ def v1_metrics(model: torch.nn.Module, train: SampleDataset, test: SampleDataset
 
 
 def validate_model(settings: Settings, model_id: str) -> str:
+    url = settings.resolved_database_url
+    owner = leases.worker_identity()
+    with session_scope(url) as s:  # the model's lease: duplicate validate tasks do the work once
+        if not leases.acquire(s, model_id, owner, settings.lease_seconds):
+            return "busy"
+    try:
+        return _validate(settings, model_id)
+    finally:
+        with session_scope(url) as s:
+            leases.release(s, model_id, owner)
+
+
+def _validate(settings: Settings, model_id: str) -> str:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         m = s.get(Model, model_id)

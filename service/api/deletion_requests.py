@@ -37,6 +37,7 @@ def create_deletion_request(
 ) -> DeletionRequestOut:
     m = get_model(session, key.tenant, model)
     callback = str(body.callback_url) if body.callback_url else None
+    idempotency_key = idempotency_key or None  # an empty header is no key
     if idempotency_key is not None:
         digest = deletions.body_digest(deletions.dedupe(body.sample_ids), body.reference, callback)
         existing = deletions.find_idempotent(

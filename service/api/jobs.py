@@ -52,7 +52,10 @@ def get_job_route(job_id: str, session: SessionDep, key: JobsReader) -> JobOut:
 def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
     """The worker checks the flag between steps (within a heartbeat interval); the job then ends
     `cancelled` and its requests with it, and no version is published."""
-    job = get_job(session, key.tenant, job_id)
+    get_job(session, key.tenant, job_id)  # 404 for other tenants
+    job = session.scalars(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    ).one()  # locked: the worker's publishing transaction and this one cannot interleave
     if job.state != "running":
         raise Conflict(f"job {job_id} is {job.state}; only a running job can be cancelled")
     if not job.cancel_requested:
