@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--ids-per-request", type=int, default=5)
     ap.add_argument("--api-workers", type=int, default=2)
-    ap.add_argument("--embedded", action="store_true", help="SQLite + filesystem broker instead of PG + Redis")
+    ap.add_argument(
+        "--embedded", action="store_true", help="SQLite + filesystem broker instead of PG + Redis"
+    )
     args = ap.parse_args()
 
     var = Path(tempfile.mkdtemp(prefix="unlearn-load-"))
@@ -56,8 +58,10 @@ def main() -> None:
         dbname = f"unlearn_load_{uuid.uuid4().hex[:8]}"
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')
-        env |= {"DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
-                "BROKER_URL": "redis://127.0.0.1:6379/0"}
+        env |= {
+            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
+            "BROKER_URL": "redis://127.0.0.1:6379/0",
+        }
     settings = Settings(**env)  # type: ignore[arg-type]
     var.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
@@ -67,9 +71,12 @@ def main() -> None:
         key = make_key(s, scopes=("deletion:write", "jobs:read"))
 
     port = free_port()
-    api = subprocess.Popen([str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)],
-                           env={**os.environ, **env, "PORT": str(port)}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)],
+        env={**os.environ, **env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _up(base), timeout=60, what="the API")
@@ -121,8 +128,10 @@ def main() -> None:
     total = 0
     for name, vals in sorted(latencies.items()):
         total += len(vals)
-        print(f"| {name} | {len(vals)} | {len(vals) / elapsed:.1f} | {statistics.median(vals) * 1000:.1f} | "
-              f"{percentile(vals, 0.99) * 1000:.1f} | {errors[name]} |")
+        print(
+            f"| {name} | {len(vals)} | {len(vals) / elapsed:.1f} | {statistics.median(vals) * 1000:.1f} | "
+            f"{percentile(vals, 0.99) * 1000:.1f} | {errors[name]} |"
+        )
     print(f"| all | {total} | {total / elapsed:.1f} | | | {sum(errors.values())} |")
 
 

@@ -41,8 +41,15 @@ from workers.storage import version_path, write_checkpoint  # noqa: E402
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def setup_model(settings: Settings, name: str, arch: str, kwargs: dict, train_ds: SampleDataset,
-                test_ds: SampleDataset, recipe: TrainRecipe) -> str:
+def setup_model(
+    settings: Settings,
+    name: str,
+    arch: str,
+    kwargs: dict,
+    train_ds: SampleDataset,
+    test_ds: SampleDataset,
+    recipe: TrainRecipe,
+) -> str:
     for split, ds in (("train", train_ds), ("test", test_ds)):
         save_npz(ds, settings.dataset_dir / f"{name}-{split}.npz")
     model = train(build_model(arch, **kwargs), train_ds, recipe)
@@ -50,15 +57,36 @@ def setup_model(settings: Settings, name: str, arch: str, kwargs: dict, train_ds
     digest = write_checkpoint(model, ckpt, architecture=arch, kwargs=kwargs, num_classes=10)
     with session_scope(settings.resolved_database_url) as s:
         tr, te = (
-            register_dataset(s, tenant="bench", name=f"{name}-{sp}", kind="npz",
-                             uri=str(settings.dataset_dir / f"{name}-{sp}.npz"), sample_ids=ds.ids,
-                             labels=ds.y.tolist(), actor="bench")
+            register_dataset(
+                s,
+                tenant="bench",
+                name=f"{name}-{sp}",
+                kind="npz",
+                uri=str(settings.dataset_dir / f"{name}-{sp}.npz"),
+                sample_ids=ds.ids,
+                labels=ds.y.tolist(),
+                actor="bench",
+            )
             for sp, ds in (("train", train_ds), ("test", test_ds))
         )
-        m = register_model(s, tenant="bench", name=name, architecture=arch, arch_kwargs=kwargs, num_classes=10,
-                           train=tr, test=te, checkpoint_uri=str(ckpt), checkpoint_sha256=digest,
-                           default_method="ugradsl_plus", default_params={}, train_recipe=recipe.to_dict(),
-                           gates={}, metrics={}, actor="bench")
+        m = register_model(
+            s,
+            tenant="bench",
+            name=name,
+            architecture=arch,
+            arch_kwargs=kwargs,
+            num_classes=10,
+            train=tr,
+            test=te,
+            checkpoint_uri=str(ckpt),
+            checkpoint_sha256=digest,
+            default_method="ugradsl_plus",
+            default_params={},
+            train_recipe=recipe.to_dict(),
+            gates={},
+            metrics={},
+            actor="bench",
+        )
         return m.id
 
 
@@ -66,8 +94,9 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         key, _ = create_key(s, tenant="bench", scopes=["deletion:write"])
-        deletions.submit(s, model=s.get_one(Model, model_id), key=key, sample_ids=ids, reference=None,
-                         max_ids=10**6)
+        deletions.submit(
+            s, model=s.get_one(Model, model_id), key=key, sample_ids=ids, reference=None, max_ids=10**6
+        )
     started = time.perf_counter()
     process_model(settings, model_id)
     wall = time.perf_counter() - started
@@ -77,7 +106,9 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
         return {"wall": wall, **job.metrics["timings"], "forget": len(ids)}
 
 
-def loop_throughput(model: torch.nn.Module, train_ds: SampleDataset, batch: int, steps: int) -> tuple[float, float]:
+def loop_throughput(
+    model: torch.nn.Module, train_ds: SampleDataset, batch: int, steps: int
+) -> tuple[float, float]:
     """samples/s of UGradSL+ steps vs plain SGD steps over the same number of samples per step."""
     device = next(model.parameters()).device
     ids = random.Random(0).sample(train_ds.ids, len(train_ds) // 10)
@@ -126,18 +157,33 @@ def main() -> None:
     kw = {"in_channels": 1, "image_size": 8, "num_classes": 10}
     cases.append(("digits / small_cnn(8x8)", "digits", kw, tr, te, DIGITS_RECIPE, "1 epoch"))
     if not args.quick and FASHION.exists():
-        ftr, fte = load_dataset("fashion_mnist", f"{FASHION}:train"), load_dataset("fashion_mnist", f"{FASHION}:test")
+        ftr, fte = (
+            load_dataset("fashion_mnist", f"{FASHION}:train"),
+            load_dataset("fashion_mnist", f"{FASHION}:test"),
+        )
         kw28 = {"in_channels": 1, "image_size": 28, "num_classes": 10}
-        cases.append(("fashion-mnist 60k / small_cnn(28x28)", "fashion", kw28, ftr, fte,
-                      TrainRecipe(epochs=1, lr=0.05, batch_size=128), "1 epoch (cost, not quality)"))
+        cases.append(
+            (
+                "fashion-mnist 60k / small_cnn(28x28)",
+                "fashion",
+                kw28,
+                ftr,
+                fte,
+                TrainRecipe(epochs=1, lr=0.05, batch_size=128),
+                "1 epoch (cost, not quality)",
+            )
+        )
 
     rows, loops = [], []
     for label, name, kw_, tr_, te_, recipe, _note in cases:
         model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe)
         ids = random.Random(1).sample(tr_.ids, len(tr_) // 10)
         rows.append((label, run_job(settings, model_id, ids)))
-        model = train(build_model("small_cnn", **kw_), tr_.subset(torch.arange(min(len(tr_), 2048))),
-                      TrainRecipe(epochs=1)).to(device)
+        model = train(
+            build_model("small_cnn", **kw_),
+            tr_.subset(torch.arange(min(len(tr_), 2048))),
+            TrainRecipe(epochs=1),
+        ).to(device)
         loops.append((label, *loop_throughput(model, tr_, batch=64, steps=200)))
 
     print(f"\n## Job phases (seconds; device {device}; random 10% forget set; UGradSL+ defaults)\n")
@@ -145,8 +191,11 @@ def main() -> None:
     print("| model | forget | " + " | ".join(phases) + " | job wall |")
     print("|---|---:|" + "---:|" * len(phases) + "---:|")
     for label, r in rows:
-        print(f"| {label} | {r['forget']} | " + " | ".join(f"{r.get(p, 0):.2f}" for p in phases)
-              + f" | {r['wall']:.2f} |")
+        print(
+            f"| {label} | {r['forget']} | "
+            + " | ".join(f"{r.get(p, 0):.2f}" for p in phases)
+            + f" | {r['wall']:.2f} |"
+        )
     print("\n## Unlearning loop vs bare training loop (samples/s, batch 64+64 vs 128, 200 steps)\n")
     print("| model | UGradSL+ samples/s | bare SGD samples/s | ratio |")
     print("|---|---:|---:|---:|")
