@@ -2,14 +2,13 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 05:22:54.198553
+Create Date: 2026-11-25 07:02:43.485443
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -52,6 +51,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
         sa.UniqueConstraint("tenant", "seq", name="uq_audit_events_tenant_seq"),
     )
+    with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.create_index("ix_audit_events_entity", ["tenant", "entity_id"], unique=False)
+
     op.create_table(
         "datasets",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -227,6 +229,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_datasets_tenant"))
 
     op.drop_table("datasets")
+    with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_events_entity")
+
     op.drop_table("audit_events")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_tenant"))

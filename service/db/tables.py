@@ -216,4 +216,7 @@ class AuditEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
-    __table_args__ = (UniqueConstraint("tenant", "seq", name="uq_audit_events_tenant_seq"),)
+    __table_args__ = (
+        UniqueConstraint("tenant", "seq", name="uq_audit_events_tenant_seq"),
+        Index("ix_audit_events_entity", "tenant", "entity_id"),  # a request's events, for certificates
+    )
