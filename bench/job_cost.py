@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.architectures import build_model  # noqa: E402
-from models.datasets import SampleDataset, load_dataset, load_digits_split, save_npz  # noqa: E402
+from models.datasets import SampleDataset, load_dataset, load_digits_split  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
 from models.unlearning import run_method  # noqa: E402
 from service import deletions  # noqa: E402
@@ -33,10 +34,9 @@ from service.db import migrate  # noqa: E402
 from service.db.engine import session_scope  # noqa: E402
 from service.db.tables import Job, Model  # noqa: E402
 from service.keys import create_key  # noqa: E402
-from service.registry import register_dataset, register_model  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from workers.demo import register_local_model  # noqa: E402
 from workers.orchestrate import process_model  # noqa: E402
-from workers.storage import version_path, write_checkpoint  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -50,44 +50,22 @@ def setup_model(
     test_ds: SampleDataset,
     recipe: TrainRecipe,
 ) -> str:
-    for split, ds in (("train", train_ds), ("test", test_ds)):
-        save_npz(ds, settings.dataset_dir / f"{name}-{split}.npz")
     model = train(build_model(arch, **kwargs), train_ds, recipe)
-    ckpt = version_path(settings.checkpoint_dir, name, 1)
-    digest = write_checkpoint(model, ckpt, architecture=arch, kwargs=kwargs, num_classes=10)
+    register_local_model(
+        settings,
+        tenant="bench",
+        name=name,
+        architecture=arch,
+        arch_kwargs=kwargs,
+        model=model,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        recipe=recipe,
+        gates={},
+        actor="bench",
+    )
     with session_scope(settings.resolved_database_url) as s:
-        tr, te = (
-            register_dataset(
-                s,
-                tenant="bench",
-                name=f"{name}-{sp}",
-                kind="npz",
-                uri=str(settings.dataset_dir / f"{name}-{sp}.npz"),
-                sample_ids=ds.ids,
-                labels=ds.y.tolist(),
-                actor="bench",
-            )
-            for sp, ds in (("train", train_ds), ("test", test_ds))
-        )
-        m = register_model(
-            s,
-            tenant="bench",
-            name=name,
-            architecture=arch,
-            arch_kwargs=kwargs,
-            num_classes=10,
-            train=tr,
-            test=te,
-            checkpoint_uri=str(ckpt),
-            checkpoint_sha256=digest,
-            default_method="ugradsl_plus",
-            default_params={},
-            train_recipe=recipe.to_dict(),
-            gates={},
-            metrics={},
-            actor="bench",
-        )
-        return m.id
+        return s.scalars(select(Model.id).where(Model.tenant == "bench", Model.name == name)).one()
 
 
 def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:

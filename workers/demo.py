@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_digits_split, save_npz
-from models.training import DIGITS_RECIPE, train
+from models.training import DIGITS_RECIPE, TrainRecipe, train
 from service.db.engine import session_scope
 from service.db.tables import Model
 from service.registry import register_dataset, register_model
@@ -52,6 +53,67 @@ def trained_demo(settings: Settings, train_ds: SampleDataset) -> torch.nn.Module
     return model
 
 
+def register_local_model(
+    settings: Settings,
+    *,
+    tenant: str,
+    name: str,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    model: torch.nn.Module,
+    train_ds: SampleDataset,
+    test_ds: SampleDataset,
+    recipe: TrainRecipe,
+    gates: dict[str, Any],
+    actor: str = "bootstrap",
+) -> dict[str, Any]:
+    """Register a model trained in this process, with its datasets stored as .npz under the state
+    directory (the demo, benchmarks). Returns v1's metrics."""
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    paths = {split: settings.dataset_dir / f"{name}-{split}.npz" for split in ("train", "test")}
+    save_npz(train_ds, paths["train"])
+    save_npz(test_ds, paths["test"])
+    metrics = v1_metrics(model, train_ds, test_ds)
+    ckpt = version_path(settings.checkpoint_dir, f"{name}-registered", 1)
+    num_classes = int(arch_kwargs.get("num_classes", train_ds.num_classes))
+    digest = write_checkpoint(
+        model, ckpt, architecture=architecture, kwargs=arch_kwargs, num_classes=num_classes
+    )
+    with session_scope(settings.resolved_database_url) as s:
+        tr, te = (
+            register_dataset(
+                s,
+                tenant=tenant,
+                name=f"{name}-{split}",
+                kind="npz",
+                uri=str(paths[split]),
+                sample_ids=ds.ids,
+                labels=ds.y.tolist(),
+                actor=actor,
+            )
+            for split, ds in (("train", train_ds), ("test", test_ds))
+        )
+        register_model(
+            s,
+            tenant=tenant,
+            name=name,
+            architecture=architecture,
+            arch_kwargs=arch_kwargs,
+            num_classes=num_classes,
+            train=tr,
+            test=te,
+            checkpoint_uri=str(ckpt),
+            checkpoint_sha256=digest,
+            default_method="ugradsl_plus",
+            default_params={},
+            train_recipe=recipe.to_dict(),
+            gates=gates,
+            metrics=metrics,
+            actor=actor,
+        )
+    return metrics
+
+
 def ensure_demo(settings: Settings) -> bool:
     """Train and register the demo model unless it exists. Returns True if it was created now."""
     url = settings.resolved_database_url
@@ -59,57 +121,19 @@ def ensure_demo(settings: Settings) -> bool:
         if s.scalar(select(Model.id).where(Model.tenant == DEMO_TENANT, Model.name == DEMO_MODEL)):
             return False
     train_ds, test_ds = load_digits_split(seed=0, test_fraction=0.2)
-    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = (
-        settings.dataset_dir / "digits-train.npz",
-        settings.dataset_dir / "digits-test.npz",
-    )
-    save_npz(train_ds, train_path)
-    save_npz(test_ds, test_path)
-
     model = trained_demo(settings, train_ds)
-    metrics = v1_metrics(model, train_ds, test_ds)
-    ckpt = version_path(settings.checkpoint_dir, "digits-demo", 1)
-    digest = write_checkpoint(model, ckpt, architecture=ARCH, kwargs=ARCH_KWARGS, num_classes=10)
-    with session_scope(url) as s:
-        tr = register_dataset(
-            s,
-            tenant=DEMO_TENANT,
-            name="digits-train",
-            kind="npz",
-            uri=str(train_path),
-            sample_ids=train_ds.ids,
-            labels=train_ds.y.tolist(),
-            actor="bootstrap",
-        )
-        te = register_dataset(
-            s,
-            tenant=DEMO_TENANT,
-            name="digits-test",
-            kind="npz",
-            uri=str(test_path),
-            sample_ids=test_ds.ids,
-            labels=test_ds.y.tolist(),
-            actor="bootstrap",
-        )
-        register_model(
-            s,
-            tenant=DEMO_TENANT,
-            name=DEMO_MODEL,
-            architecture=ARCH,
-            arch_kwargs=ARCH_KWARGS,
-            num_classes=10,
-            train=tr,
-            test=te,
-            checkpoint_uri=str(ckpt),
-            checkpoint_sha256=digest,
-            default_method="ugradsl_plus",
-            default_params={},
-            train_recipe=DIGITS_RECIPE.to_dict(),
-            gates=DEMO_GATES,
-            metrics=metrics,
-            actor="bootstrap",
-        )
+    metrics = register_local_model(
+        settings,
+        tenant=DEMO_TENANT,
+        name=DEMO_MODEL,
+        architecture=ARCH,
+        arch_kwargs=ARCH_KWARGS,
+        model=model,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        recipe=DIGITS_RECIPE,
+        gates=DEMO_GATES,
+    )
     log.info(
         "registered demo model %r: train acc %.3f, test acc %.3f",
         DEMO_MODEL,
