@@ -57,7 +57,7 @@ class UGradSLParams(GradientParams):
     lr: float = _f(0.05, 1e-8, 10.0)
     p: float = _f(0.95, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
     alpha: float = _f(-0.5, -1.0, 1.0, doc="fixed smoothing rate (used when adaptive = 'off'); < 0 is NLS")
-    adaptive: str = _f("off", choices=ADAPTIVE, doc="self-adaptive α: off | intuition | literal")
+    adaptive: str = _f("off", choices=ADAPTIVE, doc="self-adaptive α: off | intuition (preferred) | literal")
     alpha_max: float = _f(1.0, 0.0, 1.0, doc="adaptive 'intuition': α_i = -alpha_max·(1 - c_i/|B_f|)")
     beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
     bounded: bool = _f(True, doc="ascend only on forget samples still classified correctly")
@@ -65,11 +65,13 @@ class UGradSLParams(GradientParams):
 
 @dataclass(frozen=True)
 class UGradSLPlusParams(UGradSLParams):
-    """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled)."""
+    """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled). Default: one epoch with
+    p = 0.9 reached the same Avg Gap on Fashion-MNIST random 10% as two epochs with p = 0.95, at half the
+    cost (~6% of retrain time), so the cheaper setting is the default (bench/results/)."""
 
-    epochs: float = _f(2.0, 0.0, 1000.0)
+    epochs: float = _f(1.0, 0.0, 1000.0)
     lr: float = _f(0.03, 1e-8, 10.0)
-    p: float = _f(0.95, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
+    p: float = _f(0.9, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
 
 
 @dataclass(frozen=True)

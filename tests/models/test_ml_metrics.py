@@ -12,6 +12,7 @@ from models.metrics import (
     evaluate,
     loss_threshold_mia,
     mia_efficacy,
+    mia_sets,
 )
 
 
@@ -105,9 +106,11 @@ def test_mia_balances_classes_when_retain_is_smaller_than_test() -> None:
     everything non-member (the majority); balanced, it must not call every member sample non-member."""
     y = torch.zeros(40, dtype=torch.long)
     same = _confident(y, torch.full((40,), 0.99))
-    retain, test, forget = _ds(same[:9], y[:9], "r"), _ds(same[9:29], y[9:29], "t"), _ds(same[29:], y[29:], "f")
-    from models.metrics import mia_sets
-
+    retain, test, forget = (
+        _ds(same[:9], y[:9], "r"),
+        _ds(same[9:29], y[9:29], "t"),
+        _ds(same[29:], y[29:], "f"),
+    )
     members, non_members = mia_sets(retain, test, seed=0)
     assert len(members) == len(non_members) == 9
     assert mia_efficacy(FixedLogits(), forget, retain, test) < 1.0
