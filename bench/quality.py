@@ -294,10 +294,16 @@ def plot(records: list[dict[str, Any]], path: Path) -> str:
         for row in dict.fromkeys(r["row"] for r in records if r["row"] != "retrain"):
             sel = [r for r in records if (r["setting"], r["scenario"], r["row"]) == (setting, scenario, row)]
             if sel:
-                x = statistics.fmean(r["rte_s"] / r["retrain_s"] for r in sel)
-                ax.scatter(x, statistics.fmean(r["gap"] for r in sel))
-                ax.annotate(row, (x, statistics.fmean(r["gap"] for r in sel)), fontsize=7)
-        ax.set(title=f"{setting} / {scenario}", xlabel="RTE / retrain", ylabel="Avg Gap (points)")
+                xs = [r["rte_s"] / r["retrain_s"] for r in sel]
+                ys = [r["gap"] for r in sel]
+                x, y = statistics.fmean(xs), statistics.fmean(ys)
+                sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731 - error bars
+                ax.errorbar(x, y, xerr=sd(xs), yerr=sd(ys), fmt="o", capsize=3)
+                ax.annotate(row, (x, y), fontsize=7)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set(
+            title=f"{setting} / {scenario}", xlabel="run time / retrain", ylabel="Avg Gap vs retrain (points)"
+        )
     fig.tight_layout()
     fig.savefig(path)
     return f"plot: {path}"
@@ -349,12 +355,23 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument(
+        "--plot-from",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="only redraw the figure from saved results JSON files (no runs)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
         "--cache", type=Path, default=None, help="reuse originals/retrains saved here (same recipe)"
     )
     ap.add_argument("--rows", nargs="+", default=None, help="only these row labels (plus retrain/original)")
     args = ap.parse_args()
+    if args.plot_from:
+        saved = [r for f in args.plot_from for r in json.loads(f.read_text())["records"]]
+        print(plot(saved, args.out or RESULTS / "quality.png"))
+        return
     torch.set_num_threads(args.threads)
     if args.rows:
         ROWS[:] = [r for r in ROWS if r.method is None or r.label in args.rows]
