@@ -212,7 +212,8 @@ def _total_loss(terms: Terms, plan: Plan) -> torch.Tensor:
 def _grads(loss: torch.Tensor | None, ps: list[torch.Tensor]) -> list[torch.Tensor]:
     if loss is None or not loss.requires_grad:
         return [torch.zeros_like(p) for p in ps]
-    gs = torch.autograd.grad(loss, ps, allow_unused=True)
+    # retain_graph: the retain and forget terms may share one forward pass (see methods._joint_forward).
+    gs = torch.autograd.grad(loss, ps, allow_unused=True, retain_graph=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(ps, gs, strict=True)]
 
 

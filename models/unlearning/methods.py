@@ -82,14 +82,32 @@ def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | No
     return F.cross_entropy(model(x), y) if len(x) else None
 
 
+def _has_batch_stats(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _joint_forward(
+    net: Classifier, xr: torch.Tensor, xf: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features and logits of B_r and B_f. Without batch statistics one forward pass over both batches is
+    the same computation as two and runs like a plain training step of size |B_r| + |B_f|; with
+    BatchNorm the batches keep their own statistics (two passes), as in the paper's algorithm."""
+    if _has_batch_stats(net) or len(xr) == 0:
+        feat_r, feat_f = net.features(xr), net.features(xf)
+        return feat_r, feat_f, net.head(feat_r), net.head(feat_f)
+    feats = net.features(torch.cat([xr, xf]))  # (B_r + B_f, D)
+    logits = net.head(feats)  # (B_r + B_f, K)
+    n = len(xr)
+    return feats[:n], feats[n:], logits[:n], logits[n:]
+
+
 def ugradsl_objective(params: UGradSLParams) -> Objective:
     """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| with live = still correct
     (``bounded``, METHODS.md "Measured pitfalls"). Penultimate features come from the same forward pass."""
 
     def objective(model: nn.Module, b: Batch) -> Terms:
         net = cast(Classifier, model)  # any registered architecture: features() and head()
-        feat_r, feat_f = net.features(b.xr), net.features(b.xf)  # (B, D) each
-        logits_r, logits_f = net.head(feat_r), net.head(feat_f)  # (B, K) each
+        feat_r, feat_f, logits_r, logits_f = _joint_forward(net, b.xr, b.xf)  # (B, D), (B, D), (B, K), (B, K)
         alpha = adaptive_alpha(feat_f.detach(), feat_r.detach(), params)  # (B,) or float
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
