@@ -20,12 +20,14 @@ import copy
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class Setting:
     load: Callable[[], tuple[SampleDataset, SampleDataset]]
     arch_kwargs: dict[str, Any]
     recipe: TrainRecipe
+    rows: tuple[str, ...] | None = None  # row labels run by default (None = all): keeps a full run < 60 min
 
 
 def _digits() -> tuple[SampleDataset, SampleDataset]:
@@ -81,6 +84,8 @@ SETTINGS = {
         "fashion_full", "Fashion-MNIST full 60k / 10k, small_cnn 28x28, 5 epochs (barely memorises)",
         _fashion(None), {"in_channels": 1, "image_size": 28, "num_classes": 10},
         TrainRecipe(epochs=5, lr=0.05, batch_size=128),
+        rows=("finetune", "ugradsl", "ugradsl_plus (fixed α, default: 1 epoch, p=0.9)",
+              "ugradsl_plus + prob"),
     ),
 }  # fmt: skip
 
@@ -179,6 +184,12 @@ def _cached(
     return model, seconds
 
 
+def rows_for(setting: Setting, only: list[str] | None) -> list[Row]:
+    """The rows to run: ``only`` (from --rows) or the setting's default set; ``original`` always."""
+    wanted = only if only is not None else setting.rows
+    return [r for r in ROWS if r.method is None or wanted is None or r.label in wanted]
+
+
 def run_seed(
     setting: Setting,
     seed: int,
@@ -186,7 +197,9 @@ def run_seed(
     device: str,
     log: Callable[[str], None],
     cache: Path | None = None,
+    rows: list[Row] | None = None,
 ) -> list[dict[str, Any]]:
+    rows = ROWS if rows is None else rows
     train_ds, test_ds = setting.load()
     recipe = TrainRecipe.from_dict({**setting.recipe.to_dict(), "seed": seed})
     digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
@@ -209,7 +222,7 @@ def run_seed(
         base = {"setting": setting.name, "seed": seed, "scenario": scenario}
         records.append({**base, "row": "retrain", **ref, "rte_s": t_ref, "gap": 0.0})
         log(f"  {scenario}: retrain {t_ref:.1f}s, original gap {avg_gap(orig, ref):.2f}")
-        for row in ROWS:
+        for row in rows:
             if row.method is None:
                 metrics, t = orig, 0.0
             else:
@@ -320,10 +333,15 @@ def write_results(
         [
             "",
             f"Command: `{cmd}`; wall time {wall / 60:.1f} min on {platform.machine()} "
-            f"({args.threads} threads, device {args.device}); seeds {seeds} (mean ± std).",
+            f"({args.jobs} jobs x {args.threads} threads, device {args.device}); seeds {seeds} (mean ± std).",
             *[
                 f"- {SETTINGS[s].name}: {SETTINGS[s].description}; recipe "
                 f"{SETTINGS[s].recipe.to_dict()} (seed = run seed); retrain uses exactly this recipe."
+                + (
+                    f" Rows run by default: {', '.join(SETTINGS[s].rows)} (the 60k rows cost minutes each)."
+                    if SETTINGS[s].rows and not args.rows
+                    else ""
+                )
                 for s in settings
             ],
             "- UA, MIA (SVC on true-label confidence), MIA-loss (loss threshold), RA, TA in %; Avg Gap in "
@@ -344,6 +362,14 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+def _unit(name: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One (setting, seed): the unit of work of a --jobs process (spawned, so it sets its own threads)."""
+    torch.set_num_threads(args.threads)
+    setting = SETTINGS[name]
+    log = lambda line: _log(f"[{name} {seed}] {line}")  # noqa: E731 - tags interleaved output
+    return run_seed(setting, seed, args.scenarios, args.device, log, args.cache, rows_for(setting, args.rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="digits only")
@@ -353,7 +379,8 @@ def main() -> None:
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    ap.add_argument("--jobs", type=int, default=1, help="(setting, seed) units run in parallel processes")
     ap.add_argument("--plot", action="store_true")
     ap.add_argument(
         "--plot-from",
@@ -368,24 +395,30 @@ def main() -> None:
     )
     ap.add_argument("--rows", nargs="+", default=None, help="only these row labels (plus retrain/original)")
     args = ap.parse_args()
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     if args.plot_from:
         saved = [r for f in args.plot_from for r in json.loads(f.read_text())["records"]]
         print(plot(saved, args.out or RESULTS / "quality.png"))
         return
-    torch.set_num_threads(args.threads)
-    if args.rows:
-        ROWS[:] = [r for r in ROWS if r.method is None or r.label in args.rows]
     settings = args.settings or (["digits"] if args.quick else ["digits", "fashion_mem", "fashion_full"])
     tag = "quick" if args.quick else "-".join(settings)
     out = args.out or RESULTS / f"quality_{tag}.json"
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
-    for name in settings:
-        for seed in args.seeds:
-            records += run_seed(SETTINGS[name], seed, args.scenarios, args.device, _log, args.cache)
-            write_results(
-                out, records, settings, args, time.perf_counter() - started
-            )  # partial: seeds so far
+    units = [(name, seed) for name in settings for seed in args.seeds]
+    if args.jobs <= 1:
+        for name, seed in units:
+            records += _unit(name, seed, args)
+            write_results(out, records, settings, args, time.perf_counter() - started)  # partial results
+    else:  # costliest settings first, so the last unit to finish is a short one
+        units.sort(key=lambda u: list(SETTINGS).index(u[0]), reverse=True)  # SETTINGS: cheapest first
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_unit, name, seed, args) for name, seed in units]
+            for future in as_completed(futures):
+                records += future.result()
+                write_results(out, records, settings, args, time.perf_counter() - started)
+        order = {u: i for i, u in enumerate((n, s) for n in settings for s in args.seeds)}
+        records.sort(key=lambda r: order[(r["setting"], r["seed"])])  # stable: rows keep their order
     print(write_results(out, records, settings, args, time.perf_counter() - started))
     print(f"\nwrote {out}")
     if args.plot:

@@ -93,7 +93,7 @@ def train(
     opt = make_optimizer(model, recipe)
     steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
-    sched = _scheduler(opt, recipe, total)
+    sched = lr_scheduler(opt, recipe.schedule, total)
     hooks.start()
     step = 0
     for _ in range(recipe.epochs):
@@ -114,10 +114,11 @@ def train(
     return model
 
 
-def _scheduler(
-    opt: torch.optim.Optimizer, recipe: TrainRecipe, total: int
+def lr_scheduler(
+    opt: torch.optim.Optimizer, schedule: str, total: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    if recipe.schedule == "cosine" and total > 0:
+    """Per-step learning-rate factor: constant, or cosine from 1 to 0 over ``total`` steps."""
+    if schedule == "cosine" and total > 0:
         return torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))
         )

@@ -18,6 +18,7 @@ from torch import nn
 
 from models.datasets import SampleDataset
 from models.hooks import Hooks
+from models.training import lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.params import GradientParams
 
@@ -115,6 +116,7 @@ def run_steps(
     opt = torch.optim.SGD(
         model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
     )
+    sched = lr_scheduler(opt, params.schedule, total)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     model.train()
     hooks.start()
@@ -125,6 +127,7 @@ def run_steps(
         i_f, i_r = i_f.to(device), i_r.to(device)
         batch = Batch(xr[i_r], yr[i_r], xf[i_f], yf[i_f], tf[i_f])
         correct = _step(model, opt, batch, params, objective, plan, static_mask)
+        sched.step()
         stopper.add(correct)
         if hooks.step(step, total, model) or stopper.should_stop(step, hooks.check_every):
             break

@@ -39,6 +39,7 @@ class GradientParams:
     momentum: float = _f(0.9, 0.0, 0.999)
     weight_decay: float = _f(0.0, 0.0, 1.0)
     grad_clip: float = _f(5.0, 0.0, 1e6, doc="max gradient norm; 0 = off")
+    schedule: str = _f("constant", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
     seed: int = _f(0, 0, 2**31 - 1)
     mask: str = _f("none", choices=MASKS, doc="masked-update add-on: none | and | prob | focus | salun")
     mask_p: float = _f(0.5, 0.0, 1.0, doc="prob/focus: keep a coordinate iff P(gradients agree) >= mask_p")
