@@ -68,3 +68,19 @@ def test_empty_forget_set_leaves_the_model_unchanged(digits_model, digits) -> No
     assert accuracy(model, retain) == accuracy(digits_model, retain)
     for (k, x), (_, y) in zip(model.state_dict().items(), digits_model.state_dict().items(), strict=True):
         assert torch.equal(x, y), k
+
+
+def test_unlearning_learning_rate_schedule_changes_the_run(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    params = lambda schedule: {"epochs": 0.3, "schedule": schedule}  # noqa: E731
+    runs = {
+        s: run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params(s))
+        for s in ("constant", "cosine")
+    }
+    moved = {
+        s: sum(float((p - q).norm()) for p, q in zip(m.parameters(), digits_model.parameters(), strict=True))
+        for s, m in runs.items()
+    }
+    assert moved["cosine"] != moved["constant"]
+    with pytest.raises(ValueError, match="schedule"):
+        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"schedule": "linear"})

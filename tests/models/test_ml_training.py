@@ -1,10 +1,13 @@
+import math
+
+import pytest
 import torch
 
 from models.architectures import build_model
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import accuracy
-from models.training import TrainRecipe, train
+from models.training import TrainRecipe, lr_scheduler, train
 
 
 def test_digits_model_memorises_and_generalises(
@@ -55,3 +58,17 @@ def test_training_reports_progress_and_honours_cancellation(
         pass
     else:
         raise AssertionError("training was not cancelled")
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = lr_scheduler(opt, "cosine", total=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.0, 1.0 + math.cos(math.pi / 4), 1.0, 1.0 - math.cos(math.pi / 4)])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    flat = lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0), "constant", total=4)
+    assert flat.get_last_lr() == [2.0]
