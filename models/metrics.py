@@ -112,9 +112,13 @@ def loss_threshold_mia(
     if len(forget) == 0:
         return float("nan")
     member_set, non_member_set = mia_sets(retain, test, seed)
-    members, non_members = per_sample_loss(model, member_set), per_sample_loss(model, non_member_set)
-    threshold = _best_threshold(members, non_members)
-    return float((per_sample_loss(model, forget) > threshold).mean())
+    losses = [per_sample_loss(model, d) for d in (member_set, non_member_set, forget)]
+    return loss_threshold_mia_from_loss(*losses)
+
+
+def loss_threshold_mia_from_loss(members: np.ndarray, non_members: np.ndarray, forget: np.ndarray) -> float:
+    """The loss-threshold attack on precomputed per-sample losses (see ``loss_threshold_mia``)."""
+    return float((forget > _best_threshold(members, non_members)).mean())
 
 
 def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
@@ -126,13 +130,14 @@ def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
     return float(cands[np.argmax(tpr_m + tnr_n)])
 
 
-def _correct_and_confidence(model: nn.Module, data: SampleDataset) -> tuple[np.ndarray, np.ndarray]:
-    """One pass: (N,) correctness and (N,) true-label confidence."""
+def _correct_and_log_confidence(model: nn.Module, data: SampleDataset) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: (N,) correctness and (N,) log of the true-label confidence (= minus the cross-entropy, so
+    both attacks read the same pass)."""
     out = _map_batches(
         model,
         data,
         lambda logits, y: torch.stack(
-            [(logits.argmax(1) == y).float(), logits.softmax(1).gather(1, y[:, None])[:, 0]], 1
+            [(logits.argmax(1) == y).float(), logits.log_softmax(1).gather(1, y[:, None])[:, 0]], 1
         ),
         1024,
     )  # (N, 2)
@@ -149,16 +154,18 @@ def evaluate(
     retain_sample: int = 10_000,
     seed: int = 0,
 ) -> dict[str, float | int | None]:
-    """UA, MIA-efficacy, RA, TA as fractions, with counts. RA uses a fixed-seed sample of at most
+    """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
+    so that one attack is not the only judge. RA uses a fixed-seed sample of at most
     ``retain_sample`` rows (``retain_count`` is that sample's size). With an empty forget set the forget
     metrics (UA, MIA) are ``None``: there is nothing to measure. One forward pass per set."""
     ra_set = _member_sample(retain, retain_sample, seed) if len(retain) > retain_sample else retain
     members, non_members = mia_sets(retain, test, seed)  # as ``mia_efficacy``
-    ra_correct, _ = _correct_and_confidence(model, ra_set)
-    te_correct, te_conf = _correct_and_confidence(model, test)
+    ra_correct, _ = _correct_and_log_confidence(model, ra_set)
+    te_correct, te_log_conf = _correct_and_log_confidence(model, test)
     out: dict[str, float | int | None] = {
         "unlearning_accuracy": None,
         "mia_score": None,
+        "mia_loss_score": None,
         "retain_accuracy": float(ra_correct.mean()) if len(ra_set) else float("nan"),
         "test_accuracy": float(te_correct.mean()) if len(test) else float("nan"),
         "forget_count": len(forget),
@@ -166,11 +173,12 @@ def evaluate(
         "test_count": len(test),
     }
     if len(forget):
-        f_correct, f_conf = _correct_and_confidence(model, forget)
-        _, m_conf = _correct_and_confidence(model, members)
-        n_conf = te_conf if non_members is test else _correct_and_confidence(model, non_members)[1]
+        f_correct, f_log = _correct_and_log_confidence(model, forget)
+        m_log = _correct_and_log_confidence(model, members)[1]
+        n_log = te_log_conf if non_members is test else _correct_and_log_confidence(model, non_members)[1]
         out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
-        out["mia_score"] = mia_efficacy_from_confidence(m_conf, n_conf, f_conf)
+        out["mia_score"] = mia_efficacy_from_confidence(np.exp(m_log), np.exp(n_log), np.exp(f_log))
+        out["mia_loss_score"] = loss_threshold_mia_from_loss(-m_log, -n_log, -f_log)
     return out
 
 

@@ -234,6 +234,7 @@ def _short(ident: str | None) -> str:
 METRIC_ROWS = (
     ("unlearning_accuracy", "UA  unlearning accuracy (1 - acc. on forget set)"),
     ("mia_score", "MIA membership-inference score on forget set"),
+    ("mia_loss_score", "MIA-L loss-threshold attack on forget set"),
     ("retain_accuracy", "RA  retain accuracy"),
     ("test_accuracy", "TA  test accuracy"),
     ("runtime_s", "run time (s)"),

@@ -29,6 +29,7 @@ def v1_metrics(model: torch.nn.Module, train: SampleDataset, test: SampleDataset
         "test_accuracy": accuracy(model, test),
         "unlearning_accuracy": None,
         "mia_score": None,
+        "mia_loss_score": None,
         "retain_count": len(train),
         "test_count": len(test),
         "forget_count": 0,

@@ -60,6 +60,8 @@ def test_mia_efficacy_known_answer() -> None:
     model = FixedLogits()
     assert mia_efficacy(model, forget, retain, test) == pytest.approx(0.75)
     assert loss_threshold_mia(model, forget, retain, test) == pytest.approx(0.75)
+    both = evaluate(model, forget=forget, retain=retain, test=test)  # one pass per set feeds both attacks
+    assert both["mia_score"] == pytest.approx(0.75) and both["mia_loss_score"] == pytest.approx(0.75)
     remembered = _ds(_confident(yf, jitter(40, 0.99)), yf, "g")
     assert mia_efficacy(model, remembered, retain, test) == 0.0
 
@@ -71,11 +73,11 @@ def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
         FixedLogits(), forget=mk(20, "f"), retain=mk(500, "r"), test=mk(50, "t"), retain_sample=100
     )
     assert set(out) == {
-        "unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy",
+        "unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy",
         "forget_count", "retain_count", "test_count",
     }  # fmt: skip
     assert out["retain_count"] == 100 and out["forget_count"] == 20 and out["test_count"] == 50
-    for k in ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy"):
+    for k in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
         assert 0.0 <= out[k] <= 1.0
 
 
@@ -83,7 +85,8 @@ def test_evaluate_with_empty_forget_set_reports_none_for_forget_metrics() -> Non
     empty = SampleDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [])
     some = _ds(torch.eye(3), torch.arange(3), "x")
     out = evaluate(FixedLogits(), forget=empty, retain=some, test=some)
-    assert out["unlearning_accuracy"] is None and out["mia_score"] is None and out["forget_count"] == 0
+    assert out["unlearning_accuracy"] is None and out["mia_score"] is None and out["mia_loss_score"] is None
+    assert out["forget_count"] == 0
     assert out["test_accuracy"] == 1.0
 
 
@@ -114,3 +117,10 @@ def test_mia_balances_classes_when_retain_is_smaller_than_test() -> None:
     members, non_members = mia_sets(retain, test, seed=0)
     assert len(members) == len(non_members) == 9
     assert mia_efficacy(FixedLogits(), forget, retain, test) < 1.0
+
+
+def test_evaluate_loss_attack_equals_the_standalone_attack(digits_model, digits_random10, digits) -> None:
+    """``evaluate`` reads the loss attack off its confidence pass; it must agree with the attack run alone."""
+    forget, retain = digits_random10
+    out = evaluate(digits_model, forget=forget, retain=retain, test=digits[1])
+    assert out["mia_loss_score"] == pytest.approx(loss_threshold_mia(digits_model, forget, retain, digits[1]))
