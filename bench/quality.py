@@ -37,7 +37,7 @@ import torch
 from models.architectures import build_model
 from models.checkpoints import load_checkpoint, save_checkpoint
 from models.datasets import SampleDataset, load_dataset, load_digits_split
-from models.metrics import avg_gap, classwise_test_metrics, evaluate
+from models.metrics import avg_gap, evaluate
 from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train
 from models.unlearning import run_method
 
@@ -142,10 +142,9 @@ def forget_split(train_ds: SampleDataset, scenario: str, seed: int) -> tuple[Sam
 def score(model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset, test: SampleDataset,
           scenario: str) -> dict[str, Any]:  # fmt: skip
     """evaluate() (both attacks); class-wise: TA without class 0, and class 0's test accuracy."""
-    out: dict[str, Any] = evaluate(model, forget=forget, retain=retain, test=test)
+    classes = [0] if scenario == "classwise" else None
+    out: dict[str, Any] = evaluate(model, forget=forget, retain=retain, test=test, forgotten_classes=classes)
     out["mia_loss"] = out.pop("mia_loss_score")  # the tables' column name
-    if scenario == "classwise":
-        out.update(classwise_test_metrics(model, test, [0]))
     return out
 
 

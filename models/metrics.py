@@ -14,8 +14,12 @@ import torch
 from torch import nn
 
 from models.datasets import SampleDataset
+from models.layout import cpu_channels_last
 
 GAP_KEYS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
+# Inference batch: activations of a few hundred images stay in CPU cache (small_cnn: batch 256 ran 2-4x
+# faster than 1024 on CPU, see models/layout.py); a GPU is near its peak at this size for the models here.
+EVAL_BATCH = 256
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -29,16 +33,17 @@ def _map_batches(model: nn.Module, data: SampleDataset, fn: Any, batch_size: int
     model.eval()
     device = _device(model)
     try:
-        outs = [
-            fn(model(data.x[i : i + batch_size].to(device)), data.y[i : i + batch_size].to(device))
-            for i in range(0, len(data), batch_size)
-        ]
+        with cpu_channels_last(model):
+            outs = [
+                fn(model(data.x[i : i + batch_size].to(device)), data.y[i : i + batch_size].to(device))
+                for i in range(0, len(data), batch_size)
+            ]
     finally:
         model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 
 
-def accuracy(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH) -> float:
     """Fraction of ``data`` classified correctly (NaN for an empty set)."""
     if len(data) == 0:
         return float("nan")
@@ -46,7 +51,9 @@ def accuracy(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -
     return float(correct.float().mean())
 
 
-def true_label_confidence(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> np.ndarray:
+def true_label_confidence(
+    model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH
+) -> np.ndarray:
     """softmax(h(x))_y per sample, shape (N,)."""
     conf = _map_batches(
         model, data, lambda logits, y: logits.softmax(1).gather(1, y[:, None]).squeeze(1), batch_size
@@ -54,7 +61,7 @@ def true_label_confidence(model: nn.Module, data: SampleDataset, *, batch_size: 
     return conf.float().cpu().numpy()
 
 
-def per_sample_loss(model: nn.Module, data: SampleDataset, *, batch_size: int = 1024) -> np.ndarray:
+def per_sample_loss(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Cross-entropy per sample, shape (N,)."""
     loss = _map_batches(
         model, data, lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"), batch_size
@@ -139,7 +146,7 @@ def _correct_and_log_confidence(model: nn.Module, data: SampleDataset) -> tuple[
         lambda logits, y: torch.stack(
             [(logits.argmax(1) == y).float(), logits.log_softmax(1).gather(1, y[:, None])[:, 0]], 1
         ),
-        1024,
+        EVAL_BATCH,
     )  # (N, 2)
     arr = out.float().cpu().numpy().reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
@@ -153,32 +160,44 @@ def evaluate(
     test: SampleDataset,
     retain_sample: int = 10_000,
     seed: int = 0,
+    forgotten_classes: Iterable[int] | None = None,
 ) -> dict[str, float | int | None]:
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
     ``retain_sample`` rows (``retain_count`` is that sample's size). With an empty forget set the forget
-    metrics (UA, MIA) are ``None``: there is nothing to measure. One forward pass per set."""
-    ra_set = _member_sample(retain, retain_sample, seed) if len(retain) > retain_sample else retain
+    metrics (UA, MIA) are ``None``: there is nothing to measure. With ``forgotten_classes`` the result
+    also holds ``classwise_test_metrics`` (TA then excludes those classes), read off the same test pass.
+
+    One forward pass per row: the RA sample and the attack's members are both prefixes of the same seeded
+    permutation of D_r (``_member_sample``), so one pass over the longer serves both."""
+    n_ra = min(len(retain), retain_sample)
     members, non_members = mia_sets(retain, test, seed)  # as ``mia_efficacy``
-    ra_correct, _ = _correct_and_log_confidence(model, ra_set)
+    r_correct, r_log = _correct_and_log_confidence(
+        model, _member_sample(retain, max(n_ra, len(members)), seed)
+    )
     te_correct, te_log_conf = _correct_and_log_confidence(model, test)
     out: dict[str, float | int | None] = {
         "unlearning_accuracy": None,
         "mia_score": None,
         "mia_loss_score": None,
-        "retain_accuracy": float(ra_correct.mean()) if len(ra_set) else float("nan"),
+        "retain_accuracy": float(r_correct[:n_ra].mean()) if n_ra else float("nan"),
         "test_accuracy": float(te_correct.mean()) if len(test) else float("nan"),
         "forget_count": len(forget),
-        "retain_count": len(ra_set),
+        "retain_count": n_ra,
         "test_count": len(test),
     }
     if len(forget):
         f_correct, f_log = _correct_and_log_confidence(model, forget)
-        m_log = _correct_and_log_confidence(model, members)[1]
+        m_log = r_log[: len(members)]
         n_log = te_log_conf if non_members is test else _correct_and_log_confidence(model, non_members)[1]
         out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
         out["mia_score"] = mia_efficacy_from_confidence(np.exp(m_log), np.exp(n_log), np.exp(f_log))
         out["mia_loss_score"] = loss_threshold_mia_from_loss(-m_log, -n_log, -f_log)
+    if forgotten_classes is not None:
+        gone = np.isin(test.y.numpy(), sorted(set(forgotten_classes)))
+        mean = lambda v: float(v.mean()) if len(v) else float("nan")  # noqa: E731 - empty-safe mean
+        out["test_accuracy"] = mean(te_correct[~gone])
+        out["forgotten_class_test_accuracy"] = mean(te_correct[gone])
     return out
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from models.datasets import SampleDataset
 from models.hooks import Hooks
+from models.layout import cpu_channels_last
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -87,6 +88,13 @@ def train(
     ``recipe.seed``, so a run on CPU is bit-for-bit repeatable."""
     hooks = hooks or Hooks()
     model.to(device).train()
+    with cpu_channels_last(model):
+        return _train_steps(model, data, recipe, device, hooks)
+
+
+def _train_steps(
+    model: nn.Module, data: SampleDataset, recipe: TrainRecipe, device: str | torch.device, hooks: Hooks
+) -> nn.Module:
     x, y = data.x.to(device), data.y.to(device)  # moved once
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # dropout or any other in-model randomness

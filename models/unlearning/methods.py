@@ -13,6 +13,7 @@ from torch import nn
 from models.architectures import Classifier, build_model
 from models.datasets import SampleDataset
 from models.hooks import Hooks
+from models.layout import cpu_channels_last
 from models.training import TrainRecipe, train
 from models.unlearning import masks as M
 from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, run_steps
@@ -72,7 +73,8 @@ def run_method(
     p = parse_params(name, params)
     if device is not None:
         model.to(device)
-    return fn(model, forget, retain, p, hooks or Hooks())
+    with cpu_channels_last(model):
+        return fn(model, forget, retain, p, hooks or Hooks())
 
 
 # ---------------------------------------------------------------- objectives

@@ -124,3 +124,33 @@ def test_evaluate_loss_attack_equals_the_standalone_attack(digits_model, digits_
     forget, retain = digits_random10
     out = evaluate(digits_model, forget=forget, retain=retain, test=digits[1])
     assert out["mia_loss_score"] == pytest.approx(loss_threshold_mia(digits_model, forget, retain, digits[1]))
+
+
+def test_evaluate_classwise_reads_the_test_pass_like_classwise_test_metrics(digits_model, digits) -> None:
+    train_ds, test = digits
+    forget, retain = train_ds.split_by_ids(
+        [train_ds.ids[i] for i in torch.nonzero(train_ds.y == 3).flatten().tolist()]
+    )
+    plain = evaluate(digits_model, forget=forget, retain=retain, test=test)
+    out = evaluate(digits_model, forget=forget, retain=retain, test=test, forgotten_classes=[3])
+    expected = classwise_test_metrics(digits_model, test, [3])
+    assert out["test_accuracy"] == pytest.approx(expected["test_accuracy"])
+    assert out["forgotten_class_test_accuracy"] == pytest.approx(expected["forgotten_class_test_accuracy"])
+    assert out["test_accuracy"] != plain["test_accuracy"]  # class 3 really left out of TA
+    assert {k: v for k, v in out.items() if k not in expected} == {
+        k: v for k, v in plain.items() if k not in expected
+    }
+
+
+def test_evaluate_retain_accuracy_on_a_sample_equals_accuracy_on_that_sample(
+    digits_model, digits, digits_random10
+) -> None:
+    """RA reads the first rows of the pass it shares with the attack's members: it must be the accuracy of
+    exactly the seeded sample, whichever of the two sets is the larger."""
+    forget, retain = digits_random10
+    for n in (50, 300, 5000):
+        out = evaluate(digits_model, forget=forget, retain=retain, test=digits[1], retain_sample=n)
+        gen = torch.Generator().manual_seed(0)
+        sample = retain.subset(torch.randperm(len(retain), generator=gen)[: min(n, len(retain))])
+        assert out["retain_count"] == len(sample)
+        assert out["retain_accuracy"] == pytest.approx(accuracy(digits_model, sample))
