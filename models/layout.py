@@ -19,11 +19,13 @@ from torch import nn
 @contextmanager
 def cpu_channels_last(model: nn.Module) -> Iterator[nn.Module]:
     """Run the block with the model's 4-D weights channels-last when it sits on the CPU; restore on exit
-    (exceptions included). A no-op on CUDA (not measured here), for models without convolutions, and
-    when an enclosing block already converted the model (so nesting is free)."""
+    (exceptions included). A no-op on CUDA (not measured here), for models without 2-D convolutions or
+    with 5-D tensors (channels-last is a 4-D layout), and when an enclosing block already converted the
+    model (so nesting is free)."""
     convs = [p for p in model.parameters() if p.dim() == 4]
+    has_5d = any(t.dim() == 5 for t in model.state_dict().values())
     converted_already = any(not p.is_contiguous() for p in convs)
-    if not convs or convs[0].device.type != "cpu" or converted_already:
+    if not convs or convs[0].device.type != "cpu" or has_5d or converted_already:
         yield model
         return
     model.to(memory_format=torch.channels_last)

@@ -49,3 +49,12 @@ def test_a_method_run_returns_a_model_safetensors_can_write(digits_model, digits
     loaded, _ = load_checkpoint(tmp_path / "m.safetensors")
     x = retain.x[:16]
     assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_channels_last_block_leaves_a_model_with_3d_convolutions_alone() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Unflatten(1, (2, 1, 1))
+    )
+    model.add_module("c3", torch.nn.Conv3d(2, 2, 1))
+    with cpu_channels_last(model):
+        assert all(p.is_contiguous() for p in model.parameters())
