@@ -54,7 +54,9 @@ class TrainRecipe:
 # 2 CPU cores. It memorises, so the forget accuracy of the original is 1.0 on any subset.
 DIGITS_RECIPE = TrainRecipe(epochs=30, lr=0.05, batch_size=32, momentum=0.9, weight_decay=5e-4, seed=0)
 # small_cnn(image_size=28) on Fashion-MNIST (METHODS.md "memorising regime": a 10k subset, 30 epochs).
-FASHION_RECIPE = TrainRecipe(epochs=30, lr=0.05, batch_size=128, momentum=0.9, weight_decay=5e-4, seed=0)
+# Batch 64: 99.97% train / 89.2% test accuracy (seed 0); batch 128 stopped at 98.2% train accuracy, short
+# of the protocol's >= 99%, in the same time.
+FASHION_RECIPE = TrainRecipe(epochs=30, lr=0.05, batch_size=64, momentum=0.9, weight_decay=5e-4, seed=0)
 
 
 def set_seed(seed: int) -> None:
