@@ -66,13 +66,23 @@ class UGradSLParams(GradientParams):
 
 @dataclass(frozen=True)
 class UGradSLPlusParams(UGradSLParams):
-    """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled). Default: one epoch with
-    p = 0.9 reached the same Avg Gap on Fashion-MNIST random 10% as two epochs with p = 0.95, at half the
-    cost (~6% of retrain time), so the cheaper setting is the default (bench/results/)."""
+    """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled).
+
+    Defaults (one epoch, p = 0.8, lr 0.03 decayed to 0 by a cosine schedule) come from a grid over
+    p x lr x epochs x schedule on the tuning cases: Fashion-MNIST 10k memorising model seed 0 with random
+    10% forget splits 0/100/101 and classes 0/6, and the digits model seed 0 with splits 100/101 and
+    classes 0/3. Chosen by the worst tuning case, not the mean: this setting closed 67-70% of the gap on
+    all three Fashion random splits (the old default, constant lr, p 0.9: 60% on split 0) and 100% on
+    both classes, at ~6.5% of retrain time. The cosine schedule was the largest single gain: the model
+    ends at a small learning rate, as it ended its training, instead of mid-step, so the forget weight
+    can be twice as large (p 0.8 instead of 0.9). lr 0.05 had a better mean (72%) but a worse worst case
+    and cost digits 3-4 points of test accuracy; p 0.7 or lower collapses random forgetting; p 0.85
+    under-forgets. Measured only on ``small_cnn``: other architectures start from the same values."""
 
     epochs: float = _f(1.0, 0.0, 1000.0)
     lr: float = _f(0.03, 1e-8, 10.0)
-    p: float = _f(0.9, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
+    p: float = _f(0.8, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
+    schedule: str = _f("cosine", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
 
 
 @dataclass(frozen=True)
