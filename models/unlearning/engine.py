@@ -122,7 +122,7 @@ def run_steps(
     hooks.start()
     for step in range(1, total + 1):
         i_lead = next(lead)
-        i_part = partner.take(len(i_lead)) if partner_n else i_lead[:0]
+        i_part = partner.take(_partner_size(plan, len(i_lead), partner_n)) if partner_n else i_lead[:0]
         i_f, i_r = (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
         i_f, i_r = i_f.to(device), i_r.to(device)
         batch = Batch(xr[i_r], yr[i_r], xf[i_f], yf[i_f], tf[i_f])
@@ -133,6 +133,16 @@ def run_steps(
             break
     hooks.finish()
     return model
+
+
+def _partner_size(plan: Plan, lead_size: int, partner_n: int) -> int:
+    """Equal batch sizes, except that a forget set smaller than a retain batch is not repeated within one
+    (UGradSL+ on a 10-sample deletion): objectives divide the forget sum by the retain batch's size, so a
+    forget sample's weight per step is 1/B whatever |D_f| is. Repeating it B/|D_f| times would push a small
+    deletion that much harder; on the digits model that cost 2-6 points of test accuracy for 3-30 samples."""
+    if plan.lead == "retain":
+        return min(lead_size, partner_n)
+    return lead_size
 
 
 class _ForgetAccuracyStop:

@@ -114,7 +114,7 @@ def ugradsl_objective(params: UGradSLParams) -> Objective:
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
         live = correct.float() if params.bounded else torch.ones_like(per_sample)  # (B,)
-        forget = -(live * per_sample).sum() / len(b.yf)
+        forget = -(live * per_sample).sum() / max(len(b.yf), len(b.yr))  # 1/B per sample (engine)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
     return objective

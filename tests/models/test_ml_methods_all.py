@@ -12,6 +12,7 @@ from models.metrics import accuracy, evaluate
 from models.training import TrainRecipe
 from models.unlearning import list_methods, run_method
 from models.unlearning.engine import Batch, Plan, Terms, run_steps
+from models.unlearning.methods import ugradsl_objective
 from models.unlearning.params import METHOD_NAMES, parse_params
 
 # Stated bound for every approximate method on digits, random 10%: test accuracy drops <= 5 points.
@@ -108,6 +109,43 @@ def test_retain_and_forget_batches_have_equal_size(digits_model, digits_random10
     assert len(sizes) == math.ceil(n_lead / 50)
     assert all(r == f for r, f in sizes) and sum(r for r, _ in sizes) == n_lead
     assert sizes[-1][0] == n_lead - 50 * (len(sizes) - 1)  # a short last batch is matched, too
+
+
+def test_a_forget_set_smaller_than_a_batch_is_not_repeated_within_one(digits_model, digits) -> None:
+    train_ds = digits[0]
+    forget, retain = train_ds.split_by_ids(train_ds.ids[:7])
+    batches: list[tuple[int, int]] = []
+
+    def spy(model: torch.nn.Module, b: Batch) -> Terms:
+        batches.append((len(b.xr), len(torch.unique(b.xf, dim=0))))
+        assert len(b.xf) == 7  # every forget sample once, not 64 draws with repeats
+        return Terms(torch.nn.functional.cross_entropy(model(b.xr), b.yr), None)
+
+    params = parse_params("ugradsl_plus", {"epochs": 1, "lr": 1e-6})
+    run_steps(copy.deepcopy(digits_model), forget, retain, params, Hooks(), spy, Plan("retain", 1.0, 0.0))
+    assert batches and all(u == 7 for _, u in batches) and batches[0][0] == 64
+
+
+def test_a_small_deletion_gets_the_same_forget_weight_per_sample_as_a_large_one(digits_model, digits) -> None:
+    """The forget term divides by the batch size B, not by |B_f|: one sample's gradient does not grow when
+    the deletion is small (it did, B/|D_f|-fold, when a small D_f was repeated to fill the batch)."""
+    train_ds = digits[0]
+    x0, y0 = train_ds.x[:1], train_ds.y[:1]
+    objective = ugradsl_objective(parse_params("ugradsl_plus", {}))
+    xr, yr = train_ds.x[100:164], train_ds.y[100:164]  # (64, ...) retain batch
+
+    def forget_grad(xf: torch.Tensor, yf: torch.Tensor) -> torch.Tensor:
+        model = copy.deepcopy(digits_model)
+        terms = objective(model, Batch(xr, yr, xf, yf, yf))
+        model.zero_grad()
+        terms.forget.backward()  # type: ignore[union-attr]
+        return torch.cat([p.grad.flatten() for p in model.parameters()])  # type: ignore[union-attr]
+
+    alone = forget_grad(x0, y0)  # |B_f| = 1
+    others = train_ds.x[1:64], train_ds.y[1:64]
+    in_full_batch = forget_grad(torch.cat([x0, others[0]]), torch.cat([y0, others[1]])) - forget_grad(*others)
+    assert alone.norm() > 0
+    assert torch.allclose(alone, in_full_batch, atol=1e-6)
 
 
 def test_retrain_never_sees_forget_samples(digits_model, digits_random10) -> None:
