@@ -134,19 +134,22 @@ ROWS = [
 RETRAIN = Row("retrain", "retrain", _fixed({}))
 
 
-def forget_split(train_ds: SampleDataset, scenario: str, seed: int) -> tuple[SampleDataset, SampleDataset]:
+def forget_split(
+    train_ds: SampleDataset, scenario: str, seed: int, forgotten_class: int = 0
+) -> tuple[SampleDataset, SampleDataset]:
+    """(forget, retain): a seeded random 10%, or every training sample of ``forgotten_class``."""
     if scenario == "random":
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // 10]
-    else:  # class-wise: every training sample of class 0
-        idx = torch.nonzero(train_ds.y == 0).flatten()
+    else:
+        idx = torch.nonzero(train_ds.y == forgotten_class).flatten()
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
 
 
 def score(model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset, test: SampleDataset,
-          scenario: str) -> dict[str, Any]:  # fmt: skip
-    """evaluate() (both attacks); class-wise: TA without class 0, and class 0's test accuracy."""
-    classes = [0] if scenario == "classwise" else None
+          scenario: str, forgotten_class: int = 0) -> dict[str, Any]:  # fmt: skip
+    """evaluate() (both attacks); class-wise: TA without the class, and the class's test accuracy."""
+    classes = [forgotten_class] if scenario == "classwise" else None
     out: dict[str, Any] = evaluate(model, forget=forget, retain=retain, test=test, forgotten_classes=classes)
     out["mia_loss"] = out.pop("mia_loss_score")  # the tables' column name
     return out
@@ -193,16 +196,18 @@ def rows_for(setting: Setting, only: list[str] | None) -> list[Row]:
     return [r for r in ROWS if r.method is None or wanted is None or r.label in wanted]
 
 
-def run_seed(
-    setting: Setting,
-    seed: int,
-    scenarios: list[str],
-    device: str,
-    log: Callable[[str], None],
-    cache: Path | None = None,
-    rows: list[Row] | None = None,
-) -> list[dict[str, Any]]:
-    rows = ROWS if rows is None else rows
+@dataclass(frozen=True)
+class Original:
+    model: torch.nn.Module
+    seconds: float
+    train: SampleDataset
+    test: SampleDataset
+    recipe: TrainRecipe  # the setting's recipe with the run's seed: retrain uses exactly this
+    tag: str  # cache key prefix: setting, seed and a digest of the recipe
+
+
+def trained_original(setting: Setting, seed: int, device: str, cache: Path | None) -> Original:
+    """The setting's original model for ``seed`` (trained, or read from ``cache``)."""
     train_ds, test_ds = setting.load()
     recipe = TrainRecipe.from_dict({**setting.recipe.to_dict(), "seed": seed})
     digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
@@ -213,8 +218,23 @@ def run_seed(
         model = build_model("small_cnn", **setting.arch_kwargs)
         return _timed(lambda: train(model, train_ds, recipe, device=device))
 
-    original, t_train = _cached(cache, f"{tag}-original", setting, device, make_original)
-    log(f"{setting.name} seed {seed}: original trained in {t_train:.1f}s")
+    model, seconds = _cached(cache, f"{tag}-original", setting, device, make_original)
+    return Original(model, seconds, train_ds, test_ds, recipe, tag)
+
+
+def run_seed(
+    setting: Setting,
+    seed: int,
+    scenarios: list[str],
+    device: str,
+    log: Callable[[str], None],
+    cache: Path | None = None,
+    rows: list[Row] | None = None,
+) -> list[dict[str, Any]]:
+    rows = ROWS if rows is None else rows
+    run = trained_original(setting, seed, device, cache)
+    original, train_ds, test_ds, recipe, tag = run.model, run.train, run.test, run.recipe, run.tag
+    log(f"{setting.name} seed {seed}: original trained in {run.seconds:.1f}s")
     records = []
     for scenario in scenarios:
         forget, retain = forget_split(train_ds, scenario, seed)
