@@ -3,8 +3,9 @@
 This module must not import torch, even indirectly: the API validates a job's method and params with it in
 a process that never loads torch. Bounds live in each field's metadata, so one function validates them all.
 
-Defaults are for ``small_cnn`` (the only architecture benchmarked on CPU): picked with ``bench/quality.py``
-grids on tuning seeds (digits model seed 0 with forget splits 100/101, Fashion-MNIST 10k-subset seed 0),
+Defaults are for ``small_cnn`` (the only architecture benchmarked on CPU): picked with bench grids
+(``bench/tune.py`` for UGradSL+) on tuning seeds (digits model seed 0 with forget splits 100/101,
+Fashion-MNIST 10k-subset seed 0),
 never on the seeds the table reports (1, 2, 3). Unbounded ascent methods (gradient_ascent, random_label)
 sit close to a cliff on memorised models: a 1.5x larger learning rate collapses test accuracy.
 """
@@ -68,16 +69,16 @@ class UGradSLParams(GradientParams):
 class UGradSLPlusParams(UGradSLParams):
     """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled).
 
-    Defaults (one epoch, p = 0.8, lr 0.03 decayed to 0 by a cosine schedule) come from a grid over
-    p x lr x epochs x schedule on the tuning cases: Fashion-MNIST 10k memorising model seed 0 with random
-    10% forget splits 0/100/101 and classes 0/6, and the digits model seed 0 with splits 100/101 and
-    classes 0/3. Chosen by the worst tuning case, not the mean: this setting closed 67-70% of the gap on
-    all three Fashion random splits (the old default, constant lr, p 0.9: 60% on split 0) and 100% on
-    both classes, at ~6.5% of retrain time. The cosine schedule was the largest single gain: the model
-    ends at a small learning rate, as it ended its training, instead of mid-step, so the forget weight
-    can be twice as large (p 0.8 instead of 0.9). lr 0.05 had a better mean (72%) but a worse worst case
-    and cost digits 3-4 points of test accuracy; p 0.7 or lower collapses random forgetting; p 0.85
-    under-forgets. Measured only on ``small_cnn``: other architectures start from the same values."""
+    Defaults (one epoch, p = 0.8, lr 0.03 decayed to 0 by a cosine schedule) come from ``bench/tune.py``
+    grids on tuning cases only (bench/results/tune_*.md): the Fashion-MNIST 10k memorising model, seed 0,
+    with random 10% forget splits 0/100/101 and classes 0/6, ranked by the worst case. This setting closed
+    67-70% of the gap on all three random splits and 100% on both classes, at ~7% of retrain time; the old
+    default (constant lr, p 0.9) 60-73% and 99%. Ending the run at a small learning rate, as training
+    ended, is what lets the forget weight be twice as large: with a constant lr, p 0.8 collapses random
+    forgetting (8-45%). lr 0.05 had a better mean (83%) but a worse worst case (65%); p 0.75 or lower
+    overshoots, p 0.85-0.9 under-forgets (38-60%). On digits random 10% (an original already within ~1.4
+    points of the retrain) every setting tried does worse than doing nothing, p 0.9 least: a fixed p
+    cannot serve a model that barely memorises and one that fully does. Measured only on ``small_cnn``."""
 
     epochs: float = _f(1.0, 0.0, 1000.0)
     lr: float = _f(0.03, 1e-8, 10.0)
