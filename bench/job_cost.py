@@ -85,7 +85,7 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
 
 
 def loop_throughput(
-    model: torch.nn.Module, train_ds: SampleDataset, batch: int, steps: int
+    model: torch.nn.Module, train_ds: SampleDataset, test_ds: SampleDataset, batch: int, steps: int
 ) -> tuple[float, float]:
     """samples/s of UGradSL+ steps vs plain SGD steps over the same number of samples per step."""
     device = next(model.parameters()).device
@@ -93,9 +93,10 @@ def loop_throughput(
     forget, retain = train_ds.split_by_ids(ids)
     epochs = steps * batch / len(retain)
     m = copy.deepcopy(model)
-    run_method("ugradsl_plus", m, forget, retain, {"epochs": epochs / 10, "batch_size": batch})  # warm-up
+    warm_up, timed = ({"epochs": e, "batch_size": batch} for e in (epochs / 10, epochs))
+    run_method("ugradsl_plus", m, forget, retain, warm_up, heldout=test_ds)
     t0 = time.perf_counter()
-    run_method("ugradsl_plus", m, forget, retain, {"epochs": epochs, "batch_size": batch})
+    run_method("ugradsl_plus", m, forget, retain, timed, heldout=test_ds)
     if device.type == "cuda":
         torch.cuda.synchronize()
     unlearn = steps * 2 * batch / (time.perf_counter() - t0)
@@ -162,7 +163,7 @@ def main() -> None:
             tr_.subset(torch.arange(min(len(tr_), 2048))),
             TrainRecipe(epochs=1),
         ).to(device)
-        loops.append((label, *loop_throughput(model, tr_, batch=64, steps=200)))
+        loops.append((label, *loop_throughput(model, tr_, te_, batch=64, steps=200)))
 
     print(f"\n## Job phases (seconds; device {device}; random 10% forget set; UGradSL+ defaults)\n")
     phases = sorted({k for _, r in rows for k in r if k not in ("wall", "forget")})

@@ -66,6 +66,7 @@ class Env:
     forget: SampleDataset
     retain: SampleDataset
     test: SampleDataset
+    heldout: SampleDataset  # the setting's held-out reference, for methods that use one
     reference: dict[str, Any]  # metrics of the exact retrain
     original_gap: float
     retrain_s: float
@@ -82,7 +83,7 @@ def environment(setting_name: str, model_seed: int, case: Case, device: str, cac
     ref_model, retrain_s = _cached(cache, key, setting, device, make_ref)
     ref = score(ref_model, forget, retain, run.test, case.scenario, case.value)
     orig = score(run.model, forget, retain, run.test, case.scenario, case.value)
-    return Env(run.model, forget, retain, run.test, ref, avg_gap(orig, ref), retrain_s)
+    return Env(run.model, forget, retain, run.test, run.reference, ref, avg_gap(orig, ref), retrain_s)
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -97,7 +98,7 @@ def evaluate_point(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
     for case in args.cases:
         env = environment(args.setting, args.model_seed, case, args.device, args.cache)
         model, seconds = _run_row(Row("tune", args.method, _fixed({})), env.original, env.forget, env.retain,
-                                  params)  # fmt: skip
+                                  params, env.heldout)  # fmt: skip
         metrics = score(model, env.forget, env.retain, env.test, case.scenario, case.value)
         gap = avg_gap(metrics, env.reference)
         closed = 1 - gap / env.original_gap if env.original_gap else 0.0

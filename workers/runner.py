@@ -227,7 +227,7 @@ def _run(settings: Settings, ctx: JobContext, rep: Reporter, owner: str) -> None
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
         started = time.perf_counter()
         with precision(settings.precision, device):
-            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks)
+            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks, heldout=test)
         if device.type == "cuda":
             torch.cuda.synchronize()
         runtime = time.perf_counter() - started

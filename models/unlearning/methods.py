@@ -4,7 +4,7 @@ model``: it updates ``model`` in place on the model's device and returns it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from models.hooks import Hooks
 from models.layout import cpu_channels_last
 from models.training import TrainRecipe, train
 from models.unlearning import masks as M
+from models.unlearning.bounds import HeldoutBound, heldout_bound
 from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, run_steps
 from models.unlearning.losses import smoothed_cross_entropy
 from models.unlearning.params import (
@@ -30,7 +31,22 @@ from models.unlearning.params import (
     parse_params,
 )
 
-Method = Callable[[nn.Module, SampleDataset, SampleDataset, Any, Hooks], nn.Module]
+
+class Method(Protocol):
+    """``fn(model, forget, retain, params, hooks, heldout=None) -> model``. ``heldout``: samples the model
+    never trained on (the service passes the model's test set); methods that need none ignore it."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        forget: SampleDataset,
+        retain: SampleDataset,
+        params: Any,
+        hooks: Hooks,
+        heldout: SampleDataset | None = None,
+    ) -> nn.Module: ...
+
+
 _METHODS: dict[str, Method] = {}
 
 
@@ -66,15 +82,17 @@ def run_method(
     params: Any = None,
     hooks: Hooks | None = None,
     device: str | torch.device | None = None,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Validate ``params`` (dict, params dataclass or None for defaults), move the model to ``device`` if
-    given, run the method in place and return the model."""
+    given, run the method in place and return the model. ``heldout``: data the model never trained on, for
+    methods whose params ask for it (UGradSL's ``bound_by="heldout"``)."""
     fn = get_method(name)
     p = parse_params(name, params)
     if device is not None:
         model.to(device)
     with cpu_channels_last(model):
-        return fn(model, forget, retain, p, hooks or Hooks())
+        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout)
 
 
 # ---------------------------------------------------------------- objectives
@@ -103,9 +121,10 @@ def _joint_forward(
     return feats[:n], feats[n:], logits[:n], logits[n:]
 
 
-def ugradsl_objective(params: UGradSLParams) -> Objective:
-    """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| with live = still correct
-    (``bounded``, METHODS.md "Measured pitfalls"). Penultimate features come from the same forward pass."""
+def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) -> Objective:
+    """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| (``bounded``): live = still
+    correct, or, given a held-out ``bound``, still below the held-out loss of its rank (see
+    ``models.unlearning.bounds``). Penultimate features come from the same forward pass."""
 
     def objective(model: nn.Module, b: Batch) -> Terms:
         net = cast(Classifier, model)  # any registered architecture: features() and head()
@@ -113,7 +132,13 @@ def ugradsl_objective(params: UGradSLParams) -> Objective:
         alpha = adaptive_alpha(feat_f.detach(), feat_r.detach(), params)  # (B,) or float
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
-        live = correct.float() if params.bounded else torch.ones_like(per_sample)  # (B,)
+        if not params.bounded:
+            live = torch.ones_like(per_sample)  # (B,)
+        elif bound is None:
+            live = correct.float()
+        else:
+            ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
+            live = bound.live(ce, b.yf, correct).float()
         forget = -(live * per_sample).sum() / max(len(b.yf), len(b.yr))  # 1/B per sample (engine)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
@@ -202,27 +227,60 @@ def _run(
 
 @register_method("ugradsl_plus")
 def ugradsl_plus(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: UGradSLParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: UGradSLParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f), equal-size batches;
     an epoch is one pass over D_r, cycling D_f. Better quality than UGradSL, cost ∝ |D_r|."""
     plan = Plan("retain", params.p, 1 - params.p)
-    return _run(model, forget, retain, params, hooks, ugradsl_objective(params), plan)
+    objective = ugradsl_objective(params, _bound(model, retain, params, heldout))
+    return _run(model, forget, retain, params, hooks, objective, plan)
 
 
 @register_method("ugradsl")
 def ugradsl(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: UGradSLParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: UGradSLParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """UGradSL (Di et al., Algorithm 1 on gradient ascent): same loss as UGradSL+, but an epoch is one pass
     over D_f with retain batches sampled alongside. Cost ∝ |D_f|."""
     plan = Plan("forget", params.p, 1 - params.p)
-    return _run(model, forget, retain, params, hooks, ugradsl_objective(params), plan)
+    objective = ugradsl_objective(params, _bound(model, retain, params, heldout))
+    return _run(model, forget, retain, params, hooks, objective, plan)
+
+
+def _bound(
+    model: nn.Module, retain: SampleDataset, params: UGradSLParams, heldout: SampleDataset | None
+) -> HeldoutBound | None:
+    """The held-out bound when the params ask for one. An empty held-out set (none of the classes left)
+    gives None, and the bounded forget term falls back to ``correct``; no held-out set at all is an error
+    rather than a silent change of method."""
+    if not (params.bounded and params.bound_by == "heldout"):
+        return None
+    if heldout is None:
+        raise ValueError(
+            "bound_by='heldout' needs held-out data the model never trained on (run_method(..., "
+            "heldout=test_set)); pass bound_by='correct' to bound the forget term by correctness instead"
+        )
+    return heldout_bound(model, heldout, retain, params.seed)
 
 
 @register_method("finetune")
 def finetune(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: FinetuneParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: FinetuneParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Fine-tuning: descent on D_r only (catastrophic forgetting of D_f); epoch = one pass over D_r."""
     return _run(model, forget, retain, params, hooks, _finetune_objective, Plan("retain", 1.0, 0.0))
@@ -230,7 +288,12 @@ def finetune(
 
 @register_method("gradient_ascent")
 def gradient_ascent(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: GradientAscentParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: GradientAscentParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Gradient ascent on D_f only; epoch = one pass over D_f (retain batches only feed a mask)."""
     return _run(model, forget, retain, params, hooks, _ascent_objective, Plan("forget", 0.0, 1.0))
@@ -253,7 +316,12 @@ def _num_classes(model: nn.Module, forget: SampleDataset) -> int:
 
 @register_method("random_label")
 def random_label(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RandomLabelParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: RandomLabelParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Random labels: descent on D_f relabelled with random wrong classes, plus descent on D_r; epoch = one
     pass over D_f (retain batches alongside)."""
@@ -265,15 +333,25 @@ def random_label(
 
 @register_method("salun")
 def salun(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RandomLabelParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: RandomLabelParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """SalUn (Fan et al.): random labels restricted by the saliency mask (``mask='salun'`` by default)."""
-    return random_label(model, forget, retain, params, hooks)
+    return random_label(model, forget, retain, params, hooks, heldout)
 
 
 @register_method("retrain")
 def retrain(
-    model: nn.Module, forget: SampleDataset, retain: SampleDataset, params: RetrainParams, hooks: Hooks
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: RetrainParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Exact unlearning: re-initialise the architecture and train on D_r only with the recipe in ``params``
     (the recipe that trained the original, so the comparison is honest). D_f is never touched; passing a

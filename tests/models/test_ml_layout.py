@@ -41,7 +41,9 @@ def test_channels_last_block_restores_the_layout_when_the_run_fails() -> None:
 def test_a_method_run_returns_a_model_safetensors_can_write(digits_model, digits_random10, tmp_path) -> None:
     """Methods run channels-last on CPU; the result must still be writable as a checkpoint and reload."""
     forget, retain = digits_random10
-    model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.2})
+    model = run_method(
+        "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.2, "bound_by": "correct"}
+    )
     kwargs = {"in_channels": 1, "image_size": 8, "num_classes": 10}
     save_checkpoint(
         model, tmp_path / "m.safetensors", architecture="small_cnn", kwargs=kwargs, num_classes=10

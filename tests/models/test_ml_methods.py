@@ -24,10 +24,12 @@ def test_ugradsl_plus_raises_ua_and_keeps_test_accuracy(fresh_digits_model, digi
     test = digits[1]
     before = evaluate(fresh_digits_model, forget=forget, retain=retain, test=test)
     conf_before = _mean_confidence(fresh_digits_model, forget)
-    model = run_method("ugradsl_plus", fresh_digits_model, forget, retain)
+    model = run_method("ugradsl_plus", fresh_digits_model, forget, retain, heldout=test)
     after = evaluate(model, forget=forget, retain=retain, test=test)
     assert before["unlearning_accuracy"] == 0.0  # memorised
-    assert after["unlearning_accuracy"] > 0.0 or after["mia_score"] >= 0.05
+    # A retrained digits model still classifies ~98% of a random forget set correctly: the default moves
+    # D_f towards held-out data (the attack starts to call some of it unseen), not past it.
+    assert after["unlearning_accuracy"] > 0.0 or after["mia_score"] > before["mia_score"]
     assert _mean_confidence(model, forget) < conf_before - 0.01
     assert after["test_accuracy"] >= before["test_accuracy"] - TA_BUDGET
 
@@ -37,18 +39,23 @@ def test_unknown_method_raises_key_error() -> None:
         get_method("nope")
 
 
-def test_method_is_deterministic_given_the_seed(digits_model, digits_random10) -> None:
+def test_method_is_deterministic_given_the_seed(digits_model, digits, digits_random10) -> None:
     forget, retain = digits_random10
-    a = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.3})
-    b = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.3})
+    a = run_method(
+        "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.3}, heldout=digits[1]
+    )
+    b = run_method(
+        "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 0.3}, heldout=digits[1]
+    )
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), k
 
 
-def test_method_reports_progress_and_can_be_cancelled(digits_model, digits_random10) -> None:
+def test_method_reports_progress_and_can_be_cancelled(digits_model, digits, digits_random10) -> None:
     forget, retain = digits_random10
     seen: list[float] = []
-    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, None, Hooks(progress=seen.append))
+    hooks = Hooks(progress=seen.append)
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, None, hooks, heldout=digits[1])
     assert seen[0] == 0.0 and seen[-1] == 1.0
     with pytest.raises(Cancelled):
         run_method(
@@ -58,13 +65,14 @@ def test_method_reports_progress_and_can_be_cancelled(digits_model, digits_rando
             retain,
             None,
             Hooks(should_cancel=lambda: True),
+            heldout=digits[1],
         )
 
 
 def test_empty_forget_set_leaves_the_model_unchanged(digits_model, digits) -> None:
     train_ds = digits[0]
     forget, retain = train_ds.split_by_ids([])
-    model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain)
+    model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, heldout=digits[1])
     assert accuracy(model, retain) == accuracy(digits_model, retain)
     for (k, x), (_, y) in zip(model.state_dict().items(), digits_model.state_dict().items(), strict=True):
         assert torch.equal(x, y), k
@@ -72,7 +80,7 @@ def test_empty_forget_set_leaves_the_model_unchanged(digits_model, digits) -> No
 
 def test_unlearning_learning_rate_schedule_changes_the_run(digits_model, digits_random10) -> None:
     forget, retain = digits_random10
-    params = lambda schedule: {"epochs": 0.3, "schedule": schedule}  # noqa: E731
+    params = lambda schedule: {"epochs": 0.3, "schedule": schedule, "bound_by": "correct"}  # noqa: E731
     runs = {
         s: run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params(s))
         for s in ("constant", "cosine")

@@ -43,7 +43,7 @@ def test_approximate_method_lowers_forget_confidence_and_keeps_test_accuracy(
     forget, retain = digits_random10
     test = digits[1]
     before = evaluate(digits_model, forget=forget, retain=retain, test=test)
-    model = run_method(name, copy.deepcopy(digits_model), forget, retain, params)
+    model = run_method(name, copy.deepcopy(digits_model), forget, retain, params, heldout=test)
     after = evaluate(model, forget=forget, retain=retain, test=test)
     loss_before, loss_after = _forget_loss(digits_model, forget), _forget_loss(model, forget)
     assert loss_after > 1.5 * loss_before  # the forget set is less memorised
@@ -72,26 +72,27 @@ def _forget_loss(model: torch.nn.Module, data: SampleDataset) -> float:
         return float(torch.nn.functional.cross_entropy(model(data.x), data.y))
 
 
-def _count_steps(name: str, forget: SampleDataset, retain: SampleDataset, model, params: dict) -> int:
+def _count_steps(
+    name: str, forget: SampleDataset, retain: SampleDataset, model, params: dict, heldout=None
+) -> int:
     calls: list[float] = []
-    run_method(
-        name, copy.deepcopy(model), forget, retain, params, Hooks(progress=calls.append, check_every=1)
-    )
+    hooks = Hooks(progress=calls.append, check_every=1)
+    run_method(name, copy.deepcopy(model), forget, retain, params, hooks, heldout=heldout)
     return len(calls) - 2  # start (0.0) and finish (1.0) bracket one call per step
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_ugradsl_epoch_is_a_pass_over_forget_and_ugradsl_plus_over_retain(
-    digits_model, digits_random10, epochs
+    digits_model, digits, digits_random10, epochs
 ) -> None:
     forget, retain = digits_random10
     params = {"epochs": epochs, "batch_size": 32}
     assert _count_steps("ugradsl", forget, retain, digits_model, params) == epochs * math.ceil(
         len(forget) / 32
     )
-    assert _count_steps("ugradsl_plus", forget, retain, digits_model, params) == epochs * math.ceil(
-        len(retain) / 32
-    )
+    assert _count_steps(
+        "ugradsl_plus", forget, retain, digits_model, params, digits[1]
+    ) == epochs * math.ceil(len(retain) / 32)
 
 
 @pytest.mark.parametrize("lead", ["forget", "retain"])
@@ -175,7 +176,14 @@ def test_early_stop_hook_ends_the_run(digits_model, digits_random10) -> None:
     forget, retain = digits_random10
     calls: list[float] = []
     hooks = Hooks(progress=calls.append, early_stop=lambda m: True, check_every=2)
-    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"epochs": 1}, hooks)
+    run_method(
+        "ugradsl_plus",
+        copy.deepcopy(digits_model),
+        forget,
+        retain,
+        {"epochs": 1, "bound_by": "correct"},
+        hooks,
+    )
     assert calls[-2] == pytest.approx(2 / math.ceil(len(retain) / 64)) and calls[-1] == 1.0
 
 

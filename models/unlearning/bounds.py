@@ -1,0 +1,67 @@
+"""Which forget samples the bounded UGradSL forget term still pushes ("live" samples).
+
+Our own addition (METHODS.md "Measured pitfalls"), not in the paper. Ascent on a sample the model has
+already forgotten only damages the model, so the forget term is applied to live samples only:
+
+- ``correct``: live while the model still classifies the sample correctly. Right for class-wise forgetting
+  (a retrained model never predicts a class it never saw), but for random forgetting it aims past the
+  retrained model, which still classifies ~90% of D_f correctly, like unseen data.
+- ``heldout``: live while the sample's loss is below the loss that a held-out sample of the same rank has.
+  A retrained model's forget losses are distributed like its losses on unseen data, so the forget term
+  pushes D_f's loss distribution up to the held-out one and stops there, instead of stopping wherever the
+  step budget runs out. Ranks are taken within each forget batch against quantiles of held-out losses
+  measured once, before the run, on the model being unlearned (one 1-D summary: no gradient ever flows
+  from held-out data). A sample whose class has no retain samples left follows ``correct``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.datasets import SampleDataset
+
+HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
+
+
+@dataclass(frozen=True)
+class HeldoutBound:
+    quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
+    retained: torch.Tensor  # (K,) bool: the class still has retain samples
+
+    def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""
+        b, m = len(loss), len(self.quantiles)
+        rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
+        target = self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
+        in_retain = self.retained[y.clamp(max=len(self.retained) - 1)] & (y < len(self.retained))
+        return torch.where(in_retain, loss < target, correct)
+
+
+@torch.no_grad()
+def heldout_bound(
+    model: nn.Module, heldout: SampleDataset, retain: SampleDataset, seed: int = 0
+) -> HeldoutBound | None:
+    """The held-out loss quantiles of ``model`` (a seeded sample of at most HELDOUT_SAMPLE rows) and the
+    classes left in ``retain``; None without held-out data (the caller falls back to ``correct``)."""
+    if len(heldout) == 0:
+        return None
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(heldout), generator=gen)[:HELDOUT_SAMPLE]
+    was_training = model.training
+    model.eval()
+    try:
+        losses = [
+            F.cross_entropy(model(heldout.x[i].to(device)), heldout.y[i].to(device), reduction="none")
+            for i in rows.split(256)  # type: ignore[no-untyped-call]
+        ]
+    finally:
+        model.train(was_training)
+    k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1)
+    retained = torch.zeros(k, dtype=torch.bool, device=device)
+    retained[retain.y.unique().to(device)] = True
+    return HeldoutBound(torch.cat(losses).sort().values, retained)
