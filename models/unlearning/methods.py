@@ -238,9 +238,7 @@ def ugradsl_plus(
 ) -> nn.Module:
     """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f), equal-size batches;
     an epoch is one pass over D_r, cycling D_f. Better quality than UGradSL, cost ∝ |D_r|."""
-    plan = Plan("retain", params.p, 1 - params.p)
-    objective = ugradsl_objective(params, _bound(model, retain, params, heldout))
-    return _run(model, forget, retain, params, hooks, objective, plan)
+    return _ugradsl("retain", model, forget, retain, params, hooks, heldout)
 
 
 @register_method("ugradsl")
@@ -254,9 +252,21 @@ def ugradsl(
 ) -> nn.Module:
     """UGradSL (Di et al., Algorithm 1 on gradient ascent): same loss as UGradSL+, but an epoch is one pass
     over D_f with retain batches sampled alongside. Cost ∝ |D_f|."""
-    plan = Plan("forget", params.p, 1 - params.p)
+    return _ugradsl("forget", model, forget, retain, params, hooks, heldout)
+
+
+def _ugradsl(
+    lead: str,
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: UGradSLParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None,
+) -> nn.Module:
+    """UGradSL and UGradSL+ differ only in the set that defines an epoch (``lead``)."""
     objective = ugradsl_objective(params, _bound(model, retain, params, heldout))
-    return _run(model, forget, retain, params, hooks, objective, plan)
+    return _run(model, forget, retain, params, hooks, objective, Plan(lead, params.p, 1 - params.p))
 
 
 def _bound(
