@@ -26,9 +26,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.db import migrate  # noqa: E402
-from service.db.engine import session_scope  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.core.db import migrate  # noqa: E402
+from service.core.db.engine import session_scope  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 from tests.factories import make_key, make_model  # noqa: E402
 from tests.helpers import free_port, wait_until  # noqa: E402
 

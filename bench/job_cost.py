@@ -29,12 +29,12 @@ from models.architectures import build_model  # noqa: E402
 from models.datasets import SampleDataset, load_dataset, load_digits_split  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
 from models.unlearning import run_method  # noqa: E402
-from service import deletions  # noqa: E402
-from service.db import migrate  # noqa: E402
-from service.db.engine import session_scope  # noqa: E402
-from service.db.tables import Job, Model  # noqa: E402
-from service.keys import create_key  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.core import deletions  # noqa: E402
+from service.core.db import migrate  # noqa: E402
+from service.core.db.engine import session_scope  # noqa: E402
+from service.core.db.tables import Job, Model  # noqa: E402
+from service.core.keys import create_key  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 from workers.demo import register_local_model  # noqa: E402
 from workers.orchestrate import process_model  # noqa: E402
 

@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller's config (service.db.migrate), else from settings."""
+"""Alembic environment: the URL comes from the caller's config (service.core.db.migrate), else settings."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.db.tables import Base
-from service.settings import get_settings
+from service.core.db.tables import Base
+from service.core.settings import get_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url

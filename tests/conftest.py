@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.helpers import PG_ADMIN_URL, REDIS_URL, services_available
 
 BACKENDS = ["embedded", "postgres"]
@@ -63,7 +63,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     try:
         yield Backend("postgres", env)
     finally:
-        from service.db.engine import engine_for
+        from service.core.db.engine import engine_for
 
         engine_for(env["DATABASE_URL"]).dispose()
         _drop_pg_database(name)

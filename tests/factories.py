@@ -7,9 +7,9 @@ import hashlib
 
 from sqlalchemy.orm import Session
 
-from service.db.tables import Model
-from service.keys import create_key
-from service.registry import register_dataset, register_model
+from service.core.db.tables import Model
+from service.core.keys import create_key
+from service.core.registry import register_dataset, register_model
 
 
 def make_model(

@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service import audit
-from service.app import create_app
-from service.db import migrate
-from service.db.engine import session_scope
-from service.db.tables import AuditEvent, DeletionRequest
+from service.api.app import create_app
+from service.core import audit
+from service.core.db import migrate
+from service.core.db.engine import session_scope
+from service.core.db.tables import AuditEvent, DeletionRequest
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 

@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from sqlalchemy import select, update
 
-from service.app import create_app
-from service.db import migrate
-from service.db.engine import session_scope
-from service.db.tables import AuditEvent, DeletionRequest
+from service.api.app import create_app
+from service.core.db import migrate
+from service.core.db.engine import session_scope
+from service.core.db.tables import AuditEvent, DeletionRequest
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 from tests.helpers import free_port, wait_until

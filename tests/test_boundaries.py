@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.db import migrate
+from service.core.db import migrate
 from tests.conftest import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_api_process_never_imports_torch(tmp_path: Path) -> None:
     code = (
-        "import sys; from service.app import create_app; import service.cli; create_app(); "
+        "import sys; from service.api.app import create_app; import service.cli; create_app(); "
         "bad = [m for m in ('torch', 'workers') if m in sys.modules]; "
         "assert not bad, bad"
     )

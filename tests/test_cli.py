@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.keys import SCOPES
+from service.core.keys import SCOPES
 from tests.helpers import free_port, wait_until
 from tests.stack import LiveStack
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.helpers import wait_until
 from tests.stack import LiveStack, wait_for_request
 
@@ -86,8 +86,8 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def make_key(stack: LiveStack, scopes: list[str]) -> str:
-    from service.db.engine import session_scope
-    from service.keys import create_key
+    from service.core.db.engine import session_scope
+    from service.core.keys import create_key
 
     settings = Settings(**stack.env)  # type: ignore[arg-type]
     with session_scope(settings.resolved_database_url) as s:

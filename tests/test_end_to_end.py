@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import pytest
 
-from service import audit
-from service.signing import verify_document
+from service.core import audit
+from service.core.signing import verify_document
 from tests.conftest import Backend
 from tests.helpers import wait_until
 from tests.stack import LiveStack, wait_for_request

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from service.db.engine import engine_for, session_scope
-from service.db.tables import Model
+from service.core.db.engine import engine_for, session_scope
+from service.core.db.tables import Model
 from tests.cluster import REDIS_SERVER, Cluster
 from tests.conftest import _create_pg_database, _drop_pg_database
 from tests.helpers import PG_ADMIN_URL, services_available, wait_until

@@ -11,10 +11,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from service.app import create_app
-from service.db import migrate
-from service.db.engine import session_scope
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.db import migrate
+from service.core.db.engine import session_scope
+from service.core.settings import Settings
 from tests.factories import make_key, make_model
 
 _VAR = Path(tempfile.mkdtemp(prefix="unlearn-fuzz-"))

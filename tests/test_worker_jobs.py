@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from service import deletions
-from service.db import migrate
-from service.db.engine import session_scope
-from service.db.tables import DatasetSample, DeletionRequest, Job, Model
-from service.keys import create_key
-from service.settings import Settings
+from service.core import deletions
+from service.core.db import migrate
+from service.core.db.engine import session_scope
+from service.core.db.tables import DatasetSample, DeletionRequest, Job, Model
+from service.core.keys import create_key
+from service.core.settings import Settings
 from workers.demo import ensure_demo
 from workers.orchestrate import process_model
 

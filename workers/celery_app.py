@@ -6,8 +6,8 @@ a GPU worker should never run two unlearning jobs at once).
 
 from __future__ import annotations
 
-from service.queue import make_celery
-from service.settings import get_settings
+from service.core.queue import make_celery
+from service.core.settings import get_settings
 
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]

@@ -7,9 +7,9 @@ from datetime import timedelta
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from service import audit
-from service.db.tables import DeletionRequest, Job, Model, utcnow
-from service.deletions import PENDING_STATES
+from service.core import audit
+from service.core.db.tables import DeletionRequest, Job, Model, utcnow
+from service.core.deletions import PENDING_STATES
 
 ACTOR = "worker"
 MAX_ATTEMPTS = 3  # a job whose worker dies this often is failed instead of resumed forever

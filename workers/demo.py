@@ -17,10 +17,10 @@ from sqlalchemy import select
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_digits_split, save_npz
 from models.training import DIGITS_RECIPE, TrainRecipe, train
-from service.db.engine import session_scope
-from service.db.tables import Model
-from service.registry import register_dataset, register_model
-from service.settings import Settings, get_settings
+from service.core.db.engine import session_scope
+from service.core.db.tables import Model
+from service.core.registry import register_dataset, register_model
+from service.core.settings import Settings, get_settings
 from workers.storage import version_path, write_checkpoint
 from workers.validate import v1_metrics
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from service.db.tables import Model, utcnow
+from service.core.db.tables import Model, utcnow
 
 
 def worker_identity() -> str:

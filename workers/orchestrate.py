@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.db.engine import session_scope
-from service.settings import Settings
+from service.core.db.engine import session_scope
+from service.core.settings import Settings
 from workers import claims, leases
 from workers.progress import LeaseLost
 from workers.runner import run_job

@@ -14,8 +14,8 @@ from types import TracebackType
 
 from sqlalchemy import select
 
-from service.db.engine import session_scope
-from service.db.tables import Job, utcnow
+from service.core.db.engine import session_scope
+from service.core.db.tables import Job, utcnow
 from workers import leases
 
 log = logging.getLogger(__name__)

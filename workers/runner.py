@@ -21,10 +21,10 @@ from models.hooks import Cancelled, Hooks
 from models.metrics import accuracy, evaluate
 from models.unlearning import run_method
 from models.unlearning.params import params_class, params_to_dict, parse_params
-from service import audit
-from service.db.engine import session_scope
-from service.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
-from service.settings import Settings
+from service.core import audit
+from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
+from service.core.settings import Settings
 from workers import claims, gates
 from workers.progress import JobCancelled, LeaseLost, Reporter
 from workers.storage import version_path, write_checkpoint

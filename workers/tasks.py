@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from service.db.engine import session_scope
-from service.queue import (
+from service.core.db.engine import session_scope
+from service.core.queue import (
     DELIVER_WEBHOOK,
     RECONCILE,
     RUN_MODEL,
@@ -14,7 +14,7 @@ from service.queue import (
     send_run_model,
     send_validate_model,
 )
-from service.settings import get_settings
+from service.core.settings import get_settings
 from workers import claims, validate, webhooks
 from workers.celery_app import app
 from workers.orchestrate import process_model

@@ -12,10 +12,10 @@ from sqlalchemy import select
 from models.architectures import build_model
 from models.datasets import SampleDataset, load_dataset
 from models.metrics import accuracy
-from service import audit
-from service.db.engine import session_scope
-from service.db.tables import Dataset, Model, ModelVersion
-from service.settings import Settings
+from service.core import audit
+from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, Model, ModelVersion
+from service.core.settings import Settings
 from workers import leases
 from workers.runner import load_weights, resolve_device
 

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from service.db.engine import session_scope
-from service.db.tables import DeletionRequest, Model
-from service.settings import Settings
+from service.core.db.engine import session_scope
+from service.core.db.tables import DeletionRequest, Model
+from service.core.settings import Settings
 
 SIGNATURE_HEADER = "X-Unlearn-Signature"
 

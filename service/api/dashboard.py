@@ -9,13 +9,34 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from service.errors import NotFound
+from service.core.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+# The only names served (an allow-list: no path from the URL ever reaches the file system). The page loads
+# app.js as an ES module; the others are the modules it imports, all in this one folder (no subfolders).
 FILES = {
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    **{
+        name: "text/javascript; charset=utf-8"
+        for name in (
+            "app.js",
+            "api.js",
+            "certificate.js",
+            "chart.js",
+            "dom.js",
+            "format.js",
+            "page-audit.js",
+            "page-jobs.js",
+            "page-models.js",
+            "page-requests.js",
+            "poll.js",
+            "router.js",
+            "session.js",
+            "state.js",
+            "widgets.js",
+        )
+    },
 }
 # Only our own scripts and styles, calls to this origin only; no framing, no referrer leaking the hash.
 HEADERS = {

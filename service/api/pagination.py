@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
-from service.errors import Unprocessable
+from service.core.errors import Unprocessable
 
 
 def encode_cursor(*values: Any) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
 
 def alembic_config(url: str) -> Config:
@@ -22,7 +22,7 @@ def upgrade(url: str) -> None:
 
 
 def check(url: str) -> None:
-    """Raise if the tables in service.db.tables and the migrations disagree."""
+    """Raise if the tables in service.core.db.tables and the migrations disagree."""
     command.check(alembic_config(url))
 
 

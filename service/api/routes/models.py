@@ -9,27 +9,21 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
 
-from service import audit
-from service.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
-from service.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
-from service.errors import Conflict, NotFound
-from service.lookups import get_model, version_label
-from service.model_specs import (
-    check_labels,
-    check_methods,
-    parse_model_spec,
-    registered_dataset,
-    require_finite,
-    save_safetensors_upload,
-)
-from service.pagination import decode_cursor, encode_cursor
-from service.queue import send_validate_model
-from service.registry import register_model
-from service.schemas.common import Page
-from service.schemas.datasets import SampleOut
-from service.schemas.models import ModelOut, VersionOut
-from service.schemas.registry import ModelUpdate
-from service.views import model_out, version_out
+from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
+from service.api.pagination import decode_cursor, encode_cursor
+from service.api.schemas.common import Page
+from service.api.schemas.datasets import SampleOut
+from service.api.schemas.models import ModelOut, VersionOut
+from service.api.schemas.registry import ModelUpdate
+from service.api.uploads import parse_model_spec, save_safetensors_upload
+from service.api.views import model_out, version_out
+from service.core import audit
+from service.core.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
+from service.core.errors import Conflict, NotFound
+from service.core.lookups import get_model, version_label
+from service.core.model_specs import check_labels, check_methods, registered_dataset, require_finite
+from service.core.queue import send_validate_model
+from service.core.registry import register_model
 
 router = APIRouter(tags=["models"])
 upload_router = APIRouter(tags=["models"])  # carries the larger upload body limit

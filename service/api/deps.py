@@ -10,10 +10,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.db.tables import ApiKey
-from service.errors import Forbidden, Unauthorized
-from service.keys import SCOPES, find_key
-from service.settings import Settings
+from service.core.db.tables import ApiKey
+from service.core.errors import Forbidden, Unauthorized
+from service.core.keys import SCOPES, find_key
+from service.core.settings import Settings
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:

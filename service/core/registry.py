@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from service import audit
-from service.db.tables import Dataset, DatasetSample, Model, ModelVersion
+from service.core import audit
+from service.core.db.tables import Dataset, DatasetSample, Model, ModelVersion
 
 _BATCH = 5000
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from service.deps import SessionDep, SettingsDep, require_scope
+from service.api.deps import SessionDep, SettingsDep, require_scope
 
 router = APIRouter(tags=["health"])
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
-from service.errors import Conflict
+from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
+from service.core.errors import Conflict
 
 
 def sample_ids_digest(ids: list[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 RUN_MODEL = "workers.process_model"
 RECONCILE = "workers.reconcile"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import Unprocessable
+from service.core.errors import Unprocessable
 
 ID_KINDS = ("npz", "csv_manifest")
 

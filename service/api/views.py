@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.tables import Dataset, DeletionRequest, Job, Model, ModelVersion
-from service.deletions import PENDING_STATES
-from service.lookups import version_label
-from service.schemas.deletion import DeletionRequestOut
-from service.schemas.jobs import JobOut
-from service.schemas.models import ModelOut, VersionOut
+from service.api.schemas.deletion import DeletionRequestOut
+from service.api.schemas.jobs import JobOut
+from service.api.schemas.models import ModelOut, VersionOut
+from service.core.db.tables import Dataset, DeletionRequest, Job, Model, ModelVersion
+from service.core.deletions import PENDING_STATES
+from service.core.lookups import version_label
 
 
 def _aware(ts: datetime | None) -> datetime | None:

@@ -3,12 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy import select
 
-from service import audit
-from service.db.tables import ApiKey
-from service.deps import Admin, AnyKey, SessionDep
-from service.errors import NotFound
-from service.keys import create_key, revoke_key
-from service.schemas.keys import KeyCreate, KeyOut
+from service.api.deps import Admin, AnyKey, SessionDep
+from service.api.schemas.keys import KeyCreate, KeyOut
+from service.core import audit
+from service.core.db.tables import ApiKey
+from service.core.errors import NotFound
+from service.core.keys import create_key, revoke_key
 
 router = APIRouter(tags=["keys"])
 

@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from service import audit
-from service.audit import canonical_json
-from service.db.engine import is_postgres
-from service.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
-from service.errors import Conflict, PayloadTooLarge, Unprocessable
+from service.core import audit
+from service.core.audit import canonical_json
+from service.core.db.engine import is_postgres
+from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
+from service.core.errors import Conflict, PayloadTooLarge, Unprocessable
 
 PENDING_STATES = ("received", "queued")
 MAX_REPORTED_UNKNOWN = 100

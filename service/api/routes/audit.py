@@ -10,12 +10,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from service import audit, certificates
-from service.db.tables import AuditEvent
-from service.deps import AuditReader, RequestReader, SessionDep
-from service.errors import Unprocessable
-from service.lookups import get_model, get_request
-from service.signing import public_key_b64, public_key_pem, sign_document
+from service.api.deps import AuditReader, RequestReader, SessionDep
+from service.core import audit, certificates
+from service.core.db.tables import AuditEvent
+from service.core.errors import Unprocessable
+from service.core.lookups import get_model, get_request
+from service.core.signing import public_key_b64, public_key_pem, sign_document
 
 router = APIRouter(tags=["audit"])
 

@@ -5,16 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy import select
 
-from service import audit, deletions
-from service.db.tables import DeletionRequest, Model
-from service.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
-from service.errors import Conflict, Unprocessable
-from service.lookups import get_model, get_request
-from service.pagination import newest_first
-from service.queue import send_run_model
-from service.schemas.common import Page
-from service.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
-from service.views import request_out
+from service.api.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
+from service.api.pagination import newest_first
+from service.api.schemas.common import Page
+from service.api.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
+from service.api.views import request_out
+from service.core import audit, deletions
+from service.core.db.tables import DeletionRequest, Model
+from service.core.errors import Conflict, Unprocessable
+from service.core.lookups import get_model, get_request
+from service.core.queue import send_run_model
 
 router = APIRouter(tags=["deletion requests"])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.tables import DeletionRequest, Job, Model
-from service.errors import NotFound
+from service.core.db.tables import DeletionRequest, Job, Model
+from service.core.errors import NotFound
 
 
 def get_model(session: Session, tenant: str, name: str) -> Model:

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from service.db.engine import is_postgres
-from service.db.tables import AuditEvent
+from service.core.db.engine import is_postgres
+from service.core.db.tables import AuditEvent
 
 GENESIS = "0" * 64
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.tables import ApiKey, utcnow
+from service.core.db.tables import ApiKey, utcnow
 
 SCOPES = ("deletion:write", "jobs:read", "audit:read", "admin")
 

@@ -3,7 +3,7 @@
 Server verbs: `unlearn run` starts the embedded stack; `api`, `worker`, `beat`, `db` and `keys` start
 production processes or manage the database and keys directly. Client verbs (`models`, `request`, `jobs`,
 `versions`, `requests`, `certificate`, `public-key`, `audit`, `verify-certificate`) talk to a running
-server over its public API with an API key (`service.client`). Torch is only ever imported by the worker
+server over its public API with an API key (`service.cli.client`). Torch is only ever imported by the worker
 and demo subprocesses, never here; the client verbs import neither the database nor the server.
 
 Exit codes of the client verbs: 0 ok; 1 the thing checked or waited for failed (a job failed, a chain or
@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.settings import Settings, get_settings
+from service.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from service.client import Client
+    from service.cli.client import Client
 
 EXIT_CODES = {
     "failed": 1,
@@ -44,7 +44,7 @@ EXIT_CODES = {
     "invalid": 6,
     "server": 7,
 }
-# The same names as service.keys.SCOPES, spelled out so the client verbs need not import the database.
+# The same names as service.core.keys.SCOPES, spelled out so the client verbs need not import the database.
 SCOPE_NAMES = ("deletion:write", "jobs:read", "audit:read", "admin")
 
 
@@ -71,8 +71,8 @@ def _worker_argv(settings: Settings, *, beat: bool, name: str = "worker@%h") -> 
 
 def ensure_admin_key(settings: Settings) -> str:
     """Reuse the key in var/admin.key if it still works, else create one and write it there (mode 600)."""
-    from service.db.engine import session_scope
-    from service.keys import SCOPES, create_key, find_key
+    from service.core.db.engine import session_scope
+    from service.core.keys import SCOPES, create_key, find_key
 
     path = settings.var_dir / "admin.key"
     url = settings.resolved_database_url
@@ -91,7 +91,7 @@ def ensure_admin_key(settings: Settings) -> str:
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.db import migrate
+    from service.core.db import migrate
 
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
@@ -105,7 +105,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     try:
-        from service.app import create_app
+        from service.api.app import create_app
 
         base = f"http://{settings.host}:{settings.port}"
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
@@ -123,7 +123,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -158,7 +158,7 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
-    from service.db import migrate
+    from service.core.db import migrate
 
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
@@ -169,8 +169,8 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     """Keys straight in the database this machine is configured for (bootstrap, other tenants)."""
-    from service.db.engine import session_scope
-    from service.keys import create_key, revoke_key
+    from service.core.db.engine import session_scope
+    from service.core.keys import create_key, revoke_key
 
     if args.action == "create" and not args.tenant:
         print(
@@ -266,7 +266,7 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
     """Poll the request (and its job, when the key may read jobs) with a progress bar on stderr."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from service.client import TERMINAL_REQUEST_STATES, ApiError
+    from service.cli.client import TERMINAL_REQUEST_STATES, ApiError
 
     can_read_jobs = True
     deadline = time.monotonic() + timeout
@@ -311,7 +311,7 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
 def _print_result(client: Client, req: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from service.client import ApiError
+    from service.cli.client import ApiError
 
     out = _console()
     out.print(
@@ -593,7 +593,7 @@ def cmd_audit_verify(client: Client, _args: argparse.Namespace) -> int:
 
 def cmd_verify_certificate(args: argparse.Namespace) -> int:
     """Offline: no server, no key. Checks the Ed25519 signature over the certificate's canonical JSON."""
-    from service.signing import public_key_b64_from_pem, verify_document
+    from service.core.signing import public_key_b64_from_pem, verify_document
 
     try:
         signed = json.loads(Path(args.file).read_text())
@@ -634,7 +634,7 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
 
 def _client_verb(fn: Callable[[Client, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from service.client import Client
+        from service.cli.client import Client
 
         with Client(args.url, args.api_key, timeout=args.http_timeout) as client:
             return fn(client, args)
@@ -769,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.client_fn = _client_verb(cmd_keys_api)
     if not hasattr(args, "client_fn"):
         return int(args.fn(get_settings(), args) or 0)
-    from service.client import ApiError
+    from service.cli.client import ApiError
 
     try:
         return int(args.client_fn(args) or 0)

@@ -6,16 +6,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from service import audit
-from service.db.tables import DeletionRequest, Job, Model
-from service.deps import Admin, CeleryDep, JobsReader, SessionDep
-from service.errors import Conflict
-from service.lookups import get_job, get_model
-from service.pagination import newest_first, utc
-from service.queue import send_run_model
-from service.schemas.common import Page
-from service.schemas.jobs import JobOut, JobState
-from service.views import job_out
+from service.api.deps import Admin, CeleryDep, JobsReader, SessionDep
+from service.api.pagination import newest_first, utc
+from service.api.schemas.common import Page
+from service.api.schemas.jobs import JobOut, JobState
+from service.api.views import job_out
+from service.core import audit
+from service.core.db.tables import DeletionRequest, Job, Model
+from service.core.errors import Conflict
+from service.core.lookups import get_job, get_model
+from service.core.queue import send_run_model
 
 router = APIRouter(tags=["jobs"])
 

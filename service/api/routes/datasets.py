@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
 
-from service.dataset_ids import read_ids
-from service.db.tables import Dataset
-from service.deps import Admin, SessionDep, SettingsDep
-from service.errors import NotFound, Unprocessable
-from service.registry import register_dataset
-from service.schemas.registry import DatasetCreate, DatasetOut, Name
+from service.api.deps import Admin, SessionDep, SettingsDep
+from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
+from service.core.dataset_ids import read_ids
+from service.core.db.tables import Dataset
+from service.core.errors import NotFound, Unprocessable
+from service.core.registry import register_dataset
 
 router = APIRouter(tags=["datasets"])
 upload_router = APIRouter(tags=["datasets"])  # carries the larger upload body limit

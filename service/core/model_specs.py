@@ -1,27 +1,18 @@
-"""Validating a model registration without torch: the spec, its datasets, its methods, and that the
-upload really is a safetensors file (parsed by the safetensors library, never unpickled)."""
+"""Validating a model registration without torch: its datasets, labels and methods, and that a stored
+checkpoint really is a safetensors file (parsed by the safetensors library, never unpickled)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from fastapi import UploadFile
-from pydantic import ValidationError
 from safetensors import safe_open
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.tables import Dataset, DatasetSample
-from service.errors import Unprocessable
-from service.schemas.registry import ModelCreate
-
-
-def _no_constants(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+from service.core.db.tables import Dataset, DatasetSample
+from service.core.errors import Unprocessable
 
 
 def require_finite(value: Any, where: str = "body") -> None:
@@ -34,16 +25,6 @@ def require_finite(value: Any, where: str = "body") -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             require_finite(v, f"{where}[{i}]")
-
-
-def parse_model_spec(raw: str) -> ModelCreate:
-    try:
-        return ModelCreate.model_validate(json.loads(raw, parse_constant=_no_constants))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
-    except ValidationError as exc:
-        errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise Unprocessable("invalid model spec", errors=errors) from exc
 
 
 def registered_dataset(session: Session, tenant: str, dataset_id: str) -> Dataset:
@@ -71,19 +52,11 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
             raise Unprocessable(f"method {method!r}: {exc}") from exc
 
 
-def save_safetensors_upload(upload: UploadFile, path: Path) -> str:
-    """Stream the upload to `path`, check it parses as safetensors, return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
+def check_safetensors(path: Path) -> None:
+    """A 422 unless `path` parses as a safetensors file holding at least one tensor."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             if not list(f.keys()):
                 raise ValueError("it holds no tensors")
     except Exception as exc:  # noqa: BLE001 - any parse failure is the client's file, not our error
-        path.unlink(missing_ok=True)
         raise Unprocessable(f"`checkpoint` is not a readable safetensors file: {exc}") from exc
-    return digest.hexdigest()

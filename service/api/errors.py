@@ -1,4 +1,5 @@
-"""Domain errors, each rendered as one JSON problem body (RFC 9457) by a single handler."""
+"""Rendering errors at the HTTP edge: every domain error, validation error and unexpected exception
+becomes one `application/problem+json` body (RFC 9457), so no route builds error JSON by hand."""
 
 from __future__ import annotations
 
@@ -9,42 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.core.errors import ProblemError
+
 PROBLEM = "application/problem+json"
-
-
-class ProblemError(Exception):
-    status = 400
-    title = "Bad request"
-
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors = errors
-        self.extra = extra
-
-
-class Unauthorized(ProblemError):
-    status, title = 401, "Unauthorized"
-
-
-class Forbidden(ProblemError):
-    status, title = 403, "Forbidden"
-
-
-class NotFound(ProblemError):
-    status, title = 404, "Not found"
-
-
-class Conflict(ProblemError):
-    status, title = 409, "Conflict"
-
-
-class PayloadTooLarge(ProblemError):
-    status, title = 413, "Payload too large"
-
-
-class Unprocessable(ProblemError):
-    status, title = 422, "Unprocessable request"
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:

@@ -1,0 +1,1 @@
+"""The routers, one module per resource: parse, one domain call, a view."""

@@ -1,0 +1,52 @@
+"""Reading the multipart parts of a registration: the model spec (JSON) and uploaded files, streamed to
+disk and hashed as they arrive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from pydantic import ValidationError
+
+from service.api.schemas.registry import ModelCreate
+from service.core.errors import Unprocessable
+from service.core.model_specs import check_safetensors
+
+
+def _no_constants(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def parse_model_spec(raw: str) -> ModelCreate:
+    try:
+        return ModelCreate.model_validate(json.loads(raw, parse_constant=_no_constants))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
+    except ValidationError as exc:
+        errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise Unprocessable("invalid model spec", errors=errors) from exc
+
+
+def save_upload(upload: UploadFile, path: Path) -> str:
+    """Stream the upload to `path`; return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def save_safetensors_upload(upload: UploadFile, path: Path) -> str:
+    """Stream the upload to `path`, check it parses as safetensors, return its sha256."""
+    digest = save_upload(upload, path)
+    try:
+        check_safetensors(path)
+    except Unprocessable:
+        path.unlink(missing_ok=True)
+        raise
+    return digest
