@@ -1,4 +1,5 @@
-"""The admin dashboard: three static files served at /dashboard without a key. Everything it shows comes
+"""The admin dashboard: static files (a page, a stylesheet, ES modules with no build step) served at
+/dashboard without a key. Everything it shows comes
 from the public API, called by the browser with the user's own key (kept in the tab's sessionStorage), so
 this router holds no data and no auth of its own."""
 
