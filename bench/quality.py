@@ -1,4 +1,4 @@
-"""Quality table: every unlearning method side by side with exact retraining (METHODS.md "Benchmark
+"""Quality table: every unlearning method side by side with exact retraining (docs/methods.md "Benchmark
 protocol", issue 4).
 
     python -m bench.quality --quick  # digits only, a few minutes on 2 CPU cores
@@ -37,7 +37,7 @@ import torch
 from models.architectures import build_model
 from models.checkpoints import load_checkpoint, save_checkpoint
 from models.datasets import SampleDataset, load_dataset, load_digits_split
-from models.metrics import avg_gap, evaluate
+from models.metrics import avg_gap, evaluate, forgotten_classes
 from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train
 from models.unlearning import run_method
 
@@ -156,10 +156,11 @@ def forget_split(
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
 
 
-def score(model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset, test: SampleDataset,
-          scenario: str, forgotten_class: int = 0) -> dict[str, Any]:  # fmt: skip
-    """evaluate() (both attacks); class-wise: TA without the class, and the class's test accuracy."""
-    classes = [forgotten_class] if scenario == "classwise" else None
+def score(model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset,
+          test: SampleDataset) -> dict[str, Any]:  # fmt: skip
+    """The service's own scoring (``evaluate``, with the forgotten classes found the way the worker finds
+    them), so a table row and a version's audit numbers mean the same thing."""
+    classes = forgotten_classes(torch.cat([forget.y, retain.y]), retain.y)
     out: dict[str, Any] = evaluate(model, forget=forget, retain=retain, test=test, forgotten_classes=classes)
     out["mia_loss"] = out.pop("mia_loss_score")  # the tables' column name
     return out
@@ -257,8 +258,8 @@ def run_seed(
         forget, retain = forget_split(train_ds, scenario, seed)
         retrain_row = functools.partial(_run_row, RETRAIN, original, forget, retain, recipe.to_dict())
         ref_model, t_ref = _cached(cache, f"{tag}-retrain-{scenario}", setting, device, retrain_row)
-        ref = score(ref_model, forget, retain, test_ds, scenario)
-        orig = score(original, forget, retain, test_ds, scenario)
+        ref = score(ref_model, forget, retain, test_ds)
+        orig = score(original, forget, retain, test_ds)
         base = {"setting": setting.name, "seed": seed, "scenario": scenario}
         records.append({**base, "row": "retrain", **ref, "rte_s": t_ref, "gap": 0.0})
         log(f"  {scenario}: retrain {t_ref:.1f}s, original gap {avg_gap(orig, ref):.2f}")
@@ -270,7 +271,7 @@ def run_seed(
             else:
                 heldout = test_ds if row.heldout == "test" else run.reference
                 model, t = _run_row(row, original, forget, retain, row.params(orig, scenario), heldout)
-                metrics = score(model, forget, retain, test_ds, scenario)
+                metrics = score(model, forget, retain, test_ds)
             records.append({**base, "row": row.label, **metrics, "rte_s": t, "gap": avg_gap(metrics, ref),
                             "original_gap": avg_gap(orig, ref), "retrain_s": t_ref})  # fmt: skip
             log(f"    {row.label:48s} gap {records[-1]['gap']:6.2f}  {t:6.2f}s")

@@ -81,8 +81,8 @@ def environment(setting_name: str, model_seed: int, case: Case, device: str, cac
     make_ref = functools.partial(_run_row, RETRAIN, run.model, forget, retain, run.recipe.to_dict())
     key = f"{run.tag}-retrain-{case.scenario}-{case.value}"
     ref_model, retrain_s = _cached(cache, key, setting, device, make_ref)
-    ref = score(ref_model, forget, retain, run.test, case.scenario, case.value)
-    orig = score(run.model, forget, retain, run.test, case.scenario, case.value)
+    ref = score(ref_model, forget, retain, run.test)
+    orig = score(run.model, forget, retain, run.test)
     return Env(run.model, forget, retain, run.test, run.reference, ref, avg_gap(orig, ref), retrain_s)
 
 
@@ -99,7 +99,7 @@ def evaluate_point(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
         env = environment(args.setting, args.model_seed, case, args.device, args.cache)
         model, seconds = _run_row(Row("tune", args.method, _fixed({})), env.original, env.forget, env.retain,
                                   params, env.heldout)  # fmt: skip
-        metrics = score(model, env.forget, env.retain, env.test, case.scenario, case.value)
+        metrics = score(model, env.forget, env.retain, env.test)
         gap = avg_gap(metrics, env.reference)
         closed = 1 - gap / env.original_gap if env.original_gap else 0.0
         per_case.append({"case": str(case), "gap": gap, "closed": closed,

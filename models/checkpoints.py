@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,21 @@ HEADER_KEY = "unlearning_header"
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class ChecksumMismatch(ValueError):
+    """The file on disk is not the one its version recorded (changed, truncated or swapped)."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: the directory entry, not only the file, must reach the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(
@@ -37,8 +48,10 @@ def save_checkpoint(
     num_classes: int,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write weights and buffers (BatchNorm statistics included; tied tensors stored once) to ``path``
-    through a temporary file and an atomic rename; return the sha256 hex of the file's bytes."""
+    """The one checkpoint writer. Weights and buffers (BatchNorm statistics included; tied tensors stored
+    once) go to a unique temporary name beside ``path``, which is fsynced, renamed over ``path`` and
+    made durable with an fsync of the directory, so a crash leaves the old file or the new one, never
+    half of one. Returns the sha256 hex of the bytes written (read once, before the rename)."""
     header = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
@@ -47,10 +60,37 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
-    os.replace(tmp, path)
-    return file_sha256(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_model(model, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        with open(tmp, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, *, sha256: str | None, device: str | torch.device = "cpu"
+) -> None:
+    """The one loader: refuse a file whose sha256 is not ``sha256`` (the hash on its version record;
+    None only for files no record vouches for, such as a bench cache), then load strictly: every tensor
+    of the architecture must be in the file with its shape, and nothing else. Never unpickles."""
+    if sha256 is not None and (actual := file_sha256(path)) != sha256:
+        raise ChecksumMismatch(
+            f"checkpoint {path} has sha256 {actual[:16]}..., but its version records {sha256[:16]}...: "
+            "the file was changed or replaced after it was published; refusing to load it"
+        )
+    missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit the architecture: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -65,12 +105,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device = "cpu"
+    path: str | Path, *, device: str | torch.device = "cpu", sha256: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the architecture named in the header and load the weights (strict: every tensor must match).
     The model is returned in eval mode on ``device``, with the header."""
     header = read_header(path)
     model = build_model(header["architecture"], **header["kwargs"])
-    missing, unexpected = load_model(model, str(path), strict=True, device=str(device))
+    load_weights(model, path, sha256=sha256, device=device)
     model.to(device).eval()
     return model, header

@@ -1,8 +1,8 @@
 """Callbacks between a long computation and whoever runs it (a worker, a bench, a test).
 
-Library code never prints or polls a database: it calls these. ``should_cancel`` and ``early_stop`` are
-checked every ``check_every`` steps (and at the last step) because the caller's check may be a database
-query, which would dominate a millisecond-long step.
+Library code never prints or polls a database: it calls these. ``should_cancel`` is checked every
+``check_every`` steps (and at the last step) because the caller's check may be a database query, which
+would dominate a millisecond-long step.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 
 class Cancelled(Exception):
@@ -22,24 +21,17 @@ class Cancelled(Exception):
 class Hooks:
     progress: Callable[[float], None] | None = None  # fraction of the run done, in [0, 1]
     should_cancel: Callable[[], bool] | None = None
-    early_stop: Callable[[nn.Module], bool] | None = None  # True = stop now (model in train mode)
     check_every: int = 10
     on_batch: Callable[[torch.Tensor], None] | None = None  # row indices of each training batch (audits)
 
-    def step(self, done: int, total: int, model: nn.Module) -> bool:
-        """Call after step ``done`` of ``total``. Raises Cancelled; returns True to stop early."""
+    def step(self, done: int, total: int) -> None:
+        """Call after step ``done`` of ``total``: report progress, raise Cancelled if asked to stop."""
         if done % max(self.check_every, 1) and done < total:
-            return False
+            return
         if self.progress is not None:
             self.progress(min(done / max(total, 1), 1.0))
         if self.should_cancel is not None and self.should_cancel():
             raise Cancelled(f"cancelled after step {done} of {total}")
-        if self.early_stop is not None and done < total:
-            was_training = model.training
-            stop = self.early_stop(model)
-            model.train(was_training)
-            return bool(stop)
-        return False
 
     def start(self) -> None:
         """Before the first step: report 0 and honour a cancellation that came before the run started."""

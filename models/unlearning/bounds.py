@@ -1,6 +1,6 @@
 """Which forget samples the bounded UGradSL forget term still pushes ("live" samples).
 
-Our own addition (METHODS.md "Measured pitfalls"), not in the paper. Ascent on a sample the model has
+Our own addition (docs/methods.md, "Measured pitfalls"), not in the paper. Ascent on a sample the model has
 already forgotten only damages the model, so the forget term is applied to live samples only:
 
 - ``correct``: live while the model still classifies the sample correctly. Right for class-wise forgetting

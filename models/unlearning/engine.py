@@ -25,11 +25,11 @@ from models.unlearning.params import GradientParams
 
 @dataclass
 class Batch:
-    xr: torch.Tensor  # (B, ...) retain inputs
-    yr: torch.Tensor  # (B,)
-    xf: torch.Tensor  # (B, ...) forget inputs (same B: equal batch sizes)
-    yf: torch.Tensor  # (B,) true labels
-    tf: torch.Tensor  # (B,) forget targets of the method (random wrong labels for random_label; else yf)
+    xr: torch.Tensor  # (B_r, ...) retain inputs
+    yr: torch.Tensor  # (B_r,)
+    xf: torch.Tensor  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
+    yf: torch.Tensor  # (B_f,) true labels
+    tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
 
 
 @dataclass
@@ -129,7 +129,8 @@ def run_steps(
         correct = _step(model, opt, batch, params, objective, plan, static_mask)
         sched.step()
         stopper.add(correct)
-        if hooks.step(step, total, model) or stopper.should_stop(step, hooks.check_every):
+        hooks.step(step, total)
+        if stopper.should_stop(step, hooks.check_every):
             break
     hooks.finish()
     return model

@@ -236,8 +236,9 @@ def ugradsl_plus(
     hooks: Hooks,
     heldout: SampleDataset | None = None,
 ) -> nn.Module:
-    """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f), equal-size batches;
-    an epoch is one pass over D_r, cycling D_f. Better quality than UGradSL, cost ∝ |D_r|."""
+    """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f); an epoch is one pass
+    over D_r, cycling D_f. B_f has B_r's size unless D_f is smaller, when B_f = D_f (never repeated; the
+    forget sum is still divided by B). Better quality than UGradSL, cost ∝ |D_r|."""
     return _ugradsl("retain", model, forget, retain, params, hooks, heldout)
 
 

@@ -41,7 +41,7 @@ class GradientParams:
 
     epochs: float = _f(1.0, 0.0, 1000.0, doc="passes over the method's epoch set; fractions allowed")
     lr: float = _f(0.01, 1e-8, 10.0, doc="SGD learning rate")
-    batch_size: int = _f(64, 1, 65536, doc="size of B_r and of B_f (equal)")
+    batch_size: int = _f(64, 1, 65536, doc="size of B_r, and of B_f unless D_f is smaller")
     momentum: float = _f(0.9, 0.0, 0.999)
     weight_decay: float = _f(0.0, 0.0, 1.0)
     grad_clip: float = _f(5.0, 0.0, 1e6, doc="max gradient norm; 0 = off")

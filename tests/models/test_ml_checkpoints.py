@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from models.architectures import build_model, model_input_shape
-from models.checkpoints import file_sha256, load_checkpoint, read_header, save_checkpoint
+from models.checkpoints import (
+    ChecksumMismatch,
+    file_sha256,
+    load_checkpoint,
+    load_weights,
+    read_header,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,35 @@ def test_checkpoint_without_header_is_refused(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "raw.safetensors"))
     with pytest.raises(ValueError, match="not an unlearning-service checkpoint"):
         read_header(tmp_path / "raw.safetensors")
+
+
+def test_a_checkpoint_whose_bytes_differ_from_its_recorded_sha256_refuses_to_load(tmp_path: Path) -> None:
+    model = build_model("mlp", hidden=(4,))
+    path = tmp_path / "v2.safetensors"
+    digest = save_checkpoint(model, path, architecture="mlp", kwargs={"hidden": [4]}, num_classes=10)
+    load_checkpoint(path, sha256=digest)  # the recorded hash: loads
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped bit in the last weight
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumMismatch, match="refusing to load"):
+        load_weights(build_model("mlp", hidden=(4,)), path, sha256=digest)
+
+
+def test_the_writer_leaves_no_temporary_file_and_replaces_atomically(tmp_path: Path) -> None:
+    model = build_model("mlp", hidden=(4,))
+    path = tmp_path / "m.safetensors"
+    first = save_checkpoint(model, path, architecture="mlp", kwargs={"hidden": [4]}, num_classes=10)
+    with torch.no_grad():
+        model.classifier.bias[0] += 1
+    second = save_checkpoint(model, path, architecture="mlp", kwargs={"hidden": [4]}, num_classes=10)
+    assert first != second and file_sha256(path) == second
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_load_weights_names_what_does_not_fit(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    digest = save_checkpoint(
+        build_model("mlp", hidden=(4,)), path, architecture="mlp", kwargs={"hidden": [4]}, num_classes=10
+    )
+    with pytest.raises(ValueError, match="does not fit the architecture"):
+        load_weights(build_model("mlp", hidden=(4, 4)), path, sha256=digest)

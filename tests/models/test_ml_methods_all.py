@@ -172,21 +172,6 @@ def test_retrain_refuses_a_retain_set_containing_forget_samples(digits_model, di
         run_method("retrain", copy.deepcopy(digits_model), forget, train_ds, {"epochs": 1})
 
 
-def test_early_stop_hook_ends_the_run(digits_model, digits_random10) -> None:
-    forget, retain = digits_random10
-    calls: list[float] = []
-    hooks = Hooks(progress=calls.append, early_stop=lambda m: True, check_every=2)
-    run_method(
-        "ugradsl_plus",
-        copy.deepcopy(digits_model),
-        forget,
-        retain,
-        {"epochs": 1, "bound_by": "correct"},
-        hooks,
-    )
-    assert calls[-2] == pytest.approx(2 / math.ceil(len(retain) / 64)) and calls[-1] == 1.0
-
-
 def test_stop_at_forget_accuracy_ends_early(digits_model, digits_random10) -> None:
     forget, retain = digits_random10
     fast = {"epochs": 20, "lr": 0.1, "p": 0.8}

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score
@@ -8,8 +7,8 @@ from models.datasets import SampleDataset
 from models.metrics import (
     accuracy,
     avg_gap,
-    classwise_test_metrics,
     evaluate,
+    forgotten_classes,
     loss_threshold_mia,
     mia_efficacy,
     mia_sets,
@@ -96,12 +95,20 @@ def test_avg_gap_is_mean_absolute_difference_in_points() -> None:
     assert avg_gap(m, ref) == pytest.approx((10 + 10 + 2 + 0) / 4)
 
 
-def test_classwise_test_metrics_split_forgotten_classes() -> None:
+def test_classwise_evaluate_splits_test_accuracy_by_forgotten_classes() -> None:
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 0, 2]), 3).float()
-    out = classwise_test_metrics(FixedLogits(), _ds(logits, y, "t"), forgotten_classes=[0])
+    test = _ds(logits, y, "t")
+    out = evaluate(FixedLogits(), forget=test.subset([]), retain=test, test=test, forgotten_classes=[0])
     assert out["forgotten_class_test_accuracy"] == 0.5 and out["test_accuracy"] == 0.75
-    assert np.isfinite(out["test_accuracy"])
+    assert (out["test_count"], out["forgotten_class_test_count"]) == (4, 2)
+
+
+def test_forgotten_classes_are_the_training_classes_left_without_a_retained_sample() -> None:
+    train = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert forgotten_classes(train, torch.tensor([1, 1, 2])) == [0]
+    assert forgotten_classes(train, torch.tensor([1])) == [0, 2]
+    assert forgotten_classes(train, torch.tensor([0, 1, 2])) is None  # random forgetting
 
 
 def test_mia_balances_classes_when_retain_is_smaller_than_test() -> None:
@@ -126,19 +133,22 @@ def test_evaluate_loss_attack_equals_the_standalone_attack(digits_model, digits_
     assert out["mia_loss_score"] == pytest.approx(loss_threshold_mia(digits_model, forget, retain, digits[1]))
 
 
-def test_evaluate_classwise_reads_the_test_pass_like_classwise_test_metrics(digits_model, digits) -> None:
+def test_evaluate_classwise_leaves_the_class_out_of_ta_not_out_of_the_attack(digits_model, digits) -> None:
     train_ds, test = digits
     forget, retain = train_ds.split_by_ids(
         [train_ds.ids[i] for i in torch.nonzero(train_ds.y == 3).flatten().tolist()]
     )
     plain = evaluate(digits_model, forget=forget, retain=retain, test=test)
     out = evaluate(digits_model, forget=forget, retain=retain, test=test, forgotten_classes=[3])
-    expected = classwise_test_metrics(digits_model, test, [3])
-    assert out["test_accuracy"] == pytest.approx(expected["test_accuracy"])
-    assert out["forgotten_class_test_accuracy"] == pytest.approx(expected["forgotten_class_test_accuracy"])
+    is_3 = torch.nonzero(test.y == 3).flatten()
+    others = torch.nonzero(test.y != 3).flatten()
+    assert out["test_accuracy"] == pytest.approx(accuracy(digits_model, test.subset(others)))
+    assert out["forgotten_class_test_accuracy"] == pytest.approx(accuracy(digits_model, test.subset(is_3)))
     assert out["test_accuracy"] != plain["test_accuracy"]  # class 3 really left out of TA
-    assert {k: v for k, v in out.items() if k not in expected} == {
-        k: v for k, v in plain.items() if k not in expected
+    classwise = {"test_accuracy", "test_count", "forgotten_class_test_accuracy", "forgotten_class_test_count"}
+    # The attacks' non-members are all of D_te either way: the same MIA as random-forgetting scoring.
+    assert {k: v for k, v in out.items() if k not in classwise} == {
+        k: v for k, v in plain.items() if k not in classwise
     }
 
 
