@@ -8,10 +8,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
 
-from service.api import dashboard
 from service.api.errors import install_handlers, problem
 from service.api.observability import DatabaseCollector, HttpMetrics
-from service.api.routes import audit, datasets, deletion_requests, health, jobs, keys, models
+from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.core.db.engine import sessionmaker_for
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.tables import DeletionRequest, Job
+from service.core.states import JobState
 
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
@@ -40,7 +41,9 @@ class DatabaseCollector(Collector):
                 (f - st).total_seconds()
                 for st, f in s.execute(
                     select(Job.started_at, Job.finished_at).where(
-                        Job.state == "completed", Job.started_at.is_not(None), Job.finished_at.is_not(None)
+                        Job.state == JobState.COMPLETED,
+                        Job.started_at.is_not(None),
+                        Job.finished_at.is_not(None),
                     )
                 )
                 if st is not None and f is not None

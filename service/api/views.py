@@ -11,8 +11,8 @@ from service.api.schemas.deletion import DeletionRequestOut
 from service.api.schemas.jobs import JobOut
 from service.api.schemas.models import ModelOut, VersionOut
 from service.core.db.tables import Dataset, DeletionRequest, Job, Model, ModelVersion
-from service.core.deletions import PENDING_STATES
 from service.core.lookups import version_label
+from service.core.states import PENDING
 
 
 def _aware(ts: datetime | None) -> datetime | None:
@@ -90,7 +90,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
     pending = session.scalar(
         select(func.count())
         .select_from(DeletionRequest)
-        .where(DeletionRequest.model_id == m.id, DeletionRequest.state.in_(PENDING_STATES))
+        .where(DeletionRequest.model_id == m.id, DeletionRequest.state.in_(PENDING))
     )
     return ModelOut(
         name=m.name,

@@ -12,14 +12,11 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import AuditEvent
 
 GENESIS = "0" * 64
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def event_body(ev: AuditEvent) -> dict[str, Any]:
@@ -87,18 +84,22 @@ def export_dict(ev: AuditEvent) -> dict[str, Any]:
     return {**event_body(ev), "prev_hash": ev.prev_hash, "hash": ev.hash}
 
 
-def iter_events(session: Session, tenant: str, batch: int = 1000) -> Iterator[AuditEvent]:
-    """Stream a tenant's events in chain order without loading them all."""
-    after = 0
-    while True:
-        rows = session.scalars(
+def events_page(session: Session, tenant: str, after: int = 0, limit: int = 1000) -> list[AuditEvent]:
+    """Up to `limit` of a tenant's events after sequence number `after`, in chain order."""
+    return list(
+        session.scalars(
             select(AuditEvent)
             .where(AuditEvent.tenant == tenant, AuditEvent.seq > after)
             .order_by(AuditEvent.seq)
-            .limit(batch)
-        ).all()
-        if not rows:
-            return
+            .limit(limit)
+        )
+    )
+
+
+def iter_events(session: Session, tenant: str, batch: int = 1000) -> Iterator[AuditEvent]:
+    """Stream a tenant's events in chain order without loading them all."""
+    after = 0
+    while rows := events_page(session, tenant, after, batch):
         yield from rows
         after = rows[-1].seq
 

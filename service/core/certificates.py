@@ -3,7 +3,6 @@ can be checked against the audit trail (the chain hash pins the event that recor
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,11 +11,8 @@ from sqlalchemy.orm import Session
 
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
 from service.core.errors import Conflict
-
-
-def sample_ids_digest(ids: list[str]) -> str:
-    """sha256 over the sorted IDs joined by newlines: anyone holding the list can recompute it."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+from service.core.events import ids_digest
+from service.core.states import RequestState
 
 
 def _version(session: Session, model_id: str, number: int | None) -> dict[str, Any] | None:
@@ -35,7 +31,7 @@ def _iso(ts: datetime | None) -> str | None:
 
 
 def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
-    if req.state != "completed" or req.job_id is None:
+    if req.state != RequestState.COMPLETED or req.job_id is None:
         raise Conflict(f"request {req.id} is {req.state}; certificates exist only for completed requests")
     job = session.get_one(Job, req.job_id)
     model = session.get_one(Model, req.model_id)
@@ -43,7 +39,7 @@ def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
         select(AuditEvent).where(
             AuditEvent.tenant == req.tenant,
             AuditEvent.entity_id == req.id,
-            AuditEvent.action == "deletion_request.completed",
+            AuditEvent.action == f"deletion_request.{RequestState.COMPLETED}",
         )
     )
     result = job.metrics.get("result", {}) if job.metrics else {}
@@ -54,7 +50,7 @@ def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
         "tenant": req.tenant,
         "model": model.name,
         "sample_count": req.sample_count,
-        "sample_ids_sha256": sample_ids_digest(req.sample_ids),
+        "sample_ids_sha256": ids_digest(req.sample_ids),  # anyone holding the list can recompute it
         "already_forgotten_count": req.already_forgotten_count,
         "version_before": _version(session, model.id, job.base_version),
         "version_after": _version(session, model.id, req.model_version),

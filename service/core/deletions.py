@@ -1,5 +1,6 @@
-"""Accepting deletion requests: validate every ID against the model's training set, then record the
-request and its audit event in one transaction. Nothing is written for a rejected request."""
+"""Deletion requests: accepting one (validate every ID against the model's training set, record it with its
+audit event in one transaction, then wake a worker) and withdrawing one. Nothing is written for a
+rejected request."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import Celery
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from service.core import audit
-from service.core.audit import canonical_json
+from service.core import events
+from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
-from service.core.errors import Conflict, PayloadTooLarge, Unprocessable
+from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from service.core.queue import send_run_model
+from service.core.states import PENDING, ModelStatus, RequestState
 
-PENDING_STATES = ("received", "queued")
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
 
@@ -91,7 +94,7 @@ def submit(
     allowed_hosts: Sequence[str] = (),
 ) -> DeletionRequest:
     """Validate and record a request (state `received`) with its audit event; the caller commits."""
-    if model.status != "ready":
+    if model.status != ModelStatus.READY:
         detail = f": {model.status_detail}" if model.status_detail else ""
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:
@@ -123,40 +126,86 @@ def submit(
         body_sha256=body_digest(ids, reference, callback_url),
         reference=reference,
         callback_url=callback_url,
-        state="received",
+        state=RequestState.RECEIVED,
     )
     session.add(req)
     session.flush()
-    audit.record(
-        session,
-        tenant=model.tenant,
-        actor=f"key:{key.prefix}",
-        action="deletion_request.received",
-        entity_type="deletion_request",
-        entity_id=req.id,
-        model_id=model.id,
-        data={
-            "model": model.name,
-            "sample_count": len(ids),
-            "sample_ids_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
-            "already_forgotten_count": len(already),
-            "reference": reference,
-        },
-    )
+    events.request_received(session, req, model_name=model.name, actor=events.key_actor(key))
     return req
 
 
-def mark_queued(session: Session, req: DeletionRequest, actor: str) -> None:
+def mark_queued(session: Session, req: DeletionRequest, actor: str = events.SERVICE) -> None:
     """Record that a worker has been asked to process the request (only if nothing has claimed it yet)."""
-    if req.state != "received":
+    if req.state != RequestState.RECEIVED:
         return
-    req.state = "queued"
-    audit.record(
-        session,
-        tenant=req.tenant,
-        actor=actor,
-        action="deletion_request.queued",
-        entity_type="deletion_request",
-        entity_id=req.id,
-        model_id=req.model_id,
+    req.state = RequestState.QUEUED
+    events.request_queued(session, req, actor=actor)
+
+
+def _locked(session: Session, request_id: str) -> DeletionRequest | None:
+    """The request row, locked and re-read, so a worker's claim and this change cannot interleave."""
+    return session.scalar(
+        select(DeletionRequest)
+        .where(DeletionRequest.id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
+
+
+def accept(
+    session: Session,
+    celery: Celery,
+    *,
+    model: Model,
+    key: ApiKey,
+    sample_ids: Sequence[str],
+    reference: str | None,
+    max_ids: int,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+) -> tuple[DeletionRequest, bool]:
+    """The whole intake of one request: (request, created). A replay of an Idempotency-Key returns the
+    first request and False. This unit of work commits twice on purpose: the request is durable before a
+    worker is woken, and `queued` is recorded only once the broker took the message (if it did not, the
+    request stays `received` and the reconciler wakes a worker later)."""
+    if idempotency_key is not None:
+        digest = body_digest(dedupe(sample_ids), reference, callback_url)
+        existing = find_idempotent(session, tenant=key.tenant, idempotency_key=idempotency_key, digest=digest)
+        if existing is not None:
+            if existing.model_id != model.id:
+                raise Unprocessable("this Idempotency-Key was already used for another model")
+            return existing, False
+    req = submit(
+        session,
+        model=model,
+        key=key,
+        sample_ids=sample_ids,
+        reference=reference,
+        max_ids=max_ids,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+        allowed_hosts=allowed_hosts,
+    )
+    session.commit()
+    if send_run_model(celery, model.id):
+        locked = _locked(session, req.id)
+        if locked is not None:
+            mark_queued(session, locked)
+            session.commit()
+            req = locked
+    return req, True
+
+
+def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> DeletionRequest:
+    """Withdraw a request no job has claimed yet (the caller commits)."""
+    req = _locked(session, request_id)
+    if req is None or req.tenant != tenant:
+        raise NotFound(f"deletion request {request_id!r} not found")
+    if req.state not in PENDING:
+        raise Conflict(
+            f"request {request_id} is {req.state}; only received or queued requests can be cancelled"
+        )
+    req.state = RequestState.CANCELLED
+    events.request_cancelled(session, req, actor=actor)
+    return req

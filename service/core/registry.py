@@ -8,8 +8,10 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from service.core import audit
+from service.core import events
 from service.core.db.tables import Dataset, DatasetSample, Model, ModelVersion
+from service.core.model_specs import check_methods, require_finite
+from service.core.states import ModelStatus
 
 _BATCH = 5000
 
@@ -47,15 +49,7 @@ def register_dataset(
     ]
     for i in range(0, len(rows), _BATCH):
         session.execute(insert(DatasetSample), rows[i : i + _BATCH])
-    audit.record(
-        session,
-        tenant=tenant,
-        actor=actor,
-        action="dataset.registered",
-        entity_type="dataset",
-        entity_id=ds.id,
-        data={"name": name, "kind": kind, "uri": uri, "num_samples": len(sample_ids)},
-    )
+    events.dataset_registered(session, ds, actor=actor)
     return ds
 
 
@@ -77,7 +71,7 @@ def register_model(
     gates: dict[str, Any],
     metrics: dict[str, Any],
     actor: str,
-    status: str = "ready",
+    status: ModelStatus = ModelStatus.READY,
     fallback_methods: Sequence[str] = (),
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
@@ -110,21 +104,26 @@ def register_model(
             metrics=metrics,
         )
     )
-    audit.record(
-        session,
-        tenant=tenant,
-        actor=actor,
-        action="model.registered",
-        entity_type="model",
-        entity_id=model.id,
-        model_id=model.id,
-        data={
-            "name": name,
-            "architecture": architecture,
-            "version": "v1",
-            "checkpoint_sha256": checkpoint_sha256,
-            "train_dataset": train.id,
-            "test_dataset": test.id,
-        },
-    )
+    events.model_registered(session, model, checkpoint_sha256=checkpoint_sha256, actor=actor)
     return model
+
+
+def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor: str) -> None:
+    """An admin's change of method, params, fallback chain, gates or retrain recipe (`changes` holds only
+    the fields sent); it applies to jobs that start afterwards. A new method without params starts from
+    that method's defaults rather than inheriting another method's params."""
+    require_finite(changes)
+    method = changes.get("default_method") or m.default_method
+    params = changes.get("default_params")
+    if params is None:
+        params = m.default_params if changes.get("default_method") is None else {}
+    fallbacks = changes.get("fallback_methods")
+    if fallbacks is None:
+        fallbacks = m.fallback_methods
+    check_methods(method, params, fallbacks)
+    m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks
+    if changes.get("gates") is not None:
+        m.gates = changes["gates"]
+    if changes.get("train_recipe") is not None:
+        m.train_recipe = changes["train_recipe"]
+    events.model_updated(session, m, changes=changes, actor=actor)

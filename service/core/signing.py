@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from service.core.audit import canonical_json
+from service.core.canonical import canonical_json
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:

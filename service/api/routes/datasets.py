@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
+from service.core import events
 from service.core.dataset_ids import read_ids
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
@@ -37,7 +38,7 @@ def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path)
             uri=str(path),
             sample_ids=ids,
             labels=labels,
-            actor=f"key:{key.prefix}",
+            actor=events.key_actor(key),
         )
     except ValueError as exc:
         raise Unprocessable(str(exc)) from exc

@@ -11,9 +11,8 @@ from service.api.pagination import newest_first, utc
 from service.api.schemas.common import Page
 from service.api.schemas.jobs import JobOut, JobState
 from service.api.views import job_out
-from service.core import audit
-from service.core.db.tables import DeletionRequest, Job, Model
-from service.core.errors import Conflict
+from service.core import events, jobs
+from service.core.db.tables import Job, Model
 from service.core.lookups import get_job, get_model
 from service.core.queue import send_run_model
 
@@ -52,24 +51,8 @@ def get_job_route(job_id: str, session: SessionDep, key: JobsReader) -> JobOut:
 def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
     """The worker checks the flag between steps (within a heartbeat interval); the job then ends
     `cancelled` and its requests with it, and no version is published."""
-    get_job(session, key.tenant, job_id)  # 404 for other tenants
-    job = session.scalars(
-        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
-    ).one()  # locked: the worker's publishing transaction and this one cannot interleave
-    if job.state != "running":
-        raise Conflict(f"job {job_id} is {job.state}; only a running job can be cancelled")
-    if not job.cancel_requested:
-        job.cancel_requested = True
-        audit.record(
-            session,
-            tenant=key.tenant,
-            actor=f"key:{key.prefix}",
-            action="job.cancel_requested",
-            entity_type="job",
-            entity_id=job.id,
-            model_id=job.model_id,
-        )
-        session.commit()
+    job = jobs.request_cancel(session, key.tenant, job_id, actor=events.key_actor(key))
+    session.commit()
     return job_out(job, session.get_one(Model, job.model_id).name)
 
 
@@ -79,24 +62,7 @@ def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
 def retry_job(job_id: str, session: SessionDep, celery: CeleryDep, key: Admin) -> JobOut:
     """After a job fails (e.g. every method missed its gates), an admin may change the model's policy and
     send its failed requests round again; they join the next job with any other pending requests."""
-    job = get_job(session, key.tenant, job_id)
-    if job.state != "failed":
-        raise Conflict(f"job {job_id} is {job.state}; only a failed job can be retried")
-    requests = session.scalars(
-        select(DeletionRequest).where(DeletionRequest.job_id == job.id, DeletionRequest.state == "failed")
-    ).all()
-    for r in requests:
-        r.state, r.error, r.job_id, r.webhook_state = "received", None, None, None
-        audit.record(
-            session,
-            tenant=key.tenant,
-            actor=f"key:{key.prefix}",
-            action="deletion_request.retried",
-            entity_type="deletion_request",
-            entity_id=r.id,
-            model_id=r.model_id,
-            data={"failed_job_id": job.id},
-        )
+    job = jobs.retry(session, key.tenant, job_id, actor=events.key_actor(key))
     session.commit()
     send_run_model(celery, job.model_id)
     return job_out(job, session.get_one(Model, job.model_id).name)

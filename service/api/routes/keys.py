@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from service.api.deps import Admin, AnyKey, SessionDep
 from service.api.schemas.keys import KeyCreate, KeyOut
-from service.core import audit
+from service.core import events
 from service.core.db.tables import ApiKey
 from service.core.errors import NotFound
 from service.core.keys import create_key, revoke_key
@@ -33,15 +33,7 @@ def create_key_route(body: KeyCreate, session: SessionDep, caller: Admin) -> Key
     if tenant != caller.tenant:
         raise NotFound(f"tenant {tenant!r} not found")
     key, plaintext = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
-    audit.record(
-        session,
-        tenant=tenant,
-        actor=f"key:{caller.prefix}",
-        action="api_key.created",
-        entity_type="api_key",
-        entity_id=key.id,
-        data={"scopes": key.scopes, "name": key.name},
-    )
+    events.key_created(session, key, actor=events.key_actor(caller))
     session.commit()
     return key_out(key, plaintext)
 
@@ -64,13 +56,6 @@ def revoke_key_route(key_id: str, session: SessionDep, caller: Admin) -> KeyOut:
     if key is None or key.tenant != caller.tenant:
         raise NotFound(f"API key {key_id!r} not found")
     revoke_key(session, key_id)
-    audit.record(
-        session,
-        tenant=key.tenant,
-        actor=f"key:{caller.prefix}",
-        action="api_key.revoked",
-        entity_type="api_key",
-        entity_id=key.id,
-    )
+    events.key_revoked(session, key, actor=events.key_actor(caller))
     session.commit()
     return key_out(key)

@@ -17,13 +17,14 @@ from service.api.schemas.models import ModelOut, VersionOut
 from service.api.schemas.registry import ModelUpdate
 from service.api.uploads import parse_model_spec, save_safetensors_upload
 from service.api.views import model_out, version_out
-from service.core import audit
+from service.core import events
 from service.core.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
 from service.core.errors import Conflict, NotFound
 from service.core.lookups import get_model, version_label
-from service.core.model_specs import check_labels, check_methods, registered_dataset, require_finite
+from service.core.model_specs import check_labels, check_methods, registered_dataset
 from service.core.queue import send_validate_model
-from service.core.registry import register_model
+from service.core.registry import register_model, update_policy
+from service.core.states import ModelStatus
 
 router = APIRouter(tags=["models"])
 upload_router = APIRouter(tags=["models"])  # carries the larger upload body limit
@@ -186,8 +187,8 @@ def register_model_route(
             train_recipe=body.train_recipe,
             gates=body.gates.model_dump(exclude_none=True),
             metrics={},
-            actor=f"key:{key.prefix}",
-            status="validating",
+            actor=events.key_actor(key),
+            status=ModelStatus.VALIDATING,
             fallback_methods=body.fallback_methods,
         )
         session.commit()
@@ -203,29 +204,8 @@ def update_model(model: str, body: ModelUpdate, session: SessionDep, key: Admin)
     """Method, params, fallback chain, gates or retrain recipe; applies to jobs that start afterwards."""
     m = get_model(session, key.tenant, model)
     changes = body.model_dump(exclude_unset=True)
-    require_finite(changes)
-    method = body.default_method or m.default_method
-    params = (
-        body.default_params
-        if body.default_params is not None
-        else (m.default_params if body.default_method is None else {})
-    )
-    fallbacks = body.fallback_methods if body.fallback_methods is not None else m.fallback_methods
-    check_methods(method, params, fallbacks)
-    m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks
     if body.gates is not None:
-        m.gates = body.gates.model_dump(exclude_none=True)
-    if body.train_recipe is not None:
-        m.train_recipe = body.train_recipe
-    audit.record(
-        session,
-        tenant=key.tenant,
-        actor=f"key:{key.prefix}",
-        action="model.updated",
-        entity_type="model",
-        entity_id=m.id,
-        model_id=m.id,
-        data=changes,
-    )
+        changes["gates"] = body.gates.model_dump(exclude_none=True)
+    update_policy(session, m, changes, actor=events.key_actor(key))
     session.commit()
     return model_out(session, m)

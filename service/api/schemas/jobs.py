@@ -12,7 +12,10 @@ class JobOut(BaseModel):
     id: str
     model: str
     state: JobState
-    phase: str = Field(description="load, unlearn, evaluate, publish, done")
+    phase: str = Field(
+        description="queued, load, evaluate_base, then unlearn:<method> and evaluate:<method> for each "
+        "method tried, publish, done"
+    )
     progress: float = Field(ge=0, le=1)
     method: str
     params: dict[str, Any]

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from service.core.states import JobPhase, JobState, ModelStatus, RequestState
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -110,7 +112,7 @@ class Model(Base):
     num_classes: Mapped[int] = mapped_column(Integer)
     train_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     test_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
-    status: Mapped[str] = mapped_column(String(20), default="ready")  # validating | ready | invalid
+    status: Mapped[str] = mapped_column(String(20), default=ModelStatus.READY)
     status_detail: Mapped[str | None] = mapped_column(Text, default=None)
     default_method: Mapped[str] = mapped_column(String(50))
     fallback_methods: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -160,12 +162,12 @@ class DeletionRequest(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     body_sha256: Mapped[str] = mapped_column(String(64))
     reference: Mapped[str | None] = mapped_column(String(500), default=None)
-    state: Mapped[str] = mapped_column(String(20), default="received")
+    state: Mapped[str] = mapped_column(String(20), default=RequestState.RECEIVED)
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
     model_version: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     callback_url: Mapped[str | None] = mapped_column(Text, default=None)
-    webhook_state: Mapped[str | None] = mapped_column(String(20), default=None)  # pending|delivered|failed
+    webhook_state: Mapped[str | None] = mapped_column(String(20), default=None)  # states.WebhookState
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -181,14 +183,14 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
-    state: Mapped[str] = mapped_column(String(20), default="running")
+    state: Mapped[str] = mapped_column(String(20), default=JobState.RUNNING)
     request_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     base_version: Mapped[int] = mapped_column(Integer)
     result_version: Mapped[int | None] = mapped_column(Integer, default=None)
     method: Mapped[str] = mapped_column(String(50))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
-    phase: Mapped[str] = mapped_column(String(30), default="queued")
+    phase: Mapped[str] = mapped_column(String(30), default=JobPhase.QUEUED)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,7 +1,6 @@
 """The admin dashboard: static files (a page, a stylesheet, ES modules with no build step) served at
-/dashboard without a key. Everything it shows comes
-from the public API, called by the browser with the user's own key (kept in the tab's sessionStorage), so
-this router holds no data and no auth of its own."""
+/dashboard without a key. Everything it shows comes from the public API, called by the browser with the
+user's own key (kept in the tab's sessionStorage), so this router holds no data and no auth of its own."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from service.core.errors import NotFound
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "dashboard"
 # The only names served (an allow-list: no path from the URL ever reaches the file system). The page loads
 # app.js as an ES module; the others are the modules it imports, all in this one folder (no subfolders).
 FILES = {

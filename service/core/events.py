@@ -1,0 +1,207 @@
+"""One function per kind of audit event, so a call site reads as a sentence
+(`events.request_cancelled(session, req, actor=...)`) and each event's name and fields are written once.
+
+Every function appends to the tenant's chain in the caller's transaction (see `audit.record`): the event
+exists if and only if the change it records is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.core.audit import record
+from service.core.db.tables import ApiKey, AuditEvent, Dataset, DeletionRequest, Job, Model, ModelVersion
+from service.core.states import JobState, ModelStatus, RequestState
+
+WORKER = "worker"  # the actor of every event a worker writes
+SERVICE = "service"  # the API process acting on its own (e.g. after enqueueing)
+
+
+def key_actor(key: ApiKey) -> str:
+    """How an API key appears in the trail: its public prefix, never the secret."""
+    return f"key:{key.prefix}"
+
+
+def _label(number: int | None) -> str | None:
+    return f"v{number}" if number else None
+
+
+def ids_digest(ids: list[str]) -> str:
+    """sha256 over the sorted IDs joined by newlines (what the trail keeps instead of the IDs)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+# -- deletion requests ---------------------------------------------------------------------------------
+
+
+def _on(
+    session: Session,
+    row: ApiKey | Dataset | DeletionRequest | Job | Model,
+    entity_type: str,
+    action: str,
+    actor: str,
+    data: dict[str, Any] | None = None,
+    *,
+    model_id: str | None = None,
+    entity_id: str | None = None,
+) -> AuditEvent:
+    """Append `<entity_type>.<action>` about `row` to its tenant's chain."""
+    return record(
+        session,
+        tenant=row.tenant,
+        actor=actor,
+        action=f"{entity_type}.{action}",
+        entity_type=entity_type,
+        entity_id=entity_id or row.id,
+        model_id=model_id,
+        data=data,
+    )
+
+
+def _request(
+    session: Session, req: DeletionRequest, action: str, actor: str, data: dict[str, Any] | None = None
+) -> AuditEvent:
+    return _on(session, req, "deletion_request", action, actor, data, model_id=req.model_id)
+
+
+def request_received(session: Session, req: DeletionRequest, *, model_name: str, actor: str) -> AuditEvent:
+    return _request(
+        session,
+        req,
+        RequestState.RECEIVED,
+        actor,
+        {
+            "model": model_name,
+            "sample_count": req.sample_count,
+            "sample_ids_sha256": ids_digest(req.sample_ids),
+            "already_forgotten_count": req.already_forgotten_count,
+            "reference": req.reference,
+        },
+    )
+
+
+def request_queued(session: Session, req: DeletionRequest, *, actor: str = SERVICE) -> AuditEvent:
+    return _request(session, req, RequestState.QUEUED, actor)
+
+
+def request_cancelled(session: Session, req: DeletionRequest, *, actor: str) -> AuditEvent:
+    return _request(session, req, RequestState.CANCELLED, actor)
+
+
+def request_retried(session: Session, req: DeletionRequest, *, failed_job_id: str, actor: str) -> AuditEvent:
+    return _request(session, req, "retried", actor, {"failed_job_id": failed_job_id})
+
+
+def request_processing(session: Session, req: DeletionRequest, *, job_id: str) -> AuditEvent:
+    return _request(session, req, RequestState.PROCESSING, WORKER, {"job_id": job_id})
+
+
+def request_closed(
+    session: Session, req: DeletionRequest, *, job: Job, result_version: int | None, error: str | None
+) -> AuditEvent:
+    """The request ended with its job: `deletion_request.completed`, `.failed` or `.cancelled`."""
+    data = {"job_id": job.id, "model_version": _label(result_version), "error": error}
+    return _request(session, req, req.state, WORKER, data)
+
+
+# -- jobs ----------------------------------------------------------------------------------------------
+
+
+def _job(
+    session: Session, job: Job, action: str, actor: str, data: dict[str, Any] | None = None
+) -> AuditEvent:
+    return _on(session, job, "job", action, actor, data, model_id=job.model_id)
+
+
+def job_created(session: Session, job: Job) -> AuditEvent:
+    data = {
+        "requests": len(job.request_ids),
+        "base_version": _label(job.base_version),
+        "method": job.method,
+        "params": job.params,
+    }
+    return _job(session, job, "created", WORKER, data)
+
+
+def job_resumed(session: Session, job: Job) -> AuditEvent:
+    return _job(session, job, "resumed", WORKER, {"attempt": job.attempts})
+
+
+def job_cancel_requested(session: Session, job: Job, *, actor: str) -> AuditEvent:
+    return _job(session, job, "cancel_requested", actor)
+
+
+def job_closed(session: Session, job: Job) -> AuditEvent:
+    """`job.completed`, `job.failed` or `job.cancelled`, with the outcome already set on the row."""
+    assert job.state != JobState.RUNNING, "a running job is not closed"
+    data = {"result_version": _label(job.result_version), "error": job.error, "attempts": job.attempts}
+    return _job(session, job, job.state, WORKER, data)
+
+
+# -- models, versions, datasets, keys --------------------------------------------------------------------
+
+
+def _model(session: Session, m: Model, action: str, actor: str, data: dict[str, Any]) -> AuditEvent:
+    return _on(session, m, "model", action, actor, data, model_id=m.id)
+
+
+def model_registered(session: Session, m: Model, *, checkpoint_sha256: str, actor: str) -> AuditEvent:
+    data = {
+        "name": m.name,
+        "architecture": m.architecture,
+        "version": "v1",
+        "checkpoint_sha256": checkpoint_sha256,
+        "train_dataset": m.train_dataset_id,
+        "test_dataset": m.test_dataset_id,
+    }
+    return _model(session, m, "registered", actor, data)
+
+
+def model_updated(session: Session, m: Model, *, changes: dict[str, Any], actor: str) -> AuditEvent:
+    return _model(session, m, "updated", actor, changes)
+
+
+def model_validated(session: Session, m: Model, *, detail: str | None, metrics: dict[str, Any]) -> AuditEvent:
+    """`model.ready` or `model.invalid`: the outcome of checking a registered checkpoint."""
+    assert m.status in (ModelStatus.READY, ModelStatus.INVALID)
+    return _model(session, m, m.status, WORKER, {"detail": detail, "metrics": metrics})
+
+
+def version_published(
+    session: Session, m: Model, v: ModelVersion, *, method: str, params: dict[str, Any]
+) -> AuditEvent:
+    data = {
+        "version": f"v{v.number}",
+        "parent": _label(v.parent_number),
+        "checkpoint_sha256": v.sha256,
+        "forgotten_count": v.forgotten_count,
+        "method": method,
+        "params": params,
+        "metrics": v.metrics,
+    }
+    return _on(
+        session,
+        m,
+        "model_version",
+        "published",
+        WORKER,
+        data,
+        model_id=m.id,
+        entity_id=f"{m.name}/v{v.number}",
+    )
+
+
+def dataset_registered(session: Session, ds: Dataset, *, actor: str) -> AuditEvent:
+    data = {"name": ds.name, "kind": ds.kind, "uri": ds.uri, "num_samples": ds.num_samples}
+    return _on(session, ds, "dataset", "registered", actor, data)
+
+
+def key_created(session: Session, key: ApiKey, *, actor: str) -> AuditEvent:
+    return _on(session, key, "api_key", "created", actor, {"scopes": key.scopes, "name": key.name})
+
+
+def key_revoked(session: Session, key: ApiKey, *, actor: str) -> AuditEvent:
+    return _on(session, key, "api_key", "revoked", actor)

@@ -1,0 +1,74 @@
+"""Job transitions that are not a worker's own: an admin cancels a running job or retries a failed one,
+and any job ends with its requests (`close`). Each writes its audit events in the caller's transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core import events
+from service.core.db.tables import DeletionRequest, Job, utcnow
+from service.core.errors import Conflict, NotFound
+from service.core.states import JobPhase, JobState, RequestState, WebhookState
+
+
+def _locked(session: Session, tenant: str, job_id: str) -> Job:
+    """The job row, locked and re-read: the worker's publishing transaction and this one cannot interleave."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if job is None or job.tenant != tenant:
+        raise NotFound(f"job {job_id!r} not found")
+    return job
+
+
+def request_cancel(session: Session, tenant: str, job_id: str, *, actor: str) -> Job:
+    """Flag a running job; its worker stops between steps (within a heartbeat) and ends it `cancelled`."""
+    job = _locked(session, tenant, job_id)
+    if job.state != JobState.RUNNING:
+        raise Conflict(f"job {job_id} is {job.state}; only a running job can be cancelled")
+    if not job.cancel_requested:
+        job.cancel_requested = True
+        events.job_cancel_requested(session, job, actor=actor)
+    return job
+
+
+def retry(session: Session, tenant: str, job_id: str, *, actor: str) -> Job:
+    """Send a failed job's requests round again (`received`); they join the next job of their model."""
+    job = _locked(session, tenant, job_id)
+    if job.state != JobState.FAILED:
+        raise Conflict(f"job {job_id} is {job.state}; only a failed job can be retried")
+    requests = session.scalars(
+        select(DeletionRequest).where(
+            DeletionRequest.job_id == job.id, DeletionRequest.state == RequestState.FAILED
+        )
+    ).all()
+    for r in requests:
+        r.state, r.error, r.job_id, r.webhook_state = RequestState.RECEIVED, None, None, None
+        events.request_retried(session, r, failed_job_id=job.id, actor=actor)
+    return job
+
+
+def close(
+    session: Session,
+    job: Job,
+    state: JobState,
+    *,
+    error: str | None = None,
+    result_version: int | None = None,
+) -> None:
+    """End a job and every request it claimed (they take the job's state), with their audit events."""
+    now = utcnow()
+    job.state, job.error, job.finished_at, job.result_version = state, error, now, result_version
+    if state == JobState.COMPLETED:
+        job.progress, job.phase = 1.0, JobPhase.DONE
+    request_state = RequestState(state)  # completed, failed and cancelled are request states too
+    requests = session.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
+    for r in requests:
+        r.state, r.error = request_state, error
+        if r.callback_url and request_state in (RequestState.COMPLETED, RequestState.FAILED):
+            r.webhook_state = WebhookState.PENDING
+        if request_state == RequestState.COMPLETED:
+            r.model_version, r.completed_at = result_version, now
+        events.request_closed(session, r, job=job, result_version=result_version, error=error)
+    events.job_closed(session, job)
