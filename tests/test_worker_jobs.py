@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from bench.quality import score
+from models.checkpoints import load_checkpoint
+from models.datasets import load_dataset
 from service.core import deletions
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import DatasetSample, DeletionRequest, Job, Model
+from service.core.db.tables import Dataset, DatasetSample, DeletionRequest, Job, Model, ModelVersion
 from service.core.keys import create_key
 from service.core.settings import Settings
 from workers.demo import ensure_demo
@@ -63,6 +66,25 @@ def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings
     assert result["forgotten_class_test_accuracy"] < base["forgotten_class_test_accuracy"]
     assert result["unlearning_accuracy"] > 0.5
     assert set(job.metrics["timings"]) >= {"load", "evaluate_base", "unlearn:ugradsl_plus", "publish"}
+    # The bench scores the published version exactly as the service did: the same numbers, class-wise MIA
+    # included (its non-members are the whole test set in both).
+    with session_scope(demo.resolved_database_url) as s:
+        m = s.get_one(Model, model_id)
+        v2 = s.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 2)
+        ).one()
+        sources = [
+            (d.kind, d.uri) for d in (s.get_one(Dataset, i) for i in (m.train_dataset_id, m.test_dataset_id))
+        ]
+        v2_uri, v2_sha256, published = v2.checkpoint_uri, v2.sha256, v2.metrics
+    train_ds, test_ds = (load_dataset(*src) for src in sources)
+    forget, retain = train_ds.split_by_ids(ids)
+    model, _ = load_checkpoint(v2_uri, sha256=v2_sha256)
+    bench = score(model, forget, retain, test_ds)
+    for key in ("mia_score", "unlearning_accuracy", "retain_accuracy", "test_accuracy"):
+        assert bench[key] == pytest.approx(published[key], abs=1e-6), key
+    assert bench["mia_loss"] == pytest.approx(published["mia_loss_score"], abs=1e-6)
+    assert bench["forgotten_class_test_accuracy"] == pytest.approx(published["forgotten_class_test_accuracy"])
 
 
 def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Settings) -> None:
@@ -100,10 +122,10 @@ def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:
 
 def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -> None:
     """Worker A's lease lapsed and B took the model over: A's failure path must not touch the job."""
+    from service.core.states import JobState
     from tests.factories import make_model
     from workers import claims, leases
-    from workers.progress import LeaseLost
-    from workers.runner import close_job
+    from workers.jobstore import JobStore, LeaseLost
 
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
@@ -118,11 +140,27 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -
         assert job is not None
         job_id = job.id
     with pytest.raises(LeaseLost):
-        close_job(url, job_id, "A", "failed", error="stale worker A")
+        JobStore(url, job_id, "A").close(JobState.FAILED, error="stale worker A")
     with session_scope(url) as s:
         job = s.get_one(Job, job_id)
         assert job.state == "running" and job.error is None
         assert s.scalars(select(DeletionRequest.state)).all() == ["processing"]
-    close_job(url, job_id, "B", "failed", error="owner B")  # the owner still can
+    JobStore(url, job_id, "B").close(JobState.FAILED, error="owner B")  # the owner still can
     with session_scope(url) as s:
         assert s.get_one(Job, job_id).state == "failed"
+
+
+def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        path = Path(s.scalars(select(ModelVersion.checkpoint_uri)).one())
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped bit: the file is no longer the one v1 recorded
+    path.write_bytes(bytes(raw))
+    model_id, req_id = submit(demo, ["digits-0001"])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, job.state) == ("failed", "failed")
+        assert "ChecksumMismatch" in (job.error or "") and "refusing to load" in (job.error or "")
+        assert s.get_one(Model, model_id).latest_version == 1

@@ -7,21 +7,20 @@ Run as `python -m workers.demo` (the launcher does); it does nothing if the mode
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-import safetensors.torch
 import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
+from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset, load_digits_split, save_npz
 from models.training import DIGITS_RECIPE, TrainRecipe, train
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from service.core.registry import register_dataset, register_model
 from service.core.settings import Settings, get_settings
-from workers.storage import version_path, write_checkpoint
+from workers.storage import version_path
 from workers.validate import v1_metrics
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,11 @@ def trained_demo(settings: Settings, train_ds: SampleDataset) -> torch.nn.Module
         else None
     )
     if cache is not None and cache.exists():
-        safetensors.torch.load_model(model, str(cache))
+        load_weights(model, cache, sha256=None)  # a local cache: no version record vouches for it
         return model
     model = train(model, train_ds, DIGITS_RECIPE)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        safetensors.torch.save_model(model, str(tmp))
-        os.replace(tmp, cache)
+        save_checkpoint(model, cache, architecture=ARCH, kwargs=ARCH_KWARGS, num_classes=10)
     return model
 
 
@@ -76,7 +72,7 @@ def register_local_model(
     metrics = v1_metrics(model, train_ds, test_ds)
     ckpt = version_path(settings.checkpoint_dir, f"{name}-registered", 1)
     num_classes = int(arch_kwargs.get("num_classes", train_ds.num_classes))
-    digest = write_checkpoint(
+    digest = save_checkpoint(
         model, ckpt, architecture=architecture, kwargs=arch_kwargs, num_classes=num_classes
     )
     with session_scope(settings.resolved_database_url) as s:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from service.core.db.engine import session_scope
 from service.core.settings import Settings
 from workers import claims, leases
-from workers.progress import LeaseLost
+from workers.jobstore import LeaseLost
 from workers.runner import run_job
 
 

@@ -16,17 +16,11 @@ from sqlalchemy import select
 
 from service.core.db.engine import session_scope
 from service.core.db.tables import Job, utcnow
+from service.core.states import JobState
 from workers import leases
+from workers.jobstore import JobCancelled, LeaseLost
 
 log = logging.getLogger(__name__)
-
-
-class LeaseLost(RuntimeError):
-    """Our lease lapsed and another worker may have taken the model over: stop without publishing."""
-
-
-class JobCancelled(RuntimeError):
-    pass
 
 
 class Reporter:
@@ -71,7 +65,9 @@ class Reporter:
                 self._lost = f"lease on model {self.model_id} lost"
                 raise LeaseLost(self._lost)
             job = s.scalar(select(Job).where(Job.id == self.job_id))
-            if job is not None and job.state != "running":  # ended (published/cancelled): nothing to report
+            if (
+                job is not None and job.state != JobState.RUNNING
+            ):  # ended (published/cancelled): nothing to report
                 return
             if job is None:
                 self._lost = f"job {self.job_id} vanished"

@@ -10,30 +10,24 @@ import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
+from models.checkpoints import load_weights
 from models.datasets import SampleDataset, load_dataset
-from models.metrics import accuracy
-from service.core import audit
+from models.metrics import evaluate
+from service.core import events
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, Model, ModelVersion
 from service.core.settings import Settings
+from service.core.states import ModelStatus
 from workers import leases
-from workers.runner import load_weights, resolve_device
+from workers.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def v1_metrics(model: torch.nn.Module, train: SampleDataset, test: SampleDataset) -> dict[str, Any]:
-    """A registered version's metrics: nothing is forgotten yet, so UA and MIA do not apply."""
-    return {
-        "retain_accuracy": accuracy(model, train),
-        "test_accuracy": accuracy(model, test),
-        "unlearning_accuracy": None,
-        "mia_score": None,
-        "mia_loss_score": None,
-        "retain_count": len(train),
-        "test_count": len(test),
-        "forget_count": 0,
-    }
+    """A registered version's metrics, scored like every version: nothing is forgotten yet, so the
+    forget set is empty and UA and MIA are None."""
+    return dict(evaluate(model, forget=train.subset([]), retain=train, test=test))
 
 
 def validate_model(settings: Settings, model_id: str) -> str:
@@ -53,38 +47,30 @@ def _validate(settings: Settings, model_id: str) -> str:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         m = s.get(Model, model_id)
-        if m is None or m.status != "validating":
+        if m is None or m.status != ModelStatus.VALIDATING:
             return "nothing to do"
         v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
         assert v1 is not None
         arch, kwargs, k = m.architecture, dict(m.arch_kwargs), m.num_classes
         train = s.get_one(Dataset, m.train_dataset_id)
         test = s.get_one(Dataset, m.test_dataset_id)
-        sources, uri = ((train.kind, train.uri), (test.kind, test.uri)), v1.checkpoint_uri
+        sources, uri, sha256 = ((train.kind, train.uri), (test.kind, test.uri)), v1.checkpoint_uri, v1.sha256
     try:
         device = resolve_device(settings.device)
-        model = build_model(arch, **{"num_classes": k, **kwargs}).to(device)
-        load_weights(model, uri, device)
+        model = build_model(arch, **{"num_classes": k, **kwargs})
+        load_weights(model, uri, sha256=sha256, device=device)
+        model.to(device)
         train_ds, test_ds = (load_dataset(*src) for src in sources)
         metrics = v1_metrics(model, train_ds, test_ds)
-        status, detail = "ready", None
+        status, detail = ModelStatus.READY, None
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
-        status, detail, metrics = "invalid", f"{type(exc).__name__}: {exc}", {}
+        status, detail, metrics = ModelStatus.INVALID, f"{type(exc).__name__}: {exc}", {}
     with session_scope(url) as s:
         m = s.get_one(Model, model_id)
         m.status, m.status_detail = status, detail
         v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
         assert v1 is not None
         v1.metrics = metrics
-        audit.record(
-            s,
-            tenant=m.tenant,
-            actor="worker",
-            action=f"model.{status}",
-            entity_type="model",
-            entity_id=m.id,
-            model_id=m.id,
-            data={"detail": detail, "metrics": metrics},
-        )
+        events.model_validated(s, m, detail=detail, metrics=metrics)
     log.info("model %s validated: %s %s", model_id, status, detail or "")
     return status

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from service.core.db.engine import session_scope
 from service.core.db.tables import DeletionRequest, Model
 from service.core.settings import Settings
+from service.core.states import WebhookState
 
 SIGNATURE_HEADER = "X-Unlearn-Signature"
 
@@ -58,7 +59,7 @@ def deliver(settings: Settings, request_id: str) -> bool:
     """Try once. True when delivered (or nothing to deliver); False means retry later."""
     with session_scope(settings.resolved_database_url) as s:
         req = s.scalar(select(DeletionRequest).where(DeletionRequest.id == request_id))
-        if req is None or req.callback_url is None or req.webhook_state != "pending":
+        if req is None or req.callback_url is None or req.webhook_state != WebhookState.PENDING:
             return True
         body = json.dumps(payload(req, s.get_one(Model, req.model_id).name), sort_keys=True).encode()
         url = req.callback_url
@@ -76,6 +77,8 @@ def deliver(settings: Settings, request_id: str) -> bool:
         ok = False
     if ok or attempts >= settings.webhook_max_attempts:
         with session_scope(settings.resolved_database_url) as s:
-            s.get_one(DeletionRequest, request_id).webhook_state = "delivered" if ok else "failed"
+            s.get_one(DeletionRequest, request_id).webhook_state = (
+                WebhookState.DELIVERED if ok else WebhookState.FAILED
+            )
         return True
     return False

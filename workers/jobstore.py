@@ -1,0 +1,184 @@
+"""Every database write of a running job, in one place. A job's path touches the database only here (and
+in the heartbeat, `workers.progress`): load its context, record each method's attempt, publish the new
+version, close the job. Each write is one short transaction, fenced by the model's lease: a worker whose
+lease lapsed gets `LeaseLost` and must stop, so it can never overwrite what the worker that took over did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.hooks import Cancelled
+from service.core import events, jobs
+from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
+from service.core.states import JobState
+
+
+class LeaseLost(RuntimeError):
+    """Our lease lapsed and another worker may have taken the model over: stop without publishing."""
+
+
+class JobCancelled(RuntimeError):
+    """An admin asked the job to stop (seen by the heartbeat between phases)."""
+
+
+@dataclass
+class JobContext:
+    """Everything a job needs, read in one transaction."""
+
+    job_id: str
+    model_id: str
+    model_name: str
+    tenant: str
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    num_classes: int
+    train: tuple[str, str]  # (kind, uri) of the training set
+    test: tuple[str, str]
+    base_version: int
+    base_uri: str
+    base_sha256: str
+    method: str
+    params: dict[str, Any]
+    gates: dict[str, Any]
+    fallback_methods: list[str]
+    train_recipe: dict[str, Any]
+    claimed_ids: list[str]
+    forgotten: set[str]
+
+
+def fenced_job(session: Session, job_id: str, owner: str) -> Job:
+    """The job, locked together with its model row, if `owner` still holds the model's lease and the job
+    is still running; else LeaseLost. Lock order is model then job, as in the heartbeat (lease renewal,
+    then progress), so the two cannot deadlock."""
+    model_id = session.scalar(select(Job.model_id).where(Job.id == job_id))
+    if model_id is None:
+        raise LeaseLost(f"job {job_id} vanished")
+    model = session.scalar(
+        select(Model).where(Model.id == model_id).with_for_update().execution_options(populate_existing=True)
+    )
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if model is None or job is None or model.lease_owner != owner or job.state != JobState.RUNNING:
+        raise LeaseLost(f"job {job_id} is no longer ours; leaving it to its owner")
+    return job
+
+
+class JobStore:
+    """The writes of one job by one lease owner."""
+
+    def __init__(self, url: str, job_id: str, owner: str) -> None:
+        self.url, self.job_id, self.owner = url, job_id, owner
+
+    @contextmanager
+    def _fenced(self) -> Iterator[tuple[Session, Job]]:
+        with session_scope(self.url) as s:
+            yield s, fenced_job(s, self.job_id, self.owner)
+
+    def load_context(self) -> JobContext:
+        """Read the job, its model, base version, datasets and IDs; stamp its start. A resumed job
+        restarts from the latest published version and from the start of the model's method chain."""
+        with session_scope(self.url) as s:
+            job = s.get_one(Job, self.job_id)
+            model = s.get_one(Model, job.model_id)
+            base = s.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.model_id == model.id, ModelVersion.number == model.latest_version
+                )
+            ).one()
+            train, test = (
+                s.get_one(Dataset, model.train_dataset_id),
+                s.get_one(Dataset, model.test_dataset_id),
+            )
+            requests = s.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
+            forgotten = s.scalars(
+                select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
+            )
+            job.base_version, job.started_at, job.heartbeat_at = model.latest_version, utcnow(), utcnow()
+            return JobContext(
+                job_id=job.id,
+                model_id=model.id,
+                model_name=model.name,
+                tenant=model.tenant,
+                architecture=model.architecture,
+                arch_kwargs=dict(model.arch_kwargs),
+                num_classes=model.num_classes,
+                train=(train.kind, train.uri),
+                test=(test.kind, test.uri),
+                base_version=model.latest_version,
+                base_uri=base.checkpoint_uri,
+                base_sha256=base.sha256,
+                method=model.default_method,
+                params=dict(model.default_params),
+                gates=dict(model.gates),
+                fallback_methods=list(model.fallback_methods),
+                train_recipe=dict(model.train_recipe),
+                claimed_ids=list(dict.fromkeys(i for r in requests for i in r.sample_ids)),
+                forgotten=set(forgotten),
+            )
+
+    def record_attempt(
+        self,
+        method: str,
+        params: dict[str, Any],
+        base: dict[str, Any],
+        result: dict[str, Any],
+        attempts: list[dict[str, Any]],
+    ) -> None:
+        """The method now being tried and every attempt so far, so a failed job shows why."""
+        with self._fenced() as (_, job):
+            job.method, job.params = method, params
+            job.metrics = {"base": base, "result": result, "attempts": attempts}
+
+    def publish(
+        self,
+        ctx: JobContext,
+        *,
+        checkpoint_uri: str,
+        sha256: str,
+        new_ids: list[str],
+        metrics: dict[str, Any],
+        timings: dict[str, float],
+        method: str,
+        params: dict[str, Any],
+    ) -> int:
+        """Record the new version, the forgotten IDs, the job and its requests in one transaction; return
+        the version number. Raises LeaseLost (someone else owns the model, or it moved on) or Cancelled (a
+        cancel landed before this commit: it wins)."""
+        number = ctx.base_version + 1
+        with self._fenced() as (s, job):
+            m = s.get_one(Model, ctx.model_id)
+            if m.latest_version != ctx.base_version:
+                raise LeaseLost("the model moved on while this job ran; not publishing")
+            job.metrics = {**job.metrics, "timings": timings}
+            if job.cancel_requested:
+                raise Cancelled("cancelled before publishing")
+            version = ModelVersion(
+                model_id=m.id,
+                number=number,
+                parent_number=ctx.base_version,
+                checkpoint_uri=checkpoint_uri,
+                sha256=sha256,
+                forgotten_count=len(ctx.forgotten) + len(new_ids),
+                metrics=metrics,
+                job_id=ctx.job_id,
+            )
+            s.add(version)
+            s.add_all(ForgottenSample(model_id=m.id, sample_id=i, version_number=number) for i in new_ids)
+            m.latest_version = number
+            events.version_published(s, m, version, method=method, params=params)
+            jobs.close(s, job, JobState.COMPLETED, result_version=number)
+        return number
+
+    def close(self, state: JobState, *, error: str | None = None, result_version: int | None = None) -> None:
+        """End the job and its requests, only while we still own it."""
+        with self._fenced() as (s, job):
+            jobs.close(s, job, state, error=error, result_version=result_version)
