@@ -8,7 +8,6 @@ It imports nothing heavy (no torch, no database), so the CLI starts fast on any 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +15,6 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_REQUEST_STATES = frozenset({"completed", "failed", "cancelled"})
-TERMINAL_JOB_STATES = frozenset({"completed", "failed", "cancelled"})
 
 
 class ApiError(Exception):
@@ -106,22 +104,10 @@ class Client:
     def post(self, path: str, body: Any = None) -> Any:
         return self._send("POST", path, json=body).json()
 
-    def paginate(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
-        cursor = None
-        while True:
-            page = self.get(path, cursor=cursor, **params)
-            yield from page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-
     # -- the API ---------------------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get("/v1/models"))
-
-    def model(self, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self.get(f"/v1/models/{name}"))
 
     def versions(self, model: str) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get(f"/v1/models/{model}/versions"))
@@ -148,9 +134,6 @@ class Client:
 
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get("/v1/jobs", **filters)["items"])
-
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self.post(f"/v1/jobs/{job_id}/cancel"))
 
     def audit_verify(self) -> dict[str, Any]:
         return cast(dict[str, Any], self.get("/v1/audit/verify"))

@@ -1,0 +1,121 @@
+"""The verbs that produce or check evidence: download a certificate or the signing key, export or verify
+the audit chain, and check a certificate offline.
+
+`verify-certificate` needs neither a server nor a key, nor the database library; it imports
+`service.core.signing` (cryptography only) when it runs, so the other verbs never load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from service.cli.client import Client
+
+
+def _write_output(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def cmd_certificate(client: Client, args: argparse.Namespace) -> int:
+    signed = client.certificate(args.request_id)
+    _write_output(args.output, json.dumps(signed, indent=2, ensure_ascii=False) + "\n")
+    if args.output != "-":
+        print(f"wrote the signed certificate of request {args.request_id} to {args.output}")
+    return 0
+
+
+def cmd_public_key(client: Client, args: argparse.Namespace) -> int:
+    key = client.public_key()
+    _write_output(args.output, key["pem"])
+    if args.output != "-":
+        print(f"wrote the service's {key['algorithm']} public key to {args.output}")
+    return 0
+
+
+def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
+    filters = {"since": args.since, "until": args.until, "model": args.model}
+    if args.output == "-":
+        client.audit_export(args.format, sys.stdout.buffer, **filters)
+        return 0
+    tmp = Path(args.output + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            size = client.audit_export(args.format, fh, **filters)
+        tmp.replace(args.output)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    with open(args.output, newline="") as fh:
+        rows = sum(1 for _ in (csv.reader(fh) if args.format == "csv" else fh))
+    events = max(rows - 1, 0) if args.format == "csv" else rows
+    print(f"wrote {events} audit event(s) ({size} bytes, {args.format}) to {args.output}")
+    return 0
+
+
+def cmd_audit_verify(client: Client, _args: argparse.Namespace) -> int:
+    result = client.audit_verify()
+    if result["ok"]:
+        print(f"audit chain OK: {result['events']} event(s), head {result['head']}")
+        return 0
+    print(
+        f"audit chain BROKEN at event seq {result['first_broken_seq']} "
+        f"({result['events']} event(s) before it verify)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_verify_certificate(args: argparse.Namespace) -> int:
+    """Offline: no server, no key. Checks the Ed25519 signature over the certificate's canonical JSON."""
+    from service.core.signing import public_key_b64_from_pem, verify_document
+
+    try:
+        signed = json.loads(Path(args.file).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        print(f"certificate INVALID: {args.file} is not JSON ({exc})", file=sys.stderr)
+        return 1
+    trusted = None
+    if args.public_key:
+        try:
+            trusted = public_key_b64_from_pem(Path(args.public_key).read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.public_key}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UsageError(f"{args.public_key} is not an Ed25519 public key in PEM: {exc}") from None
+    if not isinstance(signed, dict):
+        print("certificate INVALID: malformed certificate: not a JSON object", file=sys.stderr)
+        return 1
+    ok, reason = verify_document(signed, trusted)
+    if not ok:
+        print(f"certificate INVALID: {reason}", file=sys.stderr)
+        return 1
+    cert = signed["certificate"]
+    before, after = cert.get("version_before") or {}, cert.get("version_after") or {}
+    print(
+        f"certificate valid: request {cert.get('request_id')} ({cert.get('reference') or 'no reference'}), "
+        f"{cert.get('sample_count')} sample(s) forgotten by {cert.get('model')} "
+        f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
+    )
+    if trusted is None:
+        print(
+            "note: checked against the key embedded in the certificate only; pass --public-key with the "
+            "service's PEM (`unlearn public-key -o key.pem`) to check who signed it"
+        )
+    return 0

@@ -1,0 +1,146 @@
+"""The `unlearn` command line: every verb, its flags, and the function that runs it.
+
+Building the parser imports the verb modules, which import nothing heavy until a verb runs, so
+`unlearn --help` and the client verbs start without the database, the server or rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from service.cli.documents import (
+    cmd_audit_export,
+    cmd_audit_verify,
+    cmd_certificate,
+    cmd_public_key,
+    cmd_verify_certificate,
+)
+from service.cli.request import cmd_request
+from service.cli.server import cmd_api, cmd_beat, cmd_db, cmd_keys, cmd_run, cmd_worker
+from service.cli.verbs import client_verb, cmd_jobs, cmd_models, cmd_requests, cmd_versions
+
+if TYPE_CHECKING:
+    from service.cli.client import Client
+
+# The same names as service.core.keys.SCOPES, spelled out so the client verbs need not import the database.
+SCOPE_NAMES = ("deletion:write", "jobs:read", "audit:read", "admin")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unlearn",
+        description="The unlearning service: start it (run, api, worker, beat, db, keys) or use it "
+        "(models, request, jobs, versions, requests, certificate, public-key, audit, verify-certificate).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # Server verbs (they read the settings: UNLEARN_VAR_DIR, DATABASE_URL, ...).
+    sub.add_parser(
+        "run", help="start the embedded stack: migrations, demo model, worker and API"
+    ).set_defaults(fn=cmd_run)
+    api = sub.add_parser("api", help="start the API server only (production)")
+    api.add_argument("--workers", type=int, default=1)
+    api.set_defaults(fn=cmd_api)
+    worker = sub.add_parser("worker", help="start a Celery worker (production)")
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
+    worker.set_defaults(fn=cmd_worker)
+    sub.add_parser("beat", help="start the periodic reconciler (production: exactly one)").set_defaults(
+        fn=cmd_beat
+    )
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade", "check"])
+    db.set_defaults(fn=cmd_db)
+
+    # Connection flags of the client verbs (they talk to a running server).
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", help="server URL (env UNLEARN_URL, default http://127.0.0.1:8000)")
+    conn.add_argument(
+        "--api-key",
+        help="API key (prefer env UNLEARN_API_KEY; else, for a local server, $UNLEARN_VAR_DIR/admin.key)",
+    )
+    conn.add_argument("--http-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+
+    keys = sub.add_parser(
+        "keys", help="create or revoke API keys (in the configured database, or --api through a server)"
+    )
+    ksub = keys.add_subparsers(dest="action", required=True)
+    api_help = (
+        "through the API of a running server with an admin key (its own tenant) instead of the database"
+    )
+    kc = ksub.add_parser("create", parents=[conn])
+    kc.add_argument("--tenant", help="required without --api; with --api, defaults to the admin key's tenant")
+    kc.add_argument("--scopes", nargs="+", required=True, choices=SCOPE_NAMES, metavar="SCOPE")
+    kc.add_argument("--name", default="")
+    kc.add_argument("--api", action="store_true", help=api_help)
+    kr = ksub.add_parser("revoke", parents=[conn])
+    kr.add_argument("id")
+    kr.add_argument("--api", action="store_true", help=api_help)
+    keys.set_defaults(fn=cmd_keys)
+
+    def client_parser(name: str, fn: Callable[[Client, argparse.Namespace], int], **kw: Any) -> Any:
+        sp = sub.add_parser(name, parents=[conn], **kw)
+        sp.set_defaults(client_fn=client_verb(fn))
+        return sp
+
+    client_parser("models", cmd_models, help="list models: latest version, pending requests, gates")
+
+    rq = client_parser("request", cmd_request, help="ask a model to forget training samples")
+    rq.add_argument("model")
+    rq.add_argument("--ids-file", required=True, help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument("--reference", help="your reference, e.g. a ticket number")
+    rq.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
+    )
+    rq.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
+    rq.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+
+    jb = client_parser("jobs", cmd_jobs, help="list jobs with state and progress")
+    jb.add_argument("--model")
+    jb.add_argument("--state", choices=["running", "completed", "failed", "cancelled"])
+    jb.add_argument("--limit", type=int, default=20)
+    jb.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    jb.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+
+    vs = client_parser("versions", cmd_versions, help="a model's version line with metrics and hashes")
+    vs.add_argument("model")
+    vs.add_argument("--full", action="store_true", help="print whole checkpoint hashes")
+
+    rs = client_parser("requests", cmd_requests, help="find deletion requests by id, reference, state")
+    rs.add_argument("id", nargs="?", help="one request id")
+    rs.add_argument("--model")
+    rs.add_argument("--reference")
+    rs.add_argument(
+        "--state", choices=["received", "queued", "processing", "completed", "failed", "cancelled"]
+    )
+    rs.add_argument("--limit", type=int, default=50)
+
+    ce = client_parser(
+        "certificate", cmd_certificate, help="download a completed request's signed certificate"
+    )
+    ce.add_argument("request_id")
+    ce.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+
+    pk = client_parser("public-key", cmd_public_key, help="download the key that signs certificates (PEM)")
+    pk.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+
+    au = sub.add_parser("audit", help="export or verify the hash-chained audit trail")
+    asub = au.add_subparsers(dest="action", required=True)
+    ae = asub.add_parser("export", parents=[conn], help="stream the audit trail to a file")
+    ae.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ae.add_argument("-o", "--output", required=True, help="file to write (- for stdout)")
+    ae.add_argument("--since", help="ISO time with a timezone, e.g. 2026-01-01T00:00:00Z")
+    ae.add_argument("--until", help="ISO time with a timezone")
+    ae.add_argument("--model")
+    ae.set_defaults(client_fn=client_verb(cmd_audit_export))
+    av = asub.add_parser("verify", parents=[conn], help="recompute the chain on the server")
+    av.set_defaults(client_fn=client_verb(cmd_audit_verify))
+
+    vc = sub.add_parser(
+        "verify-certificate", help="check a certificate's Ed25519 signature offline (no server needed)"
+    )
+    vc.add_argument("file", help="the signed certificate (JSON, as served by the API)")
+    vc.add_argument("--public-key", help="the service's public key (PEM); without it only self-consistency")
+    vc.set_defaults(client_fn=cmd_verify_certificate)
+    return p

@@ -1,0 +1,144 @@
+"""`unlearn request`: read the sample IDs, submit the deletion request and, with --wait, follow it with a
+progress bar and print the new version's metrics.
+
+The one verb that waits, so it has a module of its own; it needs the client and rich only while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.cli.errors import UsageError
+from service.cli.render import console, metrics_table, short
+
+if TYPE_CHECKING:
+    from service.cli.client import Client
+
+
+def read_ids(path: str) -> list[str]:
+    """One sample ID per line (blank lines and `#` comments ignored), or a JSON list; `-` reads stdin."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read the ids file {path}: {exc.strerror or exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            ids = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{path} looks like JSON but does not parse: {exc}") from None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise UsageError(f"{path}: a JSON ids file must be a list of strings")
+    else:
+        ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        ids = [i for i in ids if i]
+    if not ids:
+        raise UsageError(f"{path} holds no sample IDs")
+    return ids
+
+
+def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, interval: float) -> dict[str, Any]:
+    """Poll the request (and its job, when the key may read jobs) with a progress bar on stderr."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from service.cli.client import TERMINAL_REQUEST_STATES, ApiError
+
+    can_read_jobs = True
+    deadline = time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[phase]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console(stderr=True)) as progress:
+        task = progress.add_task(f"request {short(req['id'])}", total=1.0, phase=req["state"])
+        while True:
+            if req["state"] in TERMINAL_REQUEST_STATES:
+                if req["state"] == "completed":
+                    progress.update(task, completed=1.0, phase="completed")
+                else:
+                    progress.update(task, phase=req["state"])
+                return req
+            if req.get("job_id") and can_read_jobs:
+                try:
+                    job = client.job(req["job_id"])
+                except ApiError as exc:
+                    if exc.kind != "forbidden":
+                        raise
+                    can_read_jobs = False  # a product key: follow the request's state only
+                else:
+                    progress.update(
+                        task,
+                        completed=job["progress"],
+                        description=f"job {short(job['id'])} {job['method']}",
+                        phase=f"{job['phase']} (attempt {job['attempts']})",
+                    )
+            else:
+                progress.update(task, phase=req["state"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"request {req['id']} is still {req['state']} after {timeout:.0f}s")
+            time.sleep(interval)
+            req = client.request(req["id"])
+
+
+def _print_result(client: Client, req: dict[str, Any]) -> None:
+    from service.cli.client import ApiError
+
+    out = console()
+    out.print(
+        f"request {req['id']} {req['state']}: model {req['model']}, {req['sample_count']} sample(s)"
+        + (f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else "")
+    )
+    if req["state"] != "completed":
+        if req.get("error"):
+            out.print(f"error: {req['error']}")
+        return
+    try:
+        job = client.job(req["job_id"]) if req.get("job_id") else None
+        versions = {v["version"]: v for v in client.versions(req["model"])}
+    except ApiError as exc:
+        if exc.kind != "forbidden":
+            raise
+        out.print(f"new version: {req['model_version']} (metrics need a key with jobs:read)")
+        return
+    new = versions.get(req["model_version"] or "")
+    if job is None or new is None:
+        out.print(f"version: {req['model_version']} (no new job was needed)")
+        return
+    base, result = job["metrics"].get("base") or {}, job["metrics"].get("result") or new["metrics"]
+    out.print(
+        f"new version {new['version']} of {req['model']} (parent {new['parent']}), job {job['id']}, "
+        f"method {job['method']}, {job['attempts']} attempt(s)"
+    )
+    table = metrics_table(req["model"], job, new, base, result)
+    counts = ", ".join(
+        f"{k.removesuffix('_count')} {result[k]}"
+        for k in ("forget_count", "retain_count", "test_count")
+        if k in result
+    )
+    out.print(table)
+    if counts:
+        out.print(f"samples measured: {counts}")
+    out.print(f"checkpoint sha256: {new['checkpoint_sha256']}")
+
+
+def cmd_request(client: Client, args: argparse.Namespace) -> int:
+    ids = read_ids(args.ids_file)
+    req = client.create_request(args.model, ids, args.reference)
+    note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
+    print(
+        f"request {req['id']} accepted: {req['sample_count']} sample(s) for {req['model']}{note}; "
+        f"state {req['state']}",
+        flush=True,
+    )
+    if not args.wait:
+        return 0
+    req = _wait_for_request(client, req, args.timeout, args.interval)
+    _print_result(client, req)
+    return 0 if req["state"] == "completed" else 1

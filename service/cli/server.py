@@ -1,0 +1,163 @@
+"""The server verbs: start the embedded stack or one production process, and manage the schema and keys
+straight in the configured database.
+
+The only verbs that touch the database or the server code; they import it (and uvicorn) inside each
+function, so importing this module, as the parser does, stays as light as the client verbs need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.core.settings import Settings
+
+
+def _worker_argv(settings: Settings, *, beat: bool, name: str = "worker@%h") -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "-n",
+        name,
+        "-Q",
+        settings.queue_name,
+    ]
+    if beat:
+        argv += ["-B", "-s", str((settings.var_dir / "celerybeat-schedule").resolve())]
+    return argv
+
+
+def ensure_admin_key(settings: Settings) -> str:
+    """Reuse the key in var/admin.key if it still works, else create one and write it there (mode 600)."""
+    from service.core.db.engine import session_scope
+    from service.core.keys import SCOPES, create_key, find_key
+
+    path = settings.var_dir / "admin.key"
+    url = settings.resolved_database_url
+    if path.exists():
+        existing = path.read_text().strip()
+        with session_scope(url) as s:
+            if find_key(s, existing) is not None:
+                return existing
+    with session_scope(url) as s:
+        _, plaintext = create_key(s, tenant="default", scopes=SCOPES, name="embedded admin")
+    path.write_text(plaintext + "\n")
+    path.chmod(0o600)
+    return plaintext
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.core.db import migrate
+
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    key = ensure_admin_key(settings)
+    print(f"Admin API key: {key}\n(also in {settings.var_dir / 'admin.key'})", flush=True)
+    if settings.demo:
+        subprocess.run([sys.executable, "-m", "workers.demo"], check=True)
+    worker = subprocess.Popen(_worker_argv(settings, beat=True, name="embedded@%h"))
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a normal exit so the
+    # `finally` below stops the worker instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    try:
+        from service.api.app import create_app
+
+        base = f"http://{settings.host}:{settings.port}"
+        print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "service.api.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    argv = _worker_argv(settings, beat=args.beat)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
+    """The periodic reconciler on its own (production runs exactly one of these)."""
+    schedule = str((settings.var_dir / "celerybeat-schedule").resolve())
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "-s",
+        schedule,
+        "--loglevel=INFO",
+    ]
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from service.core.db import migrate
+
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Keys straight in the database this machine is configured for (bootstrap, other tenants)."""
+    from service.core.db.engine import session_scope
+    from service.core.keys import create_key, revoke_key
+
+    if args.action == "create" and not args.tenant:
+        print(
+            "error: --tenant is required (or use --api to create a key in your own tenant)", file=sys.stderr
+        )
+        return 2
+    with session_scope(settings.resolved_database_url) as s:
+        if args.action == "create":
+            try:
+                key, plaintext = create_key(s, tenant=args.tenant, scopes=args.scopes, name=args.name)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}")
+        else:
+            if revoke_key(s, args.id) is None:
+                print(f"error: no key with id {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.id}")
+    return 0
