@@ -12,13 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-KNOWN_GATES = (
-    "max_test_accuracy_drop",
-    "max_retain_accuracy_drop",
-    "max_forget_accuracy_above_test",
-    "min_mia_score",
-)
-
 
 def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> list[str]:
     """Return one human-readable reason per failed gate (empty: all passed)."""

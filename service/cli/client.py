@@ -13,8 +13,10 @@ from typing import Any, cast
 
 import httpx
 
+from service.core.states import RequestState
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL_REQUEST_STATES = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_REQUEST_STATES = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED})
 
 
 class ApiError(Exception):

@@ -20,6 +20,7 @@ from service.cli.documents import (
 from service.cli.request import cmd_request
 from service.cli.server import cmd_api, cmd_beat, cmd_db, cmd_keys, cmd_run, cmd_worker
 from service.cli.verbs import client_verb, cmd_jobs, cmd_models, cmd_requests, cmd_versions
+from service.core.states import JobState, RequestState
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jb = client_parser("jobs", cmd_jobs, help="list jobs with state and progress")
     jb.add_argument("--model")
-    jb.add_argument("--state", choices=["running", "completed", "failed", "cancelled"])
+    jb.add_argument("--state", choices=[s.value for s in JobState])
     jb.add_argument("--limit", type=int, default=20)
     jb.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     jb.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -111,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("id", nargs="?", help="one request id")
     rs.add_argument("--model")
     rs.add_argument("--reference")
-    rs.add_argument(
-        "--state", choices=["received", "queued", "processing", "completed", "failed", "cancelled"]
-    )
+    rs.add_argument("--state", choices=[s.value for s in RequestState])
     rs.add_argument("--limit", type=int, default=50)
 
     ce = client_parser(

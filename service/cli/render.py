@@ -11,6 +11,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from service.core.states import JobState
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -80,7 +82,12 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         ("error", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    colour = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow"}
+    colour = {
+        JobState.RUNNING: "cyan",
+        JobState.COMPLETED: "green",
+        JobState.FAILED: "red",
+        JobState.CANCELLED: "yellow",
+    }
     for j in jobs:
         age = j.get("heartbeat_age_s")
         table.add_row(
@@ -93,7 +100,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             str(j["attempts"]),
             f"{j['base_version']} -> {j['result_version'] or '?'}",
             str(len(j["request_ids"])),
-            f"{age:.0f}s ago" if age is not None and j["state"] == "running" else "-",
+            f"{age:.0f}s ago" if age is not None and j["state"] == JobState.RUNNING else "-",
             (j.get("error") or "")[:60],
         )
     return table

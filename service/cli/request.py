@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.cli.errors import UsageError
 from service.cli.render import console, metrics_table, short
+from service.core.states import RequestState
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -60,8 +61,8 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
         task = progress.add_task(f"request {short(req['id'])}", total=1.0, phase=req["state"])
         while True:
             if req["state"] in TERMINAL_REQUEST_STATES:
-                if req["state"] == "completed":
-                    progress.update(task, completed=1.0, phase="completed")
+                if req["state"] == RequestState.COMPLETED:
+                    progress.update(task, completed=1.0, phase=RequestState.COMPLETED)
                 else:
                     progress.update(task, phase=req["state"])
                 return req
@@ -95,7 +96,7 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
         f"request {req['id']} {req['state']}: model {req['model']}, {req['sample_count']} sample(s)"
         + (f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else "")
     )
-    if req["state"] != "completed":
+    if req["state"] != RequestState.COMPLETED:
         if req.get("error"):
             out.print(f"error: {req['error']}")
         return
