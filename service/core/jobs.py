@@ -44,7 +44,8 @@ def retry(session: Session, tenant: str, job_id: str, *, actor: str) -> Job:
         )
     ).all()
     for r in requests:
-        r.state, r.error, r.job_id, r.webhook_state = RequestState.RECEIVED, None, None, None
+        r.state, r.error, r.job_id = RequestState.RECEIVED, None, None
+        r.webhook_state, r.webhook_attempts = None, 0  # its next outcome gets a full delivery budget
         events.request_retried(session, r, failed_job_id=job.id, actor=actor)
     return job
 

@@ -1,0 +1,152 @@
+"""Acceptance gates (`workers.gates.check`), each at its boundary. The boundary values are exact binary
+fractions (multiples of 1/16), so these tests pin the comparison itself, not floating-point rounding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.gates import check
+
+GATES = (
+    "max_test_accuracy_drop",
+    "max_retain_accuracy_drop",
+    "max_forget_accuracy_above_test",
+    "min_mia_score",
+)
+BASE = {"test_accuracy": 0.75, "retain_accuracy": 0.875}
+
+
+def result(
+    *,
+    test_accuracy: float = 0.75,
+    retain_accuracy: float = 0.875,
+    unlearning_accuracy: float = 0.5,
+    mia_score: float | None = 0.5,
+) -> dict[str, Any]:
+    """A version's metrics; by default no worse than BASE and a forget set that looks unseen."""
+    return {
+        "test_accuracy": test_accuracy,
+        "retain_accuracy": retain_accuracy,
+        "unlearning_accuracy": unlearning_accuracy,
+        "mia_score": mia_score,
+    }
+
+
+def test_the_defaults_of_these_tests_pass_every_gate() -> None:
+    gates = dict.fromkeys(GATES, 0.0) | {"min_mia_score": 0.5}
+    assert check(gates, BASE, result()) == []
+
+
+# -- max_test_accuracy_drop ----------------------------------------------------------------------------
+
+
+def test_a_test_accuracy_drop_equal_to_the_gate_passes() -> None:
+    assert check({"max_test_accuracy_drop": 0.25}, BASE, result(test_accuracy=0.5)) == []
+
+
+def test_a_test_accuracy_drop_beyond_the_gate_fails_saying_by_how_much() -> None:
+    failures = check({"max_test_accuracy_drop": 0.25}, BASE, result(test_accuracy=0.4375))
+    assert failures == ["test accuracy dropped 0.3125 > 0.25"]
+
+
+def test_a_test_accuracy_gain_passes_a_zero_drop_gate() -> None:
+    assert check({"max_test_accuracy_drop": 0.0}, BASE, result(test_accuracy=0.8125)) == []
+
+
+def test_a_zero_test_accuracy_gate_is_enforced_not_treated_as_unset() -> None:
+    assert len(check({"max_test_accuracy_drop": 0.0}, BASE, result(test_accuracy=0.6875))) == 1
+
+
+def test_a_test_accuracy_drop_equal_to_a_decimal_gate_passes() -> None:
+    base = {**BASE, "test_accuracy": 18 / 20}
+    assert check({"max_test_accuracy_drop": 0.05}, base, result(test_accuracy=17 / 20)) == []
+
+
+# -- max_retain_accuracy_drop --------------------------------------------------------------------------
+
+
+def test_a_retain_accuracy_drop_equal_to_the_gate_passes() -> None:
+    assert check({"max_retain_accuracy_drop": 0.125}, BASE, result(retain_accuracy=0.75)) == []
+
+
+def test_a_retain_accuracy_drop_beyond_the_gate_fails_saying_by_how_much() -> None:
+    failures = check({"max_retain_accuracy_drop": 0.125}, BASE, result(retain_accuracy=0.6875))
+    assert failures == ["retain accuracy dropped 0.1875 > 0.125"]
+
+
+def test_the_retain_gate_ignores_a_test_accuracy_drop() -> None:
+    assert check({"max_retain_accuracy_drop": 0.0}, BASE, result(test_accuracy=0.0)) == []
+
+
+# -- max_forget_accuracy_above_test --------------------------------------------------------------------
+
+
+def test_forget_accuracy_exactly_the_margin_above_test_accuracy_passes() -> None:
+    # forget accuracy = 1 - unlearning accuracy = 0.75 = test accuracy 0.5 + margin 0.25
+    gates = {"max_forget_accuracy_above_test": 0.25}
+    assert check(gates, BASE, result(test_accuracy=0.5, unlearning_accuracy=0.25)) == []
+
+
+def test_forget_accuracy_beyond_the_margin_above_test_accuracy_fails() -> None:
+    gates = {"max_forget_accuracy_above_test": 0.25}
+    failures = check(gates, BASE, result(test_accuracy=0.5, unlearning_accuracy=0.1875))
+    assert failures == ["forget-set accuracy 0.8125 > test accuracy 0.5000 + 0.25"]
+
+
+def test_the_forget_gate_compares_with_the_new_test_accuracy_not_the_base() -> None:
+    # 0.75 forget accuracy is fine against the base's 0.75 test accuracy, not against the result's 0.5
+    gates = {"max_forget_accuracy_above_test": 0.0}
+    assert len(check(gates, BASE, result(test_accuracy=0.5, unlearning_accuracy=0.25))) == 1
+
+
+# -- min_mia_score -------------------------------------------------------------------------------------
+
+
+def test_a_mia_score_equal_to_the_minimum_passes() -> None:
+    assert check({"min_mia_score": 0.625}, BASE, result(mia_score=0.625)) == []
+
+
+def test_a_mia_score_below_the_minimum_fails() -> None:
+    assert check({"min_mia_score": 0.625}, BASE, result(mia_score=0.5625)) == ["MIA score 0.5625 < 0.625"]
+
+
+def test_the_mia_gate_is_skipped_when_the_result_has_no_mia_score() -> None:
+    assert check({"min_mia_score": 1.0}, BASE, result(mia_score=None)) == []
+
+
+def test_the_mia_gate_is_skipped_when_the_result_lacks_the_mia_key() -> None:
+    metrics = result()
+    del metrics["mia_score"]
+    assert check({"min_mia_score": 1.0}, BASE, metrics) == []
+
+
+# -- several gates -------------------------------------------------------------------------------------
+
+
+def test_every_failed_gate_is_reported_together_in_gate_order() -> None:
+    gates = {
+        "min_mia_score": 0.5,
+        "max_forget_accuracy_above_test": 0.0,
+        "max_retain_accuracy_drop": 0.0,
+        "max_test_accuracy_drop": 0.0,
+    }
+    bad = result(test_accuracy=0.5, retain_accuracy=0.5, unlearning_accuracy=0.0, mia_score=0.0)
+    failures = check(gates, BASE, bad)
+    assert [f.split()[0] for f in failures] == ["test", "retain", "forget-set", "MIA"]
+
+
+def test_only_the_failing_gates_are_reported() -> None:
+    gates = {"max_test_accuracy_drop": 0.0, "max_retain_accuracy_drop": 0.5, "min_mia_score": 0.75}
+    failures = check(gates, BASE, result(test_accuracy=0.5, retain_accuracy=0.5, mia_score=0.5))
+    assert failures == ["test accuracy dropped 0.2500 > 0.0", "MIA score 0.5000 < 0.75"]
+
+
+def test_no_gates_pass_anything() -> None:
+    worst = result(test_accuracy=0.0, retain_accuracy=0.0, unlearning_accuracy=0.0, mia_score=0.0)
+    assert check({}, BASE, worst) == []
+
+
+def test_a_gate_set_to_none_is_not_applied() -> None:
+    gates = {name: None for name in GATES}
+    worst = result(test_accuracy=0.0, retain_accuracy=0.0, unlearning_accuracy=0.0, mia_score=0.0)
+    assert check(gates, BASE, worst) == []

@@ -1,0 +1,158 @@
+"""The per-model lease (`workers.leases`): one owner at a time, taken over only once it lapses. Each step
+runs in its own transaction and the outcome is read back from the database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from service.core.db.engine import session_scope
+from service.core.db.tables import Model, utcnow
+from tests.factories import make_model
+from workers import leases
+
+
+@pytest.fixture
+def model_id(db_url: str) -> str:
+    with session_scope(db_url) as s:
+        return make_model(s, name="toy").id
+
+
+def acquire(url: str, model_id: str, owner: str, seconds: float = 60) -> bool:
+    with session_scope(url) as s:
+        return leases.acquire(s, model_id, owner, seconds)
+
+
+def renew(url: str, model_id: str, owner: str, seconds: float = 60) -> bool:
+    with session_scope(url) as s:
+        return leases.renew(s, model_id, owner, seconds)
+
+
+def release(url: str, model_id: str, owner: str) -> None:
+    with session_scope(url) as s:
+        leases.release(s, model_id, owner)
+
+
+def lease(url: str, model_id: str) -> tuple[str | None, datetime | None]:
+    with session_scope(url) as s:
+        m = s.get_one(Model, model_id)
+        return m.lease_owner, m.lease_expires_at
+
+
+def set_expiry(url: str, model_id: str, expires_at: datetime) -> None:
+    with session_scope(url) as s:
+        s.get_one(Model, model_id).lease_expires_at = expires_at
+
+
+def test_a_new_model_has_no_lease(db_url: str, model_id: str) -> None:
+    assert lease(db_url, model_id) == (None, None)
+
+
+def test_a_free_lease_is_acquired_until_now_plus_its_duration(db_url: str, model_id: str) -> None:
+    before = utcnow()
+    assert acquire(db_url, model_id, "A", seconds=60)
+    owner, expires = lease(db_url, model_id)
+    assert owner == "A"
+    assert expires is not None and before + timedelta(seconds=60) <= expires <= utcnow() + timedelta(
+        seconds=60
+    )
+
+
+def test_a_live_lease_refuses_a_second_owner(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    held = lease(db_url, model_id)
+    assert not acquire(db_url, model_id, "B")
+    assert lease(db_url, model_id) == held
+
+
+def test_the_owner_may_reacquire_its_live_lease_and_extends_it(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A", seconds=10)
+    _, first = lease(db_url, model_id)
+    assert acquire(db_url, model_id, "A", seconds=3600)
+    owner, second = lease(db_url, model_id)
+    assert owner == "A"
+    assert first is not None and second is not None and second - first > timedelta(seconds=3000)
+
+
+def test_an_expired_lease_is_taken_over_by_another_owner(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    set_expiry(db_url, model_id, utcnow() - timedelta(seconds=1))
+    assert acquire(db_url, model_id, "B")
+    owner, expires = lease(db_url, model_id)
+    assert owner == "B" and expires is not None and expires > utcnow()
+
+
+def test_a_lease_expiring_in_the_future_is_still_live(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    set_expiry(db_url, model_id, utcnow() + timedelta(seconds=5))
+    assert not acquire(db_url, model_id, "B")
+
+
+def test_acquiring_a_lease_of_an_unknown_model_fails(db_url: str) -> None:
+    assert not acquire(db_url, "no-such-model", "A")
+
+
+def test_the_lease_of_one_model_does_not_block_another(db_url: str, model_id: str) -> None:
+    with session_scope(db_url) as s:
+        other = make_model(s, name="other").id
+    assert acquire(db_url, model_id, "A")
+    assert acquire(db_url, other, "B")
+    assert lease(db_url, model_id)[0] == "A" and lease(db_url, other)[0] == "B"
+
+
+def test_renew_by_the_owner_extends_the_lease(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A", seconds=10)
+    _, first = lease(db_url, model_id)
+    assert renew(db_url, model_id, "A", seconds=3600)
+    owner, second = lease(db_url, model_id)
+    assert owner == "A"
+    assert first is not None and second is not None and second - first > timedelta(seconds=3000)
+
+
+def test_renew_by_a_non_owner_returns_false_and_changes_nothing(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    held = lease(db_url, model_id)
+    assert not renew(db_url, model_id, "B", seconds=3600)
+    assert lease(db_url, model_id) == held
+
+
+def test_renew_of_a_free_lease_returns_false_and_does_not_take_it(db_url: str, model_id: str) -> None:
+    assert not renew(db_url, model_id, "A")
+    assert lease(db_url, model_id) == (None, None)
+
+
+def test_renew_by_an_owner_whose_lease_was_taken_over_returns_false(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    set_expiry(db_url, model_id, utcnow() - timedelta(seconds=1))
+    assert acquire(db_url, model_id, "B")
+    assert not renew(db_url, model_id, "A")
+    assert lease(db_url, model_id)[0] == "B"
+
+
+def test_renew_of_a_lapsed_lease_nobody_took_revives_it(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    set_expiry(db_url, model_id, utcnow() - timedelta(seconds=1))
+    assert renew(db_url, model_id, "A", seconds=60)
+    owner, expires = lease(db_url, model_id)
+    assert owner == "A" and expires is not None and expires > utcnow()
+
+
+def test_release_by_the_owner_frees_the_lease_for_anyone(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    release(db_url, model_id, "A")
+    assert lease(db_url, model_id) == (None, None)
+    assert acquire(db_url, model_id, "B")
+
+
+def test_release_by_a_non_owner_does_nothing(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "A")
+    held = lease(db_url, model_id)
+    release(db_url, model_id, "B")
+    assert lease(db_url, model_id) == held
+    assert not acquire(db_url, model_id, "B")
+
+
+def test_worker_identities_are_unique_even_within_one_process() -> None:
+    names = [leases.worker_identity() for _ in range(1000)]
+    assert len(set(names)) == len(names)
