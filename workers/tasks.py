@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
+from service.core import transparency
 from service.core.db.engine import session_scope
+from service.core.db.tables import AuditEvent
 from service.core.queue import (
     DELIVER_WEBHOOK,
     RECONCILE,
     RUN_MODEL,
+    SIGN_HEADS,
     VALIDATE_MODEL,
     send_run_model,
     send_validate_model,
 )
 from service.core.settings import get_settings
+from service.core.signing import load_or_create_key
 from workers import claims, validate, webhooks
 from workers.celery_app import app
 from workers.orchestrate import process_model
@@ -66,3 +72,17 @@ def reconcile() -> int:
     if sent:
         log.info("reconciler enqueued %d model(s)", sent)
     return sent
+
+
+@app.task(name=SIGN_HEADS)
+def sign_audit_heads() -> int:
+    """Sequence each tenant's new audit events and sign a tree head over them, so a head a client fetches
+    is never far behind the log. Returns how many heads were signed."""
+    settings = get_settings()
+    key = load_or_create_key(settings.signing_key_path)
+    with session_scope(settings.resolved_database_url) as s:
+        tenants = list(s.scalars(select(AuditEvent.tenant).where(AuditEvent.seq.is_(None)).distinct()))
+    for tenant in tenants:
+        with session_scope(settings.resolved_database_url) as s:
+            transparency.sign_head(s, key, tenant)
+    return len(tenants)

@@ -3,10 +3,9 @@ database and the queue (tasks are sent by name)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import install_handlers, problem
 from service.api.observability import DatabaseCollector, HttpMetrics
@@ -34,26 +33,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.sessionmaker))
-    app.middleware("http")(HttpMetrics(registry).middleware)
-
-    @app.middleware("http")
-    async def screen_request(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Refuse what no route can accept before any work: NUL bytes (PostgreSQL cannot store them) and a
-        declared Content-Length over the limit. (Chunked bodies are counted as they arrive by FastAPI's
-        own body limit, set below.)"""
-        raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
-        if b"%00" in raw or b"\x00" in raw or "\x00" in request.headers.get("idempotency-key", ""):
-            return problem(422, "Invalid request", "NUL characters are not allowed in paths, queries or keys")
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes if request.url.path in UPLOAD_PATHS else settings.max_body_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
-        return await call_next(request)
-
+    app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(
+        ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router)
     for module in (models, datasets):
         app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
     return app
+
+
+class ScreenRequests:
+    """Refuse what no route can accept before any work: NUL bytes (PostgreSQL cannot store them) and a
+    declared Content-Length over the limit. (Chunked bodies are counted as they arrive by FastAPI's own
+    body limit.) Pure ASGI: it costs a few dictionary lookups per request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app, self.max_body, self.max_upload = app, max_body_bytes, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> Response | None:
+        headers = dict(scope["headers"])
+        raw = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+        if b"%00" in raw or b"\x00" in raw or b"\x00" in headers.get(b"idempotency-key", b""):
+            return problem(422, "Invalid request", "NUL characters are not allowed in paths, queries or keys")
+        length = headers.get(b"content-length")
+        limit = self.max_upload if scope["path"] in UPLOAD_PATHS else self.max_body
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
+        return None

@@ -5,15 +5,15 @@ same truth without shared memory."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.db.tables import DeletionRequest, Job
 from service.core.states import JobState
@@ -58,7 +58,11 @@ class DatabaseCollector(Collector):
 
 
 class HttpMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """Request count and latency per route template, as pure ASGI middleware (Starlette's
+    BaseHTTPMiddleware would add a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
         self.count = Counter(
             "unlearn_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
         )
@@ -69,13 +73,22 @@ class HttpMetrics:
             registry=registry,
         )
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")  # the template, so IDs do not explode the label set
-        self.count.labels(request.method, path, str(response.status_code)).inc()
-        self.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # The route template, so IDs do not explode the label set (the router put it in the scope).
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.count.labels(scope["method"], path, str(status)).inc()
+            self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.cli.audit_log import certificate_evidence, trusted_key
 from service.cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -67,22 +68,10 @@ def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(client: Client, _args: argparse.Namespace) -> int:
-    result = client.audit_verify()
-    if result["ok"]:
-        print(f"audit chain OK: {result['events']} event(s), head {result['head']}")
-        return 0
-    print(
-        f"audit chain BROKEN at event seq {result['first_broken_seq']} "
-        f"({result['events']} event(s) before it verify)",
-        file=sys.stderr,
-    )
-    return 1
-
-
 def cmd_verify_certificate(args: argparse.Namespace) -> int:
-    """Offline: no server, no key. Checks the Ed25519 signature over the certificate's canonical JSON."""
-    from service.core.signing import public_key_b64_from_pem, verify_document
+    """Offline: no server, no key. Checks the Ed25519 signature over the certificate's canonical JSON, and
+    that the completion event it carries is in the audit log (inclusion proof to a signed tree head)."""
+    from service.core.signing import verify_document
 
     try:
         signed = json.loads(Path(args.file).read_text())
@@ -91,18 +80,14 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"certificate INVALID: {args.file} is not JSON ({exc})", file=sys.stderr)
         return 1
-    trusted = None
-    if args.public_key:
-        try:
-            trusted = public_key_b64_from_pem(Path(args.public_key).read_text())
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.public_key}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise UsageError(f"{args.public_key} is not an Ed25519 public key in PEM: {exc}") from None
+    trusted = trusted_key(args.public_key)
     if not isinstance(signed, dict):
         print("certificate INVALID: malformed certificate: not a JSON object", file=sys.stderr)
         return 1
     ok, reason = verify_document(signed, trusted)
+    if ok:
+        ok, evidence = certificate_evidence(signed, trusted)
+        reason = f"audit evidence: {evidence}"
     if not ok:
         print(f"certificate INVALID: {reason}", file=sys.stderr)
         return 1
@@ -113,6 +98,7 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         f"{cert.get('sample_count')} sample(s) forgotten by {cert.get('model')} "
         f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
     )
+    print(f"audit log: {evidence}")
     if trusted is None:
         print(
             "note: checked against the key embedded in the certificate only; pass --public-key with the "

@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from service.cli.audit_log import cmd_audit_head, cmd_audit_verify
 from service.cli.documents import (
     cmd_audit_export,
-    cmd_audit_verify,
     cmd_certificate,
     cmd_public_key,
     cmd_verify_certificate,
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk = client_parser("public-key", cmd_public_key, help="download the key that signs certificates (PEM)")
     pk.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
 
-    au = sub.add_parser("audit", help="export or verify the hash-chained audit trail")
+    au = sub.add_parser("audit", help="export, keep a signed head of, or verify the audit log")
     asub = au.add_subparsers(dest="action", required=True)
     ae = asub.add_parser("export", parents=[conn], help="stream the audit trail to a file")
     ae.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -133,7 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--until", help="ISO time with a timezone")
     ae.add_argument("--model")
     ae.set_defaults(client_fn=client_verb(cmd_audit_export))
-    av = asub.add_parser("verify", parents=[conn], help="recompute the chain on the server")
+    ah = asub.add_parser("head", parents=[conn], help="save the log's current signed tree head")
+    ah.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    ah.set_defaults(client_fn=client_verb(cmd_audit_head))
+    av = asub.add_parser(
+        "verify", parents=[conn], help="check the log on the server, and (--head) against a head you kept"
+    )
+    av.add_argument("--head", help="a signed tree head saved earlier: prove the log still extends it")
+    av.add_argument("--public-key", help="the service's public key (PEM) the heads must be signed with")
     av.set_defaults(client_fn=client_verb(cmd_audit_verify))
 
     vc = sub.add_parser(

@@ -1,4 +1,11 @@
-"""The audit trail: append-only events, hash-chained per tenant, written in the caller's transaction."""
+"""The audit trail: append-only events per tenant, written in the caller's transaction, then sequenced.
+
+Writing an event reads nothing and locks nothing, so concurrent requests never queue behind one another
+for the trail. The sequencer (`sequence`) gives committed events their positions in batches, under a
+per-tenant lock that only sequencers take: each gets `seq`, its link in the hash chain and its Merkle
+leaf, and the tree's new complete subtrees are stored (`AuditNode`). Signed tree heads and proofs over
+that tree are in `service.core.transparency`.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +16,22 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
+from service.core import merkle
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
-from service.core.db.tables import AuditEvent
+from service.core.db.tables import AuditEvent, AuditNode
+from service.core.proofs import BODY_KEYS, leaf_of
 
 GENESIS = "0" * 64
+SEQUENCE_BATCH = 5000
 
 
 def event_body(ev: AuditEvent) -> dict[str, Any]:
-    """The fields the hash covers (everything but the hashes themselves and the row id)."""
-    return {
-        "tenant": ev.tenant,
-        "seq": ev.seq,
-        "ts": ev.ts,
-        "actor": ev.actor,
-        "action": ev.action,
-        "entity_type": ev.entity_type,
-        "entity_id": ev.entity_id,
-        "model_id": ev.model_id,
-        "data": ev.data,
-    }
+    """The fields the hashes cover (everything but the hashes themselves and the row id)."""
+    return {k: getattr(ev, k) for k in BODY_KEYS}
 
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
@@ -49,21 +49,10 @@ def record(
     model_id: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the tenant's chain. Does not commit: the caller's transaction does, so the
-    event exists if and only if the change it records does."""
-    if is_postgres(session):
-        # Serialise appenders of one tenant's chain until this transaction ends.
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(tenant.encode())})
-    last = session.execute(
-        select(AuditEvent.seq, AuditEvent.hash)
-        .where(AuditEvent.tenant == tenant)
-        .order_by(AuditEvent.seq.desc())
-        .limit(1)
-    ).first()
-    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    """Append one event, unsequenced. Does not commit: the caller's transaction does, so the event exists
+    if and only if the change it records does."""
     ev = AuditEvent(
         tenant=tenant,
-        seq=seq,
         ts=datetime.now(UTC).isoformat(timespec="microseconds"),
         actor=actor,
         action=action,
@@ -71,21 +60,101 @@ def record(
         entity_id=entity_id,
         model_id=model_id,
         data=json.loads(canonical_json(data or {})),
-        prev_hash=prev,
-        hash="",
     )
-    ev.hash = chain_hash(prev, event_body(ev))
     session.add(ev)
-    session.flush()
     return ev
 
 
+def tree_size(session: Session, tenant: str) -> int:
+    """How many of the tenant's events are sequenced (the size of its Merkle tree)."""
+    last = session.scalar(
+        select(AuditEvent.seq)
+        .where(AuditEvent.tenant == tenant, AuditEvent.seq.is_not(None))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    return last or 0
+
+
+def nodes(session: Session, tenant: str, ranges: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of complete subtrees, keyed by their leaf range [lo, hi)."""
+    keys = {((hi - lo).bit_length() - 1, lo // (hi - lo)): (lo, hi) for lo, hi in ranges}
+    found: dict[tuple[int, int], bytes] = {}
+    wanted = list(keys)
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        rows = session.execute(
+            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
+                AuditNode.tenant == tenant,
+                AuditNode.level.in_({lvl for lvl, _ in chunk}),
+                AuditNode.idx.in_({idx for _, idx in chunk}),
+            )
+        )
+        for level, idx, h in rows:
+            if (level, idx) in keys:
+                found[keys[(level, idx)]] = bytes.fromhex(h)
+    return found
+
+
+def sequence(session: Session, tenant: str, limit: int = SEQUENCE_BATCH) -> int:
+    """Give the tenant's committed, unsequenced events their positions (in insertion order), chain
+    links, leaves and the tree's new nodes. Returns how many were sequenced. The caller commits."""
+    if is_postgres(session):
+        # Only sequencers of this tenant wait here; writers never take this lock.
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"audit:{tenant}".encode())}
+        )
+    pending = list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant == tenant, AuditEvent.seq.is_(None))
+            .order_by(AuditEvent.id)
+            .limit(limit)
+        )
+    )
+    if not pending:
+        return 0
+    size = tree_size(session, tenant)
+    prev = session.scalar(select(AuditEvent.hash).where(AuditEvent.tenant == tenant, AuditEvent.seq == size))
+    prev = prev or GENESIS
+    # The right edge of the tree: complete subtrees still waiting for a right sibling, by level.
+    edge = nodes(session, tenant, merkle.perfect_parts(0, size)) if size else {}
+    frontier = {(hi - lo).bit_length() - 1: h for (lo, hi), h in edge.items()}
+    new_nodes: list[dict[str, Any]] = []
+    for ev in pending:
+        size += 1
+        ev.seq = size
+        body = event_body(ev)
+        ev.prev_hash, ev.hash = prev, chain_hash(prev, body)
+        prev = ev.hash
+        h, level, idx = leaf_of(body), 0, size - 1
+        ev.leaf_hash = h.hex()
+        while True:
+            new_nodes.append({"tenant": tenant, "level": level, "idx": idx, "hash": h.hex()})
+            if idx % 2 == 0:  # a left child: it waits for its sibling
+                frontier[level] = h
+                break
+            h, level, idx = merkle.node_hash(frontier.pop(level), h), level + 1, idx // 2
+    session.flush()
+    for i in range(0, len(new_nodes), 1000):
+        session.execute(insert(AuditNode), new_nodes[i : i + 1000])
+    return len(pending)
+
+
+def sequence_all(session: Session, tenant: str) -> int:
+    """Sequence everything committed so far (batch after batch)."""
+    total = 0
+    while n := sequence(session, tenant):
+        total += n
+    return total
+
+
 def export_dict(ev: AuditEvent) -> dict[str, Any]:
-    return {**event_body(ev), "prev_hash": ev.prev_hash, "hash": ev.hash}
+    return {**event_body(ev), "prev_hash": ev.prev_hash, "hash": ev.hash, "leaf_hash": ev.leaf_hash}
 
 
 def events_page(session: Session, tenant: str, after: int = 0, limit: int = 1000) -> list[AuditEvent]:
-    """Up to `limit` of a tenant's events after sequence number `after`, in chain order."""
+    """Up to `limit` of a tenant's sequenced events after position `after`, in order."""
     return list(
         session.scalars(
             select(AuditEvent)
@@ -97,19 +166,37 @@ def events_page(session: Session, tenant: str, after: int = 0, limit: int = 1000
 
 
 def iter_events(session: Session, tenant: str, batch: int = 1000) -> Iterator[AuditEvent]:
-    """Stream a tenant's events in chain order without loading them all."""
+    """Stream a tenant's sequenced events in order without loading them all."""
     after = 0
     while rows := events_page(session, tenant, after, batch):
         yield from rows
-        after = rows[-1].seq
+        after = rows[-1].seq or after
 
 
-def verify_chain(session: Session, tenant: str) -> dict[str, Any]:
-    """Recompute the chain; report the first event whose link or hash does not match."""
-    prev, count = GENESIS, 0
+def verify_chain(session: Session, tenant: str, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute every link and leaf and the root; report the first event that does not match, and
+    whether the first `tree_size` events still hash to the root of `head` (a signed head, if given)."""
+    prev, count, leaves = GENESIS, 0, []
     for ev in iter_events(session, tenant):
-        expected = chain_hash(prev, event_body(ev))
-        if ev.prev_hash != prev or ev.hash != expected or ev.seq != count + 1:
+        body = event_body(ev)
+        expected = chain_hash(prev, body)
+        leaf = leaf_of(body)
+        if ev.prev_hash != prev or ev.hash != expected or ev.seq != count + 1 or ev.leaf_hash != leaf.hex():
             return {"ok": False, "events": count, "first_broken_seq": ev.seq, "expected_hash": expected}
-        prev, count = ev.hash, count + 1
-    return {"ok": True, "events": count, "head": prev}
+        prev, count = expected, count + 1
+        leaves.append(leaf)
+    report: dict[str, Any] = {
+        "ok": True,
+        "events": count,
+        "head": prev,
+        "root_hash": merkle.root_of(leaves).hex(),
+    }
+    if head is not None:
+        size, root = head["tree_head"]["tree_size"], head["tree_head"]["root_hash"]
+        report["signed_head"] = {"tree_size": size, "root_hash": root}
+        if size > count or merkle.root_of(leaves[:size]).hex() != root:
+            report |= {
+                "ok": False,
+                "detail": f"the events no longer reproduce the signed head of size {size}",
+            }
+    return report

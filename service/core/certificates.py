@@ -1,14 +1,18 @@
 """Deletion certificates: what a compliance team hands to a data subject or an auditor. Everything in it
-can be checked against the audit trail (the chain hash pins the event that recorded the completion)."""
+can be checked against the audit trail: it carries the event that recorded the completion, with its
+inclusion proof in a signed tree head of the tenant's log."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core import transparency
+from service.core.audit import export_dict
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
 from service.core.errors import Conflict
 from service.core.events import ids_digest
@@ -30,18 +34,14 @@ def _iso(ts: datetime | None) -> str | None:
     return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
 
 
-def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
+def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The certificate's content. Its `audit` part carries the completion event itself, its inclusion proof
+    and the signed tree head it is proved against, so a third party can check offline that the event is
+    in the log (`service.core.proofs`). May sequence and sign a head: the caller commits."""
     if req.state != RequestState.COMPLETED or req.job_id is None:
         raise Conflict(f"request {req.id} is {req.state}; certificates exist only for completed requests")
     job = session.get_one(Job, req.job_id)
     model = session.get_one(Model, req.model_id)
-    event = session.scalar(
-        select(AuditEvent).where(
-            AuditEvent.tenant == req.tenant,
-            AuditEvent.entity_id == req.id,
-            AuditEvent.action == f"deletion_request.{RequestState.COMPLETED}",
-        )
-    )
     result = job.metrics.get("result", {}) if job.metrics else {}
     return {
         "type": "unlearning-deletion-certificate/v1",
@@ -60,6 +60,31 @@ def build(session: Session, req: DeletionRequest) -> dict[str, Any]:
         "metrics": result,
         "requested_at": _iso(req.created_at),
         "completed_at": _iso(req.completed_at),
-        "audit": None if event is None else {"seq": event.seq, "event_hash": event.hash},
+        "audit": _evidence(session, req, key),
         "issued_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _evidence(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dict[str, Any] | None:
+    """The completion event, proved included in a signed tree head (the latest one, if it covers it)."""
+    completed = select(AuditEvent).where(
+        AuditEvent.tenant == req.tenant,
+        AuditEvent.entity_id == req.id,
+        AuditEvent.action == f"deletion_request.{RequestState.COMPLETED}",
+    )
+    event = session.scalar(completed)
+    if event is None:
+        return None
+    head = transparency.latest_head(session, req.tenant)
+    if event.seq is None or head is None or head["tree_head"]["tree_size"] < event.seq:
+        head = transparency.sign_head(session, key, req.tenant)
+        session.refresh(event)
+    assert event.seq is not None
+    size = head["tree_head"]["tree_size"]
+    return {
+        "seq": event.seq,
+        "event_hash": event.hash,
+        "event": export_dict(event),
+        "inclusion_proof": transparency.inclusion_proof(session, req.tenant, event.seq, size),
+        "tree_head": head,
     }

@@ -19,7 +19,7 @@ from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
-from service.core.queue import send_run_model
+from service.core.queue import send_run_model, wake_due
 from service.core.states import PENDING, ModelStatus, RequestState
 
 MAX_REPORTED_UNKNOWN = 100
@@ -134,14 +134,6 @@ def submit(
     return req
 
 
-def mark_queued(session: Session, req: DeletionRequest, actor: str = events.SERVICE) -> None:
-    """Record that a worker has been asked to process the request (only if nothing has claimed it yet)."""
-    if req.state != RequestState.RECEIVED:
-        return
-    req.state = RequestState.QUEUED
-    events.request_queued(session, req, actor=actor)
-
-
 def _locked(session: Session, request_id: str) -> DeletionRequest | None:
     """The request row, locked and re-read, so a worker's claim and this change cannot interleave."""
     return session.scalar(
@@ -164,11 +156,12 @@ def accept(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    wake_seconds: float = 1.0,
 ) -> tuple[DeletionRequest, bool]:
     """The whole intake of one request: (request, created). A replay of an Idempotency-Key returns the
-    first request and False. This unit of work commits twice on purpose: the request is durable before a
-    worker is woken, and `queued` is recorded only once the broker took the message (if it did not, the
-    request stays `received` and the reconciler wakes a worker later)."""
+    first request and False. One transaction: the request row is the outbox. A worker is woken after the
+    commit, at most about once per `wake_seconds` per model (see `queue.wake_due`); if the broker is
+    down, the reconciler finds the pending request later."""
     if idempotency_key is not None:
         digest = body_digest(dedupe(sample_ids), reference, callback_url)
         existing = find_idempotent(session, tenant=key.tenant, idempotency_key=idempotency_key, digest=digest)
@@ -187,13 +180,10 @@ def accept(
         callback_url=callback_url,
         allowed_hosts=allowed_hosts,
     )
+    countdown = wake_due(session, model, wake_seconds)
     session.commit()
-    if send_run_model(celery, model.id):
-        locked = _locked(session, req.id)
-        if locked is not None:
-            mark_queued(session, locked)
-            session.commit()
-            req = locked
+    if countdown is not None:
+        send_run_model(celery, model.id, countdown)
     return req, True
 
 

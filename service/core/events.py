@@ -83,10 +83,6 @@ def request_received(session: Session, req: DeletionRequest, *, model_name: str,
     )
 
 
-def request_queued(session: Session, req: DeletionRequest, *, actor: str = SERVICE) -> AuditEvent:
-    return _request(session, req, RequestState.QUEUED, actor)
-
-
 def request_cancelled(session: Session, req: DeletionRequest, *, actor: str) -> AuditEvent:
     return _request(session, req, RequestState.CANCELLED, actor)
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from datetime import timedelta
 
+from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from service.core.db.tables import Model, utcnow
 from service.core.settings import Settings
 
 RUN_MODEL = "workers.process_model"
 RECONCILE = "workers.reconcile"
 DELIVER_WEBHOOK = "workers.deliver_webhook"
 VALIDATE_MODEL = "workers.validate_model"
+SIGN_HEADS = "workers.sign_audit_heads"
 
 
 def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
@@ -31,6 +37,11 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
                 "task": RECONCILE,
                 "schedule": settings.reconcile_seconds,
                 "options": {"expires": settings.reconcile_seconds},
+            },
+            "audit-heads": {
+                "task": SIGN_HEADS,
+                "schedule": settings.audit_head_seconds,
+                "options": {"expires": settings.audit_head_seconds},
             },
         },
     }
@@ -57,11 +68,36 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
     return app
 
 
-def send_run_model(app: Celery, model_id: str) -> bool:
+def wake_due(session: Session, model: Model, interval: float) -> float | None:
+    """Decide, in the request's transaction, whether a worker must be woken for `model`: None (a wake is
+    already on its way), 0 (send now) or a countdown in seconds (send one trailing wake at the end of
+    the current window). So a model gets at most about one message per `interval` however many requests
+    arrive, and a request that lands just after a wake still gets one. Each decision is a compare-and-set
+    on `models.woken_at`: concurrent requests that read the same value cannot both win."""
+    now, last = utcnow(), model.woken_at
+    if last is not None and last > now:
+        return None  # a trailing wake is already scheduled for `last`
+    due = (
+        now
+        if last is None or last <= now - timedelta(seconds=interval)
+        else last + timedelta(seconds=interval)
+    )
+    won = session.execute(
+        update(Model)
+        .where(Model.id == model.id, Model.woken_at.is_(None) if last is None else Model.woken_at == last)
+        .values(woken_at=due)
+        .execution_options(synchronize_session=False)
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return max((due - now).total_seconds(), 0.0)
+
+
+def send_run_model(app: Celery, model_id: str, countdown: float = 0.0) -> bool:
     """Ask a worker to process a model's pending requests. False if the broker is unreachable: the
     request is already committed, and the reconciler will enqueue it later."""
     try:
-        app.send_task(RUN_MODEL, args=[model_id], retry=False)
+        app.send_task(RUN_MODEL, args=[model_id], retry=False, countdown=countdown or None)
         return True
     except Exception:  # noqa: BLE001 - any broker failure means "try later", never a lost request
         return False

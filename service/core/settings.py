@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(120.0, gt=0, validation_alias=AliasChoices("UNLEARN_LEASE_SECONDS"))
     heartbeat_seconds: float = Field(2.0, gt=0, validation_alias=AliasChoices("UNLEARN_HEARTBEAT_SECONDS"))
     reconcile_seconds: float = Field(10.0, gt=0, validation_alias=AliasChoices("UNLEARN_RECONCILE_SECONDS"))
+    # A model with new requests gets at most about one wake message per this many seconds (the request
+    # rows are the outbox; the reconciler is the safety net).
+    wake_seconds: float = Field(1.0, gt=0, validation_alias=AliasChoices("UNLEARN_WAKE_SECONDS"))
+    # How often workers sequence new audit events and sign a tree head (heads are also signed on demand).
+    audit_head_seconds: float = Field(10.0, gt=0, validation_alias=AliasChoices("UNLEARN_AUDIT_HEAD_SECONDS"))
 
     # Request limits.
     max_sample_ids: int = Field(100_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_SAMPLE_IDS"))

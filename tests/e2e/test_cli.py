@@ -158,6 +158,7 @@ def test_verify_certificate_accepts_a_real_certificate_and_rejects_a_tampered_on
     ok = cli.run("verify-certificate", str(cert), "--public-key", str(pem), **offline)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("certificate valid: ") and "v1 -> v2" in ok.stdout
+    assert "audit log: event " in ok.stdout and " is in the signed head of " in ok.stdout
 
     signed = json.loads(cert.read_text())
     signed["certificate"]["sample_count"] += 1
@@ -178,6 +179,28 @@ def test_verify_certificate_accepts_a_real_certificate_and_rejects_a_tampered_on
     )
     wrong = cli.run("verify-certificate", str(cert), "--public-key", str(other), **offline)
     assert wrong.returncode == 1 and "different key" in wrong.stderr
+
+
+def test_a_kept_tree_head_proves_the_log_still_extends_it(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    head, pem = tmp_path / "head.json", tmp_path / "key.pem"
+    saved = cli.run("audit", "head", "-o", str(head))
+    assert saved.returncode == 0, saved.stderr
+    assert cli.run("public-key", "-o", str(pem)).returncode == 0
+    size = json.loads(head.read_text())["tree_head"]["tree_size"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("digits-0005\n")
+    assert cli.run("request", "digits", "--ids-file", str(ids)).returncode == 0  # the log grows
+    ok = cli.run("audit", "verify", "--head", str(head), "--public-key", str(pem))
+    assert ok.returncode == 0, ok.stderr
+    assert f"extends the kept head of {size}" in ok.stdout
+
+    forged = json.loads(head.read_text())
+    forged["tree_head"]["root_hash"] = "00" * 32  # a head the service never signed
+    head.write_text(json.dumps(forged))
+    bad = cli.run("audit", "verify", "--head", str(head), "--public-key", str(pem))
+    assert bad.returncode == 1 and "TAMPERED: the kept head: tree head signature" in bad.stderr
 
 
 def test_server_down_is_one_line_and_exit_code_3(cli: Cli) -> None:

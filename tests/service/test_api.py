@@ -3,6 +3,7 @@ a job). Runs on the embedded default and on PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,10 +12,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service.api.app import create_app
-from service.core import audit
+from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest
+from service.core.proofs import BODY_KEYS
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 
@@ -160,11 +162,37 @@ def test_audit_export_is_a_valid_hash_chain(api: Api) -> None:
     assert "deletion_request.received" in actions and "model.registered" in actions
     prev = audit.GENESIS
     for e in events:
-        body = {k: v for k, v in e.items() if k not in ("prev_hash", "hash")}
+        body = {k: e[k] for k in BODY_KEYS}
         assert e["prev_hash"] == prev
         assert e["hash"] == audit.chain_hash(prev, body)
         prev = e["hash"]
     assert api.client.get("/v1/audit/verify", headers=api.auth()).json()["ok"] is True
+
+
+def test_tree_heads_and_proofs_are_served_and_verify_offline(api: Api) -> None:
+    assert post(api, {"sample_ids": ["toy-0001"]}).status_code == 202
+    first = api.client.get("/v1/audit/head?fresh=true", headers=api.auth()).json()
+    for i in range(2, 6):
+        assert post(api, {"sample_ids": [f"toy-000{i}"]}).status_code == 202
+    assert api.client.get("/v1/audit/head", headers=api.auth()).json() == first  # the latest signed one
+    second = api.client.get("/v1/audit/head?fresh=true", headers=api.auth()).json()
+    pub = api.client.get("/v1/audit/public-key", headers=api.auth()).json()["public_key"]
+    assert proofs.verify_head(first, pub)[0] and proofs.verify_head(second, pub)[0]
+    old, new = first["tree_head"], second["tree_head"]
+    assert new["tree_size"] == old["tree_size"] + 4
+    params = {"first": old["tree_size"], "second": new["tree_size"]}
+    consistency = api.client.get("/v1/audit/proof/consistency", params=params, headers=api.auth()).json()
+    assert proofs.verify_consistency_proof(old, new, consistency)
+    events = [
+        json.loads(line) for line in api.client.get("/v1/audit/export", headers=api.auth()).text.splitlines()
+    ]
+    for ev in events:
+        params = {"seq": ev["seq"], "tree_size": new["tree_size"]}
+        inclusion = api.client.get("/v1/audit/proof/inclusion", params=params, headers=api.auth()).json()
+        assert proofs.verify_inclusion_proof(ev, inclusion, new)
+    too_far = {"seq": 1, "tree_size": new["tree_size"] + 1}
+    r = api.client.get("/v1/audit/proof/inclusion", params=too_far, headers=api.auth())
+    assert r.status_code == 422 and "tree_size" in r.json()["detail"]
 
 
 def test_unknown_request_and_job_are_404(api: Api) -> None:

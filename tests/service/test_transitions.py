@@ -4,7 +4,7 @@ API's state literals checked against the domain's enums so the two cannot drift.
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import select
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from service.api.schemas import deletion as deletion_schema
 from service.api.schemas import jobs as jobs_schema
 from service.core import deletions, jobs, states
-from service.core.audit import verify_chain
+from service.core.audit import sequence_all, verify_chain
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model
 from service.core.errors import Conflict, NotFound, Unprocessable
@@ -23,6 +23,12 @@ from tests.factories import make_model
 from workers import claims
 
 HOOK = "https://hooks.example/done"
+
+
+def sequenced_and_verified(s: Session) -> dict[str, Any]:
+    """Events are sequenced after they are written: sequence them, then check the whole log."""
+    sequence_all(s, "default")
+    return verify_chain(s, "default")
 
 
 def submit(s: Session, model: Model, ids: list[str], *, callback_url: str | None = None) -> DeletionRequest:
@@ -93,37 +99,6 @@ def test_a_rejected_submission_writes_nothing(db_url: str, model: Model) -> None
         assert actions(s) == before
 
 
-# -- mark_queued -------------------------------------------------------------------------------------
-
-
-def test_mark_queued_moves_a_received_request_to_queued_with_an_event(db_url: str, model: Model) -> None:
-    with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
-        deletions.mark_queued(s, req)
-    with session_scope(db_url) as s:
-        assert s.get_one(DeletionRequest, req.id).state == RequestState.QUEUED
-        last = events(s)[-1]
-        assert (last.action, last.entity_id, last.actor) == ("deletion_request.queued", req.id, "service")
-
-
-@pytest.mark.parametrize("state", [RequestState.QUEUED, RequestState.PROCESSING, RequestState.CANCELLED])
-def test_mark_queued_leaves_a_request_that_is_no_longer_received_alone(
-    db_url: str, model: Model, state: RequestState
-) -> None:
-    with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
-        if state == RequestState.QUEUED:
-            deletions.mark_queued(s, req)
-        elif state == RequestState.PROCESSING:
-            claim(s, model)
-        else:
-            deletions.cancel(s, "default", req.id, actor="test")
-        before = actions(s)
-        deletions.mark_queued(s, req)
-        assert req.state == state
-        assert actions(s) == before
-
-
 # -- cancel a request --------------------------------------------------------------------------------
 
 
@@ -134,7 +109,7 @@ def test_cancelling_a_pending_request_cancels_it_with_an_event(
     with session_scope(db_url) as s:
         req = submit(s, model, ["toy-0001"])
         if queued:
-            deletions.mark_queued(s, req)
+            req.state = RequestState.QUEUED  # as rows written before wakes were throttled are
     with session_scope(db_url) as s:
         returned = deletions.cancel(s, "default", req.id, actor="key:abc")
         assert returned.id == req.id
@@ -142,7 +117,7 @@ def test_cancelling_a_pending_request_cancels_it_with_an_event(
         assert s.get_one(DeletionRequest, req.id).state == RequestState.CANCELLED
         last = events(s)[-1]
         assert (last.action, last.entity_id, last.actor) == ("deletion_request.cancelled", req.id, "key:abc")
-        assert verify_chain(s, "default")["ok"]
+        assert sequenced_and_verified(s)["ok"]
 
 
 def test_cancelling_a_processing_request_is_a_conflict_and_changes_nothing(db_url: str, model: Model) -> None:
@@ -268,7 +243,7 @@ def test_retry_writes_one_retried_event_per_request_naming_the_failed_job(db_url
         assert [(e.action, e.entity_id, e.actor, e.data) for e in new] == [
             ("deletion_request.retried", i, "key:admin", {"failed_job_id": job_id}) for i in req_ids
         ]
-        assert verify_chain(s, "default")["ok"]
+        assert sequenced_and_verified(s)["ok"]
 
 
 def test_retried_requests_are_claimed_by_the_next_job(db_url: str, model: Model) -> None:
@@ -367,7 +342,7 @@ def test_closing_a_job_writes_one_event_per_request_then_the_jobs(db_url: str, m
         assert new[0].data == {"job_id": job.id, "model_version": "v2", "error": None}
         assert new[-1].data == {"result_version": "v2", "error": None, "attempts": 1}
     with session_scope(db_url) as s:
-        assert verify_chain(s, "default")["ok"]
+        assert sequenced_and_verified(s)["ok"]
 
 
 def test_closing_a_job_failed_copies_the_error_to_its_requests(db_url: str, model: Model) -> None:
@@ -390,7 +365,7 @@ def test_closing_a_job_failed_copies_the_error_to_its_requests(db_url: str, mode
         assert [(r.state, r.error, r.model_version, r.completed_at, r.webhook_state) for r in rows] == [
             (RequestState.FAILED, "every method failed its gates", None, None, WebhookState.PENDING)
         ] * 2
-        assert verify_chain(s, "default")["ok"]
+        assert sequenced_and_verified(s)["ok"]
 
 
 def test_closing_a_job_cancelled_cancels_its_requests_without_a_webhook(db_url: str, model: Model) -> None:

@@ -5,13 +5,13 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import AuditReader, RequestReader, SessionDep
-from service.core import audit, certificates
+from service.core import audit, certificates, transparency
 from service.core.canonical import canonical_json
 from service.core.errors import Unprocessable
 from service.core.lookups import get_model, get_request
@@ -31,6 +31,7 @@ CSV_FIELDS = [
     "data",
     "prev_hash",
     "hash",
+    "leaf_hash",
 ]
 
 
@@ -61,6 +62,8 @@ def export_audit(
     model_id = get_model(session, key.tenant, model).id if model else None
     if any(b is not None and b.tzinfo is None for b in (since, until)):
         raise Unprocessable("`since` and `until` need a timezone, e.g. 2026-01-01T00:00:00Z")
+    audit.sequence_all(session, key.tenant)  # the export holds every event committed before it began
+    session.commit()
     tenant, make_session = key.tenant, request.app.state.sessionmaker
 
     def events() -> Iterator[dict[str, Any]]:
@@ -97,12 +100,54 @@ def export_audit(
     )
 
 
-@router.get("/v1/audit/verify", summary="Recompute the hash chain and name the first broken link")
+@router.get(
+    "/v1/audit/verify", summary="Recompute the chain, the leaves and the tree; name the first broken event"
+)
 def verify_audit(session: SessionDep, key: AuditReader) -> dict[str, Any]:
-    return audit.verify_chain(session, key.tenant)
+    """Checks the stored log against itself and against the latest signed head. A client that kept a
+    head of its own checks it without trusting this answer: `unlearn audit verify --head FILE`."""
+    audit.sequence_all(session, key.tenant)
+    session.commit()
+    return audit.verify_chain(session, key.tenant, transparency.latest_head(session, key.tenant))
 
 
-@router.get("/v1/audit/public-key", summary="The Ed25519 key that signs deletion certificates")
+@router.get("/v1/audit/head", summary="The latest signed tree head of the tenant's audit log")
+def get_tree_head(
+    request: Request,
+    session: SessionDep,
+    key: RequestReader,
+    fresh: Annotated[bool, Query(description="sequence what is committed and sign a new head now")] = False,
+) -> dict[str, Any]:
+    """Heads are signed periodically by the workers and on demand here; keep one, and any later change
+    to the events it covers is detectable (`GET /v1/audit/proof/consistency`)."""
+    head = None if fresh else transparency.latest_head(session, key.tenant)
+    if head is None:
+        head = transparency.sign_head(session, request.app.state.signing_key, key.tenant)
+        session.commit()
+    return head
+
+
+@router.get("/v1/audit/proof/inclusion", summary="Proof that event `seq` is in the tree of `tree_size`")
+def get_inclusion_proof(
+    session: SessionDep,
+    key: RequestReader,
+    seq: Annotated[int, Query(ge=1, lt=2**31)],
+    tree_size: Annotated[int, Query(ge=1, lt=2**31)],
+) -> dict[str, Any]:
+    return transparency.inclusion_proof(session, key.tenant, seq, tree_size)
+
+
+@router.get("/v1/audit/proof/consistency", summary="Proof that the tree of `second` extends that of `first`")
+def get_consistency_proof(
+    session: SessionDep,
+    key: RequestReader,
+    first: Annotated[int, Query(ge=1, lt=2**31)],
+    second: Annotated[int, Query(ge=1, lt=2**31)],
+) -> dict[str, Any]:
+    return transparency.consistency_proof(session, key.tenant, first, second)
+
+
+@router.get("/v1/audit/public-key", summary="The Ed25519 key that signs deletion certificates and tree heads")
 def get_public_key(request: Request, key: RequestReader) -> dict[str, str]:
     signer = request.app.state.signing_key
     return {"algorithm": "Ed25519", "public_key": public_key_b64(signer), "pem": public_key_pem(signer)}
@@ -110,11 +155,13 @@ def get_public_key(request: Request, key: RequestReader) -> dict[str, str]:
 
 @router.get(
     "/v1/deletion-requests/{request_id}/certificate",
-    summary="A signed certificate for a completed deletion request",
+    summary="A signed certificate for a completed deletion request, with its audit inclusion proof",
     tags=["deletion requests"],
 )
 def get_certificate(
     request_id: str, request: Request, session: SessionDep, key: RequestReader
 ) -> dict[str, Any]:
     req = get_request(session, key.tenant, request_id)
-    return sign_document(request.app.state.signing_key, certificates.build(session, req))
+    document = certificates.build(session, req, request.app.state.signing_key)
+    session.commit()  # a head signed for it is kept
+    return sign_document(request.app.state.signing_key, document)

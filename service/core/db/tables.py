@@ -120,6 +120,7 @@ class Model(Base):
     train_recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     latest_version: Mapped[int] = mapped_column(Integer, default=1)
+    woken_at: Mapped[datetime | None] = mapped_column(default=None)  # last wake message sent for it
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -203,12 +204,15 @@ class Job(Base):
 
 
 class AuditEvent(Base):
-    """Append-only, hash-chained per tenant: hash = sha256(prev_hash || canonical_json(event))."""
+    """Append-only, per tenant. A writer inserts the event alone (no lock, nothing read); the sequencer
+    (`service.core.audit.sequence`) later gives it its position `seq`, its link in the hash chain
+    (hash = sha256(prev_hash || canonical_json(event))) and its Merkle leaf hash. Until then those are
+    null."""
 
     __tablename__ = "audit_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(100))
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(Integer, default=None)
     ts: Mapped[str] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(100))
@@ -216,9 +220,35 @@ class AuditEvent(Base):
     entity_id: Mapped[str] = mapped_column(String(100))
     model_id: Mapped[str | None] = mapped_column(String(36), default=None)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    leaf_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     __table_args__ = (
         UniqueConstraint("tenant", "seq", name="uq_audit_events_tenant_seq"),
         Index("ix_audit_events_entity", "tenant", "entity_id"),  # a request's events, for certificates
     )
+
+
+class AuditNode(Base):
+    """The hash of each complete subtree of a tenant's Merkle tree: leaves [idx * 2**level, (idx + 1) *
+    2**level). Written once by the sequencer; any root or proof is a handful of these."""
+
+    __tablename__ = "audit_nodes"
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """A signed tree head: the tenant's tree of `tree_size` events had root `root_hash` at `ts`."""
+
+    __tablename__ = "audit_heads"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    tree_size: Mapped[int] = mapped_column(Integer)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(40))
+    signature: Mapped[str] = mapped_column(Text)
+    public_key: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_audit_heads_tenant_id", "tenant", "id"),)

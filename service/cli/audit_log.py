@@ -1,0 +1,127 @@
+"""The audit log verbs that check evidence against the transparency log: keep a signed tree head
+(`unlearn audit head -o head.json`), and later prove that the server's log still extends it
+(`unlearn audit verify --head head.json`). The checks run here, on the client, with `service.core.proofs`:
+the server is not trusted to say its own log is intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from service.cli.client import Client
+
+
+def trusted_key(path: str | None) -> str | None:
+    """The service's public key (raw, base64) from a PEM file, or None when none was given."""
+    if not path:
+        return None
+    from service.core.signing import public_key_b64_from_pem
+
+    try:
+        return public_key_b64_from_pem(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not an Ed25519 public key in PEM: {exc}") from None
+
+
+def cmd_audit_head(client: Client, args: argparse.Namespace) -> int:
+    head = client.get("/v1/audit/head", fresh="true")
+    text = json.dumps(head, indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    th = head["tree_head"]
+    print(f"wrote the signed head of {th['tree_size']} event(s), root {th['root_hash']}, to {args.output}")
+    return 0
+
+
+def _kept_head(path: str) -> dict[str, Any]:
+    try:
+        head = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(head, dict) or "tree_head" not in head:
+        raise UsageError(f"{path} is not a signed tree head (save one with `unlearn audit head -o FILE`)")
+    return head
+
+
+def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None) -> tuple[bool, str]:
+    """Does the server's log still extend the head the client kept? Signatures, consistency, export."""
+    from service.core import proofs
+
+    ok, why = proofs.verify_head(kept, trusted)
+    if not ok:
+        return False, f"the kept head: {why}"
+    current = client.get("/v1/audit/head", fresh="true")
+    ok, why = proofs.verify_head(current, trusted or kept["signature"]["public_key"])
+    if not ok:
+        return False, f"the server's head: {why}"
+    old, new = kept["tree_head"], current["tree_head"]
+    if new["tree_size"] < old["tree_size"]:
+        return False, f"the log shrank from {old['tree_size']} to {new['tree_size']} events"
+    if old["tree_size"]:
+        proof = client.get("/v1/audit/proof/consistency", first=old["tree_size"], second=new["tree_size"])
+        if not proofs.verify_consistency_proof(old, new, proof):
+            changed = "events it covers were changed, removed or reordered"
+            return False, f"the log of {new['tree_size']} events does not extend the kept head: {changed}"
+    buf = io.BytesIO()
+    client.audit_export("jsonl", buf)
+    events = [json.loads(line) for line in buf.getvalue().decode().splitlines() if line]
+    for head, name in ((old, "kept"), (new, "current")):
+        ok, why = proofs.verify_export(events, head)
+        if not ok:
+            return False, f"export vs the {name} head: {why}"
+    return True, (
+        f"the log of {new['tree_size']} event(s) extends the kept head of {old['tree_size']} "
+        f"(root {new['root_hash'][:16]}...)"
+    )
+
+
+def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
+    result = client.audit_verify()
+    if not result["ok"]:
+        where = f"at event seq {result['first_broken_seq']}" if result.get("first_broken_seq") else ""
+        print(f"audit log BROKEN {where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
+        return 1
+    print(f"audit chain OK: {result['events']} event(s), head {result['head']}")
+    if args.head:
+        ok, why = against_kept_head(client, _kept_head(args.head), trusted_key(args.public_key))
+        print(f"audit log {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    return 0
+
+
+def certificate_evidence(signed: dict[str, Any], trusted: str | None) -> tuple[bool, str]:
+    """The certificate's completion event is in the log: its inclusion proof against its signed head."""
+    from service.core import proofs
+
+    cert = signed["certificate"]
+    evidence = cert.get("audit") or {}
+    if "inclusion_proof" not in evidence:
+        return False, "the certificate carries no inclusion proof (issued before the log was a Merkle tree)"
+    event, head = evidence["event"], evidence["tree_head"]
+    ok, why = proofs.verify_head(head, trusted or signed["signature"]["public_key"])
+    if not ok:
+        return False, why
+    if event.get("action") != "deletion_request.completed" or event.get("entity_id") != cert.get(
+        "request_id"
+    ):
+        return False, "the proved event is not this request's completion"
+    if not proofs.verify_inclusion_proof(event, evidence["inclusion_proof"], head["tree_head"]):
+        return False, "the inclusion proof does not lead to the signed head's root"
+    return True, f"event {event['seq']} is in the signed head of {head['tree_head']['tree_size']} event(s)"

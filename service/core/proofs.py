@@ -1,0 +1,78 @@
+"""Checking the audit log's evidence offline, as a client does: a signed tree head, an event's inclusion
+in it, one head's consistency with an earlier one, an export against a head. Only hashes, Ed25519 and
+JSON: no database, no server, so `unlearn verify-certificate` and `unlearn audit verify` stay light.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from service.core import merkle
+from service.core.canonical import canonical_json
+
+# The fields of an event that its chain hash and its Merkle leaf cover.
+BODY_KEYS = ("tenant", "seq", "ts", "actor", "action", "entity_type", "entity_id", "model_id", "data")
+
+
+def leaf_of(body: dict[str, Any]) -> bytes:
+    """The Merkle leaf hash of an event body."""
+    return merkle.leaf_hash(canonical_json(body).encode())
+
+
+def verify_head(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:
+    """The head's Ed25519 signature (and, with a trusted key, who made it)."""
+    try:
+        sig = signed["signature"]
+        if trusted_public_key_b64 is not None and sig["public_key"] != trusted_public_key_b64:
+            return False, "tree head signed by a different key than the trusted one"
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(sig["public_key"]))
+        pub.verify(base64.b64decode(sig["value"]), canonical_json(signed["tree_head"]).encode())
+    except InvalidSignature:
+        return False, "tree head signature does not match its content"
+    except (KeyError, TypeError, ValueError) as exc:
+        return False, f"malformed tree head: {exc}"
+    return True, "tree head signature valid"
+
+
+def verify_inclusion_proof(event: dict[str, Any], proof: dict[str, Any], head: dict[str, Any]) -> bool:
+    """`event` (as exported) is leaf `seq - 1` of the tree that `head` (the unsigned part) describes."""
+    body = {k: event.get(k) for k in BODY_KEYS}
+    try:
+        return proof["tree_size"] == head["tree_size"] and merkle.verify_inclusion(
+            int(event["seq"]) - 1,
+            int(head["tree_size"]),
+            leaf_of(body),
+            [bytes.fromhex(h) for h in proof["audit_path"]],
+            bytes.fromhex(head["root_hash"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def verify_consistency_proof(old: dict[str, Any], new: dict[str, Any], proof: dict[str, Any]) -> bool:
+    """The tree of head `new` extends the tree of head `old` (unsigned parts) without changing it."""
+    try:
+        return merkle.verify_consistency(
+            int(old["tree_size"]),
+            int(new["tree_size"]),
+            bytes.fromhex(old["root_hash"]),
+            bytes.fromhex(new["root_hash"]),
+            [bytes.fromhex(h) for h in proof.get("consistency_path", [])],
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def verify_export(events: list[dict[str, Any]], head: dict[str, Any]) -> tuple[bool, str]:
+    """An export (in order) reproduces `head`: its first `tree_size` events hash to the head's root."""
+    size = int(head["tree_size"])
+    if len(events) < size:
+        return False, f"the export holds {len(events)} events but the head covers {size}: events are missing"
+    leaves = [leaf_of({k: ev.get(k) for k in BODY_KEYS}) for ev in events[:size]]
+    if merkle.root_of(leaves).hex() != head["root_hash"]:
+        return False, f"the first {size} exported events do not hash to the head's root: the log was changed"
+    return True, f"the first {size} events reproduce the head's root"

@@ -1,0 +1,95 @@
+"""The audit trail as a transparency log, in the manner of RFC 9162: signed tree heads over each tenant's
+Merkle tree of events, inclusion proofs (this event is in that head) and consistency proofs (this head
+extends that earlier one). A client that kept any head detects a deleted, reordered or rewritten event,
+the last one included, without trusting the server: `service.core.proofs` checks heads and proofs
+offline with only the service's public key.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core import audit, merkle
+from service.core.canonical import canonical_json
+from service.core.db.tables import AuditHead
+from service.core.errors import Unprocessable
+from service.core.signing import public_key_b64
+
+HEAD_TYPE = "unlearning-audit-tree-head/v1"
+
+
+def _root(session: Session, tenant: str, size: int) -> bytes:
+    if size == 0:
+        return merkle.EMPTY_ROOT
+    parts = merkle.perfect_parts(0, size)
+    return merkle.subtree_from(audit.nodes(session, tenant, parts))(0, size)
+
+
+def _signed(row: AuditHead) -> dict[str, Any]:
+    head = {
+        "type": HEAD_TYPE,
+        "tenant": row.tenant,
+        "tree_size": row.tree_size,
+        "root_hash": row.root_hash,
+        "timestamp": row.ts,
+    }
+    return {"tree_head": head, "signature": {"algorithm": "Ed25519", "public_key": row.public_key,
+                                             "value": row.signature}}  # fmt: skip
+
+
+def sign_head(session: Session, key: Ed25519PrivateKey, tenant: str) -> dict[str, Any]:
+    """Sequence what is committed, then sign and store a head over the whole tree. The caller commits."""
+    audit.sequence_all(session, tenant)
+    size = audit.tree_size(session, tenant)
+    ts = datetime.now(UTC).isoformat(timespec="microseconds")
+    head = {"type": HEAD_TYPE, "tenant": tenant, "tree_size": size,
+            "root_hash": _root(session, tenant, size).hex(), "timestamp": ts}  # fmt: skip
+    row = AuditHead(
+        tenant=tenant,
+        tree_size=size,
+        root_hash=head["root_hash"],
+        ts=ts,
+        signature=base64.b64encode(key.sign(canonical_json(head).encode())).decode(),
+        public_key=public_key_b64(key),
+    )
+    session.add(row)
+    return _signed(row)
+
+
+def latest_head(session: Session, tenant: str) -> dict[str, Any] | None:
+    row = session.scalar(
+        select(AuditHead).where(AuditHead.tenant == tenant).order_by(AuditHead.id.desc()).limit(1)
+    )
+    return None if row is None else _signed(row)
+
+
+def _hashes(session: Session, tenant: str, ranges: list[tuple[int, int]]) -> list[str]:
+    """MTH of each range, from the stored complete subtrees inside them."""
+    parts = [part for r in ranges for part in merkle.perfect_parts(*r)]
+    subtree = merkle.subtree_from(audit.nodes(session, tenant, parts))
+    return [subtree(*r).hex() for r in ranges]
+
+
+def inclusion_proof(session: Session, tenant: str, seq: int, tree_size: int) -> dict[str, Any]:
+    """Event `seq` (1-based) is leaf `seq - 1` of the tree of `tree_size` events."""
+    size = audit.tree_size(session, tenant)
+    if not 1 <= seq <= tree_size <= size:
+        raise Unprocessable(
+            f"need 1 <= seq <= tree_size <= {size} (sequenced events); got {seq}, {tree_size}"
+        )
+    leaf, *path = _hashes(session, tenant, [(seq - 1, seq), *merkle.inclusion_ranges(seq - 1, tree_size)])
+    return {"seq": seq, "leaf_index": seq - 1, "tree_size": tree_size, "leaf_hash": leaf, "audit_path": path}
+
+
+def consistency_proof(session: Session, tenant: str, first: int, second: int) -> dict[str, Any]:
+    size = audit.tree_size(session, tenant)
+    if not 0 < first <= second <= size:
+        raise Unprocessable(f"need 0 < first <= second <= {size} (sequenced events); got {first}, {second}")
+    path = _hashes(session, tenant, merkle.consistency_ranges(first, second))
+    return {"first": first, "second": second, "consistency_path": path}

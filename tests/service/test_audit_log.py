@@ -1,0 +1,163 @@
+"""The audit log as a transparency log: writers never serialise, the sequencer orders what committed, and
+a client that kept a signed head catches any rewrite of the events it covers, even by an attacker who
+rewrites the database consistently (chain, leaves and tree recomputed) but has no signing key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from service.core import audit, proofs, transparency
+from service.core.db.engine import session_scope
+from service.core.db.tables import AuditEvent, AuditNode
+from service.core.signing import public_key_b64
+from tests.factories import make_model
+
+TENANT = "default"
+KEY = Ed25519PrivateKey.generate()
+
+
+def log_with_events(url: str, n: int) -> None:
+    """A model registration (3 events) plus `n` more events."""
+    with session_scope(url) as s:
+        make_model(s, name="toy")
+        for i in range(n):
+            audit.record(
+                s, tenant=TENANT, actor="test", action="test.event", entity_type="t", entity_id=str(i)
+            )
+
+
+def export(s: Session) -> list[dict[str, Any]]:
+    return [audit.export_dict(ev) for ev in audit.iter_events(s, TENANT)]
+
+
+def rewrite(s: Session, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    """What an attacker with write access to the database does: change the events, then rebuild every
+    position, chain link, leaf and tree node from scratch, so the log is consistent with itself."""
+    events = change(export(s))
+    s.execute(delete(AuditEvent).where(AuditEvent.tenant == TENANT))
+    s.execute(delete(AuditNode).where(AuditNode.tenant == TENANT))
+    for e in events:
+        s.add(AuditEvent(**{k: e[k] for k in proofs.BODY_KEYS if k != "seq"}))
+    s.flush()
+    audit.sequence_all(s, TENANT)
+
+
+def caught(url: str, kept: dict[str, Any]) -> bool:
+    """A client's check against the head it kept: the server's new head must extend it (consistency
+    proof), and the server's export must reproduce it."""
+    old = kept["tree_head"]
+    with session_scope(url) as s:
+        new = transparency.sign_head(s, KEY, TENANT)["tree_head"]
+        if new["tree_size"] < old["tree_size"]:
+            return True
+        proof = transparency.consistency_proof(s, TENANT, old["tree_size"], new["tree_size"])
+        consistent = proofs.verify_consistency_proof(old, new, proof)
+        reproduces, _ = proofs.verify_export(export(s), old)
+    return not (consistent and reproduces)
+
+
+def test_writing_an_event_reads_and_locks_nothing_and_the_sequencer_orders_it(db_url: str) -> None:
+    log_with_events(db_url, 3)
+    with session_scope(db_url) as s:
+        assert s.scalars(select(AuditEvent.seq)).all() == [None] * 6  # written, not yet sequenced
+        assert audit.sequence(s, TENANT) == 6 and audit.sequence(s, TENANT) == 0
+    with session_scope(db_url) as s:
+        seqs = s.scalars(select(AuditEvent.seq).order_by(AuditEvent.id)).all()
+        report = audit.verify_chain(s, TENANT)
+    assert seqs == [1, 2, 3, 4, 5, 6] and report["ok"] and report["events"] == 6
+
+
+def test_a_head_is_signed_over_the_whole_tree_and_verifies_offline(db_url: str) -> None:
+    log_with_events(db_url, 10)
+    with session_scope(db_url) as s:
+        head = transparency.sign_head(s, KEY, TENANT)
+        events = export(s)
+    assert head["tree_head"]["tree_size"] == 13
+    assert proofs.verify_head(head, public_key_b64(KEY)) == (True, "tree head signature valid")
+    assert proofs.verify_head(head, public_key_b64(Ed25519PrivateKey.generate()))[0] is False
+    assert proofs.verify_export(events, head["tree_head"])[0]
+    forged = {**head, "tree_head": {**head["tree_head"], "tree_size": 12}}
+    assert proofs.verify_head(forged)[0] is False
+
+
+def test_every_event_has_an_inclusion_proof_in_a_later_head(db_url: str) -> None:
+    log_with_events(db_url, 20)
+    with session_scope(db_url) as s:
+        head = transparency.sign_head(s, KEY, TENANT)["tree_head"]
+        events = export(s)
+        for ev in events:
+            proof = transparency.inclusion_proof(s, TENANT, ev["seq"], head["tree_size"])
+            assert proofs.verify_inclusion_proof(ev, proof, head), ev["seq"]
+        proof = transparency.inclusion_proof(s, TENANT, 5, head["tree_size"])
+    assert not proofs.verify_inclusion_proof({**events[4], "actor": "mallory"}, proof, head)
+    assert not proofs.verify_inclusion_proof(events[5], proof, head)  # another event's proof
+
+
+def test_later_heads_are_consistent_with_earlier_ones(db_url: str) -> None:
+    log_with_events(db_url, 4)
+    with session_scope(db_url) as s:
+        first = transparency.sign_head(s, KEY, TENANT)
+    for n in (1, 9):
+        with session_scope(db_url) as s:
+            for i in range(n):
+                audit.record(
+                    s, tenant=TENANT, actor="t", action="test.more", entity_type="t", entity_id=str(i)
+                )
+        assert not caught(db_url, first)
+
+
+KEPT_SIZE = 15  # the head the client keeps covers the first 15 events (3 registration + 12)
+
+
+def _delete_last(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last event the kept head covers (later ones, if any, stay)."""
+    return events[: KEPT_SIZE - 1] + events[KEPT_SIZE:]
+
+
+def _delete_middle(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return events[:5] + events[6:]
+
+
+def _edit_one(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**e, "actor": "mallory"} if i == 7 else e for i, e in enumerate(events)]
+
+
+def _swap_two(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    events[3], events[4] = events[4], events[3]
+    return events
+
+
+@pytest.mark.parametrize("tamper", [_delete_last, _delete_middle, _edit_one, _swap_two])
+@pytest.mark.parametrize("later_events", [0, 5])
+def test_a_rewritten_log_is_caught_against_a_head_kept_earlier(
+    db_url: str, tamper: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], later_events: int
+) -> None:
+    log_with_events(db_url, 12)
+    with session_scope(db_url) as s:
+        kept = transparency.sign_head(s, KEY, TENANT)
+    assert kept["tree_head"]["tree_size"] == KEPT_SIZE
+    with session_scope(db_url) as s:  # the log goes on (or not) after the client kept its head
+        for i in range(later_events):
+            audit.record(s, tenant=TENANT, actor="t", action="test.later", entity_type="t", entity_id=str(i))
+        audit.sequence_all(s, TENANT)
+    assert not caught(db_url, kept)  # control: the honest log passes
+    with session_scope(db_url) as s:
+        rewrite(s, tamper)
+        assert audit.verify_chain(s, TENANT)["ok"]  # consistent with itself: only the kept head tells
+    assert caught(db_url, kept)
+
+
+def test_the_server_check_compares_the_log_with_its_latest_signed_head(db_url: str) -> None:
+    log_with_events(db_url, 6)
+    with session_scope(db_url) as s:
+        head = transparency.sign_head(s, KEY, TENANT)
+        assert audit.verify_chain(s, TENANT, head)["ok"]
+        rewrite(s, _edit_one)
+        report = audit.verify_chain(s, TENANT, head)
+    assert report["ok"] is False and "signed head of size 9" in report["detail"]
