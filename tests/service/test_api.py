@@ -280,3 +280,11 @@ def test_non_finite_numbers_in_a_policy_are_422(api: Api) -> None:
         headers={**api.auth(admin), "content-type": "application/json"},
     )
     assert r.status_code == 422
+
+
+def test_a_dataset_path_holding_a_nul_byte_is_refused_by_name(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    body = {"kind": "npz", "name": "x", "uri": "/usr/share/datasets/\u0000"}
+    r = api.client.post("/v1/datasets", json=body, headers=api.auth(admin))
+    assert r.status_code == 422 and "uri" in r.json()["detail"]

@@ -18,7 +18,7 @@ class DatasetCreate(BaseModel):
         description="npz: arrays x, y, ids. csv_manifest: columns sample_id,path,label "
         "(paths relative to the CSV)."
     )
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000)] = Field(
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")] = Field(
         description="A local path under one of the service's data roots (UNLEARN_DATA_ROOTS)."
     )
 
