@@ -71,7 +71,7 @@ REPORT = """
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
     + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %%d %%d %%f %%f %%f\\n", summary.requests, errors,
+  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests, errors,
     summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
 end
 """

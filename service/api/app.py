@@ -7,6 +7,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.deps import KeyCache
 from service.api.errors import install_handlers, problem
 from service.api.observability import DatabaseCollector, HttpMetrics
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
     app.state.celery = make_celery(settings, fail_fast=True)
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
+    app.state.key_cache = KeyCache(settings.key_cache_seconds)
     install_handlers(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.sessionmaker))

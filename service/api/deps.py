@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.core.db.tables import ApiKey
 from service.core.errors import Forbidden, Unauthorized
-from service.core.keys import SCOPES, find_key
+from service.core.keys import SCOPES, find_key, hash_key
 from service.core.settings import Settings
 
 
@@ -44,17 +45,57 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer ul_...`")
 
 
+class KeyCache:
+    """Keys verified in the last `ttl` seconds, per process, by their sha256: most requests then need no
+    database round trip to authenticate. Only valid keys are cached; a revocation takes effect at once
+    in the process that served it and within `ttl` seconds everywhere else (0 turns the cache off)."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+
+    def get(self, digest: str) -> ApiKey | None:
+        hit = self._keys.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, digest: str, key: ApiKey) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._keys) >= self.MAX_ENTRIES:
+            self._keys.clear()
+        self._keys[digest] = (time.monotonic() + self.ttl, key)
+
+    def evict(self, digest: str) -> None:
+        self._keys.pop(digest, None)
+
+
+def authenticate(request: Request, session: Session, plaintext: str) -> ApiKey | None:
+    cache: KeyCache = request.app.state.key_cache
+    digest = hash_key(plaintext)
+    key = cache.get(digest)
+    if key is None:
+        key = find_key(session, plaintext)
+        session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
+        if key is not None:
+            cache.put(digest, key)
+    return key
+
+
 def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
     """A dependency that admits keys holding any of `scopes` (or `admin`, which implies every scope)."""
 
     def dependency(
+        request: Request,
         session: SessionDep,
         creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
         if creds is None or not creds.credentials:
             raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-        key = find_key(session, creds.credentials)
-        session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
+        key = authenticate(request, session, creds.credentials)
         if key is None:
             raise Unauthorized("invalid or revoked API key")
         if "admin" not in key.scopes and not set(scopes) & set(key.scopes):

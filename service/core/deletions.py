@@ -7,17 +7,16 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
-from sqlalchemy import select, text
+from sqlalchemy import and_, select, text
 from sqlalchemy.orm import Session
 
 from service.core import events
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
-from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model
+from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model, new_id
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from service.core.queue import send_run_model, wake_due
 from service.core.states import PENDING, ModelStatus, RequestState
@@ -36,22 +35,27 @@ def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]
         yield items[i : i + size]
 
 
-def _present(session: Session, column: Any, scope: Any, ids: Sequence[str]) -> set[str]:
-    """Which of `ids` appear in `column` (within `scope`), queried in chunks to bound the IN list."""
-    found: set[str] = set()
+def classify_ids(session: Session, model: Model, ids: Sequence[str]) -> tuple[list[str], set[str]]:
+    """(IDs not in the model's training set, in request order; IDs it has already forgotten): one round
+    trip per chunk of IDs, the intake's hot path."""
+    known: set[str] = set()
+    forgotten: set[str] = set()
     for chunk in _chunks(ids):
-        found.update(session.scalars(select(column).where(scope, column.in_(chunk))))
-    return found
-
-
-def unknown_ids(session: Session, dataset_id: str, ids: Sequence[str]) -> list[str]:
-    """IDs that are not in the dataset, in request order."""
-    known = _present(session, DatasetSample.sample_id, DatasetSample.dataset_id == dataset_id, ids)
-    return [i for i in ids if i not in known]
-
-
-def forgotten_ids(session: Session, model_id: str, ids: Sequence[str]) -> set[str]:
-    return _present(session, ForgottenSample.sample_id, ForgottenSample.model_id == model_id, ids)
+        rows = session.execute(
+            select(DatasetSample.sample_id, ForgottenSample.sample_id)
+            .outerjoin(
+                ForgottenSample,
+                and_(
+                    ForgottenSample.model_id == model.id, ForgottenSample.sample_id == DatasetSample.sample_id
+                ),
+            )
+            .where(DatasetSample.dataset_id == model.train_dataset_id, DatasetSample.sample_id.in_(chunk))
+        )
+        for sample_id, gone in rows:
+            known.add(sample_id)
+            if gone is not None:
+                forgotten.add(sample_id)
+    return [i for i in ids if i not in known], forgotten
 
 
 def body_digest(ids: Sequence[str], reference: str | None, callback_url: str | None = None) -> str:
@@ -107,15 +111,15 @@ def submit(
     ids = dedupe(sample_ids)
     if len(ids) > max_ids:
         raise PayloadTooLarge(f"{len(ids)} distinct sample IDs; at most {max_ids} per request", limit=max_ids)
-    unknown = unknown_ids(session, model.train_dataset_id, ids)
+    unknown, already = classify_ids(session, model, ids)
     if unknown:
         raise Unprocessable(
             f"{len(unknown)} sample ID(s) are not in the training set of model {model.name!r}",
             unknown_ids=unknown[:MAX_REPORTED_UNKNOWN],
             unknown_count=len(unknown),
         )
-    already = forgotten_ids(session, model.id, ids)
     req = DeletionRequest(
+        id=new_id(),  # known before the flush, so the request and its event are inserted together
         tenant=model.tenant,
         model_id=model.id,
         sample_ids=ids,
@@ -129,7 +133,6 @@ def submit(
         state=RequestState.RECEIVED,
     )
     session.add(req)
-    session.flush()
     events.request_received(session, req, model_name=model.name, actor=events.key_actor(key))
     return req
 

@@ -23,6 +23,18 @@ def get_request(session: Session, tenant: str, request_id: str) -> DeletionReque
     return req
 
 
+def get_request_and_model_name(session: Session, tenant: str, request_id: str) -> tuple[DeletionRequest, str]:
+    """The request and its model's name in one round trip (the status poll every product makes)."""
+    row = session.execute(
+        select(DeletionRequest, Model.name)
+        .join(Model, Model.id == DeletionRequest.model_id)
+        .where(DeletionRequest.id == request_id, DeletionRequest.tenant == tenant)
+    ).first()
+    if row is None:
+        raise NotFound(f"deletion request {request_id!r} not found")
+    return row[0], row[1]
+
+
 def get_job(session: Session, tenant: str, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None or job.tenant != tenant:

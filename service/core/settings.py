@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # How often workers sequence new audit events and sign a tree head (heads are also signed on demand).
     audit_head_seconds: float = Field(10.0, gt=0, validation_alias=AliasChoices("UNLEARN_AUDIT_HEAD_SECONDS"))
 
+    # The API remembers a verified key this long per process (a revocation reaches other processes
+    # within it); 0 checks the database on every request.
+    key_cache_seconds: float = Field(5.0, ge=0, validation_alias=AliasChoices("UNLEARN_KEY_CACHE_SECONDS"))
+
     # Request limits.
     max_sample_ids: int = Field(100_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_SAMPLE_IDS"))
     max_body_bytes: int = Field(

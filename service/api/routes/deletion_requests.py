@@ -12,7 +12,7 @@ from service.api.schemas.deletion import DeletionRequestCreate, DeletionRequestO
 from service.api.views import request_out
 from service.core import deletions, events
 from service.core.db.tables import DeletionRequest, Model
-from service.core.lookups import get_model, get_request
+from service.core.lookups import get_model, get_request_and_model_name
 
 router = APIRouter(tags=["deletion requests"])
 
@@ -83,8 +83,7 @@ def list_deletion_requests(
 
 @router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)
 def get_deletion_request(request_id: str, session: SessionDep, key: RequestReader) -> DeletionRequestOut:
-    req = get_request(session, key.tenant, request_id)
-    return request_out(req, session.get_one(Model, req.model_id).name)
+    return request_out(*get_request_and_model_name(session, key.tenant, request_id))
 
 
 @router.post(

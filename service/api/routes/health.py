@@ -40,7 +40,7 @@ def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Res
     if settings.metrics_require_key:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.
         header = request.headers.get("authorization", "")
-        require_scope("jobs:read")(session, _credentials(header))
+        require_scope("jobs:read")(request, session, _credentials(header))
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
 

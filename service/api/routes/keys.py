@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from sqlalchemy import select
 
 from service.api.deps import Admin, AnyKey, SessionDep
@@ -51,11 +51,13 @@ def list_keys(session: SessionDep, caller: Admin) -> list[KeyOut]:
 
 
 @router.post("/v1/keys/{key_id}/revoke", response_model=KeyOut)
-def revoke_key_route(key_id: str, session: SessionDep, caller: Admin) -> KeyOut:
+def revoke_key_route(key_id: str, request: Request, session: SessionDep, caller: Admin) -> KeyOut:
+    """Takes effect at once in this process, and within UNLEARN_KEY_CACHE_SECONDS in the others."""
     key = session.get(ApiKey, key_id)
     if key is None or key.tenant != caller.tenant:
         raise NotFound(f"API key {key_id!r} not found")
     revoke_key(session, key_id)
     events.key_revoked(session, key, actor=events.key_actor(caller))
     session.commit()
+    request.app.state.key_cache.evict(key.key_hash)
     return key_out(key)
