@@ -92,15 +92,13 @@ class Row:
 
 
 def wrk(name: str, url: str, script: str, args: argparse.Namespace) -> Row:
-    """One wrk run; the Lua `done` hook prints the numbers so nothing is scraped from prose."""
+    """One wrk run after a short warm-up (connections opened, caches and pools filled); the Lua `done`
+    hook prints the numbers, so nothing is scraped from prose."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script + REPORT)
-    out = subprocess.run(
-        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "-s", fh.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    base = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", fh.name, url]
+    subprocess.run([*base, "-d2s"], capture_output=True, check=True)
+    out = subprocess.run([*base, f"-d{args.seconds}s"], capture_output=True, text=True, check=True).stdout
     os.unlink(fh.name)
     m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
     assert m, out

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
-from service.api.errors import install_handlers, problem
+from service.api.errors import install_handlers, install_problem_schema, problem
 from service.api.observability import DatabaseCollector, HttpMetrics
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.core.db.engine import sessionmaker_for
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
     install_handlers(app)
+    install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.sessionmaker))
     app.add_middleware(HttpMetrics, registry=registry)

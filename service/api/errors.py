@@ -8,11 +8,53 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import ProblemError
 
 PROBLEM = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 describes it; extra members (e.g. `unknown_ids`) name what was wrong."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+WHY = {
+    400: "The request is malformed",
+    401: "No API key, or an invalid or revoked one",
+    403: "The key lacks the scope this route needs",
+    404: "No such object in the caller's tenant",
+    409: "The object's state does not allow this now",
+    413: "The body, or the list of sample IDs, is over the limit",
+    422: "The input is invalid; the body names the field or the IDs",
+    503: "A dependency (database, broker) is unavailable",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting error statuses as `application/problem+json` bodies."""
+    return {
+        status: {
+            "description": WHY[status],
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+# Every route can meet these: the screen refuses NUL bytes and oversized bodies before routing.
+ANY_ROUTE = (413, 422)
+# ... and every route behind a key these.
+KEYED = (400, 401, 403, 404, 409, 413, 422)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -43,3 +85,19 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return problem(500, "Internal error", f"unexpected {type(exc).__name__}")
+
+
+def install_problem_schema(app: FastAPI) -> None:
+    """Put `Problem` into the OpenAPI components, where `problems()` refers to it."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                Problem.model_json_schema()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

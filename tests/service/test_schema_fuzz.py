@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from service.api.app import create_app
 from service.core.db import migrate
@@ -34,5 +39,10 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 def test_no_input_breaks_the_api(case: schemathesis.Case) -> None:
     case.call_and_validate(
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        checks=[not_a_server_error, response_schema_conformance],
+        checks=[
+            not_a_server_error,
+            response_schema_conformance,
+            status_code_conformance,
+            content_type_conformance,
+        ],
     )

@@ -11,13 +11,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import AuditReader, RequestReader, SessionDep
+from service.api.errors import KEYED, problems
 from service.core import audit, certificates, transparency
 from service.core.canonical import canonical_json
 from service.core.errors import Unprocessable
 from service.core.lookups import get_model, get_request
 from service.core.signing import public_key_b64, public_key_pem, sign_document
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], responses=problems(*KEYED))
 
 CSV_FIELDS = [
     "seq",
@@ -46,7 +47,17 @@ def _matches(
     )
 
 
-@router.get("/v1/audit/export", summary="Stream the tenant's hash-chained audit trail")
+@router.get(
+    "/v1/audit/export",
+    summary="Stream the tenant's audit log (JSON lines or CSV)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One event per line, in log order",
+            "content": {"application/x-ndjson": {}, "text/csv": {}},
+        }
+    },
+)
 def export_audit(
     request: Request,
     session: SessionDep,

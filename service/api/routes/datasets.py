@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
 
 from service.api.deps import Admin, SessionDep, SettingsDep
+from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
 from service.core import events
 from service.core.dataset_ids import read_ids
@@ -15,8 +16,10 @@ from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
 from service.core.registry import register_dataset
 
-router = APIRouter(tags=["datasets"])
-upload_router = APIRouter(tags=["datasets"])  # carries the larger upload body limit
+router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
+upload_router = APIRouter(
+    tags=["datasets"], responses=problems(*KEYED)
+)  # carries the larger upload body limit
 
 
 def dataset_out(d: Dataset) -> DatasetOut:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy import select
 
 from service.api.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
+from service.api.errors import KEYED, problems
 from service.api.pagination import newest_first
 from service.api.schemas.common import Page
 from service.api.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
@@ -14,7 +15,7 @@ from service.core import deletions, events
 from service.core.db.tables import DeletionRequest, Model
 from service.core.lookups import get_model, get_request_and_model_name
 
-router = APIRouter(tags=["deletion requests"])
+router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
 
 
 @router.post(
@@ -22,6 +23,12 @@ router = APIRouter(tags=["deletion requests"])
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeletionRequestOut,
     summary="Ask the model to forget training samples",
+    responses={
+        200: {
+            "description": "A replay of an earlier Idempotency-Key: the first request",
+            "model": DeletionRequestOut,
+        }
+    },
 )
 def create_deletion_request(
     model: str,

@@ -8,8 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service.api.deps import SessionDep, SettingsDep, require_scope
+from service.api.errors import ANY_ROUTE, problems
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problems(*ANY_ROUTE))
 
 
 @router.get("/healthz", summary="The API process is up")
@@ -17,7 +18,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database and the broker are reachable")
+@router.get(
+    "/readyz",
+    summary="The database and the broker are reachable",
+    responses={503: {"description": "Not ready: `checks` names what is down"}},
+)
 def readyz(request: Request, session: SessionDep) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
@@ -35,7 +40,12 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=problems(401, 403),  # when UNLEARN_METRICS_REQUIRE_KEY is set
+)
 def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     if settings.metrics_require_key:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from service.api.deps import Admin, CeleryDep, JobsReader, SessionDep
+from service.api.errors import KEYED, problems
 from service.api.pagination import newest_first, utc
 from service.api.schemas.common import Page
 from service.api.schemas.jobs import JobOut, JobState
@@ -16,7 +17,7 @@ from service.core.db.tables import Job, Model
 from service.core.lookups import get_job, get_model
 from service.core.queue import send_run_model
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=problems(*KEYED))
 
 
 @router.get("/v1/jobs", response_model=Page[JobOut], summary="Jobs, newest first, with filters")

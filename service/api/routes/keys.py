@@ -4,13 +4,14 @@ from fastapi import APIRouter, Request, status
 from sqlalchemy import select
 
 from service.api.deps import Admin, AnyKey, SessionDep
+from service.api.errors import KEYED, problems
 from service.api.schemas.keys import KeyCreate, KeyOut
 from service.core import events
 from service.core.db.tables import ApiKey
 from service.core.errors import NotFound
 from service.core.keys import create_key, revoke_key
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], responses=problems(*KEYED))
 
 
 def key_out(k: ApiKey, plaintext: str | None = None) -> KeyOut:

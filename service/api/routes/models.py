@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
 
 from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
+from service.api.errors import KEYED, problems
 from service.api.pagination import decode_cursor, encode_cursor
 from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
@@ -26,8 +27,8 @@ from service.core.queue import send_validate_model
 from service.core.registry import register_model, update_policy
 from service.core.states import ModelStatus
 
-router = APIRouter(tags=["models"])
-upload_router = APIRouter(tags=["models"])  # carries the larger upload body limit
+router = APIRouter(tags=["models"], responses=problems(*KEYED))
+upload_router = APIRouter(tags=["models"], responses=problems(*KEYED))  # carries the larger upload body limit
 
 
 @router.get("/v1/models", response_model=list[ModelOut])
