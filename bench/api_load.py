@@ -91,13 +91,14 @@ class Row:
         return self.requests / self.seconds
 
 
-def wrk(name: str, url: str, script: str, args: argparse.Namespace) -> Row:
+def wrk(name: str, url: str, script: str, args: argparse.Namespace, warm_up: bool = True) -> Row:
     """One wrk run after a short warm-up (connections opened, caches and pools filled); the Lua `done`
     hook prints the numbers, so nothing is scraped from prose."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script + REPORT)
     base = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-s", fh.name, url]
-    subprocess.run([*base, "-d2s"], capture_output=True, check=True)
+    if warm_up:
+        subprocess.run([*base, "-d2s"], capture_output=True, check=True)
     out = subprocess.run([*base, f"-d{args.seconds}s"], capture_output=True, text=True, check=True).stdout
     os.unlink(fh.name)
     m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
