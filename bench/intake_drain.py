@@ -111,7 +111,10 @@ def main() -> None:
     print(f"| requests per job | {stored / max(sum(jobs.values()), 1):.0f} |")
     print(f"| time to drain | {took:.1f} s |")
     unfinished = sum(states.get(state, 0) for state in (*PENDING, RequestState.PROCESSING))
-    print(f"| lost (accepted but not stored, or not finished) | {accepted - stored + unfinished} |")
+    print(f"| stored but not counted by wrk (answered after it stopped) | {max(stored - accepted, 0)} |")
+    print(f"| lost (accepted but not stored, or never finished) | {max(accepted - stored, 0) + unfinished} |")
+    for error in errors:
+        print(f"\nfailed job: {error}")
 
 
 if __name__ == "__main__":
