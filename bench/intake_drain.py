@@ -92,6 +92,9 @@ def main() -> None:
                 s.execute(select(DeletionRequest.state, func.count()).group_by(DeletionRequest.state)).all()
             )
             jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            errors = sorted(
+                {(e or "")[:160] for e in s.scalars(select(Job.error).where(Job.error.is_not(None)))}
+            )
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
