@@ -8,6 +8,7 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -73,29 +74,31 @@ class KeyCache:
         self._keys.pop(digest, None)
 
 
-def authenticate(request: Request, session: Session, plaintext: str) -> ApiKey | None:
-    cache: KeyCache = request.app.state.key_cache
-    digest = hash_key(plaintext)
-    key = cache.get(digest)
-    if key is None:
-        key = find_key(session, plaintext)
-        session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
-        if key is not None:
-            cache.put(digest, key)
+def _lookup(session: Session, plaintext: str) -> ApiKey | None:
+    key = find_key(session, plaintext)
+    session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
     return key
 
 
 def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
-    """A dependency that admits keys holding any of `scopes` (or `admin`, which implies every scope)."""
+    """A dependency that admits keys holding any of `scopes` (or `admin`, which implies every scope).
+    Async, so a key found in the cache costs no trip to the thread pool; only a miss reads the database
+    (in a worker thread)."""
 
-    def dependency(
+    async def dependency(
         request: Request,
         session: SessionDep,
         creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
         if creds is None or not creds.credentials:
             raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-        key = authenticate(request, session, creds.credentials)
+        cache: KeyCache = request.app.state.key_cache
+        digest = hash_key(creds.credentials)
+        key = cache.get(digest)
+        if key is None:
+            key = await run_in_threadpool(_lookup, session, creds.credentials)
+            if key is not None:
+                cache.put(digest, key)
         if key is None:
             raise Unauthorized("invalid or revoked API key")
         if "admin" not in key.scopes and not set(scopes) & set(key.scopes):

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
 
     # The API remembers a verified key this long per process (a revocation reaches other processes
     # within it); 0 checks the database on every request.
-    key_cache_seconds: float = Field(5.0, ge=0, validation_alias=AliasChoices("UNLEARN_KEY_CACHE_SECONDS"))
+    key_cache_seconds: float = Field(2.0, ge=0, validation_alias=AliasChoices("UNLEARN_KEY_CACHE_SECONDS"))
 
     # Request limits.
     max_sample_ids: int = Field(100_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_SAMPLE_IDS"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -46,12 +47,14 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
     response_class=Response,
     responses=problems(401, 403),  # when UNLEARN_METRICS_REQUIRE_KEY is set
 )
-def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     if settings.metrics_require_key:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.
         header = request.headers.get("authorization", "")
-        require_scope("jobs:read")(request, session, _credentials(header))
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        await require_scope("jobs:read")(request, session, _credentials(header))
+    # The collector reads the database: off the event loop.
+    body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def _credentials(header: str) -> Any:
