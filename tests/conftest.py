@@ -67,3 +67,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
         engine_for(env["DATABASE_URL"]).dispose()
         _drop_pg_database(name)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated SQLite database: the domain and the workers' database logic, without processes."""
+    from service.core.db import migrate
+    from service.core.db.engine import engine_for
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    migrate.upgrade(url)
+    yield url
+    engine_for(url).dispose()

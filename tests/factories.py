@@ -4,10 +4,13 @@ registry functions, so they exercise the same code paths as real registrations."
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.core.db.tables import Model
+from service.core import deletions
+from service.core.audit import sequence_all, verify_chain
+from service.core.db.tables import DeletionRequest, Model
 from service.core.keys import create_key
 from service.core.registry import register_dataset, register_model
 
@@ -58,3 +61,26 @@ def make_model(
 
 def make_key(session: Session, *, tenant: str = "default", scopes: tuple[str, ...] = ("admin",)) -> str:
     return create_key(session, tenant=tenant, scopes=scopes)[1]
+
+
+def submit_request(
+    session: Session, model: Model, ids: list[str], *, callback_url: str | None = None
+) -> DeletionRequest:
+    """A deletion request through the domain's own intake (no HTTP); callbacks may go to hooks.example."""
+    key, _ = create_key(session, tenant=model.tenant, scopes=["deletion:write"])
+    return deletions.submit(
+        session,
+        model=model,
+        key=key,
+        sample_ids=ids,
+        reference=None,
+        max_ids=100,
+        callback_url=callback_url,
+        allowed_hosts=["hooks.example"],
+    )
+
+
+def verified_log(session: Session, tenant: str = "default") -> dict[str, Any]:
+    """Events are sequenced after they are written: sequence them, then check the whole log."""
+    sequence_all(session, tenant)
+    return verify_chain(session, tenant)

@@ -5,14 +5,11 @@ JSON: no database, no server, so `unlearn verify-certificate` and `unlearn audit
 
 from __future__ import annotations
 
-import base64
 from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.core import merkle
 from service.core.canonical import canonical_json
+from service.core.signing import verify_signed
 
 # The fields of an event that its chain hash and its Merkle leaf cover.
 BODY_KEYS = ("tenant", "seq", "ts", "actor", "action", "entity_type", "entity_id", "model_id", "data")
@@ -25,17 +22,7 @@ def leaf_of(body: dict[str, Any]) -> bytes:
 
 def verify_head(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:
     """The head's Ed25519 signature (and, with a trusted key, who made it)."""
-    try:
-        sig = signed["signature"]
-        if trusted_public_key_b64 is not None and sig["public_key"] != trusted_public_key_b64:
-            return False, "tree head signed by a different key than the trusted one"
-        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(sig["public_key"]))
-        pub.verify(base64.b64decode(sig["value"]), canonical_json(signed["tree_head"]).encode())
-    except InvalidSignature:
-        return False, "tree head signature does not match its content"
-    except (KeyError, TypeError, ValueError) as exc:
-        return False, f"malformed tree head: {exc}"
-    return True, "tree head signature valid"
+    return verify_signed(signed, "tree_head", trusted_public_key_b64, noun="tree head")
 
 
 def verify_inclusion_proof(event: dict[str, Any], proof: dict[str, Any], head: dict[str, Any]) -> bool:

@@ -62,20 +62,28 @@ def sign_document(key: Ed25519PrivateKey, document: dict[str, Any]) -> dict[str,
     }
 
 
-def verify_document(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:
-    """Check a signed certificate; with `trusted_public_key_b64`, also that it was signed by that key."""
+def verify_signed(
+    signed: dict[str, Any], part: str, trusted_public_key_b64: str | None = None, *, noun: str
+) -> tuple[bool, str]:
+    """Check the Ed25519 signature over `signed[part]` (a certificate, a tree head); with
+    `trusted_public_key_b64`, also that it was signed by that key. `noun` names the part in messages."""
     try:
         sig = signed["signature"]
         embedded = sig["public_key"]
         if trusted_public_key_b64 is not None and embedded != trusted_public_key_b64:
-            return False, "signed by a different key than the trusted one"
+            return False, f"{noun} signed by a different key than the trusted one"
         pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(embedded))
-        pub.verify(base64.b64decode(sig["value"]), canonical_json(signed["certificate"]).encode())
+        pub.verify(base64.b64decode(sig["value"]), canonical_json(signed[part]).encode())
     except InvalidSignature:
-        return False, "signature does not match the certificate's content"
+        return False, f"signature does not match the {noun}'s content"
     except (KeyError, TypeError, ValueError) as exc:
-        return False, f"malformed certificate: {exc}"
+        return False, f"malformed {noun}: {exc}"
     return True, "signature valid"
+
+
+def verify_document(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:
+    """Check a signed certificate (see `verify_signed`)."""
+    return verify_signed(signed, "certificate", trusted_public_key_b64, noun="certificate")
 
 
 def public_key_b64_from_pem(pem: str) -> str:

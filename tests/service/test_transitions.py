@@ -4,7 +4,7 @@ API's state literals checked against the domain's enums so the two cannot drift.
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import get_args
 
 import pytest
 from sqlalchemy import select
@@ -13,36 +13,15 @@ from sqlalchemy.orm import Session
 from service.api.schemas import deletion as deletion_schema
 from service.api.schemas import jobs as jobs_schema
 from service.core import deletions, jobs, states
-from service.core.audit import sequence_all, verify_chain
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model
 from service.core.errors import Conflict, NotFound, Unprocessable
 from service.core.keys import create_key
 from service.core.states import JobPhase, JobState, RequestState, WebhookState
-from tests.factories import make_model
+from tests.factories import make_model, submit_request, verified_log
 from workers import claims
 
 HOOK = "https://hooks.example/done"
-
-
-def sequenced_and_verified(s: Session) -> dict[str, Any]:
-    """Events are sequenced after they are written: sequence them, then check the whole log."""
-    sequence_all(s, "default")
-    return verify_chain(s, "default")
-
-
-def submit(s: Session, model: Model, ids: list[str], *, callback_url: str | None = None) -> DeletionRequest:
-    key, _ = create_key(s, tenant=model.tenant, scopes=["deletion:write"])
-    return deletions.submit(
-        s,
-        model=model,
-        key=key,
-        sample_ids=ids,
-        reference=None,
-        max_ids=100,
-        callback_url=callback_url,
-        allowed_hosts=["hooks.example"],
-    )
 
 
 def claim(s: Session, model: Model) -> Job:
@@ -94,7 +73,7 @@ def test_a_rejected_submission_writes_nothing(db_url: str, model: Model) -> None
     with session_scope(db_url) as s:
         before = actions(s)
         with pytest.raises(Unprocessable):
-            submit(s, model, ["toy-0001", "not-a-sample"])
+            submit_request(s, model, ["toy-0001", "not-a-sample"])
         assert s.scalars(select(DeletionRequest)).all() == []
         assert actions(s) == before
 
@@ -107,7 +86,7 @@ def test_cancelling_a_pending_request_cancels_it_with_an_event(
     db_url: str, model: Model, queued: bool
 ) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         if queued:
             req.state = RequestState.QUEUED  # as rows written before wakes were throttled are
     with session_scope(db_url) as s:
@@ -117,12 +96,12 @@ def test_cancelling_a_pending_request_cancels_it_with_an_event(
         assert s.get_one(DeletionRequest, req.id).state == RequestState.CANCELLED
         last = events(s)[-1]
         assert (last.action, last.entity_id, last.actor) == ("deletion_request.cancelled", req.id, "key:abc")
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_cancelling_a_processing_request_is_a_conflict_and_changes_nothing(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         claim(s, model)
         before = actions(s)
     with session_scope(db_url) as s, pytest.raises(Conflict, match="processing"):
@@ -134,7 +113,7 @@ def test_cancelling_a_processing_request_is_a_conflict_and_changes_nothing(db_ur
 
 def test_cancelling_a_cancelled_request_again_is_a_conflict(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         deletions.cancel(s, "default", req.id, actor="test")
         with pytest.raises(Conflict):
             deletions.cancel(s, "default", req.id, actor="test")
@@ -145,7 +124,7 @@ def test_cancelling_another_tenants_request_is_not_found_and_changes_nothing(
     db_url: str, model: Model
 ) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
     with session_scope(db_url) as s, pytest.raises(NotFound):
         deletions.cancel(s, "intruder", req.id, actor="test")
     with session_scope(db_url) as s:
@@ -163,7 +142,7 @@ def test_cancelling_an_unknown_request_is_not_found(db_url: str, model: Model) -
 
 def test_request_cancel_flags_a_running_job_once_with_one_event(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job_id = claim(s, model).id
     for _ in range(2):
         with session_scope(db_url) as s:
@@ -178,7 +157,7 @@ def test_request_cancel_flags_a_running_job_once_with_one_event(db_url: str, mod
 
 def test_request_cancel_refuses_a_job_that_is_not_running(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job = claim(s, model)
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
     with session_scope(db_url) as s, pytest.raises(Conflict, match="completed"):
@@ -190,7 +169,7 @@ def test_request_cancel_refuses_a_job_that_is_not_running(db_url: str, model: Mo
 
 def test_request_cancel_of_another_tenants_job_is_not_found(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job_id = claim(s, model).id
     with session_scope(db_url) as s, pytest.raises(NotFound):
         jobs.request_cancel(s, "intruder", job_id, actor="test")
@@ -203,7 +182,7 @@ def test_request_cancel_of_another_tenants_job_is_not_found(db_url: str, model: 
 
 def failed_job(url: str, model: Model, n: int = 2, callback_url: str | None = None) -> tuple[str, list[str]]:
     with session_scope(url) as s:
-        reqs = [submit(s, model, [f"toy-000{i}"], callback_url=callback_url) for i in range(n)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"], callback_url=callback_url) for i in range(n)]
         jobs.close(s, claim(s, model), JobState.FAILED, error="boom")
         return s.scalars(select(Job.id)).one(), [r.id for r in reqs]
 
@@ -211,7 +190,7 @@ def failed_job(url: str, model: Model, n: int = 2, callback_url: str | None = No
 @pytest.mark.parametrize("state", [JobState.RUNNING, JobState.COMPLETED, JobState.CANCELLED])
 def test_retry_refuses_a_job_that_did_not_fail(db_url: str, model: Model, state: JobState) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         job = claim(s, model)
         if state != JobState.RUNNING:
             jobs.close(s, job, state, result_version=2 if state == JobState.COMPLETED else None)
@@ -243,7 +222,7 @@ def test_retry_writes_one_retried_event_per_request_naming_the_failed_job(db_url
         assert [(e.action, e.entity_id, e.actor, e.data) for e in new] == [
             ("deletion_request.retried", i, "key:admin", {"failed_job_id": job_id}) for i in req_ids
         ]
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_retried_requests_are_claimed_by_the_next_job(db_url: str, model: Model) -> None:
@@ -283,7 +262,7 @@ def test_a_retried_requests_new_webhook_has_its_full_delivery_budget(db_url: str
 
 def test_closing_a_job_completed_finishes_it(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job = claim(s, model)
         job.progress, job.phase = 0.9, JobPhase.PUBLISH
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
@@ -301,9 +280,9 @@ def test_closing_a_job_completed_finishes_it(db_url: str, model: Model) -> None:
 
 def test_closing_a_job_completed_completes_its_requests_at_the_new_version(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        reqs = [submit(s, model, [f"toy-000{i}"]) for i in range(2)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"]) for i in range(2)]
         job = claim(s, model)
-        other = submit(s, model, ["toy-0009"])  # arrived after the claim: not this job's
+        other = submit_request(s, model, ["toy-0009"])  # arrived after the claim: not this job's
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
     with session_scope(db_url) as s:
         finished_at = s.get_one(Job, job.id).finished_at
@@ -319,8 +298,8 @@ def test_closing_a_job_sets_a_pending_webhook_only_where_there_is_a_callback(
     db_url: str, model: Model
 ) -> None:
     with session_scope(db_url) as s:
-        hooked = submit(s, model, ["toy-0001"], callback_url=HOOK)
-        silent = submit(s, model, ["toy-0002"])
+        hooked = submit_request(s, model, ["toy-0001"], callback_url=HOOK)
+        silent = submit_request(s, model, ["toy-0002"])
         jobs.close(s, claim(s, model), JobState.COMPLETED, result_version=2)
     with session_scope(db_url) as s:
         assert s.get_one(DeletionRequest, hooked.id).webhook_state == WebhookState.PENDING
@@ -329,7 +308,7 @@ def test_closing_a_job_sets_a_pending_webhook_only_where_there_is_a_callback(
 
 def test_closing_a_job_writes_one_event_per_request_then_the_jobs(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        reqs = [submit(s, model, [f"toy-000{i}"]) for i in range(2)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"]) for i in range(2)]
         job = claim(s, model)
         start = len(events(s))
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
@@ -342,12 +321,12 @@ def test_closing_a_job_writes_one_event_per_request_then_the_jobs(db_url: str, m
         assert new[0].data == {"job_id": job.id, "model_version": "v2", "error": None}
         assert new[-1].data == {"result_version": "v2", "error": None, "attempts": 1}
     with session_scope(db_url) as s:
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_closing_a_job_failed_copies_the_error_to_its_requests(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        reqs = [submit(s, model, [f"toy-000{i}"], callback_url=HOOK) for i in range(2)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"], callback_url=HOOK) for i in range(2)]
         job = claim(s, model)
         job.progress = 0.4
         start = len(events(s))
@@ -365,12 +344,12 @@ def test_closing_a_job_failed_copies_the_error_to_its_requests(db_url: str, mode
         assert [(r.state, r.error, r.model_version, r.completed_at, r.webhook_state) for r in rows] == [
             (RequestState.FAILED, "every method failed its gates", None, None, WebhookState.PENDING)
         ] * 2
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_closing_a_job_cancelled_cancels_its_requests_without_a_webhook(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
-        req = submit(s, model, ["toy-0001"], callback_url=HOOK)
+        req = submit_request(s, model, ["toy-0001"], callback_url=HOOK)
         job = claim(s, model)
         jobs.close(s, job, JobState.CANCELLED)
         assert actions(s)[-2:] == ["deletion_request.cancelled", "job.cancelled"]

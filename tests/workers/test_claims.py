@@ -5,42 +5,19 @@ and validations. Every transition leaves its audit events and an intact chain.""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core import deletions, jobs
-from service.core.audit import sequence_all, verify_chain
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, utcnow
-from service.core.keys import create_key
 from service.core.states import JobPhase, JobState, ModelStatus, RequestState, WebhookState
-from tests.factories import make_model
+from tests.factories import make_model, submit_request, verified_log
 from workers import claims
 
 HOOKS = "hooks.example"
-
-
-def sequenced_and_verified(s: Session) -> dict[str, Any]:
-    """Events are sequenced after they are written: sequence them, then check the whole log."""
-    sequence_all(s, "default")
-    return verify_chain(s, "default")
-
-
-def submit(s: Session, model: Model, ids: list[str], *, callback_url: str | None = None) -> DeletionRequest:
-    key, _ = create_key(s, tenant=model.tenant, scopes=["deletion:write"])
-    return deletions.submit(
-        s,
-        model=model,
-        key=key,
-        sample_ids=ids,
-        reference=None,
-        max_ids=100,
-        callback_url=callback_url,
-        allowed_hosts=[HOOKS],
-    )
 
 
 def actions(s: Session, tenant: str = "default") -> list[str]:
@@ -67,7 +44,7 @@ def claimed_job(s: Session, model: Model) -> Job:
 def test_a_job_claims_every_pending_request_of_its_model_oldest_first(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        a, b, c = (submit(s, model, [f"toy-000{i}"]) for i in range(3))
+        a, b, c = (submit_request(s, model, [f"toy-000{i}"]) for i in range(3))
         b.state = RequestState.QUEUED  # received and queued (rows from earlier releases) are both pending
         now = utcnow()
         c.created_at, a.created_at, b.created_at = (
@@ -88,7 +65,7 @@ def test_a_job_starts_running_from_the_models_latest_version_with_its_defaults(d
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
         model.latest_version, model.default_method, model.default_params = 4, "retrain", {"epochs": 2}
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job = claimed_job(s, model)
         job_id = job.id
     with session_scope(db_url) as s:
@@ -106,8 +83,8 @@ def test_a_job_starts_running_from_the_models_latest_version_with_its_defaults(d
 def test_a_claim_leaves_other_models_requests_pending(db_url: str) -> None:
     with session_scope(db_url) as s:
         toy, other = make_model(s, name="toy"), make_model(s, name="other")
-        mine = submit(s, toy, ["toy-0001"])
-        theirs = submit(s, other, ["other-0001"])
+        mine = submit_request(s, toy, ["toy-0001"])
+        theirs = submit_request(s, other, ["other-0001"])
         assert claimed_job(s, toy).request_ids == [mine.id]
     with session_scope(db_url) as s:
         left = s.get_one(DeletionRequest, theirs.id)
@@ -118,8 +95,8 @@ def test_a_claim_leaves_other_models_requests_pending(db_url: str) -> None:
 def test_cancelled_requests_are_not_claimed(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        kept = submit(s, model, ["toy-0001"])
-        gone = submit(s, model, ["toy-0002"])
+        kept = submit_request(s, model, ["toy-0001"])
+        gone = submit_request(s, model, ["toy-0002"])
         deletions.cancel(s, "default", gone.id, actor="test")
         assert claimed_job(s, model).request_ids == [kept.id]
     with session_scope(db_url) as s:
@@ -139,7 +116,7 @@ def test_with_no_pending_request_no_job_is_created(db_url: str) -> None:
 def test_requests_already_claimed_are_not_claimed_again(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         claimed_job(s, model)
     with session_scope(db_url) as s:
         assert claims.claim_pending(s, s.get_one(Model, model.id)) is None
@@ -148,7 +125,7 @@ def test_requests_already_claimed_are_not_claimed_again(db_url: str) -> None:
 def test_a_claim_writes_one_processing_event_per_request_then_job_created(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        reqs = [submit(s, model, [f"toy-000{i}"]) for i in range(2)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"]) for i in range(2)]
         start = len(actions(s))
         job = claimed_job(s, model)
         assert actions(s)[start:] == ["deletion_request.processing"] * 2 + ["job.created"]
@@ -158,7 +135,7 @@ def test_a_claim_writes_one_processing_event_per_request_then_job_created(db_url
         created = events_of(s, job.id)[-1]
         assert created.data == {"requests": 2, "base_version": "v1", "method": "ugradsl_plus", "params": {}}
     with session_scope(db_url) as s:
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_a_job_claims_at_most_max_requests_per_job_and_leaves_the_newest(db_url: str) -> None:
@@ -198,7 +175,7 @@ def test_a_model_without_requests_has_nothing_pending(db_url: str) -> None:
 def test_a_received_or_queued_request_is_pending(db_url: str, queued: bool) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         if queued:
             req.state = RequestState.QUEUED
         assert claims.has_pending(s, model.id)
@@ -207,9 +184,9 @@ def test_a_received_or_queued_request_is_pending(db_url: str, queued: bool) -> N
 def test_claimed_and_cancelled_requests_are_not_pending(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         claimed_job(s, model)
-        cancelled = submit(s, model, ["toy-0002"])
+        cancelled = submit_request(s, model, ["toy-0002"])
         deletions.cancel(s, "default", cancelled.id, actor="test")
         assert not claims.has_pending(s, model.id)
 
@@ -220,7 +197,7 @@ def test_claimed_and_cancelled_requests_are_not_pending(db_url: str) -> None:
 def test_there_is_nothing_to_resume_without_a_running_job(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job = claimed_job(s, model)
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
         assert claims.resume_unfinished(s, model.id) is None
@@ -229,7 +206,7 @@ def test_there_is_nothing_to_resume_without_a_running_job(db_url: str) -> None:
 def test_a_resumed_job_counts_the_attempt_and_restarts_from_the_beginning(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         job = claimed_job(s, model)
         job.progress, job.phase = 0.6, "unlearn:ugradsl_plus"  # where the dead worker got to
         job_id = job.id
@@ -247,13 +224,13 @@ def test_a_resumed_job_counts_the_attempt_and_restarts_from_the_beginning(db_url
         assert s.get_one(DeletionRequest, req.id).state == RequestState.PROCESSING
         last = events_of(s, job_id)[-1]
         assert (last.action, last.actor, last.data) == ("job.resumed", "worker", {"attempt": 2})
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_a_job_is_resumed_until_it_has_had_max_attempts_then_failed(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job_id = claimed_job(s, model).id
     resumes = 0
     while True:
@@ -271,7 +248,7 @@ def test_a_job_is_resumed_until_it_has_had_max_attempts_then_failed(db_url: str)
 def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        reqs = [submit(s, model, [f"toy-000{i}"]) for i in range(2)]
+        reqs = [submit_request(s, model, [f"toy-000{i}"]) for i in range(2)]
         job = claimed_job(s, model)
         job.attempts = claims.MAX_ATTEMPTS
         job_id = job.id
@@ -287,7 +264,7 @@ def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) ->
         assert [(r.state, r.error) for r in s.scalars(select(DeletionRequest))] == [
             (RequestState.FAILED, error)
         ] * len(reqs)
-        assert sequenced_and_verified(s)["ok"]
+        assert verified_log(s)["ok"]
 
 
 def test_next_job_is_none_when_there_is_no_work(db_url: str) -> None:
@@ -298,7 +275,7 @@ def test_next_job_is_none_when_there_is_no_work(db_url: str) -> None:
 def test_next_job_claims_pending_requests_when_no_job_is_unfinished(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        req = submit(s, model, ["toy-0001"])
+        req = submit_request(s, model, ["toy-0001"])
         job_id = claims.next_job(s, model.id)
         assert job_id is not None
         assert s.get_one(Job, job_id).request_ids == [req.id]
@@ -307,9 +284,9 @@ def test_next_job_claims_pending_requests_when_no_job_is_unfinished(db_url: str)
 def test_next_job_resumes_an_unfinished_job_before_claiming_new_requests(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job_id = claimed_job(s, model).id
-        waiting = submit(s, model, ["toy-0002"])
+        waiting = submit_request(s, model, ["toy-0002"])
     with session_scope(db_url) as s:
         assert claims.next_job(s, model.id) == job_id
         assert s.get_one(DeletionRequest, waiting.id).state == RequestState.RECEIVED
@@ -319,10 +296,10 @@ def test_next_job_resumes_an_unfinished_job_before_claiming_new_requests(db_url:
 def test_next_job_gives_up_on_a_job_past_its_attempts_and_claims_the_waiting_requests(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         dead = claimed_job(s, model)
         dead.attempts = claims.MAX_ATTEMPTS
-        waiting = submit(s, model, ["toy-0002"])
+        waiting = submit_request(s, model, ["toy-0002"])
     with session_scope(db_url) as s:
         job_id = claims.next_job(s, model.id)
         assert job_id is not None and job_id != dead.id
@@ -335,7 +312,7 @@ def test_next_job_gives_up_on_a_job_past_its_attempts_and_claims_the_waiting_req
 
 def model_with_pending_request(s: Session, name: str) -> Model:
     model = make_model(s, name=name)
-    submit(s, model, [f"{name}-0001"])
+    submit_request(s, model, [f"{name}-0001"])
     return model
 
 
@@ -372,7 +349,7 @@ def test_a_model_whose_requests_are_all_finished_needs_no_work(db_url: str) -> N
     with session_scope(db_url) as s:
         model = model_with_pending_request(s, "toy")
         jobs.close(s, claimed_job(s, model), JobState.COMPLETED, result_version=2)
-        cancelled = submit(s, model, ["toy-0002"])
+        cancelled = submit_request(s, model, ["toy-0002"])
         deletions.cancel(s, "default", cancelled.id, actor="test")
         assert claims.models_needing_work(s) == []
 
@@ -383,12 +360,12 @@ def test_a_model_whose_requests_are_all_finished_needs_no_work(db_url: str) -> N
 def test_webhooks_of_a_job_are_its_requests_with_a_pending_webhook(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        hooked = submit(s, model, ["toy-0001"], callback_url=f"https://{HOOKS}/done")
-        submit(s, model, ["toy-0002"])
+        hooked = submit_request(s, model, ["toy-0001"], callback_url=f"https://{HOOKS}/done")
+        submit_request(s, model, ["toy-0002"])
         job = claimed_job(s, model)
         assert claims.webhooks_of_job(s, job.id) == []  # nothing to announce while it runs
         jobs.close(s, job, JobState.COMPLETED, result_version=2)
-        other = submit(s, model, ["toy-0003"], callback_url=f"https://{HOOKS}/done")
+        other = submit_request(s, model, ["toy-0003"], callback_url=f"https://{HOOKS}/done")
         second = claimed_job(s, model)
         jobs.close(s, second, JobState.FAILED, error="boom")
         assert claims.webhooks_of_job(s, job.id) == [hooked.id]
@@ -399,7 +376,9 @@ def test_stale_webhooks_are_pending_ones_not_touched_for_longer_than_the_cutoff(
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
         url = f"https://{HOOKS}/done"
-        old, recent, delivered = (submit(s, model, [f"toy-000{i}"], callback_url=url) for i in range(3))
+        old, recent, delivered = (
+            submit_request(s, model, [f"toy-000{i}"], callback_url=url) for i in range(3)
+        )
         jobs.close(s, claimed_job(s, model), JobState.COMPLETED, result_version=2)
     with session_scope(db_url) as s:
         ago = utcnow() - timedelta(seconds=700)
@@ -429,7 +408,7 @@ def test_models_validating_lists_only_models_still_being_checked(db_url: str) ->
 def test_the_audit_chain_stays_intact_through_claim_resume_and_failure(db_url: str) -> None:
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
-        submit(s, model, ["toy-0001"])
+        submit_request(s, model, ["toy-0001"])
         job_id = claimed_job(s, model).id
     for _ in range(claims.MAX_ATTEMPTS):
         with session_scope(db_url) as s:
@@ -437,5 +416,5 @@ def test_the_audit_chain_stays_intact_through_claim_resume_and_failure(db_url: s
     with session_scope(db_url) as s:
         job_actions = [e.action for e in events_of(s, job_id)]
         assert job_actions == ["job.created"] + ["job.resumed"] * (claims.MAX_ATTEMPTS - 1) + ["job.failed"]
-        report = sequenced_and_verified(s)
+        report = verified_log(s)
         assert report["ok"] and report["events"] == len(actions(s))
