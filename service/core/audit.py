@@ -96,14 +96,50 @@ def nodes(session: Session, tenant: str, ranges: list[tuple[int, int]]) -> dict[
     return found
 
 
+class _TreeAppender:
+    """Appends leaves to a tenant's stored tree: keeps the right edge (complete subtrees still waiting
+    for a right sibling, by level) and collects the nodes each new leaf completes."""
+
+    def __init__(self, session: Session, tenant: str, leaves: int) -> None:
+        self.tenant, self.leaves = tenant, leaves
+        self.new: list[dict[str, Any]] = []
+        edge = nodes(session, tenant, merkle.perfect_parts(0, leaves)) if leaves else {}
+        self.frontier = {(hi - lo).bit_length() - 1: h for (lo, hi), h in edge.items()}
+
+    def append(self, leaf: bytes) -> None:
+        h, level, idx = leaf, 0, self.leaves
+        self.leaves += 1
+        while True:
+            self.new.append({"tenant": self.tenant, "level": level, "idx": idx, "hash": h.hex()})
+            if idx % 2 == 0:  # a left child: it waits for its sibling
+                self.frontier[level] = h
+                return
+            h, level, idx = merkle.node_hash(self.frontier.pop(level), h), level + 1, idx // 2
+
+    def store(self, session: Session) -> None:
+        for i in range(0, len(self.new), 1000):
+            session.execute(insert(AuditNode), self.new[i : i + 1000])
+
+
 def sequence(session: Session, tenant: str, limit: int = SEQUENCE_BATCH) -> int:
     """Give the tenant's committed, unsequenced events their positions (in insertion order), chain
-    links, leaves and the tree's new nodes. Returns how many were sequenced. The caller commits."""
+    links, leaves and the tree's new nodes. Returns how many were sequenced. The caller commits.
+
+    Events chained before the log was a Merkle tree (a `seq` but no leaf) get their leaves first, in
+    order, so an upgraded deployment's tree covers its whole history."""
     if is_postgres(session):
         # Only sequencers of this tenant wait here; writers never take this lock.
         session.execute(
             text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"audit:{tenant}".encode())}
         )
+    unleafed = list(
+        session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant == tenant, AuditEvent.seq.is_not(None), AuditEvent.leaf_hash.is_(None))
+            .order_by(AuditEvent.seq)
+            .limit(limit)
+        )
+    )
     pending = list(
         session.scalars(
             select(AuditEvent)
@@ -112,33 +148,30 @@ def sequence(session: Session, tenant: str, limit: int = SEQUENCE_BATCH) -> int:
             .limit(limit)
         )
     )
-    if not pending:
+    if not unleafed and not pending:
         return 0
     size = tree_size(session, tenant)
+    tree = _TreeAppender(session, tenant, size - len(unleafed) if unleafed else size)
+    for ev in unleafed:
+        leaf = leaf_of(event_body(ev))
+        ev.leaf_hash = leaf.hex()
+        tree.append(leaf)
+    if tree.leaves != size:  # more legacy events than one batch: the next call goes on
+        pending = []
     prev = session.scalar(select(AuditEvent.hash).where(AuditEvent.tenant == tenant, AuditEvent.seq == size))
     prev = prev or GENESIS
-    # The right edge of the tree: complete subtrees still waiting for a right sibling, by level.
-    edge = nodes(session, tenant, merkle.perfect_parts(0, size)) if size else {}
-    frontier = {(hi - lo).bit_length() - 1: h for (lo, hi), h in edge.items()}
-    new_nodes: list[dict[str, Any]] = []
     for ev in pending:
         size += 1
         ev.seq = size
         body = event_body(ev)
         ev.prev_hash, ev.hash = prev, chain_hash(prev, body)
         prev = ev.hash
-        h, level, idx = leaf_of(body), 0, size - 1
-        ev.leaf_hash = h.hex()
-        while True:
-            new_nodes.append({"tenant": tenant, "level": level, "idx": idx, "hash": h.hex()})
-            if idx % 2 == 0:  # a left child: it waits for its sibling
-                frontier[level] = h
-                break
-            h, level, idx = merkle.node_hash(frontier.pop(level), h), level + 1, idx // 2
+        leaf = leaf_of(body)
+        ev.leaf_hash = leaf.hex()
+        tree.append(leaf)
     session.flush()
-    for i in range(0, len(new_nodes), 1000):
-        session.execute(insert(AuditNode), new_nodes[i : i + 1000])
-    return len(pending)
+    tree.store(session)
+    return len(unleafed) + len(pending)
 
 
 def sequence_all(session: Session, tenant: str) -> int:

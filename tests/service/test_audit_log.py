@@ -161,3 +161,23 @@ def test_the_server_check_compares_the_log_with_its_latest_signed_head(db_url: s
         rewrite(s, _edit_one)
         report = audit.verify_chain(s, TENANT, head)
     assert report["ok"] is False and "signed head of size 9" in report["detail"]
+
+
+def test_events_chained_before_the_upgrade_get_their_leaves_in_order(db_url: str) -> None:
+    """A deployment upgraded from the plain hash chain: its events have positions and links but no
+    leaves. The sequencer builds their leaves and tree first, then goes on with new events."""
+    log_with_events(db_url, 6)
+    with session_scope(db_url) as s:
+        audit.sequence_all(s, TENANT)
+        before = export(s)
+        s.execute(delete(AuditNode).where(AuditNode.tenant == TENANT))  # as the old release left them
+        for ev in s.scalars(select(AuditEvent)):
+            ev.leaf_hash = None
+    with session_scope(db_url) as s:
+        audit.record(s, tenant=TENANT, actor="t", action="test.after_upgrade", entity_type="t", entity_id="x")
+    with session_scope(db_url) as s:
+        head = transparency.sign_head(s, KEY, TENANT)["tree_head"]
+        after = export(s)
+        assert audit.verify_chain(s, TENANT)["ok"]
+    assert after[: len(before)] == before and len(after) == len(before) + 1
+    assert proofs.verify_export(after, head)[0]
