@@ -165,7 +165,9 @@ def evaluate(
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
     ``retain_sample`` rows (``retain_count`` is that sample's size). With an empty forget set the forget
-    metrics (UA, MIA) are ``None``: there is nothing to measure.
+    metrics (UA, MIA) are ``None``: there is nothing to measure; likewise RA and the attacks when the
+    whole training set has been forgotten (no member is left), and TA on an empty set. (``None``, not
+    NaN: these numbers are stored as JSON, which has no NaN.)
 
     This is the one way a version is scored: the worker, the bench and the tests all call it, so a bench
     number and a version's audit number mean the same thing. Class-wise forgetting (``forgotten_classes``,
@@ -186,22 +188,23 @@ def evaluate(
         "unlearning_accuracy": None,
         "mia_score": None,
         "mia_loss_score": None,
-        "retain_accuracy": float(r_correct[:n_ra].mean()) if n_ra else float("nan"),
-        "test_accuracy": float(te_correct.mean()) if len(test) else float("nan"),
+        "retain_accuracy": float(r_correct[:n_ra].mean()) if n_ra else None,
+        "test_accuracy": float(te_correct.mean()) if len(test) else None,
         "forget_count": len(forget),
         "retain_count": n_ra,
         "test_count": len(test),
     }
     if len(forget):
         f_correct, f_log = _correct_and_log_confidence(model, forget)
+        out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
+    if len(forget) and len(members):  # no attack without members: everything was forgotten
         m_log = r_log[: len(members)]
         n_log = te_log_conf if non_members is test else _correct_and_log_confidence(model, non_members)[1]
-        out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
         out["mia_score"] = mia_efficacy_from_confidence(np.exp(m_log), np.exp(n_log), np.exp(f_log))
         out["mia_loss_score"] = loss_threshold_mia_from_loss(-m_log, -n_log, -f_log)
     if forgotten_classes is not None:
         gone = np.isin(test.y.numpy(), sorted(set(forgotten_classes)))
-        mean = lambda v: float(v.mean()) if len(v) else float("nan")  # noqa: E731 - empty-safe mean
+        mean = lambda v: float(v.mean()) if len(v) else None  # noqa: E731 - None: nothing to measure
         out["test_accuracy"] = mean(te_correct[~gone])
         out["test_count"] = int((~gone).sum())
         out["forgotten_class_test_accuracy"] = mean(te_correct[gone])

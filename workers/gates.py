@@ -18,22 +18,23 @@ EPS = 1e-9
 
 
 def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> list[str]:
-    """Return one human-readable reason per failed gate (empty: all passed)."""
+    """Return one human-readable reason per failed gate (empty: all passed). A gate over a metric that
+    could not be measured (None: e.g. RA once the whole training set is forgotten) does not apply."""
     failures: list[str] = []
-    if (g := gates.get("max_test_accuracy_drop")) is not None:
-        drop = base["test_accuracy"] - result["test_accuracy"]
+    ta, ra, ua = result.get("test_accuracy"), result.get("retain_accuracy"), result.get("unlearning_accuracy")
+    base_ta, base_ra = base.get("test_accuracy"), base.get("retain_accuracy")
+    if (g := gates.get("max_test_accuracy_drop")) is not None and base_ta is not None and ta is not None:
+        drop = base_ta - ta
         if drop > g + EPS:
             failures.append(f"test accuracy dropped {drop:.4f} > {g}")
-    if (g := gates.get("max_retain_accuracy_drop")) is not None:
-        drop = base["retain_accuracy"] - result["retain_accuracy"]
+    if (g := gates.get("max_retain_accuracy_drop")) is not None and base_ra is not None and ra is not None:
+        drop = base_ra - ra
         if drop > g + EPS:
             failures.append(f"retain accuracy dropped {drop:.4f} > {g}")
-    if (g := gates.get("max_forget_accuracy_above_test")) is not None:
-        forget_acc = 1.0 - result["unlearning_accuracy"]
-        if forget_acc > result["test_accuracy"] + g + EPS:
-            failures.append(
-                f"forget-set accuracy {forget_acc:.4f} > test accuracy {result['test_accuracy']:.4f} + {g}"
-            )
+    if (g := gates.get("max_forget_accuracy_above_test")) is not None and ua is not None and ta is not None:
+        forget_acc = 1.0 - ua
+        if forget_acc > ta + g + EPS:
+            failures.append(f"forget-set accuracy {forget_acc:.4f} > test accuracy {ta:.4f} + {g}")
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
         failures.append(f"MIA score {result['mia_score']:.4f} < {g}")

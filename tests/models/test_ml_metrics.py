@@ -164,3 +164,13 @@ def test_evaluate_retain_accuracy_on_a_sample_equals_accuracy_on_that_sample(
         sample = retain.subset(torch.randperm(len(retain), generator=gen)[: min(n, len(retain))])
         assert out["retain_count"] == len(sample)
         assert out["retain_accuracy"] == pytest.approx(accuracy(digits_model, sample))
+
+
+def test_once_the_whole_training_set_is_forgotten_ra_and_the_attacks_are_none(digits_model, digits) -> None:
+    """No retained sample is left to measure RA on or to train the attack with: None (JSON has no NaN),
+    not an exception from the attack's classifier."""
+    train_ds, test = digits
+    out = evaluate(digits_model, forget=train_ds, retain=train_ds.subset([]), test=test)
+    assert out["retain_accuracy"] is None and out["mia_score"] is None and out["mia_loss_score"] is None
+    assert out["unlearning_accuracy"] is not None and out["retain_count"] == 0
+    assert out["test_accuracy"] == pytest.approx(accuracy(digits_model, test))

@@ -150,3 +150,11 @@ def test_a_gate_set_to_none_is_not_applied() -> None:
     gates = {name: None for name in GATES}
     worst = result(test_accuracy=0.0, retain_accuracy=0.0, unlearning_accuracy=0.0, mia_score=0.0)
     assert check(gates, BASE, worst) == []
+
+
+def test_a_gate_over_a_metric_that_could_not_be_measured_does_not_apply() -> None:
+    gates = {"max_retain_accuracy_drop": 0.0, "max_test_accuracy_drop": 0.0, "min_mia_score": 1.0}
+    base = {"retain_accuracy": 1.0, "test_accuracy": 0.9}
+    result = {"retain_accuracy": None, "test_accuracy": 0.9, "mia_score": None, "unlearning_accuracy": 0.5}
+    assert check(gates, base, result) == []
+    assert check(gates, base, {**result, "test_accuracy": 0.5}) == ["test accuracy dropped 0.4000 > 0.0"]
