@@ -105,7 +105,7 @@ def main() -> None:
     print(f"\n{setup}, then 1 worker; model digits\n")
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| requests accepted (202) / wrk errors (non-2xx, socket or timeout) | {accepted} / {row.errors} |")
+    print(f"| requests accepted (202) / wrk errors (non-2xx, socket, timeout) | {accepted} / {row.errors} |")
     print(f"| intake rate, p50 / p99 | {row.rate:,.0f}/s, {row.p50_ms:.1f} / {row.p99_ms:.1f} ms |")
     print(f"| requests stored | {stored} |")
     print(f"| broker messages sent by the API | {messages} ({messages / args.seconds:.2f} per second) |")
