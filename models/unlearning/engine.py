@@ -201,14 +201,12 @@ def _step(
             for mu, su, mc, sc in zip(mean_u, se_u, mean_c, se_c, strict=True)
         ]
         binary = params.mask == "prob"
-    if params.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(ps, params.grad_clip)
     if weights is None:
+        if params.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(ps, params.grad_clip)
         opt.step()
     else:
-        before = [p.detach().clone() for p in ps]
-        opt.step()
-        M.apply_update_mask(ps, before, weights, binary=binary)
+        M.masked_step(opt, ps, weights, binary=binary, clip=params.grad_clip)
     return terms.forget_correct
 
 

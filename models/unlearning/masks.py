@@ -1,8 +1,10 @@
 """Masked updates (Dine, Furon, Faure: "Improving Unlearning with Model Updates Probably Aligned with
 Gradients"): keep only the coordinates where the unlearning gradient g_U and the utility gradient g_C agree.
 
-Masks are computed from gradients and applied to the *final* update, after the optimiser's transform
-(momentum, weight decay): a masked parameter is bit-identical after the step (see ``apply_update_mask``).
+Masks are computed from gradients and applied three times per step (``masked_step``): to the gradient
+before the optimiser sees it, to SGD's momentum buffer (a vetoed gradient must not be remembered and
+released at a later step), and to the final update, after weight decay: a masked parameter is
+bit-identical after the step (``apply_update_mask``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,32 @@ def apply_update_mask(params: Tensors, before: Tensors, weights: Tensors, *, bin
     scale = torch.where(focused > 0, kept / focused.clamp_min(1e-30), torch.zeros_like(kept))
     for p, b, w, d in zip(params, before, weights, deltas, strict=True):
         p.copy_(torch.where(w > 0, b + scale * w * d, b))
+
+
+@torch.no_grad()
+def masked_step(
+    opt: torch.optim.Optimizer, params: Tensors, weights: Tensors, *, binary: bool, clip: float = 0.0
+) -> None:
+    """One optimiser step in which coordinates with weight 0 take no part: their gradient is zeroed before
+    the step (then the kept gradient is clipped to norm ``clip``, if > 0), their momentum buffer keeps its
+    value from before the step, and their value is restored after it (weight decay). Without the first
+    two, SGD's momentum would absorb a vetoed gradient and move the coordinate at a later step where the
+    mask keeps it."""
+    kept = [w > 0 for w in weights]
+    for p, k in zip(params, kept, strict=True):
+        if p.grad is not None:
+            p.grad.mul_(k)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in params]
+    buffers = [None if b is None else b.clone() for b in buffers]
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    apply_update_mask(params, before, weights, binary=binary)
+    for p, k, old in zip(params, kept, buffers, strict=True):
+        new = opt.state.get(p, {}).get("momentum_buffer")
+        if new is not None:
+            new.copy_(torch.where(k, new, torch.zeros_like(new) if old is None else old))
 
 
 def top_fraction_mask(scores: Tensors, keep: float) -> list[torch.Tensor]:

@@ -48,7 +48,8 @@ class GradientParams:
     schedule: str = _f("constant", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
     seed: int = _f(0, 0, 2**31 - 1)
     mask: str = _f("none", choices=MASKS, doc="masked-update add-on: none | and | prob | focus | salun")
-    mask_p: float = _f(0.5, 0.0, 1.0, doc="prob/focus: keep a coordinate iff P(gradients agree) >= mask_p")
+    # The paper's figures use 0.45; at exactly 0.5 PROB keeps what AND keeps (pi >= 1/2 iff the signs agree).
+    mask_p: float = _f(0.45, 0.0, 1.0, doc="prob/focus: keep a coordinate iff P(gradients agree) >= mask_p")
     mask_groups: int = _f(4, 2, 256, doc="prob/focus: micro-batches for the gradients' mean and std. error")
     salun_keep: float = _f(0.5, 0.0, 1.0, doc="salun mask: fraction of weights (largest saliency) updated")
     stop_at_forget_accuracy: float = _f(

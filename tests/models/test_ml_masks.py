@@ -110,3 +110,29 @@ def test_prob_step_equals_and_step_when_micro_batches_are_identical() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
         changed += int((pa != p0).sum())
     assert changed > 0
+
+
+def test_a_coordinate_masked_at_one_step_does_not_move_at_the_next_where_its_gradient_is_zero() -> None:
+    """SGD's momentum must not remember a vetoed gradient: masked at step 1 (gradient 5), kept at step 2
+    with gradient 0, the coordinate stays where it was."""
+    w = nn.Parameter(torch.tensor([1.0, 1.0]))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = torch.tensor([5.0, 5.0])
+    M.masked_step(opt, [w], [torch.tensor([False, True])], binary=True)
+    assert w[0].item() == 1.0 and w[1].item() < 1.0
+    w.grad = torch.tensor([0.0, 0.0])
+    M.masked_step(opt, [w], [torch.tensor([True, True])], binary=True)
+    assert w[0].item() == 1.0  # before the fix, momentum carried step 1's vetoed gradient: 1 - 0.1 * 4.5
+    assert w[1].item() < 0.5  # the kept coordinate keeps its momentum
+
+
+def test_prob_keeps_more_than_and_at_the_papers_default_p() -> None:
+    """At the default p = 0.45, PROB keeps coordinates whose agreement is uncertain (pi near 1/2), which
+    AND would drop when the noisy signs differ; at p = 0.5 it would be AND exactly."""
+    from models.unlearning.params import parse_params
+
+    assert parse_params("ugradsl_plus", {}).mask_p == 0.45
+    mean_u, mean_c = torch.tensor([1.0, 1.0]), torch.tensor([-0.01, -1.0])
+    se = torch.tensor([1.0, 0.01])
+    assert M.prob_mask(mean_u, se, mean_c, se, 0.45).tolist() == [True, False]
+    assert M.and_mask(mean_u, mean_c).tolist() == [False, False]
