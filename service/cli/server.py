@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from service.cli.supervise import Supervised
+
 if TYPE_CHECKING:
     from service.core.settings import Settings
 
@@ -69,9 +71,10 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     print(f"Admin API key: {key}\n(also in {settings.var_dir / 'admin.key'})", flush=True)
     if settings.demo:
         subprocess.run([sys.executable, "-m", "workers.demo"], check=True)
-    worker = subprocess.Popen(_worker_argv(settings, beat=True, name="embedded@%h"))
+    worker = Supervised("worker", _worker_argv(settings, beat=True, name="embedded@%h"))
+    worker.start()
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a normal exit so the
-    # `finally` below stops the worker instead of orphaning it.
+    # `finally` below stops the worker (and its beat) instead of orphaning them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     try:
@@ -81,11 +84,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
     return 0
 
 
