@@ -101,7 +101,10 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
     print(f"audit log: {evidence}")
     if trusted is None:
         print(
-            "note: checked against the key embedded in the certificate only; pass --public-key with the "
-            "service's PEM (`unlearn public-key -o key.pem`) to check who signed it"
+            "certificate NOT VERIFIED: only its self-consistency was checked (against the key embedded in "
+            "it, which anyone can make); pass --public-key with the service's PEM (`unlearn public-key -o "
+            "key.pem`) to check who signed it",
+            file=sys.stderr,
         )
+        return 1
     return 0

@@ -44,7 +44,7 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
     model = session.get_one(Model, req.model_id)
     result = job.metrics.get("result", {}) if job.metrics else {}
     return {
-        "type": "unlearning-deletion-certificate/v1",
+        "type": "unlearning-deletion-certificate/v2",  # v2: sample_ids_sha256 over a JSON array
         "request_id": req.id,
         "reference": req.reference,
         "tenant": req.tenant,

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.core.audit import record
+from service.core.canonical import canonical_json
 from service.core.db.tables import ApiKey, AuditEvent, Dataset, DeletionRequest, Job, Model, ModelVersion
 from service.core.states import JobState, ModelStatus, RequestState
 
@@ -30,8 +31,9 @@ def _label(number: int | None) -> str | None:
 
 
 def ids_digest(ids: list[str]) -> str:
-    """sha256 over the sorted IDs joined by newlines (what the trail keeps instead of the IDs)."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    """sha256 of the sorted IDs as a canonical JSON array (what the trail and certificates keep instead
+    of the IDs). A JSON array, not a joined string: `["a\\nb"]` and `["a", "b"]` must differ."""
+    return hashlib.sha256(canonical_json(sorted(ids)).encode()).hexdigest()
 
 
 # -- deletion requests ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.db.tables import ApiKey, utcnow
+from service.core.errors import Conflict
 
 SCOPES = ("deletion:write", "jobs:read", "audit:read", "admin")
 
@@ -45,3 +46,17 @@ def revoke_key(session: Session, key_id: str) -> ApiKey | None:
     if key is not None and key.revoked_at is None:
         key.revoked_at = utcnow()
     return key
+
+
+def refuse_revoking_the_last_admin(session: Session, key: ApiKey) -> None:
+    """A tenant must keep a way to manage itself: its last active admin key cannot be revoked through
+    the API (an operator can still do it in the database: `unlearn keys revoke`)."""
+    if "admin" not in key.scopes or key.revoked_at is not None:
+        return
+    admins = session.scalars(
+        select(ApiKey).where(ApiKey.tenant == key.tenant, ApiKey.revoked_at.is_(None))
+    ).all()
+    if sum("admin" in k.scopes for k in admins) <= 1:
+        raise Conflict(
+            f"key {key.id} is tenant {key.tenant!r}'s last admin key; create another admin key first"
+        )

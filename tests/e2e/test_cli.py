@@ -159,6 +159,9 @@ def test_verify_certificate_accepts_a_real_certificate_and_rejects_a_tampered_on
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("certificate valid: ") and "v1 -> v2" in ok.stdout
     assert "audit log: event " in ok.stdout and " is in the signed head of " in ok.stdout
+    # Without the service's key anyone could have signed it: self-consistent, but not verified.
+    unchecked = cli.run("verify-certificate", str(cert), **offline)
+    assert unchecked.returncode == 1 and "NOT VERIFIED: only its self-consistency" in unchecked.stderr
 
     signed = json.loads(cert.read_text())
     signed["certificate"]["sample_count"] += 1

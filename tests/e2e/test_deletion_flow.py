@@ -114,7 +114,7 @@ def test_deletion_request_end_to_end_and_restart(
             assert cert["certificate"]["version_after"]["checkpoint_sha256"] == v2["checkpoint_sha256"]
             assert (
                 cert["certificate"]["sample_ids_sha256"]
-                == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+                == hashlib.sha256(json.dumps(sorted(ids), separators=(",", ":")).encode()).hexdigest()
             )
             forged = json.loads(json.dumps(cert))
             forged["certificate"]["sample_count"] += 1

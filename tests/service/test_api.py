@@ -288,3 +288,13 @@ def test_a_dataset_path_holding_a_nul_byte_is_refused_by_name(api: Api) -> None:
     body = {"kind": "npz", "name": "x", "uri": "/usr/share/datasets/\u0000"}
     r = api.client.post("/v1/datasets", json=body, headers=api.auth(admin))
     assert r.status_code == 422 and "uri" in r.json()["detail"]
+
+
+def test_a_tenants_last_admin_key_cannot_revoke_itself(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, tenant="solo", scopes=("admin",))
+    me = api.client.get("/v1/keys/me", headers=api.auth(admin)).json()["id"]
+    r = api.client.post(f"/v1/keys/{me}/revoke", headers=api.auth(admin))
+    assert r.status_code == 409 and "last admin key" in r.json()["detail"]
+    second = api.client.post("/v1/keys", json={"scopes": ["admin"]}, headers=api.auth(admin)).json()
+    assert api.client.post(f"/v1/keys/{me}/revoke", headers=api.auth(second["key"])).status_code == 200

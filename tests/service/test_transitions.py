@@ -374,3 +374,10 @@ def test_every_terminal_job_state_is_also_a_request_state() -> None:
     # jobs.close gives a job's requests the job's own final state
     terminal = {s.value for s in states.JobState} - {states.JobState.RUNNING.value}
     assert terminal <= {s.value for s in states.RequestState}
+
+
+def test_the_sample_id_digest_tells_one_id_holding_a_newline_from_two_ids() -> None:
+    from service.core.events import ids_digest
+
+    assert ids_digest(["a\nb"]) != ids_digest(["a", "b"])
+    assert ids_digest(["b", "a"]) == ids_digest(["a", "b"])  # order does not matter

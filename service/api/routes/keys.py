@@ -9,7 +9,7 @@ from service.api.schemas.keys import KeyCreate, KeyOut
 from service.core import events
 from service.core.db.tables import ApiKey
 from service.core.errors import NotFound
-from service.core.keys import create_key, revoke_key
+from service.core.keys import create_key, refuse_revoking_the_last_admin, revoke_key
 
 router = APIRouter(tags=["keys"], responses=problems(*KEYED))
 
@@ -57,6 +57,7 @@ def revoke_key_route(key_id: str, request: Request, session: SessionDep, caller:
     key = session.get(ApiKey, key_id)
     if key is None or key.tenant != caller.tenant:
         raise NotFound(f"API key {key_id!r} not found")
+    refuse_revoking_the_last_admin(session, key)
     revoke_key(session, key_id)
     events.key_revoked(session, key, actor=events.key_actor(caller))
     session.commit()
