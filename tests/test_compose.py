@@ -46,3 +46,10 @@ def test_app_services_point_at_postgres_and_redis() -> None:
         env = load_compose()["services"][name]["environment"]
         assert env["DATABASE_URL"].startswith("postgresql"), name
         assert env["BROKER_URL"].startswith("redis://"), name
+
+
+def test_long_running_services_are_restarted_when_they_die() -> None:
+    services = load_compose()["services"]
+    for name in ("api", "worker", "beat"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["migrate"]["restart"] == "no"  # a one-shot
