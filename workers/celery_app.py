@@ -6,8 +6,52 @@ a GPU worker should never run two unlearning jobs at once).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from service.core import liveness
+from service.core.db.engine import session_scope
 from service.core.queue import make_celery
 from service.core.settings import get_settings
 
+log = logging.getLogger(__name__)
+_stopping = threading.Event()
+_names: list[str] = []
+
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]
+
+
+@worker_ready.connect
+def _start_heartbeat(**_: object) -> None:
+    """From the moment the worker takes tasks, a thread of its own records that it is alive (every
+    heartbeat interval, whatever the task at hand is doing)."""
+    settings = get_settings()
+    name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def loop() -> None:
+        while True:
+            try:
+                with session_scope(settings.resolved_database_url) as s:
+                    liveness.beat(s, name)
+            except Exception:  # noqa: BLE001 - a database blip must not kill the thread; beat again later
+                log.warning("worker heartbeat failed; retrying", exc_info=True)
+            if _stopping.wait(settings.heartbeat_seconds):
+                return
+
+    threading.Thread(target=loop, name="worker-heartbeat", daemon=True).start()
+    _names.append(name)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    _stopping.set()
+    settings = get_settings()
+    for name in _names:
+        with contextlib.suppress(Exception), session_scope(settings.resolved_database_url) as s:
+            liveness.gone(s, name)

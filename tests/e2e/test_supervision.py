@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import wait_until
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.slow
 
 def worker_pids(stack: LiveStack) -> list[int]:
     return [int(p) for p in re.findall(r"worker started \(pid (\d+)\)", stack.log_path.read_text())]
+
+
+def ready(stack: LiveStack) -> bool:
+    return httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200
 
 
 def group_alive(pgid: int) -> bool:
@@ -33,6 +38,7 @@ def test_a_killed_worker_is_restarted_and_leaves_no_orphan(tmp_path: Path) -> No
     stack.start()
     try:
         [first] = wait_until(lambda: worker_pids(stack), timeout=30, what="the worker to start")
+        wait_until(lambda: ready(stack), timeout=60, what="/readyz to see the worker's heartbeat")
         os.kill(first, signal.SIGKILL)
         restarted = wait_until(
             lambda: [p for p in worker_pids(stack) if p != first], timeout=60, what="the worker to restart"

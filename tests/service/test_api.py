@@ -298,3 +298,21 @@ def test_a_tenants_last_admin_key_cannot_revoke_itself(api: Api) -> None:
     assert r.status_code == 409 and "last admin key" in r.json()["detail"]
     second = api.client.post("/v1/keys", json={"scopes": ["admin"]}, headers=api.auth(admin)).json()
     assert api.client.post(f"/v1/keys/{me}/revoke", headers=api.auth(second["key"])).status_code == 200
+
+
+def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(api: Api) -> None:
+    from datetime import timedelta
+
+    from service.core import liveness
+    from service.core.db.tables import WorkerHeartbeat, utcnow
+
+    r = api.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["workers"] == "no worker has been seen yet"
+    with session_scope(api.url) as s:
+        liveness.beat(s, "host:1")
+    r = api.client.get("/readyz")
+    assert r.status_code == 200, r.json()
+    with session_scope(api.url) as s:
+        s.get_one(WorkerHeartbeat, "host:1").last_seen = utcnow() - timedelta(minutes=5)
+    r = api.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["workers"].startswith("no worker seen for 30")

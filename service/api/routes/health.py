@@ -7,9 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, SettingsDep, require_scope
 from service.api.errors import ANY_ROUTE, problems
+from service.core import liveness
 
 router = APIRouter(tags=["health"], responses=problems(*ANY_ROUTE))
 
@@ -21,7 +23,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The database and the broker are reachable",
+    summary="The database and the broker are reachable and a worker is alive",
     responses={503: {"description": "Not ready: `checks` names what is down"}},
 )
 def readyz(request: Request, session: SessionDep) -> JSONResponse:
@@ -37,6 +39,7 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"error: {type(exc).__name__}"
+    checks["workers"] = _workers(session, request.app.state.settings.heartbeat_seconds)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -55,6 +58,18 @@ async def metrics(request: Request, session: SessionDep, settings: SettingsDep) 
     # The collector reads the database: off the event loop.
     body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _workers(session: Session, heartbeat_s: float) -> str:
+    """ok while some worker beat within a few heartbeats: accepted requests are being served."""
+    try:
+        quiet = liveness.silence(session)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return f"error: {type(exc).__name__}"
+    if quiet is None:
+        return "no worker has been seen yet"
+    limit = max(3 * heartbeat_s, 10.0)
+    return "ok" if quiet <= limit else f"no worker seen for {quiet:.0f}s (limit {limit:.0f}s)"
 
 
 def _credentials(header: str) -> Any:

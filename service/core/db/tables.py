@@ -252,3 +252,13 @@ class AuditHead(Base):
     signature: Mapped[str] = mapped_column(Text)
     public_key: Mapped[str] = mapped_column(String(64))
     __table_args__ = (Index("ix_audit_heads_tenant_id", "tenant", "id"),)
+
+
+class WorkerHeartbeat(Base):
+    """A worker process's last sign of life, written every heartbeat by a thread of its own (so a busy
+    worker still beats). `/readyz` is not ready while no worker has beaten recently."""
+
+    __tablename__ = "worker_heartbeats"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
