@@ -37,12 +37,8 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_breaks_the_api(case: schemathesis.Case) -> None:
-    case.call_and_validate(
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        checks=[
-            not_a_server_error,
-            response_schema_conformance,
-            status_code_conformance,
-            content_type_conformance,
-        ],
-    )
+    conformance = [response_schema_conformance, status_code_conformance, content_type_conformance]
+    # /readyz answers its documented 503 here: no worker runs beside this app. Every other route must
+    # never answer 5xx.
+    checks = conformance if case.path == "/readyz" else [not_a_server_error, *conformance]
+    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_KEY}"}, checks=checks)
