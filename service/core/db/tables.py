@@ -88,6 +88,8 @@ class Dataset(Base):
     kind: Mapped[str] = mapped_column(String(50))
     uri: Mapped[str] = mapped_column(Text)
     num_samples: Mapped[int] = mapped_column(Integer)
+    # sha256 of the file at registration; the worker refuses a file that no longer matches (null: legacy).
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -121,6 +123,8 @@ class Model(Base):
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     latest_version: Mapped[int] = mapped_column(Integer, default=1)
     woken_at: Mapped[datetime | None] = mapped_column(default=None)  # last wake message sent for it
+    # A job on this model is stopped after this long (null: the service's UNLEARN_JOB_TIME_LIMIT_SECONDS).
+    time_limit_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -262,3 +266,16 @@ class WorkerHeartbeat(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret. Rotation adds a new one and gives the old an expiry; until it
+    passes, deliveries carry a signature under each (Standard Webhooks allows several), so receivers can
+    switch without missing a delivery."""
+
+    __tablename__ = "webhook_secrets"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
