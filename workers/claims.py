@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from service.core import events, jobs
 from service.core.db.tables import DeletionRequest, Job, Model, utcnow
 from service.core.states import PENDING, JobPhase, JobState, ModelStatus, RequestState, WebhookState
+from workers import leases
 
 MAX_ATTEMPTS = 3  # a job whose worker dies this often is failed instead of resumed forever
 MAX_REQUESTS_PER_JOB = 1000  # coalescing bound: one job's bookkeeping stays one small transaction
@@ -23,13 +24,14 @@ def has_pending(session: Session, model_id: str) -> bool:
     )
 
 
-def models_needing_work(session: Session) -> list[str]:
-    """Models with pending requests or an unfinished job, whose lease is free or lapsed."""
-    now = utcnow()
+def models_needing_work(session: Session, takeover_after: float | None = None) -> list[str]:
+    """Models with pending requests or an unfinished job, whose lease is free, lapsed, or held by a
+    worker silent for `takeover_after` seconds."""
     pending = exists().where(DeletionRequest.model_id == Model.id, DeletionRequest.state.in_(PENDING))
     unfinished = exists().where(Job.model_id == Model.id, Job.state == JobState.RUNNING)
-    free = or_(Model.lease_owner.is_(None), Model.lease_expires_at < now)
-    return list(session.scalars(select(Model.id).where(or_(pending, unfinished), free)))
+    return list(
+        session.scalars(select(Model.id).where(or_(pending, unfinished), leases.is_free(takeover_after)))
+    )
 
 
 def resume_unfinished(session: Session, model_id: str) -> Job | None:

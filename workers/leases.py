@@ -1,7 +1,8 @@
 """A per-model lease in the database: jobs of one model run one at a time, so versions form a line.
 
 A conditional UPDATE is atomic on PostgreSQL and SQLite alike, so no advisory lock is needed; the
-expiry means a killed worker's lease lapses and another worker resumes its job.
+expiry means a killed worker's lease lapses and another worker resumes its job; sooner, when the dead
+worker's heartbeat row shows it has gone silent.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import socket
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.orm import Session
 
 from service.core.db.tables import Model, utcnow
+from service.core.liveness import owner_is_silent
 
 
 def worker_identity() -> str:
@@ -22,14 +24,23 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def acquire(session: Session, model_id: str, owner: str, seconds: float) -> bool:
+def is_free(takeover_after: float | None = None) -> ColumnElement[bool]:
+    """SQL: nobody holds the model's lease, it ran out, or (given `takeover_after`) its holder's worker
+    has not beaten for that long."""
+    free = [Model.lease_owner.is_(None), Model.lease_expires_at < utcnow()]
+    if takeover_after is not None:
+        free.append(owner_is_silent(Model.lease_owner, takeover_after))
+    return or_(*free)
+
+
+def acquire(
+    session: Session, model_id: str, owner: str, seconds: float, takeover_after: float | None = None
+) -> bool:
+    """Take the model's lease for `seconds` if it is free (see `is_free`) or already ours."""
     now = utcnow()
     result = session.execute(
         update(Model)
-        .where(
-            Model.id == model_id,
-            or_(Model.lease_owner.is_(None), Model.lease_expires_at < now, Model.lease_owner == owner),
-        )
+        .where(Model.id == model_id, or_(is_free(takeover_after), Model.lease_owner == owner))
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
     )
     return result.rowcount == 1  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from service.core.db.engine import session_scope
+from service.core.liveness import takeover_seconds
 from service.core.settings import Settings
 from workers import claims, leases
 from workers.jobstore import LeaseLost
@@ -25,7 +26,9 @@ def process_model(
     owner = leases.worker_identity()
     while True:
         with session_scope(url) as s:
-            if not leases.acquire(s, model_id, owner, settings.lease_seconds):
+            if not leases.acquire(
+                s, model_id, owner, settings.lease_seconds, takeover_seconds(settings.heartbeat_seconds)
+            ):
                 return "busy"
         ran = 0
         try:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from service.core import transparency
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent
+from service.core.liveness import takeover_seconds
 from service.core.queue import (
     DELIVER_WEBHOOK,
     RECONCILE,
@@ -62,7 +63,7 @@ def reconcile() -> int:
     safety net behind "a down broker never loses an accepted request"."""
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as s:
-        model_ids = claims.models_needing_work(s)
+        model_ids = claims.models_needing_work(s, takeover_seconds(settings.heartbeat_seconds))
         stale_webhooks = claims.stale_webhooks(s)
         unvalidated = claims.models_validating(s)
     for m in unvalidated:

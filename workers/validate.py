@@ -16,6 +16,7 @@ from models.metrics import evaluate
 from service.core import events
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, Model, ModelVersion
+from service.core.liveness import takeover_seconds
 from service.core.settings import Settings
 from service.core.states import ModelStatus
 from workers import leases
@@ -34,7 +35,9 @@ def validate_model(settings: Settings, model_id: str) -> str:
     url = settings.resolved_database_url
     owner = leases.worker_identity()
     with session_scope(url) as s:  # the model's lease: duplicate validate tasks do the work once
-        if not leases.acquire(s, model_id, owner, settings.lease_seconds):
+        if not leases.acquire(
+            s, model_id, owner, settings.lease_seconds, takeover_seconds(settings.heartbeat_seconds)
+        ):
             return "busy"
     try:
         return _validate(settings, model_id)

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.db.tables import WorkerHeartbeat, utcnow
+
+SILENT_HEARTBEATS = 3  # a worker that missed this many heartbeats in a row is taken for dead
+
+
+def takeover_seconds(heartbeat_s: float) -> float:
+    """How long a worker may be silent before the leases it holds are taken over."""
+    return SILENT_HEARTBEATS * heartbeat_s
+
+
+def owner_is_silent(owner: InstrumentedAttribute[str | None], silent_for_s: float) -> ColumnElement[bool]:
+    """SQL: the lease `owner` (`host:pid:suffix`) belongs to a worker process (`host:pid`) whose last
+    heartbeat is older than `silent_for_s`. A SIGKILLed worker's lease is then taken over within a few
+    heartbeats instead of a whole lease period. An owner with no heartbeat row (it never beat, or shut
+    down cleanly) is not presumed dead: its lease simply runs out."""
+    cutoff = utcnow() - timedelta(seconds=silent_for_s)
+    prefix = func.substr(owner, 1, func.length(WorkerHeartbeat.name) + 1)
+    return exists().where(prefix == WorkerHeartbeat.name + ":", WorkerHeartbeat.last_seen < cutoff)
 
 
 def beat(session: Session, name: str) -> None:

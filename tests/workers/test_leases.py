@@ -156,3 +156,55 @@ def test_release_by_a_non_owner_does_nothing(db_url: str, model_id: str) -> None
 def test_worker_identities_are_unique_even_within_one_process() -> None:
     names = [leases.worker_identity() for _ in range(1000)]
     assert len(set(names)) == len(names)
+
+
+# -- takeover of a silent worker's lease ----------------------------------------------------------------
+
+
+def beat_at(url: str, worker: str, seconds_ago: float) -> None:
+    """A heartbeat row as the worker process `worker` (`host:pid`) left it `seconds_ago`."""
+    from service.core import liveness
+    from service.core.db.tables import WorkerHeartbeat
+
+    with session_scope(url) as s:
+        liveness.beat(s, worker)
+    with session_scope(url) as s:
+        s.get_one(WorkerHeartbeat, worker).last_seen = utcnow() - timedelta(seconds=seconds_ago)
+
+
+def test_a_live_lease_of_a_silent_worker_is_taken_over_before_it_expires(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
+    beat_at(db_url, "host:41", seconds_ago=30)
+    with session_scope(db_url) as s:
+        assert leases.acquire(s, model_id, "host:42:bbbb", 60, takeover_after=6)
+    assert lease(db_url, model_id)[0] == "host:42:bbbb"
+
+
+def test_a_lease_of_a_worker_that_beats_is_not_taken_over(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
+    beat_at(db_url, "host:41", seconds_ago=1)
+    beat_at(db_url, "host:4", seconds_ago=300)  # a silent worker whose name is a prefix of the holder's
+    with session_scope(db_url) as s:
+        assert not leases.acquire(s, model_id, "host:42:bbbb", 60, takeover_after=6)
+    assert lease(db_url, model_id)[0] == "host:41:aaaa"
+
+
+def test_a_lease_whose_holder_never_beat_runs_its_full_term(db_url: str, model_id: str) -> None:
+    assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
+    with session_scope(db_url) as s:
+        assert not leases.acquire(s, model_id, "host:42:bbbb", 60, takeover_after=6)
+
+
+def test_the_reconciler_finds_a_silent_workers_model(db_url: str, model_id: str) -> None:
+    from tests.factories import submit_request
+    from workers import claims
+
+    with session_scope(db_url) as s:
+        submit_request(s, s.get_one(Model, model_id), ["toy-0000"])
+    assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
+    with session_scope(db_url) as s:
+        assert claims.models_needing_work(s, takeover_after=6) == []  # never beat: its lease stands
+    beat_at(db_url, "host:41", seconds_ago=30)
+    with session_scope(db_url) as s:
+        assert claims.models_needing_work(s) == []  # without takeover, only expiry frees it
+        assert claims.models_needing_work(s, takeover_after=6) == [model_id]
