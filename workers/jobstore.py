@@ -29,6 +29,10 @@ class JobCancelled(RuntimeError):
     """An admin asked the job to stop (seen by the heartbeat between phases)."""
 
 
+class JobTimedOut(RuntimeError):
+    """The attempt ran past its model's time limit: the job fails, saying so, and may be retried."""
+
+
 @dataclass
 class JobContext:
     """Everything a job needs, read in one transaction."""
@@ -52,6 +56,7 @@ class JobContext:
     train_recipe: dict[str, Any]
     claimed_ids: list[str]
     forgotten: set[str]
+    time_limit_seconds: int | None  # the model's own; the service's limit bounds it
 
 
 def fenced_job(session: Session, job_id: str, owner: str) -> Job:
@@ -123,6 +128,7 @@ class JobStore:
                 train_recipe=dict(model.train_recipe),
                 claimed_ids=list(dict.fromkeys(i for r in requests for i in r.sample_ids)),
                 forgotten=set(forgotten),
+                time_limit_seconds=model.time_limit_seconds,
             )
 
     def record_attempt(

@@ -18,15 +18,26 @@ from service.core.db.engine import session_scope
 from service.core.db.tables import Job, utcnow
 from service.core.states import JobState
 from workers import leases
-from workers.jobstore import JobCancelled, LeaseLost
+from workers.jobstore import JobCancelled, JobTimedOut, LeaseLost
 
 log = logging.getLogger(__name__)
 
 
 class Reporter:
-    def __init__(self, url: str, job_id: str, model_id: str, owner: str, *, lease_s: float, interval: float):
+    def __init__(
+        self,
+        url: str,
+        job_id: str,
+        model_id: str,
+        owner: str,
+        *,
+        lease_s: float,
+        interval: float,
+        time_limit_s: float | None = None,
+    ):
         self.url, self.job_id, self.model_id, self.owner = url, job_id, model_id, owner
-        self.lease_s, self.interval = lease_s, interval
+        self.lease_s, self.interval, self.time_limit_s = lease_s, interval, time_limit_s
+        self._started = time.monotonic()
         self._phase, self._lo, self._hi, self._fraction = "load", 0.0, 0.0, 0.0
         self._cancel = False
         self._lost: str | None = None
@@ -97,8 +108,15 @@ class Reporter:
         return self._cancel
 
     def _check(self) -> None:
+        """Called between phases and every few steps: stop for a lost lease or an exhausted time limit."""
         if self._lost is not None:
             raise LeaseLost(self._lost)
+        if self.time_limit_s is not None and time.monotonic() - self._started > self.time_limit_s:
+            raise JobTimedOut(
+                f"stopped after {time.monotonic() - self._started:.0f} s in {self._phase}: the job's time "
+                f"limit is {self.time_limit_s:.0f} s (the model's time_limit_seconds, bounded by "
+                "UNLEARN_JOB_TIME_LIMIT_SECONDS)"
+            )
 
     def _close_phase(self) -> None:
         if self._phase_started is not None:

@@ -18,11 +18,12 @@ from models.hooks import Cancelled, Hooks
 from models.metrics import evaluate, forgotten_classes
 from models.unlearning import run_method
 from models.unlearning.params import params_class, params_to_dict, parse_params
+from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import gates
 from workers.device import precision, resolve_device, synchronize
-from workers.jobstore import JobCancelled, JobContext, JobStore, LeaseLost
+from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost
 from workers.progress import Reporter
 from workers.storage import version_path
 
@@ -43,6 +44,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         owner,
         lease_s=settings.lease_seconds,
         interval=settings.heartbeat_seconds,
+        time_limit_s=effective_time_limit(ctx.time_limit_seconds, settings.job_time_limit_seconds),
     )
     try:
         with rep:
@@ -51,6 +53,8 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         raise
     except (Cancelled, JobCancelled):
         store.close(JobState.CANCELLED, error="cancelled by an admin")
+    except JobTimedOut as exc:
+        store.close(JobState.FAILED, error=f"JobTimedOut: {exc}")
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         store.close(JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
 

@@ -104,6 +104,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         fallback_methods=m.fallback_methods,
         default_params=m.default_params,
         gates=m.gates,
+        time_limit_seconds=m.time_limit_seconds,
         train_samples=sizes.get(m.train_dataset_id, 0),
         test_samples=sizes.get(m.test_dataset_id, 0),
         pending_requests=pending or 0,

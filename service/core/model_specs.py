@@ -52,6 +52,26 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
             raise Unprocessable(f"method {method!r}: {exc}") from exc
 
 
+def check_time_limit(seconds: int | None, service_limit_s: float) -> None:
+    """A model may ask for a shorter job time limit than the service's, never a longer one."""
+    if seconds is not None and seconds > service_limit_s:
+        raise Unprocessable(
+            f"time_limit_seconds {seconds} exceeds this service's limit of {service_limit_s:.0f} s",
+            errors=[
+                {
+                    "loc": ["body", "time_limit_seconds"],
+                    "msg": "above the service limit",
+                    "type": "value_error",
+                }
+            ],
+        )
+
+
+def effective_time_limit(seconds: int | None, service_limit_s: float) -> float:
+    """The limit a job on the model runs under."""
+    return float(min(seconds, service_limit_s)) if seconds is not None else service_limit_s
+
+
 def check_safetensors(path: Path) -> None:
     """A 422 unless `path` parses as a safetensors file holding at least one tensor."""
     try:

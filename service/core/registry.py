@@ -73,6 +73,7 @@ def register_model(
     actor: str,
     status: ModelStatus = ModelStatus.READY,
     fallback_methods: Sequence[str] = (),
+    time_limit_seconds: int | None = None,
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
     model = Model(
@@ -90,6 +91,7 @@ def register_model(
         latest_version=1,
         status=status,
         fallback_methods=list(fallback_methods),
+        time_limit_seconds=time_limit_seconds,
     )
     session.add(model)
     session.flush()
@@ -126,4 +128,6 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         m.gates = changes["gates"]
     if changes.get("train_recipe") is not None:
         m.train_recipe = changes["train_recipe"]
+    if "time_limit_seconds" in changes:  # null goes back to the service's limit
+        m.time_limit_seconds = changes["time_limit_seconds"]
     events.model_updated(session, m, changes=changes, actor=actor)

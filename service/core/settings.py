@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16"] = Field("fp32", validation_alias=AliasChoices("UNLEARN_PRECISION"))
     lease_seconds: float = Field(120.0, gt=0, validation_alias=AliasChoices("UNLEARN_LEASE_SECONDS"))
     heartbeat_seconds: float = Field(2.0, gt=0, validation_alias=AliasChoices("UNLEARN_HEARTBEAT_SECONDS"))
+    # The longest any attempt of a job may run (a model may ask for less, never more), so one tenant
+    # cannot hold a worker for days; a job that runs over fails saying so, and can be retried.
+    job_time_limit_seconds: float = Field(
+        6 * 3600.0, gt=0, validation_alias=AliasChoices("UNLEARN_JOB_TIME_LIMIT_SECONDS")
+    )
     reconcile_seconds: float = Field(10.0, gt=0, validation_alias=AliasChoices("UNLEARN_RECONCILE_SECONDS"))
     # A model with new requests gets at most about one wake message per this many seconds (the request
     # rows are the outbox; the reconciler is the safety net).

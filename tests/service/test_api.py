@@ -230,6 +230,21 @@ def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> N
     assert api.client.patch(url, json={"gates": {}}, headers=api.auth()).status_code == 403
 
 
+def test_a_models_job_time_limit_is_set_cleared_and_bounded_by_the_service(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+    assert api.client.get(url, headers=h).json()["time_limit_seconds"] is None  # the service's applies
+    r = api.client.patch(url, json={"time_limit_seconds": 600}, headers=h)
+    assert r.status_code == 200 and r.json()["time_limit_seconds"] == 600
+    over = api.client.patch(url, json={"time_limit_seconds": 10**9}, headers=h)
+    assert over.status_code == 422 and "exceeds this service's limit" in over.json()["detail"]
+    assert api.client.patch(url, json={"time_limit_seconds": 0}, headers=h).status_code == 422
+    assert api.client.get(url, headers=h).json()["time_limit_seconds"] == 600  # refusals changed nothing
+    r = api.client.patch(url, json={"time_limit_seconds": None}, headers=h)
+    assert r.status_code == 200 and r.json()["time_limit_seconds"] is None
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

@@ -164,3 +164,26 @@ def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Se
         assert (req.state, job.state) == ("failed", "failed")
         assert "ChecksumMismatch" in (job.error or "") and "refusing to load" in (job.error or "")
         assert s.get_one(Model, model_id).latest_version == 1
+
+
+def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:  # a run of minutes under a limit of one second
+        s.execute(update(Model).values(default_params={"epochs": 500}, time_limit_seconds=1))
+    model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 3)])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, job.state) == ("failed", "failed")
+        assert "JobTimedOut" in (job.error or "") and "time limit is 1 s" in (job.error or "")
+        assert s.get_one(Model, model_id).latest_version == 1
+
+
+def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(default_params={"epochs": 500}))
+    model_id, req_id = submit(demo, ["digits-0002", "digits-0003"])
+    process_model(demo.model_copy(update={"job_time_limit_seconds": 1.0}), model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        job = s.get_one(Job, s.get_one(DeletionRequest, req_id).job_id)
+        assert job.state == "failed" and "time limit is 1 s" in (job.error or "")

@@ -22,7 +22,7 @@ from service.core import events
 from service.core.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
 from service.core.errors import Conflict, NotFound
 from service.core.lookups import get_model, version_label
-from service.core.model_specs import check_labels, check_methods, registered_dataset
+from service.core.model_specs import check_labels, check_methods, check_time_limit, registered_dataset
 from service.core.queue import send_validate_model
 from service.core.registry import register_model, update_policy
 from service.core.states import ModelStatus
@@ -169,6 +169,7 @@ def register_model_route(
     )
     check_labels(session, train, body.num_classes)
     check_methods(body.default_method, body.default_params, body.fallback_methods)
+    check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     path = settings.checkpoint_dir / "uploads" / f"{uuid.uuid4().hex}.safetensors"
     digest = save_safetensors_upload(checkpoint, path)
     try:
@@ -191,6 +192,7 @@ def register_model_route(
             actor=events.key_actor(key),
             status=ModelStatus.VALIDATING,
             fallback_methods=body.fallback_methods,
+            time_limit_seconds=body.time_limit_seconds,
         )
         session.commit()
     except Exception:
@@ -201,9 +203,13 @@ def register_model_route(
 
 
 @router.patch("/v1/models/{model}", response_model=ModelOut, summary="Change a model's unlearning policy")
-def update_model(model: str, body: ModelUpdate, session: SessionDep, key: Admin) -> ModelOut:
-    """Method, params, fallback chain, gates or retrain recipe; applies to jobs that start afterwards."""
+def update_model(
+    model: str, body: ModelUpdate, session: SessionDep, settings: SettingsDep, key: Admin
+) -> ModelOut:
+    """Method, params, fallback chain, gates, retrain recipe or job time limit; applies to jobs that start
+    afterwards."""
     m = get_model(session, key.tenant, model)
+    check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     changes = body.model_dump(exclude_unset=True)
     if body.gates is not None:
         changes["gates"] = body.gates.model_dump(exclude_none=True)

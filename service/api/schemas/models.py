@@ -29,6 +29,9 @@ class ModelOut(BaseModel):
     fallback_methods: list[str]
     default_params: dict[str, Any]
     gates: dict[str, Any]
+    time_limit_seconds: int | None = Field(
+        description="a job on this model is stopped after this many seconds (null: the service's limit)"
+    )
     train_samples: int
     test_samples: int
     pending_requests: int

@@ -56,6 +56,12 @@ class ModelUpdate(BaseModel):
     fallback_methods: list[str] | None = Field(None, max_length=5)
     train_recipe: dict[str, Any] | None = None
     gates: Gates | None = None
+    time_limit_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="stop a job on this model after this many seconds (at most the service's "
+        "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
+    )
 
 
 class ModelCreate(BaseModel):
@@ -74,3 +80,9 @@ class ModelCreate(BaseModel):
     fallback_methods: list[str] = Field(default_factory=list, max_length=5)
     train_recipe: dict[str, Any] = Field(default_factory=dict, description="used by the `retrain` method")
     gates: Gates = Field(default_factory=Gates)
+    time_limit_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="stop a job on this model after this many seconds (at most the service's "
+        "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
+    )
