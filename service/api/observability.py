@@ -1,6 +1,7 @@
-"""Prometheus metrics and readiness. HTTP metrics are observed in-process; request/job gauges and the
-job-duration histogram are read from the database at scrape time, so every API replica reports the
-same truth without shared memory."""
+"""Prometheus metrics. HTTP metrics are observed in-process and hold no tenant data; request/job gauges
+and the job-duration histogram are one tenant's, read from the database at scrape time (so every API
+replica reports the same truth without shared memory) and shown only to a scrape with that tenant's key:
+nobody learns another tenant's deletion volume from /metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -21,26 +22,43 @@ from service.core.states import JobState
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
-class DatabaseCollector(Collector):
-    def __init__(self, make_session: sessionmaker[Session]) -> None:
-        self.make_session = make_session
+def render(http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None) -> bytes:
+    """The exposition text: the process's HTTP metrics, plus `tenant`'s own gauges when a key named one."""
+    body = generate_latest(http)
+    if tenant is not None:
+        own = CollectorRegistry()
+        own.register(TenantCollector(make_session, tenant))
+        body += generate_latest(own)
+    return body
+
+
+class TenantCollector(Collector):
+    """One tenant's requests and jobs by state, and its completed jobs' durations."""
+
+    def __init__(self, make_session: sessionmaker[Session], tenant: str) -> None:
+        self.make_session, self.tenant = make_session, tenant
 
     def collect(self) -> Iterator[Any]:
         with self.make_session() as s:
             requests = GaugeMetricFamily(
-                "unlearn_deletion_requests", "Deletion requests by state", labels=["state"]
+                "unlearn_deletion_requests", "Deletion requests by state", labels=["tenant", "state"]
             )
             for state, n in s.execute(
-                select(DeletionRequest.state, func.count()).group_by(DeletionRequest.state)
+                select(DeletionRequest.state, func.count())
+                .where(DeletionRequest.tenant == self.tenant)
+                .group_by(DeletionRequest.state)
             ):
-                requests.add_metric([state], n)
-            jobs = GaugeMetricFamily("unlearn_jobs", "Jobs by state", labels=["state"])
-            for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state)):
-                jobs.add_metric([state], n)
+                requests.add_metric([self.tenant, state], n)
+            jobs = GaugeMetricFamily("unlearn_jobs", "Jobs by state", labels=["tenant", "state"])
+            for state, n in s.execute(
+                select(Job.state, func.count()).where(Job.tenant == self.tenant).group_by(Job.state)
+            ):
+                jobs.add_metric([self.tenant, state], n)
             durations = [
                 (f - st).total_seconds()
                 for st, f in s.execute(
                     select(Job.started_at, Job.finished_at).where(
+                        Job.tenant == self.tenant,
                         Job.state == JobState.COMPLETED,
                         Job.started_at.is_not(None),
                         Job.finished_at.is_not(None),
@@ -49,11 +67,13 @@ class DatabaseCollector(Collector):
                 if st is not None and f is not None
             ]
             s.rollback()
-        hist = HistogramMetricFamily("unlearn_job_duration_seconds", "Duration of completed jobs")
+        hist = HistogramMetricFamily(
+            "unlearn_job_duration_seconds", "Duration of completed jobs", labels=["tenant"]
+        )
         buckets = [
             (str(b) if b != float("inf") else "+Inf", sum(d <= b for d in durations)) for b in JOB_BUCKETS
         ]
-        hist.add_metric([], buckets=buckets, sum_value=sum(durations))
+        hist.add_metric([self.tenant], buckets=buckets, sum_value=sum(durations))
         yield from (requests, jobs, hist)
 
 

@@ -180,13 +180,27 @@ def test_too_many_ids_is_413(backend: Backend) -> None:
 def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
     with live.client() as c:
         c.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0009"]})
-        text = httpx.get(f"{live.url}/metrics").text
+        text = c.get("/metrics").text
     assert (
         'unlearn_http_requests_total{method="POST",route="/v1/models/{model}/deletion-requests",status="202"}'
         in text
     )
-    assert "unlearn_deletion_requests{state=" in text
-    assert "unlearn_job_duration_seconds_bucket" in text
+    assert 'unlearn_deletion_requests{state="received",tenant="default"} 1.0' in text
+    assert 'unlearn_job_duration_seconds_count{tenant="default"} 0.0' in text
+
+
+def test_metrics_show_tenant_counts_only_to_that_tenants_key(live: Live) -> None:
+    with live.client() as c:
+        c.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0008"]})
+    anonymous = httpx.get(f"{live.url}/metrics")
+    assert anonymous.status_code == 200 and "unlearn_http_requests_total" in anonymous.text
+    assert "unlearn_deletion_requests" not in anonymous.text and "unlearn_jobs" not in anonymous.text
+    with session_scope(live.db) as s:
+        other = make_key(s, tenant="other", scopes=("jobs:read",))
+    theirs = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {other}"}).text
+    assert 'tenant="default"' not in theirs and "unlearn_deletion_requests" in theirs
+    bad = httpx.get(f"{live.url}/metrics", headers={"Authorization": "Bearer ul_nope"})
+    assert bad.status_code == 401
 
 
 def test_readyz_reports_database_and_broker(live: Live) -> None:

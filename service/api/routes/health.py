@@ -5,12 +5,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, SettingsDep, require_scope
 from service.api.errors import ANY_ROUTE, problems
+from service.api.observability import render
 from service.core import liveness
 
 router = APIRouter(tags=["health"], responses=problems(*ANY_ROUTE))
@@ -48,15 +49,19 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses=problems(401, 403),  # when UNLEARN_METRICS_REQUIRE_KEY is set
+    responses=problems(401, 403),  # a key that is invalid, or none when UNLEARN_METRICS_REQUIRE_KEY is set
 )
 async def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
-    if settings.metrics_require_key:
+    """HTTP metrics for anyone (unless a key is required); a key with `jobs:read` adds its own tenant's
+    request and job gauges, never another tenant's."""
+    header = request.headers.get("authorization")
+    tenant = None
+    if settings.metrics_require_key or header:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.
-        header = request.headers.get("authorization", "")
-        await require_scope("jobs:read")(request, session, _credentials(header))
-    # The collector reads the database: off the event loop.
-    body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
+        key = await require_scope("jobs:read")(request, session, _credentials(header or ""))
+        tenant = key.tenant
+    state = request.app.state  # the tenant's gauges read the database: off the event loop
+    body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, tenant)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
