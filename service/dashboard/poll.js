@@ -1,5 +1,6 @@
 // The polling loop: load the shown page's data, re-render it when it changed, and run buttons' actions.
 import { $, el } from "./dom.js";
+import { checkReadiness } from "./readiness.js";
 import { state } from "./state.js";
 import { disabledPanel } from "./widgets.js";
 
@@ -13,6 +14,7 @@ export async function tick(force) {
   const token = state.token;
   if (!page || !state.key) return;
   clearTimeout(state.timer);
+  checkReadiness(force);
   if (!force && document.hidden) {
     state.timer = setTimeout(() => tick(false), 1000);
     return;

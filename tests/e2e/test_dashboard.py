@@ -330,3 +330,58 @@ def test_audit_page_verifies_the_chain_and_exports_it(
     lines = exported.read_text().splitlines()
     assert lines and all(line.startswith("{") for line in lines)
     save_screenshot(page, tmp_path, "dashboard-audit.png")
+
+
+@needs_chromium
+def test_the_dashboard_says_requests_will_wait_while_no_worker_is_alive(page: Any, tmp_path: Path) -> None:
+    """An API with no worker yet: the banner quotes /readyz; once a worker beats, it goes away."""
+    import subprocess
+
+    from playwright.sync_api import expect
+
+    from tests.helpers import free_port
+    from tests.stack import UNLEARN
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNLEARN_VAR_DIR": str(tmp_path / "var"),
+        "UNLEARN_DEMO": "false",
+        "PORT": str(port),
+        "UNLEARN_HEARTBEAT_SECONDS": "0.5",
+    }
+    subprocess.run([UNLEARN, "db", "upgrade"], env=env, check=True, capture_output=True)
+    key = subprocess.run(
+        [UNLEARN, "keys", "create", "--tenant", "default", "--scopes", "admin"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[0]
+    procs = []
+    with open(tmp_path / "procs.log", "ab") as log:
+        try:
+            procs.append(subprocess.Popen([UNLEARN, "api"], env=env, stdout=log, stderr=log))
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _answers(f"{url}/healthz"), timeout=60, what="the API alone")
+            page.goto(f"{url}/dashboard/")
+            page.fill("#key-input", key)
+            page.click("#login-form button[type=submit]")
+            banner = page.locator("#readiness")
+            expect(banner).to_be_visible(timeout=15_000)
+            expect(banner).to_contain_text("workers: no worker has been seen yet")
+            expect(banner).to_contain_text("wait")
+            save_screenshot(page, tmp_path, "dashboard-not-ready.png")
+            procs.append(subprocess.Popen([UNLEARN, "worker"], env=env, stdout=log, stderr=log))
+            expect(banner).to_be_hidden(timeout=90_000)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

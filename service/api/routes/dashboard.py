@@ -31,6 +31,7 @@ FILES = {
             "page-models.js",
             "page-requests.js",
             "poll.js",
+            "readiness.js",
             "router.js",
             "session.js",
             "state.js",
