@@ -184,6 +184,17 @@ class JobStore:
             jobs.close(s, job, JobState.COMPLETED, result_version=number)
         return number
 
+    def may_delete_checkpoint(self, uri: str) -> bool:
+        """After a publish raised: True only if the database answers that no version points at `uri`. An
+        error at COMMIT is ambiguous (the commit may have landed), and a database that cannot be asked
+        now cannot vouch either: keep the file then. An orphan costs disk; a deleted published
+        checkpoint would lose a version."""
+        try:
+            with session_scope(self.url) as s:
+                return s.scalar(select(ModelVersion.id).where(ModelVersion.checkpoint_uri == uri)) is None
+        except Exception:  # noqa: BLE001 - unknown means keep
+            return False
+
     def close(self, state: JobState, *, error: str | None = None, result_version: int | None = None) -> None:
         """End the job and its requests, only while we still own it."""
         with self._fenced() as (s, job):

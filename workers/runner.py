@@ -21,7 +21,7 @@ from models.unlearning.params import params_class, params_to_dict, parse_params
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
-from workers import gates
+from workers import failpoints, gates
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost
 from workers.progress import Reporter
@@ -147,7 +147,8 @@ def publish(
     params: dict[str, Any],
 ) -> None:
     """Write the checkpoint, then commit the version. A crash before the commit leaves at most an orphan
-    file, never a half version; a refused commit removes the file it would have pointed to."""
+    file, never a half version; a refused commit removes the file it would have pointed to, once the
+    database confirms no version points at it (a commit cut off mid-way may have landed)."""
     path = version_path(settings.checkpoint_dir, ctx.model_id, ctx.base_version + 1, ctx.job_id)
     sha256 = save_checkpoint(
         model.cpu(),
@@ -157,6 +158,7 @@ def publish(
         num_classes=ctx.num_classes,
         extra={"version": ctx.base_version + 1, "job_id": ctx.job_id},
     )
+    failpoints.hit("publish.before_commit")
     try:
         rep.flush()  # proves we still hold the lease right before committing
         store.publish(
@@ -170,5 +172,6 @@ def publish(
             params=params,
         )
     except BaseException:
-        path.unlink(missing_ok=True)
+        if store.may_delete_checkpoint(str(path)):
+            path.unlink(missing_ok=True)
         raise

@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import ProblemError
@@ -81,6 +83,21 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, "HTTP error", str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database is restarting or unreachable: the client's request is fine and may be retried (a
+        # deletion request with the same Idempotency-Key, should the commit itself have been cut off).
+        response = problem(
+            503,
+            "Service unavailable",
+            f"the database is unavailable ({type(exc).__name__}); retry shortly, with the same "
+            "Idempotency-Key for a deletion request",
+        )
+        response.headers["Retry-After"] = "2"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -208,3 +208,18 @@ def test_the_reconciler_finds_a_silent_workers_model(db_url: str, model_id: str)
     with session_scope(db_url) as s:
         assert claims.models_needing_work(s) == []  # without takeover, only expiry frees it
         assert claims.models_needing_work(s, takeover_after=6) == [model_id]
+
+
+# -- cleaning up after a publish that raised -------------------------------------------------------------
+
+
+def test_a_checkpoint_is_deleted_only_when_the_database_says_no_version_uses_it(
+    db_url: str, model_id: str
+) -> None:
+    from workers.jobstore import JobStore
+
+    store = JobStore(db_url, "job", "owner")
+    assert not store.may_delete_checkpoint("/nonexistent/v1.safetensors")  # v1 of the factory model
+    assert store.may_delete_checkpoint("/nonexistent/v2-orphan.safetensors")
+    unreachable = JobStore("postgresql+psycopg://postgres@127.0.0.1:1/none", "job", "owner")
+    assert not unreachable.may_delete_checkpoint("/nonexistent/v2-orphan.safetensors")  # cannot ask: keep
