@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +54,16 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         return subprocess.Popen(
-            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def log(self, name: str) -> str:
@@ -120,9 +127,12 @@ class Cluster:
         self.api.send_signal(signal.SIGTERM)
         self.api.wait(timeout=30)
 
-    def start_worker(self, name: str, *, beat: bool = False) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, *, beat: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; `env` adds to the cluster's (e.g. a failpoint for this worker only)."""
         argv = [str(BIN / "unlearn"), "worker"] + (["--beat"] if beat else [])
-        proc = self._spawn(name, argv)
+        proc = self._spawn(name, argv, env)
         self.workers[name] = proc
         return proc
 
@@ -139,3 +149,66 @@ class Cluster:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temporary folder, its own port), which a fault
+    test may stop and start without disturbing the machine's shared server. Runs as the `postgres` user
+    (the server refuses to run as root)."""
+
+    # Not under pytest's tmp_path: that is private to root, and the server runs as `postgres`.
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="unlearn-pg-")) / "pg")
+    port: int = field(default_factory=free_port)
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if not list(PG_BIN.glob("*/bin/initdb")):
+            return "PostgreSQL's server binaries (initdb, pg_ctl) are not installed"
+        if os.geteuid() == 0 and shutil.which("runuser") is None:
+            return "running as root without runuser, so a private PostgreSQL cannot be started"
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *argv: str) -> None:
+        [bindir] = sorted(PG_BIN.glob("*/bin"))[-1:]
+        cmd = [str(bindir / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd="/")
+
+    def init(self) -> None:
+        self.folder.parent.chmod(0o755)
+        self.folder.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "-A", "trust")
+        self.start()
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.folder / "data"),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(self.folder / "pg.log"),
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.folder.parent, ignore_errors=True)

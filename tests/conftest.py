@@ -79,3 +79,14 @@ def db_url(tmp_path: Path) -> Iterator[str]:
     migrate.upgrade(url)
     yield url
     engine_for(url).dispose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's recovery times, as a table (tests/e2e/recovery.py)."""
+    from tests.e2e.recovery import table
+
+    lines = table()
+    if lines:
+        terminalreporter.section("fault recovery times")
+        for line in lines:
+            terminalreporter.write_line(line)
