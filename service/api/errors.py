@@ -53,10 +53,11 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-# Every route can meet these: the screen refuses NUL bytes and oversized bodies before routing.
-ANY_ROUTE = (413, 422)
+# Every route can meet these: the screen refuses NUL bytes and oversized bodies before routing, and a
+# database outage is a 503.
+ANY_ROUTE = (413, 422, 503)
 # ... and every route behind a key these.
-KEYED = (400, 401, 403, 404, 409, 413, 422)
+KEYED = (400, 401, 403, 404, 409, 413, 422, 503)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
