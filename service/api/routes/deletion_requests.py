@@ -52,6 +52,7 @@ def create_deletion_request(
         idempotency_key=idempotency_key or None,  # an empty header is no key
         callback_url=str(body.callback_url) if body.callback_url else None,
         allowed_hosts=settings.webhook_allowed_hosts,
+        allow_http=settings.webhook_allow_http,
         wake_seconds=settings.wake_seconds,
     )
     if created:
