@@ -396,3 +396,46 @@ def test_webhook_http_callback_needs_allow_http_and_then_the_default_port_of_htt
 def test_webhook_allow_list_entries_that_are_not_host_port_stop_the_settings(entry: str) -> None:
     with pytest.raises(ValueError, match="allow-list entry"):
         Settings(UNLEARN_WEBHOOK_ALLOWED_HOSTS=entry)  # type: ignore[call-arg]
+
+
+def test_webhook_secrets_are_rotated_by_admins_and_shown_only_once(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(admin)).json() == []
+    first = api.client.post("/v1/webhook-secrets", headers=api.auth(admin))  # no body: 24 h of grace
+    assert first.status_code == 201, first.text
+    one = first.json()
+    assert one["secret"].startswith("whsec_") and one["prefix"] == one["secret"][:10]
+    assert (one["expires_at"], one["active"]) == (None, True)
+    r = api.client.post("/v1/webhook-secrets", json={"grace_seconds": 600}, headers=api.auth(admin))
+    assert r.status_code == 201, r.text
+    two = r.json()
+    listed = api.client.get("/v1/webhook-secrets", headers=api.auth(admin))
+    assert listed.status_code == 200
+    assert [(w["id"], w["active"], w["secret"]) for w in listed.json()] == [
+        (two["id"], True, None),
+        (one["id"], True, None),
+    ]
+    assert listed.json()[1]["expires_at"] is not None
+    assert one["secret"] not in listed.text and two["secret"] not in listed.text
+
+
+@pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": 604801}, {"grace": 5}])
+def test_webhook_secret_rotation_with_a_bad_grace_period_is_422_naming_it(api: Api, body: object) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    r = api.client.post("/v1/webhook-secrets", json=body, headers=api.auth(admin))
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "grace" in r.json()["detail"]
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(admin)).json() == []
+
+
+def test_webhook_secrets_need_an_admin_key_and_stay_in_their_tenant(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        other = make_key(s, tenant="other", scopes=("admin",))
+    assert api.client.post("/v1/webhook-secrets", headers=api.auth()).status_code == 403
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth()).status_code == 403
+    assert api.client.post("/v1/webhook-secrets", headers=api.auth(admin)).status_code == 201
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(other)).json() == []
