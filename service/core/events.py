@@ -115,6 +115,11 @@ def request_closed(
     return _request(session, req, req.state, WORKER, data)
 
 
+def webhook_failed(session: Session, req: DeletionRequest, *, reason: str, attempts: int) -> AuditEvent:
+    """The request's webhook was given up on (refused destination, or out of attempts), and why."""
+    return _request(session, req, "webhook_failed", WORKER, {"reason": reason, "attempts": attempts})
+
+
 # -- jobs ----------------------------------------------------------------------------------------------
 
 
