@@ -17,8 +17,8 @@ from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model, new_id
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
-from service.core.queue import send_run_model, wake_due
-from service.core.states import PENDING, ModelStatus, RequestState
+from service.core.queue import send_deliver_webhook, send_run_model, wake_due
+from service.core.states import PENDING, ModelStatus, RequestState, WebhookState
 
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
@@ -188,7 +188,8 @@ def accept(
 
 
 def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> DeletionRequest:
-    """Withdraw a request no job has claimed yet (the caller commits)."""
+    """Withdraw a request no job has claimed yet (the caller commits). A request with a callback_url gets
+    a `deletion_request.cancelled` webhook: the row is its outbox, as for completed and failed ones."""
     req = _locked(session, request_id)
     if req is None or req.tenant != tenant:
         raise NotFound(f"deletion request {request_id!r} not found")
@@ -197,5 +198,19 @@ def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> Del
             f"request {request_id} is {req.state}; only received or queued requests can be cancelled"
         )
     req.state = RequestState.CANCELLED
+    if req.callback_url:
+        req.webhook_state = WebhookState.PENDING
     events.request_cancelled(session, req, actor=actor)
+    return req
+
+
+def withdraw(
+    session: Session, celery: Celery, tenant: str, request_id: str, *, actor: str
+) -> DeletionRequest:
+    """The client's cancel: `cancel`, commit, then send its webhook's delivery task (if the broker is
+    down, the reconciler sends it later)."""
+    req = cancel(session, tenant, request_id, actor=actor)
+    session.commit()
+    if req.webhook_state == WebhookState.PENDING:
+        send_deliver_webhook(celery, req.id)
     return req

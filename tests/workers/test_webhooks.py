@@ -15,18 +15,22 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from service.api.app import create_app
 from service.core import deletions, jobs, webhook_secrets
 from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, WebhookSecret, utcnow
 from service.core.keys import create_key
+from service.core.queue import DELIVER_WEBHOOK, make_celery
 from service.core.settings import Settings
 from service.core.states import JobState, RequestState, WebhookState
 from tests.conftest import Backend
-from tests.factories import make_model
+from tests.factories import make_key, make_model
+from tests.helpers import wait_until
 from workers import claims, webhooks
 
 
@@ -273,3 +277,67 @@ def test_nothing_is_sent_for_a_request_without_a_pending_webhook(world: World) -
     assert webhooks.deliver(world.settings, rid) is True
     assert world.receiver.received == []
     assert world.request(rid).state == RequestState.COMPLETED
+
+
+# -- cancelled requests ----------------------------------------------------------------------------------
+
+
+def enqueued_webhooks(settings: Settings) -> list[str]:
+    """Request ids of the deliver_webhook tasks now on the queue (what a worker would be handed); other
+    tasks (a model's wake-up) are consumed and dropped."""
+    found: list[str] = []
+    with make_celery(settings).connection_for_read() as conn:
+        queue = conn.SimpleQueue(settings.queue_name)
+        try:
+            while True:
+                message = queue.get(timeout=0.5)
+                message.ack()
+                if message.headers.get("task") == DELIVER_WEBHOOK:
+                    found.extend(message.payload[0])
+        except queue.Empty:
+            return found
+        finally:
+            queue.close()
+
+
+def test_a_request_cancelled_by_its_client_is_announced_with_a_verified_webhook(world: World) -> None:
+    secret = world.rotate()
+    with session_scope(world.url) as s:
+        make_model(s, name="toy")
+        key = make_key(s, scopes=("deletion:write",))
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(world.settings)) as client:
+        body = {"sample_ids": ["toy-0001"], "callback_url": world.receiver.url()}
+        r = client.post("/v1/models/toy/deletion-requests", json=body, headers=auth)
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        r = client.post(f"/v1/deletion-requests/{rid}/cancel", headers=auth)
+        assert r.status_code == 200, r.text
+        assert (r.json()["state"], r.json()["webhook_state"]) == ("cancelled", "pending")
+    # The API sent the delivery task after its commit; a worker runs it (here: what the task calls).
+    sent: list[str] = []
+
+    def delivery_task_sent() -> bool:
+        sent.extend(enqueued_webhooks(world.settings))
+        return rid in sent
+
+    wait_until(delivery_task_sent, timeout=20, what="the deliver_webhook task")
+    assert webhooks.deliver(world.settings, rid) is True
+    [(payload, headers)] = world.receiver.received
+    event = Webhook(secret).verify(payload, headers)
+    assert event["event"] == "deletion_request.cancelled"
+    assert (event["request"]["id"], event["request"]["state"], event["request"]["job_id"]) == (
+        rid,
+        "cancelled",
+        None,
+    )
+    assert world.request(rid).webhook_state == WebhookState.DELIVERED
+
+
+def test_a_request_whose_job_an_admin_cancelled_is_announced_with_a_verified_webhook(world: World) -> None:
+    secret = world.rotate()
+    rid = world.finished(state=JobState.CANCELLED)
+    assert webhooks.deliver(world.settings, rid) is True
+    [(payload, headers)] = world.receiver.received
+    event = Webhook(secret).verify(payload, headers)
+    assert (event["event"], event["request"]["id"]) == ("deletion_request.cancelled", rid)
