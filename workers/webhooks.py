@@ -146,7 +146,8 @@ def check_destination(url: str, settings: Settings) -> None:
         return
     parts = urlsplit(url)
     host = parts.hostname or ""
-    infos = socket.getaddrinfo(host, parts.port or DEFAULT_PORTS[parts.scheme], type=socket.SOCK_STREAM)
+    port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_, sockaddr in infos:
         addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         problem = address_problem(addr)

@@ -47,7 +47,7 @@ def check_callback_url(url: str, allowed: Sequence[str], *, allow_http: bool = F
             f"callback_url must use {why}, not {scheme or 'no scheme'!r}{extra}", "scheme not allowed"
         )
     try:
-        port = parts.port or DEFAULT_PORTS[scheme]
+        port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:
         raise _refuse("callback_url has an invalid port", "invalid port") from None
     host = (parts.hostname or "").lower()

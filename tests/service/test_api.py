@@ -343,6 +343,7 @@ def hook_api(backend: Backend) -> Iterator[Api]:
         ("http://hooks.example/done", "must use https"),
         ("https://hooks.example:8080/done", "port 8080 is not allowed for host 'hooks.example'"),
         ("https://hooks.example:80/done", "port 80 is not allowed"),
+        ("https://hooks.example:0/done", "port 0 is not allowed"),
         ("https://evil.example/done", "host 'evil.example' is not on the webhook allow-list"),
         ("https://hooks.example.evil.example/done", "is not on the webhook allow-list"),
     ],
