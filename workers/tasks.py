@@ -17,6 +17,7 @@ from service.core.queue import (
     RUN_MODEL,
     SIGN_HEADS,
     VALIDATE_MODEL,
+    send_deliver_webhook,
     send_run_model,
     send_validate_model,
 )
@@ -46,9 +47,7 @@ def deliver_webhook(self, request_id: str) -> None:  # noqa: ANN001 - Celery's b
 
 def send_webhooks(request_ids: list[str]) -> None:
     for rid in request_ids:
-        try:
-            app.send_task(DELIVER_WEBHOOK, args=[rid], retry=False)
-        except Exception:  # noqa: BLE001 - the reconciler re-sends pending webhooks
+        if not send_deliver_webhook(app, rid):  # the reconciler re-sends pending webhooks
             log.warning("could not enqueue webhook for %s; the reconciler will", rid)
 
 

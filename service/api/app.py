@@ -11,6 +11,7 @@ from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem
 from service.api.observability import HttpMetrics
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
+from service.api.routes.webhooks import router as webhook_secrets_router
 from service.core.db.engine import sessionmaker_for
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router)
+    app.include_router(webhook_secrets_router)
     for module in (models, datasets):
         app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
     return app

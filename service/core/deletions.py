@@ -7,19 +7,18 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlsplit
 
 from celery import Celery
 from sqlalchemy import and_, select, text
 from sqlalchemy.orm import Session
 
-from service.core import events
+from service.core import callbacks, events
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model, new_id
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
-from service.core.queue import send_run_model, wake_due
-from service.core.states import PENDING, ModelStatus, RequestState
+from service.core.queue import send_deliver_webhook, send_run_model, wake_due
+from service.core.states import PENDING, ModelStatus, RequestState, WebhookState
 
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
@@ -96,18 +95,14 @@ def submit(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    allow_http: bool = False,
 ) -> DeletionRequest:
     """Validate and record a request (state `received`) with its audit event; the caller commits."""
     if model.status != ModelStatus.READY:
         detail = f": {model.status_detail}" if model.status_detail else ""
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:
-        host = urlsplit(callback_url).hostname or ""
-        if host not in allowed_hosts:
-            raise Unprocessable(
-                f"callback_url host {host!r} is not on the webhook allow-list",
-                errors=[{"loc": ["body", "callback_url"], "msg": "host not allowed", "type": "value_error"}],
-            )
+        callbacks.check_callback_url(callback_url, allowed_hosts, allow_http=allow_http)
     ids = dedupe(sample_ids)
     if len(ids) > max_ids:
         raise PayloadTooLarge(f"{len(ids)} distinct sample IDs; at most {max_ids} per request", limit=max_ids)
@@ -159,6 +154,7 @@ def accept(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    allow_http: bool = False,
     wake_seconds: float = 1.0,
 ) -> tuple[DeletionRequest, bool]:
     """The whole intake of one request: (request, created). A replay of an Idempotency-Key returns the
@@ -182,6 +178,7 @@ def accept(
         idempotency_key=idempotency_key,
         callback_url=callback_url,
         allowed_hosts=allowed_hosts,
+        allow_http=allow_http,
     )
     countdown = wake_due(session, model, wake_seconds)
     session.commit()
@@ -191,7 +188,8 @@ def accept(
 
 
 def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> DeletionRequest:
-    """Withdraw a request no job has claimed yet (the caller commits)."""
+    """Withdraw a request no job has claimed yet (the caller commits). A request with a callback_url gets
+    a `deletion_request.cancelled` webhook: the row is its outbox, as for completed and failed ones."""
     req = _locked(session, request_id)
     if req is None or req.tenant != tenant:
         raise NotFound(f"deletion request {request_id!r} not found")
@@ -200,5 +198,19 @@ def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> Del
             f"request {request_id} is {req.state}; only received or queued requests can be cancelled"
         )
     req.state = RequestState.CANCELLED
+    if req.callback_url:
+        req.webhook_state = WebhookState.PENDING
     events.request_cancelled(session, req, actor=actor)
+    return req
+
+
+def withdraw(
+    session: Session, celery: Celery, tenant: str, request_id: str, *, actor: str
+) -> DeletionRequest:
+    """The client's cancel: `cancel`, commit, then send its webhook's delivery task (if the broker is
+    down, the reconciler sends it later)."""
+    req = cancel(session, tenant, request_id, actor=actor)
+    session.commit()
+    if req.webhook_state == WebhookState.PENDING:
+        send_deliver_webhook(celery, req.id)
     return req

@@ -8,13 +8,23 @@ exists if and only if the change it records is committed.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service.core.audit import record
 from service.core.canonical import canonical_json
-from service.core.db.tables import ApiKey, AuditEvent, Dataset, DeletionRequest, Job, Model, ModelVersion
+from service.core.db.tables import (
+    ApiKey,
+    AuditEvent,
+    Dataset,
+    DeletionRequest,
+    Job,
+    Model,
+    ModelVersion,
+    WebhookSecret,
+)
 from service.core.states import JobState, ModelStatus, RequestState
 
 WORKER = "worker"  # the actor of every event a worker writes
@@ -41,7 +51,7 @@ def ids_digest(ids: list[str]) -> str:
 
 def _on(
     session: Session,
-    row: ApiKey | Dataset | DeletionRequest | Job | Model,
+    row: ApiKey | Dataset | DeletionRequest | Job | Model | WebhookSecret,
     entity_type: str,
     action: str,
     actor: str,
@@ -103,6 +113,11 @@ def request_closed(
     """The request ended with its job: `deletion_request.completed`, `.failed` or `.cancelled`."""
     data = {"job_id": job.id, "model_version": _label(result_version), "error": error}
     return _request(session, req, req.state, WORKER, data)
+
+
+def webhook_failed(session: Session, req: DeletionRequest, *, reason: str, attempts: int) -> AuditEvent:
+    """The request's webhook was given up on (refused destination, or out of attempts), and why."""
+    return _request(session, req, "webhook_failed", WORKER, {"reason": reason, "attempts": attempts})
 
 
 # -- jobs ----------------------------------------------------------------------------------------------
@@ -203,3 +218,22 @@ def key_created(session: Session, key: ApiKey, *, actor: str) -> AuditEvent:
 
 def key_revoked(session: Session, key: ApiKey, *, actor: str) -> AuditEvent:
     return _on(session, key, "api_key", "revoked", actor)
+
+
+def webhook_secret_rotated(
+    session: Session,
+    secret: WebhookSecret,
+    *,
+    grace_seconds: int,
+    retiring: dict[str, datetime | None],
+    actor: str,
+) -> AuditEvent:
+    """A tenant's new webhook secret (by id: the secret itself never enters the trail) and when each of
+    the secrets it replaces stops signing."""
+    data = {
+        "grace_seconds": grace_seconds,
+        "retiring": [
+            {"id": i, "expires_at": at.isoformat() if at else None} for i, at in sorted(retiring.items())
+        ],
+    }
+    return _on(session, secret, "webhook_secret", "rotated", actor, data)

@@ -67,7 +67,7 @@ def close(
     requests = session.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
     for r in requests:
         r.state, r.error = request_state, error
-        if r.callback_url and request_state in (RequestState.COMPLETED, RequestState.FAILED):
+        if r.callback_url:  # completed, failed and cancelled are all news to the client
             r.webhook_state = WebhookState.PENDING
         if request_state == RequestState.COMPLETED:
             r.model_version, r.completed_at = result_version, now

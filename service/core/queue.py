@@ -103,6 +103,16 @@ def send_run_model(app: Celery, model_id: str, countdown: float = 0.0) -> bool:
         return False
 
 
+def send_deliver_webhook(app: Celery, request_id: str) -> bool:
+    """Ask a worker to deliver a request's pending webhook. False if the broker is unreachable: the
+    pending webhook is committed, and the reconciler sends it later (`claims.stale_webhooks`)."""
+    try:
+        app.send_task(DELIVER_WEBHOOK, args=[request_id], retry=False)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def send_validate_model(app: Celery, model_id: str) -> bool:
     """Ask a worker to load a newly registered checkpoint and measure v1 (the reconciler retries)."""
     try:

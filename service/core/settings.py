@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.core.callbacks import parse_allowed
+
 
 def _env(name: str) -> AliasChoices:
     """Accept both `UNLEARN_NAME` and the conventional bare `NAME` (e.g. DATABASE_URL, PORT)."""
@@ -64,10 +66,15 @@ class Settings(BaseSettings):
     # Ed25519 key that signs certificates (PEM; created on first use).
     signing_key_file: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_SIGNING_KEY_FILE"))
 
-    # Webhooks: deletion requests may name a callback_url on one of these hosts.
+    # Webhooks: deletion requests may name a callback_url on one of these `host[:port]` entries (a bare
+    # host allows only the scheme's default port). https only, and never to a private address, unless
+    # the two switches below say otherwise (a test receiver on 127.0.0.1 needs both).
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("UNLEARN_WEBHOOK_ALLOWED_HOSTS")
     )
+    webhook_allow_http: bool = Field(False, validation_alias=AliasChoices("UNLEARN_WEBHOOK_ALLOW_HTTP"))
+    webhook_allow_private: bool = Field(False, validation_alias=AliasChoices("UNLEARN_WEBHOOK_ALLOW_PRIVATE"))
+    # Signs the webhooks of tenants that never rotated a secret of their own (POST /v1/webhook-secrets).
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("UNLEARN_WEBHOOK_SECRET"))
     webhook_max_attempts: int = Field(8, ge=1, validation_alias=AliasChoices("UNLEARN_WEBHOOK_MAX_ATTEMPTS"))
 
@@ -95,6 +102,29 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("webhook_allowed_hosts", mode="after")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        """A malformed entry stops the process at start, not a request at 3 a.m."""
+        for entry in value:
+            parse_allowed(entry)
+        return value
+
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _secret_format(cls, value: str | None) -> str | None:
+        """A `whsec_` secret must be base64, or every delivery would fail to sign."""
+        if value and value.startswith("whsec_"):
+            import base64
+            import binascii
+
+            try:
+                if not base64.b64decode(value.removeprefix("whsec_"), validate=True):
+                    raise ValueError("UNLEARN_WEBHOOK_SECRET whsec_ value is empty")
+            except binascii.Error as exc:
+                raise ValueError(f"UNLEARN_WEBHOOK_SECRET whsec_ value is not base64: {exc}") from None
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.var_dir / 'unlearn.db').resolve()}"
@@ -118,8 +148,14 @@ class Settings(BaseSettings):
 
     @property
     def webhook_key(self) -> bytes:
-        """The HMAC secret for webhooks: configured, or generated once under the state directory."""
+        """The service-wide HMAC key for webhooks: configured, or generated once under the state directory.
+        A `whsec_<base64>` value (the Standard Webhooks format) is the base64-decoded key, as receivers'
+        libraries read it; any other value is used as its UTF-8 bytes."""
         if self.webhook_secret:
+            if self.webhook_secret.startswith("whsec_"):
+                import base64
+
+                return base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
             return self.webhook_secret.encode()
         path = self.var_dir / "webhook-secret"
         if not path.exists():

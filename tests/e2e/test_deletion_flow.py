@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.core import audit
 from service.core.proofs import BODY_KEYS
@@ -20,7 +21,6 @@ from service.core.signing import verify_document
 from tests.conftest import Backend
 from tests.helpers import wait_until
 from tests.stack import LiveStack, wait_for_request
-from workers.webhooks import SIGNATURE_HEADER
 from workers.webhooks import verify as verify_webhook
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,11 @@ def sha256_file(path: Path) -> str:
 
 
 class WebhookReceiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[tuple[bytes, str]]] = []
+    received: ClassVar[list[tuple[bytes, dict[str, str]]]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((body, self.headers.get(SIGNATURE_HEADER, "")))
+        type(self).received.append((body, dict(self.headers.items())))
         self.send_response(204)
         self.end_headers()
 
@@ -56,7 +56,13 @@ def webhook_server() -> Iterator[str]:
 def test_deletion_request_end_to_end_and_restart(
     backend: Backend, tmp_path: Path, webhook_server: str
 ) -> None:
-    env = {**backend.env, "UNLEARN_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "UNLEARN_WEBHOOK_SECRET": "s3cret"}
+    env = {
+        **backend.env,
+        "UNLEARN_WEBHOOK_ALLOWED_HOSTS": webhook_server.split("/")[2],  # 127.0.0.1:<port>
+        "UNLEARN_WEBHOOK_ALLOW_HTTP": "true",  # the receiver is plain http ...
+        "UNLEARN_WEBHOOK_ALLOW_PRIVATE": "true",  # ... on loopback
+        "UNLEARN_WEBHOOK_SECRET": "s3cret",
+    }
     stack = LiveStack(env=env, log_path=tmp_path / "stack.log")
     stack.start()
     try:
@@ -99,12 +105,14 @@ def test_deletion_request_end_to_end_and_restart(
             [ckpt] = list((stack.var_dir / "checkpoints").rglob("v2-*.safetensors"))
             assert sha256_file(ckpt) == v2["checkpoint_sha256"]
 
-            # The product's webhook arrives, signed with the shared secret.
-            body, signature = wait_until(
-                lambda: WebhookReceiver.received[:1], timeout=60, what="the webhook"
-            )[0]
-            assert verify_webhook(b"s3cret", body, signature)
-            assert not verify_webhook(b"wrong", body, signature)
+            # The product's webhook arrives, signed (Standard Webhooks) with the service-wide secret.
+            body, headers = wait_until(lambda: WebhookReceiver.received[:1], timeout=60, what="the webhook")[
+                0
+            ]
+            assert Webhook(b"s3cret").verify(body, headers)["event"] == "deletion_request.completed"
+            assert verify_webhook(b"s3cret", body, headers)
+            with pytest.raises(WebhookVerificationError):
+                Webhook(b"wrong").verify(body, headers)
             assert json.loads(body)["request"]["model_version"] == "v2"
 
             # Compliance gets a signed certificate that checks out offline, and fails once tampered with.

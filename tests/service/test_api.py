@@ -17,6 +17,7 @@ from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest
 from service.core.proofs import BODY_KEYS
+from service.core.settings import Settings
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 
@@ -331,3 +332,126 @@ def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(
         s.get_one(WorkerHeartbeat, "host:1").last_seen = utcnow() - timedelta(minutes=5)
     r = api.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["workers"].startswith("no worker seen for 30")
+
+
+# -- webhooks ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hook_api(backend: Backend) -> Iterator[Api]:
+    """The API with a webhook allow-list: hooks.example on 443 only, and on 8443."""
+    env = {**backend.env, "UNLEARN_WEBHOOK_ALLOWED_HOSTS": "hooks.example, hooks.example:8443"}
+    settings = Settings(**env)  # type: ignore[arg-type]
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        make_model(s, name="toy", n_train=50)
+        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
+    with TestClient(create_app(settings)) as client:
+        yield Api(client, url, key)
+
+
+@pytest.mark.parametrize(
+    ("callback_url", "named"),
+    [
+        ("http://hooks.example/done", "must use https"),
+        ("https://hooks.example:8080/done", "port 8080 is not allowed for host 'hooks.example'"),
+        ("https://hooks.example:80/done", "port 80 is not allowed"),
+        ("https://hooks.example:0/done", "port 0 is not allowed"),
+        ("https://evil.example/done", "host 'evil.example' is not on the webhook allow-list"),
+        ("https://hooks.example.evil.example/done", "is not on the webhook allow-list"),
+    ],
+)
+def test_webhook_callback_with_wrong_scheme_host_or_port_is_422_naming_it(
+    hook_api: Api, callback_url: str, named: str
+) -> None:
+    before = hook_api.counts()
+    r = post(hook_api, {"sample_ids": ["toy-0001"], "callback_url": callback_url})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert named in r.json()["detail"]
+    assert r.json()["errors"][0]["loc"] == ["body", "callback_url"]
+    assert hook_api.counts() == before
+
+
+@pytest.mark.parametrize(
+    "callback_url",
+    ["https://hooks.example/done", "https://HOOKS.example:443/done", "https://hooks.example:8443/done"],
+)
+def test_webhook_callback_on_an_allowed_host_and_port_is_accepted(hook_api: Api, callback_url: str) -> None:
+    r = post(hook_api, {"sample_ids": ["toy-0001"], "callback_url": callback_url})
+    assert r.status_code == 202, r.text
+
+
+def test_webhook_http_callback_needs_allow_http_and_then_the_default_port_of_http(backend: Backend) -> None:
+    env = {
+        **backend.env,
+        "UNLEARN_WEBHOOK_ALLOWED_HOSTS": "hooks.example",
+        "UNLEARN_WEBHOOK_ALLOW_HTTP": "true",
+    }
+    settings = Settings(**env)  # type: ignore[arg-type]
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy", n_train=50)
+        key = make_key(s, scopes=("deletion:write",))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings.resolved_database_url, key)
+        assert (
+            post(api, {"sample_ids": ["toy-0001"], "callback_url": "http://hooks.example/x"}).status_code
+            == 202
+        )
+        r = post(api, {"sample_ids": ["toy-0002"], "callback_url": "http://hooks.example:8080/x"})
+        assert r.status_code == 422 and "port 8080" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "entry", ["hooks.example:notaport", "hooks.example/path", "user@hooks.example", ":443"]
+)
+def test_webhook_allow_list_entries_that_are_not_host_port_stop_the_settings(entry: str) -> None:
+    with pytest.raises(ValueError, match="allow-list entry"):
+        Settings(UNLEARN_WEBHOOK_ALLOWED_HOSTS=entry)  # type: ignore[call-arg]
+
+
+def test_webhook_secrets_are_rotated_by_admins_and_shown_only_once(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(admin)).json() == []
+    first = api.client.post("/v1/webhook-secrets", headers=api.auth(admin))  # no body: 24 h of grace
+    assert first.status_code == 201, first.text
+    one = first.json()
+    assert one["secret"].startswith("whsec_") and one["prefix"] == one["secret"][:10]
+    assert (one["expires_at"], one["active"]) == (None, True)
+    r = api.client.post("/v1/webhook-secrets", json={"grace_seconds": 600}, headers=api.auth(admin))
+    assert r.status_code == 201, r.text
+    two = r.json()
+    listed = api.client.get("/v1/webhook-secrets", headers=api.auth(admin))
+    assert listed.status_code == 200
+    assert [(w["id"], w["active"], w["secret"]) for w in listed.json()] == [
+        (two["id"], True, None),
+        (one["id"], True, None),
+    ]
+    assert listed.json()[1]["expires_at"] is not None
+    assert one["secret"] not in listed.text and two["secret"] not in listed.text
+
+
+@pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": 604801}, {"grace": 5}])
+def test_webhook_secret_rotation_with_a_bad_grace_period_is_422_naming_it(api: Api, body: object) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    r = api.client.post("/v1/webhook-secrets", json=body, headers=api.auth(admin))
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "grace" in r.json()["detail"]
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(admin)).json() == []
+
+
+def test_webhook_secrets_need_an_admin_key_and_stay_in_their_tenant(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        other = make_key(s, tenant="other", scopes=("admin",))
+    assert api.client.post("/v1/webhook-secrets", headers=api.auth()).status_code == 403
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth()).status_code == 403
+    assert api.client.post("/v1/webhook-secrets", headers=api.auth(admin)).status_code == 201
+    assert api.client.get("/v1/webhook-secrets", headers=api.auth(other)).json() == []

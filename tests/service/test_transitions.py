@@ -99,6 +99,18 @@ def test_cancelling_a_pending_request_cancels_it_with_an_event(
         assert verified_log(s)["ok"]
 
 
+def test_cancelling_a_request_with_a_callback_makes_its_webhook_pending(db_url: str, model: Model) -> None:
+    with session_scope(db_url) as s:
+        hooked = submit_request(s, model, ["toy-0001"], callback_url=HOOK)
+        silent = submit_request(s, model, ["toy-0002"])
+    with session_scope(db_url) as s:
+        deletions.cancel(s, "default", hooked.id, actor="test")
+        deletions.cancel(s, "default", silent.id, actor="test")
+    with session_scope(db_url) as s:
+        assert s.get_one(DeletionRequest, hooked.id).webhook_state == WebhookState.PENDING
+        assert s.get_one(DeletionRequest, silent.id).webhook_state is None
+
+
 def test_cancelling_a_processing_request_is_a_conflict_and_changes_nothing(db_url: str, model: Model) -> None:
     with session_scope(db_url) as s:
         req = submit_request(s, model, ["toy-0001"])
@@ -347,16 +359,25 @@ def test_closing_a_job_failed_copies_the_error_to_its_requests(db_url: str, mode
         assert verified_log(s)["ok"]
 
 
-def test_closing_a_job_cancelled_cancels_its_requests_without_a_webhook(db_url: str, model: Model) -> None:
+def test_closing_a_job_cancelled_cancels_its_requests_and_announces_them_by_webhook(
+    db_url: str, model: Model
+) -> None:
     with session_scope(db_url) as s:
         req = submit_request(s, model, ["toy-0001"], callback_url=HOOK)
+        silent = submit_request(s, model, ["toy-0002"])
         job = claim(s, model)
         jobs.close(s, job, JobState.CANCELLED)
-        assert actions(s)[-2:] == ["deletion_request.cancelled", "job.cancelled"]
+        assert actions(s)[-3:] == ["deletion_request.cancelled"] * 2 + ["job.cancelled"]
     with session_scope(db_url) as s:
         req = s.get_one(DeletionRequest, req.id)
-        assert (req.state, req.webhook_state, req.model_version) == (RequestState.CANCELLED, None, None)
+        assert (req.state, req.webhook_state, req.model_version) == (
+            RequestState.CANCELLED,
+            WebhookState.PENDING,
+            None,
+        )
+        assert s.get_one(DeletionRequest, silent.id).webhook_state is None
         assert s.get_one(Job, job.id).state == JobState.CANCELLED
+        assert claims.webhooks_of_job(s, job.id) == [req.id]  # what the worker sends after the job
 
 
 # -- the API's state names are the domain's ------------------------------------------------------------

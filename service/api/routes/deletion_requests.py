@@ -52,6 +52,7 @@ def create_deletion_request(
         idempotency_key=idempotency_key or None,  # an empty header is no key
         callback_url=str(body.callback_url) if body.callback_url else None,
         allowed_hosts=settings.webhook_allowed_hosts,
+        allow_http=settings.webhook_allow_http,
         wake_seconds=settings.wake_seconds,
     )
     if created:
@@ -98,7 +99,9 @@ def get_deletion_request(request_id: str, session: SessionDep, key: RequestReade
     response_model=DeletionRequestOut,
     summary="Withdraw a request that no job has claimed yet",
 )
-def cancel_deletion_request(request_id: str, session: SessionDep, key: DeletionWriter) -> DeletionRequestOut:
-    req = deletions.cancel(session, key.tenant, request_id, actor=events.key_actor(key))
-    session.commit()
+def cancel_deletion_request(
+    request_id: str, session: SessionDep, celery: CeleryDep, key: DeletionWriter
+) -> DeletionRequestOut:
+    """A request with a callback_url is sent a `deletion_request.cancelled` webhook."""
+    req = deletions.withdraw(session, celery, key.tenant, request_id, actor=events.key_actor(key))
     return request_out(req, session.get_one(Model, req.model_id).name)

@@ -21,8 +21,8 @@ class DeletionRequestCreate(BaseModel):
     )
     callback_url: AnyHttpUrl | None = Field(
         None,
-        description="POSTed (HMAC-SHA256 signed) when the request completes or fails; the host must be on "
-        "the service's allow-list.",
+        description="POSTed (signed as Standard Webhooks describe) when the request completes, fails or is "
+        "cancelled; https, with its host and port on the service's allow-list.",
     )
 
 
