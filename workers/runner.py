@@ -13,7 +13,7 @@ import torch
 
 from models.architectures import build_model
 from models.checkpoints import load_weights, save_checkpoint
-from models.datasets import SampleDataset, load_dataset
+from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import evaluate, forgotten_classes
 from models.unlearning import run_method
@@ -21,6 +21,7 @@ from models.unlearning.params import params_class, params_to_dict, parse_params
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import gates
+from workers.datasets import load_registered
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, LeaseLost
 from workers.progress import Reporter
@@ -83,7 +84,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
 
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
-    train, test = load_dataset(*ctx.train), load_dataset(*ctx.test)
+    train, test = load_registered(ctx.train), load_registered(ctx.test)
     base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs})
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)

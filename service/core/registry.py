@@ -26,8 +26,11 @@ def register_dataset(
     sample_ids: Sequence[str],
     labels: Sequence[int],
     actor: str,
+    sha256: str | None = None,
 ) -> Dataset:
-    """Record a dataset and mirror its sample IDs, so requests can be validated without the data."""
+    """Record a dataset and mirror its sample IDs, so requests can be validated without the data.
+    `sha256` pins the file as registered: the worker refuses to load it if it has changed since (None
+    only for sources no file stands for, e.g. test fixtures)."""
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
@@ -40,7 +43,7 @@ def register_dataset(
         )
     if any(not -(2**31) <= int(label) < 2**31 for label in labels):
         raise ValueError("labels must be 32-bit integers")
-    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids))
+    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids), sha256=sha256)
     session.add(ds)
     session.flush()
     rows = [

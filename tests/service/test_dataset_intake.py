@@ -4,6 +4,8 @@ pinned by its sha256. Through real HTTP against uvicorn, on the embedded databas
 
 from __future__ import annotations
 
+import hashlib
+import io
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +92,7 @@ def test_an_npz_upload_that_would_inflate_is_registered_without_inflating(
         r = c.post("/v1/datasets/upload", data={"name": "zeros"}, files={"file": ("z.npz", raw)})
     assert r.status_code == 201, r.text
     assert r.json()["num_samples"] == 200
+    assert r.json()["sha256"] == hashlib.sha256(raw).hexdigest()
 
 
 def write_manifest(folder: Path, rows: list[str]) -> Path:
@@ -122,10 +125,25 @@ def test_manifest_paths_that_leave_its_folder_are_refused_naming_the_lines(
         for said in ("line 3: path '../secret.npy' has a '..' component", "line 4: absolute path", "line 6"):
             assert said in body["detail"]
         assert c.get("/v1/datasets").json() == []  # nothing half-registered
-        # The same folder without the bad rows registers.
+        # The same folder without the bad rows registers, pinned by the manifest's hash.
         manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nok-2,sub/../a.npy,0\n")
         r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
         assert r.status_code == 422 and "line 3" in r.json()["detail"]  # '..' even when it stays inside
         manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nok-2,./a.npy,0\n")
         r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
     assert r.status_code == 201, r.text
+    assert r.json()["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def test_a_dataset_registered_by_path_carries_its_files_sha256(live: tuple[LiveApp, str]) -> None:
+    app, admin = live
+    path = app.settings.dataset_dir / "small.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((4, 2)), y=np.arange(4), ids=np.array(["a", "b", "c", "d"]))
+    path.write_bytes(buf.getvalue())
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "small", "kind": "npz", "uri": str(path)})
+        assert r.status_code == 201, r.text
+        assert r.json()["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+        assert c.get(f"/v1/datasets/{r.json()['id']}").json()["sha256"] == r.json()["sha256"]
