@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core import events
@@ -54,6 +55,13 @@ def register_dataset(
         session.execute(insert(DatasetSample), rows[i : i + _BATCH])
     events.dataset_registered(session, ds, actor=actor)
     return ds
+
+
+def is_model_name_clash(exc: IntegrityError) -> bool:
+    """Whether an insert failed on the model-name index: a concurrent registration took the name between
+    our check and our commit. (Only this one becomes a 409; any other integrity error is a bug.)"""
+    message = str(exc.orig)
+    return "uq_models_tenant_name" in message or "models.tenant, models.name" in message
 
 
 def register_model(
