@@ -77,6 +77,10 @@ class KeyCache:
 def _lookup(session: Session, plaintext: str) -> ApiKey | None:
     key = find_key(session, plaintext)
     session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
+    if key is not None:
+        # The key is cached and shared by later requests: detach it, fully loaded, so that nothing this
+        # request's session does (a rollback expires its objects) can leave them an unloadable copy.
+        session.expunge(key)
     return key
 
 

@@ -198,13 +198,11 @@ def register_model_route(
         )
         session.commit()
     except IntegrityError as exc:
-        session.rollback()
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # the session is rolled back when the request closes it
         if is_model_name_clash(exc):
             raise _name_taken(body.name) from exc
         raise
     except Exception:
-        session.rollback()
         path.unlink(missing_ok=True)
         raise
     send_validate_model(celery, m.id)
