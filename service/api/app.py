@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem
+from service.api.gate import AdmitRequests
 from service.api.observability import DatabaseCollector, HttpMetrics
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.core.db.engine import sessionmaker_for
@@ -36,6 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.sessionmaker))
+    # Innermost first: the key is checked before any body is read, inside the
+    # metrics (refusals are counted), inside the screen (NUL bytes, declared lengths: no lookup at all).
+    app.add_middleware(
+        AdmitRequests,
+        key_cache=app.state.key_cache,
+        sessions=app.state.sessionmaker,
+    )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(
         ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes

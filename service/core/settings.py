@@ -52,9 +52,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_BODY_BYTES")
     )
+    # Checkpoint and dataset uploads. 512 MiB holds a ~130M-parameter fp32 checkpoint, far beyond the
+    # classifiers this service unlearns, and bounds the disk an admin key can fill per request; larger
+    # datasets are registered by path (UNLEARN_DATA_ROOTS) rather than uploaded.
     max_upload_bytes: int = Field(
-        2 * 1024**3, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
-    )  # checkpoints and dataset uploads
+        512 * 1024**2, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
+    )
 
     # Ed25519 key that signs certificates (PEM; created on first use).
     signing_key_file: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_SIGNING_KEY_FILE"))
