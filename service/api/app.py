@@ -11,6 +11,7 @@ from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem
 from service.api.gate import AdmitRequests
 from service.api.observability import DatabaseCollector, HttpMetrics
+from service.api.ratelimit import make_limiter
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.core.db.engine import sessionmaker_for
 from service.core.queue import make_celery
@@ -37,12 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     registry.register(DatabaseCollector(app.state.sessionmaker))
-    # Innermost first: the key is checked before any body is read, inside the
+    # Innermost first: the key (and a write's rate limit) is checked before any body is read, inside the
     # metrics (refusals are counted), inside the screen (NUL bytes, declared lengths: no lookup at all).
     app.add_middleware(
         AdmitRequests,
         key_cache=app.state.key_cache,
         sessions=app.state.sessionmaker,
+        limiter=make_limiter(settings),
     )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(

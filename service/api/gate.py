@@ -1,4 +1,5 @@
-"""Admission of keyed requests before their bodies are read: the caller's API key.
+"""Admission of keyed requests before their bodies are read: the caller's API key, then (for writes) the
+key's rate limit.
 
 FastAPI reads and parses a request's body before it runs the route's dependencies, so a key checked
 there is checked too late: an anonymous client could make the service receive (and spool to disk) a body
@@ -19,8 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import INVALID_KEY, MISSING_KEY, KeyCache, authenticate
 from service.api.errors import problem
+from service.api.ratelimit import WriteLimiter, retry_after
 
 KEYED_PREFIX = "/v1/"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -41,8 +44,9 @@ class AdmitRequests:
         *,
         key_cache: KeyCache,
         sessions: sessionmaker[Session],
+        limiter: WriteLimiter | None,
     ) -> None:
-        self.app, self.key_cache, self.sessions = app, key_cache, sessions
+        self.app, self.key_cache, self.sessions, self.limiter = app, key_cache, sessions, limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(KEYED_PREFIX):
@@ -64,4 +68,17 @@ class AdmitRequests:
             )
         if key is None:
             return problem(401, "Unauthorized", INVALID_KEY)
+        if self.limiter is not None and scope["method"] in WRITE_METHODS:
+            wait = await self.limiter.acquire(key.id)
+            if wait > 0:
+                seconds = retry_after(wait)
+                response = problem(
+                    429,
+                    "Too many requests",
+                    f"this API key may make {self.limiter.rate:g} writes a second (bursts of "
+                    f"{self.limiter.burst}); retry in {seconds} s",
+                    retry_after_seconds=seconds,
+                )
+                response.headers["Retry-After"] = str(seconds)
+                return response
         return None

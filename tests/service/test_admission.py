@@ -1,5 +1,6 @@
 """Admission before bodies: a keyed route answers a missing or invalid key from the headers alone (an
-anonymous client cannot make the service receive its upload). Real uvicorn, real sockets."""
+anonymous client cannot make the service receive its upload), and each key's writes are rate limited
+(429 + Retry-After), per process or, with Redis, across processes. Real uvicorn, real sockets."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import func, select
 
 from service.core.db.engine import session_scope
+from service.core.db.tables import DeletionRequest
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 from tests.liveapp import LiveApp, prepared, read_response, serve
@@ -102,3 +105,53 @@ def test_uploads_are_limited_to_512_mib_by_default(gated: tuple[LiveApp, Seeded]
     admin = f"Bearer {keys.admin}"
     assert head_only(app, "/v1/datasets/upload", 512 * 1024**2 + 1, admin)[0] == 413
     # (FastAPI's own route body limit answers this one, in plain text, before our middleware runs.)
+
+
+def request_count(app: LiveApp) -> int:
+    with session_scope(app.db) as s:
+        return s.scalar(select(func.count()).select_from(DeletionRequest)) or 0
+
+
+@pytest.fixture
+def limited(backend: Backend) -> Iterator[tuple[LiveApp, Seeded]]:
+    backend, keys = seed(backend, UNLEARN_WRITE_RATE_PER_KEY="0.01", UNLEARN_WRITE_BURST_PER_KEY="3")
+    with serve(backend.settings()) as app:
+        yield app, keys
+
+
+def test_a_burst_over_the_limit_is_429_with_retry_after_and_only_for_that_keys_writes(
+    limited: tuple[LiveApp, Seeded],
+) -> None:
+    app, keys = limited
+    body = {"sample_ids": ["toy-0001"]}
+    with app.client(keys.writer) as c:
+        assert [c.post("/v1/models/toy/deletion-requests", json=body).status_code for _ in range(3)] == [
+            202
+        ] * 3
+        before = request_count(app)
+        r = c.post("/v1/models/toy/deletion-requests", json=body)
+        assert r.status_code == 429, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        wait = r.headers["Retry-After"]
+        assert wait.isdigit() and 60 <= int(wait) <= 100  # one token at 0.01/s is ~100 s away
+        assert r.json()["retry_after_seconds"] == int(wait) and "3" in r.json()["detail"]
+        assert request_count(app) == before  # refused before anything was written
+        assert c.get("/v1/models/toy").status_code == 200  # reads are not limited
+        assert c.get("/v1/deletion-requests").status_code == 200
+    with app.client(keys.other) as c:  # another key has its own bucket
+        assert c.post("/v1/models/toy/deletion-requests", json=body).status_code == 202
+
+
+def test_with_redis_the_limit_is_shared_by_api_processes(backend: Backend) -> None:
+    if backend.name != "postgres":
+        pytest.skip("buckets are shared through Redis only; the embedded stack runs one API process")
+    backend, keys = seed(backend, UNLEARN_WRITE_RATE_PER_KEY="0.01", UNLEARN_WRITE_BURST_PER_KEY="2")
+    body = {"sample_ids": ["toy-0002"]}
+    with serve(backend.settings()) as one, serve(backend.settings()) as two:
+        with one.client(keys.writer) as c:
+            assert [c.post("/v1/models/toy/deletion-requests", json=body).status_code for _ in range(2)] == [
+                202
+            ] * 2
+        with two.client(keys.writer) as c:
+            r = c.post("/v1/models/toy/deletion-requests", json=body)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 60
