@@ -162,7 +162,15 @@ def main() -> None:
 
     var = Path(tempfile.mkdtemp(prefix="unlearn-load-"))
     queue = f"load-{uuid.uuid4().hex[:6]}"
-    env = {"UNLEARN_VAR_DIR": str(var), "UNLEARN_QUEUE": queue, "UNLEARN_DEMO": "false"}
+    env = {
+        "UNLEARN_VAR_DIR": str(var),
+        "UNLEARN_QUEUE": queue,
+        "UNLEARN_DEMO": "false",
+        # One key drives ~1000 writes/s: a limit far above that, so the limiter is measured (its cost is
+        # part of each write) but never refuses, and the bench measures throughput.
+        "UNLEARN_WRITE_RATE_PER_KEY": "1000000",
+        "UNLEARN_WRITE_BURST_PER_KEY": "1000000",
+    }
     dbname = None
     if not args.embedded:
         import psycopg

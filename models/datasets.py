@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.manifests import ManifestPathError, manifest_root, resolve_row_path
+
 
 @dataclass
 class SampleDataset:
@@ -159,20 +161,27 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 def load_csv_manifest(path: str | Path) -> SampleDataset:
-    """CSV with header ``sample_id,path,label``; relative paths are relative to the CSV's folder. All images
-    must have the same shape (they are stacked into one tensor)."""
+    """CSV with header ``sample_id,path,label``; paths are relative to the CSV's folder and must stay in
+    it (``models.manifests``: checked again here, since the folder may have changed since registration).
+    All images must have the same shape (they are stacked into one tensor)."""
     path = Path(path)
+    root = manifest_root(path)
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"sample_id", "path", "label"} - set(rows[0] if rows else {})
+        reader = csv.DictReader(f)
+        rows = [(reader.line_num, r) for r in reader]
+    missing = {"sample_id", "path", "label"} - set(reader.fieldnames or ())
     if missing:
         raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}")
-    arrays = [_load_image(path.parent / r["path"]) for r in rows]
+    try:
+        files = [resolve_row_path(root, r["path"] or "", line) for line, r in rows]
+    except ManifestPathError as exc:
+        raise ManifestPathError(f"{path}: {exc}; refusing to load it") from None
+    arrays = [_load_image(f) for f in files]
     if len({a.shape for a in arrays}) > 1:
         raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays))
-    y = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
-    return SampleDataset(x, y, [r["sample_id"] for r in rows])
+    y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
+    return SampleDataset(x, y, [r["sample_id"] for _, r in rows])
 
 
 # ---------------------------------------------------------------- torchvision from a local root

@@ -16,6 +16,7 @@ from models.architectures import build_model
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset, load_digits_split, save_npz
 from models.training import DIGITS_RECIPE, TrainRecipe, train
+from service.core.dataset_ids import file_sha256
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from service.core.registry import register_dataset, register_model
@@ -86,6 +87,7 @@ def register_local_model(
                 sample_ids=ds.ids,
                 labels=ds.y.tolist(),
                 actor=actor,
+                sha256=file_sha256(paths[split]),
             )
             for split, ds in (("train", train_ds), ("test", test_ds))
         )

@@ -19,6 +19,7 @@ from service.core import events, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
 from service.core.states import JobState
+from workers.datasets import DatasetRef
 
 
 class LeaseLost(RuntimeError):
@@ -44,8 +45,8 @@ class JobContext:
     architecture: str
     arch_kwargs: dict[str, Any]
     num_classes: int
-    train: tuple[str, str]  # (kind, uri) of the training set
-    test: tuple[str, str]
+    train: DatasetRef  # the training set: kind, uri and the sha256 it was registered with
+    test: DatasetRef
     base_version: int
     base_uri: str
     base_sha256: str
@@ -116,8 +117,8 @@ class JobStore:
                 architecture=model.architecture,
                 arch_kwargs=dict(model.arch_kwargs),
                 num_classes=model.num_classes,
-                train=(train.kind, train.uri),
-                test=(test.kind, test.uri),
+                train=DatasetRef(train.kind, train.uri, train.sha256),
+                test=DatasetRef(test.kind, test.uri, test.sha256),
                 base_version=model.latest_version,
                 base_uri=base.checkpoint_uri,
                 base_sha256=base.sha256,

@@ -13,7 +13,7 @@ import torch
 
 from models.architectures import build_model
 from models.checkpoints import load_weights, save_checkpoint
-from models.datasets import SampleDataset, load_dataset
+from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import evaluate, forgotten_classes
 from models.unlearning import run_method
@@ -22,6 +22,7 @@ from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, gates
+from workers.datasets import load_registered
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost
 from workers.progress import Reporter
@@ -87,7 +88,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
 
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
-    train, test = load_dataset(*ctx.train), load_dataset(*ctx.test)
+    train, test = load_registered(ctx.train), load_registered(ctx.test)
     base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs})
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from models.architectures import build_model
 from models.checkpoints import load_weights
-from models.datasets import SampleDataset, load_dataset
+from models.datasets import SampleDataset
 from models.metrics import evaluate
 from service.core import events
 from service.core.db.engine import session_scope
@@ -20,6 +20,7 @@ from service.core.liveness import takeover_seconds
 from service.core.settings import Settings
 from service.core.states import ModelStatus
 from workers import leases
+from workers.datasets import DatasetRef, load_registered
 from workers.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,14 @@ def _validate(settings: Settings, model_id: str) -> str:
         arch, kwargs, k = m.architecture, dict(m.arch_kwargs), m.num_classes
         train = s.get_one(Dataset, m.train_dataset_id)
         test = s.get_one(Dataset, m.test_dataset_id)
-        sources, uri, sha256 = ((train.kind, train.uri), (test.kind, test.uri)), v1.checkpoint_uri, v1.sha256
+        sources = [DatasetRef(d.kind, d.uri, d.sha256) for d in (train, test)]
+        uri, sha256 = v1.checkpoint_uri, v1.sha256
     try:
         device = resolve_device(settings.device)
         model = build_model(arch, **{"num_classes": k, **kwargs})
         load_weights(model, uri, sha256=sha256, device=device)
         model.to(device)
-        train_ds, test_ds = (load_dataset(*src) for src in sources)
+        train_ds, test_ds = (load_registered(src) for src in sources)
         metrics = v1_metrics(model, train_ds, test_ds)
         status, detail = ModelStatus.READY, None
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back

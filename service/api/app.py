@@ -9,7 +9,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem
+from service.api.gate import AdmitRequests
 from service.api.observability import HttpMetrics
+from service.api.ratelimit import make_limiter
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.api.routes.webhooks import router as webhook_secrets_router
 from service.core.db.engine import sessionmaker_for
@@ -36,6 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
+    # Innermost first: the key (and a write's rate limit) is checked before any body is read, inside the
+    # metrics (refusals are counted), inside the screen (NUL bytes, declared lengths: no lookup at all).
+    app.add_middleware(
+        AdmitRequests,
+        key_cache=app.state.key_cache,
+        sessions=app.state.sessionmaker,
+        limiter=make_limiter(settings),
+    )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(
         ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes

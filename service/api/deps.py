@@ -10,7 +10,7 @@ from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.tables import ApiKey
 from service.core.errors import Forbidden, Unauthorized
@@ -74,16 +74,39 @@ class KeyCache:
         self._keys.pop(digest, None)
 
 
-def _lookup(session: Session, plaintext: str) -> ApiKey | None:
-    key = find_key(session, plaintext)
-    session.commit()  # end the read now: hold no connection (or SQLite lock) between thread hops
+MISSING_KEY = "missing API key: send the header `Authorization: Bearer <key>`"
+INVALID_KEY = "invalid or revoked API key"
+
+
+def _lookup(sessions: sessionmaker[Session], plaintext: str) -> ApiKey | None:
+    """The key, read in a session of its own that ends at once (no connection or SQLite lock is held
+    afterwards), and detached fully loaded: it is cached and shared by later requests, so no request's
+    session may expire it (a rollback would) and leave them an unloadable copy."""
+    with sessions() as session:
+        key = find_key(session, plaintext)
+        session.commit()
+        if key is not None:
+            session.expunge(key)
+        return key
+
+
+async def authenticate(cache: KeyCache, sessions: sessionmaker[Session], plaintext: str) -> ApiKey | None:
+    """The valid key whose plaintext this is, or None. A cache hit costs no trip to the thread pool;
+    a miss reads the database in a worker thread (off the event loop) and fills the cache."""
+    digest = hash_key(plaintext)
+    key = cache.get(digest)
+    if key is None:
+        key = await run_in_threadpool(_lookup, sessions, plaintext)
+        if key is not None:
+            cache.put(digest, key)
     return key
 
 
 def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
     """A dependency that admits keys holding any of `scopes` (or `admin`, which implies every scope).
     Async, so a key found in the cache costs no trip to the thread pool; only a miss reads the database
-    (in a worker thread)."""
+    (in a worker thread). Under /v1 the admission middleware (service.api.gate) has already checked the
+    key before the body was read, so this is a cache hit there."""
 
     async def dependency(
         request: Request,
@@ -91,16 +114,12 @@ def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
         creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
         if creds is None or not creds.credentials:
-            raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-        cache: KeyCache = request.app.state.key_cache
-        digest = hash_key(creds.credentials)
-        key = cache.get(digest)
+            raise Unauthorized(MISSING_KEY)
+        key = await authenticate(
+            request.app.state.key_cache, request.app.state.sessionmaker, creds.credentials
+        )
         if key is None:
-            key = await run_in_threadpool(_lookup, session, creds.credentials)
-            if key is not None:
-                cache.put(digest, key)
-        if key is None:
-            raise Unauthorized("invalid or revoked API key")
+            raise Unauthorized(INVALID_KEY)
         if "admin" not in key.scopes and not set(scopes) & set(key.scopes):
             wanted = " or ".join(repr(s) for s in scopes)
             raise Forbidden(f"this API key lacks the scope {wanted}", required_scopes=list(scopes))

@@ -38,6 +38,7 @@ WHY = {
     409: "The object's state does not allow this now",
     413: "The body, or the list of sample IDs, is over the limit",
     422: "The input is invalid; the body names the field or the IDs",
+    429: "Too many writes with this key (writes only): retry after the `Retry-After` header's seconds",
     503: "A dependency (database, broker) is unavailable",
 }
 
@@ -56,8 +57,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # Every route can meet these: the screen refuses NUL bytes and oversized bodies before routing, and a
 # database outage is a 503.
 ANY_ROUTE = (413, 422, 503)
-# ... and every route behind a key these.
-KEYED = (400, 401, 403, 404, 409, 413, 422, 503)
+# ... and every route behind a key these (429: writes over the key's rate limit, service.api.ratelimit).
+KEYED = (400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:

@@ -1,16 +1,33 @@
 """Reading a dataset's sample IDs and labels without torch, so the API can register a dataset and
-validate deletion requests against it. (The worker reads the samples themselves with models.datasets.)"""
+validate deletion requests against it. (The worker reads the samples themselves with models.datasets.)
+
+Registration reads untrusted files, so it reads no more than it needs: an `.npz`'s `x` (the bulk of it)
+is never decompressed, its row count and dtype come from the `.npy` header inside the zip; and a CSV
+manifest's paths must stay inside the manifest's folder (models.manifests)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
+import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+from numpy.lib import format as npy
 
-from service.core.errors import Unprocessable
+from models.manifests import manifest_root, path_problem
+from service.core.errors import ProblemError, Unprocessable
 
 ID_KINDS = ("npz", "csv_manifest")
+_SHOWN = 20  # offending manifest lines named in a refusal
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in blocks (a dataset may be gigabytes)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
@@ -20,35 +37,92 @@ def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
             return _npz(path)
         if kind == "csv_manifest":
             return _csv(path)
+    except ProblemError:
+        raise
     except Exception as exc:  # noqa: BLE001 - an untrusted file may fail in any way; it is the client's
         raise Unprocessable(f"cannot read {kind} dataset at {path}: {type(exc).__name__}: {exc}") from exc
     raise Unprocessable(f"unknown dataset kind {kind!r}; known: {list(ID_KINDS)}")
 
 
+def npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of a `.npy` stream, reading only the header."""
+    version = npy.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """Per array of the archive: shape, dtype and the uncompressed size the zip records for it."""
+    headers = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as fh:
+                    shape, dtype = npy_header(fh)
+                headers[info.filename.removesuffix(".npy")] = (shape, dtype, info.file_size)
+    return headers
+
+
 def _npz(path: Path) -> tuple[list[str], list[int]]:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("x", "y", "ids") if k not in data.files]
-        if missing:
-            raise ValueError(f"missing arrays {missing} (need x, y, ids)")
-        ids, labels, n = data["ids"], data["y"], data["x"].shape[0]
-    if not (len(ids) == len(labels) == n):
-        raise ValueError(f"x, y and ids differ in length ({n}, {len(labels)}, {len(ids)})")
-    if not np.issubdtype(labels.dtype, np.integer):
+    headers = _npz_headers(path)
+    missing = [k for k in ("x", "y", "ids") if k not in headers]
+    if missing:
+        raise ValueError(f"missing arrays {missing} (need x, y, ids)")
+    (x_shape, x_dtype, _), (y_shape, y_dtype, y_size), (ids_shape, ids_dtype, ids_size) = (
+        headers[k] for k in ("x", "y", "ids")
+    )
+    if len(x_shape) < 1 or x_dtype.kind not in "biuf":
+        raise ValueError(f"x must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
+    n = x_shape[0]
+    if len(y_shape) != 1 or len(ids_shape) != 1 or not (n == y_shape[0] == ids_shape[0]):
+        raise ValueError(f"x, y and ids differ in length ({n}, {y_shape}, {ids_shape})")
+    if not np.issubdtype(y_dtype, np.integer):
         raise ValueError("y must hold integer class labels")
-    return [str(i) for i in ids.tolist()], [int(v) for v in labels.tolist()]
+    if ids_dtype.kind != "U":
+        raise ValueError(f"ids must be a unicode string array (as the worker requires), got {ids_dtype}")
+    # y and ids are read in full (they are registered), but never more than the archive says they hold:
+    # a header that declares more data than its zip entry has would make numpy allocate for nothing.
+    for name, shape, dtype, size in (
+        ("y", y_shape, y_dtype, y_size),
+        ("ids", ids_shape, ids_dtype, ids_size),
+    ):
+        if math.prod(shape) * dtype.itemsize > size:
+            raise ValueError(f"array {name} declares more data than the archive holds")
+    with np.load(path, allow_pickle=False) as data:
+        ids, labels = data["ids"], data["y"]
+    return ids.tolist(), [int(v) for v in labels.tolist()]
 
 
 def _csv(path: Path) -> tuple[list[str], list[int]]:
     ids: list[str] = []
     labels: list[int] = []
+    root = manifest_root(path)
+    refused: list[tuple[int, str]] = []
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         need = {"sample_id", "path", "label"}
         if not need <= set(reader.fieldnames or ()):
             raise ValueError(f"the header must have columns {sorted(need)}")
-        for row_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
             if not row["sample_id"]:
-                raise ValueError(f"line {row_no}: empty sample_id")
+                raise ValueError(f"line {line}: empty sample_id")
+            problem = path_problem(root, row["path"] or "")
+            if problem is not None:
+                refused.append((line, problem))
             ids.append(row["sample_id"])
             labels.append(int(row["label"]))
+    if refused:
+        shown = "; ".join(f"line {line}: {why}" for line, why in refused[:_SHOWN])
+        more = f" (and {len(refused) - _SHOWN} more)" if len(refused) > _SHOWN else ""
+        raise Unprocessable(
+            f"{len(refused)} manifest path(s) leave the manifest's folder {root}: {shown}{more}",
+            lines=[line for line, _ in refused[:100]],
+            refused_count=len(refused),
+        )
     return ids, labels

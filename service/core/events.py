@@ -209,6 +209,8 @@ def version_published(
 
 def dataset_registered(session: Session, ds: Dataset, *, actor: str) -> AuditEvent:
     data = {"name": ds.name, "kind": ds.kind, "uri": ds.uri, "num_samples": ds.num_samples}
+    if ds.sha256 is not None:
+        data["sha256"] = ds.sha256
     return _on(session, ds, "dataset", "registered", actor, data)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core import events
@@ -26,8 +27,11 @@ def register_dataset(
     sample_ids: Sequence[str],
     labels: Sequence[int],
     actor: str,
+    sha256: str | None = None,
 ) -> Dataset:
-    """Record a dataset and mirror its sample IDs, so requests can be validated without the data."""
+    """Record a dataset and mirror its sample IDs, so requests can be validated without the data.
+    `sha256` pins the file as registered: the worker refuses to load it if it has changed since (None
+    only for sources no file stands for, e.g. test fixtures)."""
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
@@ -40,7 +44,7 @@ def register_dataset(
         )
     if any(not -(2**31) <= int(label) < 2**31 for label in labels):
         raise ValueError("labels must be 32-bit integers")
-    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids))
+    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids), sha256=sha256)
     session.add(ds)
     session.flush()
     rows = [
@@ -51,6 +55,13 @@ def register_dataset(
         session.execute(insert(DatasetSample), rows[i : i + _BATCH])
     events.dataset_registered(session, ds, actor=actor)
     return ds
+
+
+def is_model_name_clash(exc: IntegrityError) -> bool:
+    """Whether an insert failed on the model-name index: a concurrent registration took the name between
+    our check and our commit. (Only this one becomes a 409; any other integrity error is a bug.)"""
+    message = str(exc.orig)
+    return "uq_models_tenant_name" in message or "models.tenant, models.name" in message
 
 
 def register_model(

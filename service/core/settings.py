@@ -59,9 +59,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_BODY_BYTES")
     )
+    # Checkpoint and dataset uploads. 512 MiB holds a ~130M-parameter fp32 checkpoint, far beyond the
+    # classifiers this service unlearns, and bounds the disk an admin key can fill per request; larger
+    # datasets are registered by path (UNLEARN_DATA_ROOTS) rather than uploaded.
     max_upload_bytes: int = Field(
-        2 * 1024**3, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
-    )  # checkpoints and dataset uploads
+        512 * 1024**2, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
+    )
+
+    # Writes (POST/PUT/PATCH/DELETE under /v1) per API key: a token bucket refilled at this many per
+    # second up to the burst; over it -> 429 with Retry-After. Shared through Redis when the broker is
+    # Redis, per process otherwise. 0 turns the limit off.
+    write_rate_per_key: float = Field(
+        100.0, ge=0, validation_alias=AliasChoices("UNLEARN_WRITE_RATE_PER_KEY")
+    )
+    write_burst_per_key: int = Field(200, ge=1, validation_alias=AliasChoices("UNLEARN_WRITE_BURST_PER_KEY"))
 
     # Ed25519 key that signs certificates (PEM; created on first use).
     signing_key_file: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_SIGNING_KEY_FILE"))

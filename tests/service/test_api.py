@@ -271,18 +271,24 @@ def test_odd_version_names_are_404(api: Api, version: str) -> None:
     assert api.client.get(f"/v1/models/toy/versions/{version}", headers=api.auth()).status_code == 404
 
 
-def test_a_chunked_body_over_the_limit_is_413_even_without_a_key(backend: Backend) -> None:
+def test_a_chunked_body_over_the_limit_is_413(backend: Backend) -> None:
+    """(Without a key it is a 401 before any of the body is read: tests/service/test_admission.py.)"""
     env = {**backend.env, "UNLEARN_MAX_BODY_BYTES": "1000"}
     settings = Backend(backend.name, env).settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        key = make_key(s, scopes=("deletion:write",))
 
     def chunks():  # noqa: ANN202 - a generator body is sent chunked, without Content-Length
         yield b'{"sample_ids": ["' + b"x" * 5000 + b'"]}'
 
     with TestClient(create_app(settings)) as c:
         r = c.post(
-            "/v1/models/toy/deletion-requests", content=chunks(), headers={"content-type": "application/json"}
+            "/v1/models/toy/deletion-requests",
+            content=chunks(),
+            headers={"content-type": "application/json", "Authorization": f"Bearer {key}"},
         )
     assert r.status_code == 413
 

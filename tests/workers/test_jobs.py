@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select, update
 
@@ -187,3 +188,25 @@ def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> N
     with session_scope(demo.resolved_database_url) as s:
         job = s.get_one(Job, s.get_one(DeletionRequest, req_id).job_id)
         assert job.state == "failed" and "time limit is 1 s" in (job.error or "")
+
+
+def test_a_job_fails_saying_so_when_its_dataset_file_changed_since_registration(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        train = s.get_one(Dataset, s.scalars(select(Model.train_dataset_id)).one())
+        path, registered = Path(train.uri), train.sha256
+    assert registered is not None  # the demo's datasets are pinned at registration
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["x"][0] += 1.0  # a still perfectly readable file, with one sample's pixels changed
+    np.savez(path, **arrays)
+    model_id, req_id = submit(demo, ["digits-0001"])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, job.state) == ("failed", "failed")
+        assert f"dataset file {path} changed since registration" in (job.error or "")
+        assert f"registered {registered[:16]}" in (job.error or "") and "refusing to load" in (
+            job.error or ""
+        )
+        assert s.get_one(Model, model_id).latest_version == 1

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
+from service.api.uploads import save_upload
 from service.core import events
-from service.core.dataset_ids import read_ids
+from service.core.dataset_ids import file_sha256, read_ids
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
 from service.core.registry import register_dataset
@@ -24,11 +25,19 @@ upload_router = APIRouter(
 
 def dataset_out(d: Dataset) -> DatasetOut:
     return DatasetOut(
-        id=d.id, name=d.name, kind=d.kind, uri=d.uri, num_samples=d.num_samples, created_at=d.created_at
+        id=d.id,
+        name=d.name,
+        kind=d.kind,
+        uri=d.uri,
+        num_samples=d.num_samples,
+        sha256=d.sha256,
+        created_at=d.created_at,
     )
 
 
-def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path) -> DatasetOut:
+def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path, sha256: str) -> DatasetOut:
+    """Read the IDs (no transaction open: the file may be large), then record it all in one short
+    transaction. `sha256` is the file's as it was hashed: the worker refuses it if it changes."""
     ids, labels = read_ids(kind, path)
     if not ids:
         raise Unprocessable("the dataset has no samples")
@@ -42,6 +51,7 @@ def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path)
             sample_ids=ids,
             labels=labels,
             actor=events.key_actor(key),
+            sha256=sha256,
         )
     except ValueError as exc:
         raise Unprocessable(str(exc)) from exc
@@ -63,7 +73,9 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
         )
     if not path.is_file():
         raise Unprocessable(f"no file at {body.uri}")
-    return _register(session, key, body.name, body.kind, path)
+    # A manifest is hashed itself; the image files it names are not (see README: they are checked
+    # only for staying inside the manifest's folder).
+    return _register(session, key, body.name, body.kind, path, file_sha256(path))
 
 
 @upload_router.post(
@@ -80,12 +92,9 @@ def upload_dataset(
     key: Admin,
 ) -> DatasetOut:
     target = settings.dataset_dir / "uploads" / f"{uuid.uuid4().hex}.npz"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
-        while chunk := file.file.read(1 << 20):
-            out.write(chunk)
     try:
-        return _register(session, key, name, "npz", target)
+        digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens
+        return _register(session, key, name, "npz", target, digest)
     except Exception:
         target.unlink(missing_ok=True)
         raise

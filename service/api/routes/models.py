@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
+from sqlalchemy.exc import IntegrityError
 
 from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
@@ -15,16 +16,16 @@ from service.api.pagination import decode_cursor, encode_cursor
 from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
 from service.api.schemas.models import ModelOut, VersionOut
-from service.api.schemas.registry import ModelUpdate
+from service.api.schemas.registry import ModelCreate, ModelUpdate
 from service.api.uploads import parse_model_spec, save_safetensors_upload
 from service.api.views import model_out, version_out
 from service.core import events
-from service.core.db.tables import DatasetSample, ForgottenSample, Model, ModelVersion
+from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion
 from service.core.errors import Conflict, NotFound
 from service.core.lookups import get_model, version_label
 from service.core.model_specs import check_labels, check_methods, check_time_limit, registered_dataset
 from service.core.queue import send_validate_model
-from service.core.registry import register_model, update_policy
+from service.core.registry import is_model_name_clash, register_model, update_policy
 from service.core.states import ModelStatus
 
 router = APIRouter(tags=["models"], responses=problems(*KEYED))
@@ -160,19 +161,22 @@ def register_model_route(
     key: Admin,
 ) -> ModelOut:
     """Answers 202: a worker then loads the checkpoint into the architecture and measures v1; the model
-    accepts deletion requests once its status is `ready` (or shows why it is `invalid`)."""
+    accepts deletion requests once its status is `ready` (or shows why it is `invalid`).
+
+    The checkpoint (up to UNLEARN_MAX_UPLOAD_BYTES) is copied and hashed with no transaction open: on
+    SQLite every transaction holds the database's write lock, so copying inside one stalled every other
+    writer for as long as the copy took. The checks run once before the copy (to refuse early) and again
+    in the one short transaction that records the model; a registration that still loses a race for
+    the name (PostgreSQL's unique index) is a 409 like any other duplicate."""
     body = parse_model_spec(spec)
-    if session.scalar(select(Model.id).where(Model.tenant == key.tenant, Model.name == body.name)):
-        raise Conflict(f"a model named {body.name!r} already exists")
-    train, test = (
-        registered_dataset(session, key.tenant, d) for d in (body.train_dataset, body.test_dataset)
-    )
-    check_labels(session, train, body.num_classes)
     check_methods(body.default_method, body.default_params, body.fallback_methods)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
+    _check_registrable(session, key.tenant, body)
+    session.commit()  # end the checks' transaction before the long copy
     path = settings.checkpoint_dir / "uploads" / f"{uuid.uuid4().hex}.safetensors"
     digest = save_safetensors_upload(checkpoint, path)
     try:
+        train, test = _check_registrable(session, key.tenant, body)
         m = register_model(
             session,
             tenant=key.tenant,
@@ -195,11 +199,30 @@ def register_model_route(
             time_limit_seconds=body.time_limit_seconds,
         )
         session.commit()
+    except IntegrityError as exc:
+        path.unlink(missing_ok=True)  # the session is rolled back when the request closes it
+        if is_model_name_clash(exc):
+            raise _name_taken(body.name) from exc
+        raise
     except Exception:
         path.unlink(missing_ok=True)
         raise
     send_validate_model(celery, m.id)
     return model_out(session, m)
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"a model named {name!r} already exists")
+
+
+def _check_registrable(session: SessionDep, tenant: str, body: ModelCreate) -> tuple[Dataset, Dataset]:
+    """The registration's database checks: a free name, its datasets, their labels. Returns the
+    datasets."""
+    if session.scalar(select(Model.id).where(Model.tenant == tenant, Model.name == body.name)):
+        raise _name_taken(body.name)
+    train, test = (registered_dataset(session, tenant, d) for d in (body.train_dataset, body.test_dataset))
+    check_labels(session, train, body.num_classes)
+    return train, test
 
 
 @router.patch("/v1/models/{model}", response_model=ModelOut, summary="Change a model's unlearning policy")

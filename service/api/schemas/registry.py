@@ -29,6 +29,11 @@ class DatasetOut(BaseModel):
     kind: str
     uri: str
     num_samples: int
+    sha256: str | None = Field(
+        description="sha256 of the dataset file at registration (for a CSV manifest: of the manifest "
+        "itself); workers refuse to load a file that no longer matches. Null for datasets registered "
+        "before hashes were recorded."
+    )
     created_at: datetime
 
 

@@ -1,0 +1,89 @@
+"""Admission of keyed requests before their bodies are read: the caller's API key, then (for writes) the
+key's rate limit.
+
+FastAPI reads and parses a request's body before it runs the route's dependencies, so a key checked
+there is checked too late: an anonymous client could make the service receive (and spool to disk) a body
+of up to UNLEARN_MAX_UPLOAD_BYTES before hearing 401. This middleware answers from the headers alone.
+
+Every route under /v1/ needs a key; the public ones (/healthz, /readyz, /metrics, /dashboard, the OpenAPI
+documents) live outside it and pass untouched. Scopes are still checked by each route's `require_scope`,
+which then finds the key in the cache this check filled. Pure ASGI: a cached key costs a dictionary
+lookup; a miss reads the database in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.deps import INVALID_KEY, MISSING_KEY, KeyCache, authenticate
+from service.api.errors import problem
+from service.api.ratelimit import WriteLimiter, retry_after
+
+KEYED_PREFIX = "/v1/"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The credentials of an `Authorization: Bearer <key>` header, parsed as FastAPI's HTTPBearer
+    parses them (scheme case-insensitive, token stripped), or None."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+class AdmitRequests:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        key_cache: KeyCache,
+        sessions: sessionmaker[Session],
+        limiter: WriteLimiter | None,
+    ) -> None:
+        self.app, self.key_cache, self.sessions, self.limiter = app, key_cache, sessions, limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(KEYED_PREFIX):
+            refusal = await self.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def refusal(self, scope: Scope) -> Response | None:
+        token = bearer_token(scope)
+        if token is None:
+            return problem(401, "Unauthorized", MISSING_KEY)
+        try:
+            key = await authenticate(self.key_cache, self.sessions, token)
+        except SQLAlchemyError as exc:
+            response = problem(
+                503,
+                "Service unavailable",
+                f"the database is unavailable, so API keys cannot be checked now ({type(exc).__name__}); "
+                "retry shortly",
+            )
+            response.headers["Retry-After"] = "2"
+            return response
+        if key is None:
+            return problem(401, "Unauthorized", INVALID_KEY)
+        if self.limiter is not None and scope["method"] in WRITE_METHODS:
+            wait = await self.limiter.acquire(key.id)
+            if wait > 0:
+                seconds = retry_after(wait)
+                response = problem(
+                    429,
+                    "Too many requests",
+                    f"this API key may make {self.limiter.rate:g} writes a second (bursts of "
+                    f"{self.limiter.burst}); retry in {seconds} s",
+                    retry_after_seconds=seconds,
+                )
+                response.headers["Retry-After"] = str(seconds)
+                return response
+        return None

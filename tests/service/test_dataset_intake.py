@@ -1,0 +1,149 @@
+"""Registering datasets from hostile or careless files: an .npz is sized from its headers (a zip bomb is
+never inflated), a CSV manifest may only name files inside its own folder, and every registered file is
+pinned by its sha256. Through real HTTP against uvicorn, on the embedded database."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.core.dataset_ids import read_ids
+from service.core.db.engine import session_scope
+from service.core.settings import Settings
+from tests.factories import make_key
+from tests.liveapp import LiveApp, prepared, serve
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[LiveApp, str]]:
+    settings = prepared(Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_QUEUE="q-ds"))  # type: ignore[call-arg]
+    with session_scope(settings.resolved_database_url) as s:
+        admin = make_key(s, scopes=("admin",))
+    with serve(settings) as app:
+        yield app, admin
+
+
+def zeros_npz(path: Path, rows: int = 1300) -> int:
+    """A small file whose `x` inflates to ~52 MB of zeros; returns that inflated size."""
+    x = np.zeros((rows, 100, 100), dtype=np.float32)
+    np.savez_compressed(
+        path, x=x, y=np.arange(rows, dtype=np.int64) % 10, ids=np.array([f"s{i}" for i in range(rows)])
+    )
+    return x.nbytes
+
+
+def test_npz_rows_are_counted_from_the_header_without_inflating_x(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.npz"
+    inflated = zeros_npz(path)
+    assert path.stat().st_size < inflated // 100  # a compressible file: small on disk
+    tracemalloc.start()
+    try:
+        ids, labels = read_ids("npz", path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ids) == len(labels) == 1300 and ids[:2] == ["s0", "s1"] and labels[:3] == [0, 1, 2]
+    assert peak < inflated // 20, f"peak {peak} bytes: x was inflated ({inflated} bytes)"
+
+
+@pytest.mark.parametrize(
+    ("arrays", "says"),
+    [
+        ({"x": np.zeros((3, 2)), "y": np.zeros(3, dtype=np.int64)}, "missing arrays ['ids']"),
+        (
+            {"x": np.zeros((3, 2)), "y": np.zeros(2, dtype=np.int64), "ids": np.array(["a", "b", "c"])},
+            "differ",
+        ),
+        ({"x": np.zeros((3, 2)), "y": np.zeros(3), "ids": np.array(["a", "b", "c"])}, "integer class labels"),
+        ({"x": np.zeros((3, 2)), "y": np.zeros(3, dtype=np.int64), "ids": np.arange(3)}, "unicode"),
+        (
+            {
+                "x": np.array(["a", "b", "c"]),
+                "y": np.zeros(3, dtype=np.int64),
+                "ids": np.array(["a", "b", "c"]),
+            },
+            "numeric",
+        ),
+    ],
+)
+def test_malformed_npz_files_are_refused_by_name(tmp_path: Path, arrays: dict, says: str) -> None:
+    from service.core.errors import Unprocessable
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(Unprocessable) as err:
+        read_ids("npz", path)
+    assert says in err.value.detail
+
+
+def test_an_npz_upload_that_would_inflate_is_registered_without_inflating(
+    live: tuple[LiveApp, str], tmp_path: Path
+) -> None:
+    app, admin = live
+    zeros_npz(tmp_path / "z.npz", rows=200)
+    raw = (tmp_path / "z.npz").read_bytes()
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets/upload", data={"name": "zeros"}, files={"file": ("z.npz", raw)})
+    assert r.status_code == 201, r.text
+    assert r.json()["num_samples"] == 200
+    assert r.json()["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def write_manifest(folder: Path, rows: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "a.npy", np.zeros((2, 2), dtype=np.float32))
+    manifest = folder / "manifest.csv"
+    manifest.write_text("sample_id,path,label\n" + "".join(f"{r}\n" for r in rows))
+    return manifest
+
+
+def test_manifest_paths_that_leave_its_folder_are_refused_naming_the_lines(
+    live: tuple[LiveApp, str],
+) -> None:
+    app, admin = live
+    folder = app.settings.dataset_dir / "m1"
+    outside = app.settings.dataset_dir / "secret.npy"
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    np.save(outside, np.ones((2, 2), dtype=np.float32))
+    folder.mkdir(parents=True)
+    (folder / "link.npy").symlink_to(outside)
+    manifest = write_manifest(
+        folder,
+        ["ok-1,a.npy,0", "up,../secret.npy,1", "abs,/etc/passwd,1", "ok-2,./a.npy,0", "sym,link.npy,1"],
+    )
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["lines"] == [3, 4, 6] and body["refused_count"] == 3
+        for said in ("line 3: path '../secret.npy' has a '..' component", "line 4: absolute path", "line 6"):
+            assert said in body["detail"]
+        assert c.get("/v1/datasets").json() == []  # nothing half-registered
+        # The same folder without the bad rows registers, pinned by the manifest's hash.
+        manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nok-2,sub/../a.npy,0\n")
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+        assert r.status_code == 422 and "line 3" in r.json()["detail"]  # '..' even when it stays inside
+        manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nok-2,./a.npy,0\n")
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+    assert r.status_code == 201, r.text
+    assert r.json()["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def test_a_dataset_registered_by_path_carries_its_files_sha256(live: tuple[LiveApp, str]) -> None:
+    app, admin = live
+    path = app.settings.dataset_dir / "small.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((4, 2)), y=np.arange(4), ids=np.array(["a", "b", "c", "d"]))
+    path.write_bytes(buf.getvalue())
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "small", "kind": "npz", "uri": str(path)})
+        assert r.status_code == 201, r.text
+        assert r.json()["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
+        assert c.get(f"/v1/datasets/{r.json()['id']}").json()["sha256"] == r.json()["sha256"]

@@ -1,0 +1,41 @@
+"""Loading a registered dataset only if its file is still the one that was registered.
+
+The API hashed the file (for a CSV manifest, the manifest itself) into `datasets.sha256`; a job may run
+months later, and a file replaced in between would silently train and score on other data, or make the
+mirrored sample IDs lie. So the file is hashed again here and refused if it differs. (Null hashes are
+datasets registered before hashes were recorded: loaded as before.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.datasets import SampleDataset, load_dataset
+from service.core.dataset_ids import file_sha256
+
+# Kinds whose `uri` is a single file we hashed at registration.
+HASHED_KINDS = frozenset({"npz", "csv_manifest"})
+
+
+class DatasetChanged(ValueError):
+    """The dataset file on disk is not the one that was registered."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """What a worker needs to load a registered dataset and check it."""
+
+    kind: str
+    uri: str
+    sha256: str | None = None
+
+
+def load_registered(ref: DatasetRef) -> SampleDataset:
+    """The dataset, after checking its file against the sha256 recorded at registration."""
+    if ref.sha256 is not None and ref.kind in HASHED_KINDS:
+        actual = file_sha256(ref.uri)
+        if actual != ref.sha256:
+            raise DatasetChanged(
+                f"dataset file {ref.uri} changed since registration (sha256 {actual[:16]}..., registered "
+                f"{ref.sha256[:16]}...); refusing to load it"
+            )
+    return load_dataset(ref.kind, ref.uri)
