@@ -90,6 +90,9 @@ class Dataset(Base):
     num_samples: Mapped[int] = mapped_column(Integer)
     # sha256 of the file at registration; the worker refuses a file that no longer matches (null: legacy).
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    # How to read the samples (dtype, layout, scale, normalisation, size; or a text tokenizer): the
+    # loader applies it. Null: the file's arrays are used as they are (legacy).
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -99,7 +102,13 @@ class DatasetSample(Base):
     sample_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     position: Mapped[int] = mapped_column(Integer)
     label: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (Index("ix_dataset_samples_position", "dataset_id", "position"),)
+    # The person (or other data subject) the sample is about, when the dataset says: a deletion request
+    # may then name subjects instead of rows.
+    subject_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    __table_args__ = (
+        Index("ix_dataset_samples_position", "dataset_id", "position"),
+        Index("ix_dataset_samples_subject", "dataset_id", "subject_id"),
+    )
 
 
 class Model(Base):
@@ -160,7 +169,8 @@ class DeletionRequest(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
-    sample_ids: Mapped[list[str]] = mapped_column(JSON)
+    sample_ids: Mapped[list[str]] = mapped_column(JSON)  # subjects' samples expanded in, when any named
+    subject_ids: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     sample_count: Mapped[int] = mapped_column(Integer)
     already_forgotten_count: Mapped[int] = mapped_column(Integer, default=0)
     requester_key_id: Mapped[str | None] = mapped_column(String(36), default=None)
