@@ -169,7 +169,7 @@ def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Se
 
 def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:  # a run of minutes under a limit of one second
-        s.execute(update(Model).values(default_params={"epochs": 500}, time_limit_seconds=1))
+        s.execute(update(Model).values(default_params={"epochs": 200}, time_limit_seconds=1))
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 3)])
     process_model(demo, model_id)
     with session_scope(demo.resolved_database_url) as s:
@@ -182,7 +182,7 @@ def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(
 
 def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:
-        s.execute(update(Model).values(default_params={"epochs": 500}))
+        s.execute(update(Model).values(default_params={"epochs": 200}))
     model_id, req_id = submit(demo, ["digits-0002", "digits-0003"])
     process_model(demo.model_copy(update={"job_time_limit_seconds": 1.0}), model_id)
     with session_scope(demo.resolved_database_url) as s:
