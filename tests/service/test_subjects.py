@@ -4,6 +4,7 @@ they stood for. Through the real ASGI app on the embedded database; no worker (a
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from sqlalchemy import func, select
 from models.datasets import load_csv_manifest, load_npz
 from service.api.app import create_app
 from service.cli.audit_log import certificate_evidence
+from service.cli.documents import cmd_verify_certificate
+from service.cli.errors import UsageError
+from service.cli.request import cmd_request
 from service.core import jobs, proofs
 from service.core.dataset_ids import read_ids, read_samples
 from service.core.db import migrate
@@ -370,6 +374,15 @@ def test_a_subject_certificate_verifies_offline_and_binds_the_subjects(api: Api,
     ok, why = certificate_evidence(sign_document(signing_key(api), dropped), trusted)
     assert not ok and "subject digest" in why
 
+    # `unlearn verify-certificate --subjects` recomputes the digest from the names a data subject holds.
+    path, pem = tmp_path / "cert.json", tmp_path / "key.pem"
+    path.write_text(json.dumps(signed))
+    pem.write_text(api.client.get("/v1/audit/public-key", headers=api.auth()).json()["pem"])
+    args = argparse.Namespace(file=str(path), public_key=str(pem), subjects="person-1,person-0")
+    assert cmd_verify_certificate(args) == 0
+    args.subjects = "person-1"
+    assert cmd_verify_certificate(args) == 1
+
 
 def test_a_certificate_without_subjects_still_verifies(api: Api) -> None:
     signed = complete(api, api.post({"sample_ids": ["toy-0042"]}).json()["id"])
@@ -383,6 +396,62 @@ def test_a_certificate_without_subjects_still_verifies(api: Api) -> None:
     event = dict(cert["audit"]["event"], data={"job_id": "j", "model_version": "v2", "error": None})
     ok, why = proofs.verify_certificate_binding(old, event)
     assert ok and "predates" in why
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------
+
+
+class StubClient:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[str], list[str] | None]] = []
+
+    def create_request(
+        self,
+        model: str,
+        sample_ids: list[str],
+        reference: str | None = None,
+        *,
+        subject_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        self.sent.append((model, sample_ids, subject_ids))
+        return {
+            "id": "r1", "model": model, "sample_count": 3, "already_forgotten_count": 0,
+            "subject_ids": subject_ids or [], "state": "received",
+        }  # fmt: skip
+
+
+def request_args(**kw: Any) -> argparse.Namespace:
+    base = {
+        "model": "toy",
+        "ids_file": None,
+        "subjects": None,
+        "subjects_file": None,
+        "reference": None,
+        "wait": False,
+    }
+    return argparse.Namespace(**(base | kw))
+
+
+def test_unlearn_request_sends_subjects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    client = StubClient()
+    assert cmd_request(client, request_args(subjects="ann, bob")) == 0  # type: ignore[arg-type]
+    assert "3 sample(s) of 2 subject(s)" in capsys.readouterr().out
+    (tmp_path / "s.txt").write_text("carl\n# a comment\n\n")
+    (tmp_path / "i.txt").write_text("toy-0001\n")
+    cmd_request(client, request_args(subjects_file=str(tmp_path / "s.txt"), ids_file=str(tmp_path / "i.txt")))  # type: ignore[arg-type]
+    assert client.sent == [("toy", [], ["ann", "bob"]), ("toy", ["toy-0001"], ["carl"])]
+    with pytest.raises(UsageError, match="name what to forget"):
+        cmd_request(client, request_args())  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="names no subject"):
+        cmd_request(client, request_args(subjects=" , "))  # type: ignore[arg-type]
+
+
+def test_the_request_parser_takes_subjects() -> None:
+    from service.cli.parser import build_parser
+
+    args = build_parser().parse_args(["request", "toy", "--subjects", "a,b"])
+    assert (args.subjects, args.ids_file) == ("a,b", None)
+    assert build_parser().parse_args(["verify-certificate", "c.json", "--subjects", "a"]).subjects == "a"
 
 
 def test_register_dataset_checks_subject_lengths(db_url: str) -> None:
