@@ -111,6 +111,13 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get("/v1/models"))
 
+    def datasets(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get("/v1/datasets"))
+
+    def upload(self, path: str, form: dict[str, str], files: dict[str, Any]) -> dict[str, Any]:
+        """A multipart POST; the files are streamed (a file object is read in chunks, not loaded)."""
+        return cast(dict[str, Any], self._send("POST", path, data=form, files=files).json())
+
     def versions(self, model: str) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get(f"/v1/models/{model}/versions"))
 
