@@ -239,15 +239,14 @@ def undeclared_problem(sample_shape: Sequence[int], dtype: str, *, what: str = "
     if dtype not in INTEGER_DTYPES or len(shape) not in (2, 3):
         return None
     layout = guess_layout(shape)
-    example = {"layout": layout or "HWC", "scale": _FULL_SCALE.get(dtype, 255)}
+    full = _FULL_SCALE.get(dtype, 255)
     which = (
-        f"layout {layout!r} for samples stored {shape}"
-        if layout
-        else f'layout ("HWC" or "CHW": samples are stored {shape})'
+        f'"{layout}": one sample is stored {shape}' if layout else f'"HWC" or "CHW": one sample is {shape}'
     )
+    example = {"layout": layout or "HWC", "scale": full}
     return (
-        f"{what} holds {dtype} pixels (one sample {shape}) without a declaration: declare features.scale "
-        f"(e.g. {_FULL_SCALE.get(dtype, 255)}) and features.layout ({which}), "
+        f"{what} holds {dtype} pixels without a declaration: declare features.scale (the pixels' "
+        f"full-scale value, e.g. {full} for 8-bit images) and features.layout ({which}), "
         f"e.g. features: {describe(example)}"
     )
 
