@@ -28,10 +28,12 @@ def register_dataset(
     labels: Sequence[int],
     actor: str,
     sha256: str | None = None,
+    features: dict[str, Any] | None = None,
 ) -> Dataset:
     """Record a dataset and mirror its sample IDs, so requests can be validated without the data.
     `sha256` pins the file as registered: the worker refuses to load it if it has changed since (None
-    only for sources no file stands for, e.g. test fixtures)."""
+    only for sources no file stands for, e.g. test fixtures). `features` is its declaration, as checked
+    against the file (service.core.features); None: the samples are used as stored."""
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
@@ -44,7 +46,15 @@ def register_dataset(
         )
     if any(not -(2**31) <= int(label) < 2**31 for label in labels):
         raise ValueError("labels must be 32-bit integers")
-    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids), sha256=sha256)
+    ds = Dataset(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        uri=uri,
+        num_samples=len(sample_ids),
+        sha256=sha256,
+        features=features,
+    )
     session.add(ds)
     session.flush()
     rows = [
