@@ -115,9 +115,16 @@ class Client:
         return cast(list[dict[str, Any]], self.get(f"/v1/models/{model}/versions"))
 
     def create_request(
-        self, model: str, sample_ids: list[str], reference: str | None = None
+        self,
+        model: str,
+        sample_ids: list[str],
+        reference: str | None = None,
+        *,
+        subject_ids: list[str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"sample_ids": sample_ids}
+        if subject_ids:
+            body["subject_ids"] = subject_ids
         if reference:
             body["reference"] = reference
         return cast(dict[str, Any], self.post(f"/v1/models/{model}/deletion-requests", body))

@@ -87,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     client_parser("models", cmd_models, help="list models: latest version, pending requests, gates")
 
-    rq = client_parser("request", cmd_request, help="ask a model to forget training samples")
+    rq = client_parser("request", cmd_request, help="ask a model to forget training samples or data subjects")
     rq.add_argument("model")
-    rq.add_argument("--ids-file", required=True, help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument("--ids-file", help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument(
+        "--subjects", help="data subjects to forget, comma-separated: every sample of each is forgotten"
+    )
+    rq.add_argument("--subjects-file", help="one subject ID per line (or a JSON list); - for stdin")
     rq.add_argument("--reference", help="your reference, e.g. a ticket number")
     rq.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
@@ -148,5 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vc.add_argument("file", help="the signed certificate (JSON, as served by the API)")
     vc.add_argument("--public-key", help="the service's public key (PEM); without it only self-consistency")
+    vc.add_argument(
+        "--subjects",
+        help="comma-separated subject IDs: check they are exactly the subjects the certificate names",
+    )
     vc.set_defaults(client_fn=cmd_verify_certificate)
     return p

@@ -44,7 +44,7 @@ def check_features(kind: str, path: Path, features: dict[str, Any] | None) -> di
 
 
 def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
-    x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_ids checked the archive first
+    x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_samples checked the archive first
     sample, dtype = tuple(int(d) for d in x_shape[1:]), x_dtype.name
     if decl is None:
         problem = undeclared_problem(sample, dtype)

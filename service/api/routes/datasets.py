@@ -12,7 +12,7 @@ from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
 from service.api.uploads import parse_features, save_upload
 from service.core import events
-from service.core.dataset_ids import file_sha256, read_ids
+from service.core.dataset_ids import file_sha256, read_samples
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
 from service.core.features import check_features
@@ -49,7 +49,7 @@ def _register(
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
     against the file's headers, then record it all in one short transaction. `sha256` is the file's as
     it was hashed: the worker refuses it if it changes."""
-    ids, labels = read_ids(kind, path)
+    ids, labels, subjects = read_samples(kind, path)
     if not ids:
         raise Unprocessable("the dataset has no samples")
     stored_features = check_features(kind, path, features)
@@ -65,6 +65,7 @@ def _register(
             actor=events.key_actor(key),
             sha256=sha256,
             features=stored_features,
+            subject_ids=subjects,
         )
     except ValueError as exc:
         raise Unprocessable(str(exc)) from exc
@@ -96,11 +97,11 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     "/v1/datasets/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Upload an .npz dataset (arrays x, y, ids)",
+    summary="Upload an .npz dataset (arrays x, y, ids; optionally subject_ids)",
 )
 def upload_dataset(
     name: Annotated[Name, Form()],
-    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids")],
+    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids and optionally subject_ids")],
     session: SessionDep,
     settings: SettingsDep,
     key: Admin,

@@ -71,8 +71,8 @@ class DatasetCreate(BaseModel):
 
     name: Name
     kind: Literal["npz", "csv_manifest"] = Field(
-        description="npz: arrays x, y, ids. csv_manifest: columns sample_id,path,label "
-        "(paths relative to the CSV)."
+        description="npz: arrays x, y, ids (optionally subject_ids, the data subject of each sample). "
+        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id."
     )
     uri: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")] = Field(
         description="A local path under one of the service's data roots (UNLEARN_DATA_ROOTS)."
