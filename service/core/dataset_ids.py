@@ -78,7 +78,7 @@ def npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     """Per array of the archive: shape, dtype and the uncompressed size the zip records for it."""
     headers = {}
     with zipfile.ZipFile(path) as zf:
@@ -91,7 +91,7 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]
 
 
 def _npz(path: Path) -> DatasetIds:
-    headers = _npz_headers(path)
+    headers = npz_headers(path)
     missing = [k for k in ("x", "y", "ids") if k not in headers]
     if missing:
         raise ValueError(f"missing arrays {missing} (need x, y, ids)")

@@ -229,6 +229,8 @@ def dataset_registered(
     data: dict[str, Any] = {"name": ds.name, "kind": ds.kind, "uri": ds.uri, "num_samples": ds.num_samples}
     if ds.sha256 is not None:
         data["sha256"] = ds.sha256
+    if ds.features is not None:
+        data["features"] = ds.features  # how the samples are read: part of what a model was judged on
     if subjects is not None:
         data["subject_count"], data["samples_with_subject"] = subjects
     return _on(session, ds, "dataset", "registered", actor, data)

@@ -28,12 +28,15 @@ def register_dataset(
     labels: Sequence[int],
     actor: str,
     sha256: str | None = None,
+    features: dict[str, Any] | None = None,
     subject_ids: Sequence[str | None] | None = None,
 ) -> Dataset:
     """Record a dataset and mirror its sample IDs, so requests can be validated without the data.
     `sha256` pins the file as registered: the worker refuses to load it if it has changed since (None
-    only for sources no file stands for, e.g. test fixtures). `subject_ids`, when given, names the data
-    subject of each sample (None or "" for a sample about no one), so a request can name people."""
+    only for sources no file stands for, e.g. test fixtures). `features` is its declaration, as checked
+    against the file (service.core.features); None: the samples are used as stored. `subject_ids`, when
+    given, names the data subject of each sample (None or "" for a sample about no one), so a request can
+    name people."""
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
@@ -60,7 +63,15 @@ def register_dataset(
             )
     if any(not -(2**31) <= int(label) < 2**31 for label in labels):
         raise ValueError("labels must be 32-bit integers")
-    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids), sha256=sha256)
+    ds = Dataset(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        uri=uri,
+        num_samples=len(sample_ids),
+        sha256=sha256,
+        features=features,
+    )
     session.add(ds)
     session.flush()
     rows = [
