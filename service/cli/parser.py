@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("uri", help="a path under UNLEARN_DATA_ROOTS on the server")
     dr.add_argument("--name", required=True)
     dr.add_argument("--kind", default="npz", help="npz (default) or csv_manifest")
-    for p in (du, dr):
-        p.add_argument("--features", help="the feature declaration: JSON, or @file")
+    for dataset_parser in (du, dr):
+        dataset_parser.add_argument("--features", help="the feature declaration: JSON, or @file")
 
     md = client_parser("models", cmd_models, help="list models, or register one")
     msub = md.add_subparsers(dest="action", metavar="ACTION")
