@@ -242,7 +242,7 @@ def test_unknown_sample_ids_are_named_in_one_line(cli: Cli, tmp_path: Path) -> N
 def test_missing_ids_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     result = cli.run("request", "digits", "--ids-file", str(tmp_path / "absent.txt"))
     assert result.returncode == 2
-    assert "cannot read the ids file" in one_error_line(result)
+    assert "cannot read the sample IDs file" in one_error_line(result)
 
 
 def test_keys_create_and_revoke_still_manage_keys_in_the_database(cli: Cli) -> None:
