@@ -47,6 +47,9 @@ class JobContext:
     num_classes: int
     train: DatasetRef  # the training set: kind, uri, the sha256 and declaration it was registered with
     test: DatasetRef
+    heldout: DatasetRef | None  # the model's own calibration set; None: half the test set calibrates
+    test_name: str
+    heldout_name: str | None
     base_version: int
     base_uri: str
     base_sha256: str
@@ -104,6 +107,7 @@ class JobStore:
                 s.get_one(Dataset, model.train_dataset_id),
                 s.get_one(Dataset, model.test_dataset_id),
             )
+            heldout = s.get(Dataset, model.heldout_dataset_id) if model.heldout_dataset_id else None
             requests = s.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
             forgotten = s.scalars(
                 select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
@@ -119,6 +123,9 @@ class JobStore:
                 num_classes=model.num_classes,
                 train=DatasetRef.of(train),
                 test=DatasetRef.of(test),
+                heldout=DatasetRef.of(heldout) if heldout else None,
+                test_name=test.name,
+                heldout_name=heldout.name if heldout else None,
                 base_version=model.latest_version,
                 base_uri=base.checkpoint_uri,
                 base_sha256=base.sha256,
@@ -139,11 +146,13 @@ class JobStore:
         base: dict[str, Any],
         result: dict[str, Any],
         attempts: list[dict[str, Any]],
+        data: dict[str, Any] | None = None,
     ) -> None:
-        """The method now being tried and every attempt so far, so a failed job shows why."""
+        """The method now being tried and every attempt so far, so a failed job shows why; `data` says
+        which data calibrated the method and which scored it."""
         with self._fenced() as (_, job):
             job.method, job.params = method, params
-            job.metrics = {"base": base, "result": result, "attempts": attempts}
+            job.metrics = {"base": base, "result": result, "attempts": attempts, "data": data}
 
     def publish(
         self,

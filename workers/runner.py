@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from models.architectures import build_model
+from models.calibration import held_out, roles
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
@@ -89,6 +90,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
 
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
     train, test = load_registered(ctx.train), load_registered(ctx.test)
+    parts = held_out(test, load_registered(ctx.heldout) if ctx.heldout else None)
+    data_roles = roles(parts, ctx.test_name, ctx.heldout_name)
     base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs})
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)
@@ -96,7 +99,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     classes = forgotten_classes(train.y, retain.y)
 
     def score(model: torch.nn.Module) -> dict[str, Any]:
-        return dict(evaluate(model, forget=forget, retain=retain, test=test, forgotten_classes=classes))
+        # Graded only on data the method never read: the scoring part of the held-out data.
+        return dict(
+            evaluate(model, forget=forget, retain=retain, test=parts.scoring, forgotten_classes=classes)
+        )
 
     rep.phase(JobPhase.EVALUATE_BASE, 0.05, 0.1)
     base_metrics = score(base_model)
@@ -111,7 +117,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
         started = time.perf_counter()
         with precision(settings.precision, device):
-            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks, heldout=test)
+            model = run_method(
+                method, copy.deepcopy(base_model), forget, retain, params, hooks, heldout=parts.calibration
+            )
         synchronize(device)
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
@@ -127,7 +135,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "passed": not failures,
             }
         )
-        store.record_attempt(method, as_dict, base_metrics, metrics, attempts)
+        store.record_attempt(method, as_dict, base_metrics, metrics, attempts, data_roles)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
             publish(settings, ctx, store, rep, model, new_ids, metrics, method, as_dict)

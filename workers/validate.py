@@ -10,6 +10,7 @@ import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
+from models.calibration import held_out
 from models.checkpoints import load_weights
 from models.datasets import SampleDataset
 from models.inputs import InputMismatch, Role, check_model_reads
@@ -59,8 +60,10 @@ def _validate(settings: Settings, model_id: str) -> str:
         arch, kwargs, k = m.architecture, dict(m.arch_kwargs), m.num_classes
         train = s.get_one(Dataset, m.train_dataset_id)
         test = s.get_one(Dataset, m.test_dataset_id)
+        heldout = s.get(Dataset, m.heldout_dataset_id) if m.heldout_dataset_id else None
         sources = [DatasetRef.of(d) for d in (train, test)]
         names = [d.name for d in (train, test)]
+        heldout_source = (DatasetRef.of(heldout), heldout.name) if heldout else None
         uri, sha256 = v1.checkpoint_uri, v1.sha256
     try:
         device = resolve_device(settings.device)
@@ -76,7 +79,12 @@ def _validate(settings: Settings, model_id: str) -> str:
             kwargs,
             [Role("training set", names[0], train_ds), Role("test set", names[1], test_ds)],
         )
-        metrics = v1_metrics(model, train_ds, test_ds)
+        heldout_ds = None
+        if heldout_source is not None:
+            heldout_ds = load_registered(heldout_source[0])
+            check_model_reads(model, arch, kwargs, [Role("held-out set", heldout_source[1], heldout_ds)])
+        # Scored on what every job scores on: the part of the held-out data no method reads.
+        metrics = v1_metrics(model, train_ds, held_out(test_ds, heldout_ds).scoring)
         status, detail = ModelStatus.READY, None
     except InputMismatch as exc:  # already in the registrant's words
         status, detail, metrics = ModelStatus.INVALID, str(exc), {}

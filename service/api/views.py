@@ -106,6 +106,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         default_params=m.default_params,
         gates=m.gates,
         time_limit_seconds=m.time_limit_seconds,
+        heldout_dataset=m.heldout_dataset_id,
         train_samples=sizes.get(m.train_dataset_id, 0),
         test_samples=sizes.get(m.test_dataset_id, 0),
         pending_requests=pending or 0,

@@ -120,6 +120,7 @@ def register_model(
     status: ModelStatus = ModelStatus.READY,
     fallback_methods: Sequence[str] = (),
     time_limit_seconds: int | None = None,
+    heldout: Dataset | None = None,
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
     model = Model(
@@ -130,6 +131,7 @@ def register_model(
         num_classes=num_classes,
         train_dataset_id=train.id,
         test_dataset_id=test.id,
+        heldout_dataset_id=heldout.id if heldout else None,
         default_method=default_method,
         default_params=default_params,
         train_recipe=train_recipe,

@@ -21,7 +21,7 @@ from service.api.uploads import parse_model_spec, save_safetensors_upload
 from service.api.views import model_out, version_out
 from service.core import events
 from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion
-from service.core.errors import Conflict, NotFound
+from service.core.errors import Conflict, NotFound, Unprocessable
 from service.core.lookups import get_model, version_label
 from service.core.model_specs import check_labels, check_methods, check_time_limit, registered_dataset
 from service.core.queue import send_validate_model
@@ -185,7 +185,7 @@ def register_model_route(
     path = settings.checkpoint_dir / "uploads" / f"{uuid.uuid4().hex}.safetensors"
     digest = save_safetensors_upload(checkpoint, path)
     try:
-        train, test = _check_registrable(session, key.tenant, body)
+        train, test, heldout = _check_registrable(session, key.tenant, body)
         m = register_model(
             session,
             tenant=key.tenant,
@@ -195,6 +195,7 @@ def register_model_route(
             num_classes=body.num_classes,
             train=train,
             test=test,
+            heldout=heldout,
             checkpoint_uri=str(path),
             checkpoint_sha256=digest,
             default_method=body.default_method,
@@ -224,14 +225,22 @@ def _name_taken(name: str) -> Conflict:
     return Conflict(f"a model named {name!r} already exists")
 
 
-def _check_registrable(session: SessionDep, tenant: str, body: ModelCreate) -> tuple[Dataset, Dataset]:
+def _check_registrable(
+    session: SessionDep, tenant: str, body: ModelCreate
+) -> tuple[Dataset, Dataset, Dataset | None]:
     """The registration's database checks: a free name, its datasets, their labels. Returns the
-    datasets."""
+    datasets (training, test, held-out or None)."""
     if session.scalar(select(Model.id).where(Model.tenant == tenant, Model.name == body.name)):
         raise _name_taken(body.name)
     train, test = (registered_dataset(session, tenant, d) for d in (body.train_dataset, body.test_dataset))
+    heldout = registered_dataset(session, tenant, body.heldout_dataset) if body.heldout_dataset else None
+    if heldout is not None and heldout.id in (train.id, test.id):
+        raise Unprocessable(
+            "heldout_dataset must be neither the training nor the test set: the method reads it, so "
+            "scoring on it would grade the method on data it was tuned against"
+        )
     check_labels(session, train, body.num_classes)
-    return train, test
+    return train, test, heldout
 
 
 @router.patch("/v1/models/{model}", response_model=ModelOut, summary="Change a model's unlearning policy")

@@ -32,6 +32,10 @@ class ModelOut(BaseModel):
     time_limit_seconds: int | None = Field(
         description="a job on this model is stopped after this many seconds (null: the service's limit)"
     )
+    heldout_dataset: str | None = Field(
+        description="the dataset the method calibrates on; null: half the test set does, the other half "
+        "is scored"
+    )
     train_samples: int
     test_samples: int
     pending_requests: int

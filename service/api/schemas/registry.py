@@ -146,6 +146,12 @@ class ModelCreate(BaseModel):
     num_classes: int = Field(ge=2, le=100_000)
     train_dataset: str = Field(description="id of a registered dataset")
     test_dataset: str = Field(description="id of a registered dataset")
+    heldout_dataset: str | None = Field(
+        None,
+        description="id of a registered dataset the unlearning method may calibrate on (never scored); "
+        "without one, half the test set (by a hash of each sample ID) calibrates and the other half is "
+        "the only data the metrics and gates read",
+    )
     default_method: str = "ugradsl_plus"
     default_params: dict[str, Any] = Field(default_factory=dict)
     fallback_methods: list[str] = Field(default_factory=list, max_length=5)

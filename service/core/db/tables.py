@@ -123,6 +123,9 @@ class Model(Base):
     num_classes: Mapped[int] = mapped_column(Integer)
     train_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     test_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    # Data the method may calibrate on (UGradSL+'s held-out bound); null: half the test set calibrates
+    # and the other half alone is scored (models.calibration).
+    heldout_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     status: Mapped[str] = mapped_column(String(20), default=ModelStatus.READY)
     status_detail: Mapped[str | None] = mapped_column(Text, default=None)
     default_method: Mapped[str] = mapped_column(String(50))
