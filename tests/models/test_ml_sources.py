@@ -129,6 +129,9 @@ def test_an_adapted_copy_is_independent_and_follows_train_and_eval() -> None:
     assert not twin.training and not twin.wrapped.training and not any(m.training for m in twin.modules())
     twin.train()
     assert twin.wrapped.training
+    twin.to(torch.float64)  # what .to(device) does: the module's own forward sees the converted tensors
+    assert all(p.dtype == torch.float64 for p in twin.wrapped.parameters())
+    assert twin(torch.randn(2, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
 
 
 @pytest.mark.parametrize(
