@@ -13,11 +13,25 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from models.declarations import DeclarationError, ImageFeatures
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
+
+Features = ImageFeatures | dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StoredForm:
+    """How a loaded dataset's samples were stored, before any declaration was applied: one sample's
+    shape and its dtype (for advice when a model cannot read them)."""
+
+    sample_shape: tuple[int, ...]
+    dtype: str
+    features: ImageFeatures | None = None  # the declaration that was applied (None: legacy)
 
 
 @dataclass
@@ -26,6 +40,7 @@ class SampleDataset:
     y: torch.Tensor  # (N,) int64
     ids: list[str]
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    stored: StoredForm | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (len(self.x) == len(self.y) == len(self.ids)):
@@ -99,14 +114,69 @@ def save_npz(ds: SampleDataset, path: str | Path) -> None:
     np.savez(path, x=ds.x.cpu().numpy(), y=ds.y.cpu().numpy(), ids=np.asarray(ds.ids, dtype=np.str_))
 
 
-def load_npz(path: str | Path) -> SampleDataset:
+def load_npz(path: str | Path, features: Features = None) -> SampleDataset:
+    """An ``.npz`` with ``x``, ``y`` and ``ids``; ``features`` (a declaration, see ``models.declarations``)
+    says how ``x`` becomes float32 (N, C, H, W). Without one, ``x`` is used as it is, as float32."""
     with np.load(path, allow_pickle=False) as f:
         x, y, ids = f["x"], f["y"], f["ids"]
     if ids.dtype.kind != "U":
         raise ValueError(f"{path}: 'ids' must be a unicode string array, got dtype {ids.dtype}")
+    decl = declaration(features)
     return SampleDataset(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), ids.tolist()
+        apply_features(x, decl, what=f"{Path(path).name}: x"),
+        torch.from_numpy(y.astype(np.int64)),
+        ids.tolist(),
+        stored=StoredForm(tuple(int(d) for d in x.shape[1:]), x.dtype.name, decl),
     )
+
+
+# ---------------------------------------------------------------- declared features
+
+
+def declaration(features: Features) -> ImageFeatures | None:
+    """A declaration as stored (a dict) or parsed; DeclarationError if it cannot be parsed."""
+    if features is None or isinstance(features, ImageFeatures):
+        return features
+    return ImageFeatures.from_dict(features)
+
+
+def apply_features(x: np.ndarray, decl: ImageFeatures | None, *, what: str = "x") -> torch.Tensor:
+    """``x`` (N, ...) as the declaration says: float32, CHW, divided by ``scale``, normalised per channel
+    (``mean``, ``std``), resized to ``size``. No declaration: float32 as stored (the legacy behaviour).
+    The declaration is checked against the array first (DeclarationError naming the problem): the API
+    checked it against the file's header at registration, but the file is read again here."""
+    if decl is None:
+        return torch.from_numpy(x.astype(np.float32))
+    problems = decl.problems(x.shape[1:], x.dtype.name, what=what)
+    if decl.layout is None:
+        problems.insert(0, f"{what}: an array's declaration needs features.layout (HW, HWC or CHW)")
+    if problems:
+        raise DeclarationError("; ".join(problems))
+    t = torch.from_numpy(x.astype(np.float32))
+    if decl.layout == "HW":
+        t = t[:, None]
+    elif decl.layout == "HWC":
+        t = t.permute(0, 3, 1, 2)
+    if decl.scale is not None and decl.scale != 1:
+        t = t / decl.scale
+    return normalise_and_resize(t, decl)
+
+
+def normalise_and_resize(t: torch.Tensor, decl: ImageFeatures) -> torch.Tensor:
+    """(N, C, H, W) float32: ``(t - mean[c]) / std[c]``, then resized (bilinear) to ``decl.size``."""
+    channels = t.shape[1]
+    for name, values in (("mean", decl.mean), ("std", decl.std)):
+        if values is not None and len(values) != channels:
+            raise DeclarationError(
+                f"features.{name} has {len(values)} value(s) but the samples have {channels} channel(s)"
+            )
+    if decl.mean is not None:
+        t = t - torch.tensor(decl.mean, dtype=t.dtype).view(1, -1, 1, 1)
+    if decl.std is not None:
+        t = t / torch.tensor(decl.std, dtype=t.dtype).view(1, -1, 1, 1)
+    if decl.size is not None and tuple(t.shape[-2:]) != decl.size:
+        t = torch.nn.functional.interpolate(t, size=decl.size, mode="bilinear", align_corners=False)
+    return t.contiguous()
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (Debian package files)
@@ -160,10 +230,11 @@ def _load_image(path: Path) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def load_csv_manifest(path: str | Path) -> SampleDataset:
+def load_csv_manifest(path: str | Path, features: Features = None) -> SampleDataset:
     """CSV with header ``sample_id,path,label``; paths are relative to the CSV's folder and must stay in
     it (``models.manifests``: checked again here, since the folder may have changed since registration).
-    All images must have the same shape (they are stacked into one tensor)."""
+    All images must have the same shape (they are stacked into one tensor). Images are read as CHW
+    (``_load_image``), so a declaration may only normalise (``mean``, ``std``) and resize (``size``)."""
     path = Path(path)
     root = manifest_root(path)
     with path.open(newline="") as f:
@@ -181,7 +252,23 @@ def load_csv_manifest(path: str | Path) -> SampleDataset:
         raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
-    return SampleDataset(x, y, [r["sample_id"] for _, r in rows])
+    stored = StoredForm(tuple(x.shape[1:]), "float32", declaration(features))
+    return SampleDataset(_post_only(x, stored.features), y, [r["sample_id"] for _, r in rows], stored=stored)
+
+
+def _post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:
+    """A declaration for samples a loader has already made CHW floats: only ``mean``, ``std``, ``size``."""
+    if decl is None:
+        return x
+    fixed = [k for k in ("layout", "dtype", "scale") if getattr(decl, k) is not None]
+    if fixed:
+        raise DeclarationError(
+            f"features.{', features.'.join(fixed)} cannot apply here: these images are read as CHW floats "
+            "already; declare only mean, std and size"
+        )
+    if x.ndim != 4:
+        raise DeclarationError(f"features apply to images (C, H, W); these samples are {tuple(x.shape[1:])}")
+    return normalise_and_resize(x, decl)
 
 
 # ---------------------------------------------------------------- torchvision from a local root
@@ -242,7 +329,7 @@ _LOADERS: dict[str, Callable[[str], SampleDataset]] = {
 }
 
 
-def load_dataset(kind: str, uri: str) -> SampleDataset:
+def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDataset:
     """Load a registered dataset. Kinds and URIs:
 
     - ``npz``: path to a ``.npz`` with ``x``, ``y``, ``ids``.
@@ -250,9 +337,21 @@ def load_dataset(kind: str, uri: str) -> SampleDataset:
     - ``fashion_mnist``: ``ROOT[:train|:test]`` (folder with the IDX files; empty ROOT = the Debian path).
     - ``torchvision``: ``NAME:ROOT[:train|:test]``, e.g. ``FashionMNIST:/data:test`` (never downloads).
     - ``digits``: ``:train`` / ``:test`` (scikit-learn's digits, the split of ``load_digits_split()``).
+
+    ``features`` is the dataset's declaration (``models.declarations``; None: the legacy behaviour). The
+    built-in image sources are already float CHW in [0, 1]: for them it may only normalise and resize.
     """
+    if kind == "npz":
+        return load_npz(uri, features)
+    if kind == "csv_manifest":
+        return load_csv_manifest(uri, features)
     try:
         loader = _LOADERS[kind]
     except KeyError:
         raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_LOADERS))}") from None
-    return loader(uri)
+    ds = loader(uri)
+    decl = declaration(features)
+    if decl is None:
+        return ds
+    stored = StoredForm(tuple(ds.x.shape[1:]), "float32", decl)
+    return SampleDataset(_post_only(ds.x, decl), ds.y, ds.ids, stored=stored)

@@ -4,6 +4,7 @@ registry functions, so they exercise the same code paths as real registrations."
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -16,9 +17,16 @@ from service.core.registry import register_dataset, register_model
 
 
 def make_model(
-    session: Session, *, tenant: str = "default", name: str = "toy", n_train: int = 50, n_test: int = 10
+    session: Session,
+    *,
+    tenant: str = "default",
+    name: str = "toy",
+    n_train: int = 50,
+    n_test: int = 10,
+    subject_of: Callable[[int], str | None] | None = None,
 ) -> Model:
-    """A model whose training set has IDs `{name}-0000`.. (no checkpoint file: API-only tests)."""
+    """A model whose training set has IDs `{name}-0000`.. (no checkpoint file: API-only tests).
+    `subject_of(i)`, when given, is the data subject of training sample i (None for none)."""
     train = register_dataset(
         session,
         tenant=tenant,
@@ -28,6 +36,7 @@ def make_model(
         sample_ids=[f"{name}-{i:04d}" for i in range(n_train)],
         labels=[i % 10 for i in range(n_train)],
         actor="test",
+        subject_ids=[subject_of(i) for i in range(n_train)] if subject_of else None,
     )
     test = register_dataset(
         session,

@@ -8,9 +8,11 @@ datasets registered before hashes were recorded: loaded as before.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from models.datasets import SampleDataset, load_dataset
 from service.core.dataset_ids import file_sha256
+from service.core.db.tables import Dataset
 
 # Kinds whose `uri` is a single file we hashed at registration.
 HASHED_KINDS = frozenset({"npz", "csv_manifest"})
@@ -27,10 +29,17 @@ class DatasetRef:
     kind: str
     uri: str
     sha256: str | None = None
+    features: dict[str, Any] | None = None  # the declaration registered with it (None: legacy)
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetRef:
+        """The reference to a registered dataset's row."""
+        return cls(dataset.kind, dataset.uri, dataset.sha256, dataset.features)
 
 
 def load_registered(ref: DatasetRef) -> SampleDataset:
-    """The dataset, after checking its file against the sha256 recorded at registration."""
+    """The dataset, after checking its file against the sha256 recorded at registration, read as its
+    feature declaration says."""
     if ref.sha256 is not None and ref.kind in HASHED_KINDS:
         actual = file_sha256(ref.uri)
         if actual != ref.sha256:
@@ -38,4 +47,4 @@ def load_registered(ref: DatasetRef) -> SampleDataset:
                 f"dataset file {ref.uri} changed since registration (sha256 {actual[:16]}..., registered "
                 f"{ref.sha256[:16]}...); refusing to load it"
             )
-    return load_dataset(ref.kind, ref.uri)
+    return load_dataset(ref.kind, ref.uri, ref.features)

@@ -45,7 +45,7 @@ class JobContext:
     architecture: str
     arch_kwargs: dict[str, Any]
     num_classes: int
-    train: DatasetRef  # the training set: kind, uri and the sha256 it was registered with
+    train: DatasetRef  # the training set: kind, uri, the sha256 and declaration it was registered with
     test: DatasetRef
     base_version: int
     base_uri: str
@@ -117,8 +117,8 @@ class JobStore:
                 architecture=model.architecture,
                 arch_kwargs=dict(model.arch_kwargs),
                 num_classes=model.num_classes,
-                train=DatasetRef(train.kind, train.uri, train.sha256),
-                test=DatasetRef(test.kind, test.uri, test.sha256),
+                train=DatasetRef.of(train),
+                test=DatasetRef.of(test),
                 base_version=model.latest_version,
                 base_uri=base.checkpoint_uri,
                 base_sha256=base.sha256,

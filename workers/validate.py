@@ -18,6 +18,7 @@ from models.adapters import check_contract
 from models.architectures import build_model, check_size
 from models.checkpoints import load_weights
 from models.datasets import SampleDataset
+from models.inputs import InputMismatch, Role, check_model_reads
 from models.metrics import evaluate
 from service.core import events
 from service.core.db.engine import session_scope
@@ -84,7 +85,8 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
         arch, kwargs = m.architecture, {"num_classes": m.num_classes, **m.arch_kwargs}
         train = s.get_one(Dataset, m.train_dataset_id)
         test = s.get_one(Dataset, m.test_dataset_id)
-        sources = [DatasetRef(d.kind, d.uri, d.sha256) for d in (train, test)]
+        sources = [DatasetRef.of(d) for d in (train, test)]
+        names = [d.name for d in (train, test)]
         uri, sha256 = v1.checkpoint_uri, v1.sha256
     failpoints.hit("validate.started")
     detail: str | None = None
@@ -95,10 +97,20 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
         load_weights(model, uri, sha256=sha256, device=device)
         model.to(device)
         train_ds, test_ds = (load_registered(src) for src in sources)
-        # One sample's shape is the training set's: the same inputs every job will feed the model.
+        # Samples the model cannot read fail here, explained (what it expects, what the data holds, the
+        # declaration that fixes it), not with the framework's message from inside the first layer.
+        check_model_reads(
+            model,
+            arch,
+            kwargs,
+            [Role("training set", names[0], train_ds), Role("test set", names[1], test_ds)],
+        )
+        # features/head on the training set's own samples: the same inputs every job will feed it.
         check_contract(model, train_ds.x[:2].to(device), kwargs["num_classes"])
         metrics = v1_metrics(model, train_ds, test_ds)
         status = ModelStatus.READY
+    except InputMismatch as exc:  # already in the registrant's words
+        status, detail, metrics = ModelStatus.INVALID, str(exc), {}
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
         status, detail, metrics = ModelStatus.INVALID, f"{type(exc).__name__}: {exc}", {}
     with session_scope(url) as s:

@@ -39,7 +39,7 @@ def _f(
 class GradientParams:
     """Shared by every first-order method. ``mask`` composes a masked update (Dine et al.) with the method."""
 
-    epochs: float = _f(1.0, 0.0, 1000.0, doc="passes over the method's epoch set; fractions allowed")
+    epochs: float = _f(1.0, 0.0, 200.0, doc="passes over the method's epoch set; fractions allowed")
     lr: float = _f(0.01, 1e-8, 10.0, doc="SGD learning rate")
     batch_size: int = _f(64, 1, 65536, doc="size of B_r, and of B_f unless D_f is smaller")
     momentum: float = _f(0.9, 0.0, 0.999)
@@ -61,7 +61,7 @@ class GradientParams:
 class UGradSLParams(GradientParams):
     """UGradSL (Di et al.): descent on B_r, ascent on label-smoothed B_f; epoch = one pass over D_f."""
 
-    epochs: float = _f(3.0, 0.0, 1000.0)
+    epochs: float = _f(3.0, 0.0, 200.0)
     lr: float = _f(0.05, 1e-8, 10.0)
     p: float = _f(0.95, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
     alpha: float = _f(-0.5, -1.0, 1.0, doc="fixed smoothing rate (used when adaptive = 'off'); < 0 is NLS")
@@ -90,7 +90,7 @@ class UGradSLPlusParams(UGradSLParams):
     ended, is what lets the forget weight be this large: with a constant lr, p 0.8 already collapses
     random forgetting. Measured only on ``small_cnn``."""
 
-    epochs: float = _f(1.0, 0.0, 1000.0)
+    epochs: float = _f(1.0, 0.0, 200.0)
     lr: float = _f(0.03, 1e-8, 10.0)
     p: float = _f(0.7, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
     schedule: str = _f("cosine", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
@@ -101,7 +101,7 @@ class UGradSLPlusParams(UGradSLParams):
 class FinetuneParams(GradientParams):
     """Fine-tuning on D_r only (no forget term, hence no mask)."""
 
-    epochs: float = _f(3.0, 0.0, 1000.0)
+    epochs: float = _f(3.0, 0.0, 200.0)
     lr: float = _f(0.1, 1e-8, 10.0)
     mask: str = _f("none", choices=("none",), doc="finetune has no forget gradient to align with")
 
@@ -110,7 +110,7 @@ class FinetuneParams(GradientParams):
 class GradientAscentParams(GradientParams):
     """Gradient ascent on D_f only; epoch = one pass over D_f."""
 
-    epochs: float = _f(5.0, 0.0, 1000.0)
+    epochs: float = _f(5.0, 0.0, 200.0)
     lr: float = _f(0.05, 1e-8, 10.0)
 
 
@@ -118,7 +118,7 @@ class GradientAscentParams(GradientParams):
 class RandomLabelParams(GradientParams):
     """Descent on D_f with random wrong labels plus D_r; epoch = one pass over D_f."""
 
-    epochs: float = _f(3.0, 0.0, 1000.0)
+    epochs: float = _f(3.0, 0.0, 200.0)
     lr: float = _f(0.004, 1e-8, 10.0)
 
 
@@ -126,7 +126,7 @@ class RandomLabelParams(GradientParams):
 class SalunParams(RandomLabelParams):
     """SalUn: random labels with a saliency mask (top ``salun_keep`` of |∇ GA loss on D_f|)."""
 
-    epochs: float = _f(1.0, 0.0, 1000.0)
+    epochs: float = _f(1.0, 0.0, 200.0)
     lr: float = _f(0.02, 1e-8, 10.0)
     mask: str = _f("salun", choices=MASKS)
 
@@ -135,7 +135,7 @@ class SalunParams(RandomLabelParams):
 class RetrainParams:
     """Exact retraining on D_r: the fields of ``models.training.TrainRecipe`` (the model's recipe)."""
 
-    epochs: int = _f(30, 0, 10000)
+    epochs: int = _f(30, 0, 1000)
     lr: float = _f(0.05, 1e-8, 10.0)
     batch_size: int = _f(64, 1, 65536)
     momentum: float = _f(0.9, 0.0, 0.999)

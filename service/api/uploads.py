@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import UploadFile
 from pydantic import ValidationError
 
-from service.api.schemas.registry import ModelCreate
+from service.api.schemas.registry import FeatureDeclaration, ModelCreate
 from service.core.errors import Unprocessable
 from service.core.model_specs import check_safetensors
 
@@ -28,6 +28,21 @@ def parse_model_spec(raw: str) -> ModelCreate:
     except ValidationError as exc:
         errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise Unprocessable("invalid model spec", errors=errors) from exc
+
+
+def parse_features(raw: str | None) -> dict[str, Any] | None:
+    """The `features` form field of an upload (JSON), validated as DatasetCreate's `features` is."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        decl = FeatureDeclaration.model_validate(json.loads(raw, parse_constant=_no_constants))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
+    except ValidationError as exc:
+        errors = [{"loc": ["features", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        said = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        raise Unprocessable(f"impossible features declaration: {said}", errors=errors) from exc
+    return decl.model_dump(exclude_none=True)
 
 
 def save_upload(upload: UploadFile, path: Path) -> str:

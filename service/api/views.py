@@ -28,6 +28,7 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
         model=model_name,
         state=req.state,  # type: ignore[arg-type]
         sample_count=req.sample_count,
+        subject_ids=req.subject_ids or [],
         already_forgotten_count=req.already_forgotten_count,
         reference=req.reference,
         job_id=req.job_id,

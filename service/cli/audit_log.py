@@ -124,4 +124,9 @@ def certificate_evidence(signed: dict[str, Any], trusted: str | None) -> tuple[b
         return False, "the proved event is not this request's completion"
     if not proofs.verify_inclusion_proof(event, evidence["inclusion_proof"], head["tree_head"]):
         return False, "the inclusion proof does not lead to the signed head's root"
-    return True, f"event {event['seq']} is in the signed head of {head['tree_head']['tree_size']} event(s)"
+    bound, why = proofs.verify_certificate_binding(cert, event)
+    if not bound:
+        return False, why
+    return True, (
+        f"event {event['seq']} is in the signed head of {head['tree_head']['tree_size']} event(s); {why}"
+    )

@@ -111,13 +111,27 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get("/v1/models"))
 
+    def datasets(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.get("/v1/datasets"))
+
+    def upload(self, path: str, form: dict[str, str], files: dict[str, Any]) -> dict[str, Any]:
+        """A multipart POST; the files are streamed (a file object is read in chunks, not loaded)."""
+        return cast(dict[str, Any], self._send("POST", path, data=form, files=files).json())
+
     def versions(self, model: str) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self.get(f"/v1/models/{model}/versions"))
 
     def create_request(
-        self, model: str, sample_ids: list[str], reference: str | None = None
+        self,
+        model: str,
+        sample_ids: list[str],
+        reference: str | None = None,
+        *,
+        subject_ids: list[str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"sample_ids": sample_ids}
+        if subject_ids:
+            body["subject_ids"] = subject_ids
         if reference:
             body["reference"] = reference
         return cast(dict[str, Any], self.post(f"/v1/models/{model}/deletion-requests", body))

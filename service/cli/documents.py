@@ -68,6 +68,20 @@ def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _subjects_match(cert: dict[str, object], subjects: str) -> tuple[bool, str]:
+    """The certificate's subject digest is that of `subjects` (comma-separated), recomputed here."""
+    from service.core.proofs import ids_sha256
+
+    named = list(dict.fromkeys(s.strip() for s in subjects.split(",") if s.strip()))
+    if not named:
+        raise UsageError("--subjects names no subject (give a comma-separated list, e.g. alice,bob)")
+    if cert.get("subject_ids_sha256") is None:
+        return False, "the certificate names no subjects"
+    if cert["subject_ids_sha256"] != ids_sha256(named):
+        return False, f"the certificate's subjects are not exactly these {len(named)}"
+    return True, f"the certificate names exactly these {len(named)} subject(s)"
+
+
 def cmd_verify_certificate(args: argparse.Namespace) -> int:
     """Offline: no server, no key. Checks the Ed25519 signature over the certificate's canonical JSON, and
     that the completion event it carries is in the audit log (inclusion proof to a signed tree head)."""
@@ -92,13 +106,21 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         print(f"certificate INVALID: {reason}", file=sys.stderr)
         return 1
     cert = signed["certificate"]
+    if args.subjects is not None:
+        ok, reason = _subjects_match(cert, args.subjects)
+        if not ok:
+            print(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
+            return 1
     before, after = cert.get("version_before") or {}, cert.get("version_after") or {}
+    of = f" ({cert['subject_count']} subject(s))" if cert.get("subject_count") else ""
     print(
         f"certificate valid: request {cert.get('request_id')} ({cert.get('reference') or 'no reference'}), "
-        f"{cert.get('sample_count')} sample(s) forgotten by {cert.get('model')} "
+        f"{cert.get('sample_count')} sample(s){of} forgotten by {cert.get('model')} "
         f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
     )
     print(f"audit log: {evidence}")
+    if args.subjects is not None:
+        print(f"subjects: {reason}")
     if trusted is None:
         print(
             "certificate NOT VERIFIED: only its self-consistency was checked (against the key embedded in "

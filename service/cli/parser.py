@@ -17,6 +17,7 @@ from service.cli.documents import (
     cmd_public_key,
     cmd_verify_certificate,
 )
+from service.cli.registration import cmd_datasets, cmd_register_model
 from service.cli.request import cmd_request
 from service.cli.server import cmd_api, cmd_beat, cmd_db, cmd_keys, cmd_run, cmd_worker
 from service.cli.verbs import client_verb, cmd_jobs, cmd_models, cmd_requests, cmd_versions
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unlearn",
         description="The unlearning service: start it (run, api, worker, beat, db, keys) or use it "
-        "(models, request, jobs, versions, requests, certificate, public-key, audit, verify-certificate).",
+        "(datasets, models, request, jobs, versions, requests, certificate, public-key, audit, "
+        "verify-certificate).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -85,11 +87,45 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(client_fn=client_verb(fn))
         return sp
 
-    client_parser("models", cmd_models, help="list models: latest version, pending requests, gates")
+    ds = client_parser("datasets", cmd_datasets, help="list datasets, or upload or register one")
+    dsub = ds.add_subparsers(dest="action", metavar="ACTION")
+    du = dsub.add_parser(
+        "upload", parents=[conn], help="upload an .npz (arrays x, y, ids) with a progress bar"
+    )
+    du.add_argument("file")
+    du.add_argument("--name", required=True)
+    dr = dsub.add_parser("register", parents=[conn], help="register a file the workers can read, by path")
+    dr.add_argument("uri", help="a path under UNLEARN_DATA_ROOTS on the server")
+    dr.add_argument("--name", required=True)
+    dr.add_argument("--kind", default="npz", help="npz (default) or csv_manifest")
+    for dataset_parser in (du, dr):
+        dataset_parser.add_argument("--features", help="the feature declaration: JSON, or @file")
 
-    rq = client_parser("request", cmd_request, help="ask a model to forget training samples")
+    md = client_parser("models", cmd_models, help="list models, or register one")
+    msub = md.add_subparsers(dest="action", metavar="ACTION")
+    mr = msub.add_parser("register", parents=[conn], help="register a model: spec and v1 checkpoint")
+    mr.set_defaults(client_fn=client_verb(cmd_register_model))
+    mr.add_argument("--checkpoint", required=True, help="the v1 weights, a safetensors file")
+    mr.add_argument("--spec", help="the whole spec as JSON, or @file; the flags below override it")
+    mr.add_argument("--name")
+    mr.add_argument("--architecture", help="a built-in name, torchvision:<builder>, timm:<name>, ...")
+    mr.add_argument("--arch-kwargs", help="JSON object")
+    mr.add_argument("--num-classes", type=int)
+    mr.add_argument("--train", help="training dataset: id, or a name only one dataset has")
+    mr.add_argument("--test", help="test dataset: id, or a name only one dataset has")
+    mr.add_argument("--method", help="default unlearning method (server default: ugradsl_plus)")
+    mr.add_argument("--params", help="the method's params, JSON object")
+    mr.add_argument("--wait", action="store_true", help="wait until a worker has validated it")
+    mr.add_argument("--timeout", type=float, default=600, help="give up waiting after this many seconds")
+    mr.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+
+    rq = client_parser("request", cmd_request, help="ask a model to forget training samples or data subjects")
     rq.add_argument("model")
-    rq.add_argument("--ids-file", required=True, help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument("--ids-file", help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument(
+        "--subjects", help="data subjects to forget, comma-separated: every sample of each is forgotten"
+    )
+    rq.add_argument("--subjects-file", help="one subject ID per line (or a JSON list); - for stdin")
     rq.add_argument("--reference", help="your reference, e.g. a ticket number")
     rq.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
@@ -148,5 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vc.add_argument("file", help="the signed certificate (JSON, as served by the API)")
     vc.add_argument("--public-key", help="the service's public key (PEM); without it only self-consistency")
+    vc.add_argument(
+        "--subjects",
+        help="comma-separated subject IDs: check they are exactly the subjects the certificate names",
+    )
     vc.set_defaults(client_fn=cmd_verify_certificate)
     return p

@@ -129,6 +129,19 @@ def models_table(models: list[dict[str, Any]]) -> Table:
     return table
 
 
+def datasets_table(datasets: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title="datasets", title_justify="left")
+    for col in ("id", "name", "kind", "samples", "sha256", "uri"):
+        table.add_column(col)
+    for d in datasets:
+        table.add_row(
+            d["id"], d["name"], d["kind"], str(d["num_samples"]), (d.get("sha256") or "-")[:16], d["uri"]
+        )
+    return table
+
+
 def versions_table(model: str, versions: list[dict[str, Any]], *, full: bool) -> Table:
     """A model's version line; `full` prints whole checkpoint hashes instead of their first 16 digits."""
     from rich.table import Table

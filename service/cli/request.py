@@ -1,5 +1,5 @@
-"""`unlearn request`: read the sample IDs, submit the deletion request and, with --wait, follow it with a
-progress bar and print the new version's metrics.
+"""`unlearn request`: read the sample IDs and/or data subjects, submit the deletion request and, with --wait,
+follow it with a progress bar and print the new version's metrics.
 
 The one verb that waits, so it has a module of its own; it needs the client and rich only while it runs.
 """
@@ -21,25 +21,42 @@ if TYPE_CHECKING:
     from service.cli.client import Client
 
 
-def read_ids(path: str) -> list[str]:
-    """One sample ID per line (blank lines and `#` comments ignored), or a JSON list; `-` reads stdin."""
+def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
+    """One ID per line (blank lines and `#` comments ignored), or a JSON list; `-` reads stdin."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
-        raise UsageError(f"cannot read the ids file {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read the {noun} file {path}: {exc.strerror or exc}") from None
     if text.lstrip().startswith("["):
         try:
             ids = json.loads(text)
         except ValueError as exc:
             raise UsageError(f"{path} looks like JSON but does not parse: {exc}") from None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise UsageError(f"{path}: a JSON ids file must be a list of strings")
+            raise UsageError(f"{path}: a JSON {noun} file must be a list of strings")
     else:
         ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
         ids = [i for i in ids if i]
     if not ids:
-        raise UsageError(f"{path} holds no sample IDs")
+        raise UsageError(f"{path} holds no {noun}")
     return ids
+
+
+def request_ids(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(sample IDs, subject IDs) from --ids-file, --subjects and --subjects-file; at least one is needed."""
+    if args.ids_file == "-" and args.subjects_file == "-":
+        raise UsageError("only one of --ids-file and --subjects-file can read stdin")
+    ids = read_ids(args.ids_file) if args.ids_file else []
+    subjects: list[str] = []
+    if args.subjects is not None:
+        subjects += [s.strip() for s in args.subjects.split(",") if s.strip()]
+        if not subjects:
+            raise UsageError("--subjects names no subject (give a comma-separated list, e.g. alice,bob)")
+    if args.subjects_file:
+        subjects += read_ids(args.subjects_file, "subject IDs")
+    if not ids and not subjects:
+        raise UsageError("name what to forget: --ids-file, --subjects or --subjects-file")
+    return ids, subjects
 
 
 def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, interval: float) -> dict[str, Any]:
@@ -130,11 +147,12 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
 
 
 def cmd_request(client: Client, args: argparse.Namespace) -> int:
-    ids = read_ids(args.ids_file)
-    req = client.create_request(args.model, ids, args.reference)
+    ids, subjects = request_ids(args)
+    req = client.create_request(args.model, ids, args.reference, subject_ids=subjects)
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
+    of = f" of {len(req['subject_ids'])} subject(s)" if req.get("subject_ids") else ""
     print(
-        f"request {req['id']} accepted: {req['sample_count']} sample(s) for {req['model']}{note}; "
+        f"request {req['id']} accepted: {req['sample_count']} sample(s){of} for {req['model']}{note}; "
         f"state {req['state']}",
         flush=True,
     )

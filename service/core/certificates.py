@@ -15,7 +15,7 @@ from service.core import transparency
 from service.core.audit import export_dict
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
 from service.core.errors import Conflict
-from service.core.events import ids_digest
+from service.core.events import ids_digest, subjects_digest
 from service.core.states import RequestState
 
 
@@ -51,6 +51,10 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
         "model": model.name,
         "sample_count": req.sample_count,
         "sample_ids_sha256": ids_digest(req.sample_ids),  # anyone holding the list can recompute it
+        # The data subjects the request named (their samples are among those above); null if none. The
+        # completion event in `audit` carries both digests, and verification checks they agree.
+        "subject_count": len(req.subject_ids or ()),
+        "subject_ids_sha256": subjects_digest(req),
         "already_forgotten_count": req.already_forgotten_count,
         "version_before": _version(session, model.id, job.base_version),
         "version_after": _version(session, model.id, req.model_version),

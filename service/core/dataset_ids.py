@@ -1,5 +1,6 @@
-"""Reading a dataset's sample IDs and labels without torch, so the API can register a dataset and
-validate deletion requests against it. (The worker reads the samples themselves with models.datasets.)
+"""Reading a dataset's sample IDs, labels and (optionally) data subjects without torch, so the API can
+register a dataset and validate deletion requests against it. (The worker reads the samples themselves
+with models.datasets.)
 
 Registration reads untrusted files, so it reads no more than it needs: an `.npz`'s `x` (the bulk of it)
 is never decompressed, its row count and dtype come from the `.npy` header inside the zip; and a CSV
@@ -12,7 +13,7 @@ import hashlib
 import math
 import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 from numpy.lib import format as npy
@@ -30,8 +31,19 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
-    """(sample_ids, labels) of a dataset file; a 422 that names the problem if it is malformed."""
+class DatasetIds(NamedTuple):
+    """What registration mirrors of a dataset file. `subject_ids` is None when the file names no subjects;
+    otherwise one entry per sample, None for a sample about no one (an empty string in the file)."""
+
+    sample_ids: list[str]
+    labels: list[int]
+    subject_ids: list[str | None] | None = None
+
+
+def read_samples(kind: str, path: Path) -> DatasetIds:
+    """The sample IDs, labels and subjects of a dataset file; a 422 that names the problem if it is
+    malformed. Subjects come from an `.npz`'s optional `subject_ids` array or a manifest's optional
+    `subject_id` column."""
     try:
         if kind == "npz":
             return _npz(path)
@@ -42,6 +54,16 @@ def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
     except Exception as exc:  # noqa: BLE001 - an untrusted file may fail in any way; it is the client's
         raise Unprocessable(f"cannot read {kind} dataset at {path}: {type(exc).__name__}: {exc}") from exc
     raise Unprocessable(f"unknown dataset kind {kind!r}; known: {list(ID_KINDS)}")
+
+
+def read_ids(kind: str, path: Path) -> tuple[list[str], list[int]]:
+    """(sample_ids, labels) of a dataset file (`read_samples` without the subjects)."""
+    got = read_samples(kind, path)
+    return got.sample_ids, got.labels
+
+
+def _subject(value: str) -> str | None:
+    return value or None  # an empty cell or string: the sample is about no one
 
 
 def npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
@@ -56,7 +78,7 @@ def npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     """Per array of the archive: shape, dtype and the uncompressed size the zip records for it."""
     headers = {}
     with zipfile.ZipFile(path) as zf:
@@ -68,8 +90,8 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]
     return headers
 
 
-def _npz(path: Path) -> tuple[list[str], list[int]]:
-    headers = _npz_headers(path)
+def _npz(path: Path) -> DatasetIds:
+    headers = npz_headers(path)
     missing = [k for k in ("x", "y", "ids") if k not in headers]
     if missing:
         raise ValueError(f"missing arrays {missing} (need x, y, ids)")
@@ -85,22 +107,32 @@ def _npz(path: Path) -> tuple[list[str], list[int]]:
         raise ValueError("y must hold integer class labels")
     if ids_dtype.kind != "U":
         raise ValueError(f"ids must be a unicode string array (as the worker requires), got {ids_dtype}")
-    # y and ids are read in full (they are registered), but never more than the archive says they hold:
-    # a header that declares more data than its zip entry has would make numpy allocate for nothing.
-    for name, shape, dtype, size in (
-        ("y", y_shape, y_dtype, y_size),
-        ("ids", ids_shape, ids_dtype, ids_size),
-    ):
+    checked = [("y", y_shape, y_dtype, y_size), ("ids", ids_shape, ids_dtype, ids_size)]
+    if "subject_ids" in headers:  # optional: the data subject of each sample ("" for none)
+        s_shape, s_dtype, s_size = headers["subject_ids"]
+        if len(s_shape) != 1 or s_shape[0] != n:
+            raise ValueError(f"subject_ids must hold one entry per sample ({n}), got shape {s_shape}")
+        if s_dtype.kind != "U":
+            raise ValueError(f"subject_ids must be a unicode string array, got {s_dtype}")
+        checked.append(("subject_ids", s_shape, s_dtype, s_size))
+    # y, ids and subject_ids are read in full (they are registered), but never more than the archive says
+    # they hold: a header that declares more data than its zip entry has would make numpy allocate for
+    # nothing.
+    for name, shape, dtype, size in checked:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
+    subjects = None
     with np.load(path, allow_pickle=False) as data:
         ids, labels = data["ids"], data["y"]
-    return ids.tolist(), [int(v) for v in labels.tolist()]
+        if "subject_ids" in headers:
+            subjects = [_subject(v) for v in data["subject_ids"].tolist()]
+    return DatasetIds(ids.tolist(), [int(v) for v in labels.tolist()], subjects)
 
 
-def _csv(path: Path) -> tuple[list[str], list[int]]:
+def _csv(path: Path) -> DatasetIds:
     ids: list[str] = []
     labels: list[int] = []
+    subjects: list[str | None] = []
     root = manifest_root(path)
     refused: list[tuple[int, str]] = []
     with open(path, newline="") as fh:
@@ -108,6 +140,7 @@ def _csv(path: Path) -> tuple[list[str], list[int]]:
         need = {"sample_id", "path", "label"}
         if not need <= set(reader.fieldnames or ()):
             raise ValueError(f"the header must have columns {sorted(need)}")
+        has_subjects = "subject_id" in (reader.fieldnames or ())  # optional column
         for row in reader:
             line = reader.line_num
             if not row["sample_id"]:
@@ -117,6 +150,8 @@ def _csv(path: Path) -> tuple[list[str], list[int]]:
                 refused.append((line, problem))
             ids.append(row["sample_id"])
             labels.append(int(row["label"]))
+            if has_subjects:
+                subjects.append(_subject(row["subject_id"] or ""))
     if refused:
         shown = "; ".join(f"line {line}: {why}" for line, why in refused[:_SHOWN])
         more = f" (and {len(refused) - _SHOWN} more)" if len(refused) > _SHOWN else ""
@@ -125,4 +160,4 @@ def _csv(path: Path) -> tuple[list[str], list[int]]:
             lines=[line for line, _ in refused[:100]],
             refused_count=len(refused),
         )
-    return ids, labels
+    return DatasetIds(ids, labels, subjects if has_subjects else None)

@@ -1,15 +1,20 @@
 """Deletion requests: accepting one (validate every ID against the model's training set, record it with its
 audit event in one transaction, then wake a worker) and withdrawing one. Nothing is written for a
-rejected request."""
+rejected request.
+
+A request may name data subjects instead of (or as well as) samples: each subject stands for every sample
+of the training set the dataset attributes to it, and the request records those samples in `sample_ids`
+(so jobs, forgetting and metrics never see subjects) and the subjects as named in `subject_ids`."""
 
 from __future__ import annotations
 
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, select, text
+from sqlalchemy import and_, exists, select, text
 from sqlalchemy.orm import Session
 
 from service.core import callbacks, events
@@ -57,9 +62,81 @@ def classify_ids(session: Session, model: Model, ids: Sequence[str]) -> tuple[li
     return [i for i in ids if i not in known], forgotten
 
 
-def body_digest(ids: Sequence[str], reference: str | None, callback_url: str | None = None) -> str:
-    body = {"sample_ids": sorted(ids), "reference": reference, "callback_url": callback_url}
+def expand_subjects(session: Session, model: Model, subjects: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the training samples of `subjects`, in dataset order; the subjects no training sample has, in
+    request order): one round trip per chunk of subjects, on the (dataset, subject) index."""
+    found: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for chunk in _chunks(subjects):
+        rows = session.execute(
+            select(DatasetSample.position, DatasetSample.sample_id, DatasetSample.subject_id).where(
+                DatasetSample.dataset_id == model.train_dataset_id, DatasetSample.subject_id.in_(chunk)
+            )
+        )
+        for position, sample_id, subject_id in rows:
+            found.append((position, sample_id))
+            if subject_id is not None:
+                seen.add(subject_id)
+    found.sort()
+    return [sample_id for _, sample_id in found], [s for s in subjects if s not in seen]
+
+
+def has_subjects(session: Session, model: Model) -> bool:
+    """Whether the model's training set attributes any sample to a data subject."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    DatasetSample.dataset_id == model.train_dataset_id, DatasetSample.subject_id.is_not(None)
+                )
+            )
+        )
+    )
+
+
+def body_digest(
+    ids: Sequence[str],
+    reference: str | None,
+    callback_url: str | None = None,
+    subject_ids: Sequence[str] = (),
+) -> str:
+    """What an Idempotency-Key is bound to: the body as named (subjects, not the samples they stand for).
+    A body without subjects hashes as it did before requests could name them."""
+    body: dict[str, object] = {
+        "sample_ids": sorted(ids),
+        "reference": reference,
+        "callback_url": callback_url,
+    }
+    if subject_ids:
+        body["subject_ids"] = sorted(subject_ids)
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def _refuse_unknown(
+    session: Session, model: Model, unknown: list[str], unknown_subjects: list[str]
+) -> Unprocessable:
+    """One 422 naming every unknown sample ID and subject (capped lists, with counts)."""
+    parts: list[str] = []
+    extra: dict[str, Any] = {}
+    if unknown:
+        parts.append(f"{len(unknown)} sample ID(s) are not in the training set of model {model.name!r}")
+        extra |= {"unknown_ids": unknown[:MAX_REPORTED_UNKNOWN], "unknown_count": len(unknown)}
+    if unknown_subjects:
+        if has_subjects(session, model):
+            parts.append(
+                f"{len(unknown_subjects)} subject ID(s) have no sample in the training set of model "
+                f"{model.name!r}"
+            )
+        else:
+            parts.append(
+                f"the training set of model {model.name!r} has no subjects (its dataset was registered "
+                f"without subject_ids), so {len(unknown_subjects)} subject ID(s) match nothing"
+            )
+        extra |= {
+            "unknown_subject_ids": unknown_subjects[:MAX_REPORTED_UNKNOWN],
+            "unknown_subject_count": len(unknown_subjects),
+        }
+    return Unprocessable("; ".join(parts), **extra)
 
 
 def find_idempotent(
@@ -96,33 +173,47 @@ def submit(
     callback_url: str | None = None,
     allowed_hosts: Sequence[str] = (),
     allow_http: bool = False,
+    subject_ids: Sequence[str] = (),
 ) -> DeletionRequest:
-    """Validate and record a request (state `received`) with its audit event; the caller commits."""
+    """Validate and record a request (state `received`) with its audit event; the caller commits. Named
+    subjects are expanded into their samples; `max_ids` bounds the distinct samples after expansion."""
     if model.status != ModelStatus.READY:
         detail = f": {model.status_detail}" if model.status_detail else ""
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:
         callbacks.check_callback_url(callback_url, allowed_hosts, allow_http=allow_http)
-    ids = dedupe(sample_ids)
-    if len(ids) > max_ids:
-        raise PayloadTooLarge(f"{len(ids)} distinct sample IDs; at most {max_ids} per request", limit=max_ids)
+    named, subjects = dedupe(sample_ids), dedupe(subject_ids)
+    if not named and not subjects:
+        raise Unprocessable("name at least one sample in sample_ids or one subject in subject_ids")
+    for what, items in (("sample", named), ("subject", subjects)):
+        if len(items) > max_ids:
+            raise PayloadTooLarge(
+                f"{len(items)} distinct {what} IDs; at most {max_ids} per request", limit=max_ids
+            )
+    ids, unknown_subjects = named, list[str]()
+    if subjects:
+        subject_samples, unknown_subjects = expand_subjects(session, model, subjects)
+        ids = dedupe([*named, *subject_samples])
+        if len(ids) > max_ids:
+            raise PayloadTooLarge(
+                f"{len(ids)} distinct sample IDs once the {len(subjects)} subject(s) are expanded into "
+                f"their samples; at most {max_ids} per request",
+                limit=max_ids,
+            )
     unknown, already = classify_ids(session, model, ids)
-    if unknown:
-        raise Unprocessable(
-            f"{len(unknown)} sample ID(s) are not in the training set of model {model.name!r}",
-            unknown_ids=unknown[:MAX_REPORTED_UNKNOWN],
-            unknown_count=len(unknown),
-        )
+    if unknown or unknown_subjects:
+        raise _refuse_unknown(session, model, unknown, unknown_subjects)
     req = DeletionRequest(
         id=new_id(),  # known before the flush, so the request and its event are inserted together
         tenant=model.tenant,
         model_id=model.id,
         sample_ids=ids,
+        subject_ids=subjects or None,
         sample_count=len(ids),
         already_forgotten_count=len(already),
         requester_key_id=key.id,
         idempotency_key=idempotency_key,
-        body_sha256=body_digest(ids, reference, callback_url),
+        body_sha256=body_digest(named, reference, callback_url, subjects),
         reference=reference,
         callback_url=callback_url,
         state=RequestState.RECEIVED,
@@ -156,13 +247,14 @@ def accept(
     allowed_hosts: Sequence[str] = (),
     allow_http: bool = False,
     wake_seconds: float = 1.0,
+    subject_ids: Sequence[str] = (),
 ) -> tuple[DeletionRequest, bool]:
     """The whole intake of one request: (request, created). A replay of an Idempotency-Key returns the
     first request and False. One transaction: the request row is the outbox. A worker is woken after the
     commit, at most about once per `wake_seconds` per model (see `queue.wake_due`); if the broker is
     down, the reconciler finds the pending request later."""
     if idempotency_key is not None:
-        digest = body_digest(dedupe(sample_ids), reference, callback_url)
+        digest = body_digest(dedupe(sample_ids), reference, callback_url, dedupe(subject_ids))
         existing = find_idempotent(session, tenant=key.tenant, idempotency_key=idempotency_key, digest=digest)
         if existing is not None:
             if existing.model_id != model.id:
@@ -179,6 +271,7 @@ def accept(
         callback_url=callback_url,
         allowed_hosts=allowed_hosts,
         allow_http=allow_http,
+        subject_ids=subject_ids,
     )
     countdown = wake_due(session, model, wake_seconds)
     session.commit()

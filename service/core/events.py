@@ -7,14 +7,12 @@ exists if and only if the change it records is committed.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service.core.audit import record
-from service.core.canonical import canonical_json
 from service.core.db.tables import (
     ApiKey,
     AuditEvent,
@@ -25,6 +23,7 @@ from service.core.db.tables import (
     ModelVersion,
     WebhookSecret,
 )
+from service.core.proofs import ids_sha256
 from service.core.states import JobState, ModelStatus, RequestState
 
 WORKER = "worker"  # the actor of every event a worker writes
@@ -42,8 +41,14 @@ def _label(number: int | None) -> str | None:
 
 def ids_digest(ids: list[str]) -> str:
     """sha256 of the sorted IDs as a canonical JSON array (what the trail and certificates keep instead
-    of the IDs). A JSON array, not a joined string: `["a\\nb"]` and `["a", "b"]` must differ."""
-    return hashlib.sha256(canonical_json(sorted(ids)).encode()).hexdigest()
+    of the IDs). A JSON array, not a joined string: `["a\\nb"]` and `["a", "b"]` must differ. (The same
+    function as `proofs.ids_sha256`, which a client checking a certificate offline uses.)"""
+    return ids_sha256(ids)
+
+
+def subjects_digest(req: DeletionRequest) -> str | None:
+    """`ids_digest` of the subjects a request named; None when it named none."""
+    return ids_digest(req.subject_ids) if req.subject_ids else None
 
 
 # -- deletion requests ---------------------------------------------------------------------------------
@@ -89,6 +94,8 @@ def request_received(session: Session, req: DeletionRequest, *, model_name: str,
             "model": model_name,
             "sample_count": req.sample_count,
             "sample_ids_sha256": ids_digest(req.sample_ids),
+            "subject_count": len(req.subject_ids or ()),
+            "subject_ids_sha256": subjects_digest(req),
             "already_forgotten_count": req.already_forgotten_count,
             "reference": req.reference,
         },
@@ -110,8 +117,16 @@ def request_processing(session: Session, req: DeletionRequest, *, job_id: str) -
 def request_closed(
     session: Session, req: DeletionRequest, *, job: Job, result_version: int | None, error: str | None
 ) -> AuditEvent:
-    """The request ended with its job: `deletion_request.completed`, `.failed` or `.cancelled`."""
-    data = {"job_id": job.id, "model_version": _label(result_version), "error": error}
+    """The request ended with its job: `deletion_request.completed`, `.failed` or `.cancelled`. It carries
+    the digests of what was forgotten, so a certificate (which proves this event in the log) is bound to
+    the samples and subjects it names, not only signed (`proofs.verify_certificate_binding`)."""
+    data = {
+        "job_id": job.id,
+        "model_version": _label(result_version),
+        "error": error,
+        "sample_ids_sha256": ids_digest(req.sample_ids),
+        "subject_ids_sha256": subjects_digest(req),
+    }
     return _request(session, req, req.state, WORKER, data)
 
 
@@ -216,10 +231,17 @@ def version_published(
     )
 
 
-def dataset_registered(session: Session, ds: Dataset, *, actor: str) -> AuditEvent:
-    data = {"name": ds.name, "kind": ds.kind, "uri": ds.uri, "num_samples": ds.num_samples}
+def dataset_registered(
+    session: Session, ds: Dataset, *, actor: str, subjects: tuple[int, int] | None = None
+) -> AuditEvent:
+    """`subjects`: (distinct subjects, samples that have one), when the dataset names subjects."""
+    data: dict[str, Any] = {"name": ds.name, "kind": ds.kind, "uri": ds.uri, "num_samples": ds.num_samples}
     if ds.sha256 is not None:
         data["sha256"] = ds.sha256
+    if ds.features is not None:
+        data["features"] = ds.features  # how the samples are read: part of what a model was judged on
+    if subjects is not None:
+        data["subject_count"], data["samples_with_subject"] = subjects
     return _on(session, ds, "dataset", "registered", actor, data)
 
 

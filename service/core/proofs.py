@@ -5,6 +5,7 @@ JSON: no database, no server, so `unlearn verify-certificate` and `unlearn audit
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from service.core import merkle
@@ -38,6 +39,33 @@ def verify_inclusion_proof(event: dict[str, Any], proof: dict[str, Any], head: d
         )
     except (KeyError, TypeError, ValueError):
         return False
+
+
+# What a certificate states that its proved completion event records too (events written since requests
+# could name subjects carry both digests; older events carry neither, and then there is nothing to match).
+BOUND_DIGESTS = ("sample_ids_sha256", "subject_ids_sha256")
+
+
+def verify_certificate_binding(certificate: dict[str, Any], event: dict[str, Any]) -> tuple[bool, str]:
+    """The certificate's sample and subject digests are those its completion event put in the log. An
+    event that records no digests (written before events carried them) binds nothing: (True, why)."""
+    data = event.get("data") or {}
+    if not isinstance(data, dict):
+        return False, "the proved event's data is not an object"
+    bound = [k for k in BOUND_DIGESTS if k in data]
+    if not bound:
+        return True, "the event predates digest binding: the samples are bound by the signature only"
+    for k in bound:
+        if certificate.get(k) != data[k]:
+            noun = "sample" if k.startswith("sample") else "subject"
+            return False, f"the certificate's {noun} digest ({k}) differs from the one in the audit log"
+    return True, "its sample and subject digests are those in the log"
+
+
+def ids_sha256(ids: list[str]) -> str:
+    """The digest certificates and events keep of a list of IDs (as `events.ids_digest`), for a client
+    that holds the list: sha256 of the sorted IDs as a canonical JSON array."""
+    return hashlib.sha256(canonical_json(sorted(ids)).encode()).hexdigest()
 
 
 def verify_consistency_proof(old: dict[str, Any], new: dict[str, Any], proof: dict[str, Any]) -> bool:

@@ -28,33 +28,68 @@ def register_dataset(
     labels: Sequence[int],
     actor: str,
     sha256: str | None = None,
+    features: dict[str, Any] | None = None,
+    subject_ids: Sequence[str | None] | None = None,
 ) -> Dataset:
     """Record a dataset and mirror its sample IDs, so requests can be validated without the data.
     `sha256` pins the file as registered: the worker refuses to load it if it has changed since (None
-    only for sources no file stands for, e.g. test fixtures)."""
+    only for sources no file stands for, e.g. test fixtures). `features` is its declaration, as checked
+    against the file (service.core.features); None: the samples are used as stored. `subject_ids`, when
+    given, names the data subject of each sample (None or "" for a sample about no one), so a request can
+    name people."""
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
         raise ValueError("sample IDs must be unique within a dataset")
     # Every ID must be nameable by a deletion request (1-200 characters, no NUL), or it could never be erased.
-    bad = [i for i in sample_ids if not 0 < len(i) <= 200 or "\x00" in i]
+    bad = [i for i in sample_ids if not _nameable(i)]
     if bad:
         raise ValueError(
             f"{len(bad)} sample ID(s) are empty, longer than 200 characters or hold NUL: {bad[:3]!r}"
         )
+    subjects: list[str | None] = [None] * len(sample_ids)
+    if subject_ids is not None:
+        if len(subject_ids) != len(sample_ids):
+            raise ValueError(
+                f"subject_ids and sample_ids differ in length ({len(subject_ids)}, {len(sample_ids)})"
+            )
+        subjects = [s or None for s in subject_ids]
+        # A subject must be nameable by a request too; an empty one means "about no one", not a subject.
+        bad_rows = [(i, s) for i, s in enumerate(subjects) if s is not None and not _nameable(s)]
+        if bad_rows:
+            shown = ", ".join(f"sample {sample_ids[i]!r}: {s[:40]!r}" for i, s in bad_rows[:3])
+            raise ValueError(
+                f"{len(bad_rows)} subject ID(s) are longer than 200 characters or hold NUL ({shown})"
+            )
     if any(not -(2**31) <= int(label) < 2**31 for label in labels):
         raise ValueError("labels must be 32-bit integers")
-    ds = Dataset(tenant=tenant, name=name, kind=kind, uri=uri, num_samples=len(sample_ids), sha256=sha256)
+    ds = Dataset(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        uri=uri,
+        num_samples=len(sample_ids),
+        sha256=sha256,
+        features=features,
+    )
     session.add(ds)
     session.flush()
     rows = [
-        {"dataset_id": ds.id, "sample_id": sid, "position": i, "label": int(lab)}
-        for i, (sid, lab) in enumerate(zip(sample_ids, labels, strict=True))
+        {"dataset_id": ds.id, "sample_id": sid, "position": i, "label": int(lab), "subject_id": subj}
+        for i, (sid, lab, subj) in enumerate(zip(sample_ids, labels, subjects, strict=True))
     ]
     for i in range(0, len(rows), _BATCH):
         session.execute(insert(DatasetSample), rows[i : i + _BATCH])
-    events.dataset_registered(session, ds, actor=actor)
+    named = [s for s in subjects if s is not None]
+    events.dataset_registered(
+        session, ds, actor=actor, subjects=(len(set(named)), len(named)) if named else None
+    )
     return ds
+
+
+def _nameable(value: str) -> bool:
+    """What a deletion request can name: 1-200 characters, no NUL."""
+    return 0 < len(value) <= 200 and "\x00" not in value
 
 
 def is_model_name_clash(exc: IntegrityError) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -311,3 +312,27 @@ def test_request_wait_with_a_product_key_follows_the_request_without_reading_job
     assert result.returncode == 0, result.stdout + result.stderr
     assert "completed: model digits, 2 sample(s)" in result.stdout
     assert "(metrics need a key with jobs:read)" in result.stdout
+
+
+def test_datasets_and_a_model_are_registered_from_the_command_line_and_the_model_becomes_ready(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The demo's own data and v1 weights, brought in again the way a product would bring its own."""
+    var = cli.stack.var_dir
+    up = cli.run("datasets", "upload", str(var / "datasets" / "digits-train.npz"), "--name", "cli-train")
+    assert up.returncode == 0, up.stderr
+    assert re.search(r"cli-train'?: 1437 samples, sha256 [0-9a-f]{64}", up.stdout), up.stdout
+    by_path = cli.run("datasets", "register", str(var / "datasets" / "digits-test.npz"), "--name", "cli-test")
+    assert by_path.returncode == 0, by_path.stderr
+    listed = cli.run("datasets")
+    assert "cli-train" in listed.stdout and "cli-test" in listed.stdout
+    [ckpt] = [p for p in (var / "checkpoints").rglob("v1*.safetensors") if "uploads" not in p.parts]
+    registered = cli.run(
+        "models", "register", "--checkpoint", str(ckpt), "--name", "digits-cli",
+        "--architecture", "small_cnn", "--arch-kwargs", '{"in_channels": 1, "image_size": 8}',
+        "--num-classes", "10", "--train", "cli-train", "--test", "cli-test", "--wait", timeout=300,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr + registered.stdout
+    assert re.search(r"digits-cli\s.*small_cnn\s.*ready", registered.stdout), registered.stdout
+    missing = cli.run("models", "register", "--checkpoint", str(ckpt), "--name", "x", "--train", "nope")
+    assert missing.returncode != 0 and "no dataset has the id or name 'nope'" in missing.stderr

@@ -69,3 +69,47 @@ def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path: Path) -> None:
         wait_until(lambda: not group_alive(worker), timeout=30, what="the orphaned worker to die")
     finally:
         stack.stop()
+
+
+def test_on_the_embedded_stack_a_job_whose_worker_was_killed_is_finished_by_its_replacement(
+    tmp_path: Path,
+) -> None:
+    """The fault suite's SIGKILL-while-unlearning, on SQLite and the filesystem broker: the supervisor
+    restarts the worker, whose predecessor's silent heartbeat frees the model's lease long before the
+    lease itself would lapse."""
+    from tests.e2e.recovery import Stopwatch
+
+    env = {
+        "UNLEARN_VAR_DIR": str(tmp_path / "var"),
+        "UNLEARN_HEARTBEAT_SECONDS": "0.5",
+        "UNLEARN_RECONCILE_SECONDS": "1",
+        "UNLEARN_LEASE_SECONDS": "600",  # only the heartbeat can hand the job over in time
+    }
+    stack = LiveStack(env=env, log_path=tmp_path / "stack.log")
+    stack.start()
+    try:
+        [first] = wait_until(lambda: worker_pids(stack), timeout=30, what="the worker to start")
+        with stack.client() as c:
+            assert c.patch("/v1/models/digits", json={"default_params": {"epochs": 40}}).status_code == 200
+            ids = [f"digits-{i:04d}" for i in range(5, 300, 10)]
+            r = c.post("/v1/models/digits/deletion-requests", json={"sample_ids": ids})
+            assert r.status_code == 202, r.text
+
+            def mid_unlearning() -> dict[str, object] | None:
+                job_id = c.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"]
+                job = c.get(f"/v1/jobs/{job_id}").json() if job_id else None
+                return job if job and job["phase"].startswith("unlearn") and job["progress"] > 0.15 else None
+
+            job = wait_until(mid_unlearning, timeout=180, interval=0.2, what="the job to be mid-unlearning")
+            os.kill(first, signal.SIGKILL)
+            clock = Stopwatch()
+            done = wait_for_request(c, r.json()["id"], timeout=300)
+            clock.record("embedded: worker SIGKILLed while unlearning", "request completed")
+            assert done["state"] == "completed", stack.log()
+            assert c.get(f"/v1/jobs/{job['id']}").json()["attempts"] == 2
+            assert [v["version"] for v in c.get("/v1/models/digits/versions").json()] == ["v1", "v2"]
+            assert c.get("/v1/audit/verify").json()["ok"] is True
+            samples = c.get("/v1/models/digits/samples", params={"limit": 2000}).json()["items"]
+            assert {s["sample_id"] for s in samples if s["forgotten_in"]} == set(ids)
+    finally:
+        stack.stop()

@@ -16,6 +16,7 @@ from service.core import deletions, jobs, states
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model
 from service.core.errors import Conflict, NotFound, Unprocessable
+from service.core.events import ids_digest
 from service.core.keys import create_key
 from service.core.states import JobPhase, JobState, RequestState, WebhookState
 from tests.factories import make_model, submit_request, verified_log
@@ -330,7 +331,14 @@ def test_closing_a_job_writes_one_event_per_request_then_the_jobs(db_url: str, m
             ("deletion_request.completed", reqs[1].id),
             ("job.completed", job.id),
         ]
-        assert new[0].data == {"job_id": job.id, "model_version": "v2", "error": None}
+        assert new[0].data == {
+            "job_id": job.id,
+            "model_version": "v2",
+            "error": None,
+            # what a certificate's digests are checked against (proofs.verify_certificate_binding)
+            "sample_ids_sha256": ids_digest(["toy-0000"]),
+            "subject_ids_sha256": None,
+        }
         assert new[-1].data == {"result_version": "v2", "error": None, "attempts": 1}
     with session_scope(db_url) as s:
         assert verified_log(s)["ok"]

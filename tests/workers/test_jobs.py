@@ -16,7 +16,15 @@ from models.datasets import load_dataset
 from service.core import deletions
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import Dataset, DatasetSample, DeletionRequest, Job, Model, ModelVersion
+from service.core.db.tables import (
+    Dataset,
+    DatasetSample,
+    DeletionRequest,
+    ForgottenSample,
+    Job,
+    Model,
+    ModelVersion,
+)
 from service.core.keys import create_key
 from service.core.settings import Settings
 from workers.demo import ensure_demo
@@ -169,7 +177,7 @@ def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Se
 
 def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:  # a run of minutes under a limit of one second
-        s.execute(update(Model).values(default_params={"epochs": 500}, time_limit_seconds=1))
+        s.execute(update(Model).values(default_params={"epochs": 200}, time_limit_seconds=1))
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 3)])
     process_model(demo, model_id)
     with session_scope(demo.resolved_database_url) as s:
@@ -182,7 +190,7 @@ def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(
 
 def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:
-        s.execute(update(Model).values(default_params={"epochs": 500}))
+        s.execute(update(Model).values(default_params={"epochs": 200}))
     model_id, req_id = submit(demo, ["digits-0002", "digits-0003"])
     process_model(demo.model_copy(update={"job_time_limit_seconds": 1.0}), model_id)
     with session_scope(demo.resolved_database_url) as s:
@@ -210,3 +218,66 @@ def test_a_job_fails_saying_so_when_its_dataset_file_changed_since_registration(
             job.error or ""
         )
         assert s.get_one(Model, model_id).latest_version == 1
+
+
+def test_a_request_naming_a_subject_forgets_every_sample_of_that_subject(demo: Settings) -> None:
+    """Identity-level forgetting: the demo's training set re-registered from an .npz that carries a
+    `subject_ids` array (which the worker's loader ignores), then one person is erased by name."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.core.dataset_ids import file_sha256, read_samples
+    from service.core.registry import register_dataset
+    from tests.factories import make_key
+
+    url = demo.resolved_database_url
+    with session_scope(url) as s:
+        model = s.scalars(select(Model)).one()
+        source = Path(s.get_one(Dataset, model.train_dataset_id).uri)
+    with np.load(source, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    n = len(arrays["ids"])
+    people = demo.dataset_dir / "digits-train-people.npz"
+    np.savez(people, **arrays, subject_ids=np.array([f"person-{i % 120}" for i in range(n)]))
+    ids, labels, subjects = read_samples("npz", people)
+    with session_scope(url) as s:
+        ds = register_dataset(
+            s,
+            tenant="default",
+            name="digits-train-people",
+            kind="npz",
+            uri=str(people),
+            sample_ids=ids,
+            labels=labels,
+            actor="test",
+            sha256=file_sha256(people),
+            subject_ids=subjects,
+        )
+        s.execute(update(Model).values(train_dataset_id=ds.id, gates={}))
+        key = make_key(s, scopes=("deletion:write",))
+    theirs = [sid for sid, subj in zip(ids, subjects or [], strict=True) if subj == "person-7"]
+    assert len(theirs) == len(range(7, n, 120)) > 5
+
+    with TestClient(create_app(demo)) as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        r = client.post(
+            "/v1/models/digits/deletion-requests", json={"subject_ids": ["person-7"]}, headers=auth
+        )
+        assert r.status_code == 202, r.text
+        assert process_model(demo, model.id) == "idle"
+        with session_scope(url) as s:
+            req = s.get_one(DeletionRequest, r.json()["id"])
+            assert (req.state, req.model_version, req.sample_ids) == ("completed", 2, theirs)
+            forgotten = s.scalars(
+                select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
+            ).all()
+            assert sorted(forgotten) == sorted(theirs)
+        listed = client.get(
+            "/v1/models/digits/samples", params={"subject_id": "person-7"}, headers=auth
+        ).json()["items"]
+        assert [i["sample_id"] for i in listed] == theirs
+        assert {i["forgotten_in"] for i in listed} == {"v2"}
+        others = client.get(
+            "/v1/models/digits/samples", params={"subject_id": "person-8"}, headers=auth
+        ).json()["items"]
+        assert others and {i["forgotten_in"] for i in others} == {None}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
@@ -10,11 +10,12 @@ from sqlalchemy import select
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
-from service.api.uploads import save_upload
+from service.api.uploads import parse_features, save_upload
 from service.core import events
-from service.core.dataset_ids import file_sha256, read_ids
+from service.core.dataset_ids import file_sha256, read_samples
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
+from service.core.features import check_features
 from service.core.registry import register_dataset
 
 router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
@@ -31,16 +32,27 @@ def dataset_out(d: Dataset) -> DatasetOut:
         uri=d.uri,
         num_samples=d.num_samples,
         sha256=d.sha256,
+        features=d.features,
         created_at=d.created_at,
     )
 
 
-def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path, sha256: str) -> DatasetOut:
-    """Read the IDs (no transaction open: the file may be large), then record it all in one short
-    transaction. `sha256` is the file's as it was hashed: the worker refuses it if it changes."""
-    ids, labels = read_ids(kind, path)
+def _register(
+    session: SessionDep,
+    key: Admin,
+    name: str,
+    kind: str,
+    path: Path,
+    sha256: str,
+    features: dict[str, Any] | None,
+) -> DatasetOut:
+    """Read the IDs (no transaction open: the file may be large) and check the feature declaration
+    against the file's headers, then record it all in one short transaction. `sha256` is the file's as
+    it was hashed: the worker refuses it if it changes."""
+    ids, labels, subjects = read_samples(kind, path)
     if not ids:
         raise Unprocessable("the dataset has no samples")
+    stored_features = check_features(kind, path, features)
     try:
         ds = register_dataset(
             session,
@@ -52,6 +64,8 @@ def _register(session: SessionDep, key: Admin, name: str, kind: str, path: Path,
             labels=labels,
             actor=events.key_actor(key),
             sha256=sha256,
+            features=stored_features,
+            subject_ids=subjects,
         )
     except ValueError as exc:
         raise Unprocessable(str(exc)) from exc
@@ -75,26 +89,35 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
         raise Unprocessable(f"no file at {body.uri}")
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder).
-    return _register(session, key, body.name, body.kind, path, file_sha256(path))
+    features = body.features.model_dump(exclude_none=True) if body.features is not None else None
+    return _register(session, key, body.name, body.kind, path, file_sha256(path), features)
 
 
 @upload_router.post(
     "/v1/datasets/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Upload an .npz dataset (arrays x, y, ids)",
+    summary="Upload an .npz dataset (arrays x, y, ids; optionally subject_ids)",
 )
 def upload_dataset(
     name: Annotated[Name, Form()],
-    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids")],
+    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids and optionally subject_ids")],
     session: SessionDep,
     settings: SettingsDep,
     key: Admin,
+    features: Annotated[
+        str | None,
+        Form(
+            description='JSON: the feature declaration, e.g. {"layout": "HW", "scale": 255} (see '
+            "DatasetCreate.features). Required when x holds integer images."
+        ),
+    ] = None,
 ) -> DatasetOut:
+    declared = parse_features(features)  # refused before the file is copied
     target = settings.dataset_dir / "uploads" / f"{uuid.uuid4().hex}.npz"
     try:
         digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens
-        return _register(session, key, name, "npz", target, digest)
+        return _register(session, key, name, "npz", target, digest, declared)
     except Exception:
         target.unlink(missing_ok=True)
         raise

@@ -22,7 +22,7 @@ router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
     "/v1/models/{model}/deletion-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeletionRequestOut,
-    summary="Ask the model to forget training samples",
+    summary="Ask the model to forget training samples, or everything about named data subjects",
     responses={
         200: {
             "description": "A replay of an earlier Idempotency-Key: the first request",
@@ -47,6 +47,7 @@ def create_deletion_request(
         model=m,
         key=key,
         sample_ids=body.sample_ids,
+        subject_ids=body.subject_ids,
         reference=body.reference,
         max_ids=settings.max_sample_ids,
         idempotency_key=idempotency_key or None,  # an empty header is no key

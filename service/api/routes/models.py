@@ -69,25 +69,34 @@ def list_samples(
     key: RequestReader,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    subject_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$", description="Only this subject's samples"),
+    ] = None,
 ) -> Page[SampleOut]:
     m = get_model(session, key.tenant, model)
     after = decode_cursor(cursor, 1, int)[0] if cursor else -1
-    rows = session.execute(
+    query = (
         select(
             DatasetSample.sample_id,
             DatasetSample.label,
             DatasetSample.position,
             ForgottenSample.version_number,
+            DatasetSample.subject_id,
         )
         .outerjoin(
             ForgottenSample,
             and_(ForgottenSample.model_id == m.id, ForgottenSample.sample_id == DatasetSample.sample_id),
         )
         .where(DatasetSample.dataset_id == m.train_dataset_id, DatasetSample.position > after)
-        .order_by(DatasetSample.position)
-        .limit(limit + 1)
-    ).all()
-    items = [SampleOut(sample_id=r[0], label=r[1], forgotten_in=version_label(r[3])) for r in rows[:limit]]
+    )
+    if subject_id is not None:  # on the (dataset, subject) index
+        query = query.where(DatasetSample.subject_id == subject_id)
+    rows = session.execute(query.order_by(DatasetSample.position).limit(limit + 1)).all()
+    items = [
+        SampleOut(sample_id=r[0], label=r[1], forgotten_in=version_label(r[3]), subject_id=r[4])
+        for r in rows[:limit]
+    ]
     next_cursor = encode_cursor(rows[limit - 1][2]) if len(rows) > limit else None
     return Page[SampleOut](items=items, next_cursor=next_cursor)
 
@@ -98,7 +107,7 @@ def list_samples(
 def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestReader) -> SampleOut:
     m = get_model(session, key.tenant, model)
     row = session.execute(
-        select(DatasetSample.label, ForgottenSample.version_number)
+        select(DatasetSample.label, ForgottenSample.version_number, DatasetSample.subject_id)
         .outerjoin(
             ForgottenSample,
             and_(ForgottenSample.model_id == m.id, ForgottenSample.sample_id == DatasetSample.sample_id),
@@ -107,7 +116,7 @@ def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestRead
     ).first()
     if row is None:
         raise NotFound(f"sample {sample_id!r} is not in the training set of model {model!r}")
-    return SampleOut(sample_id=sample_id, label=row[0], forgotten_in=version_label(row[1]))
+    return SampleOut(sample_id=sample_id, label=row[0], forgotten_in=version_label(row[1]), subject_id=row[2])
 
 
 def _get_version(session: SessionDep, m: Model, version: str) -> ModelVersion:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
@@ -14,7 +14,13 @@ class DeletionRequestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sample_ids: list[SampleId] = Field(
-        ..., min_length=1, description="Training-sample IDs to forget (duplicates are ignored)."
+        default_factory=list,
+        description="Training-sample IDs to forget (duplicates are ignored). This, subject_ids or both.",
+    )
+    subject_ids: list[SampleId] = Field(
+        default_factory=list,
+        description="Data subjects to forget: every training sample the dataset attributes to one of them "
+        "is forgotten (with sample_ids, the union). The request records the samples they stand for.",
     )
     reference: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = Field(
         None, description="Your own reference, e.g. a ticket number; echoed back and kept in the audit trail."
@@ -25,12 +31,21 @@ class DeletionRequestCreate(BaseModel):
         "cancelled; https, with its host and port on the service's allow-list.",
     )
 
+    @model_validator(mode="after")
+    def _names_something(self) -> DeletionRequestCreate:
+        if not self.sample_ids and not self.subject_ids:
+            raise ValueError("name at least one sample in sample_ids or one subject in subject_ids")
+        return self
+
 
 class DeletionRequestOut(BaseModel):
     id: str
     model: str
     state: RequestState
-    sample_count: int = Field(description="Distinct sample IDs in the request.")
+    sample_count: int = Field(
+        description="Distinct sample IDs in the request, the named subjects' samples included."
+    )
+    subject_ids: list[str] = Field(description="The data subjects the request named (empty if none).")
     already_forgotten_count: int = Field(description="IDs already forgotten by an earlier version (no-ops).")
     reference: str | None
     job_id: str | None

@@ -3,11 +3,67 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ]
+
+
+Side = Annotated[int, Field(ge=1, le=4096, strict=True)]
+Number = Annotated[float, Field(strict=True)]  # a JSON number: no strings, no booleans
+Positive = Annotated[float, Field(gt=0, strict=True)]
+
+
+class FeatureDeclaration(BaseModel):
+    """How the stored samples become the tensors a model reads (see README, "Declaring features"):
+    float32, moved to (C, H, W), divided by `scale`, normalised per channel, resized. Checked against the
+    file at registration (rank, dtype, channels); the worker's loader applies it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    type: Literal["image"] = "image"
+    dtype: (
+        Literal[
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "float16",
+            "float32",
+            "float64",
+        ]
+        | None
+    ) = Field(None, description="dtype of the stored array: the file's (filled in from it when left out)")
+    layout: Literal["HW", "HWC", "CHW"] | None = Field(
+        None,
+        description="axes of one stored sample: HW (one channel), HWC or CHW. Required for an .npz; a CSV "
+        "manifest's images are read as CHW already",
+    )
+    scale: Positive | None = Field(
+        None,
+        description="values are divided by it: 255 maps 8-bit pixels to [0, 1]. Required for integer "
+        "arrays; 1 for floats when left out",
+    )
+    mean: list[Number] | None = Field(
+        None, min_length=1, max_length=64, description="per channel, subtracted after scaling"
+    )
+    std: list[Positive] | None = Field(
+        None, min_length=1, max_length=64, description="per channel, divides after subtracting the mean"
+    )
+    size: tuple[Side, Side] | None = Field(None, description="[height, width] to resize every sample to")
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> FeatureDeclaration:
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} value(s) but std has {len(self.std)}: one of each per channel"
+            )
+        return self
 
 
 class DatasetCreate(BaseModel):
@@ -15,11 +71,16 @@ class DatasetCreate(BaseModel):
 
     name: Name
     kind: Literal["npz", "csv_manifest"] = Field(
-        description="npz: arrays x, y, ids. csv_manifest: columns sample_id,path,label "
-        "(paths relative to the CSV)."
+        description="npz: arrays x, y, ids (optionally subject_ids, the data subject of each sample). "
+        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id."
     )
     uri: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")] = Field(
         description="A local path under one of the service's data roots (UNLEARN_DATA_ROOTS)."
+    )
+    features: FeatureDeclaration | None = Field(
+        None,
+        description="How to read the samples. Without one an .npz's x is used as it is (as float32); "
+        "integer images are refused without one.",
     )
 
 
@@ -33,6 +94,11 @@ class DatasetOut(BaseModel):
         description="sha256 of the dataset file at registration (for a CSV manifest: of the manifest "
         "itself); workers refuse to load a file that no longer matches. Null for datasets registered "
         "before hashes were recorded."
+    )
+    features: dict[str, Any] | None = Field(
+        None,
+        description="The feature declaration as stored (dtype filled in from the file, scale defaulted); "
+        "null: the samples are used as they are stored.",
     )
     created_at: datetime
 

@@ -1,0 +1,147 @@
+"""Whether a model can read a dataset's samples, explained in words a product engineer understands.
+
+A registered model is scored on its own datasets before it is accepted. When the samples are not the
+shape the architecture reads (e.g. (28, 28) uint8 pixels for a CNN expecting (1, 28, 28) floats), PyTorch
+fails somewhere inside the first layer with a message about tensors ("expected input[1, 256, 28, 28] to
+have 1 channels"). This module says instead what the model expects, what the data holds, and which feature
+declaration (``models.declarations``) would fix it: first by comparing one sample's shape with
+``model_input_shape`` (where the architecture can tell), then by running the model on one small batch and
+wrapping any failure in the same explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.architectures import model_input_shape
+from models.datasets import SampleDataset, StoredForm
+from models.declarations import describe, fits, suggest
+
+_RAW_SHOWN = 300  # characters of the framework's own message kept in an explanation
+
+
+class InputMismatch(ValueError):
+    """A model cannot read a dataset's samples; the message explains it and names the fix."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """A dataset as the explanation names it: its role ("training set") and its registered name."""
+
+    role: str
+    name: str
+    data: SampleDataset
+
+
+def expected_shape(architecture: str, arch_kwargs: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """One sample's shape the architecture reads, or None where it cannot tell."""
+    try:
+        shape = model_input_shape(architecture, **arch_kwargs)
+    except Exception:  # noqa: BLE001 - an architecture that cannot tell is not an error here
+        return None
+    return tuple(int(d) for d in shape) if shape else None
+
+
+def explain(
+    architecture: str,
+    arch_kwargs: Mapping[str, Any],
+    expected: tuple[int, ...] | None,
+    ds: Role,
+    *,
+    model_error: str | None = None,
+) -> str:
+    """The explanation of a model that cannot read `ds`: what it expects, what the data holds, the fix."""
+    x = ds.data.x
+    got = tuple(int(d) for d in x.shape[1:])
+    stored = ds.data.stored
+    kwargs = {k: v for k, v in arch_kwargs.items() if k != "num_classes"}
+    model = f"the model `{architecture}` with arch_kwargs {describe(kwargs)}"
+    if expected is not None:
+        model += f" expects one sample of shape {expected}"
+    else:
+        model += " cannot read one batch of its data"
+    if stored is not None and stored.features is not None:
+        held = (
+            f"the {ds.role} `{ds.name}` holds samples of shape {stored.sample_shape} ({stored.dtype}), "
+            f"which its declaration {describe(stored.features.to_dict())} makes {got}"
+        )
+    elif stored is not None:
+        held = f"the {ds.role} `{ds.name}` holds samples of shape {stored.sample_shape} ({stored.dtype})"
+    else:
+        held = f"the {ds.role} `{ds.name}` holds samples of shape {got} ({_dtype(x)})"
+    text = f"{model}; {held}."
+    if model_error is not None:
+        raw = model_error if len(model_error) <= _RAW_SHOWN else model_error[:_RAW_SHOWN] + "..."
+        text += f" The model failed on one batch of it ({raw})."
+    text += " " + _fix(stored.sample_shape if stored else got, stored, expected, x)
+    return text
+
+
+def _dtype(x: torch.Tensor) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _fix(
+    sample_shape: tuple[int, ...],
+    stored: StoredForm | None,
+    expected: tuple[int, ...] | None,
+    x: torch.Tensor,
+) -> str:
+    dtype = stored.dtype if stored is not None else _dtype(x)
+    current = stored.features if stored is not None else None
+    if expected is None:
+        return (
+            "Declare `features` (layout, scale, size) at dataset registration so that the samples are what "
+            "the model reads, or register the model with arch_kwargs that fit the data."
+        )
+    proposal = suggest(sample_shape, dtype, expected, current)
+    if proposal is not None:
+        return f"Declare `features: {describe(proposal)}` at dataset registration."
+    return (
+        f"No feature declaration turns samples of shape {tuple(sample_shape)} into {expected}: register "
+        "the model with arch_kwargs that fit the data, or register data of the shape the model reads."
+    )
+
+
+def check_model_reads(
+    model: nn.Module,
+    architecture: str,
+    arch_kwargs: Mapping[str, Any],
+    datasets: Sequence[Role],
+    *,
+    batch: int = 2,
+) -> None:
+    """InputMismatch (explained) unless `model` reads one sample of each dataset: its shape must fit what
+    the architecture says it reads, and one batch must go through the model to (B, classes) logits."""
+    expected = expected_shape(architecture, arch_kwargs)
+    for ds in datasets:
+        got = tuple(int(d) for d in ds.data.x.shape[1:])
+        if expected is not None and not fits(got, expected):
+            raise InputMismatch(explain(architecture, arch_kwargs, expected, ds))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        for ds in datasets:
+            if len(ds.data) == 0:
+                continue
+            xb = ds.data.x[:batch].to(device)
+            try:
+                with torch.no_grad():
+                    out = model(xb)
+            except Exception as exc:  # noqa: BLE001 - the framework's failure becomes the explanation
+                error = f"{type(exc).__name__}: {exc}"
+                raise InputMismatch(
+                    explain(architecture, arch_kwargs, expected, ds, model_error=error)
+                ) from exc
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(xb):
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                error = f"{len(xb)} samples gave output {shape}, not one row of class scores per sample"
+                raise InputMismatch(explain(architecture, arch_kwargs, expected, ds, model_error=error))
+    finally:
+        model.train(was_training)

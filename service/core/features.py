@@ -1,0 +1,108 @@
+"""Checking a dataset's feature declaration against its file at registration, torch-free.
+
+The declaration (``models.declarations``) says how the worker turns the stored samples into the tensors a
+model reads. A declaration that cannot describe the file (a layout of the wrong rank, a dtype the file
+does not have, a mean per channel for the wrong number of channels) is refused here with a 422 that names
+the problem, before anything is stored, instead of failing months later inside a job. So is an array of
+integer images without a declaration: read as they are, 0..255 pixels would reach a model trained on
+[0, 1] and score as noise, or not fit it at all.
+
+Only headers are read: an `.npz`'s `x` shape and dtype come from its `.npy` header (as in
+``service.core.dataset_ids``), a manifest's first image from its `.npy` header or its image header.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from models.declarations import DTYPES, DeclarationError, ImageFeatures, undeclared_problem
+from models.manifests import manifest_root, path_problem
+from service.core.dataset_ids import npy_header, npz_headers
+from service.core.errors import Unprocessable
+
+# A declaration for images a loader already reads as CHW floats (CSV manifests) may only say these.
+_MANIFEST_FIELDS = ("mean", "std", "size")
+
+
+def check_features(kind: str, path: Path, features: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The declaration to store for the dataset file at `path` (the file's dtype filled in, a float's
+    scale defaulted to 1), or a 422 naming why it cannot describe the file. None without a declaration,
+    where the file may be used as it is."""
+    try:
+        decl = None if features is None else ImageFeatures.from_dict(features)
+    except DeclarationError as exc:
+        raise Unprocessable(f"impossible features declaration: {exc}") from exc
+    if kind == "npz":
+        return _npz(path, decl)
+    if kind == "csv_manifest":
+        return _manifest(path, decl)
+    if decl is not None:
+        raise Unprocessable(f"features cannot be declared for {kind} datasets")
+    return None
+
+
+def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
+    x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_samples checked the archive first
+    sample, dtype = tuple(int(d) for d in x_shape[1:]), x_dtype.name
+    if decl is None:
+        problem = undeclared_problem(sample, dtype)
+        if problem is not None:
+            raise Unprocessable(problem, field="features")
+        return None
+    problems = []
+    if decl.layout is None:
+        problems.append('features.layout is required for an .npz: "HW", "HWC" or "CHW" (one sample)')
+    if dtype not in DTYPES:
+        problems.append(f"x is stored as {dtype}; features apply to integer or float arrays")
+    else:
+        problems += decl.problems(sample, dtype)
+    if problems:
+        raise Unprocessable("impossible features declaration: " + "; ".join(problems), field="features")
+    return decl.resolved(dtype).to_dict()
+
+
+def _manifest(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
+    if decl is None:
+        return None
+    fixed = [f"features.{k}" for k in ("layout", "dtype", "scale") if getattr(decl, k) is not None]
+    if fixed:
+        raise Unprocessable(
+            f"impossible features declaration: {', '.join(fixed)} cannot apply to a CSV manifest, whose "
+            f"images are read as (C, H, W) floats in [0, 1]; declare only {', '.join(_MANIFEST_FIELDS)}",
+            field="features",
+        )
+    channels = _manifest_channels(path)
+    if channels is not None:
+        for name, values in (("mean", decl.mean), ("std", decl.std)):
+            if values is not None and len(values) != channels:
+                raise Unprocessable(
+                    f"impossible features declaration: features.{name} has {len(values)} value(s) but the "
+                    f"manifest's images have {channels} channel(s)",
+                    field="features",
+                )
+    return decl.to_dict()
+
+
+def _manifest_channels(path: Path) -> int | None:
+    """Channels of the manifest's first image, from its header (None if it cannot tell: the loader
+    checks again when it reads them all)."""
+    root = manifest_root(path)
+    with open(path, newline="") as fh:
+        row = next(csv.DictReader(fh), None)
+    raw = (row or {}).get("path") or ""
+    if not raw or path_problem(root, raw) is not None:
+        return None
+    image = root / raw
+    try:
+        if image.suffix == ".npy":
+            with open(image, "rb") as fh:
+                shape, _ = npy_header(fh)
+            return 1 if len(shape) == 2 else int(shape[0]) if len(shape) == 3 else None
+        from PIL import Image
+
+        with Image.open(image) as img:  # reads the header only
+            return len(img.getbands())
+    except Exception:  # noqa: BLE001 - unreadable here means: the loader will say why
+        return None
