@@ -1,18 +1,28 @@
-"""Architectures in a registry (name -> factory), as timm registers models.
+"""Architectures: built-ins in a registry (name -> factory), as timm registers models, and the external
+sources of ``models.sources`` (``torchvision:<builder>``, ``timm:<name>``, ``plugin:<name>``).
 
 Every model exposes ``features(x) -> (B, D)`` (penultimate features) and ``head(f) -> (B, K)`` (logits) with
 ``forward(x) == head(features(x))``: the adaptive smoothing rate of UGradSL+ needs the features of the very
-forward pass that produced the logits, so no method ever runs a second pass to get them.
+forward pass that produced the logits, so no method ever runs a second pass to get them. Built-ins implement
+this themselves (``Classifier``); external modules get it from ``models.adapters`` without a second pass and
+without renaming a single ``state_dict`` key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
+
+from models import sources
+from models.adapters import adapt
+from models.sources import positive as _positive
 
 ModelFactory = Callable[..., nn.Module]
 ShapeFn = Callable[..., tuple[int, ...]]
@@ -51,17 +61,118 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a fresh, randomly initialised model. The name and kwargs are kept on the module
-    (``architecture``, ``architecture_kwargs``) so exact retraining can rebuild the same architecture."""
-    model = _entry(name).factory(**kwargs)
+    """Build a fresh, randomly initialised model: a registered name, or ``torchvision:<builder>``,
+    ``timm:<name>``, ``plugin:<name>`` (never with downloaded weights). The name and kwargs are kept on the
+    module (``architecture``, ``architecture_kwargs``) so exact retraining can rebuild the same
+    architecture."""
+    model = _build(name, kwargs)
     model.architecture = name  # type: ignore[assignment]
     model.architecture_kwargs = dict(kwargs)  # type: ignore[assignment]
     return model
 
 
+def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if ":" not in name:
+        return _entry(name).factory(**kwargs)
+    source = sources.parse(name)
+    bad = sorted(sources.WEIGHT_KWARGS & set(kwargs))
+    if bad:
+        raise ValueError(
+            f"{bad} would load pretrained weights; weights come only from the uploaded checkpoint"
+        )
+    return adapt(_external(source, kwargs))
+
+
+def _external(source: sources.Source, kwargs: dict[str, Any]) -> nn.Module:
+    if source.kind == "torchvision":
+        import torchvision.models as tvm
+
+        if source.target not in tvm.list_models(module=tvm):
+            raise KeyError(f"torchvision has no classification model builder {source.target!r}")
+        return tvm.get_model_builder(source.target)(weights=None, **kwargs)
+    if source.kind == "timm":
+        import timm
+
+        if not timm.is_model(source.target):
+            raise KeyError(f"timm has no model {source.target!r}")
+        return timm.create_model(source.target, pretrained=False, **kwargs)
+    found = entry_points(group=sources.ENTRY_POINT_GROUP, name=source.target)
+    if not found:
+        installed = ", ".join(sources.plugin_names()) or "none"
+        raise KeyError(
+            f"no plugin {source.target!r} in the entry-point group {sources.ENTRY_POINT_GROUP!r} "
+            f"(installed: {installed})"
+        )
+    factory = next(iter(found)).load()
+    module = factory(**kwargs)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"plugin {source.target!r} returned {type(module).__name__}, not a torch nn.Module")
+    return module
+
+
 def model_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
-    """Shape of ONE input sample (no batch dimension) for ``build_model(name, **kwargs)``."""
+    """Shape of ONE input sample (no batch dimension) for ``build_model(name, **kwargs)``. Registered
+    names only: an external architecture takes the shape of its registered dataset's samples."""
+    if ":" in name:
+        raise ValueError(f"{name!r} has no declared input shape: it takes its training set's sample shape")
     return _entry(name).input_shape(**kwargs)
+
+
+# ---------------------------------------------------------------- size before allocation
+
+
+class ModelTooLarge(ValueError):
+    """The architecture has more parameters than the service admits."""
+
+
+class _WeightsOnMeta(TorchFunctionMode):
+    """Tensor factories go to the meta device (shape, no memory), except small helper tensors that a builder
+        reads back (torchvision's RegNet widths, Swin's position index: ``arange(...).tolist()``): at most
+        ``_SMALL`` elements each and ``_SMALL_TOTAL`` in all, never an uninitialised ``empty`` (where layers
+        allocate their weights), whatever device the builder names. A builder that needs more real memory than
+    that is refused."""
+
+    _SMALL = 1 << 16
+    _SMALL_TOTAL = 1 << 24  # elements, ~64 MiB in fp32
+    _ALWAYS_META = (torch.empty, torch.empty_strided, torch.empty_like)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = dict(kwargs or {})
+        if func not in _device_constructors():
+            return func(*args, **kwargs)
+        out = func(*args, **{**kwargs, "device": "meta"})  # whatever device was asked for
+        n = out.numel() if isinstance(out, torch.Tensor) else 0
+        if func in self._ALWAYS_META or n > self._SMALL:
+            return out
+        self.real += n
+        if self.real > self._SMALL_TOTAL:
+            raise ModelTooLarge(
+                "its builder allocates too much memory outside its weights to be sized safely"
+            )
+        return func(*args, **kwargs)
+
+
+def parameter_count(name: str, **kwargs: Any) -> int:
+    """Parameters of ``build_model(name, **kwargs)``, counted on a copy built on the meta device: no weight
+    is allocated, however large the model. Raises what the builder raises for bad kwargs."""
+    with _WeightsOnMeta():
+        model = _build(name, kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_size(name: str, kwargs: dict[str, Any], max_params: int) -> int:
+    """The parameter count, or ModelTooLarge (with the count and the limit) above ``max_params``."""
+    count = parameter_count(name, **kwargs)
+    if count > max_params:
+        raise ModelTooLarge(
+            f"{name} has {count:,} parameters; this service admits at most {max_params:,} "
+            "(UNLEARN_MAX_PARAMS)"
+        )
+    return count
 
 
 class Classifier(nn.Module):
@@ -79,12 +190,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------- mlp

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.core import events, jobs
-from service.core.db.tables import DeletionRequest, Job, Model, utcnow
+from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, utcnow
 from service.core.states import PENDING, JobPhase, JobState, ModelStatus, RequestState, WebhookState
 from workers import leases
 
-MAX_ATTEMPTS = 3  # a job whose worker dies this often is failed instead of resumed forever
+MAX_ATTEMPTS = 3  # a job (or a validation) whose worker dies this often is failed, not retried forever
 MAX_REQUESTS_PER_JOB = 1000  # coalescing bound: one job's bookkeeping stays one small transaction
 
 
@@ -120,3 +120,17 @@ def stale_webhooks(session: Session, older_than_s: float = 600) -> list[str]:
 
 def models_validating(session: Session) -> list[str]:
     return list(session.scalars(select(Model.id).where(Model.status == ModelStatus.VALIDATING)))
+
+
+def validation_attempts(session: Session, model: Model) -> int:
+    """How many times a worker has started validating the model (its `model.validation_started` events)."""
+    return (
+        session.scalar(
+            select(func.count(AuditEvent.id)).where(
+                AuditEvent.tenant == model.tenant,
+                AuditEvent.entity_id == model.id,
+                AuditEvent.action == events.VALIDATION_STARTED,
+            )
+        )
+        or 0
+    )

@@ -7,16 +7,23 @@ worker's heartbeat row shows it has gone silent.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.orm import Session
 
+from service.core.db.engine import session_scope
 from service.core.db.tables import Model, utcnow
 from service.core.liveness import owner_is_silent
+
+log = logging.getLogger(__name__)
 
 
 def worker_identity() -> str:
@@ -62,3 +69,27 @@ def release(session: Session, model_id: str, owner: str) -> None:
         .where(Model.id == model_id, Model.lease_owner == owner)
         .values(lease_owner=None, lease_expires_at=None)
     )
+
+
+@contextmanager
+def kept(url: str, model_id: str, owner: str, seconds: float, interval: float) -> Iterator[None]:
+    """Renew our lease every `interval` seconds while the block runs, so long work (validating a large
+    model) keeps it and is not taken over, and counted again, while its worker is alive."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with session_scope(url) as s:
+                    if not renew(s, model_id, owner, seconds):
+                        return
+            except Exception:  # noqa: BLE001 - a database blip must not end the work; the next beat retries
+                log.warning("renewing the lease on model %s failed; retrying", model_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"lease-{model_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 30)

@@ -163,7 +163,9 @@ def publish(
         model.cpu(),
         path,
         architecture=ctx.architecture,
-        kwargs=ctx.arch_kwargs,
+        # num_classes in the kwargs too, so `load_checkpoint` rebuilds it alone: a builder's default
+        # (10 for the built-ins, 1000 for torchvision and timm) is not the model's.
+        kwargs={"num_classes": ctx.num_classes, **ctx.arch_kwargs},
         num_classes=ctx.num_classes,
         extra={"version": ctx.base_version + 1, "job_id": ctx.job_id},
     )

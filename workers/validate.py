@@ -1,5 +1,9 @@
-"""Validating a registered model: build the architecture, load the uploaded weights strictly, and measure
-v1 on its own data. Only then does the model accept deletion requests."""
+"""Validating a registered model: size it on the meta device (nothing allocated), build it, load the
+uploaded weights strictly, check its features/head contract on training samples, and measure v1 on its
+own data. Only then does the model accept deletion requests.
+
+A worker that dies while validating (killed for memory) leaves its `model.validation_started` event behind;
+after `MAX_ATTEMPTS` of them the model is `invalid` instead of validated, and killed, forever."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from typing import Any
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from models.architectures import build_model
+from models.adapters import check_contract
+from models.architectures import build_model, check_size
 from models.calibration import held_out
 from models.checkpoints import load_weights
 from models.datasets import SampleDataset
@@ -21,7 +27,8 @@ from service.core.db.tables import Dataset, Model, ModelVersion
 from service.core.liveness import takeover_seconds
 from service.core.settings import Settings
 from service.core.states import ModelStatus
-from workers import leases
+from workers import failpoints, leases
+from workers.claims import MAX_ATTEMPTS, validation_attempts
 from workers.datasets import DatasetRef, load_registered
 from workers.device import resolve_device
 
@@ -43,21 +50,40 @@ def validate_model(settings: Settings, model_id: str) -> str:
         ):
             return "busy"
     try:
-        return _validate(settings, model_id)
+        with leases.kept(url, model_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
+            return _validate(settings, model_id, owner)
     finally:
         with session_scope(url) as s:
             leases.release(s, model_id, owner)
 
 
-def _validate(settings: Settings, model_id: str) -> str:
+def _finish(s: Session, m: Model, status: str, detail: str | None, metrics: dict[str, Any]) -> None:
+    m.status, m.status_detail = status, detail
+    v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
+    assert v1 is not None
+    v1.metrics = metrics
+    events.model_validated(s, m, detail=detail, metrics=metrics)
+    log.info("model %s validated: %s %s", m.id, status, detail or "")
+
+
+def _validate(settings: Settings, model_id: str, owner: str) -> str:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         m = s.get(Model, model_id)
         if m is None or m.status != ModelStatus.VALIDATING:
             return "nothing to do"
+        attempts = validation_attempts(s, m)
+        if attempts >= MAX_ATTEMPTS:  # its worker died every time (e.g. killed for memory): stop trying
+            gave_up = (
+                f"gave up validating after {attempts} attempts: the worker died each time "
+                "(e.g. killed for memory); register it again once that is fixed"
+            )
+            _finish(s, m, ModelStatus.INVALID, gave_up, {})
+            return ModelStatus.INVALID
+        events.model_validation_started(s, m, attempt=attempts + 1)
         v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
         assert v1 is not None
-        arch, kwargs, k = m.architecture, dict(m.arch_kwargs), m.num_classes
+        arch, kwargs = m.architecture, {"num_classes": m.num_classes, **m.arch_kwargs}
         train = s.get_one(Dataset, m.train_dataset_id)
         test = s.get_one(Dataset, m.test_dataset_id)
         heldout = s.get(Dataset, m.heldout_dataset_id) if m.heldout_dataset_id else None
@@ -65,9 +91,12 @@ def _validate(settings: Settings, model_id: str) -> str:
         names = [d.name for d in (train, test)]
         heldout_source = (DatasetRef.of(heldout), heldout.name) if heldout else None
         uri, sha256 = v1.checkpoint_uri, v1.sha256
+    failpoints.hit("validate.started")
+    detail: str | None = None
     try:
+        check_size(arch, kwargs, settings.max_params)  # on the meta device: refused before any allocation
         device = resolve_device(settings.device)
-        model = build_model(arch, **{"num_classes": k, **kwargs})
+        model = build_model(arch, **kwargs)
         load_weights(model, uri, sha256=sha256, device=device)
         model.to(device)
         train_ds, test_ds = (load_registered(src) for src in sources)
@@ -83,19 +112,19 @@ def _validate(settings: Settings, model_id: str) -> str:
         if heldout_source is not None:
             heldout_ds = load_registered(heldout_source[0])
             check_model_reads(model, arch, kwargs, [Role("held-out set", heldout_source[1], heldout_ds)])
+        # features/head on the training set's own samples: the same inputs every job will feed it.
+        check_contract(model, train_ds.x[:2].to(device), kwargs["num_classes"])
         # Scored on what every job scores on: the part of the held-out data no method reads.
         metrics = v1_metrics(model, train_ds, held_out(test_ds, heldout_ds).scoring)
-        status, detail = ModelStatus.READY, None
+        status = ModelStatus.READY
     except InputMismatch as exc:  # already in the registrant's words
         status, detail, metrics = ModelStatus.INVALID, str(exc), {}
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
         status, detail, metrics = ModelStatus.INVALID, f"{type(exc).__name__}: {exc}", {}
     with session_scope(url) as s:
         m = s.get_one(Model, model_id)
-        m.status, m.status_detail = status, detail
-        v1 = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == 1))
-        assert v1 is not None
-        v1.metrics = metrics
-        events.model_validated(s, m, detail=detail, metrics=metrics)
-    log.info("model %s validated: %s %s", model_id, status, detail or "")
+        if m.status != ModelStatus.VALIDATING or m.lease_owner != owner:
+            log.warning("model %s: lease lost while validating; another worker decides", model_id)
+            return "lease lost"
+        _finish(s, m, status, detail, metrics)
     return status

@@ -192,6 +192,15 @@ def model_updated(session: Session, m: Model, *, changes: dict[str, Any], actor:
     return _model(session, m, "updated", actor, changes)
 
 
+VALIDATION_STARTED = "model.validation_started"
+
+
+def model_validation_started(session: Session, m: Model, *, attempt: int) -> AuditEvent:
+    """A worker took the model's lease and began checking its checkpoint. These events are also the count
+    of attempts: a worker that dies while validating (killed for memory) leaves one behind each time."""
+    return _model(session, m, "validation_started", WORKER, {"attempt": attempt})
+
+
 def model_validated(session: Session, m: Model, *, detail: str | None, metrics: dict[str, Any]) -> AuditEvent:
     """`model.ready` or `model.invalid`: the outcome of checking a registered checkpoint."""
     assert m.status in (ModelStatus.READY, ModelStatus.INVALID)

@@ -52,6 +52,44 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
             raise Unprocessable(f"method {method!r}: {exc}") from exc
 
 
+def check_architecture(
+    architecture: str, arch_kwargs: dict[str, Any], num_classes: int, max_params: int
+) -> None:
+    """What can be known of an architecture without torch: its source is one the service knows (a plugin
+    must be installed: entry points are package metadata, read without importing the plugin), no kwarg
+    asks for downloaded weights, and a built-in's exact size is within `max_params`. The size of a
+    torchvision, timm or plugin model needs its builder, i.e. torch: the worker checks it on the meta
+    device before allocating anything."""
+    from models import sources  # torch-free by contract (tested)
+
+    def refuse(msg: str, field: str) -> Unprocessable:
+        return Unprocessable(msg, errors=[{"loc": ["spec", field], "msg": msg, "type": "value_error"}])
+
+    try:
+        source = sources.parse(architecture)
+    except ValueError as exc:
+        raise refuse(str(exc), "architecture") from exc
+    if source.kind == "plugin" and source.target not in (installed := sources.plugin_names()):
+        msg = (
+            f"no architecture plugin {source.target!r} is installed (entry-point group "
+            f"{sources.ENTRY_POINT_GROUP!r}; installed: {', '.join(installed) or 'none'})"
+        )
+        raise refuse(msg, "architecture")
+    try:
+        sources.check_kwargs(arch_kwargs, num_classes)
+        if source.external:
+            return
+        count = sources.builtin_parameter_count(source.target, **{"num_classes": num_classes, **arch_kwargs})
+    except (TypeError, ValueError) as exc:
+        raise refuse(f"arch_kwargs for {architecture}: {exc}", "arch_kwargs") from exc
+    if count > max_params:
+        raise refuse(
+            f"{architecture} with these arch_kwargs has {count:,} parameters; this service admits at most "
+            f"{max_params:,} (UNLEARN_MAX_PARAMS)",
+            "arch_kwargs",
+        )
+
+
 def check_time_limit(seconds: int | None, service_limit_s: float) -> None:
     """A model may ask for a shorter job time limit than the service's, never a longer one."""
     if seconds is not None and seconds > service_limit_s:

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         512 * 1024**2, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
     )
 
+    # The most parameters a registered model may have. Built-ins are sized at registration (a 422); the
+    # others by the worker, on the meta device, before any weight is allocated (the model is `invalid`).
+    # 100M admits ResNet-50 (26M) and ViT-B/16 (87M); it also keeps a checkpoint under the upload limit.
+    max_params: int = Field(100_000_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_PARAMS"))
+
     # Writes (POST/PUT/PATCH/DELETE under /v1) per API key: a token bucket refilled at this many per
     # second up to the burst; over it -> 429 with Retry-After. Shared through Redis when the broker is
     # Redis, per process otherwise. 0 turns the limit off.

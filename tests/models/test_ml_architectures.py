@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from models.architectures import build_model, list_models, model_input_shape
+from models.sources import builtin_parameter_count
 
 CASES = {
     "mlp": [{}, {"in_features": 784, "hidden": (32, 16), "num_classes": 3}, {"hidden": ()}],
@@ -54,3 +55,30 @@ def test_bad_architecture_kwargs_are_rejected(name: str, kwargs: dict, exc: type
 def test_build_model_remembers_its_architecture() -> None:
     model = build_model("mlp", hidden=(8,))
     assert model.architecture == "mlp" and model.architecture_kwargs == {"hidden": (8,)}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [(n, kw) for n, kws in CASES.items() for kw in kws]
+    + [("small_cnn", {"in_channels": 3, "image_size": 32}), ("resnet18_cifar", {"in_channels": 7})],
+)
+def test_the_torch_free_size_of_a_built_in_is_its_exact_parameter_count(name: str, kwargs: dict) -> None:
+    built = sum(p.numel() for p in build_model(name, **kwargs).parameters())
+    assert builtin_parameter_count(name, **kwargs) == built
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "exc"),
+    [
+        ("mlp", {"hiddn": (3,)}, TypeError),
+        ("mlp", {"hidden": "256"}, ValueError),
+        ("mlp", {"hidden": [0]}, ValueError),
+        ("small_cnn", {"image_size": 10}, ValueError),
+        ("resnet18_cifar", {"in_channels": True}, ValueError),
+    ],
+)
+def test_the_torch_free_size_refuses_what_the_builder_refuses(name: str, kwargs: dict, exc: type) -> None:
+    with pytest.raises(exc):
+        builtin_parameter_count(name, **kwargs)
+    with pytest.raises(exc):
+        build_model(name, **kwargs)

@@ -23,7 +23,13 @@ from service.core import events
 from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion
 from service.core.errors import Conflict, NotFound, Unprocessable
 from service.core.lookups import get_model, version_label
-from service.core.model_specs import check_labels, check_methods, check_time_limit, registered_dataset
+from service.core.model_specs import (
+    check_architecture,
+    check_labels,
+    check_methods,
+    check_time_limit,
+    registered_dataset,
+)
 from service.core.queue import send_validate_model
 from service.core.registry import is_model_name_clash, register_model, update_policy
 from service.core.states import ModelStatus
@@ -172,12 +178,17 @@ def register_model_route(
     """Answers 202: a worker then loads the checkpoint into the architecture and measures v1; the model
     accepts deletion requests once its status is `ready` (or shows why it is `invalid`).
 
+    An architecture the service does not know, kwargs asking for pretrained weights, or a built-in above
+    UNLEARN_MAX_PARAMS is a 422 here. A torchvision, timm or plugin model is sized by the worker on the
+    meta device before anything is allocated; above the limit it becomes `invalid`, saying its size.
+
     The checkpoint (up to UNLEARN_MAX_UPLOAD_BYTES) is copied and hashed with no transaction open: on
     SQLite every transaction holds the database's write lock, so copying inside one stalled every other
     writer for as long as the copy took. The checks run once before the copy (to refuse early) and again
     in the one short transaction that records the model; a registration that still loses a race for
     the name (PostgreSQL's unique index) is a 409 like any other duplicate."""
     body = parse_model_spec(spec)
+    check_architecture(body.architecture, body.arch_kwargs, body.num_classes, settings.max_params)
     check_methods(body.default_method, body.default_params, body.fallback_methods)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     _check_registrable(session, key.tenant, body)

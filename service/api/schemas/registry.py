@@ -141,8 +141,16 @@ class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    architecture: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    architecture: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
+        description="a built-in (`mlp`, `small_cnn`, `resnet18_cifar`), `torchvision:<builder>` (e.g. "
+        "`torchvision:resnet18`), `timm:<name>` (e.g. `timm:resnet10t`) or `plugin:<name>` (an "
+        "architecture the operator installed in the entry-point group `unlearn.architectures`); "
+        "built with no pretrained weights: the weights are the uploaded checkpoint"
+    )
+    arch_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the builder (besides num_classes, which is passed for you)",
+    )
     num_classes: int = Field(ge=2, le=100_000)
     train_dataset: str = Field(description="id of a registered dataset")
     test_dataset: str = Field(description="id of a registered dataset")

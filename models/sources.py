@@ -1,0 +1,153 @@
+"""Where an architecture comes from, read from its name, and the exact size of the built-in ones.
+
+This module must not import torch, even indirectly: the API checks a registration with it in a process that
+never loads torch (like ``models.unlearning.params``). Everything that needs torch (building, the meta-device
+size check, the features/head adapter) lives in ``models.architectures`` and ``models.adapters``.
+
+An ``architecture`` is one of:
+
+- a built-in name (``mlp``, ``small_cnn``, ``resnet18_cifar``);
+- ``torchvision:<builder>``: any classification builder of ``torchvision.models``, built with
+  ``weights=None``;
+- ``timm:<name>``: ``timm.create_model(name, pretrained=False, ...)``;
+- ``plugin:<name>``: a factory the operator installed as an entry point in the group
+  ``unlearn.architectures`` (``name -> callable(num_classes=..., **kwargs) -> nn.Module``).
+
+Code never comes from an upload: only from torchvision, timm, or packages the operator installed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ENTRY_POINT_GROUP = "unlearn.architectures"
+BUILTINS = ("mlp", "small_cnn", "resnet18_cifar")
+EXTERNAL = ("torchvision", "timm", "plugin")
+
+# kwargs that would fetch or read weights instead of building a fresh module: weights arrive only as the
+# uploaded checkpoint, and nothing is downloaded at run time.
+WEIGHT_KWARGS = frozenset(
+    {
+        "weights",
+        "weights_backbone",
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "pretrained_strict",
+        "checkpoint_path",
+        "cache_dir",
+    }
+)
+
+# A builder or entry-point name: a Python identifier with dots allowed for timm's tags (`resnet50.a1_in1k`).
+# No `:` or `/`, so a name can never become `hf-hub:...` or a path that timm would fetch or read.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)?$")
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "builtin", "torchvision", "timm" or "plugin"
+    target: str  # the built-in name, builder, timm model or entry-point name
+
+    @property
+    def external(self) -> bool:
+        return self.kind != "builtin"
+
+
+def parse(architecture: str) -> Source:
+    """`mlp` -> builtin; `torchvision:resnet18` -> torchvision. ValueError naming what is wrong."""
+    if ":" not in architecture:
+        if architecture not in BUILTINS:
+            raise ValueError(
+                f"unknown architecture {architecture!r}: a built-in ({', '.join(BUILTINS)}) or "
+                f"{', '.join(f'{k}:<name>' for k in EXTERNAL)}"
+            )
+        return Source("builtin", architecture)
+    kind, _, target = architecture.partition(":")
+    if kind not in EXTERNAL:
+        raise ValueError(
+            f"unknown architecture source {kind!r} in {architecture!r}; known: {', '.join(EXTERNAL)}"
+        )
+    if not _NAME.match(target):
+        raise ValueError(f"{architecture!r}: {target!r} is not a {kind} model name")
+    return Source(kind, target)
+
+
+def check_kwargs(kwargs: dict[str, Any], num_classes: int) -> None:
+    """Refuse kwargs that ask for downloaded or file weights, and an arch_kwargs num_classes other than the
+    spec's (the builder gets the spec's)."""
+    if kwargs.get("num_classes", num_classes) != num_classes:
+        raise ValueError(
+            f"arch_kwargs.num_classes {kwargs['num_classes']!r} differs from num_classes {num_classes}"
+        )
+    bad = sorted(WEIGHT_KWARGS & set(kwargs))
+    if bad:
+        raise ValueError(
+            f"arch_kwargs {bad} would load pretrained weights; weights come only from the uploaded checkpoint"
+        )
+
+
+def plugin_names() -> list[str]:
+    """Entry points installed in the group (read from package metadata: no plugin code is imported)."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- built-in sizes, without building
+# Each mirrors its factory's signature in models.architectures (an unknown kwarg is a TypeError here too);
+# tests/models/test_ml_architectures.py checks every formula against the built module's parameter count.
+
+
+def _mlp(in_features: int = 64, num_classes: int = 10, hidden: Sequence[int] = (256,)) -> int:
+    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
+    widths = [positive("in_features", in_features), *(positive("hidden", h) for h in hidden)]
+    widths.append(positive("num_classes", num_classes))
+    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def _small_cnn(in_channels: int = 1, image_size: int = 8, num_classes: int = 10) -> int:
+    c, s, k = (
+        positive("in_channels", in_channels),
+        positive("image_size", image_size),
+        positive("num_classes", num_classes),
+    )
+    if s % 4:
+        raise ValueError(f"image_size must be divisible by 4 (e.g. 8 or 28), got {s}")
+    return (c * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * (s // 4) ** 2 * 128 + 128) + (128 * k + k)
+
+
+def _resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> int:
+    c, k = positive("in_channels", in_channels), positive("num_classes", num_classes)
+    total = c * 64 * 9 + 2 * 64  # stem conv (no bias) and its BatchNorm
+    c_in = 64
+    for c_out, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        for cin, s in ((c_in, stride), (c_out, 1)):
+            total += cin * c_out * 9 + 2 * c_out + c_out * c_out * 9 + 2 * c_out
+            if s != 1 or cin != c_out:
+                total += cin * c_out + 2 * c_out  # 1x1 shortcut and its BatchNorm
+        c_in = c_out
+    return total + 512 * k + k
+
+
+_BUILTIN_SIZES: dict[str, Callable[..., int]] = {
+    "mlp": _mlp,
+    "small_cnn": _small_cnn,
+    "resnet18_cifar": _resnet18_cifar,
+}
+
+
+def builtin_parameter_count(name: str, **kwargs: Any) -> int:
+    """The exact number of parameters ``build_model(name, **kwargs)`` would allocate, computed without
+    torch. TypeError for a kwarg the built-in does not take, ValueError for a bad value."""
+    return _BUILTIN_SIZES[name](**kwargs)
