@@ -13,6 +13,7 @@ and noise), so nothing is downloaded. About a minute on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,36 +21,13 @@ import torch
 import torchvision
 from safetensors.torch import save_model
 
-CLASSES = ("horizontal", "vertical", "disc", "diagonal")
-
-
-def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n uint8 images (n, 32, 32, 3) and their labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    masks = (
-        (yy // 4) % 2 == 0,
-        (xx // 4) % 2 == 0,
-        (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 100,
-        np.abs(yy - xx) < 5,
-    )
-    labels = rng.integers(0, len(CLASSES), n)
-    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        img = np.where(masks[label][..., None], fg, bg) + rng.normal(0, 40, (32, 32, 3))
-        out[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return out, labels.astype(np.int64)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.shapes import CLASSES, as_model_input, images  # noqa: E402
 
 
 def save_npz(path: Path, x: np.ndarray, y: np.ndarray, offset: int) -> None:
     ids = np.array([f"shape-{offset + i:05d}" for i in range(len(y))])
     np.savez(path, x=x, y=y, ids=ids)
-
-
-def as_model_input(x: np.ndarray) -> torch.Tensor:
-    """What the service's loader makes of it with the declaration {"layout": "HWC", "scale": 255}."""
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
 
 
 def main() -> None:
