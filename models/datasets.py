@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import batches
+from models.batches import Inputs
 from models.declarations import DeclarationError, ImageFeatures
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
 
@@ -36,16 +38,23 @@ class StoredForm:
 
 @dataclass
 class SampleDataset:
-    x: torch.Tensor  # (N, ...) float32
+    """``x``: (N, ...) float32, or a dict of (N, ...) tensors kept in their own dtypes (a text set's
+    ``input_ids`` and ``attention_mask``, int64); code reads it through ``models.batches``."""
+
+    x: Inputs
     y: torch.Tensor  # (N,) int64
     ids: list[str]
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
     stored: StoredForm | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not (len(self.x) == len(self.y) == len(self.ids)):
-            raise ValueError(f"x, y and ids differ in length: {len(self.x)}, {len(self.y)}, {len(self.ids)}")
-        self.x = self.x.float()
+        n = batches.check(self.x)
+        if not (n == len(self.y) == len(self.ids)):
+            raise ValueError(f"x, y and ids differ in length: {n}, {len(self.y)}, {len(self.ids)}")
+        if isinstance(self.x, torch.Tensor):
+            self.x = self.x.float()
+        else:
+            self.x = dict(self.x)  # a copy: the caller's dict is not shared
         self.y = self.y.long()
 
     def __len__(self) -> int:
@@ -74,7 +83,7 @@ class SampleDataset:
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> SampleDataset:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        return SampleDataset(self.x[idx], self.y[idx], [self.ids[i] for i in idx.tolist()])
+        return SampleDataset(batches.take(self.x, idx), self.y[idx], [self.ids[i] for i in idx.tolist()])
 
     def split_by_ids(self, forget_ids: Sequence[str]) -> tuple[SampleDataset, SampleDataset]:
         """(forget, retain): the rows named by ``forget_ids`` and all the others, in dataset order."""
@@ -111,6 +120,8 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[Sample
 
 def save_npz(ds: SampleDataset, path: str | Path) -> None:
     """Arrays ``x`` (float32), ``y`` (int64) and ``ids`` (unicode, so loading needs no pickle)."""
+    if not isinstance(ds.x, torch.Tensor):
+        raise ValueError("save_npz stores one array x; this dataset's inputs are a dict of tensors")
     np.savez(path, x=ds.x.cpu().numpy(), y=ds.y.cpu().numpy(), ids=np.asarray(ds.ids, dtype=np.str_))
 
 
@@ -252,8 +263,9 @@ def load_csv_manifest(path: str | Path, features: Features = None) -> SampleData
         raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
-    stored = StoredForm(tuple(x.shape[1:]), "float32", declaration(features))
-    return SampleDataset(_post_only(x, stored.features), y, [r["sample_id"] for _, r in rows], stored=stored)
+    decl = declaration(features)
+    stored = StoredForm(tuple(x.shape[1:]), "float32", decl)
+    return SampleDataset(_post_only(x, decl), y, [r["sample_id"] for _, r in rows], stored=stored)
 
 
 def _post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:
@@ -353,5 +365,6 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
     decl = declaration(features)
     if decl is None:
         return ds
+    assert isinstance(ds.x, torch.Tensor)  # the built-in sources are images
     stored = StoredForm(tuple(ds.x.shape[1:]), "float32", decl)
     return SampleDataset(_post_only(ds.x, decl), ds.y, ds.ids, stored=stored)
