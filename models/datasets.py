@@ -20,10 +20,10 @@ import torch
 
 from models import batches
 from models.batches import Inputs
-from models.declarations import DeclarationError, ImageFeatures
+from models.declarations import TEXT_KINDS, DeclarationError, ImageFeatures, TextFeatures, is_text
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
 
-Features = ImageFeatures | dict[str, Any] | None
+Features = ImageFeatures | TextFeatures | dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class StoredForm:
 
     sample_shape: tuple[int, ...]
     dtype: str
-    features: ImageFeatures | None = None  # the declaration that was applied (None: legacy)
+    features: ImageFeatures | TextFeatures | None = None  # the declaration applied (None: legacy)
 
 
 @dataclass
@@ -145,9 +145,15 @@ def load_npz(path: str | Path, features: Features = None) -> SampleDataset:
 
 
 def declaration(features: Features) -> ImageFeatures | None:
-    """A declaration as stored (a dict) or parsed; DeclarationError if it cannot be parsed."""
+    """An image declaration as stored (a dict) or parsed; DeclarationError if it cannot be parsed (or
+    declares text: a text declaration applies to text datasets only)."""
     if features is None or isinstance(features, ImageFeatures):
         return features
+    if is_text(features):
+        raise DeclarationError(
+            f"a text declaration applies to text datasets ({', '.join(TEXT_KINDS)}), not to image data"
+        )
+    assert not isinstance(features, TextFeatures)
     return ImageFeatures.from_dict(features)
 
 
@@ -302,6 +308,38 @@ def load_torchvision(name: str, root: str | Path, split: str = "train") -> Sampl
     return SampleDataset(x, y, [f"{name.lower()}-{split}-{i:05d}" for i in range(len(y))])
 
 
+# ---------------------------------------------------------------- text (jsonl, text_csv)
+
+
+def load_text(kind: str, path: str | Path, features: Features) -> SampleDataset:
+    """A ``jsonl`` or ``text_csv`` file (``models.text``) tokenized as its text declaration says: ``x`` is
+    ``{"input_ids", "attention_mask"}``, int64 (N, max_length), padded and truncated to max_length."""
+    from models import text
+
+    if features is None:
+        raise DeclarationError(
+            f"a {kind} dataset needs a text declaration: features {{type: text, tokenizer: <path of a "
+            "tokenizer.json>, max_length: 128}}"
+        )
+    decl = features if isinstance(features, TextFeatures) else None
+    if decl is None:
+        if isinstance(features, ImageFeatures) or not is_text(features):
+            raise DeclarationError(f"a {kind} dataset needs a text declaration (features.type 'text')")
+        assert isinstance(features, dict)
+        decl = TextFeatures.from_dict(features)
+    records = text.read_records(kind, path)
+    tok = text.load_tokenizer(decl)
+    ids, mask = text.encode(tok, [r.text for r in records])
+    n = len(records)
+    x = {
+        "input_ids": torch.tensor(ids, dtype=torch.long).reshape(n, decl.max_length),
+        "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(n, decl.max_length),
+    }
+    y = torch.tensor([r.label for r in records], dtype=torch.long)
+    stored = StoredForm((decl.max_length,), "text", decl)
+    return SampleDataset(x, y, [r.sample_id for r in records], stored=stored)
+
+
 # ---------------------------------------------------------------- dispatch
 
 
@@ -349,6 +387,7 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
     - ``fashion_mnist``: ``ROOT[:train|:test]`` (folder with the IDX files; empty ROOT = the Debian path).
     - ``torchvision``: ``NAME:ROOT[:train|:test]``, e.g. ``FashionMNIST:/data:test`` (never downloads).
     - ``digits``: ``:train`` / ``:test`` (scikit-learn's digits, the split of ``load_digits_split()``).
+    - ``jsonl`` / ``text_csv``: path to a text file (``models.text``); needs a text declaration.
 
     ``features`` is the dataset's declaration (``models.declarations``; None: the legacy behaviour). The
     built-in image sources are already float CHW in [0, 1]: for them it may only normalise and resize.
@@ -357,10 +396,13 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
         return load_npz(uri, features)
     if kind == "csv_manifest":
         return load_csv_manifest(uri, features)
+    if kind in TEXT_KINDS:
+        return load_text(kind, uri, features)
     try:
         loader = _LOADERS[kind]
     except KeyError:
-        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_LOADERS))}") from None
+        known = ", ".join(sorted([*_LOADERS, *TEXT_KINDS]))
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {known}") from None
     ds = loader(uri)
     decl = declaration(features)
     if decl is None:

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from service.api.schemas.registry import FeatureDeclaration, ModelCreate
+from service.api.schemas.registry import Features, ModelCreate
 from service.core.errors import Unprocessable
 from service.core.model_specs import check_safetensors
+
+_FEATURES: TypeAdapter[Any] = TypeAdapter(Features)
 
 
 def _no_constants(name: str) -> Any:
@@ -35,14 +37,22 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
     try:
-        decl = FeatureDeclaration.model_validate(json.loads(raw, parse_constant=_no_constants))
+        decl = _FEATURES.validate_python(json.loads(raw, parse_constant=_no_constants))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
-        errors = [{"loc": ["features", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [
+            {"loc": ["features", *_untagged(e["loc"])], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
         said = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise Unprocessable(f"impossible features declaration: {said}", errors=errors) from exc
     return decl.model_dump(exclude_none=True)
+
+
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location without the union member's tag (`image.layout` -> `layout`)."""
+    return loc[1:] if loc and loc[0] in ("image", "text") else loc
 
 
 def save_upload(upload: UploadFile, path: Path) -> str:
