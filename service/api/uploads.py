@@ -50,6 +50,34 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
     return decl.model_dump(exclude_none=True)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a transformers config.json is a few kilobytes
+
+
+def with_uploaded_config(body: ModelCreate, upload: UploadFile) -> ModelCreate:
+    """The spec with an uploaded `config` file (a transformers config.json) as `arch_kwargs.config`;
+    a 422 unless the architecture is `hf:` and the spec does not carry a config already."""
+    if not body.architecture.startswith("hf:"):
+        raise Unprocessable(
+            f"a `config` file applies to hf: architectures, not {body.architecture}", field="config"
+        )
+    if "config" in body.arch_kwargs:
+        raise Unprocessable(
+            "give the config once: as the `config` file or as arch_kwargs.config", field="config"
+        )
+    raw = upload.file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise Unprocessable(f"the `config` file is larger than {MAX_CONFIG_BYTES} bytes", field="config")
+    try:
+        config = json.loads(raw, parse_constant=_no_constants)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise Unprocessable(
+            f"`config` is not valid JSON: {type(exc).__name__}: {exc}", field="config"
+        ) from exc
+    if not isinstance(config, dict):
+        raise Unprocessable("`config` must be a JSON object (a config.json)", field="config")
+    return body.model_copy(update={"arch_kwargs": {**body.arch_kwargs, "config": config}})
+
+
 def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """An error's location without the union member's tag (`image.layout` -> `layout`)."""
     return loc[1:] if loc and loc[0] in ("image", "text") else loc

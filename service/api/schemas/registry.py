@@ -183,9 +183,11 @@ class ModelCreate(BaseModel):
     name: Name
     architecture: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
         description="a built-in (`mlp`, `small_cnn`, `resnet18_cifar`), `torchvision:<builder>` (e.g. "
-        "`torchvision:resnet18`), `timm:<name>` (e.g. `timm:resnet10t`) or `plugin:<name>` (an "
-        "architecture the operator installed in the entry-point group `unlearn.architectures`); "
-        "built with no pretrained weights: the weights are the uploaded checkpoint"
+        "`torchvision:resnet18`), `timm:<name>` (e.g. `timm:resnet10t`), `plugin:<name>` (an "
+        "architecture the operator installed in the entry-point group `unlearn.architectures`) or "
+        "`hf:sequence-classification` (a transformers model built from its config.json: "
+        "`arch_kwargs.config` or the `config` file); built with no pretrained weights: the weights are "
+        "the uploaded checkpoint"
     )
     arch_kwargs: dict[str, Any] = Field(
         default_factory=dict,
