@@ -60,6 +60,10 @@ def find_classifier(module: nn.Module) -> str:
     return linears[-1]
 
 
+class NotAdaptable(ValueError):
+    """The module's classifier is not a last step on (B, D) features: no features/head contract."""
+
+
 class _Reached(Exception):
     """Ends a forward pass at the classifier, carrying the classifier's input."""
 

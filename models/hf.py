@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.adapters import LinearHeadAdapter, find_classifier
+from models.adapters import LinearHeadAdapter, NotAdaptable, find_classifier
 from models.batches import Inputs
 from models.sources import check_hf_config
 
@@ -58,6 +58,17 @@ class HFSequenceAdapter(LinearHeadAdapter):
 
     def own(self, x: Inputs) -> Any:
         return self.run_wrapped(x).logits
+
+    def features(self, x: Inputs) -> torch.Tensor:
+        f = super().features(x)
+        if f.ndim != 2:  # e.g. GPT-2's `score`: applied to every token, pooled afterwards
+            raise NotAdaptable(
+                f"{type(self.wrapped).__name__} applies its classifier {self.classifier_name!r} to "
+                f"features of shape {tuple(f.shape)}, not one (batch, D) row per text (it pools after "
+                "classifying), so its features and head cannot be separated; hf:sequence-classification "
+                "needs a model whose classifier is its last step, as BERT's is"
+            )
+        return f
 
 
 def config_from_dict(raw: Mapping[str, Any], num_classes: int) -> Any:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from models import batches as B
+from models.adapters import NotAdaptable
 from models.architectures import model_input_shape
 from models.datasets import SampleDataset, StoredForm
 from models.declarations import ImageFeatures, describe, fits, suggest
@@ -220,6 +221,8 @@ def check_model_reads(
             try:
                 with torch.no_grad():
                     out = model(xb)
+            except NotAdaptable:  # the model, not the data: said as it is
+                raise
             except Exception as exc:  # noqa: BLE001 - the framework's failure becomes the explanation
                 error = f"{type(exc).__name__}: {exc}"
                 raise InputMismatch(
