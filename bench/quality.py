@@ -54,6 +54,7 @@ class Setting:
     arch_kwargs: dict[str, Any]
     recipe: TrainRecipe
     rows: tuple[str, ...] | None = None  # row labels run by default (None = all): keeps a full run < 60 min
+    architecture: str = "small_cnn"  # any name build_model takes, e.g. "torchvision:resnet18"
 
 
 def _digits() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
@@ -78,6 +79,12 @@ def _fashion(subset: int | None) -> Callable[[], tuple[SampleDataset, SampleData
     return load
 
 
+def _shapes() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
+    from bench.shapes import dataset
+
+    return dataset(2000, 0, "train"), dataset(500, 1, "test"), dataset(500, 2, "reference")
+
+
 DEFAULT = "ugradsl_plus (default: held-out bound, p=0.7, 1 epoch, cosine lr 0.03)"
 CHEAPER = "ugradsl_plus (0.75 epoch)"
 PREVIOUS = "ugradsl_plus (previous default: bound by correctness, p=0.8)"
@@ -98,6 +105,14 @@ SETTINGS = {
         _fashion(None), {"in_channels": 1, "image_size": 28, "num_classes": 10},
         TrainRecipe(epochs=5, lr=0.05, batch_size=128),
         rows=("finetune", "ugradsl", DEFAULT, CHEAPER, PREVIOUS),
+    ),
+    "shapes_resnet18": Setting(
+        "shapes_resnet18", "generated 32x32 colour shapes (bench/shapes.py), 2,000 train / 500 test, "
+        "torchvision:resnet18 (11M parameters, the research's backbone), 5 epochs; the reference is 500 "
+        "more generated images",
+        _shapes, {"num_classes": 4}, TrainRecipe(epochs=5, lr=0.05, batch_size=64),
+        rows=("finetune", "gradient_ascent", "random_label", "salun", DEFAULT, AS_SERVICE),
+        architecture="torchvision:resnet18",
     ),
 }  # fmt: skip
 
@@ -203,8 +218,9 @@ def _cached(
     model, seconds = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, path, architecture="small_cnn", kwargs=setting.arch_kwargs, num_classes=10,
-                        extra={"seconds": seconds})  # fmt: skip
+        k = setting.arch_kwargs["num_classes"]
+        save_checkpoint(model, path, architecture=setting.architecture, kwargs=setting.arch_kwargs,
+                        num_classes=k, extra={"seconds": seconds})  # fmt: skip
     return model, seconds
 
 
@@ -234,7 +250,7 @@ def trained_original(setting: Setting, seed: int, device: str, cache: Path | Non
 
     def make_original() -> tuple[torch.nn.Module, float]:
         torch.manual_seed(seed)
-        model = build_model("small_cnn", **setting.arch_kwargs)
+        model = build_model(setting.architecture, **setting.arch_kwargs)
         return _timed(lambda: train(model, train_ds, recipe, device=device))
 
     model, seconds = _cached(cache, f"{tag}-original", setting, device, make_original)

@@ -198,8 +198,9 @@ def _step(
         (mean_c, se_c), (mean_u, se_u) = stats
         _set_grads(ps, mean_c, mean_u, plan)
         fn = M.prob_mask if params.mask == "prob" else M.focus_weights
+        dof = _group_count(params.mask_groups, batch) - 1  # s comes from G groups: Student's t, G - 1 dof
         weights = [
-            fn(mu, su, mc, sc, params.mask_p)
+            fn(mu, su, mc, sc, params.mask_p, dof)
             for mu, su, mc, sc in zip(mean_u, se_u, mean_c, se_c, strict=True)
         ]
         binary = params.mask == "prob"
@@ -236,6 +237,13 @@ def _set_grads(ps: list[torch.Tensor], g_c: list[torch.Tensor], g_u: list[torch.
         p.grad = plan.w_retain * c + plan.w_forget * u
 
 
+def _group_count(groups: int, batch: Batch) -> int:
+    """G = min(mask_groups, |B_f|, |B_r|): micro-batches need at least one sample of each. (Counted on
+    the labels: the inputs may be a dict, whose len is its number of keys.)"""
+    n_r, n_f = len(batch.yr), len(batch.yf)
+    return max(1, min(groups, n_f, n_r if n_r else n_f))
+
+
 def _group_gradients(
     model: nn.Module, batch: Batch, groups: int, objective: Objective, ps: list[torch.Tensor]
 ) -> tuple[
@@ -243,8 +251,7 @@ def _group_gradients(
 ]:
     """Split B_r and B_f into ``groups`` aligned micro-batches; return the mean and standard error of
     ∇L_C and ∇L_U over them (running sums: memory is 4 gradient copies, not ``groups``)."""
-    n_r, n_f = len(batch.yr), len(batch.yf)
-    g = max(1, min(groups, n_f, n_r if n_r else n_f))
+    g = _group_count(groups, batch)
     sums = [[torch.zeros_like(p) for p in ps] for _ in range(4)]  # sum_c, sq_c, sum_u, sq_u
     correct: list[torch.Tensor] = []
     parts = (

@@ -24,39 +24,84 @@ def and_mask(g_u: torch.Tensor, g_c: torch.Tensor) -> torch.Tensor:
     return (g_u * g_c) >= 0
 
 
-def positive_probability(mean: torch.Tensor, std_err: torch.Tensor) -> torch.Tensor:
-    """φ = Φ(ĝ / s): probability that the true gradient is positive. With s = 0 it is 1, 0 or 1/2 by the
-    sign of ĝ (the noise-free limit)."""
+# Above this many degrees of freedom the normal is as good as Student's t for a mask decision.
+NORMAL_DOF = 30
+
+
+def student_t_cdf(t: torch.Tensor, dof: int) -> torch.Tensor:
+    """P(T <= t) for Student's t with an integer number of degrees of freedom, from the finite series of
+    Abramowitz & Stegun 26.7.3-4 (torch has no incomplete beta): with θ = atan(t / √ν), P(|T| <= t) is
+    (2/π)(θ + sinθ Σ c_k cos^(2k-1)θ) for odd ν and sinθ Σ c_k cos^(2k)θ for even ν."""
+    theta = torch.atan(t.abs() / math.sqrt(dof))
+    sin, cos = torch.sin(theta), torch.cos(theta)
+    if dof % 2:
+        total, term = torch.zeros_like(t), cos.clone()
+        for k in range(1, (dof - 1) // 2 + 1):  # cos, (2/3)cos³, (2·4)/(3·5)cos⁵, ...
+            total = total + term
+            term = term * cos * cos * (2 * k) / (2 * k + 1)
+        inside = (2 / math.pi) * (theta + sin * total) if dof > 1 else (2 / math.pi) * theta
+    else:
+        total, term = torch.zeros_like(t), torch.ones_like(t)
+        for k in range(1, dof // 2 + 1):  # 1, (1/2)cos², (1·3)/(2·4)cos⁴, ...
+            total = total + term
+            term = term * cos * cos * (2 * k - 1) / (2 * k)
+        inside = sin * total
+    return 0.5 + 0.5 * torch.sign(t) * inside
+
+
+def positive_probability(mean: torch.Tensor, std_err: torch.Tensor, dof: int | None = None) -> torch.Tensor:
+    """φ = P(true gradient > 0) from the mean ĝ and standard error s of a few micro-batch gradients:
+    Φ(ĝ / s), or Student's t with `dof` degrees of freedom when the groups are few (s is then itself a
+    noisy estimate; the normal would be overconfident). With s = 0 it is 1, 0 or 1/2 by the sign of ĝ
+    (the noise-free limit)."""
     z = torch.where(
         std_err > 0,
         mean / std_err.clamp_min(torch.finfo(mean.dtype).tiny),
         torch.sign(mean) * math.inf,
     )
     z = torch.nan_to_num(z, nan=0.0)  # 0 * inf from sign(0)
+    if dof is not None and 1 <= dof <= NORMAL_DOF:
+        return torch.where(
+            z.isinf(), (torch.sign(z) + 1) / 2, student_t_cdf(z.nan_to_num(posinf=0.0, neginf=0.0), dof)
+        )
     return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
 
 
 def agreement_probability(
-    mean_u: torch.Tensor, se_u: torch.Tensor, mean_c: torch.Tensor, se_c: torch.Tensor
+    mean_u: torch.Tensor,
+    se_u: torch.Tensor,
+    mean_c: torch.Tensor,
+    se_c: torch.Tensor,
+    dof: int | None = None,
 ) -> torch.Tensor:
     """π = φ_U·φ_C + (1 - φ_U)(1 - φ_C) = 1/2 + 1/2 (2φ_U - 1)(2φ_C - 1)."""
-    phi_u, phi_c = positive_probability(mean_u, se_u), positive_probability(mean_c, se_c)
+    phi_u, phi_c = positive_probability(mean_u, se_u, dof), positive_probability(mean_c, se_c, dof)
     return 0.5 + 0.5 * (2 * phi_u - 1) * (2 * phi_c - 1)
 
 
 def prob_mask(
-    mean_u: torch.Tensor, se_u: torch.Tensor, mean_c: torch.Tensor, se_c: torch.Tensor, p: float
+    mean_u: torch.Tensor,
+    se_u: torch.Tensor,
+    mean_c: torch.Tensor,
+    se_c: torch.Tensor,
+    p: float,
+    dof: int | None = None,
 ) -> torch.Tensor:
     """PROB mask: keep i iff π_i >= p (the paper's figures use p = 0.45)."""
-    return agreement_probability(mean_u, se_u, mean_c, se_c) >= p
+    return agreement_probability(mean_u, se_u, mean_c, se_c, dof) >= p
 
 
 def focus_weights(
-    mean_u: torch.Tensor, se_u: torch.Tensor, mean_c: torch.Tensor, se_c: torch.Tensor, p: float
+    mean_u: torch.Tensor,
+    se_u: torch.Tensor,
+    mean_c: torch.Tensor,
+    se_c: torch.Tensor,
+    p: float,
+    dof: int | None = None,
 ) -> torch.Tensor:
     """Focus vector F (**reconstruction**, not the paper's published formula): f_i = (2π_i - 1)_+ on the
     coordinates PROB keeps, 0 elsewhere. ``apply_update_mask`` rescales it so ‖f ⊙ u‖ = ‖m ⊙ u‖."""
-    pi = agreement_probability(mean_u, se_u, mean_c, se_c)
+    pi = agreement_probability(mean_u, se_u, mean_c, se_c, dof)
     return torch.where(pi >= p, (2 * pi - 1).clamp_min(0), torch.zeros_like(pi))
 
 

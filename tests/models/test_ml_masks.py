@@ -25,7 +25,7 @@ def test_prob_mask_drops_coordinates_whose_sign_is_uncertain() -> None:
     se = torch.tensor([0.01, 100.0])  # second coordinate: agreement is a coin flip
     pi = M.agreement_probability(mean_u, se, mean_c, se)
     assert pi[0] > 0.99 and abs(float(pi[1]) - 0.5) < 0.01
-    assert M.prob_mask(mean_u, se, mean_c, se, 0.6).tolist() == [True, False]
+    assert M.prob_mask(mean_u, se, mean_c, se, 0.7).tolist() == [True, False]
 
 
 def test_masked_parameters_are_bit_identical_after_a_step_with_momentum_and_decay() -> None:
@@ -136,3 +136,33 @@ def test_prob_keeps_more_than_and_at_the_papers_default_p() -> None:
     se = torch.tensor([1.0, 0.01])
     assert M.prob_mask(mean_u, se, mean_c, se, 0.45).tolist() == [True, False]
     assert M.and_mask(mean_u, mean_c).tolist() == [False, False]
+
+
+# -- Student's t for few micro-batch groups ---------------------------------------------------------------
+
+
+def test_student_t_cdf_matches_scipy_for_every_small_dof() -> None:
+    import scipy.stats
+
+    from models.unlearning.masks import NORMAL_DOF, student_t_cdf
+
+    t = torch.linspace(-12, 12, 241, dtype=torch.float64)
+    for dof in range(1, NORMAL_DOF + 1):
+        expected = torch.from_numpy(scipy.stats.t.cdf(t.numpy(), dof))
+        assert torch.allclose(student_t_cdf(t, dof), expected, atol=1e-9), dof
+
+
+def test_with_few_groups_the_agreement_is_less_certain_than_the_normal_claims() -> None:
+    from models.unlearning.masks import agreement_probability, prob_mask
+
+    mean_u, mean_c = torch.tensor([1.0, 2.0, -3.0]), torch.tensor([1.0, 2.0, -3.0])
+    se = torch.ones(3)
+    normal = agreement_probability(mean_u, se, mean_c, se)
+    few = agreement_probability(mean_u, se, mean_c, se, dof=3)  # four groups
+    assert torch.all(few < normal) and torch.all(few > 0.5)
+    # A coordinate the normal keeps at p = 0.7 is vetoed once the standard error's own noise counts.
+    assert prob_mask(mean_u, se, mean_c, se, 0.7).tolist() == [True, True, True]
+    assert prob_mask(mean_u, se, mean_c, se, 0.7, dof=3).tolist() == [False, True, True]
+    # Exact zeros of the standard error keep the noise-free limit.
+    exact = agreement_probability(mean_u, torch.zeros(3), mean_c, torch.zeros(3), dof=3)
+    assert exact.tolist() == [1.0, 1.0, 1.0]

@@ -25,7 +25,7 @@ APPROXIMATE = [
     ("ugradsl_plus", {"mask": "prob"}),
     ("ugradsl_plus", {"mask": "focus"}),
     ("ugradsl", {}),
-    ("gradient_ascent", {}),
+    ("gradient_ascent", {"lr": 0.05}),  # SalUn's default lr 1e-4 barely moves digits in 5 short epochs
     ("random_label", {}),
     ("salun", {}),
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from models.datasets import load_csv_manifest, load_npz
 from service.api.app import create_app
 from service.cli.audit_log import certificate_evidence
+from service.cli.client import Client
 from service.cli.documents import cmd_verify_certificate
 from service.cli.errors import UsageError
 from service.cli.request import cmd_request
@@ -401,23 +402,11 @@ def test_a_certificate_without_subjects_still_verifies(api: Api) -> None:
 # -- the CLI -------------------------------------------------------------------------------------------------
 
 
-class StubClient:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[str], list[str] | None]] = []
-
-    def create_request(
-        self,
-        model: str,
-        sample_ids: list[str],
-        reference: str | None = None,
-        *,
-        subject_ids: list[str] | None = None,
-    ) -> dict[str, Any]:
-        self.sent.append((model, sample_ids, subject_ids))
-        return {
-            "id": "r1", "model": model, "sample_count": 3, "already_forgotten_count": 0,
-            "subject_ids": subject_ids or [], "state": "received",
-        }  # fmt: skip
+def cli_client(api: Api) -> Client:
+    """The CLI's own client, speaking HTTP to the real app (through Starlette's test transport)."""
+    client = Client("http://testserver", api.key)
+    client._http = TestClient(api.client.app, headers={"Authorization": f"Bearer {api.key}"})
+    return client
 
 
 def request_args(**kw: Any) -> argparse.Namespace:
@@ -432,18 +421,31 @@ def request_args(**kw: Any) -> argparse.Namespace:
     return argparse.Namespace(**(base | kw))
 
 
-def test_unlearn_request_sends_subjects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    client = StubClient()
-    assert cmd_request(client, request_args(subjects="ann, bob")) == 0  # type: ignore[arg-type]
-    assert "3 sample(s) of 2 subject(s)" in capsys.readouterr().out
-    (tmp_path / "s.txt").write_text("carl\n# a comment\n\n")
-    (tmp_path / "i.txt").write_text("toy-0001\n")
-    cmd_request(client, request_args(subjects_file=str(tmp_path / "s.txt"), ids_file=str(tmp_path / "i.txt")))  # type: ignore[arg-type]
-    assert client.sent == [("toy", [], ["ann", "bob"]), ("toy", ["toy-0001"], ["carl"])]
+def test_unlearn_request_sends_subjects(api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    client = cli_client(api)
+    assert cmd_request(client, request_args(subjects="person-1, person-2")) == 0
+    assert "16 sample(s) of 2 subject(s)" in capsys.readouterr().out
+    (tmp_path / "s.txt").write_text("person-3\n# a comment\n\n")
+    (tmp_path / "i.txt").write_text("toy-0041\n")
+    assert (
+        cmd_request(
+            client, request_args(subjects_file=str(tmp_path / "s.txt"), ids_file=str(tmp_path / "i.txt"))
+        )
+        == 0
+    )
+    with session_scope(api.url) as s:
+        sent = [
+            (r.subject_ids, sorted(r.sample_ids))
+            for r in s.scalars(select(DeletionRequest).order_by(DeletionRequest.created_at))
+        ]
+    assert sent == [
+        (["person-1", "person-2"], sorted(samples_of(1) + samples_of(2))),
+        (["person-3"], sorted(["toy-0041", *samples_of(3)])),
+    ]
     with pytest.raises(UsageError, match="name what to forget"):
-        cmd_request(client, request_args())  # type: ignore[arg-type]
+        cmd_request(client, request_args())
     with pytest.raises(UsageError, match="names no subject"):
-        cmd_request(client, request_args(subjects=" , "))  # type: ignore[arg-type]
+        cmd_request(client, request_args(subjects=" , "))
 
 
 def test_the_request_parser_takes_subjects() -> None:

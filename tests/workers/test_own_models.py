@@ -13,9 +13,9 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -33,6 +33,7 @@ from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, Model
 from service.core.settings import Settings
 from tests.factories import make_key
+from tests.helpers import wait_until
 from tests.liveapp import LiveApp, prepared, serve
 from tests.plugins import installed_plugin
 from workers.claims import MAX_ATTEMPTS
@@ -249,14 +250,15 @@ def test_validation_is_given_up_after_max_attempts_when_its_worker_dies_each_tim
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
-        deadline = time.monotonic() + 120
-        while started() < attempt:
+
+        def validating(worker: subprocess.Popen[bytes] = worker, attempt: int = attempt) -> bool:
             assert worker.poll() is None, "the worker ended before it started validating"
-            assert time.monotonic() < deadline, "the worker never started validating"
-            time.sleep(0.2)
+            return started() >= attempt
+
+        wait_until(validating, timeout=120, what="the worker to start validating")
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        time.sleep(1.2)  # its lease (1 s, no longer renewed) lapses
+        wait_until(lambda: lease_lapsed(app.db, mid), timeout=30, what="the killed worker's lease to lapse")
     settings = app.settings.model_copy(update={"lease_seconds": 1.0})
     assert validate_model(settings, mid) == "invalid"
     assert started() == MAX_ATTEMPTS  # no fourth attempt began
@@ -267,3 +269,14 @@ def test_validation_is_given_up_after_max_attempts_when_its_worker_dies_each_tim
             m.status_detail is not None
             and f"gave up validating after {MAX_ATTEMPTS} attempts" in m.status_detail
         )
+
+
+def lease_lapsed(db: str, model_id: str) -> bool:
+    """The model's lease (1 s, no longer renewed by the killed worker) has run out."""
+    with session_scope(db) as s:
+        expires = s.get_one(Model, model_id).lease_expires_at
+    if expires is None:
+        return True
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return expires < datetime.now(UTC)
