@@ -28,6 +28,9 @@ import inspect
 import torch
 from torch import nn
 
+from models import batches as B
+from models.batches import Inputs
+
 
 def defines_contract(module: nn.Module) -> bool:
     """The module's class implements ``features`` and ``head`` as methods. (torchvision's VGG or Swin
@@ -55,6 +58,10 @@ def find_classifier(module: nn.Module) -> str:
             "features and head cannot be separated; a plugin can implement features() and head() itself"
         )
     return linears[-1]
+
+
+class NotAdaptable(ValueError):
+    """The module's classifier is not a last step on (B, D) features: no features/head contract."""
 
 
 class _Reached(Exception):
@@ -87,13 +94,21 @@ class LinearHeadAdapter(nn.Module):
         self.wrapped.training = mode  # the module's own forward may read it (e.g. auxiliary heads)
         return self
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def run_wrapped(self, x: Inputs) -> object:
+        """The wrapped module's own forward on ``x`` (subclasses: how the module takes its inputs)."""
+        return self.wrapped(x)
+
+    def own(self, x: Inputs) -> object:
+        """The wrapped module's own logits, for ``check_contract`` (subclasses: out of its output)."""
+        return self.run_wrapped(x)
+
+    def features(self, x: Inputs) -> torch.Tensor:
         def reached(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             raise _Reached(args[0])
 
         handle = self.wrapped.get_submodule(self.classifier_name).register_forward_pre_hook(reached)
         try:
-            self.wrapped(x)
+            self.run_wrapped(x)
         except _Reached as stop:
             return stop.features
         finally:
@@ -107,7 +122,7 @@ class LinearHeadAdapter(nn.Module):
         out: torch.Tensor = self.wrapped.get_submodule(self.classifier_name)(f)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Inputs) -> torch.Tensor:
         return self.head(self.features(x))
 
 
@@ -118,27 +133,28 @@ def adapt(module: nn.Module) -> nn.Module:
     return LinearHeadAdapter(module, find_classifier(module))
 
 
-def check_contract(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+def check_contract(model: nn.Module, x: Inputs, num_classes: int) -> None:
     """On a batch ``x``, in eval mode: ``features(x)`` is ``(B, D)``, ``head`` gives ``(B, num_classes)``,
     and ``head(features(x))`` equals the model's own output (for an adapted module, its unwrapped
     forward). ValueError saying which part does not hold."""
+    n = B.rows(x)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             f = model.features(x)  # type: ignore[operator]
-            if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[0] != len(x):
+            if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[0] != n:
                 shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise ValueError(f"features(x) must be (batch, D) for a batch of {len(x)}; got {shape}")
+                raise ValueError(f"features(x) must be (batch, D) for a batch of {n}; got {shape}")
             logits = model.head(f)  # type: ignore[operator]
-            if tuple(logits.shape) != (len(x), num_classes):
+            if tuple(logits.shape) != (n, num_classes):
                 raise ValueError(
-                    f"head(features(x)) has shape {tuple(logits.shape)}, not ({len(x)}, {num_classes})"
+                    f"head(features(x)) has shape {tuple(logits.shape)}, not ({n}, {num_classes})"
                 )
-            own = model.wrapped(x) if isinstance(model, LinearHeadAdapter) else model(x)
+            own = model.own(x) if isinstance(model, LinearHeadAdapter) else model(x)
             if not isinstance(own, torch.Tensor) or own.shape != logits.shape:
                 raise ValueError(
-                    f"the model's forward returns {type(own).__name__}, not ({len(x)}, {num_classes}) logits"
+                    f"the model's forward returns {type(own).__name__}, not ({n}, {num_classes}) logits"
                 )
             if not torch.allclose(own, logits, rtol=1e-4, atol=1e-5):
                 raise ValueError(

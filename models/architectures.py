@@ -1,5 +1,6 @@
 """Architectures: built-ins in a registry (name -> factory), as timm registers models, and the external
-sources of ``models.sources`` (``torchvision:<builder>``, ``timm:<name>``, ``plugin:<name>``).
+sources of ``models.sources`` (``torchvision:<builder>``, ``timm:<name>``, ``plugin:<name>``,
+``hf:<task>``).
 
 Every model exposes ``features(x) -> (B, D)`` (penultimate features) and ``head(f) -> (B, K)`` (logits) with
 ``forward(x) == head(features(x))``: the adaptive smoothing rate of UGradSL+ needs the features of the very
@@ -80,6 +81,10 @@ def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ValueError(
             f"{bad} would load pretrained weights; weights come only from the uploaded checkpoint"
         )
+    if source.kind == "hf":  # transformers' modules take keyword inputs: adapted by models.hf itself
+        from models import hf
+
+        return hf.build(source.target, kwargs)
     return adapt(_external(source, kwargs))
 
 

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.declarations import DeclarationError, ImageFeatures
+from models import batches
+from models.batches import Inputs
+from models.declarations import TEXT_KINDS, DeclarationError, ImageFeatures, TextFeatures, is_text
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
 
-Features = ImageFeatures | dict[str, Any] | None
+Features = ImageFeatures | TextFeatures | dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -31,21 +33,28 @@ class StoredForm:
 
     sample_shape: tuple[int, ...]
     dtype: str
-    features: ImageFeatures | None = None  # the declaration that was applied (None: legacy)
+    features: ImageFeatures | TextFeatures | None = None  # the declaration applied (None: legacy)
 
 
 @dataclass
 class SampleDataset:
-    x: torch.Tensor  # (N, ...) float32
+    """``x``: (N, ...) float32, or a dict of (N, ...) tensors kept in their own dtypes (a text set's
+    ``input_ids`` and ``attention_mask``, int64); code reads it through ``models.batches``."""
+
+    x: Inputs
     y: torch.Tensor  # (N,) int64
     ids: list[str]
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
     stored: StoredForm | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not (len(self.x) == len(self.y) == len(self.ids)):
-            raise ValueError(f"x, y and ids differ in length: {len(self.x)}, {len(self.y)}, {len(self.ids)}")
-        self.x = self.x.float()
+        n = batches.check(self.x)
+        if not (n == len(self.y) == len(self.ids)):
+            raise ValueError(f"x, y and ids differ in length: {n}, {len(self.y)}, {len(self.ids)}")
+        if isinstance(self.x, torch.Tensor):
+            self.x = self.x.float()
+        else:
+            self.x = dict(self.x)  # a copy: the caller's dict is not shared
         self.y = self.y.long()
 
     def __len__(self) -> int:
@@ -74,7 +83,7 @@ class SampleDataset:
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> SampleDataset:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        return SampleDataset(self.x[idx], self.y[idx], [self.ids[i] for i in idx.tolist()])
+        return SampleDataset(batches.take(self.x, idx), self.y[idx], [self.ids[i] for i in idx.tolist()])
 
     def split_by_ids(self, forget_ids: Sequence[str]) -> tuple[SampleDataset, SampleDataset]:
         """(forget, retain): the rows named by ``forget_ids`` and all the others, in dataset order."""
@@ -111,6 +120,8 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[Sample
 
 def save_npz(ds: SampleDataset, path: str | Path) -> None:
     """Arrays ``x`` (float32), ``y`` (int64) and ``ids`` (unicode, so loading needs no pickle)."""
+    if not isinstance(ds.x, torch.Tensor):
+        raise ValueError("save_npz stores one array x; this dataset's inputs are a dict of tensors")
     np.savez(path, x=ds.x.cpu().numpy(), y=ds.y.cpu().numpy(), ids=np.asarray(ds.ids, dtype=np.str_))
 
 
@@ -134,9 +145,15 @@ def load_npz(path: str | Path, features: Features = None) -> SampleDataset:
 
 
 def declaration(features: Features) -> ImageFeatures | None:
-    """A declaration as stored (a dict) or parsed; DeclarationError if it cannot be parsed."""
+    """An image declaration as stored (a dict) or parsed; DeclarationError if it cannot be parsed (or
+    declares text: a text declaration applies to text datasets only)."""
     if features is None or isinstance(features, ImageFeatures):
         return features
+    if is_text(features):
+        raise DeclarationError(
+            f"a text declaration applies to text datasets ({', '.join(TEXT_KINDS)}), not to image data"
+        )
+    assert not isinstance(features, TextFeatures)
     return ImageFeatures.from_dict(features)
 
 
@@ -252,8 +269,9 @@ def load_csv_manifest(path: str | Path, features: Features = None) -> SampleData
         raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
-    stored = StoredForm(tuple(x.shape[1:]), "float32", declaration(features))
-    return SampleDataset(_post_only(x, stored.features), y, [r["sample_id"] for _, r in rows], stored=stored)
+    decl = declaration(features)
+    stored = StoredForm(tuple(x.shape[1:]), "float32", decl)
+    return SampleDataset(_post_only(x, decl), y, [r["sample_id"] for _, r in rows], stored=stored)
 
 
 def _post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:
@@ -288,6 +306,38 @@ def load_torchvision(name: str, root: str | Path, split: str = "train") -> Sampl
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
     y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
     return SampleDataset(x, y, [f"{name.lower()}-{split}-{i:05d}" for i in range(len(y))])
+
+
+# ---------------------------------------------------------------- text (jsonl, text_csv)
+
+
+def load_text(kind: str, path: str | Path, features: Features) -> SampleDataset:
+    """A ``jsonl`` or ``text_csv`` file (``models.text``) tokenized as its text declaration says: ``x`` is
+    ``{"input_ids", "attention_mask"}``, int64 (N, max_length), padded and truncated to max_length."""
+    from models import text
+
+    if features is None:
+        raise DeclarationError(
+            f"a {kind} dataset needs a text declaration: features {{type: text, tokenizer: <path of a "
+            "tokenizer.json>, max_length: 128}}"
+        )
+    decl = features if isinstance(features, TextFeatures) else None
+    if decl is None:
+        if isinstance(features, ImageFeatures) or not is_text(features):
+            raise DeclarationError(f"a {kind} dataset needs a text declaration (features.type 'text')")
+        assert isinstance(features, dict)
+        decl = TextFeatures.from_dict(features)
+    records = text.read_records(kind, path)
+    tok = text.load_tokenizer(decl)
+    ids, mask = text.encode(tok, [r.text for r in records])
+    n = len(records)
+    x = {
+        "input_ids": torch.tensor(ids, dtype=torch.long).reshape(n, decl.max_length),
+        "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(n, decl.max_length),
+    }
+    y = torch.tensor([r.label for r in records], dtype=torch.long)
+    stored = StoredForm((decl.max_length,), "text", decl)
+    return SampleDataset(x, y, [r.sample_id for r in records], stored=stored)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -337,6 +387,7 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
     - ``fashion_mnist``: ``ROOT[:train|:test]`` (folder with the IDX files; empty ROOT = the Debian path).
     - ``torchvision``: ``NAME:ROOT[:train|:test]``, e.g. ``FashionMNIST:/data:test`` (never downloads).
     - ``digits``: ``:train`` / ``:test`` (scikit-learn's digits, the split of ``load_digits_split()``).
+    - ``jsonl`` / ``text_csv``: path to a text file (``models.text``); needs a text declaration.
 
     ``features`` is the dataset's declaration (``models.declarations``; None: the legacy behaviour). The
     built-in image sources are already float CHW in [0, 1]: for them it may only normalise and resize.
@@ -345,13 +396,17 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
         return load_npz(uri, features)
     if kind == "csv_manifest":
         return load_csv_manifest(uri, features)
+    if kind in TEXT_KINDS:
+        return load_text(kind, uri, features)
     try:
         loader = _LOADERS[kind]
     except KeyError:
-        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(_LOADERS))}") from None
+        known = ", ".join(sorted([*_LOADERS, *TEXT_KINDS]))
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {known}") from None
     ds = loader(uri)
     decl = declaration(features)
     if decl is None:
         return ds
+    assert isinstance(ds.x, torch.Tensor)  # the built-in sources are images
     stored = StoredForm(tuple(ds.x.shape[1:]), "float32", decl)
     return SampleDataset(_post_only(ds.x, decl), ds.y, ds.ids, stored=stored)

@@ -17,6 +17,19 @@ Images only for now. A declaration, as stored in ``datasets.features`` (JSON)::
 - ``size``: ``[H, W]``; samples are resized to it (bilinear) after normalisation.
 
 ``None`` (no declaration) keeps the legacy behaviour: the arrays are used as they are, as float32.
+
+Text (``jsonl`` and ``text_csv`` datasets) has a declaration of its own, which such a dataset must have::
+
+    {"type": "text", "tokenizer": "/data/news/tokenizer.json", "max_length": 128}
+
+- ``tokenizer``: a ``tokenizer.json`` of the Hugging Face ``tokenizers`` library (what
+  ``tokenizer.save(path)`` or ``save_pretrained`` writes), read from disk only, never fetched. At
+  registration its path is resolved and its sha256 stored as ``tokenizer_sha256``; the worker refuses a
+  tokenizer file that changed since.
+- ``max_length``: every text is truncated and padded to this many tokens.
+- ``pad_token``: the padding token (default: the tokenizer's own padding token, else ``[PAD]``).
+
+Samples become ``input_ids`` and ``attention_mask``, int64 tensors of shape (max_length,).
 """
 
 from __future__ import annotations
@@ -154,6 +167,61 @@ class ImageFeatures:
         """The declaration to store: the file's dtype filled in, a float's scale defaulted to 1."""
         scale = self.scale if self.scale is not None else 1.0
         return ImageFeatures(self.layout, dtype, scale, self.mean, self.std, self.size)
+
+
+TEXT_KINDS = ("jsonl", "text_csv")
+MAX_TEXT_LENGTH = 8192  # tokens per sample
+_TEXT_KEYS = ("type", "tokenizer", "tokenizer_sha256", "max_length", "pad_token")
+DEFAULT_PAD_TOKEN = "[PAD]"
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    tokenizer: str  # path of a tokenizers `tokenizer.json`
+    max_length: int = 128
+    tokenizer_sha256: str | None = None  # filled in at registration
+    pad_token: str | None = None  # None: the tokenizer's padding token, else DEFAULT_PAD_TOKEN
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> TextFeatures:
+        """Parse a stored or submitted text declaration; DeclarationError naming the first problem."""
+        if not isinstance(raw, Mapping):
+            raise DeclarationError(f"features must be an object, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(_TEXT_KEYS))
+        if unknown:
+            raise DeclarationError(f"features has unknown field(s) {unknown}; known: {list(_TEXT_KEYS)}")
+        if raw.get("type") != "text":
+            raise DeclarationError(f"features.type must be 'text', got {raw.get('type')!r}")
+        tokenizer = raw.get("tokenizer")
+        if not isinstance(tokenizer, str) or not tokenizer or "\x00" in tokenizer:
+            raise DeclarationError(
+                f"features.tokenizer must be the path of a tokenizer.json, got {tokenizer!r}"
+            )
+        max_length = raw.get("max_length", 128)
+        if not _is_int(max_length) or not 1 <= max_length <= MAX_TEXT_LENGTH:
+            raise DeclarationError(
+                f"features.max_length must be a whole number from 1 to {MAX_TEXT_LENGTH}, got {max_length!r}"
+            )
+        digest = raw.get("tokenizer_sha256")
+        if digest is not None and (not isinstance(digest, str) or len(digest) != 64):
+            raise DeclarationError(f"features.tokenizer_sha256 must be a sha256 hex digest, got {digest!r}")
+        pad = raw.get("pad_token")
+        if pad is not None and (not isinstance(pad, str) or not pad):
+            raise DeclarationError(f"features.pad_token must be a non-empty string, got {pad!r}")
+        return cls(tokenizer=tokenizer, max_length=int(max_length), tokenizer_sha256=digest, pad_token=pad)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "text", "tokenizer": self.tokenizer, "max_length": self.max_length}
+        if self.tokenizer_sha256 is not None:
+            out["tokenizer_sha256"] = self.tokenizer_sha256
+        if self.pad_token is not None:
+            out["pad_token"] = self.pad_token
+        return out
+
+
+def is_text(raw: Any) -> bool:
+    """A declaration (as stored or submitted) for text rather than images."""
+    return isinstance(raw, TextFeatures) or (isinstance(raw, Mapping) and raw.get("type") == "text")
 
 
 def _is_int(v: Any) -> bool:

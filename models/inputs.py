@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from models import batches as B
+from models.adapters import NotAdaptable
 from models.architectures import model_input_shape
 from models.datasets import SampleDataset, StoredForm
-from models.declarations import describe, fits, suggest
+from models.declarations import ImageFeatures, describe, fits, suggest
 
 _RAW_SHOWN = 300  # characters of the framework's own message kept in an explanation
 
@@ -57,6 +59,8 @@ def explain(
 ) -> str:
     """The explanation of a model that cannot read `ds`: what it expects, what the data holds, the fix."""
     x = ds.data.x
+    if not isinstance(x, torch.Tensor) or architecture.startswith("hf:"):
+        return explain_text(architecture, arch_kwargs, expected, ds, model_error=model_error)
     got = tuple(int(d) for d in x.shape[1:])
     stored = ds.data.stored
     kwargs = {k: v for k, v in arch_kwargs.items() if k != "num_classes"}
@@ -82,6 +86,81 @@ def explain(
     return text
 
 
+def explain_text(
+    architecture: str,
+    arch_kwargs: Mapping[str, Any],
+    expected: tuple[int, ...] | None,
+    ds: Role,
+    *,
+    model_error: str | None = None,
+) -> str:
+    """``explain`` where text is involved: a text model, text data, or both."""
+    x = ds.data.x
+    model = f"the model `{architecture}`{_config_words(arch_kwargs)}"
+    if expected is not None:
+        model += f" expects one sample of shape {expected}"
+    elif architecture.startswith("hf:"):
+        model += " reads tokenized text (input_ids, attention_mask)"
+    else:
+        model += " cannot read one batch of its data"
+    stored = ds.data.stored
+    if isinstance(x, torch.Tensor):
+        held = (
+            f"the {ds.role} `{ds.name}` holds samples of shape {tuple(x.shape[1:])} ({_dtype(x)}), not text"
+        )
+        fix = "Register a text dataset (kind jsonl or text_csv, with a text declaration) for a text model."
+    else:
+        shapes = ", ".join(f"{k} {v}" for k, v in B.sample_shape(x).items())  # type: ignore[union-attr]
+        how = (
+            f" by its declaration {describe(stored.features.to_dict())}" if stored and stored.features else ""
+        )
+        held = f"the {ds.role} `{ds.name}` holds text tokenized{how} into {shapes}"
+        fix = (
+            "Register an image or vector dataset for this model, or a text architecture "
+            "(hf:sequence-classification) for this text."
+            if not architecture.startswith("hf:")
+            else "Declare the tokenizer the model was trained with, and a max_length the model accepts "
+            "(at most its max_position_embeddings)."
+        )
+    text = f"{model}; {held}."
+    if model_error is not None:
+        raw = model_error if len(model_error) <= _RAW_SHOWN else model_error[:_RAW_SHOWN] + "..."
+        text += f" The model failed on one batch of it ({raw})."
+    return f"{text} {fix}"
+
+
+def _config_words(arch_kwargs: Mapping[str, Any]) -> str:
+    """A Hugging Face config in a few words (the whole config would bury the explanation)."""
+    config = arch_kwargs.get("config")
+    if not isinstance(config, Mapping):
+        kwargs = {k: v for k, v in arch_kwargs.items() if k != "num_classes"}
+        return f" with arch_kwargs {describe(kwargs)}"
+    said = [
+        f"{k} {config[k]}" for k in ("model_type", "vocab_size", "max_position_embeddings") if k in config
+    ]
+    return f" ({', '.join(said)})" if said else ""
+
+
+def vocabulary_problem(model: nn.Module, ds: Role) -> str | None:
+    """Why the dataset's token ids do not fit the model's input embedding (None: they fit, or the model
+    has no Hugging Face input embedding to compare with)."""
+    x = ds.data.x
+    if isinstance(x, torch.Tensor) or "input_ids" not in x or len(ds.data) == 0:
+        return None
+    get = getattr(getattr(model, "wrapped", model), "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if not isinstance(embedding, nn.Embedding):
+        return None
+    top = int(x["input_ids"].max())
+    if top < embedding.num_embeddings:
+        return None
+    return (
+        f"the {ds.role} `{ds.name}` holds token ids up to {top}, but the model's vocabulary has "
+        f"{embedding.num_embeddings} entries: its tokenizer is not the one the model was trained with. "
+        "Declare that tokenizer (features.tokenizer) at dataset registration."
+    )
+
+
 def _dtype(x: torch.Tensor) -> str:
     return str(x.dtype).removeprefix("torch.")
 
@@ -94,6 +173,8 @@ def _fix(
 ) -> str:
     dtype = stored.dtype if stored is not None else _dtype(x)
     current = stored.features if stored is not None else None
+    if not isinstance(current, ImageFeatures):
+        current = None
     if expected is None:
         return (
             "Declare `features` (layout, scale, size) at dataset registration so that the samples are what "
@@ -120,9 +201,14 @@ def check_model_reads(
     the architecture says it reads, and one batch must go through the model to (B, classes) logits."""
     expected = expected_shape(architecture, arch_kwargs)
     for ds in datasets:
-        got = tuple(int(d) for d in ds.data.x.shape[1:])
-        if expected is not None and not fits(got, expected):
+        x = ds.data.x
+        if expected is not None and (
+            not isinstance(x, torch.Tensor) or not fits(tuple(int(d) for d in x.shape[1:]), expected)
+        ):
             raise InputMismatch(explain(architecture, arch_kwargs, expected, ds))
+        problem = vocabulary_problem(model, ds)
+        if problem is not None:
+            raise InputMismatch(problem)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -130,18 +216,21 @@ def check_model_reads(
         for ds in datasets:
             if len(ds.data) == 0:
                 continue
-            xb = ds.data.x[:batch].to(device)
+            xb = B.to(B.window(ds.data.x, 0, batch), device)
+            n = B.rows(xb)
             try:
                 with torch.no_grad():
                     out = model(xb)
+            except NotAdaptable:  # the model, not the data: said as it is
+                raise
             except Exception as exc:  # noqa: BLE001 - the framework's failure becomes the explanation
                 error = f"{type(exc).__name__}: {exc}"
                 raise InputMismatch(
                     explain(architecture, arch_kwargs, expected, ds, model_error=error)
                 ) from exc
-            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(xb):
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                error = f"{len(xb)} samples gave output {shape}, not one row of class scores per sample"
+                error = f"{n} samples gave output {shape}, not one row of class scores per sample"
                 raise InputMismatch(explain(architecture, arch_kwargs, expected, ds, model_error=error))
     finally:
         model.train(was_training)

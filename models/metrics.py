@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import batches as B
 from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 
@@ -35,7 +36,10 @@ def _map_batches(model: nn.Module, data: SampleDataset, fn: Any, batch_size: int
     try:
         with cpu_channels_last(model):
             outs = [
-                fn(model(data.x[i : i + batch_size].to(device)), data.y[i : i + batch_size].to(device))
+                fn(
+                    model(B.to(B.window(data.x, i, i + batch_size), device)),
+                    data.y[i : i + batch_size].to(device),
+                )
                 for i in range(0, len(data), batch_size)
             ]
     finally:

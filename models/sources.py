@@ -11,9 +11,13 @@ An ``architecture`` is one of:
   ``weights=None``;
 - ``timm:<name>``: ``timm.create_model(name, pretrained=False, ...)``;
 - ``plugin:<name>``: a factory the operator installed as an entry point in the group
-  ``unlearn.architectures`` (``name -> callable(num_classes=..., **kwargs) -> nn.Module``).
+  ``unlearn.architectures`` (``name -> callable(num_classes=..., **kwargs) -> nn.Module``);
+- ``hf:<task>``: a Hugging Face ``transformers`` model built from the config in ``arch_kwargs.config``
+  (``hf:sequence-classification`` -> ``AutoModelForSequenceClassification.from_config``), see
+  ``models.hf``. ``check_hf_config`` checks that config here, without torch or transformers.
 
-Code never comes from an upload: only from torchvision, timm, or packages the operator installed.
+Code never comes from an upload: only from torchvision, timm, transformers, or packages the operator
+installed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from typing import Any
 
 ENTRY_POINT_GROUP = "unlearn.architectures"
 BUILTINS = ("mlp", "small_cnn", "resnet18_cifar")
-EXTERNAL = ("torchvision", "timm", "plugin")
+EXTERNAL = ("torchvision", "timm", "plugin", "hf")
+HF_TASKS = ("sequence-classification",)
+# Config keys that would run code from the hub, quantize (other libraries, other weights) or fetch
+# attention kernels: a config here only describes a model transformers itself ships.
+HF_REFUSED_KEYS = ("auto_map", "quantization_config", "custom_pipelines")
+HF_ATTENTION = ("eager", "sdpa")
+_MODEL_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 # kwargs that would fetch or read weights instead of building a fresh module: weights arrive only as the
 # uploaded checkpoint, and nothing is downloaded at run time.
@@ -71,6 +81,10 @@ def parse(architecture: str) -> Source:
         raise ValueError(
             f"unknown architecture source {kind!r} in {architecture!r}; known: {', '.join(EXTERNAL)}"
         )
+    if kind == "hf":
+        if target not in HF_TASKS:
+            raise ValueError(f"{architecture!r}: unknown hf task {target!r}; known: {', '.join(HF_TASKS)}")
+        return Source(kind, target)
     if not _NAME.match(target):
         raise ValueError(f"{architecture!r}: {target!r} is not a {kind} model name")
     return Source(kind, target)
@@ -88,6 +102,48 @@ def check_kwargs(kwargs: dict[str, Any], num_classes: int) -> None:
         raise ValueError(
             f"arch_kwargs {bad} would load pretrained weights; weights come only from the uploaded checkpoint"
         )
+
+
+def check_hf_kwargs(kwargs: dict[str, Any], num_classes: int) -> None:
+    """``hf:<task>``'s arch_kwargs: ``config`` (a transformers config.json as an object) and nothing else
+    besides num_classes. ValueError naming the problem."""
+    unknown = sorted(set(kwargs) - {"config", "num_classes"})
+    if unknown:
+        raise ValueError(f"an hf: architecture takes arch_kwargs.config only, not {unknown}")
+    if "config" not in kwargs:
+        raise ValueError(
+            "an hf: architecture needs its config.json: as arch_kwargs.config, or as the `config` file of "
+            "the registration"
+        )
+    check_hf_config(kwargs["config"], num_classes)
+
+
+def check_hf_config(config: Any, num_classes: int) -> None:
+    """A transformers config (a ``config.json`` object) the service builds: a ``model_type``, no key that
+    fetches code, kernels or other weights, labels agreeing with num_classes. ValueError otherwise."""
+    if not isinstance(config, dict):
+        raise ValueError(f"arch_kwargs.config must be an object (a config.json), got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not _MODEL_TYPE.match(model_type):
+        raise ValueError(
+            f"config.model_type must name a transformers model type (e.g. 'bert'), got {model_type!r}"
+        )
+    refused = sorted(k for k in HF_REFUSED_KEYS if config.get(k) is not None)
+    if refused:
+        raise ValueError(
+            f"config {refused} would load code, weights or kernels from elsewhere; a model is built from "
+            "its config alone, with transformers' own code"
+        )
+    for key in ("attn_implementation", "_attn_implementation", "experts_implementation"):
+        value = config.get(key)
+        if value is not None and value not in HF_ATTENTION:
+            raise ValueError(f"config.{key} must be one of {list(HF_ATTENTION)} (or left out), got {value!r}")
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and labels and len(labels) != num_classes:
+        raise ValueError(f"config.id2label has {len(labels)} labels but num_classes is {num_classes}")
+    declared = config.get("num_labels")
+    if declared is not None and declared != num_classes:
+        raise ValueError(f"config.num_labels {declared!r} differs from num_classes {num_classes}")
 
 
 def plugin_names() -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models import batches as B
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
@@ -88,7 +89,7 @@ def train(
 def _train_steps(
     model: nn.Module, data: SampleDataset, recipe: TrainRecipe, device: str | torch.device, hooks: Hooks
 ) -> nn.Module:
-    x, y = data.x.to(device), data.y.to(device)  # moved once
+    x, y = B.to(data.x, device), data.y.to(device)  # moved once
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # dropout or any other in-model randomness
     opt = make_optimizer(model, recipe)
@@ -102,7 +103,7 @@ def _train_steps(
         for idx in perm.split(recipe.batch_size):  # type: ignore[no-untyped-call]
             hooks.batch(idx)
             idx = idx.to(device)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(model(B.take(x, idx)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

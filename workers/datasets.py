@@ -14,8 +14,9 @@ from models.datasets import SampleDataset, load_dataset
 from service.core.dataset_ids import file_sha256
 from service.core.db.tables import Dataset
 
-# Kinds whose `uri` is a single file we hashed at registration.
-HASHED_KINDS = frozenset({"npz", "csv_manifest"})
+# Kinds whose `uri` is a single file we hashed at registration. (A text dataset's tokenizer is hashed
+# too: its sha256 is in the declaration, and the loader checks it.)
+HASHED_KINDS = frozenset({"npz", "csv_manifest", "jsonl", "text_csv"})
 
 
 class DatasetChanged(ValueError):

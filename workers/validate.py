@@ -14,6 +14,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models import batches
 from models.adapters import check_contract
 from models.architectures import build_model, check_size
 from models.calibration import held_out
@@ -113,7 +114,7 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
             heldout_ds = load_registered(heldout_source[0])
             check_model_reads(model, arch, kwargs, [Role("held-out set", heldout_source[1], heldout_ds)])
         # features/head on the training set's own samples: the same inputs every job will feed it.
-        check_contract(model, train_ds.x[:2].to(device), kwargs["num_classes"])
+        check_contract(model, batches.to(batches.window(train_ds.x, 0, 2), device), kwargs["num_classes"])
         # Scored on what every job scores on: the part of the held-out data no method reads.
         metrics = v1_metrics(model, train_ds, held_out(test_ds, heldout_ds).scoring)
         status = ModelStatus.READY

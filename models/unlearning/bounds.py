@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import batches as B
 from models.datasets import SampleDataset
 
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
@@ -56,7 +57,9 @@ def heldout_bound(
     model.eval()
     try:
         losses = [
-            F.cross_entropy(model(heldout.x[i].to(device)), heldout.y[i].to(device), reduction="none")
+            F.cross_entropy(
+                model(B.to(B.take(heldout.x, i), device)), heldout.y[i].to(device), reduction="none"
+            )
             for i in rows.split(256)  # type: ignore[no-untyped-call]
         ]
     finally:

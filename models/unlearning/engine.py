@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import batches as B
+from models.batches import Inputs
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.training import lr_scheduler
@@ -25,9 +27,9 @@ from models.unlearning.params import GradientParams
 
 @dataclass
 class Batch:
-    xr: torch.Tensor  # (B_r, ...) retain inputs
+    xr: Inputs  # (B_r, ...) retain inputs (a tensor or a dict of tensors: models.batches)
     yr: torch.Tensor  # (B_r,)
-    xf: torch.Tensor  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
+    xf: Inputs  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
 
@@ -105,9 +107,9 @@ def run_steps(
     if needs_retain and len(retain) == 0:
         raise ValueError("this method needs a non-empty retain set")
     device = model_device(model)
-    xf, yf = forget.x.to(device), forget.y.to(device)  # moved once
+    xf, yf = B.to(forget.x, device), forget.y.to(device)  # moved once
     tf = yf if forget_targets is None else forget_targets.to(device)
-    xr, yr = (retain.x.to(device), retain.y.to(device)) if len(retain) else (xf[:0], yf[:0])
+    xr, yr = (B.to(retain.x, device), retain.y.to(device)) if len(retain) else (B.window(xf, 0, 0), yf[:0])
     gen = torch.Generator().manual_seed(params.seed)
     lead_n, partner_n = (len(forget), len(retain)) if plan.lead == "forget" else (len(retain), len(forget))
     lead = lead_batches(lead_n, params.batch_size, gen)
@@ -125,7 +127,7 @@ def run_steps(
         i_part = partner.take(_partner_size(plan, len(i_lead), partner_n)) if partner_n else i_lead[:0]
         i_f, i_r = (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
         i_f, i_r = i_f.to(device), i_r.to(device)
-        batch = Batch(xr[i_r], yr[i_r], xf[i_f], yf[i_f], tf[i_f])
+        batch = Batch(B.take(xr, i_r), yr[i_r], B.take(xf, i_f), yf[i_f], tf[i_f])
         correct = _step(model, opt, batch, params, objective, plan, static_mask)
         sched.step()
         stopper.add(correct)
@@ -236,8 +238,10 @@ def _set_grads(ps: list[torch.Tensor], g_c: list[torch.Tensor], g_u: list[torch.
 
 
 def _group_count(groups: int, batch: Batch) -> int:
-    """G = min(mask_groups, |B_f|, |B_r|): micro-batches need at least one sample of each."""
-    return max(1, min(groups, len(batch.xf), len(batch.xr) if len(batch.xr) else len(batch.xf)))
+    """G = min(mask_groups, |B_f|, |B_r|): micro-batches need at least one sample of each. (Counted on
+    the labels: the inputs may be a dict, whose len is its number of keys.)"""
+    n_r, n_f = len(batch.yr), len(batch.yf)
+    return max(1, min(groups, n_f, n_r if n_r else n_f))
 
 
 def _group_gradients(
@@ -250,7 +254,13 @@ def _group_gradients(
     g = _group_count(groups, batch)
     sums = [[torch.zeros_like(p) for p in ps] for _ in range(4)]  # sum_c, sq_c, sum_u, sq_u
     correct: list[torch.Tensor] = []
-    parts = [t.tensor_split(g) for t in (batch.xr, batch.yr, batch.xf, batch.yf, batch.tf)]
+    parts = (
+        B.split(batch.xr, g),
+        batch.yr.tensor_split(g),
+        B.split(batch.xf, g),
+        batch.yf.tensor_split(g),
+        batch.tf.tensor_split(g),
+    )
     for xr, yr, xf, yf, tf in zip(*parts, strict=True):
         terms = objective(model, Batch(xr, yr, xf, yf, tf))
         for k, gs in ((0, _grads(terms.retain, ps)), (2, _grads(terms.forget, ps))):

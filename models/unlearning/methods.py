@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import batches as B
 from models.architectures import Classifier, build_model
+from models.batches import Inputs
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
@@ -98,8 +100,8 @@ def run_method(
 # ---------------------------------------------------------------- objectives
 
 
-def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-    return F.cross_entropy(model(x), y) if len(x) else None
+def _ce(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:
+    return F.cross_entropy(model(x), y) if len(y) else None
 
 
 def _has_batch_stats(model: nn.Module) -> bool:
@@ -107,17 +109,17 @@ def _has_batch_stats(model: nn.Module) -> bool:
 
 
 def _joint_forward(
-    net: Classifier, xr: torch.Tensor, xf: torch.Tensor
+    net: Classifier, xr: Inputs, xf: Inputs
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features and logits of B_r and B_f. Without batch statistics one forward pass over both batches is
     the same computation as two and runs like a plain training step of size |B_r| + |B_f|; with
     BatchNorm the batches keep their own statistics (two passes), as in the paper's algorithm."""
-    if _has_batch_stats(net) or len(xr) == 0:
-        feat_r, feat_f = net.features(xr), net.features(xf)
+    n = B.rows(xr)
+    if _has_batch_stats(net) or n == 0:
+        feat_r, feat_f = net.features(xr), net.features(xf)  # type: ignore[arg-type]
         return feat_r, feat_f, net.head(feat_r), net.head(feat_f)
-    feats = net.features(torch.cat([xr, xf]))  # (B_r + B_f, D)
+    feats = net.features(B.cat([xr, xf]))  # type: ignore[arg-type]  # (B_r + B_f, D)
     logits = net.head(feats)  # (B_r + B_f, K)
-    n = len(xr)
     return feats[:n], feats[n:], logits[:n], logits[n:]
 
 
@@ -195,7 +197,7 @@ def salun_mask(
     model.eval()
     model.zero_grad(set_to_none=True)
     for i in range(0, len(forget), batch_size):
-        x, y = forget.x[i : i + batch_size].to(device), forget.y[i : i + batch_size].to(device)
+        x, y = B.to(B.window(forget.x, i, i + batch_size), device), forget.y[i : i + batch_size].to(device)
         (-F.cross_entropy(model(x), y, reduction="sum")).backward()  # type: ignore[no-untyped-call]
     scores = [torch.zeros_like(p) if p.grad is None else p.grad.abs() for p in ps]
     model.zero_grad(set_to_none=True)
@@ -322,7 +324,7 @@ def _num_classes(model: nn.Module, forget: SampleDataset) -> int:
     with torch.no_grad():
         was = model.training
         model.eval()
-        k = model(forget.x[:1].to(model_device(model))).shape[1]
+        k = model(B.to(B.window(forget.x, 0, 1), model_device(model))).shape[1]
         model.train(was)
     return int(k)
 

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from service.api.schemas.registry import FeatureDeclaration, ModelCreate
+from service.api.schemas.registry import Features, ModelCreate
 from service.core.errors import Unprocessable
 from service.core.model_specs import check_safetensors
+
+_FEATURES: TypeAdapter[Any] = TypeAdapter(Features)
 
 
 def _no_constants(name: str) -> Any:
@@ -35,14 +37,50 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
     try:
-        decl = FeatureDeclaration.model_validate(json.loads(raw, parse_constant=_no_constants))
+        decl = _FEATURES.validate_python(json.loads(raw, parse_constant=_no_constants))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
-        errors = [{"loc": ["features", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [
+            {"loc": ["features", *_untagged(e["loc"])], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
         said = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise Unprocessable(f"impossible features declaration: {said}", errors=errors) from exc
     return decl.model_dump(exclude_none=True)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a transformers config.json is a few kilobytes
+
+
+def with_uploaded_config(body: ModelCreate, upload: UploadFile) -> ModelCreate:
+    """The spec with an uploaded `config` file (a transformers config.json) as `arch_kwargs.config`;
+    a 422 unless the architecture is `hf:` and the spec does not carry a config already."""
+    if not body.architecture.startswith("hf:"):
+        raise Unprocessable(
+            f"a `config` file applies to hf: architectures, not {body.architecture}", field="config"
+        )
+    if "config" in body.arch_kwargs:
+        raise Unprocessable(
+            "give the config once: as the `config` file or as arch_kwargs.config", field="config"
+        )
+    raw = upload.file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise Unprocessable(f"the `config` file is larger than {MAX_CONFIG_BYTES} bytes", field="config")
+    try:
+        config = json.loads(raw, parse_constant=_no_constants)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise Unprocessable(
+            f"`config` is not valid JSON: {type(exc).__name__}: {exc}", field="config"
+        ) from exc
+    if not isinstance(config, dict):
+        raise Unprocessable("`config` must be a JSON object (a config.json)", field="config")
+    return body.model_copy(update={"arch_kwargs": {**body.arch_kwargs, "config": config}})
+
+
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location without the union member's tag (`image.layout` -> `layout`)."""
+    return loc[1:] if loc and loc[0] in ("image", "text") else loc
 
 
 def save_upload(upload: UploadFile, path: Path) -> str:

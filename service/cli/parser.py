@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr = dsub.add_parser("register", parents=[conn], help="register a file the workers can read, by path")
     dr.add_argument("uri", help="a path under UNLEARN_DATA_ROOTS on the server")
     dr.add_argument("--name", required=True)
-    dr.add_argument("--kind", default="npz", help="npz (default) or csv_manifest")
+    dr.add_argument("--kind", default="npz", help="npz (default), csv_manifest, jsonl or text_csv")
     for dataset_parser in (du, dr):
         dataset_parser.add_argument("--features", help="the feature declaration: JSON, or @file")
 
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--name")
     mr.add_argument("--architecture", help="a built-in name, torchvision:<builder>, timm:<name>, ...")
     mr.add_argument("--arch-kwargs", help="JSON object")
+    mr.add_argument("--config", help="hf:<task> architectures: the config.json (sent as arch_kwargs.config)")
     mr.add_argument("--num-classes", type=int)
     mr.add_argument("--train", help="training dataset: id, or a name only one dataset has")
     mr.add_argument("--test", help="test dataset: id, or a name only one dataset has")

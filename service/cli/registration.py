@@ -106,6 +106,11 @@ def model_spec(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         "default_params": json_arg(args.params, "--params"),
     }
     spec.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "config", None):
+        config = json_arg(f"@{args.config}", "--config")
+        if not isinstance(config, dict):
+            raise UsageError("--config must be a JSON object (a config.json)")
+        spec["arch_kwargs"] = {**spec.get("arch_kwargs", {}), "config": config}
     for field, ref in (("train_dataset", args.train), ("test_dataset", args.test)):
         if ref is not None:
             spec[field] = dataset_id(client, ref)

@@ -19,9 +19,10 @@ import numpy as np
 from numpy.lib import format as npy
 
 from models.manifests import manifest_root, path_problem
+from models.text import TextFileError, read_records
 from service.core.errors import ProblemError, Unprocessable
 
-ID_KINDS = ("npz", "csv_manifest")
+ID_KINDS = ("npz", "csv_manifest", "jsonl", "text_csv")
 _SHOWN = 20  # offending manifest lines named in a refusal
 
 
@@ -42,15 +43,23 @@ class DatasetIds(NamedTuple):
 
 def read_samples(kind: str, path: Path) -> DatasetIds:
     """The sample IDs, labels and subjects of a dataset file; a 422 that names the problem if it is
-    malformed. Subjects come from an `.npz`'s optional `subject_ids` array or a manifest's optional
-    `subject_id` column."""
+    malformed. Subjects come from an `.npz`'s optional `subject_ids` array, a manifest's or text CSV's
+    optional `subject_id` column, or a JSON line's optional `subject_id`."""
     try:
         if kind == "npz":
             return _npz(path)
         if kind == "csv_manifest":
             return _csv(path)
+        if kind in ("jsonl", "text_csv"):
+            return _text(kind, path)
     except ProblemError:
         raise
+    except TextFileError as exc:  # names the bad lines
+        raise Unprocessable(
+            f"cannot read {kind} dataset: {exc}",
+            lines=[line for line, _ in exc.problems],
+            refused_count=exc.total,
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - an untrusted file may fail in any way; it is the client's
         raise Unprocessable(f"cannot read {kind} dataset at {path}: {type(exc).__name__}: {exc}") from exc
     raise Unprocessable(f"unknown dataset kind {kind!r}; known: {list(ID_KINDS)}")
@@ -127,6 +136,17 @@ def _npz(path: Path) -> DatasetIds:
         if "subject_ids" in headers:
             subjects = [_subject(v) for v in data["subject_ids"].tolist()]
     return DatasetIds(ids.tolist(), [int(v) for v in labels.tolist()], subjects)
+
+
+def _text(kind: str, path: Path) -> DatasetIds:
+    """A text file's IDs, labels and subjects (the texts are read, and dropped: the worker tokenizes)."""
+    records = read_records(kind, path)
+    subjects = [r.subject_id for r in records]
+    return DatasetIds(
+        [r.sample_id for r in records],
+        [r.label for r in records],
+        subjects if any(s is not None for s in subjects) else None,
+    )
 
 
 def _csv(path: Path) -> DatasetIds:

@@ -9,16 +9,31 @@ integer images without a declaration: read as they are, 0..255 pixels would reac
 
 Only headers are read: an `.npz`'s `x` shape and dtype come from its `.npy` header (as in
 ``service.core.dataset_ids``), a manifest's first image from its `.npy` header or its image header.
+
+A text dataset (`jsonl`, `text_csv`) must declare its tokenizer (``{"type": "text", "tokenizer": ...}``):
+the path is resolved (relative to the dataset file's folder), must stay under the data roots, and must
+load as a `tokenizers` tokenizer with a padding token; the declaration is stored with the resolved path
+and the tokenizer file's sha256, which the worker checks again before it tokenizes.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.declarations import DTYPES, DeclarationError, ImageFeatures, undeclared_problem
+from models.declarations import (
+    DTYPES,
+    TEXT_KINDS,
+    DeclarationError,
+    ImageFeatures,
+    TextFeatures,
+    is_text,
+    undeclared_problem,
+)
 from models.manifests import manifest_root, path_problem
+from models.text import TokenizerError, file_sha256, load_tokenizer
 from service.core.dataset_ids import npy_header, npz_headers
 from service.core.errors import Unprocessable
 
@@ -26,10 +41,20 @@ from service.core.errors import Unprocessable
 _MANIFEST_FIELDS = ("mean", "std", "size")
 
 
-def check_features(kind: str, path: Path, features: dict[str, Any] | None) -> dict[str, Any] | None:
+def check_features(
+    kind: str, path: Path, features: dict[str, Any] | None, *, data_roots: Sequence[Path] = ()
+) -> dict[str, Any] | None:
     """The declaration to store for the dataset file at `path` (the file's dtype filled in, a float's
-    scale defaulted to 1), or a 422 naming why it cannot describe the file. None without a declaration,
-    where the file may be used as it is."""
+    scale defaulted to 1; a text declaration's tokenizer resolved and hashed), or a 422 naming why it
+    cannot describe the file. None without a declaration, where the file may be used as it is.
+    `data_roots`: where a declared tokenizer may be read from (none given: anywhere)."""
+    if kind in TEXT_KINDS:
+        return _text(kind, path, features, data_roots)
+    if features is not None and is_text(features):
+        raise Unprocessable(
+            f"a text declaration applies to text datasets ({', '.join(TEXT_KINDS)}), not to {kind}",
+            field="features",
+        )
     try:
         decl = None if features is None else ImageFeatures.from_dict(features)
     except DeclarationError as exc:
@@ -41,6 +66,41 @@ def check_features(kind: str, path: Path, features: dict[str, Any] | None) -> di
     if decl is not None:
         raise Unprocessable(f"features cannot be declared for {kind} datasets")
     return None
+
+
+def _text(
+    kind: str, path: Path, features: dict[str, Any] | None, data_roots: Sequence[Path]
+) -> dict[str, Any]:
+    example = '{"type": "text", "tokenizer": "tokenizer.json", "max_length": 128}'
+    if features is None or not is_text(features):
+        raise Unprocessable(
+            f"a {kind} dataset needs a text declaration naming its tokenizer, e.g. features: {example}",
+            field="features",
+        )
+    if not features.get("tokenizer"):
+        raise Unprocessable(
+            "features.tokenizer: give the path of the tokenizer.json (relative to the dataset's folder, "
+            "or absolute), or upload it as the `tokenizer` file",
+            field="features",
+        )
+    try:
+        decl = TextFeatures.from_dict({k: v for k, v in features.items() if k != "tokenizer_sha256"})
+    except DeclarationError as exc:
+        raise Unprocessable(f"impossible features declaration: {exc}", field="features") from exc
+    tokenizer = Path(decl.tokenizer)
+    tokenizer = (tokenizer if tokenizer.is_absolute() else path.parent / tokenizer).resolve()
+    if data_roots and not any(tokenizer.is_relative_to(root) for root in data_roots):
+        raise Unprocessable(
+            f"features.tokenizer {decl.tokenizer} is outside the data roots {[str(r) for r in data_roots]}",
+            field="features",
+        )
+    resolved = TextFeatures(str(tokenizer), decl.max_length, None, decl.pad_token)
+    try:
+        load_tokenizer(resolved)
+    except TokenizerError as exc:
+        raise Unprocessable(f"impossible features declaration: {exc}", field="features") from exc
+    digest = file_sha256(tokenizer)
+    return TextFeatures(str(tokenizer), decl.max_length, digest, decl.pad_token).to_dict()
 
 
 def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:

@@ -57,9 +57,10 @@ def check_architecture(
 ) -> None:
     """What can be known of an architecture without torch: its source is one the service knows (a plugin
     must be installed: entry points are package metadata, read without importing the plugin), no kwarg
-    asks for downloaded weights, and a built-in's exact size is within `max_params`. The size of a
-    torchvision, timm or plugin model needs its builder, i.e. torch: the worker checks it on the meta
-    device before allocating anything."""
+    asks for downloaded weights, an `hf:` model's config asks for no code, weights or kernels from
+    elsewhere, and a built-in's exact size is within `max_params`. The size of a torchvision, timm,
+    plugin or hf model needs its builder, i.e. torch: the worker checks it on the meta device before
+    allocating anything."""
     from models import sources  # torch-free by contract (tested)
 
     def refuse(msg: str, field: str) -> Unprocessable:
@@ -77,6 +78,8 @@ def check_architecture(
         raise refuse(msg, "architecture")
     try:
         sources.check_kwargs(arch_kwargs, num_classes)
+        if source.kind == "hf":
+            sources.check_hf_kwargs(arch_kwargs, num_classes)
         if source.external:
             return
         count = sources.builtin_parameter_count(source.target, **{"num_classes": num_classes, **arch_kwargs})

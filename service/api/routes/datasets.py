@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
@@ -45,14 +45,16 @@ def _register(
     path: Path,
     sha256: str,
     features: dict[str, Any] | None,
+    data_roots: list[Path],
 ) -> DatasetOut:
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
-    against the file's headers, then record it all in one short transaction. `sha256` is the file's as
-    it was hashed: the worker refuses it if it changes."""
+    against the file's headers (a text declaration's tokenizer: under `data_roots`, loadable), then record
+    it all in one short transaction. `sha256` is the file's as it was hashed: the worker refuses it if it
+    changes."""
     ids, labels, subjects = read_samples(kind, path)
     if not ids:
         raise Unprocessable("the dataset has no samples")
-    stored_features = check_features(kind, path, features)
+    stored_features = check_features(kind, path, features, data_roots=data_roots)
     try:
         ds = register_dataset(
             session,
@@ -90,18 +92,27 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder).
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
-    return _register(session, key, body.name, body.kind, path, file_sha256(path), features)
+    return _register(
+        session, key, body.name, body.kind, path, file_sha256(path), features, settings.allowed_data_roots
+    )
 
 
 @upload_router.post(
     "/v1/datasets/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Upload an .npz dataset (arrays x, y, ids; optionally subject_ids)",
+    summary="Upload a dataset file: an .npz (arrays x, y, ids; optionally subject_ids), or text "
+    "(jsonl or text_csv) with its tokenizer",
 )
 def upload_dataset(
     name: Annotated[Name, Form()],
-    file: Annotated[UploadFile, File(description=".npz with arrays x, y, ids and optionally subject_ids")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description=".npz with arrays x, y, ids and optionally subject_ids; or a jsonl / text_csv file "
+            "(sample_id, text, label; optionally subject_id)"
+        ),
+    ],
     session: SessionDep,
     settings: SettingsDep,
     key: Admin,
@@ -109,17 +120,34 @@ def upload_dataset(
         str | None,
         Form(
             description='JSON: the feature declaration, e.g. {"layout": "HW", "scale": 255} (see '
-            "DatasetCreate.features). Required when x holds integer images."
+            "DatasetCreate.features). Required when x holds integer images, and for text "
+            '({"type": "text", "max_length": 128}; the tokenizer is the `tokenizer` file)'
         ),
+    ] = None,
+    kind: Annotated[Literal["npz", "jsonl", "text_csv"], Form(description="the file's kind")] = "npz",
+    tokenizer: Annotated[
+        UploadFile | None,
+        File(description="text kinds: the tokenizer.json (tokenizers library) the texts are tokenized with"),
     ] = None,
 ) -> DatasetOut:
     declared = parse_features(features)  # refused before the file is copied
-    target = settings.dataset_dir / "uploads" / f"{uuid.uuid4().hex}.npz"
+    if tokenizer is not None and kind == "npz":
+        raise Unprocessable("a tokenizer applies to text datasets (kind jsonl or text_csv), not to an .npz")
+    if tokenizer is not None and declared is not None and declared.get("tokenizer"):
+        raise Unprocessable("name the tokenizer once: as the `tokenizer` file or as features.tokenizer")
+    stem = f"{uuid.uuid4().hex}"
+    target = settings.dataset_dir / "uploads" / f"{stem}.{'csv' if kind == 'text_csv' else kind}"
+    tokenizer_path = settings.dataset_dir / "uploads" / f"{stem}.tokenizer.json"
     try:
         digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens
-        return _register(session, key, name, "npz", target, digest, declared)
+        if tokenizer is not None:
+            save_upload(tokenizer, tokenizer_path)  # hashed again (and stored) by check_features
+            declared = {"type": "text", **(declared or {}), "tokenizer": str(tokenizer_path)}
+        roots = settings.allowed_data_roots
+        return _register(session, key, name, kind, target, digest, declared, roots)
     except Exception:
         target.unlink(missing_ok=True)
+        tokenizer_path.unlink(missing_ok=True)
         raise
 
 

@@ -17,7 +17,7 @@ from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
 from service.api.schemas.models import ModelOut, VersionOut
 from service.api.schemas.registry import ModelCreate, ModelUpdate
-from service.api.uploads import parse_model_spec, save_safetensors_upload
+from service.api.uploads import parse_model_spec, save_safetensors_upload, with_uploaded_config
 from service.api.views import model_out, version_out
 from service.core import events
 from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion
@@ -174,13 +174,22 @@ def register_model_route(
     settings: SettingsDep,
     celery: CeleryDep,
     key: Admin,
+    config: Annotated[
+        UploadFile | None,
+        File(
+            description="hf:<task> architectures: the config.json that save_pretrained wrote (stored as "
+            "arch_kwargs.config; or give it there instead)"
+        ),
+    ] = None,
 ) -> ModelOut:
     """Answers 202: a worker then loads the checkpoint into the architecture and measures v1; the model
     accepts deletion requests once its status is `ready` (or shows why it is `invalid`).
 
     An architecture the service does not know, kwargs asking for pretrained weights, or a built-in above
-    UNLEARN_MAX_PARAMS is a 422 here. A torchvision, timm or plugin model is sized by the worker on the
-    meta device before anything is allocated; above the limit it becomes `invalid`, saying its size.
+    UNLEARN_MAX_PARAMS is a 422 here. A torchvision, timm, plugin or hf model is sized by the worker on
+    the meta device before anything is allocated; above the limit it becomes `invalid`, saying its size.
+    An `hf:<task>` model is built from its config.json: the optional `config` file, or
+    `arch_kwargs.config`; its checkpoint is the `model.safetensors` that save_pretrained wrote.
 
     The checkpoint (up to UNLEARN_MAX_UPLOAD_BYTES) is copied and hashed with no transaction open: on
     SQLite every transaction holds the database's write lock, so copying inside one stalled every other
@@ -188,6 +197,8 @@ def register_model_route(
     in the one short transaction that records the model; a registration that still loses a race for
     the name (PostgreSQL's unique index) is a 409 like any other duplicate."""
     body = parse_model_spec(spec)
+    if config is not None:
+        body = with_uploaded_config(body, config)
     check_architecture(body.architecture, body.arch_kwargs, body.num_classes, settings.max_params)
     check_methods(body.default_method, body.default_params, body.fallback_methods)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)

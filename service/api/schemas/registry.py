@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,21 +66,61 @@ class FeatureDeclaration(BaseModel):
         return self
 
 
+class TextFeatureDeclaration(BaseModel):
+    """How a text dataset's texts become the tensors a text model reads: tokenized with `tokenizer`,
+    truncated and padded to `max_length` tokens (`input_ids`, `attention_mask`). Required for the text
+    kinds (jsonl, text_csv). The tokenizer is read from disk only; its sha256 is stored at registration
+    and checked by the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    tokenizer: (
+        Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")] | None
+    ) = Field(
+        None,
+        description="path of a `tokenizers` tokenizer.json (relative to the dataset file's folder, or "
+        "absolute; under the data roots), or left out when the tokenizer is uploaded with the dataset",
+    )
+    max_length: int = Field(128, ge=1, le=8192, strict=True, description="tokens per text")
+    pad_token: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="the padding token (default: the tokenizer's own, else [PAD])",
+    )
+
+
+def _declaration_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "text" if value.get("type") == "text" else "image"
+    return "text" if getattr(value, "type", None) == "text" else "image"
+
+
+Features = Annotated[
+    Annotated[FeatureDeclaration, Tag("image")] | Annotated[TextFeatureDeclaration, Tag("text")],
+    Discriminator(_declaration_type),
+]
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    kind: Literal["npz", "csv_manifest"] = Field(
+    kind: Literal["npz", "csv_manifest", "jsonl", "text_csv"] = Field(
         description="npz: arrays x, y, ids (optionally subject_ids, the data subject of each sample). "
-        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id."
+        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id. "
+        "jsonl: one JSON object per line with sample_id, text, label (optionally subject_id). "
+        "text_csv: columns sample_id,text,label, optionally subject_id. The text kinds need a text "
+        "declaration in `features`."
     )
     uri: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")] = Field(
         description="A local path under one of the service's data roots (UNLEARN_DATA_ROOTS)."
     )
-    features: FeatureDeclaration | None = Field(
+    features: Features | None = Field(
         None,
         description="How to read the samples. Without one an .npz's x is used as it is (as float32); "
-        "integer images are refused without one.",
+        "integer images are refused without one; text needs one (`type: text`) naming its tokenizer.",
     )
 
 
@@ -143,9 +183,11 @@ class ModelCreate(BaseModel):
     name: Name
     architecture: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
         description="a built-in (`mlp`, `small_cnn`, `resnet18_cifar`), `torchvision:<builder>` (e.g. "
-        "`torchvision:resnet18`), `timm:<name>` (e.g. `timm:resnet10t`) or `plugin:<name>` (an "
-        "architecture the operator installed in the entry-point group `unlearn.architectures`); "
-        "built with no pretrained weights: the weights are the uploaded checkpoint"
+        "`torchvision:resnet18`), `timm:<name>` (e.g. `timm:resnet10t`), `plugin:<name>` (an "
+        "architecture the operator installed in the entry-point group `unlearn.architectures`) or "
+        "`hf:sequence-classification` (a transformers model built from its config.json: "
+        "`arch_kwargs.config` or the `config` file); built with no pretrained weights: the weights are "
+        "the uploaded checkpoint"
     )
     arch_kwargs: dict[str, Any] = Field(
         default_factory=dict,

@@ -1,0 +1,199 @@
+"""Text datasets (issue 15): jsonl and text_csv files register through the HTTP API with their tokenizer
+(by path under the data roots, or uploaded), their sample IDs and labels are read without torch, bad
+records are refused naming their lines, and the worker's loader tokenizes them to input_ids and
+attention_mask with the tokenizer registered (and refuses one that changed since)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from service.api.app import create_app
+from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, DatasetSample
+from service.core.settings import Settings
+from tests.factories import make_key
+from tests.liveapp import prepared
+from tests.textdata import sentences, train_tokenizer, write_jsonl, write_text_csv
+from workers.datasets import DatasetChanged, DatasetRef, load_registered
+
+TEXT = {"type": "text", "tokenizer": "tokenizer.json", "max_length": 16}
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: Settings
+    data: Path  # a data root holding the files and tokenizer.json
+
+    def register(self, name: str, kind: str, file: str, features: Any = TEXT) -> Any:
+        body = {"name": name, "kind": kind, "uri": str(self.data / file), "features": features}
+        return self.client.post("/v1/datasets", json=body)
+
+    def samples(self, dataset_id: str) -> list[tuple[str, int]]:
+        with session_scope(self.settings.resolved_database_url) as s:
+            rows = s.execute(
+                select(DatasetSample.sample_id, DatasetSample.label)
+                .where(DatasetSample.dataset_id == dataset_id)
+                .order_by(DatasetSample.position)
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def nothing_stored(self) -> None:
+        assert self.client.get("/v1/datasets").json() == []
+        uploads = self.settings.dataset_dir / "uploads"
+        assert not uploads.exists() or list(uploads.iterdir()) == []
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = sentences(30, 0)
+    train_tokenizer(data / "tokenizer.json", [t for t, _ in rows])
+    write_jsonl(data / "news.jsonl", rows, "j")
+    write_text_csv(data / "news.csv", rows, "c")
+    settings = prepared(
+        Settings(  # type: ignore[call-arg]
+            UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_QUEUE="q-text", UNLEARN_DATA_ROOTS=str(data)
+        )
+    )
+    with session_scope(settings.resolved_database_url) as s:
+        admin = make_key(s, scopes=("admin",))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {admin}"}) as client:
+        yield Api(client, settings, data)
+
+
+@pytest.mark.parametrize(
+    ("kind", "file", "prefix"), [("jsonl", "news.jsonl", "j"), ("text_csv", "news.csv", "c")]
+)
+def test_a_text_dataset_registers_with_its_ids_labels_and_hashed_tokenizer(
+    api: Api, kind: str, file: str, prefix: str
+) -> None:
+    r = api.register("news", kind, file)
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert (got["kind"], got["num_samples"]) == (kind, 30)
+    rows = sentences(30, 0)
+    assert api.samples(got["id"]) == [(f"{prefix}-{i:03d}", label) for i, (_, label) in enumerate(rows)]
+    features = got["features"]
+    assert features["type"] == "text" and features["max_length"] == 16
+    assert features["tokenizer"] == str((api.data / "tokenizer.json").resolve())  # resolved beside the file
+    assert len(features["tokenizer_sha256"]) == 64
+
+    with session_scope(api.settings.resolved_database_url) as s:
+        ref = DatasetRef.of(s.get_one(Dataset, got["id"]))
+    ds = load_registered(ref)  # what a worker reads
+    assert isinstance(ds.x, dict) and set(ds.x) == {"input_ids", "attention_mask"}
+    assert ds.x["input_ids"].shape == (30, 16) and ds.x["input_ids"].dtype == torch.long
+    assert ds.ids == [f"{prefix}-{i:03d}" for i in range(30)]
+    assert ds.y.tolist() == [label for _, label in rows]
+    words = len(rows[0][0].split())
+    assert ds.x["attention_mask"][0].sum() == words + 2  # [CLS] words [SEP], then padding
+    assert (ds.x["input_ids"][0, words + 2 :] == 0).all()  # [PAD] is 0
+
+    tokenizer = api.data / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace("chef", "chief"))
+    with pytest.raises(ValueError, match="tokenizer .* changed since registration"):
+        load_registered(ref)
+    (api.data / file).write_text((api.data / file).read_text().replace("chef", "cook"))
+    with pytest.raises(DatasetChanged, match="changed since registration"):
+        load_registered(ref)
+
+
+def test_a_text_dataset_and_its_tokenizer_upload_together(api: Api) -> None:
+    r = api.client.post(
+        "/v1/datasets/upload",
+        data={"name": "up", "kind": "text_csv", "features": json.dumps({"type": "text", "max_length": 8})},
+        files={
+            "file": ("news.csv", (api.data / "news.csv").read_bytes()),
+            "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
+        },
+    )
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert got["num_samples"] == 30 and got["features"]["max_length"] == 8
+    assert Path(got["features"]["tokenizer"]).parent == api.settings.dataset_dir / "uploads"
+    with session_scope(api.settings.resolved_database_url) as s:
+        ds = load_registered(DatasetRef.of(s.get_one(Dataset, got["id"])))
+    assert isinstance(ds.x, dict) and ds.x["input_ids"].shape == (30, 8)
+
+
+def test_bad_json_lines_are_a_422_naming_each_line(api: Api) -> None:
+    lines = [
+        json.dumps({"sample_id": "a", "text": "the chef baked today", "label": 2}),
+        "{not json",
+        json.dumps({"sample_id": "b", "text": "the coach won", "label": 0}),
+        json.dumps({"sample_id": "c", "text": "no label here"}),
+        json.dumps({"sample_id": "d", "text": "a label that is a word", "label": "two"}),
+        json.dumps(["a", "list"]),
+    ]
+    (api.data / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    r = api.register("bad", "jsonl", "bad.jsonl")
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["lines"] == [2, 4, 5, 6] and body["refused_count"] == 4
+    detail = body["detail"]
+    assert "line 2: not JSON" in detail and "line 4: missing label" in detail
+    assert "line 5: label must be a whole number" in detail and "line 6: not a JSON object" in detail
+    api.nothing_stored()
+
+
+def test_a_bad_csv_record_is_a_422_naming_its_line(api: Api) -> None:
+    (api.data / "bad.csv").write_text(
+        'sample_id,text,label\na,"the chef, a cook, baked",2\nb,the coach won,zero\n,nobody,1\n'
+    )
+    r = api.register("bad", "text_csv", "bad.csv")
+    assert r.status_code == 422, r.text
+    assert r.json()["lines"] == [3, 4]
+    assert "line 3: label must be a whole number (a class index), got 'zero'" in r.json()["detail"]
+    assert "line 4: sample_id must be a non-empty string" in r.json()["detail"]
+    (api.data / "nohead.csv").write_text("id,sentence,label\na,b,1\n")
+    r = api.register("nohead", "text_csv", "nohead.csv")
+    assert r.status_code == 422 and "must name the columns sample_id, text, label" in r.json()["detail"]
+    api.nothing_stored()
+
+
+@pytest.mark.parametrize(
+    ("features", "says"),
+    [
+        (None, "needs a text declaration naming its tokenizer"),
+        ({"layout": "HW", "scale": 255}, "needs a text declaration naming its tokenizer"),
+        ({"type": "text", "max_length": 16}, "give the path of the tokenizer.json"),
+        ({**TEXT, "tokenizer": "missing.json"}, "no file at"),
+        ({**TEXT, "tokenizer": "/etc/hostname"}, "outside the data roots"),
+        ({**TEXT, "pad_token": "<pad>"}, "no padding token '<pad>'"),
+        ({**TEXT, "tokenizer": "news.jsonl"}, "is not a tokenizers tokenizer.json"),
+    ],
+)
+def test_impossible_text_declarations_are_a_422_saying_why(api: Api, features: Any, says: str) -> None:
+    r = api.register("news", "jsonl", "news.jsonl", features)
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"]
+    api.nothing_stored()
+
+
+def test_schema_refuses_bad_text_fields_and_a_text_declaration_on_images(api: Api) -> None:
+    r = api.register("news", "jsonl", "news.jsonl", {**TEXT, "max_length": 0})
+    assert r.status_code == 422 and "max_length" in r.text
+    r = api.register("news", "jsonl", "news.jsonl", {**TEXT, "layout": "HW"})
+    assert r.status_code == 422 and "layout" in r.text
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((3, 4), np.float32), y=np.arange(3), ids=np.array(["a", "b", "c"]))
+    r = api.client.post(
+        "/v1/datasets/upload",
+        data={"name": "arr", "features": json.dumps(TEXT)},
+        files={"file": ("d.npz", buf.getvalue())},
+    )
+    assert r.status_code == 422 and "a text declaration applies to text datasets" in r.json()["detail"]
+    api.nothing_stored()
