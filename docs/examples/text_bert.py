@@ -12,8 +12,8 @@
    it is `ready`, asks it to forget five training sentences, waits for the request to complete, downloads
    v2 and loads it strictly into `AutoModelForSequenceClassification.from_config`.
 
-    .venv/bin/python bench/text_example.py --out var/text-example
-    .venv/bin/python bench/text_example.py --out var/text-example \\
+    .venv/bin/python docs/examples/text_bert.py --out var/text-example
+    .venv/bin/python docs/examples/text_bert.py --out var/text-example \\
         --url http://127.0.0.1:8000 --key "$(cat var/admin.key)"
 
 The texts are tokenized here exactly as the service's worker tokenizes them (truncated and padded to
