@@ -3,7 +3,8 @@ model``: it updates ``model`` in place on the model's device and returns it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, cast
 
 import torch
@@ -16,7 +17,7 @@ from models.batches import Inputs
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
-from models.training import TrainRecipe, train
+from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.bounds import HeldoutBound, heldout_bound
 from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, run_steps
@@ -338,12 +339,61 @@ def random_label(
     hooks: Hooks,
     heldout: SampleDataset | None = None,
 ) -> nn.Module:
-    """Random labels: descent on D_f relabelled with random wrong classes, plus descent on D_r; epoch = one
-    pass over D_f (retain batches alongside)."""
+    """Random labels (see ``RandomLabelParams.relabel``): SalUn's passes over D_f then D_r with labels
+    redrawn per batch, or ours, fixed wrong labels with retain batches alongside."""
+    if params.relabel == "salun":
+        return salun_passes(model, forget, retain, params, hooks, _static_mask(model, forget, params))
     targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
     return _run(
         model, forget, retain, params, hooks, _random_label_objective, Plan("forget", 1.0, 1.0), targets
     )
+
+
+def salun_passes(
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: RandomLabelParams,
+    hooks: Hooks,
+    static_mask: list[torch.Tensor] | None,
+) -> nn.Module:
+    """SalUn's random-label loop (its ``unlearn/RL.py`` for CIFAR-10): per epoch, a shuffled pass over D_f
+    with labels drawn uniformly from all classes for every batch, then a shuffled pass over D_r with true
+    labels; cross-entropy descent throughout, each step masked by the saliency mask when there is one."""
+    hooks.start()
+    if len(forget) == 0:
+        hooks.finish()
+        return model
+    device, k = model_device(model), _num_classes(model, forget)
+    gen = torch.Generator().manual_seed(params.seed)
+    per_epoch = math.ceil(len(forget) / params.batch_size) + math.ceil(len(retain) / params.batch_size)
+    total = max(1, round(params.epochs * per_epoch)) if params.epochs > 0 else 0
+    ps = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(ps, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    sched = lr_scheduler(opt, params.schedule, total)
+
+    def batches() -> Iterator[tuple[Inputs, torch.Tensor]]:
+        while True:
+            for idx in torch.randperm(len(forget), generator=gen).split(params.batch_size):
+                yield B.take(forget.x, idx), torch.randint(0, k, (len(idx),), generator=gen)
+            for idx in torch.randperm(len(retain), generator=gen).split(params.batch_size):
+                yield B.take(retain.x, idx), retain.y[idx]
+
+    model.train()
+    stream = batches()
+    for step in range(1, total + 1):
+        x, y = next(stream)
+        loss = F.cross_entropy(model(B.to(x, device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if static_mask is None:
+            opt.step()
+        else:
+            M.masked_step(opt, ps, static_mask, binary=True, clip=params.grad_clip)
+        sched.step()
+        hooks.step(step, total)
+    hooks.finish()
+    return model
 
 
 @register_method("salun")

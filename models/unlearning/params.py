@@ -19,6 +19,7 @@ ADAPTIVE = ("off", "intuition", "literal")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
+RELABEL = ("salun", "wrong")
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
     "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
@@ -118,10 +119,17 @@ class GradientAscentParams(GradientParams):
 
 @dataclass(frozen=True)
 class RandomLabelParams(GradientParams):
-    """Descent on D_f with random wrong labels plus D_r; epoch = one pass over D_f."""
+    """Descent on D_f with random labels, and on D_r.
 
-    epochs: float = _f(3.0, 0.0, 200.0)
-    lr: float = _f(0.004, 1e-8, 10.0)
+    ``relabel="salun"`` (the default, SalUn's code): each epoch is one pass over D_f in batches whose labels
+    are drawn afresh for every batch from all classes (the true label allowed), then one pass over D_r;
+    an epoch is therefore a pass over D_f ∪ D_r. ``relabel="wrong"`` (ours, earlier): one fixed wrong
+    label per forget sample, and every step takes a forget batch and a retain batch together; an epoch
+    is one pass over D_f."""
+
+    epochs: float = _f(1.0, 0.0, 200.0)
+    lr: float = _f(0.01, 1e-8, 10.0)
+    relabel: str = _f("salun", choices=RELABEL, doc="salun: labels redrawn per batch, D_f then D_r | wrong")
 
 
 @dataclass(frozen=True)

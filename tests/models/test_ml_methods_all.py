@@ -178,3 +178,32 @@ def test_stop_at_forget_accuracy_ends_early(digits_model, digits_random10) -> No
     full = _count_steps("ugradsl", forget, retain, digits_model, fast)
     stopped = _count_steps("ugradsl", forget, retain, digits_model, {**fast, "stop_at_forget_accuracy": 0.95})
     assert stopped < full
+
+
+def test_salun_random_labels_pass_over_forget_then_retain_and_ours_over_forget(
+    digits_model, digits_random10
+) -> None:
+    forget, retain = digits_random10
+    salun_style = {"epochs": 1, "batch_size": 32}
+    union = math.ceil(len(forget) / 32) + math.ceil(len(retain) / 32)
+    assert _count_steps("random_label", forget, retain, digits_model, salun_style) == union
+    ours = {**salun_style, "relabel": "wrong"}
+    assert _count_steps("random_label", forget, retain, digits_model, ours) == math.ceil(len(forget) / 32)
+
+
+def test_salun_keeps_the_weights_outside_its_saliency_mask_bit_identical(
+    digits_model, digits_random10
+) -> None:
+    from models.unlearning.methods import salun_mask
+
+    forget, retain = digits_random10
+    mask = salun_mask(copy.deepcopy(digits_model), forget, keep=0.3)
+    model = run_method("salun", copy.deepcopy(digits_model), forget, retain, {"salun_keep": 0.3})
+    before = [p for p in digits_model.parameters() if p.requires_grad]
+    after = [p for p in model.parameters() if p.requires_grad]
+    moved = frozen = 0
+    for m, b, a in zip(mask, before, after, strict=True):
+        assert torch.equal(a[~m.bool()], b[~m.bool()])  # outside the mask: untouched
+        frozen += int((~m.bool()).sum())
+        moved += int((a[m.bool()] != b[m.bool()]).sum())
+    assert frozen > 0 and moved > 0
