@@ -39,9 +39,8 @@ class Api:
             )
 
 
-@pytest.fixture
-def api(backend: Backend) -> Iterator[Api]:
-    settings = backend.settings()
+def serve_toy(settings: Settings) -> Iterator[Api]:
+    """The app on a fresh database holding model `toy` (50 training samples) and a non-admin key."""
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     migrate.upgrade(url)
@@ -50,6 +49,11 @@ def api(backend: Backend) -> Iterator[Api]:
         key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
     with TestClient(create_app(settings)) as client:
         yield Api(client, url, key)
+
+
+@pytest.fixture
+def api(backend: Backend) -> Iterator[Api]:
+    yield from serve_toy(backend.settings())
 
 
 def post(api: Api, body: object, model: str = "toy", **headers: str):  # noqa: ANN201
@@ -347,15 +351,7 @@ def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(
 def hook_api(backend: Backend) -> Iterator[Api]:
     """The API with a webhook allow-list: hooks.example on 443 only, and on 8443."""
     env = {**backend.env, "UNLEARN_WEBHOOK_ALLOWED_HOSTS": "hooks.example, hooks.example:8443"}
-    settings = Settings(**env)  # type: ignore[arg-type]
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.resolved_database_url
-    migrate.upgrade(url)
-    with session_scope(url) as s:
-        make_model(s, name="toy", n_train=50)
-        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, url, key)
+    yield from serve_toy(Settings(**env))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

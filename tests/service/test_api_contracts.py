@@ -3,14 +3,12 @@ concurrency, cancellation, tenant isolation, the audit chain's tamper detection,
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 
 from service.api.app import create_app
@@ -19,7 +17,7 @@ from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
-from tests.helpers import free_port, wait_until
+from tests.liveapp import serve
 
 
 @dataclass
@@ -43,18 +41,8 @@ def live(backend: Backend) -> Iterator[Live]:
     with session_scope(db) as s:
         make_model(s, name="toy", n_train=200)
         key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=20, what="uvicorn")
-    try:
-        yield Live(f"http://127.0.0.1:{port}", db, key)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve(settings) as app:
+        yield Live(app.url, db, key)
 
 
 def request_count(db: str) -> int:
