@@ -1,13 +1,17 @@
 """Datasets with stable string sample IDs: the one type every loader returns.
 
-Samples are held in memory as tensors (the largest supported set, Fashion-MNIST, is 188 MB as float32).
-``subset`` copies the selected rows; the forget set is small and the retain set is needed contiguous on
-the device anyway, so a view type would save little and complicate every method.
+Small sets are held in memory as tensors (``npz``, the built-in sources, text). Sets that need not fit
+in memory (``npy``, ``webdataset``, ``csv_manifest``) keep their samples on disk: their ``x`` is a
+``models.streamed.LazyRows``, read a batch at a time. Labels and IDs are always in memory (they are what a
+deletion names). ``subset`` copies an in-memory set's rows and makes a view of a streamed one, so the
+retain set (all but a few rows) is never materialised; code that reads rows goes through
+``models.batches``, which treats both alike.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import struct
 from collections.abc import Callable, Sequence
@@ -22,6 +26,9 @@ from models import batches
 from models.batches import Inputs
 from models.declarations import TEXT_KINDS, DeclarationError, ImageFeatures, TextFeatures, is_text
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
+from models.shards import index_shards, npy_files
+from models.streamed import FileRows, LazyRows, NpyRows, RowSource, ShardRows
+from models.transforms import apply_features, post_only
 
 Features = ImageFeatures | TextFeatures | dict[str, Any] | None
 
@@ -38,8 +45,9 @@ class StoredForm:
 
 @dataclass
 class SampleDataset:
-    """``x``: (N, ...) float32, or a dict of (N, ...) tensors kept in their own dtypes (a text set's
-    ``input_ids`` and ``attention_mask``, int64); code reads it through ``models.batches``."""
+    """``x``: (N, ...) float32, a dict of (N, ...) tensors kept in their own dtypes (a text set's
+    ``input_ids`` and ``attention_mask``, int64), or rows on disk (``LazyRows``); code reads it through
+    ``models.batches``."""
 
     x: Inputs
     y: torch.Tensor  # (N,) int64
@@ -53,7 +61,7 @@ class SampleDataset:
             raise ValueError(f"x, y and ids differ in length: {n}, {len(self.y)}, {len(self.ids)}")
         if isinstance(self.x, torch.Tensor):
             self.x = self.x.float()
-        else:
+        elif isinstance(self.x, dict):
             self.x = dict(self.x)  # a copy: the caller's dict is not shared
         self.y = self.y.long()
 
@@ -83,7 +91,14 @@ class SampleDataset:
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> SampleDataset:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        return SampleDataset(batches.take(self.x, idx), self.y[idx], [self.ids[i] for i in idx.tolist()])
+        return SampleDataset(batches.select(self.x, idx), self.y[idx], [self.ids[i] for i in idx.tolist()])
+
+    def read_ahead_by(self, workers: int) -> SampleDataset:
+        """The same dataset, its rows on disk read ahead by ``workers`` processes in loops over many
+        batches (``models.loading``); data in memory is returned as it is."""
+        if not isinstance(self.x, LazyRows):
+            return self
+        return SampleDataset(self.x.reading_with(workers), self.y, self.ids, stored=self.stored)
 
     def split_by_ids(self, forget_ids: Sequence[str]) -> tuple[SampleDataset, SampleDataset]:
         """(forget, retain): the rows named by ``forget_ids`` and all the others, in dataset order."""
@@ -157,45 +172,6 @@ def declaration(features: Features) -> ImageFeatures | None:
     return ImageFeatures.from_dict(features)
 
 
-def apply_features(x: np.ndarray, decl: ImageFeatures | None, *, what: str = "x") -> torch.Tensor:
-    """``x`` (N, ...) as the declaration says: float32, CHW, divided by ``scale``, normalised per channel
-    (``mean``, ``std``), resized to ``size``. No declaration: float32 as stored (the legacy behaviour).
-    The declaration is checked against the array first (DeclarationError naming the problem): the API
-    checked it against the file's header at registration, but the file is read again here."""
-    if decl is None:
-        return torch.from_numpy(x.astype(np.float32))
-    problems = decl.problems(x.shape[1:], x.dtype.name, what=what)
-    if decl.layout is None:
-        problems.insert(0, f"{what}: an array's declaration needs features.layout (HW, HWC or CHW)")
-    if problems:
-        raise DeclarationError("; ".join(problems))
-    t = torch.from_numpy(x.astype(np.float32))
-    if decl.layout == "HW":
-        t = t[:, None]
-    elif decl.layout == "HWC":
-        t = t.permute(0, 3, 1, 2)
-    if decl.scale is not None and decl.scale != 1:
-        t = t / decl.scale
-    return normalise_and_resize(t, decl)
-
-
-def normalise_and_resize(t: torch.Tensor, decl: ImageFeatures) -> torch.Tensor:
-    """(N, C, H, W) float32: ``(t - mean[c]) / std[c]``, then resized (bilinear) to ``decl.size``."""
-    channels = t.shape[1]
-    for name, values in (("mean", decl.mean), ("std", decl.std)):
-        if values is not None and len(values) != channels:
-            raise DeclarationError(
-                f"features.{name} has {len(values)} value(s) but the samples have {channels} channel(s)"
-            )
-    if decl.mean is not None:
-        t = t - torch.tensor(decl.mean, dtype=t.dtype).view(1, -1, 1, 1)
-    if decl.std is not None:
-        t = t / torch.tensor(decl.std, dtype=t.dtype).view(1, -1, 1, 1)
-    if decl.size is not None and tuple(t.shape[-2:]) != decl.size:
-        t = torch.nn.functional.interpolate(t, size=decl.size, mode="bilinear", align_corners=False)
-    return t.contiguous()
-
-
 # ---------------------------------------------------------------- Fashion-MNIST (Debian package files)
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -235,23 +211,12 @@ def load_fashion_mnist(root: str | Path = FASHION_ROOT, split: str = "train") ->
 # ---------------------------------------------------------------- CSV manifest of image files
 
 
-def _load_image(path: Path) -> np.ndarray:
-    """An image file as (C, H, W) float32 in [0, 1]: .npy arrays, or anything PIL reads."""
-    if path.suffix == ".npy":
-        arr: np.ndarray = np.load(path, allow_pickle=False).astype(np.float32)
-        return arr[None] if arr.ndim == 2 else arr
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
 def load_csv_manifest(path: str | Path, features: Features = None) -> SampleDataset:
     """CSV with header ``sample_id,path,label``; paths are relative to the CSV's folder and must stay in
     it (``models.manifests``: checked again here, since the folder may have changed since registration).
-    All images must have the same shape (they are stacked into one tensor). Images are read as CHW
-    (``_load_image``), so a declaration may only normalise (``mean``, ``std``) and resize (``size``)."""
+    The images stay on disk and are read a batch at a time (``models.streamed``); they must have one
+    shape (or declare ``size``). Images are read as CHW floats in [0, 1], so a declaration may only
+    normalise (``mean``, ``std``) and resize (``size``)."""
     path = Path(path)
     root = manifest_root(path)
     with path.open(newline="") as f:
@@ -264,29 +229,63 @@ def load_csv_manifest(path: str | Path, features: Features = None) -> SampleData
         files = [resolve_row_path(root, r["path"] or "", line) for line, r in rows]
     except ManifestPathError as exc:
         raise ManifestPathError(f"{path}: {exc}; refusing to load it") from None
-    arrays = [_load_image(f) for f in files]
-    if len({a.shape for a in arrays}) > 1:
-        raise ValueError(f"{path}: images differ in shape: {sorted({a.shape for a in arrays})}")
-    x = torch.from_numpy(np.stack(arrays))
-    y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
     decl = declaration(features)
-    stored = StoredForm(tuple(x.shape[1:]), "float32", decl)
-    return SampleDataset(_post_only(x, decl), y, [r["sample_id"] for _, r in rows], stored=stored)
+    source = FileRows(files, decl, what=str(path))
+    y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
+    return _streamed(source, y, [r["sample_id"] for _, r in rows], decl, _first_image_shape(source))
 
 
-def _post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:
-    """A declaration for samples a loader has already made CHW floats: only ``mean``, ``std``, ``size``."""
-    if decl is None:
-        return x
-    fixed = [k for k in ("layout", "dtype", "scale") if getattr(decl, k) is not None]
-    if fixed:
-        raise DeclarationError(
-            f"features.{', features.'.join(fixed)} cannot apply here: these images are read as CHW floats "
-            "already; declare only mean, std and size"
-        )
-    if x.ndim != 4:
-        raise DeclarationError(f"features apply to images (C, H, W); these samples are {tuple(x.shape[1:])}")
-    return normalise_and_resize(x, decl)
+def _first_image_shape(source: FileRows | ShardRows) -> tuple[int, ...]:
+    """One stored image's shape as it is decoded (CHW), before the declaration: for advice."""
+    if not len(source):
+        return ()
+    undeclared = dataclasses.replace(source, decl=None)
+    return tuple(int(d) for d in undeclared.read(np.arange(1)).shape[1:])
+
+
+def _streamed(
+    source: RowSource,
+    y: torch.Tensor,
+    ids: list[str],
+    decl: ImageFeatures | None,
+    stored_shape: tuple[int, ...],
+) -> SampleDataset:
+    dtype = source.stored_dtype if isinstance(source, NpyRows) else "float32"
+    return SampleDataset(LazyRows(source), y, ids, stored=StoredForm(stored_shape, dtype, decl))
+
+
+# ---------------------------------------------------------------- memory-mapped .npy and WebDataset shards
+
+
+def load_npy(path: str | Path, features: Features = None) -> SampleDataset:
+    """A folder with ``x.npy`` (memory-mapped: rows are read when a batch needs them), ``y.npy`` and
+    ``ids.npy`` (``models.shards``). ``features`` applies to each batch as ``load_npz`` applies it to the
+    whole array; the declaration is checked against the file before anything is read."""
+    files = npy_files(path)
+    decl = declaration(features)
+    source = NpyRows(files["x.npy"], decl)
+    if decl is not None:
+        problems = decl.problems(source.stored_shape, source.stored_dtype, what="x.npy")
+        if decl.layout is None:
+            problems.insert(0, "x.npy: an array's declaration needs features.layout (HW, HWC or CHW)")
+        if problems:
+            raise DeclarationError("; ".join(problems))
+    y = np.load(files["y.npy"], allow_pickle=False)
+    ids = np.load(files["ids.npy"], allow_pickle=False)
+    if ids.dtype.kind != "U":
+        raise ValueError(f"{files['ids.npy']}: must be a unicode string array, got dtype {ids.dtype}")
+    return _streamed(source, torch.from_numpy(y.astype(np.int64)), ids.tolist(), decl, source.stored_shape)
+
+
+def load_webdataset(path: str | Path, features: Features = None) -> SampleDataset:
+    """WebDataset tar shards (a ``.tar`` or a folder of them): ``__key__`` is the sample ID, ``.cls`` the
+    label, the image any of ``models.shards.IMAGE_EXTENSIONS``. Indexed once, then read by offset a batch
+    at a time. Images are read as CHW floats in [0, 1]: a declaration may only say mean, std, size."""
+    index = index_shards(path)
+    decl = declaration(features)
+    source = ShardRows(index.shards, index.images, decl)
+    y = torch.tensor(index.labels, dtype=torch.long)
+    return _streamed(source, y, index.sample_ids, decl, _first_image_shape(source))
 
 
 # ---------------------------------------------------------------- torchvision from a local root
@@ -370,38 +369,47 @@ def _digits_uri(uri: str) -> SampleDataset:
     return train if split == "train" else test
 
 
-_LOADERS: dict[str, Callable[[str], SampleDataset]] = {
-    "npz": load_npz,
+# Kinds whose samples stay on disk (``models.streamed``), each applying its own declaration.
+_STREAMED: dict[str, Callable[[str, Features], SampleDataset]] = {
     "csv_manifest": load_csv_manifest,
+    "npy": load_npy,
+    "webdataset": load_webdataset,
+}
+_LOADERS: dict[str, Callable[[str], SampleDataset]] = {
     "fashion_mnist": _fashion_uri,
     "torchvision": _torchvision_uri,
     "digits": _digits_uri,
 }
 
 
-def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDataset:
+def load_dataset(kind: str, uri: str, features: Features = None, *, workers: int = 0) -> SampleDataset:
     """Load a registered dataset. Kinds and URIs:
 
     - ``npz``: path to a ``.npz`` with ``x``, ``y``, ``ids``.
-    - ``csv_manifest``: path to a CSV ``sample_id,path,label``.
+    - ``csv_manifest``: path to a CSV ``sample_id,path,label`` (streamed: images stay on disk).
+    - ``npy``: a folder with ``x.npy`` (memory-mapped), ``y.npy``, ``ids.npy`` (streamed).
+    - ``webdataset``: a ``.tar`` shard or a folder of them (streamed).
     - ``fashion_mnist``: ``ROOT[:train|:test]`` (folder with the IDX files; empty ROOT = the Debian path).
     - ``torchvision``: ``NAME:ROOT[:train|:test]``, e.g. ``FashionMNIST:/data:test`` (never downloads).
     - ``digits``: ``:train`` / ``:test`` (scikit-learn's digits, the split of ``load_digits_split()``).
     - ``jsonl`` / ``text_csv``: path to a text file (``models.text``); needs a text declaration.
+
+    ``workers``: processes that read a streamed dataset's rows ahead of the loops over it (0: read in
+    this process, when a batch is needed).
 
     ``features`` is the dataset's declaration (``models.declarations``; None: the legacy behaviour). The
     built-in image sources are already float CHW in [0, 1]: for them it may only normalise and resize.
     """
     if kind == "npz":
         return load_npz(uri, features)
-    if kind == "csv_manifest":
-        return load_csv_manifest(uri, features)
+    if kind in _STREAMED:
+        return _STREAMED[kind](uri, features).read_ahead_by(workers)
     if kind in TEXT_KINDS:
         return load_text(kind, uri, features)
     try:
         loader = _LOADERS[kind]
     except KeyError:
-        known = ", ".join(sorted([*_LOADERS, *TEXT_KINDS]))
+        known = ", ".join(sorted(["npz", *_STREAMED, *_LOADERS, *TEXT_KINDS]))
         raise ValueError(f"unknown dataset kind {kind!r}; known: {known}") from None
     ds = loader(uri)
     decl = declaration(features)
@@ -409,4 +417,4 @@ def load_dataset(kind: str, uri: str, features: Features = None) -> SampleDatase
         return ds
     assert isinstance(ds.x, torch.Tensor)  # the built-in sources are images
     stored = StoredForm(tuple(ds.x.shape[1:]), "float32", decl)
-    return SampleDataset(_post_only(ds.x, decl), ds.y, ds.ids, stored=stored)
+    return SampleDataset(post_only(ds.x, decl), ds.y, ds.ids, stored=stored)

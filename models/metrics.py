@@ -16,6 +16,7 @@ from torch import nn
 from models import batches as B
 from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
+from models.loading import in_order
 
 GAP_KEYS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
 # Inference batch: activations of a few hundred images stay in CPU cache (small_cnn: batch 256 ran 2-4x
@@ -36,11 +37,8 @@ def _map_batches(model: nn.Module, data: SampleDataset, fn: Any, batch_size: int
     try:
         with cpu_channels_last(model):
             outs = [
-                fn(
-                    model(B.to(B.window(data.x, i, i + batch_size), device)),
-                    data.y[i : i + batch_size].to(device),
-                )
-                for i in range(0, len(data), batch_size)
+                fn(model(B.to(xb, device)), data.y[i * batch_size : (i + 1) * batch_size].to(device))
+                for i, xb in enumerate(in_order(data.x, batch_size))
             ]
     finally:
         model.train(was_training)

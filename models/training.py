@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -13,6 +14,7 @@ from models import batches as B
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
+from models.loading import read_ahead
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -97,19 +99,20 @@ def _train_steps(
     total = recipe.epochs * steps_per_epoch
     sched = lr_scheduler(opt, recipe.schedule, total)
     hooks.start()
-    step = 0
-    for _ in range(recipe.epochs):
-        perm = torch.randperm(len(data), generator=gen)
-        for idx in perm.split(recipe.batch_size):  # type: ignore[no-untyped-call]
-            hooks.batch(idx)
-            idx = idx.to(device)
-            loss = nn.functional.cross_entropy(model(B.take(x, idx)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            step += 1
-            hooks.step(step, total)
+
+    def plan() -> Iterator[tuple[torch.Tensor]]:
+        for _ in range(recipe.epochs):
+            yield from ((idx,) for idx in torch.randperm(len(data), generator=gen).split(recipe.batch_size))
+
+    for step, ((idx,), (xb,)) in enumerate(read_ahead([x], plan()), start=1):
+        hooks.batch(idx)
+        idx = idx.to(device)
+        loss = nn.functional.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        sched.step()
+        hooks.step(step, total)
     hooks.finish()
     return model
 

@@ -20,6 +20,7 @@ from models import batches as B
 from models.batches import Inputs
 from models.datasets import SampleDataset
 from models.hooks import Hooks
+from models.loading import read_ahead
 from models.training import lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.params import GradientParams
@@ -107,14 +108,22 @@ def run_steps(
     if needs_retain and len(retain) == 0:
         raise ValueError("this method needs a non-empty retain set")
     device = model_device(model)
-    xf, yf = B.to(forget.x, device), forget.y.to(device)  # moved once
+    xf, yf = B.to(forget.x, device), forget.y.to(device)  # moved once (rows on disk: read per batch)
     tf = yf if forget_targets is None else forget_targets.to(device)
-    xr, yr = (B.to(retain.x, device), retain.y.to(device)) if len(retain) else (B.window(xf, 0, 0), yf[:0])
+    xr, yr = (B.to(retain.x, device), retain.y.to(device)) if len(retain) else (xf, yf[:0])
     gen = torch.Generator().manual_seed(params.seed)
     lead_n, partner_n = (len(forget), len(retain)) if plan.lead == "forget" else (len(retain), len(forget))
-    lead = lead_batches(lead_n, params.batch_size, gen)
-    partner = CyclingSampler(max(partner_n, 1), gen)
     total = count_steps(plan, params, len(forget), len(retain))
+
+    def indices() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(forget rows, retain rows) of every step, drawn from the seeded generator."""
+        lead = lead_batches(lead_n, params.batch_size, gen)
+        partner = CyclingSampler(max(partner_n, 1), gen)
+        for _ in range(total):
+            i_lead = next(lead)
+            i_part = partner.take(_partner_size(plan, len(i_lead), partner_n)) if partner_n else i_lead[:0]
+            yield (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
+
     opt = torch.optim.SGD(
         model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
     )
@@ -122,12 +131,9 @@ def run_steps(
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     model.train()
     hooks.start()
-    for step in range(1, total + 1):
-        i_lead = next(lead)
-        i_part = partner.take(_partner_size(plan, len(i_lead), partner_n)) if partner_n else i_lead[:0]
-        i_f, i_r = (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
+    for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
-        batch = Batch(B.take(xr, i_r), yr[i_r], B.take(xf, i_f), yf[i_f], tf[i_f])
+        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f])
         correct = _step(model, opt, batch, params, objective, plan, static_mask)
         sched.step()
         stopper.add(correct)

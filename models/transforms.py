@@ -1,0 +1,90 @@
+"""Turning stored samples into the float32 (N, C, H, W) tensors a model reads, as a dataset's feature
+declaration (``models.declarations``) says: one array at a time, so the in-memory loaders
+(``models.datasets``) apply it to a whole file and the streamed ones (``models.streamed``) to each batch,
+with the same result."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.declarations import DeclarationError, ImageFeatures
+
+
+def apply_features(x: np.ndarray, decl: ImageFeatures | None, *, what: str = "x") -> torch.Tensor:
+    """``x`` (N, ...) as the declaration says: float32, CHW, divided by ``scale``, normalised per channel
+    (``mean``, ``std``), resized to ``size``. No declaration: float32 as stored (the legacy behaviour).
+    The declaration is checked against the array first (DeclarationError naming the problem): the API
+    checked it against the file's header at registration, but the file is read again here."""
+    if decl is None:
+        return torch.from_numpy(x.astype(np.float32))
+    problems = decl.problems(x.shape[1:], x.dtype.name, what=what)
+    if decl.layout is None:
+        problems.insert(0, f"{what}: an array's declaration needs features.layout (HW, HWC or CHW)")
+    if problems:
+        raise DeclarationError("; ".join(problems))
+    t = torch.from_numpy(x.astype(np.float32))
+    if decl.layout == "HW":
+        t = t[:, None]
+    elif decl.layout == "HWC":
+        t = t.permute(0, 3, 1, 2)
+    if decl.scale is not None and decl.scale != 1:
+        t = t / decl.scale
+    return normalise_and_resize(t, decl)
+
+
+def normalise_and_resize(t: torch.Tensor, decl: ImageFeatures) -> torch.Tensor:
+    """(N, C, H, W) float32: ``(t - mean[c]) / std[c]``, then resized (bilinear) to ``decl.size``."""
+    channels = t.shape[1]
+    for name, values in (("mean", decl.mean), ("std", decl.std)):
+        if values is not None and len(values) != channels:
+            raise DeclarationError(
+                f"features.{name} has {len(values)} value(s) but the samples have {channels} channel(s)"
+            )
+    if decl.mean is not None:
+        t = t - torch.tensor(decl.mean, dtype=t.dtype).view(1, -1, 1, 1)
+    if decl.std is not None:
+        t = t / torch.tensor(decl.std, dtype=t.dtype).view(1, -1, 1, 1)
+    if decl.size is not None and tuple(t.shape[-2:]) != decl.size:
+        t = torch.nn.functional.interpolate(t, size=decl.size, mode="bilinear", align_corners=False)
+    return t.contiguous()
+
+
+def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
+    """One image as (C, H, W) float32 in [0, 1] (an ``.npy`` array as stored, as float32)."""
+    if ext == "npy":
+        arr: np.ndarray = np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False)
+        arr = arr.astype(np.float32)
+        return arr[None] if arr.ndim == 2 else arr
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def stack_images(arrays: Sequence[np.ndarray], what: str) -> torch.Tensor:
+    """Images of one shape stacked to (N, C, H, W); ValueError naming the shapes otherwise."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"{what}: images differ in shape: {sorted(shapes)}; declare features.size to resize")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:
+    """A declaration for samples a loader has already made CHW floats: only ``mean``, ``std``, ``size``."""
+    if decl is None:
+        return x
+    fixed = [k for k in ("layout", "dtype", "scale") if getattr(decl, k) is not None]
+    if fixed:
+        raise DeclarationError(
+            f"features.{', features.'.join(fixed)} cannot apply here: these images are read as CHW floats "
+            "already; declare only mean, std and size"
+        )
+    if x.ndim != 4:
+        raise DeclarationError(f"features apply to images (C, H, W); these samples are {tuple(x.shape[1:])}")
+    return normalise_and_resize(x, decl)

@@ -1,0 +1,189 @@
+"""Streamed datasets (memory-mapped .npy, WebDataset tar shards, CSV manifests of image files) give the
+same tensors, the same metrics and the same unlearned weights as the same data held in memory, whether
+rows are read in the calling process or by DataLoader reader processes."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds  # type: ignore[import-untyped,unused-ignore]
+from PIL import Image
+
+from models import batches as B
+from models.architectures import build_model
+from models.datasets import SampleDataset, load_dataset
+from models.metrics import evaluate
+from models.shards import ShardError, index_shards
+from models.streamed import LazyRows
+from models.training import DIGITS_RECIPE, train
+from models.unlearning import run_method
+
+DECL = {"layout": "HW", "scale": 255}  # the npz and npy hold the same uint8 pixels as the image files
+
+
+def _pixels(digits: tuple[SampleDataset, SampleDataset]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The digits train split as uint8 (N, 8, 8) images (digits are 0..16: times 15 fits a byte)."""
+    train_ds = digits[0]
+    assert isinstance(train_ds.x, torch.Tensor)
+    x = (train_ds.x[:, 0] * 16).round().to(torch.uint8).numpy() * 15
+    return x, train_ds.y.numpy(), list(train_ds.ids)
+
+
+def _png(img: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(img).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory, digits: tuple[SampleDataset, SampleDataset]) -> Path:
+    """The same samples four ways: npz, npy folder, two WebDataset shards (written with the webdataset
+    library itself) and a CSV manifest of PNG files."""
+    x, y, ids = _pixels(digits)
+    root = tmp_path_factory.mktemp("streamed")
+    np.savez(root / "mem.npz", x=x, y=y, ids=np.asarray(ids, dtype=np.str_))
+    (root / "npy").mkdir()
+    np.save(root / "npy" / "x.npy", x)
+    np.save(root / "npy" / "y.npy", y)
+    np.save(root / "npy" / "ids.npy", np.asarray(ids, dtype=np.str_))
+    (root / "wds").mkdir()
+    half = len(ids) // 2
+    for shard, rows in enumerate((range(half), range(half, len(ids)))):
+        with wds.TarWriter(str(root / "wds" / f"part-{shard:03d}.tar")) as sink:
+            for i in rows:
+                sink.write({"__key__": ids[i], "png": _png(x[i]), "cls": str(int(y[i]))})
+    (root / "images").mkdir()
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sample_id", "path", "label"])
+        for i, sid in enumerate(ids):
+            (root / "images" / f"{sid}.png").write_bytes(_png(x[i]))
+            w.writerow([sid, f"images/{sid}.png", int(y[i])])
+    return root
+
+
+KINDS = [("npy", "npy", DECL), ("webdataset", "wds", None), ("csv_manifest", "manifest.csv", None)]
+
+
+def _load(
+    stored: Path, kind: str, name: str, decl: dict[str, object] | None, workers: int = 0
+) -> SampleDataset:
+    return load_dataset(kind, str(stored / name), decl, workers=workers)
+
+
+@pytest.mark.parametrize(("kind", "name", "decl"), KINDS)
+def test_streamed_rows_equal_the_rows_in_memory(
+    stored: Path, kind: str, name: str, decl: dict[str, object] | None
+) -> None:
+    memory = load_dataset("npz", str(stored / "mem.npz"), DECL)
+    ds = _load(stored, kind, name, decl)
+    assert isinstance(ds.x, LazyRows)
+    assert ds.ids == memory.ids
+    assert torch.equal(ds.y, memory.y)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:50]
+    assert torch.equal(B.take(ds.x, idx), B.take(memory.x, idx))
+    assert B.sample_shape(ds.x) == (1, 8, 8)
+    assert ds.stored is not None and ds.stored.sample_shape in ((8, 8), (1, 8, 8))
+
+
+def test_a_subset_of_streamed_rows_is_a_view_not_a_copy(stored: Path) -> None:
+    ds = _load(stored, "npy", "npy", DECL)
+    forget, retain = ds.split_by_ids(ds.ids[:10])
+    assert isinstance(retain.x, LazyRows) and retain.x.source is ds.x.source  # type: ignore[union-attr]
+    assert len(retain) == len(ds) - 10
+    assert torch.equal(B.take(retain.x, torch.tensor([0])), B.take(ds.x, torch.tensor([10])))
+
+
+@pytest.fixture(scope="module")
+def trained(stored: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model("small_cnn", in_channels=1, image_size=8, num_classes=10)
+    return train(model, load_dataset("npz", str(stored / "mem.npz"), DECL), DIGITS_RECIPE)
+
+
+def _unlearn(model: torch.nn.Module, ds: SampleDataset, test: SampleDataset) -> tuple[dict, dict]:
+    forget, retain = ds.split_by_ids(ds.ids[::10])
+    params = {"epochs": 1, "seed": 3}
+    out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, params, heldout=test)
+    metrics = dict(evaluate(out, forget=forget, retain=retain, test=test))
+    return out.state_dict(), metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "name", "decl", "workers"), [(*k, w) for k in KINDS for w in (0, 2)])
+def test_unlearning_a_streamed_set_gives_the_weights_and_metrics_of_memory(
+    stored: Path,
+    trained: torch.nn.Module,
+    kind: str,
+    name: str,
+    decl: dict[str, object] | None,
+    workers: int,
+) -> None:
+    memory = load_dataset("npz", str(stored / "mem.npz"), DECL)
+    test = memory.subset(torch.arange(0, len(memory), 7))
+    want_weights, want_metrics = _unlearn(trained, memory, test)
+    got_weights, got_metrics = _unlearn(trained, _load(stored, kind, name, decl, workers), test)
+    assert got_metrics == want_metrics
+    assert all(torch.equal(got_weights[k], want_weights[k]) for k in want_weights)
+
+
+def test_retraining_on_streamed_rows_read_ahead_matches_memory(stored: Path) -> None:
+    recipe = DIGITS_RECIPE.__class__(**{**DIGITS_RECIPE.to_dict(), "epochs": 1})
+    models = []
+    for ds in (
+        load_dataset("npz", str(stored / "mem.npz"), DECL),
+        _load(stored, "webdataset", "wds", None, 2),
+    ):
+        torch.manual_seed(0)
+        models.append(
+            train(build_model("small_cnn", in_channels=1, image_size=8, num_classes=10), ds, recipe)
+        )
+    a, b = (m.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shards_that_cannot_be_a_labelled_image_set_are_refused_by_name(tmp_path: Path) -> None:
+    png = _png(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ShardError, match="'a' has no .cls label"):
+        index_shards(_tar(tmp_path / "nolabel.tar", {"a.png": png}))
+    with pytest.raises(ShardError, match="'b' has label 'x', not an integer"):
+        index_shards(_tar(tmp_path / "badlabel.tar", {"b.png": png, "b.cls": b"x"}))
+    with pytest.raises(ShardError, match="'c' has no image"):
+        index_shards(_tar(tmp_path / "noimage.tar", {"c.cls": b"1"}))
+    (tmp_path / "two").mkdir()
+    _tar(tmp_path / "two" / "0.tar", {"d.png": png, "d.cls": b"1"})
+    _tar(tmp_path / "two" / "1.tar", {"d.png": png, "d.cls": b"2"})
+    with pytest.raises(ShardError, match="'d' appears again"):
+        index_shards(tmp_path / "two")
+
+
+def test_shard_keys_subjects_and_order_follow_webdataset(tmp_path: Path) -> None:
+    png = _png(np.zeros((4, 4), dtype=np.uint8))
+    members = {
+        "dir/s1.png": png,
+        "dir/s1.cls": b"3",
+        "dir/s1.subject_id": b"alice",
+        "s2.seg.png": png,  # the key ends at the first dot of the file name; a .png all the same
+        "s2.cls": b"0",
+    }
+    index = index_shards(_tar(tmp_path / "one.tar", members))
+    assert index.sample_ids == ["dir/s1", "s2"]
+    assert index.images[1].ext == "png"
+    assert index.labels[0] == 3
+    assert index.subject_ids == ["alice", None]
