@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from models import batches as B
-from models.batches import Inputs
+from models.batches import Loaded
 
 
 def defines_contract(module: nn.Module) -> bool:
@@ -94,15 +94,15 @@ class LinearHeadAdapter(nn.Module):
         self.wrapped.training = mode  # the module's own forward may read it (e.g. auxiliary heads)
         return self
 
-    def run_wrapped(self, x: Inputs) -> object:
+    def run_wrapped(self, x: Loaded) -> object:
         """The wrapped module's own forward on ``x`` (subclasses: how the module takes its inputs)."""
         return self.wrapped(x)
 
-    def own(self, x: Inputs) -> object:
+    def own(self, x: Loaded) -> object:
         """The wrapped module's own logits, for ``check_contract`` (subclasses: out of its output)."""
         return self.run_wrapped(x)
 
-    def features(self, x: Inputs) -> torch.Tensor:
+    def features(self, x: Loaded) -> torch.Tensor:
         def reached(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             raise _Reached(args[0])
 
@@ -122,7 +122,7 @@ class LinearHeadAdapter(nn.Module):
         out: torch.Tensor = self.wrapped.get_submodule(self.classifier_name)(f)
         return out
 
-    def forward(self, x: Inputs) -> torch.Tensor:
+    def forward(self, x: Loaded) -> torch.Tensor:
         return self.head(self.features(x))
 
 
@@ -133,7 +133,7 @@ def adapt(module: nn.Module) -> nn.Module:
     return LinearHeadAdapter(module, find_classifier(module))
 
 
-def check_contract(model: nn.Module, x: Inputs, num_classes: int) -> None:
+def check_contract(model: nn.Module, x: Loaded, num_classes: int) -> None:
     """On a batch ``x``, in eval mode: ``features(x)`` is ``(B, D)``, ``head`` gives ``(B, num_classes)``,
     and ``head(features(x))`` equals the model's own output (for an adapted module, its unwrapped
     forward). ValueError saying which part does not hold."""

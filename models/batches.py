@@ -18,13 +18,14 @@ Hugging Face adapter spreads it into keyword arguments itself).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 import torch
 
 from models.streamed import LazyRows
 
 Inputs = torch.Tensor | dict[str, torch.Tensor] | LazyRows
-Batch = torch.Tensor | dict[str, torch.Tensor]  # rows in memory, as a model reads them
+Loaded = torch.Tensor | dict[str, torch.Tensor]  # rows in memory, as a model reads them
 
 
 def rows(x: Inputs) -> int:
@@ -49,7 +50,7 @@ def check(x: Inputs) -> int:
     return next(iter(lengths.values()))
 
 
-def take(x: Inputs, idx: torch.Tensor) -> Batch:
+def take(x: Inputs, idx: torch.Tensor) -> Loaded:
     """The rows ``idx`` (a LongTensor) of every tensor (read from disk, for rows that are there)."""
     if isinstance(x, torch.Tensor):
         return x[idx]
@@ -63,7 +64,7 @@ def select(x: Inputs, idx: torch.Tensor) -> Inputs:
     return x.select(idx) if isinstance(x, LazyRows) else take(x, idx)
 
 
-def window(x: Inputs, start: int, stop: int) -> Batch:
+def window(x: Inputs, start: int, stop: int) -> Loaded:
     """Rows ``start:stop`` (a view, as slicing a tensor is; read, for rows on disk)."""
     if isinstance(x, torch.Tensor):
         return x[start:stop]
@@ -72,6 +73,14 @@ def window(x: Inputs, start: int, stop: int) -> Batch:
     return {k: v[start:stop] for k, v in x.items()}
 
 
+@overload
+def to(x: torch.Tensor, device: str | torch.device) -> torch.Tensor: ...
+@overload
+def to(x: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]: ...
+@overload
+def to(x: LazyRows, device: str | torch.device) -> LazyRows: ...
+@overload
+def to(x: Inputs, device: str | torch.device) -> Inputs: ...
 def to(x: Inputs, device: str | torch.device) -> Inputs:
     """Every tensor on ``device`` (dtypes kept: token ids stay integers); rows on disk are read there."""
     if isinstance(x, torch.Tensor):
@@ -81,7 +90,7 @@ def to(x: Inputs, device: str | torch.device) -> Inputs:
     return {k: v.to(device) for k, v in x.items()}
 
 
-def cat(parts: Sequence[Batch]) -> Batch:
+def cat(parts: Sequence[Loaded]) -> Loaded:
     """Rows of ``parts`` one after the other (dicts: per key; every part must have the same keys)."""
     tensors = [p for p in parts if isinstance(p, torch.Tensor)]
     if len(tensors) == len(parts):
@@ -92,7 +101,7 @@ def cat(parts: Sequence[Batch]) -> Batch:
     return {k: torch.cat([d[k] for d in dicts]) for k in dicts[0]}
 
 
-def split(x: Batch, sections: int) -> list[Batch]:
+def split(x: Loaded, sections: int) -> list[Loaded]:
     """``sections`` nearly equal consecutive parts, as ``Tensor.tensor_split`` makes them."""
     if isinstance(x, torch.Tensor):
         return list(x.tensor_split(sections))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from models.adapters import LinearHeadAdapter, NotAdaptable, find_classifier
-from models.batches import Inputs
+from models.batches import Loaded
 from models.sources import check_hf_config
 
 # Nothing may reach the hub at run time, whatever the environment says otherwise.
@@ -46,7 +46,7 @@ class HFSequenceAdapter(LinearHeadAdapter):
             n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted
         )
 
-    def run_wrapped(self, x: Inputs) -> Any:
+    def run_wrapped(self, x: Loaded) -> Any:
         if isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{type(self.wrapped).__name__} reads tokenized text (a dict of input_ids and "
@@ -56,10 +56,10 @@ class HFSequenceAdapter(LinearHeadAdapter):
             raise TypeError(f"{type(self.wrapped).__name__} needs input_ids; the batch holds {sorted(x)}")
         return self.wrapped(**{k: v for k, v in x.items() if k in self.input_names}, return_dict=True)
 
-    def own(self, x: Inputs) -> Any:
+    def own(self, x: Loaded) -> Any:
         return self.run_wrapped(x).logits
 
-    def features(self, x: Inputs) -> torch.Tensor:
+    def features(self, x: Loaded) -> torch.Tensor:
         f = super().features(x)
         if f.ndim != 2:  # e.g. GPT-2's `score`: applied to every token, pooled afterwards
             raise NotAdaptable(

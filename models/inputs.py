@@ -23,6 +23,7 @@ from models.adapters import NotAdaptable
 from models.architectures import model_input_shape
 from models.datasets import SampleDataset, StoredForm
 from models.declarations import ImageFeatures, describe, fits, suggest
+from models.streamed import LazyRows
 
 _RAW_SHOWN = 300  # characters of the framework's own message kept in an explanation
 
@@ -59,9 +60,10 @@ def explain(
 ) -> str:
     """The explanation of a model that cannot read `ds`: what it expects, what the data holds, the fix."""
     x = ds.data.x
-    if not isinstance(x, torch.Tensor) or architecture.startswith("hf:"):
+    if isinstance(x, dict) or architecture.startswith("hf:"):
         return explain_text(architecture, arch_kwargs, expected, ds, model_error=model_error)
-    got = tuple(int(d) for d in x.shape[1:])
+    got = B.sample_shape(x)
+    assert isinstance(got, tuple)  # images: a tensor, or rows on disk
     stored = ds.data.stored
     kwargs = {k: v for k, v in arch_kwargs.items() if k != "num_classes"}
     model = f"the model `{architecture}` with arch_kwargs {describe(kwargs)}"
@@ -104,10 +106,8 @@ def explain_text(
     else:
         model += " cannot read one batch of its data"
     stored = ds.data.stored
-    if isinstance(x, torch.Tensor):
-        held = (
-            f"the {ds.role} `{ds.name}` holds samples of shape {tuple(x.shape[1:])} ({_dtype(x)}), not text"
-        )
+    if not isinstance(x, dict):
+        held = f"the {ds.role} `{ds.name}` holds samples of shape {B.sample_shape(x)} ({_dtype(x)}), not text"
         fix = "Register a text dataset (kind jsonl or text_csv, with a text declaration) for a text model."
     else:
         shapes = ", ".join(f"{k} {v}" for k, v in B.sample_shape(x).items())  # type: ignore[union-attr]
@@ -145,7 +145,7 @@ def vocabulary_problem(model: nn.Module, ds: Role) -> str | None:
     """Why the dataset's token ids do not fit the model's input embedding (None: they fit, or the model
     has no Hugging Face input embedding to compare with)."""
     x = ds.data.x
-    if isinstance(x, torch.Tensor) or "input_ids" not in x or len(ds.data) == 0:
+    if not isinstance(x, dict) or "input_ids" not in x or len(ds.data) == 0:
         return None
     get = getattr(getattr(model, "wrapped", model), "get_input_embeddings", None)
     embedding = get() if callable(get) else None
@@ -161,15 +161,15 @@ def vocabulary_problem(model: nn.Module, ds: Role) -> str | None:
     )
 
 
-def _dtype(x: torch.Tensor) -> str:
-    return str(x.dtype).removeprefix("torch.")
+def _dtype(x: B.Inputs) -> str:
+    return "float32" if isinstance(x, LazyRows) else str(x.dtype).removeprefix("torch.")  # type: ignore[union-attr]
 
 
 def _fix(
     sample_shape: tuple[int, ...],
     stored: StoredForm | None,
     expected: tuple[int, ...] | None,
-    x: torch.Tensor,
+    x: B.Inputs,
 ) -> str:
     dtype = stored.dtype if stored is not None else _dtype(x)
     current = stored.features if stored is not None else None
@@ -203,7 +203,7 @@ def check_model_reads(
     for ds in datasets:
         x = ds.data.x
         if expected is not None and (
-            not isinstance(x, torch.Tensor) or not fits(tuple(int(d) for d in x.shape[1:]), expected)
+            isinstance(x, dict) or not fits(B.sample_shape(x), expected)  # type: ignore[arg-type]
         ):
             raise InputMismatch(explain(architecture, arch_kwargs, expected, ds))
         problem = vocabulary_problem(model, ds)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models import batches as B
-from models.batches import Batch, Inputs
+from models.batches import Inputs, Loaded
 from models.streamed import LazyRows
 
 PREFETCH = 4  # batches each reader process keeps ready
@@ -24,18 +24,18 @@ PREFETCH = 4  # batches each reader process keeps ready
 Step = Sequence[torch.Tensor]
 
 
-class _Reader(Dataset[tuple[Step, list[Batch | None]]]):
+class _Reader(Dataset[tuple[Step, list[Loaded | None]]]):
     """For one step's index tensors: the step itself (the loop needs it for the labels and for inputs in
     memory) and the rows of each streamed input (None for inputs in memory)."""
 
     def __init__(self, views: Sequence[LazyRows | None]) -> None:
         self.views = views
 
-    def __getitem__(self, step: Step) -> tuple[Step, list[Batch | None]]:  # type: ignore[override]
+    def __getitem__(self, step: Step) -> tuple[Step, list[Loaded | None]]:  # type: ignore[override]
         return step, [None if v is None else v.read(i) for v, i in zip(self.views, step, strict=True)]
 
 
-def read_ahead(xs: Sequence[Inputs], plan: Iterable[Step]) -> Iterator[tuple[Step, list[Batch]]]:
+def read_ahead(xs: Sequence[Inputs], plan: Iterable[Step]) -> Iterator[tuple[Step, list[Loaded]]]:
     """For each step of ``plan`` (one CPU index tensor per input): the step and the rows of each input, on
     the input's device. Streamed inputs are read ahead by as many processes as the most any of them asks
     for; the plan is drawn in this process, ahead of the loop by a few steps."""
@@ -72,7 +72,7 @@ def _on(x: Inputs, idx: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def in_order(x: Inputs, batch_size: int) -> Iterator[Batch]:
+def in_order(x: Inputs, batch_size: int) -> Iterator[Loaded]:
     """Consecutive batches of ``x`` (the last may be short), on its device: slices of data in memory,
     rows read ahead for data on disk."""
     n = B.rows(x)

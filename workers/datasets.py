@@ -1,6 +1,7 @@
 """Loading a registered dataset only if its file is still the one that was registered.
 
-The API hashed the file (for a CSV manifest, the manifest itself) into `datasets.sha256`; a job may run
+The API hashed the file (for a CSV manifest, the manifest itself; for a folder of shards or arrays, every
+file in it) into `datasets.sha256`; a job may run
 months later, and a file replaced in between would silently train and score on other data, or make the
 mirrored sample IDs lie. So the file is hashed again here and refused if it differs. (Null hashes are
 datasets registered before hashes were recorded: loaded as before.)"""
@@ -11,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.datasets import SampleDataset, load_dataset
-from service.core.dataset_ids import file_sha256
+from service.core.dataset_ids import dataset_sha256
 from service.core.db.tables import Dataset
 
 # Kinds whose `uri` is a single file we hashed at registration. (A text dataset's tokenizer is hashed
 # too: its sha256 is in the declaration, and the loader checks it.)
-HASHED_KINDS = frozenset({"npz", "csv_manifest", "jsonl", "text_csv"})
+HASHED_KINDS = frozenset({"npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv"})
 
 
 class DatasetChanged(ValueError):
@@ -38,14 +39,14 @@ class DatasetRef:
         return cls(dataset.kind, dataset.uri, dataset.sha256, dataset.features)
 
 
-def load_registered(ref: DatasetRef) -> SampleDataset:
-    """The dataset, after checking its file against the sha256 recorded at registration, read as its
-    feature declaration says."""
+def load_registered(ref: DatasetRef, *, workers: int = 0) -> SampleDataset:
+    """The dataset, after checking its files against the sha256 recorded at registration, read as its
+    feature declaration says. ``workers``: processes reading a streamed dataset ahead of each loop."""
     if ref.sha256 is not None and ref.kind in HASHED_KINDS:
-        actual = file_sha256(ref.uri)
+        actual = dataset_sha256(ref.kind, ref.uri)
         if actual != ref.sha256:
             raise DatasetChanged(
                 f"dataset file {ref.uri} changed since registration (sha256 {actual[:16]}..., registered "
                 f"{ref.sha256[:16]}...); refusing to load it"
             )
-    return load_dataset(ref.kind, ref.uri, ref.features)
+    return load_dataset(ref.kind, ref.uri, ref.features, workers=workers)

@@ -23,7 +23,7 @@ from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, gates
-from workers.datasets import load_registered
+from workers.datasets import DatasetRef, load_registered
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost
 from workers.progress import Reporter
@@ -89,8 +89,11 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
 
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
-    train, test = load_registered(ctx.train), load_registered(ctx.test)
-    parts = held_out(test, load_registered(ctx.heldout) if ctx.heldout else None)
+    def load(ref: DatasetRef) -> SampleDataset:
+        return load_registered(ref, workers=settings.loader_workers)
+
+    train, test = load(ctx.train), load(ctx.test)
+    parts = held_out(test, load(ctx.heldout) if ctx.heldout else None)
     data_roles = roles(parts, ctx.test_name, ctx.heldout_name)
     base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs})
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)

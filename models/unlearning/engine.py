@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models import batches as B
-from models.batches import Inputs
+from models.batches import Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.loading import read_ahead
@@ -28,9 +28,9 @@ from models.unlearning.params import GradientParams
 
 @dataclass
 class Batch:
-    xr: Inputs  # (B_r, ...) retain inputs (a tensor or a dict of tensors: models.batches)
+    xr: Loaded  # (B_r, ...) retain inputs (a tensor or a dict of tensors: models.batches)
     yr: torch.Tensor  # (B_r,)
-    xf: Inputs  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
+    xf: Loaded  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
 

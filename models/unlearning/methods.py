@@ -13,7 +13,7 @@ from torch import nn
 
 from models import batches as B
 from models.architectures import Classifier, build_model
-from models.batches import Inputs
+from models.batches import Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
@@ -101,7 +101,7 @@ def run_method(
 # ---------------------------------------------------------------- objectives
 
 
-def _ce(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor | None:
+def _ce(model: nn.Module, x: Loaded, y: torch.Tensor) -> torch.Tensor | None:
     return F.cross_entropy(model(x), y) if len(y) else None
 
 
@@ -110,7 +110,7 @@ def _has_batch_stats(model: nn.Module) -> bool:
 
 
 def _joint_forward(
-    net: Classifier, xr: Inputs, xf: Inputs
+    net: Classifier, xr: Loaded, xf: Loaded
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features and logits of B_r and B_f. Without batch statistics one forward pass over both batches is
     the same computation as two and runs like a plain training step of size |B_r| + |B_f|; with
@@ -372,7 +372,7 @@ def salun_passes(
     opt = torch.optim.SGD(ps, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
     sched = lr_scheduler(opt, params.schedule, total)
 
-    def batches() -> Iterator[tuple[Inputs, torch.Tensor]]:
+    def batches() -> Iterator[tuple[Loaded, torch.Tensor]]:
         while True:
             for idx in torch.randperm(len(forget), generator=gen).split(params.batch_size):
                 yield B.take(forget.x, idx), torch.randint(0, k, (len(idx),), generator=gen)

@@ -4,7 +4,9 @@ with models.datasets.)
 
 Registration reads untrusted files, so it reads no more than it needs: an `.npz`'s `x` (the bulk of it)
 is never decompressed, its row count and dtype come from the `.npy` header inside the zip; and a CSV
-manifest's paths must stay inside the manifest's folder (models.manifests)."""
+manifest's paths must stay inside the manifest's folder (models.manifests). The streamed kinds are read
+the same way: an `npy` folder's `x.npy` only for its header, WebDataset shards only for their tar headers
+and their small label and subject members (models.shards)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ import numpy as np
 from numpy.lib import format as npy
 
 from models.manifests import manifest_root, path_problem
+from models.shards import index_shards, npy_files, shard_paths
 from models.text import TextFileError, read_records
 from service.core.errors import ProblemError, Unprocessable
 
-ID_KINDS = ("npz", "csv_manifest", "jsonl", "text_csv")
+ID_KINDS = ("npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv")
+# Kinds whose data is a folder (or, for shards, a folder or one .tar file) rather than one file.
+FOLDER_KINDS = ("npy", "webdataset")
 _SHOWN = 20  # offending manifest lines named in a refusal
 
 
@@ -30,6 +35,27 @@ def file_sha256(path: str | Path) -> str:
     """The sha256 of a file, read in blocks (a dataset may be gigabytes)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def dataset_files(kind: str, path: str | Path) -> list[Path]:
+    """The files a registered dataset's hash covers, in a fixed order: the file itself, or the files of
+    a folder kind (an npy folder's arrays, every shard)."""
+    if kind == "npy":
+        return list(npy_files(path).values())
+    if kind == "webdataset":
+        return shard_paths(path)
+    return [Path(path)]
+
+
+def dataset_sha256(kind: str, path: str | Path) -> str:
+    """The sha256 a dataset is registered with and checked against before a job reads it: the file's own
+    for one file; for a folder kind, the sha256 of each file's name and sha256, one per line, so that
+    renaming, replacing, adding or removing any file changes it."""
+    files = dataset_files(kind, path)
+    if kind not in FOLDER_KINDS:
+        return file_sha256(files[0])
+    lines = "".join(f"{f.name}\t{file_sha256(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 class DatasetIds(NamedTuple):
@@ -50,6 +76,11 @@ def read_samples(kind: str, path: Path) -> DatasetIds:
             return _npz(path)
         if kind == "csv_manifest":
             return _csv(path)
+        if kind == "npy":
+            return _npy(path)
+        if kind == "webdataset":
+            index = index_shards(path)
+            return DatasetIds(index.sample_ids, index.labels, index.subject_ids)
         if kind in ("jsonl", "text_csv"):
             return _text(kind, path)
     except ProblemError:
@@ -136,6 +167,35 @@ def _npz(path: Path) -> DatasetIds:
         if "subject_ids" in headers:
             subjects = [_subject(v) for v in data["subject_ids"].tolist()]
     return DatasetIds(ids.tolist(), [int(v) for v in labels.tolist()], subjects)
+
+
+def npy_x_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of an npy folder's `x.npy`, from its header."""
+    with open(npy_files(path)["x.npy"], "rb") as fh:
+        return npy_header(fh)
+
+
+def _npy(path: Path) -> DatasetIds:
+    files = npy_files(path)
+    x_shape, x_dtype = npy_x_header(path)
+    if len(x_shape) < 1 or x_dtype.kind not in "biuf":
+        raise ValueError(f"x.npy must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
+    arrays = {
+        name: np.load(files[f"{name}.npy"], mmap_mode="r", allow_pickle=False)
+        for name in ("y", "ids", "subject_ids")
+        if f"{name}.npy" in files
+    }
+    n = x_shape[0]
+    for name, arr in arrays.items():
+        if arr.ndim != 1 or len(arr) != n:
+            raise ValueError(f"{name}.npy must hold one entry per row of x.npy ({n}), got shape {arr.shape}")
+    if not np.issubdtype(arrays["y"].dtype, np.integer):
+        raise ValueError("y.npy must hold integer class labels")
+    for name in ("ids", "subject_ids"):
+        if name in arrays and arrays[name].dtype.kind != "U":
+            raise ValueError(f"{name}.npy must be a unicode string array, got {arrays[name].dtype}")
+    subjects = [_subject(v) for v in arrays["subject_ids"].tolist()] if "subject_ids" in arrays else None
+    return DatasetIds(arrays["ids"].tolist(), [int(v) for v in arrays["y"].tolist()], subjects)
 
 
 def _text(kind: str, path: Path) -> DatasetIds:

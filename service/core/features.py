@@ -19,9 +19,13 @@ and the tokenizer file's sha256, which the worker checks again before it tokeniz
 from __future__ import annotations
 
 import csv
+import io
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import numpy as np
 
 from models.declarations import (
     DTYPES,
@@ -33,8 +37,9 @@ from models.declarations import (
     undeclared_problem,
 )
 from models.manifests import manifest_root, path_problem
+from models.shards import IMAGE_EXTENSIONS, shard_paths, split_key
 from models.text import TokenizerError, file_sha256, load_tokenizer
-from service.core.dataset_ids import npy_header, npz_headers
+from service.core.dataset_ids import npy_header, npy_x_header, npz_headers
 from service.core.errors import Unprocessable
 
 # A declaration for images a loader already reads as CHW floats (CSV manifests) may only say these.
@@ -60,9 +65,12 @@ def check_features(
     except DeclarationError as exc:
         raise Unprocessable(f"impossible features declaration: {exc}") from exc
     if kind == "npz":
-        return _npz(path, decl)
-    if kind == "csv_manifest":
-        return _manifest(path, decl)
+        x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_samples checked the archive first
+        return _array(x_shape, x_dtype, decl, "an .npz")
+    if kind == "npy":
+        return _array(*npy_x_header(path), decl, "an npy folder's x.npy")
+    if kind in ("csv_manifest", "webdataset"):
+        return _decoded_images(kind, path, decl)
     if decl is not None:
         raise Unprocessable(f"features cannot be declared for {kind} datasets")
     return None
@@ -103,8 +111,9 @@ def _text(
     return TextFeatures(str(tokenizer), decl.max_length, digest, decl.pad_token).to_dict()
 
 
-def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
-    x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_samples checked the archive first
+def _array(
+    x_shape: tuple[int, ...], x_dtype: np.dtype, decl: ImageFeatures | None, what: str
+) -> dict[str, Any] | None:
     sample, dtype = tuple(int(d) for d in x_shape[1:]), x_dtype.name
     if decl is None:
         problem = undeclared_problem(sample, dtype)
@@ -113,7 +122,7 @@ def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
         return None
     problems = []
     if decl.layout is None:
-        problems.append('features.layout is required for an .npz: "HW", "HWC" or "CHW" (one sample)')
+        problems.append(f'features.layout is required for {what}: "HW", "HWC" or "CHW" (one sample)')
     if dtype not in DTYPES:
         problems.append(f"x is stored as {dtype}; features apply to integer or float arrays")
     else:
@@ -123,23 +132,26 @@ def _npz(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
     return decl.resolved(dtype).to_dict()
 
 
-def _manifest(path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
+def _decoded_images(kind: str, path: Path, decl: ImageFeatures | None) -> dict[str, Any] | None:
+    """Image files (a manifest's, or inside shards) are decoded to (C, H, W) floats in [0, 1]: a
+    declaration may only normalise and resize them."""
     if decl is None:
         return None
+    what = "a CSV manifest" if kind == "csv_manifest" else "WebDataset shards"
     fixed = [f"features.{k}" for k in ("layout", "dtype", "scale") if getattr(decl, k) is not None]
     if fixed:
         raise Unprocessable(
-            f"impossible features declaration: {', '.join(fixed)} cannot apply to a CSV manifest, whose "
+            f"impossible features declaration: {', '.join(fixed)} cannot apply to {what}, whose "
             f"images are read as (C, H, W) floats in [0, 1]; declare only {', '.join(_MANIFEST_FIELDS)}",
             field="features",
         )
-    channels = _manifest_channels(path)
+    channels = _manifest_channels(path) if kind == "csv_manifest" else _shard_channels(path)
     if channels is not None:
         for name, values in (("mean", decl.mean), ("std", decl.std)):
             if values is not None and len(values) != channels:
                 raise Unprocessable(
                     f"impossible features declaration: features.{name} has {len(values)} value(s) but the "
-                    f"manifest's images have {channels} channel(s)",
+                    f"images have {channels} channel(s)",
                     field="features",
                 )
     return decl.to_dict()
@@ -156,13 +168,32 @@ def _manifest_channels(path: Path) -> int | None:
         return None
     image = root / raw
     try:
-        if image.suffix == ".npy":
-            with open(image, "rb") as fh:
-                shape, _ = npy_header(fh)
-            return 1 if len(shape) == 2 else int(shape[0]) if len(shape) == 3 else None
-        from PIL import Image
-
-        with Image.open(image) as img:  # reads the header only
-            return len(img.getbands())
+        with open(image, "rb") as fh:
+            return _channels(fh, image.suffix == ".npy")
     except Exception:  # noqa: BLE001 - unreadable here means: the loader will say why
         return None
+
+
+def _channels(fh: IO[bytes], is_npy: bool) -> int | None:
+    """Channels of one image (an .npy array is (H, W) or (C, H, W)), from its header."""
+    if is_npy:
+        shape, _ = npy_header(fh)
+        return 1 if len(shape) == 2 else int(shape[0]) if len(shape) == 3 else None
+    from PIL import Image
+
+    with Image.open(fh) as img:  # reads the header only
+        return len(img.getbands())
+
+
+def _shard_channels(path: Path) -> int | None:
+    """Channels of the first image in the first shard, from its header (None if it cannot tell)."""
+    try:
+        with tarfile.open(shard_paths(path)[0], mode="r:") as tar:
+            for info in tar:
+                if info.isfile() and split_key(info.name)[1].rpartition(".")[2] in IMAGE_EXTENSIONS:
+                    fh = tar.extractfile(info)
+                    assert fh is not None
+                    return _channels(io.BytesIO(fh.read()), info.name.endswith(".npy"))
+    except Exception:  # noqa: BLE001 - unreadable here means: the loader will say why
+        return None
+    return None

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # others by the worker, on the meta device, before any weight is allocated (the model is `invalid`).
     # 100M admits ResNet-50 (26M) and ViT-B/16 (87M); it also keeps a checkpoint under the upload limit.
     max_params: int = Field(100_000_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_PARAMS"))
+    # Processes that read a streamed dataset (npy, webdataset, csv_manifest) ahead of a job's loops, so
+    # decoding and disk reads overlap the model's compute. 0 reads in the worker itself. Datasets held in
+    # memory do not use them.
+    loader_workers: int = Field(2, ge=0, le=64, validation_alias=AliasChoices("UNLEARN_LOADER_WORKERS"))
 
     # Writes (POST/PUT/PATCH/DELETE under /v1) per API key: a token bucket refilled at this many per
     # second up to the burst; over it -> 429 with Retry-After. Shared through Redis when the broker is

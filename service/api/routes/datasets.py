@@ -7,12 +7,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
 
+from models.declarations import TEXT_KINDS
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
 from service.api.uploads import parse_features, save_upload
 from service.core import events
-from service.core.dataset_ids import file_sha256, read_samples
+from service.core.dataset_ids import FOLDER_KINDS, DatasetIds, dataset_sha256, read_samples
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
 from service.core.features import check_features
@@ -46,13 +47,15 @@ def _register(
     sha256: str,
     features: dict[str, Any] | None,
     data_roots: list[Path],
+    *,
+    ids: DatasetIds | None = None,
 ) -> DatasetOut:
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
     against the file's headers (a text declaration's tokenizer: under `data_roots`, loadable), then record
     it all in one short transaction. `sha256` is the file's as it was hashed: the worker refuses it if it
-    changes."""
-    ids, labels, subjects = read_samples(kind, path)
-    if not ids:
+    changes. `ids`: what `read_samples` read already, if the caller had to read it first."""
+    sample_ids, labels, subjects = read_samples(kind, path) if ids is None else ids
+    if not sample_ids:
         raise Unprocessable("the dataset has no samples")
     stored_features = check_features(kind, path, features, data_roots=data_roots)
     try:
@@ -62,7 +65,7 @@ def _register(
             name=name,
             kind=kind,
             uri=str(path),
-            sample_ids=ids,
+            sample_ids=sample_ids,
             labels=labels,
             actor=events.key_actor(key),
             sha256=sha256,
@@ -87,13 +90,18 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
         raise Unprocessable(
             f"{body.uri} is outside the data roots {[str(r) for r in settings.allowed_data_roots]}"
         )
-    if not path.is_file():
+    if body.kind in FOLDER_KINDS:
+        if not (path.is_dir() or path.is_file()):
+            raise Unprocessable(f"no folder or file at {body.uri}")
+    elif not path.is_file():
         raise Unprocessable(f"no file at {body.uri}")
-    # A manifest is hashed itself; the image files it names are not (see README: they are checked
-    # only for staying inside the manifest's folder).
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
+    ids = read_samples(body.kind, path)  # a 422 naming the problem, before the files are hashed
+    # A manifest is hashed itself; the image files it names are not (see README: they are checked
+    # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
+    digest = dataset_sha256(body.kind, path)
     return _register(
-        session, key, body.name, body.kind, path, file_sha256(path), features, settings.allowed_data_roots
+        session, key, body.name, body.kind, path, digest, features, settings.allowed_data_roots, ids=ids
     )
 
 
@@ -101,15 +109,16 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     "/v1/datasets/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Upload a dataset file: an .npz (arrays x, y, ids; optionally subject_ids), or text "
-    "(jsonl or text_csv) with its tokenizer",
+    summary="Upload a dataset file: an .npz (arrays x, y, ids; optionally subject_ids), a WebDataset "
+    ".tar shard, or text (jsonl or text_csv) with its tokenizer",
 )
 def upload_dataset(
     name: Annotated[Name, Form()],
     file: Annotated[
         UploadFile,
         File(
-            description=".npz with arrays x, y, ids and optionally subject_ids; or a jsonl / text_csv file "
+            description=".npz with arrays x, y, ids and optionally subject_ids; a WebDataset .tar shard "
+            "(__key__ = sample ID, .cls label, an image member); or a jsonl / text_csv file "
             "(sample_id, text, label; optionally subject_id)"
         ),
     ],
@@ -124,19 +133,23 @@ def upload_dataset(
             '({"type": "text", "max_length": 128}; the tokenizer is the `tokenizer` file)'
         ),
     ] = None,
-    kind: Annotated[Literal["npz", "jsonl", "text_csv"], Form(description="the file's kind")] = "npz",
+    kind: Annotated[
+        Literal["npz", "webdataset", "jsonl", "text_csv"],
+        Form(description="the file's kind (webdataset: one .tar shard)"),
+    ] = "npz",
     tokenizer: Annotated[
         UploadFile | None,
         File(description="text kinds: the tokenizer.json (tokenizers library) the texts are tokenized with"),
     ] = None,
 ) -> DatasetOut:
     declared = parse_features(features)  # refused before the file is copied
-    if tokenizer is not None and kind == "npz":
-        raise Unprocessable("a tokenizer applies to text datasets (kind jsonl or text_csv), not to an .npz")
+    if tokenizer is not None and kind not in TEXT_KINDS:
+        raise Unprocessable(f"a tokenizer applies to text datasets (kind jsonl or text_csv), not to {kind}")
     if tokenizer is not None and declared is not None and declared.get("tokenizer"):
         raise Unprocessable("name the tokenizer once: as the `tokenizer` file or as features.tokenizer")
     stem = f"{uuid.uuid4().hex}"
-    target = settings.dataset_dir / "uploads" / f"{stem}.{'csv' if kind == 'text_csv' else kind}"
+    suffix = {"text_csv": "csv", "webdataset": "tar"}.get(kind, kind)
+    target = settings.dataset_dir / "uploads" / f"{stem}.{suffix}"
     tokenizer_path = settings.dataset_dir / "uploads" / f"{stem}.tokenizer.json"
     try:
         digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens

@@ -107,9 +107,15 @@ class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    kind: Literal["npz", "csv_manifest", "jsonl", "text_csv"] = Field(
+    kind: Literal["npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv"] = Field(
         description="npz: arrays x, y, ids (optionally subject_ids, the data subject of each sample). "
-        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id. "
+        "csv_manifest: columns sample_id,path,label (paths relative to the CSV), optionally subject_id; "
+        "the images stay on disk and are read a batch at a time. "
+        "npy: a folder holding x.npy (memory-mapped, read a batch at a time), y.npy, ids.npy and "
+        "optionally subject_ids.npy. "
+        "webdataset: a .tar shard or a folder of them; each sample's __key__ is its ID, .cls its label, "
+        "an image file (png, jpg, npy, ...) its input, and an optional .subject_id member its subject; "
+        "read a batch at a time. "
         "jsonl: one JSON object per line with sample_id, text, label (optionally subject_id). "
         "text_csv: columns sample_id,text,label, optionally subject_id. The text kinds need a text "
         "declaration in `features`."
@@ -132,7 +138,8 @@ class DatasetOut(BaseModel):
     num_samples: int
     sha256: str | None = Field(
         description="sha256 of the dataset file at registration (for a CSV manifest: of the manifest "
-        "itself); workers refuse to load a file that no longer matches. Null for datasets registered "
+        "itself; for an npy folder or a folder of shards: of each file's name and sha256); workers refuse "
+        "to load data that no longer matches. Null for datasets registered "
         "before hashes were recorded."
     )
     features: dict[str, Any] | None = Field(
