@@ -5,6 +5,7 @@ they stood for. Through the real ASGI app on the embedded database; no worker (a
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import webdataset as wds  # type: ignore[import-untyped,unused-ignore]
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import func, select
 
 from models.datasets import load_csv_manifest, load_npz
@@ -129,6 +132,27 @@ def test_npz_and_manifest_subjects_are_read_with_empty_meaning_no_one(tmp_path: 
     plain.write_text("sample_id,path,label\na,img.npy,0\n")
     assert read_samples("csv_manifest", plain).subject_ids is None
     assert load_csv_manifest(manifest).ids == ["a", "b", "c"]  # the worker ignores the extra column
+
+
+def test_npy_folder_and_shard_subjects_are_read_with_empty_meaning_no_one(tmp_path: Path) -> None:
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "x.npy", np.zeros((3, 2, 2), dtype=np.float32))
+    np.save(folder / "y.npy", np.array([0, 1, 0]))
+    np.save(folder / "ids.npy", np.array(["a", "b", "c"]))
+    np.save(folder / "subject_ids.npy", np.array(["ann", "", "bob"]))
+    got = read_samples("npy", folder)
+    assert got.sample_ids == ["a", "b", "c"] and got.subject_ids == ["ann", None, "bob"]
+    (folder / "subject_ids.npy").unlink()
+    assert read_samples("npy", folder).subject_ids is None
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(png, format="PNG")
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        sink.write({"__key__": "k0", "png": png.getvalue(), "cls": "1", "subject_id": "ann"})
+        sink.write({"__key__": "k1", "png": png.getvalue(), "cls": "0"})
+    got = read_samples("webdataset", tmp_path / "s.tar")
+    assert got.sample_ids == ["k0", "k1"] and got.labels == [1, 0] and got.subject_ids == ["ann", None]
 
 
 @pytest.mark.parametrize(
