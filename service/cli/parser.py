@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 # The same names as service.core.keys.SCOPES, spelled out so the client verbs need not import the database.
 SCOPE_NAMES = ("deletion:write", "jobs:read", "audit:read", "admin")
+# The dataset kinds of POST /v1/datasets/upload and POST /v1/datasets (service.api), spelled out likewise.
+UPLOAD_KIND_NAMES = ("npz", "webdataset", "jsonl", "text_csv")
+REGISTER_KIND_NAMES = ("npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,14 +93,38 @@ def build_parser() -> argparse.ArgumentParser:
     ds = client_parser("datasets", cmd_datasets, help="list datasets, or upload or register one")
     dsub = ds.add_subparsers(dest="action", metavar="ACTION")
     du = dsub.add_parser(
-        "upload", parents=[conn], help="upload an .npz (arrays x, y, ids) with a progress bar"
+        "upload",
+        parents=[conn],
+        help="upload one file with a progress bar: an .npz (arrays x, y, ids), a WebDataset .tar shard, "
+        "or text (.jsonl, .csv) with its tokenizer",
     )
     du.add_argument("file")
     du.add_argument("--name", required=True)
-    dr = dsub.add_parser("register", parents=[conn], help="register a file the workers can read, by path")
-    dr.add_argument("uri", help="a path under UNLEARN_DATA_ROOTS on the server")
+    du.add_argument(
+        "--kind",
+        choices=UPLOAD_KIND_NAMES,
+        help="the file's kind (default: from its suffix: .npz npz, .tar webdataset, .jsonl jsonl, "
+        ".csv text_csv)",
+    )
+    du.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="text kinds: the tokenizer.json (tokenizers library) to upload with the texts",
+    )
+    dr = dsub.add_parser(
+        "register", parents=[conn], help="register a file or folder the workers can read, by path"
+    )
+    dr.add_argument(
+        "uri", help="a path under UNLEARN_DATA_ROOTS on the server (a folder for npy, webdataset)"
+    )
     dr.add_argument("--name", required=True)
-    dr.add_argument("--kind", default="npz", help="npz (default), csv_manifest, jsonl or text_csv")
+    dr.add_argument(
+        "--kind",
+        default="npz",
+        choices=REGISTER_KIND_NAMES,
+        help="npz (default); csv_manifest; npy (a folder: x.npy, y.npy, ids.npy); webdataset (a .tar "
+        "shard or a folder of them); jsonl or text_csv (text: --features names the tokenizer)",
+    )
     for dataset_parser in (du, dr):
         dataset_parser.add_argument("--features", help="the feature declaration: JSON, or @file")
 

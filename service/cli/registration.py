@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -46,19 +47,54 @@ class ProgressReader:
         return getattr(self._fh, name)
 
 
-def upload(client: Client, path: str, url_path: str, field: str, form: dict[str, str]) -> dict[str, Any]:
-    """POST `path` as the multipart part `field` (with `form`), showing a progress bar on stderr."""
+def upload(
+    client: Client,
+    path: str,
+    url_path: str,
+    field: str,
+    form: dict[str, str],
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """POST `path` as the multipart part `field` (with `form`, and the files `extra` as the parts they are
+    keyed by), showing one progress bar over all their bytes on stderr."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"no file at {path}")
+    parts = {field: Path(path), **{name: Path(p) for name, p in (extra or {}).items()}}
+    for file in parts.values():
+        if not file.is_file():
+            raise UsageError(f"no file at {file}")
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    total = sum(file.stat().st_size for file in parts.values())
     with Progress(*columns, console=console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"uploading {file.name}", total=file.stat().st_size)
-        with open(file, "rb") as fh:
-            reader = ProgressReader(fh, lambda n: progress.advance(task, n))
-            return client.upload(url_path, form, {field: (file.name, reader)})
+        task = progress.add_task(f"uploading {parts[field].name}", total=total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        with ExitStack() as stack:
+            files = {
+                name: (file.name, ProgressReader(stack.enter_context(open(file, "rb")), advance))
+                for name, file in parts.items()
+            }
+            return client.upload(url_path, form, files)
+
+
+# What `datasets upload` sends, by the file's suffix when --kind is not given.
+UPLOAD_KINDS = {".npz": "npz", ".tar": "webdataset", ".jsonl": "jsonl", ".csv": "text_csv"}
+TEXT_KINDS = ("jsonl", "text_csv")  # the kinds a tokenizer goes with (models.declarations.TEXT_KINDS)
+
+
+def upload_kind(file: str, kind: str | None) -> str:
+    """--kind, else the kind the file's suffix says; a usage error when it says none."""
+    if kind is not None:
+        return kind
+    suffix = Path(file).suffix.lower()
+    if suffix not in UPLOAD_KINDS:
+        known = ", ".join(f"{s} ({k})" for s, k in UPLOAD_KINDS.items())
+        raise UsageError(
+            f"cannot tell the kind of {Path(file).name} from its suffix (known: {known}); pass --kind"
+        )
+    return UPLOAD_KINDS[suffix]
 
 
 def dataset_id(client: Client, ref: str) -> str:
@@ -76,10 +112,16 @@ def dataset_id(client: Client, ref: str) -> str:
 
 def cmd_datasets(client: Client, args: argparse.Namespace) -> int:
     if args.action == "upload":
-        form = {"name": args.name}
+        kind = upload_kind(args.file, args.kind)
+        if args.tokenizer is not None and kind not in TEXT_KINDS:
+            raise UsageError(
+                f"--tokenizer applies to text datasets (kind {' or '.join(TEXT_KINDS)}), not to {kind}"
+            )
+        form = {"name": args.name, "kind": kind}
         if args.features is not None:
             form["features"] = json.dumps(json_arg(args.features, "--features"))
-        ds = upload(client, args.file, "/v1/datasets/upload", "file", form)
+        extra = {"tokenizer": args.tokenizer} if args.tokenizer is not None else None
+        ds = upload(client, args.file, "/v1/datasets/upload", "file", form, extra)
     elif args.action == "register":
         body: dict[str, Any] = {"name": args.name, "kind": args.kind, "uri": args.uri}
         if args.features is not None:
@@ -88,7 +130,10 @@ def cmd_datasets(client: Client, args: argparse.Namespace) -> int:
     else:
         console().print(datasets_table(client.datasets()))
         return 0
-    print(f"dataset {ds['id']} {ds['name']!r}: {ds['num_samples']} samples, sha256 {ds.get('sha256') or '-'}")
+    print(
+        f"dataset {ds['id']} {ds['name']!r} ({ds['kind']}): {ds['num_samples']} samples, "
+        f"sha256 {ds.get('sha256') or '-'}"
+    )
     return 0
 
 

@@ -54,7 +54,13 @@ def dataset_sha256(kind: str, path: str | Path) -> str:
     files = dataset_files(kind, path)
     if kind not in FOLDER_KINDS:
         return file_sha256(files[0])
-    lines = "".join(f"{f.name}\t{file_sha256(f)}\n" for f in files)
+    return listing_sha256([(f.name, file_sha256(f)) for f in files])
+
+
+def listing_sha256(files: list[tuple[str, str]]) -> str:
+    """A folder kind's sha256 from its files' (name, sha256) pairs, in the dataset's file order (as
+    `dataset_sha256` computes it; an upload passes the one digest it took while copying the file)."""
+    lines = "".join(f"{name}\t{digest}\n" for name, digest in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 

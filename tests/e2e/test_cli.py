@@ -12,12 +12,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from service.core.keys import SCOPES
 from tests.helpers import free_port, wait_until
 from tests.stack import LiveStack
+from tests.textdata import sentences, train_tokenizer, write_jsonl, write_text_csv
 
 pytestmark = pytest.mark.slow
 
@@ -321,7 +323,7 @@ def test_datasets_and_a_model_are_registered_from_the_command_line_and_the_model
     var = cli.stack.var_dir
     up = cli.run("datasets", "upload", str(var / "datasets" / "digits-train.npz"), "--name", "cli-train")
     assert up.returncode == 0, up.stderr
-    assert re.search(r"cli-train'?: 1437 samples, sha256 [0-9a-f]{64}", up.stdout), up.stdout
+    assert re.search(r"cli-train' \(npz\): 1437 samples, sha256 [0-9a-f]{64}", up.stdout), up.stdout
     by_path = cli.run("datasets", "register", str(var / "datasets" / "digits-test.npz"), "--name", "cli-test")
     assert by_path.returncode == 0, by_path.stderr
     listed = cli.run("datasets")
@@ -336,3 +338,98 @@ def test_datasets_and_a_model_are_registered_from_the_command_line_and_the_model
     assert re.search(r"digits-cli\s.*small_cnn\s.*ready", registered.stdout), registered.stdout
     missing = cli.run("models", "register", "--checkpoint", str(ckpt), "--name", "x", "--train", "nope")
     assert missing.returncode != 0 and "no dataset has the id or name 'nope'" in missing.stderr
+
+
+def registered(cli: Cli, name: str) -> dict[str, Any]:
+    """The dataset the server holds under `name` (exactly one)."""
+    with cli.stack.client() as c:
+        [ds] = [d for d in c.get("/v1/datasets").json() if d["name"] == name]
+    return cast(dict[str, Any], ds)
+
+
+def test_a_webdataset_shard_uploads_as_kind_webdataset_from_its_suffix(cli: Cli, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import webdataset as wds  # type: ignore[import-untyped,unused-ignore]
+    from PIL import Image
+
+    shard = tmp_path / "faces-000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for i in range(12):
+            png = io.BytesIO()
+            Image.fromarray(np.full((8, 8), 20 * i, dtype=np.uint8)).save(png, format="PNG")
+            sink.write({"__key__": f"face-{i:02d}", "png": png.getvalue(), "cls": str(i % 3)})
+    up = cli.run("datasets", "upload", str(shard), "--name", "cli-shard")
+    assert up.returncode == 0, up.stderr
+    assert re.search(r"'cli-shard' \(webdataset\): 12 samples, sha256 [0-9a-f]{64}", up.stdout), up.stdout
+    ds = registered(cli, "cli-shard")
+    assert (ds["kind"], ds["num_samples"]) == ("webdataset", 12)
+    assert ds["uri"].endswith(".tar") and Path(ds["uri"]).read_bytes() == shard.read_bytes()
+
+
+def test_text_files_upload_with_their_tokenizer(cli: Cli, tmp_path: Path) -> None:
+    rows = sentences(24, 0)
+    tokenizer = tmp_path / "tokenizer.json"
+    train_tokenizer(tokenizer, [text for text, _ in rows])
+    write_jsonl(tmp_path / "news.jsonl", rows, "j")
+    write_text_csv(tmp_path / "news.csv", rows[:18], "c")
+    for file, name, kind, n in (
+        ("news.jsonl", "cli-jsonl", "jsonl", 24),
+        ("news.csv", "cli-csv", "text_csv", 18),
+    ):
+        up = cli.run(
+            "datasets", "upload", str(tmp_path / file), "--name", name, "--tokenizer", str(tokenizer),
+            "--features", '{"type": "text", "max_length": 8}',
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert f"'{name}' ({kind}): {n} samples" in up.stdout, up.stdout
+        ds = registered(cli, name)
+        assert (ds["kind"], ds["num_samples"]) == (kind, n)
+        # The tokenizer went up with the texts: stored beside them, pinned by its sha256.
+        features = ds["features"]
+        assert features["type"] == "text" and features["max_length"] == 8
+        assert Path(features["tokenizer"]).read_bytes() == tokenizer.read_bytes()
+        assert Path(features["tokenizer"]).parent == Path(ds["uri"]).parent
+
+
+def test_a_tokenizer_with_an_image_file_and_an_unknown_suffix_are_usage_errors(
+    cli: Cli, tmp_path: Path
+) -> None:
+    npz = cli.stack.var_dir / "datasets" / "digits-train.npz"
+    tokenizer = tmp_path / "tokenizer.json"
+    train_tokenizer(tokenizer, [text for text, _ in sentences(6, 0)])
+    with_npz = cli.run("datasets", "upload", str(npz), "--name", "cli-no", "--tokenizer", str(tokenizer))
+    assert with_npz.returncode == 2
+    assert one_error_line(with_npz) == (
+        "error: --tokenizer applies to text datasets (kind jsonl or text_csv), not to npz"
+    )
+    forced = cli.run(
+        "datasets", "upload", str(npz), "--name", "cli-no", "--kind", "webdataset",
+        "--tokenizer", str(tokenizer),
+    )  # fmt: skip
+    assert forced.returncode == 2 and "not to webdataset" in one_error_line(forced)
+    odd = tmp_path / "samples.bin"
+    odd.write_bytes(npz.read_bytes())
+    unknown = cli.run("datasets", "upload", str(odd), "--name", "cli-no")
+    assert unknown.returncode == 2
+    assert "cannot tell the kind of samples.bin from its suffix" in one_error_line(unknown)
+    with cli.stack.client() as c:
+        assert all(d["name"] != "cli-no" for d in c.get("/v1/datasets").json())  # nothing was sent
+
+
+def test_the_cli_knows_the_same_dataset_kinds_as_the_server() -> None:
+    from typing import get_args, get_type_hints
+
+    from models.declarations import TEXT_KINDS as MODEL_TEXT_KINDS
+    from service.api.routes.datasets import upload_dataset
+    from service.api.schemas.registry import DatasetCreate
+    from service.cli.parser import REGISTER_KIND_NAMES, UPLOAD_KIND_NAMES, build_parser
+    from service.cli.registration import TEXT_KINDS
+
+    assert get_args(DatasetCreate.model_fields["kind"].annotation) == REGISTER_KIND_NAMES
+    upload_kind = get_type_hints(upload_dataset, include_extras=True)["kind"]
+    assert get_args(get_args(upload_kind)[0]) == UPLOAD_KIND_NAMES
+    assert TEXT_KINDS == MODEL_TEXT_KINDS
+    args = build_parser().parse_args(["datasets", "register", "/data/x", "--name", "x", "--kind", "npy"])
+    assert args.kind == "npy"

@@ -147,3 +147,38 @@ def test_a_dataset_registered_by_path_carries_its_files_sha256(live: tuple[LiveA
         assert r.status_code == 201, r.text
         assert r.json()["sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()
         assert c.get(f"/v1/datasets/{r.json()['id']}").json()["sha256"] == r.json()["sha256"]
+
+
+def test_an_uploaded_shard_is_pinned_the_way_the_worker_checks_it(
+    live: tuple[LiveApp, str], tmp_path: Path
+) -> None:
+    """One .tar uploaded as kind webdataset is a folder kind of one shard: registered with the sha256 of
+    its (name, sha256) listing, which the worker recomputes before it reads the samples (the file's own
+    sha256 would make every job on it fail as 'changed since registration')."""
+    import webdataset as wds  # type: ignore[import-untyped,unused-ignore]
+
+    from service.core.dataset_ids import dataset_sha256
+    from service.core.db.tables import Dataset
+    from workers.datasets import DatasetRef, load_registered
+
+    app, admin = live
+    shard = tmp_path / "shard.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for i in range(6):
+            pixels = np.full((4, 4), i / 10, dtype=np.float32)
+            sink.write({"__key__": f"k{i}", "npy": pixels, "cls": str(i % 2)})
+    with app.client(admin) as c:
+        r = c.post(
+            "/v1/datasets/upload",
+            data={"name": "one-shard", "kind": "webdataset"},
+            files={"file": ("shard.tar", shard.read_bytes())},
+        )
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert (got["kind"], got["num_samples"]) == ("webdataset", 6)
+    assert got["sha256"] == dataset_sha256("webdataset", got["uri"])
+    assert got["sha256"] != hashlib.sha256(shard.read_bytes()).hexdigest()
+    with session_scope(app.settings.resolved_database_url) as s:
+        ref = DatasetRef.of(s.get_one(Dataset, got["id"]))
+    ds = load_registered(ref)  # refuses the data if the pinned sha256 does not match
+    assert list(ds.ids) == [f"k{i}" for i in range(6)] and ds.y.tolist() == [0, 1, 0, 1, 0, 1]

@@ -13,7 +13,13 @@ from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
 from service.api.uploads import parse_features, save_upload
 from service.core import events
-from service.core.dataset_ids import FOLDER_KINDS, DatasetIds, dataset_sha256, read_samples
+from service.core.dataset_ids import (
+    FOLDER_KINDS,
+    DatasetIds,
+    dataset_sha256,
+    listing_sha256,
+    read_samples,
+)
 from service.core.db.tables import Dataset
 from service.core.errors import NotFound, Unprocessable
 from service.core.features import check_features
@@ -153,6 +159,8 @@ def upload_dataset(
     tokenizer_path = settings.dataset_dir / "uploads" / f"{stem}.tokenizer.json"
     try:
         digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens
+        if kind in FOLDER_KINDS:  # one shard: pinned as a folder kind is, the way the worker checks it
+            digest = listing_sha256([(target.name, digest)])
         if tokenizer is not None:
             save_upload(tokenizer, tokenizer_path)  # hashed again (and stored) by check_features
             declared = {"type": "text", **(declared or {}), "tokenizer": str(tokenizer_path)}
