@@ -8,6 +8,7 @@ SalUn) compose with any method.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -134,7 +135,8 @@ def run_steps(
     for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
         batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f])
-        correct = _step(model, opt, batch, params, objective, plan, static_mask)
+        weights = annealed(plan, step, total, params.forget_anneal)
+        correct = _step(model, opt, batch, params, objective, weights, static_mask)
         sched.step()
         stopper.add(correct)
         hooks.step(step, total)
@@ -142,6 +144,17 @@ def run_steps(
             break
     hooks.finish()
     return model
+
+
+def annealed(plan: Plan, step: int, total: int, fraction: float) -> Plan:
+    """The plan at ``step`` of ``total``: the forget weight held until the last ``fraction`` of the run,
+    then falling linearly to zero at the last step (the run ends as plain descent on D_r). A method with
+    no retain term (gradient ascent) has nothing to end on, and is not annealed."""
+    start = total * (1.0 - fraction)
+    if fraction <= 0 or step <= start or plan.w_retain <= 0:
+        return plan
+    left = (total - step) / max(total - start, 1e-12)
+    return dataclasses.replace(plan, w_forget=plan.w_forget * max(left, 0.0))
 
 
 def _partner_size(plan: Plan, lead_size: int, partner_n: int) -> int:

@@ -56,6 +56,13 @@ class GradientParams:
     stop_at_forget_accuracy: float = _f(
         0.0, 0.0, 1.0, doc="stop once the running accuracy on forget batches is <= this (0 = never)"
     )
+    forget_anneal: float = _f(
+        0.0,
+        0.0,
+        1.0,
+        doc="fraction of the run, at its end, over which the forget term's weight falls linearly to 0 "
+        "(forget, then repair: SCRUB's max-then-min, NegGrad+ then fine-tuning); 0 = constant weight",
+    )
 
 
 @dataclass(frozen=True)

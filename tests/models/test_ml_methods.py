@@ -92,3 +92,26 @@ def test_unlearning_learning_rate_schedule_changes_the_run(digits_model, digits_
     assert moved["cosine"] != moved["constant"]
     with pytest.raises(ValueError, match="schedule"):
         run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"schedule": "linear"})
+
+
+def test_an_annealed_forget_weight_holds_then_falls_to_zero_at_the_last_step() -> None:
+    from models.unlearning.engine import Plan, annealed
+
+    plan = Plan("retain", w_retain=0.7, w_forget=0.3)
+    got = [annealed(plan, step, 10, 0.4).w_forget for step in range(1, 11)]
+    assert got[:6] == [0.3] * 6  # held for the first 60% of the run
+    assert got[6:] == pytest.approx([0.225, 0.15, 0.075, 0.0])
+    assert annealed(Plan("forget", 0.0, 1.0), 10, 10, 0.4).w_forget == 1.0  # ascent alone: not annealed
+
+
+def test_annealing_the_forget_weight_forgets_less_than_holding_it(
+    fresh_digits_model: torch.nn.Module, digits_random10: tuple[SampleDataset, SampleDataset]
+) -> None:
+    forget, retain = digits_random10
+    base = {"epochs": 2, "p": 0.6, "bound_by": "correct"}  # a forget weight that costs D_r dearly
+    held = run_method("ugradsl_plus", copy.deepcopy(fresh_digits_model), forget, retain, base)
+    eased = run_method("ugradsl_plus", fresh_digits_model, forget, retain, {**base, "forget_anneal": 1.0})
+    # Annealed from the start, the forget term fades as the run goes: less of D_r lost (77% -> 93% here),
+    # less of D_f forgotten.
+    assert accuracy(eased, retain) > accuracy(held, retain)
+    assert accuracy(eased, forget) > accuracy(held, forget)
