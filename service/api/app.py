@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
-    app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
+    # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).
+    app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url, pre_ping=False)
+    app.state.engine = app.state.sessionmaker.kw["bind"]
     app.state.celery = make_celery(settings, fail_fast=True)
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
