@@ -6,8 +6,9 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from service.api.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep, SettingsDep
+from service.api.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep
 from service.api.errors import KEYED, problems
+from service.api.intake import GroupCommit
 from service.api.pagination import newest_first
 from service.api.schemas.common import Page
 from service.api.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
@@ -31,37 +32,33 @@ router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
         }
     },
 )
-def create_deletion_request(
+async def create_deletion_request(
     model: str,
     body: DeletionRequestCreate,
-    session: SessionDep,
-    settings: SettingsDep,
-    celery: CeleryDep,
+    request: Request,
     key: DeletionWriter,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> DeletionRequestOut:
-    m = get_model(session, key.tenant, model)
-    req, created = deletions.accept(
-        session,
-        celery,
-        model=m,
-        key=key,
-        sample_ids=body.sample_ids,
-        subject_ids=body.subject_ids,
-        reference=body.reference,
-        max_ids=settings.max_sample_ids,
-        idempotency_key=idempotency_key or None,  # an empty header is no key
-        callback_url=str(body.callback_url) if body.callback_url else None,
-        allowed_hosts=settings.webhook_allowed_hosts,
-        allow_http=settings.webhook_allow_http,
-        wake_seconds=settings.wake_seconds,
+    """Async: the request waits on the event loop for its batch (`service.api.intake`), which is
+    written with the others that arrived meanwhile; no thread is held per request."""
+    intake: GroupCommit = request.app.state.intake
+    accepted = await intake.submit(
+        deletions.Submission(
+            key=key,
+            model=model,
+            sample_ids=body.sample_ids,
+            subject_ids=body.subject_ids,
+            reference=body.reference,
+            idempotency_key=idempotency_key or None,  # an empty header is no key
+            callback_url=str(body.callback_url) if body.callback_url else None,
+        )
     )
-    if created:
-        response.headers["Location"] = f"/v1/deletion-requests/{req.id}"
+    if accepted.created:
+        response.headers["Location"] = f"/v1/deletion-requests/{accepted.request.id}"
     else:
         response.status_code = status.HTTP_200_OK
-    return request_out(req, m.name)
+    return request_out(accepted.request, accepted.model_name)
 
 
 @router.get(
