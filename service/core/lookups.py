@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session
 
 from service.core.db.engine import read_connection
@@ -25,6 +25,12 @@ def get_request(session: Session, tenant: str, request_id: str) -> DeletionReque
 
 
 _STATUS_COLUMNS = [c for c in DeletionRequest.__table__.c if c.key != "sample_ids"]
+# Built once: constructing it per call cost nearly as much Python time as executing it.
+_STATUS = (
+    select(*_STATUS_COLUMNS, Model.name.label("model_name"))
+    .join(Model, Model.id == DeletionRequest.model_id)
+    .where(DeletionRequest.id == bindparam("request_id"), DeletionRequest.tenant == bindparam("tenant"))
+)
 
 
 def request_status(engine: Engine, tenant: str, request_id: str) -> tuple[DeletionRequest, str]:
@@ -32,11 +38,7 @@ def request_status(engine: Engine, tenant: str, request_id: str) -> tuple[Deleti
     SELECT of the columns a status shows (not the sample IDs, which may be thousands) on a bare
     connection, no session. The request comes back transient (in no session): for reading only."""
     with read_connection(engine) as conn:
-        row = conn.execute(
-            select(*_STATUS_COLUMNS, Model.name.label("model_name"))
-            .join(Model, Model.id == DeletionRequest.model_id)
-            .where(DeletionRequest.id == request_id, DeletionRequest.tenant == tenant)
-        ).first()
+        row = conn.execute(_STATUS, {"request_id": request_id, "tenant": tenant}).first()
     if row is None:
         raise NotFound(f"deletion request {request_id!r} not found")
     fields = dict(row._mapping)
