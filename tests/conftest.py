@@ -66,6 +66,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         from service.core.db.engine import engine_for
 
         engine_for(env["DATABASE_URL"]).dispose()
+        engine_for(env["DATABASE_URL"], pre_ping=False).dispose()  # the API's
         _drop_pg_database(name)
 
 

@@ -10,11 +10,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem
 from service.api.gate import AdmitRequests
+from service.api.intake import GroupCommit
 from service.api.observability import HttpMetrics
 from service.api.ratelimit import make_limiter
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.api.routes.webhooks import router as webhook_secrets_router
 from service.core.db.engine import sessionmaker_for
+from service.core.deletions import IntakePolicy
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings
 from service.core.signing import load_or_create_key
@@ -31,10 +33,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
-    app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url)
+    # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).
+    app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url, pre_ping=False)
+    app.state.engine = app.state.sessionmaker.kw["bind"]
     app.state.celery = make_celery(settings, fail_fast=True)
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
     app.state.key_cache = KeyCache(settings.key_cache_seconds)
+    app.state.intake = GroupCommit(
+        app.state.sessionmaker,
+        app.state.celery,
+        IntakePolicy(
+            max_ids=settings.max_sample_ids,
+            allowed_hosts=settings.webhook_allowed_hosts,
+            allow_http=settings.webhook_allow_http,
+            wake_seconds=settings.wake_seconds,
+        ),
+    )
     install_handlers(app)
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()

@@ -110,7 +110,6 @@ def require_scope(*scopes: str):  # noqa: ANN201 - returns a FastAPI dependency
 
     async def dependency(
         request: Request,
-        session: SessionDep,
         creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> ApiKey:
         if creds is None or not creds.credentials:

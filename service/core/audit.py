@@ -38,6 +38,30 @@ def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical_json(body)).encode()).hexdigest()
 
 
+def event_row(
+    *,
+    tenant: str,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    model_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of one unsequenced event: what `record` adds, and what a writer that inserts many
+    events in one statement (the intake's group commit) inserts."""
+    return {
+        "tenant": tenant,
+        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "actor": actor,
+        "action": action,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "model_id": model_id,
+        "data": json.loads(canonical_json(data or {})),
+    }
+
+
 def record(
     session: Session,
     *,
@@ -52,14 +76,15 @@ def record(
     """Append one event, unsequenced. Does not commit: the caller's transaction does, so the event exists
     if and only if the change it records does."""
     ev = AuditEvent(
-        tenant=tenant,
-        ts=datetime.now(UTC).isoformat(timespec="microseconds"),
-        actor=actor,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        model_id=model_id,
-        data=json.loads(canonical_json(data or {})),
+        **event_row(
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            model_id=model_id,
+            data=data,
+        )
     )
     session.add(ev)
     return ev

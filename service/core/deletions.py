@@ -1,6 +1,6 @@
-"""Deletion requests: accepting one (validate every ID against the model's training set, record it with its
-audit event in one transaction, then wake a worker) and withdrawing one. Nothing is written for a
-rejected request.
+"""Deletion requests: accepting them (validate every ID against the model's training set, record each with
+its audit event, then wake a worker; the API commits the requests that arrive together in one transaction,
+`accept_many`) and withdrawing one. Nothing is written for a rejected request.
 
 A request may name data subjects instead of (or as well as) samples: each subject stands for every sample
 of the training set the dataset attributes to it, and the request records those samples in `sample_ids`
@@ -11,17 +11,27 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, exists, select, text
+from sqlalchemy import and_, exists, insert, select, text
 from sqlalchemy.orm import Session
 
 from service.core import callbacks, events
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
-from service.core.db.tables import ApiKey, DatasetSample, DeletionRequest, ForgottenSample, Model, new_id
-from service.core.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from service.core.db.tables import (
+    ApiKey,
+    AuditEvent,
+    DatasetSample,
+    DeletionRequest,
+    ForgottenSample,
+    Model,
+    new_id,
+    utcnow,
+)
+from service.core.errors import Conflict, NotFound, PayloadTooLarge, ProblemError, Unprocessable
 from service.core.queue import send_deliver_webhook, send_run_model, wake_due
 from service.core.states import PENDING, ModelStatus, RequestState, WebhookState
 
@@ -161,22 +171,30 @@ def find_idempotent(
     return existing
 
 
-def submit(
+@dataclass(frozen=True)
+class _Named:
+    """What a request names once screened: distinct samples as named, distinct subjects, every sample
+    (subjects expanded), and the subjects that matched nothing."""
+
+    samples: list[str]
+    subjects: list[str]
+    ids: list[str]
+    unknown_subjects: list[str]
+
+
+def _screen(
     session: Session,
-    *,
     model: Model,
-    key: ApiKey,
+    *,
     sample_ids: Sequence[str],
-    reference: str | None,
+    subject_ids: Sequence[str],
     max_ids: int,
-    idempotency_key: str | None = None,
-    callback_url: str | None = None,
-    allowed_hosts: Sequence[str] = (),
-    allow_http: bool = False,
-    subject_ids: Sequence[str] = (),
-) -> DeletionRequest:
-    """Validate and record a request (state `received`) with its audit event; the caller commits. Named
-    subjects are expanded into their samples; `max_ids` bounds the distinct samples after expansion."""
+    callback_url: str | None,
+    allowed_hosts: Sequence[str],
+    allow_http: bool,
+) -> _Named:
+    """Every check but the training-set lookup of the samples (which the group commit does once for a
+    whole batch): the model's status, the callback URL, the counts; subjects are expanded."""
     if model.status != ModelStatus.READY:
         detail = f": {model.status_detail}" if model.status_detail else ""
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
@@ -200,23 +218,90 @@ def submit(
                 f"their samples; at most {max_ids} per request",
                 limit=max_ids,
             )
-    unknown, already = classify_ids(session, model, ids)
-    if unknown or unknown_subjects:
-        raise _refuse_unknown(session, model, unknown, unknown_subjects)
-    req = DeletionRequest(
-        id=new_id(),  # known before the flush, so the request and its event are inserted together
+    return _Named(named, subjects, ids, unknown_subjects)
+
+
+def _new_request(
+    session: Session,
+    model: Model,
+    key: ApiKey,
+    named: _Named,
+    *,
+    unknown: set[str],
+    forgotten: set[str],
+    reference: str | None,
+    idempotency_key: str | None,
+    callback_url: str | None,
+) -> DeletionRequest:
+    """The request row (transient, every column set), or the 422 naming what the training set lacks.
+    `unknown` and `forgotten` may cover more IDs than this request names (a batch's)."""
+    missing = [i for i in named.ids if i in unknown]
+    if missing or named.unknown_subjects:
+        raise _refuse_unknown(session, model, missing, named.unknown_subjects)
+    now = utcnow()
+    return DeletionRequest(
+        id=new_id(),  # known before the insert, so the request and its event are inserted together
         tenant=model.tenant,
         model_id=model.id,
-        sample_ids=ids,
-        subject_ids=subjects or None,
-        sample_count=len(ids),
-        already_forgotten_count=len(already),
+        sample_ids=named.ids,
+        subject_ids=named.subjects or None,
+        sample_count=len(named.ids),
+        already_forgotten_count=len(forgotten.intersection(named.ids)),
         requester_key_id=key.id,
         idempotency_key=idempotency_key,
-        body_sha256=body_digest(named, reference, callback_url, subjects),
+        body_sha256=body_digest(named.samples, reference, callback_url, named.subjects),
         reference=reference,
         callback_url=callback_url,
         state=RequestState.RECEIVED,
+        job_id=None,
+        model_version=None,
+        error=None,
+        webhook_state=None,
+        webhook_attempts=0,
+        created_at=now,
+        updated_at=now,
+        completed_at=None,
+    )
+
+
+def submit(
+    session: Session,
+    *,
+    model: Model,
+    key: ApiKey,
+    sample_ids: Sequence[str],
+    reference: str | None,
+    max_ids: int,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allow_http: bool = False,
+    subject_ids: Sequence[str] = (),
+) -> DeletionRequest:
+    """Validate and record a request (state `received`) with its audit event; the caller commits. Named
+    subjects are expanded into their samples; `max_ids` bounds the distinct samples after expansion.
+    (The API takes requests through `accept_many`, the same checks for a batch.)"""
+    named = _screen(
+        session,
+        model,
+        sample_ids=sample_ids,
+        subject_ids=subject_ids,
+        max_ids=max_ids,
+        callback_url=callback_url,
+        allowed_hosts=allowed_hosts,
+        allow_http=allow_http,
+    )
+    unknown, already = classify_ids(session, model, named.ids)
+    req = _new_request(
+        session,
+        model,
+        key,
+        named,
+        unknown=set(unknown),
+        forgotten=already,
+        reference=reference,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
     )
     session.add(req)
     events.request_received(session, req, model_name=model.name, actor=events.key_actor(key))
@@ -233,51 +318,142 @@ def _locked(session: Session, request_id: str) -> DeletionRequest | None:
     )
 
 
-def accept(
-    session: Session,
-    celery: Celery,
-    *,
-    model: Model,
-    key: ApiKey,
-    sample_ids: Sequence[str],
-    reference: str | None,
-    max_ids: int,
-    idempotency_key: str | None = None,
-    callback_url: str | None = None,
-    allowed_hosts: Sequence[str] = (),
-    allow_http: bool = False,
-    wake_seconds: float = 1.0,
-    subject_ids: Sequence[str] = (),
-) -> tuple[DeletionRequest, bool]:
-    """The whole intake of one request: (request, created). A replay of an Idempotency-Key returns the
-    first request and False. One transaction: the request row is the outbox. A worker is woken after the
-    commit, at most about once per `wake_seconds` per model (see `queue.wake_due`); if the broker is
-    down, the reconciler finds the pending request later."""
-    if idempotency_key is not None:
-        digest = body_digest(dedupe(sample_ids), reference, callback_url, dedupe(subject_ids))
-        existing = find_idempotent(session, tenant=key.tenant, idempotency_key=idempotency_key, digest=digest)
-        if existing is not None:
-            if existing.model_id != model.id:
-                raise Unprocessable("this Idempotency-Key was already used for another model")
-            return existing, False
-    req = submit(
-        session,
-        model=model,
-        key=key,
-        sample_ids=sample_ids,
-        reference=reference,
-        max_ids=max_ids,
-        idempotency_key=idempotency_key,
-        callback_url=callback_url,
-        allowed_hosts=allowed_hosts,
-        allow_http=allow_http,
-        subject_ids=subject_ids,
-    )
-    countdown = wake_due(session, model, wake_seconds)
+@dataclass(frozen=True)
+class Submission:
+    """One deletion request as the API received it (the body, the key, the model's name), not yet
+    checked."""
+
+    key: ApiKey
+    model: str
+    sample_ids: Sequence[str]
+    subject_ids: Sequence[str] = ()
+    reference: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class IntakePolicy:
+    """The settings intake checks against."""
+
+    max_ids: int
+    allowed_hosts: Sequence[str] = ()
+    allow_http: bool = False
+    wake_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request the service took (`created`), or the earlier one an Idempotency-Key replayed."""
+
+    request: DeletionRequest
+    model_name: str
+    created: bool
+
+
+def _model(session: Session, models: dict[tuple[str, str], Model], tenant: str, name: str) -> Model:
+    """`get_model`, once per (tenant, name) per batch."""
+    if (tenant, name) not in models:
+        model = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
+        if model is None:
+            raise NotFound(f"model {name!r} not found")
+        models[(tenant, name)] = model
+    return models[(tenant, name)]
+
+
+def accept_many(
+    session: Session, celery: Celery, batch: Sequence[Submission], policy: IntakePolicy
+) -> list[Accepted | ProblemError]:
+    """The intake of a batch of requests in one transaction (group commit): each one's outcome, in order,
+    an accepted request or the error that refused it. A refused request writes nothing and does not
+    affect the others: every check (including an Idempotency-Key's) is made before anything is written,
+    and then all new requests go in with one INSERT and all their audit events with another. Each model
+    gets one training-set lookup for all the batch's IDs and one wake decision (`queue.wake_due`), and
+    a worker is woken after the commit; if the broker is down, the reconciler finds the requests.
+
+    A replay of an Idempotency-Key returns the first request (created False). Two requests of one batch
+    with the same key: the second is told to retry (409), as when two processes race."""
+    outcomes: list[Accepted | ProblemError | None] = [None] * len(batch)
+    models: dict[tuple[str, str], Model] = {}
+    screened: dict[str, list[tuple[int, _Named]]] = {}  # model id -> (index, what it names)
+    keys_seen: set[tuple[str, str]] = set()
+    for i, sub in enumerate(batch):
+        try:
+            model = _model(session, models, sub.key.tenant, sub.model)
+            if sub.idempotency_key is not None:
+                if (sub.key.tenant, sub.idempotency_key) in keys_seen:
+                    raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
+                keys_seen.add((sub.key.tenant, sub.idempotency_key))
+                digest = body_digest(
+                    dedupe(sub.sample_ids), sub.reference, sub.callback_url, dedupe(sub.subject_ids)
+                )
+                existing = find_idempotent(
+                    session, tenant=sub.key.tenant, idempotency_key=sub.idempotency_key, digest=digest
+                )
+                if existing is not None:
+                    if existing.model_id != model.id:
+                        raise Unprocessable("this Idempotency-Key was already used for another model")
+                    outcomes[i] = Accepted(existing, model.name, created=False)
+                    continue
+            named = _screen(
+                session,
+                model,
+                sample_ids=sub.sample_ids,
+                subject_ids=sub.subject_ids,
+                max_ids=policy.max_ids,
+                callback_url=sub.callback_url,
+                allowed_hosts=policy.allowed_hosts,
+                allow_http=policy.allow_http,
+            )
+            screened.setdefault(model.id, []).append((i, named))
+        except ProblemError as exc:
+            outcomes[i] = exc
+    by_id = {m.id: m for m in models.values()}
+    requests: list[dict[str, Any]] = []
+    audit_rows: list[dict[str, Any]] = []
+    woken: list[Model] = []
+    for model_id, group in screened.items():
+        model = by_id[model_id]
+        unknown, forgotten = classify_ids(session, model, dedupe(i for _, n in group for i in n.ids))
+        missing = set(unknown)
+        for i, named in group:
+            sub = batch[i]
+            try:
+                req = _new_request(
+                    session,
+                    model,
+                    sub.key,
+                    named,
+                    unknown=missing,
+                    forgotten=forgotten,
+                    reference=sub.reference,
+                    idempotency_key=sub.idempotency_key,
+                    callback_url=sub.callback_url,
+                )
+            except ProblemError as exc:
+                outcomes[i] = exc
+                continue
+            requests.append({c.key: getattr(req, c.key) for c in _REQUEST_COLUMNS})
+            audit_rows.append(
+                events.request_received_row(req, model_name=model.name, actor=events.key_actor(sub.key))
+            )
+            outcomes[i] = Accepted(req, model.name, created=True)
+        if any(isinstance(outcomes[i], Accepted) for i, _ in group):
+            woken.append(model)
+    wakes: list[tuple[str, float | None]] = []
+    if requests:
+        session.execute(insert(DeletionRequest), requests)
+        session.execute(insert(AuditEvent), audit_rows)
+        wakes = [(m.id, wake_due(session, m, policy.wake_seconds)) for m in woken]
     session.commit()
-    if countdown is not None:
-        send_run_model(celery, model.id, countdown)
-    return req, True
+    for model_id, countdown in wakes:
+        if countdown is not None:
+            send_run_model(celery, model_id, countdown)
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+_REQUEST_COLUMNS = list(DeletionRequest.__table__.c)
 
 
 def cancel(session: Session, tenant: str, request_id: str, *, actor: str) -> DeletionRequest:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core import events
+from service.core.db.engine import is_postgres
 from service.core.db.tables import Dataset, DatasetSample, Model, ModelVersion
 from service.core.model_specs import check_methods, require_finite
 from service.core.states import ModelStatus
@@ -80,6 +81,12 @@ def register_dataset(
     ]
     for i in range(0, len(rows), _BATCH):
         session.execute(insert(DatasetSample), rows[i : i + _BATCH])
+    if is_postgres(session):
+        # Fresh statistics, so the intake's ID lookups use the primary key at once. Without them (before
+        # autovacuum gets to the table, or where it is off) PostgreSQL planned the lookup of a request's
+        # IDs as a scan of the whole dataset: 26 ms for 50 IDs instead of 0.3. ANALYZE samples a bounded
+        # number of rows (it costs the same for any table size) and counts this transaction's rows.
+        session.execute(text("ANALYZE dataset_samples"))
     named = [s for s in subjects if s is not None]
     events.dataset_registered(
         session, ds, actor=actor, subjects=(len(set(named)), len(named)) if named else None

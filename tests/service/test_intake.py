@@ -1,19 +1,29 @@
-"""Intake: one transaction per request, and the request rows are the outbox. A burst of requests for one
-model wakes a worker once now and once at the end of the window, not once per request."""
+"""Intake: the requests that arrive together are committed together (group commit), each with its audit
+event, and the request rows are the outbox. A burst of requests for one model wakes a worker once now and
+once at the end of the window, not once per request."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from service.api.app import create_app
+from service.core import audit
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import Model, utcnow
-from service.core.queue import wake_due
+from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model, utcnow
+from service.core.deletions import Accepted, IntakePolicy, Submission, accept_many
+from service.core.keys import find_key
+from service.core.queue import make_celery, wake_due
 from service.core.settings import Settings
+from service.core.states import ModelStatus
+from tests.conftest import Backend
 from tests.factories import make_key, make_model
 
 
@@ -62,3 +72,102 @@ def test_a_burst_of_requests_sends_at_most_two_broker_messages(tmp_path: Path) -
             assert r.status_code == 202 and r.json()["state"] == "received"
     messages = list((settings.broker_folder / "out").iterdir())
     assert 1 <= len(messages) <= 2, messages
+
+
+# -- group commit -----------------------------------------------------------------------------------------
+
+
+def _submission(key: ApiKey, ids: list[str], **kw: Any) -> Submission:
+    return Submission(key=key, model=kw.pop("model", "toy"), sample_ids=ids, **kw)
+
+
+def test_one_batch_accepts_the_good_requests_and_refuses_each_bad_one_alone(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        make_model(s, name="toy", n_train=50)
+        make_model(s, name="new", n_train=10).status = ModelStatus.VALIDATING
+        plaintext = make_key(s, scopes=("deletion:write",))
+        key = find_key(s, plaintext)
+        assert key is not None
+        s.expunge(key)
+    batch = [
+        _submission(key, ["toy-0001", "toy-0002"]),
+        _submission(key, ["toy-0003", "nope-1"]),  # an unknown ID
+        _submission(key, ["toy-0004"], model="missing"),  # no such model
+        _submission(key, ["new-0001"], model="new"),  # a model not ready
+        _submission(key, ["toy-0002", "toy-0005"], idempotency_key="k-1"),
+        _submission(key, ["toy-0006"], idempotency_key="k-1"),  # the same key, in the same batch
+        _submission(key, ["toy-0007"], callback_url="https://evil.example/hook"),  # not on the allow-list
+    ]
+    with session_scope(db_url) as s:
+        outcomes = accept_many(s, make_celery(Settings()), batch, IntakePolicy(max_ids=100))
+    assert [type(o).__name__ for o in outcomes] == [
+        "Accepted", "Unprocessable", "NotFound", "Conflict", "Accepted", "Conflict", "Unprocessable",
+    ]  # fmt: skip
+    accepted = [o for o in outcomes if isinstance(o, Accepted)]
+    assert all(a.created for a in accepted)
+    with session_scope(db_url) as s:
+        rows = {r.id: r for r in s.scalars(select(DeletionRequest))}
+        received = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.received")))
+        assert set(rows) == {a.request.id for a in accepted}  # nothing written for the refused ones
+        assert sorted(rows[a.request.id].sample_ids for a in accepted) == [
+            ["toy-0001", "toy-0002"],
+            ["toy-0002", "toy-0005"],
+        ]
+        assert sorted(e.entity_id for e in received) == sorted(rows)  # each request has its event
+        assert audit.sequence_all(s, "default") > 0
+    with session_scope(db_url) as s:
+        assert audit.verify_chain(s, "default")["ok"]
+        # A replay of the key in a later batch returns the first request.
+        replay = accept_many(s, make_celery(Settings()), [batch[4]], IntakePolicy(max_ids=100))[0]
+        assert isinstance(replay, Accepted) and not replay.created
+        assert replay.request.id == accepted[1].request.id
+
+
+def test_concurrent_requests_are_committed_in_batches_each_with_its_audit_event(backend: Backend) -> None:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        make_model(s, name="toy", n_train=200)
+        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
+    app = create_app(settings)
+    auth = {"Authorization": f"Bearer {key}"}
+    n = 40
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=auth) as http:
+            await http.get("/v1/audit/head")  # the key is cached before the burst
+
+            def body(i: int) -> dict[str, Any]:
+                ids = [f"toy-{i:04d}", f"toy-{i + 100:04d}"]
+                return {"sample_ids": ids if i % 10 != 7 else [*ids, "not-in-the-training-set"]}
+
+            posts = [http.post("/v1/models/toy/deletion-requests", json=body(i)) for i in range(n)]
+            return await asyncio.gather(*posts)
+
+    responses = asyncio.run(burst())
+    refused = {i for i, r in enumerate(responses) if r.status_code == 422}
+    assert refused == {7, 17, 27, 37}, [r.text for r in responses if r.status_code != 202][:3]
+    assert all(r.status_code == 202 for i, r in enumerate(responses) if i not in refused)
+    assert all(
+        r.json()["unknown_ids"] == ["not-in-the-training-set"]
+        for i, r in enumerate(responses)
+        if i in refused
+    )
+    batches, largest = app.state.intake.stats()
+    assert largest > 1 and batches < n  # requests were written together
+    ids = {r.json()["id"] for r in responses if r.status_code == 202}
+    with session_scope(url) as s:
+        assert set(s.scalars(select(DeletionRequest.id))) == ids
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.received"))
+        assert sorted(e.entity_id for e in events) == sorted(ids)
+        audit.sequence_all(s, "default")
+    with session_scope(url) as s:
+        report = audit.verify_chain(s, "default")
+        assert report["ok"] and report["events"] >= len(ids)
+    with TestClient(app) as client:  # and each one reads back
+        for r in responses[:3]:
+            got = client.get(r.headers["location"], headers=auth)
+            assert got.status_code == 200 and got.json() == r.json()

@@ -51,14 +51,14 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
     response_class=Response,
     responses=problems(401, 403),  # a key that is invalid, or none when UNLEARN_METRICS_REQUIRE_KEY is set
 )
-async def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, settings: SettingsDep) -> Response:
     """HTTP metrics for anyone (unless a key is required); a key with `jobs:read` adds its own tenant's
     request and job gauges, never another tenant's."""
     header = request.headers.get("authorization")
     tenant = None
     if settings.metrics_require_key or header:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.
-        key = await require_scope("jobs:read")(request, session, _credentials(header or ""))
+        key = await require_scope("jobs:read")(request, _credentials(header or ""))
         tenant = key.tenant
     state = request.app.state  # the tenant's gauges read the database: off the event loop
     body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, tenant)

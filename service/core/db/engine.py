@@ -7,14 +7,22 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE, MAX_OVERFLOW = 16, 16
+RECYCLE_SECONDS = 1800
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
+
+    `pre_ping` (PostgreSQL): test each pooled connection with a round trip when it is checked out. Workers
+    keep it (a long job must not fail on a connection that died while idle). The API turns it off: the
+    ping was a round trip per request (6% of a worker's time under load), and a connection that died
+    (the database restarted) fails its request with a 503 the client retries, while SQLAlchemy discards
+    the whole pool on that disconnect, so the next requests get fresh connections. `pool_recycle` then
+    replaces connections before idle timeouts in between (firewalls, proxies) can cut them.
 
     The embedded stack has two processes (API, worker) writing one SQLite file. BEGIN IMMEDIATE makes every
     transaction take the write lock up front, so read-then-write sequences (the audit chain's last hash, a
@@ -39,17 +47,30 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # Enough pooled connections for the requests one API process serves at once: a connection opened per
     # request beyond the pool (PostgreSQL forks a backend for each) cost more CPU than the query itself.
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, **kwargs)
+    if not pre_ping:
+        kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
+    return create_engine(
+        url, pool_pre_ping=pre_ping, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, **kwargs
+    )
+
+
+def engine_for(url: str, *, pre_ping: bool = True) -> Engine:
+    """The process's engine for `url` (one per ping setting; SQLite has one, it never pings)."""
+    return _engine(url, pre_ping or url.startswith("sqlite"))
 
 
 @lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
+def _engine(url: str, pre_ping: bool) -> Engine:
+    return make_engine(url, pre_ping=pre_ping)
+
+
+def sessionmaker_for(url: str, *, pre_ping: bool = True) -> sessionmaker[Session]:
+    return _sessionmaker(engine_for(url, pre_ping=pre_ping))
 
 
 @lru_cache(maxsize=8)
-def sessionmaker_for(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager
@@ -64,6 +85,18 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for a read that is one statement and needs no transaction around it. On PostgreSQL
+    it runs in autocommit: one round trip, where a transaction costs three (BEGIN, the query, ROLLBACK;
+    psycopg sends BEGIN on its own). SQLite keeps its transaction: its BEGIN IMMEDIATE hook would be
+    left open in autocommit."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
 
 def is_postgres(session: Session) -> bool:
