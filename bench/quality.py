@@ -85,6 +85,24 @@ def _shapes() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
     return dataset(2000, 0, "train"), dataset(500, 1, "test"), dataset(500, 2, "reference")
 
 
+TEXT_VOCAB, TEXT_LENGTH = 384, 16  # WordPiece tokens (every word whole), tokens per text ([CLS] .. [SEP])
+
+
+@functools.cache
+def _text() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
+    from bench.textgen import text_dataset
+
+    d = text_dataset({"train": (1500, 0), "test": (500, 1), "reference": (500, 2)},
+                     max_length=TEXT_LENGTH, vocab_size=TEXT_VOCAB, noise=0.15)  # fmt: skip
+    return d["train"], d["test"], d["reference"]
+
+
+def _bert_config() -> dict[str, Any]:
+    from bench.textgen import bert_config
+
+    return bert_config(TEXT_VOCAB, TEXT_LENGTH)
+
+
 DEFAULT = "ugradsl_plus (default: held-out bound, p=0.7, 1 epoch, cosine lr 0.03)"
 CHEAPER = "ugradsl_plus (0.75 epoch)"
 PREVIOUS = "ugradsl_plus (previous default: bound by correctness, p=0.8)"
@@ -114,6 +132,19 @@ SETTINGS = {
         _shapes, {"num_classes": 4}, TrainRecipe(epochs=8, lr=0.02, batch_size=64),
         rows=("finetune", "gradient_ascent", "random_label", "salun", DEFAULT, AS_SERVICE),
         architecture="torchvision:resnet18",
+    ),
+    "text_bert": Setting(
+        "text_bert", "generated sentences on 4 topics sharing their vocabulary, 15% of labels flipped "
+        "(bench/textgen.py), 1,500 train / 500 test, WordPiece tokenizer trained on the train texts, "
+        "read by load_text as {input_ids, attention_mask} (16 tokens); a small BERT (2 layers, hidden 64, "
+        "no dropout, 0.1M parameters) built by hf:sequence-classification from its config; Adam, 50 "
+        "epochs at lr 0.002 so that it memorises its noisy labels (at lr 0.003 or more training diverged "
+        "on some seeds); the reference is 500 more generated sentences. Run with --threads 1: on 2 "
+        "busy cores a second torch thread made each step 10x slower",
+        _text, {"num_classes": 4, "config": _bert_config()},
+        TrainRecipe(epochs=50, lr=0.002, batch_size=32, weight_decay=0.0, optimizer="adam"),
+        rows=("finetune", "gradient_ascent", "random_label", "salun", DEFAULT, AS_SERVICE),
+        architecture="hf:sequence-classification",
     ),
 }  # fmt: skip
 

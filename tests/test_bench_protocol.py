@@ -25,3 +25,40 @@ def test_the_closable_share_is_the_plain_share_when_retrains_agree_exactly() -> 
 
 def test_nothing_is_closable_when_the_original_is_already_within_the_floor() -> None:
     assert closable_gap_closed(record(gap=0.3, original_gap=0.4, floor=0.6)) == 0.0
+
+
+def test_the_generated_text_set_is_seeded_and_flips_exactly_the_requested_share_of_labels() -> None:
+    from bench.textgen import generate
+
+    a, b, other = generate(400, 3, noise=0.15), generate(400, 3, noise=0.15), generate(400, 4, noise=0.15)
+    assert a == b
+    assert a.texts != other.texts
+    assert sum(a.flipped) == 60
+    assert sum(generate(400, 3, noise=0.0).flipped) == 0
+
+
+def test_no_topic_word_tells_the_class_on_its_own() -> None:
+    """The point of the set (unlike docs/examples/text_bert.py's): every topic word occurs under at least
+    two true classes, so the model must memorise noisy samples rather than read off a separating word."""
+    from bench.textgen import TOPICS, generate
+
+    data = generate(2000, 0, noise=0.15)
+    classes_of: dict[str, set[int]] = {}
+    for text, label, flipped in zip(data.texts, data.labels, data.flipped, strict=True):
+        if not flipped:  # a true label
+            for word in text.split():
+                classes_of.setdefault(word, set()).add(label)
+    topic_words = {w for words in TOPICS.values() for w in words}
+    assert topic_words <= set(classes_of)
+    assert all(len(classes_of[w]) >= 2 for w in topic_words)
+
+
+def test_the_text_setting_reads_its_sentences_as_the_service_loader_does() -> None:
+    from bench.textgen import generate, text_dataset
+
+    sets = text_dataset({"train": (60, 0), "test": (20, 1)}, max_length=16, vocab_size=384, noise=0.15)
+    train = sets["train"]
+    assert isinstance(train.x, dict) and set(train.x) == {"input_ids", "attention_mask"}
+    assert tuple(train.x["input_ids"].shape) == (60, 16)
+    assert train.y.tolist() == generate(60, 0, noise=0.15).labels
+    assert train.ids[0] == "train-00000" and sets["test"].ids[-1] == "test-00019"
