@@ -453,7 +453,7 @@ def write_results(
                 f"- {SETTINGS[s].name}: {SETTINGS[s].description}; recipe "
                 f"{SETTINGS[s].recipe.to_dict()} (seed = run seed); retrain uses exactly this recipe."
                 + (
-                    f" Rows run by default: {', '.join(SETTINGS[s].rows)} (the 60k rows cost minutes each)."
+                    f" Rows run by default: {', '.join(SETTINGS[s].rows)}."
                     if SETTINGS[s].rows and not args.rows
                     else ""
                 )
