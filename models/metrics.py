@@ -7,6 +7,7 @@ never per sample.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,7 @@ def per_sample_loss(model: nn.Module, data: SampleDataset, *, batch_size: int = 
 
 
 def _member_sample(retain: SampleDataset, n: int, seed: int) -> SampleDataset:
-    gen = torch.Generator().manual_seed(seed)
-    return retain.subset(torch.randperm(len(retain), generator=gen)[: min(n, len(retain))])
+    return retain.subset(_sample_order(len(retain), seed)[: min(n, len(retain))])
 
 
 def mia_efficacy(
@@ -139,9 +139,26 @@ def _best_threshold(members: np.ndarray, non_members: np.ndarray) -> float:
     return float(cands[np.argmax(tpr_m + tnr_n)])
 
 
-def _correct_and_log_confidence(model: nn.Module, data: SampleDataset) -> tuple[np.ndarray, np.ndarray]:
-    """One pass: (N,) correctness and (N,) log of the true-label confidence (= minus the cross-entropy, so
-    both attacks read the same pass)."""
+@dataclass(frozen=True)
+class SetScores:
+    """What one forward pass over a scored set yields, per sample: correctness (0/1) and the log of the
+    true-label confidence (= minus the cross-entropy, so both attacks read the same pass). A model's
+    scores on a fixed set depend on nothing else: a version's scores on the scoring data can be kept and
+    read back instead of recomputed (``evaluate``'s ``test_scores``)."""
+
+    correct: np.ndarray  # (N,) float32, 1.0 = classified correctly
+    log_confidence: np.ndarray  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    def take(self, idx: torch.Tensor) -> SetScores:
+        i = idx.numpy()
+        return SetScores(self.correct[i], self.log_confidence[i])
+
+
+def score_set(model: nn.Module, data: SampleDataset) -> SetScores:
+    """One pass over ``data``: its ``SetScores``."""
     out = _map_batches(
         model,
         data,
@@ -151,7 +168,12 @@ def _correct_and_log_confidence(model: nn.Module, data: SampleDataset) -> tuple[
         EVAL_BATCH,
     )  # (N, 2)
     arr = out.float().cpu().numpy().reshape(-1, 2)
-    return arr[:, 0], arr[:, 1]
+    return SetScores(np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]))
+
+
+def _sample_order(n: int, seed: int) -> torch.Tensor:
+    """The seeded permutation ``_member_sample`` takes its prefix of."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def evaluate(
@@ -163,6 +185,7 @@ def evaluate(
     retain_sample: int = 10_000,
     seed: int = 0,
     forgotten_classes: Iterable[int] | None = None,
+    test_scores: SetScores | None = None,
 ) -> dict[str, float | int | None]:
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
@@ -178,30 +201,40 @@ def evaluate(
     them apart, read off the same test pass. The attacks still use all of D_te as non-members: the
     formula's D_te, whatever was forgotten.
 
-    One forward pass per row: the RA sample and the attack's members are both prefixes of the same seeded
-    permutation of D_r (``_member_sample``), so one pass over the longer serves both."""
+    Each scored set is read once: the RA sample and the attack's members are both prefixes of the same
+    seeded permutation of D_r (``_member_sample``), so one pass over the longer serves both; the
+    attack's non-members are D_te or a seeded sample of it (``mia_sets``), read off the test pass.
+    ``test_scores``: this model's ``score_set`` on ``test``, kept from an earlier scoring (a version's
+    scores on the scoring data depend on nothing a deletion changes); then D_te is not read at all."""
     n_ra = min(len(retain), retain_sample)
-    members, non_members = mia_sets(retain, test, seed)  # as ``mia_efficacy``
-    r_correct, r_log = _correct_and_log_confidence(
-        model, _member_sample(retain, max(n_ra, len(members)), seed)
-    )
-    te_correct, te_log_conf = _correct_and_log_confidence(model, test)
+    n_members = min(len(retain), len(test))  # as ``mia_sets``
+    retained = score_set(model, _member_sample(retain, max(n_ra, n_members), seed))
+    if test_scores is None:
+        test_scores = score_set(model, test)
+    elif len(test_scores) != len(test):
+        raise ValueError(f"test_scores has {len(test_scores)} rows for a test set of {len(test)}")
+    te_correct = test_scores.correct
     out: dict[str, float | int | None] = {
         "unlearning_accuracy": None,
         "mia_score": None,
         "mia_loss_score": None,
-        "retain_accuracy": float(r_correct[:n_ra].mean()) if n_ra else None,
+        "retain_accuracy": float(retained.correct[:n_ra].mean()) if n_ra else None,
         "test_accuracy": float(te_correct.mean()) if len(test) else None,
         "forget_count": len(forget),
         "retain_count": n_ra,
         "test_count": len(test),
     }
     if len(forget):
-        f_correct, f_log = _correct_and_log_confidence(model, forget)
-        out["unlearning_accuracy"] = 1.0 - float(f_correct.mean())
-    if len(forget) and len(members):  # no attack without members: everything was forgotten
-        m_log = r_log[: len(members)]
-        n_log = te_log_conf if non_members is test else _correct_and_log_confidence(model, non_members)[1]
+        forgot = score_set(model, forget)
+        out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
+    if len(forget) and n_members:  # no attack without members: everything was forgotten
+        m_log = retained.log_confidence[:n_members]
+        n_log = (
+            test_scores.log_confidence
+            if n_members == len(test)
+            else test_scores.take(_sample_order(len(test), seed + 1)[:n_members]).log_confidence
+        )
+        f_log = forgot.log_confidence
         out["mia_score"] = mia_efficacy_from_confidence(np.exp(m_log), np.exp(n_log), np.exp(f_log))
         out["mia_loss_score"] = loss_threshold_mia_from_loss(-m_log, -n_log, -f_log)
     if forgotten_classes is not None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score
@@ -10,8 +11,11 @@ from models.metrics import (
     evaluate,
     forgotten_classes,
     loss_threshold_mia,
+    loss_threshold_mia_from_loss,
     mia_efficacy,
+    mia_efficacy_from_confidence,
     mia_sets,
+    score_set,
 )
 
 
@@ -174,3 +178,99 @@ def test_once_the_whole_training_set_is_forgotten_ra_and_the_attacks_are_none(di
     assert out["retain_accuracy"] is None and out["mia_score"] is None and out["mia_loss_score"] is None
     assert out["unlearning_accuracy"] is not None and out["retain_count"] == 0
     assert out["test_accuracy"] == pytest.approx(accuracy(digits_model, test))
+
+
+def _evaluate_set_by_set(
+    model, *, forget, retain, test, retain_sample=10_000, seed=0, forgotten_classes=None
+):
+    """``evaluate`` written out the plain way (the code path before each set was read once): one pass per
+    set it reads, the RA sample, the attack's members and its non-members (a sample of D_te when D_r is
+    the smaller) each scored on their own."""
+    members, non_members = mia_sets(retain, test, seed)
+    gen = torch.Generator().manual_seed(seed)
+    ra_sample = retain.subset(torch.randperm(len(retain), generator=gen)[: min(retain_sample, len(retain))])
+    te = score_set(model, test)
+    out = {
+        "unlearning_accuracy": None,
+        "mia_score": None,
+        "mia_loss_score": None,
+        "retain_accuracy": float(score_set(model, ra_sample).correct.mean()) if len(ra_sample) else None,
+        "test_accuracy": float(te.correct.mean()) if len(test) else None,
+        "forget_count": len(forget),
+        "retain_count": len(ra_sample),
+        "test_count": len(test),
+    }
+    if len(forget):
+        f = score_set(model, forget)
+        out["unlearning_accuracy"] = 1.0 - float(f.correct.mean())
+        if len(members):
+            m_log, n_log = (
+                score_set(model, members).log_confidence,
+                score_set(model, non_members).log_confidence,
+            )
+            out["mia_score"] = mia_efficacy_from_confidence(
+                np.exp(m_log), np.exp(n_log), np.exp(f.log_confidence)
+            )
+            out["mia_loss_score"] = loss_threshold_mia_from_loss(-m_log, -n_log, -f.log_confidence)
+    if forgotten_classes is not None:
+        gone = np.isin(test.y.numpy(), sorted(set(forgotten_classes)))
+        out["test_accuracy"] = float(te.correct[~gone].mean())
+        out["test_count"] = int((~gone).sum())
+        out["forgotten_class_test_accuracy"] = float(te.correct[gone].mean())
+        out["forgotten_class_test_count"] = int(gone.sum())
+    return out
+
+
+def _cases(digits, digits_random10):
+    train_ds, test = digits
+    forget, retain = digits_random10
+    threes = [train_ds.ids[i] for i in torch.nonzero(train_ds.y == 3).flatten().tolist()]
+    c_forget, c_retain = train_ds.split_by_ids(threes)
+    small_retain = retain.subset(torch.arange(200))  # smaller than D_te: the non-members are a sample of it
+    return {
+        "random 10%": dict(forget=forget, retain=retain, test=test),
+        "RA sample smaller than the members": dict(forget=forget, retain=retain, test=test, retain_sample=50),
+        "D_r smaller than D_te": dict(forget=forget, retain=small_retain, test=test),
+        "class-wise": dict(forget=c_forget, retain=c_retain, test=test, forgotten_classes=[3]),
+        "nothing forgotten": dict(forget=forget.subset([]), retain=retain, test=test),
+        "everything forgotten": dict(forget=train_ds, retain=train_ds.subset([]), test=test),
+    }
+
+
+def test_evaluate_reading_each_set_once_gives_exactly_the_set_by_set_numbers(
+    digits_model, digits, digits_random10
+) -> None:
+    """Merging the passes changes no number, not even in the last bit: every case evaluate branches on."""
+    for name, kw in _cases(digits, digits_random10).items():
+        assert evaluate(digits_model, **kw) == _evaluate_set_by_set(digits_model, **kw), name
+
+
+def test_evaluate_on_kept_test_scores_equals_evaluate_reading_the_test_set(
+    digits_model, digits, digits_random10
+) -> None:
+    """A version's kept scores on D_te stand in for the test pass: the same numbers in every case."""
+    for name, kw in _cases(digits, digits_random10).items():
+        kept = score_set(digits_model, kw["test"])
+        assert evaluate(digits_model, **kw, test_scores=kept) == evaluate(digits_model, **kw), name
+
+
+def test_evaluate_refuses_kept_test_scores_of_another_set(digits_model, digits, digits_random10) -> None:
+    forget, retain = digits_random10
+    test = digits[1]
+    kept = score_set(digits_model, test.subset(torch.arange(len(test) - 1)))
+    with pytest.raises(ValueError, match="test_scores"):
+        evaluate(digits_model, forget=forget, retain=retain, test=test, test_scores=kept)
+
+
+def test_evaluate_takes_the_test_side_from_kept_scores_without_reading_the_test_set(
+    digits_model, digits, digits_random10
+) -> None:
+    """Kept scores really replace the test pass (the caller must key them by the checkpoint and the
+    data, as ``workers.scores`` does): another model's scores give that model's TA."""
+    forget, retain = digits_random10
+    test = digits[1]
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    kept = score_set(other, test)
+    mine = evaluate(digits_model, forget=forget, retain=retain, test=test)
+    borrowed = evaluate(digits_model, forget=forget, retain=retain, test=test, test_scores=kept)
+    assert borrowed["test_accuracy"] == float(kept.correct.mean()) != mine["test_accuracy"]
