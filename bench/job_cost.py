@@ -1,11 +1,19 @@
-"""Where a job's time goes, and how fast the unlearning loop runs against a bare training loop.
+"""Where a job's time goes, against an exact retrain, and how fast the unlearning loop runs against a
+bare training loop.
 
     .venv/bin/python bench/job_cost.py            # digits demo + Fashion-MNIST (if installed)
     .venv/bin/python bench/job_cost.py --quick    # digits only
 
 Part 1 runs real jobs through the worker code (database, lease, checkpoint, publish) on the embedded
-default and prints the seconds per phase. Part 2 times UGradSL+ steps against plain SGD steps of the same
-model on the same data (same samples per step: B_r + B_f vs one batch of 2B).
+default, two in a row per model: the first on v1 (registered here without kept scores, so the job scores
+the base's test side itself), the second on v2 (its test side kept by the job that published it: the
+steady state of a model taking deletions). Each job's phases (load, score base, unlearn, score result,
+publish) are in seconds, and its unlearning step and the whole job are shares of an exact retrain of
+the same model on that job's retain set with its registered recipe, timed in the same run (the baseline
+row). The first job of the process also pays its first passes (allocator, thread pools): compare the
+second job's phases for the steady state. Part 2 times UGradSL+ steps against plain SGD steps of the
+same model on the same data (same samples per step: B_r + B_f vs one batch of 2B). The tables go to
+stdout and bench/results/job_cost.md.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from models.architectures import build_model  # noqa: E402
 from models.datasets import SampleDataset, load_dataset, load_digits_split  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
 from models.unlearning import run_method  # noqa: E402
+from models.unlearning.params import parse_params  # noqa: E402
 from service.core import deletions  # noqa: E402
 from service.core.db import migrate  # noqa: E402
 from service.core.db.engine import session_scope  # noqa: E402
@@ -37,8 +46,17 @@ from service.core.keys import create_key  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from workers.demo import register_local_model  # noqa: E402
 from workers.orchestrate import process_model  # noqa: E402
+from workers.runner import split, with_recipe  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+OUT = ROOT / "bench" / "results" / "job_cost.md"
+PHASES = (  # (column, the job's timing keys summed into it)
+    ("load", ("load",)),
+    ("score base", ("evaluate_base",)),
+    ("unlearn", ("unlearn:",)),
+    ("score result", ("evaluate:",)),
+    ("publish", ("publish",)),
+)
 
 
 def setup_model(
@@ -81,7 +99,29 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
     with session_scope(url) as s:
         job = s.query(Job).filter(Job.model_id == model_id).order_by(Job.created_at.desc()).first()
         assert job is not None and job.state == "completed", job and job.error
-        return {"wall": wall, **job.metrics["timings"], "forget": len(ids)}
+        t = job.metrics["timings"]
+        phases = {col: sum(v for k, v in t.items() if k.startswith(keys)) for col, keys in PHASES}
+        return {
+            "wall": wall,
+            **phases,
+            "forget": len(ids),
+            "base_test": job.metrics["data"]["base_test_scores"],
+        }
+
+
+def time_retrain(
+    arch: str, kwargs: dict, train_ds: SampleDataset, forgotten: set[str], recipe: TrainRecipe, device: str
+) -> float:
+    """Seconds of an exact retrain on D_r = the training set minus ``forgotten``, with the registered
+    recipe: the method a job would run for `retrain`, on the same device."""
+    forget, retain = split(train_ds, sorted(forgotten), set())
+    params = parse_params("retrain", with_recipe("retrain", {}, recipe.to_dict()))
+    model = build_model(arch, **kwargs).to(device)
+    started = time.perf_counter()
+    run_method("retrain", model, forget, retain, params)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def loop_throughput(
@@ -156,8 +196,15 @@ def main() -> None:
     rows, loops = [], []
     for label, name, kw_, tr_, te_, recipe, _note in cases:
         model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe)
-        ids = random.Random(1).sample(tr_.ids, len(tr_) // 10)
-        rows.append((label, run_job(settings, model_id, ids)))
+        rng = random.Random(1)
+        first = rng.sample(tr_.ids, len(tr_) // 10)
+        rest = sorted(set(tr_.ids) - set(first))
+        second = rng.sample(rest, len(tr_) // 10)
+        for version, ids, gone in (("v1", first, set(first)), ("v2", second, set(first) | set(second))):
+            job = run_job(settings, model_id, ids)
+            retrain = time_retrain("small_cnn", kw_, tr_, gone, recipe, device)
+            recipe_note = f"recipe: {recipe.epochs} epochs, batch {recipe.batch_size}"
+            rows.append((label, recipe_note, version, job, retrain, len(tr_) - len(gone)))
         model = train(
             build_model("small_cnn", **kw_),
             tr_.subset(torch.arange(min(len(tr_), 2048))),
@@ -165,21 +212,38 @@ def main() -> None:
         ).to(device)
         loops.append((label, *loop_throughput(model, tr_, te_, batch=64, steps=200)))
 
-    print(f"\n## Job phases (seconds; device {device}; random 10% forget set; UGradSL+ defaults)\n")
-    phases = sorted({k for _, r in rows for k in r if k not in ("wall", "forget")})
-    print("| model | forget | " + " | ".join(phases) + " | job wall |")
-    print("|---|---:|" + "---:|" * len(phases) + "---:|")
-    for label, r in rows:
-        print(
-            f"| {label} | {r['forget']} | "
-            + " | ".join(f"{r.get(p, 0):.2f}" for p in phases)
-            + f" | {r['wall']:.2f} |"
+    out: list[str] = []
+    out.append(
+        f"## Job phases against an exact retrain (seconds; device {device}; a random 10% forget set per "
+        "job, two jobs in a row; UGradSL+ defaults)\n"
+    )
+    cols = [c for c, _ in PHASES]
+    out.append(
+        "| model | job | forget | retain | "
+        + " | ".join(cols)
+        + " | job wall | unlearn / retrain | job / retrain |"
+    )
+    out.append("|---|---|---:|---:|" + "---:|" * len(cols) + "---:|---:|---:|")
+    for label, recipe_note, version, r, retrain, n_retain in rows:
+        base = ["", "", f"{retrain:.2f}", "", "", "", "100%", "100%"]
+        out.append(
+            f"| {label} | retrain, the baseline ({recipe_note}) | | {n_retain} | " + " | ".join(base) + " |"
         )
-    print("\n## Unlearning loop vs bare training loop (samples/s, batch 64+64 vs 128, 200 steps)\n")
-    print("| model | UGradSL+ samples/s | bare SGD samples/s | ratio |")
-    print("|---|---:|---:|---:|")
+        job = [f"{r[c]:.2f}" for c in cols] + [f"{r['wall']:.2f}", f"{r['unlearn'] / retrain:.1%}"]
+        out.append(
+            f"| {label} | job on {version} (base test side {r['base_test']}) | {r['forget']} | {n_retain} | "
+            + " | ".join([*job, f"{r['wall'] / retrain:.1%}"])
+            + " |"
+        )
+    out.append("\n## Unlearning loop vs bare training loop (samples/s, batch 64+64 vs 128, 200 steps)\n")
+    out.append("| model | UGradSL+ samples/s | bare SGD samples/s | ratio |")
+    out.append("|---|---:|---:|---:|")
     for label, u, b in loops:
-        print(f"| {label} | {u:,.0f} | {b:,.0f} | {u / b:.0%} |")
+        out.append(f"| {label} | {u:,.0f} | {b:,.0f} | {u / b:.0%} |")
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("# Job cost (bench/job_cost.py" + (" --quick" if args.quick else "") + ")\n\n" + text)
 
 
 if __name__ == "__main__":
