@@ -5,9 +5,8 @@ bare training loop.
     .venv/bin/python bench/job_cost.py --quick    # digits only
 
 Part 1 runs real jobs through the worker code (database, lease, checkpoint, publish) on the embedded
-default, two in a row per model: the first on v1 (registered here without kept scores, so the job scores
-the base's test side itself), the second on v2 (its test side kept by the job that published it: the
-steady state of a model taking deletions). Each job's phases (load, score base, unlearn, score result,
+default, two in a row per model: the first on v1, the second on v2 (the steady state of a model taking
+deletions). Each job's phases (load, score base, unlearn, score result,
 publish) are in seconds, and its unlearning step and the whole job are shares of an exact retrain of
 the same model on that job's retain set with its registered recipe, timed in the same run (the baseline
 row). The first job of the process also pays its first passes (allocator, thread pools): compare the
@@ -105,7 +104,6 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
             "wall": wall,
             **phases,
             "forget": len(ids),
-            "base_test": job.metrics["data"]["base_test_scores"],
         }
 
 
@@ -231,7 +229,7 @@ def main() -> None:
         )
         job = [f"{r[c]:.2f}" for c in cols] + [f"{r['wall']:.2f}", f"{r['unlearn'] / retrain:.1%}"]
         out.append(
-            f"| {label} | job on {version} (base test side {r['base_test']}) | {r['forget']} | {n_retain} | "
+            f"| {label} | job on {version} | {r['forget']} | {n_retain} | "
             + " | ".join([*job, f"{r['wall'] / retrain:.1%}"])
             + " |"
         )
