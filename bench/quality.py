@@ -186,6 +186,9 @@ ROWS = [
     Row("ugradsl_plus + and", "ugradsl_plus", _fixed({"mask": "and"})),
     Row("ugradsl_plus + prob", "ugradsl_plus", _fixed({"mask": "prob"})),
     Row("ugradsl_plus + focus", "ugradsl_plus", _fixed({"mask": "focus"})),
+    # Issue 18's first candidate: forget, then repair (SCRUB's max-then-min): the forget weight falls
+    # linearly to 0 over the last 60% of the run. Chosen on the tuning cases (tune_*_anneal.md).
+    Row("ugradsl_plus (forget weight annealed, last 60%)", "ugradsl_plus", _fixed({"forget_anneal": 0.6})),
 ]  # fmt: skip
 
 
