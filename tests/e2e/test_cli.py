@@ -119,7 +119,15 @@ def test_jobs_watch_refreshes_until_interrupted(
 ) -> None:
     log = tmp_path / "watch.out"
     with open(log, "w") as out:
-        proc = subprocess.Popen([UNLEARN, "jobs", "--watch"], env=cli.env(), stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            [UNLEARN, "jobs", "--watch"],
+            env=cli.env(),
+            stdout=out,
+            stderr=out,
+            # A runner started in the background (`cmd &` in a script) passes SIGINT on as ignored, and
+            # Python then never raises KeyboardInterrupt: give the child the default, as a terminal does.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             wait_until(lambda: "completed" in log.read_text(), timeout=30, what="the watched job table")
             proc.send_signal(signal.SIGINT)
