@@ -15,7 +15,7 @@ from service.api.observability import HttpMetrics
 from service.api.ratelimit import make_limiter
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.api.routes.webhooks import router as webhook_secrets_router
-from service.core.db.engine import sessionmaker_for
+from service.core.db.engine import reader_for, sessionmaker_for
 from service.core.deletions import IntakePolicy
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url, pre_ping=False)
-    app.state.engine = app.state.sessionmaker.kw["bind"]
+    app.state.reader = reader_for(settings.resolved_database_url)
     app.state.celery = make_celery(settings, fail_fast=True)
     app.state.signing_key = load_or_create_key(settings.signing_key_path)
     app.state.key_cache = KeyCache(settings.key_cache_seconds)

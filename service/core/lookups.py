@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, bindparam, select
+from functools import lru_cache
+
+from sqlalchemy import Dialect, Engine, bindparam, select
 from sqlalchemy.orm import Session
 
-from service.core.db.engine import read_connection
+from service.core.db.engine import fetch_one
 from service.core.db.tables import DeletionRequest, Job, Model
 from service.core.errors import NotFound
 
@@ -31,18 +33,29 @@ _STATUS = (
     .join(Model, Model.id == DeletionRequest.model_id)
     .where(DeletionRequest.id == bindparam("request_id"), DeletionRequest.tenant == bindparam("tenant"))
 )
+_STATUS_NAMES = [c.key for c in _STATUS_COLUMNS]
 
 
 def request_status(engine: Engine, tenant: str, request_id: str) -> tuple[DeletionRequest, str]:
-    """The request and its model's name, for the status poll every product makes, so lean: one autocommit
-    SELECT of the columns a status shows (not the sample IDs, which may be thousands) on a bare
-    connection, no session. The request comes back transient (in no session): for reading only."""
-    with read_connection(engine) as conn:
-        row = conn.execute(_STATUS, {"request_id": request_id, "tenant": tenant}).first()
+    """The request and its model's name, for the status poll every product makes, so lean: one SELECT of
+    the columns a status shows (not the sample IDs, which may be thousands), no session; on PostgreSQL a
+    prepared statement on a `reader_for` connection. The request comes back transient (in no session):
+    for reading only."""
+    params = {"request_id": request_id, "tenant": tenant}
+    if engine.dialect.name == "postgresql":
+        row = fetch_one(engine, _compiled_status(engine.dialect), params)
+    else:
+        with engine.connect() as conn:  # SQLite: the embedded default
+            row = conn.execute(_STATUS, params).first()
     if row is None:
         raise NotFound(f"deletion request {request_id!r} not found")
-    fields = dict(row._mapping)
-    return DeletionRequest(**{c.key: fields[c.key] for c in _STATUS_COLUMNS}), fields["model_name"]
+    *fields, model_name = row
+    return DeletionRequest(**dict(zip(_STATUS_NAMES, fields, strict=True))), model_name
+
+
+@lru_cache(maxsize=4)
+def _compiled_status(dialect: Dialect) -> str:
+    return str(_STATUS.compile(dialect=dialect))
 
 
 def get_job(session: Session, tenant: str, job_id: str) -> Job:

@@ -359,11 +359,18 @@ def test_a_postgresql_restart_mid_job_loses_nothing(tmp_path: Path) -> None:
                     interval=0.2,
                     what="the job to be mid-unlearning",
                 )
+                status = f"/v1/deletion-requests/{first['id']}"
+                assert http.get(status).status_code == 200  # the status poll's own pooled connection
                 pg.stop()
                 down = http.post("/v1/models/digits/deletion-requests", json={"sample_ids": ["digits-1400"]})
                 assert down.status_code == 503, down.text  # not a 500: the client should retry
                 assert down.headers["retry-after"] and "database is unavailable" in down.json()["detail"]
+                polled = http.get(status)  # its connection died with the server: a 503, not a 500
+                assert polled.status_code == 503, polled.text
                 pg.start()
+                # The dead connection was dropped, not handed out again: the poll recovers by itself.
+                wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
+                           what="the status poll answering again")  # fmt: skip
                 clock = Stopwatch()
                 later_ids = [i for i in random.Random(9).sample(TRAIN_IDS, 40) if i not in first_ids][:10]
 

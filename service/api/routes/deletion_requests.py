@@ -90,11 +90,11 @@ def list_deletion_requests(
 
 @router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)
 async def get_deletion_request(request_id: str, request: Request, key: RequestReader) -> Response:
-    """The status poll every product makes, so the leanest route: one autocommit SELECT in one trip to
-    the thread pool, no session, and the body serialised once (returning the model would have FastAPI
+    """The status poll every product makes, so the leanest route: one prepared autocommit SELECT in one
+    trip to the thread pool, no session, and the body serialised once (returning the model would have FastAPI
     validate it against `response_model` again before serialising it)."""
     req, model_name = await run_in_threadpool(
-        request_status, request.app.state.engine, key.tenant, request_id
+        request_status, request.app.state.reader, key.tenant, request_id
     )
     body = request_out(req, model_name).model_dump_json(by_alias=True)
     return Response(body, media_type="application/json")
