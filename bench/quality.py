@@ -107,6 +107,14 @@ DEFAULT = "ugradsl_plus (default: held-out bound, p=0.7, 1 epoch, cosine lr 0.03
 CHEAPER = "ugradsl_plus (0.75 epoch)"
 PREVIOUS = "ugradsl_plus (previous default: bound by correctness, p=0.8)"
 AS_SERVICE = "ugradsl_plus (held-out data = half the test set, as in the service)"
+# Issue: cost that scales with the deletion. retain_budget = k: the run's retain set is a class-stratified
+# sample of k·|D_f| rows of D_r (an epoch is a pass over it), so UGradSL+ costs ~2k·|D_f| sample-steps
+# (fashion_full, 10% deleted: k = 1 is ~4.5% of a 5-epoch retrain's, the default ~40%). Picked on the
+# tuning cases (bench/results/tune_fashion_full_budget.md): lr 0.1, p 0.6/0.8 and 2 epochs did no better;
+# the self-adaptive smoothing rate (intuition, alpha_max 1) did, on the random case.
+BUDGET_1 = "ugradsl_plus (retain budget 1x |D_f|)"
+BUDGET_2 = "ugradsl_plus (retain budget 2x |D_f|)"
+BUDGET_1_ADAPTIVE = "ugradsl_plus (retain budget 1x |D_f|, adaptive, intuition)"
 
 SETTINGS = {
     "digits": Setting(
@@ -122,7 +130,7 @@ SETTINGS = {
         "fashion_full", "Fashion-MNIST full 60k / 10k, small_cnn 28x28, 5 epochs (barely memorises)",
         _fashion(None), {"in_channels": 1, "image_size": 28, "num_classes": 10},
         TrainRecipe(epochs=5, lr=0.05, batch_size=128),
-        rows=("finetune", "ugradsl", DEFAULT, CHEAPER, PREVIOUS),
+        rows=("finetune", "ugradsl", DEFAULT, CHEAPER, PREVIOUS, BUDGET_1, BUDGET_2, BUDGET_1_ADAPTIVE),
     ),
     "shapes_resnet18": Setting(
         "shapes_resnet18", "generated 32x32 colour shapes (bench/shapes.py), 2,000 train / 500 test, "
@@ -189,6 +197,9 @@ ROWS = [
     # Issue 18's first candidate: forget, then repair (SCRUB's max-then-min): the forget weight falls
     # linearly to 0 over the last 60% of the run. Chosen on the tuning cases (tune_*_anneal.md).
     Row("ugradsl_plus (forget weight annealed, last 60%)", "ugradsl_plus", _fixed({"forget_anneal": 0.6})),
+    Row(BUDGET_1, "ugradsl_plus", _fixed({"retain_budget": 1.0})),
+    Row(BUDGET_2, "ugradsl_plus", _fixed({"retain_budget": 2.0})),
+    Row(BUDGET_1_ADAPTIVE, "ugradsl_plus", _fixed({"retain_budget": 1.0, "adaptive": "intuition"})),
 ]  # fmt: skip
 
 

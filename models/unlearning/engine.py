@@ -88,6 +88,41 @@ def count_steps(plan: Plan, params: GradientParams, n_forget: int, n_retain: int
     return max(1, round(params.epochs * math.ceil(n / params.batch_size)))
 
 
+def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) -> SampleDataset:
+    """The retain samples a run may use: all of ``retain`` when ``budget`` is 0, else a seeded sample of
+    min(|D_r|, ceil(budget·n_forget)) rows, stratified by class.
+
+    Why: a method whose epoch is a pass over D_r (UGradSL+, fine-tuning) costs in proportion to the
+    dataset, not the deletion; on a 60k model a 100-sample deletion still touched all 54k+ retain samples.
+    Drawing the pool up front (``subset``: a view for rows on disk, nothing read) keeps the step loop
+    unchanged. Each class gets its share of D_r (largest remainders), and at least one row while the pool
+    has room for one per class, so the retain term still covers every class that remains. The held-out
+    bound is computed on the whole D_r (``methods._bound``): which classes remain does not depend on the
+    pool. Rows are returned in dataset order; the generator is the run's seed + 2 (+ 1 is
+    ``random_wrong_labels``'), its own stream apart from the batch order's."""
+    n = len(retain)
+    if budget <= 0 or n == 0:
+        return retain
+    m = min(n, math.ceil(budget * n_forget))
+    if m >= n:
+        return retain
+    classes, counts = retain.y.unique(return_counts=True)  # sorted labels, (K,) sizes
+    share = counts.double() * m / n  # (K,) exact quotas, summing to m
+    take = share.floor().long()
+    order = (share - take).argsort(descending=True, stable=True)
+    take[order[: m - int(take.sum())]] += 1  # largest remainders: now sums to m, each <= its class size
+    if m >= len(classes):
+        for c in torch.nonzero(take == 0).flatten().tolist():  # a rare class: one row, from the largest
+            take[int(take.argmax())] -= 1
+            take[c] = 1
+    gen = torch.Generator().manual_seed(seed + 2)
+    rows = [
+        torch.nonzero(retain.y == label).flatten()[torch.randperm(int(size), generator=gen)[: int(k)]]
+        for label, size, k in zip(classes.tolist(), counts.tolist(), take.tolist(), strict=True)
+    ]
+    return retain.subset(torch.cat(rows).sort().values)
+
+
 def run_steps(
     model: nn.Module,
     forget: SampleDataset,
@@ -108,6 +143,7 @@ def run_steps(
         return model
     if needs_retain and len(retain) == 0:
         raise ValueError("this method needs a non-empty retain set")
+    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     device = model_device(model)
     xf, yf = B.to(forget.x, device), forget.y.to(device)  # moved once (rows on disk: read per batch)
     tf = yf if forget_targets is None else forget_targets.to(device)

@@ -20,7 +20,7 @@ from models.layout import cpu_channels_last
 from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.bounds import HeldoutBound, heldout_bound
-from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, run_steps
+from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, retain_pool, run_steps
 from models.unlearning.losses import smoothed_cross_entropy
 from models.unlearning.params import (
     FinetuneParams,
@@ -241,7 +241,8 @@ def ugradsl_plus(
 ) -> nn.Module:
     """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f); an epoch is one pass
     over D_r, cycling D_f. B_f has B_r's size unless D_f is smaller, when B_f = D_f (never repeated; the
-    forget sum is still divided by B). Better quality than UGradSL, cost ∝ |D_r|."""
+    forget sum is still divided by B). Better quality than UGradSL, cost ∝ |D_r|, or ∝ |D_f| with
+    ``retain_budget`` (D_r replaced by a class-stratified sample of retain_budget·|D_f| rows)."""
     return _ugradsl("retain", model, forget, retain, params, hooks, heldout)
 
 
@@ -365,6 +366,7 @@ def salun_passes(
         hooks.finish()
         return model
     device, k = model_device(model), _num_classes(model, forget)
+    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     per_epoch = math.ceil(len(forget) / params.batch_size) + math.ceil(len(retain) / params.batch_size)
     total = max(1, round(params.epochs * per_epoch)) if params.epochs > 0 else 0

@@ -63,6 +63,14 @@ class GradientParams:
         doc="fraction of the run, at its end, over which the forget term's weight falls linearly to 0 "
         "(forget, then repair: SCRUB's max-then-min, NegGrad+ then fine-tuning); 0 = constant weight",
     )
+    retain_budget: float = _f(
+        0.0,
+        0.0,
+        1e6,
+        doc="retain samples the run may use, as a multiple of |D_f|: a seeded sample of D_r stratified by "
+        "class, of min(|D_r|, ceil(retain_budget·|D_f|)) rows, stands in for D_r (an epoch over D_r is "
+        "one over it), so the cost follows the deletion, not the dataset; 0 = all of D_r",
+    )
 
 
 @dataclass(frozen=True)

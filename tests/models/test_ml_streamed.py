@@ -24,6 +24,7 @@ from models.shards import ShardError, index_shards
 from models.streamed import LazyRows
 from models.training import DIGITS_RECIPE, train
 from models.unlearning import run_method
+from models.unlearning.engine import retain_pool
 
 DECL = {"layout": "HW", "scale": 255}  # the npz and npy hold the same uint8 pixels as the image files
 
@@ -99,6 +100,26 @@ def test_a_subset_of_streamed_rows_is_a_view_not_a_copy(stored: Path) -> None:
     assert isinstance(retain.x, LazyRows) and retain.x.source is ds.x.source  # type: ignore[union-attr]
     assert len(retain) == len(ds) - 10
     assert torch.equal(B.take(retain.x, torch.tensor([0])), B.take(ds.x, torch.tensor([10])))
+
+
+def test_a_retain_budget_pool_of_streamed_rows_is_a_view_and_unlearns_as_memory(
+    stored: Path, trained: torch.nn.Module
+) -> None:
+    """``retain_budget`` draws its pool with ``subset``: nothing is read up front, and the run equals the
+    same run on the rows in memory."""
+    memory = load_dataset("npz", str(stored / "mem.npz"), DECL)
+    ds = _load(stored, "npy", "npy", DECL)
+    params = {"epochs": 1, "seed": 3, "retain_budget": 2.0, "bound_by": "correct"}
+    weights, pools = [], []
+    for data in (memory, ds):
+        forget, retain = data.split_by_ids(data.ids[::10])
+        pools.append(retain_pool(retain, len(forget), params["retain_budget"], params["seed"]))
+        model = run_method("ugradsl_plus", copy.deepcopy(trained), forget, retain, params)
+        weights.append(model.state_dict())
+    assert isinstance(pools[1].x, LazyRows) and pools[1].x.source is ds.x.source  # type: ignore[union-attr]
+    assert pools[0].ids == pools[1].ids and len(pools[1]) == 2 * len(ds.ids[::10])
+    assert torch.equal(B.take(pools[1].x, torch.arange(len(pools[1]))), pools[0].x)
+    assert all(torch.equal(weights[1][k], weights[0][k]) for k in weights[0])
 
 
 @pytest.fixture(scope="module")
