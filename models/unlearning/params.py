@@ -63,6 +63,19 @@ class GradientParams:
         doc="fraction of the run, at its end, over which the forget term's weight falls linearly to 0 "
         "(forget, then repair: SCRUB's max-then-min, NegGrad+ then fine-tuning); 0 = constant weight",
     )
+    select_checks: int = _f(
+        0,
+        0,
+        1000,
+        doc="end on the best of this many evenly spaced states of the run (the last included), scored by "
+        "how much D_f looks like held-out data and D_r still fits (models/unlearning/selection.py); needs "
+        "held-out data; 0 = off (end on the last state)",
+    )
+    select_refresh: bool = _f(
+        False,
+        doc="with select_checks: at each check, re-measure the held-out bound's quantiles on the current "
+        "model (bound_by='heldout'; otherwise no effect)",
+    )
 
 
 @dataclass(frozen=True)
