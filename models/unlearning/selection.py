@@ -155,7 +155,8 @@ class Selector:
         self.forget = Sample.of(forget, seed + 1, device)
         self.retain = Sample.of(retain, seed + 2, device)
         self.heldout = Sample.of(heldout, seed + 3, device)
-        kept = torch.zeros(int(max(forget.y.max(), heldout.y.max())) + 1, dtype=torch.bool, device=device)
+        k = 1 + max(int(d.y.max()) for d in (forget, retain, heldout) if len(d))
+        kept = torch.zeros(k, dtype=torch.bool, device=device)
         kept[retain.y.unique().to(device)] = True
         self.forget_retained, self.heldout_retained = kept[self.forget.y], kept[self.heldout.y]
         self.history: list[tuple[int, Distance]] = []

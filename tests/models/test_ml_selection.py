@@ -157,3 +157,15 @@ def test_a_refreshed_bound_reads_the_new_sorted_losses() -> None:
     assert bound.quantiles.tolist() == [1.0, 2.0, 3.0]
     y, correct = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool)
     assert bound.live(torch.tensor([0.5, 2.5]), y, correct).tolist() == [True, True]
+
+
+def test_a_class_only_the_retain_set_has_is_no_index_error(digits_model, digits_random10, digits) -> None:
+    """The class table spans every set's labels: here D_f and the held-out data stop at class 8."""
+    forget, retain = digits_random10
+    below_9 = lambda d: d.subset(torch.nonzero(d.y < 9).flatten())  # noqa: E731
+    model = copy.deepcopy(digits_model)
+    sel = S.selector(model, below_9(forget), retain, below_9(digits[1]), 2, 0)
+    assert sel is not None
+    sel.start(model, 2)
+    sel.after_step(model, 2)
+    assert [s for s, _ in sel.history] == [2]
