@@ -28,10 +28,14 @@ from models.datasets import SampleDataset
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
 
 
-@dataclass(frozen=True)
+@dataclass
 class HeldoutBound:
     quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
     retained: torch.Tensor  # (K,) bool: the class still has retain samples
+
+    def refresh(self, heldout_losses: torch.Tensor) -> None:
+        """New targets from held-out losses measured on the current model (``select_refresh``)."""
+        self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
     def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""

@@ -25,6 +25,7 @@ from models.loading import read_ahead
 from models.training import lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.params import GradientParams
+from models.unlearning.selection import Selector
 
 
 @dataclass
@@ -134,8 +135,10 @@ def run_steps(
     *,
     forget_targets: torch.Tensor | None = None,
     static_mask: list[torch.Tensor] | None = None,
+    selector: Selector | None = None,
 ) -> nn.Module:
-    """Run the method's steps in place on ``model`` (on its device) and return it."""
+    """Run the method's steps in place on ``model`` (on its device) and return it. ``selector``: score the
+    model at a few steps and end on the best-scored state (``models.unlearning.selection``)."""
     needs_retain = plan.w_retain > 0 or params.mask in ("and", "prob", "focus")
     if len(forget) == 0:  # nothing to forget: the model is already the answer
         hooks.start()
@@ -168,6 +171,9 @@ def run_steps(
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     model.train()
     hooks.start()
+    step = 0
+    if selector is not None:
+        selector.start(model, total)
     for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
         batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f])
@@ -176,8 +182,12 @@ def run_steps(
         sched.step()
         stopper.add(correct)
         hooks.step(step, total)
+        if selector is not None:
+            selector.after_step(model, step)
         if stopper.should_stop(step, hooks.check_every):
             break
+    if selector is not None:
+        selector.finish(model, step)
     hooks.finish()
     return model
 

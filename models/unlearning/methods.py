@@ -33,6 +33,7 @@ from models.unlearning.params import (
     params_to_dict,
     parse_params,
 )
+from models.unlearning.selection import selector
 
 
 class Method(Protocol):
@@ -221,10 +222,14 @@ def _run(
     objective: Objective,
     plan: Plan,
     forget_targets: torch.Tensor | None = None,
+    heldout: SampleDataset | None = None,
+    bound: HeldoutBound | None = None,
 ) -> nn.Module:
     mask = _static_mask(model, forget, params)
+    refresh = bound.refresh if bound is not None and params.select_refresh else None
+    select = selector(model, forget, retain, heldout, params.select_checks, params.seed, refresh)
     return run_steps(model, forget, retain, params, hooks, objective, plan, forget_targets=forget_targets,
-                     static_mask=mask)  # fmt: skip
+                     static_mask=mask, selector=select)  # fmt: skip
 
 
 # ---------------------------------------------------------------- methods
@@ -270,8 +275,10 @@ def _ugradsl(
     heldout: SampleDataset | None,
 ) -> nn.Module:
     """UGradSL and UGradSL+ differ only in the set that defines an epoch (``lead``)."""
-    objective = ugradsl_objective(params, _bound(model, retain, params, heldout))
-    return _run(model, forget, retain, params, hooks, objective, Plan(lead, params.p, 1 - params.p))
+    bound = _bound(model, retain, params, heldout)
+    objective = ugradsl_objective(params, bound)
+    plan = Plan(lead, params.p, 1 - params.p)
+    return _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
 
 
 def _bound(
@@ -300,7 +307,8 @@ def finetune(
     heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Fine-tuning: descent on D_r only (catastrophic forgetting of D_f); epoch = one pass over D_r."""
-    return _run(model, forget, retain, params, hooks, _finetune_objective, Plan("retain", 1.0, 0.0))
+    plan = Plan("retain", 1.0, 0.0)
+    return _run(model, forget, retain, params, hooks, _finetune_objective, plan, heldout=heldout)
 
 
 @register_method("gradient_ascent")
@@ -313,7 +321,8 @@ def gradient_ascent(
     heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """Gradient ascent on D_f only; epoch = one pass over D_f (retain batches only feed a mask)."""
-    return _run(model, forget, retain, params, hooks, _ascent_objective, Plan("forget", 0.0, 1.0))
+    plan = Plan("forget", 0.0, 1.0)
+    return _run(model, forget, retain, params, hooks, _ascent_objective, plan, heldout=heldout)
 
 
 def random_wrong_labels(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
@@ -343,11 +352,11 @@ def random_label(
     """Random labels (see ``RandomLabelParams.relabel``): SalUn's passes over D_f then D_r with labels
     redrawn per batch, or ours, fixed wrong labels with retain batches alongside."""
     if params.relabel == "salun":
-        return salun_passes(model, forget, retain, params, hooks, _static_mask(model, forget, params))
+        mask = _static_mask(model, forget, params)
+        return salun_passes(model, forget, retain, params, hooks, mask, heldout)
     targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
-    return _run(
-        model, forget, retain, params, hooks, _random_label_objective, Plan("forget", 1.0, 1.0), targets
-    )
+    plan = Plan("forget", 1.0, 1.0)
+    return _run(model, forget, retain, params, hooks, _random_label_objective, plan, targets, heldout)
 
 
 def salun_passes(
@@ -357,6 +366,7 @@ def salun_passes(
     params: RandomLabelParams,
     hooks: Hooks,
     static_mask: list[torch.Tensor] | None,
+    heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """SalUn's random-label loop (its ``unlearn/RL.py`` for CIFAR-10): per epoch, a shuffled pass over D_f
     with labels drawn uniformly from all classes for every batch, then a shuffled pass over D_r with true
@@ -381,8 +391,12 @@ def salun_passes(
             for idx in torch.randperm(len(retain), generator=gen).split(params.batch_size):
                 yield B.take(retain.x, idx), retain.y[idx]
 
+    select = selector(model, forget, retain, heldout, params.select_checks, params.seed)
     model.train()
     stream = batches()
+    step = 0
+    if select is not None:
+        select.start(model, total)
     for step in range(1, total + 1):
         x, y = next(stream)
         loss = F.cross_entropy(model(B.to(x, device)), y.to(device))
@@ -394,6 +408,10 @@ def salun_passes(
             M.masked_step(opt, ps, static_mask, binary=True, clip=params.grad_clip)
         sched.step()
         hooks.step(step, total)
+        if select is not None:
+            select.after_step(model, step)
+    if select is not None:
+        select.finish(model, step)
     hooks.finish()
     return model
 

@@ -71,6 +71,19 @@ class GradientParams:
         "class, of min(|D_r|, ceil(retain_budget·|D_f|)) rows, stands in for D_r (an epoch over D_r is "
         "one over it), so the cost follows the deletion, not the dataset; 0 = all of D_r",
     )
+    select_checks: int = _f(
+        0,
+        0,
+        1000,
+        doc="end on the best of this many evenly spaced states of the run (the last included), scored by "
+        "how much D_f looks like held-out data and D_r still fits (models/unlearning/selection.py); needs "
+        "held-out data; 0 = off (end on the last state)",
+    )
+    select_refresh: bool = _f(
+        False,
+        doc="with select_checks: at each check, re-measure the held-out bound's quantiles on the current "
+        "model (bound_by='heldout'; otherwise no effect)",
+    )
 
 
 @dataclass(frozen=True)
