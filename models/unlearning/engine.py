@@ -32,9 +32,13 @@ from models.unlearning.selection import Selector
 class Batch:
     xr: Loaded  # (B_r, ...) retain inputs (a tensor or a dict of tensors: models.batches)
     yr: torch.Tensor  # (B_r,)
-    xf: Loaded  # (B_f, ...) forget inputs; B_f = B_r except for a small D_f (see _partner_size)
+    xf: Loaded  # (B_f, ...) forget inputs; B_f = B_r unless D_f is small or forget_batch is set (_partner_size)
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
+    forget_norm: float = 0.0  # divisor of a summed forget term (see forget_norm()); 0 = max(|B_f|, |B_r|)
+
+    def forget_divisor(self) -> float:
+        return self.forget_norm or float(max(len(self.yf), len(self.yr), 1))
 
 
 @dataclass
@@ -161,7 +165,8 @@ def run_steps(
         partner = CyclingSampler(max(partner_n, 1), gen)
         for _ in range(total):
             i_lead = next(lead)
-            i_part = partner.take(_partner_size(plan, len(i_lead), partner_n)) if partner_n else i_lead[:0]
+            k = _partner_size(plan, len(i_lead), partner_n, params.forget_batch)
+            i_part = partner.take(k) if partner_n else i_lead[:0]
             yield (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
 
     opt = torch.optim.SGD(
@@ -176,7 +181,7 @@ def run_steps(
         selector.start(model, total)
     for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
-        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f])
+        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], forget_norm(len(i_f), len(i_r), len(forget)))
         weights = annealed(plan, step, total, params.forget_anneal)
         correct = _step(model, opt, batch, params, objective, weights, static_mask)
         sched.step()
@@ -203,14 +208,29 @@ def annealed(plan: Plan, step: int, total: int, fraction: float) -> Plan:
     return dataclasses.replace(plan, w_forget=plan.w_forget * max(left, 0.0))
 
 
-def _partner_size(plan: Plan, lead_size: int, partner_n: int) -> int:
+def _partner_size(plan: Plan, lead_size: int, partner_n: int, forget_batch: int = 0) -> int:
     """Equal batch sizes, except that a forget set smaller than a retain batch is not repeated within one
     (UGradSL+ on a 10-sample deletion): objectives divide the forget sum by the retain batch's size, so a
     forget sample's weight per step is 1/B whatever |D_f| is. Repeating it B/|D_f| times would push a small
-    deletion that much harder; on the digits model that cost 2-6 points of test accuracy for 3-30 samples."""
+    deletion that much harder; on the digits model that cost 2-6 points of test accuracy for 3-30 samples.
+    ``forget_batch`` (lead = retain only) caps the forget batch below the retain batch: a step then costs
+    about (B_r + B_f) samples instead of 2·B_r (``forget_norm`` keeps the push per pass the same)."""
     if plan.lead == "retain":
-        return min(lead_size, partner_n)
+        return min(lead_size, partner_n, forget_batch or lead_size)
     return lead_size
+
+
+def forget_norm(n_f_batch: int, n_r_batch: int, n_forget: int) -> float:
+    """Divisor of a step's summed forget term: |B_f|·|B_r| / min(|D_f|, |B_r|).
+
+    Why this form: a forget sample is drawn with probability |B_f|/|D_f| per step (at most 1), so its
+    expected weight per step is min(|D_f|, |B_r|) / (|D_f|·|B_r|), whatever |B_f| is: a smaller forget
+    batch (``forget_batch``) makes steps cheaper (fewer, larger pushes per sample), not the method weaker.
+    With |B_f| = min(|B_r|, |D_f|) (the default) it is |B_r|, the 1/B per sample that ``_partner_size``
+    describes; with no retain batch it is |B_f| (a mean)."""
+    if n_r_batch == 0 or n_forget == 0:
+        return float(max(n_f_batch, 1))
+    return n_f_batch * n_r_batch / min(n_forget, n_r_batch)
 
 
 class _ForgetAccuracyStop:
@@ -327,7 +347,9 @@ def _group_gradients(
         batch.tf.tensor_split(g),
     )
     for xr, yr, xf, yf, tf in zip(*parts, strict=True):
-        terms = objective(model, Batch(xr, yr, xf, yf, tf))
+        # each group's divisor is its share of the whole batch's: the mean over groups is the full term
+        norm = batch.forget_divisor() * len(yf) / max(len(batch.yf), 1)
+        terms = objective(model, Batch(xr, yr, xf, yf, tf, norm))
         for k, gs in ((0, _grads(terms.retain, ps)), (2, _grads(terms.forget, ps))):
             for s, sq, gi in zip(sums[k], sums[k + 1], gs, strict=True):
                 s.add_(gi)

@@ -143,7 +143,7 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         else:
             ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
             live = bound.live(ce, b.yf, correct).float()
-        forget = -(live * per_sample).sum() / max(len(b.yf), len(b.yr))  # 1/B per sample (engine)
+        forget = -(live * per_sample).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
     return objective

@@ -71,6 +71,13 @@ class GradientParams:
         "class, of min(|D_r|, ceil(retain_budget·|D_f|)) rows, stands in for D_r (an epoch over D_r is "
         "one over it), so the cost follows the deletion, not the dataset; 0 = all of D_r",
     )
+    forget_batch: int = _f(
+        0,
+        0,
+        65536,
+        doc="methods whose epoch is a pass over D_r (UGradSL+): forget samples per step, below batch_size to "
+        "make steps cheaper; each is weighted up so a pass over D_r pushes D_f as hard; 0 = batch_size",
+    )
     select_checks: int = _f(
         0,
         0,
