@@ -29,6 +29,22 @@ from tests.factories import make_key
 from tests.helpers import free_port, wait_until
 from workers.demo import ensure_demo
 
+# POST_SCRIPT's bodies, `batch` at a time, to the batch route.
+BATCH_SCRIPT = """
+local key, ids_per_request, n, batch = "%(key)s", %(ids)d, %(n)d, %(batch)d
+local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
+request = function()
+  local items = {}
+  for j = 1, batch do
+    local ids = {}
+    for i = 1, ids_per_request do ids[i] = string.format('"digits-%%04d"', math.random(0, n - 1)) end
+    items[j] = '{"sample_ids":[' .. table.concat(ids, ",") .. ']}'
+  end
+  local body = '{"requests":[' .. table.concat(items, ",") .. ']}'
+  return wrk.format("POST", "/v1/models/digits/deletion-requests/batch", headers, body)
+end
+"""
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +58,13 @@ def main() -> None:
         default=700,
         help="IDs are drawn from the first N of the model's 1,437 samples, so the jobs always keep a retain "
         "set (drawn from all of them, a long burst forgets the whole model and its later jobs fail)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="deletion requests per POST: 1 uses the single-request route, more the batch route "
+        "(POST .../deletion-requests/batch), as a product erasing in bulk would",
     )
     ap.add_argument("--drain-timeout", type=float, default=1200)
     args = ap.parse_args()
@@ -74,7 +97,13 @@ def main() -> None:
         api = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", "2"]
         with server(api, {**env, "PORT": str(port)}, port) as base:
             lua = POST_SCRIPT.replace("/v1/models/load/", "/v1/models/digits/").replace('"load-', '"digits-')
-            lua %= {"key": key, "ids": args.ids_per_request, "n": min(args.id_pool, 1437)}
+            lua = lua if args.batch == 1 else BATCH_SCRIPT
+            lua %= {
+                "key": key,
+                "ids": args.ids_per_request,
+                "n": min(args.id_pool, 1437),
+                "batch": args.batch,
+            }
             row = wrk("POST (no worker running)", base, lua, args, warm_up=False)
         messages = broker_messages(settings, queue)
         started = time.monotonic()
@@ -110,15 +139,21 @@ def main() -> None:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
-    accepted = row.requests - row.errors
+    accepted = (row.requests - row.errors) * args.batch
     stored = sum(states.values())
     setup = f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, PostgreSQL + Redis, 2 API workers"
     pool = min(args.id_pool, 1437)
     print(f"\n{setup}, then 1 worker; model digits, IDs drawn from {pool} of its samples\n")
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| requests accepted (202) / wrk errors (non-2xx, socket, timeout) | {accepted} / {row.errors} |")
-    print(f"| intake rate, p50 / p99 | {row.rate:,.0f}/s, {row.p50_ms:.1f} / {row.p99_ms:.1f} ms |")
+    route = "single-request POSTs" if args.batch == 1 else f"batch POSTs of {args.batch} requests"
+    print(
+        f"| requests accepted ({route}) / wrk errors (non-2xx, socket, timeout) | {accepted} / {row.errors} |"
+    )
+    rate = row.rate * args.batch
+    print(
+        f"| intake rate (requests), HTTP p50 / p99 | {rate:,.0f}/s, {row.p50_ms:.1f} / {row.p99_ms:.1f} ms |"
+    )
     print(f"| requests stored | {stored} |")
     print(f"| broker messages sent by the API | {messages} ({messages / args.seconds:.2f} per second) |")
     print(f"| final states | {', '.join(f'{k} {v}' for k, v in sorted(states.items()))} |")

@@ -61,9 +61,19 @@ ANY_ROUTE = (413, 422, 503)
 KEYED = (400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem_body(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def domain_problem(exc: ProblemError) -> dict[str, Any]:
+    """The body a domain error is answered with (also one item of a batch's results)."""
+    return problem_body(exc.status, exc.title, exc.detail, errors=exc.errors, **exc.extra)
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = problem_body(status, title, detail, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -71,7 +81,7 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, **exc.extra)
+        return JSONResponse(domain_problem(exc), status_code=exc.status, media_type=PROBLEM)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

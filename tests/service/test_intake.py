@@ -171,3 +171,79 @@ def test_concurrent_requests_are_committed_in_batches_each_with_its_audit_event(
         for r in responses[:3]:
             got = client.get(r.headers["location"], headers=auth)
             assert got.status_code == 200 and got.json() == r.json()
+
+
+# -- the batch route --------------------------------------------------------------------------------------
+
+
+def test_a_batch_post_answers_each_request_as_its_own_post_would(backend: Backend) -> None:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        make_model(s, name="toy", n_train=200)
+        key = make_key(s, scopes=("deletion:write", "jobs:read"))
+    auth = {"Authorization": f"Bearer {key}"}
+    items: list[dict[str, Any]] = [
+        {"sample_ids": [f"toy-{i:04d}"], "idempotency_key": f"batch-{i}"} for i in range(50)
+    ]
+    items[3] = {"sample_ids": ["toy-0003", "not-in-the-training-set"], "idempotency_key": "batch-3"}
+    items[9] = {"sample_ids": ["toy-0009"], "reference": "ticket-9"}  # no key: a new request each time
+    app = create_app(settings)
+    with TestClient(app) as client:
+        first = client.post("/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=auth)
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert (body["accepted"], body["refused"]) == (49, 1)
+        statuses = [r["status"] for r in body["results"]]
+        assert statuses == [202] * 3 + [422] + [202] * 46
+        assert body["results"][3]["problem"]["unknown_ids"] == ["not-in-the-training-set"]
+        assert body["results"][3]["request"] is None
+        assert body["results"][9]["request"]["reference"] == "ticket-9"
+        assert app.state.intake.stats()[0] == 1  # the whole batch in one transaction
+        ids = [r["request"]["id"] for r in body["results"] if r["request"]]
+        for i in (0, 49):  # each reads back through the single-request route
+            got = client.get(f"/v1/deletion-requests/{body['results'][i]['request']['id']}", headers=auth)
+            assert got.status_code == 200 and got.json()["sample_count"] == 1
+        # A retried batch replays every keyed request and writes only the unkeyed one again.
+        again = client.post("/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=auth)
+        results = again.json()["results"]
+        assert [r["status"] for r in results] == [200] * 3 + [422] + [200] * 5 + [202] + [200] * 40
+        replayed = [r["request"]["id"] for i, r in enumerate(results) if r["request"] and i != 9]
+        assert replayed == [x for i, x in enumerate(ids) if i != 8]  # ids skips the refused item 3
+    with session_scope(url) as s:
+        rows = set(s.scalars(select(DeletionRequest.id)))
+        assert rows == set(ids) | {results[9]["request"]["id"]}
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.received"))
+        assert sorted(e.entity_id for e in events) == sorted(rows)
+
+
+def test_a_batch_that_is_empty_too_long_or_names_nothing_is_refused_whole(tmp_path: Path) -> None:
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    migrate.upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy", n_train=50)
+        key = make_key(s, scopes=("deletion:write",))
+    auth = {"Authorization": f"Bearer {key}"}
+    too_many = [{"sample_ids": ["toy-0001"]}] * 1001
+    with TestClient(create_app(settings)) as client:
+        for requests, field in (
+            ([], "requests"),
+            (too_many, "requests"),
+            ([{"sample_ids": []}], "requests.0"),
+        ):
+            r = client.post(
+                "/v1/models/toy/deletion-requests/batch", json={"requests": requests}, headers=auth
+            )
+            assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+            assert field in r.json()["detail"], r.json()
+        missing = client.post(
+            "/v1/models/nope/deletion-requests/batch",
+            json={"requests": [{"sample_ids": ["x"]}]},
+            headers=auth,
+        )
+        assert missing.status_code == 200 and missing.json()["results"][0]["status"] == 404
+    with session_scope(settings.resolved_database_url) as s:
+        assert s.scalars(select(DeletionRequest)).first() is None

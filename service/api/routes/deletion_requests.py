@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -7,14 +8,22 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from service.api.deps import CeleryDep, DeletionWriter, RequestReader, SessionDep
-from service.api.errors import KEYED, problems
+from service.api.errors import KEYED, domain_problem, problems
 from service.api.intake import GroupCommit
 from service.api.pagination import newest_first
 from service.api.schemas.common import Page
-from service.api.schemas.deletion import DeletionRequestCreate, DeletionRequestOut, RequestState
+from service.api.schemas.deletion import (
+    DeletionBatchCreate,
+    DeletionBatchOut,
+    DeletionBatchResult,
+    DeletionRequestCreate,
+    DeletionRequestOut,
+    RequestState,
+)
 from service.api.views import request_out
 from service.core import deletions, events
 from service.core.db.tables import DeletionRequest, Model
+from service.core.errors import ProblemError
 from service.core.lookups import get_model, request_status
 
 router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
@@ -59,6 +68,49 @@ async def create_deletion_request(
     else:
         response.status_code = status.HTTP_200_OK
     return request_out(accepted.request, accepted.model_name)
+
+
+@router.post(
+    "/v1/models/{model}/deletion-requests/batch",
+    response_model=DeletionBatchOut,
+    summary="Up to 1,000 deletion requests for one model in one call, each accepted or refused alone",
+)
+async def create_deletion_requests(
+    model: str, body: DeletionBatchCreate, request: Request, key: DeletionWriter
+) -> DeletionBatchOut:
+    """For a product that erases in bulk (a nightly export of account closures): each item is the body
+    of a single POST (plus its own `idempotency_key`) and gets the answer that POST would have got, in
+    order; the batch is answered 200 once every accepted item is committed. The items go to the intake
+    queue together, so they are written in one transaction; one refused item (unknown IDs) refuses only
+    itself. A batch is one write for the key's rate limit. A database outage fails the whole call (503):
+    retry it with the same idempotency keys and nothing is written twice."""
+    intake: GroupCommit = request.app.state.intake
+    submissions = [
+        deletions.Submission(
+            key=key,
+            model=model,
+            sample_ids=item.sample_ids,
+            subject_ids=item.subject_ids,
+            reference=item.reference,
+            idempotency_key=item.idempotency_key,
+            callback_url=str(item.callback_url) if item.callback_url else None,
+        )
+        for item in body.requests
+    ]
+    outcomes = await asyncio.gather(*(intake.submit(s) for s in submissions), return_exceptions=True)
+    results: list[DeletionBatchResult] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ProblemError):
+            results.append(DeletionBatchResult(status=outcome.status, problem=domain_problem(outcome)))
+        elif isinstance(outcome, BaseException):
+            raise outcome  # an outage (503) or a fault, answered as the single route would
+        else:
+            code = status.HTTP_202_ACCEPTED if outcome.created else status.HTTP_200_OK
+            results.append(
+                DeletionBatchResult(status=code, request=request_out(outcome.request, outcome.model_name))
+            )
+    accepted = sum(r.request is not None for r in results)
+    return DeletionBatchOut(accepted=accepted, refused=len(results) - accepted, results=results)
 
 
 @router.get(

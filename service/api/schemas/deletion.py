@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -58,3 +58,39 @@ class DeletionRequestOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+
+
+MAX_BATCH = 1000  # requests per batch POST: one transaction's worth, a few MB of body at most
+
+
+class DeletionBatchItem(DeletionRequestCreate):
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] | None
+    ) = Field(None, description="This request's Idempotency-Key: a retried batch replays it (status 200).")
+
+
+class DeletionBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[DeletionBatchItem] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1 to {MAX_BATCH} deletion requests for this model, each accepted or refused alone.",
+    )
+
+
+class DeletionBatchResult(BaseModel):
+    status: int = Field(
+        description="What the single-request route would have answered: 202 (accepted), 200 (an "
+        "Idempotency-Key replay) or the 4xx of the problem."
+    )
+    request: DeletionRequestOut | None = Field(None, description="The request, unless it was refused.")
+    problem: dict[str, Any] | None = Field(
+        None, description="Why it was refused: an application/problem+json body (RFC 9457)."
+    )
+
+
+class DeletionBatchOut(BaseModel):
+    accepted: int = Field(description="Requests created or replayed (status 200 or 202).")
+    refused: int
+    results: list[DeletionBatchResult] = Field(description="One per request, in the order sent.")
