@@ -59,6 +59,22 @@ request = function()
 end
 """
 
+# POST_SCRIPT's bodies, `batch` at a time, to the batch route.
+BATCH_SCRIPT = """
+local key, ids_per_request, n, batch = "%(key)s", %(ids)d, %(n)d, %(batch)d
+local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
+request = function()
+  local items = {}
+  for j = 1, batch do
+    local ids = {}
+    for i = 1, ids_per_request do ids[i] = string.format('"%(model)s-%%04d"', math.random(0, n - 1)) end
+    items[j] = '{"sample_ids":[' .. table.concat(ids, ",") .. ']}'
+  end
+  local body = '{"requests":[' .. table.concat(items, ",") .. ']}'
+  return wrk.format("POST", "/v1/models/%(model)s/deletion-requests/batch", headers, body)
+end
+"""
+
 GET_SCRIPT = """
 local headers = {["Authorization"] = "Bearer %(key)s"}
 local paths = {%(paths)s}
@@ -153,6 +169,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--seconds", type=int, default=10, help="per row")
     ap.add_argument("--ids-per-request", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=100, help="requests per call in the batch-route row")
     ap.add_argument("--api-workers", type=int, default=2)
     ap.add_argument("--embedded", action="store_true", help="SQLite + filesystem broker, not PG + Redis")
     ap.add_argument("--json", type=Path, help="also write the rows here")
@@ -192,6 +209,7 @@ def main() -> None:
     port = free_port()
     argv = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)]
     accepted = messages = 0
+    batch_rate = 0.0
     try:
         with server(argv, {**env, "PORT": str(port)}, port) as base:
             rows.append(wrk("GET /healthz", f"{base}/healthz", "", args))
@@ -200,6 +218,18 @@ def main() -> None:
             rows.append(wrk("POST /v1/models/{m}/deletion-requests", base, post, args))
             accepted = rows[-1].requests - rows[-1].errors
             messages = broker_messages(settings, queue) - before
+            fill = {
+                "key": key,
+                "ids": args.ids_per_request,
+                "n": N_TRAIN,
+                "batch": args.batch,
+                "model": MODEL,
+            }
+            batch = BATCH_SCRIPT % fill
+            rows.append(
+                wrk(f"POST .../deletion-requests/batch ({args.batch} requests per call)", base, batch, args)
+            )
+            batch_rate = rows[-1].rate * args.batch
             auth = {"Authorization": f"Bearer {key}"}
             page = httpx.get(f"{base}/v1/deletion-requests", params={"limit": 200}, headers=auth).json()
             ids = [r["id"] for r in page["items"]]
@@ -229,6 +259,7 @@ def main() -> None:
               f"{r.rate / ref:.1%} |")  # fmt: skip
     noise = abs(rows[-1].rate - rows[0].rate) / ref
     print(f"\nbaseline noise (first vs last run): {noise:.1%}")
+    print(f"batch route: {batch_rate:,.0f} deletion requests/s ({args.batch} per call)")
     print(f"broker messages sent: {messages} for {accepted} requests accepted "
           f"({messages / max(accepted, 1):.4f} per request)")  # fmt: skip
     if args.json:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.api_load import POST_SCRIPT, broker_messages, server, wrk
+from bench.api_load import BATCH_SCRIPT, POST_SCRIPT, broker_messages, server, wrk
 from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import DeletionRequest, Job
@@ -28,22 +28,6 @@ from service.core.states import PENDING, RequestState
 from tests.factories import make_key
 from tests.helpers import free_port, wait_until
 from workers.demo import ensure_demo
-
-# POST_SCRIPT's bodies, `batch` at a time, to the batch route.
-BATCH_SCRIPT = """
-local key, ids_per_request, n, batch = "%(key)s", %(ids)d, %(n)d, %(batch)d
-local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
-request = function()
-  local items = {}
-  for j = 1, batch do
-    local ids = {}
-    for i = 1, ids_per_request do ids[i] = string.format('"digits-%%04d"', math.random(0, n - 1)) end
-    items[j] = '{"sample_ids":[' .. table.concat(ids, ",") .. ']}'
-  end
-  local body = '{"requests":[' .. table.concat(items, ",") .. ']}'
-  return wrk.format("POST", "/v1/models/digits/deletion-requests/batch", headers, body)
-end
-"""
 
 
 def main() -> None:
