@@ -12,11 +12,6 @@ already forgotten only damages the model, so the forget term is applied to live 
   step budget runs out. Ranks are taken within each forget batch against quantiles of held-out losses
   measured once, before the run, on the model being unlearned (one 1-D summary: no gradient ever flows
   from held-out data). A sample whose class has no retain samples left follows ``correct``.
-
-Ranks within a batch are coarse when the forget batch is small (``forget_batch``: 8 samples give 8 ranks).
-``ranks="forget_set"`` ranks each sample against the latest loss of every forget sample instead (a table
-of |D_f| losses, filled by one forward pass before the run and updated as batches see samples), so a
-sample's target does not depend on which others share its batch.
 """
 
 from __future__ import annotations
@@ -37,72 +32,43 @@ HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough 
 class HeldoutBound:
     quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
     retained: torch.Tensor  # (K,) bool: the class still has retain samples
-    memory: torch.Tensor | None = None  # (|D_f|,) latest loss of each forget sample (ranks="forget_set")
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
         self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
-    def live(
-        self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """(B,) bool from a forget batch's (B,) cross-entropies, labels, correctness flags and, with a
-        ``memory``, its (B,) row numbers in D_f."""
-        m = len(self.quantiles)
-        target = self.quantiles[(self._rank_fraction(loss, rows) * m).long().clamp(max=m - 1)]  # (B,)
+    def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""
+        b, m = len(loss), len(self.quantiles)
+        rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
+        target = self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
         in_retain = self.retained[y.clamp(max=len(self.retained) - 1)] & (y < len(self.retained))
         return torch.where(in_retain, loss < target, correct)
-
-    def _rank_fraction(self, loss: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """(B,) mid-rank of each loss as a fraction in (0, 1): within the batch, or within D_f's table."""
-        if self.memory is None or rows is None:
-            rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
-            return (rank.float() + 0.5) / len(loss)
-        self.memory[rows] = loss.detach().to(self.memory.dtype)
-        table = self.memory.sort().values  # (|D_f|,)
-        below = torch.searchsorted(table, loss.detach(), side="left").float()
-        upto = torch.searchsorted(table, loss.detach(), side="right").float()
-        return (below + upto) / (2 * len(table))
 
 
 @torch.no_grad()
 def heldout_bound(
-    model: nn.Module,
-    heldout: SampleDataset,
-    retain: SampleDataset,
-    seed: int = 0,
-    forget: SampleDataset | None = None,
+    model: nn.Module, heldout: SampleDataset, retain: SampleDataset, seed: int = 0
 ) -> HeldoutBound | None:
     """The held-out loss quantiles of ``model`` (a seeded sample of at most HELDOUT_SAMPLE rows) and the
-    classes left in ``retain``; None without held-out data (the caller falls back to ``correct``). Given
-    ``forget``, also the table of its losses that ranks across batches."""
+    classes left in ``retain``; None without held-out data (the caller falls back to ``correct``)."""
     if len(heldout) == 0:
         return None
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(heldout), generator=gen)[:HELDOUT_SAMPLE]
-    losses = _losses(model, heldout, rows)
-    k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1)
-    retained = torch.zeros(k, dtype=torch.bool, device=device)
-    retained[retain.y.unique().to(device)] = True
-    memory = _losses(model, forget, torch.arange(len(forget))) if forget is not None and len(forget) else None
-    return HeldoutBound(losses.sort().values, retained, memory)
-
-
-@torch.no_grad()
-def _losses(model: nn.Module, data: SampleDataset, rows: torch.Tensor) -> torch.Tensor:
-    """(len(rows),) cross-entropies of ``data``'s ``rows``, in eval mode (no BatchNorm statistic moves)."""
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        return torch.cat(
-            [
-                F.cross_entropy(
-                    model(B.to(B.take(data.x, i), device)), data.y[i].to(device), reduction="none"
-                )
-                for i in rows.split(256)  # type: ignore[no-untyped-call]
-            ]
-        )
+        losses = [
+            F.cross_entropy(
+                model(B.to(B.take(heldout.x, i), device)), heldout.y[i].to(device), reduction="none"
+            )
+            for i in rows.split(256)  # type: ignore[no-untyped-call]
+        ]
     finally:
         model.train(was_training)
+    k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1)
+    retained = torch.zeros(k, dtype=torch.bool, device=device)
+    retained[retain.y.unique().to(device)] = True
+    return HeldoutBound(torch.cat(losses).sort().values, retained)

@@ -36,7 +36,6 @@ class Batch:
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
     forget_norm: float = 0.0  # divisor of a summed forget term (see forget_norm()); 0 = max(|B_f|, |B_r|)
-    rows_f: torch.Tensor | None = None  # (B_f,) the forget samples' row numbers in D_f
 
     def forget_divisor(self) -> float:
         return self.forget_norm or float(max(len(self.yf), len(self.yr), 1))
@@ -182,8 +181,7 @@ def run_steps(
         selector.start(model, total)
     for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
-        norm = forget_norm(len(i_f), len(i_r), len(forget))
-        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, i_f)
+        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], forget_norm(len(i_f), len(i_r), len(forget)))
         weights = annealed(plan, step, total, params.forget_anneal)
         correct = _step(model, opt, batch, params, objective, weights, static_mask)
         sched.step()
@@ -341,19 +339,17 @@ def _group_gradients(
     g = _group_count(groups, batch)
     sums = [[torch.zeros_like(p) for p in ps] for _ in range(4)]  # sum_c, sq_c, sum_u, sq_u
     correct: list[torch.Tensor] = []
-    rows = batch.rows_f if batch.rows_f is not None else torch.arange(len(batch.yf), device=batch.yf.device)
     parts = (
         B.split(batch.xr, g),
         batch.yr.tensor_split(g),
         B.split(batch.xf, g),
         batch.yf.tensor_split(g),
         batch.tf.tensor_split(g),
-        rows.tensor_split(g),
     )
-    for xr, yr, xf, yf, tf, rf in zip(*parts, strict=True):
+    for xr, yr, xf, yf, tf in zip(*parts, strict=True):
         # each group's divisor is its share of the whole batch's: the mean over groups is the full term
         norm = batch.forget_divisor() * len(yf) / max(len(batch.yf), 1)
-        terms = objective(model, Batch(xr, yr, xf, yf, tf, norm, rf if batch.rows_f is not None else None))
+        terms = objective(model, Batch(xr, yr, xf, yf, tf, norm))
         for k, gs in ((0, _grads(terms.retain, ps)), (2, _grads(terms.forget, ps))):
             for s, sq, gi in zip(sums[k], sums[k + 1], gs, strict=True):
                 s.add_(gi)

@@ -142,7 +142,7 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
             live = correct.float()
         else:
             ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
-            live = bound.live(ce, b.yf, correct, b.rows_f).float()
+            live = bound.live(ce, b.yf, correct).float()
         forget = -(live * per_sample).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
@@ -275,18 +275,14 @@ def _ugradsl(
     heldout: SampleDataset | None,
 ) -> nn.Module:
     """UGradSL and UGradSL+ differ only in the set that defines an epoch (``lead``)."""
-    bound = _bound(model, forget, retain, params, heldout)
+    bound = _bound(model, retain, params, heldout)
     objective = ugradsl_objective(params, bound)
     plan = Plan(lead, params.p, 1 - params.p)
     return _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
 
 
 def _bound(
-    model: nn.Module,
-    forget: SampleDataset,
-    retain: SampleDataset,
-    params: UGradSLParams,
-    heldout: SampleDataset | None,
+    model: nn.Module, retain: SampleDataset, params: UGradSLParams, heldout: SampleDataset | None
 ) -> HeldoutBound | None:
     """The held-out bound when the params ask for one. An empty held-out set (none of the classes left)
     gives None, and the bounded forget term falls back to ``correct``; no held-out set at all is an error
@@ -298,8 +294,7 @@ def _bound(
             "bound_by='heldout' needs held-out data the model never trained on (run_method(..., "
             "heldout=test_set)); pass bound_by='correct' to bound the forget term by correctness instead"
         )
-    forget_table = forget if params.ranks == "forget_set" else None
-    return heldout_bound(model, heldout, retain, params.seed, forget_table)
+    return heldout_bound(model, heldout, retain, params.seed)
 
 
 @register_method("finetune")

@@ -20,7 +20,6 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 RELABEL = ("salun", "wrong")
-RANKS = ("batch", "forget_set")
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
     "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
@@ -107,12 +106,6 @@ class UGradSLParams(GradientParams):
     beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
     bounded: bool = _f(True, doc="ascend only on forget samples that still look like training data")
     bound_by: str = _f("correct", choices=BOUND_BY, doc=_BOUND_DOC)
-    ranks: str = _f(
-        "batch",
-        choices=RANKS,
-        doc="bound_by='heldout': a forget sample's rank (which held-out loss is its target) within its "
-        "batch, or within the latest losses of all of D_f (forget_set: one extra forward pass over D_f)",
-    )
 
 
 @dataclass(frozen=True)

@@ -25,27 +25,6 @@ def test_a_forget_sample_is_live_while_its_loss_is_below_the_heldout_loss_of_its
     assert live.tolist() == [True, False, True, True]
 
 
-def test_forget_set_ranks_read_the_table_of_every_forget_samples_latest_loss() -> None:
-    """One confident sample in a batch of its own: ranked in its batch it is the median (target 0.6);
-    ranked against D_f's table, where 7 of 10 losses are higher, it is rank 2 of 10 (target 0.3)."""
-    table = torch.tensor([0.01, 0.02, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
-    y, correct = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool)
-    loss, rows = torch.tensor([0.4]), torch.tensor([2])  # sample 2's loss fell from 0.8 to 0.4
-    assert _bound([True, True]).live(loss, y, correct).tolist() == [True]  # 0.4 < 0.6
-    bound = HeldoutBound(torch.arange(1, 11) / 10, torch.tensor([True, True]), table.clone())
-    assert bound.live(loss, y, correct, rows).tolist() == [False]  # 0.4 >= 0.3: above its target
-    assert bound.memory is not None and float(bound.memory[2]) == pytest.approx(0.4)  # the table follows
-
-
-def test_heldout_bound_fills_the_forget_table_from_the_model(digits_model, digits, digits_random10) -> None:
-    forget, retain = digits_random10
-    bound = heldout_bound(digits_model, digits[1], retain, forget=forget)
-    assert bound is not None and bound.memory is not None
-    expected = torch.from_numpy(per_sample_loss(digits_model, forget)).float()
-    torch.testing.assert_close(bound.memory, expected)
-    assert heldout_bound(digits_model, digits[1], retain).memory is None  # ranks within batches: no table
-
-
 def test_a_forget_sample_whose_class_left_the_retain_set_is_live_while_correct() -> None:
     loss = torch.tensor([5.0, 5.0, 0.0, 0.0])  # far above / below every held-out quantile
     y = torch.tensor([1, 1, 1, 0])
