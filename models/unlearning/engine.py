@@ -32,7 +32,7 @@ from models.unlearning.selection import Selector
 class Batch:
     xr: Loaded  # (B_r, ...) retain inputs (a tensor or a dict of tensors: models.batches)
     yr: torch.Tensor  # (B_r,)
-    xf: Loaded  # (B_f, ...) forget inputs; B_f = B_r unless D_f is small or forget_batch is set
+    xf: Loaded  # (B_f, ...) forget inputs; B_f = B_r unless D_f is small or forget_batch_ratio < 1
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
     forget_norm: float = 0.0  # divisor of a summed forget term (see forget_norm()); 0 = max(|B_f|, |B_r|)
@@ -165,7 +165,7 @@ def run_steps(
         partner = CyclingSampler(max(partner_n, 1), gen)
         for _ in range(total):
             i_lead = next(lead)
-            k = _partner_size(plan, len(i_lead), partner_n, params.forget_batch)
+            k = _partner_size(plan, len(i_lead), partner_n, params.forget_batch_ratio)
             i_part = partner.take(k) if partner_n else i_lead[:0]
             yield (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
 
@@ -208,15 +208,16 @@ def annealed(plan: Plan, step: int, total: int, fraction: float) -> Plan:
     return dataclasses.replace(plan, w_forget=plan.w_forget * max(left, 0.0))
 
 
-def _partner_size(plan: Plan, lead_size: int, partner_n: int, forget_batch: int = 0) -> int:
+def _partner_size(plan: Plan, lead_size: int, partner_n: int, ratio: float = 1.0) -> int:
     """Equal batch sizes, except that a forget set smaller than a retain batch is not repeated within one
     (UGradSL+ on a 10-sample deletion): objectives divide the forget sum by the retain batch's size, so a
     forget sample's weight per step is 1/B whatever |D_f| is. Repeating it B/|D_f| times would push a small
     deletion that much harder; on the digits model that cost 2-6 points of test accuracy for 3-30 samples.
-    ``forget_batch`` (lead = retain only) caps the forget batch below the retain batch: a step then costs
-    about (B_r + B_f) samples instead of 2·B_r (``forget_norm`` keeps the push per pass the same)."""
+    ``ratio`` (``forget_batch_ratio``, lead = retain only) shrinks the forget batch to that fraction of the
+    retain batch: a step then costs about (1 + ratio)·B_r samples instead of 2·B_r (``forget_norm`` keeps
+    the push per pass the same)."""
     if plan.lead == "retain":
-        return min(lead_size, partner_n, forget_batch or lead_size)
+        return min(lead_size, partner_n, max(1, round(ratio * lead_size)))
     return lead_size
 
 
@@ -225,9 +226,9 @@ def forget_norm(n_f_batch: int, n_r_batch: int, n_forget: int) -> float:
 
     Why this form: a forget sample is drawn with probability |B_f|/|D_f| per step (at most 1), so its
     expected weight per step is min(|D_f|, |B_r|) / (|D_f|·|B_r|), whatever |B_f| is: a smaller forget
-    batch (``forget_batch``) makes steps cheaper (fewer, larger pushes per sample), not the method weaker.
-    With |B_f| = min(|B_r|, |D_f|) (the default) it is |B_r|, the 1/B per sample that ``_partner_size``
-    describes; with no retain batch it is |B_f| (a mean)."""
+    batch (``forget_batch_ratio``) makes steps cheaper (fewer, larger pushes per sample), not the method
+    weaker. With |B_f| = min(|B_r|, |D_f|) (ratio 1) it is |B_r|, the 1/B per sample that
+    ``_partner_size`` describes; with no retain batch it is |B_f| (a mean)."""
     if n_r_batch == 0 or n_forget == 0:
         return float(max(n_f_batch, 1))
     return n_f_batch * n_r_batch / min(n_forget, n_r_batch)

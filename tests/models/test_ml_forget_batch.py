@@ -1,5 +1,5 @@
-"""``forget_batch``: fewer forget samples per UGradSL+ step, each weighted so a pass over D_r pushes D_f as
-hard as with full forget batches (``engine.forget_norm``)."""
+"""``forget_batch_ratio``: fewer forget samples per UGradSL+ step, each weighted so a pass over D_r pushes
+D_f as hard as with full forget batches (``engine.forget_norm``)."""
 
 import copy
 
@@ -34,8 +34,8 @@ def _push(steps: list[tuple[int, int, float]]) -> float:
 def test_a_smaller_forget_batch_keeps_the_push_per_pass(digits_model, digits, n_forget: int) -> None:
     train_ds = digits[0]
     forget, retain = train_ds.split_by_ids(train_ds.ids[:n_forget])
-    full = _record(digits_model, forget, retain, {})
-    small = _record(digits_model, forget, retain, {"forget_batch": 8})
+    full = _record(digits_model, forget, retain, {"forget_batch_ratio": 1.0})
+    small = _record(digits_model, forget, retain, {"forget_batch_ratio": 0.25})
     assert [r for _, r, _ in full] == [r for _, r, _ in small]  # the same retain batches, step for step
     assert max(f for f, _, _ in small) == min(8, n_forget)
     assert max(f for f, _, _ in full) == min(32, n_forget)
@@ -53,13 +53,15 @@ def test_the_default_divisor_is_the_retain_batch() -> None:
 
 
 @pytest.mark.slow
-def test_off_by_default_and_a_forget_batch_changes_the_run(digits_model, digits_random10) -> None:
+def test_ugradsl_plus_defaults_to_half_size_forget_batches(digits_model, digits_random10) -> None:
     forget, retain = digits_random10
+    assert parse_params("ugradsl_plus", {}).forget_batch_ratio == 0.5
+    assert parse_params("ugradsl", {}).forget_batch_ratio == 1.0  # UGradSL's epoch is a pass over D_f
     weights = {}
-    for name, extra in (("default", {}), ("same", {"forget_batch": 64}), ("small", {"forget_batch": 16})):
+    runs = (("default", {}), ("half", {"forget_batch_ratio": 0.5}), ("full", {"forget_batch_ratio": 1.0}))
+    for name, extra in runs:
         params = {"epochs": 0.5, "bound_by": "correct", **extra}
         model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params)
         weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    assert parse_params("ugradsl_plus", {}).forget_batch == 0
-    assert torch.equal(weights["default"], weights["same"])  # forget_batch = batch_size is the default
-    assert not torch.allclose(weights["default"], weights["small"])
+    assert torch.equal(weights["default"], weights["half"])
+    assert not torch.allclose(weights["default"], weights["full"])
