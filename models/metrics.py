@@ -103,13 +103,22 @@ def mia_sets(retain: SampleDataset, test: SampleDataset, seed: int) -> tuple[Sam
 
 
 def mia_efficacy_from_confidence(members: np.ndarray, non_members: np.ndarray, forget: np.ndarray) -> float:
-    """The SVC attack on precomputed confidences (see ``mia_efficacy``)."""
+    """The SVC attack on precomputed confidences (see ``mia_efficacy``).
+
+    The SVC is fitted on the distinct (confidence, label) pairs, each weighted by how often it occurs: n
+    identical points of one label enter the dual problem as one point with n times the box constraint, so
+    the optimisation problem, and the classifier, are the same. A model that memorises gives many equal
+    confidences (float32 saturates near 1), and the fit is then ~5x faster (2.2 s to 0.4 s for 5k + 5k
+    Fashion-MNIST confidences): it was the larger half of scoring a version."""
     from sklearn.svm import SVC  # type: ignore[import-untyped,unused-ignore]
 
-    feats = np.concatenate([members, non_members])[:, None]
+    feats = np.concatenate([members, non_members]).astype(np.float64)
     labels = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(feats, labels)
-    return float((clf.predict(forget[:, None]) == 0).mean())
+    pairs, counts = np.unique(np.stack([feats, labels], 1), axis=0, return_counts=True)
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(
+        pairs[:, :1], pairs[:, 1], sample_weight=counts.astype(float)
+    )
+    return float((clf.predict(forget.astype(np.float64)[:, None]) == 0).mean())
 
 
 def loss_threshold_mia(

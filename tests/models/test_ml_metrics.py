@@ -69,6 +69,27 @@ def test_mia_efficacy_known_answer() -> None:
     assert mia_efficacy(model, remembered, retain, test) == 0.0
 
 
+def test_the_svc_attack_on_merged_duplicates_classifies_like_the_svc_on_every_point() -> None:
+    """Confidences of a memorising model repeat (float32 saturates near 1): fitting on distinct pairs with
+    their counts as weights is the same problem, so the attack's verdicts match the plain fit's."""
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    members = np.concatenate([np.ones(600), 1 - rng.integers(1, 40, 900) * 6e-8, rng.uniform(0.3, 1, 300)])
+    non_members = np.concatenate([np.ones(200), rng.uniform(0.05, 1, 1600)]).astype(np.float32)
+    members = members.astype(np.float32)
+    probe = np.concatenate([members[::7], non_members[::7], np.linspace(0, 1, 5001, dtype=np.float32)])
+    plain = SVC(C=3, gamma="auto", kernel="rbf").fit(
+        np.concatenate([members, non_members])[:, None],
+        np.concatenate([np.ones(len(members)), np.zeros(len(non_members))]),
+    )
+    expected = float((plain.predict(probe[:, None]) == 0).mean())
+    assert 0.05 < expected < 0.95  # the probe sees both verdicts: the comparison can fail
+    assert mia_efficacy_from_confidence(members, non_members, probe) == pytest.approx(
+        expected, abs=2 / len(probe)
+    )
+
+
 def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
     gen = torch.Generator().manual_seed(1)
     mk = lambda n, p: _ds(torch.randn(n, 3, generator=gen), torch.randint(0, 3, (n,), generator=gen), p)  # noqa: E731
