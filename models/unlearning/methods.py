@@ -126,10 +126,9 @@ def _joint_forward(
 
 
 def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) -> Objective:
-    """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ w_i·ℓ_α,i / |B_f| (``bounded``): w_i = 1 while
-    the sample is live (still correct, or, given a held-out ``bound``, still below the held-out loss of its
-    rank: ``models.unlearning.bounds``), else 0, or -``overshoot_pull`` past a held-out target. Penultimate
-    features come from the same forward pass."""
+    """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| (``bounded``): live = still
+    correct, or, given a held-out ``bound``, still below the held-out loss of its rank (see
+    ``models.unlearning.bounds``). Penultimate features come from the same forward pass."""
 
     def objective(model: nn.Module, b: Batch) -> Terms:
         net = cast(Classifier, model)  # any registered architecture: features() and head()
@@ -138,13 +137,13 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
         if not params.bounded:
-            weight = torch.ones_like(per_sample)  # (B,)
+            live = torch.ones_like(per_sample)  # (B,)
         elif bound is None:
-            weight = correct.float()
+            live = correct.float()
         else:
             ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
-            weight = bound.weights(ce, b.yf, correct, params.overshoot_pull)
-        forget = -(weight * per_sample).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
+            live = bound.live(ce, b.yf, correct).float()
+        forget = -(live * per_sample).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
     return objective
@@ -288,14 +287,14 @@ def _bound(
     """The held-out bound when the params ask for one. An empty held-out set (none of the classes left)
     gives None, and the bounded forget term falls back to ``correct``; no held-out set at all is an error
     rather than a silent change of method."""
-    if not (params.bounded and params.bound_by.startswith("heldout")):
+    if not (params.bounded and params.bound_by == "heldout"):
         return None
     if heldout is None:
         raise ValueError(
             "bound_by='heldout' needs held-out data the model never trained on (run_method(..., "
             "heldout=test_set)); pass bound_by='correct' to bound the forget term by correctness instead"
         )
-    return heldout_bound(model, heldout, retain, params.seed, by_class=params.bound_by == "heldout_class")
+    return heldout_bound(model, heldout, retain, params.seed)
 
 
 @register_method("finetune")

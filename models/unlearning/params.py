@@ -18,12 +18,11 @@ MASKS = ("none", "and", "prob", "focus", "salun")
 ADAPTIVE = ("off", "intuition", "literal")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
-BOUND_BY = ("correct", "heldout", "heldout_class")
+BOUND_BY = ("correct", "heldout")
 RELABEL = ("salun", "wrong")
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
-    "held-out sample's of the same rank; heldout_class = the same, ranked within the sample's class against "
-    "that class's held-out losses (classes absent from D_r, or no held-out data: correct)"
+    "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
 )
 
 
@@ -108,13 +107,6 @@ class UGradSLParams(GradientParams):
     beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
     bounded: bool = _f(True, doc="ascend only on forget samples that still look like training data")
     bound_by: str = _f("correct", choices=BOUND_BY, doc=_BOUND_DOC)
-    overshoot_pull: float = _f(
-        0.0,
-        0.0,
-        1.0,
-        doc="bound_by heldout/heldout_class: weight of descent on a forget sample whose loss went past its "
-        "held-out target (a bound held from both sides); 0 = leave it",
-    )
 
 
 @dataclass(frozen=True)

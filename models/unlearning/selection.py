@@ -149,7 +149,7 @@ class Selector:
         checks: int,
         seed: int,
         device: torch.device,
-        refresh: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        refresh: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         self.checks, self.refresh = checks, refresh
         self.forget = Sample.of(forget, seed + 1, device)
@@ -195,7 +195,7 @@ class Selector:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             self.best = (d.total, state)
         if self.refresh is not None:
-            self.refresh(heldout.loss, self.heldout.y)
+            self.refresh(heldout.loss)
 
 
 def selector(
@@ -205,7 +205,7 @@ def selector(
     heldout: SampleDataset | None,
     checks: int,
     seed: int,
-    refresh: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    refresh: Callable[[torch.Tensor], None] | None = None,
 ) -> Selector | None:
     """The run's Selector, or None when ``checks`` is 0 (off). No held-out data is an error."""
     if checks <= 0 or len(forget) == 0:

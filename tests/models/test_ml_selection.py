@@ -153,7 +153,7 @@ def test_the_distance_is_zero_when_forget_samples_look_held_out_and_retain_sampl
 
 def test_a_refreshed_bound_reads_the_new_sorted_losses() -> None:
     bound = HeldoutBound(torch.tensor([0.1, 0.2]), torch.tensor([True]))
-    bound.refresh(torch.tensor([3.0, 1.0, 2.0]), torch.zeros(3, dtype=torch.long))
+    bound.refresh(torch.tensor([3.0, 1.0, 2.0]))
     assert bound.quantiles.tolist() == [1.0, 2.0, 3.0]
     y, correct = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool)
     assert bound.live(torch.tensor([0.5, 2.5]), y, correct).tolist() == [True, True]
