@@ -3,6 +3,8 @@ database and the queue (tasks are sent by name)."""
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -69,6 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhook_secrets_router)
     for module in (models, datasets):
         app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
+    return app
+
+
+def served_app(settings: Settings | None = None) -> FastAPI:
+    """The app a server process runs (``unlearn api``, ``unlearn run``): ``create_app`` with the start-up
+    heap frozen. Everything alive once the app is built (modules, routes, schemas, SQLAlchemy metadata:
+    ~130k objects) lives as long as the process, yet every full collection walked it again: under load
+    each API worker ran a full collection every 2-3 s, each 35-180 ms of wall time on 2 busy cores, and
+    those pauses were the p99 of every route. ``gc.freeze`` moves them to the permanent generation, so a
+    full collection walks only what requests allocated."""
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
     return app
 
 

@@ -78,11 +78,11 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     try:
-        from service.api.app import create_app
+        from service.api.app import served_app
 
         base = f"http://{settings.host}:{settings.port}"
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(served_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
         worker.stop()
     return 0
@@ -92,7 +92,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.api.app:create_app",
+        "service.api.app:served_app",
         factory=True,
         host=settings.host,
         port=settings.port,
