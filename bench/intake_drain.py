@@ -87,6 +87,7 @@ def main() -> None:
                 "ids": args.ids_per_request,
                 "n": min(args.id_pool, 1437),
                 "batch": args.batch,
+                "model": "digits",
             }
             row = wrk("POST (no worker running)", base, lua, args, warm_up=False)
         messages = broker_messages(settings, queue)
@@ -110,7 +111,13 @@ def main() -> None:
             took = time.monotonic() - started
         finally:
             worker.terminate()
-            worker.wait(timeout=60)
+            stopping = time.monotonic()
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            stop_s = time.monotonic() - stopping
         with session_scope(url) as s:
             states = dict(
                 s.execute(select(DeletionRequest.state, func.count()).group_by(DeletionRequest.state)).all()
@@ -144,6 +151,7 @@ def main() -> None:
     print(f"| jobs | {sum(jobs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(jobs.items()))}) |")
     print(f"| requests per job | {stored / max(sum(jobs.values()), 1):.0f} |")
     print(f"| time to drain | {took:.1f} s |")
+    print(f"| worker stop after SIGTERM (killed at 60 s) | {stop_s:.1f} s |")
     unfinished = sum(states.get(state, 0) for state in (*PENDING, RequestState.PROCESSING))
     print(f"| stored but not counted by wrk (answered after it stopped) | {max(stored - accepted, 0)} |")
     print(f"| lost (accepted but not stored, or never finished) | {max(accepted - stored, 0) + unfinished} |")
