@@ -1,8 +1,9 @@
 """Where a job's time goes, against an exact retrain, and how fast the unlearning loop runs against a
 bare training loop.
 
-    .venv/bin/python bench/job_cost.py            # digits demo + Fashion-MNIST (if installed)
+    .venv/bin/python bench/job_cost.py            # digits + Fashion-MNIST 10k, memorising (if installed)
     .venv/bin/python bench/job_cost.py --quick    # digits only
+    .venv/bin/python bench/job_cost.py --with-60k # also Fashion-MNIST 60k trained 1 epoch (cost only)
 
 Part 1 runs real jobs through the worker code (database, lease, checkpoint, publish) on the embedded
 default, two in a row per model: the first on v1, the second on v2 (the steady state of a model taking
@@ -32,6 +33,7 @@ from sqlalchemy import select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.quality import SETTINGS  # noqa: E402
 from models.architectures import build_model  # noqa: E402
 from models.datasets import SampleDataset, load_dataset, load_digits_split  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
@@ -162,6 +164,12 @@ def loop_throughput(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="digits only")
+    ap.add_argument(
+        "--with-60k",
+        action="store_true",
+        help="also Fashion-MNIST 60k with a 1-epoch recipe: how phases scale with the data (its retrain is "
+        "one epoch, so its shares of retrain say nothing about the goal)",
+    )
     args = ap.parse_args()
     var = Path(tempfile.mkdtemp(prefix="unlearn-jobcost-"))
     settings = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_HEARTBEAT_SECONDS=1.0)  # type: ignore[call-arg]
@@ -174,6 +182,12 @@ def main() -> None:
     kw = {"in_channels": 1, "image_size": 8, "num_classes": 10}
     cases.append(("digits / small_cnn(8x8)", "digits", kw, tr, te, DIGITS_RECIPE, "1 epoch"))
     if not args.quick and FASHION.exists():
+        # The quality bench's memorising Fashion-MNIST setting: the shares of retrain the goals are set on.
+        mem = SETTINGS["fashion_mem"]
+        mtr, mte, _ = mem.load()
+        label = "fashion-mnist 10k / small_cnn(28x28), memorising"
+        cases.append((label, "fashion_mem", mem.arch_kwargs, mtr, mte, mem.recipe, "30 epochs"))
+    if args.with_60k and FASHION.exists():
         ftr, fte = (
             load_dataset("fashion_mnist", f"{FASHION}:train"),
             load_dataset("fashion_mnist", f"{FASHION}:test"),
@@ -241,7 +255,8 @@ def main() -> None:
     text = "\n".join(out) + "\n"
     print("\n" + text)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("# Job cost (bench/job_cost.py" + (" --quick" if args.quick else "") + ")\n\n" + text)
+    flags = " --quick" if args.quick else " --with-60k" if args.with_60k else ""
+    OUT.write_text(f"# Job cost (bench/job_cost.py{flags})\n\n" + text)
 
 
 if __name__ == "__main__":
