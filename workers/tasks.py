@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.worker import state as worker_state
 from sqlalchemy import select
 
 from service.core import transparency
@@ -77,12 +78,19 @@ def reconcile() -> int:
 @app.task(name=SIGN_HEADS)
 def sign_audit_heads() -> int:
     """Sequence each tenant's new audit events and sign a tree head over them, so a head a client fetches
-    is never far behind the log. Returns how many heads were signed."""
+    is never far behind the log. Returns how many heads were signed. A shutdown stops it between batches
+    of events (`transparency.sequence_and_sign`)."""
     settings = get_settings()
     key = load_or_create_key(settings.signing_key_path)
     with session_scope(settings.resolved_database_url) as s:
         tenants = list(s.scalars(select(AuditEvent.tenant).where(AuditEvent.seq.is_(None)).distinct()))
+    signed = 0
     for tenant in tenants:
-        with session_scope(settings.resolved_database_url) as s:
-            transparency.sign_head(s, key, tenant)
-    return len(tenants)
+        if transparency.sequence_and_sign(settings.resolved_database_url, key, tenant, _shutting_down):
+            signed += 1
+    return signed
+
+
+def _shutting_down() -> bool:
+    """Celery's warm (or cold) shutdown was asked for: a long task should end at its next safe point."""
+    return worker_state.should_stop is not None or worker_state.should_terminate is not None

@@ -8,6 +8,7 @@ offline with only the service's public key.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.core import audit, merkle
 from service.core.canonical import canonical_json
+from service.core.db.engine import session_scope
 from service.core.db.tables import AuditHead
 from service.core.errors import Unprocessable
 from service.core.signing import public_key_b64
@@ -60,6 +62,27 @@ def sign_head(session: Session, key: Ed25519PrivateKey, tenant: str) -> dict[str
     )
     session.add(row)
     return _signed(row)
+
+
+def sequence_and_sign(
+    url: str,
+    key: Ed25519PrivateKey,
+    tenant: str,
+    stop: Callable[[], bool] = lambda: False,
+    batch: int = audit.SEQUENCE_BATCH,
+) -> dict[str, Any] | None:
+    """Sequence the tenant's backlog one committed batch at a time, then sign a head over it. ``stop`` is
+    asked between batches; when it says so, return None without a head, keeping the batches committed
+    (the next run goes on). After a burst the backlog takes minutes to sequence, and a worker asked to
+    shut down waited for all of it in one transaction, which a kill then threw away."""
+    while True:
+        if stop():
+            return None
+        with session_scope(url) as s:
+            if not audit.sequence(s, tenant, batch):
+                break
+    with session_scope(url) as s:
+        return sign_head(s, key, tenant)
 
 
 def latest_head(session: Session, tenant: str) -> dict[str, Any] | None:

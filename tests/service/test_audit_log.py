@@ -181,3 +181,29 @@ def test_events_chained_before_the_upgrade_get_their_leaves_in_order(db_url: str
         assert audit.verify_chain(s, TENANT)["ok"]
     assert after[: len(before)] == before and len(after) == len(before) + 1
     assert proofs.verify_export(after, head)[0]
+
+
+def _unsequenced(url: str) -> int:
+    with session_scope(url) as s:
+        return len(s.scalars(select(AuditEvent.id).where(AuditEvent.seq.is_(None))).all())
+
+
+def test_sequencing_in_batches_stops_when_asked_and_keeps_the_batches_it_committed(db_url: str) -> None:
+    """A worker asked to shut down ends between batches; what it sequenced stays sequenced, and the next
+    run finishes the backlog and signs a head that verifies."""
+    log_with_events(db_url, 22)  # 25 unsequenced events
+    assert _unsequenced(db_url) == 25
+    assert transparency.sequence_and_sign(db_url, KEY, TENANT, stop=lambda: True, batch=10) is None
+    assert _unsequenced(db_url) == 25  # asked before the first batch: nothing done
+
+    asked = iter([False, True])  # one batch, then the shutdown
+    assert transparency.sequence_and_sign(db_url, KEY, TENANT, stop=lambda: next(asked), batch=10) is None
+    assert _unsequenced(db_url) == 15  # the committed batch stays
+    with session_scope(db_url) as s:
+        assert transparency.latest_head(s, TENANT) is None
+
+    head = transparency.sequence_and_sign(db_url, KEY, TENANT, batch=10)
+    assert head is not None and head["tree_head"]["tree_size"] == 25
+    assert _unsequenced(db_url) == 0
+    with session_scope(db_url) as s:
+        assert audit.verify_chain(s, TENANT, head)["ok"]
