@@ -80,6 +80,13 @@ def all_finished(http: httpx.Client, request_ids: list[str]) -> list[dict[str, A
     return bodies if all(b["state"] in ("completed", "failed", "cancelled") for b in bodies) else None
 
 
+def assert_completed(done: list[dict[str, Any]], c: Cluster) -> None:
+    """Every request completed; if not, the failure says why (their errors, the workers' log tails)."""
+    errors = {d["error"] for d in done if d["state"] != "completed"}
+    logs = {name: c.log(name) for name in ("w1", "w2")}
+    assert {d["state"] for d in done} == {"completed"}, (errors, logs)
+
+
 def versions(http: httpx.Client, model: str = "digits") -> list[dict[str, Any]]:
     return http.get(f"/v1/models/{model}/versions").json()
 
@@ -145,7 +152,7 @@ def test_requests_survive_a_broker_outage(cluster: Cluster) -> None:
             what="50 requests after the broker came back",
         )
         clock.record("Redis stopped, 50 requests, Redis started", "all 50 completed")
-        assert {d["state"] for d in done} == {"completed"}, cluster.log("w1")
+        assert_completed(done, cluster)
         assert len({d["id"] for d in done}) == 50
         assert_intact(http, set(ids))
 
@@ -243,7 +250,7 @@ def test_restarting_the_api_loses_nothing(cluster: Cluster) -> None:
             what="requests submitted before the API restart",
         )
         clock.record("API restarted with 3 requests in flight", "all 3 completed")
-        assert {d["state"] for d in done} == {"completed"}
+        assert_completed(done, cluster)
         assert_line(versions(http))
         assert http.get("/v1/audit/verify").json()["ok"] is True
 
@@ -269,7 +276,7 @@ def test_two_workers_racing_for_one_model_coalesce_requests_into_a_line_of_versi
         done = wait_until(
             lambda: all_finished(http, request_ids), timeout=600, interval=2, what="200 concurrent requests"
         )
-        assert {d["state"] for d in done} == {"completed"}
+        assert_completed(done, cluster)
         jobs = {d["job_id"] for d in done}
         vs = versions(http)
         assert_intact(http, set(ids))
@@ -297,7 +304,7 @@ def test_two_models_run_concurrently_on_two_workers(cluster: Cluster) -> None:
             interval=1,
             what="both models' requests",
         )
-        assert {d["state"] for d in done} == {"completed"}
+        assert_completed(done, cluster)
         ja, jb = (http.get(f"/v1/jobs/{d['job_id']}").json() for d in done)
         start_a, end_a = datetime.fromisoformat(ja["started_at"]), datetime.fromisoformat(ja["finished_at"])
         start_b, end_b = datetime.fromisoformat(jb["started_at"]), datetime.fromisoformat(jb["finished_at"])
@@ -387,7 +394,7 @@ def test_a_postgresql_restart_mid_job_loses_nothing(tmp_path: Path) -> None:
                     what="the requests from before and after the restart",
                 )
                 clock.record("PostgreSQL restarted mid-job", "both requests completed")
-                assert {d["state"] for d in done} == {"completed"}, c.log("w1")
+                assert_completed(done, c)
                 assert_intact(http, set(first_ids) | set(later_ids))
     finally:
         pg.destroy()
