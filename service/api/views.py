@@ -14,6 +14,8 @@ from service.core.db.tables import Dataset, DeletionRequest, Job, Model, ModelVe
 from service.core.lookups import version_label
 from service.core.states import PENDING
 
+PENDING_COUNT_CAP = 1000  # a model's pending requests are counted up to this many
+
 
 def _aware(ts: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; every timestamp we store is UTC."""
@@ -88,11 +90,15 @@ def model_out(session: Session, m: Model) -> ModelOut:
             )
         ).all()
     )
-    pending = session.scalar(
-        select(func.count())
-        .select_from(DeletionRequest)
+    # Counted up to a cap: an exact count reads every pending row (42 ms per read at a 100k backlog on
+    # PostgreSQL, 1.5 ms at 1k), and a backlog is exactly when clients poll the model most.
+    waiting = (
+        select(DeletionRequest.id)
         .where(DeletionRequest.model_id == m.id, DeletionRequest.state.in_(PENDING))
+        .limit(PENDING_COUNT_CAP + 1)
+        .subquery()
     )
+    pending = session.scalar(select(func.count()).select_from(waiting)) or 0
     return ModelOut(
         name=m.name,
         architecture=m.architecture,
@@ -109,6 +115,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         heldout_dataset=m.heldout_dataset_id,
         train_samples=sizes.get(m.train_dataset_id, 0),
         test_samples=sizes.get(m.test_dataset_id, 0),
-        pending_requests=pending or 0,
+        pending_requests=min(pending, PENDING_COUNT_CAP),
+        pending_requests_capped=pending > PENDING_COUNT_CAP,
         created_at=_aware(m.created_at),  # type: ignore[arg-type]
     )

@@ -120,7 +120,7 @@ def models_table(models: list[dict[str, Any]]) -> Table:
             m["architecture"],
             m["status"],
             m["latest_version"],
-            str(m["pending_requests"]),
+            f"{m['pending_requests']}{'+' if m.get('pending_requests_capped') else ''}",
             str(m["train_samples"]),
             str(m["test_samples"]),
             method,

@@ -6,6 +6,9 @@ import { METRICS, enc, fmt, short, when } from "./format.js";
 import { runAction } from "./poll.js";
 import { badge, dl, table } from "./widgets.js";
 
+// "1000+" when the service stopped counting (it counts a model's pending requests up to a cap).
+const pendingCount = (m) => `${m.pending_requests}${m.pending_requests_capped ? "+" : ""}`;
+
 export const models = {
   title: "Models",
   section: "models",
@@ -23,7 +26,7 @@ export const models = {
           el("td", {}, m.architecture),
           el("td", {}, badge(m.status), m.status_detail ? el("div", { class: "hint" }, m.status_detail) : null),
           el("td", {}, el("a", { href: `#/models/${enc(m.name)}` }, m.latest_version)),
-          el("td", { class: "num" }, m.pending_requests),
+          el("td", { class: "num" }, pendingCount(m)),
           el("td", { class: "num" }, `${m.train_samples} / ${m.test_samples}`),
           el("td", {}, [m.default_method, ...m.fallback_methods].join(" → ")),
           el(
@@ -55,7 +58,7 @@ export const model = {
       dl([
         ["latest version", model.latest_version],
         ["status", badge(model.status)],
-        ["pending requests", String(model.pending_requests)],
+        ["pending requests", pendingCount(model)],
         ["method chain", [model.default_method, ...model.fallback_methods].join(" → ")],
         ["gates", Object.entries(model.gates).map(([k, v]) => `${k} = ${v}`).join(", ") || "none"],
         ["samples", `${model.train_samples} train, ${model.test_samples} test`],

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service.api.app import create_app, served_app
+from service.api.views import PENDING_COUNT_CAP
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
@@ -89,6 +90,31 @@ def test_valid_request_is_accepted_and_readable(api: Api) -> None:
     got = api.client.get(f"/v1/deletion-requests/{body['id']}", headers=api.auth())
     assert got.status_code == 200
     assert got.json()["id"] == body["id"]
+
+
+def test_a_models_pending_requests_are_counted_exactly_up_to_the_cap_and_flagged_beyond(api: Api) -> None:
+    """Past the cap the count stops (reading a model must not cost a scan of the whole backlog), and says
+    it stopped."""
+
+    def pending() -> tuple[int, bool]:
+        body = api.client.get("/v1/models/toy", headers=api.auth()).json()
+        return body["pending_requests"], body["pending_requests_capped"]
+
+    assert pending() == (0, False)
+
+    def batch(n: int, start: int) -> None:
+        items = [{"sample_ids": [f"toy-{i % 50:04d}"]} for i in range(start, start + n)]
+        r = api.client.post(
+            "/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=api.auth()
+        )
+        assert r.status_code == 200 and r.json()["accepted"] == n, r.text
+
+    batch(999, 0)
+    assert pending() == (999, False)
+    batch(1, 999)
+    assert pending() == (PENDING_COUNT_CAP, False)
+    batch(1, 1000)
+    assert pending() == (PENDING_COUNT_CAP, True)
 
 
 def test_unknown_ids_are_rejected_by_name_and_nothing_is_written(api: Api) -> None:

@@ -38,5 +38,11 @@ class ModelOut(BaseModel):
     )
     train_samples: int
     test_samples: int
-    pending_requests: int
+    pending_requests: int = Field(
+        description="requests waiting for a job, counted up to 1,000 (see pending_requests_capped)"
+    )
+    pending_requests_capped: bool = Field(
+        description="true: more requests than pending_requests are waiting (the count stops at 1,000, "
+        "so reading a model stays cheap under a backlog)"
+    )
     created_at: datetime
