@@ -86,11 +86,21 @@ def lead_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torc
 
 
 def count_steps(plan: Plan, params: GradientParams, n_forget: int, n_retain: int) -> int:
-    """Total steps: ``epochs`` passes over the lead set (fractions rounded, at least one step)."""
+    """Total steps: ``epochs`` passes over the lead set (fractions rounded, at least one step).
+
+    When D_r leads and D_f needs more of its (smaller) batches than D_r has, a pass is that many steps
+    instead, so every forget sample is pushed in every epoch: a deletion larger than what remains (half
+    of it, with the default half-size forget batches) was otherwise pushed only in part, and a request
+    for 1,432 of the digits model's 1,437 samples published a version that still classified 99.5% of
+    them correctly."""
     n = n_forget if plan.lead == "forget" else n_retain
     if n == 0 or params.epochs <= 0:
         return 0
-    return max(1, round(params.epochs * math.ceil(n / params.batch_size)))
+    per_epoch = math.ceil(n / params.batch_size)
+    if plan.lead == "retain" and plan.w_forget > 0 and n_forget:
+        b_f = _partner_size(plan, min(params.batch_size, n_retain), n_forget, params.forget_batch_ratio)
+        per_epoch = max(per_epoch, math.ceil(n_forget / b_f))
+    return max(1, round(params.epochs * per_epoch))
 
 
 def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) -> SampleDataset:

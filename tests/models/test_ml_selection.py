@@ -14,6 +14,7 @@ from models.unlearning import run_method
 from models.unlearning import selection as S
 from models.unlearning.bounds import HeldoutBound
 from models.unlearning.params import parse_params
+from tests.models.conftest import random_forget_split
 
 # Unbounded ascent with a large forget weight and a constant lr: D_r collapses as the run goes, so the
 # last state is far from a retrained one and an early check is the best.
@@ -88,17 +89,32 @@ def test_selection_is_off_by_default_and_zero_checks_change_nothing(
     assert not _equal(runs[0].state_dict(), digits_model.state_dict())  # the run did move the model
 
 
-def test_selection_with_refresh_is_deterministic_and_refreshing_moves_the_run(
-    digits_model, digits_random10, digits
-) -> None:
-    forget, retain = digits_random10
-    base = {"epochs": 1.0, "p": 0.6, "select_checks": 4}
-    a, b, plain = (
-        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, p, heldout=digits[1])
-        for p in ({**base, "select_refresh": True}, {**base, "select_refresh": True}, base)
-    )
-    assert _equal(a.state_dict(), b.state_dict())
-    assert not _equal(a.state_dict(), plain.state_dict())  # new bound targets after the first check
+def test_selection_with_refresh_is_deterministic_and_refreshing_moves_the_run(digits_model, digits) -> None:
+    """Refreshing changes the bound's targets after the first check, so the states after it differ; but
+    when the first check's state scores best in both runs the kept states are the same (on one CPU the
+    test's single setting did that, on another it did not): among a few deletions and settings, some must
+    end elsewhere."""
+
+    def run(forget, retain, params: dict[str, Any]) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        model = run_method(
+            "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, heldout=digits[1]
+        )
+        return model.state_dict()
+
+    moved = []
+    for seed in (1, 2, 3):
+        forget, retain = random_forget_split(digits[0], 0.1, seed=seed)
+        for p in (0.6, 0.7):
+            base = {"epochs": 1.0, "p": p, "select_checks": 4}
+            refreshed = {**base, "select_refresh": True}
+            a, b, plain = (
+                run(forget, retain, refreshed),
+                run(forget, retain, refreshed),
+                run(forget, retain, base),
+            )
+            assert _equal(a, b)
+            moved.append(not _equal(a, plain))
+    assert any(moved), moved
 
 
 def test_selection_without_heldout_data_is_an_error(digits_model, digits_random10, digits) -> None:
