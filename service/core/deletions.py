@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, exists, insert, select, text
+from sqlalchemy import and_, exists, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from service.core import callbacks, events
@@ -24,10 +24,12 @@ from service.core.db.engine import is_postgres
 from service.core.db.tables import (
     ApiKey,
     AuditEvent,
+    Dataset,
     DatasetSample,
     DeletionRequest,
     ForgottenSample,
     Model,
+    ModelVersion,
     new_id,
     utcnow,
 )
@@ -37,6 +39,8 @@ from service.core.states import PENDING, ModelStatus, RequestState, WebhookState
 
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
+KEY_REUSED = "this Idempotency-Key was already used with a different body; use a new key for a new request"
+KEY_OTHER_MODEL = "this Idempotency-Key was already used for another model"
 
 
 def dedupe(ids: Iterable[str]) -> list[str]:
@@ -165,10 +169,18 @@ def find_idempotent(
         )
     )
     if existing is not None and existing.body_sha256 != digest:
-        raise Unprocessable(
-            "this Idempotency-Key was already used with a different body; use a new key for a new request"
-        )
+        raise Unprocessable(KEY_REUSED)
     return existing
+
+
+def _replay(existing: DeletionRequest, digest: str, model: Model) -> Accepted:
+    """The answer to a request whose Idempotency-Key `existing` already holds: that request (a replay),
+    or the 422 for a key reused with another body or for another model."""
+    if existing.body_sha256 != digest:
+        raise Unprocessable(KEY_REUSED)
+    if existing.model_id != model.id:
+        raise Unprocessable(KEY_OTHER_MODEL)
+    return Accepted(existing, model.name, created=False)
 
 
 @dataclass(frozen=True)
@@ -221,6 +233,62 @@ def _screen(
     return _Named(named, subjects, ids, unknown_subjects)
 
 
+@dataclass
+class _TrainingSet:
+    """A model's training-set size and how many of its samples it had forgotten at its latest version,
+    read with the model (or by `training_set`): no round trip of their own. The publish that adds forgotten
+    samples writes that version's cumulative count in the same transaction, so the count is current; it
+    only decides whether a request names enough new samples to empty the set, which `left` then checks
+    against the forgotten rows themselves (read once, and only for such a request)."""
+
+    size: int
+    forgotten_at_latest: int
+    forgotten: int | None = None  # counted, once needed
+
+    def left(self, session: Session, model: Model, new: int) -> int | None:
+        """The training samples left unforgotten if `new` more are forgotten, when that is none (else
+        None: the ordinary request, decided without a query)."""
+        if new == 0 or new < self.size - self.forgotten_at_latest:
+            return None
+        if self.forgotten is None:
+            self.forgotten = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ForgottenSample)
+                    .where(ForgottenSample.model_id == model.id)
+                )
+                or 0
+            )
+        remaining = self.size - self.forgotten
+        return remaining if new >= remaining else None
+
+
+def training_set(session: Session, model: Model) -> _TrainingSet:
+    """`_TrainingSet` of a model already loaded (`accept_many` reads it with the model instead)."""
+    size, forgotten = session.execute(
+        select(Dataset.num_samples, func.coalesce(ModelVersion.forgotten_count, 0))
+        .select_from(Dataset)
+        .outerjoin(
+            ModelVersion,
+            and_(ModelVersion.model_id == model.id, ModelVersion.number == model.latest_version),
+        )
+        .where(Dataset.id == model.train_dataset_id)
+    ).one()
+    return _TrainingSet(size, forgotten)
+
+
+def _refuse_emptying(model: Model, training: _TrainingSet, remaining: int) -> Unprocessable:
+    """The 422 for a request that would forget every sample the model still trains on."""
+    return Unprocessable(
+        f"this request would forget all {remaining} remaining training sample(s) of model {model.name!r} "
+        f"({training.size} in its training set, {training.forgotten} already forgotten): unlearning keeps "
+        "a model on the samples it has not forgotten, and none would be left, so its job could only fail. "
+        f"To forget every remaining sample, stop serving model {model.name!r} instead (or register a new "
+        "model trained without these samples); to keep this model, name fewer samples",
+        remaining_training_samples=remaining,
+    )
+
+
 def _new_request(
     session: Session,
     model: Model,
@@ -229,15 +297,21 @@ def _new_request(
     *,
     unknown: set[str],
     forgotten: set[str],
+    training: _TrainingSet,
     reference: str | None,
     idempotency_key: str | None,
     callback_url: str | None,
 ) -> DeletionRequest:
-    """The request row (transient, every column set), or the 422 naming what the training set lacks.
-    `unknown` and `forgotten` may cover more IDs than this request names (a batch's)."""
+    """The request row (transient, every column set), or the 422 naming what the training set lacks, or
+    the 422 for a request that would leave the model no training sample. `unknown` and `forgotten` may
+    cover more IDs than this request names (a batch's)."""
     missing = [i for i in named.ids if i in unknown]
     if missing or named.unknown_subjects:
         raise _refuse_unknown(session, model, missing, named.unknown_subjects)
+    already = len(forgotten.intersection(named.ids))
+    remaining = training.left(session, model, len(named.ids) - already)
+    if remaining is not None:
+        raise _refuse_emptying(model, training, remaining)
     now = utcnow()
     return DeletionRequest(
         id=new_id(),  # known before the insert, so the request and its event are inserted together
@@ -246,7 +320,7 @@ def _new_request(
         sample_ids=named.ids,
         subject_ids=named.subjects or None,
         sample_count=len(named.ids),
-        already_forgotten_count=len(forgotten.intersection(named.ids)),
+        already_forgotten_count=already,
         requester_key_id=key.id,
         idempotency_key=idempotency_key,
         body_sha256=body_digest(named.samples, reference, callback_url, named.subjects),
@@ -299,6 +373,7 @@ def submit(
         named,
         unknown=set(unknown),
         forgotten=already,
+        training=training_set(session, model),
         reference=reference,
         idempotency_key=idempotency_key,
         callback_url=callback_url,
@@ -351,14 +426,136 @@ class Accepted:
     created: bool
 
 
-def _model(session: Session, models: dict[tuple[str, str], Model], tenant: str, name: str) -> Model:
-    """`get_model`, once per (tenant, name) per batch."""
+@dataclass(frozen=True)
+class _Loaded:
+    """A model of the batch and its training set's counts."""
+
+    model: Model
+    training: _TrainingSet
+
+
+def _model(session: Session, models: dict[tuple[str, str], _Loaded], tenant: str, name: str) -> _Loaded:
+    """`get_model` and its `_TrainingSet`, in one query, once per (tenant, name) per batch."""
     if (tenant, name) not in models:
-        model = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
-        if model is None:
+        row = session.execute(
+            select(Model, Dataset.num_samples, func.coalesce(ModelVersion.forgotten_count, 0))
+            .join(Dataset, Dataset.id == Model.train_dataset_id)
+            .outerjoin(
+                ModelVersion,
+                and_(ModelVersion.model_id == Model.id, ModelVersion.number == Model.latest_version),
+            )
+            .where(Model.tenant == tenant, Model.name == name)
+        ).one_or_none()
+        if row is None:
             raise NotFound(f"model {name!r} not found")
-        models[(tenant, name)] = model
+        model, size, forgotten = row
+        models[(tenant, name)] = _Loaded(model, _TrainingSet(size, forgotten))
     return models[(tenant, name)]
+
+
+@dataclass
+class _Intake:
+    """One `accept_many` call: the outcomes so far and the rows to write."""
+
+    session: Session
+    batch: Sequence[Submission]
+    policy: IntakePolicy
+    outcomes: list[Accepted | ProblemError | None]
+    models: dict[tuple[str, str], _Loaded] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    audit_rows: list[dict[str, Any]] = field(default_factory=list)
+    woken: dict[str, Model] = field(default_factory=dict)
+
+    def decide(self, indices: Sequence[int]) -> list[int]:
+        """One pass over the requests at `indices`: decide each, except one whose Idempotency-Key an
+        earlier request of this pass is creating. That one follows it: a replay of the request it
+        creates, or the 422 for a key reused with another body (or model); if the earlier one is refused,
+        nothing holds the key, and the indices of its followers are returned for another pass."""
+        session, policy = self.session, self.policy
+        screened: dict[str, list[tuple[int, _Named]]] = {}  # model id -> (index, what it names)
+        loaded: dict[str, _Loaded] = {}
+        creating: dict[tuple[str, str], int] = {}  # (tenant, key) -> the index creating that request
+        following: list[tuple[int, int, str, Model]] = []  # (index, the index it follows, digest, model)
+        for i in indices:
+            sub = self.batch[i]
+            try:
+                entry = _model(session, self.models, sub.key.tenant, sub.model)
+                model = entry.model
+                held: tuple[str, str] | None = None
+                if sub.idempotency_key is not None:
+                    held = (sub.key.tenant, sub.idempotency_key)
+                    digest = body_digest(
+                        dedupe(sub.sample_ids), sub.reference, sub.callback_url, dedupe(sub.subject_ids)
+                    )
+                    if held in creating:
+                        following.append((i, creating[held], digest, model))
+                        continue
+                    existing = find_idempotent(
+                        session, tenant=sub.key.tenant, idempotency_key=sub.idempotency_key, digest=digest
+                    )
+                    if existing is not None:
+                        self.outcomes[i] = _replay(existing, digest, model)
+                        continue
+                named = _screen(
+                    session,
+                    model,
+                    sample_ids=sub.sample_ids,
+                    subject_ids=sub.subject_ids,
+                    max_ids=policy.max_ids,
+                    callback_url=sub.callback_url,
+                    allowed_hosts=policy.allowed_hosts,
+                    allow_http=policy.allow_http,
+                )
+                screened.setdefault(model.id, []).append((i, named))
+                loaded[model.id] = entry
+                if held is not None:
+                    creating[held] = i
+            except ProblemError as exc:
+                self.outcomes[i] = exc
+        for model_id, group in screened.items():
+            self._create(loaded[model_id], group)
+        again: list[int] = []
+        for i, first, digest, model in following:
+            earlier = self.outcomes[first]
+            if not isinstance(earlier, Accepted):
+                again.append(i)
+                continue
+            try:
+                self.outcomes[i] = _replay(earlier.request, digest, model)
+            except ProblemError as exc:
+                self.outcomes[i] = exc
+        return again
+
+    def _create(self, entry: _Loaded, group: list[tuple[int, _Named]]) -> None:
+        """The new requests of one model: one training-set lookup for all their IDs, then each one's row
+        and audit event, or its refusal."""
+        model = entry.model
+        unknown, forgotten = classify_ids(self.session, model, dedupe(i for _, n in group for i in n.ids))
+        missing = set(unknown)
+        for i, named in group:
+            sub = self.batch[i]
+            try:
+                req = _new_request(
+                    self.session,
+                    model,
+                    sub.key,
+                    named,
+                    unknown=missing,
+                    forgotten=forgotten,
+                    training=entry.training,
+                    reference=sub.reference,
+                    idempotency_key=sub.idempotency_key,
+                    callback_url=sub.callback_url,
+                )
+            except ProblemError as exc:
+                self.outcomes[i] = exc
+                continue
+            self.requests.append({c.key: getattr(req, c.key) for c in _REQUEST_COLUMNS})
+            self.audit_rows.append(
+                events.request_received_row(req, model_name=model.name, actor=events.key_actor(sub.key))
+            )
+            self.outcomes[i] = Accepted(req, model.name, created=True)
+            self.woken[model.id] = model
 
 
 def accept_many(
@@ -371,84 +568,25 @@ def accept_many(
     gets one training-set lookup for all the batch's IDs and one wake decision (`queue.wake_due`), and
     a worker is woken after the commit; if the broker is down, the reconciler finds the requests.
 
-    A replay of an Idempotency-Key returns the first request (created False). Two requests of one batch
-    with the same key: the second is told to retry (409), as when two processes race."""
-    outcomes: list[Accepted | ProblemError | None] = [None] * len(batch)
-    models: dict[tuple[str, str], Model] = {}
-    screened: dict[str, list[tuple[int, _Named]]] = {}  # model id -> (index, what it names)
-    keys_seen: set[tuple[str, str]] = set()
-    for i, sub in enumerate(batch):
-        try:
-            model = _model(session, models, sub.key.tenant, sub.model)
-            if sub.idempotency_key is not None:
-                if (sub.key.tenant, sub.idempotency_key) in keys_seen:
-                    raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
-                keys_seen.add((sub.key.tenant, sub.idempotency_key))
-                digest = body_digest(
-                    dedupe(sub.sample_ids), sub.reference, sub.callback_url, dedupe(sub.subject_ids)
-                )
-                existing = find_idempotent(
-                    session, tenant=sub.key.tenant, idempotency_key=sub.idempotency_key, digest=digest
-                )
-                if existing is not None:
-                    if existing.model_id != model.id:
-                        raise Unprocessable("this Idempotency-Key was already used for another model")
-                    outcomes[i] = Accepted(existing, model.name, created=False)
-                    continue
-            named = _screen(
-                session,
-                model,
-                sample_ids=sub.sample_ids,
-                subject_ids=sub.subject_ids,
-                max_ids=policy.max_ids,
-                callback_url=sub.callback_url,
-                allowed_hosts=policy.allowed_hosts,
-                allow_http=policy.allow_http,
-            )
-            screened.setdefault(model.id, []).append((i, named))
-        except ProblemError as exc:
-            outcomes[i] = exc
-    by_id = {m.id: m for m in models.values()}
-    requests: list[dict[str, Any]] = []
-    audit_rows: list[dict[str, Any]] = []
-    woken: list[Model] = []
-    for model_id, group in screened.items():
-        model = by_id[model_id]
-        unknown, forgotten = classify_ids(session, model, dedupe(i for _, n in group for i in n.ids))
-        missing = set(unknown)
-        for i, named in group:
-            sub = batch[i]
-            try:
-                req = _new_request(
-                    session,
-                    model,
-                    sub.key,
-                    named,
-                    unknown=missing,
-                    forgotten=forgotten,
-                    reference=sub.reference,
-                    idempotency_key=sub.idempotency_key,
-                    callback_url=sub.callback_url,
-                )
-            except ProblemError as exc:
-                outcomes[i] = exc
-                continue
-            requests.append({c.key: getattr(req, c.key) for c in _REQUEST_COLUMNS})
-            audit_rows.append(
-                events.request_received_row(req, model_name=model.name, actor=events.key_actor(sub.key))
-            )
-            outcomes[i] = Accepted(req, model.name, created=True)
-        if any(isinstance(outcomes[i], Accepted) for i, _ in group):
-            woken.append(model)
+    A replay of an Idempotency-Key returns the first request (created False). Requests of one batch with
+    the same key are answered as if sent one after another: a later one is a replay of the request the
+    first creates (created False), or the 422 for a key reused with another body; should the first be
+    refused, nothing holds the key and the later ones are checked again on their own (another pass, and
+    its training-set lookup, before anything is written)."""
+    intake = _Intake(session, batch, policy, outcomes=[None] * len(batch))
+    pending: Sequence[int] = range(len(batch))
+    while pending:
+        pending = intake.decide(pending)
     wakes: list[tuple[str, float | None]] = []
-    if requests:
-        session.execute(insert(DeletionRequest), requests)
-        session.execute(insert(AuditEvent), audit_rows)
-        wakes = [(m.id, wake_due(session, m, policy.wake_seconds)) for m in woken]
+    if intake.requests:
+        session.execute(insert(DeletionRequest), intake.requests)
+        session.execute(insert(AuditEvent), intake.audit_rows)
+        wakes = [(m.id, wake_due(session, m, policy.wake_seconds)) for m in intake.woken.values()]
     session.commit()
     for model_id, countdown in wakes:
         if countdown is not None:
             send_run_model(celery, model_id, countdown)
+    outcomes = intake.outcomes
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]
 

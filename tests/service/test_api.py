@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 
 from service.api.app import create_app, served_app
 from service.api.views import PENDING_COUNT_CAP
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import AuditEvent, DeletionRequest
+from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
@@ -125,6 +126,76 @@ def test_unknown_ids_are_rejected_by_name_and_nothing_is_written(api: Api) -> No
     assert body["unknown_ids"] == ["nope-1", "nope-2"]
     assert body["unknown_count"] == 2
     assert api.counts() == before
+
+
+def forget(url: str, model: str, ids: list[str]) -> None:
+    """Publish a version that forgot `ids`, as a completed job leaves it: the forgotten rows and a new
+    latest version with the cumulative count, in one transaction."""
+    with session_scope(url) as s:
+        m = s.scalars(select(Model).where(Model.name == model)).one()
+        base = s.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == m.latest_version)
+        ).one()
+        number = m.latest_version + 1
+        s.add(
+            ModelVersion(
+                model_id=m.id,
+                number=number,
+                parent_number=base.number,
+                checkpoint_uri=f"/nonexistent/v{number}.safetensors",
+                sha256=base.sha256,
+                forgotten_count=base.forgotten_count + len(ids),
+            )
+        )
+        s.add_all(ForgottenSample(model_id=m.id, sample_id=i, version_number=number) for i in ids)
+        m.latest_version = number
+
+
+def test_a_request_that_would_forget_every_remaining_training_sample_is_refused(api: Api) -> None:
+    """Its job could only fail (no retain set), and fail every request coalesced with it: refused at
+    intake, single or batch item, with a 422 that says why and what to do; one sample left is accepted."""
+    everything = [f"toy-{i:04d}" for i in range(50)]
+    before = api.counts()
+    r = post(api, {"sample_ids": everything})
+    assert r.status_code == 422, r.text
+    assert r.json()["remaining_training_samples"] == 50
+    assert "all 50 remaining training sample(s)" in r.json()["detail"]
+    assert "stop serving model 'toy'" in r.json()["detail"]
+    forget(api.url, "toy", everything[:47])  # 3 left: toy-0047..49
+    left = everything[47:]
+    for body in ({"sample_ids": left}, {"sample_ids": [*left, "toy-0001"]}):  # one already forgotten
+        r = post(api, body)
+        assert r.status_code == 422, r.text
+        assert r.json()["remaining_training_samples"] == 3
+        assert "(50 in its training set, 47 already forgotten)" in r.json()["detail"]
+    assert api.counts() == before  # nothing written
+    batch = api.client.post(
+        "/v1/models/toy/deletion-requests/batch",
+        json={"requests": [{"sample_ids": left}, {"sample_ids": left[:2]}, {"sample_ids": ["toy-0002"]}]},
+        headers=api.auth(),
+    )
+    assert [x["status"] for x in batch.json()["results"]] == [422, 202, 202], batch.text
+    assert batch.json()["results"][0]["problem"] == r.json()  # as its own POST was answered
+    assert post(api, {"sample_ids": left[1:]}).status_code == 202  # leaves one sample
+
+
+def test_an_ordinary_request_does_not_count_the_forgotten_samples(api: Api) -> None:
+    """The emptiness check reads the forgotten count only for a request naming as many new samples as
+    the model has left: intake's hot path keeps its round trips."""
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        assert post(api, {"sample_ids": ["toy-0001", "toy-0002"]}).status_code == 202
+        ordinary = list(statements)
+        assert post(api, {"sample_ids": [f"toy-{i:04d}" for i in range(50)]}).status_code == 422
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    counts = [x for x in statements if "count(" in x.lower() and "forgotten_samples" in x]
+    assert ordinary and len(counts) == 1 and counts[0] not in ordinary, statements
 
 
 @pytest.mark.parametrize(

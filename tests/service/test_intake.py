@@ -95,13 +95,13 @@ def test_one_batch_accepts_the_good_requests_and_refuses_each_bad_one_alone(db_u
         _submission(key, ["toy-0004"], model="missing"),  # no such model
         _submission(key, ["new-0001"], model="new"),  # a model not ready
         _submission(key, ["toy-0002", "toy-0005"], idempotency_key="k-1"),
-        _submission(key, ["toy-0006"], idempotency_key="k-1"),  # the same key, in the same batch
+        _submission(key, ["toy-0006"], idempotency_key="k-1"),  # the same key with another body
         _submission(key, ["toy-0007"], callback_url="https://evil.example/hook"),  # not on the allow-list
     ]
     with session_scope(db_url) as s:
         outcomes = accept_many(s, make_celery(Settings()), batch, IntakePolicy(max_ids=100))
     assert [type(o).__name__ for o in outcomes] == [
-        "Accepted", "Unprocessable", "NotFound", "Conflict", "Accepted", "Conflict", "Unprocessable",
+        "Accepted", "Unprocessable", "NotFound", "Conflict", "Accepted", "Unprocessable", "Unprocessable",
     ]  # fmt: skip
     accepted = [o for o in outcomes if isinstance(o, Accepted)]
     assert all(a.created for a in accepted)
@@ -215,6 +215,68 @@ def test_a_batch_post_answers_each_request_as_its_own_post_would(backend: Backen
     with session_scope(url) as s:
         rows = set(s.scalars(select(DeletionRequest.id)))
         assert rows == set(ids) | {results[9]["request"]["id"]}
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.received"))
+        assert sorted(e.entity_id for e in events) == sorted(rows)
+
+
+def test_a_batch_repeating_an_idempotency_key_answers_each_item_as_its_own_post_would(
+    backend: Backend,
+) -> None:
+    """Items of one batch sharing a key are answered as if posted one after another: the same body again
+    replays the request the first created (200, that request), another body is the 422 of a reused key;
+    if the first is refused, nothing holds the key and the next is checked on its own. Once they are
+    committed, the same batch again replays (it used to answer 409 'still in flight' for ever)."""
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    migrate.upgrade(url)
+    with session_scope(url) as s:
+        make_model(s, name="toy", n_train=200)
+        key = make_key(s, scopes=("deletion:write", "jobs:read"))
+    auth = {"Authorization": f"Bearer {key}"}
+    items: list[dict[str, Any]] = [
+        {"sample_ids": ["toy-0001", "toy-0002"], "reference": "T-1", "idempotency_key": "dup"},
+        {"sample_ids": ["toy-0002", "toy-0001"], "reference": "T-1", "idempotency_key": "dup"},  # same body
+        {"sample_ids": ["toy-0003"], "reference": "T-1", "idempotency_key": "dup"},  # another body
+        {"sample_ids": ["toy-0004", "not-in-the-training-set"], "idempotency_key": "fixed"},  # refused
+        {"sample_ids": ["toy-0004"], "idempotency_key": "fixed"},  # the key is free: a new request
+        {"sample_ids": ["toy-0004"], "idempotency_key": "fixed"},  # and a replay of that one
+        {"sample_ids": ["toy-0005"], "idempotency_key": "other"},
+    ]
+    app = create_app(settings)
+    with TestClient(app) as client:
+        first = client.post("/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=auth)
+        assert first.status_code == 200, first.text
+        results = first.json()["results"]
+        assert [r["status"] for r in results] == [202, 200, 422, 422, 202, 200, 202], results
+        assert (first.json()["accepted"], first.json()["refused"]) == (5, 2)
+        assert app.state.intake.stats()[0] == 1  # still one transaction
+        ids = [r["request"]["id"] if r["request"] else None for r in results]
+        assert ids[1] == ids[0] and ids[5] == ids[4]
+        assert len({ids[0], ids[4], ids[6]}) == 3
+        assert results[1]["request"] == results[0]["request"]
+        assert results[3]["problem"]["unknown_ids"] == ["not-in-the-training-set"]
+        # The reused key's problem is the one a single POST reusing it gets.
+        single = client.post(
+            "/v1/models/toy/deletion-requests",
+            json={"sample_ids": ["toy-0003"], "reference": "T-1"},
+            headers={**auth, "Idempotency-Key": "dup"},
+        )
+        assert single.status_code == 422
+        assert results[2]["problem"] == single.json()
+        assert results[2]["request"] is None
+        # The batch again: every keyed item replays (or is refused) as before; nothing is written twice.
+        again = client.post("/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=auth)
+        results = again.json()["results"]
+        assert [r["status"] for r in results] == [200, 200, 422, 422, 200, 200, 200], results
+        assert [r["request"]["id"] if r["request"] else None for r in results] == [
+            ids[0], ids[0], None, None, ids[4], ids[4], ids[6],
+        ]  # fmt: skip
+        assert results[2]["problem"] == single.json()
+    with session_scope(url) as s:
+        rows = {r.id: r for r in s.scalars(select(DeletionRequest))}
+        assert set(rows) == {ids[0], ids[4], ids[6]}
+        assert rows[ids[4]].sample_ids == ["toy-0004"]
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.received"))
         assert sorted(e.entity_id for e in events) == sorted(rows)
 
