@@ -219,7 +219,7 @@ def load_csv_manifest(path: str | Path, features: Features = None) -> SampleData
     normalise (``mean``, ``std``) and resize (``size``)."""
     path = Path(path)
     root = manifest_root(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a leading BOM (Excel) is not a header
         reader = csv.DictReader(f)
         rows = [(reader.line_num, r) for r in reader]
     missing = {"sample_id", "path", "label"} - set(reader.fieldnames or ())

@@ -110,7 +110,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, TextRecord | str]]:
 
 
 def _text_csv(path: Path) -> Iterator[tuple[int, TextRecord | str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # a leading BOM (Excel) is not a header
         reader = csv.DictReader(fh)
         missing = {"sample_id", "text", "label"} - set(reader.fieldnames or ())
         if missing:

@@ -74,7 +74,9 @@ def split(
 
 
 def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
-    """Exact retrain uses the model's registered training recipe unless the params override it."""
+    """Exact retrain uses the model's registered training recipe unless the params override it. The API
+    refuses a recipe that `parse_params("retrain", ...)` refuses; fields it does not know are dropped here
+    only for recipes stored before that check."""
     if method != "retrain" or not recipe:
         return params
     fields = {f.name for f in dataclasses.fields(params_class(method))}
@@ -89,6 +91,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
 
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
+
     def load(ref: DatasetRef) -> SampleDataset:
         return load_registered(ref, workers=settings.loader_workers)
 

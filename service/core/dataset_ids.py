@@ -221,7 +221,7 @@ def _csv(path: Path) -> DatasetIds:
     subjects: list[str | None] = []
     root = manifest_root(path)
     refused: list[tuple[int, str]] = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # a leading BOM is not a header
         reader = csv.DictReader(fh)
         need = {"sample_id", "path", "label"}
         if not need <= set(reader.fieldnames or ()):

@@ -161,7 +161,7 @@ def _manifest_channels(path: Path) -> int | None:
     """Channels of the manifest's first image, from its header (None if it cannot tell: the loader
     checks again when it reads them all)."""
     root = manifest_root(path)
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # as service.core.dataset_ids reads it
         row = next(csv.DictReader(fh), None)
     raw = (row or {}).get("path") or ""
     if not raw or path_problem(root, raw) is not None:

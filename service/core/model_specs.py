@@ -34,11 +34,22 @@ def registered_dataset(session: Session, tenant: str, dataset_id: str) -> Datase
     return ds
 
 
-def check_labels(session: Session, train: Dataset, num_classes: int) -> None:
-    top = session.scalar(select(func.max(DatasetSample.label)).where(DatasetSample.dataset_id == train.id))
-    low = session.scalar(select(func.min(DatasetSample.label)).where(DatasetSample.dataset_id == train.id))
-    if top is not None and (top >= num_classes or (low or 0) < 0):
-        raise Unprocessable(f"training labels span [{low}, {top}] but num_classes is {num_classes}")
+def check_labels(session: Session, dataset: Dataset, num_classes: int, role: str = "training") -> None:
+    """Every label of `dataset` is a class index of the model: in [0, num_classes). A test or held-out
+    label out of range passed registration and broke the worker instead (the model `invalid` with an
+    index error, or `ready` with every deletion failing)."""
+    low, top = session.execute(
+        select(func.min(DatasetSample.label), func.max(DatasetSample.label)).where(
+            DatasetSample.dataset_id == dataset.id
+        )
+    ).one()
+    if top is not None and (top >= num_classes or low < 0):
+        field = {"training": "train_dataset", "test": "test_dataset", "held-out": "heldout_dataset"}[role]
+        msg = (
+            f"{role} labels span [{low}, {top}] but num_classes is {num_classes}: every label must be in "
+            f"[0, {num_classes}) ({field} {dataset.name!r}, id {dataset.id})"
+        )
+        raise Unprocessable(msg, errors=[{"loc": ["spec", field], "msg": msg, "type": "value_error"}])
 
 
 def check_methods(default_method: str, default_params: dict[str, Any], fallback_methods: list[str]) -> None:
@@ -50,6 +61,21 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
             parse_params(method, params)
         except (KeyError, ValueError, TypeError) as exc:
             raise Unprocessable(f"method {method!r}: {exc}") from exc
+
+
+def check_recipe(recipe: dict[str, Any], where: str = "spec") -> None:
+    """`train_recipe` is what the `retrain` method reads as its params (workers/runner.py: with_recipe), so
+    it is parsed here as the worker parses them: unknown fields, wrong types and out-of-bounds values
+    are a 422 naming the field, not a failed job later."""
+    from models.unlearning.params import parse_params  # torch-free by contract (tested)
+
+    try:
+        parse_params("retrain", recipe)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise Unprocessable(
+            f"train_recipe: {exc}",
+            errors=[{"loc": [where, "train_recipe"], "msg": str(exc), "type": "value_error"}],
+        ) from exc
 
 
 def check_architecture(

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.core import events
 from service.core.db.engine import is_postgres
 from service.core.db.tables import Dataset, DatasetSample, Model, ModelVersion
-from service.core.model_specs import check_methods, require_finite
+from service.core.model_specs import check_methods, check_recipe, require_finite
 from service.core.states import ModelStatus
 
 _BATCH = 5000
@@ -178,6 +178,8 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
     if fallbacks is None:
         fallbacks = m.fallback_methods
     check_methods(method, params, fallbacks)
+    if changes.get("train_recipe") is not None:
+        check_recipe(changes["train_recipe"], where="body")
     m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks
     if changes.get("gates") is not None:
         m.gates = changes["gates"]

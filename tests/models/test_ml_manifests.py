@@ -31,6 +31,13 @@ def test_files_inside_the_folder_load(tmp_path: Path) -> None:
     )
 
 
+def test_a_manifest_starting_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = manifest(tmp_path / "m", ["s1,a.npy,0", "s2,b.npy,1"])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Excel writes "CSV UTF-8"
+    ds = load_csv_manifest(path)
+    assert ds.ids == ["s1", "s2"] and ds.y.tolist() == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("row", "says"),
     [

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from service.core.dataset_ids import read_ids
 from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, DatasetSample
 from service.core.settings import Settings
 from tests.factories import make_key
 from tests.liveapp import LiveApp, prepared, serve
+from workers.datasets import DatasetRef, load_registered
 
 
 @pytest.fixture
@@ -133,6 +136,29 @@ def test_manifest_paths_that_leave_its_folder_are_refused_naming_the_lines(
         r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
     assert r.status_code == 201, r.text
     assert r.json()["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def test_a_manifest_that_starts_with_a_byte_order_mark_registers_and_loads(live: tuple[LiveApp, str]) -> None:
+    """Excel writes "CSV UTF-8" with a BOM; it is not part of the first column's name."""
+    app, admin = live
+    folder = app.settings.dataset_dir / "bom"
+    folder.mkdir(parents=True)
+    manifest = write_manifest(folder, ["s-1,a.npy,0", "s-2,a.npy,1"])
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "bom", "kind": "csv_manifest", "uri": str(manifest)})
+    assert r.status_code == 201, r.text
+    assert r.json()["num_samples"] == 2
+    with session_scope(app.db) as s:
+        stored = s.execute(
+            select(DatasetSample.sample_id, DatasetSample.label)
+            .where(DatasetSample.dataset_id == r.json()["id"])
+            .order_by(DatasetSample.position)
+        ).all()
+        ref = DatasetRef.of(s.get_one(Dataset, r.json()["id"]))
+    assert [tuple(row) for row in stored] == [("s-1", 0), ("s-2", 1)]
+    ds = load_registered(ref, workers=0)  # what a worker reads
+    assert ds.ids == ["s-1", "s-2"] and ds.y.tolist() == [0, 1]
 
 
 def test_a_dataset_registered_by_path_carries_its_files_sha256(live: tuple[LiveApp, str]) -> None:

@@ -129,6 +129,36 @@ def test_a_text_dataset_and_its_tokenizer_upload_together(api: Api) -> None:
     assert isinstance(ds.x, dict) and ds.x["input_ids"].shape == (30, 8)
 
 
+def test_a_text_csv_that_starts_with_a_byte_order_mark_registers_and_loads(api: Api) -> None:
+    """Excel writes "CSV UTF-8" with a BOM; read as plain UTF-8 it glued itself to the first column's name,
+    and the header was refused as missing sample_id."""
+    bom = b"\xef\xbb\xbf" + (api.data / "news.csv").read_bytes()
+    (api.data / "bom.csv").write_bytes(bom)
+    rows = sentences(30, 0)
+    expected = [(f"c-{i:03d}", label) for i, (_, label) in enumerate(rows)]
+    r = api.register("bom", "text_csv", "bom.csv")
+    assert r.status_code == 201, r.text
+    assert api.samples(r.json()["id"]) == expected
+    up = api.client.post(
+        "/v1/datasets/upload",
+        data={
+            "name": "bom-up",
+            "kind": "text_csv",
+            "features": json.dumps({"type": "text", "max_length": 8}),
+        },
+        files={
+            "file": ("bom.csv", bom),
+            "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
+        },
+    )
+    assert up.status_code == 201, up.text
+    assert api.samples(up.json()["id"]) == expected
+    for got in (r.json(), up.json()):
+        with session_scope(api.settings.resolved_database_url) as s:
+            ds = load_registered(DatasetRef.of(s.get_one(Dataset, got["id"])))  # what a worker reads
+        assert [(i, int(y)) for i, y in zip(ds.ids, ds.y.tolist(), strict=True)] == expected
+
+
 def test_bad_json_lines_are_a_422_naming_each_line(api: Api) -> None:
     lines = [
         json.dumps({"sample_id": "a", "text": "the chef baked today", "label": 2}),

@@ -27,6 +27,7 @@ from service.core.model_specs import (
     check_architecture,
     check_labels,
     check_methods,
+    check_recipe,
     check_time_limit,
     registered_dataset,
 )
@@ -201,6 +202,7 @@ def register_model_route(
         body = with_uploaded_config(body, config)
     check_architecture(body.architecture, body.arch_kwargs, body.num_classes, settings.max_params)
     check_methods(body.default_method, body.default_params, body.fallback_methods)
+    check_recipe(body.train_recipe)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     _check_registrable(session, key.tenant, body)
     session.commit()  # end the checks' transaction before the long copy
@@ -250,7 +252,7 @@ def _name_taken(name: str) -> Conflict:
 def _check_registrable(
     session: SessionDep, tenant: str, body: ModelCreate
 ) -> tuple[Dataset, Dataset, Dataset | None]:
-    """The registration's database checks: a free name, its datasets, their labels. Returns the
+    """The registration's database checks: a free name, its datasets, the labels of each. Returns the
     datasets (training, test, held-out or None)."""
     if session.scalar(select(Model.id).where(Model.tenant == tenant, Model.name == body.name)):
         raise _name_taken(body.name)
@@ -262,6 +264,9 @@ def _check_registrable(
             "scoring on it would grade the method on data it was tuned against"
         )
     check_labels(session, train, body.num_classes)
+    check_labels(session, test, body.num_classes, "test")
+    if heldout is not None:
+        check_labels(session, heldout, body.num_classes, "held-out")
     return train, test, heldout
 
 

@@ -1,0 +1,150 @@
+"""What registration and a policy change check before a worker ever sees the model: every dataset's labels
+are class indices of the model (a test or held-out label out of range used to pass, then make the model
+`invalid`, or `ready` with every deletion failing), and `train_recipe` parses as the `retrain` method's
+params, as the worker parses them (a bad recipe used to pass, then fail every retrain job)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save as save_safetensors
+from sqlalchemy import select
+
+from service.api.app import create_app
+from service.core.db.engine import session_scope
+from service.core.db.tables import Model
+from service.core.registry import register_dataset
+from tests.conftest import Backend
+from tests.factories import make_key, make_model
+from tests.liveapp import prepared
+
+CHECKPOINT = save_safetensors({"w": np.zeros((4, 4), dtype=np.float32)})
+
+
+@dataclass
+class Api:
+    client: TestClient
+    url: str
+    datasets: dict[str, str]  # name -> id
+
+    def register(self, **spec: Any) -> Any:
+        body = {
+            "name": "m",
+            "architecture": "mlp",
+            "num_classes": 3,
+            "train_dataset": self.datasets["train"],
+            "test_dataset": self.datasets["test"],
+            **spec,
+        }
+        files = {"checkpoint": ("v1.safetensors", CHECKPOINT)}
+        return self.client.post("/v1/models", data={"spec": json.dumps(body)}, files=files)
+
+    def model_names(self) -> list[str]:
+        return [m["name"] for m in self.client.get("/v1/models").json()]
+
+    def recipe(self, name: str) -> dict[str, Any]:
+        with session_scope(self.url) as s:
+            return dict(s.scalars(select(Model.train_recipe).where(Model.name == name)).one())
+
+
+LABELS = {
+    "train": [0, 1, 2, 0, 1, 2],
+    "test": [0, 1, 2, 2],
+    "heldout": [2, 1, 0],
+    "test-high": [3, 7, 9],
+    "heldout-high": [0, 9, 1],
+    "test-negative": [0, -1, 2],
+    "heldout-negative": [-2, 0],
+}
+
+
+@pytest.fixture
+def api(backend: Backend) -> Iterator[Api]:
+    """Datasets named as in LABELS, model `toy` (10 classes) for PATCH, and an admin client."""
+    settings = prepared(backend.settings())
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        make_model(s, name="toy")
+        datasets = {
+            name: register_dataset(
+                s,
+                tenant="default",
+                name=name,
+                kind="npz",
+                uri=f"/nonexistent/{name}.npz",
+                sample_ids=[f"{name}-{i}" for i in range(len(labels))],
+                labels=labels,
+                actor="test",
+            ).id
+            for name, labels in LABELS.items()
+        }
+        admin = make_key(s, scopes=("admin",))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {admin}"}) as client:
+        yield Api(client, url, datasets)
+
+
+@pytest.mark.parametrize(
+    ("field", "dataset", "says"),
+    [
+        ("test_dataset", "test-high", "test labels span [3, 9] but num_classes is 3"),
+        ("test_dataset", "test-negative", "test labels span [-1, 2] but num_classes is 3"),
+        ("heldout_dataset", "heldout-high", "held-out labels span [0, 9] but num_classes is 3"),
+        ("heldout_dataset", "heldout-negative", "held-out labels span [-2, 0] but num_classes is 3"),
+    ],
+)
+def test_a_test_or_heldout_set_with_labels_outside_the_classes_is_a_422_naming_it(
+    api: Api, field: str, dataset: str, says: str
+) -> None:
+    r = api.register(**{field: api.datasets[dataset]})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert says in body["detail"] and repr(dataset) in body["detail"], body["detail"]
+    assert body["errors"][0]["loc"] == ["spec", field]
+    assert "m" not in api.model_names()  # nothing registered
+    r = api.register(heldout_dataset=api.datasets["heldout"])  # the same model with sets in range
+    assert r.status_code == 202, r.text
+
+
+def test_training_labels_are_still_checked(api: Api) -> None:
+    r = api.register(train_dataset=api.datasets["test-high"])
+    assert r.status_code == 422 and "training labels span [3, 9]" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "says"),
+    [
+        ({"epochs": "x"}, "retrain.epochs must be an integer, got 'x'"),
+        ({"epochs": 2.5}, "retrain.epochs must be an integer, got 2.5"),
+        ({"lr": -1}, "retrain.lr must be in"),
+        ({"optimizer": "lion"}, "retrain.optimizer must be one of ['sgd', 'adam']"),
+        ({"bogus": 1, "epochs": 3}, "unknown retrain param(s): bogus"),
+    ],
+)
+def test_a_train_recipe_the_retrain_method_cannot_read_is_a_422_naming_the_field(
+    api: Api, recipe: dict[str, Any], says: str
+) -> None:
+    r = api.register(train_recipe=recipe)
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"] and r.json()["errors"][0]["loc"] == ["spec", "train_recipe"]
+    assert "m" not in api.model_names()
+
+    r = api.client.patch("/v1/models/toy", json={"train_recipe": recipe})
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"] and r.json()["errors"][0]["loc"] == ["body", "train_recipe"]
+    assert api.recipe("toy") == {}  # unchanged by the refusal
+
+
+def test_a_valid_train_recipe_registers_and_patches(api: Api) -> None:
+    recipe = {"epochs": 5, "lr": 0.1, "batch_size": 32, "optimizer": "adam", "schedule": "constant"}
+    r = api.register(train_recipe=recipe)
+    assert r.status_code == 202, r.text
+    assert api.recipe("m") == recipe
+    r = api.client.patch("/v1/models/toy", json={"train_recipe": {"epochs": 2, "seed": 7}})
+    assert r.status_code == 200, r.text
+    assert api.recipe("toy") == {"epochs": 2, "seed": 7}
