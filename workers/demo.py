@@ -13,6 +13,7 @@ import torch
 from sqlalchemy import select
 
 from models.architectures import build_model
+from models.calibration import held_out
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset, load_digits_split, save_npz
 from models.training import DIGITS_RECIPE, TrainRecipe, train
@@ -70,7 +71,9 @@ def register_local_model(
     paths = {split: settings.dataset_dir / f"{name}-{split}.npz" for split in ("train", "test")}
     save_npz(train_ds, paths["train"])
     save_npz(test_ds, paths["test"])
-    metrics = v1_metrics(model, train_ds, test_ds)
+    # Scored like every later version: on the scoring half of the test set (the method calibrates on the
+    # other half), so v1 -> v2 in the version line compares like with like.
+    metrics = v1_metrics(model, train_ds, held_out(test_ds, None).scoring)
     ckpt = version_path(settings.checkpoint_dir, f"{name}-registered", 1)
     num_classes = int(arch_kwargs.get("num_classes", train_ds.num_classes))
     digest = save_checkpoint(

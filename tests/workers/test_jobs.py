@@ -100,6 +100,17 @@ def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings
     assert bench["forgotten_class_test_accuracy"] == pytest.approx(published["forgotten_class_test_accuracy"])
 
 
+def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) -> None:
+    """The version line compares like with like: v1's TA is the job's base TA (same model, same data)."""
+    model_id, _ = submit(demo, [f"digits-{i:04d}" for i in range(0, 200, 10)])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        v1 = s.scalars(select(ModelVersion.metrics).where(ModelVersion.number == 1)).one()
+        job = s.scalars(select(Job)).one()
+    assert v1["test_count"] == job.metrics["data"]["scoring"]["samples"] == job.metrics["base"]["test_count"]
+    assert v1["test_accuracy"] == job.metrics["base"]["test_accuracy"]
+
+
 def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:
         s.execute(update(Model).values(gates={"min_mia_score": 1.01}, fallback_methods=["gradient_ascent"]))
