@@ -90,7 +90,7 @@ def _record(line: int, raw: dict[str, Any], *, from_csv: bool) -> TextRecord | s
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, TextRecord | str]]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a leading BOM (Notepad, Excel) is not JSON
         for line, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue

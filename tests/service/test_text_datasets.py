@@ -129,25 +129,31 @@ def test_a_text_dataset_and_its_tokenizer_upload_together(api: Api) -> None:
     assert isinstance(ds.x, dict) and ds.x["input_ids"].shape == (30, 8)
 
 
-def test_a_text_csv_that_starts_with_a_byte_order_mark_registers_and_loads(api: Api) -> None:
-    """Excel writes "CSV UTF-8" with a BOM; read as plain UTF-8 it glued itself to the first column's name,
-    and the header was refused as missing sample_id."""
-    bom = b"\xef\xbb\xbf" + (api.data / "news.csv").read_bytes()
-    (api.data / "bom.csv").write_bytes(bom)
+@pytest.mark.parametrize(
+    ("kind", "file", "prefix"), [("text_csv", "news.csv", "c"), ("jsonl", "news.jsonl", "j")]
+)
+def test_a_text_file_that_starts_with_a_byte_order_mark_registers_and_loads(
+    api: Api, kind: str, file: str, prefix: str
+) -> None:
+    """Excel writes "CSV UTF-8" with a BOM (and Windows editors write one before JSON lines); read as
+    plain UTF-8 it glued itself to the first column's name, and the header was refused as missing
+    sample_id, or the first line as not JSON."""
+    bom = b"\xef\xbb\xbf" + (api.data / file).read_bytes()
+    (api.data / f"bom-{file}").write_bytes(bom)
     rows = sentences(30, 0)
-    expected = [(f"c-{i:03d}", label) for i, (_, label) in enumerate(rows)]
-    r = api.register("bom", "text_csv", "bom.csv")
+    expected = [(f"{prefix}-{i:03d}", label) for i, (_, label) in enumerate(rows)]
+    r = api.register("bom", kind, f"bom-{file}")
     assert r.status_code == 201, r.text
     assert api.samples(r.json()["id"]) == expected
     up = api.client.post(
         "/v1/datasets/upload",
         data={
             "name": "bom-up",
-            "kind": "text_csv",
+            "kind": kind,
             "features": json.dumps({"type": "text", "max_length": 8}),
         },
         files={
-            "file": ("bom.csv", bom),
+            "file": (file, bom),
             "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
         },
     )
