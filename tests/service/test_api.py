@@ -571,3 +571,13 @@ def test_webhook_secrets_need_an_admin_key_and_stay_in_their_tenant(api: Api) ->
     assert api.client.get("/v1/webhook-secrets", headers=api.auth()).status_code == 403
     assert api.client.post("/v1/webhook-secrets", headers=api.auth(admin)).status_code == 201
     assert api.client.get("/v1/webhook-secrets", headers=api.auth(other)).json() == []
+
+
+def test_an_empty_idempotency_key_is_refused_by_name_and_nothing_is_written(api: Api) -> None:
+    """A batch item's key must not be empty; nor may the header's: a client that sends an empty one meant a
+    key, and taking it for none made its retry a second request."""
+    before = api.counts()
+    r = post(api, {"sample_ids": ["toy-0001"]}, **{"Idempotency-Key": ""})
+    assert r.status_code == 422, r.text
+    assert "idempotency-key" in r.text.lower()
+    assert api.counts() == before

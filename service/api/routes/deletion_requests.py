@@ -47,7 +47,9 @@ async def create_deletion_request(
     request: Request,
     key: DeletionWriter,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    # An empty key is refused, as in a batch item: a client sending one meant a key (an unset variable),
+    # and taking it for none would create a second request on its retry.
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestOut:
     """Async: the request waits on the event loop for its batch (`service.api.intake`), which is
     written with the others that arrived meanwhile; no thread is held per request."""
@@ -59,7 +61,7 @@ async def create_deletion_request(
             sample_ids=body.sample_ids,
             subject_ids=body.subject_ids,
             reference=body.reference,
-            idempotency_key=idempotency_key or None,  # an empty header is no key
+            idempotency_key=idempotency_key,
             callback_url=str(body.callback_url) if body.callback_url else None,
         )
     )
