@@ -189,6 +189,23 @@ def _fix(
     )
 
 
+def non_finite_problem(ds: Role) -> str | None:
+    """Why a dataset held in memory cannot train or score anything: NaN or infinite inputs. Without this
+    check such data reached the model, and validation blamed the architecture ("max difference nan").
+    Rows kept on disk are not read here (that would read the whole set); a non-finite one fails its job."""
+    x = ds.data.x
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return None
+    bad = torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(1)).flatten()
+    if len(bad) == 0:
+        return None
+    first = ", ".join(repr(ds.data.ids[i]) for i in bad[:5].tolist())
+    return (
+        f"the {ds.role} `{ds.name}` holds NaN or infinite input values in {len(bad)} of its {len(x)} "
+        f"samples (first: {first}); clean or drop those samples and register the dataset again"
+    )
+
+
 def check_model_reads(
     model: nn.Module,
     architecture: str,
@@ -206,7 +223,7 @@ def check_model_reads(
             isinstance(x, dict) or not fits(B.sample_shape(x), expected)  # type: ignore[arg-type]
         ):
             raise InputMismatch(explain(architecture, arch_kwargs, expected, ds))
-        problem = vocabulary_problem(model, ds)
+        problem = vocabulary_problem(model, ds) or non_finite_problem(ds)
         if problem is not None:
             raise InputMismatch(problem)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

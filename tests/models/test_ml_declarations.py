@@ -165,3 +165,18 @@ def test_data_that_fits_passes_including_a_flattening_mlp() -> None:
         build_model("small_cnn", num_classes=10), "small_cnn", {}, [Role("training set", "d", ds)]
     )
     check_model_reads(build_model("mlp", num_classes=10), "mlp", {}, [Role("training set", "d", ds)])
+
+
+def test_non_finite_inputs_are_named_not_blamed_on_the_architecture() -> None:
+    """NaN samples used to reach the contract check, which said the classifier was not the last step of
+    the forward pass (max difference nan)."""
+    x = torch.zeros(4, 1, 8, 8)
+    x[1, 0, 2, 2], x[3, 0, 0, 0] = float("nan"), float("inf")
+    ds = SampleDataset(x, torch.zeros(4), ["a", "b", "c", "d"])
+    model = build_model("small_cnn", num_classes=10)
+    with pytest.raises(
+        InputMismatch,
+        match=r"the training set `d` holds NaN or infinite input values in 2 of its 4 samples "
+        r"\(first: 'b', 'd'\)",
+    ):
+        check_model_reads(model, "small_cnn", {}, [Role("training set", "d", ds)])
