@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.core import events, jobs
-from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, utcnow
+from service.core import deletions, events, jobs
+from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Job, Model, utcnow
 from service.core.states import PENDING, JobPhase, JobState, ModelStatus, RequestState, WebhookState
 from workers import leases
 
@@ -68,7 +68,7 @@ def claim_pending(session: Session, model: Model) -> Job | None:
         .limit(MAX_REQUESTS_PER_JOB)
         .with_for_update(skip_locked=True)
     )
-    requests = list(session.scalars(query))
+    requests = _short_of_emptying(session, model, list(session.scalars(query)))
     if not requests:
         return None
     job = Job(
@@ -88,6 +88,32 @@ def claim_pending(session: Session, model: Model) -> Job | None:
         events.request_processing(session, r, job_id=job.id)
     events.job_created(session, job)
     return job
+
+
+def _short_of_emptying(
+    session: Session, model: Model, requests: list[DeletionRequest]
+) -> list[DeletionRequest]:
+    """The oldest requests that together leave the model at least one training sample. Intake refuses a
+    request that alone would forget them all, but two that each leave some can together leave none; a job
+    with nothing to keep the model on fails, and every request coalesced into it failed with it. The
+    request that would empty the set waits for the next job, alone (which fails, saying why) unless
+    something before it is failed or cancelled. The forgotten IDs are read only when the requests name
+    enough samples to empty the set."""
+    training = deletions.training_set(session, model)
+    left = training.size - training.forgotten_at_latest
+    if sum(r.sample_count for r in requests) < left:
+        return requests
+    forgotten = set(
+        session.scalars(select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id))
+    )
+    left = training.size - len(forgotten)
+    named: set[str] = set()
+    for i, r in enumerate(requests):
+        new = {s for s in r.sample_ids if s not in forgotten} - named
+        if i > 0 and len(named) + len(new) >= left:
+            return requests[:i]
+        named |= new
+    return requests
 
 
 def next_job(session: Session, model_id: str) -> str | None:

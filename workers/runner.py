@@ -29,6 +29,12 @@ from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, Le
 from workers.progress import Reporter
 from workers.storage import version_path
 
+NOTHING_LEFT = (
+    "this job would forget every remaining training sample of the model: unlearning keeps a model on the "
+    "samples it has not forgotten, and none would be left; stop serving the model instead (or register "
+    "a new one), or retry with fewer samples"
+)
+
 
 def run_job(settings: Settings, job_id: str, owner: str) -> None:
     """Run a claimed job to its end: completed, failed (with the reason) or cancelled. Raises LeaseLost
@@ -102,6 +108,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)
     forget, retain = split(train, new_ids, ctx.forgotten)
+    if len(retain) == 0:  # claims keep this from coalesced requests; a job from before that still can
+        store.close(JobState.FAILED, error=NOTHING_LEFT)
+        return
     classes = forgotten_classes(train.y, retain.y)
 
     def score(model: torch.nn.Module) -> dict[str, Any]:

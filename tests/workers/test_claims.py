@@ -418,3 +418,19 @@ def test_the_audit_chain_stays_intact_through_claim_resume_and_failure(db_url: s
         assert job_actions == ["job.created"] + ["job.resumed"] * (claims.MAX_ATTEMPTS - 1) + ["job.failed"]
         report = verified_log(s)
         assert report["ok"] and report["events"] == len(actions(s))
+
+
+def test_requests_that_together_would_forget_every_sample_are_not_coalesced(db_url: str) -> None:
+    """Each leaves samples (intake refuses one that leaves none), together they leave none: the job takes
+    the first; the second waits for a job of its own, where it fails alone, saying why."""
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy", n_train=50)
+        ids = [f"toy-{i:04d}" for i in range(50)]
+        first = submit_request(s, model, ids[:30])
+        second = submit_request(s, model, ids[25:])  # 5 named by both: 20 new
+        assert claimed_job(s, model).request_ids == [first.id]
+        s.flush()
+        assert claimed_job(s, model).request_ids == [second.id]  # alone: nothing else rides on it
+        third = submit_request(s, model, ids[:10])  # well short of emptying: coalesced as ever
+        fourth = submit_request(s, model, ids[10:20])
+        assert claimed_job(s, model).request_ids == [third.id, fourth.id]
