@@ -581,3 +581,17 @@ def test_an_empty_idempotency_key_is_refused_by_name_and_nothing_is_written(api:
     assert r.status_code == 422, r.text
     assert "idempotency-key" in r.text.lower()
     assert api.counts() == before
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs?since=2026-01-01T00:00:00", "/v1/audit/export?since=2026-01-01T00:00:00"]
+)
+def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audit_export(
+    api: Api, path: str
+) -> None:
+    """A naive time could mean any of 27 hours; the audit export refused it while the job list took it for
+    UTC (a client probe found the two disagreeing)."""
+    r = api.client.get(path, headers=api.auth())
+    assert r.status_code == 422, r.text
+    assert "need" in r.json()["detail"] and "a timezone, e.g. 2026-01-01T00:00:00Z" in r.json()["detail"]
+    assert api.client.get(path + "Z", headers=api.auth()).status_code == 200

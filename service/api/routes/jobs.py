@@ -14,6 +14,7 @@ from service.api.schemas.jobs import JobOut, JobState
 from service.api.views import job_out
 from service.core import events, jobs
 from service.core.db.tables import Job, Model
+from service.core.errors import Unprocessable
 from service.core.lookups import get_job, get_model
 from service.core.queue import send_run_model
 
@@ -36,6 +37,8 @@ def list_jobs(
     if state is not None:
         query = query.where(Job.state == state)
     if since is not None:
+        if since.tzinfo is None:  # as the audit export: a time without a zone could mean any of 27 hours
+            raise Unprocessable("`since` needs a timezone, e.g. 2026-01-01T00:00:00Z")
         query = query.where(Job.created_at >= utc(since))
     rows, next_cursor = newest_first(session, query, Job, cursor, limit)
     items = [job_out(job, name) for job, name in rows]
