@@ -18,7 +18,7 @@ from models.hooks import Cancelled
 from service.core import events, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
-from service.core.states import JobState
+from service.core.states import JobPhase, JobState
 from workers.datasets import DatasetRef
 
 
@@ -28,6 +28,10 @@ class LeaseLost(RuntimeError):
 
 class JobCancelled(RuntimeError):
     """An admin asked the job to stop (seen by the heartbeat between phases)."""
+
+
+class WorkerStopping(RuntimeError):
+    """The worker was asked to stop: leave the job to the next worker without counting the attempt."""
 
 
 class JobTimedOut(RuntimeError):
@@ -204,6 +208,14 @@ class JobStore:
                 return s.scalar(select(ModelVersion.id).where(ModelVersion.checkpoint_uri == uri)) is None
         except Exception:  # noqa: BLE001 - unknown means keep
             return False
+
+    def give_back(self) -> None:
+        """A planned stop (a deploy, Ctrl-C) ended this attempt: the job stays running, queued for the next
+        worker, and its attempt is handed back. Resuming counts an attempt, and three of them fail the job
+        as one whose worker "died each time": three restarts during one long job did that."""
+        with self._fenced() as (_, job):
+            job.attempts = max(job.attempts - 1, 0)
+            job.phase, job.progress = JobPhase.QUEUED, 0.0
 
     def close(self, state: JobState, *, error: str | None = None, result_version: int | None = None) -> None:
         """End the job and its requests, only while we still own it."""

@@ -18,7 +18,8 @@ from service.core.db.engine import session_scope
 from service.core.db.tables import Job, utcnow
 from service.core.states import JobState
 from workers import leases
-from workers.jobstore import JobCancelled, JobTimedOut, LeaseLost
+from workers.jobstore import JobCancelled, JobTimedOut, LeaseLost, WorkerStopping
+from workers.shutdown import shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class Reporter:
         """Called between phases and every few steps: stop for a lost lease or an exhausted time limit."""
         if self._lost is not None:
             raise LeaseLost(self._lost)
+        if shutting_down():
+            raise WorkerStopping(f"the worker is shutting down; stopped in {self._phase}")
         if self.time_limit_s is not None and time.monotonic() - self._started > self.time_limit_s:
             raise JobTimedOut(
                 f"stopped after {time.monotonic() - self._started:.0f} s in {self._phase}: the job's time "

@@ -25,7 +25,7 @@ from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, gates
 from workers.datasets import DatasetRef, load_registered
 from workers.device import precision, resolve_device, synchronize
-from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost
+from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
 from workers.progress import Reporter
 from workers.storage import version_path
 
@@ -59,6 +59,9 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
             _run(settings, ctx, store, rep)
     except LeaseLost:
         raise
+    except WorkerStopping:
+        store.give_back()
+        raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     except (Cancelled, JobCancelled):
         store.close(JobState.CANCELLED, error="cancelled by an admin")
     except JobTimedOut as exc:

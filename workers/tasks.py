@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-from celery.worker import state as worker_state
 from sqlalchemy import select
 
 from service.core import transparency
@@ -27,6 +26,7 @@ from service.core.signing import load_or_create_key
 from workers import claims, validate, webhooks
 from workers.celery_app import app
 from workers.orchestrate import process_model
+from workers.shutdown import shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,6 @@ def sign_audit_heads() -> int:
         tenants = list(s.scalars(select(AuditEvent.tenant).where(AuditEvent.seq.is_(None)).distinct()))
     signed = 0
     for tenant in tenants:
-        if transparency.sequence_and_sign(settings.resolved_database_url, key, tenant, _shutting_down):
+        if transparency.sequence_and_sign(settings.resolved_database_url, key, tenant, shutting_down):
             signed += 1
     return signed
-
-
-def _shutting_down() -> bool:
-    """Celery's warm (or cold) shutdown was asked for: a long task should end at its next safe point."""
-    return worker_state.should_stop is not None or worker_state.should_terminate is not None

@@ -296,3 +296,27 @@ def test_a_request_naming_a_subject_forgets_every_sample_of_that_subject(demo: S
             "/v1/models/digits/samples", params={"subject_id": "person-8"}, headers=auth
         ).json()["items"]
         assert others and {i["forgotten_in"] for i in others} == {None}
+
+
+def test_a_job_stopped_by_a_worker_shutdown_is_resumed_without_spending_an_attempt(demo: Settings) -> None:
+    """A deploy or Ctrl-C during a long job is not a crash: the job stops at its next safe point, stays
+    running for the next worker, and gets its attempt back (three restarts used to fail it as "the worker
+    died each time"). Celery's own shutdown flag is what a SIGTERM sets."""
+    from celery.worker import state as worker_state
+
+    model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 100, 10)])
+    worker_state.should_stop = 0  # EX_OK: a warm shutdown was asked for
+    try:
+        for _ in range(3):
+            assert process_model(demo, model_id) == "lost"
+    finally:
+        worker_state.should_stop = None
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, job.state, job.phase, job.attempts) == ("processing", "running", "queued", 0)
+        assert s.get_one(Model, model_id).lease_owner is None
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        assert (req.state, req.model_version, s.get_one(Job, req.job_id).attempts) == ("completed", 2, 1)
