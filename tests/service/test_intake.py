@@ -123,16 +123,21 @@ def test_one_batch_accepts_the_good_requests_and_refuses_each_bad_one_alone(db_u
         assert replay.request.id == accepted[1].request.id
 
 
-def test_concurrent_requests_are_committed_in_batches_each_with_its_audit_event(backend: Backend) -> None:
+def _toy_with_key(backend: Backend, scopes: tuple[str, ...]) -> tuple[Settings, dict[str, str]]:
+    """A migrated database holding model `toy` (200 training samples) and the auth header of a new key."""
     settings = backend.settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.resolved_database_url
-    migrate.upgrade(url)
-    with session_scope(url) as s:
+    migrate.upgrade(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=200)
-        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
+        key = make_key(s, scopes=scopes)
+    return settings, {"Authorization": f"Bearer {key}"}
+
+
+def test_concurrent_requests_are_committed_in_batches_each_with_its_audit_event(backend: Backend) -> None:
+    settings, auth = _toy_with_key(backend, ("deletion:write", "jobs:read", "audit:read"))
+    url = settings.resolved_database_url
     app = create_app(settings)
-    auth = {"Authorization": f"Bearer {key}"}
     n = 40
 
     async def burst() -> list[httpx.Response]:
@@ -177,14 +182,8 @@ def test_concurrent_requests_are_committed_in_batches_each_with_its_audit_event(
 
 
 def test_a_batch_post_answers_each_request_as_its_own_post_would(backend: Backend) -> None:
-    settings = backend.settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    settings, auth = _toy_with_key(backend, ("deletion:write", "jobs:read"))
     url = settings.resolved_database_url
-    migrate.upgrade(url)
-    with session_scope(url) as s:
-        make_model(s, name="toy", n_train=200)
-        key = make_key(s, scopes=("deletion:write", "jobs:read"))
-    auth = {"Authorization": f"Bearer {key}"}
     items: list[dict[str, Any]] = [
         {"sample_ids": [f"toy-{i:04d}"], "idempotency_key": f"batch-{i}"} for i in range(50)
     ]
@@ -226,14 +225,8 @@ def test_a_batch_repeating_an_idempotency_key_answers_each_item_as_its_own_post_
     replays the request the first created (200, that request), another body is the 422 of a reused key;
     if the first is refused, nothing holds the key and the next is checked on its own. Once they are
     committed, the same batch again replays (it used to answer 409 'still in flight' for ever)."""
-    settings = backend.settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    settings, auth = _toy_with_key(backend, ("deletion:write", "jobs:read"))
     url = settings.resolved_database_url
-    migrate.upgrade(url)
-    with session_scope(url) as s:
-        make_model(s, name="toy", n_train=200)
-        key = make_key(s, scopes=("deletion:write", "jobs:read"))
-    auth = {"Authorization": f"Bearer {key}"}
     items: list[dict[str, Any]] = [
         {"sample_ids": ["toy-0001", "toy-0002"], "reference": "T-1", "idempotency_key": "dup"},
         {"sample_ids": ["toy-0002", "toy-0001"], "reference": "T-1", "idempotency_key": "dup"},  # same body
