@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import socket
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import beat_embedded_init, worker_ready, worker_shutdown
 
 from service.core import liveness
 from service.core.db.engine import session_scope
+from service.core.lifetimes import die_with_parent
 from service.core.queue import make_celery
 from service.core.settings import get_settings
 
@@ -25,6 +27,14 @@ _names: list[str] = []
 
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]
+
+
+@beat_embedded_init.connect
+def _beat_dies_with_its_worker(**_: object) -> None:
+    """The beat `worker -B` forks must not outlive the worker: a SIGKILLed worker (or a SIGKILLed
+    `unlearn run`, whose worker the kernel then kills) would leave it scheduling beside the next one's."""
+    parent = multiprocessing.parent_process()
+    die_with_parent(parent.pid if parent is not None else None)
 
 
 @worker_ready.connect

@@ -6,29 +6,17 @@ worker's embedded beat), and a restart never leaves an orphan beat beside the ne
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+
+from service.core.lifetimes import die_with_parent
 
 FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 1.0, 30.0, 60.0
-
-
-PR_SET_PDEATHSIG = 1
-_prctl: Any = None
-with contextlib.suppress(OSError, AttributeError):  # looked up in the parent: the child only calls it
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, ask for SIGKILL when the supervisor dies, so even a killed
-    `unlearn run` (SIGKILL leaves it no `finally`) does not leave its worker running in its own session."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Supervised:
@@ -44,7 +32,9 @@ class Supervised:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.argv, start_new_session=True, preexec_fn=functools.partial(die_with_parent, os.getpid())
+        )
         self.started_at = time.monotonic()
         print(f"{self.name} started (pid {self.proc.pid})", flush=True)
 

@@ -33,6 +33,19 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group (Linux /proc): the worker and, once forked, its beat."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def test_a_killed_worker_is_restarted_and_leaves_no_orphan(tmp_path: Path) -> None:
     stack = LiveStack(env={"UNLEARN_VAR_DIR": str(tmp_path / "var")}, log_path=tmp_path / "stack.log")
     stack.start()
@@ -61,14 +74,21 @@ def test_a_killed_worker_is_restarted_and_leaves_no_orphan(tmp_path: Path) -> No
 def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path: Path) -> None:
     stack = LiveStack(env={"UNLEARN_VAR_DIR": str(tmp_path / "var")}, log_path=tmp_path / "stack.log")
     stack.start()
+    worker = 0
     try:
         [worker] = wait_until(lambda: worker_pids(stack), timeout=30, what="the worker to start")
+        # The worker forks its beat as it starts; a kill before that would prove nothing about the beat.
+        wait_until(lambda: len(group_members(worker)) >= 2, timeout=60, what="the worker's beat to start")
         assert stack.proc is not None
         os.kill(stack.proc.pid, signal.SIGKILL)  # no `finally` runs: only the kernel can clean up
         stack.proc.wait(timeout=30)
-        wait_until(lambda: not group_alive(worker), timeout=30, what="the orphaned worker to die")
+        wait_until(
+            lambda: not group_members(worker), timeout=30, what="the orphaned worker and its beat to die"
+        )
     finally:
         stack.stop()
+        for pid in group_members(worker) if worker else ():  # a failed run leaves no orphan behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_on_the_embedded_stack_a_job_whose_worker_was_killed_is_finished_by_its_replacement(
