@@ -217,7 +217,17 @@ class JobStore:
             job.attempts = max(job.attempts - 1, 0)
             job.phase, job.progress = JobPhase.QUEUED, 0.0
 
-    def close(self, state: JobState, *, error: str | None = None, result_version: int | None = None) -> None:
-        """End the job and its requests, only while we still own it."""
+    def close(
+        self,
+        state: JobState,
+        *,
+        error: str | None = None,
+        result_version: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        """End the job and its requests, only while we still own it. `timings` (seconds per phase) go on
+        the record whatever the outcome: where a failed job's time went matters as much."""
         with self._fenced() as (s, job):
+            if timings:
+                job.metrics = {**(job.metrics or {}), "timings": timings}
             jobs.close(s, job, state, error=error, result_version=result_version)

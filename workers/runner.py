@@ -63,11 +63,11 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         store.give_back()
         raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     except (Cancelled, JobCancelled):
-        store.close(JobState.CANCELLED, error="cancelled by an admin")
+        store.close(JobState.CANCELLED, error="cancelled by an admin", timings=rep.finished_timings())
     except JobTimedOut as exc:
-        store.close(JobState.FAILED, error=f"JobTimedOut: {exc}")
+        store.close(JobState.FAILED, error=f"JobTimedOut: {exc}", timings=rep.finished_timings())
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-        store.close(JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        store.close(JobState.FAILED, error=f"{type(exc).__name__}: {exc}", timings=rep.finished_timings())
 
 
 def split(
@@ -112,7 +112,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     base_model.to(device)
     forget, retain = split(train, new_ids, ctx.forgotten)
     if len(retain) == 0:  # claims keep this from coalesced requests; a job from before that still can
-        store.close(JobState.FAILED, error=NOTHING_LEFT)
+        store.close(JobState.FAILED, error=NOTHING_LEFT, timings=rep.finished_timings())
         return
     classes = forgotten_classes(train.y, retain.y)
 
@@ -159,7 +159,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             publish(settings, ctx, store, rep, model, new_ids, metrics, method, as_dict)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
-    store.close(JobState.FAILED, error=f"every method failed its gates ({reasons})")
+    store.close(
+        JobState.FAILED, error=f"every method failed its gates ({reasons})", timings=rep.finished_timings()
+    )
 
 
 def publish(

@@ -124,6 +124,12 @@ def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Set
         assert all(not a["passed"] and a["gate_failures"] for a in job.metrics["attempts"])
         assert "MIA score" in (job.error or "")
         assert s.get_one(Model, model_id).latest_version == 1  # nothing published
+        # Where its time went is on the record too, each method's phases included, and the phase it ended
+        # in says where it stopped.
+        timings = job.metrics["timings"]
+        assert {"load", "evaluate_base", "unlearn:ugradsl_plus", "evaluate:gradient_ascent"} <= set(timings)
+        assert all(t >= 0 for t in timings.values())
+        assert job.phase == "evaluate:gradient_ascent"
 
 
 def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ class JobOut(BaseModel):
     state: JobState
     phase: str = Field(
         description="queued, load, evaluate_base, then unlearn:<method> and evaluate:<method> for each "
-        "method tried, publish, done"
+        "method tried, publish, done. A failed or cancelled job keeps the phase it ended in: where it "
+        "stopped"
     )
     progress: float = Field(ge=0, le=1)
     method: str
@@ -25,7 +26,11 @@ class JobOut(BaseModel):
     attempts: int
     heartbeat_at: datetime | None
     heartbeat_age_s: float | None
-    metrics: dict[str, Any] = Field(description="`base` and `result` metrics (fractions, with counts).")
+    metrics: dict[str, Any] = Field(
+        description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
+        "method chain, the `data` that calibrated and scored them, and `timings` (seconds per phase) once "
+        "the job has ended, failed or not."
+    )
     error: str | None
     created_at: datetime
     started_at: datetime | None
