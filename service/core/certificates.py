@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core import transparency
 from service.core.audit import export_dict
-from service.core.db.tables import AuditEvent, DeletionRequest, Job, Model, ModelVersion
+from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Job, Model, ModelVersion
 from service.core.errors import Conflict
 from service.core.events import ids_digest, subjects_digest
 from service.core.states import RequestState
@@ -26,6 +26,24 @@ def _version(session: Session, model_id: str, number: int | None) -> dict[str, A
         select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.number == number)
     )
     return None if v is None else {"version": f"v{v.number}", "checkpoint_sha256": v.sha256}
+
+
+def _forgotten_by(session: Session, req: DeletionRequest) -> list[dict[str, Any]]:
+    """How many of the request's samples each version forgot, oldest first. Usually one entry, the
+    version this request's job published; earlier ones when another job forgot some of them first (a
+    request that arrived while a job was forgetting the same IDs completes on the version after it, and
+    `already_forgotten_count`, counted at intake, cannot say so)."""
+    counts: dict[int, int] = {}
+    ids = list(req.sample_ids)
+    for i in range(0, len(ids), 1000):  # bounded IN lists, for SQLite's variable limit
+        rows = session.execute(
+            select(ForgottenSample.version_number, func.count())
+            .where(ForgottenSample.model_id == req.model_id, ForgottenSample.sample_id.in_(ids[i : i + 1000]))
+            .group_by(ForgottenSample.version_number)
+        )
+        for number, n in rows:
+            counts[number] = counts.get(number, 0) + n
+    return [{"version": f"v{n}", "sample_count": counts[n]} for n in sorted(counts)]
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -58,6 +76,7 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
         "already_forgotten_count": req.already_forgotten_count,
         "version_before": _version(session, model.id, job.base_version),
         "version_after": _version(session, model.id, req.model_version),
+        "forgotten_by": _forgotten_by(session, req),
         "job_id": job.id,
         "method": job.method,
         "params": job.params,

@@ -1,0 +1,67 @@
+"""What a deletion certificate says about which version forgot the request's samples, on a fresh SQLite
+database per test (versions are published the way the worker's `JobStore.publish` records them)."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.orm import Session
+
+from service.core import certificates, jobs
+from service.core.db.engine import session_scope
+from service.core.db.tables import DeletionRequest, ForgottenSample, Job, Model, ModelVersion
+from service.core.states import JobState
+from tests.factories import make_model, submit_request
+from workers import claims
+
+
+def claim(s: Session, model: Model) -> Job:
+    job = claims.claim_pending(s, model)
+    assert job is not None
+    job.base_version = model.latest_version  # as the worker's load_context stamps it
+    return job
+
+
+def publish(s: Session, model: Model, job: Job, ids: list[str]) -> int:
+    """Publish the next version, forgetting `ids`, and complete `job` with it."""
+    number = model.latest_version + 1
+    s.add(
+        ModelVersion(
+            model_id=model.id,
+            number=number,
+            parent_number=model.latest_version,
+            checkpoint_uri=f"/nonexistent/v{number}",
+            sha256="0" * 64,
+            forgotten_count=0,
+            metrics={},
+            job_id=job.id,
+        )
+    )
+    s.add_all(ForgottenSample(model_id=model.id, sample_id=i, version_number=number) for i in ids)
+    model.latest_version = number
+    jobs.close(s, job, JobState.COMPLETED, result_version=number)
+    return number
+
+
+def test_a_request_accepted_while_another_job_forgot_its_samples_is_certified_with_the_version_that_did(
+    db_url: str,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        first = submit_request(s, model, ["toy-0001", "toy-0002"])
+        running = claim(s, model)
+        # While the first job runs, a second request names one of its samples and a new one: at intake
+        # nothing is forgotten yet, so it cannot count the shared one as already forgotten.
+        second = submit_request(s, model, ["toy-0002", "toy-0003"])
+        assert second.already_forgotten_count == 0
+        assert publish(s, model, running, ["toy-0001", "toy-0002"]) == 2
+        assert publish(s, model, claim(s, model), ["toy-0003"]) == 3  # the next job forgets what is new
+    with session_scope(db_url) as s:
+        cert = certificates.build(s, s.get_one(DeletionRequest, second.id), key)
+        assert cert["version_before"]["version"] == "v2" and cert["version_after"]["version"] == "v3"
+        assert cert["forgotten_by"] == [
+            {"version": "v2", "sample_count": 1},
+            {"version": "v3", "sample_count": 1},
+        ]
+        first_cert = certificates.build(s, s.get_one(DeletionRequest, first.id), key)
+        assert first_cert["forgotten_by"] == [{"version": "v2", "sample_count": 2}]
