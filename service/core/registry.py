@@ -165,15 +165,22 @@ def register_model(
     return model
 
 
+def _merged(current: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    """`current` with `patch` merged in, one level deep (RFC 7396 for flat objects)."""
+    merged = {**current, **(patch or {})}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor: str) -> None:
     """An admin's change of method, params, fallback chain, gates or retrain recipe (`changes` holds only
-    the fields sent); it applies to jobs that start afterwards. A new method without params starts from
-    that method's defaults rather than inheriting another method's params."""
+    the fields sent); it applies to jobs that start afterwards. `gates` and `default_params` are merged
+    into what the model has (JSON Merge Patch: a key sent replaces that key, a null removes it, keys left
+    out stay), so tightening one gate does not silently drop the others. A new method starts from that
+    method's defaults plus the params sent, rather than inheriting another method's params."""
     require_finite(changes)
     method = changes.get("default_method") or m.default_method
-    params = changes.get("default_params")
-    if params is None:
-        params = m.default_params if changes.get("default_method") is None else {}
+    same_method = method == m.default_method
+    params = _merged(m.default_params if same_method else {}, changes.get("default_params"))
     fallbacks = changes.get("fallback_methods")
     if fallbacks is None:
         fallbacks = m.fallback_methods
@@ -182,7 +189,7 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         check_recipe(changes["train_recipe"], where="body")
     m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks
     if changes.get("gates") is not None:
-        m.gates = changes["gates"]
+        m.gates = _merged(m.gates, changes["gates"])
     if changes.get("train_recipe") is not None:
         m.train_recipe = changes["train_recipe"]
     if "time_limit_seconds" in changes:  # null goes back to the service's limit

@@ -349,6 +349,38 @@ def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> N
     assert api.client.patch(url, json={"gates": {}}, headers=api.auth()).status_code == 403
 
 
+def test_a_policy_patch_merges_gates_and_params_key_by_key_and_null_removes_one(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+
+    def patch(body: dict[str, object]) -> dict[str, object]:
+        r = api.client.patch(url, json=body, headers=h)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    patch({"gates": {"max_test_accuracy_drop": 0.02, "min_mia_score": 0.3}})
+    # Tightening one gate keeps the other (it used to replace the whole object, dropping it).
+    assert patch({"gates": {"min_mia_score": 0.4}})["gates"] == {
+        "max_test_accuracy_drop": 0.02,
+        "min_mia_score": 0.4,
+    }
+    assert patch({"gates": {"max_test_accuracy_drop": None}})["gates"] == {"min_mia_score": 0.4}
+    assert patch({"gates": {}})["gates"] == {"min_mia_score": 0.4}
+    patch({"default_params": {"epochs": 3}})
+    assert patch({"default_params": {"lr": 0.01}})["default_params"] == {"epochs": 3, "lr": 0.01}
+    assert patch({"default_params": {"epochs": None}})["default_params"] == {"lr": 0.01}
+    # A new method starts from its own defaults plus what is sent, never another method's params.
+    switched = patch({"default_method": "gradient_ascent", "default_params": {"epochs": 2}})
+    assert (switched["default_method"], switched["default_params"]) == ("gradient_ascent", {"epochs": 2})
+    # A merge that would leave a bad policy is refused whole.
+    r = api.client.patch(
+        url, json={"default_params": {"epochs": -1}, "gates": {"min_mia_score": 0.1}}, headers=h
+    )
+    assert r.status_code == 422, r.text
+    assert api.client.get(url, headers=h).json()["gates"] == {"min_mia_score": 0.4}
+
+
 def test_a_models_job_time_limit_is_set_cleared_and_bounded_by_the_service(api: Api) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))

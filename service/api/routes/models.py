@@ -279,8 +279,8 @@ def update_model(
     m = get_model(session, key.tenant, model)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     changes = body.model_dump(exclude_unset=True)
-    if body.gates is not None:
-        changes["gates"] = body.gates.model_dump(exclude_none=True)
+    if body.gates is not None:  # the gates sent, a null one included (it removes that gate)
+        changes["gates"] = body.gates.model_dump(exclude_unset=True)
     update_policy(session, m, changes, actor=events.key_actor(key))
     session.commit()
     return model_out(session, m)

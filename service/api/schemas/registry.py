@@ -165,7 +165,10 @@ class Gates(BaseModel):
 
 
 class ModelUpdate(BaseModel):
-    """An admin's change of a model's unlearning policy; fields left out stay as they are."""
+    """An admin's change of a model's unlearning policy; fields left out stay as they are. `gates` and
+    `default_params` are merged key by key (JSON Merge Patch): a key sent replaces that key, a key sent as
+    null removes it (a param goes back to the method's default), keys left out stay. A new
+    `default_method` starts from its own defaults plus the `default_params` sent."""
 
     model_config = ConfigDict(extra="forbid")
 
