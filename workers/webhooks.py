@@ -82,9 +82,12 @@ def message_id(req: DeletionRequest) -> str:
 
 
 def signing_keys(session: Session, settings: Settings, tenant: str) -> list[bytes]:
-    """The tenant's active secrets, newest first; the service-wide key if it never rotated one."""
+    """The tenant's active secrets, newest first; the service-wide key if it never rotated one, or while
+    its first rotation's grace period lasts."""
+    wide = webhook_secrets.SERVICE_WIDE
     rows = webhook_secrets.active(session, tenant)
-    return [webhook_secrets.key_bytes(r.secret) for r in rows] or [settings.webhook_key]
+    keys = [settings.webhook_key if r.secret == wide else webhook_secrets.key_bytes(r.secret) for r in rows]
+    return keys or [settings.webhook_key]
 
 
 def payload(req: DeletionRequest, model_name: str) -> dict[str, Any]:

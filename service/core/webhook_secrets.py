@@ -4,7 +4,10 @@ A rotation adds a new secret and gives the tenant's other unexpired secrets an e
 away. Until then deliveries carry one signature per active secret (Standard Webhooks allows several in
 `webhook-signature`), so a receiver can switch to the new secret whenever it likes within the grace
 period and never misses a delivery. A tenant that never rotated has no secrets here, and its webhooks are
-signed with the service-wide key (`Settings.webhook_key`), as before per-tenant secrets existed.
+signed with the service-wide key (`Settings.webhook_key`), as before per-tenant secrets existed. Its
+first rotation gives that key a grace period too: a row marked `SERVICE_WIDE` stands for it (the key
+itself stays in the settings) and expires like any retiring secret, so receivers holding the
+service-wide key keep verifying until they switch.
 
 Secrets are stored as written (`whsec_<base64 of 32 random bytes>`, the Standard Webhooks format):
 signing needs the key itself, so unlike API keys they cannot be kept as hashes.
@@ -26,6 +29,7 @@ from service.core.db.tables import WebhookSecret, new_id, utcnow
 from service.core.errors import Unprocessable
 
 PREFIX = "whsec_"
+SERVICE_WIDE = "service-wide"  # a row's `secret` meaning "the service-wide key" (never a `whsec_` value)
 DEFAULT_GRACE_SECONDS = 24 * 3600
 MAX_GRACE_SECONDS = 7 * 24 * 3600
 SHOWN_CHARS = 10  # `whsec_` and four characters: enough to tell secrets apart, far too few to guess one
@@ -41,7 +45,7 @@ def key_bytes(secret: str) -> bytes:
 
 
 def shown_prefix(secret: str) -> str:
-    return secret[:SHOWN_CHARS]
+    return SERVICE_WIDE if secret == SERVICE_WIDE else secret[:SHOWN_CHARS]
 
 
 def active(session: Session, tenant: str) -> list[WebhookSecret]:
@@ -89,6 +93,11 @@ def rotate(
     now = utcnow()
     until = now + timedelta(seconds=grace_seconds)
     retiring = active(session, tenant)
+    if not listed(session, tenant):  # the first rotation: the service-wide key signed until now
+        service_wide = WebhookSecret(id=new_id(), tenant=tenant, secret=SERVICE_WIDE, created_at=now)
+        session.add(service_wide)
+        retiring.append(service_wide)
+        now += timedelta(microseconds=1)  # the new secret is the newer one, whatever the clock resolves
     for old in retiring:
         old.expires_at = until if old.expires_at is None else min(old.expires_at, until)
     row = WebhookSecret(id=new_id(), tenant=tenant, secret=new_secret(), created_at=now)

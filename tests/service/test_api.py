@@ -576,11 +576,13 @@ def test_webhook_secrets_are_rotated_by_admins_and_shown_only_once(api: Api) -> 
     two = r.json()
     listed = api.client.get("/v1/webhook-secrets", headers=api.auth(admin))
     assert listed.status_code == 200
-    assert [(w["id"], w["active"], w["secret"]) for w in listed.json()] == [
-        (two["id"], True, None),
-        (one["id"], True, None),
+    assert [(w["id"], w["prefix"], w["active"], w["secret"]) for w in listed.json()] == [
+        (two["id"], two["prefix"], True, None),
+        (one["id"], one["prefix"], True, None),
+        # the service-wide key, which signed this tenant's webhooks until its first rotation: 24 h of grace
+        (listed.json()[2]["id"], "service-wide", True, None),
     ]
-    assert listed.json()[1]["expires_at"] is not None
+    assert listed.json()[1]["expires_at"] is not None and listed.json()[2]["expires_at"] is not None
     assert one["secret"] not in listed.text and two["secret"] not in listed.text
 
 

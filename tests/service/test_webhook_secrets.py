@@ -25,17 +25,37 @@ def rotate(url: str, tenant: str = "default", grace: int = 3600) -> WebhookSecre
 
 
 def active_ids(url: str, tenant: str = "default") -> list[str]:
+    """The tenant's own active secrets (the service-wide key's row after a first rotation has its test)."""
     with session_scope(url) as s:
-        return [w.id for w in webhook_secrets.active(s, tenant)]
+        return [w.id for w in webhook_secrets.active(s, tenant) if w.secret != webhook_secrets.SERVICE_WIDE]
 
 
-def test_a_new_secret_is_standard_webhooks_format_and_alone_active(db_url: str) -> None:
+def test_a_new_secret_is_standard_webhooks_format_and_random(db_url: str) -> None:
     row = rotate(db_url)
     assert row.secret.startswith("whsec_")
     assert len(base64.b64decode(row.secret.removeprefix("whsec_"), validate=True)) == 32
     assert webhook_secrets.key_bytes(row.secret) == base64.b64decode(row.secret[6:])
-    assert active_ids(db_url) == [row.id]
     assert rotate(db_url).secret != row.secret  # random, not derived
+
+
+def test_a_first_rotation_gives_the_service_wide_key_the_grace_period_too(db_url: str) -> None:
+    """Until its first rotation a tenant's webhooks are signed with the service-wide key, which its
+    receivers hold; switching at once would fail every delivery until they had the new secret."""
+    before = utcnow()
+    new = rotate(db_url, grace=3600)
+    with session_scope(db_url) as s:
+        rows = webhook_secrets.active(s, "default")
+        assert [r.id for r in rows][0] == new.id
+        [wide] = rows[1:]
+        assert wide.secret == webhook_secrets.SERVICE_WIDE
+        assert webhook_secrets.shown_prefix(wide.secret) == "service-wide"
+        assert wide.expires_at is not None
+        assert before + timedelta(seconds=3600) <= wide.expires_at <= utcnow() + timedelta(seconds=3600)
+    # A second rotation does not bring it back once its grace period is over.
+    with session_scope(db_url) as s:
+        s.get_one(WebhookSecret, wide.id).expires_at = utcnow() - timedelta(seconds=1)
+    newer = rotate(db_url)
+    assert active_ids(db_url) == [newer.id, new.id]
 
 
 def test_rotation_keeps_the_old_secret_active_for_the_grace_period_newest_first(db_url: str) -> None:
@@ -82,7 +102,7 @@ def test_a_grace_period_out_of_bounds_is_refused_and_writes_nothing(db_url: str,
         with pytest.raises(Unprocessable, match="grace_seconds must be between 0 and 604800"):
             webhook_secrets.rotate(s, "default", grace, actor="test")
     with session_scope(db_url) as s:
-        assert s.scalar(select(func.count()).select_from(WebhookSecret)) == 1
+        assert s.scalar(select(func.count()).select_from(WebhookSecret)) == 2  # the first, the service-wide
         assert s.scalar(select(func.count()).select_from(AuditEvent)) == events_before
 
 
@@ -104,8 +124,11 @@ def test_a_rotation_is_audited_by_id_and_never_with_the_secret(db_url: str) -> N
         ).all()
         assert (second.entity_type, second.entity_id, second.actor) == ("webhook_secret", new.id, "key:admin")
         assert second.data["grace_seconds"] == 120
-        assert [r["id"] for r in second.data["retiring"]] == [old.id]
-        assert first.data["retiring"] == []
+        [wide] = s.scalars(
+            select(WebhookSecret.id).where(WebhookSecret.secret == webhook_secrets.SERVICE_WIDE)
+        )
+        assert [r["id"] for r in first.data["retiring"]] == [wide]
+        assert {r["id"] for r in second.data["retiring"]} == {old.id, wide}
         for event in (first, second):
             text = json.dumps(event.data)
             for secret in (old.secret, new.secret):

@@ -163,24 +163,28 @@ def test_a_tenant_that_never_rotated_is_signed_with_the_service_wide_secret(
 def test_during_a_rotation_old_and_new_secret_holders_both_verify_and_after_it_only_the_new(
     world: World,
 ) -> None:
+    settings = world.with_settings(UNLEARN_WEBHOOK_SECRET="s3cret")
     old = world.rotate()
     new = world.rotate(grace=3600)
     rid = world.finished()
-    assert webhooks.deliver(world.settings, rid)
+    assert webhooks.deliver(settings, rid)
     [(body, headers)] = world.receiver.received
-    assert len(headers["webhook-signature"].split()) == 2
+    assert len(headers["webhook-signature"].split()) == 3
     assert Webhook(old).verify(body, headers)["request"]["id"] == rid
     assert Webhook(new).verify(body, headers)["request"]["id"] == rid
+    # The first rotation gave the service-wide key, which signed until then, the grace period too.
+    assert Webhook(b"s3cret").verify(body, headers)["request"]["id"] == rid
 
     with session_scope(world.url) as s:  # the grace period passes
         for row in s.scalars(select(WebhookSecret).where(WebhookSecret.expires_at.is_not(None))):
             row.expires_at = utcnow() - timedelta(seconds=1)
     later = world.finished()
-    assert webhooks.deliver(world.settings, later)
+    assert webhooks.deliver(settings, later)
     body, headers = world.receiver.received[1]
     assert Webhook(new).verify(body, headers)["request"]["id"] == later
-    with pytest.raises(WebhookVerificationError):
-        Webhook(old).verify(body, headers)
+    for retired in (old, b"s3cret"):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(retired).verify(body, headers)
 
 
 def test_another_tenants_secret_does_not_verify(world: World) -> None:

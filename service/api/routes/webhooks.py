@@ -48,5 +48,6 @@ def rotate_webhook_secret(
     summary="The tenant's webhook secrets, newest first (never the secrets themselves)",
 )
 def list_webhook_secrets(session: SessionDep, caller: Admin) -> list[WebhookSecretOut]:
-    """Empty until the first rotation: until then webhooks are signed with the service-wide secret."""
+    """Empty until the first rotation: until then webhooks are signed with the service-wide secret, which
+    the first rotation lists as the `service-wide` entry, signing beside the new one for its grace."""
     return [secret_out(row) for row in webhook_secrets.listed(session, caller.tenant)]
