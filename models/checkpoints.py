@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -69,6 +69,10 @@ def save_checkpoint(
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except (OSError, SafetensorError) as exc:
+        # safetensors' writer names neither the file nor the errno's meaning in its own terms ("I/O error:
+        # No space left on device"): a failed job should say which disk to look at.
+        raise OSError(f"could not write checkpoint {path}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return digest

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,25 @@ def test_load_weights_names_what_does_not_fit(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="does not fit the architecture"):
         load_weights(build_model("mlp", hidden=(4, 4)), path, sha256=digest)
+
+
+def test_a_checkpoint_that_does_not_fit_on_disk_names_its_path_and_leaves_nothing(tmp_path: Path) -> None:
+    """A full disk, made real with a file-size limit in a child process (SIGXFSZ ignored, so the write
+    fails with EFBIG as a full disk fails with ENOSPC): the error a failed job shows names the file."""
+    target = tmp_path / "ckpt" / "v2.safetensors"
+    code = f"""
+import resource, signal, sys, torch
+from models.checkpoints import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    save_checkpoint(torch.nn.Linear(500, 500), {str(target)!r}, architecture="mlp", kwargs={{}},
+                    num_classes=2)
+except OSError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert f"could not write checkpoint {target}" in done.stdout and "too large" in done.stdout
+    assert list(target.parent.iterdir()) == []  # neither the checkpoint nor its temporary file
