@@ -151,12 +151,14 @@ class JobStore:
         result: dict[str, Any],
         attempts: list[dict[str, Any]],
         data: dict[str, Any] | None = None,
+        gates: dict[str, Any] | None = None,
     ) -> None:
         """The method now being tried and every attempt so far, so a failed job shows why; `data` says
-        which data calibrated the method and which scored it."""
+        which data calibrated the method and which scored it, `gates` what the attempts were judged by
+        (the model's gates may change after the job)."""
         with self._fenced() as (_, job):
             job.method, job.params = method, params
-            job.metrics = {"base": base, "result": result, "attempts": attempts, "data": data}
+            job.metrics = {"base": base, "result": result, "attempts": attempts, "data": data, "gates": gates}
 
     def publish(
         self,
@@ -224,10 +226,14 @@ class JobStore:
         error: str | None = None,
         result_version: int | None = None,
         timings: dict[str, float] | None = None,
+        phase: str | None = None,
     ) -> None:
         """End the job and its requests, only while we still own it. `timings` (seconds per phase) go on
-        the record whatever the outcome: where a failed job's time went matters as much."""
+        the record whatever the outcome, and a job that did not complete keeps `phase`, the one it ended
+        in: where a failed job stopped and where its time went matter as much."""
         with self._fenced() as (s, job):
             if timings:
                 job.metrics = {**(job.metrics or {}), "timings": timings}
+            if phase is not None:
+                job.phase = phase
             jobs.close(s, job, state, error=error, result_version=result_version)

@@ -121,6 +121,12 @@ class Reporter:
                 "UNLEARN_JOB_TIME_LIMIT_SECONDS)"
             )
 
+    @property
+    def current_phase(self) -> str:
+        """The phase the job is in now (what the database shows may be a heartbeat behind)."""
+        with self._lock:
+            return self._phase
+
     def _close_phase(self) -> None:
         if self._phase_started is not None:
             took = time.perf_counter() - self._phase_started

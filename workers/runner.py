@@ -63,11 +63,16 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         store.give_back()
         raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     except (Cancelled, JobCancelled):
-        store.close(JobState.CANCELLED, error="cancelled by an admin", timings=rep.finished_timings())
+        end(store, rep, JobState.CANCELLED, "cancelled by an admin")
     except JobTimedOut as exc:
-        store.close(JobState.FAILED, error=f"JobTimedOut: {exc}", timings=rep.finished_timings())
+        end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-        store.close(JobState.FAILED, error=f"{type(exc).__name__}: {exc}", timings=rep.finished_timings())
+        end(store, rep, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:
+    """Close a job that did not complete, with where it stopped and where its time went."""
+    store.close(state, error=error, timings=rep.finished_timings(), phase=rep.current_phase)
 
 
 def split(
@@ -112,7 +117,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     base_model.to(device)
     forget, retain = split(train, new_ids, ctx.forgotten)
     if len(retain) == 0:  # claims keep this from coalesced requests; a job from before that still can
-        store.close(JobState.FAILED, error=NOTHING_LEFT, timings=rep.finished_timings())
+        end(store, rep, JobState.FAILED, NOTHING_LEFT)
         return
     classes = forgotten_classes(train.y, retain.y)
 
@@ -153,15 +158,13 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "passed": not failures,
             }
         )
-        store.record_attempt(method, as_dict, base_metrics, metrics, attempts, data_roles)
+        store.record_attempt(method, as_dict, base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
             publish(settings, ctx, store, rep, model, new_ids, metrics, method, as_dict)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
-    store.close(
-        JobState.FAILED, error=f"every method failed its gates ({reasons})", timings=rep.finished_timings()
-    )
+    end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
 
 
 def publish(

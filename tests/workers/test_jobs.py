@@ -123,6 +123,7 @@ def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Set
         assert [a["method"] for a in job.metrics["attempts"]] == ["ugradsl_plus", "gradient_ascent"]
         assert all(not a["passed"] and a["gate_failures"] for a in job.metrics["attempts"])
         assert "MIA score" in (job.error or "")
+        assert job.metrics["gates"] == {"min_mia_score": 1.01}  # what they were judged by
         assert s.get_one(Model, model_id).latest_version == 1  # nothing published
         # Where its time went is on the record too, each method's phases included, and the phase it ended
         # in says where it stopped.

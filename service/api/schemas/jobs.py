@@ -28,8 +28,8 @@ class JobOut(BaseModel):
     heartbeat_age_s: float | None
     metrics: dict[str, Any] = Field(
         description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
-        "method chain, the `data` that calibrated and scored them, and `timings` (seconds per phase) once "
-        "the job has ended, failed or not."
+        "method chain, the `data` that calibrated and scored them, the `gates` they were judged by, and "
+        "`timings` (seconds per phase) once the job has ended, failed or not."
     )
     error: str | None
     created_at: datetime
