@@ -3,8 +3,20 @@ here.) Writing and hashing a file is `models.checkpoints.save_checkpoint`, the o
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+
+from sqlalchemy import select
+
+from service.core.db.engine import session_scope
+from service.core.db.tables import Model, ModelVersion
+from service.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def version_path(checkpoint_dir: Path, model_id: str, number: int, job_id: str | None = None) -> Path:
@@ -12,3 +24,47 @@ def version_path(checkpoint_dir: Path, model_id: str, number: int, job_id: str |
     overwrite or delete the checkpoint another worker published for the same job."""
     suffix = f"-{job_id[:8]}-{uuid.uuid4().hex[:8]}" if job_id else ""
     return checkpoint_dir / model_id / f"v{number}{suffix}.safetensors"
+
+
+# What `version_path` names (with a job) and the writer's temporary files beside it; nothing else in a
+# model's folder is ever swept.
+_SWEPT = re.compile(r"v\d+-[0-9a-f]{8}-[0-9a-f]{8}\.safetensors|\.v\d+.*\.safetensors\.[0-9a-f]{32}\.tmp")
+
+
+def orphans(
+    checkpoint_dir: Path, model_ids: Iterable[str], referenced: set[str], older_than_s: float
+) -> list[Path]:
+    """Checkpoint files no version points at, last written more than `older_than_s` ago: left by a
+    worker killed between writing a checkpoint and committing its version (or mid-write). A publish
+    commits right after its write, within one attempt, so a file older than the longest attempt can no
+    longer become a version; `older_than_s` must exceed that. Only files named as `version_path` and
+    the checkpoint writer name them are considered, in the folders of the models given; `referenced`
+    holds the resolved paths versions point at."""
+    cutoff = time.time() - older_than_s
+    found = []
+    for model_id in model_ids:
+        folder = checkpoint_dir / model_id
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if (
+                _SWEPT.fullmatch(path.name)
+                and str(path.resolve()) not in referenced
+                and path.stat().st_mtime < cutoff
+            ):
+                found.append(path)
+    return sorted(found)
+
+
+def sweep_orphans(settings: Settings) -> list[Path]:
+    """Delete the `orphans` older than the longest attempt plus an hour, and return them. They are what a
+    worker killed between writing a checkpoint and committing its version leaves (`runner.publish`
+    deletes its own file on any failure it lives through)."""
+    with session_scope(settings.resolved_database_url) as s:
+        model_ids = list(s.scalars(select(Model.id)))
+        referenced = {str(Path(u).resolve()) for u in s.scalars(select(ModelVersion.checkpoint_uri))}
+    gone = orphans(settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600)
+    for path in gone:
+        path.unlink(missing_ok=True)
+        log.info("deleted orphan checkpoint %s (no version points at it)", path)
+    return gone

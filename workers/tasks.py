@@ -16,6 +16,7 @@ from service.core.queue import (
     RECONCILE,
     RUN_MODEL,
     SIGN_HEADS,
+    SWEEP_CHECKPOINTS,
     VALIDATE_MODEL,
     send_deliver_webhook,
     send_run_model,
@@ -23,7 +24,7 @@ from service.core.queue import (
 )
 from service.core.settings import get_settings
 from service.core.signing import load_or_create_key
-from workers import claims, validate, webhooks
+from workers import claims, storage, validate, webhooks
 from workers.celery_app import app
 from workers.orchestrate import process_model
 from workers.shutdown import shutting_down
@@ -89,3 +90,9 @@ def sign_audit_heads() -> int:
         if transparency.sequence_and_sign(settings.resolved_database_url, key, tenant, shutting_down):
             signed += 1
     return signed
+
+
+@app.task(name=SWEEP_CHECKPOINTS)
+def sweep_checkpoints() -> int:
+    """Delete orphan checkpoint files (`storage.sweep_orphans`); returns how many went."""
+    return len(storage.sweep_orphans(get_settings()))

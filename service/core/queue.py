@@ -16,6 +16,8 @@ RECONCILE = "workers.reconcile"
 DELIVER_WEBHOOK = "workers.deliver_webhook"
 VALIDATE_MODEL = "workers.validate_model"
 SIGN_HEADS = "workers.sign_audit_heads"
+SWEEP_CHECKPOINTS = "workers.sweep_checkpoints"
+SWEEP_SECONDS = 3600.0  # orphan checkpoints are rare (a kill between write and commit): hourly is plenty
 
 
 def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
@@ -42,6 +44,11 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
                 "task": SIGN_HEADS,
                 "schedule": settings.audit_head_seconds,
                 "options": {"expires": settings.audit_head_seconds},
+            },
+            "sweep-checkpoints": {
+                "task": SWEEP_CHECKPOINTS,
+                "schedule": SWEEP_SECONDS,
+                "options": {"expires": SWEEP_SECONDS},
             },
         },
     }

@@ -1,0 +1,52 @@
+"""Orphan checkpoints (a worker killed between writing a version's file and committing it) are swept once
+no attempt could still commit them; files a version points at, recent files and files the service did not
+name are never touched. On the embedded database with the demo model."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from service.core.db import migrate
+from service.core.db.engine import session_scope
+from service.core.db.tables import Model, ModelVersion
+from service.core.settings import Settings
+from workers.demo import ensure_demo
+from workers.storage import sweep_orphans, version_path
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Settings:
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_JOB_TIME_LIMIT_SECONDS="600")  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    migrate.upgrade(settings.resolved_database_url)
+    ensure_demo(settings)
+    return settings
+
+
+def aged(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights")
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+    return path
+
+
+def test_only_old_files_no_version_points_at_are_swept(demo: Settings) -> None:
+    with session_scope(demo.resolved_database_url) as s:
+        model_id = s.scalars(select(Model.id)).one()
+        [published] = s.scalars(select(ModelVersion.checkpoint_uri)).all()
+    os.utime(published, (time.time() - 10**6, time.time() - 10**6))  # old, but v1 points at it
+    limit = 600 + 3600  # the longest attempt, plus an hour
+    orphan = aged(version_path(demo.checkpoint_dir, model_id, 2, "a" * 36), limit + 60)
+    half_written = aged(demo.checkpoint_dir / model_id / f".{orphan.name}.{'b' * 32}.tmp", limit + 60)
+    in_flight = aged(version_path(demo.checkpoint_dir, model_id, 2, "c" * 36), limit - 60)  # may commit yet
+    not_ours = aged(demo.checkpoint_dir / model_id / "notes.txt", limit + 60)
+
+    assert sweep_orphans(demo) == sorted([orphan, half_written])
+    assert not orphan.exists() and not half_written.exists()
+    assert Path(published).exists() and in_flight.exists() and not_ours.exists()
+    assert sweep_orphans(demo) == []
