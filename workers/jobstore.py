@@ -143,6 +143,12 @@ class JobStore:
                 time_limit_seconds=model.time_limit_seconds,
             )
 
+    def trying(self, method: str, params: dict[str, Any]) -> None:
+        """The method about to run, with every param in effect: until now the job showed the model's
+        overrides only (what the claim copied), which read as if the defaults were not applied."""
+        with self._fenced() as (_, job):
+            job.method, job.params = method, params
+
     def record_attempt(
         self,
         method: str,

@@ -136,6 +136,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     for i, (method, raw_params) in enumerate(chain):
         lo = 0.1 + i * span
         params = parse_params(method, with_recipe(method, raw_params, ctx.train_recipe))
+        as_dict = params_to_dict(params)
+        store.trying(method, as_dict)  # every param in effect, defaults included, while it runs
         rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
         started = time.perf_counter()
@@ -148,7 +150,6 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
         metrics = {**score(model), "runtime_s": runtime}
         failures = gates.check(ctx.gates, base_metrics, metrics)
-        as_dict = params_to_dict(params)
         attempts.append(
             {
                 "method": method,

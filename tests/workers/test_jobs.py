@@ -327,3 +327,18 @@ def test_a_job_stopped_by_a_worker_shutdown_is_resumed_without_spending_an_attem
     with session_scope(demo.resolved_database_url) as s:
         req = s.get_one(DeletionRequest, req_id)
         assert (req.state, req.model_version, s.get_one(Job, req.job_id).attempts) == ("completed", 2, 1)
+
+
+def test_a_job_shows_every_param_in_effect_from_the_start_of_its_method(demo: Settings) -> None:
+    """A job stopped mid-method (here by its time limit) shows the params it ran with, defaults included,
+    not only the model's overrides the claim copied."""
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(default_params={"epochs": 200}, time_limit_seconds=1, gates={}))
+    model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 100, 7)])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        job = s.get_one(Job, s.get_one(DeletionRequest, req_id).job_id)
+        assert job.state == "failed" and "JobTimedOut" in (job.error or "")
+        assert job.phase == "unlearn:ugradsl_plus" and "attempts" not in (job.metrics or {})
+        assert job.params["epochs"] == 200
+        assert {"lr", "p", "batch_size", "bound_by"} <= set(job.params)
