@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
 from workers.progress import Reporter
 from workers.storage import version_path
+
+log = logging.getLogger(__name__)
 
 NOTHING_LEFT = (
     "this job would forget every remaining training sample of the model: unlearning keeps a model on the "
@@ -67,7 +70,23 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
     except JobTimedOut as exc:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-        end(store, rep, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+        log.warning("job %s failed", job_id, exc_info=True)  # the whole story, for the operator
+        end(store, rep, JobState.FAILED, error_text(exc))
+
+
+ERROR_CHARS = 1000
+
+
+def error_text(exc: BaseException) -> str:
+    """The one line a failed job and its requests show the client. An error raised in a DataLoader
+    reader process arrives re-raised with that process's whole traceback in its message ("Caught
+    FileNotFoundError in DataLoader worker process 0. Original Traceback ..."), which names our code
+    and not the problem: its last line is the original error ("FileNotFoundError: [Errno 2] No such
+    file or directory: '.../img-0150.png'")."""
+    text = str(exc).strip()
+    wrapped = "Original Traceback" in text
+    text = text.splitlines()[-1].strip() if wrapped else f"{type(exc).__name__}: {text}"
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
 
 
 def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:

@@ -188,3 +188,33 @@ def test_a_shard_replaced_after_registration_fails_the_job_instead_of_training_o
     job_id = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"]
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "failed" and "changed since registration" in job["error"], job
+
+
+def test_an_image_missing_from_a_manifest_fails_the_job_with_one_line_naming_the_file(
+    live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path
+) -> None:
+    """The reader process's error reaches the client as the original error, not as the DataLoader's
+    re-raise with a traceback through our code in its message."""
+    app, http, data = live
+    x, y, ids = images(60, 0)
+    folder = data / "manifest"
+    folder.mkdir()
+    rows = ["sample_id,path,label"]
+    for i, (img, label, sid) in enumerate(zip(x, y, ids, strict=True)):
+        Image.fromarray(img).save(folder / f"img-{i:04d}.png")
+        rows.append(f"{sid},img-{i:04d}.png,{label}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    shards(data / "test", 30, 1)
+    train = register_dataset(http, "train", "csv_manifest", folder / "m.csv").json()["id"]
+    test = register_dataset(http, "test", "webdataset", data / "test").json()["id"]
+    name = register_model(http, tmp_path, "manifest", train, test)
+    mid = model_id(app, name)
+    assert validate_model(app.settings, mid) == "ready"
+    (folder / "img-0042.png").unlink()
+    r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": ids[:2]})
+    process_model(app.settings, mid)
+    req = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()
+    assert req["state"] == "failed", req
+    error = req["error"]
+    assert error.startswith("FileNotFoundError") and "img-0042.png" in error, error
+    assert "\n" not in error and "Traceback" not in error and "DataLoader" not in error, error
