@@ -41,6 +41,8 @@ def path_problem(root: Path, raw: str) -> str | None:
         return f"path {raw!r} cannot be resolved: {exc}"
     if not target.is_relative_to(root):
         return f"path {raw!r} resolves to {target}, outside the manifest's folder (a symlink?)"
+    if not target.is_file():  # found at registration, not as a failed job's FileNotFoundError later
+        return f"path {raw!r}: no file there"
     return None
 
 

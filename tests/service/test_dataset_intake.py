@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tarfile
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +209,68 @@ def test_an_uploaded_shard_is_pinned_the_way_the_worker_checks_it(
         ref = DatasetRef.of(s.get_one(Dataset, got["id"]))
     ds = load_registered(ref)  # refuses the data if the pinned sha256 does not match
     assert list(ds.ids) == [f"k{i}" for i in range(6)] and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_a_manifest_naming_a_missing_file_is_refused_naming_the_line(live: tuple[LiveApp, str]) -> None:
+    """Before, it registered, and the model built on it became invalid with a bare FileNotFoundError."""
+    app, admin = live
+    manifest = write_manifest(app.settings.dataset_dir / "gone", ["ok-1,a.npy,0", "gone,nothere.npy,1"])
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+        assert r.status_code == 422, r.text
+        assert "line 3: path 'nothere.npy': no file there" in r.json()["detail"]
+        assert c.get("/v1/datasets").json() == []
+
+
+def folder_dataset(folder: Path, kind: str) -> None:
+    """A one-sample npy folder, or a one-shard WebDataset folder."""
+    folder.mkdir(parents=True)
+    if kind == "npy":
+        np.save(folder / "x.npy", np.zeros((1, 2), dtype=np.float32))
+        np.save(folder / "y.npy", np.zeros(1, dtype=np.int64))
+        np.save(folder / "ids.npy", np.array(["s-0"]))
+        return
+    with tarfile.open(folder / "s0.tar", "w") as tar:
+        for name, data in (("s-0.cls", b"0"), ("s-0.npy", _npy_bytes(np.zeros((1, 2, 2), np.float32)))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "swapped"), [("npy", "x.npy"), ("webdataset", "s0.tar")])
+def test_a_folder_whose_file_is_a_symlink_out_of_the_data_roots_is_refused(
+    live: tuple[LiveApp, str], tmp_path: Path, kind: str, swapped: str
+) -> None:
+    """The folder itself is inside the roots; a symlink in it would let the worker read any file."""
+    app, admin = live
+    elsewhere = tmp_path / "elsewhere"
+    folder_dataset(elsewhere, kind)
+    inside = app.settings.dataset_dir / "ok"
+    folder_dataset(inside, kind)
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "ok", "kind": kind, "uri": str(inside)})
+        assert r.status_code == 201, r.text  # the same folder without a link registers
+        leaky = app.settings.dataset_dir / "leaky"
+        folder_dataset(leaky, kind)
+        (leaky / swapped).unlink()
+        (leaky / swapped).symlink_to(elsewhere / swapped)
+        r = c.post("/v1/datasets", json={"name": "leaky", "kind": kind, "uri": str(leaky)})
+        assert r.status_code == 422, r.text
+        assert "resolve outside the data roots" in r.json()["detail"] and swapped in r.json()["detail"]
+
+
+def test_another_tenants_upload_cannot_be_registered_by_path(live: tuple[LiveApp, str]) -> None:
+    app, admin = live
+    upload = app.settings.dataset_dir / "uploads" / "someone-elses.npz"
+    upload.parent.mkdir(parents=True)
+    zeros_npz(upload, rows=3)
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "theirs", "kind": "npz", "uri": str(upload)})
+        assert r.status_code == 422, r.text
+        assert "uploaded file" in r.json()["detail"]

@@ -190,11 +190,12 @@ def test_a_shard_replaced_after_registration_fails_the_job_instead_of_training_o
     assert job["state"] == "failed" and "changed since registration" in job["error"], job
 
 
-def test_an_image_missing_from_a_manifest_fails_the_job_with_one_line_naming_the_file(
+def test_an_unreadable_image_of_a_manifest_fails_the_job_with_one_line_naming_the_file(
     live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path
 ) -> None:
     """The reader process's error reaches the client as the original error, not as the DataLoader's
-    re-raise with a traceback through our code in its message."""
+    re-raise with a traceback through our code in its message. (A file gone altogether is refused before
+    any reading, naming the manifest's line.)"""
     app, http, data = live
     x, y, ids = images(60, 0)
     folder = data / "manifest"
@@ -210,11 +211,11 @@ def test_an_image_missing_from_a_manifest_fails_the_job_with_one_line_naming_the
     name = register_model(http, tmp_path, "manifest", train, test)
     mid = model_id(app, name)
     assert validate_model(app.settings, mid) == "ready"
-    (folder / "img-0042.png").unlink()
+    (folder / "img-0042.png").write_bytes(b"not an image")  # the manifest's own hash does not cover it
     r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": ids[:2]})
     process_model(app.settings, mid)
     req = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()
     assert req["state"] == "failed", req
     error = req["error"]
-    assert error.startswith("FileNotFoundError") and "img-0042.png" in error, error
+    assert "UnidentifiedImageError: cannot identify image file" in error and "img-0042.png" in error, error
     assert "\n" not in error and "Traceback" not in error and "DataLoader" not in error, error

@@ -16,6 +16,7 @@ from service.core import events
 from service.core.dataset_ids import (
     FOLDER_KINDS,
     DatasetIds,
+    dataset_files,
     dataset_sha256,
     listing_sha256,
     read_samples,
@@ -84,6 +85,10 @@ def _register(
     return dataset_out(ds)
 
 
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
 @router.post(
     "/v1/datasets",
     response_model=DatasetOut,
@@ -92,9 +97,14 @@ def _register(
 )
 def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep, key: Admin) -> DatasetOut:
     path = Path(body.uri).resolve()
-    if not any(path.is_relative_to(root) for root in settings.allowed_data_roots):
+    roots = settings.allowed_data_roots
+    if not _inside(path, roots):
+        raise Unprocessable(f"{body.uri} is outside the data roots {[str(r) for r in roots]}")
+    if path.is_relative_to(settings.dataset_dir / "uploads"):
+        # Another tenant's upload may sit there; an upload is registered by its own request, for its tenant.
         raise Unprocessable(
-            f"{body.uri} is outside the data roots {[str(r) for r in settings.allowed_data_roots]}"
+            f"{body.uri} is an uploaded file: uploads are registered by POST /v1/datasets/upload, for the "
+            "tenant that uploaded them; by path, register files under the data roots"
         )
     if body.kind in FOLDER_KINDS:
         if not (path.is_dir() or path.is_file()):
@@ -103,6 +113,13 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
         raise Unprocessable(f"no file at {body.uri}")
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
     ids = read_samples(body.kind, path)  # a 422 naming the problem, before the files are hashed
+    if body.kind in FOLDER_KINDS:  # the folder is inside the roots; a symlink in it may lead out
+        outside = [f for f in dataset_files(body.kind, path) if not _inside(f.resolve(), roots)]
+        if outside:
+            raise Unprocessable(
+                f"{len(outside)} file(s) of {body.uri} resolve outside the data roots (symlinks?), e.g. "
+                f"{outside[0].name} -> {outside[0].resolve()}"
+            )
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
