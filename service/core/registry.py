@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,10 @@ def register_dataset(
     if len(sample_ids) != len(labels):
         raise ValueError("sample_ids and labels differ in length")
     if len(set(sample_ids)) != len(sample_ids):
-        raise ValueError("sample IDs must be unique within a dataset")
+        twice = sorted(i for i, n in Counter(sample_ids).items() if n > 1)
+        raise ValueError(
+            f"sample IDs must be unique within a dataset; {len(twice)} repeat, e.g. {twice[:3]!r}"
+        )
     # Every ID must be nameable by a deletion request (1-200 characters, no NUL), or it could never be erased.
     bad = [i for i in sample_ids if not _nameable(i)]
     if bad:
@@ -54,7 +58,10 @@ def register_dataset(
             raise ValueError(
                 f"subject_ids and sample_ids differ in length ({len(subject_ids)}, {len(sample_ids)})"
             )
-        subjects = [s or None for s in subject_ids]
+        # Surrounding whitespace is not part of a subject (every kind reads it so; a shard's member file
+        # usually ends in a newline): " alice" and "alice " would otherwise be other people than
+        # "alice", and a request naming alice would leave their samples unforgotten.
+        subjects = [(s.strip() or None) if s else None for s in subject_ids]
         # A subject must be nameable by a request too; an empty one means "about no one", not a subject.
         bad_rows = [(i, s) for i, s in enumerate(subjects) if s is not None and not _nameable(s)]
         if bad_rows:

@@ -196,6 +196,8 @@ def test_registration_stores_subjects_and_refuses_ones_a_request_could_not_name(
     assert up.status_code == 201, up.text
     manifest = tmp_path / "data" / "people.csv"
     manifest.write_text("sample_id,path,label,subject_id\nm0,a.png,0,carl\nm1,b.png,1,\n")
+    for image in ("a.png", "b.png"):  # must exist; their bytes are not read at registration
+        (tmp_path / "data" / image).write_bytes(b"")
     m = api.client.post(
         "/v1/datasets", json={"name": "people-m", "kind": "csv_manifest", "uri": str(manifest)}, headers=admin
     )
@@ -230,6 +232,26 @@ def test_registration_stores_subjects_and_refuses_ones_a_request_could_not_name(
         ), r.text
     with session_scope(api.url) as s:
         assert s.scalar(select(func.count()).select_from(Dataset).where(Dataset.name.like("bad%"))) == 0
+
+
+def test_subjects_are_stored_without_surrounding_whitespace_and_blank_means_no_one(
+    api: Api, tmp_path: Path
+) -> None:
+    """A probe's manifest held " alice", "alice " and "alice": three subjects, so a request naming alice
+    left two of her samples. (A shard's `.subject_id` member was already read stripped.)"""
+    npz = tmp_path / "data" / "padded.npz"
+    subject_npz(npz, [" alice", "alice ", "alice", "   ", "bob\n"])
+    r = api.client.post(
+        "/v1/datasets", json={"name": "padded", "kind": "npz", "uri": str(npz)}, headers=api.auth(api.admin)
+    )
+    assert r.status_code == 201, r.text
+    with session_scope(api.url) as s:
+        rows = s.scalars(
+            select(DatasetSample.subject_id)
+            .where(DatasetSample.dataset_id == r.json()["id"])
+            .order_by(DatasetSample.position)
+        )
+        assert list(rows) == ["alice", "alice", "alice", None, "bob"]
 
 
 def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Api, tmp_path: Path) -> None:
@@ -486,3 +508,13 @@ def test_register_dataset_checks_subject_lengths(db_url: str) -> None:
             s, tenant="t", name="d", kind="npz", uri="/x", sample_ids=["a", "b"], labels=[0, 1], actor="t",
             subject_ids=["p"],
         )  # fmt: skip
+
+
+def test_repeated_sample_ids_are_refused_naming_them(api: Api, tmp_path: Path) -> None:
+    npz = tmp_path / "data" / "twice.npz"
+    np.savez(npz, x=np.zeros((3, 4), np.float32), y=np.zeros(3, np.int64), ids=np.array(["a", "b", "a"]))
+    r = api.client.post(
+        "/v1/datasets", json={"name": "twice", "kind": "npz", "uri": str(npz)}, headers=api.auth(api.admin)
+    )
+    assert r.status_code == 422, r.text
+    assert "1 repeat, e.g. ['a']" in r.json()["detail"]
