@@ -24,16 +24,18 @@ def make_model(
     n_train: int = 50,
     n_test: int = 10,
     subject_of: Callable[[int], str | None] | None = None,
+    sample_id: Callable[[int], str] | None = None,
 ) -> Model:
-    """A model whose training set has IDs `{name}-0000`.. (no checkpoint file: API-only tests).
-    `subject_of(i)`, when given, is the data subject of training sample i (None for none)."""
+    """A model whose training set has IDs `{name}-0000`.. or `sample_id(i)` (no checkpoint file:
+    API-only tests). `subject_of(i)`, when given, is the data subject of training sample i (None for
+    none)."""
     train = register_dataset(
         session,
         tenant=tenant,
         name=f"{name}-train",
         kind="npz",
         uri=f"/nonexistent/{name}-train.npz",
-        sample_ids=[f"{name}-{i:04d}" for i in range(n_train)],
+        sample_ids=[sample_id(i) if sample_id else f"{name}-{i:04d}" for i in range(n_train)],
         labels=[i % 10 for i in range(n_train)],
         actor="test",
         subject_ids=[subject_of(i) for i in range(n_train)] if subject_of else None,

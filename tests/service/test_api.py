@@ -314,6 +314,18 @@ def test_tree_heads_and_proofs_are_served_and_verify_offline(api: Api) -> None:
     assert r.status_code == 422 and "tree_size" in r.json()["detail"]
 
 
+def test_one_sample_is_looked_up_by_its_id_even_one_holding_slashes_and_spaces(api: Api) -> None:
+    with session_scope(api.url) as s:
+        make_model(s, name="files", n_train=3, sample_id=lambda i: f"cats/img {i}.png")
+    url = "/v1/models/files/samples/"
+    r = api.client.get(url + "cats%2Fimg%201.png", headers=api.auth())
+    assert r.status_code == 200, r.text
+    assert (r.json()["sample_id"], r.json()["label"]) == ("cats/img 1.png", 1)
+    assert api.client.get(url + "cats/img 2.png", headers=api.auth()).json()["sample_id"] == "cats/img 2.png"
+    missing = api.client.get(url + "dogs/img 1.png", headers=api.auth())
+    assert missing.status_code == 404 and "dogs/img 1.png" in missing.json()["detail"], missing.text
+
+
 def test_unknown_request_and_job_are_404(api: Api) -> None:
     assert api.client.get("/v1/deletion-requests/nope", headers=api.auth()).status_code == 404
     assert api.client.get("/v1/jobs/nope", headers=api.auth()).status_code == 404

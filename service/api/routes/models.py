@@ -103,7 +103,7 @@ def list_samples(
 
 
 @router.get(
-    "/v1/models/{model}/samples/{sample_id}", response_model=SampleOut, summary="Look up one sample ID"
+    "/v1/models/{model}/samples/{sample_id:path}", response_model=SampleOut, summary="Look up one sample ID"
 )
 def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestReader) -> SampleOut:
     m = get_model(session, key.tenant, model)
