@@ -233,13 +233,16 @@ class JobStore:
         result_version: int | None = None,
         timings: dict[str, float] | None = None,
         phase: str | None = None,
+        progress: float | None = None,
     ) -> None:
         """End the job and its requests, only while we still own it. `timings` (seconds per phase) go on
         the record whatever the outcome, and a job that did not complete keeps `phase`, the one it ended
-        in: where a failed job stopped and where its time went matter as much."""
+        in, with its `progress` there: where a failed job stopped and where its time went matter as much."""
         with self._fenced() as (s, job):
             if timings:
                 job.metrics = {**(job.metrics or {}), "timings": timings}
             if phase is not None:
                 job.phase = phase
+            if progress is not None:
+                job.progress = progress
             jobs.close(s, job, state, error=error, result_version=result_version)

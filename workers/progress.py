@@ -69,9 +69,7 @@ class Reporter:
 
     def flush(self) -> None:
         """Write progress and heartbeat, renew the lease, read the cancel flag (one short transaction)."""
-        with self._lock:
-            overall = self._lo + (self._hi - self._lo) * min(max(self._fraction, 0.0), 1.0)
-            phase = self._phase
+        phase, overall = self.where()
         with session_scope(self.url) as s:
             if not leases.renew(s, self.model_id, self.owner, self.lease_s):
                 self._lost = f"lease on model {self.model_id} lost"
@@ -121,11 +119,10 @@ class Reporter:
                 "UNLEARN_JOB_TIME_LIMIT_SECONDS)"
             )
 
-    @property
-    def current_phase(self) -> str:
-        """The phase the job is in now (what the database shows may be a heartbeat behind)."""
+    def where(self) -> tuple[str, float]:
+        """The phase the job is in now and its overall progress (the database may be a heartbeat behind)."""
         with self._lock:
-            return self._phase
+            return self._phase, self._lo + (self._hi - self._lo) * min(max(self._fraction, 0.0), 1.0)
 
     def _close_phase(self) -> None:
         if self._phase_started is not None:

@@ -91,7 +91,8 @@ def error_text(exc: BaseException) -> str:
 
 def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:
     """Close a job that did not complete, with where it stopped and where its time went."""
-    store.close(state, error=error, timings=rep.finished_timings(), phase=rep.current_phase)
+    phase, progress = rep.where()
+    store.close(state, error=error, timings=rep.finished_timings(), phase=phase, progress=progress)
 
 
 def split(
