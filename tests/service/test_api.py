@@ -3,6 +3,7 @@ a job). Runs on the embedded default and on PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ from sqlalchemy.engine import Engine
 
 from service.api.app import create_app, served_app
 from service.api.views import PENDING_COUNT_CAP
+from service.cli.audit_log import cmd_audit_verify
+from service.cli.client import Client as CliClient
+from service.cli.errors import UsageError
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
@@ -261,6 +265,31 @@ def test_another_tenants_model_is_invisible(api: Api) -> None:
     assert post(api, {"sample_ids": ["theirs-0001"]}, model="theirs").status_code == 404
     names = [m["name"] for m in api.client.get("/v1/models", headers=api.auth()).json()]
     assert names == ["toy"]
+
+
+def cli_client(api: Api, key: str) -> CliClient:
+    """The `unlearn` CLI's own client, speaking HTTP to the app under test."""
+    client = CliClient("http://testserver", key)
+    client._http = TestClient(api.client.app, headers={"Authorization": f"Bearer {key}"})
+    return client
+
+
+def test_a_kept_head_of_another_tenant_is_a_usage_error_naming_both_tenants_not_tampering(
+    api: Api, tmp_path
+) -> None:
+    """Each tenant's log is a tree of its own: `audit verify --head` with another tenant's head reported
+    the intact log TAMPERED (or "shrank", the other way round), exit 1."""
+    with session_scope(api.url) as s:
+        make_model(s, tenant="acme", name="theirs")  # acme's log is longer than default's
+        acme = make_key(s, tenant="acme", scopes=("audit:read",))
+    for owner, other, key_of_other in (("acme", "default", api.key), ("default", "acme", acme)):
+        head = tmp_path / f"{owner}.json"
+        owner_key = acme if owner == "acme" else api.key
+        head.write_text(json.dumps(cli_client(api, owner_key).get("/v1/audit/head", fresh="true")))
+        args = argparse.Namespace(head=str(head), public_key=None)
+        with pytest.raises(UsageError, match=f"belongs to tenant '{owner}'.*log is tenant '{other}'"):
+            cmd_audit_verify(cli_client(api, key_of_other), args)
+        assert cmd_audit_verify(cli_client(api, owner_key), args) == 0  # its own tenant's key: intact
 
 
 def test_versions_list_starts_with_v1(api: Api) -> None:
