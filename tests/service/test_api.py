@@ -19,10 +19,11 @@ from service.api.views import PENDING_COUNT_CAP
 from service.cli.audit_log import cmd_audit_verify
 from service.cli.client import Client as CliClient
 from service.cli.errors import UsageError
+from service.cli.server import cmd_keys
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
+from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
@@ -499,6 +500,45 @@ def test_a_tenants_last_admin_key_cannot_revoke_itself(api: Api) -> None:
     assert r.status_code == 409 and "last admin key" in r.json()["detail"]
     second = api.client.post("/v1/keys", json={"scopes": ["admin"]}, headers=api.auth(admin)).json()
     assert api.client.post(f"/v1/keys/{me}/revoke", headers=api.auth(second["key"])).status_code == 200
+
+
+def test_an_admin_key_creating_a_key_in_another_tenant_is_403_whether_that_tenant_exists_or_not(
+    api: Api,
+) -> None:
+    """It was a 404 "tenant 'acme' not found" for a tenant that exists; the refusal is the key's reach."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        make_key(s, tenant="acme", scopes=("admin",))
+        before = s.scalar(select(func.count()).select_from(ApiKey))
+    for tenant in ("acme", "nowhere"):
+        r = api.client.post(
+            "/v1/keys", json={"tenant": tenant, "scopes": ["jobs:read"]}, headers=api.auth(admin)
+        )
+        assert r.status_code == 403, r.text
+        assert "only create keys in its own tenant ('default')" in r.json()["detail"]
+    with session_scope(api.url) as s:
+        assert s.scalar(select(func.count()).select_from(ApiKey)) == before
+
+
+def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_valid_ones(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+
+    def create(tenant: str) -> int:
+        args = argparse.Namespace(action="create", tenant=tenant, scopes=["admin"], name="")
+        return cmd_keys(settings, args)
+
+    for bad in ("Bad Tenant/x", "a" * 101, "caf\u00e9"):
+        assert create(bad) == 2
+        assert "invalid tenant name" in capsys.readouterr().err
+    for good in ("default", "acme-2.eu_west", "a" * 100):
+        assert create(good) == 0
+        assert f"tenant={good} " in capsys.readouterr().out
+    with session_scope(settings.resolved_database_url) as s:
+        assert sorted(s.scalars(select(ApiKey.tenant))) == sorted(["default", "acme-2.eu_west", "a" * 100])
 
 
 def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(api: Api) -> None:
