@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from models.datasets import load_csv_manifest, load_npz
 from service.api.app import create_app
 from service.cli.audit_log import certificate_evidence
-from service.cli.client import Client
+from service.cli.client import ApiError, Client
 from service.cli.documents import cmd_verify_certificate
 from service.cli.errors import UsageError
 from service.cli.request import cmd_request
@@ -470,6 +470,20 @@ def test_unlearn_request_sends_subjects(api: Api, tmp_path: Path, capsys: pytest
         cmd_request(client, request_args())
     with pytest.raises(UsageError, match="names no subject"):
         cmd_request(client, request_args(subjects=" , "))
+
+
+def test_the_cli_names_unknown_subjects_and_why_each_field_is_invalid(api: Api, tmp_path: Path) -> None:
+    """Only unknown samples were shown (`unknown_ids`); unknown subjects, and the reason of each invalid
+    field of a validation error ("invalid fields: query.limit", no bound), were left out."""
+    client = cli_client(api)
+    with pytest.raises(ApiError, match=r"1 subject ID\(s\) have no sample .* \(e\.g\. ghost\)$"):
+        cmd_request(client, request_args(subjects="ghost,person-1"))
+    (tmp_path / "i.txt").write_text("nope1\n")
+    with pytest.raises(ApiError, match=r"\(e\.g\. samples nope1; subjects ghost\)$"):
+        cmd_request(client, request_args(subjects="ghost", ids_file=str(tmp_path / "i.txt")))
+    with pytest.raises(ApiError) as refused:
+        client.requests(limit=1000)
+    assert refused.value.message == "invalid fields: query.limit (Input should be less than or equal to 500)"
 
 
 def test_the_request_parser_takes_subjects() -> None:
