@@ -323,6 +323,9 @@ def test_a_training_set_without_subjects_says_so(api: Api) -> None:
     [
         {},
         {"sample_ids": [], "subject_ids": []},
+        {"sample_ids": None, "subject_ids": None},
+        {"sample_ids": None, "subject_ids": []},
+        {"sample_ids": None},
         {"subject_ids": [""]},
         {"subject_ids": ["a\x00"]},
         {"subject_ids": "p"},
@@ -331,6 +334,24 @@ def test_a_training_set_without_subjects_says_so(api: Api) -> None:
 def test_a_request_must_name_something_well_formed(api: Api, body: object) -> None:
     r = api.post(body)
     assert r.status_code == 422 and r.json()["errors"], r.text
+
+
+def test_a_null_list_is_taken_as_absent(api: Api) -> None:
+    """SDKs send null for a list they leave out; it was a 422 "Input should be a valid list"."""
+    r = api.post({"subject_ids": None, "sample_ids": ["toy-0041"]})
+    assert r.status_code == 202, r.text
+    assert (r.json()["sample_count"], r.json()["subject_ids"]) == (1, [])
+    r = api.post({"sample_ids": None, "subject_ids": ["person-1"]})
+    assert r.status_code == 202, r.text
+    assert (r.json()["sample_count"], r.json()["subject_ids"]) == (8, ["person-1"])
+    items = [
+        {"sample_ids": None, "subject_ids": ["person-2"]},
+        {"sample_ids": ["toy-0042"], "subject_ids": None},
+    ]
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=api.auth()
+    )
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
 
 
 def test_the_sample_limit_counts_the_expanded_samples(api: Api) -> None:
