@@ -293,6 +293,31 @@ def test_a_kept_head_of_another_tenant_is_a_usage_error_naming_both_tenants_not_
         assert cmd_audit_verify(cli_client(api, owner_key), args) == 0  # its own tenant's key: intact
 
 
+def test_a_request_to_an_invalid_model_says_it_is_invalid_and_must_be_registered_again(api: Api) -> None:
+    """It said "it accepts requests once ready", which an invalid model never becomes; a validating model
+    still gets that answer."""
+    with session_scope(api.url) as s:
+        toy = s.scalar(select(Model).where(Model.name == "toy"))
+        assert toy is not None
+        toy.status, toy.status_detail = "invalid", "the checkpoint does not load: missing keys fc.weight"
+    before = api.counts()
+    r = post(api, {"sample_ids": ["toy-0001"]})
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "is invalid: the checkpoint does not load: missing keys fc.weight" in detail
+    assert "register the model again" in detail and "once ready" not in detail
+    with session_scope(api.url) as s:
+        toy = s.scalar(select(Model).where(Model.name == "toy"))
+        assert toy is not None
+        toy.status, toy.status_detail = "validating", None
+    r = post(api, {"sample_ids": ["toy-0001"]})
+    assert (
+        r.status_code == 409
+        and r.json()["detail"] == "model 'toy' is validating; it accepts requests once ready"
+    )
+    assert api.counts() == before
+
+
 def test_versions_list_starts_with_v1(api: Api) -> None:
     r = api.client.get("/v1/models/toy/versions", headers=api.auth())
     assert r.status_code == 200
