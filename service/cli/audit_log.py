@@ -61,7 +61,8 @@ def _kept_head(path: str) -> dict[str, Any]:
 
 
 def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None) -> tuple[bool, str]:
-    """Does the server's log still extend the head the client kept? Signatures, consistency, export."""
+    """Does the server's log still extend the head the client kept? Signatures, consistency, export.
+    A head of another tenant than the key's is a UsageError: it says nothing about this log."""
     from service.core import proofs
 
     ok, why = proofs.verify_head(kept, trusted)
@@ -72,6 +73,12 @@ def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None)
     if not ok:
         return False, f"the server's head: {why}"
     old, new = kept["tree_head"], current["tree_head"]
+    if old.get("tenant") and new.get("tenant") and old["tenant"] != new["tenant"]:
+        # Each tenant's log is a tree of its own: comparing them would call an intact log tampered.
+        raise UsageError(
+            f"the kept head belongs to tenant {old['tenant']!r}, while this key's log is tenant "
+            f"{new['tenant']!r}: verify it with a key of tenant {old['tenant']!r}"
+        )
     if new["tree_size"] < old["tree_size"]:
         return False, f"the log shrank from {old['tree_size']} to {new['tree_size']} events"
     if old["tree_size"]:

@@ -60,6 +60,31 @@ def _detail(response: httpx.Response) -> tuple[str, Any]:
     return response.reason_phrase, body
 
 
+def _examples(ids: list[Any]) -> str:
+    return f"{', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}"
+
+
+def _invalid(detail: str, body: dict[str, Any]) -> str:
+    """A 422's detail with what its body names: the unknown samples and subjects, and each invalid field's
+    reason (the detail of a validation error names only the fields)."""
+    samples, subjects = body.get("unknown_ids") or [], body.get("unknown_subject_ids") or []
+    if samples and subjects:
+        return f"{detail} (e.g. samples {_examples(samples)}; subjects {_examples(subjects)})"
+    if samples or subjects:
+        return f"{detail} (e.g. {_examples(samples or subjects)})"
+    errors = [e for e in body.get("errors") or [] if isinstance(e, dict) and e.get("msg")]
+    if not errors:
+        return detail
+    pairs = [(".".join(map(str, e.get("loc") or [])), str(e["msg"])) for e in errors[:5]]
+    more = "; ..." if len(errors) > 5 else ""
+    if detail.startswith("invalid fields:"):  # the server's validation error: fields, and why each
+        return "invalid fields: " + "; ".join(f"{loc} ({msg})" if loc else msg for loc, msg in pairs) + more
+    said = [(loc, msg) for loc, msg in pairs if msg not in detail]  # a domain 422 often says it already
+    if not said:
+        return detail
+    return f"{detail} ({'; '.join(f'{loc}: {msg}' if loc else msg for loc, msg in said)}{more})"
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -205,9 +230,8 @@ class Client:
             status, "server"
         )
         message = detail
-        if status == 422 and isinstance(body, dict) and body.get("unknown_ids"):
-            ids = body["unknown_ids"]
-            message = f"{detail} (e.g. {', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''})"
+        if status == 422 and isinstance(body, dict):
+            message = _invalid(detail, body)
         if kind == "server":
             message = f"the server answered {status}: {detail}"
         raise ApiError(_one_line(message), kind=kind, status=status, body=body)

@@ -209,6 +209,11 @@ def _screen(
     whole batch): the model's status, the callback URL, the counts; subjects are expanded."""
     if model.status != ModelStatus.READY:
         detail = f": {model.status_detail}" if model.status_detail else ""
+        if model.status == ModelStatus.INVALID:  # final: an invalid model never becomes ready
+            raise Conflict(
+                f"model {model.name!r} is invalid{detail}; it will never accept requests: fix what made it "
+                "invalid and register the model again (under another name: an invalid model keeps its own)"
+            )
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:
         callbacks.check_callback_url(callback_url, allowed_hosts, allow_http=allow_http)

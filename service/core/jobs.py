@@ -43,11 +43,29 @@ def retry(session: Session, tenant: str, job_id: str, *, actor: str) -> Job:
             DeletionRequest.job_id == job.id, DeletionRequest.state == RequestState.FAILED
         )
     ).all()
+    if not requests:
+        raise Conflict(_nothing_to_retry(session, job))
     for r in requests:
         r.state, r.error, r.job_id = RequestState.RECEIVED, None, None
         r.webhook_state, r.webhook_attempts = None, 0  # its next outcome gets a full delivery budget
         events.request_retried(session, r, failed_job_id=job.id, actor=actor)
     return job
+
+
+def _nothing_to_retry(session: Session, job: Job) -> str:
+    """Why a failed job has nothing left to retry: its requests were retried already (a retry detaches
+    them from the job), so say how many there are and what state each is in now."""
+    states: dict[str, int] = {}
+    if job.request_ids:
+        for state in session.scalars(
+            select(DeletionRequest.state).where(DeletionRequest.id.in_(job.request_ids))
+        ):
+            states[str(state)] = states.get(str(state), 0) + 1
+    now = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none left"
+    return (
+        f"job {job.id} has no failed requests left to retry: its {len(job.request_ids)} request(s) "
+        f"were already retried and are no longer failed (now: {now})"
+    )
 
 
 def close(

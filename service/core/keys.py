@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable
 
@@ -13,6 +14,18 @@ from service.core.db.tables import ApiKey, utcnow
 from service.core.errors import Conflict
 
 SCOPES = ("deletion:write", "jobs:read", "audit:read", "admin")
+# A tenant is named where keys are made: letters, digits, '-', '_', '.', as long as its columns hold.
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]+$"
+TENANT_MAX_LENGTH = 100
+
+
+def check_tenant_name(tenant: str) -> str:
+    """The name itself, or ValueError saying what a tenant name may hold."""
+    if not (re.fullmatch(TENANT_PATTERN, tenant) and len(tenant) <= TENANT_MAX_LENGTH):
+        raise ValueError(
+            f"invalid tenant name {tenant!r}: use 1 to {TENANT_MAX_LENGTH} letters, digits, '-', '_' or '.'"
+        )
+    return tenant
 
 
 def hash_key(plaintext: str) -> str:
@@ -22,6 +35,7 @@ def hash_key(plaintext: str) -> str:
 
 def create_key(session: Session, *, tenant: str, scopes: Iterable[str], name: str = "") -> tuple[ApiKey, str]:
     """Create a key and return it with its plaintext (never stored)."""
+    check_tenant_name(tenant)
     scopes = sorted(set(scopes))
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:

@@ -3,6 +3,7 @@ a job). Runs on the embedded default and on PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 from collections.abc import Iterator
@@ -15,10 +16,14 @@ from sqlalchemy.engine import Engine
 
 from service.api.app import create_app, served_app
 from service.api.views import PENDING_COUNT_CAP
+from service.cli.audit_log import cmd_audit_verify
+from service.cli.client import Client as CliClient
+from service.cli.errors import UsageError
+from service.cli.server import cmd_keys
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
+from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
@@ -263,6 +268,56 @@ def test_another_tenants_model_is_invisible(api: Api) -> None:
     assert names == ["toy"]
 
 
+def cli_client(api: Api, key: str) -> CliClient:
+    """The `unlearn` CLI's own client, speaking HTTP to the app under test."""
+    client = CliClient("http://testserver", key)
+    client._http = TestClient(api.client.app, headers={"Authorization": f"Bearer {key}"})
+    return client
+
+
+def test_a_kept_head_of_another_tenant_is_a_usage_error_naming_both_tenants_not_tampering(
+    api: Api, tmp_path
+) -> None:
+    """Each tenant's log is a tree of its own: `audit verify --head` with another tenant's head reported
+    the intact log TAMPERED (or "shrank", the other way round), exit 1."""
+    with session_scope(api.url) as s:
+        make_model(s, tenant="acme", name="theirs")  # acme's log is longer than default's
+        acme = make_key(s, tenant="acme", scopes=("audit:read",))
+    for owner, other, key_of_other in (("acme", "default", api.key), ("default", "acme", acme)):
+        head = tmp_path / f"{owner}.json"
+        owner_key = acme if owner == "acme" else api.key
+        head.write_text(json.dumps(cli_client(api, owner_key).get("/v1/audit/head", fresh="true")))
+        args = argparse.Namespace(head=str(head), public_key=None)
+        with pytest.raises(UsageError, match=f"belongs to tenant '{owner}'.*log is tenant '{other}'"):
+            cmd_audit_verify(cli_client(api, key_of_other), args)
+        assert cmd_audit_verify(cli_client(api, owner_key), args) == 0  # its own tenant's key: intact
+
+
+def test_a_request_to_an_invalid_model_says_it_is_invalid_and_must_be_registered_again(api: Api) -> None:
+    """It said "it accepts requests once ready", which an invalid model never becomes; a validating model
+    still gets that answer."""
+    with session_scope(api.url) as s:
+        toy = s.scalar(select(Model).where(Model.name == "toy"))
+        assert toy is not None
+        toy.status, toy.status_detail = "invalid", "the checkpoint does not load: missing keys fc.weight"
+    before = api.counts()
+    r = post(api, {"sample_ids": ["toy-0001"]})
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "is invalid: the checkpoint does not load: missing keys fc.weight" in detail
+    assert "register the model again" in detail and "once ready" not in detail
+    with session_scope(api.url) as s:
+        toy = s.scalar(select(Model).where(Model.name == "toy"))
+        assert toy is not None
+        toy.status, toy.status_detail = "validating", None
+    r = post(api, {"sample_ids": ["toy-0001"]})
+    assert (
+        r.status_code == 409
+        and r.json()["detail"] == "model 'toy' is validating; it accepts requests once ready"
+    )
+    assert api.counts() == before
+
+
 def test_versions_list_starts_with_v1(api: Api) -> None:
     r = api.client.get("/v1/models/toy/versions", headers=api.auth())
     assert r.status_code == 200
@@ -482,6 +537,45 @@ def test_a_tenants_last_admin_key_cannot_revoke_itself(api: Api) -> None:
     assert r.status_code == 409 and "last admin key" in r.json()["detail"]
     second = api.client.post("/v1/keys", json={"scopes": ["admin"]}, headers=api.auth(admin)).json()
     assert api.client.post(f"/v1/keys/{me}/revoke", headers=api.auth(second["key"])).status_code == 200
+
+
+def test_an_admin_key_creating_a_key_in_another_tenant_is_403_whether_that_tenant_exists_or_not(
+    api: Api,
+) -> None:
+    """It was a 404 "tenant 'acme' not found" for a tenant that exists; the refusal is the key's reach."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        make_key(s, tenant="acme", scopes=("admin",))
+        before = s.scalar(select(func.count()).select_from(ApiKey))
+    for tenant in ("acme", "nowhere"):
+        r = api.client.post(
+            "/v1/keys", json={"tenant": tenant, "scopes": ["jobs:read"]}, headers=api.auth(admin)
+        )
+        assert r.status_code == 403, r.text
+        assert "only create keys in its own tenant ('default')" in r.json()["detail"]
+    with session_scope(api.url) as s:
+        assert s.scalar(select(func.count()).select_from(ApiKey)) == before
+
+
+def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_valid_ones(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+
+    def create(tenant: str) -> int:
+        args = argparse.Namespace(action="create", tenant=tenant, scopes=["admin"], name="")
+        return cmd_keys(settings, args)
+
+    for bad in ("Bad Tenant/x", "a" * 101, "caf\u00e9"):
+        assert create(bad) == 2
+        assert "invalid tenant name" in capsys.readouterr().err
+    for good in ("default", "acme-2.eu_west", "a" * 100):
+        assert create(good) == 0
+        assert f"tenant={good} " in capsys.readouterr().out
+    with session_scope(settings.resolved_database_url) as s:
+        assert sorted(s.scalars(select(ApiKey.tenant))) == sorted(["default", "acme-2.eu_west", "a" * 100])
 
 
 def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(api: Api) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from models.datasets import load_csv_manifest, load_npz
 from service.api.app import create_app
 from service.cli.audit_log import certificate_evidence
-from service.cli.client import Client
+from service.cli.client import ApiError, Client
 from service.cli.documents import cmd_verify_certificate
 from service.cli.errors import UsageError
 from service.cli.request import cmd_request
@@ -345,6 +345,9 @@ def test_a_training_set_without_subjects_says_so(api: Api) -> None:
     [
         {},
         {"sample_ids": [], "subject_ids": []},
+        {"sample_ids": None, "subject_ids": None},
+        {"sample_ids": None, "subject_ids": []},
+        {"sample_ids": None},
         {"subject_ids": [""]},
         {"subject_ids": ["a\x00"]},
         {"subject_ids": "p"},
@@ -353,6 +356,24 @@ def test_a_training_set_without_subjects_says_so(api: Api) -> None:
 def test_a_request_must_name_something_well_formed(api: Api, body: object) -> None:
     r = api.post(body)
     assert r.status_code == 422 and r.json()["errors"], r.text
+
+
+def test_a_null_list_is_taken_as_absent(api: Api) -> None:
+    """SDKs send null for a list they leave out; it was a 422 "Input should be a valid list"."""
+    r = api.post({"subject_ids": None, "sample_ids": ["toy-0041"]})
+    assert r.status_code == 202, r.text
+    assert (r.json()["sample_count"], r.json()["subject_ids"]) == (1, [])
+    r = api.post({"sample_ids": None, "subject_ids": ["person-1"]})
+    assert r.status_code == 202, r.text
+    assert (r.json()["sample_count"], r.json()["subject_ids"]) == (8, ["person-1"])
+    items = [
+        {"sample_ids": None, "subject_ids": ["person-2"]},
+        {"sample_ids": ["toy-0042"], "subject_ids": None},
+    ]
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests/batch", json={"requests": items}, headers=api.auth()
+    )
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
 
 
 def test_the_sample_limit_counts_the_expanded_samples(api: Api) -> None:
@@ -492,6 +513,20 @@ def test_unlearn_request_sends_subjects(api: Api, tmp_path: Path, capsys: pytest
         cmd_request(client, request_args())
     with pytest.raises(UsageError, match="names no subject"):
         cmd_request(client, request_args(subjects=" , "))
+
+
+def test_the_cli_names_unknown_subjects_and_why_each_field_is_invalid(api: Api, tmp_path: Path) -> None:
+    """Only unknown samples were shown (`unknown_ids`); unknown subjects, and the reason of each invalid
+    field of a validation error ("invalid fields: query.limit", no bound), were left out."""
+    client = cli_client(api)
+    with pytest.raises(ApiError, match=r"1 subject ID\(s\) have no sample .* \(e\.g\. ghost\)$"):
+        cmd_request(client, request_args(subjects="ghost,person-1"))
+    (tmp_path / "i.txt").write_text("nope1\n")
+    with pytest.raises(ApiError, match=r"\(e\.g\. samples nope1; subjects ghost\)$"):
+        cmd_request(client, request_args(subjects="ghost", ids_file=str(tmp_path / "i.txt")))
+    with pytest.raises(ApiError) as refused:
+        client.requests(limit=1000)
+    assert refused.value.message == "invalid fields: query.limit (Input should be less than or equal to 500)"
 
 
 def test_the_request_parser_takes_subjects() -> None:

@@ -247,6 +247,27 @@ def test_retried_requests_are_claimed_by_the_next_job(db_url: str, model: Model)
         assert again.id != job_id and sorted(again.request_ids) == sorted(req_ids)
 
 
+def test_retrying_a_job_again_is_a_conflict_naming_its_requests_states_and_writes_nothing(
+    db_url: str, model: Model
+) -> None:
+    """A second retry found no failed request left on the job and answered it as if it had re-queued them;
+    it says why there is nothing to do, whether the requests still wait or a later job finished them."""
+    job_id, req_ids = failed_job(db_url, model)
+    with session_scope(db_url) as s:
+        jobs.retry(s, "default", job_id, actor="test")
+    with session_scope(db_url) as s:
+        before = actions(s)
+        with pytest.raises(Conflict, match=r"already retried .*\(now: 2 received\)"):
+            jobs.retry(s, "default", job_id, actor="test")
+        assert actions(s) == before
+    with session_scope(db_url) as s:
+        jobs.close(s, claim(s, s.get_one(Model, model.id)), JobState.COMPLETED, result_version=2)
+    with session_scope(db_url) as s, pytest.raises(Conflict, match=r"its 2 request\(s\).*now: 2 completed"):
+        jobs.retry(s, "default", job_id, actor="test")
+    with session_scope(db_url) as s:
+        assert {s.get_one(DeletionRequest, i).state for i in req_ids} == {RequestState.COMPLETED}
+
+
 def test_retry_of_another_tenants_job_is_not_found(db_url: str, model: Model) -> None:
     job_id, req_ids = failed_job(db_url, model)
     with session_scope(db_url) as s, pytest.raises(NotFound):

@@ -8,7 +8,7 @@ from service.api.errors import KEYED, problems
 from service.api.schemas.keys import KeyCreate, KeyOut
 from service.core import events
 from service.core.db.tables import ApiKey
-from service.core.errors import NotFound
+from service.core.errors import Forbidden, NotFound
 from service.core.keys import create_key, refuse_revoking_the_last_admin, revoke_key
 
 router = APIRouter(tags=["keys"], responses=problems(*KEYED))
@@ -31,8 +31,11 @@ def key_out(k: ApiKey, plaintext: str | None = None) -> KeyOut:
 def create_key_route(body: KeyCreate, session: SessionDep, caller: Admin) -> KeyOut:
     """Admins create keys for their own tenant. (Keys for other tenants: `unlearn keys create`.)"""
     tenant = body.tenant or caller.tenant
-    if tenant != caller.tenant:
-        raise NotFound(f"tenant {tenant!r} not found")
+    if tenant != caller.tenant:  # whether that tenant exists or not: the answer tells nothing about it
+        raise Forbidden(
+            f"an admin key can only create keys in its own tenant ({caller.tenant!r}), not in {tenant!r}; "
+            "use an admin key of that tenant, or `unlearn keys create --tenant` on the server"
+        )
     key, plaintext = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
     events.key_created(session, key, actor=events.key_actor(caller))
     session.commit()

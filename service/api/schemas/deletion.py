@@ -3,7 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
@@ -15,12 +23,14 @@ class DeletionRequestCreate(BaseModel):
 
     sample_ids: list[SampleId] = Field(
         default_factory=list,
-        description="Training-sample IDs to forget (duplicates are ignored). This, subject_ids or both.",
+        description="Training-sample IDs to forget (duplicates are ignored). This, subject_ids or both; "
+        "null is taken as absent.",
     )
     subject_ids: list[SampleId] = Field(
         default_factory=list,
         description="Data subjects to forget: every training sample the dataset attributes to one of them "
-        "is forgotten (with sample_ids, the union). The request records the samples they stand for.",
+        "is forgotten (with sample_ids, the union). The request records the samples they stand for. null "
+        "is taken as absent.",
     )
     reference: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = Field(
         None, description="Your own reference, e.g. a ticket number; echoed back and kept in the audit trail."
@@ -30,6 +40,12 @@ class DeletionRequestCreate(BaseModel):
         description="POSTed (signed as Standard Webhooks describe) when the request completes, fails or is "
         "cancelled; https, with its host and port on the service's allow-list.",
     )
+
+    @field_validator("sample_ids", "subject_ids", mode="before")
+    @classmethod
+    def _null_is_absent(cls, value: Any) -> Any:
+        # Client libraries often send null for a list they leave out; it names nothing, as an absent one.
+        return [] if value is None else value
 
     @model_validator(mode="after")
     def _names_something(self) -> DeletionRequestCreate:

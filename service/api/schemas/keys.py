@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.core.keys import TENANT_MAX_LENGTH, TENANT_PATTERN
+
 Scope = Literal["deletion:write", "jobs:read", "audit:read", "admin"]
 
 
@@ -12,7 +14,11 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant: (
-        Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] | None
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=TENANT_MAX_LENGTH, pattern=TENANT_PATTERN),
+        ]
+        | None
     ) = Field(None, description="Defaults to the caller's tenant.")
     scopes: list[Scope] = Field(..., min_length=1)
     name: Annotated[str, StringConstraints(max_length=200)] = ""
