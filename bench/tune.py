@@ -86,7 +86,11 @@ def environment(setting_name: str, model_seed: int, case: Case, device: str, cac
     return Env(run.model, forget, retain, run.test, run.reference, ref, avg_gap(orig, ref), retrain_s)
 
 
-def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def grid_points(grid: dict[str, list[Any]] | list[dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values; a list of grids is the concatenation of their points (so
+    the default, ``{}``, can run beside a grid of a mode it does not share)."""
+    if isinstance(grid, list):
+        return [p for g in grid for p in grid_points(g)]
     keys = list(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
 
@@ -131,7 +135,12 @@ def main() -> None:
     ap.add_argument(
         "--cases", nargs="+", type=Case.parse, default=[Case("random", 100), Case("classwise", 0)]
     )
-    ap.add_argument("--grid", type=json.loads, default={}, help='JSON: {"param": [values, ...], ...}')
+    ap.add_argument(
+        "--grid",
+        type=json.loads,
+        default={},
+        help='JSON: {"param": [values, ...], ...}, or a list of such grids (their points one after another)',
+    )
     ap.add_argument("--model-seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--jobs", type=int, default=1, help="grid points evaluated in parallel processes")
