@@ -153,20 +153,31 @@ def main() -> None:
     for case in args.cases:  # train and cache the references once, before the pool forks copies
         env = environment(args.setting, args.model_seed, case, args.device, args.cache)
         print(f"{case}: retrain {env.retrain_s:.1f}s, original gap {env.original_gap:.2f}", flush=True)
+    out = args.out or RESULTS / f"tune_{args.setting}_{args.method}.json"
     if args.jobs <= 1 or args.cache is None:
-        results = [evaluate_point(args, p) for p in points]
+        results: list[dict[str, Any]] = []
+        for i, p in enumerate(points, start=1):  # written after every point: a stopped run keeps what it has
+            results.append(evaluate_point(args, p))
+            write_results(out, args, results, done=i == len(points))
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(functools.partial(evaluate_point, args), points))
+        write_results(out, args, results, done=True)
+
+
+def write_results(out: Path, args: argparse.Namespace, results: list[dict[str, Any]], done: bool) -> None:
     table = markdown(results, args.cases)
     cmd = "python -m bench.tune " + " ".join(sys.argv[1:])
-    out = args.out or RESULTS / f"tune_{args.setting}_{args.method}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    footer = f"\nCommand: `{cmd}`; model seed {args.model_seed}; sorted by the worst case."
+    partial = "" if done else f" Partial: {len(results)} grid point(s) so far."
+    footer = f"\nCommand: `{cmd}`; model seed {args.model_seed}; sorted by the worst case.{partial}"
     out.write_text(json.dumps({"command": cmd, "results": results, "markdown": table + footer}, indent=1,
                               default=float))  # fmt: skip
     out.with_suffix(".md").write_text(table + footer + "\n")
-    print(table + footer)
+    if done:
+        print(table + footer)
+    else:
+        print(f"{len(results)} point(s) done: {json.dumps(results[-1]['params'])}", flush=True)
 
 
 if __name__ == "__main__":
