@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import socket
 import threading
 
-from celery.signals import beat_embedded_init, worker_ready, worker_shutdown
+from celery.signals import beat_embedded_init, worker_init, worker_ready, worker_shutdown
 
 from service.core import liveness
 from service.core.db.engine import session_scope
@@ -24,17 +23,26 @@ from service.core.settings import get_settings
 log = logging.getLogger(__name__)
 _stopping = threading.Event()
 _names: list[str] = []
+_worker_pid: int | None = None  # set in the worker's main process; a forked beat inherits it
 
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]
 
 
+@worker_init.connect
+def _note_worker_pid(**_: object) -> None:
+    """Runs in the worker's main process, before it forks its embedded beat (which inherits this)."""
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
 @beat_embedded_init.connect
 def _beat_dies_with_its_worker(**_: object) -> None:
     """The beat `worker -B` forks must not outlive the worker: a SIGKILLed worker (or a SIGKILLed
-    `unlearn run`, whose worker the kernel then kills) would leave it scheduling beside the next one's."""
-    parent = multiprocessing.parent_process()
-    die_with_parent(parent.pid if parent is not None else None)
+    `unlearn run`, whose worker the kernel then kills) would leave it scheduling beside the next one's.
+    The worker may die between the fork and this call, so the beat also checks that its parent is still
+    the worker. (Celery forks it with billiard, so multiprocessing.parent_process() knows nothing of it.)"""
+    die_with_parent(_worker_pid)
 
 
 @worker_ready.connect

@@ -46,6 +46,19 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def described(pids: list[int]) -> str:
+    """Each process as `pid ppid state cmdline`, for a failure message."""
+    out = []
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        except OSError:
+            continue
+        out.append(f"{pid} ppid={fields[1]} {fields[0]} {cmd}")
+    return "; ".join(out) or "none"
+
+
 def test_a_killed_worker_is_restarted_and_leaves_no_orphan(tmp_path: Path) -> None:
     stack = LiveStack(env={"UNLEARN_VAR_DIR": str(tmp_path / "var")}, log_path=tmp_path / "stack.log")
     stack.start()
@@ -82,9 +95,10 @@ def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path: Path) -> None:
         assert stack.proc is not None
         os.kill(stack.proc.pid, signal.SIGKILL)  # no `finally` runs: only the kernel can clean up
         stack.proc.wait(timeout=30)
-        wait_until(
-            lambda: not group_members(worker), timeout=30, what="the orphaned worker and its beat to die"
-        )
+        try:
+            wait_until(lambda: not group_members(worker), timeout=30, what="the worker and its beat to die")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; left: {described(group_members(worker))}") from None
     finally:
         stack.stop()
         for pid in group_members(worker) if worker else ():  # a failed run leaves no orphan behind

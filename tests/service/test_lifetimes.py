@@ -1,0 +1,60 @@
+"""`die_with_parent`: a child whose parent died before it asked to die with it (the window between a fork
+and the call, which a loaded machine widens: the worker's embedded beat was left running that way) still
+dies, instead of living on re-parented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import wait_until
+
+CHILD = """
+import os, sys, time
+from service.core.lifetimes import die_with_parent
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # let the caller's pipe close with the parent
+    os.dup2(devnull, 2)
+    time.sleep(1.0)  # the parent has exited by now: the kernel can no longer tell it died
+    die_with_parent(parent if sys.argv[1] == "checked" else None)
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_whose_parent_is_already_gone_dies_when_it_asks_to_die_with_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "checked"], capture_output=True, text=True, timeout=30
+    )
+    child = int(done.stdout)
+    wait_until(lambda: not alive(child), timeout=20, what="the orphaned child to kill itself")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_without_the_parent_check_the_late_child_lives_on() -> None:
+    """What the check is for: the kernel only watches from the call on, so this one is orphaned."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "unchecked"], capture_output=True, text=True, timeout=30
+    )
+    child = int(done.stdout)
+    try:
+        with pytest.raises(AssertionError):
+            wait_until(lambda: not alive(child), timeout=3, what="the orphaned child to die")
+    finally:
+        subprocess.run(["kill", "-9", str(child)], check=False)
