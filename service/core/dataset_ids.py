@@ -235,14 +235,18 @@ def _csv(path: Path) -> DatasetIds:
             if problem is not None:
                 refused.append((line, problem))
             ids.append(row["sample_id"])
-            labels.append(int(row["label"]))
+            try:
+                labels.append(int(row["label"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"line {line}: label {row['label']!r} is not a whole number") from None
             if has_subjects:
                 subjects.append(_subject(row["subject_id"] or ""))
     if refused:
         shown = "; ".join(f"line {line}: {why}" for line, why in refused[:_SHOWN])
         more = f" (and {len(refused) - _SHOWN} more)" if len(refused) > _SHOWN else ""
         raise Unprocessable(
-            f"{len(refused)} manifest path(s) leave the manifest's folder {root}: {shown}{more}",
+            f"{len(refused)} manifest path(s) are not files inside the manifest's folder {root}: "
+            f"{shown}{more}",
             lines=[line for line, _ in refused[:100]],
             refused_count=len(refused),
         )

@@ -219,6 +219,10 @@ def test_a_manifest_naming_a_missing_file_is_refused_naming_the_line(live: tuple
         r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
         assert r.status_code == 422, r.text
         assert "line 3: path 'nothere.npy': no file there" in r.json()["detail"]
+        # and a label that is not a whole number is named by its line too (it was a bare int() error)
+        manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nhalf,a.npy,1.5\n")
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+        assert r.status_code == 422 and "line 3: label '1.5' is not a whole number" in r.json()["detail"]
         assert c.get("/v1/datasets").json() == []
 
 
