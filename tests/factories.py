@@ -7,11 +7,12 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core import deletions
 from service.core.audit import sequence_all, verify_chain
-from service.core.db.tables import DeletionRequest, Model
+from service.core.db.tables import DeletionRequest, ForgottenSample, Model, ModelVersion
 from service.core.keys import create_key
 from service.core.registry import register_dataset, register_model
 
@@ -95,3 +96,28 @@ def verified_log(session: Session, tenant: str = "default") -> dict[str, Any]:
     """Events are sequenced after they are written: sequence them, then check the whole log."""
     sequence_all(session, tenant)
     return verify_chain(session, tenant)
+
+
+def publish_version(session: Session, model: Model, ids: list[str], *, job_id: str | None = None) -> int:
+    """Publish the version after `model`'s latest, forgetting `ids`, as a completed job leaves it: the
+    forgotten rows and a new latest version with the cumulative count. Returns its number."""
+    base = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model.id, ModelVersion.number == model.latest_version
+        )
+    ).one()
+    number = model.latest_version + 1
+    session.add(
+        ModelVersion(
+            model_id=model.id,
+            number=number,
+            parent_number=base.number,
+            checkpoint_uri=f"/nonexistent/v{number}.safetensors",
+            sha256=base.sha256,
+            forgotten_count=base.forgotten_count + len(ids),
+            job_id=job_id,
+        )
+    )
+    session.add_all(ForgottenSample(model_id=model.id, sample_id=i, version_number=number) for i in ids)
+    model.latest_version = number
+    return number

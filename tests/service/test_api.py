@@ -23,11 +23,11 @@ from service.cli.server import cmd_keys
 from service.core import audit, proofs
 from service.core.db import migrate
 from service.core.db.engine import session_scope
-from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, ForgottenSample, Model, ModelVersion
+from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
-from tests.factories import make_key, make_model
+from tests.factories import make_key, make_model, publish_version
 
 
 @dataclass
@@ -134,26 +134,9 @@ def test_unknown_ids_are_rejected_by_name_and_nothing_is_written(api: Api) -> No
 
 
 def forget(url: str, model: str, ids: list[str]) -> None:
-    """Publish a version that forgot `ids`, as a completed job leaves it: the forgotten rows and a new
-    latest version with the cumulative count, in one transaction."""
+    """Publish a version that forgot `ids`, as a completed job leaves it."""
     with session_scope(url) as s:
-        m = s.scalars(select(Model).where(Model.name == model)).one()
-        base = s.scalars(
-            select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.number == m.latest_version)
-        ).one()
-        number = m.latest_version + 1
-        s.add(
-            ModelVersion(
-                model_id=m.id,
-                number=number,
-                parent_number=base.number,
-                checkpoint_uri=f"/nonexistent/v{number}.safetensors",
-                sha256=base.sha256,
-                forgotten_count=base.forgotten_count + len(ids),
-            )
-        )
-        s.add_all(ForgottenSample(model_id=m.id, sample_id=i, version_number=number) for i in ids)
-        m.latest_version = number
+        publish_version(s, s.scalars(select(Model).where(Model.name == model)).one(), ids)
 
 
 def test_a_request_that_would_forget_every_remaining_training_sample_is_refused(api: Api) -> None:

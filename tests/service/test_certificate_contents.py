@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from service.core import certificates, jobs
 from service.core.db.engine import session_scope
-from service.core.db.tables import DeletionRequest, ForgottenSample, Job, Model, ModelVersion
+from service.core.db.tables import DeletionRequest, Job, Model
 from service.core.states import JobState
-from tests.factories import make_model, submit_request
+from tests.factories import make_model, publish_version, submit_request
 from workers import claims
 
 
@@ -23,21 +23,7 @@ def claim(s: Session, model: Model) -> Job:
 
 def publish(s: Session, model: Model, job: Job, ids: list[str]) -> int:
     """Publish the next version, forgetting `ids`, and complete `job` with it."""
-    number = model.latest_version + 1
-    s.add(
-        ModelVersion(
-            model_id=model.id,
-            number=number,
-            parent_number=model.latest_version,
-            checkpoint_uri=f"/nonexistent/v{number}",
-            sha256="0" * 64,
-            forgotten_count=0,
-            metrics={},
-            job_id=job.id,
-        )
-    )
-    s.add_all(ForgottenSample(model_id=model.id, sample_id=i, version_number=number) for i in ids)
-    model.latest_version = number
+    number = publish_version(s, model, ids, job_id=job.id)
     jobs.close(s, job, JobState.COMPLETED, result_version=number)
     return number
 

@@ -13,17 +13,22 @@ import pytest
 from tests.helpers import wait_until
 
 CHILD = """
-import os, sys, time
+import os, select, signal, sys, time
 from service.core.lifetimes import die_with_parent
 parent = os.getpid()
+gone_r, gone_w = os.pipe()  # closes in the child when the parent exits: no timing involved
 pid = os.fork()
 if pid == 0:
+    os.close(gone_w)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # let the caller's pipe close with the parent
     os.dup2(devnull, 2)
-    time.sleep(1.0)  # the parent has exited by now: the kernel can no longer tell it died
+    select.select([gone_r], [], [], 20)  # the parent is exiting (its files close before it is gone) ...
+    deadline = time.monotonic() + 20
+    while os.getppid() == parent and time.monotonic() < deadline:  # ... and now re-parented: too late
+        select.select([], [], [], 0.01)
     die_with_parent(parent if sys.argv[1] == "checked" else None)
-    time.sleep(60)
+    signal.pause()
     os._exit(0)
 print(pid, flush=True)
 """

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -111,6 +112,28 @@ def model_id(app: LiveApp, name: str) -> str:
         return s.scalars(select(Model.id).where(Model.name == name)).one()
 
 
+def ready_model(
+    live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path, name: str, train: tuple[str, Path], test: Path
+) -> str:
+    """A model on `train` (kind, path) and WebDataset `test` shards, registered and validated `ready`."""
+    app, http, _ = live
+    train_id = register_dataset(http, "train", train[0], train[1]).json()["id"]
+    test_id = register_dataset(http, "test", "webdataset", test).json()["id"]
+    register_model(http, tmp_path, name, train_id, test_id)
+    assert validate_model(app.settings, model_id(app, name)) == "ready"
+    return name
+
+
+def job_of_request(live: tuple[LiveApp, httpx.Client, Path], name: str, ids: list[str]) -> dict[str, Any]:
+    """The job a deletion request of `ids` ran in, once the worker's functions have run it."""
+    app, http, _ = live
+    r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": ids})
+    assert r.status_code == 202, r.text
+    process_model(app.settings, model_id(app, name))
+    job_id = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"]
+    return dict(http.get(f"/v1/jobs/{job_id}").json())
+
+
 def test_npy_and_webdataset_sets_are_registered_validated_and_unlearned(
     live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path
 ) -> None:
@@ -177,16 +200,9 @@ def test_a_shard_replaced_after_registration_fails_the_job_instead_of_training_o
     app, http, data = live
     train_ids = shards(data / "train", 60, 0)
     shards(data / "test", 30, 1)
-    train = register_dataset(http, "train", "webdataset", data / "train").json()["id"]
-    test = register_dataset(http, "test", "webdataset", data / "test").json()["id"]
-    name = register_model(http, tmp_path, "swapped", train, test)
-    mid = model_id(app, name)
-    assert validate_model(app.settings, mid) == "ready"
+    name = ready_model(live, tmp_path, "swapped", ("webdataset", data / "train"), data / "test")
     (data / "train" / "shard-0002.tar").unlink()  # one shard gone: its samples' IDs would lie
-    r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": train_ids[:2]})
-    process_model(app.settings, mid)
-    job_id = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"]
-    job = http.get(f"/v1/jobs/{job_id}").json()
+    job = job_of_request(live, name, train_ids[:2])
     assert job["state"] == "failed" and "changed since registration" in job["error"], job
 
 
@@ -206,16 +222,10 @@ def test_an_unreadable_image_of_a_manifest_fails_the_job_with_one_line_naming_th
         rows.append(f"{sid},img-{i:04d}.png,{label}")
     (folder / "m.csv").write_text("\n".join(rows) + "\n")
     shards(data / "test", 30, 1)
-    train = register_dataset(http, "train", "csv_manifest", folder / "m.csv").json()["id"]
-    test = register_dataset(http, "test", "webdataset", data / "test").json()["id"]
-    name = register_model(http, tmp_path, "manifest", train, test)
-    mid = model_id(app, name)
-    assert validate_model(app.settings, mid) == "ready"
+    name = ready_model(live, tmp_path, "manifest", ("csv_manifest", folder / "m.csv"), data / "test")
     (folder / "img-0042.png").write_bytes(b"not an image")  # the manifest's own hash does not cover it
-    r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": ids[:2]})
-    process_model(app.settings, mid)
-    req = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()
-    assert req["state"] == "failed", req
-    error = req["error"]
+    job = job_of_request(live, name, ids[:2])
+    assert job["state"] == "failed", job
+    error = job["error"]
     assert "UnidentifiedImageError: cannot identify image file" in error and "img-0042.png" in error, error
     assert "\n" not in error and "Traceback" not in error and "DataLoader" not in error, error
