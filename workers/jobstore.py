@@ -151,19 +151,16 @@ class JobStore:
 
     def record_attempt(
         self,
-        method: str,
-        params: dict[str, Any],
         base: dict[str, Any],
         result: dict[str, Any],
         attempts: list[dict[str, Any]],
         data: dict[str, Any] | None = None,
         gates: dict[str, Any] | None = None,
     ) -> None:
-        """The method now being tried and every attempt so far, so a failed job shows why; `data` says
-        which data calibrated the method and which scored it, `gates` what the attempts were judged by
-        (the model's gates may change after the job)."""
+        """Every attempt so far, so a failed job shows why (`trying` recorded the method and its params);
+        `data` says which data calibrated the method and which scored it, `gates` what the attempts were
+        judged by (the model's gates may change after the job)."""
         with self._fenced() as (_, job):
-            job.method, job.params = method, params
             job.metrics = {"base": base, "result": result, "attempts": attempts, "data": data, "gates": gates}
 
     def publish(

@@ -179,7 +179,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "passed": not failures,
             }
         )
-        store.record_attempt(method, as_dict, base_metrics, metrics, attempts, data_roles, ctx.gates)
+        store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
             publish(settings, ctx, store, rep, model, new_ids, metrics, method, as_dict)
