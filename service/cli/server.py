@@ -69,8 +69,11 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     migrate.upgrade(settings.resolved_database_url)
     key = ensure_admin_key(settings)
     print(f"Admin API key: {key}\n(also in {settings.var_dir / 'admin.key'})", flush=True)
-    if settings.demo:
-        subprocess.run([sys.executable, "-m", "workers.demo"], check=True)
+    # The demo's registration (a Python start and its torch and scikit-learn imports: ~7 s on 2 cores)
+    # runs beside the worker's start and this process's import of the app, not before them. It commits the
+    # model in one transaction after its checkpoint is written, so a worker never sees half of it, and the
+    # API serves only once it is done: the first GET /v1/models already lists it.
+    demo = subprocess.Popen([sys.executable, "-m", "workers.demo"]) if settings.demo else None
     worker = Supervised("worker", _worker_argv(settings, beat=True, name="embedded@%h"))
     worker.start()
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into a normal exit so the
@@ -80,10 +83,16 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     try:
         from service.api.app import served_app
 
+        app = served_app(settings)
+        if demo is not None and demo.wait() != 0:
+            print(f"the demo model could not be registered (exit code {demo.returncode})", file=sys.stderr)
+            return 1
         base = f"http://{settings.host}:{settings.port}"
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
-        uvicorn.run(served_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
+        if demo is not None and demo.poll() is None:
+            demo.kill()
         worker.stop()
     return 0
 
