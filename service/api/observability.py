@@ -5,11 +5,12 @@ nobody learns another tenant's deletion volume from /metrics."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -17,14 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.db.tables import DeletionRequest, Job
-from service.core.states import JobState
+from service.core.states import JobState, RequestState
 
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
 def render(http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None) -> bytes:
-    """The exposition text: the process's HTTP metrics, plus `tenant`'s own gauges when a key named one."""
-    body = generate_latest(http)
+    """The exposition text: the server's HTTP metrics, plus `tenant`'s own gauges when a key named one."""
+    body = generate_latest(server_wide(http))
     if tenant is not None:
         own = CollectorRegistry()
         own.register(TenantCollector(make_session, tenant))
@@ -32,8 +33,25 @@ def render(http: CollectorRegistry, make_session: sessionmaker[Session], tenant:
     return body
 
 
+def server_wide(own: CollectorRegistry) -> CollectorRegistry:
+    """This process's HTTP metrics or, when the API runs as several processes, their sum over all of them.
+
+    Why: under `unlearn api --workers N` each process counted only what it served, and a scrape was
+    answered by whichever process took the connection, so a counter read 58, 217, 58 from one scrape to
+    the next and Prometheus took every drop for a reset. `unlearn api` (or a gunicorn deployment) sets
+    PROMETHEUS_MULTIPROC_DIR before the processes start; prometheus-client then keeps every process's
+    values in files there, and the scrape adds them up."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return own
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
+
+
 class TenantCollector(Collector):
-    """One tenant's requests and jobs by state, and its completed jobs' durations."""
+    """One tenant's requests and jobs by state, and its completed jobs' durations. Every state is shown,
+    at 0 when empty: a series that vanished once a backlog drained read as "no data" instead of "none"
+    (an alert on `received > 100` could never resolve, a graph had gaps)."""
 
     def __init__(self, make_session: sessionmaker[Session], tenant: str) -> None:
         self.make_session, self.tenant = make_session, tenant
@@ -43,17 +61,23 @@ class TenantCollector(Collector):
             requests = GaugeMetricFamily(
                 "unlearn_deletion_requests", "Deletion requests by state", labels=["tenant", "state"]
             )
-            for state, n in s.execute(
-                select(DeletionRequest.state, func.count())
-                .where(DeletionRequest.tenant == self.tenant)
-                .group_by(DeletionRequest.state)
-            ):
-                requests.add_metric([self.tenant, state], n)
+            counts = dict.fromkeys(RequestState, 0) | dict(
+                s.execute(
+                    select(DeletionRequest.state, func.count())
+                    .where(DeletionRequest.tenant == self.tenant)
+                    .group_by(DeletionRequest.state)
+                ).all()
+            )
+            for state, n in counts.items():
+                requests.add_metric([self.tenant, str(state)], n)
             jobs = GaugeMetricFamily("unlearn_jobs", "Jobs by state", labels=["tenant", "state"])
-            for state, n in s.execute(
-                select(Job.state, func.count()).where(Job.tenant == self.tenant).group_by(Job.state)
-            ):
-                jobs.add_metric([self.tenant, state], n)
+            counts = dict.fromkeys(JobState, 0) | dict(
+                s.execute(
+                    select(Job.state, func.count()).where(Job.tenant == self.tenant).group_by(Job.state)
+                ).all()
+            )
+            for state, n in counts.items():
+                jobs.add_metric([self.tenant, str(state)], n)
             durations = [
                 (f - st).total_seconds()
                 for st, f in s.execute(

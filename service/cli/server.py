@@ -98,16 +98,29 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run(
-        "service.api.app:served_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers,
-        log_level="info",
-    )
+    # Several processes share /metrics: each keeps its counters in files under this folder and a scrape
+    # sums them (service.api.observability.server_wide). Set before uvicorn spawns them; a folder the
+    # operator set (a gunicorn deployment's) is theirs to manage.
+    own_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unlearn-metrics-")
+    try:
+        uvicorn.run(
+            "service.api.app:served_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level="info",
+        )
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return 0
 
 
