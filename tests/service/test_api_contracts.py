@@ -174,6 +174,9 @@ def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
         in text
     )
     assert 'unlearn_deletion_requests{state="received",tenant="default"} 1.0' in text
+    # Empty states read 0 rather than vanishing, so a drained backlog is a 0, not a gap.
+    assert 'unlearn_deletion_requests{state="completed",tenant="default"} 0.0' in text
+    assert 'unlearn_jobs{state="running",tenant="default"} 0.0' in text
     assert 'unlearn_job_duration_seconds_count{tenant="default"} 0.0' in text
 
 
