@@ -90,7 +90,12 @@ def install_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
-        return problem(422, "Invalid request", f"invalid fields: {fields}", errors=errors)
+        detail = f"invalid fields: {fields}"
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # its loc is (body, character offset): not a field
+                why = (e.get("ctx") or {}).get("error", "")
+                detail = f"the body is not valid JSON: {why} (at character {e['loc'][-1]})"
+        return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -466,6 +466,21 @@ def test_odd_inputs_are_refused_with_422_not_500(api: Api, method: str, path: st
     assert api.counts() == before
 
 
+def test_a_body_that_is_not_json_is_a_422_saying_so_and_where(api: Api) -> None:
+    """It read "invalid fields: body.1": the character offset looked like a field's name."""
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests",
+        content=b'{"sample_ids": ["toy-0001"],',
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert (
+        detail
+        == "the body is not valid JSON: Expecting property name enclosed in double quotes (at character 28)"
+    ), detail
+
+
 @pytest.mark.parametrize("version", ["v\u00b2", "v99999999999999999999999", "latest", "v0"])
 def test_odd_version_names_are_404(api: Api, version: str) -> None:
     assert api.client.get(f"/v1/models/toy/versions/{version}", headers=api.auth()).status_code == 404
