@@ -441,3 +441,14 @@ def test_the_cli_knows_the_same_dataset_kinds_as_the_server() -> None:
     assert TEXT_KINDS == MODEL_TEXT_KINDS
     args = build_parser().parse_args(["datasets", "register", "/data/x", "--name", "x", "--kind", "npy"])
     assert args.kind == "npy"
+
+
+def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
+    """Both printed nothing on success: an operator running the migration step by hand could not tell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env["UNLEARN_VAR_DIR"] = str(tmp_path / "var")
+    upgraded = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == f"sqlite:///{tmp_path / 'var' / 'unlearn.db'}: schema up to date"
+    checked = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
