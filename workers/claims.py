@@ -52,6 +52,15 @@ def resume_unfinished(session: Session, model_id: str) -> Job | None:
             error=f"gave up after {job.attempts} attempts: the worker died each time",
         )
         return None
+    # Where the lost attempt had got to, from its last heartbeat: the next one starts over at `queued`,
+    # and a record showing only the last attempt hid what the worker's death threw away.
+    lost = {
+        "attempt": job.attempts,
+        "phase": str(job.phase),
+        "progress": round(job.progress, 4),
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }
+    job.metrics = {**(job.metrics or {}), "interrupted": [*(job.metrics or {}).get("interrupted", []), lost]}
     job.attempts += 1
     job.progress = 0.0
     job.phase = JobPhase.QUEUED

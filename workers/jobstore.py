@@ -161,7 +161,17 @@ class JobStore:
         `data` says which data calibrated the method and which scored it, `gates` what the attempts were
         judged by (the model's gates may change after the job)."""
         with self._fenced() as (_, job):
-            job.metrics = {"base": base, "result": result, "attempts": attempts, "data": data, "gates": gates}
+            kept = {
+                k: v for k, v in (job.metrics or {}).items() if k == "interrupted"
+            }  # claims.resume_unfinished
+            job.metrics = {
+                **kept,
+                "base": base,
+                "result": result,
+                "attempts": attempts,
+                "data": data,
+                "gates": gates,
+            }
 
     def publish(
         self,

@@ -221,6 +221,9 @@ def test_a_resumed_job_counts_the_attempt_and_restarts_from_the_beginning(db_url
             0.0,
             JobPhase.QUEUED,
         )
+        # ... and the record keeps where the lost attempt had got to
+        [lost] = job.metrics["interrupted"]
+        assert (lost["attempt"], lost["phase"], lost["progress"]) == (1, "unlearn:ugradsl_plus", 0.6)
         assert s.get_one(DeletionRequest, req.id).state == RequestState.PROCESSING
         last = events_of(s, job_id)[-1]
         assert (last.action, last.actor, last.data) == ("job.resumed", "worker", {"attempt": 2})
@@ -243,6 +246,7 @@ def test_a_job_is_resumed_until_it_has_had_max_attempts_then_failed(db_url: str)
     with session_scope(db_url) as s:
         job = s.get_one(Job, job_id)
         assert (job.state, job.attempts) == (JobState.FAILED, claims.MAX_ATTEMPTS)
+        assert [a["attempt"] for a in job.metrics["interrupted"]] == list(range(1, claims.MAX_ATTEMPTS))
 
 
 def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) -> None:

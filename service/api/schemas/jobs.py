@@ -29,7 +29,8 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] = Field(
         description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
         "method chain, the `data` that calibrated and scored them, the `gates` they were judged by, and "
-        "`timings` (seconds per phase) once the job has ended, failed or not."
+        "`timings` (seconds per phase) once the job has ended, failed or not, and `interrupted`: for each "
+        "attempt whose worker died, the phase and progress of its last heartbeat."
     )
     error: str | None
     created_at: datetime
