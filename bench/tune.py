@@ -68,6 +68,7 @@ class Env:
     test: SampleDataset
     heldout: SampleDataset  # the setting's held-out reference, for methods that use one
     reference: dict[str, Any]  # metrics of the exact retrain
+    retrained: torch.nn.Module  # the exact retrain itself (bench/loss_profile.py reads its losses)
     original_gap: float
     retrain_s: float
 
@@ -83,7 +84,9 @@ def environment(setting_name: str, model_seed: int, case: Case, device: str, cac
     ref_model, retrain_s = _cached(cache, key, setting, device, make_ref)
     ref = score(ref_model, forget, retain, run.test)
     orig = score(run.model, forget, retain, run.test)
-    return Env(run.model, forget, retain, run.test, run.reference, ref, avg_gap(orig, ref), retrain_s)
+    return Env(
+        run.model, forget, retain, run.test, run.reference, ref, ref_model, avg_gap(orig, ref), retrain_s
+    )
 
 
 def grid_points(grid: dict[str, list[Any]] | list[dict[str, list[Any]]]) -> list[dict[str, Any]]:

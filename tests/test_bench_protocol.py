@@ -3,6 +3,8 @@ floor of a second exact retrain) that a method closes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.quality import closable_gap_closed, gap_closed
@@ -62,3 +64,25 @@ def test_the_text_setting_reads_its_sentences_as_the_service_loader_does() -> No
     assert tuple(train.x["input_ids"].shape) == (60, 16)
     assert train.y.tolist() == generate(60, 0, noise=0.15).labels
     assert train.ids[0] == "train-00000" and sets["test"].ids[-1] == "test-00019"
+
+
+def test_a_loss_profile_row_counts_the_losses_above_ln2_and_reads_the_quantiles() -> None:
+    import torch
+
+    from bench.loss_profile import losses, profile_line
+    from models.datasets import SampleDataset
+
+    row = profile_line("D_f", torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    assert row.startswith("| D_f | 4 | 50.0% | ") and row.endswith(" | 1.970 |")  # q99 interpolates 1 -> 2
+
+    class Logits(torch.nn.Module):  # the input is the logits: the losses are known in closed form
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.w
+
+    ds = SampleDataset(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.tensor([0, 1]), ["a", "b"])
+    out = losses(Logits(), ds)
+    assert torch.allclose(out, torch.tensor([math.log(2), 10 + math.log1p(math.exp(-10))]), atol=1e-5)
