@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -56,28 +57,26 @@ class TenantCollector(Collector):
     def __init__(self, make_session: sessionmaker[Session], tenant: str) -> None:
         self.make_session, self.tenant = make_session, tenant
 
+    def _by_state(
+        self, s: Session, table: type[DeletionRequest] | type[Job], states: type[StrEnum]
+    ) -> list[tuple[str, int]]:
+        """(state, count) of the tenant's rows for every state, 0 where it has none."""
+        rows = s.execute(
+            select(table.state, func.count()).where(table.tenant == self.tenant).group_by(table.state)
+        ).all()
+        counts = dict.fromkeys((str(state) for state in states), 0) | {str(k): n for k, n in rows}
+        return list(counts.items())
+
     def collect(self) -> Iterator[Any]:
         with self.make_session() as s:
             requests = GaugeMetricFamily(
                 "unlearn_deletion_requests", "Deletion requests by state", labels=["tenant", "state"]
             )
-            counts = dict.fromkeys(RequestState, 0) | dict(
-                s.execute(
-                    select(DeletionRequest.state, func.count())
-                    .where(DeletionRequest.tenant == self.tenant)
-                    .group_by(DeletionRequest.state)
-                ).all()
-            )
-            for state, n in counts.items():
-                requests.add_metric([self.tenant, str(state)], n)
+            for state, n in self._by_state(s, DeletionRequest, RequestState):
+                requests.add_metric([self.tenant, state], n)
             jobs = GaugeMetricFamily("unlearn_jobs", "Jobs by state", labels=["tenant", "state"])
-            counts = dict.fromkeys(JobState, 0) | dict(
-                s.execute(
-                    select(Job.state, func.count()).where(Job.tenant == self.tenant).group_by(Job.state)
-                ).all()
-            )
-            for state, n in counts.items():
-                jobs.add_metric([self.tenant, str(state)], n)
+            for state, n in self._by_state(s, Job, JobState):
+                jobs.add_metric([self.tenant, state], n)
             durations = [
                 (f - st).total_seconds()
                 for st, f in s.execute(
