@@ -37,13 +37,19 @@ class HeldoutBound:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
         self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
-    def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""
+    def targets(self, loss: torch.Tensor) -> torch.Tensor:
+        """(B,) the held-out loss of each forget sample's rank within its batch."""
         b, m = len(loss), len(self.quantiles)
         rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
-        target = self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
-        in_retain = self.retained[y.clamp(max=len(self.retained) - 1)] & (y < len(self.retained))
-        return torch.where(in_retain, loss < target, correct)
+        return self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
+
+    def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""
+        return torch.where(self.in_retain(y), loss < self.targets(loss), correct)
+
+    def in_retain(self, y: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the label's class still has retain samples."""
+        return self.retained[y.clamp(max=len(self.retained) - 1)] & (y < len(self.retained))
 
 
 @torch.no_grad()

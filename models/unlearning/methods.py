@@ -130,7 +130,11 @@ def _joint_forward(
 def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) -> Objective:
     """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| (``bounded``): live = still
     correct, or, given a held-out ``bound``, still below the held-out loss of its rank (see
-    ``models.unlearning.bounds``). Penultimate features come from the same forward pass."""
+    ``models.unlearning.bounds``). Penultimate features come from the same forward pass. ``push`` (ours, not
+    the paper's) swaps the ascent of a live sample for descent towards its nearest wrong class: everywhere
+    (``nearest``), or where its rank's held-out loss says an unseen sample would be misclassified, or its
+    class left D_r (``nearest_tail``). Ascent on smoothed labels raises every class's probability and
+    softens the model around D_f; moving one sample across its nearest boundary does not."""
 
     def objective(model: nn.Module, b: Batch) -> Terms:
         net = cast(Classifier, model)  # any registered architecture: features() and head()
@@ -138,17 +142,41 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         alpha = adaptive_alpha(feat_f.detach(), feat_r.detach(), params)  # (B,) or float
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
+        ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
         if not params.bounded:
             live = torch.ones_like(per_sample)  # (B,)
         elif bound is None:
             live = correct.float()
         else:
-            ce = F.cross_entropy(logits_f.detach(), b.yf, reduction="none")  # (B,)
             live = bound.live(ce, b.yf, correct).float()
-        forget = -(live * per_sample).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
+        push = -per_sample  # (B,) ascent
+        if params.push != "ascent":
+            toward = F.cross_entropy(logits_f, nearest_wrong_class(logits_f.detach(), b.yf), reduction="none")
+            push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf), toward, push)
+        forget = (live * push).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
     return objective
+
+
+def pushed_to_nearest(
+    push: str, bound: HeldoutBound | None, loss: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """(B,) bool: the forget samples that ``push`` moves towards their nearest wrong class. Under
+    ``nearest_tail``, those whose rank's held-out loss is above ln 2 (an unseen sample of that rank would be
+    misclassified, so a retrained model likely misclassifies this one) and those whose class left D_r.
+    Without a held-out bound there is no rank to read, and every sample goes."""
+    if push == "ascent":
+        return torch.zeros_like(y, dtype=torch.bool)
+    if push == "nearest" or bound is None:
+        return torch.ones_like(y, dtype=torch.bool)
+    return (bound.targets(loss) > math.log(2)) | ~bound.in_retain(y)
+
+
+def nearest_wrong_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) the most likely class other than the label: where a sample that only memorisation holds on its
+    label goes when the memory is gone (Boundary Unlearning's "nearest incorrect label", Chen et al. 2023)."""
+    return logits.scatter(1, y[:, None], float("-inf")).argmax(1)
 
 
 def adaptive_alpha(feat_f: torch.Tensor, feat_r: torch.Tensor, params: UGradSLParams) -> torch.Tensor | float:

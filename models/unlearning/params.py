@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 RELABEL = ("salun", "wrong")
+PUSH = ("ascent", "nearest", "nearest_tail")
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
     "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
@@ -107,6 +108,13 @@ class UGradSLParams(GradientParams):
     beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
     bounded: bool = _f(True, doc="ascend only on forget samples that still look like training data")
     bound_by: str = _f("correct", choices=BOUND_BY, doc=_BOUND_DOC)
+    push: str = _f(
+        "ascent",
+        choices=PUSH,
+        doc="how a live forget sample is pushed: ascent on its smoothed loss | nearest = descent towards "
+        "the model's most likely wrong class | nearest_tail = nearest where its rank's held-out loss is "
+        "above ln 2 or its class left D_r, ascent elsewhere",
+    )
 
 
 @dataclass(frozen=True)
