@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.core.settings import Settings
-from tests.helpers import PG_ADMIN_URL, REDIS_URL, services_available
+from tests.helpers import PG_ADMIN_URL, REDIS_URL, migrated, services_available
 
 BACKENDS = ["embedded", "postgres"]
 
@@ -31,33 +31,51 @@ class Backend:
         return Settings(**self.env)  # type: ignore[arg-type]
 
 
-def _create_pg_database() -> str:
+# A test's PostgreSQL database is a copy of a template migrated once per session (tests/helpers.py, migrated).
+_PG_TEMPLATE = f"unlearn_template_{uuid.uuid4().hex[:12]}"
+_PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database, the template (CREATE DATABASE ... TEMPLATE) of tests' databases."""
+    from service.core.db import migrate
+
+    _create_pg_database(_PG_TEMPLATE, template=None)
+    migrate.upgrade(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{_PG_TEMPLATE}")  # alembic's engine holds no pool
+    yield _PG_TEMPLATE
+    _drop_pg_database(_PG_TEMPLATE)
+
+
+def _create_pg_database(name: str | None = None, template: str | None = None) -> str:
     import psycopg
 
-    name = f"unlearn_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = name or f"unlearn_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return name
 
 
 def _drop_pg_database(name: str) -> None:
     import psycopg
 
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+    with psycopg.connect(_PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """A fresh, empty state (database, queue, state directory) on each backend."""
+    """A fresh state on each backend: a migrated database holding no data, an empty queue and state
+    directory."""
     env = {"UNLEARN_VAR_DIR": str(tmp_path / "var"), "UNLEARN_QUEUE": f"q-{uuid.uuid4().hex[:8]}"}
     if request.param == "embedded":
+        migrated(Settings(**env).resolved_database_url)  # type: ignore[arg-type]
         yield Backend("embedded", env)
         return
     reason = services_available()
     if reason:
         pytest.skip(reason)
-    name = _create_pg_database()
+    name = _create_pg_database(template=request.getfixturevalue("pg_template"))
     env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     env["BROKER_URL"] = REDIS_URL
     try:
@@ -73,11 +91,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated SQLite database: the domain and the workers' database logic, without processes."""
-    from service.core.db import migrate
     from service.core.db.engine import engine_for
 
     url = f"sqlite:///{tmp_path / 't.db'}"
-    migrate.upgrade(url)
+    migrated(url)
     yield url
     engine_for(url).dispose()
 

@@ -13,9 +13,8 @@ import httpx
 import uvicorn
 
 from service.api.app import create_app
-from service.core.db import migrate
 from service.core.settings import Settings
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, migrated, wait_until
 
 
 @dataclass
@@ -41,7 +40,7 @@ class LiveApp:
 
 def prepared(settings: Settings) -> Settings:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     return settings
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.core.db import migrate
 from service.core.settings import Settings
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, migrated, wait_until
 from tests.stack import UNLEARN
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     url = f"http://127.0.0.1:{env['PORT']}"
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

@@ -21,13 +21,13 @@ from service.cli.client import Client as CliClient
 from service.cli.errors import UsageError
 from service.cli.server import cmd_keys
 from service.core import audit, proofs
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
 from tests.factories import make_key, make_model, publish_version
+from tests.helpers import migrated
 
 
 @dataclass
@@ -51,7 +51,7 @@ def serve_toy(settings: Settings) -> Iterator[Api]:
     """The app on a fresh database holding model `toy` (50 training samples) and a non-admin key."""
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
-    migrate.upgrade(url)
+    migrated(url)
     with session_scope(url) as s:
         make_model(s, name="toy", n_train=50)
         key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
@@ -64,7 +64,7 @@ def test_the_served_app_freezes_the_heap_it_starts_with_and_still_serves(tmp_pat
     were the p99 of every route under load); the app it returns still answers."""
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     before = gc.get_freeze_count()
     try:
         app = served_app(settings)
@@ -491,7 +491,7 @@ def test_a_chunked_body_over_the_limit_is_413(backend: Backend) -> None:
     env = {**backend.env, "UNLEARN_MAX_BODY_BYTES": "1000"}
     settings = Backend(backend.name, env).settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy")
         key = make_key(s, scopes=("deletion:write",))
@@ -560,7 +560,7 @@ def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_va
 ) -> None:
     settings = backend.settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
 
     def create(tenant: str) -> int:
         args = argparse.Namespace(action="create", tenant=tenant, scopes=["admin"], name="")
@@ -644,7 +644,7 @@ def test_webhook_http_callback_needs_allow_http_and_then_the_default_port_of_htt
     }
     settings = Settings(**env)  # type: ignore[arg-type]
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=50)
         key = make_key(s, scopes=("deletion:write",))

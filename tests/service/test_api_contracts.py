@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select, update
 
 from service.api.app import create_app
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
+from tests.helpers import migrated
 from tests.liveapp import serve
 
 
@@ -37,7 +37,7 @@ def live(backend: Backend) -> Iterator[Live]:
     settings = backend.settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     db = settings.resolved_database_url
-    migrate.upgrade(db)
+    migrated(db)
     with session_scope(db) as s:
         make_model(s, name="toy", n_train=200)
         key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
@@ -150,7 +150,7 @@ def test_too_many_ids_is_413(backend: Backend) -> None:
     env = {**backend.env, "UNLEARN_MAX_SAMPLE_IDS": "3"}
     settings = Backend(backend.name, env).settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy")
         key = make_key(s)

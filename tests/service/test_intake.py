@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from service.api.app import create_app
 from service.core import audit
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model, utcnow
 from service.core.deletions import Accepted, IntakePolicy, Submission, accept_many
@@ -25,6 +24,7 @@ from service.core.settings import Settings
 from service.core.states import ModelStatus
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
+from tests.helpers import migrated
 
 
 def test_a_model_is_woken_now_then_once_at_the_end_of_the_window(db_url: str) -> None:
@@ -58,7 +58,7 @@ def test_a_stale_read_loses_the_compare_and_set(db_url: str) -> None:
 def test_a_burst_of_requests_sends_at_most_two_broker_messages(tmp_path: Path) -> None:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_WAKE_SECONDS=60)  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=50)
         key = make_key(s, scopes=("deletion:write",))
@@ -127,7 +127,7 @@ def _toy_with_key(backend: Backend, scopes: tuple[str, ...]) -> tuple[Settings, 
     """A migrated database holding model `toy` (200 training samples) and the auth header of a new key."""
     settings = backend.settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=200)
         key = make_key(s, scopes=scopes)
@@ -277,7 +277,7 @@ def test_a_batch_repeating_an_idempotency_key_answers_each_item_as_its_own_post_
 def test_a_batch_that_is_empty_too_long_or_names_nothing_is_refused_whole(tmp_path: Path) -> None:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=50)
         key = make_key(s, scopes=("deletion:write",))

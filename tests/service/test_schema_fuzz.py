@@ -17,14 +17,14 @@ from schemathesis.checks import (
 )
 
 from service.api.app import create_app
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.settings import Settings
 from tests.factories import make_key, make_model
+from tests.helpers import migrated
 
 _VAR = Path(tempfile.mkdtemp(prefix="unlearn-fuzz-"))
 _SETTINGS = Settings(UNLEARN_VAR_DIR=str(_VAR), UNLEARN_QUEUE="fuzz")  # type: ignore[call-arg]
-migrate.upgrade(_SETTINGS.resolved_database_url)
+migrated(_SETTINGS.resolved_database_url)
 with session_scope(_SETTINGS.resolved_database_url) as _s:
     make_model(_s, name="toy", n_train=30)
     ADMIN_KEY = make_key(_s, scopes=("admin",))

@@ -28,7 +28,6 @@ from service.cli.errors import UsageError
 from service.cli.request import cmd_request
 from service.core import jobs, proofs
 from service.core.dataset_ids import read_ids, read_samples
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, Dataset, DatasetSample, DeletionRequest, Model
 from service.core.errors import Unprocessable
@@ -38,6 +37,7 @@ from service.core.settings import Settings
 from service.core.signing import public_key_b64, sign_document, verify_document
 from service.core.states import JobState
 from tests.factories import make_key, make_model
+from tests.helpers import migrated
 from workers import claims
 
 
@@ -84,7 +84,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     settings.var_dir.mkdir(parents=True)
     (tmp_path / "data").mkdir()
     url = settings.resolved_database_url
-    migrate.upgrade(url)
+    migrated(url)
     with session_scope(url) as s:
         make_model(s, name="toy", n_train=50, subject_of=person)
         make_model(s, name="plain", n_train=20)  # a training set without subjects

@@ -16,7 +16,6 @@ from models.calibration import split_test_set
 from models.checkpoints import load_checkpoint
 from models.datasets import load_dataset
 from service.core import deletions
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import (
     Dataset,
@@ -29,6 +28,7 @@ from service.core.db.tables import (
 )
 from service.core.keys import create_key
 from service.core.settings import Settings
+from tests.helpers import migrated
 from workers.demo import ensure_demo
 from workers.orchestrate import process_model
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path: Path) -> Settings:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     ensure_demo(settings)
     return settings
 
@@ -152,7 +152,7 @@ def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Set
 def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_PRECISION="bf16")  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     ensure_demo(settings)
     # finetune: UGradSL+'s ascent term is too sensitive for bf16 on CPU (measured: it collapsed the
     # model and the test-accuracy gate refused the version), so this checks the bf16 path itself.
@@ -177,7 +177,7 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
     url = settings.resolved_database_url
-    migrate.upgrade(url)
+    migrated(url)
     with session_scope(url) as s:
         model = make_model(s, name="toy")
         key, _ = create_key(s, tenant="default", scopes=["deletion:write"])

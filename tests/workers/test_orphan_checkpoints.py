@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model, ModelVersion
 from service.core.settings import Settings
+from tests.helpers import migrated
 from workers.demo import ensure_demo
 from workers.storage import sweep_orphans, version_path
 
@@ -23,7 +23,7 @@ from workers.storage import sweep_orphans, version_path
 def demo(tmp_path: Path) -> Settings:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_JOB_TIME_LIMIT_SECONDS="600")  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     ensure_demo(settings)
     return settings
 

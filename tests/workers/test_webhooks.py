@@ -21,7 +21,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.api.app import create_app
 from service.core import deletions, jobs, webhook_secrets
-from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest, WebhookSecret, utcnow
 from service.core.keys import create_key
@@ -30,7 +29,7 @@ from service.core.settings import Settings
 from service.core.states import JobState, RequestState, WebhookState
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
-from tests.helpers import wait_until
+from tests.helpers import migrated, wait_until
 from workers import claims, webhooks
 
 
@@ -126,7 +125,7 @@ def world(backend: Backend, receiver: Receiver) -> World:
     }
     settings = Settings(**env)  # type: ignore[arg-type]
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    migrated(settings.resolved_database_url)
     return World(settings, env, receiver)
 
 
