@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.core.settings import Settings
-from tests.helpers import PG_ADMIN_URL, REDIS_URL, migrated, services_available
+from tests.helpers import REDIS_URL, migrated, pg_url, services_available
 
 BACKENDS = ["embedded", "postgres"]
 
@@ -42,7 +42,7 @@ def pg_template() -> Iterator[str]:
     from service.core.db import migrate
 
     _create_pg_database(_PG_TEMPLATE, template=None)
-    migrate.upgrade(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{_PG_TEMPLATE}")  # alembic's engine holds no pool
+    migrate.upgrade(pg_url(_PG_TEMPLATE))  # alembic's engine holds no pool
     yield _PG_TEMPLATE
     _drop_pg_database(_PG_TEMPLATE)
 
@@ -76,7 +76,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if reason:
         pytest.skip(reason)
     name = _create_pg_database(template=request.getfixturevalue("pg_template"))
-    env["DATABASE_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    env["DATABASE_URL"] = pg_url(name)
     env["BROKER_URL"] = REDIS_URL
     try:
         yield Backend("postgres", env)

@@ -16,6 +16,11 @@ PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def pg_url(database: str) -> str:
+    """The SQLAlchemy URL of another database on the PostgreSQL server that PG_ADMIN_URL names."""
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+
+
 def wait_until(
     fn: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str = "condition"
 ) -> T:

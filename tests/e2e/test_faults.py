@@ -25,7 +25,7 @@ from service.core.db.tables import Model
 from tests.cluster import REDIS_SERVER, Cluster, PrivatePostgres
 from tests.conftest import _create_pg_database, _drop_pg_database
 from tests.e2e.recovery import Stopwatch
-from tests.helpers import PG_ADMIN_URL, services_available, wait_until
+from tests.helpers import pg_url, services_available, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def shared_postgres_database() -> Iterator[str]:
         pytest.skip(reason)
     name = _create_pg_database()
     try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield pg_url(name)
     finally:
         _drop_pg_database(name)
 
