@@ -20,6 +20,10 @@ BACKENDS = ["embedded", "postgres"]
 # Every live stack registers the demo model; train it once per test session (training is deterministic).
 DEMO_CACHE = tempfile.mkdtemp(prefix="unlearn-demo-cache-")
 os.environ.setdefault("UNLEARN_DEMO_CACHE", DEMO_CACHE)
+# The fault tests' recovery times, from whichever process ran them (tests/e2e/recovery.py): a new file per
+# run, named by the process that starts the test processes (pytest-xdist's inherit it).
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["UNLEARN_TEST_RECOVERY_LOG"] = str(Path(DEMO_CACHE) / "recovery.jsonl")
 
 
 @dataclass
