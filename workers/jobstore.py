@@ -57,6 +57,7 @@ class JobContext:
     base_version: int
     base_uri: str
     base_sha256: str
+    base_test_scores_sha256: str | None  # the base version's kept test scores (workers/kept_scores.py)
     method: str
     params: dict[str, Any]
     gates: dict[str, Any]
@@ -133,6 +134,7 @@ class JobStore:
                 base_version=model.latest_version,
                 base_uri=base.checkpoint_uri,
                 base_sha256=base.sha256,
+                base_test_scores_sha256=(base.metrics or {}).get("test_scores_sha256"),
                 method=model.default_method,
                 params=dict(model.default_params),
                 gates=dict(model.gates),

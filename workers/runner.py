@@ -17,13 +17,13 @@ from models.calibration import held_out, roles
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
-from models.metrics import evaluate, forgotten_classes
+from models.metrics import SetScores, evaluate, forgotten_classes, score_set
 from models.unlearning import run_method
 from models.unlearning.params import params_class, params_to_dict, parse_params
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
-from workers import failpoints, gates
+from workers import failpoints, gates, kept_scores
 from workers.datasets import DatasetRef, load_registered
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
@@ -141,14 +141,28 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
     classes = forgotten_classes(train.y, retain.y)
 
-    def score(model: torch.nn.Module) -> dict[str, Any]:
+    def score(model: torch.nn.Module, kept: SetScores | None = None) -> tuple[dict[str, Any], SetScores]:
         # Graded only on data the method never read: the scoring part of the held-out data.
-        return dict(
-            evaluate(model, forget=forget, retain=retain, test=parts.scoring, forgotten_classes=classes)
+        test_scores = kept if kept is not None else score_set(model, parts.scoring)
+        metrics = evaluate(
+            model,
+            forget=forget,
+            retain=retain,
+            test=parts.scoring,
+            forgotten_classes=classes,
+            test_scores=test_scores,
         )
+        return dict(metrics), test_scores
 
     rep.phase(JobPhase.EVALUATE_BASE, 0.05, 0.1)
-    base_metrics = score(base_model)
+    key = kept_scores.scoring_key(ctx.test, parts, torch.device(device))
+    kept = kept_scores.read(
+        kept_scores.path_for(settings.checkpoint_dir, ctx.model_id, ctx.base_uri, key),
+        len(parts.scoring),
+        ctx.base_test_scores_sha256,
+    )
+    base_metrics, _ = score(base_model, kept)
+    data_roles["base_test_scores"] = "kept" if kept is not None else "scored"
 
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
     attempts: list[dict[str, Any]] = []
@@ -168,7 +182,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         synchronize(device)
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
-        metrics = {**score(model), "runtime_s": runtime}
+        scored, test_scores = score(model)
+        metrics = {**scored, "runtime_s": runtime}
         failures = gates.check(ctx.gates, base_metrics, metrics)
         attempts.append(
             {
@@ -182,7 +197,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
-            publish(settings, ctx, store, rep, model, new_ids, metrics, method, as_dict)
+            publish(settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
@@ -196,12 +211,14 @@ def publish(
     model: torch.nn.Module,
     new_ids: list[str],
     metrics: dict[str, Any],
+    scores: tuple[str, SetScores],
     method: str,
     params: dict[str, Any],
 ) -> None:
-    """Write the checkpoint, then commit the version. A crash before the commit leaves at most an orphan
-    file, never a half version; a refused commit removes the file it would have pointed to, once the
-    database confirms no version points at it (a commit cut off mid-way may have landed)."""
+    """Write the checkpoint and keep the version's test scores (``kept_scores``: the next job's base
+    reads them), then commit the version. A crash before the commit leaves at most orphan files, never
+    a half version; a refused commit removes the files it would have pointed to, once the database
+    confirms no version points at them (a commit cut off mid-way may have landed)."""
     path = version_path(settings.checkpoint_dir, ctx.model_id, ctx.base_version + 1, ctx.job_id)
     sha256 = save_checkpoint(
         model.cpu(),
@@ -213,6 +230,10 @@ def publish(
         num_classes=ctx.num_classes,
         extra={"version": ctx.base_version + 1, "job_id": ctx.job_id},
     )
+    key, test_scores = scores
+    scores_path = kept_scores.path_for(settings.checkpoint_dir, ctx.model_id, str(path), key)
+    if (scores_sha256 := kept_scores.write(scores_path, test_scores)) is not None:
+        metrics = {**metrics, kept_scores.RECORD_KEY: scores_sha256}
     failpoints.hit("publish.before_commit")
     try:
         rep.flush()  # proves we still hold the lease right before committing
@@ -229,4 +250,5 @@ def publish(
     except BaseException:
         if store.may_delete_checkpoint(str(path)):
             path.unlink(missing_ok=True)
+            scores_path.unlink(missing_ok=True)
         raise

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model, ModelVersion
 from service.core.settings import Settings
+from workers import kept_scores
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def version_path(checkpoint_dir: Path, model_id: str, number: int, job_id: str |
 
 
 # What `version_path` names (with a job) and the writer's temporary files beside it; nothing else in a
-# model's folder is ever swept.
+# model's folder is ever swept (but the test scores kept for such a file, `kept_scores.of_checkpoint`).
 _SWEPT = re.compile(r"v\d+-[0-9a-f]{8}-[0-9a-f]{8}\.safetensors|\.v\d+.*\.safetensors\.[0-9a-f]{32}\.tmp")
 
 
@@ -57,14 +58,20 @@ def orphans(
 
 
 def sweep_orphans(settings: Settings) -> list[Path]:
-    """Delete the `orphans` older than the longest attempt plus an hour, and return them. They are what a
+    """Delete the `orphans` older than the longest attempt plus an hour, with the test scores kept beside
+    them (``kept_scores``), and return them all. They are what a
     worker killed between writing a checkpoint and committing its version leaves (`runner.publish`
     deletes its own file on any failure it lives through)."""
     with session_scope(settings.resolved_database_url) as s:
         model_ids = list(s.scalars(select(Model.id)))
         referenced = {str(Path(u).resolve()) for u in s.scalars(select(ModelVersion.checkpoint_uri))}
-    gone = orphans(settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600)
+    checkpoints = orphans(
+        settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600
+    )
+    gone = sorted(
+        checkpoints + [scores for path in checkpoints for scores in kept_scores.of_checkpoint(path)]
+    )
     for path in gone:
         path.unlink(missing_ok=True)
-        log.info("deleted orphan checkpoint %s (no version points at it)", path)
+        log.info("deleted orphan %s (no version points at it)", path)
     return gone

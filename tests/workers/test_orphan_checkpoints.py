@@ -16,6 +16,7 @@ from service.core.db.tables import Model, ModelVersion
 from service.core.settings import Settings
 from tests.helpers import migrated
 from workers.demo import ensure_demo
+from workers.kept_scores import path_for
 from workers.storage import sweep_orphans, version_path
 
 
@@ -45,8 +46,12 @@ def test_only_old_files_no_version_points_at_are_swept(demo: Settings) -> None:
     half_written = aged(demo.checkpoint_dir / model_id / f".{orphan.name}.{'b' * 32}.tmp", limit + 60)
     in_flight = aged(version_path(demo.checkpoint_dir, model_id, 2, "c" * 36), limit - 60)  # may commit yet
     not_ours = aged(demo.checkpoint_dir / model_id / "notes.txt", limit + 60)
+    # Each checkpoint's kept test scores (workers/kept_scores.py) go with it, and only with it.
+    orphan_scores, in_flight_scores = (
+        aged(path_for(demo.checkpoint_dir, model_id, str(c), "k" * 32), 0) for c in (orphan, in_flight)
+    )
 
-    assert sweep_orphans(demo) == sorted([orphan, half_written])
-    assert not orphan.exists() and not half_written.exists()
-    assert Path(published).exists() and in_flight.exists() and not_ours.exists()
+    assert sweep_orphans(demo) == sorted([orphan, half_written, orphan_scores])
+    assert not orphan.exists() and not half_written.exists() and not orphan_scores.exists()
+    assert Path(published).exists() and in_flight.exists() and not_ours.exists() and in_flight_scores.exists()
     assert sweep_orphans(demo) == []
