@@ -106,6 +106,8 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
             "wall": wall,
             **phases,
             "forget": len(ids),
+            # kept: the base version's test pass was read back from its publish (workers/kept_scores.py)
+            "base_test": job.metrics["data"].get("base_test_scores", "scored"),
         }
 
 
@@ -243,7 +245,7 @@ def main() -> None:
         )
         job = [f"{r[c]:.2f}" for c in cols] + [f"{r['wall']:.2f}", f"{r['unlearn'] / retrain:.1%}"]
         out.append(
-            f"| {label} | job on {version} | {r['forget']} | {n_retain} | "
+            f"| {label} | job on {version} (base test pass {r['base_test']}) | {r['forget']} | {n_retain} | "
             + " | ".join([*job, f"{r['wall'] / retrain:.1%}"])
             + " |"
         )
