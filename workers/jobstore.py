@@ -19,6 +19,7 @@ from service.core import events, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
 from service.core.states import JobPhase, JobState
+from workers import kept_scores
 from workers.datasets import DatasetRef
 
 
@@ -134,7 +135,7 @@ class JobStore:
                 base_version=model.latest_version,
                 base_uri=base.checkpoint_uri,
                 base_sha256=base.sha256,
-                base_test_scores_sha256=(base.metrics or {}).get("test_scores_sha256"),
+                base_test_scores_sha256=(base.metrics or {}).get(kept_scores.RECORD_KEY),
                 method=model.default_method,
                 params=dict(model.default_params),
                 gates=dict(model.gates),

@@ -31,7 +31,7 @@ from workers.datasets import DatasetRef
 
 log = logging.getLogger(__name__)
 
-FOLDER = "scores"  # under a model's checkpoint folder; the orphan sweep (workers.storage) never enters it
+FOLDER = "scores"  # under a model's checkpoint folder; swept only with an orphan checkpoint (workers.storage)
 RECORD_KEY = "test_scores_sha256"  # on a version's metrics
 # safetensors inside, but never named like a checkpoint: what lists `*.safetensors` lists weights only.
 SUFFIX = ".scores"
