@@ -4,11 +4,12 @@
         classwise:6 --grid '{"p": [0.75, 0.8, 0.85], "lr": [0.03, 0.05, 0.08], "epochs": [0.75, 1.0],
         "schedule": ["cosine"]}' --jobs 2 --cache .cache/bench
 
-A case is ``random:SPLIT_SEED`` (a seeded random 10%) or ``classwise:CLASS``, all on the original trained
-with ``--model-seed`` (0 by default; the table reports 1 2 3). For every grid point it prints the gap
-closed per case, the mean and the worst case over the cases, and the run time relative to retrain; rows are
-sorted by the worst case, the rule the defaults in ``models/unlearning/params.py`` were picked by (a mean
-hides a setting that collapses on one split). Writes JSON to bench/results/tune_<setting>_<method>.json.
+A case is ``random:SPLIT_SEED`` (a seeded random 10%), ``small:SPLIT_SEED`` (1%) or ``classwise:CLASS``, all
+on the original trained with ``--model-seed`` (0 by default; the table reports 1 2 3). For every grid point
+it prints the gap closed per case, the mean and the worst case over the cases, and the run time relative to
+retrain; rows are sorted by the worst case, the rule the defaults in ``models/unlearning/params.py`` were
+picked by (a mean hides a setting that collapses on one split). Writes JSON to
+bench/results/tune_<setting>_<method>.json.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from bench.quality import (
     RESULTS,
     RETRAIN,
+    SCENARIOS,
     SETTINGS,
     Row,
     _cached,
@@ -46,14 +48,16 @@ from models.metrics import avg_gap
 
 @dataclass(frozen=True)
 class Case:
-    scenario: str  # "random" | "classwise"
-    value: int  # split seed (random) or forgotten class (classwise)
+    scenario: str  # "random" | "small" | "classwise"
+    value: int  # split seed (random, small) or forgotten class (classwise)
 
     @classmethod
     def parse(cls, text: str) -> Case:
         scenario, _, value = text.partition(":")
-        if scenario not in ("random", "classwise") or not value.lstrip("-").isdigit():
-            raise argparse.ArgumentTypeError(f"a case is random:SEED or classwise:CLASS, got {text!r}")
+        if scenario not in SCENARIOS or not value.lstrip("-").isdigit():
+            raise argparse.ArgumentTypeError(
+                f"a case is random:SEED, small:SEED or classwise:CLASS, got {text!r}"
+            )
         return cls(scenario, int(value))
 
     def __str__(self) -> str:

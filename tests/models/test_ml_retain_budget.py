@@ -50,25 +50,32 @@ def test_the_pool_is_seeded() -> None:
 
 def test_budget_zero_or_covering_retain_is_all_of_retain() -> None:
     retain = _labelled([30, 20])
-    assert parse_params("ugradsl_plus", {}).retain_budget == 0.0  # off by default
+    assert parse_params("finetune", {}).retain_budget == 0.0  # off by default where an epoch has no D_f
     assert retain_pool(retain, 10, 0.0, seed=0) is retain
     assert retain_pool(retain, 10, 5.0, seed=0) is retain  # 50 rows asked, 50 there
 
 
 @pytest.mark.slow
-def test_off_by_default_gives_the_same_weights_and_a_budget_changes_them(
+def test_a_budget_covering_retain_gives_the_same_weights_as_none_and_a_smaller_one_changes_them(
     digits_model, digits_random10
 ) -> None:
-    """Off (the default) and a budget covering all of D_r run the same steps bit for bit."""
+    """Off, a budget covering all of D_r, and the default on a 10% deletion (24·|D_f| > |D_r|) run the same
+    steps bit for bit: the default pool changes nothing where the other defaults were tuned."""
     forget, retain = digits_random10
     weights = {}
-    runs = (("default", {}), ("covering", {"retain_budget": 1e6}), ("budget", {"retain_budget": 2}))
+    runs = (
+        ("off", {"retain_budget": 0}),
+        ("default", {}),
+        ("covering", {"retain_budget": 1e6}),
+        ("budget", {"retain_budget": 2}),
+    )
     for name, extra in runs:
         params = {"epochs": 0.5, "bound_by": "correct", **extra}
         model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params)
         weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    assert torch.equal(weights["default"], weights["covering"])
-    assert not torch.allclose(weights["default"], weights["budget"])
+    assert torch.equal(weights["off"], weights["default"])
+    assert torch.equal(weights["off"], weights["covering"])
+    assert not torch.allclose(weights["off"], weights["budget"])
 
 
 def _steps(model, forget: SampleDataset, retain: SampleDataset, method: str, params: dict) -> int:
@@ -88,6 +95,22 @@ def test_steps_scale_with_the_deletion_when_budgeted(digits_model, digits, n_for
     assert _steps(digits_model, forget, retain, "random_label", salun_style) == math.ceil(
         n_forget / 32
     ) + math.ceil(3 * n_forget / 32)
+
+
+def test_by_default_a_small_deletion_costs_in_proportion_to_its_size(digits_model, digits) -> None:
+    """UGradSL+'s default pool is 24·|D_f| retain rows: 10 forgotten samples take a third of the steps of
+    30, where without a pool both cost as much as forgetting 10% of the set. 143 of the model's 1,437
+    samples (10%) is above 1/25 of it: all of D_r, as without a pool."""
+    train_ds = digits[0]
+    params = {"bound_by": "correct", "lr": 1e-6}
+    steps, unpooled = {}, {}
+    for n in (10, 30, 143):
+        forget, retain = train_ds.split_by_ids(train_ds.ids[:n])
+        steps[n] = _steps(digits_model, forget, retain, "ugradsl_plus", params)
+        assert steps[n] == round(1.5 * math.ceil(min(len(retain), 24 * n) / 64))
+        unpooled[n] = _steps(digits_model, forget, retain, "ugradsl_plus", {**params, "retain_budget": 0})
+    assert (steps[10], steps[30], steps[143]) == (6, 18, 32)
+    assert unpooled == {10: 34, 30: 33, 143: 32}
 
 
 def test_an_epoch_over_retain_is_an_epoch_over_the_pool(digits_model, digits_random10) -> None:
