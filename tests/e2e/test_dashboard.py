@@ -225,7 +225,12 @@ def test_an_admin_cancels_a_running_job_from_the_jobs_page(
     expect(page.locator("[data-page=jobs]")).to_be_visible()
     with stack.client() as api:
         # Many epochs, so the job is still unlearning when the button is clicked.
-        assert api.patch("/v1/models/digits", json={"default_params": {"epochs": 200}}).status_code == 200
+        assert (
+            api.patch(
+                "/v1/models/digits", json={"default_params": {"epochs": 200, "retain_budget": 0}}
+            ).status_code
+            == 200
+        )
         r = api.post(
             "/v1/models/digits/deletion-requests",
             json={"sample_ids": [f"digits-{i:04d}" for i in range(300, 340)], "reference": "dash-cancel"},

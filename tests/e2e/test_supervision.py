@@ -124,7 +124,12 @@ def test_on_the_embedded_stack_a_job_whose_worker_was_killed_is_finished_by_its_
     try:
         [first] = wait_until(lambda: worker_pids(stack), timeout=30, what="the worker to start")
         with stack.client() as c:
-            assert c.patch("/v1/models/digits", json={"default_params": {"epochs": 40}}).status_code == 200
+            assert (
+                c.patch(
+                    "/v1/models/digits", json={"default_params": {"epochs": 40, "retain_budget": 0}}
+                ).status_code
+                == 200
+            )
             ids = [f"digits-{i:04d}" for i in range(5, 300, 10)]
             r = c.post("/v1/models/digits/deletion-requests", json={"sample_ids": ids})
             assert r.status_code == 202, r.text

@@ -215,7 +215,9 @@ def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Se
 
 def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:  # a run of minutes under a limit of one second
-        s.execute(update(Model).values(default_params={"epochs": 200}, time_limit_seconds=1))
+        s.execute(
+            update(Model).values(default_params={"epochs": 200, "retain_budget": 0}, time_limit_seconds=1)
+        )
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 3)])
     process_model(demo, model_id)
     with session_scope(demo.resolved_database_url) as s:
@@ -228,7 +230,7 @@ def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(
 
 def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:
-        s.execute(update(Model).values(default_params={"epochs": 200}))
+        s.execute(update(Model).values(default_params={"epochs": 200, "retain_budget": 0}))
     model_id, req_id = submit(demo, ["digits-0002", "digits-0003"])
     process_model(demo.model_copy(update={"job_time_limit_seconds": 1.0}), model_id)
     with session_scope(demo.resolved_database_url) as s:
@@ -349,7 +351,11 @@ def test_a_job_shows_every_param_in_effect_from_the_start_of_its_method(demo: Se
     """A job stopped mid-method (here by its time limit) shows the params it ran with, defaults included,
     not only the model's overrides the claim copied."""
     with session_scope(demo.resolved_database_url) as s:
-        s.execute(update(Model).values(default_params={"epochs": 200}, time_limit_seconds=8, gates={}))
+        s.execute(
+            update(Model).values(
+                default_params={"epochs": 200, "retain_budget": 0}, time_limit_seconds=8, gates={}
+            )
+        )
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 100, 7)])
     process_model(demo, model_id)
     with session_scope(demo.resolved_database_url) as s:
