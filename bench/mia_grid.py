@@ -28,19 +28,6 @@ from models.unlearning.params import parse_params
 OUT = Path(__file__).resolve().parent / "results" / "mia_grid.md"
 
 
-def exact_attack(members: np.ndarray, non_members: np.ndarray, forget: np.ndarray) -> float:
-    """The attack as it was before the grid: distinct exact (confidence, label) pairs, weighted."""
-    from sklearn.svm import SVC
-
-    feats = np.concatenate([members, non_members]).astype(np.float64)
-    labels = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-    pairs, counts = np.unique(np.stack([feats, labels], 1), axis=0, return_counts=True)
-    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(
-        pairs[:, :1], pairs[:, 1], sample_weight=counts.astype(float)
-    )
-    return float((clf.predict(forget.astype(np.float64)[:, None]) == 0).mean())
-
-
 def timed(fn, *args) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     out = fn(*args)
@@ -86,7 +73,7 @@ def main() -> None:
                 members, non_members = mia_sets(retain, run.test, 0)
                 for label, model in models.items():
                     conf = [true_label_confidence(model, d) for d in (members, non_members, forget)]
-                    exact, s_exact = timed(exact_attack, *conf)
+                    exact, s_exact = timed(functools.partial(mia_efficacy_from_confidence, grid=0), *conf)
                     grid, s_grid = timed(mia_efficacy_from_confidence, *conf)
                     feats = np.concatenate(conf[:2])
                     n_exact = len(np.unique(feats))

@@ -105,8 +105,10 @@ def mia_sets(retain: SampleDataset, test: SampleDataset, seed: int) -> tuple[Sam
 MIA_GRID = 1e-4  # the attack sees confidences rounded to this grid (see mia_efficacy_from_confidence)
 
 
-def mia_efficacy_from_confidence(members: np.ndarray, non_members: np.ndarray, forget: np.ndarray) -> float:
-    """The SVC attack on precomputed confidences (see ``mia_efficacy``).
+def mia_efficacy_from_confidence(
+    members: np.ndarray, non_members: np.ndarray, forget: np.ndarray, *, grid: float = MIA_GRID
+) -> float:
+    """The SVC attack on precomputed confidences (see ``mia_efficacy``); ``grid`` 0 fits the exact ones.
 
     The SVC is fitted on the distinct (confidence, label) pairs, each weighted by how often it occurs: n
     identical points of one label enter the dual problem as one point with n times the box constraint, so
@@ -121,7 +123,8 @@ def mia_efficacy_from_confidence(members: np.ndarray, non_members: np.ndarray, f
     from sklearn.svm import SVC  # type: ignore[import-untyped,unused-ignore]
 
     def on_grid(conf: np.ndarray) -> np.ndarray:
-        return np.round(conf.astype(np.float64) / MIA_GRID) * MIA_GRID
+        conf = conf.astype(np.float64)
+        return np.round(conf / grid) * grid if grid > 0 else conf
 
     feats = np.concatenate([on_grid(members), on_grid(non_members)])
     labels = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
