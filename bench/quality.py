@@ -105,11 +105,13 @@ def _bert_config() -> dict[str, Any]:
 
 DEFAULT = (
     "ugradsl_plus (default: held-out bound, p=0.7, 1.5 epochs, half-size forget batches, cosine lr 0.03, "
-    "retain pool 24x |D_f|)"
+    "retain pool 24x |D_f|, 5x when a class leaves)"
 )
 # The default before the retain pool: all of D_r whatever the deletion's size. The same run as the default
 # wherever 24·|D_f| >= |D_r| (every 10% and 10-class case); the pool shows on the 1% ("small") scenario.
 NO_POOL = "ugradsl_plus (default without a retain pool: all of D_r)"
+# The default before the class-wise pool: a deletion that takes a whole class used all of D_r.
+NO_CLASS_POOL = "ugradsl_plus (default without the class-wise pool: all of D_r when a class leaves)"
 # The default until stop 23 (its label in earlier results: "default: ..., 1 epoch, cosine lr 0.03").
 ONE_EPOCH = "ugradsl_plus (1 epoch, full forget batches)"
 CHEAPER = "ugradsl_plus (0.75 epoch)"
@@ -199,7 +201,8 @@ ROWS = [
     Row("salun", "salun", _fixed({})),
     Row("ugradsl", "ugradsl", _fixed({})),
     Row(DEFAULT, "ugradsl_plus", _fixed({})),
-    Row(NO_POOL, "ugradsl_plus", _fixed({"retain_budget": 0.0})),
+    Row(NO_POOL, "ugradsl_plus", _fixed({"retain_budget": 0.0, "class_retain_budget": 0.0})),
+    Row(NO_CLASS_POOL, "ugradsl_plus", _fixed({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _fixed({"epochs": 1.0, "forget_batch_ratio": 1.0})),
     Row(CHEAPER, "ugradsl_plus", _fixed({"epochs": 0.75})),
     Row(PREVIOUS, "ugradsl_plus", _fixed({"bound_by": "correct", "p": 0.8})),

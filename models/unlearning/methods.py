@@ -320,8 +320,11 @@ def _ugradsl(
     bound = _bound(model, retain, params, heldout)
     objective = ugradsl_objective(params, bound)
     plan = Plan(lead, params.p, 1 - params.p)
-    model = _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
     gone = forget.subset(torch.nonzero(~torch.isin(forget.y, retain.y.unique())).flatten())
+    if len(gone) and params.class_retain_budget > 0:
+        budgets = [b for b in (params.retain_budget, params.class_retain_budget) if b > 0]
+        params = dataclasses.replace(params, retain_budget=min(budgets))
+    model = _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
     epochs = params.epochs
     for _ in range(CLASSWISE_ROUNDS if params.bounded and len(gone) else 0):
         if accuracy(model, gone) <= CLASSWISE_LEFT:

@@ -129,3 +129,49 @@ def test_an_epoch_over_retain_is_an_epoch_over_the_pool(digits_model, digits_ran
     assert len(rows) == len(pool) == math.ceil(1.5 * len(forget)) < len(retain)
     key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731 - rows compared as sets of pixel tuples
     assert key(rows) == key(pool.x.flatten(1))
+
+
+def _class_deletion(digits, cls: int) -> tuple[SampleDataset, SampleDataset]:
+    train_ds = digits[0]
+    return train_ds.split_by_ids(
+        [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == cls]
+    )
+
+
+def test_a_deletion_that_takes_a_whole_class_runs_on_a_pool_of_five_times_its_size(
+    digits_model, digits
+) -> None:
+    """A class leaving D_r runs on 5·|D_f| retain rows by default (``class_retain_budget``): 5/9 of the steps
+    of all of D_r on a 10-class set. A random deletion of the same size keeps all of D_r."""
+    forget, retain = _class_deletion(digits, 3)
+    params = {"bounded": False, "lr": 1e-6}  # unbounded: no rerun for a class still recognised
+    pooled = _steps(digits_model, forget, retain, "ugradsl_plus", params)
+    assert pooled == round(1.5 * math.ceil(5 * len(forget) / 64))
+    assert _steps(
+        digits_model, forget, retain, "ugradsl_plus", {**params, "class_retain_budget": 0}
+    ) == round(1.5 * math.ceil(len(retain) / 64))
+    train_ds = digits[0]
+    r_forget, r_retain = train_ds.split_by_ids(train_ds.ids[len(train_ds) - len(forget) :])
+    assert set(r_retain.y.tolist()) == set(range(10))  # every class keeps samples: not class-wise
+    assert _steps(digits_model, r_forget, r_retain, "ugradsl_plus", params) == round(
+        1.5 * math.ceil(len(r_retain) / 64)
+    )
+
+
+@pytest.mark.slow
+def test_the_class_budget_is_the_retain_budget_a_class_wise_run_uses(digits_model, digits) -> None:
+    """The default class-wise run is the run with ``retain_budget`` 5, bit for bit; the smaller of the two
+    budgets wins, and 0 turns the class budget off."""
+    forget, retain = _class_deletion(digits, 3)
+
+    def weights(extra: dict) -> torch.Tensor:
+        params = {"epochs": 0.5, "bound_by": "correct", **extra}
+        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    default = weights({})
+    assert torch.equal(default, weights({"retain_budget": 5, "class_retain_budget": 0}))
+    assert torch.equal(weights({"retain_budget": 2}), weights({"retain_budget": 2, "class_retain_budget": 0}))
+    everything = weights({"retain_budget": 1e6, "class_retain_budget": 1e6})  # budgets covering all of D_r
+    assert torch.equal(weights({"retain_budget": 0, "class_retain_budget": 0}), everything)
+    assert not torch.equal(default, weights({"class_retain_budget": 0}))
