@@ -95,6 +95,12 @@ class GradientParams:
     )
 
 
+_CLASS_BUDGET_DOC = (
+    "retain_budget for a deletion that takes every sample of some class (the smaller of the two when both "
+    "are set); 0 = retain_budget alone decides"
+)
+
+
 @dataclass(frozen=True)
 class UGradSLParams(GradientParams):
     """UGradSL (Di et al.): descent on B_r, ascent on label-smoothed B_f; epoch = one pass over D_f."""
@@ -119,8 +125,7 @@ class UGradSLParams(GradientParams):
         0.0,
         0.0,
         1e6,
-        doc="retain_budget for a deletion that takes every sample of some class (the smaller of the two "
-        "when both are set); 0 = retain_budget alone decides",
+        doc=_CLASS_BUDGET_DOC,
     )
 
 
@@ -184,8 +189,7 @@ class UGradSLPlusParams(UGradSLParams):
         5.0,
         0.0,
         1e6,
-        doc="retain_budget for a deletion that takes every sample of some class (the smaller of the two "
-        "when both are set); 0 = retain_budget alone decides",
+        doc=_CLASS_BUDGET_DOC,
     )
 
 
