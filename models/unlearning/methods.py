@@ -23,6 +23,7 @@ from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.bounds import HeldoutBound, heldout_bound
 from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, retain_pool, run_steps
+from models.unlearning.last_layers import on_last_layers
 from models.unlearning.losses import smoothed_cross_entropy
 from models.unlearning.params import (
     FinetuneParams,
@@ -255,11 +256,19 @@ def _run(
     heldout: SampleDataset | None = None,
     bound: HeldoutBound | None = None,
 ) -> nn.Module:
-    mask = _static_mask(model, forget, params)
+    """The method's steps on ``model``, or on its last layers (``train_share``, see
+    models/unlearning/last_layers.py): the retain pool is drawn first, so only rows the run reads go
+    through the front."""
+    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
+    sets = [forget, retain] + ([heldout] if heldout is not None and params.select_checks else [])
+    net, sets = on_last_layers(model, params.train_share, sets, model_device(model))
+    forget, retain, heldout = sets[0], sets[1], sets[2] if len(sets) > 2 else heldout
+    mask = _static_mask(net, forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
-    select = selector(model, forget, retain, heldout, params.select_checks, params.seed, refresh)
-    return run_steps(model, forget, retain, params, hooks, objective, plan, forget_targets=forget_targets,
-                     static_mask=mask, selector=select)  # fmt: skip
+    select = selector(net, forget, retain, heldout, params.select_checks, params.seed, refresh)
+    run_steps(net, forget, retain, params, hooks, objective, plan, forget_targets=forget_targets,
+              static_mask=mask, selector=select)  # fmt: skip
+    return model
 
 
 # ---------------------------------------------------------------- methods

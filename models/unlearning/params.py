@@ -88,6 +88,13 @@ class GradientParams:
         "how much D_f looks like held-out data and D_r still fits (models/unlearning/selection.py); needs "
         "held-out data; 0 = off (end on the last state)",
     )
+    train_share: float = _f(
+        0.0,
+        0.0,
+        1.0,
+        doc="update only the smallest run of trailing layers that holds this share of the weights, on "
+        "features of the frozen front computed once (models/unlearning/last_layers.py); 0 = the whole model",
+    )
     select_refresh: bool = _f(
         False,
         doc="with select_checks: at each check, re-measure the held-out bound's quantiles on the current "

@@ -1,0 +1,165 @@
+"""Unlearning only a network's last layers, on features of its frozen front computed once.
+
+Why: in a convolutional classifier the weights, and with them the capacity to memorise single samples,
+sit in the last layers, while the compute sits in the first: ``small_cnn`` keeps 96% of its weights in its
+two linear layers and most of its multiply-adds in its convolutions. Updating only the smallest run of
+last layers that holds a given share of the weights (``train_share``) leaves the front as it is, so the
+front's output for every sample the run will read is computed once, in one forward pass, and each step
+runs the last layers alone. On the memorising Fashion-MNIST 10k model that made steps cheap enough for
+twice the epochs within the default's cost (bench/results/tune_fashion_mem_last_layers.md).
+
+The split is made on the model's ``torch.fx`` trace: the last layers start at the first call, in forward
+order, of the trailing layers that hold the share, and end in the model's ``classifier``. Every value they
+read from the front (one tensor for a plain stack of layers, several across a skip connection) is cached.
+A model that cannot be traced, a front that shares weights with the last layers (tied embeddings), or
+cached features larger than ``FEATURE_BYTES`` leave no split, and the run updates the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from models import batches as B
+from models.architectures import Classifier
+from models.batches import Loaded
+from models.datasets import SampleDataset
+from models.loading import in_order
+
+FEATURE_BYTES = 4 * 2**30  # cached front outputs beyond this size: run on the whole model instead
+FEATURE_BATCH = 512
+
+
+@dataclass
+class Split:
+    """``front(x)`` gives the last layers' input (a tensor, or a dict for several values); ``tail`` maps it
+    to logits with the model's own parameters, so training ``tail`` trains the model."""
+
+    front: nn.Module
+    tail: nn.Module
+
+
+class _LastLayers(Classifier):
+    """The last layers as a ``Classifier`` (methods read penultimate features): ``features`` runs their
+    graph up to the model's classifier, called with one argument as every model here is
+    (``models.batches``); ``head`` is the model's own classifier."""
+
+    def __init__(self, graph: fx.GraphModule, names: list[str], classifier: nn.Module) -> None:
+        super().__init__()
+        self.body, self.names, self.classifier = graph, names, classifier
+
+    def features(self, x: Loaded) -> torch.Tensor:  # type: ignore[override]
+        args = [x[n] for n in self.names] if isinstance(x, dict) else [x]
+        out: torch.Tensor = self.body(*args)
+        return out
+
+
+class _Front(nn.Module):
+    def __init__(self, graph: fx.GraphModule, names: list[str]) -> None:
+        super().__init__()
+        self.graph, self.names = graph, names
+
+    def forward(self, x: Loaded) -> Loaded:
+        out = self.graph(x)
+        return out[0] if len(self.names) == 1 else dict(zip(self.names, out, strict=True))
+
+
+def split_last_layers(model: nn.Module, share: float) -> Split | None:
+    """The split of ``model`` whose last layers are the smallest run of trailing layers holding at least
+    ``share`` of its trainable weights, or None (see the module's docstring)."""
+    if not isinstance(model, Classifier) or type(model).head is not Classifier.head:
+        return None  # the last layers must end in the model's classifier, read as features -> head
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: no split, run on the whole model
+        return None
+    nodes = list(traced.graph.nodes)
+    weights = {id(p): p for p in model.parameters() if p.requires_grad}
+    owned = {n: _weights_of(traced, n) for n in nodes}
+    layers = [(i, n) for i, n in enumerate(nodes) if n.op == "call_module" and owned[n] & weights.keys()]
+    total = sum(p.numel() for p in weights.values())
+    if total == 0 or not layers:
+        return None
+    held: dict[int, nn.Parameter] = {}
+    cut = None
+    for i, node in reversed(layers):
+        held.update({k: weights[k] for k in owned[node] & weights.keys()})
+        if sum(p.numel() for p in held.values()) >= share * total:
+            cut = i
+            break
+    if cut is None or cut == layers[0][0]:
+        return None  # the tail is the whole network
+    front_nodes = [n for n in nodes[:cut] if n.op != "output"]
+    tail_nodes = [n for n in nodes[cut:] if n.op != "output"]
+    if any(n.op == "placeholder" for n in tail_nodes) or any(owned[n] & held.keys() for n in front_nodes):
+        return None  # the front reads a weight the last layers train (tied): its output would go stale
+    front_set = set(front_nodes)
+    head = nodes[-1].args[0]
+    if not (isinstance(head, fx.Node) and head.op == "call_module" and head.target == "classifier"):
+        return None
+    feats = head.args[0] if len(head.args) == 1 and not head.kwargs else None
+    if not isinstance(feats, fx.Node) or head.users.keys() != {nodes[-1]}:
+        return None
+    crossing = [n for n in front_nodes if any(u not in front_set for u in n.users)]
+    if not crossing:
+        return None
+
+    fg = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in front_nodes:
+        env[n] = fg.node_copy(n, lambda a: env[a])
+    fg.output(tuple(env[c] for c in crossing))
+    tg = fx.Graph()
+    env2: dict[fx.Node, fx.Node] = {c: tg.placeholder(c.name) for c in crossing}
+    for n in tail_nodes:
+        if n is not head:
+            env2[n] = tg.node_copy(n, lambda a: env2[a])
+    tg.output(env2[feats])
+    names = [c.name for c in crossing]
+    front = _Front(fx.GraphModule(traced, fg), names)
+    tail = _LastLayers(fx.GraphModule(traced, tg), names, model.classifier)
+    return Split(front, tail)
+
+
+def _weights_of(traced: fx.GraphModule, node: fx.Node) -> set[int]:
+    """ids of the tensors a module call or attribute read of the trace uses."""
+    if node.op == "call_module":
+        return {id(p) for p in traced.get_submodule(str(node.target)).parameters()}
+    if node.op == "get_attr":
+        return {id(getattr(traced, str(node.target), None))}
+    return set()
+
+
+@torch.no_grad()
+def features(front: nn.Module, data: SampleDataset, device: torch.device) -> SampleDataset:
+    """``data`` with each sample replaced by the front's output for it (eval mode, on CPU)."""
+    was = front.training
+    front.eval()
+    try:
+        parts = [B.to(front(B.to(xb, device)), "cpu") for xb in in_order(data.x, FEATURE_BATCH)]
+    finally:
+        front.train(was)
+    return SampleDataset(B.cat(parts), data.y.clone(), list(data.ids))
+
+
+def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> int:
+    one = features(front, data.subset(torch.arange(1)), device).x
+    tensors = list(one.values()) if isinstance(one, dict) else [one]
+    return sum(t.element_size() * t.numel() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def on_last_layers(
+    model: nn.Module, share: float, sets: list[SampleDataset], device: torch.device
+) -> tuple[nn.Module, list[SampleDataset]]:
+    """The network a run trains and the data it trains it on: the last layers and the front's features of
+    ``sets`` when ``share`` > 0 and the model splits (the front is then out of the run's reach: neither its
+    weights nor its running statistics move), else the model and ``sets`` themselves."""
+    split = split_last_layers(model, share) if share > 0 else None
+    rows = sum(len(s) for s in sets)
+    if split is None or rows == 0:
+        return model, sets
+    if _row_bytes(split.front, max(sets, key=len), device) * rows > FEATURE_BYTES:
+        return model, sets
+    return split.tail, [features(split.front, s, device) if len(s) else s for s in sets]

@@ -1,0 +1,112 @@
+"""``train_share``: unlearning only the last layers that hold a share of the weights, on features of the
+frozen front computed once (models/unlearning/last_layers.py)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from models.architectures import Classifier, build_model
+from models.unlearning import run_method
+from models.unlearning.last_layers import split_last_layers
+
+
+def _share(split_module: nn.Module, model: nn.Module) -> float:
+    return sum(p.numel() for p in split_module.parameters()) / sum(p.numel() for p in model.parameters())
+
+
+def test_the_split_computes_what_the_model_does_with_the_models_own_last_weights() -> None:
+    model = build_model("small_cnn", image_size=28).eval()
+    split = split_last_layers(model, 0.5)
+    assert split is not None
+    # the two linear layers hold 96% of small_cnn's weights; the convolutions stay in front
+    layers = [type(m) for m in split.tail.modules() if list(m.parameters(recurse=False))]
+    assert layers == [nn.Linear, nn.Linear]
+    assert _share(split.tail, model) == pytest.approx(0.955, abs=0.01)
+    own = {id(p) for p in model.parameters()}
+    assert {id(p) for p in split.tail.parameters()} <= own
+    assert not {id(p) for p in split.tail.parameters()} & {id(p) for p in model.body[0].parameters()}
+    x = torch.randn(6, 1, 28, 28)
+    assert torch.allclose(split.tail.eval()(split.front(x)), model(x), atol=1e-6)
+    assert torch.allclose(split.tail.head(split.tail.features(split.front(x))), model(x), atol=1e-6)
+
+
+def test_a_skip_connection_across_the_cut_caches_every_value_the_last_layers_read() -> None:
+    model = build_model("resnet18_cifar", num_classes=10).eval()
+    split = split_last_layers(model, 0.5)
+    assert split is not None and 0.5 <= _share(split.tail, model) < 0.9
+    x = torch.randn(2, 3, 32, 32)
+    cached = split.front(x)
+    assert isinstance(cached, dict) and len(cached) >= 2  # the block's input and its shortcut's
+    assert torch.allclose(split.tail.eval()(cached), model(x), atol=1e-5)
+
+
+class _Branchy(Classifier):
+    """Control flow on a value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.classifier = nn.Linear(8, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return h if float(h.detach().sum()) > 0 else -h
+
+
+class _Tied(Classifier):
+    """The classifier's weight is also a layer of the front (tied, as embeddings are in language models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+        self.classifier = nn.Linear(8, 8)
+        self.classifier.weight = self.body[2].weight
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        return out
+
+
+def test_no_split_where_the_model_cannot_be_cut() -> None:
+    assert split_last_layers(_Branchy(), 0.5) is None  # untraceable
+    assert split_last_layers(_Tied(), 0.3) is None  # the front would read a weight the run trains
+    untied = _Tied()
+    untied.classifier.weight = nn.Parameter(untied.classifier.weight.detach().clone())
+    assert split_last_layers(untied, 0.3) is not None
+    mlp = build_model("mlp", in_features=64, hidden=[32, 16])
+    assert split_last_layers(mlp, 1.0) is None  # every weight asked for: nothing left in front
+
+
+@pytest.mark.slow
+def test_a_run_on_the_last_layers_moves_them_and_leaves_the_front_bit_for_bit(
+    digits_model, digits_random10
+) -> None:
+    forget, retain = digits_random10
+    before = copy.deepcopy(digits_model)
+    params = {"train_share": 0.5, "epochs": 1, "bound_by": "correct"}
+    after = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params)
+    convs = ("body.0.weight", "body.0.bias", "body.3.weight", "body.3.bias")
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    for name in convs:
+        assert torch.equal(old[name], new[name]), name
+    assert not torch.allclose(old["body.7.weight"], new["body.7.weight"])
+    assert not torch.allclose(old["classifier.weight"], new["classifier.weight"])
+    whole = copy.deepcopy(digits_model)
+    run_method("ugradsl_plus", whole, forget, retain, {**params, "train_share": 0})
+    assert not torch.equal(old["body.0.weight"], dict(whole.named_parameters())["body.0.weight"])
+
+
+@pytest.mark.slow
+def test_an_untraceable_model_is_unlearned_whole() -> None:
+    torch.manual_seed(0)
+    from models.datasets import SampleDataset
+
+    x, y = torch.randn(120, 4), torch.randint(0, 3, (120,))
+    data = SampleDataset(x, y, [f"s{i}" for i in range(120)])
+    forget, retain = data.split_by_ids(data.ids[:12])
+    model = _Branchy()
+    first = model.body.weight.detach().clone()
+    run_method("ugradsl_plus", model, forget, retain, {"train_share": 0.5, "bound_by": "correct"})
+    assert not torch.equal(first, model.body.weight)
