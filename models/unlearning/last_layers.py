@@ -23,6 +23,7 @@ import torch
 from torch import fx, nn
 
 from models import batches as B
+from models.adapters import LinearHeadAdapter
 from models.architectures import Classifier
 from models.batches import Loaded
 from models.datasets import SampleDataset
@@ -69,10 +70,12 @@ class _Front(nn.Module):
 def split_last_layers(model: nn.Module, share: float) -> Split | None:
     """The split of ``model`` whose last layers are the smallest run of trailing layers holding at least
     ``share`` of its trainable weights, or None (see the module's docstring)."""
-    if not isinstance(model, Classifier) or type(model).head is not Classifier.head:
-        return None  # the last layers must end in the model's classifier, read as features -> head
+    found = _net_and_classifier(model)
+    if found is None:
+        return None
+    net, classifier = found
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.symbolic_trace(net)
     except Exception:  # noqa: BLE001 - any tracing failure means: no split, run on the whole model
         return None
     nodes = list(traced.graph.nodes)
@@ -97,7 +100,7 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
         return None  # the front reads a weight the last layers train (tied): its output would go stale
     front_set = set(front_nodes)
     head = nodes[-1].args[0]
-    if not (isinstance(head, fx.Node) and head.op == "call_module" and head.target == "classifier"):
+    if not (isinstance(head, fx.Node) and head.op == "call_module" and head.target == classifier):
         return None
     feats = head.args[0] if len(head.args) == 1 and not head.kwargs else None
     if not isinstance(feats, fx.Node) or head.users.keys() != {nodes[-1]}:
@@ -119,8 +122,20 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
     tg.output(env2[feats])
     names = [c.name for c in crossing]
     front = _Front(fx.GraphModule(traced, fg), names)
-    tail = _LastLayers(fx.GraphModule(traced, tg), names, model.classifier)
+    tail = _LastLayers(fx.GraphModule(traced, tg), names, net.get_submodule(classifier))
     return Split(front, tail)
+
+
+def _net_and_classifier(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The network to trace and the name of the classifier its forward must end in: our architectures
+    (``Classifier``), and modules adapted to the features/head contract whose forward is their own (a
+    torchvision model behind ``LinearHeadAdapter``). A Hugging Face model reads its inputs its own way
+    and is not traced."""
+    if isinstance(model, Classifier) and type(model).head is Classifier.head:
+        return model, "classifier"
+    if isinstance(model, LinearHeadAdapter) and type(model).run_wrapped is LinearHeadAdapter.run_wrapped:
+        return model.wrapped, model.classifier_name
+    return None
 
 
 def _weights_of(traced: fx.GraphModule, node: fx.Node) -> set[int]:

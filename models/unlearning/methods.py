@@ -244,6 +244,23 @@ def _static_mask(
     return salun_mask(model, forget, params.salun_keep) if params.mask == "salun" and len(forget) else None
 
 
+def _trained_part(
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    heldout: SampleDataset | None,
+    params: GradientParams,
+) -> tuple[nn.Module, SampleDataset, SampleDataset, SampleDataset | None]:
+    """The network a run trains (the model, or its last layers: ``train_share``, see
+    models/unlearning/last_layers.py) and the data it reads, as that network takes it. The retain pool is
+    drawn first, so only rows the run reads go through the front; held-out rows only for ``select_checks``
+    (the held-out bound was measured on the whole model before)."""
+    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
+    sets = [forget, retain] + ([heldout] if heldout is not None and params.select_checks else [])
+    net, sets = on_last_layers(model, params.train_share, sets, model_device(model))
+    return net, sets[0], sets[1], sets[2] if len(sets) > 2 else heldout
+
+
 def _run(
     model: nn.Module,
     forget: SampleDataset,
@@ -256,13 +273,7 @@ def _run(
     heldout: SampleDataset | None = None,
     bound: HeldoutBound | None = None,
 ) -> nn.Module:
-    """The method's steps on ``model``, or on its last layers (``train_share``, see
-    models/unlearning/last_layers.py): the retain pool is drawn first, so only rows the run reads go
-    through the front."""
-    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
-    sets = [forget, retain] + ([heldout] if heldout is not None and params.select_checks else [])
-    net, sets = on_last_layers(model, params.train_share, sets, model_device(model))
-    forget, retain, heldout = sets[0], sets[1], sets[2] if len(sets) > 2 else heldout
+    net, forget, retain, heldout = _trained_part(model, forget, retain, heldout, params)
     mask = _static_mask(net, forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     select = selector(net, forget, retain, heldout, params.select_checks, params.seed, refresh)
@@ -415,8 +426,7 @@ def random_label(
     """Random labels (see ``RandomLabelParams.relabel``): SalUn's passes over D_f then D_r with labels
     redrawn per batch, or ours, fixed wrong labels with retain batches alongside."""
     if params.relabel == "salun":
-        mask = _static_mask(model, forget, params)
-        return salun_passes(model, forget, retain, params, hooks, mask, heldout)
+        return salun_passes(model, forget, retain, params, hooks, heldout)
     targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
     plan = Plan("forget", 1.0, 1.0)
     return _run(model, forget, retain, params, hooks, _random_label_objective, plan, targets, heldout)
@@ -428,18 +438,20 @@ def salun_passes(
     retain: SampleDataset,
     params: RandomLabelParams,
     hooks: Hooks,
-    static_mask: list[torch.Tensor] | None,
     heldout: SampleDataset | None = None,
 ) -> nn.Module:
     """SalUn's random-label loop (its ``unlearn/RL.py`` for CIFAR-10): per epoch, a shuffled pass over D_f
     with labels drawn uniformly from all classes for every batch, then a shuffled pass over D_r with true
-    labels; cross-entropy descent throughout, each step masked by the saliency mask when there is one."""
+    labels; cross-entropy descent throughout, each step masked by the saliency mask when there is one
+    (``mask='salun'``), on the whole model or on its last layers (``train_share``)."""
     hooks.start()
     if len(forget) == 0:
         hooks.finish()
         return model
     device, k = model_device(model), _num_classes(model, forget)
-    retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
+    full = model
+    model, forget, retain, heldout = _trained_part(full, forget, retain, heldout, params)
+    static_mask = _static_mask(model, forget, params)
     gen = torch.Generator().manual_seed(params.seed)
     per_epoch = math.ceil(len(forget) / params.batch_size) + math.ceil(len(retain) / params.batch_size)
     total = max(1, round(params.epochs * per_epoch)) if params.epochs > 0 else 0
@@ -476,7 +488,7 @@ def salun_passes(
     if select is not None:
         select.finish(model, step)
     hooks.finish()
-    return model
+    return full
 
 
 @register_method("salun")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.adapters import adapt
 from models.architectures import Classifier, build_model
 from models.unlearning import run_method
 from models.unlearning.last_layers import split_last_layers
@@ -40,6 +41,15 @@ def test_a_skip_connection_across_the_cut_caches_every_value_the_last_layers_rea
     cached = split.front(x)
     assert isinstance(cached, dict) and len(cached) >= 2  # the block's input and its shortcut's
     assert torch.allclose(split.tail.eval()(cached), model(x), atol=1e-5)
+
+
+def test_a_torchvision_model_behind_the_adapter_splits_too() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    model = adapt(torchvision.models.resnet18(num_classes=10)).eval()
+    split = split_last_layers(model, 0.5)
+    assert split is not None and 0.5 <= _share(split.tail, model) < 0.9
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(split.tail.eval()(split.front(x)), model(x), atol=1e-5)
 
 
 class _Branchy(Classifier):
@@ -80,13 +90,17 @@ def test_no_split_where_the_model_cannot_be_cut() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("ugradsl_plus", {"bound_by": "correct"}), ("salun", {"lr": 0.01}), ("finetune", {})],
+)
 def test_a_run_on_the_last_layers_moves_them_and_leaves_the_front_bit_for_bit(
-    digits_model, digits_random10
+    digits_model, digits_random10, method: str, extra: dict
 ) -> None:
     forget, retain = digits_random10
     before = copy.deepcopy(digits_model)
-    params = {"train_share": 0.5, "epochs": 1, "bound_by": "correct"}
-    after = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params)
+    params = {"train_share": 0.5, "epochs": 1, **extra}
+    after = run_method(method, copy.deepcopy(digits_model), forget, retain, params)
     convs = ("body.0.weight", "body.0.bias", "body.3.weight", "body.3.bias")
     old, new = dict(before.named_parameters()), dict(after.named_parameters())
     for name in convs:
@@ -94,7 +108,7 @@ def test_a_run_on_the_last_layers_moves_them_and_leaves_the_front_bit_for_bit(
     assert not torch.allclose(old["body.7.weight"], new["body.7.weight"])
     assert not torch.allclose(old["classifier.weight"], new["classifier.weight"])
     whole = copy.deepcopy(digits_model)
-    run_method("ugradsl_plus", whole, forget, retain, {**params, "train_share": 0})
+    run_method(method, whole, forget, retain, {**params, "train_share": 0})
     assert not torch.equal(old["body.0.weight"], dict(whole.named_parameters())["body.0.weight"])
 
 
