@@ -131,7 +131,7 @@ HALF_FORGET = "ugradsl_plus (2.5 epochs, forget batch 32)"
 NEAREST_TAIL = "ugradsl_plus (tail pushed to its nearest wrong class, p=0.6)"
 BUDGET_1_TAIL = "ugradsl_plus (retain budget 1x |D_f|, tail pushed to its nearest wrong class, p=0.6)"
 BUDGET_1_TAIL_ONCE = "ugradsl_plus (retain budget 1x |D_f|, tail push, p=0.6, one look per forget sample)"
-LAST_LAYERS = "ugradsl_plus (last layers holding half the weights, on cached features; 3 epochs, p=0.75)"
+LAST_LAYERS = "ugradsl_plus (last layers holding 70% of the weights, on cached features; 3 epochs, p=0.75)"
 
 SETTINGS = {
     "digits": Setting(
@@ -240,10 +240,11 @@ ROWS = [
     Row(BUDGET_1_TAIL_ONCE, "ugradsl_plus", _fixed(
         {"retain_budget": 1.0, "push": "nearest_tail", "p": 0.6, "forget_batch_ratio": 1.0, "epochs": 1.0}
     )),
-    # Only the last layers that hold half the weights, on the front's features computed once: steps are
-    # cheap enough for 3 epochs, and the best worst case of the Fashion-MNIST 10k random tuning cases
-    # (89% at 4.3% of retrain; the default 79% at 7.7%). On digits it lost (tune_*_last_layers.md).
-    Row(LAST_LAYERS, "ugradsl_plus", _fixed({"train_share": 0.5, "epochs": 3.0, "p": 0.75})),
+    # Only the last layers that hold 70% of the weights, on the front's outputs computed once: steps are
+    # cheap enough for 3 epochs. The best worst case of both memorising models' random tuning cases
+    # (Fashion-MNIST 10k 89% at 4.7% of retrain, the default 79% at 6.3%; digits 68% against 52%), but
+    # worse on 1% deletions and on the 60k model (tune_*_last_layers.md), so opt-in.
+    Row(LAST_LAYERS, "ugradsl_plus", _fixed({"train_share": 0.7, "epochs": 3.0, "p": 0.75})),
 ]  # fmt: skip
 
 
