@@ -257,7 +257,8 @@ def _trained_part(
     (the held-out bound was measured on the whole model before)."""
     retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     sets = [forget, retain] + ([heldout] if heldout is not None and params.select_checks else [])
-    net, sets = on_last_layers(model, params.train_share, sets, model_device(model))
+    share = params.train_share if len(forget) else 0.0  # nothing to forget: no step, no front pass
+    net, sets = on_last_layers(model, share, sets, model_device(model))
     return net, sets[0], sets[1], sets[2] if len(sets) > 2 else heldout
 
 

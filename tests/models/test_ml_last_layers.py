@@ -122,5 +122,19 @@ def test_an_untraceable_model_is_unlearned_whole() -> None:
     forget, retain = data.split_by_ids(data.ids[:12])
     model = _Branchy()
     first = model.body.weight.detach().clone()
-    run_method("ugradsl_plus", model, forget, retain, {"train_share": 0.5, "bound_by": "correct"})
+    params = {"train_share": 0.5, "bound_by": "correct", "retain_budget": 0}  # all of D_r, no pool
+    run_method("ugradsl_plus", model, forget, retain, params)
     assert not torch.equal(first, model.body.weight)
+
+
+def test_an_empty_deletion_reads_nothing_through_the_front(digits_model, digits) -> None:
+    train_ds = digits[0]
+    forget, retain = train_ds.split_by_ids([])
+    calls: list[int] = []
+    model = copy.deepcopy(digits_model)
+    model.body[0].register_forward_hook(lambda *_: calls.append(1))
+    before = [p.detach().clone() for p in model.parameters()]
+    params = {"train_share": 0.5, "bound_by": "correct", "retain_budget": 0}  # all of D_r, no pool
+    run_method("ugradsl_plus", model, forget, retain, params)
+    assert calls == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
