@@ -93,7 +93,7 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
             cut = i
             break
     if cut is None or cut == layers[0][0]:
-        return None  # the tail is the whole network
+        return None  # the last layers would be the whole network
     front_nodes = [n for n in nodes[:cut] if n.op != "output"]
     tail_nodes = [n for n in nodes[cut:] if n.op != "output"]
     if any(n.op == "placeholder" for n in tail_nodes) or any(owned[n] & held.keys() for n in front_nodes):
