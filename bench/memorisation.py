@@ -1,0 +1,85 @@
+"""How much a model has to forget, measured before any unlearning: D_f's losses against held-out data's.
+
+    .venv/bin/python -m bench.memorisation --cache .cache/bench            # digits, Fashion-MNIST 10k and 60k
+    .venv/bin/python -m bench.memorisation --settings digits --seeds 0 1
+
+A retrained model sees D_f as it sees unseen data, so the distance between D_f's losses under the original
+model and the held-out losses is the distance unlearning has to cover. The UGradSL+ settings that win
+differ by that distance (bench/results/tune_*_last_layers.md: the memorising models want long runs, the
+60k model short ones), and by how often a run pushes each forget sample (``pushes``: epochs x retain rows
+read per epoch x forget batch ratio / |D_f|), which the retain pool changes for small deletions. This
+prints both per setting, seed and scenario (random 10%, random 1%), as a candidate signal for sizing a run
+(issue 18). The held-out data is the bench's calibration set (``Setting.load``), never the scoring half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from scipy.stats import ks_2samp
+
+from bench.quality import SETTINGS, forget_split, trained_original
+from models.datasets import SampleDataset
+from models.metrics import per_sample_loss
+from models.unlearning.engine import retain_pool
+from models.unlearning.params import parse_params
+
+OUT = Path(__file__).resolve().parent / "results" / "memorisation.md"
+RUNS = {  # label: UGradSL+ params whose pushes per forget sample are shown
+    "default": {},
+    "last layers": {"train_share": 0.7, "epochs": 3, "p": 0.75},
+}
+
+
+def pushes(params: dict, n_forget: int, retain: SampleDataset) -> float:
+    """Times a UGradSL+ run draws each forget sample: epochs over the retain pool, with forget batches
+    ``forget_batch_ratio`` times the retain batch's size."""
+    p = parse_params("ugradsl_plus", params)
+    pool = len(retain_pool(retain, n_forget, p.retain_budget, p.seed))
+    per_epoch = math.ceil(pool / p.batch_size)
+    return p.epochs * per_epoch * max(1, round(p.forget_batch_ratio * p.batch_size)) / n_forget
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=["digits", "fashion_mem", "fashion_full"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--cache", type=Path, default=None, help="reuse trained originals (as bench.quality)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    lines = [
+        "# How much there is to forget (bench/memorisation.py)",
+        "",
+        "Mean cross-entropy of D_f and of held-out data under the original model, their ratio (a retrain's",
+        "is about 1), the KS statistic between the two loss samples, the share of D_f whose true class has",
+        "probability above 1/2, and the times a",
+        "UGradSL+ run pushes each forget sample (" + "; ".join(f"{k}: `{v}`" for k, v in RUNS.items()) + ").",
+        "",
+        "| setting | seed | scenario | D_f | CE D_f | CE held-out | ratio | KS | D_f at p(y) > 1/2 | "
+        + " | ".join(f"pushes, {k}" for k in RUNS)
+        + " |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RUNS),
+    ]
+    print("\n".join(lines), flush=True)
+    for name in args.settings:
+        for seed in args.seeds:
+            run = trained_original(SETTINGS[name], seed, "cpu", args.cache)
+            held = per_sample_loss(run.model, run.reference)
+            for scenario in ("random", "small"):
+                forget, retain = forget_split(run.train, scenario, seed)
+                lf = per_sample_loss(run.model, forget)
+                ks = ks_2samp(lf, held).statistic
+                acc = float((lf < math.log(2)).mean())  # CE below ln 2 <=> p(y) > 1/2
+                row = [name, str(seed), scenario, str(len(forget)), f"{lf.mean():.3f}", f"{held.mean():.3f}",
+                       f"{lf.mean() / held.mean():.2f}", f"{ks:.3f}", f"{acc:.3f}"]  # fmt: skip
+                row += [f"{pushes(p, len(forget), retain):.1f}" for p in RUNS.values()]
+                lines.append("| " + " | ".join(row) + " |")
+                print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
