@@ -14,13 +14,12 @@ prints both per setting, seed and scenario (random 10%, random 1%), as a candida
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 from scipy.stats import ks_2samp
 
-from bench.quality import SETTINGS, forget_split, trained_original
+from bench.quality import SETTINGS, forget_split, model_bench_args, trained_original
 from models.datasets import SampleDataset
 from models.metrics import per_sample_loss
 from models.unlearning.engine import retain_pool
@@ -43,12 +42,7 @@ def pushes(params: dict, n_forget: int, retain: SampleDataset) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", nargs="+", default=["digits", "fashion_mem", "fashion_full"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--cache", type=Path, default=None, help="reuse trained originals (as bench.quality)")
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args()
+    args = model_bench_args(__doc__, ["digits", "fashion_mem", "fashion_full"], [0], OUT)
     lines = [
         "# How much there is to forget (bench/memorisation.py)",
         "",

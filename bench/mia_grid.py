@@ -12,7 +12,6 @@ the service's (``mia_sets``). The table goes to stdout and bench/results/mia_gri
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import time
@@ -20,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality import RETRAIN, SETTINGS, _cached, _run_row, forget_split, trained_original
+from bench.quality import (
+    RETRAIN,
+    SETTINGS,
+    _cached,
+    _run_row,
+    forget_split,
+    model_bench_args,
+    trained_original,
+)
 from models.metrics import MIA_GRID, mia_efficacy_from_confidence, mia_sets, true_label_confidence
 from models.unlearning import run_method
 from models.unlearning.params import parse_params
@@ -35,12 +42,7 @@ def timed(fn, *args) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", nargs="+", default=["digits", "fashion_mem"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--cache", type=Path, default=None, help="reuse trained models (as bench.quality)")
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args()
+    args = model_bench_args(__doc__, ["digits", "fashion_mem"], [1, 2], OUT)
     lines = [
         "# The MIA attack on a confidence grid (bench/mia_grid.py)",
         "",

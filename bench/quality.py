@@ -256,6 +256,17 @@ ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample i
 SCENARIOS = [*ONE_IN, "classwise"]
 
 
+def model_bench_args(doc: str | None, settings: list[str], seeds: list[int], out: Path) -> argparse.Namespace:
+    """The command line of a bench that reads this module's trained models: --settings, --seeds, --cache
+    (the models bench.quality saved) and --out."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=settings)
+    ap.add_argument("--seeds", nargs="+", type=int, default=seeds)
+    ap.add_argument("--cache", type=Path, default=None, help="reuse trained models (as bench.quality)")
+    ap.add_argument("--out", type=Path, default=out)
+    return ap.parse_args()
+
+
 def forget_split(
     train_ds: SampleDataset, scenario: str, seed: int, forgotten_class: int = 0
 ) -> tuple[SampleDataset, SampleDataset]:
