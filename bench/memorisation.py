@@ -17,28 +17,32 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 from scipy.stats import ks_2samp
 
 from bench.quality import SETTINGS, forget_split, model_bench_args, trained_original
 from models.datasets import SampleDataset
 from models.metrics import per_sample_loss
-from models.unlearning.engine import retain_pool
+from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
+from models.unlearning.sizing import forget_distance, sized
 
 OUT = Path(__file__).resolve().parent / "results" / "memorisation.md"
 RUNS = {  # label: UGradSL+ params whose pushes per forget sample are shown
     "default": {},
     "last layers": {"train_share": 0.7, "epochs": 3, "p": 0.75},
+    "sized, 4 per e-fold": {"pushes": 4},
 }
+PLAN = Plan("retain", 0.7, 0.3)  # UGradSL+: D_r leads
 
 
-def pushes(params: dict, n_forget: int, retain: SampleDataset) -> float:
-    """Times a UGradSL+ run draws each forget sample: epochs over the retain pool, with forget batches
-    ``forget_batch_ratio`` times the retain batch's size."""
-    p = parse_params("ugradsl_plus", params)
+def pushes(params: dict, n_forget: int, retain: SampleDataset, distance: float) -> float:
+    """Times a UGradSL+ run draws each forget sample: its steps (as the engine counts them, after
+    ``pushes`` sizing) times the forget rows per step, over |D_f|."""
+    p = sized(parse_params("ugradsl_plus", params), PLAN, n_forget, len(retain), distance)
     pool = len(retain_pool(retain, n_forget, p.retain_budget, p.seed))
-    per_epoch = math.ceil(pool / p.batch_size)
-    return p.epochs * per_epoch * max(1, round(p.forget_batch_ratio * p.batch_size)) / n_forget
+    b_f = partner_size(PLAN, min(p.batch_size, pool), n_forget, p.forget_batch_ratio)
+    return count_steps(PLAN, p, n_forget, pool) * b_f / n_forget
 
 
 def main() -> None:
@@ -47,14 +51,14 @@ def main() -> None:
         "# How much there is to forget (bench/memorisation.py)",
         "",
         "Mean cross-entropy of D_f and of held-out data under the original model, their ratio (a retrain's",
-        "is about 1), the KS statistic between the two loss samples, the share of D_f whose true class has",
-        "probability above 1/2, and the times a",
+        "is about 1), its e-folds (``pushes`` sizing's distance, ln of 1/ratio, at least 0), the KS",
+        "statistic between the two loss samples, the share of D_f whose true class has probability above",
+        "1/2, and the times a",
         "UGradSL+ run pushes each forget sample (" + "; ".join(f"{k}: `{v}`" for k, v in RUNS.items()) + ").",
         "",
-        "| setting | seed | scenario | D_f | CE D_f | CE held-out | ratio | KS | D_f at p(y) > 1/2 | "
-        + " | ".join(f"pushes, {k}" for k in RUNS)
-        + " |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RUNS),
+        "| setting | seed | scenario | D_f | CE D_f | CE held-out | ratio | e-folds | KS | D_f at p(y) > 1/2 "
+        "| " + " | ".join(f"pushes, {k}" for k in RUNS) + " |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RUNS),
     ]
     print("\n".join(lines), flush=True)
     for name in args.settings:
@@ -66,9 +70,11 @@ def main() -> None:
                 lf = per_sample_loss(run.model, forget)
                 ks = ks_2samp(lf, held).statistic
                 acc = float((lf < math.log(2)).mean())  # CE below ln 2 <=> p(y) > 1/2
+                distance = forget_distance(run.model, forget, torch.from_numpy(held))
                 row = [name, str(seed), scenario, str(len(forget)), f"{lf.mean():.3f}", f"{held.mean():.3f}",
-                       f"{lf.mean() / held.mean():.2f}", f"{ks:.3f}", f"{acc:.3f}"]  # fmt: skip
-                row += [f"{pushes(p, len(forget), retain):.1f}" for p in RUNS.values()]
+                       f"{lf.mean() / held.mean():.2f}", f"{distance:.2f}", f"{ks:.3f}",
+                       f"{acc:.3f}"]  # fmt: skip
+                row += [f"{pushes(p, len(forget), retain, distance):.1f}" for p in RUNS.values()]
                 lines.append("| " + " | ".join(row) + " |")
                 print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,9 +98,14 @@ def count_steps(plan: Plan, params: GradientParams, n_forget: int, n_retain: int
         return 0
     per_epoch = math.ceil(n / params.batch_size)
     if plan.lead == "retain" and plan.w_forget > 0 and n_forget:
-        b_f = _partner_size(plan, min(params.batch_size, n_retain), n_forget, params.forget_batch_ratio)
+        b_f = partner_size(plan, min(params.batch_size, n_retain), n_forget, params.forget_batch_ratio)
         per_epoch = max(per_epoch, math.ceil(n_forget / b_f))
     return max(1, round(params.epochs * per_epoch))
+
+
+def pool_size(n_retain: int, n_forget: int, budget: float) -> int:
+    """Rows of ``retain_pool``: all of D_r when ``budget`` is 0, else min(|D_r|, ceil(budget·|D_f|))."""
+    return n_retain if budget <= 0 else min(n_retain, math.ceil(budget * n_forget))
 
 
 def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) -> SampleDataset:
@@ -116,9 +121,7 @@ def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) 
     pool. Rows are returned in dataset order; the generator is the run's seed + 2 (+ 1 is
     ``random_wrong_labels``'), its own stream apart from the batch order's."""
     n = len(retain)
-    if budget <= 0 or n == 0:
-        return retain
-    m = min(n, math.ceil(budget * n_forget))
+    m = pool_size(n, n_forget, budget)
     if m >= n:
         return retain
     classes, counts = retain.y.unique(return_counts=True)  # sorted labels, (K,) sizes
@@ -175,7 +178,7 @@ def run_steps(
         partner = CyclingSampler(max(partner_n, 1), gen)
         for _ in range(total):
             i_lead = next(lead)
-            k = _partner_size(plan, len(i_lead), partner_n, params.forget_batch_ratio)
+            k = partner_size(plan, len(i_lead), partner_n, params.forget_batch_ratio)
             i_part = partner.take(k) if partner_n else i_lead[:0]
             yield (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
 
@@ -218,7 +221,7 @@ def annealed(plan: Plan, step: int, total: int, fraction: float) -> Plan:
     return dataclasses.replace(plan, w_forget=plan.w_forget * max(left, 0.0))
 
 
-def _partner_size(plan: Plan, lead_size: int, partner_n: int, ratio: float = 1.0) -> int:
+def partner_size(plan: Plan, lead_size: int, partner_n: int, ratio: float = 1.0) -> int:
     """Equal batch sizes, except that a forget set smaller than a retain batch is not repeated within one
     (UGradSL+ on a 10-sample deletion): objectives divide the forget sum by the retain batch's size, so a
     forget sample's weight per step is 1/B whatever |D_f| is. Repeating it B/|D_f| times would push a small
@@ -238,7 +241,7 @@ def forget_norm(n_f_batch: int, n_r_batch: int, n_forget: int) -> float:
     expected weight per step is min(|D_f|, |B_r|) / (|D_f|·|B_r|), whatever |B_f| is: a smaller forget
     batch (``forget_batch_ratio``) makes steps cheaper (fewer, larger pushes per sample), not the method
     weaker. With |B_f| = min(|B_r|, |D_f|) (ratio 1) it is |B_r|, the 1/B per sample that
-    ``_partner_size`` describes; with no retain batch it is |B_f| (a mean)."""
+    ``partner_size`` describes; with no retain batch it is |B_f| (a mean)."""
     if n_r_batch == 0 or n_forget == 0:
         return float(max(n_f_batch, 1))
     return n_f_batch * n_r_batch / min(n_forget, n_r_batch)

@@ -134,6 +134,15 @@ class UGradSLParams(GradientParams):
         1e6,
         doc=_CLASS_BUDGET_DOC,
     )
+    pushes: float = _f(
+        0.0,
+        0.0,
+        10000.0,
+        doc="size the run by how much D_f is memorised: each forget sample is pushed about "
+        "pushes·ln(mean CE(held-out)/mean CE(D_f)) times (at least once), in place of epochs, and the "
+        "retain pool shrinks to the rows those steps read (models/unlearning/sizing.py); needs held-out "
+        "data; deletions that take a whole class keep epochs; 0 = epochs decide",
+    )
 
 
 @dataclass(frozen=True)

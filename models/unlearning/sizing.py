@@ -1,0 +1,65 @@
+"""How long a UGradSL run should be, from how much the model has memorised D_f (``pushes``; ours).
+
+Why: a fixed number of epochs pushes every deletion as hard, whatever there is to forget. On models that
+memorised their training set (mean cross-entropy of D_f 1/50 of held-out data's) random deletions closed
+the most gap at about 13-18 pushes per forget sample; on a 60k-sample model that barely memorises (ratio
+0.85-0.92) every push past one or two overshot the retrain and cost an epoch's worth of time
+(bench/results/memorisation.md). So the run is sized before it starts, in e-folds of loss:
+
+    distance = max(0, ln(mean CE(held-out) / mean CE(D_f)))       under the model being unlearned
+    pushes   = params.pushes · distance                            per forget sample, at least one
+
+Why a logarithm: a memorised sample's cross-entropy is about exp(-margin), and each push moves its margin
+by roughly a step's worth, so the pushes needed grow with how many e-folds its loss must rise, not with
+the loss itself. A retrained model's D_f looks like held-out data (distance 0). The held-out losses are
+the bound's (``models.unlearning.bounds``): measured once, no gradient flows from them.
+
+The run then takes as many steps as those pushes need (``partner_size`` forget samples per step) and
+reads that many retain rows. When they are fewer than the retain pool (``retain_budget``) the pool
+shrinks to them: one pass over a smaller class-stratified sample rather than part of an epoch over a
+large one, so (under ``train_share``) no row the run never reads goes through the frozen front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from models.datasets import SampleDataset
+from models.metrics import per_sample_loss
+from models.unlearning.engine import Plan, partner_size, pool_size
+from models.unlearning.params import UGradSLParams
+
+
+def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: torch.Tensor) -> float:
+    """max(0, ln(mean CE(held-out) / mean CE(D_f))): e-folds of loss between D_f and unseen data."""
+    if len(forget) == 0 or len(heldout_losses) == 0:
+        return 0.0
+    ce_heldout = float(heldout_losses.float().mean())
+    ce_forget = float(per_sample_loss(model, forget).mean())
+    if ce_heldout <= 0 or ce_forget >= ce_heldout:
+        return 0.0
+    return math.log(ce_heldout / max(ce_forget, 1e-12))
+
+
+def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, distance: float) -> UGradSLParams:
+    """``params`` with ``epochs`` (and, for UGradSL+, ``retain_budget``) set so each forget sample is pushed
+    about ``params.pushes · distance`` times, at least once. Unchanged when ``pushes`` is 0 or a set is
+    empty."""
+    if params.pushes <= 0 or n_forget == 0 or n_retain == 0:
+        return params
+    pushes = max(1.0, params.pushes * distance)
+    if plan.lead == "forget":  # UGradSL: an epoch is one pass over D_f, one push per sample
+        return dataclasses.replace(params, epochs=min(pushes, 200.0))
+    pool = pool_size(n_retain, n_forget, params.retain_budget)
+    b_r = min(params.batch_size, pool)
+    b_f = partner_size(plan, b_r, n_forget, params.forget_batch_ratio)
+    steps = math.ceil(pushes * n_forget / b_f)
+    rows = steps * b_r  # retain rows the run reads
+    if rows < pool:  # one pass over a pool of just those rows
+        return dataclasses.replace(params, epochs=1.0, retain_budget=rows / n_forget)
+    per_epoch = max(math.ceil(pool / b_r), math.ceil(n_forget / b_f))  # as engine.count_steps counts
+    return dataclasses.replace(params, epochs=min(steps / per_epoch, 200.0))

@@ -1,0 +1,97 @@
+"""``pushes``: a UGradSL run sized by how much the model has memorised D_f (models/unlearning/sizing.py)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from models.datasets import SampleDataset
+from models.hooks import Hooks
+from models.metrics import per_sample_loss
+from models.unlearning import run_method
+from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
+from models.unlearning.params import parse_params
+from models.unlearning.sizing import forget_distance, sized
+
+PLUS = Plan("retain", 0.7, 0.3)
+
+
+def _pushes_per_sample(params, n_forget: int, n_retain: int) -> float:
+    """What the engine will do with ``params``: steps x forget samples per step / |D_f|."""
+    pool = len(retain_pool(_rows(n_retain), n_forget, params.retain_budget, params.seed))
+    steps = count_steps(PLUS, params, n_forget, pool)
+    b_f = partner_size(PLUS, min(params.batch_size, pool), n_forget, params.forget_batch_ratio)
+    return steps * b_f / n_forget
+
+
+def _rows(n: int) -> SampleDataset:
+    return SampleDataset(torch.zeros(n, 1), torch.arange(n) % 5, [f"r{i}" for i in range(n)])
+
+
+@pytest.mark.parametrize("n_forget, n_retain", [(1000, 9000), (100, 9900), (6000, 54000), (14, 1423)])
+def test_a_fully_memorised_deletion_is_pushed_pushes_times_whatever_its_size(n_forget, n_retain) -> None:
+    params = sized(parse_params("ugradsl_plus", {"pushes": 4}), PLUS, n_forget, n_retain, distance=4.0)
+    assert _pushes_per_sample(params, n_forget, n_retain) == pytest.approx(16, rel=0.05)
+
+
+def test_a_deletion_that_looks_unseen_is_pushed_once_on_a_pool_of_just_the_rows_read() -> None:
+    params = sized(parse_params("ugradsl_plus", {"pushes": 4}), PLUS, 1000, 9000, distance=0.1)
+    assert params.epochs == 1.0
+    pool = len(retain_pool(_rows(9000), 1000, params.retain_budget, params.seed))
+    assert pool == math.ceil(1000 / 32) * 64 < 9000  # 32 forget rows per step, one 64-row retain batch each
+    assert _pushes_per_sample(params, 1000, 9000) == pytest.approx(1, abs=0.03)
+
+
+def test_off_or_nothing_to_size_leaves_the_params_alone() -> None:
+    off = parse_params("ugradsl_plus", {})
+    assert off.pushes == 0 and sized(off, PLUS, 1000, 9000, distance=1.0) is off
+    on = parse_params("ugradsl_plus", {"pushes": 4})
+    assert sized(on, PLUS, 0, 9000, distance=1.0) is on
+    # UGradSL's epoch is one pass over D_f: pushes are epochs
+    assert sized(parse_params("ugradsl", {"pushes": 4}), Plan("forget", 0.7, 0.3), 10, 90, 2.0).epochs == 8
+
+
+def _steps(model, forget: SampleDataset, retain: SampleDataset, heldout, params: dict) -> int:
+    calls: list[float] = []
+    hooks = Hooks(calls.append, check_every=1)
+    run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, params, hooks, heldout=heldout)
+    return len(calls) - 2  # start and finish bracket one call per step
+
+
+def test_the_model_decides_the_length_memorised_training_rows_run_long_unseen_rows_short(
+    digits_model, digits
+) -> None:
+    """The digits model memorised its training set: 100 of its training rows sit e-folds of loss below
+    held-out data. 100 test rows handed in as a "deletion" are held-out data already: one push each."""
+    train_ds, test_ds = digits
+    calib, unseen = test_ds.subset(torch.arange(0, 250)), test_ds.subset(torch.arange(250, 350))
+    memorised, retain = train_ds.split_by_ids(train_ds.ids[:100])
+    far = forget_distance(digits_model, memorised, _losses(digits_model, calib))
+    assert far > 2 and forget_distance(digits_model, unseen, _losses(digits_model, calib)) < 0.25
+    params = {"pushes": 4, "lr": 1e-6}
+    long = _steps(digits_model, memorised, retain, calib, params)
+    short = _steps(digits_model, unseen, retain, calib, params)
+    assert long == math.ceil(4 * far * 100 / 32)  # 32 forget rows per step
+    assert short == math.ceil(100 / 32)  # at least one push each
+
+
+def _losses(model, data: SampleDataset) -> torch.Tensor:
+    return torch.from_numpy(per_sample_loss(model, data))
+
+
+def test_sizing_needs_held_out_data_and_says_so(digits_model, digits_random10) -> None:
+    forget, retain = digits_random10
+    with pytest.raises(ValueError, match="pushes needs held-out data"):
+        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain,
+                   {"pushes": 4, "bound_by": "correct"})  # fmt: skip
+
+
+def test_a_deletion_that_takes_a_class_keeps_its_epochs(digits_model, digits) -> None:
+    train_ds, test_ds = digits
+    threes = [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == 3]
+    forget, retain = train_ds.split_by_ids(threes)
+    base = {"lr": 1e-6, "bound_by": "correct"}  # lr too small to forget: one round of the class-wise loop
+    epochs = _steps(digits_model, forget, retain, test_ds, base)
+    assert epochs > 0
+    assert _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 100}) == epochs
