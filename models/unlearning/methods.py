@@ -346,7 +346,7 @@ def _ugradsl(
     if len(gone) and params.class_retain_budget > 0:
         budgets = [b for b in (params.retain_budget, params.class_retain_budget) if b > 0]
         params = dataclasses.replace(params, retain_budget=min(budgets))
-    elif params.pushes > 0 and len(forget) and len(retain):
+    elif params.pushes > 0 and len(forget) and len(retain) and heldout is not None:
         distance = forget_distance(model, forget, _heldout_losses(model, retain, params, heldout, bound))
         params = sized(params, plan, len(forget), len(retain), distance)
     model = _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
@@ -364,17 +364,12 @@ def _heldout_losses(
     model: nn.Module,
     retain: SampleDataset,
     params: UGradSLParams,
-    heldout: SampleDataset | None,
+    heldout: SampleDataset,
     bound: HeldoutBound | None,
 ) -> torch.Tensor:
     """The held-out losses ``pushes`` sizes the run by: the bound's when there is one (measured once)."""
     if bound is not None:
         return bound.quantiles
-    if heldout is None:
-        raise ValueError(
-            "pushes needs held-out data the model never trained on (run_method(..., heldout=test_set)) to "
-            "measure how much D_f is memorised; pass pushes=0 to size the run by epochs instead"
-        )
     found = heldout_bound(model, heldout, retain, params.seed)
     return found.quantiles if found is not None else torch.zeros(0)
 

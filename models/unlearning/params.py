@@ -33,8 +33,12 @@ def _f(
     hi: float | None = None,
     choices: tuple[Any, ...] = (),
     doc: str = "",
+    off_if_given: tuple[str, ...] = (),
 ) -> Any:
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+    """``off_if_given``: fields whose explicit value means the caller chose what this field would decide;
+    this one is then 0 unless also given (``pushes`` yields to an explicit ``epochs``)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc, "off_if_given": off_if_given}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,10 @@ class UGradSLParams(GradientParams):
         10000.0,
         doc="size the run by how much D_f is memorised: each forget sample is pushed about "
         "pushes·ln(mean CE(held-out)/mean CE(D_f)) times (at least once), in place of epochs, and the "
-        "retain pool shrinks to the rows those steps read (models/unlearning/sizing.py); needs held-out "
-        "data; deletions that take a whole class keep epochs; 0 = epochs decide",
+        "retain pool shrinks to the rows those steps read (models/unlearning/sizing.py); 0 = epochs decide, "
+        "as they do without held-out data, for deletions that take a whole class, and when epochs is given "
+        "and pushes is not",
+        off_if_given=("epochs",),
     )
 
 
@@ -320,7 +326,11 @@ def parse_params(method: str, raw: Any = None) -> Any:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ValueError(f"unknown {method} param(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    return cls(**{k: _check(method, known[k], v) for k, v in raw.items()})
+    given = {k: _check(method, known[k], v) for k, v in raw.items()}
+    for name, f in known.items():
+        if name not in raw and any(other in raw for other in f.metadata.get("off_if_given", ())):
+            given[name] = 0
+    return cls(**given)
 
 
 def params_to_dict(p: Any) -> dict[str, Any]:

@@ -80,11 +80,16 @@ def _losses(model, data: SampleDataset) -> torch.Tensor:
     return torch.from_numpy(per_sample_loss(model, data))
 
 
-def test_sizing_needs_held_out_data_and_says_so(digits_model, digits_random10) -> None:
+def test_epochs_decide_without_held_out_data_or_when_given_alone(digits_model, digits_random10) -> None:
     forget, retain = digits_random10
-    with pytest.raises(ValueError, match="pushes needs held-out data"):
-        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain,
-                   {"pushes": 4, "bound_by": "correct"})  # fmt: skip
+    base = {"lr": 1e-6, "bound_by": "correct"}
+    by_epochs = _steps(digits_model, forget, retain, None, {**base, "pushes": 0})
+    assert _steps(digits_model, forget, retain, None, {**base, "pushes": 4}) == by_epochs
+    # an explicit epochs turns pushes off unless pushes is given too
+    assert parse_params("ugradsl_plus", {"epochs": 3}).pushes == 0
+    assert parse_params("ugradsl_plus", {"epochs": 3, "pushes": 2}).pushes == 2
+    stored = parse_params("ugradsl_plus", {"pushes": 4})
+    assert parse_params("ugradsl_plus", stored) == stored  # a stored record re-parses unchanged
 
 
 def test_a_deletion_that_takes_a_class_keeps_its_epochs(digits_model, digits) -> None:
