@@ -2,17 +2,20 @@
 
 Why: a fixed number of epochs pushes every deletion as hard, whatever there is to forget. On models that
 memorised their training set (mean cross-entropy of D_f 1/50 of held-out data's) random deletions closed
-the most gap at about 13-18 pushes per forget sample; on a 60k-sample model that barely memorises (ratio
-0.85-0.92) every push past one or two overshot the retrain and cost an epoch's worth of time
-(bench/results/memorisation.md). So the run is sized before it starts, in e-folds of loss:
+the most gap at about 15 pushes per forget sample; on a 60k-sample model that barely memorises (ratio
+0.85-0.92) about 4 did best, and more overshot the retrain and cost an epoch's worth of time
+(bench/results/memorisation.md, tune_*_pushes.md). So the run is sized before it starts, in e-folds of
+loss:
 
     distance = max(0, ln(mean CE(held-out) / mean CE(D_f)))       under the model being unlearned
-    pushes   = params.pushes · distance                            per forget sample, at least one
+    pushes   = params.pushes · (1 + distance)                      per forget sample, at least one
 
 Why a logarithm: a memorised sample's cross-entropy is about exp(-margin), and each push moves its margin
 by roughly a step's worth, so the pushes needed grow with how many e-folds its loss must rise, not with
-the loss itself. A retrained model's D_f looks like held-out data (distance 0). The held-out losses are
-the bound's (``models.unlearning.bounds``): measured once, no gradient flows from them.
+the loss itself. Why 1 + : a D_f that already looks like held-out data on average (distance 0) still
+holds samples the model fits better than unseen ones; one push each closed 4-6% of the 60k model's random
+gap, about four closed 55-74%. The held-out losses are the bound's (``models.unlearning.bounds``):
+measured once, no gradient flows from them.
 
 The run then takes as many steps as those pushes need (``partner_size`` forget samples per step) and
 reads that many retain rows. When they are fewer than the retain pool (``retain_budget``) the pool
@@ -47,11 +50,11 @@ def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: tor
 
 def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, distance: float) -> UGradSLParams:
     """``params`` with ``epochs`` (and, for UGradSL+, ``retain_budget``) set so each forget sample is pushed
-    about ``params.pushes · distance`` times, at least once. Unchanged when ``pushes`` is 0 or a set is
+    about ``params.pushes · (1 + distance)`` times, at least once. Unchanged when ``pushes`` is 0 or a set is
     empty."""
     if params.pushes <= 0 or n_forget == 0 or n_retain == 0:
         return params
-    pushes = max(1.0, params.pushes * distance)
+    pushes = max(1.0, params.pushes * (1.0 + distance))
     if plan.lead == "forget":  # UGradSL: an epoch is one pass over D_f, one push per sample
         return dataclasses.replace(params, epochs=min(pushes, 200.0))
     pool = pool_size(n_retain, n_forget, params.retain_budget)
