@@ -6,10 +6,11 @@
 A retrained model sees D_f as it sees unseen data, so the distance between D_f's losses under the original
 model and the held-out losses is the distance unlearning has to cover. The UGradSL+ settings that win
 differ by that distance (bench/results/tune_*_last_layers.md: the memorising models want long runs, the
-60k model short ones), and by how often a run pushes each forget sample (``pushes``: epochs x retain rows
-read per epoch x forget batch ratio / |D_f|), which the retain pool changes for small deletions. This
-prints both per setting, seed and scenario (random 10%, random 1%), as a candidate signal for sizing a run
-(issue 18). The held-out data is the bench's calibration set (``Setting.load``), never the scoring half.
+60k model short ones), and by how often a run pushes each forget sample (steps x forget rows per step /
+|D_f|), which the retain pool changes for small deletions. This prints both per setting, seed and scenario
+(random 10%, random 1%); since stop 32 the default sizes its run from the first
+(``models/unlearning/sizing.py``), so its pushes column follows the e-folds column. The held-out data is the
+bench's calibration set (``Setting.load``), never the scoring half.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from models.unlearning.sizing import forget_distance, sized
 OUT = Path(__file__).resolve().parent / "results" / "memorisation.md"
 RUNS = {  # label: UGradSL+ params whose pushes per forget sample are shown
     "default": {},
-    "last layers": {"train_share": 0.7, "epochs": 3, "p": 0.75},
-    "sized, 4 per e-fold": {"pushes": 4},
+    "stop 31 default": {"pushes": 0, "train_share": 0, "p": 0.7},
+    "stop 31 last layers": {"train_share": 0.7, "epochs": 3, "p": 0.75},
 }
 PLAN = Plan("retain", 0.7, 0.3)  # UGradSL+: D_r leads
 
