@@ -346,7 +346,7 @@ def _ugradsl(
     if len(gone) and params.class_retain_budget > 0:
         budgets = [b for b in (params.retain_budget, params.class_retain_budget) if b > 0]
         params = dataclasses.replace(params, retain_budget=min(budgets))
-    elif params.pushes > 0 and len(forget) and len(retain) and heldout is not None:
+    if params.pushes > 0 and not len(gone) and len(forget) and len(retain) and heldout is not None:
         distance = forget_distance(model, forget, _heldout_losses(model, retain, params, heldout, bound))
         params = sized(params, plan, len(forget), len(retain), distance)
     model = _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)

@@ -99,7 +99,8 @@ def test_a_deletion_that_takes_a_class_keeps_its_epochs(digits_model, digits) ->
     train_ds, test_ds = digits
     threes = [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == 3]
     forget, retain = train_ds.split_by_ids(threes)
-    base = {"lr": 1e-6, "bound_by": "correct"}  # lr too small to forget: one round of the class-wise loop
-    epochs = _steps(digits_model, forget, retain, test_ds, base)
-    assert epochs > 0
-    assert _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 100}) == epochs
+    for pool in (5.0, 0.0):  # the class-wise pool, and none
+        base = {"lr": 1e-6, "bound_by": "correct", "class_retain_budget": pool}
+        epochs = _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 0})
+        assert epochs > 0
+        assert _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 100}) == epochs
