@@ -37,7 +37,7 @@ from models.unlearning.params import (
     parse_params,
 )
 from models.unlearning.selection import selector
-from models.unlearning.sizing import forget_distance, sized
+from models.unlearning.sizing import MAX_EPOCHS, forget_distance, sized
 
 
 class Method(Protocol):
@@ -319,7 +319,6 @@ def ugradsl(
 
 CLASSWISE_LEFT = 0.01  # a forgotten class's samples still classified correctly that end the run
 CLASSWISE_ROUNDS = 3  # further runs (2x, 4x, 8x the epochs) while more are
-MAX_EPOCHS = 200.0  # the params' bound on epochs
 
 
 def _ugradsl(

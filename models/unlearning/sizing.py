@@ -36,6 +36,8 @@ from models.metrics import per_sample_loss
 from models.unlearning.engine import Plan, partner_size, pool_size
 from models.unlearning.params import UGradSLParams
 
+MAX_EPOCHS = 200.0  # the params' bound on epochs
+
 
 def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: torch.Tensor) -> float:
     """max(0, ln(mean CE(held-out) / mean CE(D_f))): e-folds of loss between D_f and unseen data."""
@@ -56,7 +58,7 @@ def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, dista
         return params
     pushes = max(1.0, params.pushes * (1.0 + distance))
     if plan.lead == "forget":  # UGradSL: an epoch is one pass over D_f, one push per sample
-        return dataclasses.replace(params, epochs=min(pushes, 200.0))
+        return dataclasses.replace(params, epochs=min(pushes, MAX_EPOCHS))
     pool = pool_size(n_retain, n_forget, params.retain_budget)
     b_r = min(params.batch_size, pool)
     b_f = partner_size(plan, b_r, n_forget, params.forget_batch_ratio)
@@ -65,4 +67,4 @@ def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, dista
     if rows < pool:  # one pass over a pool of just those rows
         return dataclasses.replace(params, epochs=1.0, retain_budget=rows / n_forget)
     per_epoch = max(math.ceil(pool / b_r), math.ceil(n_forget / b_f))  # as engine.count_steps counts
-    return dataclasses.replace(params, epochs=min(steps / per_epoch, 200.0))
+    return dataclasses.replace(params, epochs=min(steps / per_epoch, MAX_EPOCHS))
