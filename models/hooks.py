@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,6 +24,7 @@ class Hooks:
     should_cancel: Callable[[], bool] | None = None
     check_every: int = 10
     on_batch: Callable[[torch.Tensor], None] | None = None  # row indices of each training batch (audits)
+    on_plan: Callable[[dict[str, Any]], None] | None = None  # what each run decided before its first step
 
     def step(self, done: int, total: int) -> None:
         """Call after step ``done`` of ``total``: report progress, raise Cancelled if asked to stop."""
@@ -47,3 +49,10 @@ class Hooks:
     def batch(self, indices: torch.Tensor) -> None:
         if self.on_batch is not None:
             self.on_batch(indices)
+
+    def plan(self, facts: dict[str, Any]) -> None:
+        """Before a run's first step: how long it runs and on what (steps, epochs, rows read, weights
+        trained, and what sized it). Why: a run's length now follows a measurement taken before it
+        (``pushes``), so the params a job was given no longer say what ran; an audit needs both."""
+        if self.on_plan is not None:
+            self.on_plan(facts)

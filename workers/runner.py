@@ -173,7 +173,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         as_dict = params_to_dict(params)
         store.trying(method, as_dict)  # every param in effect, defaults included, while it runs
         rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
-        hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled)
+        runs: list[dict[str, Any]] = []  # what each run of the method decided: its steps, rows, sizing
+        hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
         started = time.perf_counter()
         with precision(settings.precision, device):
             model = run_method(
@@ -189,6 +190,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             {
                 "method": method,
                 "params": as_dict,
+                "runs": runs,
                 "metrics": metrics,
                 "gate_failures": failures,
                 "passed": not failures,

@@ -13,6 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,11 +154,14 @@ def run_steps(
     forget_targets: torch.Tensor | None = None,
     static_mask: list[torch.Tensor] | None = None,
     selector: Selector | None = None,
+    about: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Run the method's steps in place on ``model`` (on its device) and return it. ``selector``: score the
-    model at a few steps and end on the best-scored state (``models.unlearning.selection``)."""
+    model at a few steps and end on the best-scored state (``models.unlearning.selection``). ``about``:
+    what the method decided before the run, reported with the run's own plan (``Hooks.plan``)."""
     needs_retain = plan.w_retain > 0 or params.mask in ("and", "prob", "focus")
     if len(forget) == 0:  # nothing to forget: the model is already the answer
+        hooks.plan({**(about or {}), "steps": 0})
         hooks.start()
         hooks.finish()
         return model
@@ -188,6 +192,9 @@ def run_steps(
     sched = lr_scheduler(opt, params.schedule, total)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     model.train()
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
+                "retain_rows": len(retain), "trained_weights": trained})  # fmt: skip
     hooks.start()
     step = 0
     if selector is not None:

@@ -37,7 +37,7 @@ from models.unlearning.params import (
     parse_params,
 )
 from models.unlearning.selection import selector
-from models.unlearning.sizing import MAX_EPOCHS, forget_distance, sized
+from models.unlearning.sizing import MAX_EPOCHS, forget_distance, pushes_per_sample, sized
 
 
 class Method(Protocol):
@@ -274,13 +274,16 @@ def _run(
     forget_targets: torch.Tensor | None = None,
     heldout: SampleDataset | None = None,
     bound: HeldoutBound | None = None,
+    about: dict[str, Any] | None = None,
 ) -> nn.Module:
     net, forget, retain, heldout = _trained_part(model, forget, retain, heldout, params)
     mask = _static_mask(net, forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     select = selector(net, forget, retain, heldout, params.select_checks, params.seed, refresh)
+    about = {**(about or {}), "trained": "model" if net is model else "last_layers",
+             "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
     run_steps(net, forget, retain, params, hooks, objective, plan, forget_targets=forget_targets,
-              static_mask=mask, selector=select)  # fmt: skip
+              static_mask=mask, selector=select, about=about)  # fmt: skip
     return model
 
 
@@ -345,17 +348,32 @@ def _ugradsl(
     if len(gone) and params.class_retain_budget > 0:
         budgets = [b for b in (params.retain_budget, params.class_retain_budget) if b > 0]
         params = dataclasses.replace(params, retain_budget=min(budgets))
+    about: dict[str, Any] = {"sized_by": "epochs"}
     if params.pushes > 0 and not len(gone) and len(forget) and len(retain) and heldout is not None:
         distance = forget_distance(model, forget, _heldout_losses(model, retain, params, heldout, bound))
         params = sized(params, plan, len(forget), len(retain), distance)
-    model = _run(model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound)
+        about = {
+            "sized_by": "pushes",
+            "distance": distance,
+            "pushes_per_sample": pushes_per_sample(params, distance),
+        }
+    model = _run(
+        model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound, about=about
+    )
     epochs = params.epochs
-    for _ in range(CLASSWISE_ROUNDS if params.bounded and len(gone) else 0):
+    for rerun in range(1, 1 + (CLASSWISE_ROUNDS if params.bounded and len(gone) else 0)):
         if accuracy(model, gone) <= CLASSWISE_LEFT:
             break
         epochs = min(2 * epochs, MAX_EPOCHS)
         again = dataclasses.replace(params, epochs=epochs)
-        model = _run(model, forget, retain, again, hooks, objective, plan, heldout=heldout, bound=bound)
+        about = {
+            "sized_by": "epochs",
+            "rerun": rerun,
+            "reason": "a forgotten class still classified correctly",
+        }
+        model = _run(
+            model, forget, retain, again, hooks, objective, plan, heldout=heldout, bound=bound, about=about
+        )
     return model
 
 

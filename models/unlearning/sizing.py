@@ -50,13 +50,18 @@ def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: tor
     return math.log(ce_heldout / max(ce_forget, 1e-12))
 
 
+def pushes_per_sample(params: UGradSLParams, distance: float) -> float:
+    """``params.pushes · (1 + distance)``, at least one."""
+    return max(1.0, params.pushes * (1.0 + distance))
+
+
 def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, distance: float) -> UGradSLParams:
     """``params`` with ``epochs`` (and, for UGradSL+, ``retain_budget``) set so each forget sample is pushed
     about ``params.pushes · (1 + distance)`` times, at least once. Unchanged when ``pushes`` is 0 or a set is
     empty."""
     if params.pushes <= 0 or n_forget == 0 or n_retain == 0:
         return params
-    pushes = max(1.0, params.pushes * (1.0 + distance))
+    pushes = pushes_per_sample(params, distance)
     if plan.lead == "forget":  # UGradSL: an epoch is one pass over D_f, one push per sample
         return dataclasses.replace(params, epochs=min(pushes, MAX_EPOCHS))
     pool = pool_size(n_retain, n_forget, params.retain_budget)

@@ -104,3 +104,24 @@ def test_a_deletion_that_takes_a_class_keeps_its_epochs(digits_model, digits) ->
         epochs = _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 0})
         assert epochs > 0
         assert _steps(digits_model, forget, retain, test_ds, {**base, "pushes": 100}) == epochs
+
+
+def test_each_run_reports_what_sized_it_and_what_it_read(digits_model, digits) -> None:
+    """The params a run is given no longer say how long it ran: the plan it reports does (``Hooks.plan``)."""
+    train_ds, test_ds = digits
+    forget, retain = train_ds.split_by_ids(train_ds.ids[:100])
+    plans: list[dict] = []
+    calls: list[float] = []
+    hooks = Hooks(calls.append, check_every=1, on_plan=plans.append)
+    params = {"pushes": 4, "lr": 1e-6}
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, hooks, heldout=test_ds)
+    (plan,) = plans
+    far = forget_distance(digits_model, forget, _losses(digits_model, test_ds))
+    assert plan["sized_by"] == "pushes" and plan["distance"] == pytest.approx(far, rel=1e-3)
+    assert plan["pushes_per_sample"] == pytest.approx(4 * (1 + far), rel=1e-3)
+    assert plan["steps"] == len(calls) - 2 and plan["forget_rows"] == 100
+    assert plan["retain_rows"] <= len(retain)
+    off: list[dict] = []
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {**params, "pushes": 0},
+               Hooks(on_plan=off.append), heldout=test_ds)  # fmt: skip
+    assert off[0]["sized_by"] == "epochs" and "distance" not in off[0]

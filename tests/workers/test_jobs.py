@@ -80,6 +80,9 @@ def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings
     assert result["forgotten_class_test_accuracy"] < base["forgotten_class_test_accuracy"]
     assert result["unlearning_accuracy"] > 0.5
     assert set(job.metrics["timings"]) >= {"load", "evaluate_base", "unlearn:ugradsl_plus", "publish"}
+    # A class leaving is run for its epochs, not sized by held-out losses, and the record says so.
+    runs = job.metrics["attempts"][0]["runs"]
+    assert runs[0]["sized_by"] == "epochs" and runs[0]["forget_rows"] == len(ids) and runs[0]["steps"] > 0
     # The bench scores the published version exactly as the service did: the same numbers, class-wise MIA
     # included (its non-members are the whole test set in both).
     with session_scope(demo.resolved_database_url) as s:
@@ -110,6 +113,11 @@ def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) 
         job = s.scalars(select(Job)).one()
     assert v1["test_count"] == job.metrics["data"]["scoring"]["samples"] == job.metrics["base"]["test_count"]
     assert v1["test_accuracy"] == job.metrics["base"]["test_accuracy"]
+    # What ran, beside what was asked: the params say pushes 3.2; the run was sized from the model.
+    (run,) = job.metrics["attempts"][0]["runs"]
+    assert run["sized_by"] == "pushes" and run["forget_rows"] == 20
+    assert run["pushes_per_sample"] == pytest.approx(3.2 * (1 + run["distance"]))
+    assert 0 < run["trained_weights"] <= run["model_weights"] and run["steps"] > 0
 
 
 def test_the_demo_is_the_same_model_wherever_it_is_trained(tmp_path: Path) -> None:
