@@ -99,7 +99,7 @@ export const job = {
       el("h2", {}, "Attempts"),
       attempts.length
         ? table(
-            ["#", "method", "passed", "UA", "MIA", "RA", "TA", "gate failures"],
+            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures"],
             attempts.map((a, i) =>
               el(
                 "tr",
@@ -107,6 +107,7 @@ export const job = {
                 el("td", {}, i + 1),
                 el("td", {}, a.method),
                 el("td", {}, a.passed ? badge("passed", "completed") : badge("failed")),
+                el("td", { class: "run" }, runSummary(a.runs)),
                 METRICS.map((m) => el("td", { class: "num" }, fmt((a.metrics || {})[m.key]))),
                 el("td", {}, (a.gate_failures || []).map((g) => (typeof g === "string" ? g : JSON.stringify(g))).join("; ") || "–"),
               ),
@@ -118,6 +119,18 @@ export const job = {
     ];
   },
 };
+
+// What each run of an attempt did: a run sized by memorisation says so, since its params don't.
+function runSummary(runs) {
+  if (!runs || !runs.length) return "–";
+  return runs
+    .map((r) => {
+      const length = r.sized_by === "pushes" ? `${fmt(r.pushes_per_sample, 1)} pushes/sample` : `${fmt(r.epochs, 2)} epochs`;
+      const where = r.trained === "last_layers" ? ", last layers" : "";
+      return `${r.steps} steps (${length}${where})`;
+    })
+    .join(" + ");
+}
 
 function jobActions(j, admin) {
   if (j.state === "running") {

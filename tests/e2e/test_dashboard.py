@@ -198,6 +198,11 @@ def test_jobs_page_follows_a_job_to_100_percent_and_the_chart_shows_the_new_vers
     expect(row).to_contain_text("v1 → v2")
     assert page.evaluate("window.__sameDocument") is True, "the jobs page reloaded instead of polling"
     save_screenshot(page, tmp_path, "dashboard-jobs.png")
+    # The job's page says what ran: the default sizes the run from the model, which its params don't show.
+    with stack.client() as api:
+        (run,) = api.get(f"/v1/jobs/{job_id}").json()["metrics"]["attempts"][0]["runs"]
+    go(page, f"#/jobs/{job_id}")
+    expect(page.locator("td.run")).to_have_text(re.compile(rf"^{run['steps']} steps \(\d+\.\d pushes/sample"))
 
     with stack.client() as api:
         v2 = api.get("/v1/models/digits/versions").json()[-1]
