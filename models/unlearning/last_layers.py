@@ -149,14 +149,34 @@ def _weights_of(traced: fx.GraphModule, node: fx.Node) -> set[int]:
 
 @torch.no_grad()
 def features(front: nn.Module, data: SampleDataset, device: torch.device) -> SampleDataset:
-    """``data`` with each sample replaced by the front's output for it (eval mode, on CPU)."""
+    """``data`` with each sample replaced by the front's output for it (eval mode, on CPU). Each batch is
+    written into one preallocated tensor per cached value: concatenating the batches at the end held every
+    row twice, so a cache at ``FEATURE_BYTES`` peaked at twice that (43k rows of 12 KB, a 0.54 GB cache:
+    1.06-2.1 GB above the inputs before, 0.65-0.72 GB now; the time is the same within noise)."""
     was = front.training
     front.eval()
+    out: dict[str, torch.Tensor] = {}
+    start = 0
     try:
-        parts = [B.to(front(B.to(xb, device)), "cpu") for xb in in_order(data.x, FEATURE_BATCH)]
+        for xb in in_order(data.x, FEATURE_BATCH):
+            yb = B.to(front(B.to(xb, device)), "cpu")
+            parts = yb if isinstance(yb, dict) else {"": yb}
+            for k, v in parts.items():
+                if k not in out:
+                    out[k] = _rows_like(v, len(data))
+                out[k][start : start + len(v)] = v
+            start += B.rows(yb)
     finally:
         front.train(was)
-    return SampleDataset(B.cat(parts), data.y.clone(), list(data.ids))
+    return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
+
+
+def _rows_like(v: torch.Tensor, n: int) -> torch.Tensor:
+    """An empty (n, ...) tensor shaped, typed and laid out as ``v``'s rows (a channels-last front output
+    stays channels-last, as concatenating it would have kept it)."""
+    last = v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if last else torch.contiguous_format
+    return torch.empty((n, *v.shape[1:]), dtype=v.dtype, memory_format=fmt)
 
 
 def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> int:

@@ -138,3 +138,33 @@ def test_an_empty_deletion_reads_nothing_through_the_front(digits_model, digits)
     run_method("ugradsl_plus", model, forget, retain, params)
     assert calls == []
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("arch, shape", [("small_cnn", (1, 28, 28)), ("resnet18_cifar", (3, 32, 32))])
+def test_cached_features_are_the_fronts_output_row_for_row_across_batches(arch, shape, monkeypatch) -> None:
+    """Batches are written into one preallocated tensor per cached value (a dict across a skip
+    connection); a channels-last front output stays channels-last."""
+    from models.datasets import SampleDataset
+    from models.unlearning import last_layers
+
+    monkeypatch.setattr(last_layers, "FEATURE_BATCH", 4)  # 10 rows: three batches, the last short
+    model = build_model(arch, **({"image_size": 28} if arch == "small_cnn" else {"num_classes": 10})).eval()
+    split = split_last_layers(model, 0.5)
+    assert split is not None
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model.to(memory_format=layout)
+        x = torch.randn(10, *shape)
+        data = SampleDataset(x, torch.arange(10) % 3, [f"s{i}" for i in range(10)])
+        cached = last_layers.features(split.front, data, torch.device("cpu"))
+        with torch.no_grad():
+            whole = split.front.eval()(x.to(memory_format=layout))  # BatchNorm on running statistics
+        parts = cached.x if isinstance(cached.x, dict) else {"": cached.x}
+        expect = whole if isinstance(whole, dict) else {"": whole}
+        assert parts.keys() == expect.keys()
+        for k, v in parts.items():
+            assert torch.allclose(v, expect[k], atol=1e-5), k
+            if layout is torch.channels_last and v.dim() == 4 and not expect[k].is_contiguous():
+                assert v.is_contiguous(memory_format=torch.channels_last), k
+        with torch.no_grad():
+            assert torch.allclose(split.tail.eval()(cached.x), model.eval()(x), atol=1e-4)
+        assert cached.ids == data.ids and torch.equal(cached.y, data.y)
