@@ -146,6 +146,12 @@ SETTINGS = {
         "(30 epochs: the memorising regime)",
         _fashion(10_000), {"in_channels": 1, "image_size": 28, "num_classes": 10}, FASHION_RECIPE,
     ),
+    "fashion_mid": Setting(
+        "fashion_mid", "Fashion-MNIST 20k-sample train subset / 10k test, small_cnn 28x28, 12 epochs "
+        "(between the memorising 10k model and the barely memorising 60k one)",
+        _fashion(20_000), {"in_channels": 1, "image_size": 28, "num_classes": 10},
+        TrainRecipe(epochs=12, lr=0.05, batch_size=64),
+    ),
     "fashion_full": Setting(
         "fashion_full", "Fashion-MNIST full 60k / 10k, small_cnn 28x28, 5 epochs (barely memorises)",
         _fashion(None), {"in_channels": 1, "image_size": 28, "num_classes": 10},
