@@ -125,7 +125,8 @@ function runSummary(runs) {
   if (!runs || !runs.length) return "–";
   return runs
     .map((r) => {
-      const length = r.sized_by === "pushes" ? `${fmt(r.pushes_per_sample, 1)} pushes/sample` : `${fmt(r.epochs, 2)} epochs`;
+      const length =
+        r.sized_by === "pushes" ? `${fmt(r.pushes_per_sample, 1)} pushes/sample` : r.epochs === undefined ? "nothing to forget" : `${fmt(r.epochs, 2)} epochs`;
       const where = r.trained === "last_layers" ? ", last layers" : "";
       return `${r.steps} steps (${length}${where})`;
     })
