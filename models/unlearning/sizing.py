@@ -1,21 +1,21 @@
 """How long a UGradSL run should be, from how much the model has memorised D_f (``pushes``; ours).
 
-Why: a fixed number of epochs pushes every deletion as hard, whatever there is to forget. On models that
-memorised their training set (mean cross-entropy of D_f 1/50 of held-out data's) random deletions closed
-the most gap at about 15 pushes per forget sample; on a 60k-sample model that barely memorises (ratio
-0.85-0.92) about 4 did best, and more overshot the retrain and cost an epoch's worth of time
-(bench/results/memorisation.md, tune_*_pushes.md). So the run is sized before it starts, in e-folds of
-loss:
+Why: a fixed number of epochs pushes every deletion as hard, whatever there is to forget. What won on the
+tuning cases differed between models by how far D_f's losses sit below unseen data's, in e-folds of loss:
 
     distance = max(0, ln(mean CE(held-out) / mean CE(D_f)))       under the model being unlearned
-    pushes   = params.pushes · (1 + distance)                      per forget sample, at least one
+    pushes   = params.pushes · (1 - exp(-distance / params.pushes_efolds))   per forget sample, at least one
 
-Why a logarithm: a memorised sample's cross-entropy is about exp(-margin), and each push moves its margin
-by roughly a step's worth, so the pushes needed grow with how many e-folds its loss must rise, not with
-the loss itself. Why 1 + : a D_f that already looks like held-out data on average (distance 0) still
-holds samples the model fits better than unseen ones; one push each closed 4-6% of the 60k model's random
-gap, about four closed 55-74%. The held-out losses are the bound's (``models.unlearning.bounds``):
-measured once, no gradient flows from them.
+Measured (bench/results/memorisation.md, tune_*_pushes.md, tune_stop34_saturating.md): models that
+memorised their training set (3.7-4.5 e-folds) forgot random deletions best at about 15-16 pushes per
+forget sample; a 60k-sample model that barely memorises (0.16) at about 4 (stop 32's choice; there one
+setting closed 38-81% across three run seeds, wider than any difference between 2.8, 3.7 and 6.6
+pushes); a model in between (0.85) at 10-12, where 5.9 under-forgot. So the need rises steeply over the first
+e-fold and is flat past about two: ``pushes`` is the level a fully memorised D_f gets, and
+``pushes_efolds`` the distance at which a run gets 1 - 1/e of it. Stops 32-33 used ``pushes·(1 +
+distance)``, a line through the two regimes that undershot the model between them (79 ± 9% of its
+closable gap against 99 ± 9% for a longer run). The held-out losses are the bound's
+(``models.unlearning.bounds``): measured once, no gradient flows from them.
 
 The run then takes as many steps as those pushes need (``partner_size`` forget samples per step) and
 reads that many retain rows. When they are fewer than the retain pool (``retain_budget``) the pool
@@ -51,13 +51,13 @@ def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: tor
 
 
 def pushes_per_sample(params: UGradSLParams, distance: float) -> float:
-    """``params.pushes · (1 + distance)``, at least one."""
-    return max(1.0, params.pushes * (1.0 + distance))
+    """``params.pushes · (1 - exp(-distance / params.pushes_efolds))``, at least one."""
+    return max(1.0, params.pushes * -math.expm1(-distance / params.pushes_efolds))
 
 
 def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, distance: float) -> UGradSLParams:
     """``params`` with ``epochs`` (and, for UGradSL+, ``retain_budget``) set so each forget sample is pushed
-    about ``params.pushes · (1 + distance)`` times, at least once. Unchanged when ``pushes`` is 0 or a set is
+    about ``pushes_per_sample(params, distance)`` times. Unchanged when ``pushes`` is 0 or a set is
     empty."""
     if params.pushes <= 0 or n_forget == 0 or n_retain == 0:
         return params

@@ -12,9 +12,14 @@ from models.metrics import per_sample_loss
 from models.unlearning import run_method
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
-from models.unlearning.sizing import forget_distance, sized
+from models.unlearning.sizing import forget_distance, pushes_per_sample, sized
 
 PLUS = Plan("retain", 0.7, 0.3)
+
+
+def _rule(pushes: float, distance: float, efolds: float = 0.6) -> float:
+    """The documented rule, written out: pushes·(1 - exp(-distance / pushes_efolds)), at least one."""
+    return max(1.0, pushes * (1 - math.exp(-distance / efolds)))
 
 
 def _pushes_per_sample(params, n_forget: int, n_retain: int) -> float:
@@ -31,8 +36,23 @@ def _rows(n: int) -> SampleDataset:
 
 @pytest.mark.parametrize("n_forget, n_retain", [(1000, 9000), (100, 9900), (6000, 54000), (14, 1423)])
 def test_a_fully_memorised_deletion_is_pushed_pushes_times_whatever_its_size(n_forget, n_retain) -> None:
-    params = sized(parse_params("ugradsl_plus", {"pushes": 4}), PLUS, n_forget, n_retain, distance=3.0)
+    params = sized(parse_params("ugradsl_plus", {"pushes": 16}), PLUS, n_forget, n_retain, distance=4.0)
     assert _pushes_per_sample(params, n_forget, n_retain) == pytest.approx(16, rel=0.05)
+
+
+def test_the_pushes_rise_steeply_over_the_first_e_fold_and_level_off() -> None:
+    """Stops 32-33's line (pushes·(1 + d)) undershot a model 0.85 e-folds out; the need saturates."""
+    params = parse_params("ugradsl_plus", {})
+    assert (params.pushes, params.pushes_efolds) == (16, 0.6)
+    at = {d: pushes_per_sample(params, d) for d in (0.0, 0.16, 0.6, 0.85, 2.0, 4.0, 40.0)}
+    assert at[0.0] == 1  # at least one push, even for a D_f that looks unseen
+    assert at[0.6] == pytest.approx(16 * (1 - math.exp(-1)))
+    assert 3 < at[0.16] < 4.5 and 10 < at[0.85] < 13  # the 60k model's and the model between the regimes'
+    assert at[2.0] > 0.95 * 16 and at[40.0] == pytest.approx(16)
+    assert list(at.values()) == sorted(at.values())
+    slower = parse_params("ugradsl_plus", {"pushes_efolds": 2.0})
+    assert pushes_per_sample(slower, 0.85) == pytest.approx(_rule(16, 0.85, 2.0))
+    assert pushes_per_sample(slower, 0.85) < at[0.85]
 
 
 def test_a_short_run_is_one_pass_over_a_pool_of_just_the_rows_it_reads_and_pushes_each_sample_once() -> None:
@@ -44,13 +64,14 @@ def test_a_short_run_is_one_pass_over_a_pool_of_just_the_rows_it_reads_and_pushe
 
 
 def test_off_or_nothing_to_size_leaves_the_params_alone() -> None:
-    assert parse_params("ugradsl_plus", {}).pushes == 3.2  # on by default for UGradSL+
+    assert parse_params("ugradsl_plus", {}).pushes == 16  # on by default for UGradSL+
     off = parse_params("ugradsl_plus", {"pushes": 0})
     assert sized(off, PLUS, 1000, 9000, distance=1.0) is off
     on = parse_params("ugradsl_plus", {"pushes": 4})
     assert sized(on, PLUS, 0, 9000, distance=1.0) is on
     # UGradSL's epoch is one pass over D_f: pushes are epochs
-    assert sized(parse_params("ugradsl", {"pushes": 4}), Plan("forget", 0.7, 0.3), 10, 90, 2.0).epochs == 12
+    on_forget = sized(parse_params("ugradsl", {"pushes": 4}), Plan("forget", 0.7, 0.3), 10, 90, 2.0)
+    assert on_forget.epochs == pytest.approx(_rule(4, 2.0))
 
 
 def _steps(model, forget: SampleDataset, retain: SampleDataset, heldout, params: dict) -> int:
@@ -71,12 +92,12 @@ def test_the_model_decides_the_length_memorised_training_rows_run_long_unseen_ro
     memorised, retain = train_ds.split_by_ids(train_ds.ids[:100])
     far = forget_distance(digits_model, memorised, _losses(digits_model, calib))
     assert far > 2 and forget_distance(digits_model, unseen, _losses(digits_model, calib)) < 0.25
-    params = {"pushes": 4, "lr": 1e-6}
+    params = {"pushes": 16, "lr": 1e-6}
     long = _steps(digits_model, memorised, retain, calib, params)
     short = _steps(digits_model, unseen, retain, calib, params)
     near = forget_distance(digits_model, unseen, _losses(digits_model, calib))
-    assert long == math.ceil(4 * (1 + far) * 100 / 32)  # 32 forget rows per step
-    assert short == math.ceil(4 * (1 + near) * 100 / 32) < long / 2
+    assert long == math.ceil(_rule(16, far) * 100 / 32)  # 32 forget rows per step
+    assert short == math.ceil(_rule(16, near) * 100 / 32) < long / 2
 
 
 def _losses(model, data: SampleDataset) -> torch.Tensor:
@@ -118,7 +139,7 @@ def test_each_run_reports_what_sized_it_and_what_it_read(digits_model, digits) -
     (plan,) = plans
     far = forget_distance(digits_model, forget, _losses(digits_model, test_ds))
     assert plan["sized_by"] == "pushes" and plan["distance"] == pytest.approx(far, rel=1e-3)
-    assert plan["pushes_per_sample"] == pytest.approx(4 * (1 + far), rel=1e-3)
+    assert plan["pushes_per_sample"] == pytest.approx(_rule(4, far), rel=1e-3)
     assert plan["steps"] == len(calls) - 2 and plan["forget_rows"] == 100
     assert plan["retain_rows"] <= len(retain)
     off: list[dict] = []

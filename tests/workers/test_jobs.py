@@ -4,6 +4,7 @@ gates fails with the measured reasons, keeps every attempt, and can be retried."
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +114,10 @@ def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) 
         job = s.scalars(select(Job)).one()
     assert v1["test_count"] == job.metrics["data"]["scoring"]["samples"] == job.metrics["base"]["test_count"]
     assert v1["test_accuracy"] == job.metrics["base"]["test_accuracy"]
-    # What ran, beside what was asked: the params say pushes 3.2; the run was sized from the model.
+    # What ran, beside what was asked: the params say pushes 16; the run was sized from the model.
     (run,) = job.metrics["attempts"][0]["runs"]
     assert run["sized_by"] == "pushes" and run["forget_rows"] == 20
-    assert run["pushes_per_sample"] == pytest.approx(3.2 * (1 + run["distance"]))
+    assert run["pushes_per_sample"] == pytest.approx(max(1, 16 * (1 - math.exp(-run["distance"] / 0.6))))
     assert 0 < run["trained_weights"] <= run["model_weights"] and run["steps"] > 0
 
 
