@@ -29,6 +29,24 @@ def test_nothing_is_closable_when_the_original_is_already_within_the_floor() -> 
     assert closable_gap_closed(record(gap=0.3, original_gap=0.4, floor=0.6)) == 0.0
 
 
+def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_range() -> None:
+    from bench.tune import _cell, summarise
+
+    def run(case: str, closed: float, seed: int) -> dict[str, object]:
+        return {"case": case, "run_seed": seed, "closed": closed, "gap": 1 - closed, "time_ratio": 0.1}
+
+    # one lucky seed does not make a case: random:0's mean is 0.55, below random:1's 0.6
+    summary = summarise([run("random:0", c, s) for s, c in enumerate((0.81, 0.47, 0.37))]
+                        + [run("random:1", c, s) for s, c in enumerate((0.6, 0.6, 0.6))])  # fmt: skip
+    first, second = summary["cases"]
+    assert first["closed"] == pytest.approx(0.55)
+    assert (first["closed_min"], first["closed_max"]) == (0.37, 0.81)
+    assert summary["min_closed"] == pytest.approx(0.55) and summary["mean_closed"] == pytest.approx(0.575)
+    assert _cell(first) == "55% (37-81)" and _cell(second) == "60% (60-60)"
+    single = summarise([run("random:0", 0.81, 0)])
+    assert _cell(single["cases"][0]) == "81%" and single["min_closed"] == 0.81
+
+
 def test_the_generated_text_set_is_seeded_and_flips_exactly_the_requested_share_of_labels() -> None:
     from bench.textgen import generate
 
