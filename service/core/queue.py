@@ -8,6 +8,7 @@ from celery import Celery
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from service.core import fs_broker
 from service.core.db.tables import Model, utcnow
 from service.core.settings import Settings
 
@@ -57,6 +58,7 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
         folder = settings.broker_folder
         for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport"] = fs_broker.TRANSPORT  # messages appear whole (see there)
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
