@@ -16,12 +16,12 @@ from torch import nn
 
 from models import batches as B
 from models.datasets import SampleDataset
-from models.layout import cpu_channels_last
+from models.layout import cpu_batch, cpu_channels_last
 from models.loading import in_order
 
 GAP_KEYS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
-# Inference batch: activations of a few hundred images stay in CPU cache (small_cnn: batch 256 ran 2-4x
-# faster than 1024 on CPU, see models/layout.py); a GPU is near its peak at this size for the models here.
+# Inference batch off the CPU: a GPU is near its peak at this size for the models here. On the CPU the
+# batch is sized to the cache by the model's activations (models.layout.cpu_batch), at most this.
 EVAL_BATCH = 256
 
 
@@ -31,15 +31,17 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _map_batches(model: nn.Module, data: SampleDataset, fn: Any, batch_size: int) -> torch.Tensor:
-    """Concatenate ``fn(logits (B, K), y (B,)) -> (B,)`` over batches, in eval mode, on the model's device."""
+    """Concatenate ``fn(logits (B, K), y (B,)) -> (B,)`` over batches of at most ``batch_size`` rows (on a
+    CPU, fewer when the activations would outgrow the cache), in eval mode, on the model's device."""
     was_training = model.training
     model.eval()
     device = _device(model)
     try:
         with cpu_channels_last(model):
+            size = cpu_batch(model, data.x, batch_size)
             outs = [
-                fn(model(B.to(xb, device)), data.y[i * batch_size : (i + 1) * batch_size].to(device))
-                for i, xb in enumerate(in_order(data.x, batch_size))
+                fn(model(B.to(xb, device)), data.y[i * size : (i + 1) * size].to(device))
+                for i, xb in enumerate(in_order(data.x, size))
             ]
     finally:
         model.train(was_training)

@@ -24,6 +24,7 @@ from torch import nn
 
 from models import batches as B
 from models.datasets import SampleDataset
+from models.layout import cpu_batch
 
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
 
@@ -66,11 +67,12 @@ def heldout_bound(
     was_training = model.training
     model.eval()
     try:
+        size = cpu_batch(model, heldout.x, 256)
         losses = [
             F.cross_entropy(
                 model(B.to(B.take(heldout.x, i), device)), heldout.y[i].to(device), reduction="none"
             )
-            for i in rows.split(256)  # type: ignore[no-untyped-call]
+            for i in rows.split(size)  # type: ignore[no-untyped-call]
         ]
     finally:
         model.train(was_training)

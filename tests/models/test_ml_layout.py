@@ -1,12 +1,14 @@
-"""The CPU channels-last block changes speed only: same outputs, and the model comes back as it went in."""
+"""The CPU layout and batch size change speed only: same outputs, and the model comes back as it went in."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from models.architectures import build_model
 from models.checkpoints import load_checkpoint, save_checkpoint
+from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 from models.unlearning import run_method
 
@@ -60,3 +62,63 @@ def test_channels_last_block_leaves_a_model_with_3d_convolutions_alone() -> None
     model.add_module("c3", torch.nn.Conv3d(2, 2, 1))
     with cpu_channels_last(model):
         assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_cpu_batches_keep_the_largest_activation_within_the_budget() -> None:
+    """small_cnn's largest output is its first convolution's (32 channels at full size): a 28x28 image
+    gets 12x fewer rows per batch than an 8x8 one, which hits the cap."""
+    from models.layout import CPU_ACTIVATION_BYTES, cpu_batch, largest_activation
+
+    big = build_model("small_cnn", image_size=28)
+    x = torch.randn(300, 1, 28, 28)
+    assert largest_activation(big, x[:1]) == 32 * 28 * 28 * 4
+    assert cpu_batch(big, x, 512) == CPU_ACTIVATION_BYTES // (32 * 28 * 28 * 4)
+    assert cpu_batch(big, x, 16) == 16  # never above the cap
+    small = build_model("small_cnn", image_size=8)
+    assert cpu_batch(small, torch.randn(5, 1, 8, 8), 512) == 512
+
+
+def test_cpu_batches_have_a_floor_and_leave_the_model_as_it_was() -> None:
+    from models.layout import MIN_BATCH, cpu_batch
+
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 2**21), torch.nn.ReLU(), torch.nn.Linear(2**21, 2))
+    wide.train()
+    assert cpu_batch(wide, torch.randn(3, 4), 256) == MIN_BATCH  # 8 MiB per row: the floor
+    assert wide.training
+    assert all(not m._forward_hooks for m in wide.modules())
+    assert cpu_batch(wide, torch.randn(0, 4), 256) == 256  # nothing to read: nothing probed
+
+
+def test_off_the_cpu_the_cap_is_the_batch_and_the_model_is_not_run() -> None:
+    from models.layout import cpu_batch
+
+    model = build_model("small_cnn", image_size=28).to("meta")
+    assert cpu_batch(model, torch.randn(4, 1, 28, 28), 256) == 256
+
+
+def test_the_largest_activation_looks_inside_tuples_and_dicts() -> None:
+    from models.layout import largest_activation
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 3)
+
+        def forward(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            h = self.lin(x["a"])
+            return h, {"wide": h.repeat(1, 50)}
+
+    assert largest_activation(Pair(), {"a": torch.randn(1, 2)}) == 150 * 4
+
+
+def test_scores_are_the_same_whatever_the_batch() -> None:
+    """Metrics batch by the cache on a CPU: the numbers must not depend on it."""
+    from models.metrics import per_sample_loss
+
+    x = torch.randn(200, 1, 28, 28)
+    model = build_model("small_cnn", image_size=28).eval()
+    data = SampleDataset(x, torch.arange(200) % 10, [f"s{i}" for i in range(200)])
+    with torch.no_grad():
+        whole = torch.nn.functional.cross_entropy(model(x), data.y, reduction="none").numpy()
+    assert np.allclose(per_sample_loss(model, data), whole, atol=1e-5)
+    assert np.allclose(per_sample_loss(model, data, batch_size=7), whole, atol=1e-5)
