@@ -362,7 +362,12 @@ def test_a_job_shows_every_param_in_effect_from_the_start_of_its_method(demo: Se
     with session_scope(demo.resolved_database_url) as s:
         s.execute(
             update(Model).values(
-                default_params={"epochs": 200, "retain_budget": 0}, time_limit_seconds=8, gates={}
+                # 16-row batches: ~16k steps, about 20 s here (stopped at ~40%), ~40 s on the slower machine
+                # of earlier stops; 64-row batches finished inside the limit on this one, leaving the
+                # test nothing to stop
+                default_params={"epochs": 200, "retain_budget": 0, "batch_size": 16},
+                time_limit_seconds=8,
+                gates={},
             )
         )
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 100, 7)])
