@@ -356,6 +356,7 @@ def _ugradsl(
             "sized_by": "pushes",
             "distance": distance,
             "pushes_per_sample": pushes_per_sample(params, distance),
+            "forget_batch_ratio": params.forget_batch_ratio,
         }
     model = _run(
         model, forget, retain, params, hooks, objective, plan, heldout=heldout, bound=bound, about=about

@@ -194,7 +194,9 @@ class UGradSLPlusParams(UGradSLParams):
         1e-3,
         1.0,
         doc="forget samples per step as a fraction of the retain batch (below 1 makes steps cheaper); each "
-        "is weighted up so a pass over D_r pushes D_f as hard",
+        "is weighted up so a pass over D_r pushes D_f as hard. In a run sized by pushes this is the "
+        "fraction for a fully memorised D_f: it rises to 1 as D_f's distance to held-out data falls, on "
+        "the pushes' curve (models/unlearning/sizing.py)",
     )
     # Why a pool by default: an epoch is a pass over D_r with D_f cycled beside it, so with all of D_r
     # each forget sample is pushed about |D_r|/|D_f| times per epoch. A 1% deletion was pushed ~10x as

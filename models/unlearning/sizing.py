@@ -17,6 +17,19 @@ distance)``, a line through the two regimes that undershot the model between the
 closable gap against 99 ± 9% for a longer run). The held-out losses are the bound's
 (``models.unlearning.bounds``): measured once, no gradient flows from them.
 
+The retain batch beside each forget batch (UGradSL+) repairs what the pushes cost the rest of the model,
+and that need follows memorisation too. ``forget_batch_ratio`` is the forget batch's share of the retain
+batch for a fully memorised D_f; a sized run scales it on the same curve, from equal batches (one retain
+row per push) at distance 0 to that share at full memorisation:
+
+    ratio = 1 - (1 - params.forget_batch_ratio) · (1 - exp(-distance / params.pushes_efolds))
+
+Measured on the tuning cases with three run seeds each (bench/results/tune_stop35_repair.md): the
+memorising model (3.7-4.5 e-folds, ratio 0.5 either way) lost 14 points of its mean with equal batches;
+the model between the regimes (0.85: 0.62) closed 90% mean / 86% worst against 85% / 77% at 0.5, and the
+60k one (0.16: 0.88) 60% / 50% against 47% / 41%, at 3/4 of the cost: pushes on a barely memorised D_f
+move the model little, and two retain rows per push were more repair than it needed.
+
 The run then takes as many steps as those pushes need (``partner_size`` forget samples per step) and
 reads that many retain rows. When they are fewer than the retain pool (``retain_budget``) the pool
 shrinks to them: one pass over a smaller class-stratified sample rather than part of an epoch over a
@@ -55,15 +68,23 @@ def pushes_per_sample(params: UGradSLParams, distance: float) -> float:
     return max(1.0, params.pushes * -math.expm1(-distance / params.pushes_efolds))
 
 
+def forget_ratio(params: UGradSLParams, distance: float) -> float:
+    """``1 - (1 - params.forget_batch_ratio) · (1 - exp(-distance / params.pushes_efolds))``: equal batches
+    for a D_f the model has not memorised, ``forget_batch_ratio`` for one it has fully memorised."""
+    return 1.0 - (1.0 - params.forget_batch_ratio) * -math.expm1(-distance / params.pushes_efolds)
+
+
 def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, distance: float) -> UGradSLParams:
-    """``params`` with ``epochs`` (and, for UGradSL+, ``retain_budget``) set so each forget sample is pushed
-    about ``pushes_per_sample(params, distance)`` times. Unchanged when ``pushes`` is 0 or a set is
+    """``params`` with ``epochs`` (and, for UGradSL+, ``forget_batch_ratio`` and ``retain_budget``) set so
+    each forget sample is pushed about ``pushes_per_sample(params, distance)`` times, beside retain batches
+    ``1 / forget_ratio(params, distance)`` times its size. Unchanged when ``pushes`` is 0 or a set is
     empty."""
     if params.pushes <= 0 or n_forget == 0 or n_retain == 0:
         return params
     pushes = pushes_per_sample(params, distance)
     if plan.lead == "forget":  # UGradSL: an epoch is one pass over D_f, one push per sample
         return dataclasses.replace(params, epochs=min(pushes, MAX_EPOCHS))
+    params = dataclasses.replace(params, forget_batch_ratio=forget_ratio(params, distance))
     pool = pool_size(n_retain, n_forget, params.retain_budget)
     b_r = min(params.batch_size, pool)
     b_f = partner_size(plan, b_r, n_forget, params.forget_batch_ratio)

@@ -12,7 +12,7 @@ from models.metrics import per_sample_loss
 from models.unlearning import run_method
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
-from models.unlearning.sizing import forget_distance, pushes_per_sample, sized
+from models.unlearning.sizing import forget_distance, forget_ratio, pushes_per_sample, sized
 
 PLUS = Plan("retain", 0.7, 0.3)
 
@@ -55,11 +55,35 @@ def test_the_pushes_rise_steeply_over_the_first_e_fold_and_level_off() -> None:
     assert pushes_per_sample(slower, 0.85) < at[0.85]
 
 
+def _ratio(distance: float, full: float = 0.5, efolds: float = 0.6) -> float:
+    """The documented forget batch share, written out: 1 - (1 - full)·(1 - exp(-distance / efolds))."""
+    return 1 - (1 - full) * (1 - math.exp(-distance / efolds))
+
+
+def test_the_repair_follows_memorisation_equal_batches_unseen_half_size_memorised() -> None:
+    params = parse_params("ugradsl_plus", {})
+    at = {d: forget_ratio(params, d) for d in (0.0, 0.16, 0.6, 0.85, 4.0, 40.0)}
+    assert at[0.0] == 1 and at[40.0] == pytest.approx(0.5)
+    assert at[0.6] == pytest.approx(_ratio(0.6)) and at[0.16] == pytest.approx(_ratio(0.16))
+    assert 0.85 < at[0.16] < 0.9 and 0.6 < at[0.85] < 0.65 and at[4.0] < 0.51  # the three tuning models
+    assert list(at.values()) == sorted(at.values(), reverse=True)
+    quarter = parse_params("ugradsl_plus", {"forget_batch_ratio": 0.25})
+    assert forget_ratio(quarter, 40.0) == pytest.approx(0.25) and forget_ratio(quarter, 0.0) == 1
+    # a sized run's steps carry that share: one 64-row retain batch beside round(64·ratio) forget rows
+    for d in (0.16, 0.85, 4.0):
+        run = sized(params, PLUS, 6000, 54000, distance=d)
+        assert run.forget_batch_ratio == pytest.approx(_ratio(d))
+        b_f = partner_size(PLUS, 64, 6000, run.forget_batch_ratio)
+        assert b_f == round(64 * _ratio(d))
+        assert _pushes_per_sample(run, 6000, 54000) == pytest.approx(_rule(16, d), rel=0.05)
+
+
 def test_a_short_run_is_one_pass_over_a_pool_of_just_the_rows_it_reads_and_pushes_each_sample_once() -> None:
     params = sized(parse_params("ugradsl_plus", {"pushes": 0.5}), PLUS, 1000, 9000, distance=0.1)
     assert params.epochs == 1.0
     pool = len(retain_pool(_rows(9000), 1000, params.retain_budget, params.seed))
-    assert pool == math.ceil(1000 / 32) * 64 < 9000  # 32 forget rows per step, one 64-row retain batch each
+    b_f = round(64 * _ratio(0.1))  # 59 forget rows per step, beside one 64-row retain batch
+    assert pool == math.ceil(1000 / b_f) * 64 < 9000
     assert _pushes_per_sample(params, 1000, 9000) == pytest.approx(1, abs=0.03)
 
 
@@ -96,8 +120,8 @@ def test_the_model_decides_the_length_memorised_training_rows_run_long_unseen_ro
     long = _steps(digits_model, memorised, retain, calib, params)
     short = _steps(digits_model, unseen, retain, calib, params)
     near = forget_distance(digits_model, unseen, _losses(digits_model, calib))
-    assert long == math.ceil(_rule(16, far) * 100 / 32)  # 32 forget rows per step
-    assert short == math.ceil(_rule(16, near) * 100 / 32) < long / 2
+    assert long == math.ceil(_rule(16, far) * 100 / round(64 * _ratio(far)))  # forget rows per step
+    assert short == math.ceil(_rule(16, near) * 100 / round(64 * _ratio(near))) < long / 2
 
 
 def _losses(model, data: SampleDataset) -> torch.Tensor:
@@ -140,6 +164,7 @@ def test_each_run_reports_what_sized_it_and_what_it_read(digits_model, digits) -
     far = forget_distance(digits_model, forget, _losses(digits_model, test_ds))
     assert plan["sized_by"] == "pushes" and plan["distance"] == pytest.approx(far, rel=1e-3)
     assert plan["pushes_per_sample"] == pytest.approx(_rule(4, far), rel=1e-3)
+    assert plan["forget_batch_ratio"] == pytest.approx(_ratio(far), rel=1e-3)
     assert plan["steps"] == len(calls) - 2 and plan["forget_rows"] == 100
     assert plan["retain_rows"] <= len(retain)
     off: list[dict] = []
