@@ -182,7 +182,9 @@ class UGradSLPlusParams(UGradSLParams):
     random 10% closed 55% against 59%. Since stop 34 the pushes saturate: 16 for a fully memorised D_f,
     1 - 1/e of that at 0.6 e-folds (``pushes_efolds``), which keeps the memorising and the 60k models'
     runs within about 10% of stop 32's and pushes a model between them (0.85 e-folds) 12 times instead of
-    6 (bench/results/tune_stop34_saturating.md)."""
+    6 (bench/results/tune_stop34_saturating.md). Since stop 35 the forget batch share follows the same
+    curve in a sized run, from equal batches for a D_f that looks unseen to ``forget_batch_ratio`` for a
+    fully memorised one (bench/results/tune_stop35_repair.md)."""
 
     epochs: float = _f(1.5, 0.0, 200.0)
     lr: float = _f(0.03, 1e-8, 10.0)
