@@ -61,8 +61,8 @@ def measure(name: str, rows: int, repeats: int) -> list[dict[str, Any]]:
                 for b in SIZES:
                     times[b].append(rows_per_s(net, x, b))
             per_row = largest_activation(net, x[:1])
-            rule = cpu_batch(net, x, FEATURE_BATCH if part == "front" else 256)
-            cap = FEATURE_BATCH if part == "front" else 256
+            cap = BEFORE[part]  # the fixed size the pass used until stop 35 is the rule's cap
+            rule = cpu_batch(net, x, cap)
             best = max(SIZES, key=lambda b: statistics.mean(times[b]))
             for b in SIZES:
                 out.append({"model": name, "part": part, "batch": b, "rows_s": times[b],
