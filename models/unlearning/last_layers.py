@@ -187,6 +187,11 @@ def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> i
     return sum(t.element_size() * t.numel() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def fits(split: Split, data: SampleDataset, rows: int, device: torch.device) -> bool:
+    """Whether the front's outputs for ``rows`` rows like ``data``'s stay within ``FEATURE_BYTES``."""
+    return rows == 0 or _row_bytes(split.front, data, device) * rows <= FEATURE_BYTES
+
+
 def on_last_layers(
     model: nn.Module, share: float, sets: list[SampleDataset], device: torch.device
 ) -> tuple[nn.Module, list[SampleDataset]]:
@@ -195,8 +200,6 @@ def on_last_layers(
     weights nor its running statistics move), else the model and ``sets`` themselves."""
     split = split_last_layers(model, share) if share > 0 else None
     rows = sum(len(s) for s in sets)
-    if split is None or rows == 0:
-        return model, sets
-    if _row_bytes(split.front, max(sets, key=len), device) * rows > FEATURE_BYTES:
+    if split is None or rows == 0 or not fits(split, max(sets, key=len), rows, device):
         return model, sets
     return split.tail, [features(split.front, s, device) if len(s) else s for s in sets]
