@@ -4,6 +4,7 @@ model``: it updates ``model`` in place on the model's device and returns it."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, cast
@@ -310,7 +311,9 @@ def _run(
     bound: HeldoutBound | None = None,
     about: dict[str, Any] | None = None,
     size: Sizer | None = None,
-) -> nn.Module:
+) -> _Part:
+    """Run ``objective`` on what ``_trained_part`` gives and return that part: the network it trained, in
+    place, and the data as that network read it (checks after the run need no pass through the front)."""
     part = _trained_part(model, forget, retain, heldout, params, size)
     net, params = part.net, part.params
     mask = _static_mask(net, part.forget, params)
@@ -320,7 +323,7 @@ def _run(
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
     run_steps(net, part.forget, part.retain, params, hooks, objective, plan, forget_targets=forget_targets,
               static_mask=mask, selector=select, about=about)  # fmt: skip
-    return model
+    return part
 
 
 # ---------------------------------------------------------------- methods
@@ -380,31 +383,21 @@ def _ugradsl(
     bound = _bound(model, retain, params, heldout)
     objective = ugradsl_objective(params, bound)
     plan = Plan(lead, params.p, 1 - params.p)
-    gone = forget.subset(torch.nonzero(~torch.isin(forget.y, retain.y.unique())).flatten())
-    if len(gone) and params.class_retain_budget > 0:
+    gone_rows = torch.nonzero(~torch.isin(forget.y, retain.y.unique())).flatten()
+    if len(gone_rows) and params.class_retain_budget > 0:
         budgets = [b for b in (params.retain_budget, params.class_retain_budget) if b > 0]
         params = dataclasses.replace(params, retain_budget=min(budgets))
     about: dict[str, Any] = {"sized_by": "epochs"}
     size = None
-    if params.pushes > 0 and not len(gone) and len(forget) and len(retain) and heldout is not None:
+    if params.pushes > 0 and not len(gone_rows) and len(forget) and len(retain) and heldout is not None:
         losses = _heldout_losses(model, retain, params, heldout, bound)
         size = _by_pushes(plan, len(forget), len(retain), losses)
-    model = _run(
-        model,
-        forget,
-        retain,
-        params,
-        hooks,
-        objective,
-        plan,
-        heldout=heldout,
-        bound=bound,
-        about=about,
-        size=size,
-    )
+    run = functools.partial(_run, hooks=hooks, objective=objective, plan=plan, heldout=heldout, bound=bound)
+    part = run(model, forget, retain, params, about=about, size=size)
     epochs = params.epochs
-    for rerun in range(1, 1 + (CLASSWISE_ROUNDS if params.bounded and len(gone) else 0)):
-        if accuracy(model, gone) <= CLASSWISE_LEFT:
+    for rerun in range(1, 1 + (CLASSWISE_ROUNDS if params.bounded and len(gone_rows) else 0)):
+        # read off the trained network on the features the run cached: no pass through the front
+        if accuracy(part.net, part.forget.subset(gone_rows)) <= CLASSWISE_LEFT:
             break
         epochs = min(2 * epochs, MAX_EPOCHS)
         again = dataclasses.replace(params, epochs=epochs)
@@ -413,9 +406,7 @@ def _ugradsl(
             "rerun": rerun,
             "reason": "a forgotten class still classified correctly",
         }
-        model = _run(
-            model, forget, retain, again, hooks, objective, plan, heldout=heldout, bound=bound, about=about
-        )
+        part = run(model, forget, retain, again, about=about)
     return model
 
 
@@ -478,7 +469,8 @@ def finetune(
 ) -> nn.Module:
     """Fine-tuning: descent on D_r only (catastrophic forgetting of D_f); epoch = one pass over D_r."""
     plan = Plan("retain", 1.0, 0.0)
-    return _run(model, forget, retain, params, hooks, _finetune_objective, plan, heldout=heldout)
+    _run(model, forget, retain, params, hooks, _finetune_objective, plan, heldout=heldout)
+    return model
 
 
 @register_method("gradient_ascent")
@@ -492,7 +484,8 @@ def gradient_ascent(
 ) -> nn.Module:
     """Gradient ascent on D_f only; epoch = one pass over D_f (retain batches only feed a mask)."""
     plan = Plan("forget", 0.0, 1.0)
-    return _run(model, forget, retain, params, hooks, _ascent_objective, plan, heldout=heldout)
+    _run(model, forget, retain, params, hooks, _ascent_objective, plan, heldout=heldout)
+    return model
 
 
 def random_wrong_labels(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
@@ -525,7 +518,8 @@ def random_label(
         return salun_passes(model, forget, retain, params, hooks, heldout)
     targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
     plan = Plan("forget", 1.0, 1.0)
-    return _run(model, forget, retain, params, hooks, _random_label_objective, plan, targets, heldout)
+    _run(model, forget, retain, params, hooks, _random_label_objective, plan, targets, heldout)
+    return model
 
 
 def salun_passes(

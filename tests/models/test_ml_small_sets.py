@@ -14,6 +14,8 @@ from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.metrics import accuracy
 from models.unlearning import run_method
+from models.unlearning.bounds import HELDOUT_SAMPLE
+from models.unlearning.methods import CLASSWISE_LEFT, CLASSWISE_ROUNDS
 
 
 def _calls(name: str, forget: SampleDataset, retain: SampleDataset, model, params: dict, heldout) -> int:  # noqa: ANN001
@@ -60,3 +62,26 @@ def test_a_whole_class_of_a_small_training_set_is_forgotten() -> None:
     out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, heldout=test)
     assert accuracy(out, forget) < 0.1
     assert accuracy(out, retain) > 0.9  # the classes kept are still told apart
+
+
+def test_whether_a_class_is_still_recognised_is_read_off_the_cached_features(digits_model, digits) -> None:
+    """The rerun check after a class-wise run scores the forgotten class on the trained last layers and
+    the front's features the run cached, not by a pass over the whole model (0.4 s on the 60k model)."""
+    train, test = digits
+    threes = [i for i, y in zip(train.ids, train.y.tolist(), strict=True) if y == 3]
+    forget, retain = train.split_by_ids(threes)
+    model = copy.deepcopy(digits_model)
+    rows: list[int] = []
+    model.body[0].register_forward_hook(lambda _m, args, _out: rows.append(len(args[0])))
+    plans: list[dict] = []
+    out = run_method("ugradsl_plus", model, forget, retain, {}, Hooks(on_plan=plans.append), heldout=test)
+    (plan,) = plans  # forgotten in one run
+    read = min(HELDOUT_SAMPLE, len(test)) + len(forget) + plan["retain_rows"]  # bound, D_f, retain pool
+    assert read <= sum(rows) < read + 10  # beyond those: one-row probes of activation and feature sizes
+    assert plan["trained"] == "last_layers" and accuracy(out, forget) <= CLASSWISE_LEFT
+    # a run too weak to move the class: the check, on the same features, asks for every rerun
+    stuck: list[dict] = []
+    out = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"lr": 1e-7},
+                     Hooks(on_plan=stuck.append), heldout=test)  # fmt: skip
+    assert [p.get("rerun") for p in stuck] == [None, *range(1, CLASSWISE_ROUNDS + 1)]
+    assert accuracy(out, forget) > 0.9
