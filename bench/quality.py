@@ -106,9 +106,11 @@ def _bert_config() -> dict[str, Any]:
 DEFAULT = (
     "ugradsl_plus (default: held-out bound, last layers holding 70% of the weights, p=0.75, random deletions "
     "sized at up to 16 pushes by memorisation (63% at 0.6 e-folds) beside forget batches from equal to half "
-    "the retain batch's size, class-wise 1.5 epochs with half-size forget batches, "
-    "cosine lr 0.03, retain pool 24x |D_f|, 5x when a class leaves)"
+    "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, "
+    "cosine lr 0.03, retain pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice)"
 )
+# Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
+# 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
 # e-folds), class-wise 1.5 epochs, half-size forget batches, ..." in its results).
 # Stops 32-33 sized random deletions at 3.2 pushes per 1 + e-fold ("... sized at 3.2 pushes per 1 + e-fold of

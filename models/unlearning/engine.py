@@ -105,8 +105,10 @@ def count_steps(plan: Plan, params: GradientParams, n_forget: int, n_retain: int
 
 
 def pool_size(n_retain: int, n_forget: int, budget: float) -> int:
-    """Rows of ``retain_pool``: all of D_r when ``budget`` is 0, else min(|D_r|, ceil(budget·|D_f|))."""
-    return n_retain if budget <= 0 else min(n_retain, math.ceil(budget * n_forget))
+    """Rows of ``retain_pool``: all of D_r when ``budget`` is 0, else min(|D_r|, ceil(budget·|D_f|)). The
+    product is rounded first: a budget of rows / |D_f| (a sized run's) gives back those rows, not one more
+    (29 / 7 · 7 is 29.000000000000004)."""
+    return n_retain if budget <= 0 else min(n_retain, math.ceil(round(budget * n_forget, 6)))
 
 
 def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) -> SampleDataset:

@@ -28,13 +28,23 @@ _TRAIN_SHARE_DOC = (
 _PUSHES_DOC = (
     "size the run by how much D_f is memorised: each forget sample is pushed about pushes·(1 - exp(-d / "
     "pushes_efolds)) times, d = max(0, ln(mean CE(held-out)/mean CE(D_f))), at least once, in place of "
-    "epochs, and the retain pool shrinks to the rows those steps read (models/unlearning/sizing.py); "
+    "epochs, and the retain pool shrinks until those steps read it retain_passes times "
+    "(models/unlearning/sizing.py); "
     "pushes is what a fully memorised D_f gets; 0 = epochs decide, as they do without held-out data, for "
     "deletions that take a whole class, and when epochs is given and pushes is not"
 )
 _PUSHES_EFOLDS_DOC = (
     "with pushes: the distance of D_f below held-out data, in e-folds of loss, at which a run gets 1 - 1/e "
     "(63%) of pushes; smaller reaches the full level sooner"
+)
+_CLASS_EPOCHS_DOC = (
+    "epochs for a deletion that takes every sample of some class (the rerun for a class still recognised "
+    "doubles them); 0 = epochs decide, as they do when epochs is given and class_epochs is not"
+)
+_RETAIN_PASSES_DOC = (
+    "with pushes, UGradSL+: the passes a sized run makes over its retain pool at least; the pool shrinks "
+    "to the rows its steps read divided by this (never below one batch), so fewer rows go through the "
+    "frozen front (train_share); 1 = every row read once"
 )
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
@@ -149,6 +159,8 @@ class UGradSLParams(GradientParams):
     )
     pushes: float = _f(0.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
     pushes_efolds: float = _f(0.6, 0.01, 100.0, doc=_PUSHES_EFOLDS_DOC)
+    retain_passes: float = _f(2.0, 1.0, 1000.0, doc=_RETAIN_PASSES_DOC)
+    class_epochs: float = _f(0.0, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,11 @@ class UGradSLPlusParams(UGradSLParams):
     )
     train_share: float = _f(0.7, 0.0, 1.0, doc=_TRAIN_SHARE_DOC)
     pushes: float = _f(16.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
+    # Why shorter for a class (stop 36): a class leaving D_r is forgotten once its samples are
+    # misclassified, and the rerun doubles a run that left it recognised. On the tuning classes 0.75 epochs
+    # kept the worst case of 1.5 (60k 100%, Fashion-MNIST 10k 99%, digits 99%) at about half the steps
+    # (bench/results/tune_stop36_classwise_*.md); 1.0 and 0.5 lost a point on one model each.
+    class_epochs: float = _f(0.75, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))
 
 
 @dataclass(frozen=True)

@@ -141,15 +141,16 @@ def _class_deletion(digits, cls: int) -> tuple[SampleDataset, SampleDataset]:
 def test_a_deletion_that_takes_a_whole_class_runs_on_a_pool_of_five_times_its_size(
     digits_model, digits
 ) -> None:
-    """A class leaving D_r runs on 5·|D_f| retain rows by default (``class_retain_budget``): 5/9 of the steps
-    of all of D_r on a 10-class set. A random deletion of the same size keeps all of D_r."""
+    """A class leaving D_r runs its ``class_epochs`` (0.75) over 5·|D_f| retain rows by default
+    (``class_retain_budget``): 5/9 of the steps of all of D_r on a 10-class set. A random deletion of the
+    same size keeps all of D_r and its 1.5 epochs."""
     forget, retain = _class_deletion(digits, 3)
     params = {"bounded": False, "lr": 1e-6}  # unbounded: no rerun for a class still recognised
     pooled = _steps(digits_model, forget, retain, "ugradsl_plus", params)
-    assert pooled == round(1.5 * math.ceil(5 * len(forget) / 64))
+    assert pooled == round(0.75 * math.ceil(5 * len(forget) / 64))
     assert _steps(
         digits_model, forget, retain, "ugradsl_plus", {**params, "class_retain_budget": 0}
-    ) == round(1.5 * math.ceil(len(retain) / 64))
+    ) == round(0.75 * math.ceil(len(retain) / 64))
     train_ds = digits[0]
     r_forget, r_retain = train_ds.split_by_ids(train_ds.ids[len(train_ds) - len(forget) :])
     assert set(r_retain.y.tolist()) == set(range(10))  # every class keeps samples: not class-wise
@@ -172,6 +173,15 @@ def test_the_class_budget_is_the_retain_budget_a_class_wise_run_uses(digits_mode
     default = weights({})
     assert torch.equal(default, weights({"retain_budget": 5, "class_retain_budget": 0}))
     assert torch.equal(weights({"retain_budget": 2}), weights({"retain_budget": 2, "class_retain_budget": 0}))
-    everything = weights({"retain_budget": 1e6, "class_retain_budget": 1e6})  # budgets covering all of D_r
-    assert torch.equal(weights({"retain_budget": 0, "class_retain_budget": 0}), everything)
+
+    def rows(extra: dict) -> int:
+        plans: list[dict] = []
+        params = {"epochs": 0.5, "bound_by": "correct", **extra}
+        run_method(
+            "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, Hooks(on_plan=plans.append)
+        )
+        return int(plans[0]["retain_rows"])
+
+    assert rows({"retain_budget": 0, "class_retain_budget": 0}) == len(retain)  # 0 and 0: all of D_r
+    assert rows({}) < len(retain)
     assert not torch.equal(default, weights({"class_retain_budget": 0}))

@@ -1,6 +1,7 @@
 """``pushes``: a UGradSL run sized by how much the model has memorised D_f (models/unlearning/sizing.py)."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from models.unlearning import run_method
 from models.unlearning.bounds import HELDOUT_SAMPLE
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
-from models.unlearning.sizing import forget_distance, forget_ratio, pushes_per_sample, sized
+from models.unlearning.sizing import forget_distance, forget_ratio, pushes_per_sample, reread, sized
 
 PLUS = Plan("retain", 0.7, 0.3)
 
@@ -79,13 +80,27 @@ def test_the_repair_follows_memorisation_equal_batches_unseen_half_size_memorise
         assert _pushes_per_sample(run, 6000, 54000) == pytest.approx(_rule(16, d), rel=0.05)
 
 
-def test_a_short_run_is_one_pass_over_a_pool_of_just_the_rows_it_reads_and_pushes_each_sample_once() -> None:
-    params = sized(parse_params("ugradsl_plus", {"pushes": 0.5}), PLUS, 1000, 9000, distance=0.1)
-    assert params.epochs == 1.0
+@pytest.mark.parametrize("passes", [1.0, 2.0, 3.0])
+def test_a_short_run_passes_retain_passes_times_over_a_pool_of_just_the_rows_it_reads(passes) -> None:
+    params = sized(
+        parse_params("ugradsl_plus", {"pushes": 0.5, "retain_passes": passes}), PLUS, 1000, 9000, 0.1
+    )
     pool = len(retain_pool(_rows(9000), 1000, params.retain_budget, params.seed))
-    b_f = round(64 * _ratio(0.1))  # 59 forget rows per step, beside one 64-row retain batch
-    assert pool == math.ceil(1000 / b_f) * 64 < 9000
+    steps = math.ceil(1000 / round(64 * _ratio(0.1)))  # one push each: 59 forget rows beside 64 retain rows
+    assert pool == math.ceil(steps * 64 / passes) < 9000
+    assert count_steps(PLUS, params, 1000, pool) == steps
     assert _pushes_per_sample(params, 1000, 9000) == pytest.approx(1, abs=0.03)
+
+
+def test_the_pool_is_read_twice_by_default_and_never_shrinks_below_one_batch() -> None:
+    assert parse_params("ugradsl_plus", {}).retain_passes == 2
+    # a memorised 10% deletion already reads all of D_r 3.6 times: its pool stays D_r
+    long = sized(parse_params("ugradsl_plus", {}), PLUS, 1000, 9000, distance=4.0)
+    assert len(retain_pool(_rows(9000), 1000, long.retain_budget, long.seed)) == 9000
+    # ten forget rows pushed once: one step, one 64-row retain batch, not a pool of 32
+    tiny = sized(parse_params("ugradsl_plus", {"pushes": 1}), PLUS, 10, 1000, distance=0.1)
+    pool = len(retain_pool(_rows(1000), 10, tiny.retain_budget, tiny.seed))
+    assert pool == 64 and count_steps(PLUS, tiny, 10, pool) == 1
 
 
 def test_off_or_nothing_to_size_leaves_the_params_alone() -> None:
@@ -192,3 +207,46 @@ def test_a_sized_run_sends_each_forget_row_through_the_front_once(digits_model, 
     assert read <= sum(rows) < read + 10  # beyond those: one-row probes of activation and feature sizes
     far = forget_distance(digits_model, forget, _losses(digits_model, test_ds))
     assert plan["distance"] == pytest.approx(far, rel=1e-4)  # the same distance as on the whole model
+
+
+@pytest.mark.parametrize("n_forget, n_retain", [(6000, 54000), (1000, 9000), (144, 1293)])
+def test_a_class_wise_pool_shrinks_to_what_its_steps_read_twice_and_keeps_the_steps(
+    n_forget, n_retain
+) -> None:
+    """A class-wise run keeps its epochs' steps (and so each forget sample's pushes), on a pool that those
+    steps' retain rows pass over ``retain_passes`` times: 3/4 of the 5·|D_f| pool at 1.5 epochs."""
+    params = dataclasses.replace(parse_params("ugradsl_plus", {}), retain_budget=5.0)  # the class-wise pool
+    pool = len(retain_pool(_rows(n_retain), n_forget, 5.0, params.seed))
+    steps = count_steps(PLUS, params, n_forget, pool)
+    run = reread(params, PLUS, n_forget, n_retain)
+    shrunk = len(retain_pool(_rows(n_retain), n_forget, run.retain_budget, run.seed))
+    assert shrunk == math.ceil(steps * 64 / 2) < pool
+    assert count_steps(PLUS, run, n_forget, shrunk) == steps
+    once = reread(dataclasses.replace(params, retain_passes=1.0), PLUS, n_forget, n_retain)
+    assert len(retain_pool(_rows(n_retain), n_forget, once.retain_budget, once.seed)) == pool  # read 1.5x
+
+
+def test_a_class_wise_run_reads_its_pool_twice(digits_model, digits) -> None:
+    train_ds, test_ds = digits
+    threes = [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == 3]
+    forget, retain = train_ds.split_by_ids(threes)
+    plans: list[dict] = []
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"lr": 1e-6},
+               Hooks(on_plan=plans.append), heldout=test_ds)  # fmt: skip
+    first = plans[0]
+    assert first["sized_by"] == "epochs"
+    assert first["steps"] * 64 / first["retain_rows"] == pytest.approx(2, abs=0.15)
+
+
+def test_a_class_wise_deletion_runs_class_epochs_unless_epochs_are_given(digits_model, digits) -> None:
+    assert parse_params("ugradsl_plus", {}).class_epochs == 0.75
+    assert parse_params("ugradsl_plus", {"epochs": 2}).class_epochs == 0  # the caller chose the length
+    assert parse_params("ugradsl", {}).class_epochs == 0
+    train_ds, test_ds = digits
+    threes = [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == 3]
+    forget, retain = train_ds.split_by_ids(threes)
+    base = {"lr": 1e-6, "bounded": False}  # unbounded: no rerun for a class still recognised
+    default = _steps(digits_model, forget, retain, test_ds, base)
+    given = _steps(digits_model, forget, retain, test_ds, {**base, "epochs": 1.5})
+    assert given == _steps(digits_model, forget, retain, test_ds, {**base, "class_epochs": 1.5})
+    assert default == pytest.approx(given / 2, abs=1)
