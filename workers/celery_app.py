@@ -66,6 +66,15 @@ def _start_heartbeat(**_: object) -> None:
     _names.append(name)
 
 
+@worker_ready.connect
+def _warm_torch(**_: object) -> None:
+    """torch's one-time imports (``models.training.warm_up``: ~1 s) in the background as the worker starts
+    taking tasks, so its first deletion does not pay them; a task that comes sooner waits on the import."""
+    from models.training import warm_up
+
+    threading.Thread(target=warm_up, name="torch-warm-up", daemon=True).start()
+
+
 @worker_shutdown.connect
 def _stop_heartbeat(**_: object) -> None:
     _stopping.set()
