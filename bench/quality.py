@@ -39,7 +39,8 @@ from models.calibration import split_test_set
 from models.checkpoints import load_checkpoint, save_checkpoint
 from models.datasets import SampleDataset, load_dataset, load_digits_split
 from models.metrics import avg_gap, evaluate, forgotten_classes
-from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train, warm_up
+from models.process import warm_up
+from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train
 from models.unlearning import run_method
 
 RESULTS = Path(__file__).parent / "results"
@@ -335,7 +336,7 @@ def _run_row(
 ) -> tuple[torch.nn.Module, float]:
     assert row.method is not None
     model = copy.deepcopy(original)
-    warm_up()  # torch's one-time imports are the process's, not this row's (as a worker pays them at start)
+    warm_up()  # the process's one-time costs are not this row's (a worker pays them when it starts)
     return _timed(lambda: run_method(row.method, model, forget, retain, params, heldout=heldout))
 
 

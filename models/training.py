@@ -64,18 +64,6 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def warm_up() -> None:
-    """Build one throwaway optimizer, so a process pays torch's one-time imports before its first timed or
-    served run, not inside it.
-
-    Why: the first ``torch.optim`` optimizer a process constructs imports ``torch._dynamo`` (about 900
-    modules, sympy among them: 0.94 s here, torch 2.14). That was most of why the first deletion in a
-    process ran 1-2 s longer than the next (a 60k random 10% run: 4.05 s first, 2.3-2.6 s after). A worker
-    calls this when it starts taking tasks, and the benches before they time a run. Cheap after the first
-    call."""
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-
-
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)

@@ -68,9 +68,10 @@ def _start_heartbeat(**_: object) -> None:
 
 @worker_ready.connect
 def _warm_torch(**_: object) -> None:
-    """torch's one-time imports (``models.training.warm_up``: ~1 s) in the background as the worker starts
-    taking tasks, so its first deletion does not pay them; a task that comes sooner waits on the import."""
-    from models.training import warm_up
+    """Make the process fast for deletions once, as it starts taking tasks (``models.process.warm_up``:
+    torch's ~1 s of one-time imports in the background, and glibc kept from mapping fresh pages for every
+    tensor), so its first deletion does not pay them; a task that comes sooner waits on the import."""
+    from models.process import warm_up
 
     threading.Thread(target=warm_up, name="torch-warm-up", daemon=True).start()
 

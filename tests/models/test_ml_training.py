@@ -1,6 +1,4 @@
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -74,21 +72,3 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     flat = lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0), "constant", total=4)
     assert flat.get_last_lr() == [2.0]
-
-
-def test_after_warm_up_a_first_optimizer_imports_nothing() -> None:
-    """``warm_up`` moves torch's one-time imports (torch._dynamo, ~1 s) out of a process's first run: in a
-    fresh interpreter, the optimizer built after it loads no module."""
-    code = (
-        "import sys, torch\n"
-        "from models.training import warm_up\n"
-        "assert 'torch._dynamo' not in sys.modules, 'already imported: the test proves nothing'\n"
-        "warm_up()\n"
-        "before = set(sys.modules)\n"
-        "torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)\n"
-        "print(sorted(set(sys.modules) - before))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == "[]"
