@@ -10,10 +10,10 @@ default, two in a row per model: the first on v1, the second on v2 (the steady s
 deletions). Each job's phases (load, score base, unlearn, score result,
 publish) are in seconds, and its unlearning step and the whole job are shares of an exact retrain of
 the same model on that job's retain set with its registered recipe, timed in the same run (the baseline
-row). The first job of the process also pays its first passes (allocator, thread pools): compare the
-second job's phases for the steady state. Part 2 times UGradSL+ steps against plain SGD steps of the
-same model on the same data (same samples per step: B_r + B_f vs one batch of 2B). The tables go to
-stdout and bench/results/job_cost.md.
+row). The process is set up first as a worker sets itself up (``models.process.warm_up``); the first job
+may still pay first passes (thread pools): compare the second job's phases for the steady state. Part 2
+times UGradSL+ steps against plain SGD steps of the same model on the same data (same samples per step:
+B_r + B_f vs one batch of 2B). The tables go to stdout and bench/results/job_cost.md.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.quality import SETTINGS  # noqa: E402
 from models.architectures import build_model  # noqa: E402
 from models.datasets import SampleDataset, load_dataset, load_digits_split  # noqa: E402
+from models.process import warm_up as warm_torch  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
 from models.unlearning import run_method  # noqa: E402
 from models.unlearning.params import parse_params  # noqa: E402
@@ -181,6 +182,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    warm_torch()  # as a worker does when it starts taking tasks (workers/celery_app.py)
     var = Path(tempfile.mkdtemp(prefix="unlearn-jobcost-"))
     settings = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_HEARTBEAT_SECONDS=1.0)  # type: ignore[call-arg]
     settings.dataset_dir.mkdir(parents=True, exist_ok=True)
