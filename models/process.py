@@ -8,9 +8,10 @@ Two costs that have nothing to do with the run sat inside a process's runs:
   deletion in a process 1-2 s slower than the next (a 60k random 10% run: 4.05 s first, 2.3-2.6 s after).
 - **Fresh pages for every large tensor.** glibc serves allocations above its mmap threshold (128 KiB,
   rising only as far as the largest block freed so far) from new mappings, unmapped on free, and hands
-  free heap above its trim threshold back to the kernel, so every activation of a batch that fits the CPU cache (``models.layout.cpu_batch``: up to 8 MiB) is
-  page-faulted in anew, at every layer of every batch, once what the process freed before has pushed the
-  thresholds where they fall between its blocks. Served from the heap instead (blocks up to 32 MiB, and
+  free heap above its trim threshold back to the kernel, so every activation of a batch that fits the
+  CPU cache (``models.layout.cpu_batch``: up to 8 MiB) is page-faulted in anew, at every layer of every
+  batch, once what the process freed before has pushed the thresholds where they fall between its
+  blocks. Served from the heap instead (blocks up to 32 MiB, and
   64 MiB of free heap kept rather than returned), a 60k random 10% run took 2.6-2.9 s in five runs of six;
   with the imports paid but glibc as it was, 2.8-4.4 s, depending on the process
   (bench/results/process_warm_up.md). The cost is memory: up to 64 MiB freed by a run stays with the

@@ -96,15 +96,29 @@ def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, dista
     params = dataclasses.replace(params, forget_batch_ratio=forget_ratio(params, distance))
     pool = pool_size(n_retain, n_forget, params.retain_budget)
     b_f = partner_size(plan, min(params.batch_size, pool), n_forget, params.forget_batch_ratio)
-    return reread(params, plan, n_forget, n_retain, steps=math.ceil(pushes * n_forget / b_f))
+    steps = math.ceil(pushes * n_forget / b_f)
+    return reread(params, plan, n_forget, n_retain, steps, retain_passes(params, distance))
+
+
+def retain_passes(params: UGradSLParams, distance: float) -> float:
+    """``1 + (params.retain_passes - 1) · exp(-distance / params.pushes_efolds)``: ``retain_passes`` for a
+    D_f that looks unseen, one pass for a fully memorised one."""
+    return 1.0 + (params.retain_passes - 1.0) * math.exp(-distance / params.pushes_efolds)
 
 
 def reread(
-    params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, steps: int | None = None
+    params: UGradSLParams,
+    plan: Plan,
+    n_forget: int,
+    n_retain: int,
+    steps: int | None = None,
+    passes: float | None = None,
 ) -> UGradSLParams:
     """UGradSL+ ``params`` that take ``steps`` steps (default: as many as ``params`` take now) over a
-    retain pool the run's reads pass over at least ``retain_passes`` times: the pool shrinks, never below
-    one batch, and ``epochs`` follows, so the steps, and each forget sample's pushes, stay as they were."""
+    retain pool the run's reads pass over at least ``passes`` times (default ``retain_passes``): the pool
+    shrinks, never below one batch, and ``epochs`` follows, so the steps, and each forget sample's pushes,
+    stay as they were."""
+    passes = params.retain_passes if passes is None else passes
     pool = pool_size(n_retain, n_forget, params.retain_budget)
     if pool == 0 or n_forget == 0:
         return params
@@ -113,8 +127,8 @@ def reread(
     if steps is None:
         steps = count_steps(plan, params, n_forget, pool)
     reads = steps * b_r  # retain rows the run reads
-    if reads < params.retain_passes * pool:  # a pool that those reads pass over retain_passes times
-        pool = max(math.ceil(reads / params.retain_passes), b_r)
+    if reads < passes * pool:  # a pool that those reads pass over that often
+        pool = max(math.ceil(reads / passes), b_r)
         params = dataclasses.replace(params, retain_budget=pool / n_forget)
     per_epoch = max(math.ceil(pool / b_r), math.ceil(n_forget / b_f))  # as engine.count_steps counts
     return dataclasses.replace(params, epochs=min(steps / per_epoch, MAX_EPOCHS))

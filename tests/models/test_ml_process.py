@@ -1,5 +1,6 @@
 """``models.process``: what a worker, or a bench, sets up once so that runs do not pay it."""
 
+import os
 import resource
 import subprocess
 import sys
@@ -7,9 +8,14 @@ import sys
 import pytest
 
 
-def _in_fresh_interpreter(code: str, *args: str) -> str:
+def _in_fresh_interpreter(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
     return out.stdout.strip()
 
@@ -31,11 +37,11 @@ def test_after_warm_up_a_first_optimizer_imports_nothing() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_a_batch_of_activations_is_served_from_memory_already_mapped() -> None:
-    """Three 20 MiB activations live at once, then freed, twenty times. By default glibc raises its mmap
-    threshold to 20 MiB and its trim threshold to 40 MiB after the first free, so the 60 MiB freed at the top
-    of the heap goes back to the kernel after each round and is page-faulted in again in the next (204,160
-    faults here; with four 8 MiB blocks whether it did depended on what the imports had freed before).
-    After ``reuse_freed_memory`` none."""
+    """Three 20 MiB activations live at once, then freed, twenty times. glibc's thresholds start at 128 KiB
+    and move with what the process frees, so whether the default re-faults them depends on the process's
+    past (163,200-204,160 faults or none, here); pinned at their starting values it maps and faults every
+    block anew. After ``reuse_freed_memory`` none, from that same start."""
+    static = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     code = (
         "import resource, sys, torch\n"
         "from models.process import reuse_freed_memory\n"
@@ -51,5 +57,5 @@ def test_a_batch_of_activations_is_served_from_memory_already_mapped() -> None:
         "print(faults())\n"
     )
     pages = 20 * 3 * 20 * 2**20 // resource.getpagesize()
-    assert int(_in_fresh_interpreter(code, "off")) > pages // 2  # the default: most pages faulted again
-    assert int(_in_fresh_interpreter(code, "on")) < pages // 100
+    assert int(_in_fresh_interpreter(code, "off", env=static)) > pages // 2  # most pages faulted again
+    assert int(_in_fresh_interpreter(code, "on", env=static)) < pages // 100
