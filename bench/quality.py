@@ -107,8 +107,8 @@ def _bert_config() -> dict[str, Any]:
 DEFAULT = (
     "ugradsl_plus (default: held-out bound, last layers holding 70% of the weights, p=0.75, random deletions "
     "sized at up to 16 pushes by memorisation (63% at 0.6 e-folds) beside forget batches from equal to half "
-    "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, "
-    "cosine lr 0.03, retain pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice)"
+    "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
+    "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is memorised)"
 )
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.

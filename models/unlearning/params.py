@@ -42,9 +42,10 @@ _CLASS_EPOCHS_DOC = (
     "doubles them); 0 = epochs decide, as they do when epochs is given and class_epochs is not"
 )
 _RETAIN_PASSES_DOC = (
-    "with pushes, UGradSL+: the passes a sized run makes over its retain pool at least; the pool shrinks "
-    "to the rows its steps read divided by this (never below one batch), so fewer rows go through the "
-    "frozen front (train_share); 1 = every row read once"
+    "UGradSL+: the passes a run makes over its retain pool at least, for a class-wise deletion and for a "
+    "sized D_f that looks unseen (a sized run's passes fall to 1 on the pushes' curve as D_f's distance "
+    "grows); the pool shrinks to the rows the steps read divided by the passes (never below one batch), so "
+    "fewer rows go through the frozen front (train_share); 1 = every row read once"
 )
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "

@@ -32,13 +32,18 @@ move the model little, and two retain rows per push were more repair than it nee
 
 The run then takes as many steps as those pushes need (``partner_size`` forget samples per step) and
 reads that many retain rows. When those rows would pass over the retain pool (``retain_budget``) fewer
-than ``retain_passes`` times, the pool shrinks until they pass over it that often: a smaller
-class-stratified sample read twice (by default) rather than a larger one read once, so (under
-``train_share``) fewer rows go through the frozen front. The memorising models already read all of D_r
-3.5 times; on the 60k model, whose pool was one pass over about 25k rows, two passes over half as many
-closed as much of the gap (tuning cases: 48% mean / 33% worst against 51% / 44%, run seeds spanning 20-67%
-per case; reporting seeds: 128 ± 29% of the closable gap against 131 ± 36%) at 4.8% of retrain instead of
-8.7% with the change below (bench/results/tune_stop36_passes.md, quality_stop36_full.md).
+times than
+
+    passes = 1 + (params.retain_passes - 1) · exp(-distance / params.pushes_efolds)
+
+the pool shrinks until they pass over it that often: for a D_f that looks unseen, a class-stratified sample
+read twice (by default) rather than one twice the size read once, so (under ``train_share``) half as many
+retain rows go through the frozen front; for a memorised one, one pass, as before. On the 60k model (0.16
+e-folds: 1.77 passes) the tuning cases closed about as much with two passes as with one (48% mean / 33%
+worst against 51% / 44%, run seeds spanning 20-67% per case; bench/results/tune_stop36_passes.md) at 5.3%
+of retrain instead of 6.8%. Read twice whatever the distance, the memorising model's 1% deletions lost on
+the reporting seeds (Avg Gap 3.16 ± 1.40 against 2.33 ± 1.29, quality_stop36_mem.md), so the passes
+follow memorisation like the batches: the memorising models' runs are stop 35's.
 
 D_f's losses are read off the network the run trains, on D_f as that network takes it
 (``methods._trained_part``): under ``train_share`` that is the front's features, which the run computes
