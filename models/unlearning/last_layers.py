@@ -190,16 +190,3 @@ def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> i
 def fits(split: Split, data: SampleDataset, rows: int, device: torch.device) -> bool:
     """Whether the front's outputs for ``rows`` rows like ``data``'s stay within ``FEATURE_BYTES``."""
     return rows == 0 or _row_bytes(split.front, data, device) * rows <= FEATURE_BYTES
-
-
-def on_last_layers(
-    model: nn.Module, share: float, sets: list[SampleDataset], device: torch.device
-) -> tuple[nn.Module, list[SampleDataset]]:
-    """The network a run trains and the data it trains it on: the last layers and the front's features of
-    ``sets`` when ``share`` > 0 and the model splits (the front is then out of the run's reach: neither its
-    weights nor its running statistics move), else the model and ``sets`` themselves."""
-    split = split_last_layers(model, share) if share > 0 else None
-    rows = sum(len(s) for s in sets)
-    if split is None or rows == 0 or not fits(split, max(sets, key=len), rows, device):
-        return model, sets
-    return split.tail, [features(split.front, s, device) if len(s) else s for s in sets]
