@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -115,6 +115,25 @@ def _train_steps(
         hooks.step(step, total)
     hooks.finish()
     return model
+
+
+def clip_gradients(params: Sequence[torch.Tensor], limit: float) -> None:
+    """Scale the gradients of ``params`` down to total norm ``limit`` where they exceed it (the rule of
+    ``clip_grad_norm_``, whose results this gives bit for bit); ``limit`` <= 0 is off.
+
+    Why not ``clip_grad_norm_`` itself: so as never to wait for the norm, it multiplies every gradient by
+    min(1, limit / norm) at every step, a pass over all of them that mostly multiplies by 1 (0.16 s of a
+    2.9 s unlearning run on the 60k model). On a CPU nothing waits for the norm, so the multiply runs only
+    where it changes something; on an accelerator the library call is used as it is."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if limit <= 0 or not grads:
+        return
+    if grads[0].device.type != "cpu":
+        torch.nn.utils.clip_grad_norm_(params, limit)
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if limit / (float(norm) + 1e-6) < 1.0:  # clip_grads_with_norm_'s factor, which it clamps at 1
+        torch.nn.utils.clip_grads_with_norm_(params, limit, norm)
 
 
 def lr_scheduler(

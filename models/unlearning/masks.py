@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from models.training import clip_gradients
+
 Tensors = Sequence[torch.Tensor]
 
 
@@ -146,8 +148,7 @@ def masked_step(
     for p, k in zip(params, kept, strict=True):
         if p.grad is not None:
             p.grad.mul_(k)
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip)
+    clip_gradients(params, clip)
     buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in params]
     buffers = [None if b is None else b.clone() for b in buffers]
     before = [p.detach().clone() for p in params]

@@ -7,7 +7,7 @@ from models.architectures import build_model
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import accuracy
-from models.training import TrainRecipe, lr_scheduler, train
+from models.training import TrainRecipe, clip_gradients, lr_scheduler, train
 
 
 def test_digits_model_memorises_and_generalises(
@@ -72,3 +72,31 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     flat = lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0), "constant", total=4)
     assert flat.get_last_lr() == [2.0]
+
+
+def _grads(scale: float) -> list[torch.Tensor]:
+    ps = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5))]
+    gen = torch.Generator().manual_seed(0)
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen) * scale
+    return ps
+
+
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_clip_gradients_gives_clip_grad_norm_s_result_bit_for_bit(scale: float) -> None:
+    ours, theirs = _grads(scale), _grads(scale)
+    clip_gradients(ours, 1.0)
+    torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.grad is not None and torch.equal(a.grad, b.grad)
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in ours]))
+    assert norm == pytest.approx(1.0, rel=1e-5) if scale > 1 else norm < 1.0  # clipped, or left
+
+
+def test_clip_gradients_leaves_gradients_under_the_limit_untouched() -> None:
+    ps = _grads(0.01)
+    versions = [p.grad._version for p in ps]  # bumped by every in-place write, a multiply by 1 included
+    clip_gradients(ps, 1.0)
+    assert [p.grad._version for p in ps] == versions
+    clip_gradients(ps, 1e-6)
+    assert [p.grad._version for p in ps] != versions
