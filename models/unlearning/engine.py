@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from models import batches as B
-from models.batches import Loaded
+from models.batches import Inputs, Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.loading import read_ahead
-from models.training import lr_scheduler
+from models.training import clip_gradients, lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.params import GradientParams
 from models.unlearning.selection import Selector
@@ -37,9 +37,14 @@ class Batch:
     yf: torch.Tensor  # (B_f,) true labels
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
     forget_norm: float = 0.0  # divisor of a summed forget term (see forget_norm()); 0 = max(|B_f|, |B_r|)
+    joint: Loaded | None = None  # (B_r + B_f, ...) B_r's rows then B_f's, where the loop read them as one
 
     def forget_divisor(self) -> float:
         return self.forget_norm or float(max(len(self.yf), len(self.yr), 1))
+
+    def both(self) -> Loaded:
+        """B_r's rows then B_f's as one batch: the one the loop read them into, else a copy."""
+        return self.joint if self.joint is not None else B.cat([self.xr, self.xf])
 
 
 @dataclass
@@ -201,9 +206,10 @@ def run_steps(
     step = 0
     if selector is not None:
         selector.start(model, total)
-    for step, ((i_f, i_r), (xf_b, xr_b)) in enumerate(read_ahead([xf, xr], indices()), start=1):
+    for step, ((i_f, i_r), (xf_b, xr_b, joint)) in enumerate(read_pairs(xf, xr, indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
-        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], forget_norm(len(i_f), len(i_r), len(forget)))
+        norm = forget_norm(len(i_f), len(i_r), len(forget))
+        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint)
         weights = annealed(plan, step, total, params.forget_anneal)
         correct = _step(model, opt, batch, params, objective, weights, static_mask)
         sched.step()
@@ -217,6 +223,39 @@ def run_steps(
         selector.finish(model, step)
     hooks.finish()
     return model
+
+
+def read_pairs(
+    xf: Inputs, xr: Inputs, plan: Iterator[tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], tuple[Loaded, Loaded, Loaded | None]]]:
+    """Per step of ``plan`` (forget rows, retain rows): the step and its (B_f, B_r, joint) inputs.
+
+    Why a joint batch: a method that runs B_r and B_f through the network as one batch
+    (``methods._joint_forward``) otherwise copies both into a new tensor after reading them, every step
+    (0.13 s of a 2.9 s run on the 60k model). Where both sets are plain tensors in memory of one layout,
+    their rows are read straight into the two halves of one tensor, and B_r and B_f are views of it;
+    elsewhere (rows on disk, dicts, channels-last images) ``joint`` is None."""
+    if not _joinable(xf, xr):
+        for step, (xf_b, xr_b) in read_ahead([xf, xr], plan):
+            yield step, (xf_b, xr_b, None)
+        return
+    assert isinstance(xf, torch.Tensor) and isinstance(xr, torch.Tensor)
+    for i_f, i_r in plan:
+        n = len(i_r)
+        joint = xr.new_empty((n + len(i_f), *xr.shape[1:]))
+        torch.index_select(xr, 0, i_r.to(xr.device), out=joint[:n])
+        torch.index_select(xf, 0, i_f.to(xf.device), out=joint[n:])
+        yield (i_f, i_r), (joint[n:], joint[:n], joint)
+
+
+def _joinable(xf: Inputs, xr: Inputs) -> bool:
+    return (
+        isinstance(xf, torch.Tensor)
+        and isinstance(xr, torch.Tensor)
+        and (xf.dtype, xf.device, xf.shape[1:]) == (xr.dtype, xr.device, xr.shape[1:])
+        and xf.is_contiguous()
+        and xr.is_contiguous()
+    )
 
 
 def annealed(plan: Plan, step: int, total: int, fraction: float) -> Plan:
@@ -313,8 +352,7 @@ def _step(
         ]
         binary = params.mask == "prob"
     if weights is None:
-        if params.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(ps, params.grad_clip)
+        clip_gradients(ps, params.grad_clip)
         opt.step()
     else:
         M.masked_step(opt, ps, weights, binary=binary, clip=params.grad_clip)

@@ -116,16 +116,16 @@ def _has_batch_stats(model: nn.Module) -> bool:
 
 
 def _joint_forward(
-    net: Classifier, xr: Loaded, xf: Loaded
+    net: Classifier, b: Batch
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features and logits of B_r and B_f. Without batch statistics one forward pass over both batches is
     the same computation as two and runs like a plain training step of size |B_r| + |B_f|; with
     BatchNorm the batches keep their own statistics (two passes), as in the paper's algorithm."""
-    n = B.rows(xr)
+    n = B.rows(b.xr)
     if _has_batch_stats(net) or n == 0:
-        feat_r, feat_f = net.features(xr), net.features(xf)  # type: ignore[arg-type]
+        feat_r, feat_f = net.features(b.xr), net.features(b.xf)  # type: ignore[arg-type]
         return feat_r, feat_f, net.head(feat_r), net.head(feat_f)
-    feats = net.features(B.cat([xr, xf]))  # type: ignore[arg-type]  # (B_r + B_f, D)
+    feats = net.features(b.both())  # type: ignore[arg-type]  # (B_r + B_f, D)
     logits = net.head(feats)  # (B_r + B_f, K)
     return feats[:n], feats[n:], logits[:n], logits[n:]
 
@@ -141,7 +141,7 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
 
     def objective(model: nn.Module, b: Batch) -> Terms:
         net = cast(Classifier, model)  # any registered architecture: features() and head()
-        feat_r, feat_f, logits_r, logits_f = _joint_forward(net, b.xr, b.xf)  # (B, D), (B, D), (B, K), (B, K)
+        feat_r, feat_f, logits_r, logits_f = _joint_forward(net, b)  # (B, D), (B, D), (B, K), (B, K)
         alpha = adaptive_alpha(feat_f.detach(), feat_r.detach(), params)  # (B,) or float
         per_sample = smoothed_cross_entropy(logits_f, b.yf, alpha, reduction="none")  # (B,)
         correct = logits_f.argmax(1) == b.yf  # (B,)
