@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.quality import closable_gap_closed, gap_closed
+from bench.quality import closable_gap_closed, gap_closed, markdown, pooled_closable
 
 
 def record(gap: float, original_gap: float, floor: float) -> dict[str, float]:
@@ -27,6 +27,31 @@ def test_the_closable_share_is_the_plain_share_when_retrains_agree_exactly() -> 
 
 def test_nothing_is_closable_when_the_original_is_already_within_the_floor() -> None:
     assert closable_gap_closed(record(gap=0.3, original_gap=0.4, floor=0.6)) == 0.0
+
+
+def test_pooled_the_seeds_weigh_by_the_gap_each_had_to_close() -> None:
+    # one seed whose retrains nearly agree: its own share is 10x, and swamps a mean of shares
+    rs = [record(gap=0.1, original_gap=0.6, floor=0.55), record(gap=1.5, original_gap=2.0, floor=0.0)]
+    assert [closable_gap_closed(r) for r in rs] == pytest.approx([10.0, 0.25])
+    assert pooled_closable(rs) == pytest.approx((0.5 + 0.5) / (0.05 + 2.0))
+
+
+def test_the_table_times_a_method_against_both_exact_retrains_and_shows_how_far_apart_they_ran() -> None:
+    base = {
+        "setting": "s",
+        "seed": 1,
+        "scenario": "random",
+        "floor": 0.2,
+        "mia_loss": 0.5,
+        **dict.fromkeys(("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy"), 0.9),
+    }
+    records = [
+        {**base, "row": "retrain", "rte_s": 90.0, "rte2_s": 110.0, "gap": 0.0},
+        {**base, "row": "m", "rte_s": 5.0, "retrain_s": 100.0, "gap": 0.4, "original_gap": 1.0},
+    ]  # fmt: skip
+    table = markdown(records, ["s"], ["random"])
+    assert "1.000 (two runs 20.0 ± 0.0% apart)" in table
+    assert "| 0.050 ± 0.000 |" in table and "(pooled 75%)" in table
 
 
 def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_range() -> None:
