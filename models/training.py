@@ -122,9 +122,9 @@ def clip_gradients(params: Sequence[torch.Tensor], limit: float) -> None:
     ``clip_grad_norm_``, whose results this gives bit for bit); ``limit`` <= 0 is off.
 
     Why not ``clip_grad_norm_`` itself: so as never to wait for the norm, it multiplies every gradient by
-    min(1, limit / norm) at every step, a pass over all of them that mostly multiplies by 1 (0.16 s of a
-    2.9 s unlearning run on the 60k model). On a CPU nothing waits for the norm, so the multiply runs only
-    where it changes something; on an accelerator the library call is used as it is."""
+    min(1, limit / norm) at every step, a pass over all of them that mostly multiplies by 1. On a CPU
+    nothing waits for the norm, so the multiply runs only where it changes something; on an accelerator
+    the library call is used as it is."""
     grads = [p.grad for p in params if p.grad is not None]
     if limit <= 0 or not grads:
         return

@@ -231,8 +231,8 @@ def read_pairs(
     """Per step of ``plan`` (forget rows, retain rows): the step and its (B_f, B_r, joint) inputs.
 
     Why a joint batch: a method that runs B_r and B_f through the network as one batch
-    (``methods._joint_forward``) otherwise copies both into a new tensor after reading them, every step
-    (0.13 s of a 2.9 s run on the 60k model). Where both sets are plain tensors in memory of one layout,
+    (``methods._joint_forward``) otherwise copies both into a new tensor after reading them, every step.
+    Where both sets are plain tensors in memory of one layout,
     their rows are read straight into the two halves of one tensor, and B_r and B_f are views of it;
     elsewhere (rows on disk, dicts, channels-last images) ``joint`` is None."""
     if not _joinable(xf, xr):
