@@ -236,8 +236,8 @@ def read_pairs(
     their rows are read straight into the two halves of one tensor, and B_r and B_f are views of it;
     elsewhere (rows on disk, dicts, channels-last images) ``joint`` is None."""
     if not _joinable(xf, xr):
-        for step, (xf_b, xr_b) in read_ahead([xf, xr], plan):
-            yield step, (xf_b, xr_b, None)
+        for (i_f, i_r), (xf_b, xr_b) in read_ahead([xf, xr], plan):
+            yield (i_f, i_r), (xf_b, xr_b, None)
         return
     assert isinstance(xf, torch.Tensor) and isinstance(xr, torch.Tensor)
     for i_f, i_r in plan:
