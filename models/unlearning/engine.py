@@ -232,9 +232,9 @@ def read_pairs(
 
     Why a joint batch: a method that runs B_r and B_f through the network as one batch
     (``methods._joint_forward``) otherwise copies both into a new tensor after reading them, every step.
-    Where both sets are plain tensors in memory of one layout,
-    their rows are read straight into the two halves of one tensor, and B_r and B_f are views of it;
-    elsewhere (rows on disk, dicts, channels-last images) ``joint`` is None."""
+    Where both sets are plain tensors in memory of one layout, their rows are read straight into the two
+    halves of one tensor, and B_r and B_f are views of it; elsewhere (rows on disk, dicts, channels-last
+    images) ``joint`` is None."""
     if not _joinable(xf, xr):
         for (i_f, i_r), (xf_b, xr_b) in read_ahead([xf, xr], plan):
             yield (i_f, i_r), (xf_b, xr_b, None)
