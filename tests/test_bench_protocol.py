@@ -51,7 +51,7 @@ def test_the_table_times_a_method_against_both_exact_retrains_and_shows_how_far_
     ]  # fmt: skip
     table = markdown(records, ["s"], ["random"])
     assert "1.000 (two runs 20.0 ± 0.0% apart)" in table
-    assert "| 0.050 ± 0.000 |" in table and "(pooled 75%)" in table
+    assert "| 0.050 ± 0.000 |" in table and "(pooled 75%)" in table  # one seed: no interval
 
 
 def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_range() -> None:
@@ -129,3 +129,16 @@ def test_a_loss_profile_row_counts_the_losses_above_ln2_and_reads_the_quantiles(
     ds = SampleDataset(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.tensor([0, 1]), ["a", "b"])
     out = losses(Logits(), ds)
     assert torch.allclose(out, torch.tensor([math.log(2), 10 + math.log1p(math.exp(-10))]), atol=1e-5)
+
+
+def test_the_pooled_share_carries_a_bootstrap_interval_over_seeds_that_widens_with_their_spread() -> None:
+    from bench.quality import pooled_interval
+
+    agree = [record(gap=0.5, original_gap=1.0, floor=0.0) for _ in range(4)]
+    assert pooled_interval(agree) == pytest.approx((0.5, 0.5))
+    spread = [record(gap=g, original_gap=1.0, floor=0.0) for g in (0.1, 0.4, 0.6, 0.9)]
+    lo, hi = pooled_interval(spread)
+    assert pooled_closable(spread) == pytest.approx(0.5)
+    assert lo < 0.5 < hi
+    assert lo >= 0.1 and hi <= 0.9  # a resample's pooled share lies between the seeds' own shares
+    assert pooled_interval(spread) == (lo, hi)  # a fixed draw: the table is reproducible
