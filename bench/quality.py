@@ -567,6 +567,25 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
     return "\n".join(lines)
 
 
+def merged_tables(runs: list[list[dict[str, Any]]], rows: list[str] | None = None) -> str:
+    """The tables of several runs' records as one run's, their seeds pooled (say, seeds 1-3 of a closing
+    run and seeds 4-8 run later on the same code), restricted to ``rows`` (plus retrain and original) if
+    given. ValueError if two runs hold the same seed of a row: it would count twice."""
+    keep = None if rows is None else {*rows, "retrain", "original"}
+    records = [r for run in runs for r in run if keep is None or r["row"] in keep]
+    seen: set[tuple[Any, ...]] = set()
+    for r in records:
+        key = (r["setting"], r["scenario"], r["row"], r["seed"])
+        if key in seen:
+            raise ValueError(
+                f"seed {r['seed']} of {r['setting']}, {r['scenario']}, {r['row']!r} is in two runs"
+            )
+        seen.add(key)
+    settings = list(dict.fromkeys(r["setting"] for r in records))
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in records)]
+    return markdown(records, settings, scenarios)
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> str:
     try:
         import matplotlib
@@ -663,6 +682,13 @@ def main() -> None:
         default=None,
         help="only redraw the figure from saved results JSON files (no runs)",
     )
+    ap.add_argument(
+        "--table-from",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="only print the tables of saved results JSON files, their seeds pooled (no runs)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
         "--cache", type=Path, default=None, help="reuse originals/retrains saved here (same recipe)"
@@ -676,6 +702,9 @@ def main() -> None:
     if args.plot_from:
         saved = [r for f in args.plot_from for r in json.loads(f.read_text())["records"]]
         print(plot(saved, args.out or RESULTS / "quality.png"))
+        return
+    if args.table_from:
+        print(merged_tables([json.loads(f.read_text())["records"] for f in args.table_from], args.rows))
         return
     settings = args.settings or (["digits"] if args.quick else ["digits", "fashion_mem", "fashion_full"])
     tag = "quick" if args.quick else "-".join(settings)

@@ -142,3 +142,21 @@ def test_the_pooled_share_carries_a_bootstrap_interval_over_seeds_that_widens_wi
     assert lo < 0.5 < hi
     assert lo >= 0.1 and hi <= 0.9  # a resample's pooled share lies between the seeds' own shares
     assert pooled_interval(spread) == (lo, hi)  # a fixed draw: the table is reproducible
+
+
+def test_tables_of_several_runs_pool_their_seeds_and_refuse_a_seed_counted_twice() -> None:
+    from bench.quality import merged_tables
+
+    def rec(seed: int, row: str, gap: float) -> dict[str, object]:
+        metrics = dict.fromkeys(("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy"), 0.9)
+        extra = {"rte_s": 1.0, "rte2_s": 1.0} if row == "retrain" else {"rte_s": 0.1, "retrain_s": 1.0}
+        return {"setting": "s", "scenario": "random", "seed": seed, "row": row, "floor": 0.0, "mia_loss": 0.5,
+                "gap": gap, "original_gap": 1.0, **metrics, **extra}  # fmt: skip
+
+    first = [rec(1, "retrain", 0.0), rec(1, "m", 0.2), rec(1, "other", 0.9)]
+    later = [rec(2, "retrain", 0.0), rec(2, "m", 0.4), rec(3, "retrain", 0.0), rec(3, "m", 0.6)]
+    table = merged_tables([first, later], rows=["m"])
+    assert "| m |" in table and "| other |" not in table
+    assert "(pooled 60%, 90% CI" in table  # (0.8 + 0.6 + 0.4) / 3 over the three seeds of both runs
+    with pytest.raises(ValueError, match="seed 1 of s, random, 'retrain' is in two runs"):
+        merged_tables([first, first])
