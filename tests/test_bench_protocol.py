@@ -4,8 +4,10 @@ floor of a second exact retrain) that a method closes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from bench.quality import closable_gap_closed, gap_closed, markdown, pooled_closable
 
@@ -160,3 +162,63 @@ def test_tables_of_several_runs_pool_their_seeds_and_refuse_a_seed_counted_twice
     assert "(pooled 60%, 90% CI" in table  # (0.8 + 0.6 + 0.4) / 3 over the three seeds of both runs
     with pytest.raises(ValueError, match="seed 1 of s, random, 'retrain' is in two runs"):
         merged_tables([first, first])
+
+
+def _tiny_setting(with_reference: bool) -> object:
+    """Digits cut to a few hundred rows and one epoch: the protocol, not the numbers, is under test."""
+    from bench.quality import Setting
+    from models.datasets import load_digits_split
+    from models.training import TrainRecipe
+
+    def load() -> tuple[object, object, object]:
+        train, test = load_digits_split(seed=0)
+        train = train.subset(torch.arange(300))
+        return train, test, (train.subset(torch.arange(60)) if with_reference else None)
+
+    kwargs = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+    return Setting("tiny", "digits, 300 rows", load, kwargs, TrainRecipe(epochs=1, lr=0.05, batch_size=32))
+
+
+def test_without_spare_data_methods_read_one_half_of_the_test_set_and_every_row_is_scored_on_the_other() -> (
+    None
+):
+    from bench.quality import Row, _fixed, run_seed, trained_original
+    from models.calibration import split_test_set
+    from models.datasets import load_digits_split
+
+    run = trained_original(_tiny_setting(with_reference=False), 1, "cpu", None)
+    halves = split_test_set(load_digits_split(seed=0)[1])
+    assert run.halved and set(run.test.ids) == set(halves.scoring.ids)
+    assert set(run.reference.ids) == set(halves.calibration.ids)
+    assert not set(run.test.ids) & set(run.reference.ids)
+    # the service's way is the setting's own here: no separate row for it
+    service = Row("as the service", "finetune", _fixed({"epochs": 0.1}), heldout="test")
+    records = run_seed(
+        _tiny_setting(with_reference=False), 1, ["random"], "cpu", lambda _: None, rows=[service]
+    )
+    assert [r["row"] for r in records] == ["retrain"]
+
+
+def test_the_row_that_calibrates_on_half_the_test_set_is_graded_on_the_other_half_only(
+    tmp_path: Path,
+) -> None:
+    from bench.quality import Row, _cached, _fixed, forget_split, graded, run_seed, trained_original
+    from models.calibration import split_test_set
+    from models.metrics import avg_gap
+
+    plain = Row("plain", "finetune", _fixed({"epochs": 0.1}))
+    service = Row("as the service", "finetune", _fixed({"epochs": 0.1}), heldout="test")
+    setting = _tiny_setting(with_reference=True)
+    rows = [plain, service]
+    records = {r["row"]: r for r in run_seed(setting, 1, ["random"], "cpu", lambda _: None, tmp_path, rows)}
+    run = trained_original(setting, 1, "cpu", tmp_path)  # the models the run saved
+    forget, retain = forget_split(run.train, "random", 1)
+    saved = [
+        _cached(tmp_path, f"{run.tag}-{k}-random", setting, "cpu", None)[0] for k in ("retrain", "retrain2")
+    ]
+    models = (saved[0], run.model, saved[1])
+    for row, test in (("plain", run.test), ("as the service", split_test_set(run.test).scoring)):
+        ref, orig, floor = graded(models, forget, retain, test)
+        assert records[row]["floor"] == pytest.approx(floor)
+        assert records[row]["original_gap"] == pytest.approx(avg_gap(orig, ref))
+    assert records["as the service"]["original_gap"] != pytest.approx(records["plain"]["original_gap"])
