@@ -74,6 +74,29 @@ def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_rang
     assert _cell(single["cases"][0]) == "81%" and single["min_closed"] == 0.81
 
 
+def test_with_a_floor_tuning_points_rank_by_the_closable_gap_pooled_over_cases() -> None:
+    """A case whose second retrain is as far from the reference as the original (no closable gap of its
+    own) still counts, by the gap it leaves, in the pooled share the points are ranked by."""
+    from bench.tune import markdown, summarise
+
+    def run(case: str, gap: float, original: float, floor: float | None) -> dict[str, object]:
+        return {"case": case, "run_seed": 0, "closed": 1 - gap / original, "gap": gap,
+                "original_gap": original, "floor": floor, "time_ratio": 0.1}  # fmt: skip
+
+    # random:0 has nothing closable (floor 0.81 above the original's 0.77); random:100 has 0.46
+    tight = summarise([run("random:0", 0.5, 0.77, 0.81), run("random:100", 0.3, 0.75, 0.29)])
+    loose = summarise([run("random:0", 0.9, 0.77, 0.81), run("random:100", 0.2, 0.75, 0.29)])
+    assert tight["pooled_closable"] == pytest.approx((0.27 + 0.45) / (-0.04 + 0.46))
+    assert loose["pooled_closable"] == pytest.approx((-0.13 + 0.55) / 0.42)
+    assert loose["min_closed"] < tight["min_closed"] and tight["pooled_closable"] > loose["pooled_closable"]
+    table = markdown([{"params": {"a": 2}, **loose}, {"params": {"a": 1}, **tight}], [])
+    assert "pooled closable" in table and table.index('{"a": 1}') < table.index('{"a": 2}')
+    unfloored = summarise([run("random:0", 0.5, 0.77, None)])
+    assert unfloored["pooled_closable"] is None and "pooled closable" not in markdown(
+        [{"params": {}, **unfloored}], []
+    )
+
+
 def test_the_generated_text_set_is_seeded_and_flips_exactly_the_requested_share_of_labels() -> None:
     from bench.textgen import generate
 
