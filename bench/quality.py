@@ -93,6 +93,9 @@ def _shapes() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
     return dataset(2000, 0, "train"), dataset(500, 1, "test"), dataset(500, 2, "reference")
 
 
+# The setting's tokenizer, trained once on its train texts and committed: a WordPiece training is not
+# reproducible (bench.textgen.text_dataset), and cached models must read the token IDs they trained on.
+TEXT_TOKENIZER = Path(__file__).resolve().parent / "data" / "text_bert_tokenizer.json"
 TEXT_VOCAB, TEXT_LENGTH = 384, 16  # WordPiece tokens (every word whole), tokens per text ([CLS] .. [SEP])
 
 
@@ -100,8 +103,8 @@ TEXT_VOCAB, TEXT_LENGTH = 384, 16  # WordPiece tokens (every word whole), tokens
 def _text() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
     from bench.textgen import text_dataset
 
-    d = text_dataset({"train": (1500, 0), "test": (500, 1), "reference": (500, 2)},
-                     max_length=TEXT_LENGTH, vocab_size=TEXT_VOCAB, noise=0.15)  # fmt: skip
+    d = text_dataset({"train": (1500, 0), "test": (500, 1), "reference": (500, 2)}, max_length=TEXT_LENGTH,
+                     vocab_size=TEXT_VOCAB, noise=0.15, tokenizer=TEXT_TOKENIZER)  # fmt: skip
     return d["train"], d["test"], d["reference"]
 
 

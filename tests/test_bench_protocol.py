@@ -134,6 +134,27 @@ def test_the_text_setting_reads_its_sentences_as_the_service_loader_does() -> No
     assert train.ids[0] == "train-00000" and sets["test"].ids[-1] == "test-00019"
 
 
+def test_the_text_setting_reads_the_same_token_ids_on_every_load(tmp_path) -> None:
+    """A WordPiece training is not reproducible, so a tokenizer file is written once and read after: a
+    model cached by one process must read the token IDs it was trained on in the next."""
+    import torch
+
+    from bench.quality import SETTINGS, TEXT_TOKENIZER
+    from bench.textgen import text_dataset
+
+    splits = {"train": (200, 0), "test": (40, 1)}
+    path = tmp_path / "tokenizer.json"
+    first = text_dataset(splits, max_length=16, vocab_size=384, noise=0.15, tokenizer=path)
+    again = text_dataset(splits, max_length=16, vocab_size=384, noise=0.15, tokenizer=path)
+    assert path.exists() and torch.equal(first["train"].x["input_ids"], again["train"].x["input_ids"])
+    assert TEXT_TOKENIZER.exists()  # committed with the bench: the setting never trains one
+    loads = [SETTINGS["text_bert"].load() for _ in range(2)]
+    for a, b in zip(*loads, strict=True):
+        assert torch.equal(a.x["input_ids"], b.x["input_ids"])
+    unk = 1  # [UNK]: the committed tokenizer still covers every word the generator writes
+    assert not (loads[0][0].x["input_ids"] == unk).any()
+
+
 def test_a_loss_profile_row_counts_the_losses_above_ln2_and_reads_the_quantiles() -> None:
     import torch
 
