@@ -26,21 +26,24 @@ from models.datasets import SampleDataset
 from models.metrics import per_sample_loss
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
-from models.unlearning.sizing import forget_distance, sized
+from models.unlearning.sizing import measured_distance, sized
 
 OUT = Path(__file__).resolve().parent / "results" / "memorisation.md"
 RUNS = {  # label: UGradSL+ params whose pushes per forget sample are shown
     "default": {},
+    "default less one standard error": {"pushes_shrink": 1.0},
     "stop 31 default": {"pushes": 0, "train_share": 0, "p": 0.7},
     "stop 31 last layers": {"train_share": 0.7, "epochs": 3, "p": 0.75},
 }
 PLAN = Plan("retain", 0.7, 0.3)  # UGradSL+: D_r leads
 
 
-def pushes(params: dict, n_forget: int, retain: SampleDataset, distance: float) -> float:
+def pushes(params: dict, n_forget: int, retain: SampleDataset, distance: float, se: float) -> float:
     """Times a UGradSL+ run draws each forget sample: its steps (as the engine counts them, after
-    ``pushes`` sizing) times the forget rows per step, over |D_f|."""
-    p = sized(parse_params("ugradsl_plus", params), PLAN, n_forget, len(retain), distance)
+    ``pushes`` sizing, on the distance less the params' ``pushes_shrink`` standard errors) times the
+    forget rows per step, over |D_f|."""
+    p = parse_params("ugradsl_plus", params)
+    p = sized(p, PLAN, n_forget, len(retain), max(0.0, distance - p.pushes_shrink * se))
     pool = len(retain_pool(retain, n_forget, p.retain_budget, p.seed))
     b_f = partner_size(PLAN, min(p.batch_size, pool), n_forget, p.forget_batch_ratio)
     return count_steps(PLAN, p, n_forget, pool) * b_f / n_forget
@@ -52,7 +55,8 @@ def main() -> None:
         "# How much there is to forget (bench/memorisation.py)",
         "",
         "Mean cross-entropy of D_f and of held-out data under the original model, their ratio (a retrain's",
-        "is about 1), its e-folds (``pushes`` sizing's distance, ln of 1/ratio, at least 0), the KS",
+        "is about 1), its e-folds (``pushes`` sizing's distance, ln of 1/ratio, at least 0, ± its standard",
+        "error, which ``pushes_shrink`` takes off, 0 times by default), the KS",
         "statistic between the two loss samples, the share of D_f whose true class has probability above",
         "1/2, and the times a",
         "UGradSL+ run pushes each forget sample (" + "; ".join(f"{k}: `{v}`" for k, v in RUNS.items()) + ").",
@@ -71,11 +75,11 @@ def main() -> None:
                 lf = per_sample_loss(run.model, forget)
                 ks = ks_2samp(lf, held).statistic
                 acc = float((lf < math.log(2)).mean())  # CE below ln 2 <=> p(y) > 1/2
-                distance = forget_distance(run.model, forget, torch.from_numpy(held))
+                distance, se = measured_distance(run.model, forget, torch.from_numpy(held))
                 row = [name, str(seed), scenario, str(len(forget)), f"{lf.mean():.3f}", f"{held.mean():.3f}",
-                       f"{lf.mean() / held.mean():.2f}", f"{distance:.2f}", f"{ks:.3f}",
+                       f"{lf.mean() / held.mean():.2f}", f"{distance:.2f} ± {se:.2f}", f"{ks:.3f}",
                        f"{acc:.3f}"]  # fmt: skip
-                row += [f"{pushes(p, len(forget), retain, distance):.1f}" for p in RUNS.values()]
+                row += [f"{pushes(p, len(forget), retain, distance, se):.1f}" for p in RUNS.values()]
                 lines.append("| " + " | ".join(row) + " |")
                 print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

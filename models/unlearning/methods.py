@@ -38,7 +38,7 @@ from models.unlearning.params import (
     parse_params,
 )
 from models.unlearning.selection import selector
-from models.unlearning.sizing import MAX_EPOCHS, forget_distance, pushes_per_sample, reread, sized
+from models.unlearning.sizing import MAX_EPOCHS, measured_distance, pushes_per_sample, reread, sized
 
 
 class Method(Protocol):
@@ -422,11 +422,14 @@ def _by_pushes(plan: Plan, n_forget: int, n_retain: int, heldout_losses: torch.T
     def size(
         net: nn.Module, seen: SampleDataset, params: GradientParams
     ) -> tuple[UGradSLParams, dict[str, Any]]:
-        distance = forget_distance(net, seen, heldout_losses)
+        measured, se = measured_distance(net, seen, heldout_losses)
+        distance = max(0.0, measured - cast(UGradSLParams, params).pushes_shrink * se)
         run = sized(cast(UGradSLParams, params), plan, n_forget, n_retain, distance)
         return run, {
             "sized_by": "pushes",
             "distance": distance,
+            "measured_distance": measured,
+            "distance_se": se,
             "pushes_per_sample": pushes_per_sample(run, distance),
             "forget_batch_ratio": run.forget_batch_ratio,
         }

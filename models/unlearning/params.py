@@ -37,6 +37,10 @@ _PUSHES_EFOLDS_DOC = (
     "with pushes: the distance of D_f below held-out data, in e-folds of loss, at which a run gets 1 - 1/e "
     "(63%) of pushes; smaller reaches the full level sooner"
 )
+_PUSHES_SHRINK_DOC = (
+    "with pushes: standard errors taken off d before sizing (d is a ratio of two sample means of "
+    "heavy-tailed losses); 0 = d as measured"
+)
 _CLASS_EPOCHS_DOC = (
     "epochs for a deletion that takes every sample of some class (the rerun for a class still recognised "
     "doubles them); 0 = epochs decide, as they do when epochs is given and class_epochs is not"
@@ -160,6 +164,7 @@ class UGradSLParams(GradientParams):
     )
     pushes: float = _f(0.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
     pushes_efolds: float = _f(0.6, 0.01, 100.0, doc=_PUSHES_EFOLDS_DOC)
+    pushes_shrink: float = _f(0.0, 0.0, 10.0, doc=_PUSHES_SHRINK_DOC)
     retain_passes: float = _f(2.0, 1.0, 1000.0, doc=_RETAIN_PASSES_DOC)
     class_epochs: float = _f(0.0, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))
 

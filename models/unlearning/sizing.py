@@ -66,15 +66,38 @@ from models.unlearning.params import UGradSLParams
 MAX_EPOCHS = 200.0  # the params' bound on epochs
 
 
-def forget_distance(model: nn.Module, forget: SampleDataset, heldout_losses: torch.Tensor) -> float:
-    """max(0, ln(mean CE(held-out) / mean CE(D_f))): e-folds of loss between D_f and unseen data."""
+def forget_distance(
+    model: nn.Module, forget: SampleDataset, heldout_losses: torch.Tensor, shrink: float = 0.0
+) -> float:
+    """max(0, ln(mean CE(held-out) / mean CE(D_f)) - shrink · its standard error): e-folds of loss
+    between D_f and unseen data, less ``shrink`` standard errors: a distance that the noise of two sample
+    means could have made is not taken for memorisation (``pushes_shrink``)."""
+    distance, se = measured_distance(model, forget, heldout_losses)
+    return max(0.0, distance - shrink * se)
+
+
+def measured_distance(
+    model: nn.Module, forget: SampleDataset, heldout_losses: torch.Tensor
+) -> tuple[float, float]:
+    """ln(mean CE(held-out) / mean CE(D_f)), at least 0, and its standard error (``distance_se``)."""
     if len(forget) == 0 or len(heldout_losses) == 0:
-        return 0.0
-    ce_heldout = float(heldout_losses.float().mean())
-    ce_forget = float(per_sample_loss(model, forget).mean())
+        return 0.0, 0.0
+    heldout = heldout_losses.double()
+    losses = torch.as_tensor(per_sample_loss(model, forget)).double()
+    ce_heldout, ce_forget = float(heldout.mean()), float(losses.mean())
     if ce_heldout <= 0 or ce_forget >= ce_heldout:
-        return 0.0
-    return math.log(ce_heldout / max(ce_forget, 1e-12))
+        return 0.0, distance_se(heldout, losses)
+    return math.log(ce_heldout / max(ce_forget, 1e-12)), distance_se(heldout, losses)
+
+
+def distance_se(heldout: torch.Tensor, forget: torch.Tensor) -> float:
+    """The standard error of ln(mean(heldout) / mean(forget)) by the delta method: sqrt(var_h / (n_h ·
+    mean_h²) + var_f / (n_f · mean_f²)); 0 for a set of one."""
+    total = 0.0
+    for x in (heldout, forget):
+        if len(x) > 1 and float(x.mean()) > 0:
+            total += float(x.var()) / (len(x) * float(x.mean()) ** 2)
+    return math.sqrt(total)
 
 
 def pushes_per_sample(params: UGradSLParams, distance: float) -> float:

@@ -15,6 +15,7 @@ from models.unlearning.bounds import HELDOUT_SAMPLE
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
 from models.unlearning.sizing import (
+    distance_se,
     forget_distance,
     forget_ratio,
     pushes_per_sample,
@@ -24,6 +25,7 @@ from models.unlearning.sizing import (
 )
 
 PLUS = Plan("retain", 0.7, 0.3)
+SHRINK = 0.0  # the standard errors a run takes off the measured distance by default (pushes_shrink)
 
 
 def _rule(pushes: float, distance: float, efolds: float = 0.6) -> float:
@@ -156,14 +158,47 @@ def test_the_model_decides_the_length_memorised_training_rows_run_long_unseen_ro
     train_ds, test_ds = digits
     calib, unseen = test_ds.subset(torch.arange(0, 250)), test_ds.subset(torch.arange(250, 350))
     memorised, retain = train_ds.split_by_ids(train_ds.ids[:100])
-    far = forget_distance(digits_model, memorised, _losses(digits_model, calib))
+    far = forget_distance(digits_model, memorised, _losses(digits_model, calib), SHRINK)
     assert far > 2 and forget_distance(digits_model, unseen, _losses(digits_model, calib)) < 0.25
     params = {"pushes": 16, "lr": 1e-6}
     long = _steps(digits_model, memorised, retain, calib, params)
     short = _steps(digits_model, unseen, retain, calib, params)
-    near = forget_distance(digits_model, unseen, _losses(digits_model, calib))
+    near = forget_distance(digits_model, unseen, _losses(digits_model, calib), SHRINK)
     assert long == math.ceil(_rule(16, far) * 100 / round(64 * _ratio(far)))  # forget rows per step
     assert short == math.ceil(_rule(16, near) * 100 / round(64 * _ratio(near))) < long / 2
+
+
+def test_the_distance_standard_error_matches_a_bootstrap_of_heavy_tailed_losses() -> None:
+    """The delta method's error of ln(mean_h / mean_f) against 400 bootstrap redraws of both samples, on
+    losses shaped like a classifier's: mostly near zero, a tenth of them large."""
+    gen = torch.Generator().manual_seed(0)
+
+    def losses(n: int, scale: float) -> torch.Tensor:
+        wrong = torch.rand(n, generator=gen) < 0.1
+        return torch.where(wrong, 2.0, 0.02) * scale * torch.empty(n).exponential_(generator=gen)
+
+    heldout, forget = losses(2048, 1.0).double(), losses(6000, 0.8).double()
+    redraws = []
+    for _ in range(400):
+        h = heldout[torch.randint(len(heldout), (len(heldout),), generator=gen)]
+        f = forget[torch.randint(len(forget), (len(forget),), generator=gen)]
+        redraws.append(math.log(float(h.mean()) / float(f.mean())))
+    assert distance_se(heldout, forget) == pytest.approx(float(torch.tensor(redraws).std()), rel=0.15)
+    assert distance_se(heldout[:512], forget) > distance_se(heldout, forget)  # fewer rows, more noise
+    assert distance_se(heldout[:1], forget[:1]) == 0.0
+
+
+def test_a_shrunk_distance_takes_off_its_standard_errors_and_stops_at_zero(digits_model, digits) -> None:
+    train_ds, test_ds = digits
+    calib, unseen = test_ds.subset(torch.arange(0, 250)), test_ds.subset(torch.arange(250, 350))
+    memorised = train_ds.subset(torch.arange(100))
+    heldout = _losses(digits_model, calib)
+    far = forget_distance(digits_model, memorised, heldout)
+    se = distance_se(heldout.double(), _losses(digits_model, memorised).double())
+    assert 0 < se < far / 4
+    assert forget_distance(digits_model, memorised, heldout, 2.0) == pytest.approx(far - 2 * se)
+    assert forget_distance(digits_model, unseen, heldout, 10.0) == 0.0  # within the noise: nothing to push
+    assert parse_params("ugradsl_plus", {}).pushes_shrink == SHRINK
 
 
 def _losses(model, data: SampleDataset) -> torch.Tensor:
@@ -203,8 +238,15 @@ def test_each_run_reports_what_sized_it_and_what_it_read(digits_model, digits) -
     params = {"pushes": 4, "lr": 1e-6}
     run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, hooks, heldout=test_ds)
     (plan,) = plans
-    far = forget_distance(digits_model, forget, _losses(digits_model, test_ds))
+    far = forget_distance(digits_model, forget, _losses(digits_model, test_ds), SHRINK)
     assert plan["sized_by"] == "pushes" and plan["distance"] == pytest.approx(far, rel=1e-3)
+    shrunk: list[dict] = []
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {**params, "pushes_shrink": 2.0},
+               Hooks(on_plan=shrunk.append), heldout=test_ds)  # fmt: skip
+    near = max(0.0, shrunk[0]["measured_distance"] - 2 * shrunk[0]["distance_se"])
+    assert shrunk[0]["measured_distance"] == pytest.approx(plan["measured_distance"]) and near < far
+    assert shrunk[0]["distance"] == pytest.approx(near) and shrunk[0]["distance_se"] > 0
+    assert shrunk[0]["pushes_per_sample"] == pytest.approx(_rule(4, near), rel=1e-3)
     assert plan["pushes_per_sample"] == pytest.approx(_rule(4, far), rel=1e-3)
     assert plan["forget_batch_ratio"] == pytest.approx(_ratio(far), rel=1e-3)
     assert plan["steps"] == len(calls) - 2 and plan["forget_rows"] == 100
