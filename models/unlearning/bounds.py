@@ -33,6 +33,7 @@ HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough 
 class HeldoutBound:
     quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
     retained: torch.Tensor  # (K,) bool: the class still has retain samples
+    ends: bool = False  # rank r of B reads quantile r / (B - 1) instead of (r + 0.5) / B (``bound_ends``)
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
@@ -42,6 +43,8 @@ class HeldoutBound:
         """(B,) the held-out loss of each forget sample's rank within its batch."""
         b, m = len(loss), len(self.quantiles)
         rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
+        if self.ends:
+            return self.quantiles[(rank.float() * (m - 1) / max(b - 1, 1)).round().long()]  # (B,)
         return self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
 
     def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:

@@ -464,7 +464,10 @@ def _bound(
             "bound_by='heldout' needs held-out data the model never trained on (run_method(..., "
             "heldout=test_set)); pass bound_by='correct' to bound the forget term by correctness instead"
         )
-    return heldout_bound(model, heldout, retain, params.seed)
+    bound = heldout_bound(model, heldout, retain, params.seed)
+    if bound is not None:
+        bound.ends = params.bound_ends
+    return bound
 
 
 @register_method("finetune")

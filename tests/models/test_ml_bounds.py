@@ -25,6 +25,30 @@ def test_a_forget_sample_is_live_while_its_loss_is_below_the_heldout_loss_of_its
     assert live.tolist() == [True, False, True, True]
 
 
+def test_with_bound_ends_a_batchs_extremes_aim_at_the_heldout_minimum_and_maximum() -> None:
+    """Midpoints never reach the top 1/(2B) of held-out losses, the tail a 98%-accurate model
+    misclassifies; ``bound_ends`` spreads the ranks from the lowest held-out loss to the highest."""
+    loss = torch.tensor([0.05, 2.0, 0.5, 0.01])  # ranks 1, 3, 2, 0
+    mid, ends = _bound([True]), _bound([True])
+    ends.ends = True
+    assert mid.targets(loss).tolist() == pytest.approx([0.4, 0.9, 0.7, 0.2])
+    # rank r reads index round(r * 9 / 3): 0, 3, 6, 9 -> 0.1, 0.4, 0.7, 1.0
+    assert ends.targets(loss).tolist() == pytest.approx([0.4, 1.0, 0.7, 0.1])
+    assert ends.targets(torch.tensor([0.3])).tolist() == pytest.approx([0.1])  # a batch of one
+
+
+def test_bound_ends_reaches_the_bound_a_run_uses(digits_model, digits, digits_random10) -> None:
+    from models.unlearning.methods import _bound as bound_of
+    from models.unlearning.params import parse_params
+
+    forget, retain = digits_random10
+    for ends in (False, True):
+        params = parse_params("ugradsl_plus", {"bound_ends": ends})
+        bound = bound_of(digits_model, retain, params, digits[1])
+        assert bound is not None and bound.ends is ends
+    assert parse_params("ugradsl_plus", {}).bound_ends is False
+
+
 def test_a_forget_sample_whose_class_left_the_retain_set_is_live_while_correct() -> None:
     loss = torch.tensor([5.0, 5.0, 0.0, 0.0])  # far above / below every held-out quantile
     y = torch.tensor([1, 1, 1, 0])
