@@ -29,23 +29,35 @@ from models.layout import cpu_batch
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
 
 
+TARGETS = ("midpoint", "ends", "mean")  # how a rank in a forget batch reads the held-out losses
+
+
 @dataclass
 class HeldoutBound:
     quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
     retained: torch.Tensor  # (K,) bool: the class still has retain samples
-    ends: bool = False  # rank r of B reads quantile r / (B - 1) instead of (r + 0.5) / B (``bound_ends``)
+    # rank r of a batch of B reads: "midpoint" the quantile (r + 0.5) / B; "ends" the quantile r / (B - 1)
+    # (the batch's extremes aim at the held-out minimum and maximum); "mean" the mean held-out loss between
+    # the quantiles r / B and (r + 1) / B, so a batch's targets average to the held-out mean (exactly where
+    # B divides the number of held-out losses), the heavy tail included
+    by: str = "midpoint"
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
         self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
     def targets(self, loss: torch.Tensor) -> torch.Tensor:
-        """(B,) the held-out loss of each forget sample's rank within its batch."""
+        """(B,) the held-out loss that each forget sample's rank within its batch aims at (``by``)."""
         b, m = len(loss), len(self.quantiles)
-        rank = loss.argsort().argsort()  # (B,) 0 = the most confident sample of the batch
-        if self.ends:
-            return self.quantiles[(rank.float() * (m - 1) / max(b - 1, 1)).round().long()]  # (B,)
-        return self.quantiles[((rank.float() + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
+        rank = loss.argsort().argsort().float()  # (B,) 0 = the most confident sample of the batch
+        if self.by == "ends":
+            return self.quantiles[(rank * (m - 1) / max(b - 1, 1)).round().long()]  # (B,)
+        if self.by == "mean":
+            sums = torch.cat([self.quantiles.new_zeros(1), self.quantiles.cumsum(0)])  # (m + 1,)
+            lo = (rank * m / b).long().clamp(max=m - 1)  # (B,) each rank's bin of held-out losses
+            hi = torch.maximum(((rank + 1) * m / b).long(), lo + 1)  # (B,) at least one loss per bin
+            return (sums[hi] - sums[lo]) / (hi - lo).float()  # (B,)
+        return self.quantiles[((rank + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
 
     def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""

@@ -466,7 +466,7 @@ def _bound(
         )
     bound = heldout_bound(model, heldout, retain, params.seed)
     if bound is not None:
-        bound.ends = params.bound_ends
+        bound.by = params.bound_targets
     return bound
 
 

@@ -19,6 +19,7 @@ ADAPTIVE = ("off", "intuition", "literal")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
+BOUND_TARGETS = ("midpoint", "ends", "mean")  # models.unlearning.bounds.TARGETS
 RELABEL = ("salun", "wrong")
 PUSH = ("ascent", "nearest", "nearest_tail")
 _TRAIN_SHARE_DOC = (
@@ -165,11 +166,12 @@ class UGradSLParams(GradientParams):
     pushes: float = _f(0.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
     pushes_efolds: float = _f(0.6, 0.01, 100.0, doc=_PUSHES_EFOLDS_DOC)
     pushes_shrink: float = _f(0.0, 0.0, 10.0, doc=_PUSHES_SHRINK_DOC)
-    bound_ends: bool = _f(
-        False,
-        doc="bound_by='heldout': a forget batch's lowest and highest losses aim at the held-out minimum and "
-        "maximum (rank r of B reads quantile r/(B-1)) instead of (r + 0.5)/B, whose top lies below the "
-        "tail a very accurate model misclassifies",
+    bound_targets: str = _f(
+        "midpoint",
+        choices=BOUND_TARGETS,
+        doc="bound_by='heldout': what rank r of a forget batch of B aims at: midpoint = the held-out "
+        "quantile (r + 0.5)/B | ends = the quantile r/(B-1), the batch's extremes at the held-out minimum "
+        "and maximum | mean = the mean held-out loss between the quantiles r/B and (r+1)/B",
     )
     retain_passes: float = _f(2.0, 1.0, 1000.0, doc=_RETAIN_PASSES_DOC)
     class_epochs: float = _f(0.0, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))

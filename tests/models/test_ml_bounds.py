@@ -25,28 +25,42 @@ def test_a_forget_sample_is_live_while_its_loss_is_below_the_heldout_loss_of_its
     assert live.tolist() == [True, False, True, True]
 
 
-def test_with_bound_ends_a_batchs_extremes_aim_at_the_heldout_minimum_and_maximum() -> None:
+def test_a_rank_reads_the_heldout_midpoint_the_ends_or_its_bins_mean() -> None:
     """Midpoints never reach the top 1/(2B) of held-out losses, the tail a 98%-accurate model
-    misclassifies; ``bound_ends`` spreads the ranks from the lowest held-out loss to the highest."""
+    misclassifies; ``ends`` spreads the ranks from the lowest held-out loss to the highest, and ``mean``
+    gives each rank the mean of its bin, so a batch's targets average to the held-out mean."""
     loss = torch.tensor([0.05, 2.0, 0.5, 0.01])  # ranks 1, 3, 2, 0
-    mid, ends = _bound([True]), _bound([True])
-    ends.ends = True
+    mid, ends, mean = _bound([True]), _bound([True]), _bound([True])
+    ends.by, mean.by = "ends", "mean"
     assert mid.targets(loss).tolist() == pytest.approx([0.4, 0.9, 0.7, 0.2])
     # rank r reads index round(r * 9 / 3): 0, 3, 6, 9 -> 0.1, 0.4, 0.7, 1.0
     assert ends.targets(loss).tolist() == pytest.approx([0.4, 1.0, 0.7, 0.1])
     assert ends.targets(torch.tensor([0.3])).tolist() == pytest.approx([0.1])  # a batch of one
+    # bins of 10 losses over 4 ranks: indices [0, 2), [2, 5), [5, 7), [7, 10)
+    assert mean.targets(loss).tolist() == pytest.approx([0.4, 0.9, 0.65, 0.15])
+    skewed = HeldoutBound(torch.tensor([0.0] * 127 + [9.0]), torch.tensor([True]))
+    skewed.by = "mean"
+    batch = torch.arange(32.0)  # bins of 4: the targets average to the held-out mean, tail included
+    assert float(skewed.targets(batch).mean()) == pytest.approx(float(skewed.quantiles.mean()))
+    skewed.by = "midpoint"
+    assert float(skewed.targets(batch).max()) == 0.0  # no rank of 32 reaches the top 1 of 128
+    small = _bound([True])  # fewer held-out losses than ranks: each rank still reads one
+    small.quantiles, small.by = torch.tensor([0.1, 0.2]), "mean"
+    assert small.targets(batch[:5]).tolist() == pytest.approx([0.1, 0.1, 0.1, 0.2, 0.2])
 
 
-def test_bound_ends_reaches_the_bound_a_run_uses(digits_model, digits, digits_random10) -> None:
+def test_the_targets_choice_reaches_the_bound_a_run_uses(digits_model, digits, digits_random10) -> None:
     from models.unlearning.methods import _bound as bound_of
     from models.unlearning.params import parse_params
 
     forget, retain = digits_random10
-    for ends in (False, True):
-        params = parse_params("ugradsl_plus", {"bound_ends": ends})
+    for by in ("midpoint", "ends", "mean"):
+        params = parse_params("ugradsl_plus", {"bound_targets": by})
         bound = bound_of(digits_model, retain, params, digits[1])
-        assert bound is not None and bound.ends is ends
-    assert parse_params("ugradsl_plus", {}).bound_ends is False
+        assert bound is not None and bound.by == by
+    assert parse_params("ugradsl_plus", {}).bound_targets == "midpoint"
+    with pytest.raises(ValueError):
+        parse_params("ugradsl_plus", {"bound_targets": "max"})
 
 
 def test_a_forget_sample_whose_class_left_the_retain_set_is_live_while_correct() -> None:
