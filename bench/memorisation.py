@@ -26,7 +26,7 @@ from models.datasets import SampleDataset
 from models.metrics import per_sample_loss
 from models.unlearning.engine import Plan, count_steps, partner_size, retain_pool
 from models.unlearning.params import parse_params
-from models.unlearning.sizing import measured_distance, sized
+from models.unlearning.sizing import measured_distance, shrunk, sized
 
 OUT = Path(__file__).resolve().parent / "results" / "memorisation.md"
 RUNS = {  # label: UGradSL+ params whose pushes per forget sample are shown
@@ -43,7 +43,7 @@ def pushes(params: dict, n_forget: int, retain: SampleDataset, distance: float, 
     ``pushes`` sizing, on the distance less the params' ``pushes_shrink`` standard errors) times the
     forget rows per step, over |D_f|."""
     p = parse_params("ugradsl_plus", params)
-    p = sized(p, PLAN, n_forget, len(retain), max(0.0, distance - p.pushes_shrink * se))
+    p = sized(p, PLAN, n_forget, len(retain), shrunk(distance, se, p.pushes_shrink))
     pool = len(retain_pool(retain, n_forget, p.retain_budget, p.seed))
     b_f = partner_size(PLAN, min(p.batch_size, pool), n_forget, p.forget_batch_ratio)
     return count_steps(PLAN, p, n_forget, pool) * b_f / n_forget

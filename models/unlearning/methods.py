@@ -38,7 +38,7 @@ from models.unlearning.params import (
     parse_params,
 )
 from models.unlearning.selection import selector
-from models.unlearning.sizing import MAX_EPOCHS, measured_distance, pushes_per_sample, reread, sized
+from models.unlearning.sizing import MAX_EPOCHS, measured_distance, pushes_per_sample, reread, shrunk, sized
 
 
 class Method(Protocol):
@@ -423,7 +423,7 @@ def _by_pushes(plan: Plan, n_forget: int, n_retain: int, heldout_losses: torch.T
         net: nn.Module, seen: SampleDataset, params: GradientParams
     ) -> tuple[UGradSLParams, dict[str, Any]]:
         measured, se = measured_distance(net, seen, heldout_losses)
-        distance = max(0.0, measured - cast(UGradSLParams, params).pushes_shrink * se)
+        distance = shrunk(measured, se, cast(UGradSLParams, params).pushes_shrink)
         run = sized(cast(UGradSLParams, params), plan, n_forget, n_retain, distance)
         return run, {
             "sized_by": "pushes",

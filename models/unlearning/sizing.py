@@ -72,7 +72,11 @@ def forget_distance(
     """max(0, ln(mean CE(held-out) / mean CE(D_f)) - shrink · its standard error): e-folds of loss
     between D_f and unseen data, less ``shrink`` standard errors: a distance that the noise of two sample
     means could have made is not taken for memorisation (``pushes_shrink``)."""
-    distance, se = measured_distance(model, forget, heldout_losses)
+    return shrunk(*measured_distance(model, forget, heldout_losses), shrink)
+
+
+def shrunk(distance: float, se: float, shrink: float) -> float:
+    """max(0, distance - shrink · se): what a run sized with ``pushes_shrink`` = ``shrink`` sizes by."""
     return max(0.0, distance - shrink * se)
 
 
