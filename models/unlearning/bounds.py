@@ -29,9 +29,6 @@ from models.layout import cpu_batch
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
 
 
-TARGETS = ("midpoint", "ends", "mean")  # how a rank in a forget batch reads the held-out losses
-
-
 @dataclass
 class HeldoutBound:
     quantiles: torch.Tensor  # (m,) sorted held-out cross-entropies, on the model's device
@@ -40,7 +37,7 @@ class HeldoutBound:
     # (the batch's extremes aim at the held-out minimum and maximum); "mean" the mean held-out loss between
     # the quantiles r / B and (r + 1) / B, so a batch's targets average to the held-out mean (exactly where
     # B divides the number of held-out losses), the heavy tail included
-    by: str = "midpoint"
+    by: str = "midpoint"  # one of params.BOUND_TARGETS
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
