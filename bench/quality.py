@@ -125,6 +125,9 @@ DEFAULT = (
 SHRUNK = "ugradsl_plus (default, sized on the distance less one standard error)"
 # Stop 39: each rank of a forget batch aims at the mean held-out loss of its bin (``bound_targets``).
 BIN_MEANS = "ugradsl_plus (default, each rank aiming at its bin's mean held-out loss)"
+# Stop 40: each forget sample ranked among all of D_f's latest losses rather than its batch's
+# (``bound_ranks``), so the held-out tail is aimed at.
+FORGET_RANKS = "ugradsl_plus (default, ranks taken among all of D_f)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -250,6 +253,7 @@ ROWS = [
     Row(STOP31, "ugradsl_plus", _varied({})),
     Row(SHRUNK, "ugradsl_plus", _fixed({"pushes_shrink": 1.0})),
     Row(BIN_MEANS, "ugradsl_plus", _fixed({"bound_targets": "mean"})),
+    Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

@@ -12,6 +12,12 @@ already forgotten only damages the model, so the forget term is applied to live 
   step budget runs out. Ranks are taken within each forget batch against quantiles of held-out losses
   measured once, before the run, on the model being unlearned (one 1-D summary: no gradient ever flows
   from held-out data). A sample whose class has no retain samples left follows ``correct``.
+
+Ranks within a batch of B never aim above the held-out quantile 1 - 1/(2B): the tail that a very accurate
+retrained model misclassifies (its hardest ~2% of D_f) is never aimed at. ``ranks="forget"`` ranks each
+sample among D_f's latest losses instead (each row's loss when the run last read it, starting from a pass
+over D_f before the first step), so the targets of the whole forget set follow the held-out distribution,
+its tail included, one sample per quantile: a 1-D monotone transport of D_f's losses onto held-out ones.
 """
 
 from __future__ import annotations
@@ -38,17 +44,36 @@ class HeldoutBound:
     # the quantiles r / B and (r + 1) / B, so a batch's targets average to the held-out mean (exactly where
     # B divides the number of held-out losses), the heavy tail included
     by: str = "midpoint"  # one of params.BOUND_TARGETS
+    ranks: str = "batch"  # one of params.BOUND_RANKS: rank within the forget batch, or among all of D_f
+    latest: torch.Tensor | None = None  # (n_f,) ranks="forget": each forget row's loss when last read
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
         self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
-    def targets(self, loss: torch.Tensor) -> torch.Tensor:
-        """(B,) the held-out loss that each forget sample's rank within its batch aims at (``by``)."""
-        b, m = len(loss), len(self.quantiles)
-        rank = loss.argsort().argsort().float()  # (B,) 0 = the most confident sample of the batch
+    def track(self, losses: torch.Tensor) -> None:
+        """Rank forget samples among all of D_f from here on, starting from D_f's (n_f,) losses."""
+        self.latest = losses.detach().float().to(self.quantiles.device).clone()
+
+    def observe(self, rows: torch.Tensor | None, loss: torch.Tensor) -> None:
+        """Record a forget batch's (B,) losses under its rows of D_f (ranks across batches only)."""
+        if self.latest is not None and rows is not None:
+            self.latest[rows.to(self.latest.device)] = loss.detach().float()
+
+    def targets(self, loss: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the held-out loss that each forget sample's rank aims at (``by``): its rank within the
+        batch, or, given the batch's ``rows`` of D_f while tracking (``track``), among D_f's latest losses."""
+        if self.latest is not None and rows is not None:
+            ranked = self.latest.sort().values  # (n_f,)
+            rank = torch.searchsorted(ranked, loss.detach().float()).clamp(max=len(ranked) - 1).float()
+            return self._aim(rank, len(self.latest))
+        return self._aim(loss.argsort().argsort().float(), len(loss))  # 0 = the batch's most confident
+
+    def _aim(self, rank: torch.Tensor, b: int) -> torch.Tensor:
+        """(B,) the held-out loss that rank r of ``b`` ranked losses reads under ``by``."""
+        m = len(self.quantiles)
         if self.by == "ends":
-            return self.quantiles[(rank * (m - 1) / max(b - 1, 1)).round().long()]  # (B,)
+            return self.quantiles[(rank * (m - 1) / max(b - 1, 1)).round().long().clamp(max=m - 1)]  # (B,)
         if self.by == "mean":
             sums = torch.cat([self.quantiles.new_zeros(1), self.quantiles.cumsum(0)])  # (m + 1,)
             lo = (rank * m / b).long().clamp(max=m - 1)  # (B,) each rank's bin of held-out losses
@@ -56,9 +81,11 @@ class HeldoutBound:
             return (sums[hi] - sums[lo]) / (hi - lo).float()  # (B,)
         return self.quantiles[((rank + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
 
-    def live(self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        """(B,) bool from a forget batch's (B,) cross-entropies, labels and correctness flags."""
-        return torch.where(self.in_retain(y), loss < self.targets(loss), correct)
+    def live(
+        self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) bool from a forget batch's (B,) cross-entropies, labels, correctness flags and rows of D_f."""
+        return torch.where(self.in_retain(y), loss < self.targets(loss, rows), correct)
 
     def in_retain(self, y: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the label's class still has retain samples."""

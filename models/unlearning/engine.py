@@ -38,6 +38,7 @@ class Batch:
     tf: torch.Tensor  # (B_f,) forget targets of the method (random wrong labels for random_label; else yf)
     forget_norm: float = 0.0  # divisor of a summed forget term (see forget_norm()); 0 = max(|B_f|, |B_r|)
     joint: Loaded | None = None  # (B_r + B_f, ...) B_r's rows then B_f's, where the loop read them as one
+    rf: torch.Tensor | None = None  # (B_f,) the forget rows' indices in D_f (ranks across batches read them)
 
     def forget_divisor(self) -> float:
         return self.forget_norm or float(max(len(self.yf), len(self.yr), 1))
@@ -209,7 +210,7 @@ def run_steps(
     for step, ((i_f, i_r), (xf_b, xr_b, joint)) in enumerate(read_pairs(xf, xr, indices()), start=1):
         i_f, i_r = i_f.to(device), i_r.to(device)
         norm = forget_norm(len(i_f), len(i_r), len(forget))
-        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint)
+        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
         weights = annealed(plan, step, total, params.forget_anneal)
         correct = _step(model, opt, batch, params, objective, weights, static_mask)
         sched.step()
@@ -406,11 +407,12 @@ def _group_gradients(
         B.split(batch.xf, g),
         batch.yf.tensor_split(g),
         batch.tf.tensor_split(g),
+        batch.rf.tensor_split(g) if batch.rf is not None else [None] * g,
     )
-    for xr, yr, xf, yf, tf in zip(*parts, strict=True):
+    for xr, yr, xf, yf, tf, rf in zip(*parts, strict=True):
         # each group's divisor is its share of the whole batch's: the mean over groups is the full term
         norm = batch.forget_divisor() * len(yf) / max(len(batch.yf), 1)
-        terms = objective(model, Batch(xr, yr, xf, yf, tf, norm))
+        terms = objective(model, Batch(xr, yr, xf, yf, tf, norm, rf=rf))
         for k, gs in ((0, _grads(terms.retain, ps)), (2, _grads(terms.forget, ps))):
             for s, sq, gi in zip(sums[k], sums[k + 1], gs, strict=True):
                 s.add_(gi)

@@ -19,7 +19,7 @@ from models.batches import Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.layout import cpu_channels_last
-from models.metrics import accuracy
+from models.metrics import accuracy, per_sample_loss
 from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.bounds import HeldoutBound, heldout_bound
@@ -151,11 +151,12 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         elif bound is None:
             live = correct.float()
         else:
-            live = bound.live(ce, b.yf, correct).float()
+            bound.observe(b.rf, ce)
+            live = bound.live(ce, b.yf, correct, b.rf).float()
         push = -per_sample  # (B,) ascent
         if params.push != "ascent":
             toward = F.cross_entropy(logits_f, nearest_wrong_class(logits_f.detach(), b.yf), reduction="none")
-            push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf), toward, push)
+            push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf, b.rf), toward, push)
         forget = (live * push).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
@@ -163,7 +164,11 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
 
 
 def pushed_to_nearest(
-    push: str, bound: HeldoutBound | None, loss: torch.Tensor, y: torch.Tensor
+    push: str,
+    bound: HeldoutBound | None,
+    loss: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) bool: the forget samples that ``push`` moves towards their nearest wrong class. Under
     ``nearest_tail``, those whose rank's held-out loss is above ln 2 (an unseen sample of that rank would be
@@ -173,7 +178,7 @@ def pushed_to_nearest(
         return torch.zeros_like(y, dtype=torch.bool)
     if push == "nearest" or bound is None:
         return torch.ones_like(y, dtype=torch.bool)
-    return (bound.targets(loss) > math.log(2)) | ~bound.in_retain(y)
+    return (bound.targets(loss, rows) > math.log(2)) | ~bound.in_retain(y)
 
 
 def nearest_wrong_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -318,6 +323,8 @@ def _run(
     net, params = part.net, part.params
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
+    if bound is not None and bound.ranks == "forget":  # ranks among D_f, as the trained network reads it
+        bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
@@ -466,7 +473,7 @@ def _bound(
         )
     bound = heldout_bound(model, heldout, retain, params.seed)
     if bound is not None:
-        bound.by = params.bound_targets
+        bound.by, bound.ranks = params.bound_targets, params.bound_ranks
     return bound
 
 

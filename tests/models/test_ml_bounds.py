@@ -49,18 +49,53 @@ def test_a_rank_reads_the_heldout_midpoint_the_ends_or_its_bins_mean() -> None:
     assert small.targets(batch[:5]).tolist() == pytest.approx([0.1, 0.1, 0.1, 0.2, 0.2])
 
 
+def test_ranks_among_the_forget_set_reach_the_heldout_tail_and_follow_the_latest_losses() -> None:
+    """Within a batch of 4 no rank reads above the 0.9 quantile; ranked among 20 forget samples, the one
+    with the highest loss reads the held-out maximum, and a sample's rank moves with its latest loss."""
+    bound = _bound([True])
+    bound.ranks = "forget"
+    bound.track(torch.linspace(0.0, 0.19, 20))  # rows 0..19, losses 0.00 .. 0.19
+    rows, loss = torch.tensor([0, 18]), bound.latest[[0, 18]].clone()
+    # rank r of 20 reads quantile index floor((r + 0.5) * 10 / 20): ranks 0, 18 -> 0.1, 1.0
+    assert bound.targets(loss, rows).tolist() == pytest.approx([0.1, 1.0])
+    assert bound.targets(loss).tolist() == pytest.approx([0.3, 0.8])  # without rows: ranks 0, 1 of 2
+    bound.observe(torch.tensor([0]), torch.tensor([5.0]))  # row 0 was pushed above every other row
+    loss[0] = 5.0
+    assert bound.targets(loss, rows).tolist() == pytest.approx([1.0, 0.9])  # ranks 19 and 17 now
+    live = bound.live(loss, torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool), rows)
+    assert live.tolist() == [False, True]  # 5.0 is above the held-out maximum; 0.18 below its 0.9
+
+
+def test_ranks_among_the_forget_set_push_its_hardest_samples_further(
+    digits_model, digits, digits_random10
+) -> None:
+    """A run ranking among all of D_f aims its hardest samples at the held-out tail, which batch ranks never
+    reach (measured on digits: D_f's largest loss 3.7 against 2.0; the held-out maximum is 5.8)."""
+    forget, retain = digits_random10
+    test = digits[1]
+
+    def hardest(ranks: str) -> float:
+        params = {"bound_ranks": ranks}
+        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, heldout=test)
+        return float(per_sample_loss(model, forget).max())
+
+    assert hardest("forget") > hardest("batch")
+
+
 def test_the_targets_choice_reaches_the_bound_a_run_uses(digits_model, digits, digits_random10) -> None:
     from models.unlearning.methods import _bound as bound_of
     from models.unlearning.params import parse_params
 
     forget, retain = digits_random10
-    for by in ("midpoint", "ends", "mean"):
-        params = parse_params("ugradsl_plus", {"bound_targets": by})
+    for by, ranks in (("midpoint", "forget"), ("ends", "batch"), ("mean", "forget")):
+        params = parse_params("ugradsl_plus", {"bound_targets": by, "bound_ranks": ranks})
         bound = bound_of(digits_model, retain, params, digits[1])
-        assert bound is not None and bound.by == by
-    assert parse_params("ugradsl_plus", {}).bound_targets == "midpoint"
-    with pytest.raises(ValueError):
-        parse_params("ugradsl_plus", {"bound_targets": "max"})
+        assert bound is not None and (bound.by, bound.ranks) == (by, ranks)
+    defaults = parse_params("ugradsl_plus", {})
+    assert (defaults.bound_targets, defaults.bound_ranks) == ("midpoint", "batch")
+    for bad in ({"bound_targets": "max"}, {"bound_ranks": "epoch"}):
+        with pytest.raises(ValueError):
+            parse_params("ugradsl_plus", bad)
 
 
 def test_a_forget_sample_whose_class_left_the_retain_set_is_live_while_correct() -> None:

@@ -207,3 +207,22 @@ def test_salun_keeps_the_weights_outside_its_saliency_mask_bit_identical(
         frozen += int((~m.bool()).sum())
         moved += int((a[m.bool()] != b[m.bool()]).sum())
     assert frozen > 0 and moved > 0
+
+
+@pytest.mark.parametrize("mask", ["none", "prob"])  # "prob" splits each batch into micro-batches
+def test_every_forget_batch_names_its_rows_of_the_forget_set(digits_model, digits_random10, mask) -> None:
+    """Ranks across batches (``bound_ranks="forget"``) record each sample's loss under its row of D_f: the
+    rows a batch carries must be the rows it was read from."""
+    forget, retain = digits_random10
+    rows: list[torch.Tensor] = []
+
+    def spy(model: torch.nn.Module, b: Batch) -> Terms:
+        assert b.rf is not None
+        assert torch.equal(b.xf, forget.x[b.rf]) and torch.equal(b.yf, forget.y[b.rf])
+        rows.append(b.rf)
+        ce = torch.nn.functional.cross_entropy
+        return Terms(ce(model(b.xr), b.yr), -ce(model(b.xf), b.yf))
+
+    params = parse_params("ugradsl_plus", {"epochs": 1, "lr": 1e-6, "mask": mask})
+    run_steps(copy.deepcopy(digits_model), forget, retain, params, Hooks(), spy, Plan("retain", 0.5, 0.5))
+    assert len(rows) > 1 and set(torch.cat(rows).tolist()) == set(range(len(forget)))
