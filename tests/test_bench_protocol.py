@@ -97,6 +97,29 @@ def test_with_a_floor_tuning_points_rank_by_the_closable_gap_pooled_over_cases()
     )
 
 
+def test_tuning_points_are_compared_with_the_first_by_the_gap_difference_of_paired_runs() -> None:
+    """Two points whose runs spread widely but move together (same case, same run seed) differ by the
+    paired difference, with its standard error; a run without a partner is left out."""
+    from bench.tune import markdown, paired_difference, summarise
+
+    def runs(gaps: dict[tuple[str, int], float]) -> list[dict[str, object]]:
+        return [
+            {"case": c, "run_seed": s, "closed": 1 - g, "gap": g, "time_ratio": 0.1}
+            for (c, s), g in gaps.items()
+        ]
+
+    spread = {("random:0", 0): 0.2, ("random:0", 1): 0.9, ("random:1", 0): 0.5}
+    better = runs({key: gap - 0.1 + 0.01 * i for i, (key, gap) in enumerate(spread.items())})
+    diff = paired_difference(better + runs({("random:9", 0): 5.0}), runs(spread))
+    assert diff is not None
+    assert diff[0] == pytest.approx(-0.09) and diff[1] == pytest.approx(0.01 / 3**0.5)
+    assert paired_difference(better[:1], runs(spread)) is None  # one pair: no spread to read
+    first, second = summarise(runs(spread)), summarise(better)
+    table = markdown([{"params": {"a": 1}, **first}, {"params": {"a": 2}, **second}], [])
+    assert "(paired)" in table and "-0.09 ± 0.01" in table
+    assert "(paired)" not in markdown([{"params": {"a": 1}, **first}], [])
+
+
 def test_the_generated_text_set_is_seeded_and_flips_exactly_the_requested_share_of_labels() -> None:
     from bench.textgen import generate
 
