@@ -128,6 +128,9 @@ BIN_MEANS = "ugradsl_plus (default, each rank aiming at its bin's mean held-out 
 # Stop 40: each forget sample ranked among all of D_f's latest losses rather than its batch's
 # (``bound_ranks``), so the held-out tail is aimed at.
 FORGET_RANKS = "ugradsl_plus (default, ranks taken among all of D_f)"
+# Stop 40: the default with the tail (ranks reading a held-out loss above ln 2) pushed to its nearest wrong
+# class instead of ascending (``push``); stop 28 ran it at p 0.6 beside an older default (NEAREST_TAIL).
+TAIL_PUSH = "ugradsl_plus (default, tail pushed to its nearest wrong class)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -254,6 +257,7 @@ ROWS = [
     Row(SHRUNK, "ugradsl_plus", _fixed({"pushes_shrink": 1.0})),
     Row(BIN_MEANS, "ugradsl_plus", _fixed({"bound_targets": "mean"})),
     Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
+    Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

@@ -17,7 +17,9 @@ Ranks within a batch of B never aim above the held-out quantile 1 - 1/(2B): the 
 retrained model misclassifies (its hardest ~2% of D_f) is never aimed at. ``ranks="forget"`` ranks each
 sample among D_f's latest losses instead (each row's loss when the run last read it, starting from a pass
 over D_f before the first step), so the targets of the whole forget set follow the held-out distribution,
-its tail included, one sample per quantile: a 1-D monotone transport of D_f's losses onto held-out ones.
+its tail included, one sample per quantile: a 1-D monotone transport of D_f's losses onto held-out ones;
+``ranks="both"`` aims at the larger of the two targets. Both lost on most tuning models (docs/methods.md,
+stop 40), so batch ranks stay the default.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class HeldoutBound:
     # the quantiles r / B and (r + 1) / B, so a batch's targets average to the held-out mean (exactly where
     # B divides the number of held-out losses), the heavy tail included
     by: str = "midpoint"  # one of params.BOUND_TARGETS
-    ranks: str = "batch"  # one of params.BOUND_RANKS: rank within the forget batch, or among all of D_f
+    ranks: str = "batch"  # params.BOUND_RANKS: within the batch, among all of D_f, or the larger target
     latest: torch.Tensor | None = None  # (n_f,) ranks="forget": each forget row's loss when last read
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
@@ -63,11 +65,13 @@ class HeldoutBound:
     def targets(self, loss: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the held-out loss that each forget sample's rank aims at (``by``): its rank within the
         batch, or, given the batch's ``rows`` of D_f while tracking (``track``), among D_f's latest losses."""
-        if self.latest is not None and rows is not None:
-            ranked = self.latest.sort().values  # (n_f,)
-            rank = torch.searchsorted(ranked, loss.detach().float()).clamp(max=len(ranked) - 1).float()
-            return self._aim(rank, len(self.latest))
-        return self._aim(loss.argsort().argsort().float(), len(loss))  # 0 = the batch's most confident
+        in_batch = self._aim(loss.argsort().argsort().float(), len(loss))  # rank 0: most confident
+        if self.latest is None or rows is None:
+            return in_batch
+        ranked = self.latest.sort().values  # (n_f,)
+        rank = torch.searchsorted(ranked, loss.detach().float()).clamp(max=len(ranked) - 1).float()
+        in_forget = self._aim(rank, len(ranked))
+        return torch.maximum(in_batch, in_forget) if self.ranks == "both" else in_forget
 
     def _aim(self, rank: torch.Tensor, b: int) -> torch.Tensor:
         """(B,) the held-out loss that rank r of ``b`` ranked losses reads under ``by``."""

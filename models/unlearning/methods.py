@@ -323,7 +323,7 @@ def _run(
     net, params = part.net, part.params
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
-    if bound is not None and bound.ranks == "forget":  # ranks among D_f, as the trained network reads it
+    if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",

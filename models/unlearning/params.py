@@ -20,7 +20,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 BOUND_TARGETS = ("midpoint", "ends", "mean")  # HeldoutBound.by (models/unlearning/bounds.py)
-BOUND_RANKS = ("batch", "forget")  # HeldoutBound.ranks
+BOUND_RANKS = ("batch", "forget", "both")  # HeldoutBound.ranks
 RELABEL = ("salun", "wrong")
 PUSH = ("ascent", "nearest", "nearest_tail")
 _TRAIN_SHARE_DOC = (
@@ -179,7 +179,8 @@ class UGradSLParams(GradientParams):
         choices=BOUND_RANKS,
         doc="bound_by='heldout': what a forget sample's rank r is taken among: batch = its forget batch (B "
         "ranks, which never aim above the held-out quantile 1 - 1/(2B)) | forget = D_f's latest losses "
-        "(B = |D_f|, each row's loss when the run last read it), so D_f's targets cover the held-out tail",
+        "(B = |D_f|, each row's loss when the run last read it), so D_f's targets cover the held-out tail | "
+        "both = the larger of the two targets",
     )
     retain_passes: float = _f(2.0, 1.0, 1000.0, doc=_RETAIN_PASSES_DOC)
     class_epochs: float = _f(0.0, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))

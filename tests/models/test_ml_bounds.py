@@ -64,6 +64,10 @@ def test_ranks_among_the_forget_set_reach_the_heldout_tail_and_follow_the_latest
     assert bound.targets(loss, rows).tolist() == pytest.approx([1.0, 0.9])  # ranks 19 and 17 now
     live = bound.live(loss, torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool), rows)
     assert live.tolist() == [False, True]  # 5.0 is above the held-out maximum; 0.18 below its 0.9
+    bound.ranks = "both"  # the larger of the batch's target (ranks 0, 1 of 2: 0.3, 0.8) and D_f's
+    low = torch.tensor([0.0, 0.01])  # D_f's lowest: its targets read 0.1
+    assert bound.targets(low, torch.tensor([1, 2])).tolist() == pytest.approx([0.3, 0.8])
+    assert bound.targets(loss, rows).tolist() == pytest.approx([1.0, 0.9])
 
 
 def test_ranks_among_the_forget_set_push_its_hardest_samples_further(
