@@ -65,13 +65,15 @@ class HeldoutBound:
     def targets(self, loss: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the held-out loss that each forget sample's rank aims at (``by``): its rank within the
         batch, or, given the batch's ``rows`` of D_f while tracking (``track``), among D_f's latest losses."""
-        in_batch = self._aim(loss.argsort().argsort().float(), len(loss))  # rank 0: most confident
         if self.latest is None or rows is None:
-            return in_batch
+            return self._in_batch(loss)
         ranked = self.latest.sort().values  # (n_f,)
         rank = torch.searchsorted(ranked, loss.detach().float()).clamp(max=len(ranked) - 1).float()
         in_forget = self._aim(rank, len(ranked))
-        return torch.maximum(in_batch, in_forget) if self.ranks == "both" else in_forget
+        return torch.maximum(self._in_batch(loss), in_forget) if self.ranks == "both" else in_forget
+
+    def _in_batch(self, loss: torch.Tensor) -> torch.Tensor:
+        return self._aim(loss.argsort().argsort().float(), len(loss))  # rank 0: the most confident
 
     def _aim(self, rank: torch.Tensor, b: int) -> torch.Tensor:
         """(B,) the held-out loss that rank r of ``b`` ranked losses reads under ``by``."""
