@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from models.datasets import SampleDataset
+
+# How a run that trains only the last layers gets its frozen front's outputs for a set of samples
+# (``models.unlearning.last_layers.features`` unless the caller keeps them: ``FeatureCache.bound``).
+FrontFeatures = Callable[["nn.Module", "SampleDataset", torch.device], "SampleDataset"]
 
 
 class Cancelled(Exception):
@@ -25,6 +34,7 @@ class Hooks:
     check_every: int = 10
     on_batch: Callable[[torch.Tensor], None] | None = None  # row indices of each training batch (audits)
     on_plan: Callable[[dict[str, Any]], None] | None = None  # what each run decided before its first step
+    front_features: FrontFeatures | None = None  # D_f's and D_r's front outputs (None: computed each run)
 
     def step(self, done: int, total: int) -> None:
         """Call after step ``done`` of ``total``: report progress, raise Cancelled if asked to stop."""

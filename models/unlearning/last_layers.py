@@ -165,7 +165,7 @@ def features(front: nn.Module, data: SampleDataset, device: torch.device) -> Sam
             parts = yb if isinstance(yb, dict) else {"": yb}
             for k, v in parts.items():
                 if k not in out:
-                    out[k] = _rows_like(v, len(data))
+                    out[k] = rows_like(v, len(data))
                 out[k][start : start + len(v)] = v
             start += B.rows(yb)
     finally:
@@ -173,7 +173,7 @@ def features(front: nn.Module, data: SampleDataset, device: torch.device) -> Sam
     return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
 
 
-def _rows_like(v: torch.Tensor, n: int) -> torch.Tensor:
+def rows_like(v: torch.Tensor, n: int) -> torch.Tensor:
     """An empty (n, ...) tensor shaped, typed and laid out as ``v``'s rows (a channels-last front output
     stays channels-last, as concatenating it would have kept it)."""
     last = v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=torch.channels_last)

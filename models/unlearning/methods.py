@@ -17,7 +17,7 @@ from models import batches as B
 from models.architectures import Classifier, build_model
 from models.batches import Loaded
 from models.datasets import SampleDataset
-from models.hooks import Hooks
+from models.hooks import FrontFeatures, Hooks
 from models.layout import cpu_channels_last
 from models.metrics import accuracy, per_sample_loss
 from models.training import TrainRecipe, lr_scheduler, train
@@ -275,6 +275,7 @@ def _trained_part(
     heldout: SampleDataset | None,
     params: GradientParams,
     size: Sizer | None = None,
+    front_features: FrontFeatures | None = None,
 ) -> _Part:
     """The network a run trains (the model, or its last layers: ``train_share``, see
     models/unlearning/last_layers.py) and the data it reads, as that network takes it.
@@ -284,20 +285,24 @@ def _trained_part(
     4.9 s run on the 60k model. The retain pool is drawn next, at the sized budget, so only rows the run
     reads go through the front; held-out rows only for ``select_checks`` (the held-out bound was measured
     on the whole model before). Should the pool's features not fit ``FEATURE_BYTES`` beside D_f's, the run
-    trains the whole model."""
+    trains the whole model. ``front_features`` (``Hooks``): how D_f's and the pool's front outputs are
+    got, where the caller keeps them between runs (``models.unlearning.feature_cache``); held-out rows
+    are another set's, and are always computed."""
     device = model_device(model)
+    front = front_features or features
     share = params.train_share if len(forget) else 0.0  # nothing to forget: no step, no front pass
     split = split_last_layers(model, share) if share > 0 else None
     if split is not None and not fits(split, forget, len(forget), device):
         split = None
-    net, seen = (split.tail, features(split.front, forget, device)) if split is not None else (model, forget)
+    net, seen = (split.tail, front(split.front, forget, device)) if split is not None else (model, forget)
     about: dict[str, Any] = {}
     if size is not None:
         params, about = size(net, seen, params)
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):
-        rest = [features(split.front, s, device) if len(s) else s for s in rest]
+        ways = [front, features]  # the pool is D_r's rows; held-out rows are another set's
+        rest = [way(split.front, s, device) if len(s) else s for way, s in zip(ways, rest, strict=False)]
     else:
         net, seen = model, forget
     return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about)
@@ -319,7 +324,7 @@ def _run(
 ) -> _Part:
     """Run ``objective`` on what ``_trained_part`` gives and return that part: the network it trained, in
     place, and the data as that network read it (checks after the run need no pass through the front)."""
-    part = _trained_part(model, forget, retain, heldout, params, size)
+    part = _trained_part(model, forget, retain, heldout, params, size, hooks.front_features)
     net, params = part.net, part.params
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
