@@ -19,11 +19,12 @@ from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import SetScores, evaluate, forgotten_classes, score_set
 from models.unlearning import run_method
+from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_class, params_to_dict, parse_params
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
-from workers import failpoints, gates, kept_scores
+from workers import failpoints, front_cache, gates, kept_scores
 from workers.datasets import DatasetRef, load_registered
 from workers.device import precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
@@ -175,6 +176,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
         runs: list[dict[str, Any]] = []  # what each run of the method decided: its steps, rows, sizing
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
+        cache, rows = front_cache.feature_cache(settings), front_cache.source(ctx.train)
+        if cache is not None and rows is not None:
+            hooks.front_features = cache.bound(rows)
+        kept_before = dataclasses.replace(cache.stats) if cache is not None else None
         started = time.perf_counter()
         with precision(settings.precision, device):
             model = run_method(
@@ -194,6 +199,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "metrics": metrics,
                 "gate_failures": failures,
                 "passed": not failures,
+                **front_rows(cache, kept_before),
             }
         )
         store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
@@ -203,6 +209,19 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
+
+
+def front_rows(cache: FeatureCache | None, before: CacheStats | None) -> dict[str, Any]:
+    """Rows this attempt's runs passed through a frozen front and rows they read back from the process's
+    cache (``workers.front_cache``): an audit of how a job's cost came about."""
+    if cache is None or before is None:
+        return {}
+    return {
+        "front_rows": {
+            "computed": cache.stats.computed - before.computed,
+            "kept": cache.stats.read - before.read,
+        }
+    }
 
 
 def publish(

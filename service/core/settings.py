@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     # decoding and disk reads overlap the model's compute. 0 reads in the worker itself. Datasets held in
     # memory do not use them.
     loader_workers: int = Field(2, ge=0, le=64, validation_alias=AliasChoices("UNLEARN_LOADER_WORKERS"))
+    # Front outputs of training rows kept in each worker process between jobs, so a job on a model whose
+    # versions train only their last layers passes only rows it has not seen through the frozen front
+    # (workers/front_cache.py). A 60k-image Fashion-MNIST small_cnn takes 0.75 GB. 0 turns it off.
+    feature_cache_bytes: int = Field(
+        2 * 1024**3, ge=0, validation_alias=AliasChoices("UNLEARN_FEATURE_CACHE_BYTES")
+    )
 
     # Writes (POST/PUT/PATCH/DELETE under /v1) per API key: a token bucket refilled at this many per
     # second up to the burst; over it -> 429 with Retry-After. Shared through Redis when the broker is
