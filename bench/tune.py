@@ -129,7 +129,8 @@ def evaluate_point(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
         env = environment(args.setting, args.model_seed, case, args.device, args.cache, args.floor)
         for run_seed in args.run_seeds or [None]:
             run_params = params if run_seed is None or "seed" in params else {**params, "seed": run_seed}
-            model, seconds = _run_row(Row("tune", args.method, _fixed({})), env.original, env.forget,
+            row = Row("tune", args.method, _fixed({}), front="kept" if args.kept_front else "computed")
+            model, seconds = _run_row(row, env.original, env.forget,
                                       env.retain, run_params, env.heldout)  # fmt: skip
             metrics = score(model, env.forget, env.retain, env.test)
             gap = avg_gap(metrics, env.reference)
@@ -243,6 +244,12 @@ def main() -> None:
         "--floor",
         action="store_true",
         help="train a second retrain per case and rank by the closable gap closed (beyond the noise floor)",
+    )
+    ap.add_argument(
+        "--kept-front",
+        action="store_true",
+        help="time every run with its frozen front's outputs kept from an earlier, untimed run (a worker's "
+        "cache, as for a model's later deletions); the unlearned models are the same",
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--jobs", type=int, default=1, help="grid points evaluated in parallel processes")
