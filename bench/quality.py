@@ -38,16 +38,20 @@ from typing import Any
 
 import torch
 
+from models import batches as B
 from models.architectures import build_model
 from models.calibration import split_test_set
 from models.checkpoints import load_checkpoint, save_checkpoint
 from models.datasets import SampleDataset, load_dataset, load_digits_split
-from models.hooks import Hooks
+from models.hooks import FrontFeatures, Hooks
+from models.layout import cpu_channels_last
 from models.metrics import avg_gap, evaluate, forgotten_classes
 from models.process import warm_up
 from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train
 from models.unlearning import run_method
 from models.unlearning.feature_cache import FeatureCache
+from models.unlearning.last_layers import split_last_layers
+from models.unlearning.params import parse_params
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
@@ -228,9 +232,9 @@ class Row:
     method: str | None  # None: the original, unchanged
     params: Callable[[dict[str, Any], str], dict[str, Any]]  # (original's metrics, scenario) -> params
     heldout: str = "reference"  # the method's held-out data: the setting's reference, or "test"
-    # "computed": the run passes its rows through a frozen front itself; "kept": an earlier job on the same
+    # "computed": the run passes its rows through a frozen front itself; "kept": earlier jobs on the same
     # front read them (a worker's cache, models/unlearning/feature_cache.py), as for every deletion after
-    # the first few on a model: an untimed run of the row fills a cache that the timed run reads
+    # the first few on a model: the cache is filled with every training row, untimed (``kept_front``)
     front: str = "computed"
 
 
@@ -382,9 +386,35 @@ def _run_row(
     warm_up()  # the process's one-time costs are not this row's (a worker pays them when it starts)
     hooks = Hooks()
     if row.front == "kept":
-        hooks.front_features = FeatureCache(max_bytes=2**40).bound("train")
-        run_method(row.method, copy.deepcopy(original), forget, retain, params, hooks, heldout=heldout)
+        hooks.front_features = kept_front(original, forget, retain, row.method, params)
     return _timed(lambda: run_method(row.method, model, forget, retain, params, hooks, heldout=heldout))
+
+
+def kept_front(
+    original: torch.nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    method: str,
+    params: dict[str, Any],
+) -> FrontFeatures | None:
+    """A cache holding the front's outputs of every training row (D_f and D_r, in a seeded order, as
+    earlier jobs on the model would have read them), for a run of ``method`` with ``params``: the run
+    gathers its rows from it as a worker's later jobs do. (Filled by the run itself, the cache would hand
+    the timed run back its rows in the order it computed them, views rather than a gather.)"""
+    share = getattr(parse_params(method, params), "train_share", 0.0)
+    model = copy.deepcopy(original)
+    split = split_last_layers(model, share) if share > 0 else None
+    if split is None:
+        return None
+    rows = SampleDataset(
+        B.cat([forget.x, retain.x]), torch.cat([forget.y, retain.y]), forget.ids + retain.ids
+    )
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+    cache = FeatureCache(max_bytes=2**40)
+    device = next(original.parameters()).device
+    with cpu_channels_last(model):  # the layout a run computes its rows in (``run_method``)
+        cache.features(split.front, rows.subset(order), device, "train")
+    return cache.bound("train")
 
 
 def _cached(

@@ -248,8 +248,8 @@ def main() -> None:
     ap.add_argument(
         "--kept-front",
         action="store_true",
-        help="time every run with its frozen front's outputs kept from an earlier, untimed run (a worker's "
-        "cache, as for a model's later deletions); the unlearned models are the same",
+        help="time every run with its frozen front's outputs of every training row kept (a worker's cache, "
+        "as for a model's later deletions; filled untimed); the unlearned models are the same",
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--jobs", type=int, default=1, help="grid points evaluated in parallel processes")

@@ -34,34 +34,45 @@ from models.unlearning.last_layers import features, rows_like
 
 @dataclass
 class _Rows:
-    """One front's outputs: ``values[name][index[id]]`` is sample ``id``'s value ``name`` ("" when the
-    front gives one tensor)."""
+    """One front's outputs, in the chunks that runs computed: chunk ``c`` holds rows ``starts[c]`` on, and
+    ``index[id]`` is sample ``id``'s row. Each value of a chunk is one tensor (its name "" when the front
+    gives one). Why chunks and not one growing tensor: growing copied every kept row at every run that
+    added some (0.75 GB on the 60k model)."""
 
     index: dict[str, int] = field(default_factory=dict)
-    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
 
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in self.values.values())
+        return sum(t.element_size() * t.numel() for c in self.chunks for t in c.values())
 
-    def add(self, ids: list[str], fresh: SampleDataset) -> None:
-        parts = fresh.x if isinstance(fresh.x, dict) else {"": fresh.x}
-        n = len(self.index)
-        for k, v in parts.items():
-            assert isinstance(v, torch.Tensor)
-            if n:  # fresh rows are a new tensor of ``features``': the first are kept as they are
-                grown = rows_like(v, n + len(v))
-                grown[:n] = self.values[k]
-                grown[n:] = v
-                v = grown
-            self.values[k] = v
-        self.index.update((sid, n + i) for i, sid in enumerate(ids))
+    def add(self, fresh: SampleDataset) -> None:
+        self.starts.append(len(self.index))
+        self.chunks.append(dict(fresh.x) if isinstance(fresh.x, dict) else {"": fresh.x})  # type: ignore[dict-item]
+        self.index.update((sid, self.starts[-1] + i) for i, sid in enumerate(fresh.ids))
 
     def take(self, data: SampleDataset) -> SampleDataset:
+        """``data``'s rows. Rows that one chunk holds in that order (a run's own, as it computed them) are
+        views of it, not copies: runs read their features and never write them."""
         rows = torch.tensor([self.index[sid] for sid in data.ids], dtype=torch.long)
-        out = {}
-        for k, v in self.values.items():
-            out[k] = rows_like(v, len(rows))
-            torch.index_select(v, 0, rows, out=out[k])
+        ends = [*self.starts[1:], len(self.index)]
+        out: dict[str, torch.Tensor] = {}
+        for start, end, chunk in zip(self.starts, ends, self.chunks, strict=True):
+            if len(rows) and start <= int(rows[0]) and int(rows[0]) + len(rows) <= end:
+                first = int(rows[0])
+                if torch.equal(rows, torch.arange(first, first + len(rows))):
+                    out = {k: v[first - start : first - start + len(rows)] for k, v in chunk.items()}
+                    break
+        else:
+            for start, end, chunk in zip(self.starts, ends, self.chunks, strict=True):
+                at = torch.nonzero((rows >= start) & (rows < end)).flatten()
+                for k, v in chunk.items():
+                    if k not in out:
+                        out[k] = rows_like(v, len(rows))
+                    if len(at) == len(rows):  # all from this chunk: straight into the output
+                        torch.index_select(v, 0, rows - start, out=out[k])
+                    elif len(at):
+                        out[k].index_copy_(0, at, v.index_select(0, rows[at] - start))
         return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
 
 
@@ -93,8 +104,7 @@ class FeatureCache:
         kept = self._fronts.pop(key, _Rows())
         missing = [i for i, sid in enumerate(data.ids) if sid not in kept.index]
         if missing:
-            fresh = features(front, data.subset(missing), device)
-            kept.add(fresh.ids, fresh)
+            kept.add(features(front, data.subset(missing), device))
             self.stats.computed += len(missing)
         self.stats.read += len(data) - len(missing)
         out = kept.take(data)
@@ -114,8 +124,9 @@ class FeatureCache:
 
 
 def fingerprint(front: nn.Module, device: torch.device) -> str:
-    """A hash of what a front's outputs depend on besides its inputs: its code, its tensors, the device
-    kind and the autocast in effect (a worker at ``UNLEARN_PRECISION=bf16`` computes bf16 outputs)."""
+    """A hash of what a front's outputs depend on besides its inputs: its code, its tensors and their
+    layouts (a channels-last convolution rounds differently: ``models.layout.cpu_channels_last``), the
+    device kind and the autocast in effect (a worker at ``UNLEARN_PRECISION=bf16`` computes bf16 outputs)."""
     cast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
     h = hashlib.sha256(f"{device.type}:{cast}".encode())
     h.update(repr(front).encode())
@@ -123,6 +134,6 @@ def fingerprint(front: nn.Module, device: torch.device) -> str:
         if isinstance(m, fx.GraphModule):
             h.update(m.code.encode())
     for name, t in front.state_dict().items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:{t.stride()}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

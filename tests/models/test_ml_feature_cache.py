@@ -80,6 +80,9 @@ def test_another_front_or_another_source_is_computed_again() -> None:
     assert cache.stats.computed == 24
     assert not torch.allclose(again.x, before)  # type: ignore[arg-type]
     assert torch.allclose(again.x, features(split.front, data, CPU).x)  # type: ignore[arg-type]
+    model.to(memory_format=torch.channels_last)  # the same weights laid out as a CPU run lays them
+    cache.features(split.front, data, CPU, "train")
+    assert cache.stats.computed == 32
 
 
 def test_the_cache_stays_within_its_bytes_dropping_the_least_recently_used_front() -> None:
