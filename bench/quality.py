@@ -43,7 +43,7 @@ from models.architectures import build_model
 from models.calibration import split_test_set
 from models.checkpoints import load_checkpoint, save_checkpoint
 from models.datasets import SampleDataset, load_dataset, load_digits_split
-from models.hooks import FrontFeatures, Hooks
+from models.hooks import Hooks
 from models.layout import cpu_channels_last
 from models.metrics import avg_gap, evaluate, forgotten_classes
 from models.process import warm_up
@@ -386,8 +386,12 @@ def _run_row(
     warm_up()  # the process's one-time costs are not this row's (a worker pays them when it starts)
     hooks = Hooks()
     if row.front == "kept":
-        hooks.front_features = kept_front(original, forget, retain, row.method, params)
+        cache = kept_front(original, forget, retain, row.method, params)
+        hooks.front_features = cache.bound(KEPT_SOURCE) if cache is not None else None
     return _timed(lambda: run_method(row.method, model, forget, retain, params, hooks, heldout=heldout))
+
+
+KEPT_SOURCE = "training set"  # the one source of a bench run's kept rows
 
 
 def kept_front(
@@ -396,7 +400,7 @@ def kept_front(
     retain: SampleDataset,
     method: str,
     params: dict[str, Any],
-) -> FrontFeatures | None:
+) -> FeatureCache | None:
     """A cache holding the front's outputs of every training row (D_f and D_r, in a seeded order, as
     earlier jobs on the model would have read them), for a run of ``method`` with ``params``: the run
     gathers its rows from it as a worker's later jobs do. (Filled by the run itself, the cache would hand
@@ -413,8 +417,8 @@ def kept_front(
     cache = FeatureCache(max_bytes=2**40)
     device = next(original.parameters()).device
     with cpu_channels_last(model):  # the layout a run computes its rows in (``run_method``)
-        cache.features(split.front, rows.subset(order), device, "train")
-    return cache.bound("train")
+        cache.features(split.front, rows.subset(order), device, KEPT_SOURCE)
+    return cache
 
 
 def _cached(

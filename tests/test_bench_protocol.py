@@ -289,3 +289,27 @@ def test_the_row_that_calibrates_on_half_the_test_set_is_graded_on_the_other_hal
         assert records[row]["floor"] == pytest.approx(floor)
         assert records[row]["original_gap"] == pytest.approx(avg_gap(orig, ref))
     assert records["as the service"]["original_gap"] != pytest.approx(records["plain"]["original_gap"])
+
+
+def test_the_kept_front_row_times_a_run_that_passes_none_of_its_rows_through_the_front() -> None:
+    """Were the bench's cache keyed apart from the run's (another layout, another trace), the row would
+    silently time a cold run."""
+    import copy
+
+    from bench.quality import KEPT_SOURCE, forget_split, kept_front
+    from models.architectures import build_model
+    from models.datasets import load_digits_split
+    from models.hooks import Hooks
+    from models.training import TrainRecipe, train
+    from models.unlearning import run_method
+
+    train_ds, test_ds = load_digits_split(seed=0)
+    torch.manual_seed(0)
+    model = train(build_model("small_cnn", image_size=8), train_ds, TrainRecipe(epochs=1))
+    forget, retain = forget_split(train_ds, "random", 0)
+    cache = kept_front(model, forget, retain, "ugradsl_plus", {})
+    assert cache is not None and cache.stats.computed == len(train_ds)
+    hooks = Hooks(front_features=cache.bound(KEPT_SOURCE))
+    run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {}, hooks, heldout=test_ds)
+    assert cache.stats.computed == len(train_ds) and cache.stats.read >= len(forget)
+    assert kept_front(model, forget, retain, "ugradsl_plus", {"train_share": 0.0}) is None
