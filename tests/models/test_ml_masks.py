@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +10,7 @@ from models.architectures import build_model
 from models.datasets import SampleDataset
 from models.unlearning import masks as M
 from models.unlearning import run_method
+from models.unlearning.engine import sgd
 from models.unlearning.methods import salun_mask
 
 
@@ -112,11 +114,13 @@ def test_prob_step_equals_and_step_when_micro_batches_are_identical() -> None:
     assert changed > 0
 
 
-def test_a_coordinate_masked_at_one_step_does_not_move_at_the_next_where_its_gradient_is_zero() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["per-tensor", "fused (the step loops')"])
+def test_a_coordinate_masked_at_one_step_does_not_move_at_the_next_where_its_gradient_is_zero(fused) -> None:
     """SGD's momentum must not remember a vetoed gradient: masked at step 1 (gradient 5), kept at step 2
     with gradient 0, the coordinate stays where it was."""
     w = nn.Parameter(torch.tensor([1.0, 1.0]))
-    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    opt = sgd([w], 0.1, 0.9, 0.0) if fused else torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    assert bool(opt.defaults["fused"]) == fused
     w.grad = torch.tensor([5.0, 5.0])
     M.masked_step(opt, [w], [torch.tensor([False, True])], binary=True)
     assert w[0].item() == 1.0 and w[1].item() < 1.0
@@ -166,3 +170,21 @@ def test_with_few_groups_the_agreement_is_less_certain_than_the_normal_claims() 
     # Exact zeros of the standard error keep the noise-free limit.
     exact = agreement_probability(mean_u, torch.zeros(3), mean_c, torch.zeros(3), dof=3)
     assert exact.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_fused_step_agrees_with_the_per_tensor_one_to_float_rounding() -> None:
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    opts = [torch.optim.SGD(nets[0].parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4),
+            sgd(list(nets[1].parameters()), 0.05, 0.9, 5e-4)]  # fmt: skip
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    for _ in range(50):
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b, s in zip(nets[0].parameters(), nets[1].parameters(), start, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+        assert not torch.allclose(a, s, atol=1e-3, rtol=0)  # both moved well beyond the difference
