@@ -6,7 +6,8 @@ never per sample.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +213,7 @@ def evaluate(
     seed: int = 0,
     forgotten_classes: Iterable[int] | None = None,
     test_scores: SetScores | None = None,
+    train_scores: Callable[[SampleDataset], SetScores] | None = None,
 ) -> dict[str, float | int | None]:
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
@@ -231,10 +233,14 @@ def evaluate(
     seeded permutation of D_r (``_member_sample``), so one pass over the longer serves both; the
     attack's non-members are D_te or a seeded sample of it (``mia_sets``), read off the test pass.
     ``test_scores``: this model's ``score_set`` on ``test``, kept from an earlier scoring (a version's
-    scores on the scoring data depend on nothing a deletion changes); then D_te is not read at all."""
+    scores on the scoring data depend on nothing a deletion changes); then D_te is not read at all.
+    ``train_scores``: how rows of the training set (D_f, D_r's sample) are scored, where the caller has a
+    cheaper way to ``score_set(model, rows)`` (a worker passes them through the front's kept outputs and
+    the last layers: ``workers.front_cache``)."""
+    scored = train_scores or functools.partial(score_set, model)
     n_ra = min(len(retain), retain_sample)
     n_members = min(len(retain), len(test))  # as ``mia_sets``
-    retained = score_set(model, _member_sample(retain, max(n_ra, n_members), seed))
+    retained = scored(_member_sample(retain, max(n_ra, n_members), seed))
     if test_scores is None:
         test_scores = score_set(model, test)
     elif len(test_scores) != len(test):
@@ -251,7 +257,7 @@ def evaluate(
         "test_count": len(test),
     }
     if len(forget):
-        forgot = score_set(model, forget)
+        forgot = scored(forget)
         out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]

@@ -11,8 +11,15 @@ is dropped when the process ends; a job on another process computes its rows as 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+from torch import nn
+
+from models.datasets import SampleDataset
+from models.layout import cpu_channels_last
+from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
+from models.unlearning.last_layers import split_last_layers
 from service.core.settings import Settings
 from workers.datasets import HASHED_KINDS, DatasetRef
 
@@ -36,3 +43,26 @@ def source(ref: DatasetRef) -> str | None:
     if ref.kind in HASHED_KINDS and ref.sha256 is None:
         return None
     return json.dumps([ref.kind, ref.uri, ref.sha256, ref.features], sort_keys=True, default=str)
+
+
+def train_scores(
+    model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None
+) -> Callable[[SampleDataset], SetScores] | None:
+    """How ``evaluate`` scores ``model`` on training rows through the cache: the front's kept outputs of
+    those rows (computed and kept where missing), then the last layers, split where a run at
+    ``train_share`` = ``share`` splits them. Why: a job scores the base version and its result on D_f and
+    a 10k sample of D_r, two full passes each, and those versions share the front its run read the rows
+    through; on the 60k model the two scorings were 40% of a job. The scores are the model's own, to
+    float32 rounding. None (score the whole model) without a cache, a source or a split."""
+    split = split_last_layers(model, share) if cache is not None and rows is not None and share > 0 else None
+    if split is None or cache is None or rows is None:
+        return None
+    device = next(model.parameters()).device
+    front, tail, kept, source = split.front, split.tail, cache, rows
+
+    def scores(data: SampleDataset) -> SetScores:
+        with cpu_channels_last(model):  # the layout a run computes its rows in, so they are the same rows
+            seen = kept.features(front, data, device, source) if len(data) else data
+        return score_set(tail, seen)
+
+    return scores

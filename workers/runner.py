@@ -142,8 +142,13 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
     classes = forgotten_classes(train.y, retain.y)
 
-    def score(model: torch.nn.Module, kept: SetScores | None = None) -> tuple[dict[str, Any], SetScores]:
-        # Graded only on data the method never read: the scoring part of the held-out data.
+    cache, rows = front_cache.feature_cache(settings), front_cache.source(ctx.train)
+
+    def score(
+        model: torch.nn.Module, share: float, kept: SetScores | None = None
+    ) -> tuple[dict[str, Any], SetScores]:
+        # Graded only on data the method never read: the scoring part of the held-out data. Training rows
+        # through the front's kept outputs where the method trains the last layers at ``share``.
         test_scores = kept if kept is not None else score_set(model, parts.scoring)
         metrics = evaluate(
             model,
@@ -152,8 +157,14 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             test=parts.scoring,
             forgotten_classes=classes,
             test_scores=test_scores,
+            train_scores=front_cache.train_scores(model, share, cache, rows),
         )
         return dict(metrics), test_scores
+
+    def share_of(method: str, raw: dict[str, Any]) -> float:
+        return float(
+            getattr(parse_params(method, with_recipe(method, raw, ctx.train_recipe)), "train_share", 0)
+        )
 
     rep.phase(JobPhase.EVALUATE_BASE, 0.05, 0.1)
     key = kept_scores.scoring_key(ctx.test, parts, torch.device(device))
@@ -162,7 +173,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         len(parts.scoring),
         ctx.base_test_scores_sha256,
     )
-    base_metrics, _ = score(base_model, kept)
+    base_metrics, _ = score(base_model, share_of(ctx.method, ctx.params), kept)
     data_roles["base_test_scores"] = "kept" if kept is not None else "scored"
 
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
@@ -176,7 +187,6 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
         runs: list[dict[str, Any]] = []  # what each run of the method decided: its steps, rows, sizing
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
-        cache, rows = front_cache.feature_cache(settings), front_cache.source(ctx.train)
         if cache is not None and rows is not None:
             hooks.front_features = cache.bound(rows)
         kept_before = dataclasses.replace(cache.stats) if cache is not None else None
@@ -188,7 +198,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         synchronize(device)
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
-        scored, test_scores = score(model)
+        scored, test_scores = score(model, float(getattr(params, "train_share", 0)))
         metrics = {**scored, "runtime_s": runtime}
         failures = gates.check(ctx.gates, base_metrics, metrics)
         attempts.append(
