@@ -101,7 +101,7 @@ class FeatureCache:
         """``last_layers.features(front, data, device)``, from the rows kept for ``front`` and ``source``
         where there are, computing (and keeping) only the others."""
         key = (source, fingerprint(front, device))
-        kept = self._fronts.pop(key, _Rows())
+        kept = self._fronts.get(key) or _Rows()  # left in place: a pass that fails keeps what was kept
         missing = [i for i, sid in enumerate(data.ids) if sid not in kept.index]
         if missing:
             kept.add(features(front, data.subset(missing), device))
@@ -109,9 +109,12 @@ class FeatureCache:
         self.stats.read += len(data) - len(missing)
         out = kept.take(data)
         if kept.nbytes() <= self.max_bytes:
-            self._fronts[key] = kept  # most recently used last
+            self._fronts[key] = kept
+            self._fronts.move_to_end(key)  # most recently used last
             while self.nbytes() > self.max_bytes:
                 self._fronts.popitem(last=False)
+        else:
+            self._fronts.pop(key, None)
         return out
 
     def bound(self, source: str) -> FrontFeatures:
