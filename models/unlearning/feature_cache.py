@@ -56,23 +56,24 @@ class _Rows:
         views of it, not copies: runs read their features and never write them."""
         rows = torch.tensor([self.index[sid] for sid in data.ids], dtype=torch.long)
         ends = [*self.starts[1:], len(self.index)]
+        first = int(rows[0]) if len(rows) else 0
+        in_order = len(rows) > 0 and torch.equal(rows, torch.arange(first, first + len(rows)))
         out: dict[str, torch.Tensor] = {}
         for start, end, chunk in zip(self.starts, ends, self.chunks, strict=True):
-            if len(rows) and start <= int(rows[0]) and int(rows[0]) + len(rows) <= end:
-                first = int(rows[0])
-                if torch.equal(rows, torch.arange(first, first + len(rows))):
-                    out = {k: v[first - start : first - start + len(rows)] for k, v in chunk.items()}
-                    break
-        else:
-            for start, end, chunk in zip(self.starts, ends, self.chunks, strict=True):
-                at = torch.nonzero((rows >= start) & (rows < end)).flatten()
-                for k, v in chunk.items():
-                    if k not in out:
-                        out[k] = rows_like(v, len(rows))
-                    if len(at) == len(rows):  # all from this chunk: straight into the output
-                        torch.index_select(v, 0, rows - start, out=out[k])
-                    elif len(at):
-                        out[k].index_copy_(0, at, v.index_select(0, rows[at] - start))
+            at = torch.nonzero((rows >= start) & (rows < end)).flatten()
+            if in_order and len(at) == len(rows):
+                lo = first - start  # one run of this chunk, in order: a view
+                out = {k: v[lo : lo + len(rows)] for k, v in chunk.items()}
+                break
+            if len(rows) and not len(at):
+                continue
+            for k, v in chunk.items():
+                if k not in out:
+                    out[k] = rows_like(v, len(rows))
+                if len(at) == len(rows):  # all from this chunk: straight into the output
+                    torch.index_select(v, 0, rows - start, out=out[k])
+                elif len(at):
+                    out[k].index_copy_(0, at, v.index_select(0, rows[at] - start))
         return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
 
 

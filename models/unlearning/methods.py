@@ -301,8 +301,8 @@ def _trained_part(
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):
-        ways = [front, features]  # the pool is D_r's rows; held-out rows are another set's
-        rest = [way(split.front, s, device) if len(s) else s for way, s in zip(ways, rest, strict=False)]
+        pool = front(split.front, pool, device) if len(pool) else pool  # held-out rows: another set's
+        rest = [pool, *(features(split.front, s, device) if len(s) else s for s in rest[1:])]
     else:
         net, seen = model, forget
     return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about)
