@@ -128,7 +128,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     rep.phase(JobPhase.LOAD, 0.0, 0.05)
 
     def load(ref: DatasetRef) -> SampleDataset:
-        return load_registered(ref, workers=settings.loader_workers)
+        return load_registered(ref, workers=settings.loader_workers, keep_bytes=settings.dataset_cache_bytes)
 
     train, test = load(ctx.train), load(ctx.test)
     parts = held_out(test, load(ctx.heldout) if ctx.heldout else None)

@@ -100,7 +100,8 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
         model = build_model(arch, **kwargs)
         load_weights(model, uri, sha256=sha256, device=device)
         model.to(device)
-        train_ds, test_ds = (load_registered(src) for src in sources)
+        keep = settings.dataset_cache_bytes  # a job on this model in this process reads them back
+        train_ds, test_ds = (load_registered(src, keep_bytes=keep) for src in sources)
         # Samples the model cannot read fail here, explained (what it expects, what the data holds, the
         # declaration that fixes it), not with the framework's message from inside the first layer.
         check_model_reads(
@@ -111,7 +112,7 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
         )
         heldout_ds = None
         if heldout_source is not None:
-            heldout_ds = load_registered(heldout_source[0])
+            heldout_ds = load_registered(heldout_source[0], keep_bytes=keep)
             check_model_reads(model, arch, kwargs, [Role("held-out set", heldout_source[1], heldout_ds)])
         # features/head on the training set's own samples: the same inputs every job will feed it.
         check_contract(model, batches.to(batches.window(train_ds.x, 0, 2), device), kwargs["num_classes"])
