@@ -19,9 +19,9 @@ from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
-from models.unlearning.last_layers import split_last_layers
+from models.unlearning.last_layers import Split, split_last_layers
 from service.core.settings import Settings
-from workers.datasets import HASHED_KINDS, DatasetRef
+from workers.datasets import HASHED_KINDS, PARTLY_HASHED, DatasetRef
 
 _cache: FeatureCache | None = None
 
@@ -39,30 +39,50 @@ def feature_cache(settings: Settings) -> FeatureCache | None:
 def source(ref: DatasetRef) -> str | None:
     """What a registered dataset's rows are, as the cache keys them: its files' hash (checked at every
     load: ``workers.datasets``) and how they are read. None where the file is not checked (a dataset
-    registered before hashes were kept): it may have changed under the same path, so nothing is kept."""
-    if ref.kind in HASHED_KINDS and ref.sha256 is None:
+    registered before hashes were kept): it may have changed under the same path, so nothing is kept; and
+    for a manifest, whose hash does not cover the images it names."""
+    if (ref.kind in HASHED_KINDS and ref.sha256 is None) or ref.kind in PARTLY_HASHED:
         return None
     return json.dumps([ref.kind, ref.uri, ref.sha256, ref.features], sort_keys=True, default=str)
 
 
-def train_scores(
+def scores(
     model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None
 ) -> Callable[[SampleDataset], SetScores] | None:
-    """How ``evaluate`` scores ``model`` on training rows through the cache: the front's kept outputs of
-    those rows (computed and kept where missing), then the last layers, split where a run at
-    ``train_share`` = ``share`` splits them. Why: a job scores the base version and its result on D_f and
-    a 10k sample of D_r, two full passes each, and those versions share the front its run read the rows
-    through; on the 60k model the two scorings were 40% of a job. The scores are the model's own, to
+    """How to score ``model`` on rows of ``rows`` (a source) through the cache: the front's kept outputs
+    of those rows (computed and kept where missing), then the last layers, split where a run at
+    ``train_share`` = ``share`` splits them. Why: a job scores the base version and its result on D_f, a
+    10k sample of D_r and the test set's scoring part, and those versions share the front its run read
+    the rows through; on the 60k model the scorings were 40% of a job. The scores are the model's own, to
     float32 rounding. None (score the whole model) without a cache, a source or a split."""
-    split = split_last_layers(model, share) if cache is not None and rows is not None and share > 0 else None
+    split = _split(model, share, cache, rows)
     if split is None or cache is None or rows is None:
         return None
     device = next(model.parameters()).device
     front, tail, kept, source = split.front, split.tail, cache, rows
 
-    def scores(data: SampleDataset) -> SetScores:
+    def scored(data: SampleDataset) -> SetScores:
         with cpu_channels_last(model):  # the layout a run computes its rows in, so they are the same rows
             seen = kept.features(front, data, device, source) if len(data) else data
         return score_set(tail, seen)
 
-    return scores
+    return scored
+
+
+def keep(
+    model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None, data: SampleDataset
+) -> int:
+    """Pass every row of ``data`` not kept yet through the front a run at ``train_share`` = ``share``
+    reads it through, and keep the outputs: the rows computed."""
+    split = _split(model, share, cache, rows)
+    if split is None or cache is None or rows is None or not len(data):
+        return 0
+    before = cache.stats.computed
+    with cpu_channels_last(model):  # as ``scores``: the layout a run computes its rows in
+        cache.features(split.front, data, next(model.parameters()).device, rows)
+    return cache.stats.computed - before
+
+
+def _split(model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None) -> Split | None:
+    """The model's front and last layers at ``share``, where there is a cache and a source to use them."""
+    return split_last_layers(model, share) if cache is not None and rows is not None and share > 0 else None

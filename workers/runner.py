@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -96,6 +97,12 @@ def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:
     store.close(state, error=error, timings=rep.finished_timings(), phase=phase, progress=progress)
 
 
+def train_share(method: str, raw: dict[str, Any], recipe: dict[str, Any]) -> float:
+    """The share of the weights a run of ``method`` with ``raw`` params trains (0: the whole model), so
+    the front it reads rows through is known before it runs (``workers.front_cache``)."""
+    return float(getattr(parse_params(method, with_recipe(method, raw, recipe)), "train_share", 0))
+
+
 def split(
     train: SampleDataset, new_ids: list[str], forgotten: set[str]
 ) -> tuple[SampleDataset, SampleDataset]:
@@ -142,14 +149,16 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
     classes = forgotten_classes(train.y, retain.y)
 
-    cache, rows = front_cache.feature_cache(settings), front_cache.source(ctx.train)
+    cache = front_cache.feature_cache(settings)
+    rows, test_rows = front_cache.source(ctx.train), front_cache.source(ctx.test)
 
     def score(
         model: torch.nn.Module, share: float, kept: SetScores | None = None
     ) -> tuple[dict[str, Any], SetScores]:
-        # Graded only on data the method never read: the scoring part of the held-out data. Training rows
-        # through the front's kept outputs where the method trains the last layers at ``share``.
-        test_scores = kept if kept is not None else score_set(model, parts.scoring)
+        # Graded only on data the method never read: the scoring part of the held-out data. Rows through
+        # the front's kept outputs where the method trains the last layers at ``share``.
+        on_test = front_cache.scores(model, share, cache, test_rows) or functools.partial(score_set, model)
+        test_scores = kept if kept is not None else on_test(parts.scoring)
         metrics = evaluate(
             model,
             forget=forget,
@@ -157,14 +166,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             test=parts.scoring,
             forgotten_classes=classes,
             test_scores=test_scores,
-            train_scores=front_cache.train_scores(model, share, cache, rows),
+            train_scores=front_cache.scores(model, share, cache, rows),
         )
         return dict(metrics), test_scores
-
-    def share_of(method: str, raw: dict[str, Any]) -> float:
-        return float(
-            getattr(parse_params(method, with_recipe(method, raw, ctx.train_recipe)), "train_share", 0)
-        )
 
     rep.phase(JobPhase.EVALUATE_BASE, 0.05, 0.1)
     key = kept_scores.scoring_key(ctx.test, parts, torch.device(device))
@@ -173,7 +177,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         len(parts.scoring),
         ctx.base_test_scores_sha256,
     )
-    base_metrics, _ = score(base_model, share_of(ctx.method, ctx.params), kept)
+    base_metrics, _ = score(base_model, train_share(ctx.method, ctx.params, ctx.train_recipe), kept)
     data_roles["base_test_scores"] = "kept" if kept is not None else "scored"
 
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]

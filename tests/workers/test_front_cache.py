@@ -4,12 +4,17 @@ next job on the version the last one published passes only rows it has not seen 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
+from service.core.db.engine import session_scope
+from service.core.db.tables import Dataset, Model, ModelVersion
 from service.core.settings import Settings
+from service.core.states import ModelStatus
 from tests.workers.test_jobs import demo  # noqa: F401 - a fixture
 from tests.workers.test_kept_scores import FIRST, SECOND, no_gates, run_job  # noqa: F401 - `no_gates` too
 from workers import front_cache
 from workers.datasets import DatasetRef
+from workers.validate import validate_model
 
 
 @pytest.fixture
@@ -32,12 +37,41 @@ def test_the_next_job_reads_the_rows_the_last_one_passed_through_the_front(
     # first: the run and the result's scoring read every row back, and no row went through it twice
     assert attempt["front_rows"]["kept"] >= run["forget_rows"] + run["retain_rows"]
     computed = front_cache.feature_cache(no_gates).stats.computed  # type: ignore[union-attr]
-    assert len(FIRST) < computed <= len(FIRST) + first.metrics["base"]["retain_count"]
+    base = first.metrics["base"]  # and the test set's scoring part, under a source of its own
+    assert len(FIRST) < computed <= len(FIRST) + base["retain_count"] + base["test_count"]
 
     second = run_job(no_gates, SECOND, base=2)  # on v2, whose front is v1's
     [again] = second.metrics["attempts"]
     assert again["front_rows"]["computed"] == 0 and again["front_rows"]["kept"] > 0
     assert front_cache.feature_cache(no_gates).stats.computed == computed  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_validation_keeps_every_training_row_so_the_first_job_computes_none(
+    no_gates: Settings,  # noqa: F811
+    empty_cache: None,
+) -> None:
+    """A model's first deletion reads its rows back as later ones do, when the worker that validated it
+    runs it; v1's metrics are the same as scored through the whole model."""
+    with session_scope(no_gates.resolved_database_url) as s:
+        model = s.scalars(select(Model)).one()
+        model.status = ModelStatus.VALIDATING
+        model_id, n_train = model.id, s.get_one(Dataset, model.train_dataset_id).num_samples
+        v1 = s.scalars(select(ModelVersion).where(ModelVersion.number == 1)).one()
+        whole = dict(v1.metrics)  # scored at the demo's registration, through the whole model
+    assert validate_model(no_gates, model_id) == "ready"
+    cache = front_cache.feature_cache(no_gates)
+    assert cache is not None
+    with session_scope(no_gates.resolved_database_url) as s:
+        kept = s.scalars(select(ModelVersion.metrics).where(ModelVersion.number == 1)).one()
+    for k in ("retain_accuracy", "test_accuracy", "retain_count", "test_count"):
+        assert kept[k] == whole[k], k
+    assert cache.stats.computed == n_train + kept["test_count"]  # every training row, and the scoring rows
+
+    [attempt] = run_job(no_gates, FIRST, base=1).metrics["attempts"]
+    run = attempt["runs"][0]
+    assert attempt["front_rows"]["computed"] == 0
+    assert attempt["front_rows"]["kept"] >= run["forget_rows"] + run["retain_rows"]
 
 
 @pytest.mark.slow
@@ -53,6 +87,8 @@ def test_rows_of_a_file_not_checked_at_load_are_not_kept() -> None:
     """A dataset registered before hashes were kept may have changed under the same path."""
     legacy = DatasetRef("npz", "/data/train.npz", None)
     assert front_cache.source(legacy) is None
+    # a manifest's hash covers the manifest, not its images: one replaced since is read, never kept rows
+    assert front_cache.source(DatasetRef("csv_manifest", "/data/m.csv", "ab" * 32)) is None
     hashed = front_cache.source(DatasetRef("npz", "/data/train.npz", "ab" * 32))
     other = front_cache.source(DatasetRef("npz", "/data/train.npz", "cd" * 32))
     declared = front_cache.source(DatasetRef("npz", "/data/train.npz", "ab" * 32, {"normalize": [0.5, 0.5]}))
@@ -74,7 +110,7 @@ def test_scores_through_the_kept_front_are_the_models_own() -> None:
     torch.manual_seed(0)
     model = train(build_model("small_cnn", image_size=8), train_ds, TrainRecipe(epochs=1))
     cache = FeatureCache(max_bytes=2**30)
-    scores = front_cache.train_scores(model, 0.7, cache, "digits")
+    scores = front_cache.scores(model, 0.7, cache, "digits")
     assert scores is not None
     rows = train_ds.subset(torch.arange(0, 300, 3))
     got, again, own = scores(rows), scores(rows), score_set(model, rows)
@@ -82,5 +118,5 @@ def test_scores_through_the_kept_front_are_the_models_own() -> None:
     for s in (got, again):
         assert np.array_equal(s.correct, own.correct)
         assert np.allclose(s.log_confidence, own.log_confidence, atol=1e-5)
-    assert front_cache.train_scores(model, 0.0, cache, "digits") is None  # the whole model: nothing to split
-    assert front_cache.train_scores(model, 0.7, None, "digits") is None
+    assert front_cache.scores(model, 0.0, cache, "digits") is None  # the whole model: nothing to split
+    assert front_cache.scores(model, 0.7, None, "digits") is None
