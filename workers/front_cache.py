@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
-from models.unlearning.last_layers import Split, split_last_layers
+from models.unlearning.last_layers import Split, features, split_last_layers
 from service.core.settings import Settings
 from workers.datasets import HASHED_KINDS, PARTLY_HASHED, DatasetRef
 
@@ -73,14 +74,19 @@ def keep(
     model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None, data: SampleDataset
 ) -> int:
     """Pass every row of ``data`` not kept yet through the front a run at ``train_share`` = ``share``
-    reads it through, and keep the outputs: the rows computed."""
+    reads it through, and keep the outputs: the rows computed. None where all of them would not fit the
+    cache (measured on the first row): the pass would be paid and its rows dropped."""
     split = _split(model, share, cache, rows)
     if split is None or cache is None or rows is None or not len(data):
         return 0
-    before = cache.stats.computed
+    device = next(model.parameters()).device
     with cpu_channels_last(model):  # as ``scores``: the layout a run computes its rows in
-        cache.features(split.front, data, next(model.parameters()).device, rows)
-    return cache.stats.computed - before
+        one = features(split.front, data.subset([0]), device).x
+        tensors = one.values() if isinstance(one, dict) else [one]
+        per_row = sum(t.element_size() * t.numel() for t in tensors if isinstance(t, torch.Tensor))
+        if per_row * len(data) > cache.max_bytes:
+            return 0
+        return cache.keep(split.front, data, device, rows)
 
 
 def _split(model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None) -> Split | None:

@@ -7,6 +7,7 @@ after `MAX_ATTEMPTS` of them the model is `invalid` instead of validated, and ki
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -82,8 +83,9 @@ def warm_front(
     """Pass every training row through the front that the model's default run trains behind, and keep
     the outputs in this process (``workers.front_cache``). Why: a model's first deletion otherwise pays
     that pass itself (on the 60k Fashion-MNIST model, more than half of its run); done here it is paid
-    once, at registration, and the first job on this worker reads its rows back as later jobs do. Best
-    effort: a model is never refused because its rows could not be kept."""
+    once, at registration, and the first job on this worker reads its rows back as later jobs do. Run
+    after the model is ready and its lease released, so it delays no job; skipped where the rows would
+    not fit the cache (``front_cache.keep``). Best effort: a failure is logged, nothing else."""
     cache = front_cache.feature_cache(settings)
     try:
         with precision(settings.precision, device):  # the context a job's run computes its rows in
@@ -100,12 +102,15 @@ def validate_model(settings: Settings, model_id: str) -> str:
             s, model_id, owner, settings.lease_seconds, takeover_seconds(settings.heartbeat_seconds)
         ):
             return "busy"
+    after: list[Callable[[], None]] = []
     try:
         with leases.kept(url, model_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
-            return _validate(settings, model_id, owner)
+            return _validate(settings, model_id, owner, after)
     finally:
         with session_scope(url) as s:
             leases.release(s, model_id, owner)
+        for then in after:  # the model is ready and free: a job may start on another worker meanwhile
+            then()
 
 
 def _finish(s: Session, m: Model, status: str, detail: str | None, metrics: dict[str, Any]) -> None:
@@ -117,7 +122,9 @@ def _finish(s: Session, m: Model, status: str, detail: str | None, metrics: dict
     log.info("model %s validated: %s %s", m.id, status, detail or "")
 
 
-def _validate(settings: Settings, model_id: str, owner: str) -> str:
+def _validate(settings: Settings, model_id: str, owner: str, after: list[Callable[[], None]]) -> str:
+    """Validate, and leave in ``after`` what this worker does once the model is ready and its lease
+    released (keep the front's outputs: ``warm_front``)."""
     url = settings.resolved_database_url
     with session_scope(url) as s:
         m = s.get(Model, model_id)
@@ -168,7 +175,6 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
         # features/head on the training set's own samples: the same inputs every job will feed it.
         check_contract(model, batches.to(batches.window(train_ds.x, 0, 2), device), kwargs["num_classes"])
         share = train_share(*default_run)  # the front a job at the model's defaults reads rows through
-        warm_front(settings, model, share, train_ds, sources[0], device)
         # Scored on what every job scores on: the part of the held-out data no method reads.
         metrics = v1_metrics(
             model,
@@ -187,4 +193,6 @@ def _validate(settings: Settings, model_id: str, owner: str) -> str:
             log.warning("model %s: lease lost while validating; another worker decides", model_id)
             return "lease lost"
         _finish(s, m, status, detail, metrics)
+    if status == ModelStatus.READY:
+        after.append(functools.partial(warm_front, settings, model, share, train_ds, sources[0], device))
     return status

@@ -101,14 +101,25 @@ class FeatureCache:
     ) -> SampleDataset:
         """``last_layers.features(front, data, device)``, from the rows kept for ``front`` and ``source``
         where there are, computing (and keeping) only the others."""
+        kept, missing = self._computed(front, data, device, source)
+        self.stats.read += len(data) - missing
+        return kept.take(data)
+
+    def keep(self, front: nn.Module, data: SampleDataset, device: torch.device, source: str) -> int:
+        """Compute and keep the rows of ``data`` not kept yet, returning none of them (a warm-up: no copy
+        of the rows is made); the number computed."""
+        return self._computed(front, data, device, source)[1]
+
+    def _computed(
+        self, front: nn.Module, data: SampleDataset, device: torch.device, source: str
+    ) -> tuple[_Rows, int]:
+        """The front's rows with ``data``'s added, and how many were computed for it."""
         key = (source, fingerprint(front, device))
         kept = self._fronts.get(key) or _Rows()  # left in place: a pass that fails keeps what was kept
         missing = [i for i, sid in enumerate(data.ids) if sid not in kept.index]
         if missing:
             kept.add(features(front, data.subset(missing), device))
             self.stats.computed += len(missing)
-        self.stats.read += len(data) - len(missing)
-        out = kept.take(data)
         if kept.nbytes() <= self.max_bytes:
             self._fronts[key] = kept
             self._fronts.move_to_end(key)  # most recently used last
@@ -116,7 +127,7 @@ class FeatureCache:
                 self._fronts.popitem(last=False)
         else:
             self._fronts.pop(key, None)
-        return out
+        return kept, len(missing)
 
     def bound(self, source: str) -> FrontFeatures:
         """This cache as a run's ``Hooks.front_features``, for rows of ``source``."""

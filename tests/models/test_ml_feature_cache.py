@@ -137,3 +137,20 @@ def test_a_run_reads_its_front_rows_from_the_cache_and_ends_where_a_run_without_
     more, rest = retain.split_by_ids(retain.ids[:60])
     run_method("ugradsl_plus", cold, more, rest, hooks=hooks, heldout=heldout)
     assert cache.stats.read > read
+
+
+def test_keep_computes_only_new_rows_and_a_later_read_takes_them_back() -> None:
+    """A warm-up (``keep``) leaves the rows for the next run, computed once."""
+    model = build_model("small_cnn", image_size=28)
+    split = split_last_layers(model, 0.5)
+    assert split is not None
+    data = _data(12, (1, 28, 28))
+    cache = FeatureCache(max_bytes=2**30)
+    cache.features(split.front, data.subset(range(4)), CPU, "train")
+    assert cache.keep(split.front, data, CPU, "train") == 8  # the four kept are not computed again
+    assert cache.keep(split.front, data, CPU, "train") == 0
+    first = next(m for m in split.front.modules() if isinstance(m, nn.Conv2d))
+    through = _rows_through(first)
+    got = cache.features(split.front, data.subset([11, 2, 7]), CPU, "train")
+    assert sum(through) == 0 and cache.stats.computed == 12
+    assert torch.equal(_parts(got)[""], features(split.front, data.subset([11, 2, 7]), CPU).x)

@@ -120,3 +120,28 @@ def test_scores_through_the_kept_front_are_the_models_own() -> None:
         assert np.allclose(s.log_confidence, own.log_confidence, atol=1e-5)
     assert front_cache.scores(model, 0.0, cache, "digits") is None  # the whole model: nothing to split
     assert front_cache.scores(model, 0.7, None, "digits") is None
+
+
+def test_a_warm_up_that_would_not_fit_the_cache_computes_nothing() -> None:
+    """Its rows would be dropped as soon as computed: a pass of the whole training set for nothing."""
+    import torch
+
+    from models.architectures import build_model
+    from models.datasets import load_digits_split
+    from models.unlearning.feature_cache import FeatureCache
+    from models.unlearning.last_layers import features, split_last_layers
+
+    train_ds, _ = load_digits_split(seed=0)
+    model = build_model("small_cnn", image_size=8)
+    split = split_last_layers(model, 0.7)
+    assert split is not None
+    out = features(split.front, train_ds.subset([0]), torch.device("cpu")).x
+    assert isinstance(out, torch.Tensor)
+    row = out.element_size() * out.numel()  # bytes of one row's front output
+    small = FeatureCache(max_bytes=row * (len(train_ds) - 1))
+    assert front_cache.keep(model, 0.7, small, "digits", train_ds) == 0
+    assert small.stats.computed == 0 and small.nbytes() == 0
+    fits = FeatureCache(max_bytes=row * len(train_ds))
+    assert front_cache.keep(model, 0.7, fits, "digits", train_ds) == len(train_ds)
+    assert fits.nbytes() == row * len(train_ds)
+    assert front_cache.keep(model, 0.7, fits, "digits", train_ds.subset(torch.arange(10))) == 0
