@@ -7,13 +7,16 @@ bare training loop.
 
 Part 1 runs real jobs through the worker code (database, lease, checkpoint, publish) on the embedded
 default, three in a row per model (``--jobs``), each on the version the last one published: the steady
-state of a model taking deletions. The worker keeps the frozen front's outputs of the rows its jobs read
-(``workers/front_cache.py``); each job's row says how many rows it passed through the front and how many
-it read back. Each job's phases (load, score base, unlearn, score result, publish) are in seconds, and
-its unlearning step and the whole job are shares of an exact retrain of the same model on that job's
-retain set with its registered recipe, timed in the same run (the baseline row). The process is set up
-first as a worker sets itself up (``models.process.warm_up``); the first job may still pay first passes
-(thread pools). Part 2 times UGradSL+ steps against plain SGD steps of the same model on the same data
+state of a model taking deletions. First the worker validates each model, as it does after a
+registration, and passes its training rows through the front of its default run (its row: seconds, and
+their share of the first job's retrain; ``--skip-validation``: not, as until stop 41). The worker keeps
+the frozen front's outputs of the rows its jobs read (``workers/front_cache.py``); each job's row says
+how many rows it passed through the front and how many it read back. Each job's phases (load, score
+base, unlearn, score result, publish) are in seconds, and its unlearning step and the whole job are
+shares of an exact retrain of the same model on that job's retain set with its registered recipe, timed
+in the same run (the baseline row). The process is set up first as a worker sets itself up
+(``models.process.warm_up``); the first job may still pay first passes (thread pools).
+Part 2 times UGradSL+ steps against plain SGD steps of the same model on the same data
 (same samples per step: B_r + B_f vs one batch of 2B). The tables go to stdout and bench/results/job_cost.md.
 """
 
@@ -48,9 +51,12 @@ from service.core.db.engine import session_scope  # noqa: E402
 from service.core.db.tables import Job, Model  # noqa: E402
 from service.core.keys import create_key  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.core.states import ModelStatus  # noqa: E402
+from workers import front_cache  # noqa: E402
 from workers.demo import register_local_model  # noqa: E402
 from workers.orchestrate import process_model  # noqa: E402
 from workers.runner import split, with_recipe  # noqa: E402
+from workers.validate import validate_model  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 OUT = ROOT / "bench" / "results" / "job_cost.md"
@@ -115,6 +121,20 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
             # kept: the base version's test pass was read back from its publish (workers/kept_scores.py)
             "base_test": job.metrics["data"].get("base_test_scores", "scored"),
         }
+
+
+def validate(settings: Settings, model_id: str) -> dict:
+    """Validate the model as a worker does after its registration (``register_local_model`` marks it
+    ready itself): v1 scored, and the training rows passed through the front of its default run and kept
+    in this process (``workers.validate.warm_front``), where its first job reads them back."""
+    with session_scope(settings.resolved_database_url) as s:
+        s.get_one(Model, model_id).status = ModelStatus.VALIDATING
+    cache = front_cache.feature_cache(settings)
+    before = cache.stats.computed if cache is not None else 0
+    started = time.perf_counter()
+    assert validate_model(settings, model_id) == ModelStatus.READY
+    computed = cache.stats.computed - before if cache is not None else 0
+    return {"wall": time.perf_counter() - started, "front": f"{computed:,} / 0"}
 
 
 def time_retrain(
@@ -187,6 +207,12 @@ def main() -> None:
     ap.add_argument(
         "--jobs", type=int, default=3, help="deletions in a row per model, each on the last's version"
     )
+    ap.add_argument(
+        "--skip-validation",
+        action="store_true",
+        help="run the jobs on the model as registered, without a worker's validation: its first job "
+        "computes the front's outputs itself (stop 41's table)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     warm_torch()  # as a worker does when it starts taking tasks (workers/celery_app.py)
@@ -224,6 +250,8 @@ def main() -> None:
             parse_params("ugradsl_plus", args.params)  # a bad field fails here, not in the job
             with session_scope(settings.resolved_database_url) as s:
                 s.get_one(Model, model_id).default_params = args.params
+        if not args.skip_validation:
+            rows.append((label, "", "validation", validate(settings, model_id), None, len(tr_)))
         rng = random.Random(1)
         gone: set[str] = set()
         for number in range(1, args.jobs + 1):
@@ -255,6 +283,15 @@ def main() -> None:
     )
     out.append("|---|---|---:|---:|---:|" + "---:|" * len(cols) + "---:|---:|---:|")
     for label, recipe_note, version, r, retrain, n_retain in rows:
+        if retrain is None:  # validation, once per model: its share of the first job's retrain
+            later = next(row[4] for row in rows if row[0] == label and row[4] is not None)
+            out.append(
+                f"| {label} | validation by the worker (once per model: v1 scored, the front's outputs "
+                f"kept) | | {n_retain} | {r['front']} | "
+                + " | ".join([""] * len(cols))
+                + f" | {r['wall']:.2f} | | {r['wall'] / later:.1%} |"
+            )
+            continue
         base = ["", "", "", f"{retrain:.2f}", "", "", "", "100%", "100%"]
         out.append(
             f"| {label} | retrain, the baseline ({recipe_note}) | | {n_retain} | " + " | ".join(base) + " |"
@@ -273,7 +310,7 @@ def main() -> None:
     print("\n" + text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     flags = " --quick" if args.quick else " --with-60k" if args.with_60k else ""
-    flags += f" --jobs {args.jobs}"
+    flags += f" --jobs {args.jobs}" + (" --skip-validation" if args.skip_validation else "")
     flags += f" --params '{json.dumps(args.params)}'" if args.params else ""
     args.out.write_text(f"# Job cost (bench/job_cost.py{flags})\n\n" + text)
 
