@@ -62,26 +62,32 @@ def test_kept_rows_are_the_fronts_own_output_and_only_new_rows_go_through_it(arc
         assert v.stride() == _parts(expect)[k].stride(), k  # a channels-last output stays channels-last
 
 
-def test_another_front_or_another_source_is_computed_again() -> None:
+def _small_cnn_front() -> tuple[nn.Module, nn.Module]:
+    """A 28x28 small_cnn and the front of its last half of the weights."""
     model = build_model("small_cnn", image_size=28)
     split = split_last_layers(model, 0.5)
     assert split is not None
+    return model, split.front
+
+
+def test_another_front_or_another_source_is_computed_again() -> None:
+    model, front = _small_cnn_front()
     data = _data(8, (1, 28, 28))
     cache = FeatureCache(max_bytes=2**30)
-    cache.features(split.front, data, CPU, "train")
-    cache.features(split.front, data, CPU, "train")
+    cache.features(front, data, CPU, "train")
+    cache.features(front, data, CPU, "train")
     assert (cache.stats.computed, cache.stats.read) == (8, 8)
-    cache.features(split.front, data, CPU, "test")  # the same IDs, another set's rows
+    cache.features(front, data, CPU, "test")  # the same IDs, another set's rows
     assert cache.stats.computed == 16
-    before = features(split.front, data, CPU).x
+    before = features(front, data, CPU).x
     with torch.no_grad():
         model.body[0].weight[0, 0, 0, 0] += 1.0  # one weight of the front: its outputs are others
-    again = cache.features(split.front, data, CPU, "train")
+    again = cache.features(front, data, CPU, "train")
     assert cache.stats.computed == 24
     assert not torch.allclose(again.x, before)  # type: ignore[arg-type]
-    assert torch.allclose(again.x, features(split.front, data, CPU).x)  # type: ignore[arg-type]
+    assert torch.allclose(again.x, features(front, data, CPU).x)  # type: ignore[arg-type]
     model.to(memory_format=torch.channels_last)  # the same weights laid out as a CPU run lays them
-    cache.features(split.front, data, CPU, "train")
+    cache.features(front, data, CPU, "train")
     assert cache.stats.computed == 32
 
 
@@ -141,16 +147,14 @@ def test_a_run_reads_its_front_rows_from_the_cache_and_ends_where_a_run_without_
 
 def test_keep_computes_only_new_rows_and_a_later_read_takes_them_back() -> None:
     """A warm-up (``keep``) leaves the rows for the next run, computed once."""
-    model = build_model("small_cnn", image_size=28)
-    split = split_last_layers(model, 0.5)
-    assert split is not None
+    _, front = _small_cnn_front()
     data = _data(12, (1, 28, 28))
     cache = FeatureCache(max_bytes=2**30)
-    cache.features(split.front, data.subset(range(4)), CPU, "train")
-    assert cache.keep(split.front, data, CPU, "train") == 8  # the four kept are not computed again
-    assert cache.keep(split.front, data, CPU, "train") == 0
-    first = next(m for m in split.front.modules() if isinstance(m, nn.Conv2d))
+    cache.features(front, data.subset(range(4)), CPU, "train")
+    assert cache.keep(front, data, CPU, "train") == 8  # the four kept are not computed again
+    assert cache.keep(front, data, CPU, "train") == 0
+    first = next(m for m in front.modules() if isinstance(m, nn.Conv2d))
     through = _rows_through(first)
-    got = cache.features(split.front, data.subset([11, 2, 7]), CPU, "train")
+    got = cache.features(front, data.subset([11, 2, 7]), CPU, "train")
     assert sum(through) == 0 and cache.stats.computed == 12
-    assert torch.equal(_parts(got)[""], features(split.front, data.subset([11, 2, 7]), CPU).x)
+    assert torch.equal(_parts(got)[""], features(front, data.subset([11, 2, 7]), CPU).x)
