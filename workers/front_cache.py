@@ -1,11 +1,13 @@
 """This worker process's kept front outputs (``models.unlearning.feature_cache``), and the name of a
-training set's rows in it.
+registered dataset's rows in it.
 
 Why per process: a deletion's job on a model whose last versions trained only their last layers passes
 the same training rows through the same frozen front as the job before it (on the 60k Fashion-MNIST
 model, 45% of the unlearning step). Keeping them in the process that ran that job costs memory only, and
 is dropped when the process ends; a job on another process computes its rows as before. Bounded by
-``UNLEARN_FEATURE_CACHE_BYTES`` (0: off).
+``UNLEARN_FEATURE_CACHE_BYTES`` (0: off). The test set's rows are kept too, under a source of their own,
+and the worker that validates a model keeps every training row (``keep``, ``workers.validate``), so the
+model's first deletion there reads them back as later ones do.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
-from models.unlearning.last_layers import Split, features, split_last_layers
+from models.unlearning.last_layers import Split, row_bytes, split_last_layers
 from service.core.settings import Settings
 from workers.datasets import HASHED_KINDS, PARTLY_HASHED, DatasetRef
 
@@ -81,10 +82,7 @@ def keep(
         return 0
     device = next(model.parameters()).device
     with cpu_channels_last(model):  # as ``scores``: the layout a run computes its rows in
-        one = features(split.front, data.subset([0]), device).x
-        tensors = one.values() if isinstance(one, dict) else [one]
-        per_row = sum(t.element_size() * t.numel() for t in tensors if isinstance(t, torch.Tensor))
-        if per_row * len(data) > cache.max_bytes:
+        if row_bytes(split.front, data, device) * len(data) > cache.max_bytes:
             return 0
         return cache.keep(split.front, data, device, rows)
 

@@ -181,7 +181,8 @@ def rows_like(v: torch.Tensor, n: int) -> torch.Tensor:
     return torch.empty((n, *v.shape[1:]), dtype=v.dtype, memory_format=fmt)
 
 
-def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> int:
+def row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> int:
+    """Bytes of the front's output for one row of ``data`` (measured on its first row)."""
     one = features(front, data.subset(torch.arange(1)), device).x
     tensors = list(one.values()) if isinstance(one, dict) else [one]
     return sum(t.element_size() * t.numel() for t in tensors if isinstance(t, torch.Tensor))
@@ -189,4 +190,4 @@ def _row_bytes(front: nn.Module, data: SampleDataset, device: torch.device) -> i
 
 def fits(split: Split, data: SampleDataset, rows: int, device: torch.device) -> bool:
     """Whether the front's outputs for ``rows`` rows like ``data``'s stay within ``FEATURE_BYTES``."""
-    return rows == 0 or _row_bytes(split.front, data, device) * rows <= FEATURE_BYTES
+    return rows == 0 or row_bytes(split.front, data, device) * rows <= FEATURE_BYTES
