@@ -57,18 +57,28 @@ def scores(
     10k sample of D_r and the test set's scoring part, and those versions share the front its run read
     the rows through; on the 60k model the scorings were 40% of a job. The scores are the model's own, to
     float32 rounding. None (score the whole model) without a cache, a source or a split."""
-    split = _split(model, share, cache, rows)
-    if split is None or cache is None or rows is None:
-        return None
+    return scorers(model, share, cache, rows)[0]
+
+
+def scorers(
+    model: nn.Module, share: float, cache: FeatureCache | None, *sources: str | None
+) -> list[Callable[[SampleDataset], SetScores] | None]:
+    """``scores`` for each of ``sources``, from one split of the model."""
+    split = _split(model, share, cache)
+    if split is None or cache is None:
+        return [None] * len(sources)
     device = next(model.parameters()).device
-    front, tail, kept, source = split.front, split.tail, cache, rows
+    front, tail, kept = split.front, split.tail, cache
 
-    def scored(data: SampleDataset) -> SetScores:
-        with cpu_channels_last(model):  # the layout a run computes its rows in, so they are the same rows
-            seen = kept.features(front, data, device, source) if len(data) else data
-        return score_set(tail, seen)
+    def scorer(source: str) -> Callable[[SampleDataset], SetScores]:
+        def scored(data: SampleDataset) -> SetScores:
+            with cpu_channels_last(model):  # the layout a run computes its rows in: the same rows
+                seen = kept.features(front, data, device, source) if len(data) else data
+            return score_set(tail, seen)
 
-    return scored
+        return scored
+
+    return [scorer(source) if source is not None else None for source in sources]
 
 
 def keep(
@@ -77,7 +87,7 @@ def keep(
     """Pass every row of ``data`` not kept yet through the front a run at ``train_share`` = ``share``
     reads it through, and keep the outputs: the rows computed. None where all of them would not fit the
     cache (measured on the first row): the pass would be paid and its rows dropped."""
-    split = _split(model, share, cache, rows)
+    split = _split(model, share, cache) if rows is not None else None
     if split is None or cache is None or rows is None or not len(data):
         return 0
     device = next(model.parameters()).device
@@ -87,6 +97,6 @@ def keep(
         return cache.keep(split.front, data, device, rows)
 
 
-def _split(model: nn.Module, share: float, cache: FeatureCache | None, rows: str | None) -> Split | None:
-    """The model's front and last layers at ``share``, where there is a cache and a source to use them."""
-    return split_last_layers(model, share) if cache is not None and rows is not None and share > 0 else None
+def _split(model: nn.Module, share: float, cache: FeatureCache | None) -> Split | None:
+    """The model's front and last layers at ``share``, where there is a cache to keep the front's rows."""
+    return split_last_layers(model, share) if cache is not None and share > 0 else None

@@ -157,8 +157,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     ) -> tuple[dict[str, Any], SetScores]:
         # Graded only on data the method never read: the scoring part of the held-out data. Rows through
         # the front's kept outputs where the method trains the last layers at ``share``.
-        on_test = front_cache.scores(model, share, cache, test_rows) or functools.partial(score_set, model)
-        test_scores = kept if kept is not None else on_test(parts.scoring)
+        on_train, on_test = front_cache.scorers(model, share, cache, rows, test_rows)
+        test_scores = (
+            kept if kept is not None else (on_test or functools.partial(score_set, model))(parts.scoring)
+        )
         metrics = evaluate(
             model,
             forget=forget,
@@ -166,7 +168,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             test=parts.scoring,
             forgotten_classes=classes,
             test_scores=test_scores,
-            train_scores=front_cache.scores(model, share, cache, rows),
+            train_scores=on_train,
         )
         return dict(metrics), test_scores
 

@@ -68,7 +68,7 @@ def front_scores(
 ) -> dict[str, Scorer | None]:
     """v1's scorers of the training and test sets through this process's kept front outputs."""
     cache = front_cache.feature_cache(settings)
-    train, test = (front_cache.scores(model, share, cache, front_cache.source(ref)) for ref in sources)
+    train, test = front_cache.scorers(model, share, cache, *(front_cache.source(ref) for ref in sources))
     return {"train_scores": train, "test_scores": test}
 
 
