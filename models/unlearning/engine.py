@@ -23,7 +23,7 @@ from models.batches import Inputs, Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.loading import read_ahead
-from models.training import clip_gradients, lr_scheduler
+from models.training import StepClip, lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.params import GradientParams
 from models.unlearning.selection import Selector
@@ -197,6 +197,7 @@ def run_steps(
     opt = sgd(list(model.parameters()), params.lr, params.momentum, params.weight_decay)
     sched = lr_scheduler(opt, params.schedule, total)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
+    clip = StepClip(params.grad_clip, params.clip_to_first)
     model.train()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
@@ -210,7 +211,7 @@ def run_steps(
         norm = forget_norm(len(i_f), len(i_r), len(forget))
         batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
         weights = annealed(plan, step, total, params.forget_anneal)
-        correct = _step(model, opt, batch, params, objective, weights, static_mask)
+        correct = _step(model, opt, batch, params, objective, weights, static_mask, clip)
         sched.step()
         stopper.add(correct)
         hooks.step(step, total)
@@ -337,6 +338,7 @@ def _step(
     objective: Objective,
     plan: Plan,
     static_mask: list[torch.Tensor] | None,
+    clip: StepClip,
 ) -> torch.Tensor | None:
     """One optimiser step with the configured mask; returns the forget batch's correctness flags."""
     ps: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
@@ -363,10 +365,10 @@ def _step(
         ]
         binary = params.mask == "prob"
     if weights is None:
-        clip_gradients(ps, params.grad_clip)
+        clip(ps)
         opt.step()
     else:
-        M.masked_step(opt, ps, weights, binary=binary, clip=params.grad_clip)
+        M.masked_step(opt, ps, weights, binary=binary, clip=clip)
     return terms.forget_correct
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from models.training import clip_gradients
+from models.training import StepClip
 
 Tensors = Sequence[torch.Tensor]
 
@@ -137,10 +137,15 @@ def apply_update_mask(params: Tensors, before: Tensors, weights: Tensors, *, bin
 
 @torch.no_grad()
 def masked_step(
-    opt: torch.optim.Optimizer, params: Tensors, weights: Tensors, *, binary: bool, clip: float = 0.0
+    opt: torch.optim.Optimizer,
+    params: Tensors,
+    weights: Tensors,
+    *,
+    binary: bool,
+    clip: float | StepClip = 0.0,
 ) -> None:
     """One optimiser step in which coordinates with weight 0 take no part: their gradient is zeroed before
-    the step (then the kept gradient is clipped to norm ``clip``, if > 0), their momentum buffer keeps its
+    the step (then the kept gradient is clipped: to norm ``clip`` if > 0, or by a run's ``StepClip``), their momentum buffer keeps its
     value from before the step, and their value is restored after it (weight decay). Without the first
     two, SGD's momentum would absorb a vetoed gradient and move the coordinate at a later step where the
     mask keeps it."""
@@ -148,7 +153,7 @@ def masked_step(
     for p, k in zip(params, kept, strict=True):
         if p.grad is not None:
             p.grad.mul_(k)
-    clip_gradients(params, clip)
+    (clip if isinstance(clip, StepClip) else StepClip(clip))(params)
     buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in params]
     buffers = [None if b is None else b.clone() for b in buffers]
     before = [p.detach().clone() for p in params]

@@ -53,6 +53,11 @@ _RETAIN_PASSES_DOC = (
     "grows); the pool shrinks to the rows the steps read divided by the passes (never below one batch), so "
     "fewer rows go through the frozen front (train_share); 1 = every row read once"
 )
+_CLIP_TO_FIRST_DOC = (
+    "max gradient norm as a multiple of the run's first step's (with grad_clip, the smaller applies): a "
+    "step never moves the model much further than the first did at the same lr (models/training.py, "
+    "StepClip); 0 = off"
+)
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
     "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
@@ -83,6 +88,7 @@ class GradientParams:
     momentum: float = _f(0.9, 0.0, 0.999)
     weight_decay: float = _f(0.0, 0.0, 1.0)
     grad_clip: float = _f(5.0, 0.0, 1e6, doc="max gradient norm; 0 = off")
+    clip_to_first: float = _f(0.0, 0.0, 1e6, doc=_CLIP_TO_FIRST_DOC)
     schedule: str = _f("constant", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
     seed: int = _f(0, 0, 2**31 - 1)
     mask: str = _f("none", choices=MASKS, doc="masked-update add-on: none | and | prob | focus | salun")
@@ -219,10 +225,17 @@ class UGradSLPlusParams(UGradSLParams):
     runs within about 10% of stop 32's and pushes a model between them (0.85 e-folds) 12 times instead of
     6 (bench/results/tune_stop34_saturating.md). Since stop 35 the forget batch share follows the same
     curve in a sized run, from equal batches for a D_f that looks unseen to ``forget_batch_ratio`` for a
-    fully memorised one (bench/results/tune_stop35_repair.md)."""
+    fully memorised one (bench/results/tune_stop35_repair.md).
+
+    Since stop 43 a step's gradient is held to twice the norm of the run's first step (``clip_to_first``).
+    On a small BERT the steps grew 10-20x within five steps and the model collapsed on two reporting
+    seeds of three; on the BERT tuning cases the worst random case rose from 54% to 77% of the closable
+    gap, and the small CNNs' worst cases did not move (digits 59%, Fashion-MNIST 10k 85%; 1x lost them:
+    53% and 83%; bench/results/tune_stop43_clip_*.md)."""
 
     epochs: float = _f(1.5, 0.0, 200.0)
     lr: float = _f(0.03, 1e-8, 10.0)
+    clip_to_first: float = _f(2.0, 0.0, 1e6, doc=_CLIP_TO_FIRST_DOC)
     p: float = _f(0.75, 1e-6, 1.0, doc="weight of the retain term (forget term gets 1 - p); keep > 0")
     schedule: str = _f("cosine", choices=SCHEDULES, doc="lr over the run: constant | cosine (to 0)")
     bound_by: str = _f("heldout", choices=BOUND_BY, doc=_BOUND_DOC)
