@@ -201,7 +201,8 @@ def run_steps(
     model.train()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
-                "retain_rows": len(retain), "trained_weights": trained})  # fmt: skip
+                "retain_rows": len(retain), "trained_weights": trained,
+                "clip_to_first": params.clip_to_first})  # fmt: skip
     hooks.start()
     step = 0
     if selector is not None:

@@ -10,6 +10,7 @@ from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.training import StepClip, clip_gradients
 from models.unlearning import masks as M
+from models.unlearning import run_method
 from models.unlearning.engine import Batch, Plan, Terms, run_steps
 from models.unlearning.params import parse_params
 
@@ -103,3 +104,25 @@ def test_a_run_s_steps_stay_within_the_multiple_of_its_first() -> None:
 def test_ugradsl_plus_holds_its_steps_to_twice_the_first_by_default() -> None:
     assert parse_params("ugradsl_plus", {}).clip_to_first == 2.0
     assert parse_params("ugradsl", {}).clip_to_first == 0.0  # the paper's method as it was
+
+
+def _plans(
+    model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset, heldout: SampleDataset
+) -> list[dict]:
+    """What each run of a default UGradSL+ deletion reported before its first step."""
+    plans: list[dict] = []
+    hooks = Hooks(on_plan=plans.append)
+    run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {}, hooks, heldout=heldout)
+    return plans
+
+
+def test_a_random_deletion_is_held_and_a_class_wise_one_is_not(digits_model, digits) -> None:
+    """A class leaving D_r is pushed until it is forgotten (reruns): held steps only made it rerun more
+    (ResNet-18, stop 43)."""
+    train_ds, test_ds = digits
+    forget, retain = train_ds.split_by_ids(train_ds.ids[:40])
+    assert [p["clip_to_first"] for p in _plans(digits_model, forget, retain, test_ds)] == [2.0]
+    gone = [i for i, y in zip(train_ds.ids, train_ds.y.tolist(), strict=True) if y == 3]
+    forget, retain = train_ds.split_by_ids(gone)
+    plans = _plans(digits_model, forget, retain, test_ds)
+    assert plans and all(p["clip_to_first"] == 0.0 for p in plans)
