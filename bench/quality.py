@@ -124,7 +124,8 @@ DEFAULT = (
     "ugradsl_plus (default: held-out bound, last layers holding 70% of the weights, p=0.75, random deletions "
     "sized at up to 16 pushes by memorisation (63% at 0.6 e-folds) beside forget batches from equal to half "
     "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
-    "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is memorised)"
+    "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is "
+    "memorised, steps held to twice the first step's gradient norm)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -140,6 +141,9 @@ TAIL_PUSH = "ugradsl_plus (default, tail pushed to its nearest wrong class)"
 # Stop 41: the default as a worker runs it once earlier jobs on the model have passed the rows it reads
 # through its frozen front (the front is every last-layers version's): the same model, less time.
 KEPT_FRONT = "ugradsl_plus (default, the front's outputs kept from earlier jobs)"
+# Stop 43: the default before its steps were held to a multiple of the first step's gradient norm
+# (``clip_to_first``); on a small BERT its steps grew 10-20x and the model collapsed on two seeds of three.
+UNHELD = "ugradsl_plus (stop 42 default: steps not held to the first step's scale)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -272,6 +276,7 @@ ROWS = [
     Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
     Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
+    Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

@@ -145,10 +145,10 @@ def masked_step(
     clip: float | StepClip = 0.0,
 ) -> None:
     """One optimiser step in which coordinates with weight 0 take no part: their gradient is zeroed before
-    the step (then the kept gradient is clipped: to norm ``clip`` if > 0, or by a run's ``StepClip``), their momentum buffer keeps its
-    value from before the step, and their value is restored after it (weight decay). Without the first
-    two, SGD's momentum would absorb a vetoed gradient and move the coordinate at a later step where the
-    mask keeps it."""
+    the step (then the kept gradient is clipped: to norm ``clip`` if > 0, or by a run's ``StepClip``),
+    their momentum buffer keeps its value from before the step, and their value is restored after it
+    (weight decay). Without the first two, SGD's momentum would absorb a vetoed gradient and move the
+    coordinate at a later step where the mask keeps it."""
     kept = [w > 0 for w in weights]
     for p, k in zip(params, kept, strict=True):
         if p.grad is not None:
