@@ -4,10 +4,12 @@ registered dataset's rows in it.
 Why per process: a deletion's job on a model whose last versions trained only their last layers passes
 the same training rows through the same frozen front as the job before it (on the 60k Fashion-MNIST
 model, 45% of the unlearning step). Keeping them in the process that ran that job costs memory only, and
-is dropped when the process ends; a job on another process computes its rows as before. Bounded by
-``UNLEARN_FEATURE_CACHE_BYTES`` (0: off). The test set's rows are kept too, under a source of their own,
-and the worker that validates a model keeps every training row (``keep``, ``workers.validate``), so the
-model's first deletion there reads them back as later ones do.
+is dropped when the process ends. Each chunk a process computes is also written to a store on disk
+(``models.unlearning.feature_store``, under ``UNLEARN_FEATURE_STORE_DIR``), so a job on another process of
+the host reads those rows back rather than computing them. Bounded by ``UNLEARN_FEATURE_CACHE_BYTES`` in
+memory and ``UNLEARN_FEATURE_STORE_BYTES`` on disk (0: off). The test set's rows are kept too, under a
+source of their own, and the worker that validates a model keeps every training row (``keep``,
+``workers.validate``), so the model's first deletion there reads them back as later ones do.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from models.datasets import SampleDataset
 from models.layout import cpu_channels_last
 from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
+from models.unlearning.feature_store import FeatureStore
 from models.unlearning.last_layers import Split, row_bytes, split_last_layers
 from service.core.settings import Settings
 from workers.datasets import HASHED_KINDS, PARTLY_HASHED, DatasetRef
@@ -29,12 +32,19 @@ _cache: FeatureCache | None = None
 
 
 def feature_cache(settings: Settings) -> FeatureCache | None:
-    """The process's cache at the configured size (a new, empty one when the size changed), or None."""
+    """The process's cache at the configured size (a new, empty one when the size changed), reading and
+    writing the configured store, or None."""
     global _cache
     if settings.feature_cache_bytes <= 0:
         _cache = None
-    elif _cache is None or _cache.max_bytes != settings.feature_cache_bytes:
+        return None
+    if _cache is None or _cache.max_bytes != settings.feature_cache_bytes:
         _cache = FeatureCache(settings.feature_cache_bytes)
+    root, size = settings.resolved_feature_store_dir, settings.feature_store_bytes
+    if size <= 0:
+        _cache.store = None
+    elif _cache.store is None or (_cache.store.root, _cache.store.max_bytes) != (root, size):
+        _cache.store = FeatureStore(root, size)
     return _cache
 
 

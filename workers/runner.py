@@ -151,6 +151,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
 
     cache = front_cache.feature_cache(settings)
     rows, test_rows = front_cache.source(ctx.train), front_cache.source(ctx.test)
+    kept_before = dataclasses.replace(cache.stats) if cache is not None else None  # the first attempt's
+    # counts take in the base version's scoring, which reads the rows first
 
     def score(
         model: torch.nn.Module, share: float, kept: SetScores | None = None
@@ -195,7 +197,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
         if cache is not None and rows is not None:
             hooks.front_features = cache.bound(rows)
-        kept_before = dataclasses.replace(cache.stats) if cache is not None else None
+        kept_before = dataclasses.replace(cache.stats) if cache is not None and i else kept_before
         started = time.perf_counter()
         with precision(settings.precision, device):
             model = run_method(
@@ -228,14 +230,17 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
 
 
 def front_rows(cache: FeatureCache | None, before: CacheStats | None) -> dict[str, Any]:
-    """Rows this attempt's runs passed through a frozen front and rows they read back from the process's
-    cache (``workers.front_cache``): an audit of how a job's cost came about."""
+    """Rows this attempt's runs and scorings (the first attempt's with the base version's) passed through
+    a frozen front, rows they read back from the process's cache (``workers.front_cache``), and rows that
+    cache read in from the store on disk (computed by this or another process): an audit of how a job's
+    cost came about."""
     if cache is None or before is None:
         return {}
     return {
         "front_rows": {
             "computed": cache.stats.computed - before.computed,
             "kept": cache.stats.read - before.read,
+            "from_store": cache.stats.loaded - before.loaded,
         }
     }
 

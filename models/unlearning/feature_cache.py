@@ -16,6 +16,10 @@ from 0 never meet.
 Memory is bounded by ``max_bytes``: the least recently used front is dropped first, and a front whose rows
 alone would pass the bound is not kept at all (its run computes its rows as if there were no cache). Not
 safe to share between threads; a worker process runs one job at a time.
+
+With a ``store`` (``models.unlearning.feature_store``) the rows are shared between processes: each chunk a
+process computes is written to disk, and a process missing rows reads the chunks others wrote for the same
+front and source before it computes any.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import fx, nn
 
 from models.datasets import SampleDataset
 from models.hooks import FrontFeatures
+from models.unlearning.feature_store import FeatureStore
 from models.unlearning.last_layers import features, rows_like
 
 
@@ -42,14 +47,19 @@ class _Rows:
     index: dict[str, int] = field(default_factory=dict)
     chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
+    stored: set[str] = field(default_factory=set)  # names of the store's chunks these rows hold
 
     def nbytes(self) -> int:
         return sum(t.element_size() * t.numel() for c in self.chunks for t in c.values())
 
     def add(self, fresh: SampleDataset) -> None:
+        values = dict(fresh.x) if isinstance(fresh.x, dict) else {"": fresh.x}
+        self.add_values(values, fresh.ids)  # type: ignore[arg-type]
+
+    def add_values(self, values: dict[str, torch.Tensor], ids: list[str]) -> None:
         self.starts.append(len(self.index))
-        self.chunks.append(dict(fresh.x) if isinstance(fresh.x, dict) else {"": fresh.x})  # type: ignore[dict-item]
-        self.index.update((sid, self.starts[-1] + i) for i, sid in enumerate(fresh.ids))
+        self.chunks.append(values)
+        self.index.update((sid, self.starts[-1] + i) for i, sid in enumerate(ids))
 
     def take(self, data: SampleDataset) -> SampleDataset:
         """``data``'s rows. Rows that one chunk holds in that order (a run's own, as it computed them) are
@@ -83,13 +93,15 @@ class CacheStats:
 
     read: int = 0
     computed: int = 0
+    loaded: int = 0  # rows read from the store (written there by this or another process)
 
 
 class FeatureCache:
     """Front outputs by (source, front fingerprint, sample ID), within ``max_bytes``."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, store: FeatureStore | None = None) -> None:
         self.max_bytes = max_bytes
+        self.store = store
         self.stats = CacheStats()
         self._fronts: OrderedDict[tuple[str, str], _Rows] = OrderedDict()
 
@@ -117,9 +129,16 @@ class FeatureCache:
         key = (source, fingerprint(front, device))
         kept = self._fronts.get(key) or _Rows()  # left in place: a pass that fails keeps what was kept
         missing = [i for i, sid in enumerate(data.ids) if sid not in kept.index]
+        if missing and self.store is not None:
+            self._load(kept, "\n".join(key), {data.ids[i] for i in missing})
+            missing = [i for i in missing if data.ids[i] not in kept.index]
         if missing:
-            kept.add(features(front, data.subset(missing), device))
+            fresh = features(front, data.subset(missing), device)
+            kept.add(fresh)
             self.stats.computed += len(missing)
+            if self.store is not None:
+                name = self.store.write("\n".join(key), fresh.ids, kept.chunks[-1])
+                kept.stored.update([name] if name else [])
         if kept.nbytes() <= self.max_bytes:
             self._fronts[key] = kept
             self._fronts.move_to_end(key)  # most recently used last
@@ -128,6 +147,22 @@ class FeatureCache:
         else:
             self._fronts.pop(key, None)
         return kept, len(missing)
+
+    def _load(self, kept: _Rows, key: str, wanted: set[str]) -> None:
+        """Add to ``kept`` the store's chunks of ``key`` that hold any of the ``wanted`` rows."""
+        assert self.store is not None
+        for name in self.store.chunks(key, skip=kept.stored):
+            ids = self.store.ids(key, name)
+            if ids is None or wanted.isdisjoint(ids):
+                continue  # left for a run that wants its rows (a chunk passed over now is listed again)
+            kept.stored.add(name)
+            chunk = self.store.read(key, name)
+            if chunk is not None:
+                kept.add_values(chunk.values, chunk.ids)
+                self.stats.loaded += len(chunk.ids)
+                wanted.difference_update(chunk.ids)
+            if not wanted:
+                break
 
     def bound(self, source: str) -> FrontFeatures:
         """This cache as a run's ``Hooks.front_features``, for rows of ``source``."""

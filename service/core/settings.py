@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     feature_cache_bytes: int = Field(
         2 * 1024**3, ge=0, validation_alias=AliasChoices("UNLEARN_FEATURE_CACHE_BYTES")
     )
+    # The same rows on disk, shared by every worker process that reads the directory (its default is under
+    # UNLEARN_VAR_DIR: the processes of one host), so a job that lands on another process reads the rows
+    # the last one computed instead of passing them through the front again. Each file is checked against
+    # its SHA-256 at every read (models/unlearning/feature_store.py). 0 turns it off.
+    feature_store_bytes: int = Field(
+        8 * 1024**3, ge=0, validation_alias=AliasChoices("UNLEARN_FEATURE_STORE_BYTES")
+    )
+    feature_store_dir: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_FEATURE_STORE_DIR"))
     # Registered .npz datasets kept loaded in each worker process between jobs (workers/datasets.py):
     # reading and hashing the 60k Fashion-MNIST file was 1.1 s of a 6.4 s job. Files are checked on disk
     # (inode, size, mtime, ctime) at every load and hashed again when they changed. 0 keeps none.
@@ -173,6 +181,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return (self.storage_dir or self.var_dir / "checkpoints").resolve()
+
+    @property
+    def resolved_feature_store_dir(self) -> Path:
+        return (self.feature_store_dir or self.var_dir / "front-rows").resolve()
 
     @property
     def signing_key_path(self) -> Path:

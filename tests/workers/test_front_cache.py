@@ -75,6 +75,31 @@ def test_validation_keeps_every_training_row_so_the_first_job_computes_none(
 
 
 @pytest.mark.slow
+def test_a_job_on_another_process_reads_the_rows_from_the_store_on_disk(
+    no_gates: Settings,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    empty_cache: None,
+) -> None:
+    """A fresh process (no cache in memory) reads back what the demo's set-up and its first job wrote
+    under the store's directory; with the store off it computes every row again."""
+    [first] = run_job(no_gates, FIRST, base=1).metrics["attempts"]
+    assert first["front_rows"]["computed"] + first["front_rows"]["from_store"] > 0
+    assert list(no_gates.resolved_feature_store_dir.glob("*/*.safetensors"))
+
+    monkeypatch.setattr(front_cache, "_cache", None)  # another worker process: nothing in memory
+    [second] = run_job(no_gates, SECOND, base=2).metrics["attempts"]
+    rows = second["front_rows"]
+    assert rows["computed"] == 0 and rows["kept"] > 0 and rows["from_store"] > 0
+    assert front_cache.feature_cache(no_gates).stats.computed == 0  # type: ignore[union-attr]
+
+    monkeypatch.setattr(front_cache, "_cache", None)
+    off = no_gates.model_copy(update={"feature_store_bytes": 0})
+    third = [f"digits-{i:04d}" for i in range(900, 1000, 10)]
+    [again] = run_job(off, third, base=3).metrics["attempts"]
+    assert again["front_rows"]["computed"] > 0 and again["front_rows"]["from_store"] == 0
+
+
+@pytest.mark.slow
 def test_with_the_cache_off_every_job_computes_its_rows(no_gates: Settings, empty_cache: None) -> None:  # noqa: F811
     off = no_gates.model_copy(update={"feature_cache_bytes": 0})
     for ids, base in ((FIRST, 1), (SECOND, 2)):
