@@ -11,11 +11,12 @@ state of a model taking deletions. First the worker validates each model, as it 
 registration, and passes its training rows through the front of its default run (its row: seconds, and
 their share of the first job's retrain; ``--skip-validation``: not, as until stop 41). The worker keeps
 the frozen front's outputs of the rows its jobs read (``workers/front_cache.py``); each job's row says
-how many rows it passed through the front and how many it read back. Each job's phases (load, score
-base, unlearn, score result, publish) are in seconds, and its unlearning step and the whole job are
-shares of an exact retrain of the same model on that job's retain set with its registered recipe, timed
-in the same run (the baseline row). The process is set up first as a worker sets itself up
-(``models.process.warm_up``); the first job may still pay first passes (thread pools).
+how many rows it passed through the front, how many it read back, and how many of those came from the
+store on disk (``--fresh-process``: each job as if on another worker process of the host). Each job's
+phases (load, score base, unlearn, score result, publish) are in seconds, and its unlearning step and the
+whole job are shares of an exact retrain of the same model on that job's retain set with its registered
+recipe, timed in the same run (the baseline row). The process is set up first as a worker sets itself
+up (``models.process.warm_up``); the first job may still pay first passes (thread pools).
 Part 2 times UGradSL+ steps against plain SGD steps of the same model on the same data
 (same samples per step: B_r + B_f vs one batch of 2B). The tables go to stdout and bench/results/job_cost.md.
 """
@@ -117,7 +118,7 @@ def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
             **phases,
             "forget": len(ids),
             # rows passed through the frozen front, and rows an earlier job had (workers/front_cache.py)
-            "front": f"{front['computed']:,} / {front['kept']:,}" if front else "",
+            "front": f"{front['computed']:,} / {front['kept']:,} / {front['from_store']:,}" if front else "",
             # kept: the base version's test pass was read back from its publish (workers/kept_scores.py)
             "base_test": job.metrics["data"].get("base_test_scores", "scored"),
         }
@@ -134,7 +135,7 @@ def validate(settings: Settings, model_id: str) -> dict:
     started = time.perf_counter()
     assert validate_model(settings, model_id) == ModelStatus.READY
     computed = cache.stats.computed - before if cache is not None else 0
-    return {"wall": time.perf_counter() - started, "front": f"{computed:,} / 0"}
+    return {"wall": time.perf_counter() - started, "front": f"{computed:,} / 0 / 0"}
 
 
 def time_retrain(
@@ -213,11 +214,23 @@ def main() -> None:
         help="run the jobs on the model as registered, without a worker's validation: its first job "
         "computes the front's outputs itself (stop 41's table)",
     )
+    ap.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="drop this process's kept front rows before each job, as if it landed on another worker "
+        "process of the host: its rows come from the store on disk (UNLEARN_FEATURE_STORE_BYTES) or the "
+        "front",
+    )
+    ap.add_argument(
+        "--store-bytes", type=int, default=None, help="UNLEARN_FEATURE_STORE_BYTES (0: no store on disk)"
+    )
+    ap.add_argument("--skip", nargs="*", default=[], help="models to leave out: digits, fashion_mem, fashion")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     warm_torch()  # as a worker does when it starts taking tasks (workers/celery_app.py)
     var = Path(tempfile.mkdtemp(prefix="unlearn-jobcost-"))
-    settings = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_HEARTBEAT_SECONDS=1.0)  # type: ignore[call-arg]
+    store = {} if args.store_bytes is None else {"UNLEARN_FEATURE_STORE_BYTES": args.store_bytes}
+    settings = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_HEARTBEAT_SECONDS=1.0, **store)  # type: ignore[call-arg]
     settings.dataset_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -243,6 +256,7 @@ def main() -> None:
         label = "fashion-mnist 60k / small_cnn(28x28)"
         cases.append((label, "fashion", full.arch_kwargs, ftr, fte, full.recipe, "5 epochs"))
 
+    cases = [c for c in cases if c[1] not in args.skip]
     rows, loops = [], []
     for label, name, kw_, tr_, te_, recipe, _note in cases:
         model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe)
@@ -257,6 +271,8 @@ def main() -> None:
         for number in range(1, args.jobs + 1):
             ids = rng.sample(sorted(set(tr_.ids) - gone), len(tr_) // 10)
             gone |= set(ids)
+            if args.fresh_process:
+                front_cache._cache = None  # another worker process: nothing kept in memory
             job = run_job(settings, model_id, ids)
             retrain = time_retrain("small_cnn", kw_, tr_, gone, recipe, device)
             recipe_note = f"recipe: {recipe.epochs} epochs, batch {recipe.batch_size}"
@@ -273,7 +289,8 @@ def main() -> None:
     out.append(
         f"## Job phases against an exact retrain (seconds; device {device}; a random 10% forget set per "
         f"job, {args.jobs} jobs in a row; UGradSL+ params {params_note}; "
-        f"front rows: computed / kept from earlier jobs)\n"
+        f"front rows: computed / kept from earlier jobs / of those, read from the store on disk"
+        f"{'; every job on a fresh process' if args.fresh_process else ''})\n"
     )
     cols = [c for c, _ in PHASES]
     out.append(
@@ -312,6 +329,9 @@ def main() -> None:
     flags = " --quick" if args.quick else " --with-60k" if args.with_60k else ""
     flags += f" --jobs {args.jobs}" + (" --skip-validation" if args.skip_validation else "")
     flags += f" --params '{json.dumps(args.params)}'" if args.params else ""
+    flags += " --fresh-process" if args.fresh_process else ""
+    flags += f" --store-bytes {args.store_bytes}" if args.store_bytes is not None else ""
+    flags += f" --skip {' '.join(args.skip)}" if args.skip else ""
     args.out.write_text(f"# Job cost (bench/job_cost.py{flags})\n\n" + text)
 
 
