@@ -45,7 +45,7 @@ from models.datasets import SampleDataset, load_dataset, load_digits_split  # no
 from models.process import warm_up as warm_torch  # noqa: E402
 from models.training import DIGITS_RECIPE, TrainRecipe, train  # noqa: E402
 from models.unlearning import run_method  # noqa: E402
-from models.unlearning.params import parse_params  # noqa: E402
+from models.unlearning.params import parse_params, with_recipe  # noqa: E402
 from service.core import deletions  # noqa: E402
 from service.core.db import migrate  # noqa: E402
 from service.core.db.engine import session_scope  # noqa: E402
@@ -56,7 +56,7 @@ from service.core.states import ModelStatus  # noqa: E402
 from workers import front_cache  # noqa: E402
 from workers.demo import register_local_model  # noqa: E402
 from workers.orchestrate import process_model  # noqa: E402
-from workers.runner import split, with_recipe  # noqa: E402
+from workers.runner import split  # noqa: E402
 from workers.validate import validate_model  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -51,7 +51,7 @@ from models.training import DIGITS_RECIPE, FASHION_RECIPE, TrainRecipe, train
 from models.unlearning import run_method
 from models.unlearning.feature_cache import FeatureCache
 from models.unlearning.last_layers import split_last_layers
-from models.unlearning.params import parse_params
+from models.unlearning.params import parse_params, with_recipe
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
@@ -546,7 +546,9 @@ def run_seed(
                     # set, and be graded, against the retrains graded there too, on the other half only.
                     halves = split_test_set(test_ds)
                     heldout, scored_on = halves.calibration, halves.scoring
-                model, t = _run_row(row, original, forget, retain, row.params(orig, scenario), heldout)
+                # as the service runs it: what the model's recipe decides where the row is silent (Adam)
+                params = with_recipe(row.method, row.params(orig, scenario), recipe.to_dict())
+                model, t = _run_row(row, original, forget, retain, params, heldout)
                 metrics = score(model, forget, retain, scored_on)
             row_ref, row_orig, row_floor = (
                 (ref, orig, floor) if scored_on is test_ds else graded(models, forget, retain, scored_on)

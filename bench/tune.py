@@ -52,6 +52,7 @@ from bench.quality import (
 )
 from models.datasets import SampleDataset
 from models.metrics import avg_gap
+from models.unlearning.params import with_recipe
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Env:
     retrained: torch.nn.Module  # the exact retrain itself (bench/loss_profile.py reads its losses)
     original_gap: float
     retrain_s: float
+    recipe: dict[str, Any]  # the original's training recipe: what a method takes from it (with_recipe)
     floor: float | None = None  # a second retrain's Avg Gap from the reference (``--floor``)
 
 
@@ -108,7 +110,7 @@ def environment(
         floor_model, _ = _cached(cache, key2, setting, device, make_floor)
         floor_gap = avg_gap(score(floor_model, forget, retain, run.test), ref)
     return Env(run.model, forget, retain, run.test, run.reference, ref, ref_model, avg_gap(orig, ref),
-               retrain_s, floor_gap)  # fmt: skip
+               retrain_s, run.recipe.to_dict(), floor_gap)  # fmt: skip
 
 
 def grid_points(grid: dict[str, list[Any]] | list[dict[str, list[Any]]]) -> list[dict[str, Any]]:
@@ -129,6 +131,7 @@ def evaluate_point(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
         env = environment(args.setting, args.model_seed, case, args.device, args.cache, args.floor)
         for run_seed in args.run_seeds or [None]:
             run_params = params if run_seed is None or "seed" in params else {**params, "seed": run_seed}
+            run_params = with_recipe(args.method, run_params, env.recipe)  # as the service would run it
             row = Row("tune", args.method, _fixed({}), front="kept" if args.kept_front else "computed")
             model, seconds = _run_row(row, env.original, env.forget,
                                       env.retain, run_params, env.heldout)  # fmt: skip

@@ -21,7 +21,7 @@ from models.hooks import Cancelled, Hooks
 from models.metrics import SetScores, evaluate, forgotten_classes, score_set
 from models.unlearning import run_method
 from models.unlearning.feature_cache import CacheStats, FeatureCache
-from models.unlearning.params import params_class, params_to_dict, parse_params
+from models.unlearning.params import params_to_dict, parse_params, with_recipe
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
@@ -113,16 +113,6 @@ def split(
     if forgotten:
         keep[train.index_of(sorted(forgotten))] = False
     return train.subset(forget_idx), train.subset(torch.nonzero(keep).flatten())
-
-
-def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
-    """Exact retrain uses the model's registered training recipe unless the params override it. The API
-    refuses a recipe that `parse_params("retrain", ...)` refuses; fields it does not know are dropped here
-    only for recipes stored before that check."""
-    if method != "retrain" or not recipe:
-        return params
-    fields = {f.name for f in dataclasses.fields(params_class(method))}
-    return {**{k: v for k, v in recipe.items() if k in fields}, **params}
 
 
 def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) -> None:

@@ -146,23 +146,28 @@ def masked_step(
 ) -> None:
     """One optimiser step in which coordinates with weight 0 take no part: their gradient is zeroed before
     the step (then the kept gradient is clipped: to norm ``clip`` if > 0, or by a run's ``StepClip``),
-    their momentum buffer keeps its value from before the step, and their value is restored after it
-    (weight decay). Without the first two, SGD's momentum would absorb a vetoed gradient and move the
-    coordinate at a later step where the mask keeps it."""
+    their optimiser state (SGD's momentum buffer, Adam's moments) keeps its value from before the step,
+    and their value is restored after it (weight decay). Without the first two, SGD's momentum would
+    absorb a vetoed gradient and move the coordinate at a later step where the mask keeps it."""
     kept = [w > 0 for w in weights]
     for p, k in zip(params, kept, strict=True):
         if p.grad is not None:
             p.grad.mul_(k)
     (clip if isinstance(clip, StepClip) else StepClip(clip))(params)
-    buffers = [opt.state.get(p, {}).get("momentum_buffer") for p in params]
-    buffers = [None if b is None else b.clone() for b in buffers]
+    buffers = [_moments(opt, p) for p in params]
+    buffers = [{name: b.clone() for name, b in held.items()} for held in buffers]
     before = [p.detach().clone() for p in params]
     opt.step()
     apply_update_mask(params, before, weights, binary=binary)
-    for p, k, old in zip(params, kept, buffers, strict=True):
-        new = opt.state.get(p, {}).get("momentum_buffer")
-        if new is not None:
+    for p, k, held in zip(params, kept, buffers, strict=True):
+        for name, new in _moments(opt, p).items():
+            old = held.get(name)
             new.copy_(torch.where(k, new, torch.zeros_like(new) if old is None else old))
+
+
+def _moments(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The optimiser's per-coordinate state of ``p`` (SGD's momentum buffer, Adam's two moments)."""
+    return {k: v for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v) and v.shape == p.shape}
 
 
 def top_fraction_mask(scores: Tensors, keep: float) -> list[torch.Tensor]:

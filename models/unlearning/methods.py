@@ -23,7 +23,16 @@ from models.metrics import accuracy, per_sample_loss
 from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.bounds import HeldoutBound, heldout_bound
-from models.unlearning.engine import Batch, Objective, Plan, Terms, model_device, retain_pool, run_steps, sgd
+from models.unlearning.engine import (
+    Batch,
+    Objective,
+    Plan,
+    Terms,
+    model_device,
+    optimizer,
+    retain_pool,
+    run_steps,
+)
 from models.unlearning.last_layers import features, fits, split_last_layers
 from models.unlearning.losses import smoothed_cross_entropy
 from models.unlearning.params import (
@@ -573,7 +582,7 @@ def salun_passes(
     per_epoch = math.ceil(len(forget) / params.batch_size) + math.ceil(len(retain) / params.batch_size)
     total = max(1, round(params.epochs * per_epoch)) if params.epochs > 0 else 0
     ps = [p for p in model.parameters() if p.requires_grad]
-    opt = sgd(ps, params.lr, params.momentum, params.weight_decay)
+    opt = optimizer(ps, params)
     sched = lr_scheduler(opt, params.schedule, total)
 
     def batches() -> Iterator[tuple[Loaded, torch.Tensor]]:

@@ -64,9 +64,9 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
 
 
 def check_recipe(recipe: dict[str, Any], where: str = "spec") -> None:
-    """`train_recipe` is what the `retrain` method reads as its params (workers/runner.py: with_recipe), so
-    it is parsed here as the worker parses them: unknown fields, wrong types and out-of-bounds values
-    are a 422 naming the field, not a failed job later."""
+    """`train_recipe` is what the `retrain` method reads as its params (models/unlearning/params.py:
+    with_recipe), so it is parsed here as the worker parses them: unknown fields, wrong types and
+    out-of-bounds values are a 422 naming the field, not a failed job later."""
     from models.unlearning.params import parse_params  # torch-free by contract (tested)
 
     try:

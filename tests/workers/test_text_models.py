@@ -125,7 +125,8 @@ def test_a_tiny_bert_is_registered_validated_unlearned_and_published_loadable_fr
     live: tuple[LiveApp, httpx.Client], files: dict[str, Any], tmp_path: Path
 ) -> None:
     app, http = live
-    r = register(http, files, "bert", config=saved_config(files))  # the config.json as a file
+    recipe = {"epochs": 20, "lr": 3e-3, "batch_size": 6, "optimizer": "adam", "weight_decay": 0.0}
+    r = register(http, files, "bert", config=saved_config(files), train_recipe=recipe)  # config: a file
     assert r.status_code == 202, r.text
     assert r.json()["arch_kwargs"]["config"]["model_type"] == "bert"
     mid = model_id(app, "bert")
@@ -142,6 +143,8 @@ def test_a_tiny_bert_is_registered_validated_unlearned_and_published_loadable_fr
     assert process_model(app.settings, mid) == "idle"  # UGradSL+ on input_ids / attention_mask batches
     req = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()
     assert (req["state"], req["model_version"]) == ("completed", "v2"), req
+    params = http.get(f"/v1/jobs/{req['job_id']}").json()["params"]
+    assert (params["optimizer"], params["lr"]) == ("adam", 3e-3)  # as it was trained: Adam at its lr
 
     r = http.get("/v1/models/bert/versions/v2/checkpoint")
     assert r.status_code == 200
