@@ -125,7 +125,8 @@ DEFAULT = (
     "sized at up to 16 pushes by memorisation (63% at 0.6 e-folds) beside forget batches from equal to half "
     "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
     "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is "
-    "memorised, steps held to twice the first step's gradient norm)"
+    "memorised, steps held to twice the first step's gradient norm, Adam at the recipe's lr for a model "
+    "trained with Adam)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -144,6 +145,9 @@ KEPT_FRONT = "ugradsl_plus (default, the front's outputs kept from earlier jobs)
 # Stop 43: the default before its steps were held to a multiple of the first step's gradient norm
 # (``clip_to_first``); on a small BERT its steps grew 10-20x and the model collapsed on two seeds of three.
 UNHELD = "ugradsl_plus (stop 42 default: steps not held to the first step's scale)"
+# Stop 44: a model trained with Adam is unlearned with Adam at its recipe's lr (``with_recipe``); this row
+# is the default as it ran before, SGD at the lr tuned on CNNs (the same on a model trained with SGD).
+SGD_ON_ADAM = "ugradsl_plus (stop 43 default: SGD whatever the model was trained with)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -277,6 +281,7 @@ ROWS = [
     Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
     Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),
+    Row(SGD_ON_ADAM, "ugradsl_plus", _fixed({"optimizer": "sgd"})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

@@ -415,7 +415,7 @@ def parse_params(method: str, raw: Any = None) -> Any:
 
 # An Adam-trained model's gradient methods run Adam at this share of its recipe's lr (``with_recipe``).
 # Chosen on the small BERT's tuning cases (bench/results/tune_stop44_adam_bert.md).
-ADAM_LR_SHARE = 1.0
+ADAM_LR_SHARE = 0.5
 
 
 def with_recipe(method: str, params: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 from models.architectures import build_model, parameter_count
 from models.datasets import load_text
 from models.training import TrainRecipe, train
+from models.unlearning.params import ADAM_LR_SHARE
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from service.core.settings import Settings
@@ -144,7 +145,7 @@ def test_a_tiny_bert_is_registered_validated_unlearned_and_published_loadable_fr
     req = http.get(f"/v1/deletion-requests/{r.json()['id']}").json()
     assert (req["state"], req["model_version"]) == ("completed", "v2"), req
     params = http.get(f"/v1/jobs/{req['job_id']}").json()["params"]
-    assert (params["optimizer"], params["lr"]) == ("adam", 3e-3)  # as it was trained: Adam at its lr
+    assert (params["optimizer"], params["lr"]) == ("adam", 3e-3 * ADAM_LR_SHARE)  # Adam, as it was trained
 
     r = http.get("/v1/models/bert/versions/v2/checkpoint")
     assert r.status_code == 200
