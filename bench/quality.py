@@ -190,6 +190,14 @@ SETTINGS = {
         "scored on the other), small_cnn 8x8, DIGITS_RECIPE (memorises)",
         _digits, {"in_channels": 1, "image_size": 8, "num_classes": 10}, DIGITS_RECIPE,
     ),
+    # Stop 44: a CNN trained with Adam, to check that unlearning an Adam-trained model with Adam at half its
+    # recipe's lr (``with_recipe``), chosen on the small BERT, is not a rule for transformers only.
+    "digits_adam": Setting(
+        "digits_adam", "scikit-learn digits as the digits setting, small_cnn 8x8 trained with Adam (30 "
+        "epochs, lr 0.002, batch 32, no weight decay: memorises)",
+        _digits, {"in_channels": 1, "image_size": 8, "num_classes": 10},
+        TrainRecipe(epochs=30, lr=0.002, batch_size=32, weight_decay=0.0, optimizer="adam"),
+    ),
     "fashion_mem": Setting(
         "fashion_mem", "Fashion-MNIST 10k-sample train subset / 10k test, small_cnn 28x28, FASHION_RECIPE "
         "(30 epochs: the memorising regime)",
