@@ -50,6 +50,7 @@ from bench.quality import (
     score,
     trained_original,
 )
+from models.architectures import layer_normed
 from models.datasets import SampleDataset
 from models.metrics import avg_gap
 from models.unlearning.params import with_recipe
@@ -131,7 +132,8 @@ def evaluate_point(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
         env = environment(args.setting, args.model_seed, case, args.device, args.cache, args.floor)
         for run_seed in args.run_seeds or [None]:
             run_params = params if run_seed is None or "seed" in params else {**params, "seed": run_seed}
-            run_params = with_recipe(args.method, run_params, env.recipe)  # as the service would run it
+            run_params = with_recipe(args.method, run_params, env.recipe,  # as the service would run it
+                                     layer_norm=layer_normed(env.original))  # fmt: skip
             row = Row("tune", args.method, _fixed({}), front="kept" if args.kept_front else "computed")
             model, seconds = _run_row(row, env.original, env.forget,
                                       env.retain, run_params, env.heldout)  # fmt: skip

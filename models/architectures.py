@@ -161,6 +161,13 @@ class _WeightsOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def layer_normed(model: nn.Module) -> bool:
+    """Whether the network normalises with LayerNorm (transformers, ConvNeXt): families trained and
+    fine-tuned with Adam, which unlearning follows where the recipe says so
+    (``models.unlearning.params.with_recipe``)."""
+    return any(isinstance(m, nn.LayerNorm) for m in model.modules())
+
+
 def parameter_count(name: str, **kwargs: Any) -> int:
     """Parameters of ``build_model(name, **kwargs)``, counted on a copy built on the meta device: no weight
     is allocated, however large the model. Raises what the builder raises for bad kwargs."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from models.architectures import build_model
+from models.architectures import build_model, layer_normed
 from models.calibration import held_out, roles
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset
@@ -179,7 +179,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     span = 0.85 / len(chain)
     for i, (method, raw_params) in enumerate(chain):
         lo = 0.1 + i * span
-        params = parse_params(method, with_recipe(method, raw_params, ctx.train_recipe))
+        params = parse_params(
+            method, with_recipe(method, raw_params, ctx.train_recipe, layer_norm=layer_normed(base_model))
+        )
         as_dict = params_to_dict(params)
         store.trying(method, as_dict)  # every param in effect, defaults included, while it runs
         rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)

@@ -16,21 +16,38 @@ ADAM_RECIPE = {"epochs": 50, "lr": 0.002, "batch_size": 32, "optimizer": "adam",
 SGD_RECIPE = {"epochs": 30, "lr": 0.05, "batch_size": 64, "momentum": 0.9}
 
 
-def test_an_adam_trained_model_is_unlearned_with_adam_at_its_recipes_lr_unless_the_request_says() -> None:
+def test_an_adam_trained_transformer_is_unlearned_with_adam_at_its_recipes_lr_unless_the_request_says() -> (
+    None
+):
     for method in ("ugradsl_plus", "ugradsl", "finetune", "gradient_ascent", "random_label", "salun"):
-        got = parse_params(method, with_recipe(method, {"epochs": 2.0}, ADAM_RECIPE))
+        got = parse_params(method, with_recipe(method, {"epochs": 2.0}, ADAM_RECIPE, layer_norm=True))
         assert (got.optimizer, got.lr, got.epochs) == ("adam", 0.002 * ADAM_LR_SHARE, 2.0), method
     # the request's own optimizer or lr wins, whole: no Adam at an SGD lr, no SGD at Adam's
-    assert with_recipe("ugradsl_plus", {"lr": 0.01}, ADAM_RECIPE) == {"lr": 0.01}
-    assert with_recipe("ugradsl_plus", {"optimizer": "sgd"}, ADAM_RECIPE) == {"optimizer": "sgd"}
-    # an SGD recipe, or none, leaves the method's defaults (tuned for SGD-trained networks)
-    assert with_recipe("ugradsl_plus", {}, SGD_RECIPE) == {}
-    assert with_recipe("ugradsl_plus", {}, None) == {} and parse_params("ugradsl_plus").optimizer == "sgd"
+    assert with_recipe("ugradsl_plus", {"lr": 0.01}, ADAM_RECIPE, layer_norm=True) == {"lr": 0.01}
+    assert with_recipe("ugradsl_plus", {"optimizer": "sgd"}, ADAM_RECIPE, layer_norm=True) == {
+        "optimizer": "sgd"
+    }
+    # a CNN trained with Adam (no LayerNorm), an SGD recipe, or none: the defaults, tuned with SGD
+    assert with_recipe("ugradsl_plus", {}, ADAM_RECIPE, layer_norm=False) == {}
+    assert with_recipe("ugradsl_plus", {}, SGD_RECIPE, layer_norm=True) == {}
+    assert with_recipe("ugradsl_plus", {}, None, layer_norm=True) == {}
+    assert parse_params("ugradsl_plus").optimizer == "sgd"
     # exact retrain takes the recipe itself, the request's fields over it
     assert with_recipe("retrain", {"epochs": 3}, {**SGD_RECIPE, "stale_field": 1}) == {
         **SGD_RECIPE,
         "epochs": 3,
     }
+
+
+def test_transformers_normalise_with_layer_norm_and_the_cnns_do_not() -> None:
+    """What ``layer_norm`` is read from (models.architectures.layer_normed)."""
+    from models.architectures import build_model, layer_normed
+
+    bert = {"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 20}  # fmt: skip
+    assert layer_normed(build_model("hf:sequence-classification", num_classes=3, config=bert))
+    for arch, kw in (("small_cnn", {}), ("resnet18_cifar", {}), ("mlp", {})):
+        assert not layer_normed(build_model(arch, **kw)), arch
 
 
 def _tiny() -> tuple[nn.Module, SampleDataset, SampleDataset]:

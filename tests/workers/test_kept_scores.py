@@ -116,3 +116,12 @@ def test_kept_scores_not_matching_the_version_record_are_not_read(no_gates: Sett
         scored_afresh(no_gates, v2, SECOND, FIRST)["test_accuracy"], abs=1e-9
     )
     assert second.metrics["base"]["test_accuracy"] < 1.0
+
+
+def test_a_cnn_trained_with_adam_is_still_unlearned_with_sgd(no_gates: Settings) -> None:
+    """The Adam rule (models/unlearning/params.py: with_recipe) asks for a layer-normalised network too: on
+    a small CNN trained with Adam, SGD forgot better (bench/results/tune_stop44_adam_digits.md)."""
+    with session_scope(no_gates.resolved_database_url) as s:
+        s.execute(update(Model).values(train_recipe={"epochs": 30, "lr": 0.002, "optimizer": "adam"}))
+    job = run_job(no_gates, FIRST, base=1)
+    assert job.state == "completed" and job.params["optimizer"] == "sgd" and job.params["lr"] == 0.03
