@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,13 +155,28 @@ class FeatureStore:
             path.unlink()
 
 
+BLOCK = 64 * 2**20  # bytes per hashed block: blocks are hashed in parallel (hashlib releases the GIL)
+
+
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
+    """SHA-256 over the tensors' names, dtypes, shapes and the SHA-256 of each 64 MiB block of their bytes,
+    in name order. Why blocks: a chunk of the 60k Fashion-MNIST model's rows is 0.75 GB, and one SHA-256
+    pass over it took 0.48 s of a 0.53 s read; blocks are hashed on every core at once."""
+    views = []
     for k in sorted(tensors):
         t = tensors[k].contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the buffer itself: no copy
+        raw = t.reshape(-1).view(torch.uint8).numpy().data  # the buffer itself: no copy
+        views.append(
+            (f"{k}:{t.dtype}:{tuple(t.shape)}", [raw[i : i + BLOCK] for i in range(0, len(raw), BLOCK)])
+        )
+    blocks = [b for _, bs in views for b in bs]
+    with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1) or 1) as pool:
+        digests = iter(list(pool.map(lambda b: hashlib.sha256(b).digest(), blocks)))
+    h = hashlib.sha256()
+    for name, bs in views:
+        h.update(name.encode())
+        for _ in bs:
+            h.update(next(digests))
     return h.hexdigest()
 
 
