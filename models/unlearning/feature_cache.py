@@ -152,15 +152,13 @@ class FeatureCache:
         """Add to ``kept`` the store's chunks of ``key`` that hold any of the ``wanted`` rows."""
         assert self.store is not None
         for name in self.store.chunks(key, skip=kept.stored):
-            ids = self.store.ids(key, name)
-            if ids is None or wanted.isdisjoint(ids):
-                continue  # left for a run that wants its rows (a chunk passed over now is listed again)
+            chunk = self.store.read(key, name, wanted)  # None: none of them, gone, or dropped as corrupt
+            if chunk is None:
+                continue
             kept.stored.add(name)
-            chunk = self.store.read(key, name)
-            if chunk is not None:
-                kept.add_values(chunk.values, chunk.ids)
-                self.stats.loaded += len(chunk.ids)
-                wanted.difference_update(chunk.ids)
+            kept.add_values(chunk.values, chunk.ids)
+            self.stats.loaded += len(chunk.ids)
+            wanted.difference_update(chunk.ids)
             if not wanted:
                 break
 

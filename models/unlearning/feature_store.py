@@ -63,26 +63,18 @@ class FeatureStore:
             return []
         return sorted(p.name for p in folder.glob(f"*{SUFFIX}") if p.name not in skip)
 
-    def ids(self, key: str, name: str) -> list[str] | None:
-        """The sample IDs a chunk holds, read from its header alone; None where it cannot be read."""
-        path = self._folder(key) / name
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return list(json.loads((f.metadata() or {})["ids"]))
-        except FileNotFoundError:
-            return None  # evicted by another process since it was listed
-        except Exception as exc:  # noqa: BLE001 - a file another process or the disk mangled: a miss
-            self._drop(path, f"unreadable header ({type(exc).__name__}: {exc})")
-            return None
-
-    def read(self, key: str, name: str) -> Chunk | None:
-        """A chunk, its checksum checked; None (and the file deleted) where it fails the check."""
+    def read(self, key: str, name: str, wanted: set[str]) -> Chunk | None:
+        """A chunk holding any of the ``wanted`` rows, its checksum checked; None where it holds none of
+        them (its header alone is read), is gone, or fails the check (the file is then deleted)."""
         path = self._folder(key) / name
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+            ids = json.loads(meta["ids"])
+            if wanted.isdisjoint(ids):
+                return None  # left for a run that wants its rows
             tensors = load_file(str(path))
-            ids, expected, layouts = json.loads(meta["ids"]), meta["sha256"], json.loads(meta["layouts"])
+            expected, layouts = meta["sha256"], json.loads(meta["layouts"])
         except FileNotFoundError:
             return None  # evicted by another process since it was listed
         except Exception as exc:  # noqa: BLE001 - a file another process or the disk mangled: a miss

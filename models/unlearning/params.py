@@ -435,8 +435,8 @@ def with_recipe(
     if not recipe:
         return params
     cls = params_class(method)
-    fields = {f.name for f in dataclasses.fields(cls)}
     if method == "retrain":
+        fields = {f.name for f in dataclasses.fields(cls)}
         return {**{k: v for k, v in recipe.items() if k in fields}, **params}
     adam = layer_norm and recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
     if issubclass(cls, GradientParams) and adam and not {"optimizer", "lr"} & params.keys():
