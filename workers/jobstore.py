@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from models.hooks import Cancelled
@@ -210,7 +210,11 @@ class JobStore:
                 job_id=ctx.job_id,
             )
             s.add(version)
-            s.add_all(ForgottenSample(model_id=m.id, sample_id=i, version_number=number) for i in new_ids)
+            if new_ids:  # one executemany: as ORM objects, 6,000 IDs took 0.4 s of a 4.5 s job (stop 45)
+                s.execute(
+                    insert(ForgottenSample),
+                    [{"model_id": m.id, "sample_id": i, "version_number": number} for i in new_ids],
+                )
             m.latest_version = number
             events.version_published(s, m, version, method=method, params=params)
             jobs.close(s, job, JobState.COMPLETED, result_version=number)
