@@ -1,8 +1,9 @@
-"""The SVC attack on confidences rounded to ``MIA_GRID`` against the same attack on the exact
-confidences: the score each gives and the time each fit takes, on real models.
+"""The SVC attack on confidences rounded to a grid (``MIA_GRID``, or each of ``--grids``) against the
+same attack on the exact confidences: the score each gives and the time each fit takes, on real models.
 
     .venv/bin/python -m bench.mia_grid                      # digits + Fashion-MNIST 10k, seeds 1 2
     .venv/bin/python -m bench.mia_grid --settings digits --seeds 1 --cache .cache/bench
+    .venv/bin/python -m bench.mia_grid --grids 1e-4 1e-3    # compare grids
 
 For each setting, seed and scenario (random 10%, random 1%, one class) the models scored are the
 original, the UGradSL+ default and, on random 10%, the exact retrain: the three kinds of confidence
@@ -12,6 +13,7 @@ the service's (``mia_sets``). The table goes to stdout and bench/results/mia_gri
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import time
@@ -42,18 +44,28 @@ def timed(fn, *args) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    args = model_bench_args(__doc__, ["digits", "fashion_mem"], [1, 2], OUT)
+    def grids(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--grids", nargs="+", type=float, default=[MIA_GRID], help="grids to compare")
+
+    args = model_bench_args(__doc__, ["digits", "fashion_mem"], [1, 2], OUT, grids)
+    names = [f"{g:g}" for g in args.grids]
     lines = [
         "# The MIA attack on a confidence grid (bench/mia_grid.py)",
         "",
-        f"Grid {MIA_GRID:g}; fit + predict seconds; score = share of D_f called non-member.",
+        f"Grids {', '.join(names)}; fit + predict seconds; score = share of D_f called non-member.",
         "",
-        "| setting | seed | scenario | model | distinct confidences exact / grid | score exact | score grid "
-        "| seconds exact | seconds grid |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| setting | seed | scenario | model | distinct confidences exact / "
+        + " / ".join(names)
+        + " | score exact | "
+        + " | ".join(f"score {n}" for n in names)
+        + " | seconds exact | "
+        + " | ".join(f"seconds {n}" for n in names)
+        + " |",
+        "|---|---:|---|---|---:|---:|" + "---:|" * (2 * len(names) + 1),
     ]
     print("\n".join(lines), flush=True)
-    worst, t_exact, t_grid = 0.0, 0.0, 0.0
+    worst = dict.fromkeys(args.grids, 0.0)
+    seconds = dict.fromkeys([0.0, *args.grids], 0.0)
     for name in args.settings:
         setting = SETTINGS[name]
         for seed in args.seeds:
@@ -75,22 +87,34 @@ def main() -> None:
                 members, non_members = mia_sets(retain, run.test, 0)
                 for label, model in models.items():
                     conf = [true_label_confidence(model, d) for d in (members, non_members, forget)]
-                    exact, s_exact = timed(functools.partial(mia_efficacy_from_confidence, grid=0), *conf)
-                    grid, s_grid = timed(mia_efficacy_from_confidence, *conf)
                     feats = np.concatenate(conf[:2])
-                    n_exact = len(np.unique(feats))
-                    n_grid = len(np.unique(np.round(feats / MIA_GRID)))
-                    worst, t_exact, t_grid = max(worst, abs(exact - grid)), t_exact + s_exact, t_grid + s_grid
+                    scores, took, distinct = {}, {}, {}
+                    for g in [0.0, *args.grids]:
+                        fit = functools.partial(mia_efficacy_from_confidence, grid=g)
+                        scores[g], took[g] = timed(fit, *conf)
+                        distinct[g] = len(np.unique(np.round(feats / g) if g else feats))
+                        seconds[g] += took[g]
+                    for g in args.grids:
+                        worst[g] = max(worst[g], abs(scores[g] - scores[0.0]))
                     line = (
-                        f"| {name} | {seed} | {scenario} | {label} | {n_exact} / {n_grid} "
-                        f"| {100 * exact:.2f}% | {100 * grid:.2f}% | {s_exact:.2f} | {s_grid:.2f} |"
+                        f"| {name} | {seed} | {scenario} | {label} | "
+                        + " / ".join(str(distinct[g]) for g in [0.0, *args.grids])
+                        + " | "
+                        + " | ".join(f"{100 * scores[g]:.2f}%" for g in [0.0, *args.grids])
+                        + " | "
+                        + " | ".join(f"{took[g]:.2f}" for g in [0.0, *args.grids])
+                        + " |"
                     )
                     lines.append(line)
                     print(line, flush=True)
     summary = [
         "",
-        f"Largest score difference: {100 * worst:.2f} points. Total fit time: exact {t_exact:.1f} s, "
-        f"grid {t_grid:.1f} s.",
+        "Largest score difference from the exact fit: "
+        + ", ".join(f"grid {n}: {100 * worst[g]:.2f} points" for n, g in zip(names, args.grids, strict=True))
+        + ". Total fit time: exact "
+        + f"{seconds[0.0]:.1f} s, "
+        + ", ".join(f"grid {n}: {seconds[g]:.1f} s" for n, g in zip(names, args.grids, strict=True))
+        + ".",
     ]
     print("\n".join(summary))
     args.out.write_text("\n".join(lines + summary) + "\n")

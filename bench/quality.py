@@ -350,10 +350,18 @@ ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample i
 SCENARIOS = [*ONE_IN, "classwise"]
 
 
-def model_bench_args(doc: str | None, settings: list[str], seeds: list[int], out: Path) -> argparse.Namespace:
+def model_bench_args(
+    doc: str | None,
+    settings: list[str],
+    seeds: list[int],
+    out: Path,
+    more: Callable[[argparse.ArgumentParser], Any] | None = None,
+) -> argparse.Namespace:
     """The command line of a bench that reads this module's trained models: --settings, --seeds, --cache
-    (the models bench.quality saved) and --out."""
+    (the models bench.quality saved) and --out; ``more`` adds the bench's own arguments."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if more is not None:
+        more(ap)
     ap.add_argument("--settings", nargs="+", default=settings)
     ap.add_argument("--seeds", nargs="+", type=int, default=seeds)
     ap.add_argument("--cache", type=Path, default=None, help="reuse trained models (as bench.quality)")

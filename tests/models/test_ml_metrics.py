@@ -6,6 +6,7 @@ from torch import nn
 
 from models.datasets import SampleDataset
 from models.metrics import (
+    MIA_GRID,
     accuracy,
     avg_gap,
     evaluate,
@@ -91,15 +92,15 @@ def test_the_svc_attack_on_merged_duplicates_classifies_like_the_svc_on_every_po
 
 
 def test_the_attack_on_rounded_confidences_scores_like_the_svc_on_the_exact_ones() -> None:
-    """A model fresh from unlearning gives distinct confidences; the attack rounds them to a 1e-4 grid to
-    fit in a fraction of the time. Its verdicts must match a plain SVC on the unrounded points, on a
-    probe that straddles the decision boundary."""
+    """A model fresh from unlearning gives distinct confidences; the attack rounds them to a grid
+    (``MIA_GRID``) to fit in a fraction of the time. Its verdicts must match a plain SVC on the unrounded
+    points, on a probe that straddles the decision boundary."""
     from sklearn.svm import SVC
 
     rng = np.random.default_rng(1)
     members = rng.beta(8, 1, 3000).astype(np.float32)  # confident, not saturated
     non_members = rng.beta(3, 1, 3000).astype(np.float32)
-    assert len(np.unique(np.round(members / 1e-4))) < len(np.unique(members))  # rounding merges points
+    assert len(np.unique(np.round(members / MIA_GRID))) < len(np.unique(members))  # rounding merges points
     probe = np.concatenate([rng.beta(5, 1, 2000), np.linspace(0, 1, 2001)]).astype(np.float32)
     plain = SVC(C=3, gamma="auto", kernel="rbf").fit(
         np.concatenate([members, non_members]).astype(np.float64)[:, None],
