@@ -126,7 +126,7 @@ DEFAULT = (
     "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
     "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is "
     "memorised, steps held to twice the first step's gradient norm, Adam at half the recipe's lr for a "
-    "layer-normalised model trained with Adam)"
+    "layer-normalised model trained with Adam, BatchNorm at its running statistics)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -149,6 +149,9 @@ UNHELD = "ugradsl_plus (stop 42 default: steps not held to the first step's scal
 # (``with_recipe``); this row is the default as it ran before, SGD at the lr tuned on CNNs (the same as the
 # default on every other model).
 SGD_ON_ADAM = "ugradsl_plus (stop 43 default: SGD whatever the model was trained with)"
+# Stop 45: BatchNorm runs at its running statistics (``batch_stats``); this row is the default as it ran
+# before, each batch normalised by its own statistics (train mode; the same as the default without BatchNorm).
+BATCH_STATS = "ugradsl_plus (stop 44 default: BatchNorm at each batch's own statistics)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -292,6 +295,7 @@ ROWS = [
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
     Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),
     Row(SGD_ON_ADAM, "ugradsl_plus", _fixed({"optimizer": "sgd"})),
+    Row(BATCH_STATS, "ugradsl_plus", _fixed({"batch_stats": "batch"})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

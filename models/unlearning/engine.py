@@ -25,6 +25,7 @@ from models.hooks import Hooks
 from models.loading import read_ahead
 from models.training import StepClip, lr_scheduler
 from models.unlearning import masks as M
+from models.unlearning.batch_stats import frozen_batch_stats
 from models.unlearning.params import GradientParams
 from models.unlearning.selection import Selector
 
@@ -207,19 +208,20 @@ def run_steps(
     step = 0
     if selector is not None:
         selector.start(model, total)
-    for step, ((i_f, i_r), (xf_b, xr_b, joint)) in enumerate(read_pairs(xf, xr, indices()), start=1):
-        i_f, i_r = i_f.to(device), i_r.to(device)
-        norm = forget_norm(len(i_f), len(i_r), len(forget))
-        batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
-        weights = annealed(plan, step, total, params.forget_anneal)
-        correct = _step(model, opt, batch, params, objective, weights, static_mask, clip)
-        sched.step()
-        stopper.add(correct)
-        hooks.step(step, total)
-        if selector is not None:
-            selector.after_step(model, step)
-        if stopper.should_stop(step, hooks.check_every):
-            break
+    with frozen_batch_stats(model, params.batch_stats == "frozen"):
+        for step, ((i_f, i_r), (xf_b, xr_b, joint)) in enumerate(read_pairs(xf, xr, indices()), start=1):
+            i_f, i_r = i_f.to(device), i_r.to(device)
+            norm = forget_norm(len(i_f), len(i_r), len(forget))
+            batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
+            weights = annealed(plan, step, total, params.forget_anneal)
+            correct = _step(model, opt, batch, params, objective, weights, static_mask, clip)
+            sched.step()
+            stopper.add(correct)
+            hooks.step(step, total)
+            if selector is not None:
+                selector.after_step(model, step)
+            if stopper.should_stop(step, hooks.check_every):
+                break
     if selector is not None:
         selector.finish(model, step)
     hooks.finish()

@@ -22,6 +22,7 @@ from models.layout import cpu_channels_last
 from models.metrics import accuracy, per_sample_loss
 from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
+from models.unlearning.batch_stats import frozen_batch_stats, uses_batch_stats
 from models.unlearning.bounds import HeldoutBound, heldout_bound
 from models.unlearning.engine import (
     Batch,
@@ -120,18 +121,14 @@ def _ce(model: nn.Module, x: Loaded, y: torch.Tensor) -> torch.Tensor | None:
     return F.cross_entropy(model(x), y) if len(y) else None
 
 
-def _has_batch_stats(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def _joint_forward(
     net: Classifier, b: Batch
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features and logits of B_r and B_f. Without batch statistics one forward pass over both batches is
     the same computation as two and runs like a plain training step of size |B_r| + |B_f|; with
-    BatchNorm the batches keep their own statistics (two passes), as in the paper's algorithm."""
+    BatchNorm at batch statistics the batches keep their own (two passes), as in the paper's algorithm."""
     n = B.rows(b.xr)
-    if _has_batch_stats(net) or n == 0:
+    if uses_batch_stats(net) or n == 0:
         feat_r, feat_f = net.features(b.xr), net.features(b.xf)  # type: ignore[arg-type]
         return feat_r, feat_f, net.head(feat_r), net.head(feat_f)
     feats = net.features(b.both())  # type: ignore[arg-type]  # (B_r + B_f, D)
@@ -598,19 +595,20 @@ def salun_passes(
     step = 0
     if select is not None:
         select.start(model, total)
-    for step in range(1, total + 1):
-        x, y = next(stream)
-        loss = F.cross_entropy(model(B.to(x, device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if static_mask is None:
-            opt.step()
-        else:
-            M.masked_step(opt, ps, static_mask, binary=True, clip=params.grad_clip)
-        sched.step()
-        hooks.step(step, total)
-        if select is not None:
-            select.after_step(model, step)
+    with frozen_batch_stats(model, params.batch_stats == "frozen"):
+        for step in range(1, total + 1):
+            x, y = next(stream)
+            loss = F.cross_entropy(model(B.to(x, device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if static_mask is None:
+                opt.step()
+            else:
+                M.masked_step(opt, ps, static_mask, binary=True, clip=params.grad_clip)
+            sched.step()
+            hooks.step(step, total)
+            if select is not None:
+                select.after_step(model, step)
     if select is not None:
         select.finish(model, step)
     hooks.finish()
