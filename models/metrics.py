@@ -124,7 +124,7 @@ def mia_efficacy_from_confidence(
     was 0.1-0.5 s, and the attack still 0.2-0.5 s of each of a 60k job's two scorings; on this one
     (at most 1,001 distinct values per label) 0.02-0.06 s. Scores measured on digits, the memorising
     10k model and the 60k model (originals, defaults, retrains; bench/results/mia_grid_stop45.md) moved
-    from the exact fit's by at most 0.2 points (2 of 1,000 forget samples; on 1e-4, 0.04; the exact fit
+    from the exact fit's by at most 0.2 points (2 of 1,000 forget samples; on 1e-4, 0.03; the exact fit
     itself moved 0.03 on the 60k model when its solver ran to convergence)."""
     from sklearn.svm import SVC  # type: ignore[import-untyped,unused-ignore]
 
