@@ -160,9 +160,13 @@ class LazyRows:
         """The same rows, read ahead by ``workers`` processes."""
         return LazyRows(self.source, self.index, self.device, workers)
 
+    def source_rows(self, idx: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The source's numbers of this view's rows ``idx``."""
+        return self._rows(np.asarray(torch.as_tensor(idx).cpu(), dtype=np.int64).reshape(-1))
+
     def read(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Rows ``idx`` of this view, materialised on its device."""
-        rows = self._rows(np.asarray(torch.as_tensor(idx).cpu(), dtype=np.int64).reshape(-1))
+        rows = self.source_rows(idx)
         if len(rows) == 0:
             shape = self.sample_shape if len(self.source) else ()
             return torch.empty((0, *shape), device=self.device)

@@ -13,7 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,9 +23,11 @@ from models.batches import Inputs, Loaded
 from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.loading import read_ahead
+from models.streamed import LazyRows
 from models.training import StepClip, lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.batch_stats import frozen_batch_stats
+from models.unlearning.feature_cache import KeptRows
 from models.unlearning.params import GradientParams
 from models.unlearning.selection import Selector
 
@@ -263,9 +265,19 @@ def read_pairs(
 
     Why a joint batch: a method that runs B_r and B_f through the network as one batch
     (``methods._joint_forward``) otherwise copies both into a new tensor after reading them, every step.
-    Where both sets are plain tensors in memory of one layout, their rows are read straight into the two
-    halves of one tensor, and B_r and B_f are views of it; elsewhere (rows on disk, dicts, channels-last
-    images) ``joint`` is None."""
+    Where both sets are plain tensors in memory of one layout, or views of a front's kept rows
+    (``feature_cache.KeptRows``), their rows are read straight into the two halves of one tensor, and B_r
+    and B_f are views of it; elsewhere (rows on disk, dicts, channels-last images) ``joint`` is None."""
+    if _kept(xf, xr):  # rows kept in a front's chunks: read straight into the two halves
+        assert isinstance(xf, LazyRows) and isinstance(xr, LazyRows)
+        sf, sr = cast(KeptRows, xf.source), cast(KeptRows, xr.source)
+        for i_f, i_r in plan:
+            n = len(i_r)
+            joint = sr.empty(n + len(i_f))
+            sr.read_into(xr.source_rows(i_r), joint[:n])
+            sf.read_into(xf.source_rows(i_f), joint[n:])
+            yield (i_f, i_r), (joint[n:], joint[:n], joint)
+        return
     if not _joinable(xf, xr):
         for (i_f, i_r), (xf_b, xr_b) in read_ahead([xf, xr], plan):
             yield (i_f, i_r), (xf_b, xr_b, None)
@@ -277,6 +289,16 @@ def read_pairs(
         torch.index_select(xr, 0, i_r.to(xr.device), out=joint[:n])
         torch.index_select(xf, 0, i_f.to(xf.device), out=joint[n:])
         yield (i_f, i_r), (joint[n:], joint[:n], joint)
+
+
+def _kept(xf: Inputs, xr: Inputs) -> bool:
+    """Both sets are views of a front's kept rows (``feature_cache.KeptRows``), of one dtype and shape."""
+    if not (isinstance(xf, LazyRows) and isinstance(xr, LazyRows)):
+        return False
+    if not (isinstance(xf.source, KeptRows) and isinstance(xr.source, KeptRows)):
+        return False
+    a, b = xf.source.empty(0), xr.source.empty(0)
+    return xf.device == xr.device == a.device and (a.dtype, a.shape) == (b.dtype, b.shape)
 
 
 def _joinable(xf: Inputs, xr: Inputs) -> bool:

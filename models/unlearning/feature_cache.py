@@ -28,11 +28,13 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 from models.datasets import SampleDataset
 from models.hooks import FrontFeatures
+from models.streamed import LazyRows
 from models.unlearning.feature_store import FeatureStore
 from models.unlearning.last_layers import features, rows_like
 
@@ -42,7 +44,8 @@ class _Rows:
     """One front's outputs, in the chunks that runs computed: chunk ``c`` holds rows ``starts[c]`` on, and
     ``index[id]`` is sample ``id``'s row. Each value of a chunk is one tensor (its name "" when the front
     gives one). Why chunks and not one growing tensor: growing copied every kept row at every run that
-    added some (0.75 GB on the 60k model)."""
+    added some (0.75 GB on the 60k model); they are merged only as a growing vector reallocates
+    (``_merge``)."""
 
     index: dict[str, int] = field(default_factory=dict)
     chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
@@ -52,39 +55,114 @@ class _Rows:
     def nbytes(self) -> int:
         return sum(t.element_size() * t.numel() for c in self.chunks for t in c.values())
 
-    def add(self, fresh: SampleDataset) -> None:
+    def add(self, fresh: SampleDataset) -> dict[str, torch.Tensor]:
+        """Keep ``fresh``'s rows; its values by name (what a store writes: the chunk may merge)."""
         values = dict(fresh.x) if isinstance(fresh.x, dict) else {"": fresh.x}
         self.add_values(values, fresh.ids)  # type: ignore[arg-type]
+        return values  # type: ignore[return-value]
 
     def add_values(self, values: dict[str, torch.Tensor], ids: list[str]) -> None:
         self.starts.append(len(self.index))
         self.chunks.append(values)
         self.index.update((sid, self.starts[-1] + i) for i, sid in enumerate(ids))
+        self._merge()
 
-    def take(self, data: SampleDataset) -> SampleDataset:
+    def _merge(self) -> None:
+        """The chunks as one again once the newest holds at least as many rows as all before it. Why: a
+        batch spread over two chunks is read in two gathers and a scatter (``KeptRows``), 3x as long as
+        out of one tensor; a worker's validation keeps the 10k rows it scores, then the rest of the
+        training set, so every later job read from two. Merged only at that size, as a growing vector
+        reallocates, each row is copied a bounded number of times over the cache's life (merging at every
+        add copied every kept row at every run that added some); the merge holds the rows twice for
+        its moment."""
+        if len(self.chunks) > 1 and len(self.index) - self.starts[-1] >= self.starts[-1]:
+            self.chunks = [{k: torch.cat([c[k] for c in self.chunks]) for k in self.chunks[0]}]
+            self.starts = [0]
+
+    def take(self, data: SampleDataset, lazy: bool = False) -> SampleDataset:
         """``data``'s rows. Rows that one chunk holds in that order (a run's own, as it computed them) are
-        views of it, not copies: runs read their features and never write them."""
+        views of it, not copies: runs read their features and never write them. ``lazy``: rows of one
+        tensor are not copied at all but read a batch at a time from the chunks (``KeptRows``)."""
+        if not self.chunks:  # nothing kept: no rows asked for
+            return SampleDataset({}, data.y.clone(), list(data.ids))
         rows = torch.tensor([self.index[sid] for sid in data.ids], dtype=torch.long)
-        ends = [*self.starts[1:], len(self.index)]
         first = int(rows[0]) if len(rows) else 0
         in_order = len(rows) > 0 and torch.equal(rows, torch.arange(first, first + len(rows)))
-        out: dict[str, torch.Tensor] = {}
-        for start, end, chunk in zip(self.starts, ends, self.chunks, strict=True):
-            at = torch.nonzero((rows >= start) & (rows < end)).flatten()
-            if in_order and len(at) == len(rows):
+        for start, chunk in zip(self.starts, self.chunks, strict=True):
+            if in_order and start <= first and first + len(rows) <= start + _length(chunk):
                 lo = first - start  # one run of this chunk, in order: a view
                 out = {k: v[lo : lo + len(rows)] for k, v in chunk.items()}
-                break
-            if len(rows) and not len(at):
-                continue
-            for k, v in chunk.items():
-                if k not in out:
-                    out[k] = rows_like(v, len(rows))
-                if len(at) == len(rows):  # all from this chunk: straight into the output
-                    torch.index_select(v, 0, rows - start, out=out[k])
-                elif len(at):
-                    out[k].index_copy_(0, at, v.index_select(0, rows[at] - start))
+                return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
+        kept = KeptRows.of(self) if lazy else None
+        if kept is not None and len(rows):
+            return SampleDataset(LazyRows(kept, rows.numpy()), data.y.clone(), list(data.ids))
+        out = {
+            k: KeptRows([c[k] for c in self.chunks], self.starts).read(rows.numpy()) for k in self.chunks[0]
+        }
         return SampleDataset(out[""] if list(out) == [""] else out, data.y.clone(), list(data.ids))
+
+
+def _length(chunk: dict[str, torch.Tensor]) -> int:
+    return len(next(iter(chunk.values())))
+
+
+class KeptRows:
+    """A front's kept rows of one tensor, across its chunks, as a ``models.streamed.RowSource``: a
+    ``LazyRows`` over it reads a batch at a time, straight from the chunks.
+
+    Why: a run's retain pool and D_f were gathered out of the chunks into tensors of their own before its
+    first step, a copy of every row it would read (on the 60k model 24-37k rows, 0.3-0.5 GB: 0.2 s a job,
+    1.3 s on a process's first job, whose fresh pages the kernel had to fault in), and the steps then
+    gathered each batch out of that copy. Read from the chunks, each batch is gathered once and the copy
+    is not made. A batch comes out in the chunks' layout (a channels-last front output stays channels-last),
+    as it did out of the copy. Only rows of one tensor on the CPU are read this way (``of``); a front that
+    gives a dict, and a run on a GPU (its rows are moved there once), take a copy as before."""
+
+    def __init__(self, chunks: list[torch.Tensor], starts: list[int]) -> None:
+        self.chunks = chunks
+        self.starts = torch.tensor(starts, dtype=torch.long)
+        self.n = int(starts[-1]) + len(chunks[-1]) if chunks else 0
+
+    @classmethod
+    def of(cls, rows: _Rows) -> KeptRows | None:
+        """The kept rows of a front whose output is one CPU tensor; None for others (a dict of tensors)."""
+        tensors = [c.get("") for c in rows.chunks]
+        if not tensors or any(
+            t is None or len(c) != 1 or t.device.type != "cpu"
+            for t, c in zip(tensors, rows.chunks, strict=True)
+        ):
+            return None
+        return cls([t for t in tensors if t is not None], rows.starts)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.chunks[0].shape[1:])
+
+    def empty(self, n: int) -> torch.Tensor:
+        """An uninitialised (n, ...) tensor that ``read_into`` can fill: these rows' dtype and layout."""
+        return rows_like(self.chunks[0], n)
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        out = self.empty(len(rows))
+        self.read_into(rows, out)
+        return out
+
+    def read_into(self, rows: np.ndarray, out: torch.Tensor) -> None:
+        """Rows ``rows`` (numbered across the chunks, as ``_Rows.index`` numbers them) written to ``out``."""
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        if len(self.chunks) == 1:
+            torch.index_select(self.chunks[0], 0, idx, out=out)
+            return
+        which = torch.searchsorted(self.starts, idx, right=True) - 1
+        for c, chunk in enumerate(self.chunks):
+            at = torch.nonzero(which == c).flatten()
+            if len(at) == len(idx):  # all from this chunk: straight into the output
+                torch.index_select(chunk, 0, idx - self.starts[c], out=out)
+            elif len(at):
+                out.index_copy_(0, at, chunk.index_select(0, idx[at] - self.starts[c]))
 
 
 @dataclass
@@ -112,10 +190,11 @@ class FeatureCache:
         self, front: nn.Module, data: SampleDataset, device: torch.device, source: str
     ) -> SampleDataset:
         """``last_layers.features(front, data, device)``, from the rows kept for ``front`` and ``source``
-        where there are, computing (and keeping) only the others."""
+        where there are, computing (and keeping) only the others. For a run on the CPU the rows stay in the
+        kept chunks and are read a batch at a time (``KeptRows``)."""
         kept, missing = self._computed(front, data, device, source)
         self.stats.read += len(data) - missing
-        return kept.take(data)
+        return kept.take(data, lazy=device.type == "cpu")
 
     def keep(self, front: nn.Module, data: SampleDataset, device: torch.device, source: str) -> int:
         """Compute and keep the rows of ``data`` not kept yet, returning none of them (a warm-up: no copy
@@ -134,10 +213,10 @@ class FeatureCache:
             missing = [i for i in missing if data.ids[i] not in kept.index]
         if missing:
             fresh = features(front, data.subset(missing), device)
-            kept.add(fresh)
+            values = kept.add(fresh)
             self.stats.computed += len(missing)
             if self.store is not None:
-                name = self.store.write("\n".join(key), fresh.ids, kept.chunks[-1])
+                name = self.store.write("\n".join(key), fresh.ids, values)
                 kept.stored.update([name] if name else [])
         if kept.nbytes() <= self.max_bytes:
             self._fronts[key] = kept

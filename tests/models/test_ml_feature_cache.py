@@ -10,8 +10,10 @@ from torch import nn
 from models.architectures import build_model
 from models.datasets import SampleDataset
 from models.hooks import Hooks
+from models.layout import cpu_channels_last
+from models.streamed import LazyRows
 from models.unlearning import run_method
-from models.unlearning.feature_cache import FeatureCache
+from models.unlearning.feature_cache import FeatureCache, KeptRows
 from models.unlearning.last_layers import features, split_last_layers
 
 CPU = torch.device("cpu")
@@ -32,7 +34,10 @@ def _data(n: int, shape: tuple[int, ...], seed: int = 0) -> SampleDataset:
 
 
 def _parts(d: SampleDataset) -> dict[str, torch.Tensor]:
-    return d.x if isinstance(d.x, dict) else {"": d.x}  # type: ignore[return-value]
+    """The rows' values (rows left in the kept chunks, ``KeptRows``, read out)."""
+    if isinstance(d.x, LazyRows):
+        return {"": d.x.read(torch.arange(len(d.x)))}
+    return d.x if isinstance(d.x, dict) else {"": d.x}
 
 
 @pytest.mark.parametrize("arch, shape", [("small_cnn", (1, 28, 28)), ("resnet18_cifar", (3, 32, 32))])
@@ -158,3 +163,73 @@ def test_keep_computes_only_new_rows_and_a_later_read_takes_them_back() -> None:
     got = cache.features(front, data.subset([11, 2, 7]), CPU, "train")
     assert sum(through) == 0 and cache.stats.computed == 12
     assert torch.equal(_parts(got)[""], features(front, data.subset([11, 2, 7]), CPU).x)
+
+
+class _Same(nn.Module):
+    """A front whose output is its input, in the input's layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.one
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_rows_out_of_order_across_chunks_are_read_a_batch_at_a_time_as_a_copy_would_have_them(layout) -> None:
+    """A worker keeps every training row at validation, so a run's rows are scattered over the chunks:
+    on the CPU they stay there (``KeptRows``) and each read gives what gathering them would have."""
+    kept = [torch.randn(n, 3, 2, 2).contiguous(memory_format=layout) for n in (7, 5)]
+    data = SampleDataset(torch.cat(kept), torch.arange(12), [f"s{i}" for i in range(12)])
+    cache = FeatureCache(max_bytes=2**30)
+    front = _Same()
+    cache.features(front, data.subset(range(7)), CPU, "train")
+    cache.features(front, data, CPU, "train")  # the other 5: a second chunk (fewer rows: not merged)
+    order = [9, 2, 11, 0, 6, 4]
+    got = cache.features(front, data.subset(order), CPU, "train")
+    assert isinstance(got.x, LazyRows) and isinstance(got.x.source, KeptRows)  # nothing copied yet
+    assert got.ids == [f"s{i}" for i in order] and got.y.tolist() == order
+    for idx in ([0, 1, 2, 3, 4, 5], [3, 1], [1], [2, 0], []):  # both chunks, one chunk, none
+        rows = got.x.read(torch.tensor(idx, dtype=torch.long))
+        want = data.x[torch.tensor([order[i] for i in idx], dtype=torch.long)]
+        assert torch.equal(rows, want) and (not idx or rows.stride() == want.stride())
+
+
+@pytest.mark.slow
+def test_a_run_on_rows_kept_out_of_order_ends_where_a_run_without_a_cache_does(
+    digits_model, digits, digits_random10
+) -> None:
+    """As after a worker's validation: every training row kept, in two chunks and in another order than
+    the run reads them, so the run reads its pool and D_f from the chunks a batch at a time."""
+    forget, retain = digits_random10
+    heldout = digits[1]
+    plain = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, heldout=heldout)
+    train = digits[0]
+    split = split_last_layers(digits_model, 0.7)  # the default run's front (train_share)
+    assert split is not None
+    cache = FeatureCache(max_bytes=2**30)
+    with cpu_channels_last(digits_model):  # the layout a run computes its rows in
+        cache.keep(split.front, train.subset([i for i in range(len(train)) if i % 3]), CPU, "digits-train")
+        cache.keep(split.front, train, CPU, "digits-train")  # a third more: a chunk of its own
+    kept = cache.stats.computed
+    model = copy.deepcopy(digits_model)
+    run_method("ugradsl_plus", model, forget, retain, hooks=Hooks(front_features=cache.bound("digits-train")),
+               heldout=heldout)  # fmt: skip
+    assert cache.stats.computed == kept == len(train) and cache.stats.read > len(forget)
+    for a, b in zip(plain.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_chunks_merge_once_the_newest_is_as_large_as_all_before_it() -> None:
+    """Reads out of one tensor are the fast ones; merging at that size copies each row a bounded number
+    of times (``_Rows._merge``), and the rows read back are the same."""
+    data = _data(40, (3, 2, 2))
+    front = _Same()
+    cache = FeatureCache(max_bytes=2**30)
+    for stop, chunks in ((8, 1), (12, 2), (16, 3), (40, 1)):  # 4 < 8, 4 < 12, then 24 >= 16: merged
+        cache.features(front, data.subset(range(stop)), CPU, "train")
+        (rows,) = cache._fronts.values()
+        assert len(rows.chunks) == chunks and rows.nbytes() == stop * 12 * 4
+    got = cache.features(front, data.subset([33, 5, 14]), CPU, "train")
+    assert torch.equal(_parts(got)[""], data.x[torch.tensor([33, 5, 14])])  # type: ignore[index]

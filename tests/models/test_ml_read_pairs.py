@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from models.streamed import LazyRows
 from models.unlearning.engine import Batch, read_pairs
+from models.unlearning.feature_cache import KeptRows
 
 
 def _plan() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -23,6 +26,21 @@ def test_plain_tensors_are_read_into_one_batch_of_which_both_halves_are_views() 
         y_r, y_f = torch.zeros(len(i_r)), torch.zeros(len(i_f))
         batch = Batch(xr_b, y_r, xf_b, y_f, y_f, 1.0, joint)
         assert batch.both() is joint
+
+
+def test_views_of_kept_front_rows_are_read_into_one_batch_in_their_layout() -> None:
+    """Rows a front's cache keeps (``KeptRows``, across two chunks) are read straight into the joint
+    batch, in the chunks' layout, as a gather of them would have been."""
+    chunks = [torch.randn(n, 3, 2, 2).contiguous(memory_format=torch.channels_last) for n in (3, 6)]
+    rows = torch.cat(chunks)
+    source = KeptRows(chunks, [0, 3])
+    f_rows, r_rows = np.array([7, 1, 4, 2]), np.array([0, 8, 3, 5, 6, 2, 1, 4])
+    xf, xr = LazyRows(source, f_rows), LazyRows(source, r_rows)
+    for (i_f, i_r), (xf_b, xr_b, joint) in read_pairs(xf, xr, iter(_plan())):
+        assert joint is not None and joint.is_contiguous(memory_format=torch.channels_last)
+        want = torch.cat([rows[r_rows[i_r.numpy()]], rows[f_rows[i_f.numpy()]]])
+        assert torch.equal(joint, want)
+        assert xr_b.data_ptr() == joint.data_ptr() and xf_b.data_ptr() == joint[len(i_r) :].data_ptr()
 
 
 def test_inputs_that_cannot_share_a_tensor_are_read_apart_and_joined_on_demand() -> None:
