@@ -79,7 +79,7 @@ def register_local_model(
     save_npz(test_ds, paths["test"])
     # Scored like every later version: on the scoring half of the test set (the method calibrates on the
     # other half), so v1 -> v2 in the version line compares like with like.
-    metrics = v1_metrics(model, train_ds, held_out(test_ds, None).scoring)
+    metrics, _ = v1_metrics(model, train_ds, held_out(test_ds, None).scoring)
     ckpt = version_path(settings.checkpoint_dir, f"{name}-registered", 1)
     num_classes = int(arch_kwargs.get("num_classes", train_ds.num_classes))
     digest = save_checkpoint(

@@ -7,8 +7,9 @@ base only repeats the pass. The file is named after the checkpoint and what else
 scoring data and the device kind) and vouched for like the checkpoint: its sha256 is on the version record
 (``metrics.test_scores_sha256``, in the audit event of the publish too), and a file that is missing, changed
 or of another length is not read: the base is scored instead. A job records which it was
-(``metrics.data.base_test_scores``: ``kept`` or ``scored``). A registered model's v1 has none; its first
-job scores it.
+(``metrics.data.base_test_scores``: ``kept`` or ``scored``). A registered model's v1 gets them from the
+worker that validates it (``workers.validate.keep_v1_scores``); a v1 registered without that validation
+(``workers.demo``) has none, and its first job scores it.
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ from models.metrics import evaluate, forgotten_classes
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, Job, Model, ModelVersion
 from service.core.settings import Settings
+from service.core.states import ModelStatus
 from tests.workers.test_jobs import demo, submit  # noqa: F401 - `demo` is a fixture
 from workers.kept_scores import of_checkpoint
 from workers.orchestrate import process_model
+from workers.validate import validate_model
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +96,26 @@ def test_the_next_job_reads_the_published_versions_kept_scores_and_gets_what_sco
     assert base["test_count"] == fresh["test_count"]
     # v2's TA is the one v2's own job measured: the same model on the same data.
     assert base["test_accuracy"] == v2.metrics["test_accuracy"]
+
+
+def test_a_validated_models_first_job_reads_v1s_scores_kept_at_validation(no_gates: Settings) -> None:
+    """The worker that validates a model scores v1 on the scoring part anyway; kept, they spare the first
+    job its base's test pass, and give what scoring v1 gives."""
+    with session_scope(no_gates.resolved_database_url) as s:
+        model = s.scalars(select(Model)).one()
+        model.status = ModelStatus.VALIDATING
+        model_id = model.id
+    assert validate_model(no_gates, model_id) == ModelStatus.READY
+    v1 = version(no_gates, 1)
+    # under the model's folder, wherever its registered checkpoint lies (the demo's is outside it)
+    kept = list((no_gates.checkpoint_dir / model_id / "scores").glob(f"{Path(v1.checkpoint_uri).stem}.*"))
+    assert len(kept) == 1 and len(v1.metrics["test_scores_sha256"]) == 64
+    first = run_job(no_gates, FIRST, base=1)
+    assert first.metrics["data"]["base_test_scores"] == "kept"
+    base, fresh = first.metrics["base"], scored_afresh(no_gates, v1, FIRST, [])
+    for key in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
+        assert base[key] == pytest.approx(fresh[key], abs=1e-6), key
+    assert base["test_accuracy"] == v1.metrics["test_accuracy"]  # the one validation measured
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing"])
