@@ -35,6 +35,23 @@ def test_after_warm_up_a_first_optimizer_imports_nothing() -> None:
     assert _in_fresh_interpreter(code) == "[]"
 
 
+def test_after_warm_up_the_membership_attack_imports_nothing() -> None:
+    """A model's first job scores the attack for the first time in its worker's process (validation
+    never does): after ``warm_up`` it loads no module (scikit-learn's SVC: ~0.8 s)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from models.metrics import mia_efficacy_from_confidence\n"
+        "from models.process import warm_up\n"
+        "assert 'sklearn.svm' not in sys.modules, 'already imported: the test proves nothing'\n"
+        "warm_up()\n"
+        "before = set(sys.modules)\n"
+        "c = np.linspace(0.5, 1.0, 20)\n"
+        "mia_efficacy_from_confidence(c[10:], c[:10], c)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    assert _in_fresh_interpreter(code) == "[]"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_a_batch_of_activations_is_served_from_memory_already_mapped() -> None:
     """Three 20 MiB activations live at once, then freed, twenty times. glibc's thresholds start at 128 KiB
