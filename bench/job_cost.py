@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
 from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,19 @@ def setup_model(
     train_ds: SampleDataset,
     test_ds: SampleDataset,
     recipe: TrainRecipe,
+    models: Path | None = None,
 ) -> str:
-    model = train(build_model(arch, **kwargs), train_ds, recipe)
+    """Train the model (or, with ``models``, load the one an earlier run trained and kept there) and
+    register it."""
+    model = build_model(arch, **kwargs)
+    kept = models / f"{name}.safetensors" if models is not None else None
+    if kept is not None and kept.exists():
+        load_model(model, kept)
+    else:
+        train(model, train_ds, recipe)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            save_model(model, kept)
     register_local_model(
         settings,
         tenant="bench",
@@ -225,6 +237,14 @@ def main() -> None:
         "--store-bytes", type=int, default=None, help="UNLEARN_FEATURE_STORE_BYTES (0: no store on disk)"
     )
     ap.add_argument("--skip", nargs="*", default=[], help="models to leave out: digits, fashion_mem, fashion")
+    ap.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="keep each trained model in this folder, and load it from there in a later run: two runs (of "
+        "two commits, say) then time the same jobs on the same weights, which a model trained anew does "
+        "not give (its deletions are sized by how much it memorised)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     warm_torch()  # as a worker does when it starts taking tasks (workers/celery_app.py)
@@ -259,7 +279,7 @@ def main() -> None:
     cases = [c for c in cases if c[1] not in args.skip]
     rows, loops = [], []
     for label, name, kw_, tr_, te_, recipe, _note in cases:
-        model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe)
+        model_id = setup_model(settings, name, "small_cnn", kw_, tr_, te_, recipe, args.models)
         if args.params:
             parse_params("ugradsl_plus", args.params)  # a bad field fails here, not in the job
             with session_scope(settings.resolved_database_url) as s:
@@ -290,6 +310,7 @@ def main() -> None:
         f"## Job phases against an exact retrain (seconds; device {device}; a random 10% forget set per "
         f"job, {args.jobs} jobs in a row; UGradSL+ params {params_note}; "
         f"front rows: computed / kept from earlier jobs / of those, read from the store on disk"
+        f"{f'; models trained once and kept in {args.models}' if args.models else ''}"
         f"{'; every job on a fresh process' if args.fresh_process else ''})\n"
     )
     cols = [c for c, _ in PHASES]
