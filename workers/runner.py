@@ -27,7 +27,7 @@ from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, front_cache, gates, kept_scores
 from workers.datasets import DatasetRef, load_registered
-from workers.device import precision, resolve_device, synchronize
+from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
 from workers.progress import Reporter
 from workers.storage import version_path
@@ -130,6 +130,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     train, test = load(ctx.train), load(ctx.test)
     parts = held_out(test, load(ctx.heldout) if ctx.heldout else None)
     data_roles = roles(parts, ctx.test_name, ctx.heldout_name)
+    data_roles["cpu_threads"] = cpu_threads(settings.torch_threads)
     base_model = build_model(ctx.architecture, **{"num_classes": ctx.num_classes, **ctx.arch_kwargs})
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)

@@ -33,7 +33,7 @@ from service.core.states import ModelStatus
 from workers import failpoints, front_cache, kept_scores, leases
 from workers.claims import MAX_ATTEMPTS, validation_attempts
 from workers.datasets import DatasetRef, load_registered
-from workers.device import precision, resolve_device
+from workers.device import cpu_threads, precision, resolve_device
 from workers.runner import train_share
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
     try:
         check_size(arch, kwargs, settings.max_params)  # on the meta device: refused before any allocation
         device = resolve_device(settings.device)
+        cpu_threads(settings.torch_threads)
         model = build_model(arch, **kwargs)
         load_weights(model, uri, sha256=sha256, device=device)
         model.to(device)

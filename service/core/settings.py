@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # Worker behaviour.
     device: str = Field("auto", validation_alias=AliasChoices("UNLEARN_DEVICE"))
     precision: Literal["fp32", "bf16"] = Field("fp32", validation_alias=AliasChoices("UNLEARN_PRECISION"))
+    # torch's CPU threads per worker process (0: torch's default, one per core). Several workers on one
+    # CPU host each take every core by default, and their thread pools then wait on each other
+    # (workers.device.cpu_threads).
+    torch_threads: int = Field(0, ge=0, validation_alias=AliasChoices("UNLEARN_TORCH_THREADS"))
     lease_seconds: float = Field(120.0, gt=0, validation_alias=AliasChoices("UNLEARN_LEASE_SECONDS"))
     heartbeat_seconds: float = Field(2.0, gt=0, validation_alias=AliasChoices("UNLEARN_HEARTBEAT_SECONDS"))
     # The longest any attempt of a job may run (a model may ask for less, never more), so one tenant

@@ -379,3 +379,18 @@ def test_a_job_shows_every_param_in_effect_from_the_start_of_its_method(demo: Se
         assert 0.1 < job.progress < 0.95  # where it stopped: within the method's span, not 0
         assert job.params["epochs"] == 200
         assert {"lr", "p", "batch_size", "bound_by"} <= set(job.params)
+
+
+def test_a_job_runs_on_the_cpu_threads_the_worker_is_set_to_and_records_them(demo: Settings) -> None:
+    """``UNLEARN_TORCH_THREADS``: several workers on one CPU host must not each take every core."""
+    before = torch.get_num_threads()
+    settings = demo.model_copy(update={"torch_threads": 1})
+    try:
+        model_id, _ = submit(settings, ["digits-0001", "digits-0002"])
+        assert process_model(settings, model_id) == "idle"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with session_scope(settings.resolved_database_url) as s:
+        job = s.scalars(select(Job)).one()
+        assert job.state == "completed" and job.metrics["data"]["cpu_threads"] == 1
