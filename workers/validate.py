@@ -64,13 +64,18 @@ def v1_metrics(
 
 
 def keep_v1_scores(
-    settings: Settings, model_id: str, uri: str, test: DatasetRef, parts: HeldOut, scores: SetScores
+    settings: Settings,
+    model_id: str,
+    uri: str,
+    test: DatasetRef,
+    parts: HeldOut,
+    scores: SetScores,
+    device: torch.device,
 ) -> dict[str, str]:
     """Keep v1's scores on the scoring part as a publish keeps a version's (``workers.kept_scores``):
     the model's first job reads them instead of scoring its base's test pass again (on the 60k
     Fashion-MNIST model one pass over 4,934 rows: 0.1-0.4 s). The entry for v1's metrics, or none if they
     could not be written (the first job then scores its base, as before)."""
-    device = resolve_device(settings.device)
     key = kept_scores.scoring_key(test, parts, device)
     sha256 = kept_scores.write(kept_scores.path_for(settings.checkpoint_dir, model_id, uri, key), scores)
     return {kept_scores.RECORD_KEY: sha256} if sha256 is not None else {}
@@ -194,7 +199,7 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
         metrics, scores = v1_metrics(
             model, train_ds, parts.scoring, **front_scores(settings, model, share, sources)
         )
-        metrics |= keep_v1_scores(settings, model_id, uri, sources[1], parts, scores)
+        metrics |= keep_v1_scores(settings, model_id, uri, sources[1], parts, scores, device)
         status = ModelStatus.READY
     except InputMismatch as exc:  # already in the registrant's words
         status, detail, metrics = ModelStatus.INVALID, str(exc), {}
