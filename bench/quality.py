@@ -126,7 +126,8 @@ DEFAULT = (
     "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
     "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is "
     "memorised, steps held to twice the first step's gradient norm, Adam at half the recipe's lr for a "
-    "layer-normalised model trained with Adam, BatchNorm at its running statistics)"
+    "layer-normalised model trained with Adam, BatchNorm at its running statistics, retain reads drawn 10% "
+    "to D_f's class mix)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -152,6 +153,9 @@ SGD_ON_ADAM = "ugradsl_plus (stop 43 default: SGD whatever the model was trained
 # Stop 45: BatchNorm runs at its running statistics (``batch_stats``); this row is the default as it ran
 # before, each batch normalised by its own statistics (train mode; the same as the default without BatchNorm).
 BATCH_STATS = "ugradsl_plus (stop 44 default: BatchNorm at each batch's own statistics)"
+# Stop 47: retain reads are drawn 10% to D_f's class mix (``retain_match``); this row reads them in D_r's own
+# mix, as before. The same run as the default wherever D_f's mix is D_r's (random and class-wise cases).
+UNMATCHED = "ugradsl_plus (stop 46 default: retain reads in D_r's class mix)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -298,6 +302,7 @@ ROWS = [
     Row(BATCH_STATS, "ugradsl_plus", _fixed({"batch_stats": "batch"})),
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
+    Row(UNMATCHED, "ugradsl_plus", _fixed({"retain_match": 0.0})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),
     Row(CHEAPER, "ugradsl_plus", _varied({"epochs": 0.75})),
     Row(PREVIOUS, "ugradsl_plus", _varied({"bound_by": "correct", "p": 0.8})),
@@ -351,7 +356,7 @@ NOISE_SEED_OFFSET = 1000  # the second retrain's training seed: the run's seed +
 
 
 ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample in this many is deleted
-SCENARIOS = [*ONE_IN, "classwise"]
+SCENARIOS = [*ONE_IN, "subclass", "classwise"]
 
 
 def model_bench_args(
@@ -377,13 +382,16 @@ def forget_split(
     train_ds: SampleDataset, scenario: str, seed: int, forgotten_class: int = 0
 ) -> tuple[SampleDataset, SampleDataset]:
     """(forget, retain): a seeded random 10% (``random``) or 1% (``small``: a deletion request's usual size,
-    where a cost that follows the dataset is most out of proportion), or every training sample of
-    ``forgotten_class``."""
+    where a cost that follows the dataset is most out of proportion), a seeded half of the training samples
+    of ``forgotten_class`` (``subclass``: the class stays, the deletion is all of one label, as when one
+    source's images of a kind are taken down), or every training sample of ``forgotten_class``."""
+    gen = torch.Generator().manual_seed(seed)
     if scenario in ONE_IN:
-        gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // ONE_IN[scenario]]
     else:
         idx = torch.nonzero(train_ds.y == forgotten_class).flatten()
+    if scenario == "subclass":
+        idx = idx[torch.randperm(len(idx), generator=gen)[: len(idx) // 2]]
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
 
 
@@ -673,7 +681,9 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
             if not rs:
                 continue
             cls = scenario == "classwise"
-            title = "class-wise (class 0)" if cls else f"random {100 // ONE_IN[scenario]}%"
+            title = {"classwise": "class-wise (class 0)", "subclass": "half of class 0"}.get(
+                scenario, f"random {100 // ONE_IN.get(scenario, 1)}%"
+            )
             lines += [f"\n### {setting}, {title}\n",
                       "| Method | UA | MIA | MIA-loss | RA | TA" + (" | TA class 0" if cls else "")
                       + " | Avg Gap | gap closed | closable gap closed | RTE (s) | RTE / retrain |",

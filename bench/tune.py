@@ -58,15 +58,15 @@ from models.unlearning.params import with_recipe
 
 @dataclass(frozen=True)
 class Case:
-    scenario: str  # "random" | "small" | "classwise"
-    value: int  # split seed (random, small) or forgotten class (classwise)
+    scenario: str  # "random" | "small" | "subclass" | "classwise"
+    value: int  # split seed (random, small) or forgotten class (classwise; subclass: its half's seed too)
 
     @classmethod
     def parse(cls, text: str) -> Case:
         scenario, _, value = text.partition(":")
         if scenario not in SCENARIOS or not value.lstrip("-").isdigit():
             raise argparse.ArgumentTypeError(
-                f"a case is random:SEED, small:SEED or classwise:CLASS, got {text!r}"
+                f"a case is random:SEED, small:SEED, subclass:CLASS or classwise:CLASS, got {text!r}"
             )
         return cls(scenario, int(value))
 

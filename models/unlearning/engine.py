@@ -153,6 +153,36 @@ def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) 
     return retain.subset(torch.cat(rows).sort().values)
 
 
+def matched_rows(retain_y: torch.Tensor, forget_y: torch.Tensor, share: float) -> torch.Tensor | None:
+    """(V,) rows of the retain pool in which each row of a class stands round(w_c / min w) times, w_c =
+    (1 - share) + share·f_c / r_c, with f_c and r_c the class's shares of D_f and of the pool; None where
+    every row stands once (a random deletion, ``share`` 0, or no class of D_f left in the pool).
+
+    Why: the retain term keeps what the forget term must not take. A random deletion is spread over the
+    classes as D_r is, and each retain batch holds each class in that measure. A deletion drawn from one
+    class that stays (half of digits' class 0) is pushed all in one direction: with momentum the pushes
+    of its first steps carry on after the held-out bound had stopped them, and the class's retained rows
+    (a twentieth of each batch) did not hold the class. It then forgot past a retrain (UA 5.6% against
+    0%, the attack 15-21% against 2%: further from the retrain than the untouched model). Read three times
+    as often (``share`` 0.1), the class's retained rows held it (docs/methods.md, stop 47); where a
+    retrain does forget much of such a deletion (a confusable class), reading them more holds D_f back
+    a little, which is why the share is small."""
+    if share <= 0 or len(retain_y) == 0 or len(forget_y) == 0:
+        return None
+    k = int(max(int(retain_y.max()), int(forget_y.max()))) + 1
+    pool = torch.bincount(retain_y, minlength=k).double()  # (K,) rows per class in the pool
+    staying = forget_y[pool[forget_y] > 0]  # D_f's labels whose class is still in the pool
+    if len(staying) == 0:
+        return None
+    f = torch.bincount(staying, minlength=k).double() / len(staying)  # (K,) D_f's mix
+    w = (1 - share) + share * f / (pool / len(retain_y)).clamp(min=1e-12)  # (K,) per class
+    times = (w / w[pool > 0].min()).round().long()  # (K,) how often a row of the class stands
+    if int(times[pool > 0].max()) <= 1:
+        return None
+    rows = torch.arange(len(retain_y))
+    return rows.repeat_interleave(times[retain_y])
+
+
 def run_steps(
     model: nn.Module,
     forget: SampleDataset,
@@ -184,8 +214,10 @@ def run_steps(
     tf = yf if forget_targets is None else forget_targets.to(device)
     xr, yr = (B.to(retain.x, device), retain.y.to(device)) if len(retain) else (xf, yf[:0])
     gen = torch.Generator().manual_seed(params.seed)
-    lead_n, partner_n = (len(forget), len(retain)) if plan.lead == "forget" else (len(retain), len(forget))
     total = count_steps(plan, params, len(forget), len(retain))
+    matched = matched_rows(retain.y, forget.y, params.retain_match) if len(retain) else None
+    n_reads = len(matched) if matched is not None else len(retain)  # retain rows as the stream reads them
+    lead_n, partner_n = (len(forget), n_reads) if plan.lead == "forget" else (n_reads, len(forget))
 
     def indices() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(forget rows, retain rows) of every step, drawn from the seeded generator."""
@@ -195,7 +227,8 @@ def run_steps(
             i_lead = next(lead)
             k = partner_size(plan, len(i_lead), partner_n, params.forget_batch_ratio)
             i_part = partner.take(k) if partner_n else i_lead[:0]
-            yield (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
+            i_f, i_r = (i_lead, i_part) if plan.lead == "forget" else (i_part, i_lead)
+            yield i_f, (matched[i_r] if matched is not None else i_r)
 
     opt = optimizer(list(model.parameters()), params)
     sched = lr_scheduler(opt, params.schedule, total)
@@ -205,7 +238,7 @@ def run_steps(
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
                 "retain_rows": len(retain), "trained_weights": trained,
-                "clip_to_first": params.clip_to_first})  # fmt: skip
+                "clip_to_first": params.clip_to_first, **_matched_about(retain.y, matched)})  # fmt: skip
     hooks.start()
     step = 0
     if selector is not None:
@@ -228,6 +261,15 @@ def run_steps(
         selector.finish(model, step)
     hooks.finish()
     return model
+
+
+def _matched_about(retain_y: torch.Tensor, matched: torch.Tensor | None) -> dict[str, Any]:
+    """For the run's plan: how many times a pass reads each row of the classes read more than once."""
+    if matched is None:
+        return {}
+    reads = torch.bincount(matched, minlength=len(retain_y))  # (n,) times each pool row stands
+    classes = retain_y[reads > 1].unique().tolist()
+    return {"retain_read_times": {str(c): int(reads[retain_y == c].max()) for c in classes}}  # JSON keys
 
 
 def optimizer(ps: Sequence[torch.Tensor], params: GradientParams) -> torch.optim.Optimizer:
