@@ -126,8 +126,8 @@ DEFAULT = (
     "the retain batch's size, class-wise 0.75 epochs with half-size forget batches, cosine lr 0.03, retain "
     "pool 24x |D_f|, 5x when a class leaves, shrunk until the run reads it twice, once when D_f is "
     "memorised, steps held to twice the first step's gradient norm, Adam at half the recipe's lr for a "
-    "layer-normalised model trained with Adam, BatchNorm at its running statistics, retain reads drawn 10% "
-    "to D_f's class mix)"
+    "layer-normalised model trained with Adam, BatchNorm at its running statistics, retain reads drawn up to "
+    "20% to D_f's class mix where the model rarely misclassifies unseen samples of its classes)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -153,7 +153,7 @@ SGD_ON_ADAM = "ugradsl_plus (stop 43 default: SGD whatever the model was trained
 # Stop 45: BatchNorm runs at its running statistics (``batch_stats``); this row is the default as it ran
 # before, each batch normalised by its own statistics (train mode; the same as the default without BatchNorm).
 BATCH_STATS = "ugradsl_plus (stop 44 default: BatchNorm at each batch's own statistics)"
-# Stop 47: retain reads are drawn 10% to D_f's class mix (``retain_match``); this row reads them in D_r's own
+# Stop 47: retain reads are drawn to D_f's class mix (``retain_match``); this row reads them in D_r's own
 # mix, as before. The same run as the default wherever D_f's mix is D_r's (random and class-wise cases).
 UNMATCHED = "ugradsl_plus (stop 46 default: retain reads in D_r's class mix)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool

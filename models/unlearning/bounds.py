@@ -24,6 +24,7 @@ stop 40), so batch ranks stay the default.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,9 @@ class HeldoutBound:
     by: str = "midpoint"  # one of params.BOUND_TARGETS
     ranks: str = "batch"  # params.BOUND_RANKS: within the batch, among all of D_f, or the larger target
     latest: torch.Tensor | None = None  # (n_f,) ranks="forget": each forget row's loss when last read
+    # (K,) the share of each class's held-out rows the model gets wrong (loss above ln 2); 0 for a class with
+    # none: how much of a deletion drawn from the class a retrain would be expected to forget
+    class_error: torch.Tensor | None = None
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
@@ -124,4 +128,8 @@ def heldout_bound(
     k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1)
     retained = torch.zeros(k, dtype=torch.bool, device=device)
     retained[retain.y.unique().to(device)] = True
-    return HeldoutBound(torch.cat(losses).sort().values, retained)
+    found = torch.cat(losses)  # (m,) in the order of ``rows``
+    labels = heldout.y[rows].to(device)
+    rows_of = torch.bincount(labels, minlength=k).double()  # (K,)
+    wrong = torch.bincount(labels, weights=(found > math.log(2)).double(), minlength=k)  # (K,)
+    return HeldoutBound(found.sort().values, retained, class_error=wrong / rows_of.clamp(min=1))

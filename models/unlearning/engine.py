@@ -153,20 +153,23 @@ def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) 
     return retain.subset(torch.cat(rows).sort().values)
 
 
-def matched_rows(retain_y: torch.Tensor, forget_y: torch.Tensor, share: float) -> torch.Tensor | None:
+def matched_rows(
+    retain_y: torch.Tensor, forget_y: torch.Tensor, share: float, scale: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """(V,) rows of the retain pool in which each row of a class stands round(w_c / min w) times, w_c =
-    (1 - share) + share·f_c / r_c, with f_c and r_c the class's shares of D_f and of the pool; None where
-    every row stands once (a random deletion, ``share`` 0, or no class of D_f left in the pool).
+    (1 - s) + s·g_c·f_c / r_c, with s = ``share``, f_c and r_c the class's shares of D_f and of the pool,
+    and g_c = ``scale``[c] (``scale`` (K,): 1 where None); None where every row stands once (a random
+    deletion, ``share`` 0, or no class of D_f left in the pool).
 
     Why: the retain term keeps what the forget term must not take. A random deletion is spread over the
     classes as D_r is, and each retain batch holds each class in that measure. A deletion drawn from one
     class that stays (half of digits' class 0) is pushed all in one direction: with momentum the pushes
     of its first steps carry on after the held-out bound had stopped them, and the class's retained rows
     (a twentieth of each batch) did not hold the class. It then forgot past a retrain (UA 5.6% against
-    0%, the attack 15-21% against 2%: further from the retrain than the untouched model). Read three times
-    as often (``share`` 0.1), the class's retained rows held it (docs/methods.md, stop 47); where a
-    retrain does forget much of such a deletion (a confusable class), reading them more holds D_f back
-    a little, which is why the share is small."""
+    0%, the attack 15-21% against 2%: further from the retrain than the untouched model). Read several
+    times as often, the class's retained rows held it (docs/methods.md, stop 47). Where unseen samples of
+    the class are often misclassified, a retrain forgets part of such a deletion, and holding the class
+    holds D_f back: the caller scales the share down there (``retain_match_power``)."""
     if share <= 0 or len(retain_y) == 0 or len(forget_y) == 0:
         return None
     k = int(max(int(retain_y.max()), int(forget_y.max()))) + 1
@@ -175,7 +178,10 @@ def matched_rows(retain_y: torch.Tensor, forget_y: torch.Tensor, share: float) -
     if len(staying) == 0:
         return None
     f = torch.bincount(staying, minlength=k).double() / len(staying)  # (K,) D_f's mix
-    w = (1 - share) + share * f / (pool / len(retain_y)).clamp(min=1e-12)  # (K,) per class
+    g = torch.ones(k, dtype=torch.float64)  # (K,) how much of its share each class of D_f takes
+    if scale is not None:
+        g[: min(k, len(scale))] = scale[:k].double().cpu()
+    w = (1 - share) + share * g * f / (pool / len(retain_y)).clamp(min=1e-12)  # (K,) per class
     times = (w / w[pool > 0].min()).round().long()  # (K,) how often a row of the class stands
     if int(times[pool > 0].max()) <= 1:
         return None
@@ -196,6 +202,7 @@ def run_steps(
     static_mask: list[torch.Tensor] | None = None,
     selector: Selector | None = None,
     about: dict[str, Any] | None = None,
+    class_error: torch.Tensor | None = None,
 ) -> nn.Module:
     """Run the method's steps in place on ``model`` (on its device) and return it. ``selector``: score the
     model at a few steps and end on the best-scored state (``models.unlearning.selection``). ``about``:
@@ -215,7 +222,10 @@ def run_steps(
     xr, yr = (B.to(retain.x, device), retain.y.to(device)) if len(retain) else (xf, yf[:0])
     gen = torch.Generator().manual_seed(params.seed)
     total = count_steps(plan, params, len(forget), len(retain))
-    matched = matched_rows(retain.y, forget.y, params.retain_match) if len(retain) else None
+    scale = None
+    if class_error is not None and params.retain_match_power > 0:
+        scale = (1 - class_error) ** params.retain_match_power
+    matched = matched_rows(retain.y, forget.y, params.retain_match, scale) if len(retain) else None
     n_reads = len(matched) if matched is not None else len(retain)  # retain rows as the stream reads them
     lead_n, partner_n = (len(forget), n_reads) if plan.lead == "forget" else (n_reads, len(forget))
 

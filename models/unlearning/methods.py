@@ -340,7 +340,8 @@ def _run(
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
     run_steps(net, part.forget, part.retain, params, hooks, objective, plan, forget_targets=forget_targets,
-              static_mask=mask, selector=select, about=about)  # fmt: skip
+              static_mask=mask, selector=select, about=about,
+              class_error=bound.class_error if bound is not None else None)  # fmt: skip
     return part
 
 

@@ -1,6 +1,7 @@
 """The held-out bound of UGradSL's forget term: which forget samples are still pushed."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -118,8 +119,13 @@ def test_heldout_bound_reads_the_models_sorted_heldout_losses_and_the_retained_c
     without_class_3 = retain.subset(torch.nonzero(retain.y != 3).flatten())
     bound = heldout_bound(digits_model, test, without_class_3)
     assert bound is not None
-    expected = torch.from_numpy(per_sample_loss(digits_model, test)).sort().values
-    torch.testing.assert_close(bound.quantiles, expected)
+    losses = torch.from_numpy(per_sample_loss(digits_model, test))
+    torch.testing.assert_close(bound.quantiles, losses.sort().values)
+    # each class's share of held-out rows the model gets wrong (loss above ln 2), which retain_match reads
+    wrong = losses > math.log(2)
+    expected_error = torch.stack([wrong[test.y == c].double().mean() for c in range(10)])
+    assert bound.class_error is not None and wrong.any()
+    torch.testing.assert_close(bound.class_error, expected_error)
     assert bound.retained.tolist() == [k != 3 for k in range(10)]
     assert heldout_bound(digits_model, test.subset([]), retain) is None
 

@@ -31,6 +31,10 @@ def test_rows_of_the_forget_sets_classes_stand_more_often_in_the_retain_stream()
     # a class that left D_r does not count: D_f's other rows decide the mix
     with_gone = torch.cat([half_of_0, torch.full((50,), 2)])
     assert torch.equal(matched_rows(retain_y, with_gone, 0.3), rows)  # type: ignore[arg-type]
+    # a class scaled down (one that unseen samples of are often misclassified) is not held
+    assert matched_rows(retain_y, half_of_0, 0.3, torch.tensor([0.05, 1.0])) is None
+    half_held = matched_rows(retain_y, half_of_0, 0.3, torch.tensor([0.5, 1.0]))  # (0.7 + 1.5) / 0.7 -> 3
+    assert half_held is not None and torch.bincount(half_held)[:10].tolist() == [3] * 10
 
 
 def test_a_random_deletion_is_unlearned_bit_for_bit_as_without_matching(
@@ -51,6 +55,7 @@ def test_half_of_one_class_is_not_forgotten_past_what_a_retrain_would(
 ) -> None:
     """Half of digits' class 0: a retrain still classifies it as it does unseen zeros (none wrong on the
     test set). Unmatched, the run misclassified 4-6% of it and the attack flagged 15-21% as unseen."""
+    assert parse_params("ugradsl_plus", {}).retain_match_power > 0
     train_ds, test = digits
     zeros = torch.nonzero(train_ds.y == 0).flatten()
     gen = torch.Generator().manual_seed(0)
@@ -60,10 +65,12 @@ def test_half_of_one_class_is_not_forgotten_past_what_a_retrain_would(
     scores, plans = {}, {}
     for name, p in (("matched", {}), ("unmatched", {"retain_match": 0.0})):
         hooks = _Plans()
-        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, p, hooks, heldout=test)
+        model = copy.deepcopy(digits_model)
+        run_method("ugradsl_plus", model, forget, retain, p, hooks, heldout=test)
         scores[name], plans[name] = evaluate(model, forget=forget, retain=retain, test=test), hooks.plans[-1]
-    # the run says what it read: a retained zero three times a pass (w_0 / w = (0.9 + 0.1·1 / 0.05) / 0.9)
-    assert plans["matched"]["retain_read_times"] == {"0": 3}
+    # the run says what it read: a retained zero six times a pass (no held-out zero is misclassified, so
+    # s_0 = 0.2: w_0 / w = (0.8 + 0.2 · 1 / (71 / 1366)) / 0.8 = 5.8)
+    assert plans["matched"]["retain_read_times"] == {"0": 6}
     assert "retain_read_times" not in plans["unmatched"]
     wrong = {k: round(s["unlearning_accuracy"] * len(forget)) for k, s in scores.items()}
     assert wrong["unmatched"] >= 2 and wrong["matched"] <= wrong["unmatched"] // 2, wrong
