@@ -105,6 +105,31 @@ def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings
     assert bench["forgotten_class_test_accuracy"] == pytest.approx(published["forgotten_class_test_accuracy"])
 
 
+def test_a_deletion_of_half_a_class_that_stays_is_read_beside_that_class_and_the_job_says_so(
+    demo: Settings,
+) -> None:
+    """The class stays in D_r, so the run is sized as a random deletion's, and its retain reads lean on the
+    class (``retain_match``): the job's record tells an auditor how (each retained zero read k times)."""
+    with session_scope(demo.resolved_database_url) as s:
+        train_id = s.scalars(select(Model.train_dataset_id)).one()
+        zeros = sorted(
+            s.scalars(
+                select(DatasetSample.sample_id).where(
+                    DatasetSample.dataset_id == train_id, DatasetSample.label == 0
+                )
+            )
+        )
+        s.execute(update(Model).values(gates={}))
+    model_id, req_id = submit(demo, zeros[::2])
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        runs = s.get_one(Job, req.job_id).metrics["attempts"][0]["runs"]
+    assert (req.state, req.model_version) == ("completed", 2)
+    assert runs[0]["sized_by"] == "pushes" and runs[0]["forget_rows"] == len(zeros[::2])
+    assert set(runs[0]["retain_read_times"]) == {"0"} and runs[0]["retain_read_times"]["0"] > 1
+
+
 def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) -> None:
     """The version line compares like with like: v1's TA is the job's base TA (same model, same data)."""
     model_id, _ = submit(demo, [f"digits-{i:04d}" for i in range(0, 200, 10)])
