@@ -356,7 +356,8 @@ NOISE_SEED_OFFSET = 1000  # the second retrain's training seed: the run's seed +
 
 
 ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample in this many is deleted
-SCENARIOS = [*ONE_IN, "subclass", "classwise"]
+OF_CLASS = {"subclass": 0.5, "most": 0.9}  # a seeded share of one class's samples is deleted; the class stays
+SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise"]
 
 
 def model_bench_args(
@@ -382,16 +383,17 @@ def forget_split(
     train_ds: SampleDataset, scenario: str, seed: int, forgotten_class: int = 0
 ) -> tuple[SampleDataset, SampleDataset]:
     """(forget, retain): a seeded random 10% (``random``) or 1% (``small``: a deletion request's usual size,
-    where a cost that follows the dataset is most out of proportion), a seeded half of the training samples
-    of ``forgotten_class`` (``subclass``: the class stays, the deletion is all of one label, as when one
-    source's images of a kind are taken down), or every training sample of ``forgotten_class``."""
+    where a cost that follows the dataset is most out of proportion), a seeded half (``subclass``) or 90%
+    (``most``) of the training samples of ``forgotten_class`` (the class stays, the deletion is all of one
+    label, as when one source's images of a kind are taken down), or every training sample of
+    ``forgotten_class``."""
     gen = torch.Generator().manual_seed(seed)
     if scenario in ONE_IN:
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // ONE_IN[scenario]]
     else:
         idx = torch.nonzero(train_ds.y == forgotten_class).flatten()
-    if scenario == "subclass":
-        idx = idx[torch.randperm(len(idx), generator=gen)[: len(idx) // 2]]
+    if scenario in OF_CLASS:
+        idx = idx[torch.randperm(len(idx), generator=gen)[: int(OF_CLASS[scenario] * len(idx))]]
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
 
 
@@ -682,7 +684,7 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
                 continue
             cls = scenario == "classwise"
             title = {"classwise": "class-wise (class 0)", "subclass": "half of class 0"}.get(
-                scenario, f"random {100 // ONE_IN.get(scenario, 1)}%"
+                scenario, "90% of class 0" if scenario == "most" else f"random {100 // ONE_IN[scenario]}%"
             )
             lines += [f"\n### {setting}, {title}\n",
                       "| Method | UA | MIA | MIA-loss | RA | TA" + (" | TA class 0" if cls else "")

@@ -58,15 +58,16 @@ from models.unlearning.params import with_recipe
 
 @dataclass(frozen=True)
 class Case:
-    scenario: str  # "random" | "small" | "subclass" | "classwise"
-    value: int  # split seed (random, small) or forgotten class (classwise; subclass: its half's seed too)
+    scenario: str  # "random" | "small" | "subclass" | "most" | "classwise"
+    value: int  # split seed (random, small) or forgotten class (classwise; subclass, most: the seed too)
 
     @classmethod
     def parse(cls, text: str) -> Case:
         scenario, _, value = text.partition(":")
         if scenario not in SCENARIOS or not value.lstrip("-").isdigit():
             raise argparse.ArgumentTypeError(
-                f"a case is random:SEED, small:SEED, subclass:CLASS or classwise:CLASS, got {text!r}"
+                "a case is random:SEED, small:SEED, subclass:CLASS, most:CLASS or classwise:CLASS, "
+                f"got {text!r}"
             )
         return cls(scenario, int(value))
 
