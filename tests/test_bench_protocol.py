@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.quality import closable_gap_closed, gap_closed, markdown, pooled_closable
+from bench.quality import closable_gap_closed, forget_split, gap_closed, markdown, pooled_closable
 
 
 def record(gap: float, original_gap: float, floor: float) -> dict[str, float]:
@@ -313,3 +313,18 @@ def test_the_kept_front_row_times_a_run_that_passes_none_of_its_rows_through_the
     run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {}, hooks, heldout=test_ds)
     assert cache.stats.computed == len(train_ds) and cache.stats.read >= len(forget)
     assert kept_front(model, forget, retain, "ugradsl_plus", {"train_share": 0.0}) is None
+
+
+def test_a_share_of_one_class_is_deleted_and_the_class_stays() -> None:
+    """``subclass`` and ``most``: a seeded half or 90% of one class's samples; the rest of it stays in D_r."""
+    from models.datasets import load_digits_split
+
+    train_ds, _ = load_digits_split(seed=0)
+    n_class = int((train_ds.y == 3).sum())
+    for scenario, share in (("subclass", 0.5), ("most", 0.9)):
+        forget, retain = forget_split(train_ds, scenario, seed=1, forgotten_class=3)
+        assert forget.y.unique().tolist() == [3] and len(forget) == int(share * n_class)
+        assert int((retain.y == 3).sum()) == n_class - len(forget) > 0
+        again, _ = forget_split(train_ds, scenario, seed=1, forgotten_class=3)
+        other, _ = forget_split(train_ds, scenario, seed=2, forgotten_class=3)
+        assert again.ids == forget.ids and other.ids != forget.ids
