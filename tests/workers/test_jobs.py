@@ -53,17 +53,22 @@ def submit(settings: Settings, ids: list[str]) -> tuple[str, str]:
         return model.id, req.id
 
 
-def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
-    with session_scope(demo.resolved_database_url) as s:
+def ungated_class(settings: Settings, label: int) -> list[str]:
+    """The demo's training sample IDs of one class, sorted, with the model's gates lifted (a job that takes
+    them publishes whatever the method gives)."""
+    with session_scope(settings.resolved_database_url) as s:
         train_id = s.scalars(select(Model.train_dataset_id)).one()
-        ids = list(
-            s.scalars(
-                select(DatasetSample.sample_id).where(
-                    DatasetSample.dataset_id == train_id, DatasetSample.label == 3
-                )
+        ids = s.scalars(
+            select(DatasetSample.sample_id).where(
+                DatasetSample.dataset_id == train_id, DatasetSample.label == label
             )
         )
         s.execute(update(Model).values(gates={}))
+        return sorted(ids)
+
+
+def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
+    ids = ungated_class(demo, 3)
     model_id, req_id = submit(demo, ids)
     assert process_model(demo, model_id) == "idle"
     with session_scope(demo.resolved_database_url) as s:
@@ -110,16 +115,7 @@ def test_a_deletion_of_half_a_class_that_stays_is_read_beside_that_class_and_the
 ) -> None:
     """The class stays in D_r, so the run is sized as a random deletion's, and its retain reads lean on the
     class (``retain_match``): the job's record tells an auditor how (each retained zero read k times)."""
-    with session_scope(demo.resolved_database_url) as s:
-        train_id = s.scalars(select(Model.train_dataset_id)).one()
-        zeros = sorted(
-            s.scalars(
-                select(DatasetSample.sample_id).where(
-                    DatasetSample.dataset_id == train_id, DatasetSample.label == 0
-                )
-            )
-        )
-        s.execute(update(Model).values(gates={}))
+    zeros = ungated_class(demo, 0)
     model_id, req_id = submit(demo, zeros[::2])
     assert process_model(demo, model_id) == "idle"
     with session_scope(demo.resolved_database_url) as s:
