@@ -28,7 +28,6 @@ from models.training import StepClip, lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.batch_stats import frozen_batch_stats
 from models.unlearning.feature_cache import KeptRows
-from models.unlearning.forget_momentum import LiveForgetMomentum
 from models.unlearning.params import GradientParams
 from models.unlearning.selection import Selector
 
@@ -57,7 +56,6 @@ class Terms:
     retain: torch.Tensor | None  # L_C, scalar
     forget: torch.Tensor | None  # L_U, scalar
     forget_correct: torch.Tensor | None = None  # (B,) bool: forget samples still classified correctly
-    forget_live: torch.Tensor | None = None  # (B,) 0/1: forget samples the forget term still pushes
 
 
 Objective = Callable[[nn.Module, Batch], Terms]
@@ -246,7 +244,6 @@ def run_steps(
     sched = lr_scheduler(opt, params.schedule, total)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     clip = StepClip(params.grad_clip, params.clip_to_first)
-    carry = _live_momentum(opt, model, params)
     model.train()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
@@ -262,7 +259,7 @@ def run_steps(
             norm = forget_norm(len(i_f), len(i_r), len(forget))
             batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
             weights = annealed(plan, step, total, params.forget_anneal)
-            correct = _step(model, opt, batch, params, objective, weights, static_mask, clip, carry)
+            correct = _step(model, opt, batch, params, objective, weights, static_mask, clip)
             sched.step()
             stopper.add(correct)
             hooks.step(step, total)
@@ -435,18 +432,14 @@ def _step(
     plan: Plan,
     static_mask: list[torch.Tensor] | None,
     clip: StepClip,
-    carry: LiveForgetMomentum | None = None,
 ) -> torch.Tensor | None:
     """One optimiser step with the configured mask; returns the forget batch's correctness flags."""
     ps: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     opt.zero_grad(set_to_none=True)
     weights: list[torch.Tensor] | None = static_mask
     binary = True
-    g_u: list[torch.Tensor] | None = None
     if params.mask in ("none", "salun"):
         terms = objective(model, batch)
-        if carry is not None:  # the forget gradient on its own, for the momentum's forget part
-            g_u = [plan.w_forget * g for g in _grads(terms.forget, ps)]
         _total_loss(terms, plan).backward()  # type: ignore[no-untyped-call]
     elif params.mask == "and":
         terms = objective(model, batch)
@@ -464,30 +457,12 @@ def _step(
             for mu, su, mc, sc in zip(mean_u, se_u, mean_c, se_c, strict=True)
         ]
         binary = params.mask == "prob"
-    if weights is None and carry is not None and g_u is not None:
-        pre = torch.nn.utils.get_total_norm([p.grad for p in ps if p.grad is not None])
-        clip(ps)
-        post = torch.nn.utils.get_total_norm([p.grad for p in ps if p.grad is not None])
-        carry.before_step(terms.forget_live)
-        opt.step()
-        carry.after_step(g_u, post / pre.clamp(min=1e-12))
-    elif weights is None:
+    if weights is None:
         clip(ps)
         opt.step()
     else:
         M.masked_step(opt, ps, weights, binary=binary, clip=clip)
     return terms.forget_correct
-
-
-def _live_momentum(
-    opt: torch.optim.Optimizer, model: nn.Module, params: GradientParams
-) -> LiveForgetMomentum | None:
-    """The forget part of SGD's momentum, where ``forget_momentum`` is "live" and SGD has momentum."""
-    if params.forget_momentum != "live" or not isinstance(opt, torch.optim.SGD) or params.momentum <= 0:
-        return None
-    if params.mask != "none":
-        return None
-    return LiveForgetMomentum(opt, [p for p in model.parameters() if p.requires_grad], params.momentum)
 
 
 def _total_loss(terms: Terms, plan: Plan) -> torch.Tensor:

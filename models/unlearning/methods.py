@@ -164,7 +164,7 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
             toward = F.cross_entropy(logits_f, nearest_wrong_class(logits_f.detach(), b.yf), reduction="none")
             push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf, b.rf), toward, push)
         forget = (live * push).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
-        return Terms(F.cross_entropy(logits_r, b.yr), forget, correct, live)
+        return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
     return objective
 

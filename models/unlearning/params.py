@@ -17,7 +17,6 @@ from typing import Any
 MASKS = ("none", "and", "prob", "focus", "salun")
 ADAPTIVE = ("off", "intuition", "literal")
 OPTIMIZERS = ("sgd", "adam")
-FORGET_MOMENTA = ("shared", "live")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 BOUND_TARGETS = ("midpoint", "ends", "mean")  # HeldoutBound.by (models/unlearning/bounds.py)
@@ -117,13 +116,6 @@ class GradientParams:
     batch_size: int = _f(64, 1, 65536, doc="size of B_r, and of B_f unless D_f is smaller")
     optimizer: str = _f("sgd", choices=OPTIMIZERS, doc=_OPTIMIZER_DOC)
     momentum: float = _f(0.9, 0.0, 0.999, doc="SGD's momentum (Adam keeps its own moments)")
-    forget_momentum: str = _f(
-        "shared",
-        choices=FORGET_MOMENTA,
-        doc="shared: SGD's one buffer; live: the buffer's forget part is scaled by the share of the forget "
-        "batch still live, so pushes the bound has stopped are not carried on (models/unlearning/"
-        "forget_momentum.py)",
-    )
     weight_decay: float = _f(0.0, 0.0, 1.0)
     grad_clip: float = _f(5.0, 0.0, 1e6, doc="max gradient norm; 0 = off")
     clip_to_first: float = _f(0.0, 0.0, 1e6, doc=_CLIP_TO_FIRST_DOC)
