@@ -675,6 +675,15 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def scenario_title(scenario: str) -> str:
+    """A scenario as the tables name it."""
+    if scenario == "classwise":
+        return "class-wise (class 0)"
+    if scenario in OF_CLASS:
+        return f"{OF_CLASS[scenario]:.0%} of class 0"
+    return f"random {100 // ONE_IN[scenario]}%"
+
+
 def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list[str]) -> str:
     lines = []
     for setting in settings:
@@ -683,10 +692,7 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
             if not rs:
                 continue
             cls = scenario == "classwise"
-            title = {"classwise": "class-wise (class 0)", "subclass": "half of class 0"}.get(
-                scenario, "90% of class 0" if scenario == "most" else f"random {100 // ONE_IN[scenario]}%"
-            )
-            lines += [f"\n### {setting}, {title}\n",
+            lines += [f"\n### {setting}, {scenario_title(scenario)}\n",
                       "| Method | UA | MIA | MIA-loss | RA | TA" + (" | TA class 0" if cls else "")
                       + " | Avg Gap | gap closed | closable gap closed | RTE (s) | RTE / retrain |",
                       "|---" * 6 + ("|---" if cls else "") + "|---" * 5 + "|"]  # fmt: skip

@@ -56,6 +56,18 @@ def test_the_table_times_a_method_against_both_exact_retrains_and_shows_how_far_
     assert "| 0.050 ± 0.000 |" in table and "(pooled 75%)" in table  # one seed: no interval
 
 
+def test_the_table_heads_each_scenario_with_what_it_deleted() -> None:
+    metrics = ("unlearning_accuracy", "mia_score", "retain_accuracy", "test_accuracy")
+    base = {"setting": "s", "seed": 1, "row": "m", "gap": 0.4, "original_gap": 1.0, "floor": 0.2,
+            "rte_s": 5.0, "retrain_s": 100.0, "mia_loss": 0.5, "forgotten_class_test_accuracy": 0.0,
+            **dict.fromkeys(metrics, 0.9)}  # fmt: skip
+    scenarios = ["random", "small", "subclass", "most", "classwise"]
+    table = markdown([{**base, "scenario": s} for s in scenarios], ["s"], scenarios)
+    heads = [line for line in table.splitlines() if line.startswith("### ")]
+    assert heads == ["### s, random 10%", "### s, random 1%", "### s, 50% of class 0",
+                     "### s, 90% of class 0", "### s, class-wise (class 0)"]  # fmt: skip
+
+
 def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_range() -> None:
     from bench.tune import _cell, summarise
 
