@@ -114,6 +114,33 @@ def _text() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
     return d["train"], d["test"], d["reference"]
 
 
+MISLABELED = "~mislabeled"  # the id suffix of a training row whose label a ``mislabeled`` setting replaced
+MISLABELED_ONE_IN = 10  # one training row in this many
+
+
+def mislabeled(
+    load: Callable[[], tuple[SampleDataset, SampleDataset, SampleDataset | None]],
+) -> Callable[[], tuple[SampleDataset, SampleDataset, SampleDataset | None]]:
+    """A setting's data with one training row in MISLABELED_ONE_IN (a hash of its id) given another class's
+    label (a hash of its id, too): poisoned or mislabeled data, which the ``mislabeled`` scenario deletes.
+    The rows' ids carry MISLABELED, so the scenario finds exactly them; test and reference rows are
+    untouched. Why: a deletion of poisoned data is one of the service's uses, and unlike a random one a
+    retrain misclassifies nearly all of it (it predicts the rows' true class), so a method aiming D_f at
+    held-out losses, measured on correctly labelled data, is aiming short."""
+
+    def load_mislabeled() -> tuple[SampleDataset, SampleDataset, SampleDataset | None]:
+        train_ds, test_ds, reference = load()
+        k = int(train_ds.y.max()) + 1
+        codes = [int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) for i in train_ds.ids]
+        flip = [c % MISLABELED_ONE_IN == 0 for c in codes]
+        shift = torch.tensor([1 + (c // MISLABELED_ONE_IN) % (k - 1) for c in codes])  # (N,) in 1..K-1
+        y = torch.where(torch.tensor(flip), (train_ds.y + shift) % k, train_ds.y)
+        ids = [i + MISLABELED if f else i for i, f in zip(train_ds.ids, flip, strict=True)]
+        return SampleDataset(train_ds.x, y, ids), test_ds, reference
+
+    return load_mislabeled
+
+
 def _bert_config() -> dict[str, Any]:
     from bench.textgen import bert_config
 
@@ -207,10 +234,20 @@ SETTINGS = {
         _digits, {"in_channels": 1, "image_size": 8, "num_classes": 10},
         TrainRecipe(epochs=30, lr=0.002, batch_size=32, weight_decay=0.0, optimizer="adam"),
     ),
+    "digits_mislabeled": Setting(
+        "digits_mislabeled", "the digits setting with one training row in 10 given another class's label "
+        "(a hash of its id): poisoned data, which the mislabeled scenario deletes",
+        mislabeled(_digits), {"in_channels": 1, "image_size": 8, "num_classes": 10}, DIGITS_RECIPE,
+    ),
     "fashion_mem": Setting(
         "fashion_mem", "Fashion-MNIST 10k-sample train subset / 10k test, small_cnn 28x28, FASHION_RECIPE "
         "(30 epochs: the memorising regime)",
         _fashion(10_000), {"in_channels": 1, "image_size": 28, "num_classes": 10}, FASHION_RECIPE,
+    ),
+    "fashion_mem_mislabeled": Setting(
+        "fashion_mem_mislabeled", "the memorising Fashion-MNIST 10k setting with one training row in 10 "
+        "given another class's label (a hash of its id): poisoned data (the mislabeled scenario)",
+        mislabeled(_fashion(10_000)), {"in_channels": 1, "image_size": 28, "num_classes": 10}, FASHION_RECIPE,
     ),
     "fashion_mid": Setting(
         "fashion_mid", "Fashion-MNIST 20k-sample train subset / 10k test, small_cnn 28x28, 12 epochs "
@@ -357,7 +394,7 @@ NOISE_SEED_OFFSET = 1000  # the second retrain's training seed: the run's seed +
 
 ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample in this many is deleted
 OF_CLASS = {"subclass": 0.5, "most": 0.9}  # a seeded share of one class's samples is deleted; the class stays
-SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise"]
+SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "mislabeled"]
 
 
 def model_bench_args(
@@ -385,9 +422,14 @@ def forget_split(
     """(forget, retain): a seeded random 10% (``random``) or 1% (``small``: a deletion request's usual size,
     where a cost that follows the dataset is most out of proportion), a seeded half (``subclass``) or 90%
     (``most``) of the training samples of ``forgotten_class`` (the class stays, the deletion is all of one
-    label, as when one source's images of a kind are taken down), or every training sample of
-    ``forgotten_class``."""
+    label, as when one source's images of a kind are taken down), every training sample of
+    ``forgotten_class``, or (``mislabeled``) the rows a ``mislabeled`` setting gave another class's label."""
     gen = torch.Generator().manual_seed(seed)
+    if scenario == "mislabeled":
+        poisoned = [i for i in train_ds.ids if i.endswith(MISLABELED)]
+        if not poisoned:
+            raise ValueError("the mislabeled scenario needs a setting with mislabeled rows (*_mislabeled)")
+        return train_ds.split_by_ids(poisoned)
     if scenario in ONE_IN:
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // ONE_IN[scenario]]
     else:
@@ -679,6 +721,8 @@ def scenario_title(scenario: str) -> str:
     """A scenario as the tables name it."""
     if scenario == "classwise":
         return "class-wise (class 0)"
+    if scenario == "mislabeled":
+        return f"its mislabeled rows (1 in {MISLABELED_ONE_IN})"
     if scenario in OF_CLASS:
         return f"{OF_CLASS[scenario]:.0%} of class 0"
     return f"random {100 // ONE_IN[scenario]}%"

@@ -340,3 +340,19 @@ def test_a_share_of_one_class_is_deleted_and_the_class_stays() -> None:
         again, _ = forget_split(train_ds, scenario, seed=1, forgotten_class=3)
         other, _ = forget_split(train_ds, scenario, seed=2, forgotten_class=3)
         assert again.ids == forget.ids and other.ids != forget.ids
+
+
+def test_the_mislabeled_scenario_deletes_exactly_the_rows_whose_labels_the_setting_replaced() -> None:
+    from bench.quality import SETTINGS, _digits
+
+    clean, _, _ = _digits()
+    noisy, _, _ = SETTINGS["digits_mislabeled"].load()
+    forget, retain = forget_split(noisy, "mislabeled", seed=1)
+    changed = noisy.y != clean.y  # (N,) rows given another class's label
+    assert 0.05 < float(changed.float().mean()) < 0.15
+    assert len(forget) == int(changed.sum()) and len(retain) == len(noisy) - len(forget)
+    true_y = clean.y[clean.index_of([i.removesuffix("~mislabeled") for i in forget.ids])]
+    assert bool((forget.y != true_y).all())  # every deleted row carries a wrong label
+    assert len(forget.y.unique()) > 5  # spread over the classes
+    with pytest.raises(ValueError, match="mislabeled rows"):
+        forget_split(clean, "mislabeled", seed=1)
