@@ -203,6 +203,9 @@ ONE_EPOCH = "ugradsl_plus (1 epoch, full forget batches)"
 CHEAPER = "ugradsl_plus (0.75 epoch)"
 PREVIOUS = "ugradsl_plus (previous default: bound by correctness, p=0.8)"
 AS_SERVICE = "ugradsl_plus (held-out data = half the test set, as in the service)"
+# Stop 48: a forget sample whose 15 nearest retained rows are mostly of another class (a mislabeled row) is
+# moved to their class, and the run is sized as for a memorised deletion (``neighbour_labels``, opt-in)
+NEIGHBOURS = "ugradsl_plus (default, rows their 15 nearest retained rows contradict moved to their class)"
 # Issue: cost that scales with the deletion. retain_budget = k: the run's retain set is a class-stratified
 # sample of k·|D_f| rows of D_r (an epoch is a pass over it), so UGradSL+ costs ~2k·|D_f| sample-steps
 # (fashion_full, 10% deleted: k = 1 is ~4.5% of a 5-epoch retrain's, the default ~40%). Picked on the
@@ -340,6 +343,7 @@ ROWS = [
     Row(NO_POOL, "ugradsl_plus", _varied({"retain_budget": 0.0, "class_retain_budget": 0.0})),
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(UNMATCHED, "ugradsl_plus", _fixed({"retain_match": 0.0})),
+    Row(NEIGHBOURS, "ugradsl_plus", _fixed({"neighbour_labels": 15})),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),
     Row(CHEAPER, "ugradsl_plus", _varied({"epochs": 0.75})),
     Row(PREVIOUS, "ugradsl_plus", _varied({"bound_by": "correct", "p": 0.8})),
@@ -595,6 +599,9 @@ def run_seed(
     log(f"{setting.name} seed {seed}: original trained in {run.seconds:.1f}s")
     records = []
     for scenario in scenarios:
+        if scenario == "mislabeled" and not any(i.endswith(MISLABELED) for i in train_ds.ids):
+            log(f"{setting.name}: no mislabeled rows, the mislabeled scenario skipped")
+            continue
         forget, retain = forget_split(train_ds, scenario, seed)
         retrain_row = functools.partial(_run_row, RETRAIN, original, forget, retain, recipe.to_dict())
         ref_model, t_ref = _cached(cache, f"{tag}-retrain-{scenario}", setting, device, retrain_row)

@@ -36,6 +36,7 @@ from models.unlearning.engine import (
 )
 from models.unlearning.last_layers import features, fits, split_last_layers
 from models.unlearning.losses import smoothed_cross_entropy
+from models.unlearning.neighbours import neighbour_labels
 from models.unlearning.params import (
     FinetuneParams,
     GradientAscentParams,
@@ -48,7 +49,15 @@ from models.unlearning.params import (
     parse_params,
 )
 from models.unlearning.selection import selector
-from models.unlearning.sizing import MAX_EPOCHS, measured_distance, pushes_per_sample, reread, shrunk, sized
+from models.unlearning.sizing import (
+    MAX_EPOCHS,
+    measured_distance,
+    pushes_per_sample,
+    reread,
+    shrunk,
+    sized,
+    with_contradicted,
+)
 
 
 class Method(Protocol):
@@ -163,6 +172,12 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         if params.push != "ascent":
             toward = F.cross_entropy(logits_f, nearest_wrong_class(logits_f.detach(), b.yf), reduction="none")
             push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf, b.rf), toward, push)
+        if bound is not None and bound.neighbour_y is not None and b.rf is not None:
+            # contradicted by its neighbours: descent towards their class until the model predicts it
+            theirs = bound.neighbour_y[b.rf]  # (B,)
+            moved = (theirs != b.yf) & bound.in_retain(b.yf)  # (B,) bool
+            live = torch.where(moved, (logits_f.detach().argmax(1) != theirs).float(), live)
+            push = torch.where(moved, F.cross_entropy(logits_f, theirs, reduction="none"), push)
         forget = (live * push).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
         return Terms(F.cross_entropy(logits_r, b.yr), forget, correct)
 
@@ -268,10 +283,14 @@ class _Part:
     heldout: SampleDataset | None
     params: GradientParams
     about: dict[str, Any]
+    neighbour_y: torch.Tensor | None = None  # (n_f,) ``neighbour_labels``: its nearest retained rows' label
 
 
-# Sizes a run from the network it trains and D_f as that network takes it: (sized params, plan notes).
-Sizer = Callable[[nn.Module, SampleDataset, GradientParams], tuple[GradientParams, dict[str, Any]]]
+# Sizes a run from the network it trains, D_f as that network takes it, and which rows of D_f their
+# neighbours contradict ((n_f,) bool, ``neighbour_labels``; None: off): (sized params, plan notes).
+Sizer = Callable[
+    [nn.Module, SampleDataset, GradientParams, torch.Tensor | None], tuple[GradientParams, dict[str, Any]]
+]
 
 
 def _trained_part(
@@ -302,8 +321,9 @@ def _trained_part(
         split = None
     net, seen = (split.tail, front(split.front, forget, device)) if split is not None else (model, forget)
     about: dict[str, Any] = {}
+    theirs = _neighbours(net, seen, retain, params, split.front if split is not None else None, front)
     if size is not None:
-        params, about = size(net, seen, params)
+        params, about = size(net, seen, params, _contradicted(theirs, seen.y, retain.y))
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):
@@ -311,7 +331,43 @@ def _trained_part(
         rest = [pool, *(features(split.front, s, device) if len(s) else s for s in rest[1:])]
     else:
         net, seen = model, forget
-    return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about)
+    return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about, theirs)
+
+
+NEIGHBOUR_ROWS = 8192  # retained rows a forget sample's neighbours are looked for among, at most
+
+
+def _neighbours(
+    net: nn.Module,
+    seen: SampleDataset,
+    retain: SampleDataset,
+    params: GradientParams,
+    front_net: nn.Module | None,
+    front: FrontFeatures,
+) -> torch.Tensor | None:
+    """(n_f,) the majority label of each forget row's ``neighbour_labels`` nearest rows of a seeded,
+    class-stratified sample of D_r (``models.unlearning.neighbours``); None when off. Looked for before
+    the run is sized, since a contradicted row is one the run must move all the way."""
+    k = getattr(params, "neighbour_labels", 0)
+    if k <= 0 or len(seen) == 0 or len(retain) == 0:
+        return None
+    if not bool(torch.isin(seen.y, retain.y.unique()).any()):  # a class-wise deletion: nothing to contradict
+        return None
+    ref = retain_pool(retain, len(seen), NEIGHBOUR_ROWS / len(seen), params.seed)
+    if front_net is not None:
+        ref = front(front_net, ref, model_device(net))
+    return neighbour_labels(net, seen, ref, k)
+
+
+def _contradicted(
+    theirs: torch.Tensor | None, forget_y: torch.Tensor, retain_y: torch.Tensor
+) -> torch.Tensor | None:
+    """(n_f,) bool: the rows of D_f whose neighbours' label is another class, of a class that stays in D_r
+    (None without neighbour labels)."""
+    if theirs is None:
+        return None
+    y = forget_y.to(theirs.device)
+    return (theirs != y) & torch.isin(y, retain_y.unique().to(theirs.device))
 
 
 def _run(
@@ -336,6 +392,8 @@ def _run(
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
+    if bound is not None:
+        bound.neighbour_y = part.neighbour_y
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
@@ -441,10 +499,18 @@ def _by_pushes(plan: Plan, n_forget: int, n_retain: int, heldout_losses: torch.T
     """A run sized by how far D_f's losses sit below held-out ones (models/unlearning/sizing.py)."""
 
     def size(
-        net: nn.Module, seen: SampleDataset, params: GradientParams
+        net: nn.Module, seen: SampleDataset, params: GradientParams, contradicted: torch.Tensor | None
     ) -> tuple[UGradSLParams, dict[str, Any]]:
-        measured, se = measured_distance(net, seen, heldout_losses)
+        # memorisation is read on the rows that look like their class: a contradicted row's loss sits
+        # above held-out ones, and a few of them had sized a random deletion at one push a sample
+        share, like_class = 0.0, seen
+        if contradicted is not None and len(seen):
+            share = float(contradicted.float().mean())
+            if share > 0:
+                like_class = seen.subset(torch.nonzero(~contradicted.cpu()).flatten())
+        measured, se = measured_distance(net, like_class, heldout_losses)
         distance = shrunk(measured, se, cast(UGradSLParams, params).pushes_shrink)
+        distance = with_contradicted(cast(UGradSLParams, params), distance, share)
         run = sized(cast(UGradSLParams, params), plan, n_forget, n_retain, distance)
         return run, {
             "sized_by": "pushes",

@@ -190,6 +190,14 @@ class UGradSLParams(GradientParams):
     beta: float = _f(0.2, 0.0, 1.0, doc="adaptive: cosine-distance radius of the retain neighbourhood")
     bounded: bool = _f(True, doc="ascend only on forget samples that still look like training data")
     bound_by: str = _f("correct", choices=BOUND_BY, doc=_BOUND_DOC)
+    neighbour_labels: int = _f(
+        0,
+        0,
+        256,
+        doc="k > 0: a forget sample whose k nearest retained rows (the model's penultimate features) are "
+        "mostly of another class (a mislabeled or poisoned row) is pushed, by descent, until the model "
+        "predicts their class, as a retrain does; 0 = off (models/unlearning/neighbours.py)",
+    )
     push: str = _f(
         "ascent",
         choices=PUSH,

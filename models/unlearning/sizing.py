@@ -109,6 +109,18 @@ def pushes_per_sample(params: UGradSLParams, distance: float) -> float:
     return max(1.0, params.pushes * -math.expm1(-distance / params.pushes_efolds))
 
 
+def with_contradicted(params: UGradSLParams, distance: float, share: float) -> float:
+    """The distance a run is sized by when ``share`` of D_f is contradicted by its neighbours
+    (``neighbour_labels``): the one whose pushes per sample are the mean of D_f's, ``params.pushes`` (all
+    there are) for a contradicted sample, which the model memorised against the rest of the data, and
+    ``pushes_per_sample(distance)`` for the others. A mislabeled deletion's losses sit above held-out
+    ones (the model already gets some of it wrong), so the distance alone sized it at one push a sample."""
+    if share <= 0 or params.pushes <= 0:
+        return distance
+    mean = (1 - share) * pushes_per_sample(params, distance) + share * params.pushes
+    return -params.pushes_efolds * math.log1p(-min(mean / params.pushes, 1 - 1e-6))
+
+
 def forget_ratio(params: UGradSLParams, distance: float) -> float:
     """``1 - (1 - params.forget_batch_ratio) · (1 - exp(-distance / params.pushes_efolds))``: equal batches
     for a D_f the model has not memorised, ``forget_batch_ratio`` for one it has fully memorised."""
