@@ -322,8 +322,11 @@ def _trained_part(
     net, seen = (split.tail, front(split.front, forget, device)) if split is not None else (model, forget)
     about: dict[str, Any] = {}
     theirs = _neighbours(net, seen, retain, params, split.front if split is not None else None, front)
+    contradicted = _contradicted(theirs, seen.y, retain.y)
     if size is not None:
-        params, about = size(net, seen, params, _contradicted(theirs, seen.y, retain.y))
+        params, about = size(net, seen, params, contradicted)
+    if contradicted is not None:  # the job's runs say how many rows their neighbours moved
+        about = {**about, "contradicted_rows": int(contradicted.sum())}
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):

@@ -90,6 +90,7 @@ def test_a_deletion_of_mislabeled_rows_is_moved_to_their_true_class(
     assert kept_on < 0.1 < kept_off  # the memorised wrong labels: most gone only with neighbour labels
     assert true_on > 0.8 > true_off  # predicted as their true class, as a retrain predicts them
     assert plans[1]["steps"] > 5 * plans[0]["steps"]  # sized as a memorised deletion, not as one push each
+    assert "contradicted_rows" not in plans[0] and plans[1]["contradicted_rows"] > 0.9 * len(forget)
 
 
 def test_a_random_deletion_of_a_clean_model_is_unlearned_as_without(
