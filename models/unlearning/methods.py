@@ -36,7 +36,7 @@ from models.unlearning.engine import (
 )
 from models.unlearning.last_layers import features, fits, split_last_layers
 from models.unlearning.losses import smoothed_cross_entropy
-from models.unlearning.neighbours import neighbour_labels
+from models.unlearning.neighbours import FLAGGED_NEIGHBOURS, neighbour_labels
 from models.unlearning.params import (
     FinetuneParams,
     GradientAscentParams,
@@ -61,8 +61,10 @@ from models.unlearning.sizing import (
 
 
 class Method(Protocol):
-    """``fn(model, forget, retain, params, hooks, heldout=None) -> model``. ``heldout``: samples the model
-    never trained on (the service passes the model's test set); methods that need none ignore it."""
+    """``fn(model, forget, retain, params, hooks, heldout=None, mislabeled=None) -> model``. ``heldout``:
+    samples the model never trained on (the service passes the calibration part of its held-out data);
+    ``mislabeled``: (n_f,) bool, the forget rows whose owner says their labels are wrong (a deletion of
+    label-flipped or mislabeled data). Methods that need either ignore it."""
 
     def __call__(
         self,
@@ -72,6 +74,7 @@ class Method(Protocol):
         params: Any,
         hooks: Hooks,
         heldout: SampleDataset | None = None,
+        mislabeled: torch.Tensor | None = None,
     ) -> nn.Module: ...
 
 
@@ -111,16 +114,22 @@ def run_method(
     hooks: Hooks | None = None,
     device: str | torch.device | None = None,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Validate ``params`` (dict, params dataclass or None for defaults), move the model to ``device`` if
     given, run the method in place and return the model. ``heldout``: data the model never trained on, for
-    methods whose params ask for it (UGradSL's ``bound_by="heldout"``)."""
+    methods whose params ask for it (UGradSL's ``bound_by="heldout"``). ``mislabeled``: (n_f,) bool, the
+    forget rows whose labels are known to be wrong; UGradSL and UGradSL+ move those their neighbours
+    contradict to the neighbours' class (``neighbour_labels``), the other methods ignore it."""
     fn = get_method(name)
     p = parse_params(name, params)
+    if mislabeled is not None and mislabeled.shape != (len(forget),):
+        shape = list(mislabeled.shape)
+        raise ValueError(f"mislabeled must hold one flag per forget row ({len(forget)}), got shape {shape}")
     if device is not None:
         model.to(device)
     with cpu_channels_last(model):
-        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout)
+        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout, mislabeled=mislabeled)
 
 
 # ---------------------------------------------------------------- objectives
@@ -301,6 +310,7 @@ def _trained_part(
     params: GradientParams,
     size: Sizer | None = None,
     front_features: FrontFeatures | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> _Part:
     """The network a run trains (the model, or its last layers: ``train_share``, see
     models/unlearning/last_layers.py) and the data it reads, as that network takes it.
@@ -321,7 +331,8 @@ def _trained_part(
         split = None
     net, seen = (split.tail, front(split.front, forget, device)) if split is not None else (model, forget)
     about: dict[str, Any] = {}
-    theirs = _neighbours(net, seen, retain, params, split.front if split is not None else None, front)
+    front_net = split.front if split is not None else None
+    theirs = _neighbours(net, seen, retain, params, front_net, front, mislabeled)
     contradicted = _contradicted(theirs, seen.y, retain.y)
     if size is not None:
         params, about = size(net, seen, params, contradicted)
@@ -347,11 +358,20 @@ def _neighbours(
     params: GradientParams,
     front_net: nn.Module | None,
     front: FrontFeatures,
+    mislabeled: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """(n_f,) the majority label of each forget row's ``neighbour_labels`` nearest rows of a seeded,
     class-stratified sample of D_r (``models.unlearning.neighbours``); None when off. Looked for before
-    the run is sized, since a contradicted row is one the run must move all the way."""
-    k = getattr(params, "neighbour_labels", 0)
+    the run is sized, since a contradicted row is one the run must move all the way.
+
+    With ``neighbour_labels`` 0 (the default) only rows flagged ``mislabeled`` are looked at, with
+    FLAGGED_NEIGHBOURS neighbours, and every other row keeps its own label: checked on every row, the
+    neighbours also contradict the rows of a random deletion that a model which barely memorises gets
+    wrong anyway, and pushing those all the way cost the 60k Fashion-MNIST model's random deletions
+    (docs/methods.md, stop 48)."""
+    chosen = getattr(params, "neighbour_labels", 0)
+    flagged = mislabeled is not None and bool(mislabeled.any())
+    k = chosen if chosen > 0 else (FLAGGED_NEIGHBOURS if flagged else 0)
     if k <= 0 or len(seen) == 0 or len(retain) == 0:
         return None
     if not bool(torch.isin(seen.y, retain.y.unique()).any()):  # a class-wise deletion: nothing to contradict
@@ -359,7 +379,11 @@ def _neighbours(
     ref = retain_pool(retain, len(seen), NEIGHBOUR_ROWS / len(seen), params.seed)
     if front_net is not None:
         ref = front(front_net, ref, model_device(net))
-    return neighbour_labels(net, seen, ref, k)
+    theirs = neighbour_labels(net, seen, ref, k)
+    if chosen > 0 or mislabeled is None:
+        return theirs
+    own = seen.y.to(theirs.device)
+    return torch.where(mislabeled.to(theirs.device), theirs, own)  # unflagged rows: not contradicted
 
 
 def _contradicted(
@@ -386,10 +410,11 @@ def _run(
     bound: HeldoutBound | None = None,
     about: dict[str, Any] | None = None,
     size: Sizer | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> _Part:
     """Run ``objective`` on what ``_trained_part`` gives and return that part: the network it trained, in
     place, and the data as that network read it (checks after the run need no pass through the front)."""
-    part = _trained_part(model, forget, retain, heldout, params, size, hooks.front_features)
+    part = _trained_part(model, forget, retain, heldout, params, size, hooks.front_features, mislabeled)
     net, params = part.net, part.params
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
@@ -417,12 +442,13 @@ def ugradsl_plus(
     params: UGradSLParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f); an epoch is one pass
     over D_r, cycling D_f. B_f has B_r's size unless D_f is smaller, when B_f = D_f (never repeated; the
     forget sum is still divided by B). Better quality than UGradSL, cost ∝ |D_r|, or ∝ |D_f| with
     ``retain_budget`` (D_r replaced by a class-stratified sample of retain_budget·|D_f| rows)."""
-    return _ugradsl("retain", model, forget, retain, params, hooks, heldout)
+    return _ugradsl("retain", model, forget, retain, params, hooks, heldout, mislabeled)
 
 
 @register_method("ugradsl")
@@ -433,10 +459,11 @@ def ugradsl(
     params: UGradSLParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """UGradSL (Di et al., Algorithm 1 on gradient ascent): same loss as UGradSL+, but an epoch is one pass
     over D_f with retain batches sampled alongside. Cost ∝ |D_f|."""
-    return _ugradsl("forget", model, forget, retain, params, hooks, heldout)
+    return _ugradsl("forget", model, forget, retain, params, hooks, heldout, mislabeled)
 
 
 CLASSWISE_LEFT = 0.01  # a forgotten class's samples still classified correctly that end the run
@@ -453,6 +480,7 @@ def _ugradsl(
     params: UGradSLParams,
     hooks: Hooks,
     heldout: SampleDataset | None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """UGradSL and UGradSL+ differ only in the set that defines an epoch (``lead``).
 
@@ -480,7 +508,9 @@ def _ugradsl(
     if params.pushes > 0 and not len(gone_rows) and len(forget) and len(retain) and heldout is not None:
         losses = _heldout_losses(model, retain, params, heldout, bound)
         size = _by_pushes(plan, len(forget), len(retain), losses)
-    run = functools.partial(_run, hooks=hooks, objective=objective, plan=plan, heldout=heldout, bound=bound)
+    run = functools.partial(
+        _run, hooks=hooks, objective=objective, plan=plan, heldout=heldout, bound=bound, mislabeled=mislabeled
+    )
     part = run(model, forget, retain, params, about=about, size=size)
     epochs = params.epochs
     for rerun in range(1, 1 + (CLASSWISE_ROUNDS if params.bounded and len(gone_rows) else 0)):
@@ -568,6 +598,7 @@ def finetune(
     params: FinetuneParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Fine-tuning: descent on D_r only (catastrophic forgetting of D_f); epoch = one pass over D_r."""
     plan = Plan("retain", 1.0, 0.0)
@@ -583,6 +614,7 @@ def gradient_ascent(
     params: GradientAscentParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Gradient ascent on D_f only; epoch = one pass over D_f (retain batches only feed a mask)."""
     plan = Plan("forget", 0.0, 1.0)
@@ -613,6 +645,7 @@ def random_label(
     params: RandomLabelParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Random labels (see ``RandomLabelParams.relabel``): SalUn's passes over D_f then D_r with labels
     redrawn per batch, or ours, fixed wrong labels with retain batches alongside."""
@@ -693,6 +726,7 @@ def salun(
     params: RandomLabelParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """SalUn (Fan et al.): random labels restricted by the saliency mask (``mask='salun'`` by default)."""
     return random_label(model, forget, retain, params, hooks, heldout)
@@ -706,6 +740,7 @@ def retrain(
     params: RetrainParams,
     hooks: Hooks,
     heldout: SampleDataset | None = None,
+    mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Exact unlearning: re-initialise the architecture and train on D_r only with the recipe in ``params``
     (the recipe that trained the original, so the comparison is honest). D_f is never touched; passing a

@@ -23,6 +23,9 @@ from models.layout import cpu_batch
 from models.loading import in_order
 
 BLOCK = 512  # forget rows compared with the pool at a time: a (BLOCK, pool) similarity matrix
+# neighbours that vote on a row flagged as mislabeled when the params leave ``neighbour_labels`` at 0: the k
+# of stop 48's measurements (bench/results/tune_stop48_neighbours.md), where 15 kept a tiny class's rows
+FLAGGED_NEIGHBOURS = 15
 
 
 @torch.no_grad()

@@ -104,3 +104,44 @@ def test_a_random_deletion_of_a_clean_model_is_unlearned_as_without(
     with torch.no_grad():
         a, b = (m.eval()(forget.x).argmax(1) for m in runs)
     assert float((a == b).float().mean()) > 0.97  # the same predictions on D_f, but for a contradicted few
+
+
+def _predicted(model: nn.Module, data: SampleDataset) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(data.x).argmax(1)
+
+
+def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
+    mislabeled_digits: tuple[nn.Module, SampleDataset, SampleDataset, torch.Tensor],
+    digits: tuple[SampleDataset, SampleDataset],
+) -> None:
+    """A deletion request that says its rows are mislabeled flags them (``mislabeled``), and the default
+    params (``neighbour_labels`` 0) look at their neighbours only: every row flagged is the same run as
+    ``neighbour_labels`` 15; half flagged, the other half is pushed as any deletion is."""
+    model, forget, retain, true_y = mislabeled_digits
+    flags = torch.ones(len(forget), dtype=torch.bool)
+    by_flags = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None, heldout=digits[1],
+                          mislabeled=flags)  # fmt: skip
+    by_param = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {"neighbour_labels": 15},
+                          heldout=digits[1])  # fmt: skip
+    assert torch.equal(_predicted(by_flags, forget), _predicted(by_param, forget))
+
+    half = torch.arange(len(forget)) % 2 == 0
+    plans: list[dict] = []
+    out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None,
+                     Hooks(on_plan=plans.append), heldout=digits[1], mislabeled=half)  # fmt: skip
+    # the neighbours moved flagged rows only (nearly all of them: each is mislabeled)
+    assert 0.8 * int(half.sum()) < plans[0]["contradicted_rows"] <= int(half.sum())
+    right = (_predicted(out, forget) == true_y).float()
+    flagged, unflagged = float(right[half].mean()), float(right[~half].mean())
+    # the unflagged half gains from the longer run too (sized on memorised rows), the flagged half more
+    assert flagged > 0.8 and unflagged < flagged - 0.1, (flagged, unflagged)
+
+
+def test_the_flags_must_match_the_forget_rows(
+    digits_model: nn.Module, digits: tuple[SampleDataset, SampleDataset], digits_random10
+) -> None:
+    forget, retain = digits_random10
+    with pytest.raises(ValueError, match="one flag per forget row"):
+        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, None, heldout=digits[1],
+                   mislabeled=torch.ones(len(forget) - 1, dtype=torch.bool))  # fmt: skip
