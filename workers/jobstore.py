@@ -18,7 +18,7 @@ from models.hooks import Cancelled
 from service.core import events, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
-from service.core.states import JobPhase, JobState
+from service.core.states import DeletionReason, JobPhase, JobState
 from workers import kept_scores
 from workers.datasets import DatasetRef
 
@@ -65,6 +65,8 @@ class JobContext:
     fallback_methods: list[str]
     train_recipe: dict[str, Any]
     claimed_ids: list[str]
+    # of those, the samples a request with reason "mislabeled" named (models.unlearning: ``mislabeled``)
+    mislabeled_ids: set[str]
     forgotten: set[str]
     time_limit_seconds: int | None  # the model's own; the service's limit bounds it
 
@@ -142,6 +144,9 @@ class JobStore:
                 fallback_methods=list(model.fallback_methods),
                 train_recipe=dict(model.train_recipe),
                 claimed_ids=list(dict.fromkeys(i for r in requests for i in r.sample_ids)),
+                mislabeled_ids={
+                    i for r in requests if r.reason == DeletionReason.MISLABELED for i in r.sample_ids
+                },
                 forgotten=set(forgotten),
                 time_limit_seconds=model.time_limit_seconds,
             )

@@ -115,6 +115,14 @@ def split(
     return train.subset(forget_idx), train.subset(torch.nonzero(keep).flatten())
 
 
+def flagged(forget: SampleDataset, mislabeled_ids: set[str]) -> torch.Tensor | None:
+    """(n_f,) bool: the forget rows a request with reason "mislabeled" named; None when there are none,
+    and every row is unlearned as an erasure."""
+    if not mislabeled_ids.intersection(forget.ids):
+        return None
+    return torch.tensor([i in mislabeled_ids for i in forget.ids], dtype=torch.bool)
+
+
 def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) -> None:
     device = resolve_device(settings.device)
     new_ids = [i for i in ctx.claimed_ids if i not in ctx.forgotten]
@@ -135,6 +143,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     load_weights(base_model, ctx.base_uri, sha256=ctx.base_sha256, device=device)
     base_model.to(device)
     forget, retain = split(train, new_ids, ctx.forgotten)
+    mislabeled = flagged(forget, ctx.mislabeled_ids)
+    if mislabeled is not None:
+        data_roles["mislabeled_rows"] = int(mislabeled.sum())
     if len(retain) == 0:  # claims keep this from coalesced requests; a job from before that still can
         end(store, rep, JobState.FAILED, NOTHING_LEFT)
         return
@@ -193,9 +204,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         kept_before = dataclasses.replace(cache.stats) if cache is not None and i else kept_before
         started = time.perf_counter()
         with precision(settings.precision, device):
-            model = run_method(
-                method, copy.deepcopy(base_model), forget, retain, params, hooks, heldout=parts.calibration
-            )
+            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks,
+                               heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
         synchronize(device)
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)

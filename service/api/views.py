@@ -33,6 +33,7 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
         subject_ids=req.subject_ids or [],
         already_forgotten_count=req.already_forgotten_count,
         reference=req.reference,
+        reason=req.reason,  # type: ignore[arg-type]
         job_id=req.job_id,
         model_version=version_label(req.model_version),
         error=req.error,

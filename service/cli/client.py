@@ -153,12 +153,15 @@ class Client:
         reference: str | None = None,
         *,
         subject_ids: list[str] | None = None,
+        reason: str = "erasure",
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"sample_ids": sample_ids}
         if subject_ids:
             body["subject_ids"] = subject_ids
         if reference:
             body["reference"] = reference
+        if reason != "erasure":
+            body["reason"] = reason
         return cast(dict[str, Any], self.post(f"/v1/models/{model}/deletion-requests", body))
 
     def request(self, request_id: str) -> dict[str, Any]:

@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--subjects-file", help="one subject ID per line (or a JSON list); - for stdin")
     rq.add_argument("--reference", help="your reference, e.g. a ticket number")
     rq.add_argument(
+        "--reason",
+        choices=("erasure", "mislabeled"),
+        default="erasure",
+        help="erasure (the labels are right: privacy, takedowns) or mislabeled (they are wrong: poisoned or "
+        "mistaken labels), which decides how the samples are unlearned",
+    )
+    rq.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
     )
     rq.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")

@@ -148,7 +148,7 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
 
 def cmd_request(client: Client, args: argparse.Namespace) -> int:
     ids, subjects = request_ids(args)
-    req = client.create_request(args.model, ids, args.reference, subject_ids=subjects)
+    req = client.create_request(args.model, ids, args.reference, subject_ids=subjects, reason=args.reason)
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
     of = f" of {len(req['subject_ids'])} subject(s)" if req.get("subject_ids") else ""
     print(

@@ -35,7 +35,7 @@ from service.core.db.tables import (
 )
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, ProblemError, Unprocessable
 from service.core.queue import send_deliver_webhook, send_run_model, wake_due
-from service.core.states import PENDING, ModelStatus, RequestState, WebhookState
+from service.core.states import PENDING, DeletionReason, ModelStatus, RequestState, WebhookState
 
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
@@ -113,9 +113,11 @@ def body_digest(
     reference: str | None,
     callback_url: str | None = None,
     subject_ids: Sequence[str] = (),
+    reason: str = DeletionReason.ERASURE,
 ) -> str:
     """What an Idempotency-Key is bound to: the body as named (subjects, not the samples they stand for).
-    A body without subjects hashes as it did before requests could name them."""
+    A body without subjects, or with the default reason, hashes as it did before requests could name
+    them."""
     body: dict[str, object] = {
         "sample_ids": sorted(ids),
         "reference": reference,
@@ -123,6 +125,8 @@ def body_digest(
     }
     if subject_ids:
         body["subject_ids"] = sorted(subject_ids)
+    if reason != DeletionReason.ERASURE:
+        body["reason"] = str(reason)
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
@@ -306,6 +310,7 @@ def _new_request(
     reference: str | None,
     idempotency_key: str | None,
     callback_url: str | None,
+    reason: str = DeletionReason.ERASURE,
 ) -> DeletionRequest:
     """The request row (transient, every column set), or the 422 naming what the training set lacks, or
     the 422 for a request that would leave the model no training sample. `unknown` and `forgotten` may
@@ -328,8 +333,9 @@ def _new_request(
         already_forgotten_count=already,
         requester_key_id=key.id,
         idempotency_key=idempotency_key,
-        body_sha256=body_digest(named.samples, reference, callback_url, named.subjects),
+        body_sha256=body_digest(named.samples, reference, callback_url, named.subjects, reason),
         reference=reference,
+        reason=reason,
         callback_url=callback_url,
         state=RequestState.RECEIVED,
         job_id=None,
@@ -356,6 +362,7 @@ def submit(
     allowed_hosts: Sequence[str] = (),
     allow_http: bool = False,
     subject_ids: Sequence[str] = (),
+    reason: str = DeletionReason.ERASURE,
 ) -> DeletionRequest:
     """Validate and record a request (state `received`) with its audit event; the caller commits. Named
     subjects are expanded into their samples; `max_ids` bounds the distinct samples after expansion.
@@ -382,6 +389,7 @@ def submit(
         reference=reference,
         idempotency_key=idempotency_key,
         callback_url=callback_url,
+        reason=reason,
     )
     session.add(req)
     events.request_received(session, req, model_name=model.name, actor=events.key_actor(key))
@@ -410,6 +418,7 @@ class Submission:
     reference: str | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None
+    reason: str = DeletionReason.ERASURE
 
 
 @dataclass(frozen=True)
@@ -490,7 +499,11 @@ class _Intake:
                 if sub.idempotency_key is not None:
                     held = (sub.key.tenant, sub.idempotency_key)
                     digest = body_digest(
-                        dedupe(sub.sample_ids), sub.reference, sub.callback_url, dedupe(sub.subject_ids)
+                        dedupe(sub.sample_ids),
+                        sub.reference,
+                        sub.callback_url,
+                        dedupe(sub.subject_ids),
+                        sub.reason,
                     )
                     if held in creating:
                         following.append((i, creating[held], digest, model))
@@ -551,6 +564,7 @@ class _Intake:
                     reference=sub.reference,
                     idempotency_key=sub.idempotency_key,
                     callback_url=sub.callback_url,
+                    reason=sub.reason,
                 )
             except ProblemError as exc:
                 self.outcomes[i] = exc

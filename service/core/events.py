@@ -93,6 +93,7 @@ def _received_data(req: DeletionRequest, model_name: str) -> dict[str, Any]:
         "subject_ids_sha256": subjects_digest(req),
         "already_forgotten_count": req.already_forgotten_count,
         "reference": req.reference,
+        "reason": req.reason,
     }
 
 

@@ -20,6 +20,16 @@ class RequestState(StrEnum):
 PENDING = (RequestState.RECEIVED, RequestState.QUEUED)  # waiting for a job to claim them
 
 
+class DeletionReason(StrEnum):
+    """Why a request deletes its samples, which decides how they are unlearned: erased rows (privacy,
+    takedowns) are correctly labelled, and a retrain treats them like unseen data of their class;
+    mislabeled rows (label-flipping poison, annotation errors) a retrain predicts as the class of the rows
+    around them (``models.unlearning.neighbours``)."""
+
+    ERASURE = "erasure"
+    MISLABELED = "mislabeled"
+
+
 class JobState(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"

@@ -733,3 +733,22 @@ def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audi
     assert r.status_code == 422, r.text
     assert "need" in r.json()["detail"] and "a timezone, e.g. 2026-01-01T00:00:00Z" in r.json()["detail"]
     assert api.client.get(path + "Z", headers=api.auth()).status_code == 200
+
+
+def test_a_request_says_why_its_samples_go_and_a_replay_must_say_the_same(api: Api) -> None:
+    """reason: erasure (the default) or mislabeled, recorded and echoed; anything else is a 422 naming the
+    field, with nothing written; an Idempotency-Key replayed with another reason is another body."""
+    plain = post(api, {"sample_ids": ["toy-0001"]})
+    assert plain.status_code == 202 and plain.json()["reason"] == "erasure", plain.text
+    r = post(api, {"sample_ids": ["toy-0002"], "reason": "mislabeled"}, **{"Idempotency-Key": "k-reason"})
+    assert r.status_code == 202 and r.json()["reason"] == "mislabeled", r.text
+    got = api.client.get(f"/v1/deletion-requests/{r.json()['id']}", headers=api.auth())
+    assert got.json()["reason"] == "mislabeled"
+    assert post(api, {"sample_ids": ["toy-0002"], "reason": "mislabeled"},
+                **{"Idempotency-Key": "k-reason"}).status_code == 200  # fmt: skip
+    before = api.counts()
+    other = post(api, {"sample_ids": ["toy-0002"]}, **{"Idempotency-Key": "k-reason"})
+    assert other.status_code == 422, other.text
+    bad = post(api, {"sample_ids": ["toy-0003"], "reason": "poison"})
+    assert bad.status_code == 422 and "reason" in bad.text, bad.text
+    assert api.counts() == before

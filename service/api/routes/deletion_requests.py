@@ -63,6 +63,7 @@ async def create_deletion_request(
             reference=body.reference,
             idempotency_key=idempotency_key,
             callback_url=str(body.callback_url) if body.callback_url else None,
+            reason=body.reason,
         )
     )
     if accepted.created:
@@ -96,6 +97,7 @@ async def create_deletion_requests(
             reference=item.reference,
             idempotency_key=item.idempotency_key,
             callback_url=str(item.callback_url) if item.callback_url else None,
+            reason=item.reason,
         )
         for item in body.requests
     ]

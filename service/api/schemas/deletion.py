@@ -16,6 +16,15 @@ from pydantic import (
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 RequestState = Literal["received", "queued", "processing", "completed", "failed", "cancelled"]
+Reason = Literal["erasure", "mislabeled"]  # service.core.states.DeletionReason
+REASON_DOC = (
+    "Why the samples go, which decides how they are unlearned. erasure (the default): privacy erasure or "
+    "a takedown of correctly labelled samples; each is forgotten as far as a retrain without it would "
+    "have it, like unseen data of its class. mislabeled: the samples carry wrong labels (label-flipping "
+    "poison, annotation errors); each one whose nearest retained samples hold another class is moved "
+    "until the model predicts that class, as a retrain does. A job that takes in requests of both kinds "
+    "treats each sample as its request says."
+)
 
 
 class DeletionRequestCreate(BaseModel):
@@ -40,6 +49,7 @@ class DeletionRequestCreate(BaseModel):
         description="POSTed (signed as Standard Webhooks describe) when the request completes, fails or is "
         "cancelled; https, with its host and port on the service's allow-list.",
     )
+    reason: Reason = Field("erasure", description=REASON_DOC)
 
     @field_validator("sample_ids", "subject_ids", mode="before")
     @classmethod
@@ -64,6 +74,7 @@ class DeletionRequestOut(BaseModel):
     subject_ids: list[str] = Field(description="The data subjects the request named (empty if none).")
     already_forgotten_count: int = Field(description="IDs already forgotten by an earlier version (no-ops).")
     reference: str | None
+    reason: Reason = Field(description="erasure or mislabeled: how the request's samples are unlearned.")
     job_id: str | None
     model_version: str | None = Field(description="The version that forgot these samples, once completed.")
     error: str | None

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.core.states import JobPhase, JobState, ModelStatus, RequestState
+from service.core.states import DeletionReason, JobPhase, JobState, ModelStatus, RequestState
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -180,6 +180,9 @@ class DeletionRequest(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     body_sha256: Mapped[str] = mapped_column(String(64))
     reference: Mapped[str | None] = mapped_column(String(500), default=None)
+    reason: Mapped[str] = mapped_column(
+        String(20), default=DeletionReason.ERASURE, server_default=DeletionReason.ERASURE.value
+    )
     state: Mapped[str] = mapped_column(String(20), default=RequestState.RECEIVED)
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
     model_version: Mapped[int | None] = mapped_column(Integer, default=None)
