@@ -206,6 +206,9 @@ AS_SERVICE = "ugradsl_plus (held-out data = half the test set, as in the service
 # Stop 48: a forget sample whose 15 nearest retained rows are mostly of another class (a mislabeled row) is
 # moved to their class, and the run is sized as for a memorised deletion (``neighbour_labels``, opt-in)
 NEIGHBOURS = "ugradsl_plus (default, rows their 15 nearest retained rows contradict moved to their class)"
+# Stop 49: the default, the mislabeled rows of the deletion flagged by their request (reason "mislabeled"):
+# of those rows only, the ones their 15 nearest retained rows contradict are moved to the neighbours' class
+FLAGGED = "ugradsl_plus (default, its mislabeled rows flagged by their request)"
 # Issue: cost that scales with the deletion. retain_budget = k: the run's retain set is a class-stratified
 # sample of k·|D_f| rows of D_r (an epoch is a pass over it), so UGradSL+ costs ~2k·|D_f| sample-steps
 # (fashion_full, 10% deleted: k = 1 is ~4.5% of a 5-epoch retrain's, the default ~40%). Picked on the
@@ -301,6 +304,9 @@ class Row:
     # front read them (a worker's cache, models/unlearning/feature_cache.py), as for every deletion after
     # the first few on a model: the cache is filled with every training row, untimed (``kept_front``)
     front: str = "computed"
+    # "requested": the forget rows a setting mislabeled (ids ending MISLABELED) are flagged, as a deletion
+    # request with reason "mislabeled" naming them flags them in the worker (``run_method(mislabeled=)``)
+    flags: str = "none"
 
 
 def _fixed(p: dict[str, Any]) -> Callable[[dict[str, Any], str], dict[str, Any]]:
@@ -344,6 +350,7 @@ ROWS = [
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(UNMATCHED, "ugradsl_plus", _fixed({"retain_match": 0.0})),
     Row(NEIGHBOURS, "ugradsl_plus", _fixed({"neighbour_labels": 15})),
+    Row(FLAGGED, "ugradsl_plus", _fixed({}), flags="requested"),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),
     Row(CHEAPER, "ugradsl_plus", _varied({"epochs": 0.75})),
     Row(PREVIOUS, "ugradsl_plus", _varied({"bound_by": "correct", "p": 0.8})),
@@ -476,7 +483,16 @@ def _run_row(
     if row.front == "kept":
         cache = kept_front(original, forget, retain, row.method, params)
         hooks.front_features = cache.bound(KEPT_SOURCE) if cache is not None else None
-    return _timed(lambda: run_method(row.method, model, forget, retain, params, hooks, heldout=heldout))
+    flags = requested_flags(forget) if row.flags == "requested" else None
+    method, kw = row.method, {"heldout": heldout, "mislabeled": flags}
+    return _timed(lambda: run_method(method, model, forget, retain, params, hooks, **kw))
+
+
+def requested_flags(forget: SampleDataset) -> torch.Tensor | None:
+    """(n_f,) bool: the forget rows the setting mislabeled, as their deletion request would flag them; None
+    when there are none (the worker passes none either)."""
+    flags = torch.tensor([i.endswith(MISLABELED) for i in forget.ids], dtype=torch.bool)
+    return flags if bool(flags.any()) else None
 
 
 KEPT_SOURCE = "training set"  # the one source of a bench run's kept rows

@@ -25,6 +25,7 @@ from service.cli.audit_log import certificate_evidence
 from service.cli.client import ApiError, Client
 from service.cli.documents import cmd_verify_certificate
 from service.cli.errors import UsageError
+from service.cli.parser import build_parser
 from service.cli.request import cmd_request
 from service.core import jobs, proofs
 from service.core.dataset_ids import read_ids, read_samples
@@ -483,6 +484,7 @@ def request_args(**kw: Any) -> argparse.Namespace:
         "subjects": None,
         "subjects_file": None,
         "reference": None,
+        "reason": "erasure",
         "wait": False,
     }
     return argparse.Namespace(**(base | kw))
@@ -509,6 +511,11 @@ def test_unlearn_request_sends_subjects(api: Api, tmp_path: Path, capsys: pytest
         (["person-1", "person-2"], sorted(samples_of(1) + samples_of(2))),
         (["person-3"], sorted(["toy-0041", *samples_of(3)])),
     ]
+    assert build_parser().parse_args(["request", "toy", "--reason", "mislabeled"]).reason == "mislabeled"
+    assert cmd_request(client, request_args(subjects="person-4", reason="mislabeled")) == 0
+    with session_scope(api.url) as s:
+        reasons = [r.reason for r in s.scalars(select(DeletionRequest).order_by(DeletionRequest.created_at))]
+    assert reasons == ["erasure", "erasure", "mislabeled"]
     with pytest.raises(UsageError, match="name what to forget"):
         cmd_request(client, request_args())
     with pytest.raises(UsageError, match="names no subject"):
