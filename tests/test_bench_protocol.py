@@ -356,3 +356,19 @@ def test_the_mislabeled_scenario_deletes_exactly_the_rows_whose_labels_the_setti
     assert len(forget.y.unique()) > 5  # spread over the classes
     with pytest.raises(ValueError, match="mislabeled rows"):
         forget_split(clean, "mislabeled", seed=1)
+
+
+def test_the_flagged_row_flags_the_rows_a_setting_mislabeled_and_none_of_a_clean_set() -> None:
+    """The bench's FLAGGED row flags what a request with reason "mislabeled" naming those rows would: a
+    random deletion of a noisy set, its replaced rows only; of a clean set, nothing (the worker passes no
+    flags either, and the run is the default's)."""
+    from bench.quality import MISLABELED, SETTINGS, _digits, requested_flags
+
+    noisy, _, _ = SETTINGS["digits_mislabeled"].load()
+    forget, _ = forget_split(noisy, "random", seed=1)
+    flags = requested_flags(forget)
+    assert flags is not None and flags.shape == (len(forget),)
+    assert flags.tolist() == [i.endswith(MISLABELED) for i in forget.ids]
+    assert 0 < int(flags.sum()) < len(forget)
+    clean_forget, _ = forget_split(_digits()[0], "random", seed=1)
+    assert requested_flags(clean_forget) is None
