@@ -48,6 +48,7 @@ export const requests = {
           try {
             const body = { sample_ids: ids };
             if (f.get("reference")) body.reference = String(f.get("reference"));
+            if (f.get("reason") === "mislabeled") body.reason = "mislabeled";
             const r = await api(`/v1/models/${enc(String(f.get("model")).trim())}/deletion-requests`, { method: "POST", body });
             message.className = "ok";
             message.textContent = `Accepted: request ${r.id} (${r.sample_count} samples), ${r.state}.`;
@@ -61,6 +62,12 @@ export const requests = {
       },
       el("label", {}, "model ", el("input", { name: "model", size: 12, required: true, value: "digits" })),
       el("label", {}, "reference ", el("input", { name: "reference", size: 16, placeholder: "ticket-123" })),
+      el(
+        "label",
+        { title: "erasure: the samples' labels are right (privacy, takedowns); mislabeled: they are wrong (poisoned or mistaken labels)" },
+        "reason ",
+        el("select", { name: "reason" }, ["erasure", "mislabeled"].map((s) => el("option", { value: s }, s))),
+      ),
       el("label", { class: "wide" }, "sample IDs (one per line, or separated by commas)", el("textarea", { name: "ids", rows: 3, required: true, placeholder: "digits-0003\ndigits-0042" })),
       el("button", { type: "submit" }, "Submit deletion request"),
       message,
@@ -132,6 +139,7 @@ export const request = {
         ["state", badge(req.state)],
         ["samples", `${req.sample_count} (${req.already_forgotten_count} already forgotten)`],
         ["reference", req.reference || "–"],
+        ["reason", req.reason || "erasure"],
         ["job", req.job_id ? el("a", { href: `#/jobs/${req.job_id}`, class: "mono" }, req.job_id) : "–"],
         ["version", req.model_version || "–"],
         ["created / completed", `${when(req.created_at)} / ${when(req.completed_at)}`],

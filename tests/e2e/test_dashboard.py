@@ -328,6 +328,28 @@ def test_search_by_reference_finds_a_request_and_shows_its_signed_certificate(
 
 
 @needs_chromium
+def test_the_new_request_form_sends_the_reason_and_the_request_page_shows_it(
+    page: Any, stack: LiveStack, admin_key: str
+) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, stack, admin_key)
+    go(page, "#/requests")
+    page.click("text=New deletion request")
+    form = page.locator("form.new-request")
+    form.locator("input[name=reference]").fill("dash-reason")
+    form.locator("select[name=reason]").select_option("mislabeled")
+    form.locator("textarea[name=ids]").fill("digits-0011\ndigits-0012")
+    form.locator("button[type=submit]").click()
+    expect(form.locator("p.ok")).to_contain_text("Accepted")
+    with stack.client() as api:
+        [req] = api.get("/v1/deletion-requests", params={"reference": "dash-reason"}).json()["items"]
+    assert req["reason"] == "mislabeled" and req["sample_count"] == 2
+    go(page, f"#/requests/{req['id']}")
+    expect(page.locator("dl")).to_contain_text("mislabeled")
+
+
+@needs_chromium
 def test_audit_page_verifies_the_chain_and_exports_it(
     page: Any, stack: LiveStack, admin_key: str, tmp_path: Path
 ) -> None:
