@@ -98,6 +98,7 @@ def payload(req: DeletionRequest, model_name: str) -> dict[str, Any]:
             "model": model_name,
             "state": req.state,
             "reference": req.reference,
+            "reason": req.reason,
             "sample_count": req.sample_count,
             "job_id": req.job_id,
             "model_version": f"v{req.model_version}" if req.model_version else None,

@@ -52,8 +52,6 @@ class HeldoutBound:
     # (K,) the share of each class's held-out rows the model gets wrong (loss above ln 2); 0 for a class with
     # none: how much of a deletion drawn from the class a retrain would be expected to forget
     class_error: torch.Tensor | None = None
-    # (n_f,) per forget row: the majority label of its nearest retained rows (``neighbour_labels``), or None
-    neighbour_y: torch.Tensor | None = None
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""

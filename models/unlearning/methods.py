@@ -64,7 +64,8 @@ class Method(Protocol):
     """``fn(model, forget, retain, params, hooks, heldout=None, mislabeled=None) -> model``. ``heldout``:
     samples the model never trained on (the service passes the calibration part of its held-out data);
     ``mislabeled``: (n_f,) bool, the forget rows whose owner says their labels are wrong (a deletion of
-    label-flipped or mislabeled data). Methods that need either ignore it."""
+    label-flipped or mislabeled data), passed only when some are (a method registered without the
+    argument runs as before). Methods that need neither ignore them."""
 
     def __call__(
         self,
@@ -123,13 +124,16 @@ def run_method(
     contradict to the neighbours' class (``neighbour_labels``), the other methods ignore it."""
     fn = get_method(name)
     p = parse_params(name, params)
-    if mislabeled is not None and mislabeled.shape != (len(forget),):
-        shape = list(mislabeled.shape)
-        raise ValueError(f"mislabeled must hold one flag per forget row ({len(forget)}), got shape {shape}")
+    flags: dict[str, torch.Tensor] = {}  # passed only when given: a method registered without it still runs
+    if mislabeled is not None:
+        if mislabeled.dtype != torch.bool or mislabeled.shape != (len(forget),):
+            got = f"{mislabeled.dtype} of shape {list(mislabeled.shape)}"
+            raise ValueError(f"mislabeled must hold one bool per forget row ({len(forget)}), got {got}")
+        flags["mislabeled"] = mislabeled
     if device is not None:
         model.to(device)
     with cpu_channels_last(model):
-        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout, mislabeled=mislabeled)
+        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout, **flags)
 
 
 # ---------------------------------------------------------------- objectives
@@ -154,7 +158,18 @@ def _joint_forward(
     return feats[:n], feats[n:], logits[:n], logits[n:]
 
 
-def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) -> Objective:
+@dataclasses.dataclass
+class Moves:
+    """(n_f,) per forget row: the class its neighbours hold where they contradict its label (a class that
+    stays in D_r), its own label elsewhere; None: no row is moved. Each run sets it before its first step
+    (``_run``) and the UGradSL objective reads it, bounded by held-out data or not."""
+
+    y: torch.Tensor | None = None
+
+
+def ugradsl_objective(
+    params: UGradSLParams, bound: HeldoutBound | None = None, moves: Moves | None = None
+) -> Objective:
     """L_C = CE(B_r); L_U = -mean ℓ_α(B_f) (unbounded) or -Σ live_i·ℓ_α,i / |B_f| (``bounded``): live = still
     correct, or, given a held-out ``bound``, still below the held-out loss of its rank (see
     ``models.unlearning.bounds``). Penultimate features come from the same forward pass. ``push`` (ours, not
@@ -181,10 +196,10 @@ def ugradsl_objective(params: UGradSLParams, bound: HeldoutBound | None = None) 
         if params.push != "ascent":
             toward = F.cross_entropy(logits_f, nearest_wrong_class(logits_f.detach(), b.yf), reduction="none")
             push = torch.where(pushed_to_nearest(params.push, bound, ce, b.yf, b.rf), toward, push)
-        if bound is not None and bound.neighbour_y is not None and b.rf is not None:
+        if moves is not None and moves.y is not None and b.rf is not None:
             # contradicted by its neighbours: descent towards their class until the model predicts it
-            theirs = bound.neighbour_y[b.rf]  # (B,)
-            moved = (theirs != b.yf) & bound.in_retain(b.yf)  # (B,) bool
+            theirs = moves.y[b.rf]  # (B,)
+            moved = theirs != b.yf  # (B,) bool
             live = torch.where(moved, (logits_f.detach().argmax(1) != theirs).float(), live)
             push = torch.where(moved, F.cross_entropy(logits_f, theirs, reduction="none"), push)
         forget = (live * push).sum() / b.forget_divisor()  # 1/B per sample (engine.forget_norm)
@@ -292,7 +307,7 @@ class _Part:
     heldout: SampleDataset | None
     params: GradientParams
     about: dict[str, Any]
-    neighbour_y: torch.Tensor | None = None  # (n_f,) ``neighbour_labels``: its nearest retained rows' label
+    moves: torch.Tensor | None = None  # (n_f,) the class each row is moved to (``Moves``), or None
 
 
 # Sizes a run from the network it trains, D_f as that network takes it, and which rows of D_f their
@@ -336,8 +351,10 @@ def _trained_part(
     contradicted = _contradicted(theirs, seen.y, retain.y)
     if size is not None:
         params, about = size(net, seen, params, contradicted)
-    if contradicted is not None:  # the job's runs say how many rows their neighbours moved
+    moves = None
+    if theirs is not None and contradicted is not None:  # the job's runs say how many rows were moved
         about = {**about, "contradicted_rows": int(contradicted.sum())}
+        moves = torch.where(contradicted, theirs, seen.y.to(theirs.device))
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):
@@ -345,7 +362,7 @@ def _trained_part(
         rest = [pool, *(features(split.front, s, device) if len(s) else s for s in rest[1:])]
     else:
         net, seen = model, forget
-    return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about, theirs)
+    return _Part(net, seen, rest[0], rest[1] if len(rest) > 1 else heldout, params, about, moves)
 
 
 NEIGHBOUR_ROWS = 8192  # retained rows a forget sample's neighbours are looked for among, at most
@@ -370,20 +387,22 @@ def _neighbours(
     wrong anyway, and pushing those all the way cost the 60k Fashion-MNIST model's random deletions
     (docs/methods.md, stop 48)."""
     chosen = getattr(params, "neighbour_labels", 0)
-    flagged = mislabeled is not None and bool(mislabeled.any())
-    k = chosen if chosen > 0 else (FLAGGED_NEIGHBOURS if flagged else 0)
+    rows = None if chosen > 0 or mislabeled is None else torch.nonzero(mislabeled.cpu()).flatten()
+    k = chosen if chosen > 0 else (FLAGGED_NEIGHBOURS if rows is not None and len(rows) else 0)
     if k <= 0 or len(seen) == 0 or len(retain) == 0:
         return None
-    if not bool(torch.isin(seen.y, retain.y.unique()).any()):  # a class-wise deletion: nothing to contradict
+    looked = seen if rows is None else seen.subset(rows)
+    if not bool(torch.isin(looked.y, retain.y.unique()).any()):  # class-wise: nothing to contradict
         return None
     ref = retain_pool(retain, len(seen), NEIGHBOUR_ROWS / len(seen), params.seed)
     if front_net is not None:
         ref = front(front_net, ref, model_device(net))
-    theirs = neighbour_labels(net, seen, ref, k)
-    if chosen > 0 or mislabeled is None:
+    theirs = neighbour_labels(net, looked, ref, k)
+    if rows is None:
         return theirs
-    own = seen.y.to(theirs.device)
-    return torch.where(mislabeled.to(theirs.device), theirs, own)  # unflagged rows: not contradicted
+    out = seen.y.to(theirs.device).clone()  # unflagged rows keep their label: not contradicted
+    out[rows.to(theirs.device)] = theirs
+    return out
 
 
 def _contradicted(
@@ -411,6 +430,7 @@ def _run(
     about: dict[str, Any] | None = None,
     size: Sizer | None = None,
     mislabeled: torch.Tensor | None = None,
+    moves: Moves | None = None,
 ) -> _Part:
     """Run ``objective`` on what ``_trained_part`` gives and return that part: the network it trained, in
     place, and the data as that network read it (checks after the run need no pass through the front)."""
@@ -420,8 +440,8 @@ def _run(
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
-    if bound is not None:
-        bound.neighbour_y = part.neighbour_y
+    if moves is not None:
+        moves.y = part.moves
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
@@ -491,7 +511,8 @@ def _ugradsl(
     set is too short to move a network: an MLP on 300 samples still recognised a whole forgotten class
     after 1.5 epochs (6 steps) and forgot it after 12 (48 steps)."""
     bound = _bound(model, retain, params, heldout)
-    objective = ugradsl_objective(params, bound)
+    moves = Moves()
+    objective = ugradsl_objective(params, bound, moves)
     plan = Plan(lead, params.p, 1 - params.p)
     gone_rows = torch.nonzero(~torch.isin(forget.y, retain.y.unique())).flatten()
     if len(gone_rows) and params.class_epochs > 0:  # a deletion that takes a whole class (params.py)
@@ -509,7 +530,14 @@ def _ugradsl(
         losses = _heldout_losses(model, retain, params, heldout, bound)
         size = _by_pushes(plan, len(forget), len(retain), losses)
     run = functools.partial(
-        _run, hooks=hooks, objective=objective, plan=plan, heldout=heldout, bound=bound, mislabeled=mislabeled
+        _run,
+        hooks=hooks,
+        objective=objective,
+        plan=plan,
+        heldout=heldout,
+        bound=bound,
+        mislabeled=mislabeled,
+        moves=moves,
     )
     part = run(model, forget, retain, params, about=about, size=size)
     epochs = params.epochs

@@ -151,8 +151,9 @@ def cmd_request(client: Client, args: argparse.Namespace) -> int:
     req = client.create_request(args.model, ids, args.reference, subject_ids=subjects, reason=args.reason)
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
     of = f" of {len(req['subject_ids'])} subject(s)" if req.get("subject_ids") else ""
+    why = " (mislabeled)" if req.get("reason") == "mislabeled" else ""
     print(
-        f"request {req['id']} accepted: {req['sample_count']} sample(s){of} for {req['model']}{note}; "
+        f"request {req['id']} accepted: {req['sample_count']} sample(s){of}{why} for {req['model']}{note}; "
         f"state {req['state']}",
         flush=True,
     )

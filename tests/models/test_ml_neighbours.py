@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.architectures import build_model
@@ -14,7 +15,11 @@ from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.training import DIGITS_RECIPE, train
 from models.unlearning import run_method
+from models.unlearning.engine import Batch
+from models.unlearning.losses import smoothed_cross_entropy
+from models.unlearning.methods import Moves, ugradsl_objective
 from models.unlearning.neighbours import neighbour_labels
+from models.unlearning.params import parse_params
 
 
 class _Identity(nn.Module):
@@ -142,6 +147,28 @@ def test_the_flags_must_match_the_forget_rows(
     digits_model: nn.Module, digits: tuple[SampleDataset, SampleDataset], digits_random10
 ) -> None:
     forget, retain = digits_random10
-    with pytest.raises(ValueError, match="one flag per forget row"):
-        run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, None, heldout=digits[1],
-                   mislabeled=torch.ones(len(forget) - 1, dtype=torch.bool))  # fmt: skip
+    for wrong in (torch.ones(len(forget) - 1, dtype=torch.bool), torch.ones(len(forget), dtype=torch.long)):
+        with pytest.raises(ValueError, match="one bool per forget row"):
+            run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, None, heldout=digits[1],
+                       mislabeled=wrong)  # fmt: skip
+
+
+def test_the_move_is_the_objectives_with_or_without_a_heldout_bound(
+    digits_model: nn.Module, digits_random10: tuple[SampleDataset, SampleDataset]
+) -> None:
+    """UGradSL's own default (bounded by correctness, no held-out data) moves a contradicted row too: its
+    forget term is descent towards the neighbours' class while the model predicts another, then nothing."""
+    forget, _ = digits_random10
+    x, y = forget.x[:4], forget.y[:4]
+    with torch.no_grad():
+        predicted = digits_model.eval()(x).argmax(1)
+    theirs = (y + 1) % 10  # a class the model does not predict for these rows
+    assert bool((predicted != theirs).all())
+    params = parse_params("ugradsl", None)
+    batch = Batch(x[:0], y[:0], x, y, y, 4.0, rf=torch.arange(4))
+    moved = ugradsl_objective(params, None, Moves(theirs))(digits_model, batch)
+    expected = F.cross_entropy(digits_model(x), theirs, reduction="sum") / 4.0
+    assert moved.forget is not None and torch.allclose(moved.forget, expected)
+    stays = ugradsl_objective(params, None, Moves(y))(digits_model, batch)  # none contradicted: ascent
+    ascent = -smoothed_cross_entropy(digits_model(x), y, params.alpha, reduction="none").sum() / 4.0
+    assert stays.forget is not None and torch.allclose(stays.forget, ascent)

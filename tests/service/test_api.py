@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from service.cli.client import Client as CliClient
 from service.cli.errors import UsageError
 from service.cli.server import cmd_keys
 from service.core import audit, proofs
+from service.core.canonical import canonical_json
 from service.core.db.engine import session_scope
 from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model
+from service.core.deletions import body_digest
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
 from tests.conftest import Backend
@@ -752,3 +755,26 @@ def test_a_request_says_why_its_samples_go_and_a_replay_must_say_the_same(api: A
     bad = post(api, {"sample_ids": ["toy-0003"], "reason": "poison"})
     assert bad.status_code == 422 and "reason" in bad.text, bad.text
     assert api.counts() == before
+
+
+def test_a_batch_item_carries_its_own_reason_and_a_null_reason_is_the_default(api: Api) -> None:
+    items = [
+        {"sample_ids": ["toy-0004"], "reason": "mislabeled"},
+        {"sample_ids": ["toy-0005"], "reason": None},
+        {"sample_ids": ["toy-0006"], "reason": "forgotten"},
+    ]
+    batch = "/v1/models/toy/deletion-requests/batch"
+    r = api.client.post(batch, json={"requests": items}, headers=api.auth())
+    assert r.status_code == 422 and "reason" in r.text, r.text  # one bad item fails the body's validation
+    r = api.client.post(batch, json={"requests": items[:2]}, headers=api.auth())
+    assert r.status_code == 200, r.text
+    assert [x["request"]["reason"] for x in r.json()["results"]] == ["mislabeled", "erasure"]
+
+
+def test_an_erasure_binds_its_idempotency_key_to_the_body_as_before_reasons_existed() -> None:
+    """Requests stored before the reason existed replay: an erasure's digest is the old body's."""
+    old = hashlib.sha256(
+        canonical_json({"sample_ids": ["a", "b"], "reference": "t", "callback_url": None}).encode()
+    ).hexdigest()
+    assert body_digest(["b", "a"], "t") == old == body_digest(["a", "b"], "t", reason="erasure")
+    assert body_digest(["a", "b"], "t", reason="mislabeled") != old

@@ -57,6 +57,11 @@ class DeletionRequestCreate(BaseModel):
         # Client libraries often send null for a list they leave out; it names nothing, as an absent one.
         return [] if value is None else value
 
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: Any) -> Any:
+        return "erasure" if value is None else value  # as the lists: null is taken as absent
+
     @model_validator(mode="after")
     def _names_something(self) -> DeletionRequestCreate:
         if not self.sample_ids and not self.subject_ids:
