@@ -57,6 +57,11 @@ def accuracy(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BA
     return float(correct.float().mean())
 
 
+def predictions(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """(N,) the class the model predicts for each sample, on its device."""
+    return _map_batches(model, data, lambda logits, _y: logits.argmax(1), batch_size)
+
+
 def true_label_confidence(
     model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH
 ) -> np.ndarray:

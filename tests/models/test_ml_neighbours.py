@@ -135,12 +135,15 @@ def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
     plans: list[dict] = []
     out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None,
                      Hooks(on_plan=plans.append), heldout=digits[1], mislabeled=half)  # fmt: skip
-    # the neighbours moved flagged rows only (nearly all of them: each is mislabeled)
+    # the neighbours moved flagged rows only (nearly all of them: each is mislabeled); the run read the
+    # ones the model did not already predict as their neighbours' class
     assert 0.8 * int(half.sum()) < plans[0]["contradicted_rows"] <= int(half.sum())
+    done = plans[0]["contradicted_rows"] - plans[0]["held_rows"]
+    assert plans[0]["skipped_rows"] == done and plans[0]["forget_rows"] == len(forget) - done
     right = (_predicted(out, forget) == true_y).float()
     flagged, unflagged = float(right[half].mean()), float(right[~half].mean())
     # the unflagged half gains from the longer run too (sized on memorised rows), the flagged half more
-    assert flagged > 0.8 and unflagged < flagged - 0.1, (flagged, unflagged)
+    assert flagged > 0.7 and unflagged < flagged - 0.15, (flagged, unflagged)
 
 
 def test_the_flags_must_match_the_forget_rows(
@@ -172,3 +175,26 @@ def test_the_move_is_the_objectives_with_or_without_a_heldout_bound(
     stays = ugradsl_objective(params, None, Moves(y))(digits_model, batch)  # none contradicted: ascent
     ascent = -smoothed_cross_entropy(digits_model(x), y, params.alpha, reduction="none").sum() / 4.0
     assert stays.forget is not None and torch.allclose(stays.forget, ascent)
+
+
+def test_rows_the_model_already_predicts_as_their_neighbours_class_are_not_sized_as_memorised(
+    digits_model: nn.Module,
+    digits: tuple[SampleDataset, SampleDataset],
+    digits_random10: tuple[SampleDataset, SampleDataset],
+    mislabeled_digits: tuple[nn.Module, SampleDataset, SampleDataset, torch.Tensor],
+) -> None:
+    """A model trained on the true labels predicts a deletion flagged mislabeled as its neighbours' class
+    already, as a retrain does: nothing to move, and no run sized as for memorised rows (on the 60k
+    Fashion-MNIST model that had run long and ended further from the retrain than doing nothing)."""
+    forget, retain = digits_random10
+    wrong = SampleDataset(forget.x, (forget.y + 1) % 10, forget.ids)  # labels the model never trained on
+    plans: list[dict] = []
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), wrong, retain, None, Hooks(on_plan=plans.append),
+               heldout=digits[1], mislabeled=torch.ones(len(wrong), dtype=torch.bool))  # fmt: skip
+    model, m_forget, m_retain, _ = mislabeled_digits
+    run_method("ugradsl_plus", copy.deepcopy(model), m_forget, m_retain, None, Hooks(on_plan=plans.append),
+               heldout=digits[1], mislabeled=torch.ones(len(m_forget), dtype=torch.bool))  # fmt: skip
+    clean, memorised = plans
+    assert clean["contradicted_rows"] > 0.9 * len(wrong) and clean["held_rows"] < 0.1 * len(wrong)
+    assert memorised["held_rows"] > 0.2 * len(m_forget)  # the noisy model predicts some as labelled
+    assert clean["pushes_per_sample"] < memorised["pushes_per_sample"] / 2
