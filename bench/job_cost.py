@@ -109,12 +109,13 @@ def setup_model(
         return s.scalars(select(Model.id).where(Model.tenant == "bench", Model.name == name)).one()
 
 
-def run_job(settings: Settings, model_id: str, ids: list[str]) -> dict:
+def run_job(settings: Settings, model_id: str, ids: list[str], reason: str = "erasure") -> dict:
     url = settings.resolved_database_url
     with session_scope(url) as s:
         key, _ = create_key(s, tenant="bench", scopes=["deletion:write"])
+        model = s.get_one(Model, model_id)
         deletions.submit(
-            s, model=s.get_one(Model, model_id), key=key, sample_ids=ids, reference=None, max_ids=10**6
+            s, model=model, key=key, sample_ids=ids, reference=None, max_ids=10**6, reason=reason
         )
     started = time.perf_counter()
     process_model(settings, model_id)
@@ -245,6 +246,13 @@ def main() -> None:
         "two commits, say) then time the same jobs on the same weights, which a model trained anew does "
         "not give (its deletions are sized by how much it memorised)",
     )
+    ap.add_argument(
+        "--reason",
+        default="erasure",
+        choices=("erasure", "mislabeled"),
+        help="the deletion requests' reason: mislabeled flags every deleted sample, and the job looks up "
+        "their neighbours (these training sets' labels are right: the cost of a flag that finds little)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     warm_torch()  # as a worker does when it starts taking tasks (workers/celery_app.py)
@@ -293,7 +301,7 @@ def main() -> None:
             gone |= set(ids)
             if args.fresh_process:
                 front_cache._cache = None  # another worker process: nothing kept in memory
-            job = run_job(settings, model_id, ids)
+            job = run_job(settings, model_id, ids, args.reason)
             retrain = time_retrain("small_cnn", kw_, tr_, gone, recipe, device)
             recipe_note = f"recipe: {recipe.epochs} epochs, batch {recipe.batch_size}"
             rows.append((label, recipe_note, f"v{number}", job, retrain, len(tr_) - len(gone)))
@@ -308,7 +316,7 @@ def main() -> None:
     params_note = json.dumps(args.params) if args.params else "defaults"
     out.append(
         f"## Job phases against an exact retrain (seconds; device {device}; a random 10% forget set per "
-        f"job, {args.jobs} jobs in a row; UGradSL+ params {params_note}; "
+        f"job, {args.jobs} jobs in a row; reason {args.reason}; UGradSL+ params {params_note}; "
         f"front rows: computed / kept from earlier jobs / of those, read from the store on disk"
         f"{f'; models trained once and kept in {args.models}' if args.models else ''}"
         f"{'; every job on a fresh process' if args.fresh_process else ''})\n"
