@@ -52,6 +52,12 @@ class HeldoutBound:
     # (K,) the share of each class's held-out rows the model gets wrong (loss above ln 2); 0 for a class with
     # none: how much of a deletion drawn from the class a retrain would be expected to forget
     class_error: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None  # (n_f,) by="jitter": each forget row's place u_i in its rank's bin
+
+    def jitter(self, n_forget: int, seed: int) -> None:
+        """Draw each forget row's offset within its rank's bin (``by="jitter"``), from the run's seed."""
+        gen = torch.Generator().manual_seed(seed + 4)  # its own stream: + 1 to + 3 are taken
+        self.offsets = torch.rand(n_forget, generator=gen).to(self.quantiles.device)
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``)."""
@@ -69,18 +75,26 @@ class HeldoutBound:
     def targets(self, loss: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the held-out loss that each forget sample's rank aims at (``by``): its rank within the
         batch, or, given the batch's ``rows`` of D_f while tracking (``track``), among D_f's latest losses."""
+        u = self._offsets(rows)
         if self.latest is None or rows is None:
-            return self._in_batch(loss)
+            return self._in_batch(loss, u)
         ranked = self.latest.sort().values  # (n_f,)
         rank = torch.searchsorted(ranked, loss.detach().float()).clamp(max=len(ranked) - 1).float()
-        in_forget = self._aim(rank, len(ranked))
-        return torch.maximum(self._in_batch(loss), in_forget) if self.ranks == "both" else in_forget
+        in_forget = self._aim(rank, len(ranked), u)
+        return torch.maximum(self._in_batch(loss, u), in_forget) if self.ranks == "both" else in_forget
 
-    def _in_batch(self, loss: torch.Tensor) -> torch.Tensor:
-        return self._aim(loss.argsort().argsort().float(), len(loss))  # rank 0: the most confident
+    def _offsets(self, rows: torch.Tensor | None) -> torch.Tensor | float:
+        """(B,) the batch's rows' places within their bins (``jitter``), else the midpoint 0.5."""
+        if self.by != "jitter" or self.offsets is None or rows is None:
+            return 0.5
+        return self.offsets[rows.to(self.offsets.device)]
 
-    def _aim(self, rank: torch.Tensor, b: int) -> torch.Tensor:
-        """(B,) the held-out loss that rank r of ``b`` ranked losses reads under ``by``."""
+    def _in_batch(self, loss: torch.Tensor, u: torch.Tensor | float = 0.5) -> torch.Tensor:
+        return self._aim(loss.argsort().argsort().float(), len(loss), u)  # rank 0: the most confident
+
+    def _aim(self, rank: torch.Tensor, b: int, u: torch.Tensor | float = 0.5) -> torch.Tensor:
+        """(B,) the held-out loss that rank r of ``b`` ranked losses reads under ``by`` (``u``: the place
+        within the rank's bin, ``jitter``'s per-row offsets or the midpoint)."""
         m = len(self.quantiles)
         if self.by == "ends":
             return self.quantiles[(rank * (m - 1) / max(b - 1, 1)).round().long().clamp(max=m - 1)]  # (B,)
@@ -89,7 +103,7 @@ class HeldoutBound:
             lo = (rank * m / b).long().clamp(max=m - 1)  # (B,) each rank's bin of held-out losses
             hi = torch.maximum(((rank + 1) * m / b).long(), lo + 1)  # (B,) at least one loss per bin
             return (sums[hi] - sums[lo]) / (hi - lo).float()  # (B,)
-        return self.quantiles[((rank + 0.5) * m / b).long().clamp(max=m - 1)]  # (B,)
+        return self.quantiles[((rank + u) * m / b).long().clamp(max=m - 1)]  # (B,)
 
     def live(
         self, loss: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, rows: torch.Tensor | None = None

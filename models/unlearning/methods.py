@@ -468,6 +468,8 @@ def _run(
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
+    if bound is not None and bound.by == "jitter":  # one offset per row the run reads
+        bound.jitter(len(part.forget), params.seed)
     if moves is not None:
         moves.y = part.moves
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)

@@ -19,7 +19,7 @@ ADAPTIVE = ("off", "intuition", "literal")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
-BOUND_TARGETS = ("midpoint", "ends", "mean")  # HeldoutBound.by (models/unlearning/bounds.py)
+BOUND_TARGETS = ("midpoint", "ends", "mean", "jitter")  # HeldoutBound.by (models/unlearning/bounds.py)
 BOUND_RANKS = ("batch", "forget", "both")  # HeldoutBound.ranks
 RELABEL = ("salun", "wrong")
 PUSH = ("ascent", "nearest", "nearest_tail")
@@ -220,7 +220,9 @@ class UGradSLParams(GradientParams):
         choices=BOUND_TARGETS,
         doc="bound_by='heldout': what rank r of a forget batch of B aims at: midpoint = the held-out "
         "quantile (r + 0.5)/B | ends = the quantile r/(B-1), the batch's extremes at the held-out minimum "
-        "and maximum | mean = the mean held-out loss between the quantiles r/B and (r+1)/B",
+        "and maximum | mean = the mean held-out loss between the quantiles r/B and (r+1)/B | jitter = the "
+        "quantile (r + u_i)/B, u_i ~ U(0, 1) drawn once per forget row (seeded), so D_f's targets spread "
+        "over each bin, the top bin's tail included, instead of sitting at its midpoint",
     )
     bound_ranks: str = _f(
         "batch",

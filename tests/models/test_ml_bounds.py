@@ -50,6 +50,40 @@ def test_a_rank_reads_the_heldout_midpoint_the_ends_or_its_bins_mean() -> None:
     assert small.targets(batch[:5]).tolist() == pytest.approx([0.1, 0.1, 0.1, 0.2, 0.2])
 
 
+def test_jittered_ranks_read_a_place_in_their_bin_fixed_per_row_reaching_the_top_bins_tail() -> None:
+    """``jitter``: rank r of B reads quantile (r + u_i) / B with u_i drawn once per forget row, so a row in
+    the top bin may aim at the held-out maximum, which no midpoint reaches; without rows (or offsets) a
+    rank reads its midpoint, as before."""
+    loss = torch.tensor([0.05, 2.0, 0.5, 0.01])  # ranks 1, 3, 2, 0 of a batch of 4
+    bound = _bound([True])
+    bound.by = "jitter"
+    bound.offsets = torch.tensor([0.0, 0.99, 0.5, 0.1, 0.9])  # rows 0..4 of D_f
+    rows = torch.tensor([0, 1, 3, 4])
+    # index floor((r + u) * 10 / 4): rank 1 u 0 -> 2, rank 3 u .99 -> 9, rank 2 u .1 -> 5, rank 0 u .9 -> 2
+    assert bound.targets(loss, rows).tolist() == pytest.approx([0.3, 1.0, 0.6, 0.3])
+    assert bound.targets(loss).tolist() == pytest.approx([0.4, 0.9, 0.7, 0.2])  # no rows: midpoints
+    bound.jitter(1000, seed=7)
+    again = _bound([True])
+    again.jitter(1000, seed=7)
+    assert bound.offsets is not None and again.offsets is not None
+    assert torch.equal(bound.offsets, again.offsets)  # seeded: a rerun aims where the run did
+    assert 0.45 < float(bound.offsets.mean()) < 0.55 and float(bound.offsets.max()) < 1.0
+
+
+def test_jittered_targets_reach_a_run(digits_model, digits, digits_random10) -> None:
+    """A run at ``bound_targets="jitter"`` draws one offset per forget row it reads and aims its hardest
+    rows further than midpoints do (the top bin's tail)."""
+    forget, retain = digits_random10
+    test = digits[1]
+
+    def hardest(by: str) -> float:
+        params = {"bound_targets": by}
+        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, heldout=test)
+        return float(per_sample_loss(model, forget).max())
+
+    assert hardest("jitter") > hardest("midpoint")  # measured: 4.4 against 1.3
+
+
 def test_ranks_among_the_forget_set_reach_the_heldout_tail_and_follow_the_latest_losses() -> None:
     """Within a batch of 4 no rank reads above the 0.9 quantile; ranked among 20 forget samples, the one
     with the highest loss reads the held-out maximum, and a sample's rank moves with its latest loss."""
@@ -92,7 +126,7 @@ def test_the_targets_choice_reaches_the_bound_a_run_uses(digits_model, digits, d
     from models.unlearning.params import parse_params
 
     forget, retain = digits_random10
-    for by, ranks in (("midpoint", "forget"), ("ends", "batch"), ("mean", "forget")):
+    for by, ranks in (("midpoint", "forget"), ("ends", "batch"), ("mean", "forget"), ("jitter", "batch")):
         params = parse_params("ugradsl_plus", {"bound_targets": by, "bound_ranks": ranks})
         bound = bound_of(digits_model, retain, params, digits[1])
         assert bound is not None and (bound.by, bound.ranks) == (by, ranks)
