@@ -164,6 +164,9 @@ BIN_MEANS = "ugradsl_plus (default, each rank aiming at its bin's mean held-out 
 # Stop 40: each forget sample ranked among all of D_f's latest losses rather than its batch's
 # (``bound_ranks``), so the held-out tail is aimed at.
 FORGET_RANKS = "ugradsl_plus (default, ranks taken among all of D_f)"
+# Stop 50: each forget row aims at its own place in its rank's bin (``bound_targets`` jitter), drawn once
+# per row, so D_f's targets reach the top bin's tail without moving the others' mean.
+JITTER = "ugradsl_plus (default, each forget row aiming at its own place in its rank's bin)"
 # Stop 40: the default with the tail (ranks reading a held-out loss above ln 2) pushed to its nearest wrong
 # class instead of ascending (``push``); stop 28 ran it at p 0.6 beside an older default (NEAREST_TAIL).
 TAIL_PUSH = "ugradsl_plus (default, tail pushed to its nearest wrong class)"
@@ -350,6 +353,7 @@ ROWS = [
     Row(SHRUNK, "ugradsl_plus", _fixed({"pushes_shrink": 1.0})),
     Row(BIN_MEANS, "ugradsl_plus", _fixed({"bound_targets": "mean"})),
     Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
+    Row(JITTER, "ugradsl_plus", _fixed({"bound_targets": "jitter"})),
     Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
     Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),
