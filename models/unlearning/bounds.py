@@ -19,7 +19,8 @@ sample among D_f's latest losses instead (each row's loss when the run last read
 over D_f before the first step), so the targets of the whole forget set follow the held-out distribution,
 its tail included, one sample per quantile: a 1-D monotone transport of D_f's losses onto held-out ones;
 ``ranks="both"`` aims at the larger of the two targets. Both lost on most tuning models (docs/methods.md,
-stop 40), so batch ranks stay the default.
+stop 40), so batch ranks stay the default. Where a rank aims within its bin is ``by``: the midpoint by
+default, or ``jitter``, a place drawn once per forget row (stop 50: level with midpoints everywhere).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class HeldoutBound:
     # rank r of a batch of B reads: "midpoint" the quantile (r + 0.5) / B; "ends" the quantile r / (B - 1)
     # (the batch's extremes aim at the held-out minimum and maximum); "mean" the mean held-out loss between
     # the quantiles r / B and (r + 1) / B, so a batch's targets average to the held-out mean (exactly where
-    # B divides the number of held-out losses), the heavy tail included
+    # B divides the number of held-out losses), the heavy tail included; "jitter" the quantile (r + u_i) / B,
+    # u_i drawn once per row of the set the run trains on (``jitter``), so D_f's targets cover each bin
     by: str = "midpoint"  # one of params.BOUND_TARGETS
     ranks: str = "batch"  # params.BOUND_RANKS: within the batch, among all of D_f, or the larger target
     latest: torch.Tensor | None = None  # (n_f,) ranks="forget": each forget row's loss when last read
