@@ -17,6 +17,13 @@ def _bound(retained: list[bool]) -> HeldoutBound:
     return HeldoutBound(torch.arange(1, 11) / 10, torch.tensor(retained))  # quantiles 0.1 .. 1.0
 
 
+def _hardest_after(model, digits, split, params: dict) -> float:
+    """D_f's largest loss after a default UGradSL+ run with ``params`` on the digits model."""
+    forget, retain = split
+    out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, params, heldout=digits[1])
+    return float(per_sample_loss(out, forget).max())
+
+
 def test_a_forget_sample_is_live_while_its_loss_is_below_the_heldout_loss_of_its_rank() -> None:
     loss = torch.tensor([0.05, 2.0, 0.5, 0.01])  # ranks 1, 3, 2, 0 of a batch of 4
     y = torch.zeros(4, dtype=torch.long)
@@ -73,13 +80,9 @@ def test_jittered_ranks_read_a_place_in_their_bin_fixed_per_row_reaching_the_top
 def test_jittered_targets_reach_a_run(digits_model, digits, digits_random10) -> None:
     """A run at ``bound_targets="jitter"`` draws one offset per forget row it reads and aims its hardest
     rows further than midpoints do (the top bin's tail)."""
-    forget, retain = digits_random10
-    test = digits[1]
 
     def hardest(by: str) -> float:
-        params = {"bound_targets": by}
-        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, heldout=test)
-        return float(per_sample_loss(model, forget).max())
+        return _hardest_after(digits_model, digits, digits_random10, {"bound_targets": by})
 
     assert hardest("jitter") > hardest("midpoint")  # measured: 4.4 against 1.3
 
@@ -110,13 +113,9 @@ def test_ranks_among_the_forget_set_push_its_hardest_samples_further(
 ) -> None:
     """A run ranking among all of D_f aims its hardest samples at the held-out tail, which batch ranks never
     reach (measured on digits: D_f's largest loss 3.7 against 2.0; the held-out maximum is 5.8)."""
-    forget, retain = digits_random10
-    test = digits[1]
 
     def hardest(ranks: str) -> float:
-        params = {"bound_ranks": ranks}
-        model = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, heldout=test)
-        return float(per_sample_loss(model, forget).max())
+        return _hardest_after(digits_model, digits, digits_random10, {"bound_ranks": ranks})
 
     assert hardest("forget") > hardest("batch")
 
