@@ -29,6 +29,7 @@ from models.batches import Loaded
 from models.datasets import SampleDataset
 from models.layout import cpu_batch
 from models.loading import in_order
+from models.structure import structure
 
 FEATURE_BYTES = 4 * 2**30  # cached front outputs beyond this size: run on the whole model instead
 FEATURE_BATCH = 512  # rows per batch of the front's pass off the CPU (on it: models.layout.cpu_batch)
@@ -70,11 +71,52 @@ class _Front(nn.Module):
 
 def split_last_layers(model: nn.Module, share: float) -> Split | None:
     """The split of ``model`` whose last layers are the smallest run of trailing layers holding at least
-    ``share`` of its trainable weights, or None (see the module's docstring)."""
+    ``share`` of its trainable weights, or None (see the module's docstring).
+
+    The cut is found on a trace of the model's structure, kept per structure (``models.structure``) and share:
+    a job splits the version it starts from, the copy it trains and the result it scores, three models
+    of one structure, and tracing took 2.7 ms of a 4.8 ms split for small_cnn and 8.6 of 13 ms for
+    ResNet-18. Each model gets its own modules around graphs copied from the kept ones."""
     found = _net_and_classifier(model)
     if found is None:
         return None
     net, classifier = found
+    key = (structure(model), float(share))
+    if key not in _CUTS:
+        if len(_CUTS) >= _KEPT_CUTS:
+            _CUTS.pop(next(iter(_CUTS)))  # the oldest: a process serving many architectures stays small
+        _CUTS[key] = _cut(model, net, classifier, share)
+    cut = _CUTS[key]
+    if cut is None:
+        return None
+    front = _Front(fx.GraphModule(net, _copied(cut.front)), cut.names)
+    tail = _LastLayers(fx.GraphModule(net, _copied(cut.tail)), cut.names, net.get_submodule(classifier))
+    return Split(front, tail)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """Where a structure splits: the front's graph (the model's input to the values it hands on), the last
+    layers' graph (those values to the classifier's input) and the values' names."""
+
+    front: fx.Graph
+    tail: fx.Graph
+    names: list[str]
+
+
+_KEPT_CUTS = 64
+_CUTS: dict[tuple[str, float], _Cut | None] = {}
+
+
+def _copied(graph: fx.Graph) -> fx.Graph:
+    """A fresh copy of a kept graph, for one model's module (a graph belongs to one module)."""
+    out = fx.Graph()
+    out.output(out.graph_copy(graph, {}))
+    return out
+
+
+def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cut | None:
+    """The cut of ``net`` (``model``'s network, ending in its ``classifier``) at ``share``, or None."""
     try:
         traced = fx.symbolic_trace(net)
     except Exception:  # noqa: BLE001 - any tracing failure means: no split, run on the whole model
@@ -121,10 +163,7 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
         if n is not head:
             env2[n] = tg.node_copy(n, lambda a: env2[a])
     tg.output(env2[feats])
-    names = [c.name for c in crossing]
-    front = _Front(fx.GraphModule(traced, fg), names)
-    tail = _LastLayers(fx.GraphModule(traced, tg), names, net.get_submodule(classifier))
-    return Split(front, tail)
+    return _Cut(fg, tg, [c.name for c in crossing])
 
 
 def _net_and_classifier(model: nn.Module) -> tuple[nn.Module, str] | None:

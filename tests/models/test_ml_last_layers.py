@@ -9,7 +9,7 @@ from torch import nn
 
 from models.adapters import adapt
 from models.architectures import Classifier, build_model
-from models.unlearning import run_method
+from models.unlearning import last_layers, run_method
 from models.unlearning.last_layers import split_last_layers
 
 
@@ -50,6 +50,31 @@ def test_a_torchvision_model_behind_the_adapter_splits_too() -> None:
     assert split is not None and 0.5 <= _share(split.tail, model) < 0.9
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(split.tail.eval()(split.front(x)), model(x), atol=1e-5)
+
+
+def test_models_of_one_structure_are_traced_once_and_split_on_their_own_weights(monkeypatch) -> None:
+    monkeypatch.setattr(last_layers, "_CUTS", {})
+    traced = []
+    trace = last_layers.fx.symbolic_trace
+    monkeypatch.setattr(last_layers.fx, "symbolic_trace", lambda m: traced.append(m) or trace(m))
+    first = build_model("small_cnn").eval()
+    second = copy.deepcopy(first)
+    for p in second.parameters():
+        p.data.normal_()
+    splits = [split_last_layers(m, 0.7) for m in (first, second)]
+    assert len(traced) == 1  # the second model's structure is the first's: its cut is reused
+    x = torch.randn(4, 1, 8, 8)
+    for model, split in zip((first, second), splits, strict=True):
+        assert split is not None
+        assert {id(p) for p in split.tail.parameters()} <= {id(p) for p in model.parameters()}
+        assert torch.allclose(split.tail.eval()(split.front(x)), model(x), atol=1e-5)
+    assert not torch.allclose(splits[1].tail(splits[1].front(x)), first(x), atol=1e-3)
+    # a frozen convolution holds no trained weight: the share is found in the linear layers alone
+    frozen = copy.deepcopy(first)
+    frozen.body[3].requires_grad_(False)
+    split = split_last_layers(frozen, 0.7)
+    assert len(traced) == 2 and split is not None
+    assert [type(m) for m in split.tail.modules() if list(m.parameters(recurse=False))] == [nn.Linear] * 2
 
 
 class _Branchy(Classifier):

@@ -89,6 +89,21 @@ def test_cpu_batches_have_a_floor_and_leave_the_model_as_it_was() -> None:
     assert cpu_batch(wide, torch.randn(0, 4), 256) == 256  # nothing to read: nothing probed
 
 
+def test_a_batch_is_measured_once_per_structure_and_input_shape() -> None:
+    """A job sizes the passes of several models of one structure (the version, its copy, the result)."""
+    from models.layout import cpu_batch
+
+    first = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU())
+    second = copy.deepcopy(first)
+    runs: list[tuple[int, ...]] = []
+    second.register_forward_pre_hook(lambda _m, args: runs.append(tuple(args[0].shape)))
+    small, large = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 64, 64)
+    assert cpu_batch(first, small, 4096) == 128  # 64 KiB per row: 8 MiB / 64 KiB
+    assert cpu_batch(second, small, 4096) == 128  # the first's measure, not a pass of its own
+    assert cpu_batch(second, large, 4096) == 8  # 1 MiB per row: another shape, measured anew
+    assert runs == [(1, 1, 64, 64)]  # the second model ran once, for the shape the first had not read
+
+
 def test_off_the_cpu_the_cap_is_the_batch_and_the_model_is_not_run() -> None:
     from models.layout import cpu_batch
 
