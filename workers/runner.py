@@ -25,7 +25,7 @@ from models.unlearning.params import params_to_dict, parse_params, with_recipe
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
-from workers import failpoints, front_cache, gates, kept_scores
+from workers import failpoints, front_cache, gates, kept_rows, kept_scores
 from workers.datasets import DatasetRef, load_registered
 from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
@@ -157,11 +157,18 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     # counts take in the base version's scoring, which reads the rows first
 
     def score(
-        model: torch.nn.Module, share: float, kept: SetScores | None = None
+        model: torch.nn.Module,
+        share: float,
+        kept: SetScores | None = None,
+        train_rows: kept_rows.Reader | kept_rows.Recorder | None = None,
     ) -> tuple[dict[str, Any], SetScores]:
         # Graded only on data the method never read: the scoring part of the held-out data. Rows through
-        # the front's kept outputs where the method trains the last layers at ``share``.
+        # the front's kept outputs where the method trains the last layers at ``share``; the training
+        # rows read back from the job that published the base, or recorded for the next job
+        # (``kept_rows``).
         on_train, on_test = front_cache.scorers(model, share, cache, rows, test_rows)
+        if train_rows is not None:
+            on_train = train_rows.through(on_train or functools.partial(score_set, model))
         test_scores = (
             kept if kept is not None else (on_test or functools.partial(score_set, model))(parts.scoring)
         )
@@ -183,8 +190,12 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         len(parts.scoring),
         ctx.base_test_scores_sha256,
     )
-    base_metrics, _ = score(base_model, train_share(ctx.method, ctx.params, ctx.train_recipe), kept)
+    base_rows = kept_rows.Reader(ctx.base_uri, rows, torch.device(device))
+    base_metrics, _ = score(
+        base_model, train_share(ctx.method, ctx.params, ctx.train_recipe), kept, base_rows
+    )
     data_roles["base_test_scores"] = "kept" if kept is not None else "scored"
+    data_roles["base_train_rows"] = base_rows.counts
 
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
     attempts: list[dict[str, Any]] = []
@@ -209,7 +220,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         synchronize(device)
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
-        scored, test_scores = score(model, float(getattr(params, "train_share", 0)))
+        recorded = kept_rows.Recorder()
+        scored, test_scores = score(model, float(getattr(params, "train_share", 0)), train_rows=recorded)
         metrics = {**scored, "runtime_s": runtime}
         failures = gates.check(ctx.gates, base_metrics, metrics)
         attempts.append(
@@ -226,7 +238,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
-            publish(settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict)
+            uri = publish(
+                settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict
+            )
+            kept_rows.keep(uri, rows, torch.device(device), recorded)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
@@ -259,11 +274,12 @@ def publish(
     scores: tuple[str, SetScores],
     method: str,
     params: dict[str, Any],
-) -> None:
+) -> str:
     """Write the checkpoint and keep the version's test scores (``kept_scores``: the next job's base
-    reads them), then commit the version. A crash before the commit leaves at most orphan files, never
-    a half version; a refused commit removes the files it would have pointed to, once the database
-    confirms no version points at them (a commit cut off mid-way may have landed)."""
+    reads them), then commit the version, and return its checkpoint's URI. A crash before the commit
+    leaves at most orphan files, never a half version; a refused commit removes the files it would have
+    pointed to, once the database confirms no version points at them (a commit cut off mid-way may have
+    landed)."""
     path = version_path(settings.checkpoint_dir, ctx.model_id, ctx.base_version + 1, ctx.job_id)
     sha256 = save_checkpoint(
         model.cpu(),
@@ -297,3 +313,4 @@ def publish(
             path.unlink(missing_ok=True)
             scores_path.unlink(missing_ok=True)
         raise
+    return str(path)

@@ -90,6 +90,10 @@ def test_the_next_job_reads_the_published_versions_kept_scores_and_gets_what_sco
 
     second = run_job(no_gates, SECOND, base=2)
     assert second.metrics["data"]["base_test_scores"] == "kept"
+    # and every training row it scored v2 on (D_f and D_r) was one v2's own job had scored: read back
+    rows = first.metrics["base"]["retain_count"]  # the first job's D_r, all of it scored (under 10k rows)
+    assert first.metrics["data"]["base_train_rows"] == {"kept": 0, "scored": len(FIRST) + rows}
+    assert second.metrics["data"]["base_train_rows"] == {"kept": rows, "scored": 0}
     base, fresh = second.metrics["base"], scored_afresh(no_gates, v2, SECOND, FIRST)
     for key in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
         assert base[key] == pytest.approx(fresh[key], abs=1e-6), key
