@@ -30,7 +30,7 @@ from service.core.db.tables import Dataset, Model, ModelVersion
 from service.core.liveness import takeover_seconds
 from service.core.settings import Settings
 from service.core.states import ModelStatus
-from workers import failpoints, front_cache, kept_scores, leases
+from workers import failpoints, front_cache, kept_rows, kept_scores, leases
 from workers.claims import MAX_ATTEMPTS, validation_attempts
 from workers.datasets import DatasetRef, load_registered
 from workers.device import cpu_threads, precision, resolve_device
@@ -170,6 +170,7 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
         default_run = (m.default_method, dict(m.default_params), dict(m.train_recipe))
     failpoints.hit("validate.started")
     detail: str | None = None
+    recorded = kept_rows.Recorder()
     try:
         check_size(arch, kwargs, settings.max_params)  # on the meta device: refused before any allocation
         device = resolve_device(settings.device)
@@ -196,9 +197,12 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
         share = train_share(*default_run)  # the front a job at the model's defaults reads rows through
         # Scored on what every job scores on: the part of the held-out data no method reads.
         parts = held_out(test_ds, heldout_ds)
-        metrics, scores = v1_metrics(
-            model, train_ds, parts.scoring, **front_scores(settings, model, share, sources)
+        scorers = front_scores(settings, model, share, sources)
+        # v1's training-row scores, kept for its first job's base in this process (``kept_rows``)
+        scorers["train_scores"] = recorded.through(
+            scorers["train_scores"] or functools.partial(score_set, model)
         )
+        metrics, scores = v1_metrics(model, train_ds, parts.scoring, **scorers)
         metrics |= keep_v1_scores(settings, model_id, uri, sources[1], parts, scores, device)
         status = ModelStatus.READY
     except InputMismatch as exc:  # already in the registrant's words
@@ -212,5 +216,6 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
             return "lease lost"
         _finish(s, m, status, detail, metrics)
     if status == ModelStatus.READY:
+        kept_rows.keep(uri, front_cache.source(sources[0]), device, recorded)
         after.append(functools.partial(warm_front, settings, model, share, train_ds, sources[0], device))
     return status

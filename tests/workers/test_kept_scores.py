@@ -116,6 +116,8 @@ def test_a_validated_models_first_job_reads_v1s_scores_kept_at_validation(no_gat
     assert len(kept) == 1 and len(v1.metrics["test_scores_sha256"]) == 64
     first = run_job(no_gates, FIRST, base=1)
     assert first.metrics["data"]["base_test_scores"] == "kept"
+    # and the training rows: validation scored v1 on all of them (under 10k rows)
+    assert first.metrics["data"]["base_train_rows"] == {"kept": v1.metrics["retain_count"], "scored": 0}
     base, fresh = first.metrics["base"], scored_afresh(no_gates, v1, FIRST, [])
     for key in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
         assert base[key] == pytest.approx(fresh[key], abs=1e-6), key
