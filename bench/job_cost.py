@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -134,6 +135,9 @@ def run_job(settings: Settings, model_id: str, ids: list[str], reason: str = "er
             "front": f"{front['computed']:,} / {front['kept']:,} / {front['from_store']:,}" if front else "",
             # kept: the base version's test pass was read back from its publish (workers/kept_scores.py)
             "base_test": job.metrics["data"].get("base_test_scores", "scored"),
+            # training rows of the base read back from the job (or validation) that scored the version
+            # (workers/kept_rows.py), of all it scored
+            "base_rows": job.metrics["data"].get("base_train_rows", {"kept": 0, "scored": 0}),
         }
 
 
@@ -344,9 +348,31 @@ def main() -> None:
         )
         job = [f"{r[c]:.2f}" for c in cols] + [f"{r['wall']:.2f}", f"{r['unlearn'] / retrain:.1%}"]
         out.append(
-            f"| {label} | job on {version} (base test pass {r['base_test']}) | {r['forget']} | {n_retain} | "
+            f"| {label} | job on {version} (base test pass {r['base_test']}, training rows kept "
+            f"{r['base_rows']['kept']:,} of {r['base_rows']['kept'] + r['base_rows']['scored']:,}) | "
+            f"{r['forget']} | {n_retain} | "
             f"{r['front']} | " + " | ".join([*job, f"{r['wall'] / retrain:.1%}"]) + " |"
         )
+    out.append(
+        "\n## Per model, over its jobs (median, and the range: one job's share moves by a third or more "
+        "between runs on this kind of machine)\n"
+    )
+    out.append("| model | jobs | score base (s) | unlearn / retrain | job / retrain |")
+    out.append("|---|---:|---:|---:|---:|")
+    for label in dict.fromkeys(row[0] for row in rows):
+        jobs = [(r, retrain) for lab, _, _, r, retrain, _ in rows if lab == label and retrain is not None]
+        shares = {
+            "score base": [r["score base"] for r, _ in jobs],
+            "unlearn": [r["unlearn"] / t for r, t in jobs],
+            "job": [r["wall"] / t for r, t in jobs],
+        }
+        cells = [
+            f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+            if k == "score base"
+            else f"{statistics.median(v):.1%} ({min(v):.1%}-{max(v):.1%})"
+            for k, v in shares.items()
+        ]
+        out.append(f"| {label} | {len(jobs)} | " + " | ".join(cells) + " |")
     out.append("\n## Unlearning loop vs bare training loop (samples/s, batch 64+64 vs 128, 200 steps)\n")
     out.append("| model | UGradSL+ samples/s | bare SGD samples/s | ratio |")
     out.append("|---|---:|---:|---:|")
