@@ -22,7 +22,7 @@ from torch import nn
 
 from models import batches as B
 from models.batches import Inputs
-from models.structure import structure
+from models.structure import remember, structure
 
 # What one batch's largest activation may take on a CPU: a quarter of a 32 MiB L3 (this machine's), so the
 # layer's input and output and the weights stay cached together. small_cnn 28x28 (100 KB per row at its
@@ -62,22 +62,17 @@ def cpu_batch(model: nn.Module, x: Inputs, cap: int) -> int:
     return max(MIN_BATCH, min(cap, CPU_ACTIVATION_BYTES // max(per_row, 1)))
 
 
-_KEPT_SIZES = 256
 _PER_ROW: dict[tuple[str, str], int] = {}
 
 
 def _per_row(model: nn.Module, row: Any) -> int:
-    """``largest_activation`` for one row, kept per model structure and input shape: a job sizes the
-    batches of several passes of models of one structure, and the pass that measures it took 14 ms for
-    ResNet-18 (0.5 ms for small_cnn), as long as scoring a small deletion."""
+    """``largest_activation`` for one row, kept per model structure (``models.structure``) and input
+    shape: a job sizes the batches of several passes of models of one structure, and the pass that
+    measures it took 14-17 ms for ResNet-18 (0.6-0.9 ms for small_cnn; ``bench/structure_cache.py``)."""
     tensors = sorted(row.items()) if isinstance(row, dict) else [("", row)]
     shapes = repr([(k, tuple(v.shape), v.dtype, v.device.type) for k, v in tensors])
-    key = (structure(model), shapes)
-    if key not in _PER_ROW:
-        if len(_PER_ROW) >= _KEPT_SIZES:
-            _PER_ROW.pop(next(iter(_PER_ROW)))
-        _PER_ROW[key] = largest_activation(model, row)
-    return _PER_ROW[key]
+    key = structure(model)
+    return remember(_PER_ROW, (key, shapes) if key else None, lambda: largest_activation(model, row), 256)
 
 
 @torch.no_grad()

@@ -190,7 +190,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         len(parts.scoring),
         ctx.base_test_scores_sha256,
     )
-    base_rows = kept_rows.Reader(ctx.base_uri, rows, torch.device(device))
+    base_rows = kept_rows.Reader((ctx.base_uri, ctx.base_sha256), rows, torch.device(device))
     base_metrics, _ = score(
         base_model, train_share(ctx.method, ctx.params, ctx.train_recipe), kept, base_rows
     )
@@ -238,10 +238,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
-            uri = publish(
+            checkpoint = publish(
                 settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict
             )
-            kept_rows.keep(uri, rows, torch.device(device), recorded)
+            kept_rows.keep(checkpoint, rows, torch.device(device), recorded)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
@@ -274,12 +274,12 @@ def publish(
     scores: tuple[str, SetScores],
     method: str,
     params: dict[str, Any],
-) -> str:
+) -> tuple[str, str]:
     """Write the checkpoint and keep the version's test scores (``kept_scores``: the next job's base
-    reads them), then commit the version, and return its checkpoint's URI. A crash before the commit
-    leaves at most orphan files, never a half version; a refused commit removes the files it would have
-    pointed to, once the database confirms no version points at them (a commit cut off mid-way may have
-    landed)."""
+    reads them), then commit the version, and return its checkpoint's URI and sha256. A crash before the
+    commit leaves at most orphan files, never a half version; a refused commit removes the files it would
+    have pointed to, once the database confirms no version points at them (a commit cut off mid-way may
+    have landed)."""
     path = version_path(settings.checkpoint_dir, ctx.model_id, ctx.base_version + 1, ctx.job_id)
     sha256 = save_checkpoint(
         model.cpu(),
@@ -313,4 +313,4 @@ def publish(
             path.unlink(missing_ok=True)
             scores_path.unlink(missing_ok=True)
         raise
-    return str(path)
+    return str(path), sha256

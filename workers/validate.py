@@ -216,6 +216,6 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
             return "lease lost"
         _finish(s, m, status, detail, metrics)
     if status == ModelStatus.READY:
-        kept_rows.keep(uri, front_cache.source(sources[0]), device, recorded)
+        kept_rows.keep((uri, sha256), front_cache.source(sources[0]), device, recorded)
         after.append(functools.partial(warm_front, settings, model, share, train_ds, sources[0], device))
     return status

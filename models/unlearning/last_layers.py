@@ -17,6 +17,8 @@ cached features larger than ``FEATURE_BYTES`` leave no split, and the run update
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,7 @@ from models.batches import Loaded
 from models.datasets import SampleDataset
 from models.layout import cpu_batch
 from models.loading import in_order
-from models.structure import structure
+from models.structure import remember, structure
 
 FEATURE_BYTES = 4 * 2**30  # cached front outputs beyond this size: run on the whole model instead
 FEATURE_BATCH = 512  # rows per batch of the front's pass off the CPU (on it: models.layout.cpu_batch)
@@ -49,6 +51,8 @@ class _LastLayers(Classifier):
     graph up to the model's classifier, called with one argument as every model here is
     (``models.batches``); ``head`` is the model's own classifier."""
 
+    structure_key: str | None = None  # set by ``split_last_layers`` (``models.structure``)
+
     def __init__(self, graph: fx.GraphModule, names: list[str], classifier: nn.Module) -> None:
         super().__init__()
         self.body, self.names, self.classifier = graph, names, classifier
@@ -60,6 +64,8 @@ class _LastLayers(Classifier):
 
 
 class _Front(nn.Module):
+    structure_key: str | None = None  # set by ``split_last_layers`` (``models.structure``)
+
     def __init__(self, graph: fx.GraphModule, names: list[str]) -> None:
         super().__init__()
         self.graph, self.names = graph, names
@@ -73,46 +79,57 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
     """The split of ``model`` whose last layers are the smallest run of trailing layers holding at least
     ``share`` of its trainable weights, or None (see the module's docstring).
 
-    The cut is found on a trace of the model's structure, kept per structure (``models.structure``) and share:
-    a job splits the version it starts from, the copy it trains and the result it scores, three models
-    of one structure, and tracing took 2.7 ms of a 4.8 ms split for small_cnn and 8.6 of 13 ms for
-    ResNet-18. Each model gets its own modules around graphs copied from the kept ones."""
+    The cut is kept per structure (``models.structure``) and share: a job splits the version it starts
+    from, the copy it trains and the result it scores, three models of one structure, and a split that
+    traces took 3.8-4.6 ms of small_cnn and 14-15 ms of ResNet-18, one that reads the kept cut 1.1-1.4 and
+    3.9-4.2 ms (``bench/structure_cache.py``). Each model gets modules of its own around copies of the
+    kept graphs."""
     found = _net_and_classifier(model)
     if found is None:
         return None
     net, classifier = found
-    key = (structure(model), float(share))
-    if key not in _CUTS:
-        if len(_CUTS) >= _KEPT_CUTS:
-            _CUTS.pop(next(iter(_CUTS)))  # the oldest: a process serving many architectures stays small
-        _CUTS[key] = _cut(model, net, classifier, share)
-    cut = _CUTS[key]
+    key = structure(model)
+    cut = remember(
+        _CUTS, (key, float(share)) if key else None, lambda: _cut(model, net, classifier, share), 64
+    )
     if cut is None:
         return None
-    front = _Front(fx.GraphModule(net, _copied(cut.front)), cut.names)
-    tail = _LastLayers(fx.GraphModule(net, _copied(cut.tail)), cut.names, net.get_submodule(classifier))
+    front = _Front(_module(net, cut.front, cut.constants), list(cut.names))
+    tail = _LastLayers(_module(net, cut.tail, cut.constants), list(cut.names), net.get_submodule(classifier))
+    if key is not None:  # the parts' own structures, for what is kept per structure of them
+        front.structure_key, tail.structure_key = f"{key} front {share}", f"{key} tail {share}"
     return Split(front, tail)
 
 
 @dataclass(frozen=True)
 class _Cut:
     """Where a structure splits: the front's graph (the model's input to the values it hands on), the last
-    layers' graph (those values to the classifier's input) and the values' names."""
+    layers' graph (those values to the classifier's input), the values' names, and the tensors the trace
+    made of constants its forward creates (``torch.fx`` keeps them on the traced module, not the model)."""
 
     front: fx.Graph
     tail: fx.Graph
-    names: list[str]
+    names: tuple[str, ...]
+    constants: dict[str, object]
 
 
-_KEPT_CUTS = 64
-_CUTS: dict[tuple[str, float], _Cut | None] = {}
+_CUTS: dict[tuple[str | None, float], _Cut | None] = {}
 
 
-def _copied(graph: fx.Graph) -> fx.Graph:
-    """A fresh copy of a kept graph, for one model's module (a graph belongs to one module)."""
-    out = fx.Graph()
-    out.output(out.graph_copy(graph, {}))
-    return out
+def _module(net: nn.Module, graph: fx.Graph, constants: dict[str, object]) -> fx.GraphModule:
+    """A module running a copy of ``graph`` (a graph belongs to one module) on ``net``'s own layers and
+    weights, and the trace's constants."""
+    copied = copy.deepcopy(graph)
+    root: dict[str, object] = {}
+    for node in copied.nodes:
+        if node.op in ("call_module", "get_attr"):
+            target = str(node.target)
+            root[target] = constants[target] if target in constants else _attribute(net, target)
+    return fx.GraphModule(root, copied)
+
+
+def _attribute(module: nn.Module, target: str) -> object:
+    return functools.reduce(getattr, target.split("."), module)
 
 
 def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cut | None:
@@ -163,7 +180,11 @@ def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cu
         if n is not head:
             env2[n] = tg.node_copy(n, lambda a: env2[a])
     tg.output(env2[feats])
-    return _Cut(fg, tg, [c.name for c in crossing])
+    # what a get_attr reads that is not a weight or buffer (a constant the tracer made, which it sets on
+    # the traced model only, or a plain tensor of the model's): the same in every model of the recipe
+    state = {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
+    targets = {str(n.target) for n in nodes if n.op == "get_attr"} - state
+    return _Cut(fg, tg, tuple(c.name for c in crossing), {t: _attribute(traced, t) for t in targets})
 
 
 def _net_and_classifier(model: nn.Module) -> tuple[nn.Module, str] | None:

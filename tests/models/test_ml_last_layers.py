@@ -77,6 +77,38 @@ def test_models_of_one_structure_are_traced_once_and_split_on_their_own_weights(
     assert [type(m) for m in split.tail.modules() if list(m.parameters(recurse=False))] == [nn.Linear] * 2
 
 
+class _Scaled(Classifier):
+    """A forward that makes a tensor of a constant: torch.fx keeps it on the traced module, not the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
+        self.classifier = nn.Linear(8, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x) * torch.tensor(2.0)
+        return out
+
+
+def test_a_traced_constant_and_a_model_no_recipe_built_split_as_their_own(monkeypatch) -> None:
+    monkeypatch.setattr(last_layers, "_CUTS", {})
+    traced = []
+    trace = last_layers.fx.symbolic_trace
+    monkeypatch.setattr(last_layers.fx, "symbolic_trace", lambda m: traced.append(m) or trace(m))
+    x = torch.randn(5, 4)
+    for _ in range(2):  # the second model reads the kept cut, constant included
+        model = _Scaled().eval()
+        model.architecture, model.architecture_kwargs = "scaled", {}  # as build_model marks a model
+        split = split_last_layers(model, 0.5)
+        assert split is not None and torch.allclose(split.tail(split.front(x)), model(x), atol=1e-6)
+    assert len(traced) == 1
+    for _ in range(2):  # no recipe: nothing says two such models compute alike, so each is traced
+        model = _Scaled().eval()
+        split = split_last_layers(model, 0.5)
+        assert split is not None and torch.allclose(split.tail(split.front(x)), model(x), atol=1e-6)
+    assert len(traced) == 3
+
+
 class _Branchy(Classifier):
     """Control flow on a value: torch.fx cannot trace it."""
 

@@ -89,19 +89,30 @@ def test_cpu_batches_have_a_floor_and_leave_the_model_as_it_was() -> None:
     assert cpu_batch(wide, torch.randn(0, 4), 256) == 256  # nothing to read: nothing probed
 
 
-def test_a_batch_is_measured_once_per_structure_and_input_shape() -> None:
-    """A job sizes the passes of several models of one structure (the version, its copy, the result)."""
+def test_a_batch_is_measured_once_per_structure(monkeypatch) -> None:
+    """A job sizes the passes of several models of one structure (the version, its copy, the result); a
+    model no recipe built (``build_model``) has no structure to key, and is measured each time."""
+    from models import layout
     from models.layout import cpu_batch
 
-    first = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU())
-    second = copy.deepcopy(first)
-    runs: list[tuple[int, ...]] = []
-    second.register_forward_pre_hook(lambda _m, args: runs.append(tuple(args[0].shape)))
-    small, large = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 64, 64)
-    assert cpu_batch(first, small, 4096) == 128  # 64 KiB per row: 8 MiB / 64 KiB
-    assert cpu_batch(second, small, 4096) == 128  # the first's measure, not a pass of its own
-    assert cpu_batch(second, large, 4096) == 8  # 1 MiB per row: another shape, measured anew
-    assert runs == [(1, 1, 64, 64)]  # the second model ran once, for the shape the first had not read
+    monkeypatch.setattr(layout, "_PER_ROW", {})
+    runs: list[str] = []
+
+    def counted(model: torch.nn.Module, name: str) -> torch.nn.Module:
+        model.register_forward_pre_hook(lambda _m, _args: runs.append(name))
+        return model
+
+    built = build_model("small_cnn", image_size=28)
+    second = counted(copy.deepcopy(built), "second")  # a job's copy of the version it starts from
+    first = counted(built, "first")
+    other = counted(build_model("small_cnn", image_size=8), "other")
+    x28, x8 = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 8, 8)
+    assert cpu_batch(first, x28, 512) == cpu_batch(second, x28, 512) == 83  # 8 MiB / (32 x 28 x 28 x 4 B)
+    assert cpu_batch(other, x8, 512) == 512
+    assert runs == ["first", "other"]  # the copy read the first's measure; another recipe measured its own
+    plain = counted(torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1)), "plain")
+    assert cpu_batch(plain, x8, 4096) == cpu_batch(plain, x8, 4096) == 512  # 16 KiB per row
+    assert runs[2:] == ["plain", "plain"]
 
 
 def test_off_the_cpu_the_cap_is_the_batch_and_the_model_is_not_run() -> None:

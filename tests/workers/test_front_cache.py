@@ -12,7 +12,7 @@ from service.core.settings import Settings
 from service.core.states import ModelStatus
 from tests.workers.test_jobs import demo  # noqa: F401 - a fixture
 from tests.workers.test_kept_scores import FIRST, SECOND, no_gates, run_job  # noqa: F401 - `no_gates` too
-from workers import front_cache
+from workers import front_cache, kept_rows
 from workers.datasets import DatasetRef
 from workers.validate import validate_model
 
@@ -87,12 +87,14 @@ def test_a_job_on_another_process_reads_the_rows_from_the_store_on_disk(
     assert list(no_gates.resolved_feature_store_dir.glob("*/*.safetensors"))
 
     monkeypatch.setattr(front_cache, "_cache", None)  # another worker process: nothing in memory
+    monkeypatch.setattr(kept_rows, "_kept", type(kept_rows._kept)())
     [second] = run_job(no_gates, SECOND, base=2).metrics["attempts"]
     rows = second["front_rows"]
     assert rows["computed"] == 0 and rows["kept"] > 0 and rows["from_store"] > 0
     assert front_cache.feature_cache(no_gates).stats.computed == 0  # type: ignore[union-attr]
 
     monkeypatch.setattr(front_cache, "_cache", None)
+    monkeypatch.setattr(kept_rows, "_kept", type(kept_rows._kept)())
     off = no_gates.model_copy(update={"feature_store_bytes": 0})
     third = [f"digits-{i:04d}" for i in range(900, 1000, 10)]
     [again] = run_job(off, third, base=3).metrics["attempts"]

@@ -42,10 +42,10 @@ def test_rows_kept_are_read_back_and_the_rest_scored_in_their_places(data: Sampl
     published = recorder.through(counting(model, []))
     published(data.subset(torch.arange(0, 30)))  # the job's D_r sample, then its D_f
     published(data.subset(torch.arange(30, 35)))
-    kept_rows.keep("v2.safetensors", "digits", CPU, recorder)
+    kept_rows.keep(("v2.safetensors", "ab12"), "digits", CPU, recorder)
 
     seen: list[int] = []
-    reader = kept_rows.Reader("v2.safetensors", "digits", CPU)
+    reader = kept_rows.Reader(("v2.safetensors", "ab12"), "digits", CPU)
     rows = data.subset(torch.tensor([34, 2, 39, 36, 0]))  # three kept, two never scored
     got = reader.through(counting(model, seen))(rows)
     want = score_set(model, rows)
@@ -59,19 +59,20 @@ def test_scores_are_read_only_for_their_version_rows_and_device_kind(data: Sampl
     model = build_model("small_cnn").eval()
     recorder = kept_rows.Recorder()
     recorder.through(counting(model, []))(data)
-    kept_rows.keep("v2.safetensors", "digits", CPU, recorder)
-    for uri, source, device in [
-        ("v3.safetensors", "digits", CPU),  # another version
-        ("v2.safetensors", "other rows", CPU),  # another dataset under the same IDs
-        ("v2.safetensors", "digits", torch.device("meta")),  # another device kind rounds otherwise
-        ("v2.safetensors", None, CPU),  # rows whose files are not checked may have changed
+    kept_rows.keep(("v2.safetensors", "ab12"), "digits", CPU, recorder)
+    for checkpoint, source, device in [
+        (("v3.safetensors", "ab12"), "digits", CPU),  # another version
+        (("v2.safetensors", "cd34"), "digits", CPU),  # another file at the same path (re-registered)
+        (("v2.safetensors", "ab12"), "other rows", CPU),  # another dataset under the same IDs
+        (("v2.safetensors", "ab12"), "digits", torch.device("meta")),  # another device kind rounds otherwise
+        (("v2.safetensors", "ab12"), None, CPU),  # rows whose files are not checked may have changed
     ]:
-        reader = kept_rows.Reader(uri, source, device)
+        reader = kept_rows.Reader(checkpoint, source, device)
         seen: list[int] = []
         reader.through(counting(model, seen))(data)
         assert seen == [len(data)] and reader.counts == {"kept": 0, "scored": len(data)}
-    kept_rows.keep("v9.safetensors", None, CPU, recorder)
-    assert ("v9.safetensors", None, "cpu") not in kept_rows._kept
+    kept_rows.keep(("v9.safetensors", "ab12"), None, CPU, recorder)
+    assert len(kept_rows._kept) == 1
 
 
 def test_only_the_last_versions_are_kept(data: SampleDataset) -> None:
@@ -79,7 +80,7 @@ def test_only_the_last_versions_are_kept(data: SampleDataset) -> None:
     for v in range(kept_rows.KEPT_VERSIONS + 2):
         recorder = kept_rows.Recorder()
         recorder.through(counting(model, []))(data.subset(torch.arange(4)))
-        kept_rows.keep(f"v{v}.safetensors", "digits", CPU, recorder)
+        kept_rows.keep((f"v{v}.safetensors", "ab12"), "digits", CPU, recorder)
     assert [k[0] for k in kept_rows._kept] == [
         f"v{v}.safetensors" for v in range(2, 2 + kept_rows.KEPT_VERSIONS)
     ]
