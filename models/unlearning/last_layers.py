@@ -105,7 +105,8 @@ def split_last_layers(model: nn.Module, share: float) -> Split | None:
 class _Cut:
     """Where a structure splits: the front's graph (the model's input to the values it hands on), the last
     layers' graph (those values to the classifier's input), the values' names, and the tensors the trace
-    made of constants its forward creates (``torch.fx`` keeps them on the traced module, not the model)."""
+    made of constants its forward creates (``torch.fx`` sets them on the model it traced, and no other
+    model of the recipe has them)."""
 
     front: fx.Graph
     tail: fx.Graph
@@ -113,7 +114,7 @@ class _Cut:
     constants: dict[str, object]
 
 
-_CUTS: dict[tuple[str | None, float], _Cut | None] = {}
+_CUTS: dict[tuple[str, float], _Cut | None] = {}
 
 
 def _module(net: nn.Module, graph: fx.Graph, constants: dict[str, object]) -> fx.GraphModule:
@@ -180,8 +181,8 @@ def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cu
         if n is not head:
             env2[n] = tg.node_copy(n, lambda a: env2[a])
     tg.output(env2[feats])
-    # what a get_attr reads that is not a weight or buffer (a constant the tracer made, which it sets on
-    # the traced model only, or a plain tensor of the model's): the same in every model of the recipe
+    # what a get_attr reads that is not a weight or buffer (a constant the tracer made and set on the model
+    # it traced, or a plain tensor of the model's): the same in every model of the recipe
     state = {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
     targets = {str(n.target) for n in nodes if n.op == "get_attr"} - state
     return _Cut(fg, tg, tuple(c.name for c in crossing), {t: _attribute(traced, t) for t in targets})
