@@ -182,8 +182,10 @@ def matched_rows(
     if scale is not None:
         g[: min(k, len(scale))] = scale[:k].double().cpu()
     w = (1 - share) + share * g * f / (pool / len(retain_y)).clamp(min=1e-12)  # (K,) per class
-    times = (w / w[pool > 0].min()).round().long()  # (K,) how often a row of the class stands
-    if int(times[pool > 0].max()) <= 1:
+    standing = (pool > 0) & (w > 0)  # at share 1 a class D_f does not hold is not read at all
+    times = torch.zeros(k, dtype=torch.long)  # (K,) how often a row of the class stands
+    times[standing] = (w[standing] / w[standing].min()).round().long()
+    if bool((times[pool > 0] == 1).all()):
         return None
     rows = torch.arange(len(retain_y))
     return rows.repeat_interleave(times[retain_y])

@@ -35,6 +35,9 @@ def test_rows_of_the_forget_sets_classes_stand_more_often_in_the_retain_stream()
     assert matched_rows(retain_y, half_of_0, 0.3, torch.tensor([0.05, 1.0])) is None
     half_held = matched_rows(retain_y, half_of_0, 0.3, torch.tensor([0.5, 1.0]))  # (0.7 + 1.5) / 0.7 -> 3
     assert half_held is not None and torch.bincount(half_held)[:10].tolist() == [3] * 10
+    # at share 1 only D_f's classes are read (the others' weight is 0, not a division by it)
+    only_0 = matched_rows(retain_y, half_of_0, 1.0)
+    assert only_0 is not None and torch.equal(only_0, torch.arange(10))
 
 
 def test_a_random_deletion_is_unlearned_bit_for_bit_as_without_matching(
