@@ -26,7 +26,8 @@ default, or ``jitter``, a place drawn once per forget row (stop 50: level with m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import nn
 from models import batches as B
 from models.datasets import SampleDataset
 from models.layout import cpu_batch
+from models.unlearning.engine import matched_rows
 
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
 
@@ -55,6 +57,9 @@ class HeldoutBound:
     # none: how much of a deletion drawn from the class a retrain would be expected to forget
     class_error: torch.Tensor | None = None
     offsets: torch.Tensor | None = None  # (n_f,) by="jitter": each forget row's place u_i in its rank's bin
+    # how the table was read where it was reshaped (``heldout_bound``'s prior and match, after ``when``, and
+    # D_f's ``class_skew``), for the run's record; empty for the model's own held-out losses
+    read: dict[str, Any] = field(default_factory=dict)
 
     def jitter(self, n_forget: int, seed: int) -> None:
         """Draw each forget row's offset within its rank's bin (``by="jitter"``), from the run's seed."""
@@ -118,12 +123,55 @@ class HeldoutBound:
         return self.retained[y.clamp(max=len(self.retained) - 1)] & (y < len(self.retained))
 
 
+SKEW_ALPHA = 1e-3  # a deletion's class mix that a random draw of its size gives this rarely is "skewed"
+
+
+def class_skew(kept_y: torch.Tensor, forget_y: torch.Tensor) -> float:
+    """The chance that a random draw of |D_f| training rows has a class mix as far from the training set's
+    as D_f's (Pearson's chi-square, df = classes - 1): near 0 for a deletion drawn from a few classes, and
+    uniform on [0, 1] for a random one. ``kept_y``: D_r's labels."""
+    if len(forget_y) == 0:
+        return 1.0
+    k = int(max(int(kept_y.max()) if len(kept_y) else 0, int(forget_y.max()))) + 1
+    drawn = torch.bincount(forget_y.cpu(), minlength=k).double()  # (K,)
+    trained = torch.bincount(kept_y.cpu(), minlength=k).double() + drawn  # (K,) rows of D_r + D_f
+    expected = len(forget_y) * trained / trained.sum()
+    present = expected > 0
+    df = int(present.sum()) - 1
+    if df < 1:
+        return 1.0
+    chi2 = ((drawn - expected)[present] ** 2 / expected[present]).sum()
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), chi2 / 2))
+
+
 @torch.no_grad()
 def heldout_bound(
-    model: nn.Module, heldout: SampleDataset, retain: SampleDataset, seed: int = 0
+    model: nn.Module,
+    heldout: SampleDataset,
+    retain: SampleDataset,
+    seed: int = 0,
+    forget_y: torch.Tensor | None = None,
+    prior: str = "trained",
+    match: float = 0.0,
+    when: str = "always",
+    match_rows: int = 0,
 ) -> HeldoutBound | None:
     """The held-out loss quantiles of ``model`` (a seeded sample of at most HELDOUT_SAMPLE rows) and the
-    classes left in ``retain``; None without held-out data (the caller falls back to ``correct``)."""
+    classes left in ``retain``; None without held-out data (the caller falls back to ``correct``).
+
+    ``prior="retained"`` (with ``forget_y``, D_f's labels) reads each held-out row as a model trained on
+    D_r would, by Bayes' rule under label shift: the logits gain log(n_r(c) / (n_r(c) + n_f(c))), the
+    share of the class's training rows that stay, and a class with none left takes no probability (its
+    held-out rows leave the table). A random deletion takes the same share of every class, which moves no
+    softmax; 90% of one class makes a retrain ten times less ready to predict it, which the model as
+    trained does not show. ``match`` s > 0 draws the table towards D_f's class mix as the retain reads
+    are (``engine.matched_rows``): class c's held-out rows stand (1 - s) + s·f_c/h_c times as often.
+    ``match_rows`` n0 > 0 shrinks s by how many held-out rows stand for D_f's classes, n = Σ f_c·n_c, to
+    s·n / (n + n0): a class's table of 18 rows (digits) puts one misclassified sample at its top 5%.
+    ``when="skewed"`` does either only where D_f's class mix is one a random draw gives with chance below
+    SKEW_ALPHA (``class_skew``): a random deletion's class shares differ from the held-out set's by
+    chance, and reweighting a few held-out rows per class by that chance made digits' random deletions
+    forget worse (docs/methods.md, stop 52)."""
     if len(heldout) == 0:
         return None
     device = next(model.parameters()).device
@@ -133,19 +181,44 @@ def heldout_bound(
     model.eval()
     try:
         size = cpu_batch(model, heldout.x, 256)
-        losses = [
-            F.cross_entropy(
-                model(B.to(B.take(heldout.x, i), device)), heldout.y[i].to(device), reduction="none"
-            )
-            for i in rows.split(size)  # type: ignore[no-untyped-call]
-        ]
+        logits = torch.cat(
+            [model(B.to(B.take(heldout.x, i), device)) for i in rows.split(size)]  # type: ignore[no-untyped-call]
+        )  # (m, K) in the order of ``rows``
     finally:
         model.train(was_training)
-    k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1)
-    retained = torch.zeros(k, dtype=torch.bool, device=device)
-    retained[retain.y.unique().to(device)] = True
-    found = torch.cat(losses)  # (m,) in the order of ``rows``
     labels = heldout.y[rows].to(device)
+    k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1, logits.shape[1])
+    kept = torch.bincount(retain.y.cpu(), minlength=k).double()  # (K,) training rows per class in D_r
+    retained = (kept > 0).to(device)
+    skew = class_skew(retain.y, forget_y) if forget_y is not None else 1.0
+    if forget_y is None or (when == "skewed" and skew >= SKEW_ALPHA):
+        prior, match = "trained", 0.0
+    if prior == "retained" and forget_y is not None:
+        trained = kept + torch.bincount(forget_y.cpu(), minlength=k).double()  # (K,) in D_r + D_f
+        shift = (kept / trained.clamp(min=1)).log()[: logits.shape[1]]  # (K,) -inf where none stay
+        logits = logits + shift.to(device=device, dtype=logits.dtype)
+        stays = retained[labels.clamp(max=k - 1)]
+        logits, labels = logits[stays], labels[stays]
+    found = F.cross_entropy(logits, labels, reduction="none")  # (m,)
     rows_of = torch.bincount(labels, minlength=k).double()  # (K,)
     wrong = torch.bincount(labels, weights=(found > math.log(2)).double(), minlength=k)  # (K,)
-    return HeldoutBound(found.sort().values, retained, class_error=wrong / rows_of.clamp(min=1))
+    if match > 0 and forget_y is not None and len(found):
+        match *= _shrink(labels, forget_y, k, match_rows)
+        standing = matched_rows(labels.cpu(), forget_y.cpu(), match)
+        if standing is not None:
+            found = found[standing.to(device)]
+    if len(found) == 0:
+        return None
+    bound = HeldoutBound(found.sort().values, retained, class_error=wrong / rows_of.clamp(min=1))
+    if prior != "trained" or match > 0:
+        bound.read = {"prior": prior, "match": match, "class_skew": skew}
+    return bound
+
+
+def _shrink(labels: torch.Tensor, forget_y: torch.Tensor, k: int, match_rows: int) -> float:
+    """n / (n + ``match_rows``), n the held-out rows of D_f's classes weighted by D_f's mix; 1 when 0."""
+    if match_rows <= 0:
+        return 1.0
+    mix = torch.bincount(forget_y.cpu(), minlength=k).double() / max(len(forget_y), 1)  # (K,)
+    n = float((mix * torch.bincount(labels.cpu(), minlength=k).double()).sum())
+    return n / (n + match_rows)

@@ -540,7 +540,7 @@ def _ugradsl(
     ended with twice the epochs, up to CLASSWISE_ROUNDS times. A step count sized for a small training
     set is too short to move a network: an MLP on 300 samples still recognised a whole forgotten class
     after 1.5 epochs (6 steps) and forgot it after 12 (48 steps)."""
-    bound = _bound(model, retain, params, heldout)
+    bound = _bound(model, forget, retain, params, heldout)
     moves = Moves()
     objective = ugradsl_objective(params, bound, moves)
     plan = Plan(lead, params.p, 1 - params.p)
@@ -554,7 +554,10 @@ def _ugradsl(
         params = dataclasses.replace(params, retain_budget=min(budgets))
     if len(gone_rows) and params.retain_budget > 0 and plan.lead == "retain":
         params = reread(params, plan, len(forget), len(retain))  # the class's pool, read retain_passes times
-    about: dict[str, Any] = {"sized_by": "epochs"}
+    about: dict[str, Any] = {
+        "sized_by": "epochs",
+        **({"heldout_table": bound.read} if bound and bound.read else {}),
+    }
     size = None
     if params.pushes > 0 and not len(gone_rows) and len(forget) and len(retain) and heldout is not None:
         losses = _heldout_losses(model, retain, params, heldout, bound)
@@ -639,7 +642,11 @@ def _heldout_losses(
 
 
 def _bound(
-    model: nn.Module, retain: SampleDataset, params: UGradSLParams, heldout: SampleDataset | None
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: UGradSLParams,
+    heldout: SampleDataset | None,
 ) -> HeldoutBound | None:
     """The held-out bound when the params ask for one. An empty held-out set (none of the classes left)
     gives None, and the bounded forget term falls back to ``correct``; no held-out set at all is an error
@@ -651,7 +658,17 @@ def _bound(
             "bound_by='heldout' needs held-out data the model never trained on (run_method(..., "
             "heldout=test_set)); pass bound_by='correct' to bound the forget term by correctness instead"
         )
-    bound = heldout_bound(model, heldout, retain, params.seed)
+    bound = heldout_bound(
+        model,
+        heldout,
+        retain,
+        params.seed,
+        forget.y,
+        prior=params.bound_prior,
+        match=params.bound_match,
+        when=params.bound_when,
+        match_rows=params.bound_match_rows,
+    )
     if bound is not None:
         bound.by, bound.ranks = params.bound_targets, params.bound_ranks
     return bound

@@ -10,7 +10,7 @@ from models.datasets import SampleDataset
 from models.metrics import avg_gap, evaluate, per_sample_loss
 from models.training import DIGITS_RECIPE
 from models.unlearning import run_method
-from models.unlearning.bounds import HeldoutBound, heldout_bound
+from models.unlearning.bounds import SKEW_ALPHA, HeldoutBound, class_skew, heldout_bound
 
 
 def _bound(retained: list[bool]) -> HeldoutBound:
@@ -127,11 +127,20 @@ def test_the_targets_choice_reaches_the_bound_a_run_uses(digits_model, digits, d
     forget, retain = digits_random10
     for by, ranks in (("midpoint", "forget"), ("ends", "batch"), ("mean", "forget"), ("jitter", "batch")):
         params = parse_params("ugradsl_plus", {"bound_targets": by, "bound_ranks": ranks})
-        bound = bound_of(digits_model, retain, params, digits[1])
+        bound = bound_of(digits_model, forget, retain, params, digits[1])
         assert bound is not None and (bound.by, bound.ranks) == (by, ranks)
     defaults = parse_params("ugradsl_plus", {})
     assert (defaults.bound_targets, defaults.bound_ranks) == ("midpoint", "batch")
-    for bad in ({"bound_targets": "max"}, {"bound_ranks": "epoch"}):
+    assert (defaults.bound_prior, defaults.bound_match, defaults.bound_when) == ("retained", 1.0, "skewed")
+    assert parse_params("ugradsl", {}).bound_prior == "trained"  # opt-in beside UGradSL+
+    of_3 = forget.subset(torch.nonzero(forget.y == 3).flatten())
+    params = parse_params("ugradsl_plus", {"bound_when": "always", "bound_match_rows": 0})
+    bound = bound_of(digits_model, of_3, retain, params, digits[1])
+    expected = heldout_bound(digits_model, digits[1], retain, 0, of_3.y, prior="retained", match=1.0)
+    assert bound is not None and expected is not None
+    torch.testing.assert_close(bound.quantiles, expected.quantiles)
+    assert len(bound.quantiles) == int((digits[1].y == 3).sum())
+    for bad in ({"bound_targets": "max"}, {"bound_ranks": "epoch"}, {"bound_prior": "uniform"}):
         with pytest.raises(ValueError):
             parse_params("ugradsl_plus", bad)
 
@@ -202,3 +211,99 @@ def test_the_heldout_bound_lands_closer_to_retraining_than_correctness_on_a_gene
     heldout, correct = gap("heldout"), gap("correct")
     assert heldout < correct
     assert heldout < avg_gap(evaluate(digits_model, forget=forget, retain=retain, test=test), ref)
+
+
+def test_under_the_retained_prior_a_deletion_that_keeps_every_class_share_reads_the_trained_table(
+    digits_model, digits, digits_random10
+) -> None:
+    """Taking the same share of every class moves every logit by one constant, which no softmax sees."""
+    _, retain = digits_random10
+    test = digits[1]
+    trained = heldout_bound(digits_model, test, retain)
+    shifted = heldout_bound(digits_model, test, retain, forget_y=retain.y, prior="retained")  # half of each
+    assert trained is not None and shifted is not None
+    torch.testing.assert_close(shifted.quantiles, trained.quantiles)
+
+
+def test_under_the_retained_prior_most_of_a_class_reads_as_a_model_that_saw_few_of_it(
+    digits_model, digits
+) -> None:
+    train_ds, test = digits
+    of_0 = torch.nonzero(train_ds.y == 0).flatten()
+    gone = torch.isin(torch.arange(len(train_ds)), of_0[: int(0.9 * len(of_0))])
+    forget, retain = (
+        train_ds.subset(torch.nonzero(gone).flatten()),
+        train_ds.subset(torch.nonzero(~gone).flatten()),
+    )
+    bound = heldout_bound(digits_model, test, retain, forget_y=forget.y, prior="retained")
+    assert bound is not None and bound.class_error is not None
+    with torch.no_grad():
+        logits = digits_model.eval()(test.x)
+    kept = torch.bincount(retain.y, minlength=10).double()
+    shift = (kept / (kept + torch.bincount(forget.y, minlength=10).double())).log().float()
+    expected = torch.nn.functional.cross_entropy(logits + shift, test.y, reduction="none")
+    torch.testing.assert_close(bound.quantiles, expected.sort().values)
+    plain = torch.nn.functional.cross_entropy(logits, test.y, reduction="none")
+    assert bool((expected[test.y == 0] > plain[test.y == 0]).all())  # class 0 is less readily predicted
+    assert bool((expected[test.y != 0] <= plain[test.y != 0] + 1e-6).all())  # the others more
+    # a class with no training row left takes no probability, and its held-out rows leave the table
+    all_of_0 = train_ds.y == 0
+    without_0 = train_ds.subset(torch.nonzero(~all_of_0).flatten())
+    bound = heldout_bound(digits_model, test, without_0, forget_y=train_ds.y[all_of_0], prior="retained")
+    assert bound is not None and len(bound.quantiles) == int((test.y != 0).sum())
+    assert bool(bound.quantiles.isfinite().all())
+
+
+def test_a_matched_heldout_table_stands_d_fs_classes_more_often(
+    digits_model, digits, digits_random10
+) -> None:
+    _, retain = digits_random10
+    test = digits[1]
+    only_3 = torch.full((20,), 3)
+    matched = heldout_bound(digits_model, test, retain, forget_y=only_3, match=1.0)
+    assert matched is not None
+    losses = torch.from_numpy(per_sample_loss(digits_model, test)).float()
+    torch.testing.assert_close(matched.quantiles, losses[test.y == 3].sort().values)  # only class 3's rows
+    assert (
+        heldout_bound(digits_model, test, retain, forget_y=only_3, match=0.0).quantiles.shape == losses.shape
+    )
+
+
+def test_only_a_deletion_drawn_from_few_classes_reshapes_the_table_when_skewed(
+    digits_model, digits, digits_random10
+) -> None:
+    forget, retain = digits_random10
+    test = digits[1]
+    assert class_skew(retain.y, forget.y) > SKEW_ALPHA  # a random draw's mix
+    assert class_skew(retain.y, forget.y[:0]) == 1.0
+    plain = heldout_bound(digits_model, test, retain)
+    assert plain is not None and plain.read == {}
+    reshape = {"prior": "retained", "match": 1.0}
+    random = heldout_bound(digits_model, test, retain, forget_y=forget.y, when="skewed", **reshape)  # type: ignore[arg-type]
+    assert random is not None and random.read == {}
+    torch.testing.assert_close(random.quantiles, plain.quantiles)
+    of_3 = forget.y[forget.y == 3]
+    assert class_skew(retain.y, of_3) < 1e-6
+    skewed = heldout_bound(digits_model, test, retain, forget_y=of_3, when="skewed", **reshape)  # type: ignore[arg-type]
+    assert skewed is not None and skewed.read["prior"] == "retained" and skewed.read["match"] == 1.0
+    assert len(skewed.quantiles) == int((test.y == 3).sum())
+
+
+def test_a_run_records_a_reshaped_heldout_table_in_its_plan(digits_model, digits, digits_random10) -> None:
+    from models.hooks import Hooks
+
+    forget, retain = digits_random10
+    of_3 = forget.subset(torch.nonzero(forget.y == 3).flatten())
+    plans: list[dict] = []
+    for f in (of_3, forget):  # the defaults: the retained prior, matched, shrunk by 128 rows, when skewed
+        hooks = Hooks(on_plan=plans.append)
+        run_method(
+            "ugradsl_plus", copy.deepcopy(digits_model), f, retain, {"epochs": 0.2}, hooks, heldout=digits[1]
+        )
+    table = plans[0]["heldout_table"]
+    n = int(
+        (digits[1].y == 3).sum()
+    )  # held-out rows of D_f's one class: the share is shrunk to n / (n + 128)
+    assert table["prior"] == "retained" and table["match"] == pytest.approx(n / (n + 128))
+    assert table["class_skew"] < SKEW_ALPHA
+    assert "heldout_table" not in plans[1]  # a random deletion reads the model's own held-out losses
