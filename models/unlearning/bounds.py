@@ -67,8 +67,11 @@ class HeldoutBound:
         self.offsets = torch.rand(n_forget, generator=gen).to(self.quantiles.device)
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
-        """New targets from held-out losses measured on the current model (``select_refresh``)."""
-        self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
+        """New targets from held-out losses measured on the current model (``select_refresh``). A table
+        read under D_r's prior or D_f's class mix (``read``) is kept: those losses are the model's own, on
+        the held-out set's mix, which is what the reshaping replaced."""
+        if not self.read:
+            self.quantiles = heldout_losses.detach().sort().values.to(self.quantiles.device)
 
     def track(self, losses: torch.Tensor) -> None:
         """Rank forget samples among all of D_f from here on, starting from D_f's (n_f,) losses."""
@@ -168,7 +171,9 @@ def heldout_bound(
     are (``engine.matched_rows``): class c's held-out rows stand (1 - s) + s·f_c/h_c times as often.
     ``match_rows`` n0 > 0 shrinks s by how many held-out rows stand for D_f's classes, n = Σ f_c·n_c, to
     s·n / (n + n0): a class's table of 18 rows (digits) puts one misclassified sample at its top 5%.
-    ``when="skewed"`` does either only where D_f's class mix is one a random draw gives with chance below
+    ``class_error`` is read from the same (shifted) losses: a class a retrain would often get wrong is not
+    held by ``retain_match``. ``when="skewed"`` does either only where D_f's class mix is one a random draw
+    gives with chance below
     SKEW_ALPHA (``class_skew``): a random deletion's class shares differ from the held-out set's by
     chance, and reweighting a few held-out rows per class by that chance made digits' random deletions
     forget worse (docs/methods.md, stop 52)."""
@@ -187,17 +192,20 @@ def heldout_bound(
     finally:
         model.train(was_training)
     labels = heldout.y[rows].to(device)
+    logits = logits.float()  # under bf16 autocast: the shift and the losses in fp32
     k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1, logits.shape[1])
     kept = torch.bincount(retain.y.cpu(), minlength=k).double()  # (K,) training rows per class in D_r
     retained = (kept > 0).to(device)
     skew = class_skew(retain.y, forget_y) if forget_y is not None else 1.0
     if forget_y is None or (when == "skewed" and skew >= SKEW_ALPHA):
         prior, match = "trained", 0.0
-    if prior == "retained" and forget_y is not None:
+    if forget_y is not None and (prior == "retained" or match > 0):
         trained = kept + torch.bincount(forget_y.cpu(), minlength=k).double()  # (K,) in D_r + D_f
-        shift = (kept / trained.clamp(min=1)).log()[: logits.shape[1]]  # (K,) -inf where none stay
-        logits = logits + shift.to(device=device, dtype=logits.dtype)
-        stays = retained[labels.clamp(max=k - 1)]
+        if prior == "retained":  # a class never trained on keeps its logit: no share of it left or stayed
+            stayed = torch.where(trained > 0, kept / trained.clamp(min=1), torch.ones_like(kept))
+            logits = logits + stayed.log()[: logits.shape[1]].to(device=device, dtype=logits.dtype)
+        emptied = ((kept == 0) & (trained > 0)).to(device)  # (K,) classes the deletion takes whole
+        stays = ~emptied[labels]  # their held-out rows are no forget row's target
         logits, labels = logits[stays], labels[stays]
     found = F.cross_entropy(logits, labels, reduction="none")  # (m,)
     rows_of = torch.bincount(labels, minlength=k).double()  # (K,)
@@ -216,9 +224,11 @@ def heldout_bound(
 
 
 def _shrink(labels: torch.Tensor, forget_y: torch.Tensor, k: int, match_rows: int) -> float:
-    """n / (n + ``match_rows``), n the held-out rows of D_f's classes weighted by D_f's mix; 1 when 0."""
+    """n / (n + ``match_rows``), n the held-out rows of D_f's classes weighted by D_f's mix over the
+    classes the table holds (as ``matched_rows`` spreads it); 1 when ``match_rows`` is 0."""
     if match_rows <= 0:
         return 1.0
-    mix = torch.bincount(forget_y.cpu(), minlength=k).double() / max(len(forget_y), 1)  # (K,)
-    n = float((mix * torch.bincount(labels.cpu(), minlength=k).double()).sum())
+    table = torch.bincount(labels.cpu(), minlength=k).double()  # (K,) held-out rows per class
+    drawn = torch.bincount(forget_y.cpu(), minlength=k).double()[:k] * (table > 0)  # (K,)
+    n = float((drawn / drawn.sum().clamp(min=1) * table).sum())
     return n / (n + match_rows)

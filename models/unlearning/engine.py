@@ -153,6 +153,9 @@ def retain_pool(retain: SampleDataset, n_forget: int, budget: float, seed: int) 
     return retain.subset(torch.cat(rows).sort().values)
 
 
+MAX_STAND = 256  # a class's rows stand at most this many times (a share near 1 divides by almost 0)
+
+
 def matched_rows(
     retain_y: torch.Tensor, forget_y: torch.Tensor, share: float, scale: torch.Tensor | None = None
 ) -> torch.Tensor | None:
@@ -183,8 +186,10 @@ def matched_rows(
         g[: min(k, len(scale))] = scale[:k].double().cpu()
     w = (1 - share) + share * g * f / (pool / len(retain_y)).clamp(min=1e-12)  # (K,) per class
     standing = (pool > 0) & (w > 0)  # at share 1 a class D_f does not hold is not read at all
+    if not bool(standing.any()):
+        return None
     times = torch.zeros(k, dtype=torch.long)  # (K,) how often a row of the class stands
-    times[standing] = (w[standing] / w[standing].min()).round().long()
+    times[standing] = (w[standing] / w[standing].min()).round().clamp(max=MAX_STAND).long()
     if bool((times[pool > 0] == 1).all()):
         return None
     rows = torch.arange(len(retain_y))

@@ -307,3 +307,41 @@ def test_a_run_records_a_reshaped_heldout_table_in_its_plan(digits_model, digits
     assert table["prior"] == "retained" and table["match"] == pytest.approx(n / (n + 128))
     assert table["class_skew"] < SKEW_ALPHA
     assert "heldout_table" not in plans[1]  # a random deletion reads the model's own held-out losses
+
+
+def test_a_deletion_that_empties_a_class_matches_the_table_to_the_classes_that_stay(
+    digits_model, digits
+) -> None:
+    """All of class 0 and a few 3s: the 0s are no forget row's target, so the 3s decide the table's mix
+    and its shrinking, and a class no training row ever had keeps its held-out rows and its logit."""
+    train_ds, test = digits
+    threes = torch.nonzero(train_ds.y == 3).flatten()[:20]
+    gone = (train_ds.y == 0) | torch.isin(torch.arange(len(train_ds)), threes)
+    no_9 = ~gone & (train_ds.y != 9)  # class 9 is in neither D_r nor D_f: never trained on
+    forget, retain = (
+        train_ds.subset(torch.nonzero(gone).flatten()),
+        train_ds.subset(torch.nonzero(no_9).flatten()),
+    )
+    bound = heldout_bound(
+        digits_model, test, retain, forget_y=forget.y, prior="retained", match=1.0, match_rows=128
+    )
+    n_3 = int((test.y == 3).sum())
+    assert bound is not None and bound.read["match"] == pytest.approx(n_3 / (n_3 + 128))
+    unshrunk = heldout_bound(digits_model, test, retain, forget_y=forget.y, prior="retained", match=1.0)
+    assert unshrunk is not None and len(unshrunk.quantiles) == n_3  # only the 3s: D_f's class that stays
+    shifted = heldout_bound(digits_model, test, retain, forget_y=forget.y, prior="retained")
+    assert shifted is not None and len(shifted.quantiles) == int((test.y != 0).sum())  # the 9s stay
+    assert bool(shifted.quantiles.isfinite().all())
+
+
+def test_refreshing_keeps_a_reshaped_table(digits_model, digits, digits_random10) -> None:
+    """``select_refresh`` measures the model's own losses on the held-out mix: what a reshaping replaced."""
+    forget, retain = digits_random10
+    of_3 = forget.y[forget.y == 3]
+    skewed = heldout_bound(digits_model, digits[1], retain, forget_y=of_3, prior="retained", match=1.0)
+    plain = heldout_bound(digits_model, digits[1], retain)
+    assert skewed is not None and plain is not None
+    before = skewed.quantiles.clone()
+    skewed.refresh(torch.zeros(5))
+    plain.refresh(torch.zeros(5))
+    assert torch.equal(skewed.quantiles, before) and torch.equal(plain.quantiles, torch.zeros(5))

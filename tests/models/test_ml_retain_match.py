@@ -11,7 +11,7 @@ from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.metrics import evaluate
 from models.unlearning import run_method
-from models.unlearning.engine import matched_rows
+from models.unlearning.engine import MAX_STAND, matched_rows
 from models.unlearning.params import parse_params
 
 
@@ -38,6 +38,11 @@ def test_rows_of_the_forget_sets_classes_stand_more_often_in_the_retain_stream()
     # at share 1 only D_f's classes are read (the others' weight is 0, not a division by it)
     only_0 = matched_rows(retain_y, half_of_0, 1.0)
     assert only_0 is not None and torch.equal(only_0, torch.arange(10))
+    # no class of D_f with any weight left: nothing to draw to (not the minimum of an empty set)
+    assert matched_rows(retain_y, half_of_0, 1.0, torch.tensor([0.0, 1.0])) is None
+    # a share a hair below 1 divides by almost nothing: a row stands at most MAX_STAND times
+    near_1 = matched_rows(retain_y, half_of_0, 1 - 1e-9)
+    assert near_1 is not None and torch.bincount(near_1).tolist() == [MAX_STAND] * 10 + [1] * 90
 
 
 def test_a_random_deletion_is_unlearned_bit_for_bit_as_without_matching(
