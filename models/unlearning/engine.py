@@ -210,10 +210,13 @@ def run_steps(
     selector: Selector | None = None,
     about: dict[str, Any] | None = None,
     class_error: torch.Tensor | None = None,
+    retain_rows: int | None = None,
 ) -> nn.Module:
     """Run the method's steps in place on ``model`` (on its device) and return it. ``selector``: score the
     model at a few steps and end on the best-scored state (``models.unlearning.selection``). ``about``:
-    what the method decided before the run, reported with the run's own plan (``Hooks.plan``)."""
+    what the method decided before the run, reported with the run's own plan (``Hooks.plan``).
+    ``retain_rows``: the size of the D_r that ``retain`` was drawn from, when a caller drew its pool
+    (default: ``retain`` is all of D_r)."""
     needs_retain = plan.w_retain > 0 or params.mask in ("and", "prob", "focus")
     if len(forget) == 0:  # nothing to forget: the model is already the answer
         hooks.plan({**(about or {}), "steps": 0})
@@ -222,6 +225,7 @@ def run_steps(
         return model
     if needs_retain and len(retain) == 0:
         raise ValueError("this method needs a non-empty retain set")
+    n_retain = len(retain) if retain_rows is None else retain_rows
     retain = retain_pool(retain, len(forget), params.retain_budget, params.seed)
     device = model_device(model)
     xf, yf = B.to(forget.x, device), forget.y.to(device)  # moved once (rows on disk: read per batch)
@@ -249,13 +253,16 @@ def run_steps(
 
     opt = optimizer(list(model.parameters()), params)
     sched = lr_scheduler(opt, params.schedule, total)
+    held = params.anchor * (1 - len(retain) / max(n_retain, 1))  # times the share of D_r left unread
+    anchor = Anchor(model, held)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     clip = StepClip(params.grad_clip, params.clip_to_first)
     model.train()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hooks.plan({**(about or {}), "steps": total, "epochs": params.epochs, "forget_rows": len(forget),
                 "retain_rows": len(retain), "trained_weights": trained,
-                "clip_to_first": params.clip_to_first, **_matched_about(retain.y, matched)})  # fmt: skip
+                "clip_to_first": params.clip_to_first, **_matched_about(retain.y, matched),
+                **({"anchor": round(held, 6)} if held > 0 else {})})  # fmt: skip
     hooks.start()
     step = 0
     if selector is not None:
@@ -267,6 +274,7 @@ def run_steps(
             batch = Batch(xr_b, yr[i_r], xf_b, yf[i_f], tf[i_f], norm, joint, i_f)
             weights = annealed(plan, step, total, params.forget_anneal)
             correct = _step(model, opt, batch, params, objective, weights, static_mask, clip)
+            anchor.pull(opt.param_groups[0]["lr"])
             sched.step()
             stopper.add(correct)
             hooks.step(step, total)
@@ -278,6 +286,30 @@ def run_steps(
         selector.finish(model, step)
     hooks.finish()
     return model
+
+
+class Anchor:
+    """Pulls the trained weights back by ``lr·strength`` of their distance from where the run started,
+    after each step (L2-SP's penalty, decoupled as AdamW decouples its decay).
+
+    Why: the retain term holds only the rows the run reads, so where the retain pool leaves most of D_r
+    unread (a small deletion), what the forget pushes move that no forget row needed goes unrepaired and
+    D_r's accuracy falls. ``run_steps`` scales ``params.anchor`` by the share of D_r the pool leaves out:
+    a run that reads all of D_r is not held. A coordinate that a mask kept still stays still: it has no
+    distance to come back."""
+
+    def __init__(self, model: nn.Module, strength: float) -> None:
+        self.strength = strength
+        self.ps = [p for p in model.parameters() if p.requires_grad] if strength > 0 else []
+        self.start = [p.detach().clone() for p in self.ps]
+
+    @torch.no_grad()
+    def pull(self, lr: float) -> None:
+        if not self.ps:
+            return
+        weight = min(lr * self.strength, 1.0)
+        for p, s in zip(self.ps, self.start, strict=True):
+            p.lerp_(s, weight)
 
 
 def _matched_about(retain_y: torch.Tensor, matched: torch.Tensor | None) -> dict[str, Any]:

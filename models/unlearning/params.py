@@ -67,6 +67,17 @@ _BATCH_STATS_DOC = (
     "updated (train mode, as the papers' code runs) | frozen = the running statistics, left as they are, "
     "as the model is scored (models/unlearning/batch_stats.py); no effect on a model without BatchNorm"
 )
+_ANCHOR_DOC = (
+    "after each step, pull the trained weights back towards the run's starting weights by lr·a of their "
+    "distance, a = anchor times the share of D_r the retain pool leaves unread (decoupled, like AdamW's "
+    "decay, but towards the start rather than 0: L2-SP): drift that no forget row needed and no retain "
+    "row read repairs is undone (models/unlearning/engine.py, Anchor); 0 = off"
+)
+_KEEP_HELDOUT_DOC = (
+    "weight of a KL term, added to the retain term, that holds the model's predictions on held-out inputs "
+    "(a batch per step, labels unread) where the run found them (models/unlearning/keep.py): a retrain "
+    "predicts unseen data almost as the original does; needs held-out data (none: off); 0 = off"
+)
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
     "held-out sample's of the same rank (classes absent from D_r, or no held-out data: correct)"
@@ -193,6 +204,8 @@ class GradientParams:
         "model (bound_by='heldout'; otherwise no effect)",
     )
     batch_stats: str = _f("batch", choices=BATCH_STATS, doc=_BATCH_STATS_DOC)
+    anchor: float = _f(0.0, 0.0, 1e4, doc=_ANCHOR_DOC)
+    keep_heldout: float = _f(0.0, 0.0, 1e4, doc=_KEEP_HELDOUT_DOC)
 
 
 _CLASS_BUDGET_DOC = (

@@ -1,0 +1,77 @@
+"""``anchor`` (``engine.Anchor``): after each step the trained weights are pulled back towards where the run
+started, by lr·anchor of their distance, so drift that no forget row needed is undone."""
+
+import copy
+
+import pytest
+import torch
+
+from models.hooks import Hooks
+from models.unlearning import run_method
+from models.unlearning.engine import Anchor
+
+
+def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip(a.parameters(), b.parameters(), strict=True)
+    return sum(float((p - q).detach().pow(2).sum()) for p, q in pairs) ** 0.5
+
+
+def test_a_pull_takes_lr_times_anchor_of_the_distance_and_never_overshoots() -> None:
+    model = torch.nn.Linear(2, 1)
+    start = copy.deepcopy(model)
+    anchor = Anchor(model, strength=5.0)
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[2.0, -4.0]]))
+    anchor.pull(lr=0.1)  # half the way back
+    assert torch.allclose(model.weight - start.weight, torch.tensor([[1.0, -2.0]]))
+    assert torch.equal(model.bias, start.bias)  # no distance, no move
+    anchor.pull(lr=10.0)  # lr·anchor = 50: capped at all the way, not past the start
+    assert torch.equal(model.weight, start.weight)
+
+
+def test_off_it_keeps_no_copy_and_moves_nothing() -> None:
+    model = torch.nn.Linear(2, 1)
+    anchor = Anchor(model, strength=0.0)
+    assert anchor.start == []
+    before = copy.deepcopy(model)
+    anchor.pull(lr=1.0)
+    assert torch.equal(model.weight, before.weight)
+
+
+def test_a_full_pull_each_step_returns_the_original_and_a_partial_one_keeps_it_closer(
+    digits_model, digits
+) -> None:
+    """A 1% deletion: its retain pool (24·|D_f| rows) leaves three quarters of D_r unread."""
+    train_ds, heldout = digits
+    forget, retain = train_ds.split_by_ids(train_ds.ids[:14])
+
+    plans: list[dict] = []
+
+    def run(params: dict) -> torch.nn.Module:
+        model = copy.deepcopy(digits_model)
+        hooks = Hooks(on_plan=plans.append)
+        return run_method("ugradsl_plus", model, forget, retain, params, hooks, heldout=heldout)
+
+    free = run({"schedule": "constant"})
+    held = run({"schedule": "constant", "anchor": 3.0})
+    assert "anchor" not in plans[0]
+    unread = 1 - plans[1]["retain_rows"] / len(retain)
+    assert 0.5 < unread < 1
+    assert plans[1]["anchor"] == pytest.approx(3.0 * unread, abs=1e-5)  # the plan says how hard it held
+    pinned = run({"schedule": "constant", "anchor": 1e4})  # lr·anchor·0.76 >= 1: every step is undone
+    assert _distance(free, digits_model) > 0
+    assert _distance(held, digits_model) < _distance(free, digits_model)
+    assert _distance(pinned, digits_model) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_run_that_reads_all_of_d_r_is_not_held(digits_model, digits, digits_random10) -> None:
+    """A 10% deletion's pool (24·|D_f| rows) is all of D_r: the retain term repairs what the run moves."""
+    forget, retain = digits_random10
+    runs = [
+        run_method(
+            "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, Hooks(), heldout=digits[1]
+        )  # fmt: skip
+        for params in ({}, {"anchor": 1e4})
+    ]
+    assert _distance(runs[0], digits_model) > 0
+    assert _distance(runs[0], runs[1]) == 0.0
