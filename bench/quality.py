@@ -155,7 +155,8 @@ DEFAULT = (
     "memorised, steps held to twice the first step's gradient norm, Adam at half the recipe's lr for a "
     "layer-normalised model trained with Adam, BatchNorm at its running statistics, retain reads drawn up to "
     "20% to D_f's class mix where the model rarely misclassifies unseen samples of its classes, a deletion "
-    "drawn from a few classes aimed at held-out losses read under D_r's class prior and D_f's class mix)"
+    "drawn from a few classes aimed at held-out losses read under D_r's class prior and D_f's class mix, "
+    "weights pulled back towards the start by the share of D_r the pool leaves unread)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -188,6 +189,10 @@ BATCH_STATS = "ugradsl_plus (stop 44 default: BatchNorm at each batch's own stat
 # mix, as before. The same run as the default wherever D_f's mix is D_r's (random and class-wise cases).
 UNMATCHED = "ugradsl_plus (stop 46 default: retain reads in D_r's class mix)"
 POOLED = "ugradsl_plus (stop 51 default: the model's own held-out losses, in the held-out set's class mix)"
+# Stop 53: a run whose retain pool leaves part of D_r unread (1% and class-wise deletions) is pulled back
+# towards its start (``anchor``); this row runs without the pull, as before. The same run as the default
+# wherever the pool is all of D_r (random 10% and class-drawn cases on the 10k and digits models).
+UNANCHORED = "ugradsl_plus (stop 52 default: no pull back towards the start)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.
 # Stop 34's default: forget batches half the retain batch's size whatever the model ("... (63% at 0.6
@@ -365,6 +370,7 @@ ROWS = [
     Row(NO_CLASS_POOL, "ugradsl_plus", _varied({"class_retain_budget": 0.0})),
     Row(UNMATCHED, "ugradsl_plus", _fixed({"retain_match": 0.0})),
     Row(POOLED, "ugradsl_plus", _fixed({"bound_prior": "trained", "bound_match": 0.0})),
+    Row(UNANCHORED, "ugradsl_plus", _fixed({"anchor": 0.0})),
     Row(NEIGHBOURS, "ugradsl_plus", _fixed({"neighbour_labels": 15})),
     Row(FLAGGED, "ugradsl_plus", _fixed({}), flags="requested"),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),

@@ -62,11 +62,6 @@ def predictions(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL
     return _map_batches(model, data, lambda logits, _y: logits.argmax(1), batch_size)
 
 
-def log_probs(model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """(N, K) log-softmax of the model's fp32 logits per sample, on its device."""
-    return _map_batches(model, data, lambda logits, _y: logits.float().log_softmax(1), batch_size)
-
-
 def true_label_confidence(
     model: nn.Module, data: SampleDataset, *, batch_size: int = EVAL_BATCH
 ) -> np.ndarray:

@@ -34,7 +34,6 @@ from models.unlearning.engine import (
     retain_pool,
     run_steps,
 )
-from models.unlearning.keep import KeepHeldout
 from models.unlearning.last_layers import features, fits, split_last_layers
 from models.unlearning.losses import smoothed_cross_entropy
 from models.unlearning.neighbours import FLAGGED_NEIGHBOURS, neighbour_labels
@@ -368,8 +367,7 @@ def _trained_part(
         params, about = size(net, seen, params, contradicted, held)
     about = {**about, **notes}
     pool = retain_pool(retain, len(forget), params.retain_budget, params.seed)
-    reads_heldout = bool(params.select_checks or params.keep_heldout)
-    rest = [pool] + ([heldout] if heldout is not None and reads_heldout else [])
+    rest = [pool] + ([heldout] if heldout is not None and params.select_checks else [])
     if split is not None and fits(split, forget, len(forget) + sum(len(s) for s in rest), device):
         pool = front(split.front, pool, device) if len(pool) else pool  # held-out rows: another set's
         rest = [pool, *(features(split.front, s, device) if len(s) else s for s in rest[1:])]
@@ -475,9 +473,6 @@ def _run(
     if moves is not None:
         moves.y = part.moves
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
-    if params.keep_heldout > 0 and part.heldout is not None and len(part.heldout):
-        keep = KeepHeldout(net, part.heldout, params.keep_heldout, params.batch_size, params.seed)
-        objective = keep.wrap(objective)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
     run_steps(net, part.forget, part.retain, params, hooks, objective, plan, forget_targets=forget_targets,

@@ -9,6 +9,7 @@ import torch
 from models.hooks import Hooks
 from models.unlearning import run_method
 from models.unlearning.engine import Anchor
+from models.unlearning.params import parse_params
 
 
 def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -52,7 +53,7 @@ def test_a_full_pull_each_step_returns_the_original_and_a_partial_one_keeps_it_c
         hooks = Hooks(on_plan=plans.append)
         return run_method("ugradsl_plus", model, forget, retain, params, hooks, heldout=heldout)
 
-    free = run({"schedule": "constant"})
+    free = run({"schedule": "constant", "anchor": 0.0})
     held = run({"schedule": "constant", "anchor": 3.0})
     assert "anchor" not in plans[0]
     unread = 1 - plans[1]["retain_rows"] / len(retain)
@@ -71,7 +72,12 @@ def test_a_run_that_reads_all_of_d_r_is_not_held(digits_model, digits, digits_ra
         run_method(
             "ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params, Hooks(), heldout=digits[1]
         )  # fmt: skip
-        for params in ({}, {"anchor": 1e4})
+        for params in ({"anchor": 0.0}, {"anchor": 1e4})
     ]
     assert _distance(runs[0], digits_model) > 0
     assert _distance(runs[0], runs[1]) == 0.0
+
+
+def test_ugradsl_plus_holds_by_default_and_the_paper_s_ugradsl_does_not() -> None:
+    assert parse_params("ugradsl_plus", {}).anchor == 1.0
+    assert parse_params("ugradsl", {}).anchor == 0.0
