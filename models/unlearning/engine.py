@@ -295,8 +295,8 @@ class Anchor:
     Why: the retain term holds only the rows the run reads, so where the retain pool leaves most of D_r
     unread (a small deletion), what the forget pushes move that no forget row needed goes unrepaired and
     D_r's accuracy falls. ``run_steps`` scales ``params.anchor`` by the share of D_r the pool leaves out:
-    a run that reads all of D_r is not held. A coordinate that a mask kept still stays still: it has no
-    distance to come back."""
+    a run that reads all of D_r is not held. A coordinate that no step has moved has no distance, so it
+    stays where it is, masked or not."""
 
     def __init__(self, model: nn.Module, strength: float) -> None:
         self.strength = strength
