@@ -334,7 +334,7 @@ def _fixed(p: dict[str, Any]) -> Callable[[dict[str, Any], str], dict[str, Any]]
 
 # The UGradSL+ default that the rows below varied (stops 23-31): the whole network, p 0.7, the run's length
 # set by epochs. Pinned, so a rerun of a row measures what its recorded results measured.
-VARIED = {"train_share": 0.0, "p": 0.7, "pushes": 0.0}
+VARIED = {"train_share": 0.0, "p": 0.7, "pushes": 0.0, "anchor": 0.0}  # anchor: stop 53's
 
 
 def _varied(p: dict[str, Any]) -> Callable[[dict[str, Any], str], dict[str, Any]]:

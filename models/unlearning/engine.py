@@ -253,7 +253,7 @@ def run_steps(
 
     opt = optimizer(list(model.parameters()), params)
     sched = lr_scheduler(opt, params.schedule, total)
-    held = params.anchor * (1 - len(retain) / max(n_retain, 1))  # times the share of D_r left unread
+    held = params.anchor * _unread(plan, len(retain), n_retain)
     anchor = Anchor(model, held)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     clip = StepClip(params.grad_clip, params.clip_to_first)
@@ -286,6 +286,14 @@ def run_steps(
         selector.finish(model, step)
     hooks.finish()
     return model
+
+
+def _unread(plan: Plan, pool: int, n_retain: int) -> float:
+    """The share of D_r a run leaves unread: all of it without a retain term (gradient ascent), else what
+    its pool leaves out."""
+    if plan.w_retain <= 0 or n_retain == 0:
+        return 1.0
+    return 1.0 - pool / n_retain
 
 
 class Anchor:

@@ -81,3 +81,13 @@ def test_a_run_that_reads_all_of_d_r_is_not_held(digits_model, digits, digits_ra
 def test_ugradsl_plus_holds_by_default_and_the_paper_s_ugradsl_does_not() -> None:
     assert parse_params("ugradsl_plus", {}).anchor == 1.0
     assert parse_params("ugradsl", {}).anchor == 0.0
+
+
+def test_a_run_without_a_retain_term_leaves_all_of_d_r_unread(digits_model, digits_random10) -> None:
+    """Gradient ascent reads no retain row, whatever its pool: held at the full strength."""
+    forget, retain = digits_random10
+    plans: list[dict] = []
+    hooks = Hooks(on_plan=plans.append)
+    for params in ({"anchor": 0.5}, {"anchor": 0.5, "retain_budget": 5.0}):
+        run_method("gradient_ascent", copy.deepcopy(digits_model), forget, retain, params, hooks)
+    assert [p["anchor"] for p in plans] == [0.5, 0.5]
