@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -173,8 +174,11 @@ def lr_scheduler(
     opt: torch.optim.Optimizer, schedule: str, total: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate factor: constant, or cosine from 1 to 0 over ``total`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, schedule, total))
+
+
+def lr_factor(schedule: str, total: int, step: int) -> float:
+    """The factor ``lr_scheduler`` applies to the lr at ``step`` (0-based)."""
     if schedule == "cosine" and total > 0:
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+    return 1.0

@@ -24,7 +24,7 @@ from models.datasets import SampleDataset
 from models.hooks import Hooks
 from models.loading import read_ahead
 from models.streamed import LazyRows
-from models.training import StepClip, lr_scheduler
+from models.training import StepClip, lr_factor, lr_scheduler
 from models.unlearning import masks as M
 from models.unlearning.batch_stats import frozen_batch_stats
 from models.unlearning.feature_cache import KeptRows
@@ -254,7 +254,8 @@ def run_steps(
     opt = optimizer(list(model.parameters()), params)
     sched = lr_scheduler(opt, params.schedule, total)
     held = params.anchor * _unread(plan, len(retain), n_retain)
-    anchor = Anchor(model, held)
+    lr_total = params.lr * sum(lr_factor(params.schedule, total, s) for s in range(total))
+    anchor = Anchor(model, held, lr_total)
     stopper = _ForgetAccuracyStop(params.stop_at_forget_accuracy, len(forget))
     clip = StepClip(params.grad_clip, params.clip_to_first)
     model.train()
@@ -297,8 +298,12 @@ def _unread(plan: Plan, pool: int, n_retain: int) -> float:
 
 
 class Anchor:
-    """Pulls the trained weights back by ``lr·strength`` of their distance from where the run started,
-    after each step (L2-SP's penalty, decoupled as AdamW decouples its decay).
+    """Pulls the trained weights back towards where the run started after each step (L2-SP's penalty,
+    decoupled as AdamW decouples its decay), by ``strength·lr / lr_total`` of their distance: each step's
+    share of the run's summed lr, so the pulls of a whole run take back about ``strength`` e-folds of the
+    distance (1 - e^-strength of a distance that stood still) whatever the run's length and lr. A pull per
+    step of lr·strength held a 350-step class-wise run on the 60k Fashion-MNIST model back from forgetting
+    its class (UA 99.3%) while a 60-step one on the 10k model gained; it scales with the steps.
 
     Why: the retain term holds only the rows the run reads, so where the retain pool leaves most of D_r
     unread (a small deletion), what the forget pushes move that no forget row needed goes unrepaired and
@@ -306,16 +311,18 @@ class Anchor:
     a run that reads all of D_r is not held. A coordinate that no step has moved has no distance, so it
     stays where it is, masked or not."""
 
-    def __init__(self, model: nn.Module, strength: float) -> None:
-        self.strength = strength
-        self.ps = [p for p in model.parameters() if p.requires_grad] if strength > 0 else []
+    def __init__(self, model: nn.Module, strength: float, lr_total: float) -> None:
+        self.strength, self.lr_total = strength, lr_total
+        on = strength > 0 and lr_total > 0
+        self.ps = [p for p in model.parameters() if p.requires_grad] if on else []
         self.start = [p.detach().clone() for p in self.ps]
 
     @torch.no_grad()
     def pull(self, lr: float) -> None:
+        """After a step taken at ``lr``."""
         if not self.ps:
             return
-        weight = min(lr * self.strength, 1.0)
+        weight = min(self.strength * lr / self.lr_total, 1.0)
         for p, s in zip(self.ps, self.start, strict=True):
             p.lerp_(s, weight)
 

@@ -1,7 +1,9 @@
 """``anchor`` (``engine.Anchor``): after each step the trained weights are pulled back towards where the run
-started, by lr·anchor of their distance, so drift that no forget row needed is undone."""
+started, by its step's share of the run's summed lr times anchor (times the share of D_r the retain pool
+leaves unread), so drift that no forget row needed and no retain row read repairs is undone."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -17,22 +19,34 @@ def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return sum(float((p - q).detach().pow(2).sum()) for p, q in pairs) ** 0.5
 
 
-def test_a_pull_takes_lr_times_anchor_of_the_distance_and_never_overshoots() -> None:
+def test_a_pull_takes_its_step_s_share_of_the_run_s_lr_and_never_overshoots() -> None:
     model = torch.nn.Linear(2, 1)
     start = copy.deepcopy(model)
-    anchor = Anchor(model, strength=5.0)
+    anchor = Anchor(model, strength=5.0, lr_total=1.0)
     with torch.no_grad():
         model.weight.add_(torch.tensor([[2.0, -4.0]]))
-    anchor.pull(lr=0.1)  # half the way back
+    anchor.pull(lr=0.1)  # 5 · 0.1 / 1: half the way back
     assert torch.allclose(model.weight - start.weight, torch.tensor([[1.0, -2.0]]))
     assert torch.equal(model.bias, start.bias)  # no distance, no move
-    anchor.pull(lr=10.0)  # lr·anchor = 50: capped at all the way, not past the start
+    anchor.pull(lr=10.0)  # 50x the way: capped at all the way, not past the start
     assert torch.equal(model.weight, start.weight)
+
+
+def test_a_run_s_pulls_take_back_strength_e_folds_whatever_its_length() -> None:
+    """A distance that stood still keeps e^-strength of itself after a run of 10 or of 1000 steps."""
+    for steps in (10, 1000):
+        model = torch.nn.Linear(1, 1, bias=False)
+        anchor = Anchor(model, strength=1.0, lr_total=0.03 * steps)
+        with torch.no_grad():
+            model.weight.add_(1.0)  # a distance of 1 from the start
+        for _ in range(steps):
+            anchor.pull(lr=0.03)
+        assert float(model.weight - anchor.start[0]) == pytest.approx(math.exp(-1.0), rel=0.06)
 
 
 def test_off_it_keeps_no_copy_and_moves_nothing() -> None:
     model = torch.nn.Linear(2, 1)
-    anchor = Anchor(model, strength=0.0)
+    anchor = Anchor(model, strength=0.0, lr_total=1.0)
     assert anchor.start == []
     before = copy.deepcopy(model)
     anchor.pull(lr=1.0)
@@ -59,7 +73,7 @@ def test_a_full_pull_each_step_returns_the_original_and_a_partial_one_keeps_it_c
     unread = 1 - plans[1]["retain_rows"] / len(retain)
     assert 0.5 < unread < 1
     assert plans[1]["anchor"] == pytest.approx(3.0 * unread, abs=1e-5)  # the plan says how hard it held
-    pinned = run({"schedule": "constant", "anchor": 1e4})  # lr·anchor·0.76 >= 1: every step is undone
+    pinned = run({"schedule": "constant", "anchor": 1e4})  # 1e4 · 0.76 / steps >= 1: every step is undone
     assert _distance(free, digits_model) > 0
     assert _distance(held, digits_model) < _distance(free, digits_model)
     assert _distance(pinned, digits_model) == pytest.approx(0.0, abs=1e-6)
@@ -79,7 +93,7 @@ def test_a_run_that_reads_all_of_d_r_is_not_held(digits_model, digits, digits_ra
 
 
 def test_ugradsl_plus_holds_by_default_and_the_paper_s_ugradsl_does_not() -> None:
-    assert parse_params("ugradsl_plus", {}).anchor == 1.0
+    assert parse_params("ugradsl_plus", {}).anchor == 2.0
     assert parse_params("ugradsl", {}).anchor == 0.0
 
 
