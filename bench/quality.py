@@ -189,9 +189,10 @@ BATCH_STATS = "ugradsl_plus (stop 44 default: BatchNorm at each batch's own stat
 # mix, as before. The same run as the default wherever D_f's mix is D_r's (random and class-wise cases).
 UNMATCHED = "ugradsl_plus (stop 46 default: retain reads in D_r's class mix)"
 POOLED = "ugradsl_plus (stop 51 default: the model's own held-out losses, in the held-out set's class mix)"
-# Stop 53: a run whose retain pool leaves part of D_r unread (1% and class-wise deletions) is pulled back
-# towards its start (``anchor``); this row runs without the pull, as before. The same run as the default
-# wherever the pool is all of D_r (random 10% and class-drawn cases on the 10k and digits models).
+# Stop 53: a run whose retain pool leaves part of D_r unread (1% deletions, the 60k model's sized runs) is
+# pulled back towards its start (``anchor``); this row runs without the pull, as before. The same run as the
+# default wherever the pool is all of D_r (random 10% and class-drawn cases on the 10k and digits models)
+# and for a deletion that takes a whole class (never held).
 UNANCHORED = "ugradsl_plus (stop 52 default: no pull back towards the start)"
 # Stop 35's default: "... class-wise 1.5 epochs with half-size forget batches, cosine lr 0.03, retain pool
 # 24x |D_f|, 5x when a class leaves)", the pool read once by a sized run and 1.5 times by a class-wise one.

@@ -419,11 +419,12 @@ class UGradSLPlusParams(UGradSLParams):
     # Fashion-MNIST 10k, reporting seeds: RA -1.8 and TA -1.0 points, UA 14.7% against the retrain's
     # 11.3%). Pulled back by 2 e-folds per run times the unread share, the 1% tuning cases' worst case rose
     # from 56% to 80% of the closable gap (paired -0.59 ± 0.21 Avg Gap; 0.5/1/4 e-folds: 71/74/73%), and
-    # the 60k model's random 10% (its sized runs read a shrunk pool) from 62% to 72% (-0.07 ± 0.02);
-    # class-wise 99-100% on both. Runs that read all of D_r run as before. Applied to every run it held the
-    # 10k model's random 10% back (86% -> 45%), and a pull of lr·a per step, which adds up over a run's
-    # steps, held the 60k model's 350-step class-wise runs back from forgetting their class (UA 99.3%):
-    # hence the unread share and the per-run amount (bench/results/tune_stop53_*.md).
+    # the 60k model's random 10% (its sized runs read a shrunk pool) from 62% to 72% (-0.07 ± 0.02).
+    # Runs that read all of D_r run as before. Applied to every run it held the 10k model's random 10%
+    # back (86% -> 45%), and a pull of lr·a per step, which adds up over a run's steps, held the 60k
+    # model's 350-step class-wise runs back from forgetting their class (UA 99.3%): hence the unread share
+    # and the per-run amount (bench/results/tune_stop53_*.md). A deletion that takes a whole class is not
+    # held (``methods._ugradsl``): even the per-run pull left 0.3% of the class recognised.
     anchor: float = _f(2.0, 0.0, 1e4, doc=_ANCHOR_DOC)
 
 
