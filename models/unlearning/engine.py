@@ -299,11 +299,12 @@ def _unread(plan: Plan, pool: int, n_retain: int) -> float:
 
 class Anchor:
     """Pulls the trained weights back towards where the run started after each step (L2-SP's penalty,
-    decoupled as AdamW decouples its decay), by ``strength·lr / lr_total`` of their distance: each step's
-    share of the run's summed lr, so the pulls of a whole run take back about ``strength`` e-folds of the
-    distance (1 - e^-strength of a distance that stood still) whatever the run's length and lr. A pull per
-    step of lr·strength held a 350-step class-wise run on the 60k Fashion-MNIST model back from forgetting
-    its class (UA 99.3%) while a 60-step one on the 10k model gained; it scales with the steps.
+    decoupled as AdamW decouples its decay), by 1 - exp(-strength·lr / lr_total) of their distance: each
+    step's share of the run's summed lr, so a whole run takes back ``strength`` e-folds of a distance that
+    stood still (leaves e^-strength of it) whatever the run's length and lr, and no step undoes itself
+    entirely. A pull per step of lr·strength held the 60k Fashion-MNIST model's 350-step class-wise runs
+    back from forgetting their class (UA 99.3%) while the 10k model's 50-step 1% runs gained: it added up
+    over the steps. BatchNorm's running statistics are not pulled (UGradSL+ leaves them frozen).
 
     Why: the retain term holds only the rows the run reads, so where the retain pool leaves most of D_r
     unread (a small deletion), what the forget pushes move that no forget row needed goes unrepaired and
@@ -322,7 +323,7 @@ class Anchor:
         """After a step taken at ``lr``."""
         if not self.ps:
             return
-        weight = min(self.strength * lr / self.lr_total, 1.0)
+        weight = -math.expm1(-self.strength * lr / self.lr_total)  # the run's pulls: exactly e^-strength
         for p, s in zip(self.ps, self.start, strict=True):
             p.lerp_(s, weight)
 

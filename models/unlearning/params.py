@@ -73,7 +73,8 @@ _ANCHOR_DOC = (
     "stood still, whatever its length; a = anchor times the share of D_r the retain pool leaves unread (1 "
     "without a retain term). Decoupled, like AdamW's decay, but towards the start rather than 0 (L2-SP): "
     "drift that no forget row needed and no retain row read repairs is undone "
-    "(models/unlearning/engine.py, Anchor); 0 = off"
+    "(models/unlearning/engine.py, Anchor); UGradSL(+) does not hold a deletion that takes a whole class, "
+    "and SalUn's random-label passes ignore it; 0 = off"
 )
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "

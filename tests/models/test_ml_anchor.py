@@ -19,21 +19,22 @@ def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return sum(float((p - q).detach().pow(2).sum()) for p, q in pairs) ** 0.5
 
 
-def test_a_pull_takes_its_step_s_share_of_the_run_s_lr_and_never_overshoots() -> None:
+def test_a_pull_takes_its_step_s_share_of_the_run_s_lr_in_e_folds() -> None:
     model = torch.nn.Linear(2, 1)
     start = copy.deepcopy(model)
     anchor = Anchor(model, strength=5.0, lr_total=1.0)
     with torch.no_grad():
         model.weight.add_(torch.tensor([[2.0, -4.0]]))
-    anchor.pull(lr=0.1)  # 5 · 0.1 / 1: half the way back
-    assert torch.allclose(model.weight - start.weight, torch.tensor([[1.0, -2.0]]))
+    anchor.pull(lr=0.1)  # 5 · 0.1 / 1 = half an e-fold: e^-0.5 of the distance is left
+    left = math.exp(-0.5)
+    assert torch.allclose(model.weight - start.weight, torch.tensor([[2.0 * left, -4.0 * left]]))
     assert torch.equal(model.bias, start.bias)  # no distance, no move
-    anchor.pull(lr=10.0)  # 50x the way: capped at all the way, not past the start
-    assert torch.equal(model.weight, start.weight)
+    anchor.pull(lr=10.0)  # 50 e-folds: all the way back, not past the start
+    assert torch.allclose(model.weight, start.weight, atol=1e-12)
 
 
 def test_a_run_s_pulls_take_back_strength_e_folds_whatever_its_length() -> None:
-    """A distance that stood still keeps e^-strength of itself after a run of 10 or of 1000 steps."""
+    """A distance that stood still keeps e^-strength of itself after a run of 1, 10 or 1000 steps."""
     for steps in (10, 1000):
         model = torch.nn.Linear(1, 1, bias=False)
         anchor = Anchor(model, strength=1.0, lr_total=0.03 * steps)
@@ -41,7 +42,13 @@ def test_a_run_s_pulls_take_back_strength_e_folds_whatever_its_length() -> None:
             model.weight.add_(1.0)  # a distance of 1 from the start
         for _ in range(steps):
             anchor.pull(lr=0.03)
-        assert float(model.weight - anchor.start[0]) == pytest.approx(math.exp(-1.0), rel=0.06)
+        assert float(model.weight - anchor.start[0]) == pytest.approx(math.exp(-1.0), rel=1e-4)
+    one = torch.nn.Linear(1, 1, bias=False)  # a one-step run is not undone: e^-1 of its step is kept
+    anchor = Anchor(one, strength=1.0, lr_total=0.03)
+    with torch.no_grad():
+        one.weight.add_(1.0)
+    anchor.pull(lr=0.03)
+    assert float(one.weight - anchor.start[0]) == pytest.approx(math.exp(-1.0), rel=1e-4)
 
 
 def test_off_it_keeps_no_copy_and_moves_nothing() -> None:
