@@ -464,6 +464,10 @@ def _run(
     place, and the data as that network read it (checks after the run need no pass through the front)."""
     part = _trained_part(model, forget, retain, heldout, params, size, hooks.front_features, mislabeled)
     net, params = part.net, part.params
+    if part.moves is not None and bool((part.moves != part.forget.y.to(part.moves.device)).any()):
+        # rows moved to their neighbours' class are descended on until the model predicts it: a pull
+        # back towards a model that predicted their label works against that, as for a class that leaves
+        params = dataclasses.replace(params, anchor=0.0)
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
     if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it

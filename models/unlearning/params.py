@@ -73,8 +73,9 @@ _ANCHOR_DOC = (
     "stood still, whatever its length; a = anchor times the share of D_r the retain pool leaves unread (1 "
     "without a retain term). Decoupled, like AdamW's decay, but towards the start rather than 0 (L2-SP): "
     "drift that no forget row needed and no retain row read repairs is undone "
-    "(models/unlearning/engine.py, Anchor); UGradSL(+) does not hold a deletion that takes a whole class, "
-    "and SalUn's random-label passes ignore it; 0 = off"
+    "(models/unlearning/engine.py, Anchor); UGradSL(+) does not hold a deletion that takes a whole class "
+    "or moves rows to their neighbours' class (mislabeled), and SalUn's random-label passes ignore it; "
+    "0 = off"
 )
 _BOUND_DOC = (
     "bounded: which forget samples are live. correct = still classified correctly; heldout = loss below a "
@@ -425,7 +426,8 @@ class UGradSLPlusParams(UGradSLParams):
     # back (86% -> 45%), and a pull of lr·a per step, which adds up over a run's steps, held the 60k
     # model's 350-step class-wise runs back from forgetting their class (UA 99.3%): hence the unread share
     # and the per-run amount (bench/results/tune_stop53_*.md). A deletion that takes a whole class is not
-    # held (``methods._ugradsl``): even the per-run pull left 0.3% of the class recognised.
+    # held (``methods._ugradsl``): even the per-run pull left 0.3% of the class recognised; nor one that
+    # moves rows to their neighbours' class (``methods._run``): the pull held them at their label.
     anchor: float = _f(2.0, 0.0, 1e4, doc=_ANCHOR_DOC)
 
 

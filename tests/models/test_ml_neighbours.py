@@ -138,6 +138,7 @@ def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
     # the neighbours moved flagged rows only (nearly all of them: each is mislabeled); the run read the
     # ones the model did not already predict as their neighbours' class
     assert 0.8 * int(half.sum()) < plans[0]["contradicted_rows"] <= int(half.sum())
+    assert "anchor" not in plans[0]  # moved rows are descended on until predicted: not pulled back
     done = plans[0]["contradicted_rows"] - plans[0]["held_rows"]
     assert plans[0]["skipped_rows"] == done and plans[0]["forget_rows"] == len(forget) - done
     right = (_predicted(out, forget) == true_y).float()
