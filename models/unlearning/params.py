@@ -420,8 +420,8 @@ class UGradSLPlusParams(UGradSLParams):
     # gives almost no gradient, so what the forget pushes move beyond D_f goes unrepaired (memorising
     # Fashion-MNIST 10k, reporting seeds: RA -1.8 and TA -1.0 points, UA 14.7% against the retrain's
     # 11.3%). Pulled back by 2 e-folds per run times the unread share, the 1% tuning cases' worst case rose
-    # from 56% to 80% of the closable gap (paired -0.59 ± 0.21 Avg Gap; 0.5/1/4 e-folds: 71/74/73%), and
-    # the 60k model's random 10% (its sized runs read a shrunk pool) from 62% to 72% (-0.07 ± 0.02).
+    # from 56% to 77% of the closable gap (paired -0.36 ± 0.22 Avg Gap; 1/3 e-folds: 75/71%); the 60k
+    # model (its sized runs read a shrunk pool) and digits were level. Reporting seeds: 74% -> 89%.
     # Runs that read all of D_r run as before. Applied to every run it held the 10k model's random 10%
     # back (86% -> 45%), and a pull of lr·a per step, which adds up over a run's steps, held the 60k
     # model's 350-step class-wise runs back from forgetting their class (UA 99.3%): hence the unread share
