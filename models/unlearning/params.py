@@ -68,8 +68,8 @@ _BATCH_STATS_DOC = (
     "as the model is scored (models/unlearning/batch_stats.py); no effect on a model without BatchNorm"
 )
 _ANCHOR_DOC = (
-    "after each step, pull the trained weights back towards the run's starting weights by a times that "
-    "step's share of the run's summed lr, so a whole run takes back about a e-folds of a distance that "
+    "after each step, pull the trained weights back towards the run's starting weights by 1 - exp(-a times "
+    "that step's share of the run's summed lr), so a whole run takes back a e-folds of a distance that "
     "stood still, whatever its length; a = anchor times the share of D_r the retain pool leaves unread (1 "
     "without a retain term). Decoupled, like AdamW's decay, but towards the start rather than 0 (L2-SP): "
     "drift that no forget row needed and no retain row read repairs is undone "
