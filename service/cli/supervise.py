@@ -24,7 +24,9 @@ class Supervised:
         self.name, self.argv = name, list(argv)
         self.proc: subprocess.Popen[bytes] | None = None
         self.delay, self.started_at = FIRST_DELAY, 0.0
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # restart nothing from now on
+        self._done = threading.Event()  # the child is gone: the watcher may end
+        self._lock = threading.Lock()  # a restart and a stop never cross
         self._thread = threading.Thread(target=self._watch, name=f"supervise-{name}", daemon=True)
 
     def start(self) -> None:
@@ -44,10 +46,14 @@ class Supervised:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.5):
+        """Restarts the child from this thread until a stop. Linux sends a child's parent-death signal
+        when the *thread* that forked it ends, not the process: so this thread outlives every child it
+        started, or a stop after a restart would SIGKILL the worker before its SIGTERM could hand its
+        job back (and the job would count a death)."""
+        while not self._done.wait(0.5):
             assert self.proc is not None
             code = self.proc.poll()
-            if code is None:
+            if code is None or self._stopping.is_set():
                 continue
             self._kill_group()  # whatever it left behind (its beat) goes with it
             ran = time.monotonic() - self.started_at
@@ -56,21 +62,27 @@ class Supervised:
                 f"{self.name} exited with code {code} after {ran:.0f}s; restarting in {self.delay:.0f}s",
                 flush=True,
             )
-            if self._stop.wait(self.delay):
-                return
+            if self._stopping.wait(self.delay):
+                continue
             self.delay = min(self.delay * 2, MAX_DELAY)
-            self._spawn()
+            with self._lock:
+                if not self._stopping.is_set():
+                    self._spawn()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM for a graceful shutdown, then SIGKILL for the whole group."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM for a graceful shutdown, then SIGKILL for the whole group; the watcher ends last."""
+        with self._lock:
+            self._stopping.set()
         try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._kill_group()
+            if self.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                self._kill_group()
+        finally:
+            self._done.set()
+            if self._thread.is_alive():
+                self._thread.join(timeout=5)
