@@ -34,6 +34,21 @@ def models_needing_work(session: Session, takeover_after: float | None = None) -
     )
 
 
+HANDED_BACK = "handed_back"  # metrics key: the last attempt ended at a planned stop, which recorded it
+
+
+def interruption(job: Job, cause: str) -> dict[str, object]:
+    """Where an attempt had got to when it ended unfinished, from its last heartbeat: the next one starts
+    over at `queued`, and a record showing only the last attempt hid what the interruption threw away."""
+    return {
+        "attempt": job.attempts,
+        "cause": cause,
+        "phase": str(job.phase),
+        "progress": round(job.progress, 4),
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }
+
+
 def resume_unfinished(session: Session, model_id: str) -> Job | None:
     """A job left `running` by a worker that died; we hold the lease now, so nobody else runs it."""
     job = session.scalar(
@@ -44,6 +59,10 @@ def resume_unfinished(session: Session, model_id: str) -> Job | None:
     )
     if job is None:
         return None
+    metrics = dict(job.metrics or {})
+    if not metrics.pop(HANDED_BACK, False):  # its worker died: where it had got to, the last attempt too
+        metrics["interrupted"] = [*metrics.get("interrupted", []), interruption(job, "worker died")]
+    job.metrics = metrics
     if job.attempts >= MAX_ATTEMPTS:  # its worker died every time (e.g. killed for memory): stop trying
         jobs.close(
             session,
@@ -52,15 +71,6 @@ def resume_unfinished(session: Session, model_id: str) -> Job | None:
             error=f"gave up after {job.attempts} attempts: the worker died each time",
         )
         return None
-    # Where the lost attempt had got to, from its last heartbeat: the next one starts over at `queued`,
-    # and a record showing only the last attempt hid what the worker's death threw away.
-    lost = {
-        "attempt": job.attempts,
-        "phase": str(job.phase),
-        "progress": round(job.progress, 4),
-        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
-    }
-    job.metrics = {**(job.metrics or {}), "interrupted": [*(job.metrics or {}).get("interrupted", []), lost]}
     job.attempts += 1
     job.progress = 0.0
     job.phase = JobPhase.QUEUED

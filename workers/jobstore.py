@@ -19,7 +19,7 @@ from service.core import events, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
 from service.core.states import DeletionReason, JobPhase, JobState
-from workers import kept_scores
+from workers import claims, kept_scores
 from workers.datasets import DatasetRef
 
 
@@ -241,6 +241,12 @@ class JobStore:
         worker, and its attempt is handed back. Resuming counts an attempt, and three of them fail the job
         as one whose worker "died each time": three restarts during one long job did that."""
         with self._fenced() as (_, job):
+            stopped = claims.interruption(job, "stopped")  # where it got to; the resume adds no death
+            job.metrics = {
+                **(job.metrics or {}),
+                "interrupted": [*(job.metrics or {}).get("interrupted", []), stopped],
+                claims.HANDED_BACK: True,
+            }
             job.attempts = max(job.attempts - 1, 0)
             job.phase, job.progress = JobPhase.QUEUED, 0.0
 

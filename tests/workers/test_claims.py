@@ -224,6 +224,7 @@ def test_a_resumed_job_counts_the_attempt_and_restarts_from_the_beginning(db_url
         # ... and the record keeps where the lost attempt had got to
         [lost] = job.metrics["interrupted"]
         assert (lost["attempt"], lost["phase"], lost["progress"]) == (1, "unlearn:ugradsl_plus", 0.6)
+        assert lost["cause"] == "worker died"
         assert s.get_one(DeletionRequest, req.id).state == RequestState.PROCESSING
         last = events_of(s, job_id)[-1]
         assert (last.action, last.actor, last.data) == ("job.resumed", "worker", {"attempt": 2})
@@ -246,7 +247,35 @@ def test_a_job_is_resumed_until_it_has_had_max_attempts_then_failed(db_url: str)
     with session_scope(db_url) as s:
         job = s.get_one(Job, job_id)
         assert (job.state, job.attempts) == (JobState.FAILED, claims.MAX_ATTEMPTS)
-        assert [a["attempt"] for a in job.metrics["interrupted"]] == list(range(1, claims.MAX_ATTEMPTS))
+        # every attempt's death is on the record, the one that exhausted the budget too
+        assert [a["attempt"] for a in job.metrics["interrupted"]] == list(range(1, claims.MAX_ATTEMPTS + 1))
+        assert {a["cause"] for a in job.metrics["interrupted"]} == {"worker died"}
+
+
+def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url: str) -> None:
+    from workers import leases
+    from workers.jobstore import JobStore
+
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        submit_request(s, model, ["toy-0001"])
+        assert leases.acquire(s, model.id, "owner", 60)
+        job = claimed_job(s, model)
+        job.progress, job.phase = 0.4, "unlearn:ugradsl_plus"  # where the stopped worker got to
+        job_id = job.id
+    JobStore(db_url, job_id, "owner").give_back()
+    with session_scope(db_url) as s:
+        assert claims.resume_unfinished(s, model.id) is not None
+    with session_scope(db_url) as s:
+        job = s.get_one(Job, job_id)
+        assert job.attempts == 1  # the stop cost no attempt
+        [stopped] = job.metrics["interrupted"]  # and added no death beside its own entry
+        assert (stopped["cause"], stopped["phase"], stopped["progress"]) == (
+            "stopped",
+            "unlearn:ugradsl_plus",
+            0.4,
+        )
+        assert claims.HANDED_BACK not in job.metrics
 
 
 def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) -> None:

@@ -30,7 +30,8 @@ class JobOut(BaseModel):
         description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
         "method chain, the `data` that calibrated and scored them, the `gates` they were judged by, and "
         "`timings` (seconds per phase) once the job has ended, failed or not, and `interrupted`: for each "
-        "attempt whose worker died, the phase and progress of its last heartbeat."
+        "attempt that ended unfinished, its `cause` (`worker died`, or `stopped`: a planned stop, which "
+        "costs no attempt) and the phase and progress of its last heartbeat."
     )
     error: str | None
     created_at: datetime
