@@ -111,6 +111,22 @@ def test_a_test_or_heldout_set_with_labels_outside_the_classes_is_a_422_naming_i
     assert r.status_code == 202, r.text
 
 
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ("test_dataset", "test_dataset must not be the training set"),
+        ("heldout_dataset", "heldout_dataset must be neither the training nor the test set"),
+    ],
+)
+def test_a_test_or_heldout_set_that_is_the_training_set_is_a_422(api: Api, field: str, says: str) -> None:
+    """Scored on its own training rows, a model would show test accuracy 100% and no attack could tell
+    D_f from data it never saw: a client's registration did that and every job looked perfect."""
+    r = api.register(**{field: api.datasets["train"]})
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"]
+    assert "m" not in api.model_names()
+
+
 def test_training_labels_are_still_checked(api: Api) -> None:
     r = api.register(train_dataset=api.datasets["test-high"])
     assert r.status_code == 422 and "training labels span [3, 9]" in r.json()["detail"]

@@ -258,6 +258,11 @@ def _check_registrable(
         raise _name_taken(body.name)
     train, test = (registered_dataset(session, tenant, d) for d in (body.train_dataset, body.test_dataset))
     heldout = registered_dataset(session, tenant, body.heldout_dataset) if body.heldout_dataset else None
+    if test.id == train.id:
+        raise Unprocessable(
+            "test_dataset must not be the training set: test accuracy, the membership attacks and the "
+            "gates compare the model with data it never trained on"
+        )
     if heldout is not None and heldout.id in (train.id, test.id):
         raise Unprocessable(
             "heldout_dataset must be neither the training nor the test set: the method reads it, so "
