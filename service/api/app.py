@@ -32,8 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Unlearning service",
         version="0.1.0",
         description="Make a deployed classifier forget training samples on request, and prove it.",
-        max_body_size=settings.max_body_bytes,
-    )
+    )  # no app-wide max_body_size: FastAPI checks it outside every middleware, with a plain-text 413
     app.state.settings = settings
     # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url, pre_ping=False)
@@ -66,9 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
+    # Declared lengths are screened above; a chunked body is counted as it arrives, per router
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
-        app.include_router(module.router)
-    app.include_router(webhook_secrets_router)
+        app.include_router(module.router, max_body_size=settings.max_body_bytes)
+    app.include_router(webhook_secrets_router, max_body_size=settings.max_body_bytes)
     for module in (models, datasets):
         app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
     return app

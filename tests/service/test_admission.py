@@ -103,8 +103,22 @@ def test_a_valid_key_is_let_through_to_the_route(gated: tuple[LiveApp, Seeded]) 
 def test_uploads_are_limited_to_512_mib_by_default(gated: tuple[LiveApp, Seeded]) -> None:
     app, keys = gated
     admin = f"Bearer {keys.admin}"
-    assert head_only(app, "/v1/datasets/upload", 512 * 1024**2 + 1, admin)[0] == 413
-    # (FastAPI's own route body limit answers this one, in plain text, before our middleware runs.)
+    status, headers, _ = head_only(app, "/v1/datasets/upload", 512 * 1024**2 + 1, admin)
+    assert status == 413 and headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer ul_0000_not-a-key", "admin"])
+def test_a_declared_body_over_the_limit_is_a_problem_413_whoever_sends_it(
+    gated: tuple[LiveApp, Seeded], auth: str | None
+) -> None:
+    """FastAPI's app-wide body limit answered these first, in plain text ("Content Too Large")."""
+    app, keys = gated
+    sent = f"Bearer {keys.admin}" if auth == "admin" else auth
+    status, headers, body = head_only(app, "/v1/models/toy/deletion-requests", 16 * 1024**2 + 1, sent)
+    assert status == 413 and headers["content-type"].startswith("application/problem+json")
+    assert json.loads(body)["detail"] == f"request bodies here are limited to {16 * 1024**2} bytes"
+    # an upload of that size is within its own limit: an anonymous one is the 401, not a 413
+    assert head_only(app, "/v1/datasets/upload", 16 * 1024**2 + 1, None)[0] == 401
 
 
 def request_count(app: LiveApp) -> int:
