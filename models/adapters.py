@@ -156,6 +156,12 @@ def check_contract(model: nn.Module, x: Loaded, num_classes: int) -> None:
                 raise ValueError(
                     f"the model's forward returns {type(own).__name__}, not ({n}, {num_classes}) logits"
                 )
+            if not bool(torch.isfinite(own).all()):  # else the comparison below blames the architecture
+                raise ValueError(
+                    "the model's outputs on the samples checked are not finite (NaN or inf): "
+                    "its weights hold NaN or infinite values, or overflow; upload weights from before "
+                    "training diverged"
+                )
             if not torch.allclose(own, logits, rtol=1e-4, atol=1e-5):
                 raise ValueError(
                     "the model's forward differs from head(features(x)): its classifier is not the last step "

@@ -164,6 +164,19 @@ def test_a_module_whose_classifier_is_not_its_last_step_fails_the_contract_check
         check_contract(adapt(net), torch.randn(2, 12), 3)
 
 
+@pytest.mark.parametrize("spoil", ["nan", "overflow"])
+def test_weights_that_give_non_finite_outputs_are_refused_as_such(spoil: str) -> None:
+    """A client's NaN checkpoint (and one scaled by 1e30) was refused as "its classifier is not the last
+    step of the forward pass (max difference nan)": the architecture was blamed for the weights."""
+    model = build_model("mlp", in_features=12, num_classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.full_like(p, float("nan")) if spoil == "nan" else p * 1e30)
+    with pytest.raises(ValueError, match="not finite") as err:
+        check_contract(model, torch.randn(2, 12), 3)
+    assert "last step" not in str(err.value)
+
+
 def test_sizes_are_counted_on_the_meta_device_without_allocating_the_weights() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
     count = parameter_count("torchvision:vit_h_14", num_classes=1000)  # 632M parameters: 2.5 GB in fp32
