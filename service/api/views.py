@@ -112,6 +112,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         default_method=m.default_method,
         fallback_methods=m.fallback_methods,
         default_params=m.default_params,
+        train_recipe=m.train_recipe or {},
         gates=m.gates,
         time_limit_seconds=m.time_limit_seconds,
         heldout_dataset=m.heldout_dataset_id,

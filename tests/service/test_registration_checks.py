@@ -161,6 +161,9 @@ def test_a_valid_train_recipe_registers_and_patches(api: Api) -> None:
     r = api.register(train_recipe=recipe)
     assert r.status_code == 202, r.text
     assert api.recipe("m") == recipe
+    assert r.json()["train_recipe"] == recipe  # and a client can read it back (it could only write it)
     r = api.client.patch("/v1/models/toy", json={"train_recipe": {"epochs": 2, "seed": 7}})
     assert r.status_code == 200, r.text
     assert api.recipe("toy") == {"epochs": 2, "seed": 7}
+    assert r.json()["train_recipe"] == api.client.get("/v1/models/toy").json()["train_recipe"]
+    assert api.client.get("/v1/models/toy").json()["train_recipe"] == {"epochs": 2, "seed": 7}

@@ -28,6 +28,10 @@ class ModelOut(BaseModel):
     default_method: str
     fallback_methods: list[str]
     default_params: dict[str, Any]
+    train_recipe: dict[str, Any] = Field(
+        description="how the model was trained, as registered or last PATCHed: what the `retrain` method "
+        "follows ({}: its own defaults)"
+    )
     gates: dict[str, Any]
     time_limit_seconds: int | None = Field(
         description="a job on this model is stopped after this many seconds (null: the service's limit)"
