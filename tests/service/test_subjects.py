@@ -322,6 +322,16 @@ def test_subjects_and_samples_together_are_the_union_without_duplicates(api: Api
     assert req.subject_ids == ["person-1", "person-3"] and r.json()["sample_count"] == 17
 
 
+def test_a_subject_is_named_as_registration_stores_it_trimmed(api: Api) -> None:
+    """Registration stores " person-2 " as "person-2"; a request (or the samples view) that named it with
+    its spaces found no one and was refused as an unknown subject."""
+    r = api.post({"subject_ids": [" person-2", "person-2 "]})
+    assert r.status_code == 202, r.text
+    assert r.json()["subject_ids"] == ["person-2"] and r.json()["sample_count"] == 8
+    listed = api.client.get("/v1/models/toy/samples", params={"subject_id": " person-2 "}, headers=api.auth())
+    assert sorted(s["sample_id"] for s in listed.json()["items"]) == samples_of(2)
+
+
 def test_unknown_subjects_are_refused_by_name_and_nothing_is_written(api: Api) -> None:
     before = api.counts()
     r = api.post({"subject_ids": ["person-0", "nobody", "ghost"], "sample_ids": ["toy-0001", "nope"]})
@@ -350,6 +360,7 @@ def test_a_training_set_without_subjects_says_so(api: Api) -> None:
         {"sample_ids": None, "subject_ids": []},
         {"sample_ids": None},
         {"subject_ids": [""]},
+        {"subject_ids": ["  "]},
         {"subject_ids": ["a\x00"]},
         {"subject_ids": "p"},
     ],

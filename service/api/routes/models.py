@@ -91,8 +91,8 @@ def list_samples(
         )
         .where(DatasetSample.dataset_id == m.train_dataset_id, DatasetSample.position > after)
     )
-    if subject_id is not None:  # on the (dataset, subject) index
-        query = query.where(DatasetSample.subject_id == subject_id)
+    if subject_id is not None:  # on the (dataset, subject) index; trimmed, as registration stores them
+        query = query.where(DatasetSample.subject_id == subject_id.strip())
     rows = session.execute(query.order_by(DatasetSample.position).limit(limit + 1)).all()
     items = [
         SampleOut(sample_id=r[0], label=r[1], forgotten_in=version_label(r[3]), subject_id=r[4])

@@ -57,6 +57,16 @@ class DeletionRequestCreate(BaseModel):
         # Client libraries often send null for a list they leave out; it names nothing, as an absent one.
         return [] if value is None else value
 
+    @field_validator("subject_ids", mode="after")
+    @classmethod
+    def _trimmed_as_datasets_store_them(cls, value: list[str]) -> list[str]:
+        # registration trims subject IDs (" alice" is stored as "alice"): a request naming " alice" found
+        # no one and was refused as an unknown subject
+        trimmed = [s.strip() for s in value]
+        if not all(trimmed):
+            raise ValueError("a subject ID must hold more than spaces")
+        return trimmed
+
     @field_validator("reason", mode="before")
     @classmethod
     def _null_is_the_default(cls, value: Any) -> Any:
