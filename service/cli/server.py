@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from service.cli.errors import EXIT_CODES
 from service.cli.supervise import Supervised
 
 if TYPE_CHECKING:
@@ -184,6 +185,6 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         else:
             if revoke_key(s, args.id) is None:
                 print(f"error: no key with id {args.id}", file=sys.stderr)
-                return 1
+                return EXIT_CODES["not_found"]  # as `--api` answers it
             print(f"revoked {args.id}")
     return 0

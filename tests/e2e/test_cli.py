@@ -267,6 +267,8 @@ def test_keys_create_and_revoke_still_manage_keys_in_the_database(cli: Cli) -> N
     assert one_error_line(no_scope) == "error: this API key lacks the scope 'audit:read'"
 
     assert cli.run("keys", "revoke", key_id).returncode == 0
+    unknown = cli.run("keys", "revoke", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 5, unknown.stderr  # not found, as with --api (it was 1: "failed")
     # Revoked in the database behind the server's back: refused once the API's key cache lets go of it
     # (UNLEARN_KEY_CACHE_SECONDS; a revocation through the API takes effect at once, see below).
     revoked = wait_until(
