@@ -78,6 +78,16 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def unreadable_json(cause: BaseException | None) -> str | None:
+    """Why a body FastAPI could not parse, for the two ways a JSON body fails other than its syntax (which
+    is a validation error with its own message); None for anything else."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "it nests arrays or objects too deeply"
+    return None
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
@@ -99,6 +109,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = unreadable_json(exc.__cause__) if exc.status_code == 400 else None
+        if unreadable is not None:  # FastAPI's "There was an error parsing the body" named neither
+            return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
         return problem(exc.status_code, "HTTP error", str(exc.detail))
 
     @app.exception_handler(OperationalError)

@@ -484,6 +484,29 @@ def test_a_body_that_is_not_json_is_a_422_saying_so_and_where(api: Api) -> None:
     ), detail
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            b'{"sample_ids": ["\xff\xfe"]}',
+            "the body is not valid JSON: it is not UTF-8 (invalid start byte at byte 17)",
+        ),
+        (b"[" * 5000 + b"]" * 5000, "the body is not valid JSON: it nests arrays or objects too deeply"),
+    ],
+)
+def test_a_body_that_is_not_utf8_or_nests_too_deeply_is_a_422_saying_which(
+    api: Api, body: bytes, says: str
+) -> None:
+    """Both were a 400 "There was an error parsing the body", which named neither."""
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests",
+        content=body,
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == says
+
+
 @pytest.mark.parametrize("version", ["v\u00b2", "v99999999999999999999999", "latest", "v0"])
 def test_odd_version_names_are_404(api: Api, version: str) -> None:
     assert api.client.get(f"/v1/models/toy/versions/{version}", headers=api.auth()).status_code == 404
