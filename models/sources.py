@@ -22,6 +22,7 @@ installed.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,5 +206,10 @@ _BUILTIN_SIZES: dict[str, Callable[..., int]] = {
 
 def builtin_parameter_count(name: str, **kwargs: Any) -> int:
     """The exact number of parameters ``build_model(name, **kwargs)`` would allocate, computed without
-    torch. TypeError for a kwarg the built-in does not take, ValueError for a bad value."""
-    return _BUILTIN_SIZES[name](**kwargs)
+    torch. TypeError for a kwarg the built-in does not take (naming those it takes), ValueError for a bad
+    value."""
+    size = _BUILTIN_SIZES[name]
+    takes = list(inspect.signature(size).parameters)
+    if unknown := [k for k in kwargs if k not in takes]:
+        raise TypeError(f"{name} takes no {', '.join(map(repr, unknown))} (it takes {', '.join(takes)})")
+    return size(**kwargs)

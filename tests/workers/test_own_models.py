@@ -167,7 +167,7 @@ def test_an_oversized_builtin_is_a_422_at_registration_naming_its_size(
         ("torchvision:resnet18", {"weights": "IMAGENET1K_V1"}, "pretrained weights"),
         ("timm:resnet10t", {"pretrained": True}, "pretrained weights"),
         ("small_cnn", {"image_size": 10}, "divisible by 4"),
-        ("mlp", {"depth": 3}, "unexpected keyword argument 'depth'"),
+        ("mlp", {"depth": 3}, "mlp takes no 'depth' (it takes in_features, num_classes, hidden)"),
         ("mlp", {"num_classes": 7}, "differs from num_classes 4"),
     ],
 )
