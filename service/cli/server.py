@@ -8,8 +8,10 @@ function, so importing this module, as the parser does, stays as light as the cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -61,11 +63,38 @@ def ensure_admin_key(settings: Settings) -> str:
     return plaintext
 
 
+STARTUP_FAILURE = 3  # uvicorn's own exit code when it cannot start (a port in use, say)
+
+
+def _bound(host: str, port: int) -> socket.socket | None:
+    """The API's socket, bound before anything else starts (None, said why, if it cannot be): a second
+    `unlearn run` on a port in use started its worker and beat, which took tasks from the shared broker,
+    before uvicorn found the port taken and exited. uvicorn listens on it once the app is built."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        print(
+            f"error: cannot serve on {host}:{port}: {exc.strerror} (another `unlearn run`? PORT=... picks "
+            "another port)",
+            file=sys.stderr,
+        )
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.core.db import migrate
 
+    sock = _bound(settings.host, settings.port)
+    if sock is None:
+        return STARTUP_FAILURE
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
     key = ensure_admin_key(settings)
@@ -90,7 +119,11 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
             return 1
         base = f"http://{settings.host}:{settings.port}"
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        if not server.started:
+            return STARTUP_FAILURE
     finally:
         if demo is not None and demo.poll() is None:
             demo.kill()

@@ -152,3 +152,28 @@ def test_on_the_embedded_stack_a_job_whose_worker_was_killed_is_finished_by_its_
             assert {s["sample_id"] for s in samples if s["forgotten_in"]} == set(ids)
     finally:
         stack.stop()
+
+
+def test_a_second_run_on_a_port_in_use_exits_before_starting_a_worker(tmp_path: Path) -> None:
+    """It printed "Serving on ...", and its worker and beat took tasks from the shared broker, before
+    uvicorn found the port taken."""
+    import socket
+    import subprocess
+
+    from tests.stack import UNLEARN
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "UNLEARN_VAR_DIR": str(tmp_path / "var"),
+            "PORT": str(port),
+            "UNLEARN_DEMO": "false",
+        }
+        done = subprocess.run([UNLEARN, "run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"error: cannot serve on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "worker started" not in done.stdout and "Serving on" not in done.stdout
+    assert not (tmp_path / "var").exists()  # nothing was set up either
