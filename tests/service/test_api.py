@@ -355,14 +355,16 @@ def test_tree_heads_and_proofs_are_served_and_verify_offline(api: Api) -> None:
     assert r.status_code == 422 and "tree_size" in r.json()["detail"]
 
 
-def test_one_sample_is_looked_up_by_its_id_even_one_holding_slashes_and_spaces(api: Api) -> None:
+def test_one_sample_is_looked_up_by_its_id_even_one_holding_slashes_spaces_or_newlines(api: Api) -> None:
     with session_scope(api.url) as s:
-        make_model(s, name="files", n_train=3, sample_id=lambda i: f"cats/img {i}.png")
+        make_model(s, name="files", n_train=3, sample_id=lambda i: f"cats/img {i}.png" if i else "two\nlines")
     url = "/v1/models/files/samples/"
     r = api.client.get(url + "cats%2Fimg%201.png", headers=api.auth())
     assert r.status_code == 200, r.text
     assert (r.json()["sample_id"], r.json()["label"]) == ("cats/img 1.png", 1)
     assert api.client.get(url + "cats/img 2.png", headers=api.auth()).json()["sample_id"] == "cats/img 2.png"
+    # registration takes any characters but NUL: a newline too (it was a route-level 404)
+    assert api.client.get(url + "two%0Alines", headers=api.auth()).json()["sample_id"] == "two\nlines"
     missing = api.client.get(url + "dogs/img 1.png", headers=api.auth())
     assert missing.status_code == 404 and "dogs/img 1.png" in missing.json()["detail"], missing.text
 

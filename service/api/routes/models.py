@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
+from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
@@ -102,8 +103,26 @@ def list_samples(
     return Page[SampleOut](items=items, next_cursor=next_cursor)
 
 
+class AnyText(Convertor[str]):
+    """The rest of the path, newlines included: `path`'s `.*` stops at one, and a sample ID that holds one
+    (which registration accepts) could not be looked up (a route-level 404)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", AnyText())
+
+
 @router.get(
-    "/v1/models/{model}/samples/{sample_id:path}", response_model=SampleOut, summary="Look up one sample ID"
+    "/v1/models/{model}/samples/{sample_id:anytext}",
+    response_model=SampleOut,
+    summary="Look up one sample ID",
 )
 def get_sample(model: str, sample_id: str, session: SessionDep, key: RequestReader) -> SampleOut:
     m = get_model(session, key.tenant, model)
