@@ -46,6 +46,12 @@ def check_callback_url(url: str, allowed: Sequence[str], *, allow_http: bool = F
         raise _refuse(
             f"callback_url must use {why}, not {scheme or 'no scheme'!r}{extra}", "scheme not allowed"
         )
+    if parts.username or parts.password:  # stored, audited and echoed in every answer about the request
+        raise _refuse(
+            "callback_url must not carry credentials (user:password@): a receiver checks the webhook's "
+            "signature instead",
+            "credentials not allowed",
+        )
     try:
         port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     except ValueError:

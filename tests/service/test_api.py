@@ -641,6 +641,8 @@ def hook_api(backend: Backend) -> Iterator[Api]:
         ("https://hooks.example:0/done", "port 0 is not allowed"),
         ("https://evil.example/done", "host 'evil.example' is not on the webhook allow-list"),
         ("https://hooks.example.evil.example/done", "is not on the webhook allow-list"),
+        ("https://user:pw@hooks.example/done", "must not carry credentials"),
+        ("https://token@hooks.example/done", "must not carry credentials"),
     ],
 )
 def test_webhook_callback_with_wrong_scheme_host_or_port_is_422_naming_it(
