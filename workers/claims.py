@@ -34,9 +34,6 @@ def models_needing_work(session: Session, takeover_after: float | None = None) -
     )
 
 
-HANDED_BACK = "handed_back"  # metrics key: the last attempt ended at a planned stop, which recorded it
-
-
 def interruption(job: Job, cause: str) -> dict[str, object]:
     """Where an attempt had got to when it ended unfinished, from its last heartbeat: the next one starts
     over at `queued`, and a record showing only the last attempt hid what the interruption threw away."""
@@ -49,6 +46,14 @@ def interruption(job: Job, cause: str) -> dict[str, object]:
     }
 
 
+def handed_back(job: Job) -> bool:
+    """The job's last attempt ended at a planned stop (``JobStore.give_back``), which recorded where it got
+    to and handed the attempt back, and no attempt has started since: its entry is the last one, and
+    names the attempt after the one the job now counts."""
+    entries = (job.metrics or {}).get("interrupted") or [{}]
+    return entries[-1].get("cause") == "stopped" and entries[-1].get("attempt") == job.attempts + 1
+
+
 def resume_unfinished(session: Session, model_id: str) -> Job | None:
     """A job left `running` by a worker that died; we hold the lease now, so nobody else runs it."""
     job = session.scalar(
@@ -59,10 +64,9 @@ def resume_unfinished(session: Session, model_id: str) -> Job | None:
     )
     if job is None:
         return None
-    metrics = dict(job.metrics or {})
-    if not metrics.pop(HANDED_BACK, False):  # its worker died: where it had got to, the last attempt too
-        metrics["interrupted"] = [*metrics.get("interrupted", []), interruption(job, "worker died")]
-    job.metrics = metrics
+    if not handed_back(job):  # its worker died: where it had got to, the attempt that exhausts them too
+        interrupted = [*(job.metrics or {}).get("interrupted", []), interruption(job, "worker died")]
+        job.metrics = {**(job.metrics or {}), "interrupted": interrupted}
     if job.attempts >= MAX_ATTEMPTS:  # its worker died every time (e.g. killed for memory): stop trying
         jobs.close(
             session,

@@ -245,7 +245,6 @@ class JobStore:
             job.metrics = {
                 **(job.metrics or {}),
                 "interrupted": [*(job.metrics or {}).get("interrupted", []), stopped],
-                claims.HANDED_BACK: True,
             }
             job.attempts = max(job.attempts - 1, 0)
             job.phase, job.progress = JobPhase.QUEUED, 0.0

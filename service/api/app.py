@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
-from service.api.errors import install_handlers, install_problem_schema, problem
+from service.api.errors import install_handlers, install_problem_schema, over_the_limit, problem
 from service.api.gate import AdmitRequests
 from service.api.intake import GroupCommit
 from service.api.observability import HttpMetrics
@@ -111,5 +111,5 @@ class ScreenRequests:
         length = headers.get(b"content-length")
         limit = self.max_upload if scope["path"] in UPLOAD_PATHS else self.max_body
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return problem(413, "Payload too large", f"request bodies here are limited to {limit} bytes")
+            return problem(413, "Payload too large", over_the_limit(limit))
         return None

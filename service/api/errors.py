@@ -78,6 +78,16 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+BODY_LIMIT_KEY = "starlette.max_body_size"  # where Starlette's body limit keeps a request's limit
+
+
+def over_the_limit(limit: int | None) -> str:
+    """The 413's detail, the same whether the body declared its length or was counted as it came."""
+    if isinstance(limit, int):
+        return f"request bodies here are limited to {limit} bytes"
+    return "the request body is over its limit (UNLEARN_MAX_BODY_BYTES; uploads: UNLEARN_MAX_UPLOAD_BYTES)"
+
+
 def unreadable_json(cause: BaseException | None) -> str | None:
     """Why a body FastAPI could not parse, for the two ways a JSON body fails other than its syntax (which
     is a validation error with its own message); None for anything else."""
@@ -108,10 +118,12 @@ def install_handlers(app: FastAPI) -> None:
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         unreadable = unreadable_json(exc.__cause__) if exc.status_code == 400 else None
         if unreadable is not None:  # FastAPI's "There was an error parsing the body" named neither
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
+        if exc.status_code == 413:  # a chunked body counted past its router's limit: as a declared one
+            return problem(413, "Payload too large", over_the_limit(request.scope.get(BODY_LIMIT_KEY)))
         return problem(exc.status_code, "HTTP error", str(exc.detail))
 
     @app.exception_handler(OperationalError)

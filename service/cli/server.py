@@ -66,25 +66,32 @@ def ensure_admin_key(settings: Settings) -> str:
 STARTUP_FAILURE = 3  # uvicorn's own exit code when it cannot start (a port in use, say)
 
 
-def _bound(host: str, port: int) -> socket.socket | None:
-    """The API's socket, bound before anything else starts (None, said why, if it cannot be): a second
-    `unlearn run` on a port in use started its worker and beat, which took tasks from the shared broker,
-    before uvicorn found the port taken and exited. uvicorn listens on it once the app is built."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bound(host: str, port: int) -> list[socket.socket] | None:
+    """The API's sockets, listening before anything else starts (None, said why, if they cannot be): a
+    second `unlearn run` on a port in use started its worker and beat, which took tasks from the shared
+    broker, before uvicorn found the port taken. One socket per address the host resolves to, as asyncio
+    binds them (IPv6 ones IPv6-only); connections wait in the backlog until the app serves."""
+    sockets: list[socket.socket] = []
     try:
-        sock.bind(address)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)  # here, not later: two sockets may bind one port until one of them listens
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         print(
-            f"error: cannot serve on {host}:{port}: {exc.strerror} (another `unlearn run`? PORT=... picks "
-            "another port)",
+            f"error: cannot serve on {host}:{port}: {exc.strerror or exc} (another `unlearn run`? PORT=... "
+            "picks another port)",
             file=sys.stderr,
         )
         return None
-    sock.set_inheritable(True)
-    return sock
+    return sockets
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -92,8 +99,8 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
     from service.core.db import migrate
 
-    sock = _bound(settings.host, settings.port)
-    if sock is None:
+    sockets = _bound(settings.host, settings.port)
+    if sockets is None:
         return STARTUP_FAILURE
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
@@ -121,7 +128,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
         with contextlib.suppress(KeyboardInterrupt):
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
         if not server.started:
             return STARTUP_FAILURE
     finally:

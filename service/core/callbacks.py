@@ -35,6 +35,19 @@ def _refuse(detail: str, msg: str) -> Unprocessable:
     )
 
 
+def check_no_credentials(url: str) -> None:
+    """A 422 for a URL holding user:password@, which would be stored, audited and echoed in every answer
+    about the request (a receiver checks the webhook's signature instead). Checked when a request is
+    accepted only: requests accepted before it was refused still get their webhooks."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise _refuse(
+            "callback_url must not carry credentials (user:password@): a receiver checks the webhook's "
+            "signature instead",
+            "credentials not allowed",
+        )
+
+
 def check_callback_url(url: str, allowed: Sequence[str], *, allow_http: bool = False) -> None:
     """Raise a 422 naming what is wrong (scheme, host or port) unless `url` may receive webhooks."""
     parts = urlsplit(url)
@@ -45,12 +58,6 @@ def check_callback_url(url: str, allowed: Sequence[str], *, allow_http: bool = F
         extra = " (http needs UNLEARN_WEBHOOK_ALLOW_HTTP)" if scheme == "http" else ""
         raise _refuse(
             f"callback_url must use {why}, not {scheme or 'no scheme'!r}{extra}", "scheme not allowed"
-        )
-    if parts.username or parts.password:  # stored, audited and echoed in every answer about the request
-        raise _refuse(
-            "callback_url must not carry credentials (user:password@): a receiver checks the webhook's "
-            "signature instead",
-            "credentials not allowed",
         )
     try:
         port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port

@@ -221,6 +221,7 @@ def _screen(
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:
         callbacks.check_callback_url(callback_url, allowed_hosts, allow_http=allow_http)
+        callbacks.check_no_credentials(callback_url)
     named, subjects = dedupe(sample_ids), dedupe(subject_ids)
     if not named and not subjects:
         raise Unprocessable("name at least one sample in sample_ids or one subject in subject_ids")

@@ -534,6 +534,11 @@ def test_a_chunked_body_over_the_limit_is_413(backend: Backend) -> None:
             headers={"content-type": "application/json", "Authorization": f"Bearer {key}"},
         )
     assert r.status_code == 413
+    # the same problem body as a declared length over the limit (it was "HTTP error", "Content Too Large")
+    assert (r.json()["title"], r.json()["detail"]) == (
+        "Payload too large",
+        "request bodies here are limited to 1000 bytes",
+    )
 
 
 def test_non_finite_numbers_in_a_policy_are_422(api: Api) -> None:

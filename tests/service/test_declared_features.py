@@ -267,10 +267,20 @@ def test_the_issues_digits_registered_before_declarations_turn_the_model_invalid
             actor="test",
         )
         dataset_id = s.get_one(Dataset, ds.id).id
+        test_id = register_dataset(  # the same file as another set: a test set is not the training set
+            s,
+            tenant="default",
+            name="digits-u8-test",
+            kind="npz",
+            uri=str(path),
+            sample_ids=[f"s{i:04d}" for i in range(300)],
+            labels=y.tolist(),
+            actor="test",
+        ).id
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
     ckpt = api.settings.var_dir / "28.safetensors"
     save_checkpoint(model, ckpt, architecture="small_cnn", kwargs={}, num_classes=10)
-    api.register_model("digits", dataset_id, dataset_id, ckpt.read_bytes(), in_channels=1, image_size=28)
+    api.register_model("digits", dataset_id, test_id, ckpt.read_bytes(), in_channels=1, image_size=28)
     out = api.client.get("/v1/models/digits").json()
     assert out["status"] == "invalid"
     assert out["status_detail"] == (

@@ -275,7 +275,17 @@ def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url
             "unlearn:ugradsl_plus",
             0.4,
         )
-        assert claims.HANDED_BACK not in job.metrics
+        # a death of the resumed attempt is recorded as one, beside the stop
+        job.phase = "unlearn:ugradsl_plus"
+    with session_scope(db_url) as s:
+        assert claims.resume_unfinished(s, model.id) is not None
+    with session_scope(db_url) as s:
+        job = s.get_one(Job, job_id)
+        assert [(a["attempt"], a["cause"]) for a in job.metrics["interrupted"]] == [
+            (1, "stopped"),
+            (1, "worker died"),
+        ]
+        assert job.attempts == 2
 
 
 def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) -> None:

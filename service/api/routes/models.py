@@ -77,6 +77,8 @@ def list_samples(
     ] = None,
 ) -> Page[SampleOut]:
     m = get_model(session, key.tenant, model)
+    if subject_id is not None and not subject_id.strip():  # as a request naming a blank subject
+        raise Unprocessable("subject_id must hold more than spaces")
     after = decode_cursor(cursor, 1, int)[0] if cursor else -1
     query = (
         select(
