@@ -22,7 +22,7 @@ from models.architectures import build_model
 from models.checkpoints import save_checkpoint
 from service.api.app import create_app
 from service.core.db.engine import session_scope
-from service.core.db.tables import Dataset, Model
+from service.core.db.tables import Model
 from service.core.registry import register_dataset
 from service.core.settings import Settings
 from tests.factories import make_key
@@ -256,27 +256,20 @@ def test_the_issues_digits_registered_before_declarations_turn_the_model_invalid
     y = np.arange(300) % 10
     path.write_bytes(npz(x, y))
     with session_scope(api.settings.resolved_database_url) as s:
-        ds = register_dataset(
-            s,
-            tenant="default",
-            name="digits-u8",
-            kind="npz",
-            uri=str(path),
-            sample_ids=[f"s{i:04d}" for i in range(300)],
-            labels=y.tolist(),
-            actor="test",
+        # the same file as a test set too, registered apart: a test set may not be the training set
+        dataset_id, test_id = (
+            register_dataset(
+                s,
+                tenant="default",
+                name=name,
+                kind="npz",
+                uri=str(path),
+                sample_ids=[f"s{i:04d}" for i in range(300)],
+                labels=y.tolist(),
+                actor="test",
+            ).id
+            for name in ("digits-u8", "digits-u8-test")
         )
-        dataset_id = s.get_one(Dataset, ds.id).id
-        test_id = register_dataset(  # the same file as another set: a test set is not the training set
-            s,
-            tenant="default",
-            name="digits-u8-test",
-            kind="npz",
-            uri=str(path),
-            sample_ids=[f"s{i:04d}" for i in range(300)],
-            labels=y.tolist(),
-            actor="test",
-        ).id
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28)
     ckpt = api.settings.var_dir / "28.safetensors"
     save_checkpoint(model, ckpt, architecture="small_cnn", kwargs={}, num_classes=10)
