@@ -16,7 +16,7 @@ from service.cli.supervise import Supervised
 from tests.helpers import wait_until
 
 CHILD = """
-import os, signal, sys, time
+import os, signal, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 def graceful(signum, frame):
@@ -25,7 +25,7 @@ def graceful(signum, frame):
 signal.signal(signal.SIGTERM, graceful)
 (out / f"started-{os.getpid()}").write_text("")
 while True:
-    time.sleep(0.05)
+    signal.pause()  # until the supervisor's SIGTERM (or a SIGKILL)
 """
 
 
