@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models.architectures import build_model, layer_normed
 from models.calibration import held_out, roles
@@ -65,7 +66,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
     except LeaseLost:
         raise
     except WorkerStopping:
-        store.give_back()
+        hand_back(store)
         raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     except (Cancelled, JobCancelled):
         end(store, rep, JobState.CANCELLED, "cancelled by an admin")
@@ -74,6 +75,25 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         log.warning("job %s failed", job_id, exc_info=True)  # the whole story, for the operator
         end(store, rep, JobState.FAILED, error_text(exc))
+
+
+HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
+
+
+def hand_back(store: JobStore, within_s: float = HAND_BACK_S) -> None:
+    """``store.give_back``, tried again while the database does not answer (a deploy during a failover):
+    a stop that cannot be recorded reads as a death to the next worker and costs the job an attempt. Past
+    ``within_s`` it is left at that."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            store.give_back()
+            return
+        except (OperationalError, InterfaceError):
+            if time.monotonic() >= deadline:
+                log.warning("job %s: the hand-back could not be recorded; it counts as a death", store.job_id)
+                return
+            time.sleep(0.5)
 
 
 ERROR_CHARS = 1000

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from service.core.settings import Settings
 
 
-def _worker_argv(settings: Settings, *, beat: bool, name: str = "worker@%h") -> list[str]:
+def _worker_argv(settings: Settings, *, beat: bool, name: str) -> list[str]:
     argv = [
         sys.executable,
         "-m",
@@ -166,7 +166,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    argv = _worker_argv(settings, beat=args.beat)
+    # exec keeps the pid: the node name is one per process, also for several workers on one host, which
+    # Celery's inspect and remote control could not tell apart as `worker@host` each
+    argv = _worker_argv(settings, beat=args.beat, name=f"worker-{os.getpid()}@%h")
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
 

@@ -252,9 +252,23 @@ def test_a_job_is_resumed_until_it_has_had_max_attempts_then_failed(db_url: str)
         assert {a["cause"] for a in job.metrics["interrupted"]} == {"worker died"}
 
 
+def test_a_hand_back_the_database_cannot_take_is_tried_until_its_deadline_then_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deploy's stop during a database failover: the stopping worker tries again, and past its deadline
+    leaves the job to be resumed as a death instead of failing its task with the database's error."""
+    from workers.jobstore import JobStore
+    from workers.runner import hand_back
+
+    unreachable = JobStore("postgresql+psycopg://postgres@127.0.0.1:1/none", "job", "owner")
+    hand_back(unreachable, within_s=0.6)  # returns: no OperationalError out of the shutdown
+    assert "the hand-back could not be recorded" in caplog.text
+
+
 def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url: str) -> None:
     from workers import leases
     from workers.jobstore import JobStore
+    from workers.runner import hand_back
 
     with session_scope(db_url) as s:
         model = make_model(s, name="toy")
@@ -263,7 +277,7 @@ def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url
         job = claimed_job(s, model)
         job.progress, job.phase = 0.4, "unlearn:ugradsl_plus"  # where the stopped worker got to
         job_id = job.id
-    JobStore(db_url, job_id, "owner").give_back()
+    hand_back(JobStore(db_url, job_id, "owner"))
     with session_scope(db_url) as s:
         assert claims.resume_unfinished(s, model.id) is not None
     with session_scope(db_url) as s:
