@@ -7,10 +7,9 @@ import logging
 
 from sqlalchemy import select
 
-from service.core import transparency
+from service.core import liveness, transparency
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent
-from service.core.liveness import takeover_seconds
 from service.core.queue import (
     DELIVER_WEBHOOK,
     RECONCILE,
@@ -30,6 +29,7 @@ from workers.orchestrate import process_model
 from workers.shutdown import shutting_down
 
 log = logging.getLogger(__name__)
+DEAD_ROWS_KEPT_S = 3600.0  # a killed worker's heartbeat row stays an hour (or two lease terms) for readiness
 
 
 @app.task(name=RUN_MODEL, acks_late=True, reject_on_worker_lost=True)
@@ -64,9 +64,10 @@ def reconcile() -> int:
     safety net behind "a down broker never loses an accepted request"."""
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as s:
-        model_ids = claims.models_needing_work(s, takeover_seconds(settings.heartbeat_seconds))
+        model_ids = claims.models_needing_work(s, liveness.takeover_seconds(settings.heartbeat_seconds))
         stale_webhooks = claims.stale_webhooks(s)
         unvalidated = claims.models_validating(s)
+        liveness.prune(s, max(2 * settings.lease_seconds, DEAD_ROWS_KEPT_S))  # killed workers' heartbeats
     for m in unvalidated:
         send_validate_model(app, m)
     sent = sum(send_run_model(app, m) for m in model_ids)

@@ -40,6 +40,15 @@ def gone(session: Session, name: str) -> None:
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.name == name))
 
 
+def prune(session: Session, older_than_s: float) -> int:
+    """Drop the rows of workers silent for `older_than_s` (killed ones: a clean shutdown drops its own), so
+    restarts do not pile them up; the caller keeps them at least as long as a lease they held could last,
+    which is all `owner_is_silent` reads them for. Returns how many went."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    done = session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < cutoff))
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def silence(session: Session) -> float | None:
     """Seconds since the most recent heartbeat of any worker; None if no worker was ever seen."""
     last: datetime | None = session.scalar(select(func.max(WorkerHeartbeat.last_seen)))
