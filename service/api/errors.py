@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY  # where a request's body limit is kept
 
 from service.core.errors import ProblemError
 
@@ -78,9 +79,6 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-BODY_LIMIT_KEY = "starlette.max_body_size"  # where Starlette's body limit keeps a request's limit
-
-
 def over_the_limit(limit: int | None) -> str:
     """The 413's detail, the same whether the body declared its length or was counted as it came."""
     if isinstance(limit, int):
@@ -123,7 +121,9 @@ def install_handlers(app: FastAPI) -> None:
         if unreadable is not None:  # FastAPI's "There was an error parsing the body" named neither
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
         if exc.status_code == 413:  # a chunked body counted past its router's limit: as a declared one
-            return problem(413, "Payload too large", over_the_limit(request.scope.get(BODY_LIMIT_KEY)))
+            return problem(
+                413, "Payload too large", over_the_limit(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
+            )
         return problem(exc.status_code, "HTTP error", str(exc.detail))
 
     @app.exception_handler(OperationalError)
