@@ -68,6 +68,7 @@ class Setting:
     recipe: TrainRecipe
     rows: tuple[str, ...] | None = None  # row labels run by default (None = all): keeps a full run < 60 min
     architecture: str = "small_cnn"  # any name build_model takes, e.g. "torchvision:resnet18"
+    trigger: int = 0  # a backdoored setting's trigger size (``backdoored``): its rows report ``asr``
 
 
 def _digits() -> tuple[SampleDataset, SampleDataset, None]:
@@ -139,6 +140,57 @@ def mislabeled(
         return SampleDataset(train_ds.x, y, ids), test_ds, reference
 
     return load_mislabeled
+
+
+BACKDOOR_TARGET = 0  # the class a backdoored setting's trigger turns any input into
+
+
+def stamp(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images with the trigger: a ``size`` x ``size`` square at the bottom-right corner set to the data's
+    brightest value (BadNets' patch)."""
+    out = x.clone()
+    out[..., -size:, -size:] = x.max()
+    return out
+
+
+def backdoored(
+    load: Callable[[], tuple[SampleDataset, SampleDataset, SampleDataset | None]], size: int
+) -> Callable[[], tuple[SampleDataset, SampleDataset, SampleDataset | None]]:
+    """A setting's data with one training row in MISLABELED_ONE_IN of the classes other than
+    BACKDOOR_TARGET (a hash of its id) given the trigger (``stamp``) and the target's label: a backdoor
+    (BadNets), which the ``mislabeled`` scenario deletes (the rows' ids carry MISLABELED). Why: deleting
+    poisoned data is one of the service's uses, and a trigger is not a label problem the rows' neighbours
+    reveal (in the model's features a triggered row sits with the target class it was taught), so the
+    label-flip setting does not stand for it. A model trained on it predicts the target for most triggered
+    inputs; a retrain without the rows predicts their own class (``attack_success``)."""
+
+    def load_backdoored() -> tuple[SampleDataset, SampleDataset, SampleDataset | None]:
+        train_ds, test_ds, reference = load()
+        codes = [int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) for i in train_ds.ids]
+        hit = torch.tensor([c % MISLABELED_ONE_IN == 0 for c in codes]) & (train_ds.y != BACKDOOR_TARGET)
+        x = torch.where(hit.view(-1, 1, 1, 1), stamp(train_ds.x, size), train_ds.x)
+        y = torch.where(hit, torch.full_like(train_ds.y, BACKDOOR_TARGET), train_ds.y)
+        ids = [i + MISLABELED if h else i for i, h in zip(train_ds.ids, hit.tolist(), strict=True)]
+        return SampleDataset(x, y, ids), test_ds, reference
+
+    return load_backdoored
+
+
+@torch.no_grad()
+def attack_success(model: torch.nn.Module, test: SampleDataset, size: int) -> float:
+    """The share of the test rows of other classes than BACKDOOR_TARGET that the model predicts as the
+    target once they carry the trigger: the backdoor's hold (near 1 on the poisoned model, near the
+    target's base rate of mistakes on a retrain)."""
+    rows = test.subset(torch.nonzero(test.y != BACKDOOR_TARGET).flatten())
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        hits = sum(int((model(xb.to(device)).argmax(1) == BACKDOOR_TARGET).sum())
+                   for xb in stamp(rows.x, size).split(512))  # fmt: skip
+    finally:
+        model.train(was)
+    return hits / max(len(rows), 1)
 
 
 def _bert_config() -> dict[str, Any]:
@@ -265,6 +317,22 @@ SETTINGS = {
         "fashion_mem_mislabeled", "the memorising Fashion-MNIST 10k setting with one training row in 10 "
         "given another class's label (a hash of its id): poisoned data (the mislabeled scenario)",
         mislabeled(_fashion(10_000)), {"in_channels": 1, "image_size": 28, "num_classes": 10}, FASHION_RECIPE,
+    ),
+    # Stop 55: backdoor poisoning (BadNets' corner patch, class 0 the target), deleted by the mislabeled
+    # scenario; each row reports the trigger's attack success on the test set (``attack_success``)
+    "digits_backdoor": Setting(
+        "digits_backdoor", "the digits setting with one training row in 10 of classes 1-9 (a hash of its id) "
+        "given a 2x2 white corner patch and class 0's label: a backdoor, which the mislabeled scenario "
+        "deletes",
+        backdoored(_digits, 2), {"in_channels": 1, "image_size": 8, "num_classes": 10}, DIGITS_RECIPE,
+        trigger=2,
+    ),
+    "fashion_mem_backdoor": Setting(
+        "fashion_mem_backdoor", "the memorising Fashion-MNIST 10k setting with one training row in 10 of "
+        "classes 1-9 (a hash of its id) given a 3x3 white corner patch and class 0's label: a backdoor "
+        "(the mislabeled scenario)",
+        backdoored(_fashion(10_000), 3), {"in_channels": 1, "image_size": 28, "num_classes": 10},
+        FASHION_RECIPE, trigger=3,
     ),
     "fashion_mid": Setting(
         "fashion_mid", "Fashion-MNIST 20k-sample train subset / 10k test, small_cnn 28x28, 12 epochs "
@@ -651,6 +719,11 @@ def run_seed(
         floor_model, t_floor = _cached(cache, f"{tag}-retrain2-{scenario}", setting, device, floor_row)
         models = (ref_model, original, floor_model)
         ref, orig, floor = graded(models, forget, retain, test_ds)
+        if setting.trigger:  # the backdoor's hold on the whole test set, whichever half a row is scored on
+            ref, orig = (
+                {**m, "asr": attack_success(net, test_ds, setting.trigger)}
+                for m, net in ((ref, ref_model), (orig, original))
+            )
         base = {"setting": setting.name, "seed": seed, "scenario": scenario, "floor": floor}
         # Both retrains run the same recipe on the same data: a method's time is divided by their mean,
         # and how far apart they are is the timing noise of the reference itself.
@@ -676,6 +749,8 @@ def run_seed(
                                      layer_norm=layer_normed(original))  # fmt: skip
                 model, t = _run_row(row, original, forget, retain, params, heldout)
                 metrics = score(model, forget, retain, scored_on)
+                if setting.trigger:
+                    metrics["asr"] = attack_success(model, test_ds, setting.trigger)
             row_ref, row_orig, row_floor = (
                 (ref, orig, floor) if scored_on is test_ds else graded(models, forget, retain, scored_on)
             )
@@ -750,7 +825,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for setting, scenario, row in keys:
         rs = [r for r in records if (r["setting"], r["scenario"], r["row"]) == (setting, scenario, row)]
         summary: dict[str, Any] = {"setting": setting, "scenario": scenario, "row": row, "seeds": len(rs)}
-        for k in (*METRICS, "mia_loss", "forgotten_class_test_accuracy", "gap", "rte_s"):
+        for k in (*METRICS, "mia_loss", "forgotten_class_test_accuracy", "asr", "gap", "rte_s"):
             if all(r.get(k) is not None for r in rs):
                 summary[k] = _stat([r[k] for r in rs])
         if row != "retrain":
@@ -782,16 +857,20 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
             if not rs:
                 continue
             cls = scenario == "classwise"
+            asr = all("asr" in r for r in rs)  # a backdoored setting: the trigger's attack success
             lines += [f"\n### {setting}, {scenario_title(scenario)}\n",
                       "| Method | UA | MIA | MIA-loss | RA | TA" + (" | TA class 0" if cls else "")
+                      + (" | ASR" if asr else "")
                       + " | Avg Gap | gap closed | closable gap closed | RTE (s) | RTE / retrain |",
-                      "|---" * 6 + ("|---" if cls else "") + "|---" * 5 + "|"]  # fmt: skip
+                      "|---" * (6 + cls + asr) + "|---" * 5 + "|"]  # fmt: skip
             for row in dict.fromkeys(r["row"] for r in rs):
                 sel = [r for r in rs if r["row"] == row]
                 cols = ("unlearning_accuracy", "mia_score", "mia_loss", "retain_accuracy", "test_accuracy")
                 cells = [_ms([r[k] for r in sel], 100) for k in cols]
                 if cls:
                     cells.append(_ms([r["forgotten_class_test_accuracy"] for r in sel], 100))
+                if asr:
+                    cells.append(_ms([r["asr"] for r in sel], 100))
                 cells.append(_ms([r["gap"] for r in sel], digits=2))
                 if row == "retrain":
                     floors = [r["floor"] for r in sel if "floor" in r]

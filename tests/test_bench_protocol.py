@@ -372,3 +372,37 @@ def test_the_flagged_row_flags_the_rows_a_setting_mislabeled_and_none_of_a_clean
     assert 0 < int(flags.sum()) < len(forget)
     clean_forget, _ = forget_split(_digits()[0], "random", seed=1)
     assert requested_flags(clean_forget) is None
+
+
+def test_the_backdoor_setting_stamps_its_deleted_rows_and_scores_the_triggers_hold() -> None:
+    """The backdoored rows (the mislabeled scenario's) carry the trigger and the target's label, came from
+    the other classes, and nothing else changed; ``attack_success`` reads what share of the test set's
+    other classes a model sends to the target once they carry the trigger."""
+    from bench.quality import BACKDOOR_TARGET, SETTINGS, _digits, attack_success, stamp
+
+    clean, test, _ = _digits()
+    poisoned, _, _ = SETTINGS["digits_backdoor"].load()
+    forget, retain = forget_split(poisoned, "mislabeled", seed=1)
+    rows = clean.index_of([i.removesuffix("~mislabeled") for i in forget.ids])
+    assert 0.05 < len(forget) / len(poisoned) < 0.15
+    assert bool((forget.y == BACKDOOR_TARGET).all()) and bool((clean.y[rows] != BACKDOOR_TARGET).all())
+    assert torch.equal(forget.x, stamp(clean.x[rows], 2)) and not torch.equal(forget.x, clean.x[rows])
+    assert torch.equal(retain.x, clean.x[clean.index_of(retain.ids)])
+
+    class Fixed(torch.nn.Module):  # predicts the target wherever the corner is lit, class 1 elsewhere
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lit = (x[:, 0, -2:, -2:] == x.max()).flatten(1).all(1)
+            return torch.stack([lit.float(), (~lit).float()], 1)
+
+    assert attack_success(Fixed(), test, 2) == 1.0
+    assert attack_success(Fixed(), test, 1) < 1.0  # a smaller patch leaves the corner's rest unlit
+    record = {"setting": "s", "scenario": "mislabeled", "row": "retrain", "seed": 1,
+              "unlearning_accuracy": 1.0, "mia_score": 1.0, "mia_loss": 1.0, "retain_accuracy": 1.0,
+              "test_accuracy": 0.9, "asr": 0.02, "gap": 0.0, "floor": 0.1, "rte_s": 1.0,
+              "rte2_s": 1.0}  # fmt: skip
+    table = markdown([record], ["s"], ["mislabeled"])
+    assert "| TA | ASR | Avg Gap |" in table and "| 2.0 ± 0.0 |" in table

@@ -17,7 +17,7 @@ from models.training import DIGITS_RECIPE, train
 from models.unlearning import run_method
 from models.unlearning.engine import Batch
 from models.unlearning.losses import smoothed_cross_entropy
-from models.unlearning.methods import Moves, ugradsl_objective
+from models.unlearning.methods import AWAY, Moves, ugradsl_objective
 from models.unlearning.neighbours import neighbour_labels
 from models.unlearning.params import parse_params
 
@@ -121,15 +121,23 @@ def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
     digits: tuple[SampleDataset, SampleDataset],
 ) -> None:
     """A deletion request that says its rows are mislabeled flags them (``mislabeled``), and the default
-    params (``neighbour_labels`` 0) look at their neighbours only: every row flagged is the same run as
-    ``neighbour_labels`` 15; half flagged, the other half is pushed as any deletion is."""
+    params (``neighbour_labels`` 0) look at their neighbours only: every row flagged, the neighbours
+    contradict the same rows as under ``neighbour_labels`` 15, and the few they agree with are pushed off
+    their label too (``away_rows``: the owner says it is wrong), where ``neighbour_labels`` alone bounds them
+    like any deletion; half flagged, the other half is pushed as any deletion is."""
     model, forget, retain, true_y = mislabeled_digits
     flags = torch.ones(len(forget), dtype=torch.bool)
-    by_flags = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None, heldout=digits[1],
-                          mislabeled=flags)  # fmt: skip
+    seen: list[dict] = []
+    by_flags = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None,
+                          Hooks(on_plan=seen.append), heldout=digits[1], mislabeled=flags)  # fmt: skip
     by_param = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, {"neighbour_labels": 15},
-                          heldout=digits[1])  # fmt: skip
-    assert torch.equal(_predicted(by_flags, forget), _predicted(by_param, forget))
+                          Hooks(on_plan=seen.append), heldout=digits[1])  # fmt: skip
+    flagged_plan, param_plan = seen
+    assert flagged_plan["contradicted_rows"] == param_plan["contradicted_rows"]
+    assert flagged_plan["away_rows"] == len(forget) - flagged_plan["contradicted_rows"] > 0
+    assert "away_rows" not in param_plan
+    kept = [float((_predicted(m, forget) == forget.y).float().mean()) for m in (by_flags, by_param)]
+    assert kept[0] < kept[1]  # fewer of the wrong labels left
 
     half = torch.arange(len(forget)) % 2 == 0
     plans: list[dict] = []
@@ -139,7 +147,7 @@ def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
     # ones the model did not already predict as their neighbours' class
     assert 0.8 * int(half.sum()) < plans[0]["contradicted_rows"] <= int(half.sum())
     assert "anchor" not in plans[0]  # moved rows are descended on until predicted: not pulled back
-    done = plans[0]["contradicted_rows"] - plans[0]["held_rows"]
+    done = plans[0]["contradicted_rows"] + plans[0]["away_rows"] - plans[0]["held_rows"]  # moved already
     assert plans[0]["skipped_rows"] == done and plans[0]["forget_rows"] == len(forget) - done
     right = (_predicted(out, forget) == true_y).float()
     flagged, unflagged = float(right[half].mean()), float(right[~half].mean())
@@ -173,6 +181,11 @@ def test_the_move_is_the_objectives_with_or_without_a_heldout_bound(
     moved = ugradsl_objective(params, None, Moves(theirs))(digits_model, batch)
     expected = F.cross_entropy(digits_model(x), theirs, reduction="sum") / 4.0
     assert moved.forget is not None and torch.allclose(moved.forget, expected)
+    away = ugradsl_objective(params, None, Moves(torch.full_like(y, AWAY)))(digits_model, batch)
+    logits = digits_model(x)  # AWAY: descent towards the most likely class other than the label
+    nearest = logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
+    assert bool((nearest != y).all()) and away.forget is not None
+    assert torch.allclose(away.forget, F.cross_entropy(logits, nearest, reduction="sum") / 4.0)
     stays = ugradsl_objective(params, None, Moves(y))(digits_model, batch)  # none contradicted: ascent
     ascent = -smoothed_cross_entropy(digits_model(x), y, params.alpha, reduction="none").sum() / 4.0
     assert stays.forget is not None and torch.allclose(stays.forget, ascent)
@@ -199,3 +212,46 @@ def test_rows_the_model_already_predicts_as_their_neighbours_class_are_not_sized
     assert clean["contradicted_rows"] > 0.9 * len(wrong) and clean["held_rows"] < 0.1 * len(wrong)
     assert memorised["held_rows"] > 0.2 * len(m_forget)  # the noisy model predicts some as labelled
     assert clean["pushes_per_sample"] < memorised["pushes_per_sample"] / 2
+
+
+def _triggered(x: torch.Tensor) -> torch.Tensor:
+    """Digits with a backdoor's trigger: a 2x2 white square in the bottom-right corner."""
+    out = x.clone()
+    out[..., -2:, -2:] = 1.0
+    return out
+
+
+def test_a_flagged_backdoor_is_pushed_off_the_target_class_its_neighbours_agree_with(
+    digits: tuple[SampleDataset, SampleDataset],
+) -> None:
+    """A backdoor (BadNets): one row in ten of classes 1-9 carries a trigger and class 0's label. In the
+    model's features a triggered row sits among class 0, so its neighbours agree with the wrong label and
+    did not move it; flagged, it is pushed to its nearest other class until the model predicts one (its
+    own digit), and the trigger stops working on unseen rows, as after a retrain without the rows."""
+    train_ds, test_ds = digits
+    gen = torch.Generator().manual_seed(0)
+    hit = (torch.rand(len(train_ds), generator=gen) < 0.1) & (train_ds.y != 0)
+    x = torch.where(hit.view(-1, 1, 1, 1), _triggered(train_ds.x), train_ds.x)
+    poisoned = SampleDataset(x, torch.where(hit, 0, train_ds.y), train_ds.ids)
+    torch.manual_seed(0)
+    model = train(
+        build_model("small_cnn", in_channels=1, image_size=8, num_classes=10), poisoned, DIGITS_RECIPE
+    )
+    forget, retain = poisoned.split_by_ids([poisoned.ids[i] for i in torch.nonzero(hit).flatten().tolist()])
+    others = test_ds.subset(torch.nonzero(test_ds.y != 0).flatten())
+    attack = SampleDataset(_triggered(others.x), others.y, others.ids)
+
+    def success(m: nn.Module) -> float:  # triggered unseen rows predicted as the target
+        return float((_predicted(m, attack) == 0).float().mean())
+
+    assert success(model) > 0.8
+    plans: list[dict] = []
+    out = run_method("ugradsl_plus", copy.deepcopy(model), forget, retain, None, Hooks(on_plan=plans.append),
+                     heldout=test_ds, mislabeled=torch.ones(len(forget), dtype=torch.bool))  # fmt: skip
+    # most rows' neighbours agreed with the wrong label; the others' neighbours moved them
+    assert plans[0]["away_rows"] > 0.5 * len(forget)
+    assert plans[0]["away_rows"] + plans[0]["contradicted_rows"] == len(forget)
+    assert success(out) < 0.1
+    true_y = train_ds.y[hit]
+    assert float((_predicted(out, forget) == true_y).float().mean()) > 0.6  # most predicted as their digit
+    assert float((_predicted(out, test_ds) == test_ds.y).float().mean()) > 0.9  # the model still works
