@@ -192,6 +192,18 @@ class SetScores:
         return SetScores(self.correct[i], self.log_confidence[i])
 
 
+class NonFiniteOutputs(ValueError):
+    """The model's outputs are NaN on some scored rows: a run diverged, and no metric of it means anything
+    (the attack's classifier cannot even be fitted)."""
+
+
+def _finite(scores: SetScores, what: str) -> SetScores:
+    bad = int(np.isnan(scores.log_confidence).sum())
+    if bad:
+        raise NonFiniteOutputs(f"the model's outputs are NaN on {bad} of {len(scores)} {what} rows")
+    return scores
+
+
 def score_set(model: nn.Module, data: SampleDataset) -> SetScores:
     """One pass over ``data``: its ``SetScores``."""
     out = _map_batches(
@@ -235,7 +247,8 @@ def evaluate(
     see ``forgotten_classes()``): a retrained model could never predict a class it never saw, so TA and
     ``test_count`` exclude those classes and ``forgotten_class_test_accuracy`` (with its count) reports
     them apart, read off the same test pass. The attacks still use all of D_te as non-members: the
-    formula's D_te, whatever was forgotten.
+    formula's D_te, whatever was forgotten. Outputs that are NaN on any scored row raise
+    ``NonFiniteOutputs``.
 
     Each scored set is read once: the RA sample and the attack's members are both prefixes of the same
     seeded permutation of D_r (``_member_sample``), so one pass over the longer serves both; the
@@ -248,11 +261,12 @@ def evaluate(
     scored = train_scores or functools.partial(score_set, model)
     n_ra = min(len(retain), retain_sample)
     n_members = min(len(retain), len(test))  # as ``mia_sets``
-    retained = scored(_member_sample(retain, max(n_ra, n_members), seed))
+    retained = _finite(scored(_member_sample(retain, max(n_ra, n_members), seed)), "retained")
     if test_scores is None:
         test_scores = score_set(model, test)
     elif len(test_scores) != len(test):
         raise ValueError(f"test_scores has {len(test_scores)} rows for a test set of {len(test)}")
+    _finite(test_scores, "test")
     te_correct = test_scores.correct
     out: dict[str, float | int | None] = {
         "unlearning_accuracy": None,
@@ -265,7 +279,7 @@ def evaluate(
         "test_count": len(test),
     }
     if len(forget):
-        forgot = scored(forget)
+        forgot = _finite(scored(forget), "forgotten")
         out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]

@@ -160,7 +160,7 @@ class JobStore:
     def record_attempt(
         self,
         base: dict[str, Any],
-        result: dict[str, Any],
+        result: dict[str, Any] | None,
         attempts: list[dict[str, Any]],
         data: dict[str, Any] | None = None,
         gates: dict[str, Any] | None = None,

@@ -19,7 +19,7 @@ from models.calibration import held_out, roles
 from models.checkpoints import load_weights, save_checkpoint
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
-from models.metrics import SetScores, evaluate, forgotten_classes, score_set
+from models.metrics import NonFiniteOutputs, SetScores, evaluate, forgotten_classes, score_set
 from models.unlearning import run_method
 from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_to_dict, parse_params, with_recipe
@@ -217,6 +217,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     data_roles["base_test_scores"] = "kept" if kept is not None else "scored"
     data_roles["base_train_rows"] = base_rows.counts
 
+    # the base's numbers stand even if no attempt ends (a time limit, a cancel, a method that raises)
+    store.record_attempt(base_metrics, None, [], data_roles, ctx.gates)
     chain = [(ctx.method, ctx.params), *((m, {}) for m in ctx.fallback_methods)]
     attempts: list[dict[str, Any]] = []
     span = 0.85 / len(chain)
@@ -234,16 +236,34 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             hooks.front_features = cache.bound(rows)
         kept_before = dataclasses.replace(cache.stats) if cache is not None and i else kept_before
         started = time.perf_counter()
-        with precision(settings.precision, device):
-            model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks,
-                               heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
-        synchronize(device)
+        try:
+            with precision(settings.precision, device):
+                model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks,
+                                   heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
+            synchronize(device)
+        except (WorkerStopping, LeaseLost):
+            raise  # the job goes on elsewhere: nothing of this attempt is final
+        except Exception as exc:  # timed out, cancelled or raised: the attempt is kept with why it ended
+            attempt = {"method": method, "params": as_dict, "runs": runs, "error": error_text(exc)}
+            keep_unfinished(store, base_metrics, [*attempts, {**attempt, "passed": False}], data_roles, ctx)
+            raise
         runtime = time.perf_counter() - started
         rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
         recorded = kept_rows.Recorder()
-        scored, test_scores = score(model, float(getattr(params, "train_share", 0)), train_rows=recorded)
-        metrics = {**scored, "runtime_s": runtime}
-        failures = gates.check(ctx.gates, base_metrics, metrics)
+        broken = non_finite_weights(model)
+        try:
+            if broken is None:
+                scored, test_scores = score(
+                    model, float(getattr(params, "train_share", 0)), train_rows=recorded
+                )
+        except NonFiniteOutputs as exc:
+            broken = str(exc)
+        if broken is not None:  # a run that diverged is judged as one that failed its gates: next method
+            metrics: dict[str, Any] = {"runtime_s": runtime}
+            failures = [f"diverged: {broken}"]
+        else:
+            metrics = {**scored, "runtime_s": runtime}
+            failures = gates.check(ctx.gates, base_metrics, metrics)
         attempts.append(
             {
                 "method": method,
@@ -265,6 +285,33 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
+
+
+def non_finite_weights(model: torch.nn.Module) -> str | None:
+    """What is wrong with a model whose weights or buffers hold NaN or infinities (a run that diverged:
+    an lr far too large, ascent left unbounded), or None. Caught before scoring, whose attack would fail
+    on such a model with an error naming a scikit-learn classifier."""
+    total = bad = 0
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            total += t.numel()
+            bad += int((~torch.isfinite(t)).sum())
+    return f"{bad:,} of its {total:,} weights are NaN or infinite" if bad else None
+
+
+def keep_unfinished(
+    store: JobStore,
+    base: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    data: dict[str, Any],
+    ctx: JobContext,
+) -> None:
+    """Record the attempts with the one that did not end, on the way out: the job's own failure is
+    recorded next, and an error here (the database, the lease) must not take its place."""
+    try:
+        store.record_attempt(base, None, attempts, data, ctx.gates)
+    except Exception:  # noqa: BLE001 - the job's end matters more than this record
+        log.warning("job %s: the unfinished attempt could not be recorded", store.job_id, exc_info=True)
 
 
 def front_rows(cache: FeatureCache | None, before: CacheStats | None) -> dict[str, Any]:

@@ -99,7 +99,7 @@ export const job = {
       el("h2", {}, "Attempts"),
       attempts.length
         ? table(
-            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures"],
+            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures or error"],
             attempts.map((a, i) =>
               el(
                 "tr",
@@ -109,7 +109,7 @@ export const job = {
                 el("td", {}, a.passed ? badge("passed", "completed") : badge("failed")),
                 el("td", { class: "run" }, runSummary(a.runs)),
                 METRICS.map((m) => el("td", { class: "num" }, fmt((a.metrics || {})[m.key]))),
-                el("td", {}, (a.gate_failures || []).map((g) => (typeof g === "string" ? g : JSON.stringify(g))).join("; ") || "–"),
+                el("td", {}, a.error || (a.gate_failures || []).map((g) => (typeof g === "string" ? g : JSON.stringify(g))).join("; ") || "–"),
               ),
             ),
           )

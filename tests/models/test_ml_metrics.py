@@ -7,6 +7,7 @@ from torch import nn
 from models.datasets import SampleDataset
 from models.metrics import (
     MIA_GRID,
+    NonFiniteOutputs,
     accuracy,
     avg_gap,
     evaluate,
@@ -126,6 +127,22 @@ def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
     assert out["retain_count"] == 100 and out["forget_count"] == 20 and out["test_count"] == 50
     for k in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
         assert 0.0 <= out[k] <= 1.0
+
+
+def test_outputs_that_are_nan_on_any_scored_row_are_named_not_fed_to_the_attack() -> None:
+    """A diverged model's NaN outputs had reached the SVC attack, which failed with scikit-learn's advice
+    on missing values; -inf confidences (a masked class) are not NaN and still score."""
+    good = _ds(torch.eye(3), torch.arange(3), "g")
+    for where in ("forget", "retain", "test"):
+        sets = {"forget": good, "retain": good, "test": good}
+        logits = torch.eye(3)
+        logits[1, 0] = float("nan")
+        sets[where] = _ds(logits, torch.arange(3), where)
+        with pytest.raises(NonFiniteOutputs, match=r"NaN on 1 of 3 \w+ rows"):
+            evaluate(FixedLogits(), **sets)
+    masked = torch.eye(3)
+    masked[:, 2] = float("-inf")
+    assert evaluate(FixedLogits(), forget=good, retain=good, test=_ds(masked, torch.arange(3), "m"))
 
 
 def test_evaluate_with_empty_forget_set_reports_none_for_forget_metrics() -> None:

@@ -167,3 +167,18 @@ def test_a_valid_train_recipe_registers_and_patches(api: Api) -> None:
     assert api.recipe("toy") == {"epochs": 2, "seed": 7}
     assert r.json()["train_recipe"] == api.client.get("/v1/models/toy").json()["train_recipe"]
     assert api.client.get("/v1/models/toy").json()["train_recipe"] == {"epochs": 2, "seed": 7}
+
+
+def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_one_may_opt_out(
+    api: Api,
+) -> None:
+    """A probe's registered model had no gates at all, and a run that left it predicting one class was
+    published; a spec that leaves gates out now gets a collapse guard, and `{}` still means none."""
+    r = api.register(name="guarded")
+    assert r.status_code == 202, r.text
+    assert r.json()["gates"] == {"max_test_accuracy_drop": 0.1}
+    r = api.register(name="bare", gates={})
+    assert r.status_code == 202, r.text
+    assert r.json()["gates"] == {}
+    r = api.register(name="own", gates={"min_mia_score": 0.2})
+    assert r.json()["gates"] == {"min_mia_score": 0.2}  # a spec's own gates replace the guard

@@ -256,6 +256,36 @@ def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(
         assert (req.state, job.state) == ("failed", "failed")
         assert "JobTimedOut" in (job.error or "") and "time limit is 1 s" in (job.error or "")
         assert s.get_one(Model, model_id).latest_version == 1
+        # what it measured before the limit stays on the job: the base version's scores, and the attempt
+        # that did not end, with why
+        assert job.metrics["base"]["test_accuracy"] > 0.9
+        (attempt,) = job.metrics["attempts"]
+        assert attempt["method"] == "ugradsl_plus" and not attempt["passed"]
+        assert attempt["error"].startswith("JobTimedOut: ")
+
+
+def test_a_method_that_diverges_fails_its_attempt_and_the_fallback_runs(demo: Settings) -> None:
+    """Ascent at a huge step with nothing to hold it makes the weights NaN: the attempt fails as diverged
+    (it had failed the job with an error from the attack's scikit-learn classifier, fallbacks untried)."""
+    diverging = {"lr": 10.0, "epochs": 50, "grad_clip": 0}
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(
+            update(Model).values(
+                default_method="gradient_ascent", default_params=diverging, fallback_methods=["finetune"]
+            )
+        )
+    model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 5)])
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert (req.state, req.model_version) == ("completed", 2), req.error
+        first, second = job.metrics["attempts"]
+        assert first["method"] == "gradient_ascent" and not first["passed"]
+        (why,) = first["gate_failures"]
+        assert why.startswith("diverged: ") and "NaN or infinite" in why
+        assert second["method"] == "finetune" and second["passed"]
+        assert job.metrics["result"]["test_accuracy"] > 0.9
 
 
 def test_the_services_time_limit_bounds_a_model_without_one(demo: Settings) -> None:

@@ -28,7 +28,9 @@ class JobOut(BaseModel):
     heartbeat_age_s: float | None
     metrics: dict[str, Any] = Field(
         description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
-        "method chain, the `data` that calibrated and scored them, the `gates` they were judged by, and "
+        "method chain (one that diverged fails with `gate_failures` `diverged: ...`; one that did not end, "
+        "timed out, cancelled or raising, carries its `error`), the `data` that calibrated and scored "
+        "them, the `gates` they were judged by, and "
         "`timings` (seconds per phase) once the job has ended, failed or not, and `interrupted`: for each "
         "attempt that ended unfinished, its `cause` (`worker died`, or `stopped`: a planned stop, which "
         "costs no attempt) and the phase and progress of its last heartbeat."

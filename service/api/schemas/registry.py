@@ -151,6 +151,10 @@ class DatasetOut(BaseModel):
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
+# is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
+# never what a deletion costs a retrain, and a test set of a few dozen rows moves by less on noise
+DEFAULT_TEST_ACCURACY_DROP = 0.1
 
 
 class Gates(BaseModel):
@@ -216,7 +220,11 @@ class ModelCreate(BaseModel):
     default_params: dict[str, Any] = Field(default_factory=dict)
     fallback_methods: list[str] = Field(default_factory=list, max_length=5)
     train_recipe: dict[str, Any] = Field(default_factory=dict, description="used by the `retrain` method")
-    gates: Gates = Field(default_factory=Gates)
+    gates: Gates = Field(
+        default_factory=lambda: Gates(max_test_accuracy_drop=DEFAULT_TEST_ACCURACY_DROP),
+        description="left out: `max_test_accuracy_drop` 0.1, so a run that wrecks the model is not "
+        "published; `{}` for none",
+    )
     time_limit_seconds: int | None = Field(
         None,
         ge=1,
