@@ -23,7 +23,7 @@ from service.core.queue import (
 )
 from service.core.settings import get_settings
 from service.core.signing import load_or_create_key
-from workers import claims, storage, validate, webhooks
+from workers import claims, courier, storage, validate
 from workers.celery_app import app
 from workers.orchestrate import process_model
 from workers.shutdown import shutting_down
@@ -41,10 +41,11 @@ def run_model(model_id: str) -> str:
     return outcome
 
 
-@app.task(name=DELIVER_WEBHOOK, bind=True, max_retries=None, acks_late=True)
-def deliver_webhook(self, request_id: str) -> None:  # noqa: ANN001 - Celery's bound task
-    if not webhooks.deliver(get_settings(), request_id):
-        raise self.retry(countdown=min(2**self.request.retries, 300))
+@app.task(name=DELIVER_WEBHOOK, acks_late=True)
+def deliver_webhook(request_id: str, tries: int = 0) -> None:
+    """Hand the delivery to this process's couriers and return: a job waits for no receiver
+    (``workers.courier``)."""
+    courier.dispatch(request_id, tries)
 
 
 def send_webhooks(request_ids: list[str]) -> None:

@@ -13,6 +13,7 @@ given up on leaves a `deletion_request.webhook_failed` audit event that says why
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -170,6 +171,22 @@ def _finish(settings: Settings, request_id: str, ok: bool, reason: str | None = 
             events.webhook_failed(s, req, reason=reason or "unknown", attempts=req.webhook_attempts)
 
 
+def post(url: str, body: bytes, headers: Mapping[str, str], within_s: float) -> int:
+    """POST and read the whole answer within ``within_s`` seconds in all, or raise TimeoutError. httpx's
+    own timeouts bound each read, not the exchange: a probe's receiver that sent a byte every 5 s held a
+    delivery for a minute, on every attempt."""
+
+    async def exchange() -> int:
+        async with httpx.AsyncClient(timeout=within_s, follow_redirects=False) as client:
+            response = await client.post(url, content=body, headers=dict(headers))
+            return response.status_code
+
+    async def bounded() -> int:
+        return await asyncio.wait_for(exchange(), within_s)
+
+    return asyncio.run(bounded())
+
+
 def deliver(settings: Settings, request_id: str) -> bool:
     """Try once. True when done with (delivered, given up, or nothing to deliver); False: retry later."""
     with session_scope(settings.resolved_database_url) as s:
@@ -184,11 +201,16 @@ def deliver(settings: Settings, request_id: str) -> bool:
     try:
         check_destination(url, settings)
         headers = {"Content-Type": "application/json", **signed_headers(keys, msg_id, int(time.time()), body)}
-        response = httpx.post(url, content=body, headers=headers, timeout=10, follow_redirects=False)
-        ok, reason = 200 <= response.status_code < 300, f"the receiver answered HTTP {response.status_code}"
+        status = post(url, body, headers, settings.webhook_timeout_seconds)
+        ok, reason = 200 <= status < 300, f"the receiver answered HTTP {status}"
     except Refused as exc:
         _finish(settings, request_id, False, f"refused: {exc}")
         return True
+    except TimeoutError:  # before OSError, which it is
+        ok, reason = (
+            False,
+            f"the receiver did not answer in full within {settings.webhook_timeout_seconds:g} s",
+        )
     except (OSError, httpx.HTTPError) as exc:  # OSError: the name did not resolve
         ok, reason = False, f"{type(exc).__name__}: {exc}"
     if ok or attempts >= settings.webhook_max_attempts:

@@ -112,11 +112,15 @@ def send_run_model(app: Celery, model_id: str, countdown: float = 0.0) -> bool:
         return False
 
 
-def send_deliver_webhook(app: Celery, request_id: str) -> bool:
-    """Ask a worker to deliver a request's pending webhook. False if the broker is unreachable: the
-    pending webhook is committed, and the reconciler sends it later (`claims.stale_webhooks`)."""
+def send_deliver_webhook(app: Celery, request_id: str, countdown: float = 0.0, tries: int = 0) -> bool:
+    """Ask a worker to deliver a request's pending webhook (after ``countdown`` seconds; ``tries``: the
+    attempts before this one, for its backoff). False if the broker is unreachable: the pending webhook is
+    committed, and the reconciler sends it later (`claims.stale_webhooks`)."""
     try:
-        app.send_task(DELIVER_WEBHOOK, args=[request_id], retry=False)
+        kwargs = {"tries": tries} if tries else {}
+        app.send_task(
+            DELIVER_WEBHOOK, args=[request_id], kwargs=kwargs, countdown=countdown or None, retry=False
+        )
         return True
     except Exception:  # noqa: BLE001
         return False

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # Signs the webhooks of tenants that never rotated a secret of their own (POST /v1/webhook-secrets).
     webhook_secret: str | None = Field(None, validation_alias=AliasChoices("UNLEARN_WEBHOOK_SECRET"))
     webhook_max_attempts: int = Field(8, ge=1, validation_alias=AliasChoices("UNLEARN_WEBHOOK_MAX_ATTEMPTS"))
+    # One delivery attempt's whole exchange (connect, send, the full answer); past it the attempt failed.
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, validation_alias=AliasChoices("UNLEARN_WEBHOOK_TIMEOUT_SECONDS")
+    )
 
     # Where datasets registered by path may live (an admin cannot make the service read arbitrary files).
     data_roots: Annotated[list[Path], NoDecode] = Field(

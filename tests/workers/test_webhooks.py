@@ -30,7 +30,9 @@ from service.core.states import JobState, RequestState, WebhookState
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 from tests.helpers import migrated, wait_until
-from workers import claims, webhooks
+from workers import claims, courier, webhooks
+
+TRICKLE_S, ANSWER_BYTES = 0.2, 10_000  # a held answer: a byte per 0.2 s, far quicker than any read timeout
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Receiver:
     port: int = 0
     received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    # set: answer 200 a byte at a time, one every TRICKLE_S, until the event is set, then the rest
+    hold: threading.Event | None = None
 
     def url(self, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}/hook"
@@ -53,6 +57,17 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = self.rfile.read(int(self.headers["Content-Length"]))
             rec.received.append((body, dict(self.headers.items())))
+            if rec.hold is not None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(ANSWER_BYTES))
+                self.end_headers()
+                sent = 0
+                while sent < ANSWER_BYTES - 1 and not rec.hold.wait(TRICKLE_S):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    sent += 1
+                self.wfile.write(b"x" * (ANSWER_BYTES - sent))
+                return
             self.send_response(rec.statuses.pop(0) if rec.statuses else 204)
             self.end_headers()
 
@@ -288,19 +303,7 @@ def test_nothing_is_sent_for_a_request_without_a_pending_webhook(world: World) -
 def enqueued_webhooks(settings: Settings) -> list[str]:
     """Request ids of the deliver_webhook tasks now on the queue (what a worker would be handed); other
     tasks (a model's wake-up) are consumed and dropped."""
-    found: list[str] = []
-    with make_celery(settings).connection_for_read() as conn:
-        queue = conn.SimpleQueue(settings.queue_name)
-        try:
-            while True:
-                message = queue.get(timeout=0.5)
-                message.ack()
-                if message.headers.get("task") == DELIVER_WEBHOOK:
-                    found.extend(message.payload[0])
-        except queue.Empty:
-            return found
-        finally:
-            queue.close()
+    return [rid for task in queued_deliveries(settings) for rid in task["args"]]
 
 
 def test_a_request_cancelled_by_its_client_is_announced_with_a_verified_webhook(world: World) -> None:
@@ -344,3 +347,70 @@ def test_a_request_whose_job_an_admin_cancelled_is_announced_with_a_verified_web
     [(payload, headers)] = world.receiver.received
     event = Webhook(secret).verify(payload, headers)
     assert (event["event"], event["request"]["id"]) == ("deletion_request.cancelled", rid)
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_attempts_deadline(world: World) -> None:
+    """httpx's timeout bounds each read: a probe's receiver sending a byte every 5 s held a delivery (and
+    the worker) for a minute. The whole exchange now has UNLEARN_WEBHOOK_TIMEOUT_SECONDS; this receiver
+    would trickle for half an hour."""
+    settings = world.with_settings(UNLEARN_WEBHOOK_TIMEOUT_SECONDS="1", UNLEARN_WEBHOOK_MAX_ATTEMPTS="1")
+    world.receiver.hold = threading.Event()
+    rid = world.finished()
+    try:
+        assert webhooks.deliver(settings, rid) is True  # given up: its one attempt ran out of time
+    finally:
+        world.receiver.hold.set()
+    assert world.request(rid).webhook_state == WebhookState.FAILED
+    with session_scope(world.url) as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.webhook_failed"))
+        assert "did not answer in full within 1 s" in event.data["reason"]
+
+
+def test_the_delivery_task_hands_its_attempt_to_a_courier_and_returns_while_the_receiver_holds(
+    world: World,
+) -> None:
+    """A worker runs one task at a time, and a delivery was one: a receiver slow to answer held every
+    tenant's jobs behind it. The task now returns at once and a courier thread delivers."""
+    world.receiver.hold = threading.Event()
+    rid = world.finished()
+    try:
+        courier.dispatch(rid, settings=world.settings, broker=make_celery(world.settings))
+        wait_until(lambda: world.receiver.received, timeout=20, what="the courier's post")
+        assert world.request(rid).webhook_state == WebhookState.PENDING  # still being answered
+    finally:
+        world.receiver.hold.set()
+    wait_until(
+        lambda: world.request(rid).webhook_state == WebhookState.DELIVERED, timeout=20, what="the delivery"
+    )
+
+
+def test_a_courier_attempt_that_fails_goes_back_to_the_broker_with_its_backoff(world: World) -> None:
+    world.receiver.statuses = [500]
+    rid = world.finished()
+    enqueued_webhooks(world.settings)  # the queue holds only what the attempt sends back
+    courier.dispatch(rid, tries=2, settings=world.settings, broker=make_celery(world.settings))
+    wait_until(lambda: world.request(rid).webhook_attempts == 1, timeout=20, what="the attempt")
+    sent: list[dict] = []
+    wait_until(lambda: sent.extend(queued_deliveries(world.settings)) or sent, timeout=20, what="the retry")
+    [retry] = sent
+    assert retry["args"] == [rid] and retry["kwargs"] == {"tries": 3}
+    assert retry["eta"] is not None  # not before its backoff: 2**2 s
+    assert courier.backoff(2) == 4.0 and courier.backoff(20) == courier.MAX_BACKOFF_S
+
+
+def queued_deliveries(settings: Settings) -> list[dict]:
+    """The deliver_webhook tasks on the queue, with their args, kwargs and eta; every message is consumed."""
+    found: list[dict] = []
+    with make_celery(settings).connection_for_read() as conn:
+        queue = conn.SimpleQueue(settings.queue_name)
+        try:
+            while True:
+                message = queue.get(timeout=0.5)
+                message.ack()
+                if message.headers.get("task") == DELIVER_WEBHOOK:
+                    args, kwargs, _ = message.payload
+                    found.append({"args": args, "kwargs": kwargs, "eta": message.headers.get("eta")})
+        except queue.Empty:
+            return found
+        finally:
+            queue.close()

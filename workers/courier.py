@@ -1,0 +1,78 @@
+"""Webhook deliveries off the job loop: a few threads per worker process post them, so a receiver that is
+slow to answer never holds a job up.
+
+A worker runs one task at a time (one job, and the embedded worker is a solo pool), and deliveries were
+tasks like jobs: a probe's receiver that answered a byte every 5 s held every tenant's deletions behind
+its one request for a minute. The delivery task now hands its request to these threads and returns at
+once; an attempt that fails is sent back to the broker with its backoff, as Celery's own retry did. The
+threads are daemons: a worker that stops leaves the deliveries they held pending in the database, and the
+reconciler sends them again (``claims.stale_webhooks``), as it does for a task the broker lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+
+from celery import Celery
+
+from service.core.queue import send_deliver_webhook
+from service.core.settings import Settings, get_settings
+from workers import webhooks
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+COURIERS = 4  # deliveries in flight per worker process: one slow receiver holds one of them
+MAX_BACKOFF_S = 300
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    request_id: str
+    tries: int  # attempts before this one
+    settings: Settings
+    broker: Celery  # where a failed attempt is sent back to
+
+
+_lock = threading.Lock()
+_inbox: queue.SimpleQueue[_Attempt] | None = None
+_pid: int | None = None  # the process the threads run in: a forked child starts its own
+
+
+def dispatch(
+    request_id: str, tries: int = 0, settings: Settings | None = None, broker: Celery | None = None
+) -> None:
+    """Queue one delivery attempt of the request's webhook (``tries`` attempts before it) and return. The
+    process's settings and Celery app unless given (a test's)."""
+    _threads().put(_Attempt(request_id, tries, settings or get_settings(), broker or app))
+
+
+def _threads() -> queue.SimpleQueue[_Attempt]:
+    global _inbox, _pid
+    with _lock:
+        if _inbox is None or _pid != os.getpid():
+            _inbox, _pid = queue.SimpleQueue(), os.getpid()
+            for i in range(COURIERS):
+                threading.Thread(target=_serve, args=(_inbox,), name=f"courier-{i}", daemon=True).start()
+        return _inbox
+
+
+def _serve(inbox: queue.SimpleQueue[_Attempt]) -> None:
+    while True:
+        a = inbox.get()
+        try:
+            done = webhooks.deliver(a.settings, a.request_id)
+        except Exception:  # noqa: BLE001 - the database, say: tried again later, never lost
+            log.warning("webhook for %s: the attempt failed; trying again", a.request_id, exc_info=True)
+            done = False
+        if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
+            log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
+
+
+def backoff(tries: int) -> float:
+    """Seconds before the next attempt after ``tries`` earlier ones: 1, 2, 4, ... up to five minutes."""
+    return float(min(2**tries, MAX_BACKOFF_S))
