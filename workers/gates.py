@@ -38,4 +38,8 @@ def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
         failures.append(f"MIA score {result['mia_score']:.4f} < {g}")
+    # a deletion that took whole classes: how often the result still predicts them on their test rows
+    g, gone = gates.get("max_forgotten_class_accuracy"), result.get("forgotten_class_test_accuracy")
+    if g is not None and gone is not None and gone > g + EPS:
+        failures.append(f"forgotten classes still predicted for {gone:.4f} of their test rows > {g}")
     return failures

@@ -158,3 +158,21 @@ def test_a_gate_over_a_metric_that_could_not_be_measured_does_not_apply() -> Non
     result = {"retain_accuracy": None, "test_accuracy": 0.9, "mia_score": None, "unlearning_accuracy": 0.5}
     assert check(gates, base, result) == []
     assert check(gates, base, {**result, "test_accuracy": 0.5}) == ["test accuracy dropped 0.4000 > 0.0"]
+
+
+def test_a_forgotten_class_still_predicted_beyond_the_gate_fails_and_at_it_passes() -> None:
+    gates = {"max_forgotten_class_accuracy": 0.0625}
+    assert check(gates, BASE, {**result(), "forgotten_class_test_accuracy": 0.0625}) == []
+    [why] = check(gates, BASE, {**result(), "forgotten_class_test_accuracy": 0.125})
+    assert why == "forgotten classes still predicted for 0.1250 of their test rows > 0.0625"
+    assert check(gates, BASE, result()) == []  # no class left: nothing to judge
+
+
+def test_a_forgotten_class_still_predicted_is_a_warning_on_the_attempt() -> None:
+    from workers.runner import still_predicted
+
+    metrics = {"forgotten_class_test_accuracy": 0.2, "forgotten_class_test_count": 15}
+    [warning] = still_predicted([2], metrics)
+    assert "forgotten class 2 is still predicted for 20.0% of its 15 test rows" in warning
+    assert still_predicted([2], {**metrics, "forgotten_class_test_accuracy": 0.0}) == []
+    assert still_predicted(None, metrics) == []

@@ -166,6 +166,8 @@ class Gates(BaseModel):
     max_retain_accuracy_drop: Fraction | None = None
     max_forget_accuracy_above_test: Fraction | None = None
     min_mia_score: Fraction | None = None
+    # a deletion that takes whole classes: their test rows the new version still predicts as theirs
+    max_forgotten_class_accuracy: Fraction | None = None
 
 
 class ModelUpdate(BaseModel):
