@@ -113,6 +113,46 @@ def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify_export(args: argparse.Namespace) -> int:
+    """Offline: an exported JSONL file against a kept signed head, with the service's public key. What a
+    compliance team holding only the files can check: the head was signed by the service, and the
+    export's first `tree_size` events hash to its root (an event edited, dropped, added or reordered
+    among them changes the root). No server, no key."""
+    from service.core import proofs
+
+    kept = _kept_head(args.head)
+    ok, why = proofs.verify_head(kept, trusted_key(args.public_key))
+    if not ok:
+        print(f"audit export NOT VERIFIED: the kept head: {why}", file=sys.stderr)
+        return 1
+    events = _exported_events(args.file)
+    ok, why = proofs.verify_export(events, kept["tree_head"])
+    newer = len(events) - int(kept["tree_head"]["tree_size"])
+    if ok and newer > 0:
+        why += f"; the {newer} later event(s) are not covered by this head"
+    print(f"audit export {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def _exported_events(path: str) -> list[dict[str, Any]]:
+    if path.endswith(".csv"):
+        raise UsageError(
+            f"{path}: verify a JSONL export (`unlearn audit export --format jsonl`): a CSV's cells flatten "
+            "the event bodies its hashes cover"
+        )
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        events = [json.loads(line) for line in lines if line.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a JSONL audit export: {exc}") from None
+    if not all(isinstance(e, dict) for e in events):
+        raise UsageError(f"{path} is not a JSONL audit export: each line must be one event object")
+    return events
+
+
 def certificate_evidence(signed: dict[str, Any], trusted: str | None) -> tuple[bool, str]:
     """The certificate's completion event is in the log: its inclusion proof against its signed head."""
     from service.core import proofs

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from service.cli.audit_log import cmd_audit_head, cmd_audit_verify
+from service.cli.audit_log import cmd_audit_head, cmd_audit_verify, cmd_audit_verify_export
 from service.cli.documents import (
     cmd_audit_export,
     cmd_certificate,
@@ -213,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--head", help="a signed tree head saved earlier: prove the log still extends it")
     av.add_argument("--public-key", help="the service's public key (PEM) the heads must be signed with")
     av.set_defaults(client_fn=client_verb(cmd_audit_verify))
+    ax = asub.add_parser(
+        "verify-export", help="check an exported JSONL file against a kept head, offline (no server needed)"
+    )
+    ax.add_argument("file", help="the whole log exported with `audit export --format jsonl` (no filters)")
+    ax.add_argument("--head", required=True, help="a signed tree head saved with `audit head`")
+    ax.add_argument("--public-key", required=True, help="the service's public key (PEM)")
+    ax.set_defaults(client_fn=cmd_audit_verify_export)
 
     vc = sub.add_parser(
         "verify-certificate", help="check a certificate's Ed25519 signature offline (no server needed)"

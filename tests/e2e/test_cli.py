@@ -220,6 +220,38 @@ def test_a_kept_tree_head_proves_the_log_still_extends_it(
     )
 
 
+def test_an_exported_log_is_checked_against_a_kept_head_offline(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """What a compliance team holding only files can run: the export's events against a signed head,
+    with the server unreachable. An edited event, a dropped one or a forged head is caught."""
+    head, pem, export = tmp_path / "head.json", tmp_path / "key.pem", tmp_path / "audit.jsonl"
+    assert cli.run("audit", "head", "-o", str(head)).returncode == 0
+    assert cli.run("public-key", "-o", str(pem)).returncode == 0
+    assert cli.run("audit", "export", "--format", "jsonl", "-o", str(export)).returncode == 0
+    offline = {"UNLEARN_URL": f"http://127.0.0.1:{free_port()}", "UNLEARN_API_KEY": ""}
+    check = ("audit", "verify-export", str(export), "--head", str(head), "--public-key", str(pem))
+    size = json.loads(head.read_text())["tree_head"]["tree_size"]
+    ok = cli.run(*check, **offline)
+    assert ok.returncode == 0, ok.stderr
+    assert f"audit export OK: the first {size} events reproduce the head's root" in ok.stdout
+
+    events = [json.loads(line) for line in export.read_text().splitlines()]
+    edited = [dict(e) for e in events]
+    edited[0]["data"] = {**edited[0]["data"], "reference": "changed"}
+    for tampered, says in ((edited, "the log was changed"), (events[1:], "events are missing")):
+        export.write_text("".join(json.dumps(e) + "\n" for e in tampered))
+        bad = cli.run(*check, **offline)
+        assert bad.returncode == 1 and "audit export TAMPERED" in bad.stderr and says in bad.stderr
+
+    export.write_text("".join(json.dumps(e) + "\n" for e in events))
+    forged = json.loads(head.read_text())
+    forged["tree_head"]["tree_size"] = 1
+    head.write_text(json.dumps(forged))
+    bad = cli.run(*check, **offline)
+    assert bad.returncode == 1 and "NOT VERIFIED: the kept head" in bad.stderr
+
+
 def test_server_down_is_one_line_and_exit_code_3(cli: Cli) -> None:
     result = cli.run("versions", "digits", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 3
