@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -723,6 +724,13 @@ def test_webhook_secrets_are_rotated_by_admins_and_shown_only_once(api: Api) -> 
     ]
     assert listed.json()[1]["expires_at"] is not None and listed.json()[2]["expires_at"] is not None
     assert one["secret"] not in listed.text and two["secret"] not in listed.text
+    # a grace period sent as null is the default's, as if left out (client libraries send null)
+    r = api.client.post("/v1/webhook-secrets", json={"grace_seconds": None}, headers=api.auth(admin))
+    assert r.status_code == 201, r.text
+    previous = [w for w in api.client.get("/v1/webhook-secrets", headers=api.auth(admin)).json()
+                if w["id"] == two["id"]]  # fmt: skip
+    made = datetime.fromisoformat(r.json()["created_at"])
+    assert datetime.fromisoformat(previous[0]["expires_at"]) - made > timedelta(hours=23)
 
 
 @pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": 604801}, {"grace": 5}])
