@@ -77,11 +77,9 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
     with Progress(*columns, console=console(stderr=True)) as progress:
         task = progress.add_task(f"request {short(req['id'])}", total=1.0, phase=req["state"])
         while True:
-            if req["state"] in TERMINAL_REQUEST_STATES:
-                if req["state"] == RequestState.COMPLETED:
-                    progress.update(task, completed=1.0, phase=RequestState.COMPLETED)
-                else:
-                    progress.update(task, phase=req["state"])
+            done, followed = req["state"] in TERMINAL_REQUEST_STATES, False
+            if req["state"] == RequestState.COMPLETED:
+                progress.update(task, completed=1.0, phase=RequestState.COMPLETED)
                 return req
             if req.get("job_id") and can_read_jobs:
                 try:
@@ -90,15 +88,19 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
                     if exc.kind != "forbidden":
                         raise
                     can_read_jobs = False  # a product key: follow the request's state only
-                else:
+                else:  # a failed job's bar ends where the job stopped, not where the last poll saw it
+                    where = f"{job['phase']} (attempt {job['attempts']})"
                     progress.update(
                         task,
                         completed=job["progress"],
                         description=f"job {short(job['id'])} {job['method']}",
-                        phase=f"{job['phase']} (attempt {job['attempts']})",
+                        phase=f"{req['state']} in {where}" if done else where,
                     )
-            else:
+                    followed = True
+            if not followed:
                 progress.update(task, phase=req["state"])
+            if done:
+                return req
             if time.monotonic() > deadline:
                 raise TimeoutError(f"request {req['id']} is still {req['state']} after {timeout:.0f}s")
             time.sleep(interval)

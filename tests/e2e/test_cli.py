@@ -252,6 +252,25 @@ def test_an_exported_log_is_checked_against_a_kept_head_offline(
     assert bad.returncode == 1 and "NOT VERIFIED: the kept head" in bad.stderr
 
 
+def test_a_failed_requests_bar_ends_where_its_job_stopped(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """A job that fails its gates: the bar showed 0% and 'failed' while the job had stopped at 78%."""
+    import httpx
+
+    url, h = f"{cli.stack.base_url}/v1/models/digits", {"Authorization": f"Bearer {cli.admin_key}"}
+    assert httpx.patch(url, json={"gates": {"min_mia_score": 1.0}}, headers=h).status_code == 200
+    try:
+        ids = tmp_path / "ids.txt"
+        ids.write_text("digits-0007\ndigits-0008\n")
+        failed = cli.run("request", "digits", "--ids-file", str(ids), "--wait", timeout=300)
+    finally:
+        assert httpx.patch(url, json={"gates": {"min_mia_score": None}}, headers=h).status_code == 200
+    assert failed.returncode == 1, failed.stderr
+    bar = [line for line in failed.stderr.splitlines() if "failed in evaluate:" in line]
+    assert bar and " 0%" not in bar[-1], failed.stderr
+
+
 def test_server_down_is_one_line_and_exit_code_3(cli: Cli) -> None:
     result = cli.run("versions", "digits", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 3
