@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,44 @@ def load_weights(
             f"checkpoint {path} has sha256 {actual[:16]}..., but its version records {sha256[:16]}...: "
             "the file was changed or replaced after it was published; refusing to load it"
         )
+    if (misfit := _misshapen(model, path)) is not None:
+        raise ValueError(f"checkpoint does not fit the architecture: {misfit}")
     missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
     if missing or unexpected:
         raise ValueError(
             f"checkpoint does not fit the architecture: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"unexpected {sorted(unexpected)[:5]}{_prefix_hint(missing, unexpected)}"
         )
+
+
+def _misshapen(model: nn.Module, path: str | Path) -> str | None:
+    """The tensors the file and the architecture both name but shape differently, said plainly: loading
+    raised torch's 'size mismatch for classifier.weight: copying a param with shape ...', which never
+    says that num_classes (or an arch_kwarg) is what differs."""
+    wanted = {k: list(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys() if k in wanted}  # noqa: SIM118 - not a dict
+    differ = [f"{k} is {stored[k]} in the file, {wanted[k]} in the architecture"
+              for k in stored if stored[k] != wanted[k]]  # fmt: skip
+    if not differ:
+        return None
+    return "; ".join(differ[:3]) + " (do num_classes and arch_kwargs match the model that was saved?)"
+
+
+def _prefix_hint(missing: Iterable[str], unexpected: Iterable[str]) -> str:
+    """Where every unexpected name is a missing one behind one prefix (``module.`` from DataParallel or
+    DistributedDataParallel, ``_orig_mod.`` from torch.compile), say so."""
+    missing, unexpected = set(missing), set(unexpected)
+    prefixes = {k.split(".", 1)[0] for k in unexpected if "." in k}
+    if len(prefixes) != 1 or not missing:
+        return ""
+    (prefix,) = prefixes
+    if not {k.split(".", 1)[-1] for k in unexpected} & missing:
+        return ""
+    return (
+        f": the file's tensor names start with '{prefix}.', as a wrapper (DataParallel, torch.compile) "
+        f"saves them; save the wrapped model's own state_dict, or strip '{prefix}.' from the names"
+    )
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def _npz(path: Path) -> DatasetIds:
         raise ValueError(f"x must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
     n = x_shape[0]
     if len(y_shape) != 1 or len(ids_shape) != 1 or not (n == y_shape[0] == ids_shape[0]):
-        raise ValueError(f"x, y and ids differ in length ({n}, {y_shape}, {ids_shape})")
+        shapes = ", ".join(f"{k} {list(v)}" for k, v in (("x", x_shape), ("y", y_shape), ("ids", ids_shape)))
+        raise ValueError(f"x, y and ids must be one row per sample (y and ids 1-D); their shapes: {shapes}")
     if not np.issubdtype(y_dtype, np.integer):
         raise ValueError("y must hold integer class labels")
     if ids_dtype.kind != "U":

@@ -120,6 +120,12 @@ def _array(
         if problem is not None:
             raise Unprocessable(problem, field="features")
         return None
+    if len(sample) < 2:  # vectors (tabular rows, embeddings) have no layout to declare
+        raise Unprocessable(
+            f"features declarations apply to images; {what}'s x holds vectors ({sample[0] if sample else 1} "
+            f"values, {dtype}), which are read as stored: register it without features",
+            field="features",
+        )
     problems = []
     if decl.layout is None:
         problems.append(f'features.layout is required for {what}: "HW", "HWC" or "CHW" (one sample)')

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file, save_model
 
 from models.architectures import build_model, model_input_shape
 from models.checkpoints import (
@@ -92,6 +93,27 @@ def test_load_weights_names_what_does_not_fit(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="does not fit the architecture"):
         load_weights(build_model("mlp", hidden=(4, 4)), path, sha256=digest)
+
+
+def test_a_class_count_that_differs_is_named_as_one(tmp_path: Path) -> None:
+    """A probe registered num_classes 5 over a 3-class checkpoint and read torch's 'size mismatch for
+    classifier.weight: copying a param with shape ...'."""
+    path = tmp_path / "m.safetensors"
+    save_model(build_model("mlp", in_features=13, num_classes=3), str(path))
+    with pytest.raises(
+        ValueError, match=r"classifier.weight is \[3, \d+\] in the file, \[5, \d+\] in the arch"
+    ) as e:
+        load_weights(build_model("mlp", in_features=13, num_classes=5), path, sha256=None)
+    assert "do num_classes and arch_kwargs match" in str(e.value)
+
+
+def test_names_behind_a_wrappers_prefix_are_pointed_out(tmp_path: Path) -> None:
+    """DataParallel saves 'module.<name>': every tensor is both missing and unexpected."""
+    model = build_model("mlp", in_features=13, num_classes=3)
+    path = tmp_path / "m.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match="start with 'module.'.*strip 'module.' from the names"):
+        load_weights(build_model("mlp", in_features=13, num_classes=3), path, sha256=None)
 
 
 def test_a_checkpoint_that_does_not_fit_on_disk_names_its_path_and_leaves_nothing(tmp_path: Path) -> None:

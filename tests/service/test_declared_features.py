@@ -193,6 +193,19 @@ def test_an_impossible_declaration_on_upload_is_a_422_naming_it_and_nothing_is_s
     api.nothing_stored()
 
 
+def test_a_declaration_on_vectors_says_they_are_read_as_stored(api: Api) -> None:
+    """A probe declared {"dtype": "uint8"} on float32 tabular rows and was told a layout is required,
+    which vectors cannot have."""
+    rows = np.random.default_rng(0).normal(size=(50, 13)).astype(np.float32)
+    r = api.upload("wine", rows, np.arange(50) % 3, {"dtype": "uint8"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "declarations apply to images" in detail and "vectors (13 values, float32)" in detail
+    assert "register it without features" in detail
+    api.nothing_stored()
+    assert api.upload("wine", rows, np.arange(50) % 3).status_code == 201
+
+
 def by_path(api: Api, name: str, x: np.ndarray, y: np.ndarray, features: Any = None) -> Any:
     path = api.settings.dataset_dir / f"{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
