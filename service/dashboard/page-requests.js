@@ -72,7 +72,13 @@ export const requests = {
       el("button", { type: "submit" }, "Submit deletion request"),
       message,
     );
-    controls.append(search, el("details", {}, el("summary", {}, "New deletion request"), create));
+    const writes = state.access["deletion:write"];
+    controls.append(
+      search,
+      writes && !writes.ok
+        ? el("p", { class: "hint" }, `New deletion requests: ${writes.reason}.`)
+        : el("details", {}, el("summary", {}, "New deletion request"), create),
+    );
   },
   async load() {
     const f = new FormData(this.search);

@@ -1,37 +1,29 @@
-// Signing in and out: which scopes the key holds (probed with cheap reads), the login form and the header.
+// Signing in and out: which scopes the key holds (it says, GET /v1/keys/me), the login form and the header.
 import { api } from "./api.js";
 import { $ } from "./dom.js";
 import { stopPolling } from "./poll.js";
 import { KEY_STORAGE, denied, state } from "./state.js";
 import { badge } from "./widgets.js";
 
-// Which scopes does this key hold? Each probe is a cheap read; a 403 body says what is missing.
-const PROBES = {
-  "jobs:read": () => api("/v1/jobs?limit=1"),
-  "audit:read": () => api("/v1/audit/export?format=jsonl&since=2999-01-01T00:00:00Z", { raw: true }),
-  admin: () => api("/v1/keys"),
-};
+// Which scopes does this key hold? Asked once (GET /v1/keys/me); admin holds every scope. It probed reads
+// that answered 403, which left a deletion:write key without a badge and the console full of errors.
+const SCOPES = ["deletion:write", "jobs:read", "audit:read", "admin"];
 
 export async function probeAccess() {
-  const entries = await Promise.all(
-    Object.entries(PROBES).map(async ([scope, probe]) => {
-      try {
-        await probe();
-        return [scope, { ok: true }];
-      } catch (err) {
-        if (err.status !== 403) throw err;
-        return [scope, { ok: false, reason: err.message, required: err.body.required_scopes || [scope] }];
-      }
-    }),
+  const me = await api("/v1/keys/me");
+  const held = new Set(me.scopes || []);
+  state.access = Object.fromEntries(
+    SCOPES.map((scope) =>
+      held.has(scope) || held.has("admin")
+        ? [scope, { ok: true }]
+        : [scope, { ok: false, reason: `this API key lacks the scope '${scope}'`, required: [scope] }],
+    ),
   );
-  state.access = Object.fromEntries(entries);
 }
 
 export async function signIn(key) {
   state.key = key;
-  // Any valid key may read the public key; 401 means the key is wrong or revoked.
-  await api("/v1/audit/public-key");
-  await probeAccess();
+  await probeAccess(); // any valid key may read itself; 401 means the key is wrong or revoked
   sessionStorage.setItem(KEY_STORAGE, key);
 }
 

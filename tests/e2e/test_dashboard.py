@@ -284,10 +284,25 @@ def test_a_key_without_jobs_read_sees_the_jobs_section_disabled_with_the_reason(
     expect(page.locator(".panel.disabled")).to_contain_text("jobs:read")
     expect(page.locator("table.jobs")).to_have_count(0)
     save_screenshot(page, tmp_path, "dashboard-jobs-disabled.png")
-    # The same key may still list and submit deletion requests.
+    # The same key may still list and submit deletion requests, and the header says it holds that scope
+    # (read from GET /v1/keys/me: probing reads gave a deletion:write key no badge at all).
     go(page, "#/requests")
     expect(page.locator("[data-page=requests]")).to_be_visible()
+    expect(page.locator("#who-scopes")).to_have_text("deletion:write")
+    expect(page.locator("summary", has_text="New deletion request")).to_have_count(1)
     expect(page.locator("#nav a[data-section=audit]")).to_have_class(re.compile(r"\bdisabled\b"))
+
+
+@needs_chromium
+def test_a_key_that_cannot_write_is_not_offered_the_new_request_form(page: Any, stack: LiveStack) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, stack, make_key(stack, ["audit:read"]))
+    go(page, "#/requests")
+    expect(page.locator("[data-page=requests]")).to_be_visible()
+    expect(page.locator("#who-scopes")).to_have_text("audit:read")
+    expect(page.locator("summary", has_text="New deletion request")).to_have_count(0)
+    expect(page.locator("[data-page=requests]")).to_contain_text("lacks the scope 'deletion:write'")
 
 
 @needs_chromium
