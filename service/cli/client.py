@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import httpx
 
+from service.cli.errors import UsageError
 from service.core.states import RequestState
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -31,7 +32,16 @@ class ApiError(Exception):
 
 
 def resolve_url(url: str | None) -> str:
-    return (url or os.environ.get("UNLEARN_URL") or DEFAULT_URL).rstrip("/")
+    """--url, else UNLEARN_URL, else the local default; one that is not an http(s) address is a usage
+    error (exit 2), not a server that cannot be reached (exit 3)."""
+    chosen = (url or os.environ.get("UNLEARN_URL") or DEFAULT_URL).rstrip("/")
+    try:
+        parsed = httpx.URL(chosen)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"{chosen!r} is not a URL ({exc}); set --url or UNLEARN_URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"{chosen!r} is not an http(s) URL such as {DEFAULT_URL}; set --url or UNLEARN_URL")
+    return chosen
 
 
 def resolve_key(key: str | None, url: str = DEFAULT_URL) -> str | None:

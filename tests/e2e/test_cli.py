@@ -277,6 +277,13 @@ def test_server_down_is_one_line_and_exit_code_3(cli: Cli) -> None:
     assert "cannot reach the unlearning service" in one_error_line(result)
 
 
+def test_a_url_that_is_not_one_is_a_usage_error_not_an_unreachable_server(cli: Cli) -> None:
+    for url in ("not-a-url", "ftp://example.org"):
+        result = cli.run("jobs", UNLEARN_URL=url)
+        assert result.returncode == 2, (url, result.stderr)  # it was 3: "cannot reach ... is it running?"
+        assert f"'{url}' is not an http(s) URL" in one_error_line(result)
+
+
 def test_bad_key_is_one_line_and_exit_code_4(cli: Cli) -> None:
     result = cli.run("jobs", "--api-key", "ul_nope_not-a-key")
     assert result.returncode == 4
