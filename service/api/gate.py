@@ -57,7 +57,15 @@ class AdmitRequests:
         await self.app(scope, receive, send)
 
     async def refusal(self, scope: Scope) -> Response | None:
+        sent = [v for name, v in scope["headers"] if name == b"authorization"]
+        if len(sent) > 1:  # which key would act is a guess: the first one, silently, before
+            return problem(401, "Unauthorized", f"{len(sent)} Authorization headers: send exactly one")
         token = bearer_token(scope)
+        if token is None and sent:
+            scheme = sent[0].decode("latin-1").partition(" ")[0]
+            return problem(
+                401, "Unauthorized", f"the Authorization header must read `Bearer <key>`, not {scheme!r} ..."
+            )
         if token is None:
             return problem(401, "Unauthorized", MISSING_KEY)
         try:

@@ -57,8 +57,10 @@ def head_only(app: LiveApp, path: str, length: int, auth: str | None) -> tuple[i
     ("auth", "detail"),
     [
         (None, "missing API key: send the header `Authorization: Bearer <key>`"),
-        ("Basic dXNlcjpwdw==", "missing API key: send the header `Authorization: Bearer <key>`"),
+        ("Basic dXNlcjpwdw==", "the Authorization header must read `Bearer <key>`, not 'Basic' ..."),
         ("Bearer ul_0000_not-a-key", "invalid or revoked API key"),
+        # two headers (raw: the second line is a header of its own): which key acts would be a guess
+        ("Bearer ul_0000_a\r\nAuthorization: Bearer ul_0000_b", "2 Authorization headers: send exactly one"),
     ],
 )
 def test_a_bad_key_is_answered_401_before_the_body_arrives(
