@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -170,6 +170,25 @@ def register_model(
     )
     events.model_registered(session, model, checkpoint_sha256=checkpoint_sha256, actor=actor)
     return model
+
+
+NAME_CHARS = 100  # Model.name's column
+
+
+def retire_invalid(session: Session, tenant: str, name: str, actor: str) -> Model | None:
+    """Free a name held by an `invalid` model of the tenant, so a corrected registration can take it: the
+    invalid one is renamed `<name>.invalid-<its id>` (audited), its record and upload kept. Such a model
+    never accepted a request, and a registration mistake used the name up for good. Returns it, or None
+    when the name is free or held by a model that is not invalid."""
+    held = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
+    if held is None or held.status != ModelStatus.INVALID:
+        return None
+    suffix = f".invalid-{held.id[:8]}"
+    renamed = name[: NAME_CHARS - len(suffix)] + suffix
+    events.model_updated(session, held, changes={"name": {"from": name, "to": renamed}}, actor=actor)
+    held.name = renamed
+    session.flush()  # before the new model takes the name (a unique index)
+    return held
 
 
 def _merged(current: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:

@@ -182,3 +182,28 @@ def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_on
     assert r.json()["gates"] == {}
     r = api.register(name="own", gates={"min_mia_score": 0.2})
     assert r.json()["gates"] == {"min_mia_score": 0.2}  # a spec's own gates replace the guard
+
+
+def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api) -> None:
+    """An invalid model never accepts a request; a registration mistake used to keep its name taken for
+    good (409). The corrected registration takes the name, the invalid one is renamed, with an audit
+    event, and a model that is not invalid still holds its name."""
+    from service.core.db.tables import AuditEvent
+    from service.core.states import ModelStatus
+
+    first = api.register(name="wine")
+    assert first.status_code == 202, first.text
+    assert api.register(name="wine").status_code == 409  # validating: still its name
+    with session_scope(api.url) as s:
+        invalid = s.scalars(select(Model).where(Model.name == "wine")).one()
+        invalid.status, first_id = ModelStatus.INVALID, invalid.id
+    again = api.register(name="wine")
+    assert again.status_code == 202, again.text
+    assert again.json()["status"] == "validating"
+    retired = f"wine.invalid-{first_id[:8]}"
+    assert sorted(n for n in api.model_names() if n.startswith("wine")) == ["wine", retired]
+    assert api.client.get(f"/v1/models/{retired}").json()["status"] == "invalid"
+    with session_scope(api.url) as s:
+        renames = [e.data for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "model.updated"))]
+    assert {"name": {"from": "wine", "to": retired}} in renames
+    assert api.register(name="wine").status_code == 409  # the new one is not invalid

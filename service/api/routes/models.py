@@ -33,7 +33,7 @@ from service.core.model_specs import (
     registered_dataset,
 )
 from service.core.queue import send_validate_model
-from service.core.registry import is_model_name_clash, register_model, update_policy
+from service.core.registry import is_model_name_clash, register_model, retire_invalid, update_policy
 from service.core.states import ModelStatus
 
 router = APIRouter(tags=["models"], responses=problems(*KEYED))
@@ -231,6 +231,7 @@ def register_model_route(
     digest = save_safetensors_upload(checkpoint, path)
     try:
         train, test, heldout = _check_registrable(session, key.tenant, body)
+        retire_invalid(session, key.tenant, body.name, events.key_actor(key))
         m = register_model(
             session,
             tenant=key.tenant,
@@ -275,7 +276,8 @@ def _check_registrable(
 ) -> tuple[Dataset, Dataset, Dataset | None]:
     """The registration's database checks: a free name, its datasets, the labels of each. Returns the
     datasets (training, test, held-out or None)."""
-    if session.scalar(select(Model.id).where(Model.tenant == tenant, Model.name == body.name)):
+    status = session.scalar(select(Model.status).where(Model.tenant == tenant, Model.name == body.name))
+    if status is not None and status != ModelStatus.INVALID:  # an invalid one gives its name up
         raise _name_taken(body.name)
     train, test = (registered_dataset(session, tenant, d) for d in (body.train_dataset, body.test_dataset))
     heldout = registered_dataset(session, tenant, body.heldout_dataset) if body.heldout_dataset else None
