@@ -5,8 +5,9 @@ A worker runs one task at a time (one job, and the embedded worker is a solo poo
 tasks like jobs: a probe's receiver that answered a byte every 5 s held every tenant's deletions behind
 its one request for a minute. The delivery task now hands its request to these threads and returns at
 once; an attempt that fails is sent back to the broker with its backoff, as Celery's own retry did. The
-threads are daemons: a worker that stops leaves the deliveries they held pending in the database, and the
-reconciler sends them again (``claims.stale_webhooks``), as it does for a task the broker lost.
+threads are daemons: a worker that stops sends the attempts it had not started back to the broker
+(``hand_back``), and leaves the ones in flight pending in the database for the reconciler
+(``claims.stale_webhooks``), as it does for a task the broker lost.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from celery import Celery
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from service.core.queue import send_deliver_webhook
 from service.core.settings import Settings, get_settings
@@ -71,6 +73,29 @@ def _serve(inbox: queue.SimpleQueue[_Attempt]) -> None:
             done = False
         if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
             log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
+
+
+def hand_back() -> int:
+    """Send the attempts this process queued but did not start back to the broker, for the next worker
+    (a stop, a deploy): the task that queued each was acknowledged when it handed it over, and otherwise
+    only the reconciler would send it again, ten minutes on. An attempt in flight is left to it. Returns
+    how many went back."""
+    inbox = _inbox if _pid == os.getpid() else None
+    sent = 0
+    while inbox is not None:
+        try:
+            a = inbox.get_nowait()
+        except queue.Empty:
+            break
+        sent += send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries)
+    return sent
+
+
+@worker_shutdown.connect  # the solo pool's process
+@worker_process_shutdown.connect  # a prefork child's
+def _hand_back_on_stop(**_: object) -> None:
+    if hand_back():
+        log.info("handed queued webhook deliveries back to the broker")
 
 
 def backoff(tries: int) -> float:

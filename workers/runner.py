@@ -229,35 +229,34 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         )
         as_dict = params_to_dict(params)
         store.trying(method, as_dict)  # every param in effect, defaults included, while it runs
-        rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
         runs: list[dict[str, Any]] = []  # what each run of the method decided: its steps, rows, sizing
-        hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
-        if cache is not None and rows is not None:
-            hooks.front_features = cache.bound(rows)
         kept_before = dataclasses.replace(cache.stats) if cache is not None and i else kept_before
-        started = time.perf_counter()
-        try:
+        try:  # from its start to its scores: an attempt that does not get there is kept with why
+            rep.phase(method_phase("unlearn", method), lo, lo + 0.8 * span)
+            hooks = Hooks(progress=rep.report, should_cancel=rep.cancelled, on_plan=runs.append)
+            if cache is not None and rows is not None:
+                hooks.front_features = cache.bound(rows)
+            started = time.perf_counter()
             with precision(settings.precision, device):
                 model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks,
                                    heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
             synchronize(device)
+            runtime = time.perf_counter() - started
+            rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
+            recorded = kept_rows.Recorder()
+            broken = non_finite_weights(model, base_model)
+            if broken is None:
+                try:
+                    share = float(getattr(params, "train_share", 0))
+                    scored, test_scores = score(model, share, train_rows=recorded)
+                except NonFiniteOutputs as exc:
+                    broken = str(exc)
         except (WorkerStopping, LeaseLost):
             raise  # the job goes on elsewhere: nothing of this attempt is final
         except Exception as exc:  # timed out, cancelled or raised: the attempt is kept with why it ended
             attempt = {"method": method, "params": as_dict, "runs": runs, "error": error_text(exc)}
             keep_unfinished(store, base_metrics, [*attempts, {**attempt, "passed": False}], data_roles, ctx)
             raise
-        runtime = time.perf_counter() - started
-        rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
-        recorded = kept_rows.Recorder()
-        broken = non_finite_weights(model)
-        try:
-            if broken is None:
-                scored, test_scores = score(
-                    model, float(getattr(params, "train_share", 0)), train_rows=recorded
-                )
-        except NonFiniteOutputs as exc:
-            broken = str(exc)
         if broken is not None:  # a run that diverged is judged as one that failed its gates: next method
             metrics: dict[str, Any] = {"runtime_s": runtime}
             failures = [f"diverged: {broken}"]
@@ -307,15 +306,17 @@ def still_predicted(classes: list[int] | None, metrics: dict[str, Any]) -> list[
     ]
 
 
-def non_finite_weights(model: torch.nn.Module) -> str | None:
-    """What is wrong with a model whose weights or buffers hold NaN or infinities (a run that diverged:
-    an lr far too large, ascent left unbounded), or None. Caught before scoring, whose attack would fail
-    on such a model with an error naming a scikit-learn classifier."""
+def non_finite_weights(model: torch.nn.Module, base: torch.nn.Module) -> str | None:
+    """What is wrong with a model whose weights or buffers became NaN or infinite where its base's were
+    finite (a run that diverged: an lr far too large, ascent left unbounded), or None. Caught before
+    scoring, whose attack would fail on such a model with an error naming a scikit-learn classifier. A
+    value the base already held (-inf masking a class, an attention mask) is the architecture's."""
     total = bad = 0
-    for t in (*model.parameters(), *model.buffers()):
+    pairs = zip((*model.parameters(), *model.buffers()), (*base.parameters(), *base.buffers()), strict=True)
+    for t, was in pairs:
         if t.is_floating_point():
             total += t.numel()
-            bad += int((~torch.isfinite(t)).sum())
+            bad += int((~torch.isfinite(t) & torch.isfinite(was.to(t.device))).sum())
     return f"{bad:,} of its {total:,} weights are NaN or infinite" if bad else None
 
 

@@ -165,6 +165,7 @@ class Moves:
     (``_run``) and the UGradSL objective reads it, bounded by held-out data or not."""
 
     y: torch.Tensor | None = None
+    kept: torch.Tensor | None = None  # the classes D_r still holds: where an AWAY row may go
 
 
 def ugradsl_objective(
@@ -202,7 +203,12 @@ def ugradsl_objective(
             theirs = moves.y[b.rf]  # (B,)
             away = theirs == AWAY
             if bool(away.any()):
-                theirs = torch.where(away, nearest_wrong_class(logits_f.detach(), b.yf), theirs)
+                logits = logits_f.detach()
+                if moves.kept is not None:  # never into a class the deletion takes away
+                    stays = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+                    stays[moves.kept[moves.kept < logits.shape[1]].to(logits.device)] = True
+                    logits = logits.masked_fill(~stays, float("-inf"))
+                theirs = torch.where(away, nearest_wrong_class(logits, b.yf), theirs)
             moved = theirs != b.yf  # (B,) bool
             live = torch.where(moved, (logits_f.detach().argmax(1) != theirs).float(), live)
             push = torch.where(moved, F.cross_entropy(logits_f, theirs, reduction="none"), push)
@@ -510,7 +516,7 @@ def _run(
     if bound is not None and bound.by == "jitter":  # one offset per row the run reads
         bound.jitter(len(part.forget), params.seed)
     if moves is not None:
-        moves.y = part.moves
+        moves.y, moves.kept = part.moves, retain.y.unique()
     select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip

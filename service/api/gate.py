@@ -37,6 +37,15 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+def _missing(header: bytes | None) -> str:
+    """Why a request carries no Bearer key: none at all, or another scheme, named only when it looks
+    like one (a bare key sent without a scheme must not be echoed back into logs)."""
+    scheme = (header or b"").decode("latin-1").partition(" ")[0]
+    if scheme.isalpha() and len(scheme) <= 20 and scheme.lower() != "bearer":
+        return f"the Authorization header must read `Bearer <key>`, not {scheme!r} ..."
+    return MISSING_KEY
+
+
 class AdmitRequests:
     def __init__(
         self,
@@ -61,13 +70,8 @@ class AdmitRequests:
         if len(sent) > 1:  # which key would act is a guess: the first one, silently, before
             return problem(401, "Unauthorized", f"{len(sent)} Authorization headers: send exactly one")
         token = bearer_token(scope)
-        if token is None and sent:
-            scheme = sent[0].decode("latin-1").partition(" ")[0]
-            return problem(
-                401, "Unauthorized", f"the Authorization header must read `Bearer <key>`, not {scheme!r} ..."
-            )
         if token is None:
-            return problem(401, "Unauthorized", MISSING_KEY)
+            return problem(401, "Unauthorized", _missing(sent[0] if sent else None))
         try:
             key = await authenticate(self.key_cache, self.sessions, token)
         except SQLAlchemyError as exc:

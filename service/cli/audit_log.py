@@ -126,6 +126,18 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
         print(f"audit export NOT VERIFIED: the kept head: {why}", file=sys.stderr)
         return 1
     events = _exported_events(args.file)
+    tenant = kept["tree_head"].get("tenant")
+    others = sorted({str(e.get("tenant")) for e in events} - {tenant}) if tenant else []
+    if others:  # each tenant's log is a tree of its own: an intact log would read as tampered
+        raise UsageError(f"the head is tenant {tenant!r}'s, the export holds events of {others}")
+    seqs = [e.get("seq") for e in events[: int(kept["tree_head"]["tree_size"])]]
+    if seqs != list(range(1, len(seqs) + 1)):
+        print(
+            "audit export TAMPERED or partial: its events are not seq 1, 2, 3, ... in order (events removed "
+            "or reordered, or an export filtered by --since, --until or --model: export the whole log)",
+            file=sys.stderr,
+        )
+        return 1
     ok, why = proofs.verify_export(events, kept["tree_head"])
     newer = len(events) - int(kept["tree_head"]["tree_size"])
     if ok and newer > 0:

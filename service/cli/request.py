@@ -85,8 +85,8 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
                 try:
                     job = client.job(req["job_id"])
                 except ApiError as exc:
-                    if exc.kind != "forbidden":
-                        raise
+                    if exc.kind != "forbidden" and not done:
+                        raise  # a request that has ended is reported whatever its job's read gave
                     can_read_jobs = False  # a product key: follow the request's state only
                 else:  # a failed job's bar ends where the job stopped, not where the last poll saw it
                     where = f"{job['phase']} (attempt {job['attempts']})"

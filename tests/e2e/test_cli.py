@@ -239,7 +239,13 @@ def test_an_exported_log_is_checked_against_a_kept_head_offline(
     events = [json.loads(line) for line in export.read_text().splitlines()]
     edited = [dict(e) for e in events]
     edited[0]["data"] = {**edited[0]["data"], "reference": "changed"}
-    for tampered, says in ((edited, "the log was changed"), (events[1:], "events are missing")):
+    swapped = [events[1], events[0], *events[2:]]
+    for tampered, says in (
+        (edited, "the log was changed"),
+        (events[1:], "not seq 1, 2, 3, ... in order"),  # one removed, or an export filtered by --since
+        (swapped, "not seq 1, 2, 3, ... in order"),
+        (events[: size - 1], "events are missing"),  # fewer than the head covers
+    ):
         export.write_text("".join(json.dumps(e) + "\n" for e in tampered))
         bad = cli.run(*check, **offline)
         assert bad.returncode == 1 and "audit export TAMPERED" in bad.stderr and says in bad.stderr

@@ -186,6 +186,15 @@ def test_the_move_is_the_objectives_with_or_without_a_heldout_bound(
     nearest = logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
     assert bool((nearest != y).all()) and away.forget is not None
     assert torch.allclose(away.forget, F.cross_entropy(logits, nearest, reduction="sum") / 4.0)
+    # where the nearest class is one the deletion takes away, the next: never a class that leaves
+    gone = int(nearest[0])
+    kept = torch.tensor([c for c in range(10) if c != gone])
+    away_kept = ugradsl_objective(params, None, Moves(torch.full_like(y, AWAY), kept))(digits_model, batch)
+    masked = logits.detach().clone()
+    masked[:, gone] = float("-inf")
+    second = masked.scatter(1, y[:, None], float("-inf")).argmax(1)
+    assert bool((second != gone).all()) and away_kept.forget is not None
+    assert torch.allclose(away_kept.forget, F.cross_entropy(logits, second, reduction="sum") / 4.0)
     stays = ugradsl_objective(params, None, Moves(y))(digits_model, batch)  # none contradicted: ascent
     ascent = -smoothed_cross_entropy(digits_model(x), y, params.alpha, reduction="none").sum() / 4.0
     assert stays.forget is not None and torch.allclose(stays.forget, ascent)

@@ -58,6 +58,7 @@ def head_only(app: LiveApp, path: str, length: int, auth: str | None) -> tuple[i
     [
         (None, "missing API key: send the header `Authorization: Bearer <key>`"),
         ("Basic dXNlcjpwdw==", "the Authorization header must read `Bearer <key>`, not 'Basic' ..."),
+        ("ul_0000_sent-bare", "missing API key: send the header `Authorization: Bearer <key>`"),  # no echo
         ("Bearer ul_0000_not-a-key", "invalid or revoked API key"),
         # two headers (raw: the second line is a header of its own): which key acts would be a guess
         ("Bearer ul_0000_a\r\nAuthorization: Bearer ul_0000_b", "2 Authorization headers: send exactly one"),

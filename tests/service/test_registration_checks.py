@@ -61,6 +61,8 @@ LABELS = {
     "heldout-high": [0, 9, 1],
     "test-negative": [0, -1, 2],
     "heldout-negative": [-2, 0],
+    "test-300": [i % 3 for i in range(300)],
+    "test-150": [i % 3 for i in range(150)],
 }
 
 
@@ -173,15 +175,28 @@ def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_on
     api: Api,
 ) -> None:
     """A probe's registered model had no gates at all, and a run that left it predicting one class was
-    published; a spec that leaves gates out now gets a collapse guard, and `{}` still means none."""
-    r = api.register(name="guarded")
-    assert r.status_code == 202, r.text
-    assert r.json()["gates"] == {"max_test_accuracy_drop": 0.1}
-    r = api.register(name="bare", gates={})
-    assert r.status_code == 202, r.text
-    assert r.json()["gates"] == {}
-    r = api.register(name="own", gates={"min_mia_score": 0.2})
-    assert r.json()["gates"] == {"min_mia_score": 0.2}  # a spec's own gates replace the guard
+    published; a spec that leaves gates out now gets a collapse guard where at least 100 test rows score
+    the model (without a held-out set, half the test set does): on fewer, two flipped rows are 10 points.
+    `{}` still means none, and a spec's own gates replace the guard."""
+    ds = api.datasets
+    cases = [
+        ({"name": "big", "test_dataset": ds["test-300"]}, {"max_test_accuracy_drop": 0.1}),
+        ({"name": "halved", "test_dataset": ds["test-150"]}, {}),  # 75 rows score it
+        (
+            {"name": "whole", "test_dataset": ds["test-150"], "heldout_dataset": ds["heldout"]},
+            {"max_test_accuracy_drop": 0.1},
+        ),  # fmt: skip
+        ({"name": "tiny"}, {}),
+        ({"name": "bare", "test_dataset": ds["test-300"], "gates": {}}, {}),
+        (
+            {"name": "own", "test_dataset": ds["test-300"], "gates": {"min_mia_score": 0.2}},
+            {"min_mia_score": 0.2},
+        ),
+    ]
+    for spec, gates in cases:
+        r = api.register(**spec)
+        assert r.status_code == 202, r.text
+        assert r.json()["gates"] == gates, spec["name"]
 
 
 def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api) -> None:

@@ -176,3 +176,22 @@ def test_a_forgotten_class_still_predicted_is_a_warning_on_the_attempt() -> None
     assert "forgotten class 2 is still predicted for 20.0% of its 15 test rows" in warning
     assert still_predicted([2], {**metrics, "forgotten_class_test_accuracy": 0.0}) == []
     assert still_predicted(None, metrics) == []
+
+
+def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence() -> None:
+    """A class masked with -inf (a buffer the model was registered with) is no divergence: it had failed
+    every attempt of such a model as diverged; a NaN the run made is one."""
+    import copy
+
+    import torch
+
+    from workers.runner import non_finite_weights
+
+    base = torch.nn.Linear(3, 3)
+    base.register_buffer("mask", torch.tensor([0.0, 0.0, float("-inf")]))
+    model = copy.deepcopy(base)
+    assert non_finite_weights(model, base) is None
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+        model.bias[1] = float("inf")
+    assert non_finite_weights(model, base) == "2 of its 15 weights are NaN or infinite"

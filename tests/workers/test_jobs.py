@@ -246,7 +246,7 @@ def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Se
 def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:  # a run of minutes under a limit of one second
         s.execute(
-            update(Model).values(default_params={"epochs": 200, "retain_budget": 0}, time_limit_seconds=1)
+            update(Model).values(default_params={"epochs": 200, "retain_budget": 0}, time_limit_seconds=3)
         )
     model_id, req_id = submit(demo, [f"digits-{i:04d}" for i in range(0, 300, 3)])
     process_model(demo, model_id)
@@ -254,7 +254,7 @@ def test_a_job_past_its_models_time_limit_fails_saying_so_and_publishes_nothing(
         req = s.get_one(DeletionRequest, req_id)
         job = s.get_one(Job, req.job_id)
         assert (req.state, job.state) == ("failed", "failed")
-        assert "JobTimedOut" in (job.error or "") and "time limit is 1 s" in (job.error or "")
+        assert "JobTimedOut" in (job.error or "") and "time limit is 3 s" in (job.error or "")
         assert s.get_one(Model, model_id).latest_version == 1
         # what it measured before the limit stays on the job: the base version's scores, and the attempt
         # that did not end, with why

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import FileResponse
@@ -17,7 +17,12 @@ from service.api.pagination import decode_cursor, encode_cursor
 from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
 from service.api.schemas.models import ModelOut, VersionOut
-from service.api.schemas.registry import ModelCreate, ModelUpdate
+from service.api.schemas.registry import (
+    DEFAULT_GATE_ROWS,
+    DEFAULT_TEST_ACCURACY_DROP,
+    ModelCreate,
+    ModelUpdate,
+)
 from service.api.uploads import parse_model_spec, save_safetensors_upload, with_uploaded_config
 from service.api.views import model_out, version_out
 from service.core import events
@@ -247,7 +252,7 @@ def register_model_route(
             default_method=body.default_method,
             default_params=body.default_params,
             train_recipe=body.train_recipe,
-            gates=body.gates.model_dump(exclude_none=True),
+            gates=registered_gates(body, test, heldout),
             metrics={},
             actor=events.key_actor(key),
             status=ModelStatus.VALIDATING,
@@ -265,6 +270,15 @@ def register_model_route(
         raise
     send_validate_model(celery, m.id)
     return model_out(session, m)
+
+
+def registered_gates(body: ModelCreate, test: Dataset, heldout: Dataset | None) -> dict[str, Any]:
+    """The spec's gates, or where it names none the collapse guard, if the model is scored on enough test
+    rows for it (all of them with a held-out set, else the half the hash picks: about half)."""
+    if "gates" in body.model_fields_set:
+        return body.gates.model_dump(exclude_none=True)
+    scored = test.num_samples if heldout is not None else test.num_samples // 2
+    return {"max_test_accuracy_drop": DEFAULT_TEST_ACCURACY_DROP} if scored >= DEFAULT_GATE_ROWS else {}
 
 
 def _name_taken(name: str) -> Conflict:

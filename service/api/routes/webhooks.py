@@ -10,6 +10,7 @@ from service.api.errors import KEYED, problems
 from service.api.schemas.webhooks import WebhookSecretOut, WebhookSecretRotate
 from service.core import events, webhook_secrets
 from service.core.db.tables import WebhookSecret, utcnow
+from service.core.webhook_secrets import DEFAULT_GRACE_SECONDS
 
 router = APIRouter(tags=["webhooks"], responses=problems(*KEYED))
 
@@ -37,6 +38,7 @@ def rotate_webhook_secret(
     """A new secret signs every delivery from now on; the previous ones sign beside it until
     `grace_seconds` have passed, so receivers can switch without missing a delivery."""
     grace = (body or WebhookSecretRotate()).grace_seconds
+    grace = DEFAULT_GRACE_SECONDS if grace is None else grace  # null: as left out (client libraries send it)
     row = webhook_secrets.rotate(session, caller.tenant, grace, actor=events.key_actor(caller))
     session.commit()
     return secret_out(row, plaintext=True)

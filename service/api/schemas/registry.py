@@ -153,8 +153,9 @@ class DatasetOut(BaseModel):
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
 # is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
-# never what a deletion costs a retrain, and a test set of a few dozen rows moves by less on noise
-DEFAULT_TEST_ACCURACY_DROP = 0.1
+# never what a deletion costs a retrain. Only where at least DEFAULT_GATE_ROWS test rows score the model:
+# on a few dozen, two rows that flip are 10 points, and the guard would fail honest deletions
+DEFAULT_TEST_ACCURACY_DROP, DEFAULT_GATE_ROWS = 0.1, 100
 
 
 class Gates(BaseModel):
@@ -223,9 +224,9 @@ class ModelCreate(BaseModel):
     fallback_methods: list[str] = Field(default_factory=list, max_length=5)
     train_recipe: dict[str, Any] = Field(default_factory=dict, description="used by the `retrain` method")
     gates: Gates = Field(
-        default_factory=lambda: Gates(max_test_accuracy_drop=DEFAULT_TEST_ACCURACY_DROP),
-        description="left out: `max_test_accuracy_drop` 0.1, so a run that wrecks the model is not "
-        "published; `{}` for none",
+        default_factory=Gates,
+        description="left out: `max_test_accuracy_drop` 0.1 where at least 100 test rows score the "
+        "model, so a run that wrecks it is not published; `{}` for none",
     )
     time_limit_seconds: int | None = Field(
         None,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.webhook_secrets import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS
 
@@ -10,19 +10,13 @@ from service.core.webhook_secrets import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECOND
 class WebhookSecretRotate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: int = Field(
+    grace_seconds: int | None = Field(
         DEFAULT_GRACE_SECONDS,
         ge=0,
         le=MAX_GRACE_SECONDS,
         description="How long the tenant's current secrets keep signing deliveries beside the new one "
         "(0 to 7 days; default 24 h, also when sent as null). Receivers switch to the new secret within it.",
     )
-
-    @field_validator("grace_seconds", mode="before")
-    @classmethod
-    def null_is_the_default(cls, value: object) -> object:
-        """Client libraries send null for a field they leave out: it was a 422 'valid integer'."""
-        return DEFAULT_GRACE_SECONDS if value is None else value
 
 
 class WebhookSecretOut(BaseModel):
