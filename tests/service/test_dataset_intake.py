@@ -62,7 +62,7 @@ def test_npz_rows_are_counted_from_the_header_without_inflating_x(tmp_path: Path
         ({"x": np.zeros((3, 2)), "y": np.zeros(3, dtype=np.int64)}, "missing arrays ['ids']"),
         (
             {"x": np.zeros((3, 2)), "y": np.zeros(2, dtype=np.int64), "ids": np.array(["a", "b", "c"])},
-            "differ",
+            "one row per sample (y and ids 1-D); their shapes: x [3, 2], y [2], ids [3]",
         ),
         ({"x": np.zeros((3, 2)), "y": np.zeros(3), "ids": np.array(["a", "b", "c"])}, "integer class labels"),
         ({"x": np.zeros((3, 2)), "y": np.zeros(3, dtype=np.int64), "ids": np.arange(3)}, "unicode"),
