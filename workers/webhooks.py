@@ -133,7 +133,7 @@ class Refused(Exception):
     """This URL must not receive the webhook now, and retrying will not change that."""
 
 
-def check_destination(url: str, settings: Settings) -> None:
+async def check_destination(url: str, settings: Settings) -> None:
     """Refuse a callback the current settings no longer allow, or whose host resolves to any address
     that is not public (unless UNLEARN_WEBHOOK_ALLOW_PRIVATE): a callback must not reach the service's
     own network (SSRF). Raises Refused, or OSError when the name does not resolve (worth a retry).
@@ -152,7 +152,7 @@ def check_destination(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_, sockaddr in infos:
         addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         problem = address_problem(addr)
@@ -171,20 +171,26 @@ def _finish(settings: Settings, request_id: str, ok: bool, reason: str | None = 
             events.webhook_failed(s, req, reason=reason or "unknown", attempts=req.webhook_attempts)
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str], within_s: float) -> int:
-    """POST and read the whole answer within ``within_s`` seconds in all, or raise TimeoutError. httpx's
-    own timeouts bound each read, not the exchange: a probe's receiver that sent a byte every 5 s held a
-    delivery for a minute, on every attempt."""
+def attempt(url: str, body: bytes, headers: Mapping[str, str], settings: Settings) -> int:
+    """Check the destination and POST, reading the whole answer, within UNLEARN_WEBHOOK_TIMEOUT_SECONDS
+    in all, or raise TimeoutError; Refused or OSError from the check. httpx's own timeouts bound each
+    read, not the exchange: a probe's receiver that sent a byte every 5 s held a delivery for a minute,
+    on every attempt. Name lookups run in the loop's resolver threads, which are never waited for: a
+    lookup that hangs is left behind with the loop, not waited out (``asyncio.run`` would join them)."""
+    within_s = settings.webhook_timeout_seconds
 
     async def exchange() -> int:
+        await check_destination(url, settings)
         async with httpx.AsyncClient(timeout=within_s, follow_redirects=False) as client:
             response = await client.post(url, content=body, headers=dict(headers))
             return response.status_code
 
-    async def bounded() -> int:
-        return await asyncio.wait_for(exchange(), within_s)
-
-    return asyncio.run(bounded())
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(exchange(), within_s))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts its resolver threads down without waiting for them
 
 
 def deliver(settings: Settings, request_id: str) -> bool:
@@ -199,9 +205,8 @@ def deliver(settings: Settings, request_id: str) -> bool:
         req.webhook_attempts += 1
         attempts = req.webhook_attempts
     try:
-        check_destination(url, settings)
         headers = {"Content-Type": "application/json", **signed_headers(keys, msg_id, int(time.time()), body)}
-        status = post(url, body, headers, settings.webhook_timeout_seconds)
+        status = attempt(url, body, headers, settings)
         ok, reason = 200 <= status < 300, f"the receiver answered HTTP {status}"
     except Refused as exc:
         _finish(settings, request_id, False, f"refused: {exc}")

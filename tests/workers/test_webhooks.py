@@ -7,7 +7,9 @@ Runs on the embedded default and on PostgreSQL."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -439,3 +441,26 @@ def test_a_stopping_worker_hands_the_attempts_it_had_not_started_back_to_the_bro
         timeout=30,
         what="the deliveries in flight",
     )
+
+
+def test_a_name_that_takes_long_to_resolve_counts_against_the_attempts_deadline(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Name lookups ran outside the bound (asyncio.run joined the resolver thread, and the SSRF check
+    resolved synchronously): a hanging DNS server held a courier for as long as it liked."""
+    real = socket.getaddrinfo
+
+    def slow(host: object, *args: object, **kwargs: object) -> object:
+        if host in ("localhost", b"localhost"):  # anyio passes the name encoded
+            time.sleep(3)
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    settings = world.with_settings(UNLEARN_WEBHOOK_TIMEOUT_SECONDS="0.5", UNLEARN_WEBHOOK_MAX_ATTEMPTS="1")
+    rid = world.finished(host="localhost")
+    assert webhooks.deliver(settings, rid) is True  # given up: the lookup took its whole time
+    assert world.request(rid).webhook_state == WebhookState.FAILED
+    assert world.receiver.received == []
+    with session_scope(world.url) as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.webhook_failed"))
+        assert "did not answer in full within 0.5 s" in event.data["reason"]
