@@ -5,9 +5,9 @@ A worker runs one task at a time (one job, and the embedded worker is a solo poo
 tasks like jobs: a probe's receiver that answered a byte every 5 s held every tenant's deletions behind
 its one request for a minute. The delivery task now hands its request to these threads and returns at
 once; an attempt that fails is sent back to the broker with its backoff, as Celery's own retry did. The
-threads are daemons: a worker that stops sends the attempts it had not started back to the broker
-(``hand_back``), and leaves the ones in flight pending in the database for the reconciler
-(``claims.stale_webhooks``), as it does for a task the broker lost.
+threads are daemons: a worker that stops sends the attempts it holds, queued or in flight, back to the
+broker (``hand_back``); one that dies without a word leaves them pending in the database for the
+reconciler (``claims.stale_webhooks``), as it does for a task the broker lost.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class _Attempt:
 _lock = threading.Lock()
 _inbox: queue.SimpleQueue[_Attempt] | None = None
 _pid: int | None = None  # the process the threads run in: a forked child starts its own
+_flying: dict[int, _Attempt] = {}  # thread ident -> the attempt it is posting
 
 
 def dispatch(
@@ -66,29 +67,37 @@ def _threads() -> queue.SimpleQueue[_Attempt]:
 def _serve(inbox: queue.SimpleQueue[_Attempt]) -> None:
     while True:
         a = inbox.get()
+        with _lock:
+            _flying[threading.get_ident()] = a
         try:
             done = webhooks.deliver(a.settings, a.request_id)
         except Exception:  # noqa: BLE001 - the database, say: tried again later, never lost
             log.warning("webhook for %s: the attempt failed; trying again", a.request_id, exc_info=True)
             done = False
+        finally:
+            with _lock:
+                _flying.pop(threading.get_ident(), None)
         if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
             log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
 
 
 def hand_back() -> int:
-    """Send the attempts this process queued but did not start back to the broker, for the next worker
-    (a stop, a deploy): the task that queued each was acknowledged when it handed it over, and otherwise
-    only the reconciler would send it again, ten minutes on. An attempt in flight is left to it. Returns
-    how many went back."""
-    inbox = _inbox if _pid == os.getpid() else None
-    sent = 0
-    while inbox is not None:
+    """Send the attempts this process holds back to the broker, for the next worker (a stop, a deploy):
+    the task that queued each was acknowledged when it handed it over, and otherwise only the reconciler
+    would send it again, ten minutes on (a probe's deploy stop held four deliveries that long). Those in
+    flight go too: one that still ends before the process does leaves its copy nothing to do (the
+    request's webhook is no longer pending), and receivers drop a repeat by its webhook-id. Returns how
+    many went back."""
+    if _inbox is None or _pid != os.getpid():
+        return 0
+    with _lock:
+        held = list(_flying.values())
+    while True:
         try:
-            a = inbox.get_nowait()
+            held.append(_inbox.get_nowait())
         except queue.Empty:
             break
-        sent += send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries)
-    return sent
+    return sum(send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries) for a in held)
 
 
 @worker_shutdown.connect  # the solo pool's process

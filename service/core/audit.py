@@ -9,7 +9,6 @@ that tree are in `service.core.transparency`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zlib
 from collections.abc import Iterator
@@ -23,19 +22,14 @@ from service.core import merkle
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
 from service.core.db.tables import AuditEvent, AuditNode
-from service.core.proofs import BODY_KEYS, leaf_of
+from service.core.proofs import BODY_KEYS, GENESIS, chain_hash, leaf_of
 
-GENESIS = "0" * 64
 SEQUENCE_BATCH = 5000
 
 
 def event_body(ev: AuditEvent) -> dict[str, Any]:
     """The fields the hashes cover (everything but the hashes themselves and the row id)."""
     return {k: getattr(ev, k) for k in BODY_KEYS}
-
-
-def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256((prev_hash + canonical_json(body)).encode()).hexdigest()
 
 
 def event_row(

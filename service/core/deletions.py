@@ -216,7 +216,7 @@ def _screen(
         if model.status == ModelStatus.INVALID:  # final: an invalid model never becomes ready
             raise Conflict(
                 f"model {model.name!r} is invalid{detail}; it will never accept requests: fix what made it "
-                "invalid and register the model again (under another name: an invalid model keeps its own)"
+                "invalid and register the model again (the new registration takes the name)"
             )
         raise Conflict(f"model {model.name!r} is {model.status}{detail}; it accepts requests once ready")
     if callback_url is not None:

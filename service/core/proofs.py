@@ -16,6 +16,14 @@ from service.core.signing import verify_signed
 BODY_KEYS = ("tenant", "seq", "ts", "actor", "action", "entity_type", "entity_id", "model_id", "data")
 
 
+GENESIS = "0" * 64  # the chain link before a tenant's first event
+LINK_KEYS = ("prev_hash", "hash", "leaf_hash")  # what an exported event carries beside its body
+
+
+def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + canonical_json(body)).encode()).hexdigest()
+
+
 def leaf_of(body: dict[str, Any]) -> bytes:
     """The Merkle leaf hash of an event body."""
     return merkle.leaf_hash(canonical_json(body).encode())
@@ -80,6 +88,27 @@ def verify_consistency_proof(old: dict[str, Any], new: dict[str, Any], proof: di
         )
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def verify_links(events: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Every exported event carries exactly its body and its links, and each link is what its body and
+    the event before give: the chain (`prev_hash`, `hash`) and the leaf (`leaf_hash`). The root alone
+    covers the bodies: a forged hash or an invented field still reproduced it (a probe's finding)."""
+    prev = GENESIS
+    for i, ev in enumerate(events, start=1):
+        extra = sorted(set(ev) - {*BODY_KEYS, *LINK_KEYS})
+        if extra:
+            return False, f"event {i} holds fields no event has: {extra}"
+        body = {k: ev.get(k) for k in BODY_KEYS}
+        if ev.get("prev_hash") != prev or ev.get("hash") != chain_hash(prev, body):
+            return (
+                False,
+                f"event {i}'s chain link (prev_hash, hash) is not what its body and event {i - 1} give",
+            )
+        if ev.get("leaf_hash") != leaf_of(body).hex():
+            return False, f"event {i}'s leaf_hash is not its body's"
+        prev = ev["hash"]
+    return True, f"the {len(events)} events' links hold"
 
 
 def verify_export(events: list[dict[str, Any]], head: dict[str, Any]) -> tuple[bool, str]:

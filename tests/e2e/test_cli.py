@@ -240,8 +240,15 @@ def test_an_exported_log_is_checked_against_a_kept_head_offline(
     edited = [dict(e) for e in events]
     edited[0]["data"] = {**edited[0]["data"], "reference": "changed"}
     swapped = [events[1], events[0], *events[2:]]
+    leaf, link, added = ([dict(e) for e in events] for _ in range(3))
+    leaf[1]["leaf_hash"] = "0" * 64
+    link[2]["hash"] = "f" * 64
+    added[0]["approved_by"] = "nobody"
     for tampered, says in (
-        (edited, "the log was changed"),
+        (leaf, "event 2's leaf_hash is not its body's"),  # the root alone missed these three
+        (link, "event 3's chain link"),
+        (added, "event 1 holds fields no event has: ['approved_by']"),
+        (edited, "event 1's chain link"),
         (events[1:], "not seq 1, 2, 3, ... in order"),  # one removed, or an export filtered by --since
         (swapped, "not seq 1, 2, 3, ... in order"),
         (events[: size - 1], "events are missing"),  # fewer than the head covers
