@@ -56,6 +56,9 @@ def check_methods(default_method: str, default_params: dict[str, Any], fallback_
     """Every method of the chain exists and its params are within bounds (validated without torch)."""
     from models.unlearning.params import parse_params  # torch-free by contract (tested)
 
+    twice = sorted({m for m in fallback_methods if fallback_methods.count(m) > 1})
+    if twice:  # the same method with the same defaults again: it fails the same way
+        raise Unprocessable(f"fallback_methods names {twice} more than once")
     for method, params in [(default_method, default_params), *((m, {}) for m in fallback_methods)]:
         try:
             parse_params(method, params)

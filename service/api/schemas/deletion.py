@@ -51,6 +51,14 @@ class DeletionRequestCreate(BaseModel):
     )
     reason: Reason = Field("erasure", description=REASON_DOC)
 
+    @field_validator("callback_url", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        # The URL parser drops tabs, newlines and a trailing NUL: the URL stored would not be the one sent
+        if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("callback_url holds control characters")
+        return value
+
     @field_validator("sample_ids", "subject_ids", mode="before")
     @classmethod
     def _null_is_absent(cls, value: Any) -> Any:
