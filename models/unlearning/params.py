@@ -546,7 +546,26 @@ def parse_params(method: str, raw: Any = None) -> Any:
     for name, f in known.items():
         if name not in raw and any(other in raw for other in f.metadata.get("off_if_given", ())):
             given[name] = 0
-    return cls(**given)
+    params = cls(**given)
+    _refuse_no_step(method, params, raw)
+    return params
+
+
+# Fields that decide how many steps a run takes; with all of them 0 it takes none.
+_STEP_FIELDS = ("epochs", "pushes", "class_epochs")
+
+
+def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
+    """An explicit ``epochs: 0`` (with no pushes left to size the run) asks for a run of no step: an
+    unlearning method would publish its base unchanged as a version that forgot, and a retrain an untrained
+    network. A probe saw the first published under ``gates: {}``, so it is refused here, where the API
+    turns it into a 422. Runs that the sizing rules leave without a step (every flagged row already where a
+    retrain has it) are not affected: they never say ``epochs: 0``."""
+    if raw.get("epochs") != 0:
+        return
+    if all(getattr(params, name, 0) == 0 for name in _STEP_FIELDS):
+        what = "an untrained network" if method == "retrain" else "its base model unchanged"
+        raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {what}")
 
 
 # An Adam-trained, layer-normalised model's gradient methods run Adam at this share of its recipe's lr

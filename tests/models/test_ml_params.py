@@ -62,3 +62,13 @@ def test_retrain_params_mirror_the_training_recipe() -> None:
 def test_describe_params_lists_bounds() -> None:
     lr = next(d for d in describe_params("ugradsl") if d["name"] == "lr")
     assert lr["min"] > 0 and lr["type"] == "float"
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_explicit_zero_epochs_is_refused_unless_pushes_size_the_run(method: str) -> None:
+    with pytest.raises(ValueError, match=rf"{method}\.epochs 0 runs no step"):
+        parse_params(method, {"epochs": 0})
+    if method == "ugradsl_plus":
+        assert parse_params(method, {"epochs": 0, "pushes": 4}).pushes == 4
+    fewest = 1 if method == "retrain" else 0.25
+    assert parse_params(method, {"epochs": fewest}).epochs == fewest

@@ -395,6 +395,7 @@ def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> N
     for bad in (
         {"default_method": "nope"},
         {"default_params": {"epochs": -1}},
+        {"default_params": {"epochs": 0}},  # a run of no step would publish the base as a version that forgot
         {"default_params": {"zz": 1}},
         {"gates": {"max_bogus": 0.1}},
         {"gates": {"min_mia_score": 2}},
