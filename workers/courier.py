@@ -8,19 +8,28 @@ once; an attempt that fails is sent back to the broker with its backoff, as Cele
 threads are daemons: a worker that stops sends the attempts it holds, queued or in flight, back to the
 broker (``hand_back``); one that dies without a word leaves them pending in the database for the
 reconciler (``claims.stale_webhooks``), as it does for a task the broker lost.
+
+Receivers take turns: attempts wait per receiver host and the threads serve the hosts round-robin, at most
+``PER_HOST`` of them on one host. With one first-come queue, a backlog to one slow receiver (a tenant's
+hundred deletions, each attempt held to the timeout) held every courier and delayed other tenants'
+webhooks by minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
+from collections import Counter, deque
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.signals import worker_process_shutdown, worker_shutdown
+from sqlalchemy import select
 
+from service.core.db.engine import session_scope
+from service.core.db.tables import DeletionRequest
 from service.core.queue import send_deliver_webhook
 from service.core.settings import Settings, get_settings
 from workers import webhooks
@@ -28,7 +37,8 @@ from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
-COURIERS = 4  # deliveries in flight per worker process: one slow receiver holds one of them
+COURIERS = 4  # deliveries in flight per worker process
+PER_HOST = 2  # of them on one receiver host: a slow receiver holds at most these
 MAX_BACKOFF_S = 300
 
 
@@ -40,8 +50,47 @@ class _Attempt:
     broker: Celery  # where a failed attempt is sent back to
 
 
+class _Inbox:
+    """Attempts waiting per receiver host, handed out round-robin over the hosts, at most ``PER_HOST`` in
+    flight on one host."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._waiting: dict[str, deque[_Attempt]] = {}  # insertion order is the turn order
+        self._flying: Counter[str] = Counter()
+
+    def put(self, host: str, a: _Attempt) -> None:
+        with self._ready:
+            self._waiting.setdefault(host, deque()).append(a)
+            self._ready.notify()
+
+    def take(self) -> tuple[str, _Attempt]:
+        with self._ready:
+            while True:
+                for host, waiting in self._waiting.items():
+                    if self._flying[host] < PER_HOST:
+                        a = waiting.popleft()
+                        del self._waiting[host]
+                        if waiting:  # its next attempt waits behind the other hosts'
+                            self._waiting[host] = waiting
+                        self._flying[host] += 1
+                        return host, a
+                self._ready.wait()
+
+    def done(self, host: str) -> None:
+        with self._ready:
+            self._flying[host] -= 1
+            self._ready.notify_all()
+
+    def drain(self) -> list[_Attempt]:
+        with self._ready:
+            held = [a for waiting in self._waiting.values() for a in waiting]
+            self._waiting.clear()
+            return held
+
+
 _lock = threading.Lock()
-_inbox: queue.SimpleQueue[_Attempt] | None = None
+_inbox: _Inbox | None = None
 _pid: int | None = None  # the process the threads run in: a forked child starts its own
 _flying: dict[int, _Attempt] = {}  # thread ident -> the attempt it is posting
 
@@ -51,22 +100,35 @@ def dispatch(
 ) -> None:
     """Queue one delivery attempt of the request's webhook (``tries`` attempts before it) and return. The
     process's settings and Celery app unless given (a test's)."""
-    _threads().put(_Attempt(request_id, tries, settings or get_settings(), broker or app))
+    settings = settings or get_settings()
+    _threads().put(_host(settings, request_id), _Attempt(request_id, tries, settings, broker or app))
 
 
-def _threads() -> queue.SimpleQueue[_Attempt]:
+def _host(settings: Settings, request_id: str) -> str:
+    """The receiver's host, which the attempt waits under; "" where it cannot be read (the attempt itself
+    then finds out why)."""
+    try:
+        with session_scope(settings.resolved_database_url) as s:
+            url = s.scalar(select(DeletionRequest.callback_url).where(DeletionRequest.id == request_id))
+        return (urlsplit(url).hostname or "") if url else ""
+    except Exception:  # noqa: BLE001 - the database, say: the attempt reports it
+        log.warning("webhook for %s: could not read its receiver's host", request_id, exc_info=True)
+        return ""
+
+
+def _threads() -> _Inbox:
     global _inbox, _pid
     with _lock:
         if _inbox is None or _pid != os.getpid():
-            _inbox, _pid = queue.SimpleQueue(), os.getpid()
+            _inbox, _pid = _Inbox(), os.getpid()
             for i in range(COURIERS):
                 threading.Thread(target=_serve, args=(_inbox,), name=f"courier-{i}", daemon=True).start()
         return _inbox
 
 
-def _serve(inbox: queue.SimpleQueue[_Attempt]) -> None:
+def _serve(inbox: _Inbox) -> None:
     while True:
-        a = inbox.get()
+        host, a = inbox.take()
         with _lock:
             _flying[threading.get_ident()] = a
         try:
@@ -77,6 +139,7 @@ def _serve(inbox: queue.SimpleQueue[_Attempt]) -> None:
         finally:
             with _lock:
                 _flying.pop(threading.get_ident(), None)
+            inbox.done(host)
         if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
             log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
 
@@ -92,11 +155,7 @@ def hand_back() -> int:
         return 0
     with _lock:
         held = list(_flying.values())
-    while True:
-        try:
-            held.append(_inbox.get_nowait())
-        except queue.Empty:
-            break
+    held += _inbox.drain()
     return sum(send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries) for a in held)
 
 

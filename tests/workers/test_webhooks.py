@@ -45,6 +45,7 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     # set: answer 200 a byte at a time, one every TRICKLE_S, until the event is set, then the rest
     hold: threading.Event | None = None
+    hold_host: str | None = None  # set: hold only posts addressed to this host name
 
     def url(self, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}/hook"
@@ -58,7 +59,8 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = self.rfile.read(int(self.headers["Content-Length"]))
             rec.received.append((body, dict(self.headers.items())))
-            if rec.hold is not None:
+            held_here = rec.hold_host in (None, self.headers["Host"].rsplit(":", 1)[0])
+            if rec.hold is not None and held_here:
                 self.send_response(200)
                 self.send_header("Content-Length", str(ANSWER_BYTES))
                 self.end_headers()
@@ -417,11 +419,40 @@ def queued_deliveries(settings: Settings) -> list[dict]:
             queue.close()
 
 
+def test_a_slow_receivers_backlog_does_not_hold_another_receivers_webhook(world: World) -> None:
+    """One first-come queue let a backlog to one slow receiver take every courier: another tenant's
+    webhook, queued behind it, waited for the backlog's timeouts. Couriers now take turns per host."""
+    world.receiver.hold, world.receiver.hold_host = threading.Event(), "localhost"
+    settings = world.with_settings(UNLEARN_WEBHOOK_TIMEOUT_SECONDS="120")  # held past the deadline below
+    broker = make_celery(settings)
+    slow = [world.finished(tenant="slow", host="localhost") for _ in range(courier.COURIERS + 2)]
+    quick = world.finished(tenant="quick")
+    try:
+        for rid in [*slow, quick]:
+            courier.dispatch(rid, settings=settings, broker=broker)
+        wait_until(
+            lambda: world.request(quick).webhook_state == WebhookState.DELIVERED,
+            timeout=20,
+            what="the quick receiver's webhook while the slow one holds",
+        )
+        slow_posts = [h for _, h in world.receiver.received if h["Host"].startswith("localhost")]
+        assert len(slow_posts) <= courier.PER_HOST  # the slow host never had more couriers than its share
+        assert all(world.request(r).webhook_state == WebhookState.PENDING for r in slow)
+    finally:
+        world.receiver.hold.set()
+    wait_until(
+        lambda: all(world.request(r).webhook_state == WebhookState.DELIVERED for r in slow),
+        timeout=60,
+        what="the slow receiver's backlog",
+    )
+
+
 def test_a_stopping_worker_hands_the_attempts_it_holds_back_to_the_broker(world: World) -> None:
     """The delivery task is acknowledged when it hands its attempt over: attempts queued or in flight at
     a stop would otherwise wait for the reconciler's ten-minute sweep (a probe's deploy held four)."""
     world.receiver.hold = threading.Event()
-    rids = [world.finished() for _ in range(courier.COURIERS + 2)]
+    hosts = ["127.0.0.1", "localhost"] * (courier.COURIERS // 2 + 1)  # PER_HOST couriers on each host
+    rids = [world.finished(host=host) for host in hosts]
     enqueued_webhooks(world.settings)  # the queue holds only what is handed back
     broker = make_celery(world.settings)
     try:
