@@ -54,17 +54,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
     # Innermost first: the key (and a write's rate limit) is checked before any body is read, inside the
-    # metrics (refusals are counted), inside the screen (NUL bytes, declared lengths: no lookup at all).
+    # screen (NUL bytes, declared lengths: no lookup at all), inside the metrics (every refusal is counted,
+    # under the route it was meant for).
     app.add_middleware(
         AdmitRequests,
         key_cache=app.state.key_cache,
         sessions=app.state.sessionmaker,
         limiter=make_limiter(settings),
     )
-    app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(
         ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
+    app.add_middleware(HttpMetrics, registry=registry)
     # Declared lengths are screened above; a chunked body is counted as it arrives, per router
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router, max_body_size=settings.max_body_bytes)

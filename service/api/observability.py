@@ -16,6 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.db.tables import DeletionRequest, Job
@@ -131,7 +133,28 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            # The route template, so IDs do not explode the label set (the router put it in the scope).
-            path = getattr(scope.get("route"), "path", "unmatched")
+            path = route_template(scope)
             self.count.labels(scope["method"], path, str(status)).inc()
             self.latency.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The route template, so IDs do not explode the label set. The router puts the route in the scope;
+    a request refused before routing (no key, an oversized body, the database down while the key is
+    checked) is matched here, or every such refusal was counted under "unmatched" and an operator could
+    not tell which endpoint was failing in an outage."""
+    route = scope.get("route")
+    if route is None and isinstance(scope.get("app"), Starlette):
+        matches = [(r.matches(scope)[0], r) for r in _leaves(scope["app"].router.routes)]
+        full = [r for m, r in matches if m == Match.FULL]
+        partial = [r for m, r in matches if m == Match.PARTIAL]  # the path matched, the method did not
+        route = (full or partial or [None])[0]
+    return getattr(route, "path", "unmatched")
+
+
+def _leaves(routes: list[Any]) -> Iterator[Any]:
+    """The routes themselves, inside FastAPI's included routers (this app includes them unprefixed, so a
+    route's own pattern is the full path)."""
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        yield from _leaves(inner.routes) if inner is not None else (r,)

@@ -6,14 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from service.api.app import create_app
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, DeletionRequest
+from service.core.settings import Settings
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 from tests.helpers import migrated
@@ -178,6 +181,44 @@ def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
     assert 'unlearn_deletion_requests{state="completed",tenant="default"} 0.0' in text
     assert 'unlearn_jobs{state="running",tenant="default"} 0.0' in text
     assert 'unlearn_job_duration_seconds_count{tenant="default"} 0.0' in text
+
+
+def test_metrics_count_refusals_made_before_routing_under_their_route(backend: Backend) -> None:
+    """A 401 (no key) and a 413 (a declared length over the limit) are answered by middleware before the
+    router runs: they were counted as "unmatched", and the 413 not at all."""
+    settings = Settings(**{**backend.env, "UNLEARN_MAX_BODY_BYTES": "100"})  # type: ignore[arg-type]
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrated(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy", n_train=20)
+        key = make_key(s, scopes=("deletion:write",))
+    with TestClient(create_app(settings)) as c:
+        url = "/v1/models/toy/deletion-requests"
+        assert c.post(url, json={"sample_ids": ["toy-0001"]}).status_code == 401
+        too_big = c.post(
+            url, json={"sample_ids": ["toy-0001"] * 20}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert too_big.status_code == 413
+        text = c.get("/metrics").text
+    route = 'method="POST",route="/v1/models/{model}/deletion-requests"'
+    assert f'unlearn_http_requests_total{{{route},status="401"}} 1.0' in text
+    assert f'unlearn_http_requests_total{{{route},status="413"}} 1.0' in text
+    assert 'route="unmatched"' not in text
+
+
+def test_a_keyed_scrape_during_a_database_outage_still_gets_the_http_metrics(tmp_path: Path) -> None:
+    """The key cannot be checked while the database is down; the HTTP metrics need no key unless one is
+    required, so a keyed scraper lost them in the outage, with a 503 that spoke of Idempotency-Keys."""
+    down = f"sqlite:///{tmp_path}/no-such-folder/db.sqlite"
+    env = {"DATABASE_URL": down, "UNLEARN_VAR_DIR": str(tmp_path / "var")}
+    auth = {"Authorization": "Bearer ul_somekey"}
+    with TestClient(create_app(Settings(**env))) as c:  # type: ignore[arg-type]
+        r = c.get("/metrics", headers=auth)
+        assert r.status_code == 200 and "unlearn_http_requests_total" in r.text
+    with TestClient(create_app(Settings(**env, UNLEARN_METRICS_REQUIRE_KEY="true"))) as c:  # type: ignore[arg-type]
+        r = c.get("/metrics", headers=auth)
+        assert r.status_code == 503 and "the key cannot be checked" in r.json()["detail"]
+        assert "Idempotency-Key" not in r.json()["detail"]
 
 
 def test_metrics_show_tenant_counts_only_to_that_tenants_key(live: Live) -> None:

@@ -7,10 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, SettingsDep, require_scope
-from service.api.errors import ANY_ROUTE, problems
+from service.api.errors import ANY_ROUTE, problem, problems
 from service.api.observability import render
 from service.core import liveness
 
@@ -56,13 +57,33 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
     request and job gauges, never another tenant's."""
     header = request.headers.get("authorization")
     tenant = None
+    state = request.app.state
     if settings.metrics_require_key or header:
         # Resolved here rather than as a dependency so the setting can switch it off at run time.
-        key = await require_scope("jobs:read")(request, _credentials(header or ""))
-        tenant = key.tenant
-    state = request.app.state  # the tenant's gauges read the database: off the event loop
-    body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, tenant)
+        try:
+            key = await require_scope("jobs:read")(request, _credentials(header or ""))
+            tenant = key.tenant
+        except SQLAlchemyError as exc:
+            # A database outage is when a scraper needs the HTTP metrics most: where anyone may read them,
+            # a keyed scrape still gets them (its tenant's gauges need the database); where a key is
+            # required, say that it cannot be checked (the generic 503 spoke of Idempotency-Keys).
+            if settings.metrics_require_key:
+                return _unavailable(exc, "so the key cannot be checked; scrape again shortly")
+    try:  # the tenant's gauges read the database: off the event loop
+        body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, tenant)
+    except SQLAlchemyError as exc:
+        if settings.metrics_require_key:
+            return _unavailable(exc, "so the tenant's gauges cannot be read; scrape again shortly")
+        body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, None)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _unavailable(exc: Exception, why: str) -> Response:
+    response = problem(
+        503, "Service unavailable", f"the database is unavailable ({type(exc).__name__}), {why}"
+    )
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 def _workers(session: Session, heartbeat_s: float) -> str:
