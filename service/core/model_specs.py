@@ -30,6 +30,12 @@ def require_finite(value: Any, where: str = "body") -> None:
 def registered_dataset(session: Session, tenant: str, dataset_id: str) -> Dataset:
     ds = session.get(Dataset, dataset_id)
     if ds is None or ds.tenant != tenant:
+        named = session.scalars(
+            select(Dataset.id).where(Dataset.tenant == tenant, Dataset.name == dataset_id).limit(4)
+        ).all()
+        if named:  # the CLI takes names, so clients send one here: say which id it is
+            ids = " or ".join(repr(i) for i in named)
+            raise Unprocessable(f"{dataset_id!r} is a dataset's name; a model spec takes its id: {ids}")
         raise Unprocessable(f"dataset {dataset_id!r} is not registered (POST /v1/datasets first)")
     return ds
 

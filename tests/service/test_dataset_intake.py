@@ -99,6 +99,17 @@ def test_an_npz_upload_that_would_inflate_is_registered_without_inflating(
     assert r.json()["sha256"] == hashlib.sha256(raw).hexdigest()
 
 
+def test_an_unreadable_upload_is_refused_naming_the_file_sent_not_the_servers_copy(
+    live: tuple[LiveApp, str],
+) -> None:
+    app, admin = live
+    with app.client(admin) as c:
+        r = c.post("/v1/datasets/upload", data={"name": "junk"}, files={"file": ("mine.npz", b"junk")})
+    assert r.status_code == 422, r.text
+    assert "'mine.npz'" in r.json()["detail"] and str(app.settings.dataset_dir) not in r.text
+    assert list((app.settings.dataset_dir / "uploads").iterdir()) == []  # nothing half-written
+
+
 def write_manifest(folder: Path, rows: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "a.npy", np.zeros((2, 2), dtype=np.float32))

@@ -129,6 +129,19 @@ def test_a_test_or_heldout_set_that_is_the_training_set_is_a_422(api: Api, field
     assert "m" not in api.model_names()
 
 
+def test_a_dataset_named_where_its_id_belongs_is_a_422_giving_the_id(api: Api) -> None:
+    """The CLI's --train takes names and the API ids: a client sent the name and was told the dataset was
+    not registered."""
+    r = api.register(train_dataset="train")
+    assert r.status_code == 422, r.text
+    assert (
+        r.json()["detail"]
+        == f"'train' is a dataset's name; a model spec takes its id: {api.datasets['train']!r}"
+    )
+    r = api.register(train_dataset="nothing-by-that-name")
+    assert r.status_code == 422 and "is not registered (POST /v1/datasets first)" in r.json()["detail"]
+
+
 def test_training_labels_are_still_checked(api: Api) -> None:
     r = api.register(train_dataset=api.datasets["test-high"])
     assert r.status_code == 422 and "training labels span [3, 9]" in r.json()["detail"]

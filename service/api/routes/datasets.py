@@ -22,7 +22,7 @@ from service.core.dataset_ids import (
     read_samples,
 )
 from service.core.db.tables import Dataset
-from service.core.errors import NotFound, Unprocessable
+from service.core.errors import NotFound, ProblemError, Unprocessable
 from service.core.features import check_features
 from service.core.registry import register_dataset
 
@@ -183,10 +183,24 @@ def upload_dataset(
             declared = {"type": "text", **(declared or {}), "tokenizer": str(tokenizer_path)}
         roots = settings.allowed_data_roots
         return _register(session, key, name, kind, target, digest, declared, roots)
-    except Exception:
+    except Exception as exc:
         target.unlink(missing_ok=True)
         tokenizer_path.unlink(missing_ok=True)
+        if isinstance(exc, ProblemError):
+            _name_the_upload(
+                exc, {target: file.filename or "the uploaded file", tokenizer_path: "the tokenizer"}
+            )
         raise
+
+
+def _name_the_upload(exc: ProblemError, sent: dict[Path, str]) -> None:
+    """The readers name the file they read: for an upload that is the server's own copy, whose path says
+    nothing to the client and something about the server (a probe saw it); the file sent is named instead."""
+    for path, label in sent.items():
+        exc.detail = exc.detail.replace(str(path), repr(label))
+        for e in exc.errors or []:
+            if isinstance(e.get("msg"), str):
+                e["msg"] = e["msg"].replace(str(path), repr(label))
 
 
 @router.get("/v1/datasets", response_model=list[DatasetOut])
