@@ -37,8 +37,19 @@ def run_model(model_id: str) -> str:
     outcome = process_model(
         get_settings(), model_id, on_job_done=send_webhooks, requeue=lambda m: send_run_model(app, m)
     )
-    log.info("model %s: %s", model_id, outcome)
+    why = "this worker is stopping; its job is left to the next one" if shutting_down() else None
+    log.info("model %s: %s", model_id, why if outcome == "lost" and why else OUTCOMES.get(outcome, outcome))
     return outcome
+
+
+# What each of process_model's outcomes means, for the log: operators read "idle" after a job that
+# completed, and "lost" for a planned stop's hand-over, as faults.
+OUTCOMES = {
+    "busy": "another worker holds its lease and will serve its requests",
+    "idle": "no request left pending",
+    "yielded": "one job done; the model goes to the back of the queue",
+    "lost": "its lease was taken over by another worker; nothing published here",
+}
 
 
 @app.task(name=DELIVER_WEBHOOK, acks_late=True)

@@ -34,6 +34,12 @@ def _worker_argv(settings: Settings, *, beat: bool, name: str) -> list[str]:
         "--pool=solo",
         "--concurrency=1",
         "--loglevel=INFO",
+        # Celery's gossip and event heartbeats go unsent while a solo worker runs a job, so its peers
+        # logged "missed heartbeat" and "Substantial drift ... clocks out of sync" through every long job;
+        # liveness is the database's heartbeat (service.core.liveness), and remote control still works.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
         "-n",
         name,
         "-Q",
