@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 
-from celery.signals import beat_embedded_init, worker_init, worker_ready, worker_shutdown
+from celery.signals import beat_embedded_init, beat_init, worker_init, worker_ready, worker_shutdown
 
 from service.core import liveness
 from service.core.db.engine import session_scope
@@ -49,8 +49,19 @@ def _beat_dies_with_its_worker(**_: object) -> None:
 def _start_heartbeat(**_: object) -> None:
     """From the moment the worker takes tasks, a thread of its own records that it is alive (every
     heartbeat interval, whatever the task at hand is doing)."""
+    _names.append(_heartbeat(f"{socket.gethostname()}:{os.getpid()}", "worker"))
+
+
+@beat_init.connect  # standalone (`unlearn beat`) and embedded (`worker -B`) alike
+def _start_beat_heartbeat(**_: object) -> None:
+    """The beat's scheduler says it is alive too: it is the reconciler's clock, the safety net for requests
+    accepted while the broker was down, and nothing showed that it had stopped (a probe killed it and
+    /readyz stayed as it was). It beats until the process ends; a killed one's row is pruned."""
+    _heartbeat(f"{liveness.BEAT_PREFIX}{socket.gethostname()}:{os.getpid()}", "beat")
+
+
+def _heartbeat(name: str, what: str) -> str:
     settings = get_settings()
-    name = f"{socket.gethostname()}:{os.getpid()}"
 
     def loop() -> None:
         while True:
@@ -58,12 +69,12 @@ def _start_heartbeat(**_: object) -> None:
                 with session_scope(settings.resolved_database_url) as s:
                     liveness.beat(s, name)
             except Exception:  # noqa: BLE001 - a database blip must not kill the thread; beat again later
-                log.warning("worker heartbeat failed; retrying", exc_info=True)
+                log.warning("%s heartbeat failed; retrying", what, exc_info=True)
             if _stopping.wait(settings.heartbeat_seconds):
                 return
 
-    threading.Thread(target=loop, name="worker-heartbeat", daemon=True).start()
-    _names.append(name)
+    threading.Thread(target=loop, name=f"{what}-heartbeat", daemon=True).start()
+    return name
 
 
 @worker_ready.connect

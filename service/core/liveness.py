@@ -10,6 +10,9 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from service.core.db.tables import WorkerHeartbeat, utcnow
 
 SILENT_HEARTBEATS = 3  # a worker that missed this many heartbeats in a row is taken for dead
+# A beat process (the reconciler's scheduler) beats in the same table under names starting so; it is not a
+# worker (nothing it could hold is taken over, and it serves no job), so readiness reads it apart.
+BEAT_PREFIX = "beat@"
 
 
 def takeover_seconds(heartbeat_s: float) -> float:
@@ -49,9 +52,13 @@ def prune(session: Session, older_than_s: float) -> int:
     return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def silence(session: Session) -> float | None:
-    """Seconds since the most recent heartbeat of any worker; None if no worker was ever seen."""
-    last: datetime | None = session.scalar(select(func.max(WorkerHeartbeat.last_seen)))
+def silence(session: Session, *, of_beat: bool = False) -> float | None:
+    """Seconds since the most recent heartbeat of any worker (``of_beat``: any beat process); None if none
+    was ever seen (or, of a beat, since its row was pruned)."""
+    is_beat = WorkerHeartbeat.name.startswith(BEAT_PREFIX)
+    last: datetime | None = session.scalar(
+        select(func.max(WorkerHeartbeat.last_seen)).where(is_beat if of_beat else ~is_beat)
+    )
     if last is None:
         return None
     if last.tzinfo is None:

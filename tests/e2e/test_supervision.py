@@ -25,6 +25,10 @@ def ready(stack: LiveStack) -> bool:
     return httpx.get(f"{stack.base_url}/readyz", timeout=5).status_code == 200
 
 
+def beat(stack: LiveStack) -> str:
+    return str(httpx.get(f"{stack.base_url}/readyz", timeout=5).json()["beat"])
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -65,6 +69,9 @@ def test_a_killed_worker_is_restarted_and_leaves_no_orphan(tmp_path: Path) -> No
     try:
         [first] = wait_until(lambda: worker_pids(stack), timeout=30, what="the worker to start")
         wait_until(lambda: ready(stack), timeout=60, what="/readyz to see the worker's heartbeat")
+        wait_until(
+            lambda: beat(stack) == "ok", timeout=60, what="/readyz to see the embedded beat's heartbeat"
+        )
         os.kill(first, signal.SIGKILL)
         restarted = wait_until(
             lambda: [p for p in worker_pids(stack) if p != first], timeout=60, what="the worker to restart"

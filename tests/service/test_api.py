@@ -630,6 +630,29 @@ def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(
     assert r.status_code == 503 and r.json()["checks"]["workers"].startswith("no worker seen for 30")
 
 
+def test_readyz_reports_the_beat_apart_and_is_not_made_ready_or_unready_by_it(api: Api) -> None:
+    """Nothing showed that the reconciler's beat had died (a probe killed it). Its heartbeat is reported
+    beside the checks; an API with workers but no beat still serves, so it stays ready."""
+    from datetime import timedelta
+
+    from service.core import liveness
+    from service.core.db.tables import WorkerHeartbeat, utcnow
+
+    assert api.client.get("/readyz").json()["beat"] == "no beat process (for an hour, or ever) has been seen"
+    with session_scope(api.url) as s:
+        liveness.beat(s, f"{liveness.BEAT_PREFIX}host:2")
+    r = api.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["beat"] == "ok"  # a beat is not a worker
+    assert r.json()["checks"]["workers"] == "no worker has been seen yet"
+    with session_scope(api.url) as s:
+        liveness.beat(s, "host:1")
+        s.get_one(WorkerHeartbeat, f"{liveness.BEAT_PREFIX}host:2").last_seen = utcnow() - timedelta(
+            minutes=5
+        )
+    r = api.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["beat"].startswith("no beat process seen for 30")
+
+
 # -- webhooks ------------------------------------------------------------------------------------------
 
 

@@ -41,9 +41,12 @@ def readyz(request: Request, session: SessionDep) -> JSONResponse:
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"error: {type(exc).__name__}"
-    checks["workers"] = _workers(session, request.app.state.settings.heartbeat_seconds)
+    heartbeat_s = request.app.state.settings.heartbeat_seconds
+    checks["workers"] = _heard(session, heartbeat_s, of_beat=False)
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    # Reported, not a check: an API without a beat still serves every request the broker takes.
+    beat = _heard(session, heartbeat_s, of_beat=True)
+    return JSONResponse({"ready": ready, "checks": checks, "beat": beat}, status_code=200 if ready else 503)
 
 
 @router.get(
@@ -86,16 +89,19 @@ def _unavailable(exc: Exception, why: str) -> Response:
     return response
 
 
-def _workers(session: Session, heartbeat_s: float) -> str:
-    """ok while some worker beat within a few heartbeats: accepted requests are being served."""
+def _heard(session: Session, heartbeat_s: float, *, of_beat: bool) -> str:
+    """ok while some worker beat within a few heartbeats: accepted requests are being served (``of_beat``:
+    some beat process, the reconciler's clock; a dead one's row is pruned after an hour)."""
+    what = "beat process (for an hour, or ever)" if of_beat else "worker"
     try:
-        quiet = liveness.silence(session)
+        quiet = liveness.silence(session, of_beat=of_beat)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return f"error: {type(exc).__name__}"
     if quiet is None:
-        return "no worker has been seen yet"
+        return f"no {what} has been seen" if of_beat else f"no {what} has been seen yet"
     limit = max(3 * heartbeat_s, 10.0)
-    return "ok" if quiet <= limit else f"no worker seen for {quiet:.0f}s (limit {limit:.0f}s)"
+    who = "beat process" if of_beat else what
+    return "ok" if quiet <= limit else f"no {who} seen for {quiet:.0f}s (limit {limit:.0f}s)"
 
 
 def _credentials(header: str) -> Any:
