@@ -805,6 +805,13 @@ def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audi
     assert api.client.get(path + "Z", headers=api.auth()).status_code == 200
 
 
+def test_an_audit_export_whose_until_is_not_after_its_since_is_a_422(api: Api) -> None:
+    """It answered 200 with nothing, which reads as "no events" (a probe's finding)."""
+    path = "/v1/audit/export?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z"
+    r = api.client.get(path, headers=api.auth())
+    assert r.status_code == 422 and "must be after `since`" in r.json()["detail"], r.text
+
+
 def test_a_request_says_why_its_samples_go_and_a_replay_must_say_the_same(api: Api) -> None:
     """reason: erasure (the default) or mislabeled, recorded and echoed; anything else is a 422 naming the
     field, with nothing written; an Idempotency-Key replayed with another reason is another body."""

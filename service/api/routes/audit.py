@@ -73,6 +73,8 @@ def export_audit(
     model_id = get_model(session, key.tenant, model).id if model else None
     if any(b is not None and b.tzinfo is None for b in (since, until)):
         raise Unprocessable("`since` and `until` need a timezone, e.g. 2026-01-01T00:00:00Z")
+    if since is not None and until is not None and until <= since:
+        raise Unprocessable(f"`until` ({until.isoformat()}) must be after `since` ({since.isoformat()})")
     audit.sequence_all(session, key.tenant)  # the export holds every event committed before it began
     session.commit()
     tenant, make_session = key.tenant, request.app.state.sessionmaker
