@@ -281,6 +281,9 @@ def evaluate(
     if len(forget):
         forgot = _finite(scored(forget), "forgotten")
         out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
+        if len(test):
+            expected, excess = accuracy_excess(forgot.correct, forget.y.numpy(), te_correct, test.y.numpy())
+            out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]
         n_log = (
@@ -299,6 +302,33 @@ def evaluate(
         out["forgotten_class_test_accuracy"] = mean(te_correct[gone])
         out["forgotten_class_test_count"] = int(gone.sum())
     return out
+
+
+def accuracy_excess(
+    forget_correct: np.ndarray, forget_y: np.ndarray, test_correct: np.ndarray, test_y: np.ndarray
+) -> tuple[float, float]:
+    """(the accuracy unseen rows of D_f's classes get, in D_f's class mix; how many standard errors D_f's
+    accuracy lies above it). A retrained model never read D_f, so D_f scores like unseen data of its
+    classes, and a version that recognises it far better did not forget it: a probe's lr-1e-8 run changed
+    no weight and was published as a deletion. Per class, since a deletion drawn from an easy class is
+    recognised above the overall test accuracy by a retrain too. Each class's accuracy is read off its
+    test rows (the overall accuracy for a class with none); its variance with one success and one failure
+    added, so a class every test row gets right still leaves room. The error counts both D_f's draw and
+    the estimate's, so a few test rows per class make the number small, not large."""
+    classes, per_class = np.unique(test_y, return_inverse=True)
+    hits = np.bincount(per_class, weights=test_correct, minlength=len(classes))
+    rows = np.bincount(per_class, minlength=len(classes)).astype(float)
+    n_class = {int(c): float(n) for c, n in zip(classes, rows, strict=True)}
+    rate = {int(c): float(h / n) for c, h, n in zip(classes, hits, rows, strict=True)}
+    spread = {int(c): float((h + 1.0) / (n + 2.0)) for c, h, n in zip(classes, hits, rows, strict=True)}
+    total, n_total = float(test_correct.sum()), float(len(test_correct))
+    p = np.array([rate.get(c, total / n_total) for c in forget_y.tolist()])
+    variance = 0.0
+    for c, k in zip(*np.unique(forget_y, return_counts=True), strict=True):
+        s, n = spread.get(int(c), (total + 1.0) / (n_total + 2.0)), n_class.get(int(c), n_total)
+        variance += float(k) * s * (1.0 - s) * (1.0 + float(k) / (n + 2.0))  # D_f's draw, the estimate's
+    excess = (float(forget_correct.sum()) - float(p.sum())) / np.sqrt(variance) if variance > 0 else 0.0
+    return float(p.mean()), float(excess)
 
 
 def forgotten_classes(train_labels: torch.Tensor, retain_labels: torch.Tensor) -> list[int] | None:

@@ -6,6 +6,11 @@ Gates are a model's policy (a dict stored with the model). Known keys, all fract
 - `max_forget_accuracy_above_test`: accuracy on the forget set may exceed test accuracy by at most this
   (a forgotten sample should look like one the model never saw).
 - `min_mia_score`: at least this fraction of the forget set must look like non-members.
+- `max_forget_accuracy_excess_se` (standard errors, not a fraction): the forget set's accuracy may lie at
+  most this many standard errors above what unseen rows of its classes get (``forget_accuracy_excess_se``,
+  models.metrics.accuracy_excess): a version that still recognises D_f as a member did not forget it.
+- `max_forgotten_class_accuracy`: a deletion that took whole classes may leave them predicted on at most
+  this share of their test rows.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -
         forget_acc = 1.0 - ua
         if forget_acc > ta + g + EPS:
             failures.append(f"forget-set accuracy {forget_acc:.4f} > test accuracy {ta:.4f} + {g}")
+    g, excess = gates.get("max_forget_accuracy_excess_se"), result.get("forget_accuracy_excess_se")
+    if g is not None and excess is not None and excess > g + EPS:
+        failures.append(
+            f"the forget set is still recognised: its accuracy {1.0 - ua:.4f} is {excess:.1f} standard "
+            f"errors above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes get (> {g})"
+        )
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
         failures.append(f"MIA score {result['mia_score']:.4f} < {g}")

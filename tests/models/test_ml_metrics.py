@@ -9,6 +9,7 @@ from models.metrics import (
     MIA_GRID,
     NonFiniteOutputs,
     accuracy,
+    accuracy_excess,
     avg_gap,
     evaluate,
     forgotten_classes,
@@ -122,7 +123,7 @@ def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
     )
     assert set(out) == {
         "unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy",
-        "forget_count", "retain_count", "test_count",
+        "forget_count", "retain_count", "test_count", "forget_accuracy_expected", "forget_accuracy_excess_se",
     }  # fmt: skip
     assert out["retain_count"] == 100 and out["forget_count"] == 20 and out["test_count"] == 50
     for k in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
@@ -264,6 +265,8 @@ def _evaluate_set_by_set(
     if len(forget):
         f = score_set(model, forget)
         out["unlearning_accuracy"] = 1.0 - float(f.correct.mean())
+        expected, excess = accuracy_excess(f.correct, forget.y.numpy(), te.correct, test.y.numpy())
+        out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
         if len(members):
             m_log, n_log = (
                 score_set(model, members).log_confidence,
@@ -335,3 +338,32 @@ def test_evaluate_takes_the_test_side_from_kept_scores_without_reading_the_test_
     mine = evaluate(digits_model, forget=forget, retain=retain, test=test)
     borrowed = evaluate(digits_model, forget=forget, retain=retain, test=test, test_scores=kept)
     assert borrowed["test_accuracy"] == float(kept.correct.mean()) != mine["test_accuracy"]
+
+
+def test_a_forget_set_scored_like_unseen_data_of_its_classes_is_rarely_three_errors_above_it() -> None:
+    """A retrained model never read D_f: its rows score like unseen rows of their classes, whatever the
+    class mix. Drawn so (a 95% class and a 60% one, D_f leaning on the easy one), the excess is centred on 0
+    and beyond 3 standard errors in well under 1% of 2,000 deletions: the default gate's false refusals."""
+    rng = np.random.default_rng(0)
+    acc = np.array([0.95, 0.6])
+    test_y = np.repeat([0, 1], [60, 40])
+    forget_y = np.repeat([0, 1], [45, 5])  # mostly the easy class: above the overall test accuracy
+    excess = np.array([
+        accuracy_excess(rng.random(50) < acc[forget_y], forget_y, rng.random(100) < acc[test_y], test_y)[1]
+        for _ in range(2000)
+    ])  # fmt: skip
+    assert abs(excess.mean()) < 0.15 and (excess > 3).mean() < 0.01
+
+
+def test_a_forget_set_the_model_still_recognises_is_many_errors_above_unseen_data() -> None:
+    """A memorising model that forgot nothing (every D_f row right, unseen rows 80% right) is far above;
+    the same on 20 rows of a 97% model is not told apart from chance, and a class every test row gets right
+    leaves a fully recognised D_f of it within noise."""
+    test_y = np.tile(np.arange(10), 50)
+    test_correct = (np.arange(500) % 5 != 0).astype(np.float32)  # 80% in every class
+    forget_y = np.tile(np.arange(10), 20)
+    expected, excess = accuracy_excess(np.ones(200), forget_y, test_correct, test_y)
+    assert expected == pytest.approx(0.8) and excess > 6
+    easy = np.ones(500, dtype=np.float32)
+    assert accuracy_excess(np.ones(20), forget_y[:20], easy, test_y)[1] < 1
+    assert accuracy_excess(np.zeros(200), forget_y, test_correct, test_y)[1] < -6  # forgotten past unseen

@@ -195,3 +195,15 @@ def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence()
         model.weight[0, 0] = float("nan")
         model.bias[1] = float("inf")
     assert non_finite_weights(model, base) == "2 of its 15 weights are NaN or infinite"
+
+
+def test_a_forget_set_recognised_beyond_unseen_data_fails_the_excess_gate_and_at_it_passes() -> None:
+    gates = {"max_forget_accuracy_excess_se": 3.0}
+    recognised = {**result(unlearning_accuracy=0.0), "forget_accuracy_expected": 0.78}
+    assert check(gates, BASE, {**recognised, "forget_accuracy_excess_se": 3.0}) == []
+    [why] = check(gates, BASE, {**recognised, "forget_accuracy_excess_se": 7.25})
+    assert why == (
+        "the forget set is still recognised: its accuracy 1.0000 is 7.2 standard errors above the 0.7800 "
+        "unseen rows of its classes get (> 3.0)"
+    )
+    assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge

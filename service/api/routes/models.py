@@ -18,6 +18,7 @@ from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
 from service.api.schemas.models import ModelOut, VersionOut
 from service.api.schemas.registry import (
+    DEFAULT_FORGET_EXCESS_SE,
     DEFAULT_GATE_ROWS,
     DEFAULT_TEST_ACCURACY_DROP,
     ModelCreate,
@@ -273,12 +274,18 @@ def register_model_route(
 
 
 def registered_gates(body: ModelCreate, test: Dataset, heldout: Dataset | None) -> dict[str, Any]:
-    """The spec's gates, or where it names none the collapse guard, if the model is scored on enough test
-    rows for it (all of them with a held-out set, else the half the hash picks: about half)."""
+    """The spec's gates, or where it names none the collapse guard and the guard against a version that did
+    not forget, if the model is scored on enough test rows for them (all of them with a held-out set, else
+    the half the hash picks: about half)."""
     if "gates" in body.model_fields_set:
         return body.gates.model_dump(exclude_none=True)
     scored = test.num_samples if heldout is not None else test.num_samples // 2
-    return {"max_test_accuracy_drop": DEFAULT_TEST_ACCURACY_DROP} if scored >= DEFAULT_GATE_ROWS else {}
+    if scored < DEFAULT_GATE_ROWS:
+        return {}
+    return {
+        "max_test_accuracy_drop": DEFAULT_TEST_ACCURACY_DROP,
+        "max_forget_accuracy_excess_se": DEFAULT_FORGET_EXCESS_SE,
+    }
 
 
 def _name_taken(name: str) -> Conflict:

@@ -156,6 +156,10 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # never what a deletion costs a retrain. Only where at least DEFAULT_GATE_ROWS test rows score the model:
 # on a few dozen, two rows that flip are 10 points, and the guard would fail honest deletions
 DEFAULT_TEST_ACCURACY_DROP, DEFAULT_GATE_ROWS = 0.1, 100
+# And beside it a guard against a version that did not forget: D_f recognised this many standard errors
+# above unseen rows of its classes (a probe's lr-1e-8 run, which moved no weight, was published). A
+# version that forgot as a retrain does lies above 3 in at most about one deletion in 700.
+DEFAULT_FORGET_EXCESS_SE = 3.0
 
 
 class Gates(BaseModel):
@@ -169,6 +173,8 @@ class Gates(BaseModel):
     min_mia_score: Fraction | None = None
     # a deletion that takes whole classes: their test rows the new version still predicts as theirs
     max_forgotten_class_accuracy: Fraction | None = None
+    # standard errors, not a fraction: D_f's accuracy above what unseen rows of its classes get
+    max_forget_accuracy_excess_se: float | None = Field(None, ge=0.0, le=100.0)
 
 
 class ModelUpdate(BaseModel):
