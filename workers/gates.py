@@ -43,8 +43,8 @@ def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -
     g, excess = gates.get("max_forget_accuracy_excess_se"), result.get("forget_accuracy_excess_se")
     if g is not None and excess is not None and excess > g + EPS:
         failures.append(
-            f"the forget set is still recognised: its accuracy {1.0 - ua:.4f} is {excess:.1f} standard "
-            f"errors above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes get (> {g})"
+            f"the forget set is still recognised: its accuracy {1.0 - ua:.4f} is {excess:.1f} standard errors"
+            f" above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes get (> {g})"
         )
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
