@@ -134,7 +134,7 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
     base, result = job["metrics"].get("base") or {}, job["metrics"].get("result") or new["metrics"]
     out.print(
         f"new version {new['version']} of {req['model']} (parent {new['parent']}), job {job['id']}, "
-        f"method {job['method']}, {job['attempts']} attempt(s)"
+        f"{how_published(job)}"
     )
     table = metrics_table(req["model"], job, new, base, result)
     counts = ", ".join(
@@ -164,3 +164,16 @@ def cmd_request(client: Client, args: argparse.Namespace) -> int:
     req = _wait_for_request(client, req, args.timeout, args.interval)
     _print_result(client, req)
     return 0 if req["state"] == "completed" else 1
+
+
+def how_published(job: dict[str, Any]) -> str:
+    """The method that published, the methods tried before it, and the worker runs when more than one:
+    "1 attempt(s)" read as one method while the job's attempts held two (a client's finding); the job's
+    `attempts` counts worker runs (a worker died or stopped mid-job), its `metrics.attempts` methods."""
+    tried = [a.get("method") for a in (job.get("metrics") or {}).get("attempts") or []]
+    said = f"method {job['method']}"
+    if len(tried) > 1:
+        said += f" (methods tried in order: {', '.join(str(m) for m in tried)})"
+    if (job.get("attempts") or 1) > 1:
+        said += f", {job['attempts']} worker runs"
+    return said

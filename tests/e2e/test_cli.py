@@ -525,3 +525,17 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
     assert upgraded.stdout.strip() == f"sqlite:///{tmp_path / 'var' / 'unlearn.db'}: schema up to date"
     checked = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
+
+
+def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> None:
+    """It said "1 attempt(s)" for a job whose first method failed its gates and whose fallback published:
+    the job's `attempts` counts worker runs, its `metrics.attempts` methods."""
+    from service.cli.request import how_published
+
+    job = {
+        "method": "retrain",
+        "attempts": 1,
+        "metrics": {"attempts": [{"method": "finetune"}, {"method": "retrain"}]},
+    }
+    assert how_published(job) == "method retrain (methods tried in order: finetune, retrain)"
+    assert how_published({**job, "attempts": 2, "metrics": {}}) == "method retrain, 2 worker runs"
