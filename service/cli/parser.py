@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(datasets, models, request, jobs, versions, requests, certificate, public-key, audit, "
         "verify-certificate).",
     )
+    # The connection flags are read before the command too (`unlearn --url U models`): argparse refused
+    # them there ("invalid choice"), and a client's first try was that order. After the command they
+    # default to SUPPRESS, so one given before it is not overwritten by the command's None.
+    p.add_argument("--url", help="server URL of the client commands (also accepted after the command)")
+    p.add_argument("--api-key", help="API key of the client commands (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # Server verbs (they read the settings: UNLEARN_VAR_DIR, DATABASE_URL, ...).
@@ -61,9 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Connection flags of the client verbs (they talk to a running server).
     conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help="server URL (env UNLEARN_URL, default http://127.0.0.1:8000)")
+    conn.add_argument(
+        "--url", default=argparse.SUPPRESS, help="server URL (env UNLEARN_URL, default http://127.0.0.1:8000)"
+    )
     conn.add_argument(
         "--api-key",
+        default=argparse.SUPPRESS,
         help="API key (prefer env UNLEARN_API_KEY; else, for a local server, $UNLEARN_VAR_DIR/admin.key)",
     )
     conn.add_argument("--http-timeout", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -539,3 +539,14 @@ def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> 
     }
     assert how_published(job) == "method retrain (methods tried in order: finetune, retrain)"
     assert how_published({**job, "attempts": 2, "metrics": {}}) == "method retrain, 2 worker runs"
+
+
+def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:
+    """`unlearn --url U models` was refused by argparse ("invalid choice"): a client's first try."""
+    from service.cli.parser import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--url", "http://a:1", "--api-key", "k", "models"]).url == "http://a:1"
+    assert parse(["models", "--url", "http://b:2"]).url == "http://b:2"
+    assert parse(["--url", "http://a:1", "models", "--url", "http://b:2"]).url == "http://b:2"  # the later
+    assert parse(["models"]).url is None and parse(["models"]).api_key is None
