@@ -234,6 +234,7 @@ def evaluate(
     forgotten_classes: Iterable[int] | None = None,
     test_scores: SetScores | None = None,
     train_scores: Callable[[SampleDataset], SetScores] | None = None,
+    forget_flagged: torch.Tensor | None = None,
 ) -> dict[str, float | int | None]:
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
@@ -257,7 +258,8 @@ def evaluate(
     scores on the scoring data depend on nothing a deletion changes); then D_te is not read at all.
     ``train_scores``: how rows of the training set (D_f, D_r's sample) are scored, where the caller has a
     cheaper way to ``score_set(model, rows)`` (a worker passes them through the front's kept outputs and
-    the last layers: ``workers.front_cache``)."""
+    the last layers: ``workers.front_cache``). ``forget_flagged``: (n_f,) bool, forget rows whose label the
+    deleter says is wrong, which ``forget_accuracy_excess_se`` leaves out (see ``accuracy_excess``)."""
     scored = train_scores or functools.partial(score_set, model)
     n_ra = min(len(retain), retain_sample)
     n_members = min(len(retain), len(test))  # as ``mia_sets``
@@ -282,7 +284,14 @@ def evaluate(
         forgot = _finite(scored(forget), "forgotten")
         out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
         if len(test):
-            expected, excess = accuracy_excess(forgot.correct, forget.y.numpy(), te_correct, test.y.numpy())
+            expected, excess = accuracy_excess(
+                forgot.correct,
+                forget.y.numpy(),
+                te_correct,
+                test.y.numpy(),
+                gone=set(forgotten_classes or ()),
+                skip=None if forget_flagged is None else forget_flagged.numpy(),
+            )
             out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]
@@ -305,30 +314,48 @@ def evaluate(
 
 
 def accuracy_excess(
-    forget_correct: np.ndarray, forget_y: np.ndarray, test_correct: np.ndarray, test_y: np.ndarray
-) -> tuple[float, float]:
-    """(the accuracy unseen rows of D_f's classes get, in D_f's class mix; how many standard errors D_f's
-    accuracy lies above it). A retrained model never read D_f, so D_f scores like unseen data of its
-    classes, and a version that recognises it far better did not forget it: a probe's lr-1e-8 run changed
-    no weight and was published as a deletion. Per class, since a deletion drawn from an easy class is
-    recognised above the overall test accuracy by a retrain too. Each class's accuracy is read off its
-    test rows (the overall accuracy for a class with none); its variance with one success and one failure
-    added, so a class every test row gets right still leaves room. The error counts both D_f's draw and
-    the estimate's, so a few test rows per class make the number small, not large."""
+    forget_correct: np.ndarray,
+    forget_y: np.ndarray,
+    test_correct: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    gone: set[int] | frozenset[int] = frozenset(),
+    skip: np.ndarray | None = None,
+) -> tuple[float | None, float | None]:
+    """(the accuracy a retrain would have on D_f, from unseen rows of its classes in D_f's class mix; how
+    many standard errors D_f's accuracy lies above it), or (None, None) where no row can be judged.
+
+    A retrained model never read D_f, so D_f scores like unseen data of its classes, and a version that
+    recognises it far better did not forget it: a probe's lr-1e-8 run moved no weight and was published.
+    Per class, since a deletion drawn from an easy class is recognised above the overall test accuracy by
+    a retrain too: each class's rate is read off its test rows, its variance with one success and one
+    failure added (so a class every test row gets right still leaves room), and the error counts D_f's
+    draw and the estimate's. A class the deletion takes whole (``gone``) is expected at 0: a retrain
+    never predicts it. Rows that cannot be judged are left out: ``skip`` (rows flagged mislabeled, whose
+    stored label a retrain does not predict) and rows of a class with no test row. The rows are taken as
+    independent draws, which rows of one subject are not (an easy person's rows are all easy): the number
+    then spreads wider than a standard normal, so the gate over it asks for more (``workers.gates``)."""
+    keep = np.ones(len(forget_y), dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
     classes, per_class = np.unique(test_y, return_inverse=True)
     hits = np.bincount(per_class, weights=test_correct, minlength=len(classes))
     rows = np.bincount(per_class, minlength=len(classes)).astype(float)
-    n_class = {int(c): float(n) for c, n in zip(classes, rows, strict=True)}
-    rate = {int(c): float(h / n) for c, h, n in zip(classes, hits, rows, strict=True)}
-    spread = {int(c): float((h + 1.0) / (n + 2.0)) for c, h, n in zip(classes, hits, rows, strict=True)}
-    total, n_total = float(test_correct.sum()), float(len(test_correct))
-    p = np.array([rate.get(c, total / n_total) for c in forget_y.tolist()])
-    variance = 0.0
-    for c, k in zip(*np.unique(forget_y, return_counts=True), strict=True):
-        s, n = spread.get(int(c), (total + 1.0) / (n_total + 2.0)), n_class.get(int(c), n_total)
+    tested = {int(c): (float(h), float(n)) for c, h, n in zip(classes, hits, rows, strict=True)}
+    keep &= np.isin(forget_y, list(tested))
+    if not keep.any():
+        return None, None
+    ys, correct = forget_y[keep], np.asarray(forget_correct, dtype=float)[keep]
+    expected, variance = 0.0, 0.0
+    for c, k in zip(*np.unique(ys, return_counts=True), strict=True):
+        h, n = tested[int(c)]
+        if int(c) in gone:
+            s = 1.0 / (n + 2.0)
+            variance += float(k) * s * (1.0 - s)
+            continue
+        s = (h + 1.0) / (n + 2.0)
+        expected += float(k) * h / n
         variance += float(k) * s * (1.0 - s) * (1.0 + float(k) / (n + 2.0))  # D_f's draw, the estimate's
-    excess = (float(forget_correct.sum()) - float(p.sum())) / np.sqrt(variance) if variance > 0 else 0.0
-    return float(p.mean()), float(excess)
+    excess = (float(correct.sum()) - expected) / np.sqrt(variance)
+    return expected / len(ys), float(excess)
 
 
 def forgotten_classes(train_labels: torch.Tensor, retain_labels: torch.Tensor) -> list[int] | None:

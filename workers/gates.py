@@ -6,9 +6,13 @@ Gates are a model's policy (a dict stored with the model). Known keys, all fract
 - `max_forget_accuracy_above_test`: accuracy on the forget set may exceed test accuracy by at most this
   (a forgotten sample should look like one the model never saw).
 - `min_mia_score`: at least this fraction of the forget set must look like non-members.
-- `max_forget_accuracy_excess_se` (standard errors, not a fraction): the forget set's accuracy may lie at
-  most this many standard errors above what unseen rows of its classes get (``forget_accuracy_excess_se``,
-  models.metrics.accuracy_excess): a version that still recognises D_f as a member did not forget it.
+- `max_forget_accuracy_excess_se` (standard errors, not a fraction): refuses a version that still
+  recognises D_f beyond this many standard errors above unseen rows of its classes
+  (``forget_accuracy_excess_se``, models.metrics.accuracy_excess) when the run took less than one standard
+  error off the base's number: a run that forgot nothing (a probe's lr 1e-8). Not a measure of how well a
+  run forgot: D_f's rows are not independent draws (one person's rows are all easy or all hard), so a
+  version that forgot as a retrain does can lie above it; hence the second condition, and an exact
+  retrain, which never read D_f, is never refused by it.
 - `max_forgotten_class_accuracy`: a deletion that took whole classes may leave them predicted on at most
   this share of their test rows.
 """
@@ -22,9 +26,12 @@ from typing import Any
 EPS = 1e-9
 
 
-def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> list[str]:
+def check(
+    gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any], method: str | None = None
+) -> list[str]:
     """Return one human-readable reason per failed gate (empty: all passed). A gate over a metric that
-    could not be measured (None: e.g. RA once the whole training set is forgotten) does not apply."""
+    could not be measured (None: e.g. RA once the whole training set is forgotten) does not apply.
+    ``method``: the one that made ``result`` (an exact retrain is not judged on D_f's recognition)."""
     failures: list[str] = []
     ta, ra, ua = result.get("test_accuracy"), result.get("retain_accuracy"), result.get("unlearning_accuracy")
     base_ta, base_ra = base.get("test_accuracy"), base.get("retain_accuracy")
@@ -41,10 +48,20 @@ def check(gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -
         if forget_acc > ta + g + EPS:
             failures.append(f"forget-set accuracy {forget_acc:.4f} > test accuracy {ta:.4f} + {g}")
     g, excess = gates.get("max_forget_accuracy_excess_se"), result.get("forget_accuracy_excess_se")
-    if g is not None and excess is not None and excess > g + EPS:
+    before = base.get("forget_accuracy_excess_se")
+    if (
+        g is not None
+        and excess is not None
+        and method != "retrain"
+        and excess > g + EPS
+        and (before is None or excess > before - 1.0)  # the run took next to nothing off: forgot nothing
+    ):
+        was = "" if before is None else f", {before:.1f} before the run"
+        accuracy = 1.0 - float(ua or 0.0)
         failures.append(
-            f"the forget set is still recognised: its accuracy {1.0 - ua:.4f} is {excess:.1f} standard errors"
-            f" above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes get (> {g})"
+            f"the forget set is still recognised: its accuracy {accuracy:.4f} is {excess:.1f} standard errors"
+            f" above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes would get"
+            f" (> {g}{was})"
         )
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:

@@ -200,6 +200,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             forgotten_classes=classes,
             test_scores=test_scores,
             train_scores=on_train,
+            forget_flagged=mislabeled,
         )
         return dict(metrics), test_scores
 
@@ -262,7 +263,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             failures = [f"diverged: {broken}"]
         else:
             metrics = {**scored, "runtime_s": runtime}
-            failures = gates.check(ctx.gates, base_metrics, metrics)
+            failures = gates.check(ctx.gates, base_metrics, metrics, method)
         attempts.append(
             {
                 "method": method,

@@ -551,21 +551,21 @@ def parse_params(method: str, raw: Any = None) -> Any:
     return params
 
 
-# Fields that decide how many steps a run takes; with all of them 0 it takes none.
-_STEP_FIELDS = ("epochs", "pushes", "class_epochs")
-
-
 def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
-    """An explicit ``epochs: 0`` (with no pushes left to size the run) asks for a run of no step: an
-    unlearning method would publish its base unchanged as a version that forgot, and a retrain an untrained
-    network. A probe saw the first published under ``gates: {}``, so it is refused here, where the API
-    turns it into a 422. Runs that the sizing rules leave without a step (every flagged row already where a
-    retrain has it) are not affected: they never say ``epochs: 0``."""
-    if raw.get("epochs") != 0:
-        return
-    if all(getattr(params, name, 0) == 0 for name in _STEP_FIELDS):
+    """An explicit ``epochs: 0`` asks for a run of no step: an unlearning method would publish its base
+    unchanged as a version that forgot, and a retrain an untrained network. A probe saw the first published
+    under ``gates: {}``, so it is refused here, where the API turns it into a 422. Not only with nothing
+    else to size the run: ``pushes`` size only random deletions that have held-out data, ``class_epochs``
+    only class-wise ones, so which of them applies is not known until the deletion is (a review ran
+    ``{"epochs": 0, "class_epochs": 1}`` on a random deletion and got the base back). To size a run by
+    pushes or class epochs alone, leave ``epochs`` out. Runs that the sizing rules leave without a step
+    (every flagged row already where a retrain has it) are not affected: they never say ``epochs: 0``."""
+    if raw.get("epochs") == 0:
         what = "an untrained network" if method == "retrain" else "its base model unchanged"
-        raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {what}")
+        raise ValueError(
+            f"{method}.epochs 0 runs no step: the version published would be {what}"
+            + ("" if method == "retrain" else " (to size a run by pushes or class_epochs, leave epochs out)")
+        )
 
 
 # An Adam-trained, layer-normalised model's gradient methods run Adam at this share of its recipe's lr

@@ -212,6 +212,10 @@ def test_evaluate_classwise_leaves_the_class_out_of_ta_not_out_of_the_attack(dig
     assert out["forgotten_class_test_accuracy"] == pytest.approx(accuracy(digits_model, test.subset(is_3)))
     assert out["test_accuracy"] != plain["test_accuracy"]  # class 3 really left out of TA
     classwise = {"test_accuracy", "test_count", "forgotten_class_test_accuracy", "forgotten_class_test_count"}
+    classwise |= {
+        "forget_accuracy_expected",
+        "forget_accuracy_excess_se",
+    }  # a class that left is expected at 0
     # The attacks' non-members are all of D_te either way: the same MIA as random-forgetting scoring.
     assert {k: v for k, v in out.items() if k not in classwise} == {
         k: v for k, v in plain.items() if k not in classwise
@@ -265,7 +269,8 @@ def _evaluate_set_by_set(
     if len(forget):
         f = score_set(model, forget)
         out["unlearning_accuracy"] = 1.0 - float(f.correct.mean())
-        expected, excess = accuracy_excess(f.correct, forget.y.numpy(), te.correct, test.y.numpy())
+        gone = set(forgotten_classes or ())
+        expected, excess = accuracy_excess(f.correct, forget.y.numpy(), te.correct, test.y.numpy(), gone=gone)
         out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
         if len(members):
             m_log, n_log = (
@@ -367,3 +372,21 @@ def test_a_forget_set_the_model_still_recognises_is_many_errors_above_unseen_dat
     easy = np.ones(500, dtype=np.float32)
     assert accuracy_excess(np.ones(20), forget_y[:20], easy, test_y)[1] < 1
     assert accuracy_excess(np.zeros(200), forget_y, test_correct, test_y)[1] < -6  # forgotten past unseen
+
+
+def test_the_excess_expects_nothing_of_a_class_that_left_and_skips_rows_it_cannot_judge() -> None:
+    """Review findings: a class-wise deletion that forgot nothing scored 0 (the version's own test rows of
+    the class were right too); flagged rows, whose label a retrain does not predict, pulled the sum down and
+    hid unforgotten ones; a class with no test row was judged at the overall rate."""
+    test_y = np.tile(np.arange(10), 50)
+    test_correct = np.ones(500, dtype=np.float32)
+    still_known = accuracy_excess(np.ones(50), np.full(50, 3), test_correct, test_y, gone={3})
+    assert still_known[0] == 0.0 and still_known[1] > 20
+    assert accuracy_excess(np.zeros(50), np.full(50, 3), test_correct, test_y, gone={3})[1] == 0.0
+    forget_y, correct = np.tile(np.arange(10), 20), np.ones(200)
+    flagged = np.zeros(200, dtype=bool)
+    flagged[100:] = True
+    correct[100:] = 0.0  # moved off their wrong labels, as asked
+    test_80 = (np.arange(500) % 5 != 0).astype(np.float32)
+    assert accuracy_excess(correct, forget_y, test_80, test_y, skip=flagged)[1] > 4  # the rest still known
+    assert accuracy_excess(np.ones(30), np.full(30, 11), test_80, test_y) == (None, None)  # no test row

@@ -197,13 +197,18 @@ def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence()
     assert non_finite_weights(model, base) == "2 of its 15 weights are NaN or infinite"
 
 
-def test_a_forget_set_recognised_beyond_unseen_data_fails_the_excess_gate_and_at_it_passes() -> None:
+def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_a_retrain_does_not() -> None:
     gates = {"max_forget_accuracy_excess_se": 3.0}
     recognised = {**result(unlearning_accuracy=0.0), "forget_accuracy_expected": 0.78}
-    assert check(gates, BASE, {**recognised, "forget_accuracy_excess_se": 3.0}) == []
-    [why] = check(gates, BASE, {**recognised, "forget_accuracy_excess_se": 7.25})
+    base = {**BASE, "forget_accuracy_excess_se": 7.5}
+    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 3.0}) == []  # at the gate
+    [why] = check(gates, base, {**recognised, "forget_accuracy_excess_se": 7.25})  # a quarter off: nothing
     assert why == (
         "the forget set is still recognised: its accuracy 1.0000 is 7.2 standard errors above the 0.7800 "
-        "unseen rows of its classes get (> 3.0)"
+        "unseen rows of its classes would get (> 3.0, 7.5 before the run)"
     )
+    # Above the gate but well below the base (one person's rows, all easy, scored as independent draws):
+    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 4.0}) == []
+    # An exact retrain never read D_f: whatever its number says, it is not refused for it.
+    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 7.25}, method="retrain") == []
     assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge

@@ -179,6 +179,34 @@ def test_when_every_method_misses_its_gates_the_job_fails_with_reasons(demo: Set
         assert job.phase == "evaluate:gradient_ascent"
 
 
+def test_a_run_that_forgot_nothing_is_refused_and_the_exact_retrain_published(demo: Settings) -> None:
+    """A probe's lr-1e-8 run moved no weight and was published as a deletion. Here a class-wise deletion at
+    that lr leaves the class recognised: the excess gate refuses it (D_f's accuracy far above the 0 a
+    retrain has, and no lower than before the run), and the retrain fallback publishes."""
+    ids = ungated_class(demo, 3)
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(
+            update(Model).values(
+                gates={"max_forget_accuracy_excess_se": 3.0},
+                default_params={"lr": 1e-8},
+                fallback_methods=["retrain"],
+            )
+        )
+    model_id, req_id = submit(demo, ids)
+    process_model(demo, model_id)
+    with session_scope(demo.resolved_database_url) as s:
+        req = s.get_one(DeletionRequest, req_id)
+        job = s.get_one(Job, req.job_id)
+        assert req.state == "completed", job.error
+        first, second = job.metrics["attempts"]
+        assert first["method"] == "ugradsl_plus" and not first["passed"]
+        [why] = first["gate_failures"]
+        assert why.startswith("the forget set is still recognised: its accuracy 1.0000 is ")
+        assert first["metrics"]["forget_accuracy_expected"] == 0.0  # a retrain never predicts the class
+        assert second["method"] == "retrain" and second["passed"]
+        assert second["metrics"]["unlearning_accuracy"] == 1.0
+
+
 def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_PRECISION="bf16")  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)

@@ -156,9 +156,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # never what a deletion costs a retrain. Only where at least DEFAULT_GATE_ROWS test rows score the model:
 # on a few dozen, two rows that flip are 10 points, and the guard would fail honest deletions
 DEFAULT_TEST_ACCURACY_DROP, DEFAULT_GATE_ROWS = 0.1, 100
-# And beside it a guard against a version that did not forget: D_f recognised this many standard errors
-# above unseen rows of its classes (a probe's lr-1e-8 run, which moved no weight, was published). A
-# version that forgot as a retrain does lies above 3 in at most about one deletion in 700.
+# And beside it a guard against a run that forgot nothing: D_f still recognised this many standard errors
+# above unseen rows of its classes, and no lower than before the run (a probe's lr-1e-8 run, which moved no
+# weight, was published; workers.gates).
 DEFAULT_FORGET_EXCESS_SE = 3.0
 
 
