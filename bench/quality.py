@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models import batches as B
@@ -98,6 +99,22 @@ def _shapes() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
     from bench.shapes import dataset
 
     return dataset(2000, 0, "train"), dataset(500, 1, "test"), dataset(500, 2, "reference")
+
+
+def _blobs() -> tuple[SampleDataset, SampleDataset, SampleDataset]:
+    """20 overlapping Gaussian classes in 16 features (unseen rows score about 80%): a tabular MLP, the
+    family a client registered that no setting had (stop 56). Centres from one seed; train, test and the
+    reference are separate draws around them."""
+    from sklearn.datasets import make_blobs
+
+    centres = np.random.default_rng(0).uniform(-10.0, 10.0, (20, 16))
+
+    def draw(per_class: int, seed: int, prefix: str) -> SampleDataset:
+        x, y = make_blobs([per_class] * 20, centers=centres, cluster_std=7.0, random_state=seed)
+        ids = [f"{prefix}-{i:05d}" for i in range(len(y))]
+        return SampleDataset(torch.from_numpy(x).float(), torch.from_numpy(y), ids)
+
+    return draw(150, 1, "blobs"), draw(40, 2, "blobs-test"), draw(40, 3, "blobs-ref")
 
 
 # The setting's tokenizer, trained once on its train texts and committed: a WordPiece training is not
@@ -356,6 +373,16 @@ SETTINGS = {
         "class's label (a hash of its id): poisoned data (the mislabeled scenario)",
         mislabeled(_fashion(None)), {"in_channels": 1, "image_size": 28, "num_classes": 10},
         TrainRecipe(epochs=5, lr=0.05, batch_size=128),
+    ),
+    # Stop 56: a client's 20-class MLP on overlapping blobs, trained with Adam, lost test accuracy and
+    # over-forgot under the default: the first tabular setting.
+    "blobs_mlp": Setting(
+        "blobs_mlp", "20 overlapping Gaussian classes in 16 features (make_blobs, cluster_std 7), 3,000 "
+        "train / 800 test / 800 reference, mlp (128, 128) trained with Adam (100 epochs, lr 0.002, batch "
+        "64, no weight decay: memorises; unseen rows score about 80%)",
+        _blobs, {"in_features": 16, "num_classes": 20, "hidden": [128, 128]},
+        TrainRecipe(epochs=100, lr=0.002, batch_size=64, weight_decay=0.0, optimizer="adam"),
+        architecture="mlp",
     ),
     "shapes_resnet18": Setting(
         "shapes_resnet18", "generated 32x32 colour shapes (bench/shapes.py), 2,000 train / 500 test, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 import tracemalloc
 from collections.abc import Iterator
@@ -104,9 +105,12 @@ def test_an_unreadable_upload_is_refused_naming_the_file_sent_not_the_servers_co
 ) -> None:
     app, admin = live
     with app.client(admin) as c:
-        r = c.post("/v1/datasets/upload", data={"name": "junk"}, files={"file": ("mine.npz", b"junk")})
-    assert r.status_code == 422, r.text
-    assert "'mine.npz'" in r.json()["detail"] and str(app.settings.dataset_dir) not in r.text
+        for kind, name in (("npz", "mine.npz"), ("webdataset", "mine.tar"), ("jsonl", "mine.jsonl")):
+            sent = {"file": (name, b"junk")}
+            r = c.post("/v1/datasets/upload", data={"name": "junk", "kind": kind}, files=sent)
+            assert r.status_code == 422, r.text
+            assert f"'{name}'" in r.json()["detail"], r.text
+            assert str(app.settings.dataset_dir) not in r.text and not re.search(r"[0-9a-f]{32}", r.text)
     assert list((app.settings.dataset_dir / "uploads").iterdir()) == []  # nothing half-written
 
 

@@ -194,13 +194,15 @@ def upload_dataset(
 
 
 def _name_the_upload(exc: ProblemError, sent: dict[Path, str]) -> None:
-    """The readers name the file they read: for an upload that is the server's own copy, whose path says
-    nothing to the client and something about the server (a probe saw it); the file sent is named instead."""
+    """The readers name the file they read, by its path or its name: for an upload that is the server's
+    copy under a random name, which the client never saw (a probe was told about a path of ours); the file
+    sent is named instead."""
     for path, label in sent.items():
-        exc.detail = exc.detail.replace(str(path), repr(label))
-        for e in exc.errors or []:
-            if isinstance(e.get("msg"), str):
-                e["msg"] = e["msg"].replace(str(path), repr(label))
+        for said in (str(path), path.name):  # the path first: it holds the name
+            exc.detail = exc.detail.replace(said, repr(label))
+            for e in exc.errors or []:
+                if isinstance(e.get("msg"), str):
+                    e["msg"] = e["msg"].replace(said, repr(label))
 
 
 @router.get("/v1/datasets", response_model=list[DatasetOut])
