@@ -9,8 +9,8 @@ threads are daemons: a worker that stops sends the attempts it holds, queued or 
 broker (``hand_back``); one that dies without a word leaves them pending in the database for the
 reconciler (``claims.stale_webhooks``), as it does for a task the broker lost.
 
-Receivers take turns: attempts wait per receiver host and the threads serve the hosts round-robin, at most
-``PER_HOST`` of them on one host. With one first-come queue, a backlog to one slow receiver (a tenant's
+Receivers take turns: attempts wait per receiver (host and port) and the threads serve them round-robin,
+at most ``PER_HOST`` of them on one. With one first-come queue, a backlog to one slow receiver (a tenant's
 hundred deletions, each attempt held to the timeout) held every courier and delayed other tenants'
 webhooks by minutes.
 """
@@ -38,7 +38,7 @@ from workers.celery_app import app
 log = logging.getLogger(__name__)
 
 COURIERS = 4  # deliveries in flight per worker process
-PER_HOST = 2  # of them on one receiver host: a slow receiver holds at most these
+PER_HOST = 2  # of them on one receiver (host and port): a slow receiver holds at most these
 MAX_BACKOFF_S = 300
 
 
@@ -51,40 +51,47 @@ class _Attempt:
 
 
 class _Inbox:
-    """Attempts waiting per receiver host, handed out round-robin over the hosts, at most ``PER_HOST`` in
-    flight on one host."""
+    """Attempts waiting per receiver (host and port), handed out round-robin over the receivers, at most
+    ``PER_HOST`` in flight on one; it also knows which attempt each thread is posting, under the same lock,
+    so a stop's ``hold`` misses none (one taken between two separate locks was in neither list)."""
 
     def __init__(self) -> None:
         self._ready = threading.Condition()
         self._waiting: dict[str, deque[_Attempt]] = {}  # insertion order is the turn order
         self._flying: Counter[str] = Counter()
+        self._posting: dict[int, _Attempt] = {}  # thread ident -> the attempt it is posting
 
-    def put(self, host: str, a: _Attempt) -> None:
+    def put(self, receiver: str, a: _Attempt) -> None:
         with self._ready:
-            self._waiting.setdefault(host, deque()).append(a)
+            self._waiting.setdefault(receiver, deque()).append(a)
             self._ready.notify()
 
     def take(self) -> tuple[str, _Attempt]:
         with self._ready:
             while True:
-                for host, waiting in self._waiting.items():
-                    if self._flying[host] < PER_HOST:
+                for receiver, waiting in self._waiting.items():
+                    if self._flying[receiver] < PER_HOST:
                         a = waiting.popleft()
-                        del self._waiting[host]
-                        if waiting:  # its next attempt waits behind the other hosts'
-                            self._waiting[host] = waiting
-                        self._flying[host] += 1
-                        return host, a
+                        del self._waiting[receiver]
+                        if waiting:  # its next attempt waits behind the other receivers'
+                            self._waiting[receiver] = waiting
+                        self._flying[receiver] += 1
+                        self._posting[threading.get_ident()] = a
+                        return receiver, a
                 self._ready.wait()
 
-    def done(self, host: str) -> None:
+    def done(self, receiver: str) -> None:
         with self._ready:
-            self._flying[host] -= 1
+            self._posting.pop(threading.get_ident(), None)
+            self._flying[receiver] -= 1
+            if not self._flying[receiver]:
+                del self._flying[receiver]  # a receiver seen once is not kept for the process's life
             self._ready.notify_all()
 
-    def drain(self) -> list[_Attempt]:
+    def hold(self) -> list[_Attempt]:
+        """Every attempt it holds, in flight and waiting; the waiting ones leave it."""
         with self._ready:
-            held = [a for waiting in self._waiting.values() for a in waiting]
+            held = [*self._posting.values(), *(a for waiting in self._waiting.values() for a in waiting)]
             self._waiting.clear()
             return held
 
@@ -92,7 +99,6 @@ class _Inbox:
 _lock = threading.Lock()
 _inbox: _Inbox | None = None
 _pid: int | None = None  # the process the threads run in: a forked child starts its own
-_flying: dict[int, _Attempt] = {}  # thread ident -> the attempt it is posting
 
 
 def dispatch(
@@ -101,16 +107,16 @@ def dispatch(
     """Queue one delivery attempt of the request's webhook (``tries`` attempts before it) and return. The
     process's settings and Celery app unless given (a test's)."""
     settings = settings or get_settings()
-    _threads().put(_host(settings, request_id), _Attempt(request_id, tries, settings, broker or app))
+    _threads().put(_receiver(settings, request_id), _Attempt(request_id, tries, settings, broker or app))
 
 
-def _host(settings: Settings, request_id: str) -> str:
-    """The receiver's host, which the attempt waits under; "" where it cannot be read (the attempt itself
-    then finds out why)."""
+def _receiver(settings: Settings, request_id: str) -> str:
+    """The receiver's host and port, which the attempt waits under; "" where they cannot be read (the
+    attempt itself then finds out why)."""
     try:
         with session_scope(settings.resolved_database_url) as s:
             url = s.scalar(select(DeletionRequest.callback_url).where(DeletionRequest.id == request_id))
-        return (urlsplit(url).hostname or "") if url else ""
+        return urlsplit(url).netloc.lower() if url else ""
     except Exception:  # noqa: BLE001 - the database, say: the attempt reports it
         log.warning("webhook for %s: could not read its receiver's host", request_id, exc_info=True)
         return ""
@@ -128,18 +134,14 @@ def _threads() -> _Inbox:
 
 def _serve(inbox: _Inbox) -> None:
     while True:
-        host, a = inbox.take()
-        with _lock:
-            _flying[threading.get_ident()] = a
+        receiver, a = inbox.take()
         try:
             done = webhooks.deliver(a.settings, a.request_id)
         except Exception:  # noqa: BLE001 - the database, say: tried again later, never lost
             log.warning("webhook for %s: the attempt failed; trying again", a.request_id, exc_info=True)
             done = False
         finally:
-            with _lock:
-                _flying.pop(threading.get_ident(), None)
-            inbox.done(host)
+            inbox.done(receiver)
         if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
             log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
 
@@ -153,10 +155,7 @@ def hand_back() -> int:
     many went back."""
     if _inbox is None or _pid != os.getpid():
         return 0
-    with _lock:
-        held = list(_flying.values())
-    held += _inbox.drain()
-    return sum(send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries) for a in held)
+    return sum(send_deliver_webhook(a.broker, a.request_id, 0.0, a.tries) for a in _inbox.hold())
 
 
 @worker_shutdown.connect  # the solo pool's process
