@@ -20,7 +20,7 @@ from service.core.settings import Settings
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
 from tests.helpers import migrated
-from tests.liveapp import serve
+from tests.liveapp import prepared, serve
 
 
 @dataclass
@@ -186,9 +186,7 @@ def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
 def test_metrics_count_refusals_made_before_routing_under_their_route(backend: Backend) -> None:
     """A 401 (no key) and a 413 (a declared length over the limit) are answered by middleware before the
     router runs: they were counted as "unmatched", and the 413 not at all."""
-    settings = Settings(**{**backend.env, "UNLEARN_MAX_BODY_BYTES": "100"})  # type: ignore[arg-type]
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrated(settings.resolved_database_url)
+    settings = prepared(Settings(**{**backend.env, "UNLEARN_MAX_BODY_BYTES": "100"}))  # type: ignore[arg-type]
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy", n_train=20)
         key = make_key(s, scopes=("deletion:write",))
