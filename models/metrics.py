@@ -284,7 +284,7 @@ def evaluate(
         forgot = _finite(scored(forget), "forgotten")
         out["unlearning_accuracy"] = 1.0 - float(forgot.correct.mean())
         if len(test):
-            expected, excess = accuracy_excess(
+            judged, expected, excess = accuracy_excess(
                 forgot.correct,
                 forget.y.numpy(),
                 te_correct,
@@ -292,6 +292,7 @@ def evaluate(
                 gone=set(forgotten_classes or ()),
                 skip=None if forget_flagged is None else forget_flagged.numpy(),
             )
+            out["forget_accuracy_judged"] = judged
             out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]
@@ -321,9 +322,10 @@ def accuracy_excess(
     *,
     gone: set[int] | frozenset[int] = frozenset(),
     skip: np.ndarray | None = None,
-) -> tuple[float | None, float | None]:
-    """(the accuracy a retrain would have on D_f, from unseen rows of its classes in D_f's class mix; how
-    many standard errors D_f's accuracy lies above it), or (None, None) where no row can be judged.
+) -> tuple[float | None, float | None, float | None]:
+    """(D_f's accuracy over the rows judged; the accuracy a retrain would have on them, from unseen rows
+    of their classes in their class mix; how many standard errors the first lies above the second), or
+    Nones where no row can be judged.
 
     A retrained model never read D_f, so D_f scores like unseen data of its classes, and a version that
     recognises it far better did not forget it: a probe's lr-1e-8 run moved no weight and was published.
@@ -342,7 +344,7 @@ def accuracy_excess(
     tested = {int(c): (float(h), float(n)) for c, h, n in zip(classes, hits, rows, strict=True)}
     keep &= np.isin(forget_y, list(tested))
     if not keep.any():
-        return None, None
+        return None, None, None
     ys, correct = forget_y[keep], np.asarray(forget_correct, dtype=float)[keep]
     expected, variance = 0.0, 0.0
     for c, k in zip(*np.unique(ys, return_counts=True), strict=True):
@@ -355,7 +357,7 @@ def accuracy_excess(
         expected += float(k) * h / n
         variance += float(k) * s * (1.0 - s) * (1.0 + float(k) / (n + 2.0))  # D_f's draw, the estimate's
     excess = (float(correct.sum()) - expected) / np.sqrt(variance)
-    return expected / len(ys), float(excess)
+    return float(correct.mean()), expected / len(ys), float(excess)
 
 
 def forgotten_classes(train_labels: torch.Tensor, retain_labels: torch.Tensor) -> list[int] | None:

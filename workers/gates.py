@@ -9,10 +9,12 @@ Gates are a model's policy (a dict stored with the model). Known keys, all fract
 - `max_forget_accuracy_excess_se` (standard errors, not a fraction): refuses a version that still
   recognises D_f beyond this many standard errors above unseen rows of its classes
   (``forget_accuracy_excess_se``, models.metrics.accuracy_excess) when the run took less than one standard
-  error off the base's number: a run that forgot nothing (a probe's lr 1e-8). Not a measure of how well a
-  run forgot: D_f's rows are not independent draws (one person's rows are all easy or all hard), so a
-  version that forgot as a retrain does can lie above it; hence the second condition, and an exact
-  retrain, which never read D_f, is never refused by it.
+  error off D_f's accuracy: a run that forgot nothing (a probe's lr 1e-8). Judged on D_f's accuracy, not
+  on the base's excess: each excess is measured against its own version's unseen accuracy, so a run that
+  only mended test accuracy lowered it while D_f grew better known (a probe's p 1.0 run). Not a measure
+  of how well a run forgot: D_f's rows are not independent draws (one person's rows are all easy or all
+  hard), so a version that forgot as a retrain does can lie above it; hence the second condition, and an
+  exact retrain, which never read D_f, is never refused by it.
 - `max_forgotten_class_accuracy`: a deletion that took whole classes may leave them predicted on at most
   this share of their test rows.
 """
@@ -48,21 +50,18 @@ def check(
         if forget_acc > ta + g + EPS:
             failures.append(f"forget-set accuracy {forget_acc:.4f} > test accuracy {ta:.4f} + {g}")
     g, excess = gates.get("max_forget_accuracy_excess_se"), result.get("forget_accuracy_excess_se")
-    before = base.get("forget_accuracy_excess_se")
-    if (
-        g is not None
-        and excess is not None
-        and method != "retrain"
-        and excess > g + EPS
-        and (before is None or excess > before - 1.0)  # the run took next to nothing off: forgot nothing
-    ):
-        was = "" if before is None else f", {before:.1f} before the run"
-        accuracy = 1.0 - float(ua or 0.0)
-        failures.append(
-            f"the forget set is still recognised: its accuracy {accuracy:.4f} is {excess:.1f} standard errors"
-            f" above the {result['forget_accuracy_expected']:.4f} unseen rows of its classes would get"
-            f" (> {g}{was})"
-        )
+    if g is not None and excess is not None and method != "retrain" and excess > g + EPS:
+        # Over the rows the excess judges (flagged rows left out: moving them is not forgetting the rest).
+        accuracy, expected = result["forget_accuracy_judged"], result["forget_accuracy_expected"]
+        se = (accuracy - expected) / excess  # one standard error of that accuracy (> 0, as the excess is)
+        before = base.get("forget_accuracy_judged")
+        taken = 0.0 if before is None else before - accuracy  # what the run took off it
+        if taken < se:  # less than one standard error: it forgot nothing
+            failures.append(
+                f"the forget set is still recognised: its accuracy {accuracy:.4f} is {excess:.1f} standard "
+                f"errors above the {expected:.4f} unseen rows of its classes would get (> {g}), and the run "
+                f"took {taken:+.4f} off it (one standard error: {se:.4f})"
+            )
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:
         failures.append(f"MIA score {result['mia_score']:.4f} < {g}")

@@ -564,7 +564,11 @@ def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
         what = "an untrained network" if method == "retrain" else "its base model unchanged"
         raise ValueError(
             f"{method}.epochs 0 runs no step: the version published would be {what}"
-            + ("" if method == "retrain" else " (to size a run by pushes or class_epochs, leave epochs out)")
+            + (
+                " (to size a run by pushes or class_epochs, leave epochs out)"
+                if hasattr(params, "pushes")
+                else ""
+            )
         )
 
 

@@ -136,6 +136,8 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
         f"new version {new['version']} of {req['model']} (parent {new['parent']}), job {job['id']}, "
         f"{how_published(job)}"
     )
+    for line in refusals(job):
+        out.print(line)
     table = metrics_table(req["model"], job, new, base, result)
     counts = ", ".join(
         f"{k.removesuffix('_count')} {result[k]}"
@@ -177,3 +179,12 @@ def how_published(job: dict[str, Any]) -> str:
     if (job.get("attempts") or 1) > 1:
         said += f", {job['attempts']} worker runs"
     return said
+
+
+def refusals(job: dict[str, Any]) -> list[str]:
+    """Why each method before the one that published was refused: the line above named them only."""
+    return [
+        f"  {a.get('method')} refused: {'; '.join(a.get('gate_failures') or [a.get('error') or 'failed'])}"
+        for a in (job.get("metrics") or {}).get("attempts") or []
+        if not a.get("passed")
+    ]

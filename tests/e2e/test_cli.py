@@ -530,7 +530,7 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
 def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> None:
     """It said "1 attempt(s)" for a job whose first method failed its gates and whose fallback published:
     the job's `attempts` counts worker runs, its `metrics.attempts` methods."""
-    from service.cli.request import how_published
+    from service.cli.request import how_published, refusals
 
     job = {
         "method": "retrain",
@@ -539,6 +539,9 @@ def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> 
     }
     assert how_published(job) == "method retrain (methods tried in order: finetune, retrain)"
     assert how_published({**job, "attempts": 2, "metrics": {}}) == "method retrain, 2 worker runs"
+    refused = {"method": "finetune", "passed": False, "gate_failures": ["test accuracy dropped 0.5 > 0.1"]}
+    job["metrics"]["attempts"] = [refused, {"method": "retrain", "passed": True}]
+    assert refusals(job) == ["  finetune refused: test accuracy dropped 0.5 > 0.1"]
 
 
 def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:

@@ -123,7 +123,8 @@ def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
     )
     assert set(out) == {
         "unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy",
-        "forget_count", "retain_count", "test_count", "forget_accuracy_expected", "forget_accuracy_excess_se",
+        "forget_count", "retain_count", "test_count", "forget_accuracy_judged", "forget_accuracy_expected",
+        "forget_accuracy_excess_se",
     }  # fmt: skip
     assert out["retain_count"] == 100 and out["forget_count"] == 20 and out["test_count"] == 50
     for k in ("unlearning_accuracy", "mia_score", "mia_loss_score", "retain_accuracy", "test_accuracy"):
@@ -270,7 +271,10 @@ def _evaluate_set_by_set(
         f = score_set(model, forget)
         out["unlearning_accuracy"] = 1.0 - float(f.correct.mean())
         gone = set(forgotten_classes or ())
-        expected, excess = accuracy_excess(f.correct, forget.y.numpy(), te.correct, test.y.numpy(), gone=gone)
+        judged, expected, excess = accuracy_excess(
+            f.correct, forget.y.numpy(), te.correct, test.y.numpy(), gone=gone
+        )
+        out["forget_accuracy_judged"] = judged
         out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
         if len(members):
             m_log, n_log = (
@@ -354,7 +358,7 @@ def test_a_forget_set_scored_like_unseen_data_of_its_classes_is_rarely_three_err
     test_y = np.repeat([0, 1], [60, 40])
     forget_y = np.repeat([0, 1], [45, 5])  # mostly the easy class: above the overall test accuracy
     excess = np.array([
-        accuracy_excess(rng.random(50) < acc[forget_y], forget_y, rng.random(100) < acc[test_y], test_y)[1]
+        accuracy_excess(rng.random(50) < acc[forget_y], forget_y, rng.random(100) < acc[test_y], test_y)[2]
         for _ in range(2000)
     ])  # fmt: skip
     assert abs(excess.mean()) < 0.15 and (excess > 3).mean() < 0.01
@@ -367,11 +371,11 @@ def test_a_forget_set_the_model_still_recognises_is_many_errors_above_unseen_dat
     test_y = np.tile(np.arange(10), 50)
     test_correct = (np.arange(500) % 5 != 0).astype(np.float32)  # 80% in every class
     forget_y = np.tile(np.arange(10), 20)
-    expected, excess = accuracy_excess(np.ones(200), forget_y, test_correct, test_y)
-    assert expected == pytest.approx(0.8) and excess > 6
+    judged, expected, excess = accuracy_excess(np.ones(200), forget_y, test_correct, test_y)
+    assert judged == 1.0 and expected == pytest.approx(0.8) and excess > 6
     easy = np.ones(500, dtype=np.float32)
-    assert accuracy_excess(np.ones(20), forget_y[:20], easy, test_y)[1] < 1
-    assert accuracy_excess(np.zeros(200), forget_y, test_correct, test_y)[1] < -6  # forgotten past unseen
+    assert accuracy_excess(np.ones(20), forget_y[:20], easy, test_y)[2] < 1
+    assert accuracy_excess(np.zeros(200), forget_y, test_correct, test_y)[2] < -6  # forgotten past unseen
 
 
 def test_the_excess_expects_nothing_of_a_class_that_left_and_skips_rows_it_cannot_judge() -> None:
@@ -381,12 +385,13 @@ def test_the_excess_expects_nothing_of_a_class_that_left_and_skips_rows_it_canno
     test_y = np.tile(np.arange(10), 50)
     test_correct = np.ones(500, dtype=np.float32)
     still_known = accuracy_excess(np.ones(50), np.full(50, 3), test_correct, test_y, gone={3})
-    assert still_known[0] == 0.0 and still_known[1] > 20
-    assert accuracy_excess(np.zeros(50), np.full(50, 3), test_correct, test_y, gone={3})[1] == 0.0
+    assert still_known[1] == 0.0 and still_known[2] > 20
+    assert accuracy_excess(np.zeros(50), np.full(50, 3), test_correct, test_y, gone={3})[2] == 0.0
     forget_y, correct = np.tile(np.arange(10), 20), np.ones(200)
     flagged = np.zeros(200, dtype=bool)
     flagged[100:] = True
     correct[100:] = 0.0  # moved off their wrong labels, as asked
     test_80 = (np.arange(500) % 5 != 0).astype(np.float32)
-    assert accuracy_excess(correct, forget_y, test_80, test_y, skip=flagged)[1] > 4  # the rest still known
-    assert accuracy_excess(np.ones(30), np.full(30, 11), test_80, test_y) == (None, None)  # no test row
+    judged, _, excess = accuracy_excess(correct, forget_y, test_80, test_y, skip=flagged)
+    assert judged == 1.0 and excess > 4  # the rest still known
+    assert accuracy_excess(np.ones(30), np.full(30, 11), test_80, test_y) == (None, None, None)  # no test row

@@ -199,16 +199,28 @@ def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence()
 
 def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_a_retrain_does_not() -> None:
     gates = {"max_forget_accuracy_excess_se": 3.0}
-    recognised = {**result(unlearning_accuracy=0.0), "forget_accuracy_expected": 0.78}
-    base = {**BASE, "forget_accuracy_excess_se": 7.5}
-    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 3.0}) == []  # at the gate
-    [why] = check(gates, base, {**recognised, "forget_accuracy_excess_se": 7.25})  # a quarter off: nothing
+    base = {**BASE, "forget_accuracy_judged": 1.0}
+    # D_f all known where unseen rows of its classes score 0.78: 0.22 above, one standard error 0.03.
+    known = {
+        **result(unlearning_accuracy=0.0),
+        "forget_accuracy_judged": 1.0,
+        "forget_accuracy_expected": 0.78,
+    }
+    assert check(gates, base, {**known, "forget_accuracy_excess_se": 3.0}) == []  # at the gate
+    [why] = check(gates, base, {**known, "forget_accuracy_excess_se": 7.333})
     assert why == (
-        "the forget set is still recognised: its accuracy 1.0000 is 7.2 standard errors above the 0.7800 "
-        "unseen rows of its classes would get (> 3.0, 7.5 before the run)"
+        "the forget set is still recognised: its accuracy 1.0000 is 7.3 standard errors above the 0.7800 "
+        "unseen rows of its classes would get (> 3.0), and the run took +0.0000 off it (one standard "
+        "error: 0.0300)"
     )
-    # Above the gate but well below the base (one person's rows, all easy, scored as independent draws):
-    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 4.0}) == []
+    # A run that took more than a standard error off D_f's accuracy forgot something (one person's rows,
+    # all easy, are above unseen data after a retrain too): not refused by this gate.
+    forgot = {**known, "forget_accuracy_judged": 0.95, "forget_accuracy_excess_se": 5.7}
+    assert check(gates, base, forgot) == []
+    # One that mended test accuracy (expected up) while D_f grew better known is refused, whatever the
+    # base's own excess was (a probe's p 1.0 run passed when the two excesses were compared).
+    mended = {**known, "forget_accuracy_excess_se": 6.96}
+    assert check(gates, {**base, "forget_accuracy_judged": 0.95, "forget_accuracy_excess_se": 8.12}, mended)
     # An exact retrain never read D_f: whatever its number says, it is not refused for it.
-    assert check(gates, base, {**recognised, "forget_accuracy_excess_se": 7.25}, method="retrain") == []
+    assert check(gates, base, {**known, "forget_accuracy_excess_se": 7.333}, method="retrain") == []
     assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge
