@@ -332,9 +332,10 @@ def accuracy_excess(
     Per class, since a deletion drawn from an easy class is recognised above the overall test accuracy by
     a retrain too: each class's rate is read off its test rows, its variance with one success and one
     failure added (so a class every test row gets right still leaves room), and the error counts D_f's
-    draw and the estimate's. A class the deletion takes whole (``gone``) is expected at 0: a retrain
-    never predicts it. Rows that cannot be judged are left out: ``skip`` (rows flagged mislabeled, whose
-    stored label a retrain does not predict) and rows of a class with no test row. The rows are taken as
+    draw and the estimate's. Rows judged otherwise are left out: ``skip`` (rows flagged mislabeled, whose
+    stored label a retrain does not predict), rows of a class the deletion takes whole (``gone``: judged
+    by ``forgotten_class_test_accuracy``; pooled here, a large fall on them hid a no-op on the rest, a
+    review found) and rows of a class with no test row. The rows are taken as
     independent draws, which rows of one subject are not (an easy person's rows are all easy): the number
     then spreads wider than a standard normal, so the gate over it asks for more (``workers.gates``)."""
     keep = np.ones(len(forget_y), dtype=bool) if skip is None else ~np.asarray(skip, dtype=bool)
@@ -342,17 +343,13 @@ def accuracy_excess(
     hits = np.bincount(per_class, weights=test_correct, minlength=len(classes))
     rows = np.bincount(per_class, minlength=len(classes)).astype(float)
     tested = {int(c): (float(h), float(n)) for c, h, n in zip(classes, hits, rows, strict=True)}
-    keep &= np.isin(forget_y, list(tested))
+    keep &= np.isin(forget_y, list(tested)) & ~np.isin(forget_y, sorted(gone))
     if not keep.any():
         return None, None, None
     ys, correct = forget_y[keep], np.asarray(forget_correct, dtype=float)[keep]
     expected, variance = 0.0, 0.0
     for c, k in zip(*np.unique(ys, return_counts=True), strict=True):
         h, n = tested[int(c)]
-        if int(c) in gone:
-            s = 1.0 / (n + 2.0)
-            variance += float(k) * s * (1.0 - s)
-            continue
         s = (h + 1.0) / (n + 2.0)
         expected += float(k) * h / n
         variance += float(k) * s * (1.0 - s) * (1.0 + float(k) / (n + 2.0))  # D_f's draw, the estimate's

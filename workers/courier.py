@@ -28,6 +28,7 @@ from celery import Celery
 from celery.signals import worker_process_shutdown, worker_shutdown
 from sqlalchemy import select
 
+from service.core.callbacks import DEFAULT_PORTS
 from service.core.db.engine import session_scope
 from service.core.db.tables import DeletionRequest
 from service.core.queue import send_deliver_webhook
@@ -116,7 +117,11 @@ def _receiver(settings: Settings, request_id: str) -> str:
     try:
         with session_scope(settings.resolved_database_url) as s:
             url = s.scalar(select(DeletionRequest.callback_url).where(DeletionRequest.id == request_id))
-        return urlsplit(url).netloc.lower() if url else ""
+        if not url:
+            return ""
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+        return f"{(parts.hostname or '').rstrip('.')}:{port}"  # h, h:443, user@h and h. are one receiver
     except Exception:  # noqa: BLE001 - the database, say: the attempt reports it
         log.warning("webhook for %s: could not read its receiver's host", request_id, exc_info=True)
         return ""
@@ -136,14 +141,15 @@ def _serve(inbox: _Inbox) -> None:
     while True:
         receiver, a = inbox.take()
         try:
-            done = webhooks.deliver(a.settings, a.request_id)
-        except Exception:  # noqa: BLE001 - the database, say: tried again later, never lost
-            log.warning("webhook for %s: the attempt failed; trying again", a.request_id, exc_info=True)
-            done = False
-        finally:
+            try:
+                done = webhooks.deliver(a.settings, a.request_id)
+            except Exception:  # noqa: BLE001 - the database, say: tried again later, never lost
+                log.warning("webhook for %s: the attempt failed; trying again", a.request_id, exc_info=True)
+                done = False
+            if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
+                log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
+        finally:  # only once it is back with the broker: a stop's hand-back in between would miss it
             inbox.done(receiver)
-        if not done and not send_deliver_webhook(a.broker, a.request_id, backoff(a.tries), a.tries + 1):
-            log.warning("could not re-enqueue the webhook for %s; the reconciler will", a.request_id)
 
 
 def hand_back() -> int:

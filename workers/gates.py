@@ -9,12 +9,13 @@ Gates are a model's policy (a dict stored with the model). Known keys, all fract
 - `max_forget_accuracy_excess_se` (standard errors, not a fraction): refuses a version that still
   recognises D_f beyond this many standard errors above unseen rows of its classes
   (``forget_accuracy_excess_se``, models.metrics.accuracy_excess) when the run took less than one standard
-  error off D_f's accuracy: a run that forgot nothing (a probe's lr 1e-8). Judged on D_f's accuracy, not
-  on the base's excess: each excess is measured against its own version's unseen accuracy, so a run that
-  only mended test accuracy lowered it while D_f grew better known (a probe's p 1.0 run). Not a measure
-  of how well a run forgot: D_f's rows are not independent draws (one person's rows are all easy or all
-  hard), so a version that forgot as a retrain does can lie above it; hence the second condition, and an
-  exact retrain, which never read D_f, is never refused by it.
+  error off D_f's accuracy, or off its lead over unseen data: a run that forgot nothing (a probe's lr
+  1e-8). Both: a run that only mended test accuracy shrank the lead while D_f grew better known (a
+  probe's p 1.0), one that damaged the model everywhere lowered D_f's accuracy with the rest (a review).
+  Not a measure of how well a run forgot: D_f's rows are not independent draws (one person's rows are all
+  easy or all hard), so a version that forgot as a retrain does can lie above it; hence the second
+  condition, and an exact retrain, which never read D_f, is never refused by it. Rows of a class the
+  deletion takes whole are judged by `max_forgotten_class_accuracy` instead.
 - `max_forgotten_class_accuracy`: a deletion that took whole classes may leave them predicted on at most
   this share of their test rows.
 """
@@ -54,13 +55,15 @@ def check(
         # Over the rows the excess judges (flagged rows left out: moving them is not forgetting the rest).
         accuracy, expected = result["forget_accuracy_judged"], result["forget_accuracy_expected"]
         se = (accuracy - expected) / excess  # one standard error of that accuracy (> 0, as the excess is)
-        before = base.get("forget_accuracy_judged")
+        before, before_expected = base.get("forget_accuracy_judged"), base.get("forget_accuracy_expected")
         taken = 0.0 if before is None else before - accuracy  # what the run took off it
-        if taken < se:  # less than one standard error: it forgot nothing
+        # and off its lead over unseen data: a run that made the model worse everywhere took both alike
+        closed = 0.0 if before is None else (before - before_expected) - (accuracy - expected)
+        if min(taken, closed) < se:  # less than one standard error: it forgot nothing
             failures.append(
                 f"the forget set is still recognised: its accuracy {accuracy:.4f} is {excess:.1f} standard "
                 f"errors above the {expected:.4f} unseen rows of its classes would get (> {g}), and the run "
-                f"took {taken:+.4f} off it (one standard error: {se:.4f})"
+                f"took {taken:+.4f} off it and {closed:+.4f} off its lead (one standard error: {se:.4f})"
             )
     g = gates.get("min_mia_score")
     if g is not None and result.get("mia_score") is not None and result["mia_score"] < g:

@@ -192,7 +192,12 @@ def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_on
     published; a spec that leaves gates out now gets a collapse guard where at least 100 test rows score
     the model (without a held-out set, half the test set does): on fewer, two flipped rows are 10 points.
     `{}` still means none, and a spec's own gates replace the guard."""
-    ds, guards = api.datasets, {"max_test_accuracy_drop": 0.1, "max_forget_accuracy_excess_se": 3.0}
+    ds = api.datasets
+    guards = {
+        "max_test_accuracy_drop": 0.1,
+        "max_forget_accuracy_excess_se": 3.0,
+        "max_forgotten_class_accuracy": 0.5,
+    }
     cases = [
         ({"name": "big", "test_dataset": ds["test-300"]}, guards),
         ({"name": "halved", "test_dataset": ds["test-150"]}, {}),  # 75 rows score it

@@ -199,7 +199,7 @@ def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence()
 
 def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_a_retrain_does_not() -> None:
     gates = {"max_forget_accuracy_excess_se": 3.0}
-    base = {**BASE, "forget_accuracy_judged": 1.0}
+    base = {**BASE, "forget_accuracy_judged": 1.0, "forget_accuracy_expected": 0.78}
     # D_f all known where unseen rows of its classes score 0.78: 0.22 above, one standard error 0.03.
     known = {
         **result(unlearning_accuracy=0.0),
@@ -210,8 +210,8 @@ def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_
     [why] = check(gates, base, {**known, "forget_accuracy_excess_se": 7.333})
     assert why == (
         "the forget set is still recognised: its accuracy 1.0000 is 7.3 standard errors above the 0.7800 "
-        "unseen rows of its classes would get (> 3.0), and the run took +0.0000 off it (one standard "
-        "error: 0.0300)"
+        "unseen rows of its classes would get (> 3.0), and the run took +0.0000 off it and +0.0000 off its "
+        "lead (one standard error: 0.0300)"
     )
     # A run that took more than a standard error off D_f's accuracy forgot something (one person's rows,
     # all easy, are above unseen data after a retrain too): not refused by this gate.
@@ -221,6 +221,11 @@ def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_
     # base's own excess was (a probe's p 1.0 run passed when the two excesses were compared).
     mended = {**known, "forget_accuracy_excess_se": 6.96}
     assert check(gates, {**base, "forget_accuracy_judged": 0.95, "forget_accuracy_excess_se": 8.12}, mended)
+    # One that damaged the model everywhere took D_f's accuracy down with unseen data's: refused too.
+    damaged = {**known, "forget_accuracy_judged": 0.956, "forget_accuracy_expected": 0.764}
+    assert check(
+        gates, {**base, "forget_accuracy_expected": 0.794}, {**damaged, "forget_accuracy_excess_se": 6.4}
+    )
     # An exact retrain never read D_f: whatever its number says, it is not refused for it.
     assert check(gates, base, {**known, "forget_accuracy_excess_se": 7.333}, method="retrain") == []
     assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge

@@ -19,6 +19,7 @@ from service.api.schemas.datasets import SampleOut
 from service.api.schemas.models import ModelOut, VersionOut
 from service.api.schemas.registry import (
     DEFAULT_FORGET_EXCESS_SE,
+    DEFAULT_FORGOTTEN_CLASS_ACCURACY,
     DEFAULT_GATE_ROWS,
     DEFAULT_TEST_ACCURACY_DROP,
     ModelCreate,
@@ -274,9 +275,9 @@ def register_model_route(
 
 
 def registered_gates(body: ModelCreate, test: Dataset, heldout: Dataset | None) -> dict[str, Any]:
-    """The spec's gates, or where it names none the collapse guard and the guard against a version that did
-    not forget, if the model is scored on enough test rows for them (all of them with a held-out set, else
-    the half the hash picks: about half)."""
+    """The spec's gates, or where it names none the collapse guard and the guards against a run that forgot
+    nothing (rows of classes that stay; a class taken whole), if the model is scored on enough test rows
+    for them (all of them with a held-out set, else the half the hash picks: about half)."""
     if "gates" in body.model_fields_set:
         return body.gates.model_dump(exclude_none=True)
     scored = test.num_samples if heldout is not None else test.num_samples // 2
@@ -285,6 +286,7 @@ def registered_gates(body: ModelCreate, test: Dataset, heldout: Dataset | None) 
     return {
         "max_test_accuracy_drop": DEFAULT_TEST_ACCURACY_DROP,
         "max_forget_accuracy_excess_se": DEFAULT_FORGET_EXCESS_SE,
+        "max_forgotten_class_accuracy": DEFAULT_FORGOTTEN_CLASS_ACCURACY,
     }
 
 
