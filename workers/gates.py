@@ -9,9 +9,10 @@ Gates are a model's policy (a dict stored with the model). Known keys, all fract
 - `max_forget_accuracy_excess_se` (standard errors, not a fraction): refuses a version that still
   recognises D_f beyond this many standard errors above unseen rows of its classes
   (``forget_accuracy_excess_se``, models.metrics.accuracy_excess) when the run took less than one standard
-  error off D_f's accuracy, or off its lead over unseen data: a run that forgot nothing (a probe's lr
-  1e-8). Both: a run that only mended test accuracy shrank the lead while D_f grew better known (a
-  probe's p 1.0), one that damaged the model everywhere lowered D_f's accuracy with the rest (a review).
+  error off D_f's accuracy, or less than three off it and less than one off its lead over unseen data: a
+  run that forgot nothing (a probe's lr 1e-8). Both: a run that only mended test accuracy shrank the lead
+  while D_f grew better known (a probe's p 1.0), one that damaged the model everywhere lowered D_f's
+  accuracy with the rest (a review).
   Not a measure of how well a run forgot: D_f's rows are not independent draws (one person's rows are all
   easy or all hard), so a version that forgot as a retrain does can lie above it; hence the second
   condition, and an exact retrain, which never read D_f, is never refused by it. Rows of a class the
@@ -57,9 +58,11 @@ def check(
         se = (accuracy - expected) / excess  # one standard error of that accuracy (> 0, as the excess is)
         before, before_expected = base.get("forget_accuracy_judged"), base.get("forget_accuracy_expected")
         taken = 0.0 if before is None else before - accuracy  # what the run took off it
-        # and off its lead over unseen data: a run that made the model worse everywhere took both alike
+        # and off its lead over unseen data: a run that made the model worse everywhere took both alike.
+        # Only while it took little off D_f: a deletion of half a class lowers the class's unseen accuracy
+        # as a retrain does (the class-prior bound), so its lead closes less than its accuracy falls.
         closed = 0.0 if before is None else (before - before_expected) - (accuracy - expected)
-        if min(taken, closed) < se:  # less than one standard error: it forgot nothing
+        if taken < se or (closed < se and taken < 3 * se):  # it forgot nothing
             failures.append(
                 f"the forget set is still recognised: its accuracy {accuracy:.4f} is {excess:.1f} standard "
                 f"errors above the {expected:.4f} unseen rows of its classes would get (> {g}), and the run "

@@ -226,6 +226,11 @@ def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_
     assert check(
         gates, {**base, "forget_accuracy_expected": 0.794}, {**damaged, "forget_accuracy_excess_se": 6.4}
     )
+    # Half of a class (a client's numbers): the class's unseen accuracy fell too, as after a retrain, so the
+    # lead closed less than a standard error, but D_f's accuracy fell by four: it forgot, not refused.
+    half = {**known, "forget_accuracy_judged": 0.746, "forget_accuracy_expected": 0.557}
+    half_base = {**base, "forget_accuracy_expected": 0.772}
+    assert check(gates, half_base, {**half, "forget_accuracy_excess_se": 3.05}) == []
     # An exact retrain never read D_f: whatever its number says, it is not refused for it.
     assert check(gates, base, {**known, "forget_accuracy_excess_se": 7.333}, method="retrain") == []
     assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge
