@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "api", False):  # `unlearn keys ... --api`
         args.client_fn = client_verb(cmd_keys_api)
     if not hasattr(args, "client_fn"):
+        if getattr(args, "url", None) or getattr(args, "api_key", None):  # they would be ignored
+            hint = " (add --api to go through a server)" if args.command == "keys" else ""
+            command = f"`{args.command}`{hint}"
+            print(f"error: --url and --api-key are for the client commands, not {command}", file=sys.stderr)
+            return EXIT_CODES["usage"]
         from service.core.settings import get_settings
 
         return int(args.fn(get_settings(), args) or 0)

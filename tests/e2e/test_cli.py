@@ -553,3 +553,13 @@ def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:
     assert parse(["models", "--url", "http://b:2"]).url == "http://b:2"
     assert parse(["--url", "http://a:1", "models", "--url", "http://b:2"]).url == "http://b:2"  # the later
     assert parse(["models"]).url is None and parse(["models"]).api_key is None
+
+
+def test_a_server_command_refuses_the_client_connection_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """Read before any command, they were silently ignored by the ones that start the service."""
+    from service.cli import main
+
+    assert main(["--url", "http://a:1", "db", "check"]) == 2
+    assert "--url and --api-key are for the client commands, not `db`" in capsys.readouterr().err
+    assert main(["keys", "create", "--tenant", "t", "--scopes", "admin", "--url", "http://a:1"]) == 2
+    assert "not `keys` (add --api to go through a server)" in capsys.readouterr().err
