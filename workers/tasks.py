@@ -37,8 +37,10 @@ def run_model(model_id: str) -> str:
     outcome = process_model(
         get_settings(), model_id, on_job_done=send_webhooks, requeue=lambda m: send_run_model(app, m)
     )
-    why = "this worker is stopping; its job is left to the next one" if shutting_down() else None
-    log.info("model %s: %s", model_id, why if outcome == "lost" and why else OUTCOMES.get(outcome, outcome))
+    said = OUTCOMES.get(outcome, outcome)
+    if outcome == "lost" and shutting_down():  # a planned stop's hand-over, not a takeover
+        said = "this worker is stopping; its job is left to the next one"
+    log.info("model %s: %s", model_id, said)
     return outcome
 
 

@@ -560,16 +560,11 @@ def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
     ``{"epochs": 0, "class_epochs": 1}`` on a random deletion and got the base back). To size a run by
     pushes or class epochs alone, leave ``epochs`` out. Runs that the sizing rules leave without a step
     (every flagged row already where a retrain has it) are not affected: they never say ``epochs: 0``."""
-    if raw.get("epochs") == 0:
-        what = "an untrained network" if method == "retrain" else "its base model unchanged"
-        raise ValueError(
-            f"{method}.epochs 0 runs no step: the version published would be {what}"
-            + (
-                " (to size a run by pushes or class_epochs, leave epochs out)"
-                if hasattr(params, "pushes")
-                else ""
-            )
-        )
+    if raw.get("epochs") != 0:
+        return
+    what = "an untrained network" if method == "retrain" else "its base model unchanged"
+    hint = " (to size a run by pushes or class_epochs, leave epochs out)" if hasattr(params, "pushes") else ""
+    raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {what}{hint}")
 
 
 # An Adam-trained, layer-normalised model's gradient methods run Adam at this share of its recipe's lr

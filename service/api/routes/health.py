@@ -92,15 +92,14 @@ def _unavailable(exc: Exception, why: str) -> Response:
 def _heard(session: Session, heartbeat_s: float, *, of_beat: bool) -> str:
     """ok while some worker beat within a few heartbeats: accepted requests are being served (``of_beat``:
     some beat process, the reconciler's clock; a dead one's row is pruned after an hour)."""
-    what = "beat process (for an hour, or ever)" if of_beat else "worker"
+    who = "beat process" if of_beat else "worker"
     try:
         quiet = liveness.silence(session, of_beat=of_beat)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return f"error: {type(exc).__name__}"
     if quiet is None:
-        return f"no {what} has been seen" if of_beat else f"no {what} has been seen yet"
+        return f"no {who} (for an hour, or ever) has been seen" if of_beat else f"no {who} has been seen yet"
     limit = max(3 * heartbeat_s, 10.0)
-    who = "beat process" if of_beat else what
     return "ok" if quiet <= limit else f"no {who} seen for {quiet:.0f}s (limit {limit:.0f}s)"
 
 
