@@ -216,6 +216,8 @@ def _bert_config() -> dict[str, Any]:
     return bert_config(TEXT_VOCAB, TEXT_LENGTH)
 
 
+BASELINES = ("finetune", "gradient_ascent", "random_label", "salun")  # the papers' methods
+RECIPE_ADAM = ("finetune", "random_label", "salun")  # the baselines that take Adam from any Adam recipe
 DEFAULT = (
     "ugradsl_plus (default: held-out bound, last layers holding 70% of the weights, p=0.75, random deletions "
     "sized at up to 16 pushes by memorisation (63% at 0.6 e-folds) beside forget batches from equal to half "
@@ -390,7 +392,7 @@ SETTINGS = {
         "and lr 0.05 two retrains differed by 22 points: no reference); the reference is 500 more "
         "generated images",
         _shapes, {"num_classes": 4}, TrainRecipe(epochs=8, lr=0.02, batch_size=64),
-        rows=("finetune", "gradient_ascent", "random_label", "salun", DEFAULT, AS_SERVICE),
+        rows=(*BASELINES, DEFAULT, AS_SERVICE),
         architecture="torchvision:resnet18",
     ),
     "text_bert": Setting(
@@ -403,7 +405,7 @@ SETTINGS = {
         "busy cores a second torch thread made each step 10x slower",
         _text, {"num_classes": 4, "config": _bert_config()},
         TrainRecipe(epochs=50, lr=0.002, batch_size=32, weight_decay=0.0, optimizer="adam"),
-        rows=("finetune", "gradient_ascent", "random_label", "salun", DEFAULT, AS_SERVICE),
+        rows=(*BASELINES, DEFAULT, AS_SERVICE),
         architecture="hf:sequence-classification",
     ),
 }  # fmt: skip
@@ -450,6 +452,9 @@ ROWS = [
     Row("gradient_ascent", "gradient_ascent", _fixed({})),
     Row("random_label", "random_label", _fixed({})),
     Row("salun", "salun", _fixed({})),
+    # Stop 57: a model trained with Adam runs three baselines with Adam at half its recipe's lr
+    # (``with_recipe``); these rows are them as they ran before, SGD at the papers' CNN lrs.
+    *(Row(f"{m} (stop 56: SGD)", m, _fixed({"optimizer": "sgd"})) for m in RECIPE_ADAM),
     Row("ugradsl", "ugradsl", _fixed({})),
     Row(DEFAULT, "ugradsl_plus", _fixed({})),
     Row(STOP31, "ugradsl_plus", _varied({})),

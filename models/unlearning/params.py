@@ -577,21 +577,29 @@ def with_recipe(
 ) -> dict[str, Any]:
     """``params`` with what the model's registered training recipe decides where the request is silent.
     Exact retrain takes the recipe itself (its fields; unknown ones are dropped, for recipes stored before
-    the API checked them). A first-order method on a model whose recipe says ``adam`` and that normalises
-    with LayerNorm (``layer_norm``: transformers, ConvNeXt, the families trained and fine-tuned with Adam)
-    runs Adam at ``ADAM_LR_SHARE`` of the recipe's lr unless the request sets ``optimizer`` or ``lr``.
+    the API checked them). A first-order method on a model whose recipe says ``adam`` runs Adam at
+    ``ADAM_LR_SHARE`` of the recipe's lr unless the request sets ``optimizer`` or ``lr``: fine-tuning,
+    random labels and SalUn always, the UGradSL methods and gradient ascent only where the model also
+    normalises with LayerNorm (``layer_norm``: transformers, ConvNeXt, the families trained and fine-tuned
+    with Adam).
     Why: on a small BERT trained with Adam, the SGD steps our defaults tune on CNNs knocked the model off
     the noisy labels it had memorised (a class deletion kept 81-88% of retain accuracy against the
-    retrain's 98-99%); Adam kept 95-96% and closed the whole closable gap. Why not every Adam-trained
-    model: on a small CNN trained with Adam, SGD stayed the better of the two (worst tuning case 25%
-    against -61%; bench/results/tune_stop44_adam_digits.md)."""
+    retrain's 98-99%); Adam kept 95-96% and closed the whole closable gap. Why UGradSL not on every
+    Adam-trained model: on a small CNN trained with Adam, SGD stayed the better of the two (worst tuning
+    case 25% against -61%; bench/results/tune_stop44_adam_digits.md). Why the three baselines everywhere:
+    their SGD lrs are the papers' for CNNs trained with SGD; on an MLP and a CNN trained with Adam,
+    fine-tuning at 0.1 collapsed on some seeds (a client's fallback, then refused by its gate) and random
+    labels cost up to 13 points of test accuracy against a retrain, where Adam cost at most 2 and 6. Gradient
+    ascent has nothing but its lr to stop it: Adam's steps, the same size whatever the gradient's, took
+    those models as low as 12% test accuracy (bench/results/quality_stop57_fallbacks.md)."""
     if not recipe:
         return params
     cls = params_class(method)
     if method == "retrain":
         fields = {f.name for f in dataclasses.fields(cls)}
         return {**{k: v for k, v in recipe.items() if k in fields}, **params}
-    adam = layer_norm and recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
+    adam = recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
+    adam = adam and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
     if issubclass(cls, GradientParams) and adam and not {"optimizer", "lr"} & params.keys():
         return {"optimizer": "adam", "lr": float(recipe["lr"]) * ADAM_LR_SHARE, **params}
     return params

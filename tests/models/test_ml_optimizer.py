@@ -29,6 +29,7 @@ def test_an_adam_trained_transformer_is_unlearned_with_adam_at_its_recipes_lr_un
     }
     # a CNN trained with Adam (no LayerNorm), an SGD recipe, or none: the defaults, tuned with SGD
     assert with_recipe("ugradsl_plus", {}, ADAM_RECIPE, layer_norm=False) == {}
+    assert with_recipe("gradient_ascent", {}, ADAM_RECIPE, layer_norm=False) == {}
     assert with_recipe("ugradsl_plus", {}, SGD_RECIPE, layer_norm=True) == {}
     assert with_recipe("ugradsl_plus", {}, None, layer_norm=True) == {}
     assert parse_params("ugradsl_plus").optimizer == "sgd"
@@ -37,6 +38,15 @@ def test_an_adam_trained_transformer_is_unlearned_with_adam_at_its_recipes_lr_un
         **SGD_RECIPE,
         "epochs": 3,
     }
+
+
+def test_the_fine_tuning_baselines_take_adam_from_any_adam_recipe_as_the_fallbacks_they_are() -> None:
+    """Fine-tuning at SGD's 0.1 collapsed an MLP trained with Adam: a client's fallback, then refused."""
+    for method in ("finetune", "random_label", "salun"):
+        got = parse_params(method, with_recipe(method, {}, ADAM_RECIPE, layer_norm=False))
+        assert (got.optimizer, got.lr) == ("adam", 0.002 * ADAM_LR_SHARE), method
+        assert with_recipe(method, {}, SGD_RECIPE) == {}, method
+        assert with_recipe(method, {"lr": 0.05}, ADAM_RECIPE) == {"lr": 0.05}, method
 
 
 def test_transformers_normalise_with_layer_norm_and_the_cnns_do_not() -> None:
