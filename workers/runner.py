@@ -23,6 +23,7 @@ from models.metrics import NonFiniteOutputs, SetScores, evaluate, forgotten_clas
 from models.unlearning import run_method
 from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_to_dict, parse_params, with_recipe
+from models.unlearning.silence import silence_classes
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
@@ -170,6 +171,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         end(store, rep, JobState.FAILED, NOTHING_LEFT)
         return
     classes = forgotten_classes(train.y, retain.y)
+    earlier = sorted(set(classes or ()) - set(forget.y.tolist()))  # taken whole by earlier jobs: kept off
 
     cache = front_cache.feature_cache(settings)
     rows, test_rows = front_cache.source(ctx.train), front_cache.source(ctx.test)
@@ -243,6 +245,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                                    heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
             synchronize(device)
             runtime = time.perf_counter() - started
+            silenced = silence_classes(model, earlier, retain) if method != "retrain" else []
             rep.phase(method_phase("evaluate", method), lo + 0.8 * span, lo + span)
             recorded = kept_rows.Recorder()
             broken = non_finite_weights(model, base_model)
@@ -272,6 +275,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "metrics": metrics,
                 "gate_failures": failures,
                 "passed": not failures,
+                **({"silenced_classes": silenced} if silenced else {}),
                 **({"warnings": w} if (w := still_predicted(classes, metrics)) else {}),
                 **front_rows(cache, kept_before),
             }

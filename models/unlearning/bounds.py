@@ -162,20 +162,22 @@ def heldout_bound(
     """The held-out loss quantiles of ``model`` (a seeded sample of at most HELDOUT_SAMPLE rows) and the
     classes left in ``retain``; None without held-out data (the caller falls back to ``correct``).
 
-    ``prior="retained"`` (with ``forget_y``, D_f's labels) reads each held-out row as a model trained on
-    D_r would, by Bayes' rule under label shift: the logits gain log(n_r(c) / (n_r(c) + n_f(c))), the
-    share of the class's training rows that stay, and a class with none left takes no probability (its
-    held-out rows leave the table). A random deletion takes the same share of every class, which moves no
-    softmax; 90% of one class makes a retrain ten times less ready to predict it, which the model as
-    trained does not show. ``match`` s > 0 draws the table towards D_f's class mix as the retain reads
-    are (``engine.matched_rows``): class c's held-out rows stand (1 - s) + s·f_c/h_c times as often.
-    ``match_rows`` n0 > 0 shrinks s by how many held-out rows stand for D_f's classes, n = Σ f_c·n_c, to
-    s·n / (n + n0): a class's table of 18 rows (digits) puts one misclassified sample at its top 5%.
-    ``class_error`` is read from the same (shifted) losses: a class a retrain would often get wrong is not
-    held by ``retain_match``. ``when="skewed"`` does either only where D_f's class mix is one a random draw
-    gives with chance below SKEW_ALPHA (``class_skew``): a random deletion's class shares differ from the
-    held-out set's by chance, and reweighting a few held-out rows per class by that chance made digits'
-    random deletions forget worse (docs/methods.md, stop 52)."""
+    ``prior="retained"`` (with ``forget_y``, D_f's labels) reads each held-out row as a model trained on D_r
+    would, by Bayes' rule under label shift: the logits gain log(n_r(c) / (n_r(c) + n_f(c))), the share of the
+    class's training rows that stay, and a class with none left takes no probability. Under either prior, the
+    held-out rows of a class with no retain row leave the table: no forget row aims at them (a forget row of
+    such a class follows ``correct``), and after an earlier job took the class whole (``silence``) their
+    losses are in the thousands. A random deletion takes the same share of every class, which moves no
+    softmax; 90% of one class makes a retrain ten times less ready to predict it, which the model as trained
+    does not show. ``match`` s > 0 draws the table towards D_f's class mix as the retain reads are
+    (``engine.matched_rows``): class c's held-out rows stand (1 - s) + s·f_c/h_c times as often.
+    ``match_rows`` n0 > 0 shrinks s by how many held-out rows stand for D_f's classes, n = Σ f_c·n_c, to s·n /
+    (n + n0): a class's table of 18 rows (digits) puts one misclassified sample at its top 5%. ``class_error``
+    is read from the same (shifted) losses: a class a retrain would often get wrong is not held by
+    ``retain_match``. ``when="skewed"`` does either only where D_f's class mix is one a random draw gives with
+    chance below SKEW_ALPHA (``class_skew``): a random deletion's class shares differ from the held-out set's
+    by chance, and reweighting a few held-out rows per class by that chance made digits' random deletions
+    forget worse (docs/methods.md, stop 52)."""
     if len(heldout) == 0:
         return None
     device = next(model.parameters()).device
@@ -203,9 +205,8 @@ def heldout_bound(
         if prior == "retained":  # a class never trained on keeps its logit: no share of it left or stayed
             stayed = torch.where(trained > 0, kept / trained.clamp(min=1), torch.ones_like(kept))
             logits = logits + stayed.log()[: logits.shape[1]].to(device=device, dtype=logits.dtype)
-        emptied = ((kept == 0) & (trained > 0)).to(device)  # (K,) classes the deletion takes whole
-        stays = ~emptied[labels]  # their held-out rows are no forget row's target
-        logits, labels = logits[stays], labels[stays]
+    stays = retained[labels]  # a class with no retain row left (taken whole now or by an earlier job)
+    logits, labels = logits[stays], labels[stays]  # is no forget row's target: its held-out rows leave
     found = F.cross_entropy(logits, labels, reduction="none")  # (m,)
     rows_of = torch.bincount(labels, minlength=k).double()  # (K,)
     wrong = torch.bincount(labels, weights=(found > math.log(2)).double(), minlength=k)  # (K,)

@@ -16,6 +16,7 @@ from bench.quality import score
 from models.calibration import split_test_set
 from models.checkpoints import load_checkpoint
 from models.datasets import load_dataset
+from models.unlearning.silence import SILENT
 from service.core import deletions
 from service.core.db.engine import session_scope
 from service.core.db.tables import (
@@ -124,6 +125,32 @@ def test_a_deletion_of_half_a_class_that_stays_is_read_beside_that_class_and_the
     assert (req.state, req.model_version) == ("completed", 2)
     assert runs[0]["sized_by"] == "pushes" and runs[0]["forget_rows"] == len(zeros[::2])
     assert set(runs[0]["retain_read_times"]) == {"0"} and runs[0]["retain_read_times"]["0"] > 1
+
+
+def test_a_class_an_earlier_job_took_whole_is_switched_off_in_every_later_version(demo: Settings) -> None:
+    """A later job's ascent on other rows can raise a gone class's logit again (a client saw one of six test
+    rows come back). The job that takes the class is judged on what its method did; every later version
+    has the class's output switched off (models/unlearning/silence.py), and says so."""
+    threes = ungated_class(demo, 3)
+    model_id, _ = submit(demo, threes)
+    assert process_model(demo, model_id) == "idle"
+    submit(demo, [f"digits-{i:04d}" for i in range(0, 1400, 9) if f"digits-{i:04d}" not in threes])
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        first, second = (s.scalars(select(Job).where(Job.base_version == n)).one() for n in (1, 2))
+        v3 = s.scalars(select(ModelVersion).where(ModelVersion.number == 3)).one()
+        test_id = s.get_one(Model, model_id).test_dataset_id
+        test_source = s.get_one(Dataset, test_id)
+        assert second.state == "completed", second.error
+        assert "silenced_classes" not in first.metrics["attempts"][0]
+        assert second.metrics["attempts"][-1]["silenced_classes"] == [3]
+        uri, sha256 = v3.checkpoint_uri, v3.sha256
+    model, _ = load_checkpoint(uri, sha256=sha256)
+    head = model.classifier
+    assert float(head.bias.detach()[3]) == SILENT and not bool(head.weight.detach()[3].any())
+    test = load_dataset(test_source.kind, test_source.uri)
+    with torch.no_grad():
+        assert not bool((model.eval()(test.x).argmax(1) == 3).any())
 
 
 def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) -> None:
