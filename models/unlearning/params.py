@@ -98,10 +98,11 @@ def _f(
 
 
 _OPTIMIZER_DOC = (
-    "sgd (with momentum) | adam. The service runs a layer-normalised model (a transformer) whose registered "
-    "training recipe says adam with adam at half that recipe's lr unless the request sets optimizer or lr "
-    "(with_recipe): SGD steps sized for a CNN knocked a small BERT trained with Adam off the noisy labels "
-    "it had memorised"
+    "sgd (with momentum) | adam. Where the model's registered training recipe says adam and the request "
+    "sets neither optimizer nor lr, the service runs adam at half that recipe's lr (with_recipe): "
+    "finetune, random_label and salun on any such model, the others on a layer-normalised one (a "
+    "transformer). SGD steps sized for a CNN knocked a small BERT trained with Adam off the noisy labels "
+    "it had memorised, and fine-tuning at SGD's lr collapsed an MLP trained with Adam"
 )
 
 
@@ -567,8 +568,8 @@ def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
     raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {what}{hint}")
 
 
-# An Adam-trained, layer-normalised model's gradient methods run Adam at this share of its recipe's lr
-# (``with_recipe``). Chosen on the small BERT's tuning cases (bench/results/tune_stop44_adam_bert.md).
+# A model trained with Adam is unlearned with Adam at this share of its recipe's lr (``with_recipe`` says
+# which methods, where). Chosen on the small BERT's tuning cases (bench/results/tune_stop44_adam_bert.md).
 ADAM_LR_SHARE = 0.5
 
 
@@ -601,7 +602,9 @@ def with_recipe(
     adam = recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
     adam = adam and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
     if issubclass(cls, GradientParams) and adam and not {"optimizer", "lr"} & params.keys():
-        return {"optimizer": "adam", "lr": float(recipe["lr"]) * ADAM_LR_SHARE, **params}
+        bounds = next(f.metadata for f in dataclasses.fields(cls) if f.name == "lr")  # a recipe's lr at the
+        lr = min(max(float(recipe["lr"]) * ADAM_LR_SHARE, bounds["lo"]), bounds["hi"])  # edge stays in
+        return {"optimizer": "adam", "lr": lr, **params}
     return params
 
 

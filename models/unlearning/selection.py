@@ -194,8 +194,8 @@ class Selector:
         if self.best is None or d.total < self.best[0]:
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             self.best = (d.total, state)
-        if self.refresh is not None:
-            self.refresh(heldout.loss)
+        if self.refresh is not None:  # as heldout_bound: a class with no retain row is no forget row's target
+            self.refresh(heldout.loss[self.heldout_retained])
 
 
 def selector(

@@ -24,7 +24,7 @@ from models import batches as B
 from models.datasets import SampleDataset
 
 SILENT = -1e4  # far below any logit a trained head gives, and representable in fp16 and bf16
-PROBE_ROWS = 64  # rows the switched-off head is checked on
+PROBE_ROWS = 64  # rows the switched-off head is checked on, drawn across the set
 AT_MOST = 1e-6  # the largest softmax share a switched-off class may keep on a probe row
 
 
@@ -33,32 +33,50 @@ def silence_classes(model: nn.Module, classes: Iterable[int], probe: SampleDatas
     """Switch off ``classes`` in ``model``'s output layer, in place; the classes switched off: all of
     them, or none where no layer was found that does it (then the model is left as it was).
 
-    The output layer is found by trial, not by name: the last ``nn.Linear`` with a bias and one output
-    per logit whose surgery leaves each class at most ``AT_MOST`` of the softmax on ``probe``'s first
-    rows (data the model may read: the retained set). A head with anything after its last linear layer
-    that undoes the surgery fails the check and is restored."""
+    The output layer is the model's classifier (``classifier``, or an adapter's ``classifier_name``), or
+    where it names none, any of its layers: the last ``nn.Linear`` there with a bias and one output per
+    logit whose surgery, on ``PROBE_ROWS`` rows of ``probe`` (data the model may read: the retained
+    set), leaves each switched-off class at most ``AT_MOST`` of the softmax and every other logit as it
+    was. A head that undoes the surgery (a normalisation after its last linear layer) fails the check,
+    and so does a linear layer that is not the last step; either is restored."""
     gone = sorted({int(c) for c in classes})
     if not gone or not len(probe):
         return []
     device = next(model.parameters()).device
-    x = B.to(B.take(probe.x, torch.arange(min(PROBE_ROWS, len(probe)))), device)
+    gen = torch.Generator().manual_seed(0)
+    x = B.to(B.take(probe.x, torch.randperm(len(probe), generator=gen)[:PROBE_ROWS]), device)
     was_training = model.training
     model.eval()
     try:
-        k = model(x).shape[1]  # type: ignore[no-untyped-call]
+        before = model(x).float()  # type: ignore[no-untyped-call]
+        k = before.shape[1]
         if max(gone) >= k:
             return []
-        layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == k]
+        others = torch.ones(k, dtype=torch.bool, device=before.device)
+        others[gone] = False
+        layers = [m for m in _head(model).modules() if isinstance(m, nn.Linear) and m.out_features == k]
         for layer in reversed(layers):
             if layer.bias is None:
                 continue
             kept = layer.weight[gone].clone(), layer.bias[gone].clone()
             layer.weight[gone] = 0.0
             layer.bias[gone] = SILENT
-            share = torch.softmax(model(x).float(), dim=1)[:, gone]  # type: ignore[no-untyped-call]
-            if bool((share <= AT_MOST).all()):
+            after = model(x).float()  # type: ignore[no-untyped-call]
+            share = torch.softmax(after, dim=1)[:, gone]
+            if bool((share <= AT_MOST).all()) and torch.allclose(after[:, others], before[:, others]):
                 return gone
             layer.weight[gone], layer.bias[gone] = kept
         return []
     finally:
         model.train(was_training)
+
+
+def _head(model: nn.Module) -> nn.Module:
+    """The module the model's ``head`` applies (models/architectures.py ``Classifier.classifier``, or an
+    adapter's ``classifier_name``); the whole model where it names none (a plugin's own head)."""
+    name = getattr(model, "classifier_name", None)
+    wrapped = getattr(model, "wrapped", None)
+    if isinstance(name, str) and isinstance(wrapped, nn.Module):
+        return wrapped.get_submodule(name)
+    head = getattr(model, "classifier", None)
+    return head if isinstance(head, nn.Module) else model

@@ -47,6 +47,9 @@ def test_the_fine_tuning_baselines_take_adam_from_any_adam_recipe_as_the_fallbac
         assert (got.optimizer, got.lr) == ("adam", 0.002 * ADAM_LR_SHARE), method
         assert with_recipe(method, {}, SGD_RECIPE) == {}, method
         assert with_recipe(method, {"lr": 0.05}, ADAM_RECIPE) == {"lr": 0.05}, method
+        # a recipe's lr at the edge of what the API takes gives an lr the params take, not a failed job
+        tiny = parse_params(method, with_recipe(method, {}, {**ADAM_RECIPE, "lr": 1e-8}))
+        assert tiny.lr == 1e-8, method
 
 
 def test_transformers_normalise_with_layer_norm_and_the_cnns_do_not() -> None:

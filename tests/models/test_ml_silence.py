@@ -54,7 +54,9 @@ def test_a_head_the_surgery_cannot_reach_is_left_exactly_as_it_was() -> None:
     data = _probe()
     normalised = nn.Sequential(nn.Linear(8, 3), nn.LayerNorm(3))  # undoes a bias of -1e4
     unbiased = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3, bias=False))
-    for model in (normalised, unbiased):
+    # a hidden layer as wide as the logits, before an unbiased head: a bias of -1e4 there moves every logit
+    hidden = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3, bias=False))
+    for model in (normalised, unbiased, hidden):
         was = copy.deepcopy(model)
         assert silence_classes(model, [0], data) == []
         assert _same(model, was)
