@@ -63,7 +63,7 @@ def test_half_of_one_class_is_not_forgotten_past_what_a_retrain_would(
 ) -> None:
     """Half of digits' class 0: a retrain still classifies it as it does unseen zeros (none wrong on the
     test set). Unmatched, the run misclassified 4-6% of it and the attack flagged 15-21% as unseen."""
-    assert parse_params("ugradsl_plus", {}).retain_match_power > 0
+    assert parse_params("ugradsl_plus", {}).retain_match > 0
     train_ds, test = digits
     zeros = torch.nonzero(train_ds.y == 0).flatten()
     gen = torch.Generator().manual_seed(0)
