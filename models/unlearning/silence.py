@@ -33,12 +33,13 @@ def silence_classes(model: nn.Module, classes: Iterable[int], probe: SampleDatas
     """Switch off ``classes`` in ``model``'s output layer, in place; the classes switched off: all of
     them, or none where no layer was found that does it (then the model is left as it was).
 
-    The output layer is the model's classifier (``classifier``, or an adapter's ``classifier_name``), or
-    where it names none, any of its layers: the last ``nn.Linear`` there with a bias and one output per
-    logit whose surgery, on ``PROBE_ROWS`` rows of ``probe`` (data the model may read: the retained
-    set), leaves each switched-off class at most ``AT_MOST`` of the softmax and every other logit as it
-    was. A head that undoes the surgery (a normalisation after its last linear layer) fails the check,
-    and so does a linear layer that is not the last step; either is restored."""
+    The output layer is looked for in the model's classifier (``classifier``, or an adapter's
+    ``classifier_name``), or where it names none, in all of it: the last layer there with one bias and
+    one weight row per logit (a linear layer, or the affine part of a LayerNorm or BatchNorm over the
+    logits, which a client's head had after its linear layer) whose surgery, on ``PROBE_ROWS`` rows of
+    ``probe`` (data the model may read: the retained set), leaves each switched-off class at most
+    ``AT_MOST`` of the softmax and every other logit as it was. A layer that is not the last step fails
+    the check and is restored."""
     gone = sorted({int(c) for c in classes})
     if not gone or not len(probe):
         return []
@@ -54,21 +55,27 @@ def silence_classes(model: nn.Module, classes: Iterable[int], probe: SampleDatas
             return []
         others = torch.ones(k, dtype=torch.bool, device=before.device)
         others[gone] = False
-        layers = [m for m in _head(model).modules() if isinstance(m, nn.Linear) and m.out_features == k]
-        for layer in reversed(layers):
-            if layer.bias is None:
-                continue
-            kept = layer.weight[gone].clone(), layer.bias[gone].clone()
-            layer.weight[gone] = 0.0
-            layer.bias[gone] = SILENT
+        found = [p for m in _head(model).modules() if (p := _per_logit(m, k)) is not None]
+        for weight, bias in reversed(found):
+            kept = weight[gone].clone(), bias[gone].clone()
+            weight[gone] = 0.0
+            bias[gone] = SILENT
             after = model(x).float()  # type: ignore[no-untyped-call]
             share = torch.softmax(after, dim=1)[:, gone]
             if bool((share <= AT_MOST).all()) and torch.allclose(after[:, others], before[:, others]):
                 return gone
-            layer.weight[gone], layer.bias[gone] = kept
+            weight[gone], bias[gone] = kept
         return []
     finally:
         model.train(was_training)
+
+
+def _per_logit(module: nn.Module, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The module's own ``weight`` and ``bias`` where both have one row or entry per logit, else None."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        return None
+    return (weight, bias) if bias.shape == (k,) and weight.dim() >= 1 and weight.shape[0] == k else None
 
 
 def _head(model: nn.Module) -> nn.Module:

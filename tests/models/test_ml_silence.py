@@ -49,10 +49,23 @@ def test_predictions_of_classes_left_on_are_unchanged() -> None:
     assert torch.equal(after.argmax(1)[kept], before.argmax(1)[kept])
 
 
+def test_a_head_that_normalises_its_logits_is_switched_off_in_the_normalisation() -> None:
+    """A client's head was LayerNorm(linear(f)): a bias of -1e4 in the linear layer is normalised away, and
+    its deleted class came back in later versions. The LayerNorm's own affine part is the last step."""
+    torch.manual_seed(2)
+    data = _probe()
+    model = nn.Sequential(nn.Linear(8, 3), nn.LayerNorm(3))
+    before = model(data.x).detach()
+    assert silence_classes(model, [0], data) == [0]
+    after = model(data.x).detach()
+    assert bool((after[:, 0] == SILENT).all()) and torch.equal(after[:, 1:], before[:, 1:])
+    assert not bool(model[1].weight.detach()[0]) and bool(model[0].weight.detach()[0].any())
+
+
 def test_a_head_the_surgery_cannot_reach_is_left_exactly_as_it_was() -> None:
     torch.manual_seed(2)
     data = _probe()
-    normalised = nn.Sequential(nn.Linear(8, 3), nn.LayerNorm(3))  # undoes a bias of -1e4
+    normalised = nn.Sequential(nn.Linear(8, 3), nn.LayerNorm(3, elementwise_affine=False))  # undoes -1e4
     unbiased = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3, bias=False))
     # a hidden layer as wide as the logits, before an unbiased head: a bias of -1e4 there moves every logit
     hidden = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3, bias=False))
