@@ -586,7 +586,7 @@ def with_recipe(
     ``ADAM_LR_SHARE`` of the recipe's lr unless the request sets ``optimizer`` or ``lr``: fine-tuning,
     random labels and SalUn always, the UGradSL methods and gradient ascent only where the model also
     normalises with LayerNorm (``layer_norm``: transformers, ConvNeXt, the families trained and fine-tuned
-    with Adam).
+    with Adam). A request that sets ``optimizer: adam`` and no lr gets that lr on any such model.
     Why: on a small BERT trained with Adam, the SGD steps our defaults tune on CNNs knocked the model off
     the noisy labels it had memorised (a class deletion kept 81-88% of retain accuracy against the
     retrain's 98-99%); Adam kept 95-96% and closed the whole closable gap. Why UGradSL not on every
@@ -604,8 +604,14 @@ def with_recipe(
         fields = {f.name for f in dataclasses.fields(cls)}
         return {**{k: v for k, v in recipe.items() if k in fields}, **params}
     adam = recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
-    adam = adam and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
-    if issubclass(cls, GradientParams) and adam and not {"optimizer", "lr"} & params.keys():
+    if not issubclass(cls, GradientParams) or not adam or "lr" in params:
+        return params
+    # a request that asks for Adam and names no lr gets the recipe's Adam lr, not the SGD default (a
+    # client's {"optimizer": "adam"} ran fine-tuning at 0.1, a hundred times its recipe's lr)
+    asked = params.get("optimizer") == "adam"
+    if asked or (
+        "optimizer" not in params and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
+    ):
         bounds = next(f.metadata for f in dataclasses.fields(cls) if f.name == "lr")  # a recipe's lr at the
         lr = min(max(float(recipe["lr"]) * ADAM_LR_SHARE, bounds["lo"]), bounds["hi"])  # edge stays in
         return {"optimizer": "adam", "lr": lr, **params}

@@ -52,6 +52,19 @@ def test_the_fine_tuning_baselines_take_adam_from_any_adam_recipe_as_the_fallbac
         assert tiny.lr == 1e-8, method
 
 
+def test_a_request_for_adam_without_an_lr_gets_the_recipes_adam_lr_not_the_sgd_default() -> None:
+    """A client's {"optimizer": "adam"} ran fine-tuning at SGD's 0.1, a hundred times its recipe's lr."""
+    for method in ("finetune", "gradient_ascent", "ugradsl_plus"):
+        got = parse_params(method, with_recipe(method, {"optimizer": "adam"}, ADAM_RECIPE))
+        assert (got.optimizer, got.lr) == ("adam", 0.002 * ADAM_LR_SHARE), method
+    # an lr of its own, or a recipe that says nothing of Adam, and the request is taken as it is
+    assert with_recipe("finetune", {"optimizer": "adam", "lr": 0.01}, ADAM_RECIPE) == {
+        "optimizer": "adam",
+        "lr": 0.01,
+    }
+    assert with_recipe("finetune", {"optimizer": "adam"}, SGD_RECIPE) == {"optimizer": "adam"}
+
+
 def test_transformers_normalise_with_layer_norm_and_the_cnns_do_not() -> None:
     """What ``layer_norm`` is read from (models.architectures.layer_normed)."""
     from models.architectures import build_model, layer_normed
