@@ -58,18 +58,33 @@ def check_labels(session: Session, dataset: Dataset, num_classes: int, role: str
         raise Unprocessable(msg, errors=[{"loc": ["spec", field], "msg": msg, "type": "value_error"}])
 
 
-def check_methods(default_method: str, default_params: dict[str, Any], fallback_methods: list[str]) -> None:
-    """Every method of the chain exists and its params are within bounds (validated without torch)."""
-    from models.unlearning.params import parse_params  # torch-free by contract (tested)
+def check_methods(
+    default_method: str, default_params: dict[str, Any], fallback_methods: list[str], where: str = "spec"
+) -> None:
+    """Every method of the chain exists and its params are within bounds (validated without torch); a 422
+    names the field, as ``check_recipe``'s does."""
+    from models.unlearning.params import METHOD_NAMES, parse_params  # torch-free by contract (tested)
 
     twice = sorted({m for m in fallback_methods if fallback_methods.count(m) > 1})
     if twice:  # the same method with the same defaults again: it fails the same way
-        raise Unprocessable(f"fallback_methods names {twice} more than once")
-    for method, params in [(default_method, default_params), *((m, {}) for m in fallback_methods)]:
+        msg = f"fallback_methods names {twice} more than once"
+        raise Unprocessable(msg, errors=[_error(where, "fallback_methods", msg)])
+    chain = [
+        ("default_method", default_method, default_params),
+        *(("fallback_methods", m, {}) for m in fallback_methods),
+    ]
+    for field, method, params in chain:
+        if field == "default_method" and method in METHOD_NAMES:
+            field = "default_params"  # the method exists: what is wrong is in its params
         try:
             parse_params(method, params)
         except (KeyError, ValueError, TypeError) as exc:
-            raise Unprocessable(f"method {method!r}: {exc}") from exc
+            msg = str(exc).strip("'\"") if method not in METHOD_NAMES else f"method {method!r}: {exc}"
+            raise Unprocessable(msg, errors=[_error(where, field, msg)]) from exc
+
+
+def _error(where: str, field: str, msg: str) -> dict[str, Any]:
+    return {"loc": [where, field], "msg": msg, "type": "value_error"}
 
 
 def check_recipe(recipe: dict[str, Any], where: str = "spec") -> None:

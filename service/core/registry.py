@@ -210,7 +210,7 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
     fallbacks = changes.get("fallback_methods")
     if fallbacks is None:
         fallbacks = m.fallback_methods
-    check_methods(method, params, fallbacks)
+    check_methods(method, params, fallbacks, where="body")
     if changes.get("train_recipe") is not None:
         check_recipe(changes["train_recipe"], where="body")
     m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks

@@ -403,6 +403,15 @@ def test_an_admin_changes_the_policy_and_bad_policies_are_refused(api: Api) -> N
         {"fallback_methods": ["finetune", "retrain", "finetune"]},  # the same again fails the same way
     ):
         assert api.client.patch(url, json=bad, headers=h).status_code == 422, bad
+    # a refused chain names the field it is about, as a refused train_recipe does, and a method once
+    for bad, field in (
+        ({"default_method": "nope"}, "default_method"),
+        ({"default_params": {"epochs": -1}}, "default_params"),
+        ({"fallback_methods": ["x"]}, "fallback_methods"),
+    ):
+        refused = api.client.patch(url, json=bad, headers=h).json()
+        assert [e["loc"] for e in refused["errors"]] == [["body", field]], bad
+        assert refused["detail"].count("'nope'") + refused["detail"].count("'x'") <= 1, refused
     assert api.client.get(url, headers=h).json()["default_params"] == {"epochs": 3}  # unchanged by refusals
     assert api.client.patch(url, json={"gates": {}}, headers=api.auth()).status_code == 403
 
