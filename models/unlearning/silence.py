@@ -38,8 +38,9 @@ def silence_classes(model: nn.Module, classes: Iterable[int], probe: SampleDatas
     one weight row per logit (a linear layer, or the affine part of a LayerNorm or BatchNorm over the
     logits, which a client's head had after its linear layer) whose surgery, on ``PROBE_ROWS`` rows of
     ``probe`` (data the model may read: the retained set), leaves each switched-off class at most
-    ``AT_MOST`` of the softmax and every other logit as it was. A layer that is not the last step fails
-    the check and is restored."""
+    ``AT_MOST`` of the softmax, its logit at ``SILENT`` / 2 or below, and every other logit as it was. A
+    layer that is not the last step, or one the forward pass never reaches, fails the check and is
+    restored."""
     gone = sorted({int(c) for c in classes})
     if not gone or not len(probe):
         return []
@@ -62,7 +63,12 @@ def silence_classes(model: nn.Module, classes: Iterable[int], probe: SampleDatas
             bias[gone] = SILENT
             after = model(x).float()  # type: ignore[no-untyped-call]
             share = torch.softmax(after, dim=1)[:, gone]
-            if bool((share <= AT_MOST).all()) and torch.allclose(after[:, others], before[:, others]):
+            moved = bool((after[:, gone] <= SILENT / 2).all())  # this layer's edit reached the logits
+            if (
+                moved
+                and bool((share <= AT_MOST).all())
+                and torch.allclose(after[:, others], before[:, others])
+            ):
                 return gone
             weight[gone], bias[gone] = kept
         return []

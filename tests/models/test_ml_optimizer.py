@@ -54,9 +54,11 @@ def test_the_fine_tuning_baselines_take_adam_from_any_adam_recipe_as_the_fallbac
 
 def test_a_request_for_adam_without_an_lr_gets_the_recipes_adam_lr_not_the_sgd_default() -> None:
     """A client's {"optimizer": "adam"} ran fine-tuning at SGD's 0.1, a hundred times its recipe's lr."""
-    for method in ("finetune", "gradient_ascent", "ugradsl_plus"):
+    for method in ("finetune", "salun", "ugradsl_plus"):
         got = parse_params(method, with_recipe(method, {"optimizer": "adam"}, ADAM_RECIPE))
         assert (got.optimizer, got.lr) == ("adam", 0.002 * ADAM_LR_SHARE), method
+    # ascent's own lr is below the recipe's, and nothing else stops it
+    assert with_recipe("gradient_ascent", {"optimizer": "adam"}, ADAM_RECIPE) == {"optimizer": "adam"}
     # an lr of its own, or a recipe that says nothing of Adam, and the request is taken as it is
     assert with_recipe("finetune", {"optimizer": "adam", "lr": 0.01}, ADAM_RECIPE) == {
         "optimizer": "adam",
