@@ -173,11 +173,11 @@ def heldout_bound(
     (``engine.matched_rows``): class c's held-out rows stand (1 - s) + s·f_c/h_c times as often.
     ``match_rows`` n0 > 0 shrinks s by how many held-out rows stand for D_f's classes, n = Σ f_c·n_c, to s·n /
     (n + n0): a class's table of 18 rows (digits) puts one misclassified sample at its top 5%. ``class_error``
-    is read from the same (shifted) losses: a class a retrain would often get wrong is not held by
-    ``retain_match``. ``when="skewed"`` does either only where D_f's class mix is one a random draw gives with
-    chance below SKEW_ALPHA (``class_skew``): a random deletion's class shares differ from the held-out set's
-    by chance, and reweighting a few held-out rows per class by that chance made digits' random deletions
-    forget worse (docs/methods.md, stop 52)."""
+    is read from the same (shifted) losses, for ``retain_match_power`` > 0: a class a retrain would often get
+    wrong is held less by ``retain_match``. ``when="skewed"`` does either only where D_f's class mix is one a
+    random draw gives with chance below SKEW_ALPHA (``class_skew``): a random deletion's class shares differ
+    from the held-out set's by chance, and reweighting a few held-out rows per class by that chance made
+    digits' random deletions forget worse (docs/methods.md, stop 52)."""
     if len(heldout) == 0:
         return None
     device = next(model.parameters()).device

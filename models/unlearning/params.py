@@ -608,10 +608,10 @@ def with_recipe(
     adam = recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
     if not issubclass(cls, GradientParams) or not adam or "lr" in params:
         return params
-    # a request that asks for Adam and names no lr gets the recipe's Adam lr, not the SGD default (a
-    # client's {"optimizer": "adam"} ran fine-tuning at 0.1, a hundred times its recipe's lr)
-    asked = params.get("optimizer") == "adam" and not issubclass(cls, GradientAscentParams)  # its SGD lr
-    # (1e-4) is below the recipe's, and Adam at half the recipe's took models to 12% test accuracy
+    # A request that asks for Adam and names no lr gets the recipe's Adam lr, not the SGD default (a
+    # client's {"optimizer": "adam"} ran fine-tuning at 0.1, a hundred times its recipe's lr). Not gradient
+    # ascent: its own lr (1e-4) is below the recipe's, and Adam at half the recipe's took models to 12%.
+    asked = params.get("optimizer") == "adam" and not issubclass(cls, GradientAscentParams)
     if asked or (
         "optimizer" not in params and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
     ):
