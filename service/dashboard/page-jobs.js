@@ -99,7 +99,7 @@ export const job = {
       el("h2", {}, "Attempts"),
       attempts.length
         ? table(
-            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures or error"],
+            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures, error, warnings"],
             attempts.map((a, i) =>
               el(
                 "tr",
@@ -109,7 +109,7 @@ export const job = {
                 el("td", {}, a.passed ? badge("passed", "completed") : badge("failed")),
                 el("td", { class: "run" }, runSummary(a.runs)),
                 METRICS.map((m) => el("td", { class: "num" }, fmt((a.metrics || {})[m.key]))),
-                el("td", {}, a.error || (a.gate_failures || []).map((g) => (typeof g === "string" ? g : JSON.stringify(g))).join("; ") || "–"),
+                el("td", { class: "notes" }, attemptNotes(a)),
               ),
             ),
           )
@@ -119,6 +119,18 @@ export const job = {
     ];
   },
 };
+
+// Why an attempt failed, and what it says beside its metrics: a class an earlier job deleted whole is switched
+// off in the head (silenced_classes), and a forgotten class still predicted is a warning the gates may pass.
+function attemptNotes(a) {
+  const notes = [
+    a.error,
+    ...(a.gate_failures || []).map((g) => (typeof g === "string" ? g : JSON.stringify(g))),
+    ...(a.warnings || []).map((w) => `warning: ${w}`),
+    a.silenced_classes && a.silenced_classes.length ? `switched off (deleted by an earlier job): class ${a.silenced_classes.join(", ")}` : null,
+  ].filter(Boolean);
+  return notes.join("; ") || "–";
+}
 
 // What each run of an attempt did: a run sized by memorisation says so, since its params don't.
 function runSummary(runs) {

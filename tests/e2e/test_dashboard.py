@@ -385,6 +385,35 @@ def test_audit_page_verifies_the_chain_and_exports_it(
 
 
 @needs_chromium
+def test_a_jobs_attempts_say_which_deleted_class_was_switched_off(
+    page: Any, stack: LiveStack, admin_key: str, tmp_path: Path
+) -> None:
+    """A class one job deleted whole is switched off in every later version (silenced_classes): the job
+    page's attempts table says so beside the metrics, as the API does."""
+    from playwright.sync_api import expect
+
+    from models.datasets import load_digits_split
+
+    train, _ = load_digits_split()  # the demo model's training set
+    sevens = [sid for sid, y in zip(train.ids, train.y.tolist(), strict=True) if y == 7]
+    others = [sid for sid, y in zip(train.ids, train.y.tolist(), strict=True) if y != 7][:5]
+    with stack.client() as api:
+        for ids in (sevens, others):
+            r = api.post("/v1/models/digits/deletion-requests", json={"sample_ids": ids})
+            assert r.status_code == 202, r.text
+            req = wait_for_request(api, r.json()["id"])
+            assert req["state"] == "completed", req
+        attempts = api.get(f"/v1/jobs/{req['job_id']}").json()["metrics"]["attempts"]
+    assert attempts[0].get("silenced_classes") == [7], attempts
+
+    sign_in(page, stack, admin_key)
+    go(page, f"#/jobs/{req['job_id']}")
+    notes = page.locator("td.notes").first
+    expect(notes).to_contain_text("switched off (deleted by an earlier job): class 7")
+    save_screenshot(page, tmp_path, "dashboard-job-attempts.png")
+
+
+@needs_chromium
 def test_the_dashboard_says_requests_will_wait_while_no_worker_is_alive(page: Any, tmp_path: Path) -> None:
     """An API with no worker yet: the banner quotes /readyz; once a worker beats, it goes away."""
     import subprocess
