@@ -157,11 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     rq = client_parser("request", cmd_request, help="ask a model to forget training samples or data subjects")
     rq.add_argument("model")
-    rq.add_argument("--ids-file", help="one sample ID per line (or a JSON list); - for stdin")
+    rq.add_argument(
+        "--ids-file",
+        help="one sample ID per line, exactly as written (lines starting with # skipped), or a JSON list; - "
+        "for stdin",
+    )
     rq.add_argument(
         "--subjects", help="data subjects to forget, comma-separated: every sample of each is forgotten"
     )
-    rq.add_argument("--subjects-file", help="one subject ID per line (or a JSON list); - for stdin")
+    rq.add_argument("--subjects-file", help="one subject ID per line, as --ids-file; - for stdin")
     rq.add_argument("--reference", help="your reference, e.g. a ticket number")
     rq.add_argument(
         "--reason",

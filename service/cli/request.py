@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 
 def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
-    """One ID per line (blank lines and `#` comments ignored), or a JSON list; `-` reads stdin."""
+    """One ID per line, exactly as written, or a JSON list; `-` reads stdin. Skipped: empty lines and lines
+    whose first character is `#`. Why nothing else is trimmed: an ID may hold `#` or spaces, and cutting
+    `u-1#old` at its `#` forgot a different sample, `u-1`, without a word (a probe). An ID that starts
+    with `#` or is all spaces needs the JSON form."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -35,8 +38,7 @@ def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise UsageError(f"{path}: a JSON {noun} file must be a list of strings")
     else:
-        ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-        ids = [i for i in ids if i]
+        ids = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not ids:
         raise UsageError(f"{path} holds no {noun}")
     return ids

@@ -549,6 +549,21 @@ def test_the_cli_names_unknown_subjects_and_why_each_field_is_invalid(api: Api, 
     assert refused.value.message == "invalid fields: query.limit (Input should be less than or equal to 500)"
 
 
+def test_an_ids_file_keeps_each_id_exactly_as_written(tmp_path: Path) -> None:
+    """A line was cut at its first `#` and stripped: `u-1#old` was sent as `u-1`, and a probe's job forgot
+    that other sample without a word. Only whole lines that start with `#`, and empty lines, are skipped."""
+    from service.cli.request import read_ids
+
+    path = tmp_path / "ids.txt"
+    path.write_text("# ticket 7\nu-1#old\n  padded \ntab|#hash|00016\n\n   \r\nlast\r\n")
+    assert read_ids(str(path)) == ["u-1#old", "  padded ", "tab|#hash|00016", "last"]
+    path.write_text('["#starts-with-hash", "   "]')
+    assert read_ids(str(path)) == ["#starts-with-hash", "   "]
+    path.write_text("# only a comment\n")
+    with pytest.raises(UsageError, match="holds no sample IDs"):
+        read_ids(str(path))
+
+
 def test_the_request_parser_takes_subjects() -> None:
     from service.cli.parser import build_parser
 
