@@ -44,6 +44,14 @@ WHY = {
 }
 
 
+def not_json_body(request: Request, errors: list[dict[str, Any]]) -> bool:
+    """Whether a route that reads a JSON object got a body it never parsed as JSON: FastAPI reads a body
+    as JSON only under a JSON Content-Type, and otherwise reports the whole body as one invalid field."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    json_type = kind == "application/json" or kind.endswith("+json")
+    return not json_type and any(e["loc"] == ["body"] for e in errors)
+
+
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` documenting error statuses as `application/problem+json` bodies."""
     return {
@@ -102,7 +110,7 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(domain_problem(exc), status_code=exc.status, media_type=PROBLEM)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
@@ -113,6 +121,9 @@ def install_handlers(app: FastAPI) -> None:
             if e.get("type") == "json_invalid":  # its loc is (body, character offset): not a field
                 why = (e.get("ctx") or {}).get("error", "")
                 detail = f"the body is not valid JSON: {why} (at character {e['loc'][-1]})"
+        if not_json_body(request, errors):  # "invalid fields: body" named no field a client could fix
+            sent = request.headers.get("content-type") or "none"
+            detail = f"the body must be JSON sent as Content-Type: application/json (it came as {sent})"
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -498,6 +498,24 @@ def test_a_body_that_is_not_json_is_a_422_saying_so_and_where(api: Api) -> None:
     ), detail
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_sent_as_another_content_type_is_a_422_that_names_the_header(
+    api: Api, content_type: str | None
+) -> None:
+    """A valid JSON body under another Content-Type (or none) read "invalid fields: body": FastAPI parses
+    JSON only under a JSON type, and the detail named no field a client could fix (a probe)."""
+    headers = {**api.auth(), **({"Content-Type": content_type} if content_type else {})}
+    before = api.counts()
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests", content=b'{"sample_ids": ["toy-0001"]}', headers=headers
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        f"the body must be JSON sent as Content-Type: application/json (it came as {content_type or 'none'})"
+    )
+    assert api.counts() == before
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [
