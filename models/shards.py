@@ -99,7 +99,12 @@ def index_shards(uri: str | Path) -> ShardIndex:
                 if ext in sample:
                     raise ShardError(f"{path.name}: sample {key!r} has two .{ext} members")
                 sample[ext] = True
-                if ext in IMAGE_EXTENSIONS and "image" not in sample:
+                if ext in IMAGE_EXTENSIONS:  # which of two images is the sample would be tar order's pick
+                    if isinstance(first := sample.get("image"), Member):
+                        raise ShardError(
+                            f"{path.name}: sample {key!r} has two images (.{first.ext} and {info.name}); "
+                            "a sample holds one image member"
+                        )
                     sample["image"] = Member(number, info.offset_data, info.size, ext)
                 elif ext in (LABEL_EXTENSION, SUBJECT_EXTENSION):
                     sample[ext] = _small_text(tar, info, path, key)
