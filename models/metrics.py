@@ -259,7 +259,8 @@ def evaluate(
     ``train_scores``: how rows of the training set (D_f, D_r's sample) are scored, where the caller has a
     cheaper way to ``score_set(model, rows)`` (a worker passes them through the front's kept outputs and
     the last layers: ``workers.front_cache``). ``forget_flagged``: (n_f,) bool, forget rows whose label the
-    deleter says is wrong, which ``forget_accuracy_excess_se`` leaves out (see ``accuracy_excess``)."""
+    deleter says is wrong, which ``forget_accuracy_excess_se`` leaves out (see ``accuracy_excess``), and
+    whose share still predicted as that label is ``flagged_label_accuracy`` (with ``flagged_count``)."""
     scored = train_scores or functools.partial(score_set, model)
     n_ra = min(len(retain), retain_sample)
     n_members = min(len(retain), len(test))  # as ``mia_sets``
@@ -294,6 +295,9 @@ def evaluate(
             )
             out["forget_accuracy_judged"] = judged
             out["forget_accuracy_expected"], out["forget_accuracy_excess_se"] = expected, excess
+        if forget_flagged is not None and bool(forget_flagged.any()):
+            out["flagged_label_accuracy"] = float(forgot.correct[forget_flagged.bool().numpy()].mean())
+            out["flagged_count"] = int(forget_flagged.sum())
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]
         n_log = (
