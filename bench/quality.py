@@ -531,7 +531,9 @@ RETRAIN = Row("retrain", "retrain", _fixed({}))
 NOISE_SEED_OFFSET = 1000  # the second retrain's training seed: the run's seed + this
 
 
-ONE_IN = {"random": 10, "small": 100}  # random scenarios: one training sample in this many is deleted
+# Random scenarios: one training sample in this many is deleted. ``quarter`` and ``half`` (stop 58) are the
+# large deletions of a data provider that withdraws (half: D_f as large as D_r); no default was tuned on them.
+ONE_IN = {"random": 10, "small": 100, "quarter": 4, "half": 2}
 OF_CLASS = {"subclass": 0.5, "most": 0.9}  # a seeded share of one class's samples is deleted; the class stays
 SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "mislabeled"]
 
@@ -558,11 +560,12 @@ def model_bench_args(
 def forget_split(
     train_ds: SampleDataset, scenario: str, seed: int, forgotten_class: int = 0
 ) -> tuple[SampleDataset, SampleDataset]:
-    """(forget, retain): a seeded random 10% (``random``) or 1% (``small``: a deletion request's usual size,
-    where a cost that follows the dataset is most out of proportion), a seeded half (``subclass``) or 90%
-    (``most``) of the training samples of ``forgotten_class`` (the class stays, the deletion is all of one
-    label, as when one source's images of a kind are taken down), every training sample of
-    ``forgotten_class``, or (``mislabeled``) the rows a ``mislabeled`` setting gave another class's label."""
+    """(forget, retain): a seeded random 10% (``random``), 1% (``small``: a deletion request's usual size,
+    where a cost that follows the dataset is most out of proportion), 25% (``quarter``) or 50% (``half``), a
+    seeded half (``subclass``) or 90% (``most``) of the training samples of ``forgotten_class`` (the class
+    stays, the deletion is all of one label, as when one source's images of a kind are taken down), every
+    training sample of ``forgotten_class``, or (``mislabeled``) the rows a ``mislabeled`` setting gave another
+    class's label."""
     gen = torch.Generator().manual_seed(seed)
     if scenario == "mislabeled":
         poisoned = [i for i in train_ds.ids if i.endswith(MISLABELED)]
