@@ -77,9 +77,11 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
-def index_shards(uri: str | Path) -> ShardIndex:
+def index_shards(uri: str | Path, *, one_image: bool = False) -> ShardIndex:
     """Scan every shard's headers once; ShardError naming the first sample that lacks an image or a
-    label, a key that appears twice, or a label that is not an integer."""
+    label, a key that appears twice, or a label that is not an integer. ``one_image`` (registration):
+    also a sample with two image members, whose first in tar order would be the one read. Datasets
+    registered before that check keep loading, with that first image."""
     index = ShardIndex(shard_paths(uri))
     seen: dict[str, int] = {}
     pending: dict[str, dict[str, object]] = {}
@@ -99,13 +101,15 @@ def index_shards(uri: str | Path) -> ShardIndex:
                 if ext in sample:
                     raise ShardError(f"{path.name}: sample {key!r} has two .{ext} members")
                 sample[ext] = True
-                if ext in IMAGE_EXTENSIONS:  # which of two images is the sample would be tar order's pick
-                    if isinstance(first := sample.get("image"), Member):
+                if ext in IMAGE_EXTENSIONS:
+                    first = sample.get("image")
+                    if isinstance(first, Member) and one_image:
                         raise ShardError(
                             f"{path.name}: sample {key!r} has two images (.{first.ext} and {info.name}); "
                             "a sample holds one image member"
                         )
-                    sample["image"] = Member(number, info.offset_data, info.size, ext)
+                    if first is None:
+                        sample["image"] = Member(number, info.offset_data, info.size, ext)
                 elif ext in (LABEL_EXTENSION, SUBJECT_EXTENSION):
                     sample[ext] = _small_text(tar, info, path, key)
         for key, sample in pending.items():  # a sample's files are adjacent: it ends with its shard

@@ -85,7 +85,7 @@ def read_samples(kind: str, path: Path) -> DatasetIds:
         if kind == "npy":
             return _npy(path)
         if kind == "webdataset":
-            index = index_shards(path)
+            index = index_shards(path, one_image=True)
             return DatasetIds(index.sample_ids, index.labels, index.subject_ids)
         if kind in ("jsonl", "text_csv"):
             return _text(kind, path)
