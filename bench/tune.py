@@ -58,7 +58,7 @@ from models.unlearning.params import with_recipe
 
 @dataclass(frozen=True)
 class Case:
-    scenario: str  # "random" | "small" | "subclass" | "most" | "classwise"
+    scenario: str  # one of bench.quality.SCENARIOS: "random", "small", "quarter", "half", "subclass", ...
     value: int  # split seed (random, small) or forgotten class (classwise; subclass, most: the seed too)
 
     @classmethod

@@ -276,7 +276,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "gate_failures": failures,
                 "passed": not failures,
                 **({"silenced_classes": silenced} if silenced else {}),
-                **({"warnings": w} if (w := warnings(classes, metrics)) else {}),
+                **({"warnings": w} if (w := attempt_warnings(method, classes, metrics)) else {}),
                 **front_rows(cache, kept_before),
             }
         )
@@ -295,9 +295,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
 STILL_PREDICTED = 0.01  # a forgotten class's share of its test rows still predicted that is worth a word
 
 
-def warnings(classes: list[int] | None, metrics: dict[str, Any]) -> list[str]:
-    """What an attempt's numbers say that its gates may not judge."""
-    return still_predicted(classes, metrics) + still_labelled(metrics)
+def attempt_warnings(method: str, classes: list[int] | None, metrics: dict[str, Any]) -> list[str]:
+    """What an attempt's numbers say that its gates may not judge. A retrain predicts a flagged row as
+    whatever the rest of the data teaches, which is what a deletion of it should end with."""
+    return still_predicted(classes, metrics) + (still_labelled(metrics) if method != "retrain" else [])
 
 
 def still_predicted(classes: list[int] | None, metrics: dict[str, Any]) -> list[str]:
@@ -317,17 +318,18 @@ def still_predicted(classes: list[int] | None, metrics: dict[str, Any]) -> list[
 
 
 def still_labelled(metrics: dict[str, Any]) -> list[str]:
-    """A warning when rows sent as mislabeled are still predicted as the label they were sent with. A row
-    whose nearest retained rows share its label (a backdoor's, or one whose label was right after all) is
-    pushed off it for the run's length only, and a probe's two confident digits kept theirs (p 0.93) while
-    the job said nothing; the README had promised it would be moved until the model predicted another."""
+    """A warning when rows sent as mislabeled are still predicted as the label they were sent with. An
+    unlearning run moves a flagged row (towards its neighbours' class, or off its label where they agree
+    with it) for one sized run, with no rerun: a probe's two confident digits kept their labels (p 0.93)
+    while the job said nothing; the README had promised they would be moved until the model predicted
+    another class."""
     share, rows = metrics.get("flagged_label_accuracy"), metrics.get("flagged_count")
     if not share or not rows:
         return []
     kept = round(share * rows)
     return [
-        f"{kept} of the {rows} rows sent as mislabeled are still predicted as the label they were sent with "
-        "(a row whose nearest retained rows share that label is pushed off it for one sized run only)"
+        f"{kept} of the {rows} rows sent as mislabeled are still predicted as the label they were sent with: "
+        "the run moves flagged rows for one sized run only"
     ]
 
 

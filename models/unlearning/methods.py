@@ -459,7 +459,7 @@ def _away(
     with it anyway, the model has learnt a pattern that only the poisoned rows teach: a backdoor's trigger
     puts its rows among the target class it was taught (stop 55: 80-93% of digits' triggered rows). Aimed
     at held-out losses like an erasure, they kept 11% of the trigger's hold (a retrain keeps none): they are
-    pushed towards their nearest other class until the model predicts one. The trigger stops working
+    pushed towards their nearest other class while the model predicts their label, for one sized run. The trigger stops working
     (digits: 0% of its hold left), but only about two thirds of the rows land in their own class, where
     a retrain has 94% (a client's measurement): the push stops at the first class it reaches."""
     if theirs is None or contradicted is None or mislabeled is None:

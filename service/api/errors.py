@@ -3,6 +3,7 @@ becomes one `application/problem+json` body (RFC 9457), so no route builds error
 
 from __future__ import annotations
 
+import email.message
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,12 +45,25 @@ WHY = {
 }
 
 
-def not_json_body(request: Request, errors: list[dict[str, Any]]) -> bool:
-    """Whether a route that reads a JSON object got a body it never parsed as JSON: FastAPI reads a body
-    as JSON only under a JSON Content-Type, and otherwise reports the whole body as one invalid field."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    json_type = kind == "application/json" or kind.endswith("+json")
-    return not json_type and any(e["loc"] == ["body"] for e in errors)
+def body_problem(request: Request, errors: list[dict[str, Any]]) -> str | None:
+    """What is wrong with a body a route that reads a JSON object could not read at all, or None. FastAPI
+    reports a missing body, and one it never parsed as JSON, as the whole body being one invalid field:
+    it parses JSON only under `application/json` or `application/*+json` (its rule, copied here)."""
+    kinds = {e["type"] for e in errors if e["loc"] == ["body"]}
+    if "missing" in kinds:
+        return "the request has no body: send a JSON object, with Content-Type: application/json"
+    sent = request.headers.get("content-type")
+    message = email.message.Message()
+    message["content-type"] = sent or ""
+    subtype = message.get_content_subtype()
+    json_type = (
+        bool(sent)
+        and message.get_content_maintype() == "application"
+        and (subtype == "json" or subtype.endswith("+json"))
+    )
+    if kinds and not json_type:
+        return f"the body must be JSON sent as Content-Type: application/json (it came as {sent or 'none'})"
+    return None
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -121,9 +135,7 @@ def install_handlers(app: FastAPI) -> None:
             if e.get("type") == "json_invalid":  # its loc is (body, character offset): not a field
                 why = (e.get("ctx") or {}).get("error", "")
                 detail = f"the body is not valid JSON: {why} (at character {e['loc'][-1]})"
-        if not_json_body(request, errors):  # "invalid fields: body" named no field a client could fix
-            sent = request.headers.get("content-type") or "none"
-            detail = f"the body must be JSON sent as Content-Type: application/json (it came as {sent})"
+        detail = body_problem(request, errors) or detail  # "invalid fields: body" named nothing to fix
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
     """One ID per line, exactly as written, or a JSON list; `-` reads stdin. Skipped: empty lines and lines
     whose first character is `#`. Why nothing else is trimmed: an ID may hold `#` or spaces, and cutting
-    `u-1#old` at its `#` forgot a different sample, `u-1`, without a word (a probe). An ID that starts
-    with `#` or is all spaces needs the JSON form."""
+    `u-1#old` at its `#` forgot a different sample, `u-1`, without a word (a probe). A text whose first
+    non-blank character is `[` is the JSON form, which an ID that starts with `#` or `[`, or is all
+    spaces, needs."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -138,7 +139,7 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
         f"new version {new['version']} of {req['model']} (parent {new['parent']}), job {job['id']}, "
         f"{how_published(job)}"
     )
-    for line in refusals(job):
+    for line in [*refusals(job), *published_notes(job)]:
         out.print(line)
     table = metrics_table(req["model"], job, new, base, result)
     counts = ", ".join(
@@ -181,6 +182,20 @@ def how_published(job: dict[str, Any]) -> str:
     if (job.get("attempts") or 1) > 1:
         said += f", {job['attempts']} worker runs"
     return said
+
+
+def published_notes(job: dict[str, Any]) -> list[str]:
+    """What the published attempt says beside its metrics: its warnings (a forgotten class still predicted,
+    rows sent as mislabeled still holding their label) and the classes an earlier job deleted whole, which
+    this version keeps switched off. The API and the dashboard showed them; `--wait` did not (a review)."""
+    lines = []
+    for a in (job.get("metrics") or {}).get("attempts") or []:
+        if a.get("passed"):
+            lines += [f"  warning: {w}" for w in a.get("warnings") or []]
+            if a.get("silenced_classes"):
+                named = ", ".join(str(c) for c in a["silenced_classes"])
+                lines.append(f"  switched off (deleted by an earlier job): class {named}")
+    return lines
 
 
 def refusals(job: dict[str, Any]) -> list[str]:

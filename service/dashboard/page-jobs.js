@@ -99,7 +99,7 @@ export const job = {
       el("h2", {}, "Attempts"),
       attempts.length
         ? table(
-            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "gate failures, error, warnings"],
+            ["#", "method", "passed", "run", "UA", "MIA", "RA", "TA", "notes: gate failures, error, warnings, classes switched off"],
             attempts.map((a, i) =>
               el(
                 "tr",

@@ -544,6 +544,19 @@ def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> 
     assert refusals(job) == ["  finetune refused: test accuracy dropped 0.5 > 0.1"]
 
 
+def test_the_published_attempts_warnings_and_switched_off_classes_are_printed() -> None:
+    from service.cli.request import published_notes
+
+    refused = {"method": "finetune", "passed": False, "warnings": ["not this one"]}
+    published = {"method": "ugradsl_plus", "passed": True, "warnings": ["2 of the 5 rows ..."],
+                 "silenced_classes": [3, 7]}  # fmt: skip
+    assert published_notes({"metrics": {"attempts": [refused, published]}}) == [
+        "  warning: 2 of the 5 rows ...",
+        "  switched off (deleted by an earlier job): class 3, 7",
+    ]
+    assert published_notes({"metrics": {"attempts": [{"method": "retrain", "passed": True}]}}) == []
+
+
 def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:
     """`unlearn --url U models` was refused by argparse ("invalid choice"): a client's first try."""
     from service.cli.parser import build_parser

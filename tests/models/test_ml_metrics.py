@@ -131,6 +131,19 @@ def test_evaluate_returns_fractions_and_counts_with_sampled_retain() -> None:
         assert 0.0 <= out[k] <= 1.0
 
 
+def test_evaluate_counts_the_flagged_rows_still_predicted_as_the_label_they_were_sent_with() -> None:
+    # rows 0-3 flagged: rows 0 and 2 still predicted as their label; unflagged rows never count
+    forget = _ds(torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [3.0, 0.0], [3.0, 0.0]]),
+                 torch.tensor([0, 0, 0, 1, 0]), "f")  # fmt: skip
+    rest = _ds(torch.randn(40, 2, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2, "r")
+    flagged = torch.tensor([True, True, True, True, False])
+    out = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=flagged)
+    assert (out["flagged_label_accuracy"], out["flagged_count"]) == (0.5, 4)
+    none = torch.zeros(5, dtype=torch.bool)
+    unflagged = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=none)
+    assert "flagged_label_accuracy" not in unflagged and "flagged_count" not in unflagged
+
+
 def test_outputs_that_are_nan_on_any_scored_row_are_named_not_fed_to_the_attack() -> None:
     """A diverged model's NaN outputs had reached the SVC attack, which failed with scikit-learn's advice
     on missing values; -inf confidences (a masked class) are not NaN and still score."""

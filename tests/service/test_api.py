@@ -483,6 +483,24 @@ def test_odd_inputs_are_refused_with_422_not_500(api: Api, method: str, path: st
     assert api.counts() == before
 
 
+@pytest.mark.parametrize("content_type", [None, "application/json", "Application/JSON; charset=utf-8"])
+def test_a_request_without_a_body_is_a_422_that_says_so(api: Api, content_type: str | None) -> None:
+    headers = {**api.auth(), **({"Content-Type": content_type} if content_type else {})}
+    r = api.client.post("/v1/models/toy/deletion-requests", headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "the request has no body: send a JSON object, with Content-Type: application/json"
+    )
+
+
+def test_a_json_body_under_a_json_type_with_a_charset_is_read(api: Api) -> None:
+    headers = {**api.auth(), "Content-Type": "Application/JSON; charset=utf-8"}
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests", content=b'{"sample_ids": ["toy-0001"]}', headers=headers
+    )
+    assert r.status_code == 202, r.text
+
+
 def test_a_body_that_is_not_json_is_a_422_saying_so_and_where(api: Api) -> None:
     """It read "invalid fields: body.1": the character offset looked like a field's name."""
     r = api.client.post(
@@ -498,7 +516,9 @@ def test_a_body_that_is_not_json_is_a_422_saying_so_and_where(api: Api) -> None:
     ), detail
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/foo+json"]
+)
 def test_a_json_body_sent_as_another_content_type_is_a_422_that_names_the_header(
     api: Api, content_type: str | None
 ) -> None:

@@ -178,6 +178,21 @@ def test_a_forgotten_class_still_predicted_is_a_warning_on_the_attempt() -> None
     assert still_predicted(None, metrics) == []
 
 
+def test_rows_sent_as_mislabeled_still_predicted_as_their_label_are_a_warning_but_after_a_retrain() -> None:
+    """A run moves flagged rows for one sized run; a retrain predicts them as the rest of the data teaches,
+    which is where a deletion should leave them, so only the first is warned of."""
+    from workers.runner import attempt_warnings
+
+    metrics = {"flagged_label_accuracy": 0.4, "flagged_count": 5}
+    [warning] = attempt_warnings("ugradsl_plus", None, metrics)
+    assert warning.startswith("2 of the 5 rows sent as mislabeled are still predicted as the label")
+    assert attempt_warnings("retrain", None, metrics) == []
+    assert attempt_warnings("ugradsl_plus", None, {**metrics, "flagged_label_accuracy": 0.0}) == []
+    assert attempt_warnings("ugradsl_plus", None, {}) == []  # nothing flagged
+    both = {**metrics, "forgotten_class_test_accuracy": 0.2, "forgotten_class_test_count": 15}
+    assert len(attempt_warnings("finetune", [2], both)) == 2
+
+
 def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence() -> None:
     """A class masked with -inf (a buffer the model was registered with) is no divergence: it had failed
     every attempt of such a model as diverged; a NaN the run made is one."""

@@ -64,8 +64,8 @@ def test_a_job_flags_the_samples_of_its_mislabeled_requests_only(demo: Settings)
     assert round(attempt["metrics"]["flagged_label_accuracy"] * len(mislabeled)) == kept
     said = [w for w in attempt.get("warnings", []) if "sent as mislabeled" in w]
     assert said == ([f"{kept} of the {len(mislabeled)} rows sent as mislabeled are still predicted as the "
-                     "label they were sent with (a row whose nearest retained rows share that label is "
-                     "pushed off it for one sized run only)"] if kept else [])  # fmt: skip
+                     "label they were sent with: the run moves flagged rows for one sized run only"]
+                    if kept else [])  # fmt: skip
     assert kept > 0, kept  # the case reaches the warning: a clean model keeps most of its right labels
 
 

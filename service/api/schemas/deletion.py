@@ -22,7 +22,8 @@ REASON_DOC = (
     "a takedown of correctly labelled samples; each is forgotten as far as a retrain without it would "
     "have it, like unseen data of its class. mislabeled: the samples carry wrong labels (label-flipping "
     "poison, annotation errors); each one whose nearest retained samples hold another class is moved "
-    "until the model predicts that class, as a retrain does. A job that takes in requests of both kinds "
+    "towards that class, as a retrain has it, for one sized run (a version's flagged_label_accuracy and "
+    "its attempt's warnings say how many still hold their label). A job that takes in requests of both kinds "
     "treats each sample as its request says."
 )
 
