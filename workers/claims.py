@@ -24,6 +24,13 @@ def has_pending(session: Session, model_id: str) -> bool:
     )
 
 
+def has_work(session: Session, model_id: str) -> bool:
+    """Pending requests, or a job still running (one handed back at a database outage): without a lease
+    holder, a running job waits for the reconciler otherwise."""
+    unfinished = exists().where(Job.model_id == model_id, Job.state == JobState.RUNNING)
+    return has_pending(session, model_id) or bool(session.scalar(select(unfinished)))
+
+
 def models_needing_work(session: Session, takeover_after: float | None = None) -> list[str]:
     """Models with pending requests or an unfinished job, whose lease is free, lapsed, or held by a
     worker silent for `takeover_after` seconds."""
@@ -46,12 +53,17 @@ def interruption(job: Job, cause: str) -> dict[str, object]:
     }
 
 
+# Causes of an attempt its worker handed back (``JobStore.give_back``): a planned stop, a database outage.
+STOPPED, DATABASE_GONE = "stopped", "database unavailable"
+
+
 def handed_back(job: Job) -> bool:
-    """The job's last attempt ended at a planned stop (``JobStore.give_back``), which recorded where it got
-    to and handed the attempt back, and no attempt has started since: its entry is the last one, and
-    names the attempt after the one the job now counts."""
+    """The job's last attempt ended at a planned stop or a database outage (``JobStore.give_back``), which
+    recorded where it got to and handed the attempt back, and no attempt has started since: its entry is
+    the last one, and names the attempt after the one the job now counts."""
     entries = (job.metrics or {}).get("interrupted") or [{}]
-    return entries[-1].get("cause") == "stopped" and entries[-1].get("attempt") == job.attempts + 1
+    cause, attempt = entries[-1].get("cause"), entries[-1].get("attempt")
+    return cause in (STOPPED, DATABASE_GONE) and attempt == job.attempts + 1
 
 
 def resume_unfinished(session: Session, model_id: str) -> Job | None:

@@ -236,12 +236,13 @@ class JobStore:
         except Exception:  # noqa: BLE001 - unknown means keep
             return False
 
-    def give_back(self) -> None:
-        """A planned stop (a deploy, Ctrl-C) ended this attempt: the job stays running, queued for the next
-        worker, and its attempt is handed back. Resuming counts an attempt, and three of them fail the job
-        as one whose worker "died each time": three restarts during one long job did that."""
+    def give_back(self, cause: str = claims.STOPPED) -> None:
+        """A planned stop (a deploy, Ctrl-C) or a database outage ended this attempt: the job stays running,
+        queued for the next worker, and its attempt is handed back. Resuming counts an attempt, and three of
+        them fail the job as one whose worker "died each time": three restarts during one long job did
+        that."""
         with self._fenced() as (_, job):
-            stopped = claims.interruption(job, "stopped")  # where it got to; the resume adds no death
+            stopped = claims.interruption(job, cause)  # where it got to; the resume adds no death
             job.metrics = {
                 **(job.metrics or {}),
                 "interrupted": [*(job.metrics or {}).get("interrupted", []), stopped],

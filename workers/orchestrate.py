@@ -48,9 +48,10 @@ def process_model(
         finally:
             with session_scope(url) as s:
                 leases.release(s, model_id, owner)
-        # Requests committed while we were releasing found the lease taken and gave up: look again.
+        # Requests committed while we were releasing found the lease taken and gave up: look again (and
+        # a job handed back at a database outage is still running, ours to resume).
         with session_scope(url) as s:
-            if not claims.has_pending(s, model_id):
+            if not claims.has_work(s, model_id):
                 return "idle"
         if requeue is not None:
             requeue(model_id)  # if the broker is down, the reconciler enqueues it instead

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import torch
+from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models.architectures import build_model, layer_normed
@@ -24,10 +25,12 @@ from models.unlearning import run_method
 from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_to_dict, parse_params, with_recipe
 from models.unlearning.silence import silence_classes
+from service.core.db.engine import session_scope
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, front_cache, gates, kept_rows, kept_scores
+from workers.claims import DATABASE_GONE, STOPPED
 from workers.datasets import DatasetRef, load_registered
 from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
@@ -73,28 +76,57 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         end(store, rep, JobState.CANCELLED, "cancelled by an admin")
     except JobTimedOut as exc:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
+    except (OperationalError, InterfaceError) as exc:
+        if not database_gone(settings.resolved_database_url, exc):
+            log.warning("job %s failed", job_id, exc_info=True)
+            end(store, rep, JobState.FAILED, error_text(exc))
+            return
+        # The job did nothing wrong: it goes back to the queue, without an attempt's cost, once the
+        # database answers. Left running, it had waited out the lease and counted as a worker's death.
+        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("job %s: the database went away (%s); the job is handed back", job_id, said)
+        if not hand_back(store, within_s=max(settings.lease_seconds, OUTAGE_WAIT_S), cause=DATABASE_GONE):
+            raise LeaseLost("the database did not come back in time; the job resumes later") from None
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         log.warning("job %s failed", job_id, exc_info=True)  # the whole story, for the operator
         end(store, rep, JobState.FAILED, error_text(exc))
 
 
 HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
+# How long a job a database outage stopped waits for the database to hand itself back. Waiting past the
+# lease is safe: the hand-back is fenced, and another worker that took the job over makes it LeaseLost.
+OUTAGE_WAIT_S = 60.0
 
 
-def hand_back(store: JobStore, within_s: float = HAND_BACK_S) -> None:
+def hand_back(store: JobStore, within_s: float = HAND_BACK_S, cause: str = STOPPED) -> bool:
     """``store.give_back``, tried again while the database does not answer (a deploy during a failover):
     a stop that cannot be recorded reads as a death to the next worker and costs the job an attempt. Past
-    ``within_s`` it is left at that."""
+    ``within_s`` it is left at that (False)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
-            store.give_back()
-            return
+            store.give_back(cause)
+            return True
         except (OperationalError, InterfaceError):
             if time.monotonic() >= deadline:
                 log.warning("job %s: the hand-back could not be recorded; it counts as a death", store.job_id)
-                return
+                return False
             time.sleep(0.5)
+
+
+def database_gone(url: str, exc: OperationalError | InterfaceError) -> bool:
+    """Whether a database error was the database going away (a restart, a failover, the network), which
+    is no fault of the job's, rather than a statement it refused (SQLite's "database is locked", a schema
+    a migration has not reached). SQLAlchemy marks an error that lost its connection; one raised while
+    connecting is told apart by asking the database again."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    try:
+        with session_scope(url) as s:
+            s.execute(text("SELECT 1"))
+    except (OperationalError, InterfaceError):
+        return True
+    return False
 
 
 ERROR_CHARS = 1000

@@ -409,6 +409,49 @@ def test_a_postgresql_restart_mid_job_loses_nothing(tmp_path: Path) -> None:
         pg.destroy()
 
 
+def test_a_database_outage_at_publish_hands_the_job_back_without_costing_an_attempt(tmp_path: Path) -> None:
+    """The job's commit fails while PostgreSQL is down. It had waited out its lease frozen and then counted
+    as a worker's death (three such outages failed a job); now the worker hands it back once the database
+    answers and resumes it at once, at no attempt's cost (a probe's finding)."""
+    reason = PrivatePostgres.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pg = PrivatePostgres()
+    pg.init()
+    try:
+        with running(tmp_path, pg.url) as c:
+            c.start_api()
+            c.start_worker("w1", beat=True, env={"UNLEARN_FAILPOINTS": "publish.before_commit=sleep(4)"})
+            with client(c) as http:
+                ids = random.Random(10).sample(TRAIN_IDS, 20)
+                req = submit(http, ids)
+                job = wait_until(
+                    lambda: job_in_phase(http, req["id"], "publish"),
+                    timeout=180,
+                    interval=0.2,
+                    what="the job to reach its publish step",
+                )
+                pg.stop()
+                log = c.tmp / "w1.log"  # the whole file: the heartbeats' tracebacks fill Cluster.log's tail
+                wait_until(lambda: "the database went away" in log.read_text(errors="replace"), timeout=60,
+                           interval=0.2, what="the worker to meet the outage")  # fmt: skip
+                pg.start()
+                clock = Stopwatch()
+                status = f"/v1/deletion-requests/{req['id']}"  # the API's dead connections go first: 503s
+                wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
+                           what="the API answering again")  # fmt: skip
+                [done] = wait_until(lambda: all_finished(http, [req["id"]]), timeout=300, interval=0.5,
+                                    what="the job to be published after the outage")  # fmt: skip
+                clock.record("PostgreSQL down at publish", "request completed")
+                assert done["state"] == "completed", c.log("w1")
+                final = http.get(f"/v1/jobs/{job['id']}").json()
+                causes = [i["cause"] for i in final["metrics"]["interrupted"]]
+                assert (causes, final["attempts"]) == (["database unavailable"], 1), final
+                assert_intact(http, set(ids))
+    finally:
+        pg.destroy()
+
+
 @contextlib.contextmanager
 def small_disk(folder: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` at `folder`: a disk that really fills up (needs the right to mount)."""
