@@ -453,15 +453,15 @@ def _away(
     mislabeled: torch.Tensor | None,
     retain_y: torch.Tensor,
 ) -> torch.Tensor | None:
-    """(n_f,) bool: the rows flagged ``mislabeled`` whose neighbours agree with their label (None when no
-    row is flagged). Their owner says the label is wrong, so a retrain, which learns each input's class
-    from the rest of the data, does not predict it; where the neighbours in the model's own features agree
-    with it anyway, the model has learnt a pattern that only the poisoned rows teach: a backdoor's trigger
-    puts its rows among the target class it was taught (stop 55: 80-93% of digits' triggered rows). Aimed
-    at held-out losses like an erasure, they kept 11% of the trigger's hold (a retrain keeps none): they are
-    pushed towards their nearest other class while the model predicts their label, for one sized run. The trigger stops working
-    (digits: 0% of its hold left), but only about two thirds of the rows land in their own class, where
-    a retrain has 94% (a client's measurement): the push stops at the first class it reaches."""
+    """(n_f,) bool: the rows flagged ``mislabeled`` whose neighbours agree with their label (None when no row
+    is flagged). Their owner says the label is wrong, so a retrain, which learns each input's class from the
+    rest of the data, does not predict it; where the neighbours in the model's own features agree with it
+    anyway, the model has learnt a pattern that only the poisoned rows teach: a backdoor's trigger puts its
+    rows among the target class it was taught (stop 55: 80-93% of digits' triggered rows). Aimed at held-out
+    losses like an erasure, they kept 11% of the trigger's hold (a retrain keeps none): they are pushed
+    towards their nearest other class while the model predicts their label, for one sized run. The trigger
+    stops working (digits: 0% of its hold left), but only about two thirds of the rows land in their own
+    class, where a retrain has 94% (a client's measurement): the push stops at the first class it reaches."""
     if theirs is None or contradicted is None or mislabeled is None:
         return None
     stays = torch.isin(theirs, retain_y.unique().to(theirs.device))  # a class that leaves: pushed anyway

@@ -233,8 +233,9 @@ class UGradSLParams(GradientParams):
         256,
         doc="k > 0: a forget sample whose k nearest retained rows (the model's penultimate features) are "
         "mostly of another class (a mislabeled or poisoned row) is pushed, by descent, towards their "
-        "class while the model does not predict it, as a retrain has it (one sized run); 0 = only the samples a deletion flags as mislabeled "
-        "(run_method's mislabeled; the API's reason), with 15 neighbours (models/unlearning/neighbours.py)",
+        "class while the model does not predict it, as a retrain has it (one sized run); 0 = only the "
+        "samples a deletion flags as mislabeled (run_method's mislabeled; the API's reason), with 15 "
+        "neighbours (models/unlearning/neighbours.py)",
     )
     push: str = _f(
         "ascent",
