@@ -69,6 +69,7 @@ class JobContext:
     mislabeled_ids: set[str]
     forgotten: set[str]
     time_limit_seconds: int | None  # the model's own; the service's limit bounds it
+    retrain_above_share: float | None = None  # a deletion taking this share of what is left is retrained
 
 
 def fenced_job(session: Session, job_id: str, owner: str) -> Job:
@@ -149,6 +150,7 @@ class JobStore:
                 },
                 forgotten=set(forgotten),
                 time_limit_seconds=model.time_limit_seconds,
+                retrain_above_share=model.retrain_above_share,
             )
 
     def trying(self, method: str, params: dict[str, Any]) -> None:

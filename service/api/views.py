@@ -115,6 +115,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         train_recipe=m.train_recipe or {},
         gates=m.gates,
         time_limit_seconds=m.time_limit_seconds,
+        retrain_above_share=m.retrain_above_share,
         heldout_dataset=m.heldout_dataset_id,
         train_samples=train_n or 0,
         test_samples=test_n or 0,

@@ -135,6 +135,7 @@ def register_model(
     fallback_methods: Sequence[str] = (),
     time_limit_seconds: int | None = None,
     heldout: Dataset | None = None,
+    retrain_above_share: float | None = None,
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
     model = Model(
@@ -154,6 +155,7 @@ def register_model(
         status=status,
         fallback_methods=list(fallback_methods),
         time_limit_seconds=time_limit_seconds,
+        retrain_above_share=retrain_above_share,
     )
     session.add(model)
     session.flush()
@@ -220,4 +222,6 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         m.train_recipe = changes["train_recipe"]
     if "time_limit_seconds" in changes:  # null goes back to the service's limit
         m.time_limit_seconds = changes["time_limit_seconds"]
+    if "retrain_above_share" in changes:  # null: never
+        m.retrain_above_share = changes["retrain_above_share"]
     events.model_updated(session, m, changes=changes, actor=actor)

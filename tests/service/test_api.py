@@ -463,6 +463,22 @@ def test_a_models_job_time_limit_is_set_cleared_and_bounded_by_the_service(api: 
     assert r.status_code == 200 and r.json()["time_limit_seconds"] is None
 
 
+def test_a_models_retrain_above_share_is_set_bounded_and_cleared(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+    assert api.client.get(url, headers=h).json()["retrain_above_share"] is None  # never, by default
+    r = api.client.patch(url, json={"retrain_above_share": 0.25}, headers=h)
+    assert r.status_code == 200 and r.json()["retrain_above_share"] == 0.25
+    for bad in (0, 1.5, -0.1, "half"):
+        refused = api.client.patch(url, json={"retrain_above_share": bad}, headers=h)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["loc"] == ["body", "retrain_above_share"]
+    assert api.client.get(url, headers=h).json()["retrain_above_share"] == 0.25  # refusals changed nothing
+    r = api.client.patch(url, json={"retrain_above_share": None}, headers=h)
+    assert r.status_code == 200 and r.json()["retrain_above_share"] is None
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [

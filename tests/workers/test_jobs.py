@@ -68,6 +68,27 @@ def ungated_class(settings: Settings, label: int) -> list[str]:
         return sorted(ids)
 
 
+def test_a_deletion_above_the_models_retrain_share_is_retrained_and_a_smaller_one_unlearned(
+    demo: Settings,
+) -> None:
+    """A large deletion costs an unlearning run up to a retrain and closes less of its gap: a model's
+    retrain_above_share sends one that takes at least that share of what is left to an exact retrain."""
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(retrain_above_share=0.05, gates={}))
+    large = [f"digits-{i:04d}" for i in range(0, 1437, 10)]  # 144 of 1,437: 10%
+    model_id, large_id = submit(demo, large)
+    assert process_model(demo, model_id) == "idle"
+    model_id, small_id = submit(demo, ["digits-0001", "digits-0002", "digits-0003"])  # 0.2% of what is left
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        first, second = (s.get_one(Job, s.get_one(DeletionRequest, r).job_id) for r in (large_id, small_id))
+        assert (first.state, second.state) == ("completed", "completed"), (first.error, second.error)
+        assert [a["method"] for a in first.metrics["attempts"]] == ["retrain"]
+        assert first.metrics["data"]["retrained_above_share"] == 0.05
+        assert [a["method"] for a in second.metrics["attempts"]] == ["ugradsl_plus"]
+        assert "retrained_above_share" not in second.metrics["data"]
+
+
 def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
     ids = ungated_class(demo, 3)
     model_id, req_id = submit(demo, ids)

@@ -260,6 +260,7 @@ def register_model_route(
             status=ModelStatus.VALIDATING,
             fallback_methods=body.fallback_methods,
             time_limit_seconds=body.time_limit_seconds,
+            retrain_above_share=body.retrain_above_share,
         )
         session.commit()
     except IntegrityError as exc:
@@ -325,8 +326,8 @@ def _check_registrable(
 def update_model(
     model: str, body: ModelUpdate, session: SessionDep, settings: SettingsDep, key: Admin
 ) -> ModelOut:
-    """Method, params, fallback chain, gates, retrain recipe or job time limit; applies to jobs that start
-    afterwards."""
+    """Method, params, fallback chain, gates, retrain recipe, job time limit or the share above which a
+    deletion is retrained; applies to jobs that start afterwards."""
     m = get_model(session, key.tenant, model)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
     changes = body.model_dump(exclude_unset=True)

@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.api.schemas.registry import RETRAIN_ABOVE_DOC
+
 
 class VersionOut(BaseModel):
     version: str
@@ -36,6 +38,7 @@ class ModelOut(BaseModel):
     time_limit_seconds: int | None = Field(
         description="a job on this model is stopped after this many seconds (null: the service's limit)"
     )
+    retrain_above_share: float | None = Field(description=RETRAIN_ABOVE_DOC)
     heldout_dataset: str | None = Field(
         description="the dataset the method calibrates on; null: half the test set does, the other half "
         "is scored"

@@ -181,6 +181,15 @@ class Gates(BaseModel):
     max_forget_accuracy_excess_se: float | None = Field(None, ge=0.0, le=100.0)
 
 
+RETRAIN_ABOVE_DOC = (
+    "a deletion that takes at least this share of the training samples the model has left is retrained "
+    "exactly (the retrain method, on train_recipe) instead of unlearned: a run is sized per forget sample, "
+    "so a large deletion costs up to a retrain and closes less of its gap (README, Large deletions); a "
+    "retrain re-initialises the network, so leave this unset for a model fine-tuned from pretrained "
+    "weights; null = never"
+)
+
+
 class ModelUpdate(BaseModel):
     """An admin's change of a model's unlearning policy; fields left out stay as they are. `gates` and
     `default_params` are merged key by key (JSON Merge Patch): a key sent replaces that key, a key sent as
@@ -200,6 +209,7 @@ class ModelUpdate(BaseModel):
         description="stop a job on this model after this many seconds (at most the service's "
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
+    retrain_above_share: float | None = Field(None, gt=0, le=1, description=RETRAIN_ABOVE_DOC)
 
 
 class ModelCreate(BaseModel):
@@ -244,3 +254,4 @@ class ModelCreate(BaseModel):
         description="stop a job on this model after this many seconds (at most the service's "
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
+    retrain_above_share: float | None = Field(None, gt=0, le=1, description=RETRAIN_ABOVE_DOC)

@@ -137,6 +137,8 @@ class Model(Base):
     woken_at: Mapped[datetime | None] = mapped_column(default=None)  # last wake message sent for it
     # A job on this model is stopped after this long (null: the service's UNLEARN_JOB_TIME_LIMIT_SECONDS).
     time_limit_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    # A deletion taking at least this share of the training samples left is retrained exactly (null: never).
+    retrain_above_share: Mapped[float | None] = mapped_column(Float, default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
