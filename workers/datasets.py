@@ -107,6 +107,27 @@ class Checked:
             self._keep(key, _Entry(sig, None), data if ref.kind in KEPT_KINDS else None, max_bytes)
         return data
 
+    def recheck(self, ref: DatasetRef) -> None:
+        """DatasetChanged if a file of ``ref`` changed on disk since this process loaded it: its inode,
+        size or times moved (then it is hashed again: a file touched but not changed passes). A job reads
+        streamed rows all through its run and scores them at its end, and a probe's in-place edit of an
+        npy file mid-run was published as a version scored on the changed rows."""
+        hashed = ref.sha256 is not None and ref.kind in HASHED_KINDS
+        if not hashed:
+            return
+        with self._lock:
+            entry = self._entries.get(_key(ref))
+        try:
+            sig = signature(ref)
+        except OSError as exc:
+            raise DatasetChanged(f"dataset file {ref.uri} changed during the job: {exc}") from None
+        if entry is not None and entry.signature == sig:
+            return
+        _check(ref, "during the job")
+        with self._lock:
+            if (kept := self._entries.get(_key(ref))) is not None:
+                kept.signature = sig
+
     def _keep(self, key: _Key, entry: _Entry, data: SampleDataset | None, max_bytes: int) -> None:
         size = _nbytes(data) if data is not None else 0
         if data is not None and size <= max_bytes:
@@ -132,14 +153,19 @@ def _key(ref: DatasetRef) -> _Key:
     return ref.kind, ref.uri, ref.sha256, json.dumps(ref.features, sort_keys=True, default=str)
 
 
-def _check(ref: DatasetRef) -> None:
+def _check(ref: DatasetRef, when: str = "since registration") -> None:
     assert ref.sha256 is not None
     actual = dataset_sha256(ref.kind, ref.uri)
     if actual != ref.sha256:
         raise DatasetChanged(
-            f"dataset file {ref.uri} changed since registration (sha256 {actual[:16]}..., registered "
-            f"{ref.sha256[:16]}...); refusing to load it"
+            f"dataset file {ref.uri} changed {when} (sha256 {actual[:16]}..., registered "
+            f"{ref.sha256[:16]}...); refusing to use it"
         )
+
+
+def recheck_registered(ref: DatasetRef) -> None:
+    """DatasetChanged if ``ref``'s files changed since this process loaded them (``Checked.recheck``)."""
+    _checked.recheck(ref)
 
 
 def load_registered(ref: DatasetRef, *, workers: int = 0, keep_bytes: int = 0) -> SampleDataset:

@@ -31,7 +31,7 @@ from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, front_cache, gates, kept_rows, kept_scores
 from workers.claims import DATABASE_GONE, STOPPED
-from workers.datasets import DatasetRef, load_registered
+from workers.datasets import DatasetRef, load_registered, recheck_registered
 from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
 from workers.progress import Reporter
@@ -318,6 +318,10 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         store.record_attempt(base_metrics, metrics, attempts, data_roles, ctx.gates)
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
+            failpoints.hit("publish.started")
+            for ref in (ctx.train, ctx.test, ctx.heldout):  # what was read is what was registered
+                if ref is not None:
+                    recheck_registered(ref)
             checkpoint = publish(
                 settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from service.core.settings import Settings
 from tests.factories import make_key
+from tests.helpers import wait_until
 from tests.liveapp import LiveApp, prepared, serve
 from workers.orchestrate import process_model
 from workers.validate import validate_model
@@ -204,6 +206,40 @@ def test_a_shard_replaced_after_registration_fails_the_job_instead_of_training_o
     (data / "train" / "shard-0002.tar").unlink()  # one shard gone: its samples' IDs would lie
     job = job_of_request(live, name, train_ids[:2])
     assert job["state"] == "failed" and "changed since registration" in job["error"], job
+
+
+def test_a_file_changed_while_the_job_ran_fails_it_before_anything_is_published(
+    live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash was checked when the job loaded the data only: a probe's in-place edit of an npy file
+    mid-run was published as a version scored on the changed rows. The files are looked at again before
+    publishing (their stat, and their hash when it moved)."""
+    app, http, data = live
+    train_ids = npy_folder(data / "train", 60, 0)
+    shards(data / "test", 30, 1)
+    train = register_dataset(http, "train", "npy", data / "train", features={"layout": "HWC", "scale": 255})
+    test = register_dataset(http, "test", "webdataset", data / "test")
+    name = register_model(http, tmp_path, "edited", train.json()["id"], test.json()["id"])
+    assert validate_model(app.settings, model_id(app, name)) == "ready"
+    monkeypatch.setenv("UNLEARN_FAILPOINTS", "publish.started=sleep(3)")  # a window to edit the file in
+    r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": train_ids[:2]})
+    assert r.status_code == 202, r.text
+    worker = threading.Thread(target=process_model, args=(app.settings, model_id(app, name)))
+    worker.start()
+    try:
+        job_id = wait_until(lambda: http.get(f"/v1/deletion-requests/{r.json()['id']}").json()["job_id"],
+                            timeout=60, what="a job for the request")  # fmt: skip
+        wait_until(lambda: http.get(f"/v1/jobs/{job_id}").json()["phase"] == "publish", timeout=120,
+                   interval=0.05, what="the job's publish step")  # fmt: skip
+        x = np.load(data / "train" / "x.npy", mmap_mode="r+")
+        x[:5] = 255 - x[:5]
+        x.flush()
+        del x
+    finally:
+        worker.join(timeout=120)
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and "changed during the job" in job["error"], job
+    assert [v["version"] for v in http.get(f"/v1/models/{name}/versions").json()] == ["v1"]
 
 
 def test_an_unreadable_image_of_a_manifest_fails_the_job_with_one_line_naming_the_file(
