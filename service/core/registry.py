@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -199,6 +200,17 @@ def _merged(current: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, 
     return {k: v for k, v in merged.items() if v is not None}
 
 
+POLICY_FIELDS = (
+    "default_method",
+    "default_params",
+    "fallback_methods",
+    "gates",
+    "train_recipe",
+    "time_limit_seconds",
+    "retrain_above_share",
+)
+
+
 def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor: str) -> None:
     """An admin's change of method, params, fallback chain, gates or retrain recipe (`changes` holds only
     the fields sent); it applies to jobs that start afterwards. `gates` and `default_params` are merged
@@ -206,6 +218,7 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
     out stay), so tightening one gate does not silently drop the others. A new method starts from that
     method's defaults plus the params sent, rather than inheriting another method's params."""
     require_finite(changes)
+    before = {f: copy.deepcopy(getattr(m, f)) for f in POLICY_FIELDS}
     method = changes.get("default_method") or m.default_method
     same_method = method == m.default_method
     params = _merged(m.default_params if same_method else {}, changes.get("default_params"))
@@ -224,4 +237,5 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         m.time_limit_seconds = changes["time_limit_seconds"]
     if "retrain_above_share" in changes:  # null: never
         m.retrain_above_share = changes["retrain_above_share"]
-    events.model_updated(session, m, changes=changes, actor=actor)
+    if any(getattr(m, f) != before[f] for f in POLICY_FIELDS):  # a PATCH that changed nothing is no event
+        events.model_updated(session, m, changes=changes, actor=actor)

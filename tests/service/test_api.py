@@ -463,6 +463,46 @@ def test_a_models_job_time_limit_is_set_cleared_and_bounded_by_the_service(api: 
     assert r.status_code == 200 and r.json()["time_limit_seconds"] is None
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"gates": None}, "a gate sent as null is removed"),
+        ({"default_method": None}, "name a method"),
+        ({"default_method": ""}, "cannot be empty: name a method"),
+        ({"fallback_methods": None}, "send [] for none"),
+        ({"train_recipe": None}, "send {} for the retrain method's defaults"),
+        ({"default_params": None}, "a param sent as null goes back to its default"),
+    ],
+)
+def test_a_policy_field_sent_as_null_is_a_422_saying_what_to_send(api: Api, body: dict, says: str) -> None:
+    """Each was a 200 that changed nothing and was audited as a change (a probe)."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    before = api.client.get("/v1/models/toy", headers=api.auth(admin)).json()
+    r = api.client.patch("/v1/models/toy", json=body, headers=api.auth(admin))
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["loc"] == ["body", *body] and says in error["msg"], error
+    assert api.client.get("/v1/models/toy", headers=api.auth(admin)).json() == before
+
+
+def test_a_patch_that_changes_nothing_is_not_audited_as_a_change(api: Api) -> None:
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+
+    def updates() -> int:
+        with session_scope(api.url) as s:
+            return len(s.scalars(select(AuditEvent).where(AuditEvent.action == "model.updated")).all())
+
+    current = api.client.get(url, headers=h).json()
+    for same in ({}, {"default_method": current["default_method"]}, {"gates": {}}, {"default_params": {}}):
+        assert api.client.patch(url, json=same, headers=h).status_code == 200
+    assert updates() == 0
+    assert api.client.patch(url, json={"time_limit_seconds": 900}, headers=h).status_code == 200
+    assert updates() == 1
+
+
 def test_a_models_retrain_above_share_is_set_bounded_and_cleared(api: Api) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))

@@ -3,7 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -190,6 +200,15 @@ RETRAIN_ABOVE_DOC = (
 )
 
 
+NOT_NULL = {  # what to send instead of null, per field of ModelUpdate
+    "default_method": "name a method, or leave the field out",
+    "default_params": "a param sent as null goes back to its default; leave the field out to keep all",
+    "gates": "a gate sent as null is removed; leave the field out to keep all",
+    "fallback_methods": "send [] for none, or leave the field out",
+    "train_recipe": "send {} for the retrain method's defaults, or leave the field out",
+}
+
+
 class ModelUpdate(BaseModel):
     """An admin's change of a model's unlearning policy; fields left out stay as they are. `gates` and
     `default_params` are merged key by key (JSON Merge Patch): a key sent replaces that key, a key sent as
@@ -210,6 +229,18 @@ class ModelUpdate(BaseModel):
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
     retrain_above_share: float | None = Field(None, gt=0, le=1, description=RETRAIN_ABOVE_DOC)
+
+    @field_validator(
+        "default_method", "default_params", "fallback_methods", "train_recipe", "gates", mode="before"
+    )
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        """A null (or an empty method name) here was taken for "no change", yet audited as a change (a
+        probe). null is meaningful for time_limit_seconds and retrain_above_share only."""
+        if value is None or value == "":
+            what = NOT_NULL.get(info.field_name or "", "leave the field out")
+            raise ValueError(f"cannot be {'null' if value is None else 'empty'}: {what}")
+        return value
 
 
 class ModelCreate(BaseModel):
