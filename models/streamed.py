@@ -91,7 +91,8 @@ class FileRows:
         arrays = [
             decode_image(self.files[i], self.files[i].suffix.lstrip(".").lower()) for i in rows.tolist()
         ]
-        return post_only(stack_images(arrays, self.what), self.decl) if arrays else torch.empty(0)
+        names = [str(self.files[i]) for i in rows.tolist()]
+        return post_only(stack_images(arrays, self.what, names), self.decl) if arrays else torch.empty(0)
 
 
 @dataclass
@@ -110,12 +111,13 @@ class ShardRows:
         return tuple(int(d) for d in self.read(np.arange(min(1, len(self)))).shape[1:])
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
-        arrays = []
+        arrays, names = [], []
         for i in rows.tolist():
             member = self.members[i]
             arrays.append(decode_image(read_member(self.shards[member.shard], member), member.ext))
+            names.append(f"{self.shards[member.shard].name}: member at byte {member.offset}")
         return (
-            post_only(stack_images(arrays, self.shards[0].parent.name), self.decl)
+            post_only(stack_images(arrays, self.shards[0].parent.name, names), self.decl)
             if arrays
             else torch.empty(0)
         )

@@ -67,12 +67,22 @@ def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def stack_images(arrays: Sequence[np.ndarray], what: str) -> torch.Tensor:
-    """Images of one shape stacked to (N, C, H, W); ValueError naming the shapes otherwise."""
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"{what}: images differ in shape: {sorted(shapes)}; declare features.size to resize")
-    return torch.from_numpy(np.stack(arrays))
+def stack_images(arrays: Sequence[np.ndarray], what: str, names: Sequence[str] | None = None) -> torch.Tensor:
+    """Images of one shape stacked to (N, C, H, W); otherwise a ValueError naming the first image unlike
+    the first one (``names``: each image's file or sample, since in a large set the shapes alone found
+    nothing) and the fix that fits: one colour mode where the channels differ, ``features.size`` where
+    only the height and width do."""
+    odd = next((i for i, a in enumerate(arrays) if a.shape != arrays[0].shape), None)
+    if odd is None:
+        return torch.from_numpy(np.stack(arrays))
+    first, other = arrays[0].shape, arrays[odd].shape
+    named = f"{names[odd]} is {other}, {names[0]} {first}" if names else f"{sorted({first, other})}"
+    fix = (
+        "store every image in one colour mode (all RGB, or all greyscale)"
+        if first[0] != other[0]
+        else "declare features.size at registration to resize them"
+    )
+    raise ValueError(f"{what}: images differ in shape ({named}, as C, H, W); {fix}")
 
 
 def post_only(x: torch.Tensor, decl: ImageFeatures | None) -> torch.Tensor:

@@ -200,6 +200,22 @@ def test_shards_that_cannot_be_a_labelled_image_set_are_refused_by_name(tmp_path
         index_shards(tmp_path / "two")
 
 
+def test_manifest_images_of_another_shape_are_named_with_the_fix_that_fits(tmp_path: Path) -> None:
+    """It read "images differ in shape: [(1, 8, 8), (3, 8, 8)]; declare features.size to resize": no file
+    to look for in a large manifest, and a size does not change channels (a probe)."""
+    from models.streamed import FileRows
+
+    files = []
+    for name, pixels in (("a.png", np.zeros((8, 8), np.uint8)), ("b.png", np.zeros((8, 8, 3), np.uint8)),
+                         ("c.png", np.zeros((16, 16), np.uint8))):  # fmt: skip
+        (tmp_path / name).write_bytes(_png(pixels))
+        files.append(tmp_path / name)
+    with pytest.raises(ValueError, match=r"b\.png is \(3, 8, 8\), .*a\.png \(1, 8, 8\).*one colour mode"):
+        FileRows(files[:2], None).read(np.arange(2))
+    with pytest.raises(ValueError, match=r"c\.png is \(1, 16, 16\).*declare features\.size"):
+        FileRows([files[0], files[2]], None).read(np.arange(2))
+
+
 def test_shard_keys_subjects_and_order_follow_webdataset(tmp_path: Path) -> None:
     png = _png(np.zeros((4, 4), dtype=np.uint8))
     members = {
