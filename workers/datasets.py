@@ -120,7 +120,7 @@ class Checked:
         try:
             sig = signature(ref)
         except OSError as exc:
-            raise DatasetChanged(f"dataset file {ref.uri} changed during the job: {exc}") from None
+            raise DatasetChanged(f"dataset {ref.uri} changed during the job: {exc}") from None
         if entry is not None and entry.signature == sig:
             return
         _check(ref, "during the job")
@@ -157,9 +157,14 @@ def _check(ref: DatasetRef, when: str = "since registration") -> None:
     assert ref.sha256 is not None
     actual = dataset_sha256(ref.kind, ref.uri)
     if actual != ref.sha256:
+        what = (
+            f"dataset folder {ref.uri} (a file in it was changed, added or removed)"
+            if os.path.isdir(ref.uri)
+            else f"dataset file {ref.uri}"
+        )
         raise DatasetChanged(
-            f"dataset file {ref.uri} changed {when} (sha256 {actual[:16]}..., registered "
-            f"{ref.sha256[:16]}...); refusing to use it"
+            f"{what} changed {when} (sha256 {actual[:16]}..., registered {ref.sha256[:16]}...); refusing "
+            "to use it"
         )
 
 
