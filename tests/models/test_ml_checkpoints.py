@@ -107,6 +107,24 @@ def test_a_class_count_that_differs_is_named_as_one(tmp_path: Path) -> None:
     assert "do num_classes and arch_kwargs match" in str(e.value)
 
 
+def test_an_integer_tensor_where_the_architecture_holds_floats_is_refused_and_half_precision_is_cast(
+    tmp_path: Path,
+) -> None:
+    """An int32 classifier.weight loaded as whole numbers and made a probe's model `ready` at 22%."""
+    model = build_model("mlp", in_features=13, num_classes=3)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(
+        {**tensors, "classifier.weight": tensors["classifier.weight"].to(torch.int32)}, str(tmp_path / "i")
+    )
+    with pytest.raises(ValueError, match="classifier.weight is I32 in the file, a float in the architecture"):
+        load_weights(build_model("mlp", in_features=13, num_classes=3), tmp_path / "i", sha256=None)
+    save_file({k: v.half() for k, v in tensors.items()}, str(tmp_path / "h"))
+    loaded = build_model("mlp", in_features=13, num_classes=3)
+    load_weights(loaded, tmp_path / "h", sha256=None)
+    assert loaded.classifier.weight.dtype == torch.float32
+    assert torch.equal(loaded.classifier.weight, tensors["classifier.weight"].half().float())
+
+
 def test_names_behind_a_wrappers_prefix_are_pointed_out(tmp_path: Path) -> None:
     """DataParallel saves 'module.<name>': every tensor is both missing and unexpected."""
     model = build_model("mlp", in_features=13, num_classes=3)
