@@ -41,8 +41,16 @@ def test_app_services_build_from_the_dockerfile_and_run_real_commands() -> None:
         parser.parse_args(command[1:])  # exits (SystemExit) if the sub-command does not exist
 
 
+def test_a_cpu_host_has_a_worker_without_a_gpu_reservation_behind_a_profile() -> None:
+    """The GPU worker cannot start on a host without GPUs (a probe): `--profile cpu` runs this one."""
+    cpu = load_compose()["services"]["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "deploy" not in cpu
+    assert cpu["command"] == ["unlearn", "worker"] and cpu["environment"]["UNLEARN_DEVICE"] == "cpu"
+    assert cpu["restart"] == "unless-stopped"  # from the shared anchor
+
+
 def test_app_services_point_at_postgres_and_redis() -> None:
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "worker-cpu"):
         env = load_compose()["services"][name]["environment"]
         assert env["DATABASE_URL"].startswith("postgresql"), name
         assert env["BROKER_URL"].startswith("redis://"), name
