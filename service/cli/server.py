@@ -199,14 +199,20 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import InterfaceError, OperationalError
 
     from service.core.db import migrate
 
     url = settings.resolved_database_url
+    where = make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-    (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
-    where = make_url(url).render_as_string(hide_password=True)
+    try:
+        (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
+    except (OperationalError, InterfaceError) as exc:  # a 118-line traceback for a database not yet created
+        said = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"error: cannot use the database {where}: {said} (is it up, and created?)", file=sys.stderr)
+        return EXIT_CODES["unreachable"]
     # Silence read as "did anything happen?" to an operator running the migration step by hand.
     print(f"{where}: {'schema up to date' if args.action == 'upgrade' else 'schema matches the tables'}")
     return 0

@@ -150,6 +150,15 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgres_driver(cls, value: str | None) -> str | None:
+        """`postgres://` (libpq's and many hosts' form) names no SQLAlchemy dialect and stopped every
+        process with NoSuchModuleError (a probe): read it as PostgreSQL through psycopg."""
+        if value and value.startswith("postgres://"):
+            return "postgresql+psycopg://" + value.removeprefix("postgres://")
+        return value
+
     @field_validator("webhook_allowed_hosts", mode="after")
     @classmethod
     def _host_ports(cls, value: list[str]) -> list[str]:

@@ -527,6 +527,18 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
     assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
 
 
+def test_db_upgrade_on_a_database_it_cannot_reach_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """It was a 118-line traceback for a database not yet created; and `postgres://` (libpq's form) was a
+    NoSuchModuleError. Nothing listens on port 9 here: the connection is refused."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env |= {"UNLEARN_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "postgres://postgres@127.0.0.1:9/x"}
+    upgraded = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert upgraded.returncode == 3, upgraded.stderr
+    [line] = upgraded.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use the database postgresql+psycopg://postgres@127.0.0.1:9/x: ")
+    assert "(is it up, and created?)" in line
+
+
 def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> None:
     """It said "1 attempt(s)" for a job whose first method failed its gates and whose fallback published:
     the job's `attempts` counts worker runs, its `metrics.attempts` methods."""
