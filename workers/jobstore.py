@@ -121,7 +121,9 @@ class JobStore:
             forgotten = s.scalars(
                 select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
             )
-            job.base_version, job.started_at, job.heartbeat_at = model.latest_version, utcnow(), utcnow()
+            # a resumed job keeps its first start: durations are the client's wait, lost attempts included
+            job.base_version, job.heartbeat_at = model.latest_version, utcnow()
+            job.started_at = job.started_at or job.heartbeat_at
             return JobContext(
                 job_id=job.id,
                 model_id=model.id,

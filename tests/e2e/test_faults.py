@@ -12,7 +12,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +431,7 @@ def test_a_database_outage_at_publish_hands_the_job_back_without_costing_an_atte
                     interval=0.2,
                     what="the job to reach its publish step",
                 )
+                stopped_at = datetime.now(UTC)
                 pg.stop()
                 log = c.tmp / "w1.log"  # the whole file: the heartbeats' tracebacks fill Cluster.log's tail
                 wait_until(lambda: "the database went away" in log.read_text(errors="replace"), timeout=60,
@@ -447,6 +448,8 @@ def test_a_database_outage_at_publish_hands_the_job_back_without_costing_an_atte
                 final = http.get(f"/v1/jobs/{job['id']}").json()
                 causes = [i["cause"] for i in final["metrics"]["interrupted"]]
                 assert (causes, final["attempts"]) == (["database unavailable"], 1), final
+                # the resumed job keeps its first start: its duration is the client's wait
+                assert datetime.fromisoformat(final["started_at"]) < stopped_at, final
                 assert_intact(http, set(ids))
     finally:
         pg.destroy()
