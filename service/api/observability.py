@@ -20,18 +20,21 @@ from starlette.applications import Starlette
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core import liveness
 from service.core.db.tables import DeletionRequest, Job
 from service.core.states import JobState, RequestState
 
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
-def render(http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None) -> bytes:
+def render(
+    http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None, heartbeat_s: float = 5.0
+) -> bytes:
     """The exposition text: the server's HTTP metrics, plus `tenant`'s own gauges when a key named one."""
     body = generate_latest(server_wide(http))
     if tenant is not None:
         own = CollectorRegistry()
-        own.register(TenantCollector(make_session, tenant))
+        own.register(TenantCollector(make_session, tenant, heartbeat_s))
         body += generate_latest(own)
     return body
 
@@ -56,8 +59,8 @@ class TenantCollector(Collector):
     at 0 when empty: a series that vanished once a backlog drained read as "no data" instead of "none"
     (an alert on `received > 100` could never resolve, a graph had gaps)."""
 
-    def __init__(self, make_session: sessionmaker[Session], tenant: str) -> None:
-        self.make_session, self.tenant = make_session, tenant
+    def __init__(self, make_session: sessionmaker[Session], tenant: str, heartbeat_s: float = 5.0) -> None:
+        self.make_session, self.tenant, self.heartbeat_s = make_session, tenant, heartbeat_s
 
     def _by_state(
         self, s: Session, table: type[DeletionRequest] | type[Job], states: type[StrEnum]
@@ -91,6 +94,23 @@ class TenantCollector(Collector):
                 )
                 if st is not None and f is not None
             ]
+            # Whether work is being done: a job frozen by an outage showed only in one job's heartbeat age
+            # (a probe). Workers are not a tenant's: their count says nothing of any tenant's volume.
+            workers = GaugeMetricFamily(
+                "unlearn_workers_alive", "Worker processes heard from within a few heartbeats"
+            )
+            workers.add_metric([], liveness.alive(s, liveness.takeover_seconds(self.heartbeat_s)))
+            oldest = s.scalar(
+                select(func.min(Job.heartbeat_at)).where(
+                    Job.tenant == self.tenant, Job.state == JobState.RUNNING
+                )
+            )
+            stale = GaugeMetricFamily(
+                "unlearn_running_job_heartbeat_age_seconds",
+                "Seconds since the least recent heartbeat of a running job (0: none running)",
+                labels=["tenant"],
+            )
+            stale.add_metric([self.tenant], liveness.age_s(oldest) or 0.0)
             s.rollback()
         hist = HistogramMetricFamily(
             "unlearn_job_duration_seconds", "Duration of completed jobs", labels=["tenant"]
@@ -99,7 +119,7 @@ class TenantCollector(Collector):
             (str(b) if b != float("inf") else "+Inf", sum(d <= b for d in durations)) for b in JOB_BUCKETS
         ]
         hist.add_metric([self.tenant], buckets=buckets, sum_value=sum(durations))
-        yield from (requests, jobs, hist)
+        yield from (requests, jobs, hist, workers, stale)
 
 
 class HttpMetrics:

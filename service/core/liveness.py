@@ -52,6 +52,22 @@ def prune(session: Session, older_than_s: float) -> int:
     return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def alive(session: Session, within_s: float) -> int:
+    """Worker processes (not beat processes) heard from within the last `within_s` seconds."""
+    cutoff = utcnow() - timedelta(seconds=within_s)
+    heard = ~WorkerHeartbeat.name.startswith(BEAT_PREFIX) & (WorkerHeartbeat.last_seen >= cutoff)
+    return int(session.scalar(select(func.count()).select_from(WorkerHeartbeat).where(heard)) or 0)
+
+
+def age_s(then: datetime | None) -> float | None:
+    """Seconds since `then` (a naive time from SQLite is UTC), or None."""
+    if then is None:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=utcnow().tzinfo)
+    return max((utcnow() - then) / timedelta(seconds=1), 0.0)
+
+
 def silence(session: Session, *, of_beat: bool = False) -> float | None:
     """Seconds since the most recent heartbeat of any worker (``of_beat``: any beat process); None if none
     was ever seen (or, of a beat, since its row was pruned)."""
@@ -59,8 +75,4 @@ def silence(session: Session, *, of_beat: bool = False) -> float | None:
     last: datetime | None = session.scalar(
         select(func.max(WorkerHeartbeat.last_seen)).where(is_beat if of_beat else ~is_beat)
     )
-    if last is None:
-        return None
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=utcnow().tzinfo)
-    return max((utcnow() - last) / timedelta(seconds=1), 0.0)
+    return age_s(last)

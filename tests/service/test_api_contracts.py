@@ -181,6 +181,32 @@ def test_metrics_count_requests_by_route_and_state(live: Live) -> None:
     assert 'unlearn_deletion_requests{state="completed",tenant="default"} 0.0' in text
     assert 'unlearn_jobs{state="running",tenant="default"} 0.0' in text
     assert 'unlearn_job_duration_seconds_count{tenant="default"} 0.0' in text
+    # no worker runs beside this API, and no job: what an alert on a stalled service reads
+    assert "unlearn_workers_alive 0.0" in text
+    assert 'unlearn_running_job_heartbeat_age_seconds{tenant="default"} 0.0' in text
+
+
+def test_metrics_say_how_many_workers_are_alive_and_how_stale_a_running_job_is(live: Live) -> None:
+    """A job frozen by a database outage showed only in its own heartbeat age (a probe): an alert on
+    these two reads a stalled service. Another tenant's job is not this tenant's to see."""
+    import re
+    from datetime import timedelta
+
+    from service.core import liveness
+    from service.core.db.tables import Job, Model, utcnow
+
+    with session_scope(live.db) as s:
+        model = s.scalars(select(Model)).one()
+        for tenant, age in (("default", 40), ("other", 900)):
+            s.add(Job(tenant=tenant, model_id=model.id, base_version=1, method="ugradsl_plus",
+                      heartbeat_at=utcnow() - timedelta(seconds=age)))  # fmt: skip
+        liveness.beat(s, "host:1")
+        liveness.beat(s, f"{liveness.BEAT_PREFIX}host:2")  # a beat process is no worker
+    with live.client() as c:
+        text = c.get("/metrics").text
+    assert "unlearn_workers_alive 1.0" in text
+    age = re.search(r'unlearn_running_job_heartbeat_age_seconds\{tenant="default"\} ([0-9.]+)', text)
+    assert age is not None and 40 <= float(age.group(1)) < 100, text
 
 
 def test_metrics_count_refusals_made_before_routing_under_their_route(backend: Backend) -> None:

@@ -73,7 +73,9 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
             if settings.metrics_require_key:
                 return _unavailable(exc, "so the key cannot be checked; scrape again shortly")
     try:  # the tenant's gauges read the database: off the event loop
-        body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, tenant)
+        body = await run_in_threadpool(
+            render, state.metrics_registry, state.sessionmaker, tenant, settings.heartbeat_seconds
+        )
     except SQLAlchemyError as exc:
         if settings.metrics_require_key:
             return _unavailable(exc, "so the tenant's gauges cannot be read; scrape again shortly")
