@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
 from sqlalchemy import select
 
 from service.core import liveness, transparency
@@ -21,7 +22,7 @@ from service.core.queue import (
     send_run_model,
     send_validate_model,
 )
-from service.core.settings import get_settings
+from service.core.settings import Settings, get_settings
 from service.core.signing import load_or_create_key
 from workers import claims, courier, storage, validate
 from workers.celery_app import app
@@ -61,10 +62,15 @@ def deliver_webhook(request_id: str, tries: int = 0) -> None:
     courier.dispatch(request_id, tries)
 
 
-def send_webhooks(request_ids: list[str]) -> None:
+def send_webhooks(request_ids: list[str], broker: Celery = app, settings: Settings | None = None) -> None:
+    """Queue each finished request's webhook; where the broker does not take it, this worker's couriers
+    deliver it themselves. Left to the reconciler, a 20 s broker outage at a job's end delayed its
+    webhook ten minutes (a probe); a courier attempt that fails still goes back to the broker or, failing
+    that, to the reconciler."""
     for rid in request_ids:
-        if not send_deliver_webhook(app, rid):  # the reconciler re-sends pending webhooks
-            log.warning("could not enqueue webhook for %s; the reconciler will", rid)
+        if not send_deliver_webhook(broker, rid):
+            log.warning("could not enqueue the webhook for %s; this worker delivers it", rid)
+            courier.dispatch(rid, settings=settings, broker=broker)
 
 
 @app.task(name=VALIDATE_MODEL, acks_late=True)

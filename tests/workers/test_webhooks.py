@@ -401,6 +401,20 @@ def test_a_courier_attempt_that_fails_goes_back_to_the_broker_with_its_backoff(w
     assert courier.backoff(2) == 4.0 and courier.backoff(20) == courier.MAX_BACKOFF_S
 
 
+def test_a_webhook_the_broker_will_not_take_at_a_jobs_end_is_delivered_by_the_worker(world: World) -> None:
+    """Left to the reconciler, a 20 s broker outage at a job's end delayed its webhook ten minutes (a
+    probe). Nothing listens on port 9: the broker is down."""
+    from workers.tasks import send_webhooks
+
+    rid = world.finished()
+    down = make_celery(world.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    send_webhooks([rid], broker=down, settings=world.settings)
+    wait_until(
+        lambda: world.request(rid).webhook_state == WebhookState.DELIVERED, timeout=20, what="the delivery"
+    )
+    assert len(world.receiver.received) == 1
+
+
 def queued_deliveries(settings: Settings) -> list[dict]:
     """The deliver_webhook tasks on the queue, with their args, kwargs and eta; every message is consumed."""
     found: list[dict] = []
