@@ -240,19 +240,23 @@ class JobStore:
         except Exception:  # noqa: BLE001 - unknown means keep
             return False
 
-    def give_back(self, cause: str = claims.STOPPED) -> None:
+    def give_back(self, cause: str = claims.STOPPED) -> int:
         """A planned stop (a deploy, Ctrl-C) or a database outage ended this attempt: the job stays running,
         queued for the next worker, and its attempt is handed back. Resuming counts an attempt, and three of
         them fail the job as one whose worker "died each time": three restarts during one long job did
-        that."""
+        that. Returns how many of the job's last attempts in a row ended for ``cause``, this one included."""
         with self._fenced() as (_, job):
             stopped = claims.interruption(job, cause)  # where it got to; the resume adds no death
-            job.metrics = {
-                **(job.metrics or {}),
-                "interrupted": [*(job.metrics or {}).get("interrupted", []), stopped],
-            }
+            entries = [*(job.metrics or {}).get("interrupted", []), stopped]
+            job.metrics = {**(job.metrics or {}), "interrupted": entries}
             job.attempts = max(job.attempts - 1, 0)
             job.phase, job.progress = JobPhase.QUEUED, 0.0
+            in_a_row = 0
+            for entry in reversed(entries):
+                if entry.get("cause") != cause:
+                    break
+                in_a_row += 1
+            return in_a_row
 
     def close(
         self,

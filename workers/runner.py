@@ -9,7 +9,8 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import text
@@ -38,6 +39,7 @@ from workers.progress import Reporter
 from workers.storage import version_path
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOTHING_LEFT = (
     "this job would forget every remaining training sample of the model: unlearning keeps a model on the "
@@ -78,49 +80,67 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except (OperationalError, InterfaceError) as exc:
         if not database_gone(settings.resolved_database_url, exc):
-            log.warning("job %s failed", job_id, exc_info=True)
-            end(store, rep, JobState.FAILED, error_text(exc))
+            failed(store, rep, exc)
             return
         # The job did nothing wrong: it goes back to the queue, without an attempt's cost, once the
         # database answers. Left running, it had waited out the lease and counted as a worker's death.
         said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning("job %s: the database went away (%s); the job is handed back", job_id, said)
-        if not hand_back(store, within_s=max(settings.lease_seconds, OUTAGE_WAIT_S), cause=DATABASE_GONE):
+        outages = hand_back(store, within_s=max(settings.lease_seconds, OUTAGE_WAIT_S), cause=DATABASE_GONE)
+        if outages is None:
             raise LeaseLost("the database did not come back in time; the job resumes later") from None
+        if outages >= OUTAGES_IN_A_ROW:  # an error that only looks like an outage would loop for ever
+            end(store, rep, JobState.FAILED, f"the database connection was lost in {outages} attempts in a "
+                f"row ({said}); retry the job once the database is stable")  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-        log.warning("job %s failed", job_id, exc_info=True)  # the whole story, for the operator
-        end(store, rep, JobState.FAILED, error_text(exc))
+        failed(store, rep, exc)
 
 
 HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
 # How long a job a database outage stopped waits for the database to hand itself back. Waiting past the
 # lease is safe: the hand-back is fenced, and another worker that took the job over makes it LeaseLost.
 OUTAGE_WAIT_S = 60.0
+# Attempts in a row a lost connection may end before the job fails: each costs none, so an error that
+# only looks like an outage (a proxy killing one statement every time) would otherwise never end it.
+OUTAGES_IN_A_ROW = 3
 
 
-def hand_back(store: JobStore, within_s: float = HAND_BACK_S, cause: str = STOPPED) -> bool:
+def failed(store: JobStore, rep: Reporter, exc: BaseException) -> None:
+    log.warning("job %s failed", store.job_id, exc_info=exc)  # the whole story, for the operator
+    end(store, rep, JobState.FAILED, error_text(exc))
+
+
+def hand_back(store: JobStore, within_s: float = HAND_BACK_S, cause: str = STOPPED) -> int | None:
     """``store.give_back``, tried again while the database does not answer (a deploy during a failover):
     a stop that cannot be recorded reads as a death to the next worker and costs the job an attempt. Past
-    ``within_s`` it is left at that (False)."""
+    ``within_s`` it is left at that (None). Returns how many attempts in a row ended so."""
+    return retried(lambda: store.give_back(cause), store.job_id, "hand-back", within_s)
+
+
+def retried(write: Callable[[], T], job_id: str, what: str, within_s: float) -> T | None:
+    """``write()``, tried again every half second while the database does not answer, for ``within_s``;
+    None past that (logged)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
-            store.give_back(cause)
-            return True
+            return write()
         except (OperationalError, InterfaceError):
             if time.monotonic() >= deadline:
-                log.warning("job %s: the hand-back could not be recorded; it counts as a death", store.job_id)
-                return False
+                log.warning("job %s: the %s could not be recorded; it counts as a death", job_id, what)
+                return None
             time.sleep(0.5)
 
 
 def database_gone(url: str, exc: OperationalError | InterfaceError) -> bool:
     """Whether a database error was the database going away (a restart, a failover, the network), which
-    is no fault of the job's, rather than a statement it refused (SQLite's "database is locked", a schema
-    a migration has not reached). SQLAlchemy marks an error that lost its connection; one raised while
-    connecting is told apart by asking the database again."""
+    is no fault of the job's, rather than a statement it refused (a schema a migration has not reached).
+    SQLAlchemy marks an error that lost its connection; one raised while connecting is told apart by
+    asking the database again. SQLite has no server to lose: its errors (a lock held too long) are the
+    job's, and asking again would wait on the same lock."""
     if getattr(exc, "connection_invalidated", False):
         return True
+    if url.startswith("sqlite"):
+        return False
     try:
         with session_scope(url) as s:
             s.execute(text("SELECT 1"))
@@ -145,9 +165,18 @@ def error_text(exc: BaseException) -> str:
 
 
 def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:
-    """Close a job that did not complete, with where it stopped and where its time went."""
+    """Close a job that did not complete, with where it stopped and where its time went; tried again
+    while the database does not answer (an outage here left the job running, to be resumed as a death
+    and run again from the start), and past that the job's lease runs out as before."""
     phase, progress = rep.where()
-    store.close(state, error=error, timings=rep.finished_timings(), phase=phase, progress=progress)
+    timings = rep.finished_timings()
+
+    def close() -> bool:
+        store.close(state, error=error, timings=timings, phase=phase, progress=progress)
+        return True
+
+    if retried(close, store.job_id, "close", HAND_BACK_S) is None:
+        raise LeaseLost("the job's end could not be recorded; it resumes when its lease runs out")
 
 
 def train_share(method: str, raw: dict[str, Any], recipe: dict[str, Any]) -> float:

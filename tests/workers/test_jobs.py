@@ -410,7 +410,7 @@ def test_a_job_fails_saying_so_when_its_dataset_file_changed_since_registration(
         job = s.get_one(Job, req.job_id)
         assert (req.state, job.state) == ("failed", "failed")
         assert f"dataset file {path} changed since registration" in (job.error or "")
-        assert f"registered {registered[:16]}" in (job.error or "") and "refusing to load" in (
+        assert f"registered {registered[:16]}" in (job.error or "") and "refusing to use" in (
             job.error or ""
         )
         assert s.get_one(Model, model_id).latest_version == 1
