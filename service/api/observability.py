@@ -28,7 +28,7 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
 def render(
-    http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None, heartbeat_s: float = 5.0
+    http: CollectorRegistry, make_session: sessionmaker[Session], tenant: str | None, heartbeat_s: float
 ) -> bytes:
     """The exposition text: the server's HTTP metrics, plus `tenant`'s own gauges when a key named one."""
     body = generate_latest(server_wide(http))
@@ -59,7 +59,7 @@ class TenantCollector(Collector):
     at 0 when empty: a series that vanished once a backlog drained read as "no data" instead of "none"
     (an alert on `received > 100` could never resolve, a graph had gaps)."""
 
-    def __init__(self, make_session: sessionmaker[Session], tenant: str, heartbeat_s: float = 5.0) -> None:
+    def __init__(self, make_session: sessionmaker[Session], tenant: str, heartbeat_s: float) -> None:
         self.make_session, self.tenant, self.heartbeat_s = make_session, tenant, heartbeat_s
 
     def _by_state(

@@ -154,9 +154,11 @@ class Settings(BaseSettings):
     @classmethod
     def _postgres_driver(cls, value: str | None) -> str | None:
         """`postgres://` (libpq's and many hosts' form) names no SQLAlchemy dialect and stopped every
-        process with NoSuchModuleError (a probe): read it as PostgreSQL through psycopg."""
-        if value and value.startswith("postgres://"):
-            return "postgresql+psycopg://" + value.removeprefix("postgres://")
+        process with NoSuchModuleError (a probe), and `postgresql://` picks psycopg2, which is not
+        installed: both are read as PostgreSQL through psycopg, the driver the service ships with."""
+        for bare in ("postgres://", "postgresql://"):
+            if value and value.startswith(bare):
+                return "postgresql+psycopg://" + value.removeprefix(bare)
         return value
 
     @field_validator("webhook_allowed_hosts", mode="after")

@@ -537,6 +537,10 @@ def test_db_upgrade_on_a_database_it_cannot_reach_is_one_line_and_exit_3(tmp_pat
     [line] = upgraded.stderr.strip().splitlines()
     assert line.startswith("error: cannot use the database postgresql+psycopg://postgres@127.0.0.1:9/x: ")
     assert "(is it up, and created?)" in line
+    from service.core.settings import Settings
+
+    for bare in ("postgres://u@h/db", "postgresql://u@h/db"):  # psycopg2, the bare form's driver, is absent
+        assert Settings(DATABASE_URL=bare).database_url == "postgresql+psycopg://u@h/db"  # type: ignore[call-arg]
 
 
 def test_the_published_line_names_every_method_tried_and_worker_runs_apart() -> None:

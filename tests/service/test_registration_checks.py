@@ -241,3 +241,12 @@ def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api
         renames = [e.data for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "model.updated"))]
     assert {"name": {"from": "wine", "to": retired}} in renames
     assert api.register(name="wine").status_code == 409  # the new one is not invalid
+
+
+def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
+    refused = api.register(retrain_above_share=1.5)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["loc"] == ["spec", "retrain_above_share"]
+    r = api.register(retrain_above_share=0.25)
+    assert r.status_code == 202 and r.json()["retrain_above_share"] == 0.25, r.text
+    assert api.client.get("/v1/models/m").json()["retrain_above_share"] == 0.25

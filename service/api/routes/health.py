@@ -79,7 +79,9 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
     except SQLAlchemyError as exc:
         if settings.metrics_require_key:
             return _unavailable(exc, "so the tenant's gauges cannot be read; scrape again shortly")
-        body = await run_in_threadpool(render, state.metrics_registry, state.sessionmaker, None)
+        body = await run_in_threadpool(
+            render, state.metrics_registry, state.sessionmaker, None, settings.heartbeat_seconds
+        )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -217,11 +218,12 @@ class ModelUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default_method: str | None = None
-    default_params: dict[str, Any] | None = None
-    fallback_methods: list[str] | None = Field(None, max_length=5)
-    train_recipe: dict[str, Any] | None = None
-    gates: Gates | None = None
+    # None only as "left out": the schema shows no null (a null sent is refused, ``_not_null``)
+    default_method: str | SkipJsonSchema[None] = None
+    default_params: dict[str, Any] | SkipJsonSchema[None] = None
+    fallback_methods: list[str] | SkipJsonSchema[None] = Field(None, max_length=5)
+    train_recipe: dict[str, Any] | SkipJsonSchema[None] = None
+    gates: Gates | SkipJsonSchema[None] = None
     time_limit_seconds: int | None = Field(
         None,
         ge=1,
