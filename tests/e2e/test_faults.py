@@ -68,6 +68,20 @@ def shared_postgres_database() -> Iterator[str]:
         _drop_pg_database(name)
 
 
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, which it may stop and start (skipped where none can run)."""
+    reason = PrivatePostgres.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pg = PrivatePostgres()
+    pg.init()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with shared_postgres_database() as url, running(tmp_path, url) as c:
@@ -136,6 +150,12 @@ def job_in_phase(http: httpx.Client, request_id: str, phase: str, min_progress: 
         return None
     job = http.get(f"/v1/jobs/{body['job_id']}").json()
     return job if job["phase"].startswith(phase) and job["progress"] >= min_progress else None
+
+
+def at_publish(http: httpx.Client, request_id: str) -> Any:
+    """The request's job, once it has reached its publish step (a failpoint holds it there)."""
+    return wait_until(lambda: job_in_phase(http, request_id, "publish"), timeout=180, interval=0.2,
+                      what="the job to reach its publish step")  # fmt: skip
 
 
 def slow_down(c: Cluster, epochs: int) -> None:
@@ -211,12 +231,7 @@ def test_a_worker_killed_while_publishing_leaves_one_version_and_no_loss(cluster
     with client(cluster) as http:
         ids = random.Random(7).sample(TRAIN_IDS, 25)
         req = submit(http, ids)
-        job = wait_until(
-            lambda: job_in_phase(http, req["id"], "publish"),
-            timeout=180,
-            interval=0.2,
-            what="the job to reach its publish step",
-        )
+        job = at_publish(http, req["id"])
         folder = cluster.tmp / "var" / "checkpoints"
         wait_until(
             lambda: len(list(folder.rglob("v2-*.safetensors"))) == 1, timeout=60, what="the checkpoint"
@@ -356,103 +371,82 @@ def register_second_model(c: Cluster) -> None:
 
 
 def test_a_postgresql_restart_mid_job_loses_nothing(tmp_path: Path) -> None:
-    reason = PrivatePostgres.unavailable()
-    if reason:
-        pytest.skip(reason)
-    pg = PrivatePostgres()
-    pg.init()
-    try:
-        with running(tmp_path, pg.url) as c:
-            slow_down(c, epochs=30)
-            c.start_api()
-            c.start_worker("w1", beat=True)
-            with client(c) as http:
-                first_ids = random.Random(8).sample(TRAIN_IDS, 30)
-                first = submit(http, first_ids)
-                wait_until(
-                    lambda: job_in_phase(http, first["id"], "unlearn", 0.1),
-                    timeout=180,
-                    interval=0.2,
-                    what="the job to be mid-unlearning",
-                )
-                status = f"/v1/deletion-requests/{first['id']}"
-                assert http.get(status).status_code == 200  # the status poll's own pooled connection
-                pg.stop()
-                down = http.post("/v1/models/digits/deletion-requests", json={"sample_ids": ["digits-1400"]})
-                assert down.status_code == 503, down.text  # not a 500: the client should retry
-                assert down.headers["retry-after"] and "database is unavailable" in down.json()["detail"]
-                polled = http.get(status)  # its connection died with the server: a 503, not a 500
-                assert polled.status_code == 503, polled.text
-                pg.start()
-                # The dead connection was dropped, not handed out again: the poll recovers by itself.
-                wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
-                           what="the status poll answering again")  # fmt: skip
-                clock = Stopwatch()
-                later_ids = [i for i in random.Random(9).sample(TRAIN_IDS, 40) if i not in first_ids][:10]
+    with private_postgres() as pg, running(tmp_path, pg.url) as c:
+        slow_down(c, epochs=30)
+        c.start_api()
+        c.start_worker("w1", beat=True)
+        with client(c) as http:
+            first_ids = random.Random(8).sample(TRAIN_IDS, 30)
+            first = submit(http, first_ids)
+            wait_until(
+                lambda: job_in_phase(http, first["id"], "unlearn", 0.1),
+                timeout=180,
+                interval=0.2,
+                what="the job to be mid-unlearning",
+            )
+            status = f"/v1/deletion-requests/{first['id']}"
+            assert http.get(status).status_code == 200  # the status poll's own pooled connection
+            pg.stop()
+            down = http.post("/v1/models/digits/deletion-requests", json={"sample_ids": ["digits-1400"]})
+            assert down.status_code == 503, down.text  # not a 500: the client should retry
+            assert down.headers["retry-after"] and "database is unavailable" in down.json()["detail"]
+            polled = http.get(status)  # its connection died with the server: a 503, not a 500
+            assert polled.status_code == 503, polled.text
+            pg.start()
+            # The dead connection was dropped, not handed out again: the poll recovers by itself.
+            wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
+                       what="the status poll answering again")  # fmt: skip
+            clock = Stopwatch()
+            later_ids = [i for i in random.Random(9).sample(TRAIN_IDS, 40) if i not in first_ids][:10]
 
-                def accepted() -> dict[str, Any] | None:
-                    r = http.post("/v1/models/digits/deletion-requests", json={"sample_ids": later_ids})
-                    return r.json() if r.status_code == 202 else None
+            def accepted() -> dict[str, Any] | None:
+                r = http.post("/v1/models/digits/deletion-requests", json={"sample_ids": later_ids})
+                return r.json() if r.status_code == 202 else None
 
-                later = wait_until(accepted, timeout=60, interval=0.2, what="a request accepted again")
-                clock.record("PostgreSQL restarted mid-job", "a new request accepted")
-                done = wait_until(
-                    lambda: all_finished(http, [first["id"], later["id"]]),
-                    timeout=300,
-                    interval=0.5,
-                    what="the requests from before and after the restart",
-                )
-                clock.record("PostgreSQL restarted mid-job", "both requests completed")
-                assert_completed(done, c)
-                assert_intact(http, set(first_ids) | set(later_ids))
-    finally:
-        pg.destroy()
+            later = wait_until(accepted, timeout=60, interval=0.2, what="a request accepted again")
+            clock.record("PostgreSQL restarted mid-job", "a new request accepted")
+            done = wait_until(
+                lambda: all_finished(http, [first["id"], later["id"]]),
+                timeout=300,
+                interval=0.5,
+                what="the requests from before and after the restart",
+            )
+            clock.record("PostgreSQL restarted mid-job", "both requests completed")
+            assert_completed(done, c)
+            assert_intact(http, set(first_ids) | set(later_ids))
 
 
 def test_a_database_outage_at_publish_hands_the_job_back_without_costing_an_attempt(tmp_path: Path) -> None:
     """The job's commit fails while PostgreSQL is down. It had waited out its lease frozen and then counted
     as a worker's death (three such outages failed a job); now the worker hands it back once the database
     answers and resumes it at once, at no attempt's cost (a probe's finding)."""
-    reason = PrivatePostgres.unavailable()
-    if reason:
-        pytest.skip(reason)
-    pg = PrivatePostgres()
-    pg.init()
-    try:
-        with running(tmp_path, pg.url) as c:
-            c.start_api()
-            c.start_worker("w1", beat=True, env={"UNLEARN_FAILPOINTS": "publish.before_commit=sleep(4)"})
-            with client(c) as http:
-                ids = random.Random(10).sample(TRAIN_IDS, 20)
-                req = submit(http, ids)
-                job = wait_until(
-                    lambda: job_in_phase(http, req["id"], "publish"),
-                    timeout=180,
-                    interval=0.2,
-                    what="the job to reach its publish step",
-                )
-                stopped_at = datetime.now(UTC)
-                pg.stop()
-                log = c.tmp / "w1.log"  # the whole file: the heartbeats' tracebacks fill Cluster.log's tail
-                wait_until(lambda: "the database went away" in log.read_text(errors="replace"), timeout=60,
-                           interval=0.2, what="the worker to meet the outage")  # fmt: skip
-                pg.start()
-                clock = Stopwatch()
-                status = f"/v1/deletion-requests/{req['id']}"  # the API's dead connections go first: 503s
-                wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
-                           what="the API answering again")  # fmt: skip
-                [done] = wait_until(lambda: all_finished(http, [req["id"]]), timeout=300, interval=0.5,
-                                    what="the job to be published after the outage")  # fmt: skip
-                clock.record("PostgreSQL down at publish", "request completed")
-                assert done["state"] == "completed", c.log("w1")
-                final = http.get(f"/v1/jobs/{job['id']}").json()
-                causes = [i["cause"] for i in final["metrics"]["interrupted"]]
-                assert (causes, final["attempts"]) == (["database unavailable"], 1), final
-                # the resumed job keeps its first start: its duration is the client's wait
-                assert datetime.fromisoformat(final["started_at"]) < stopped_at, final
-                assert_intact(http, set(ids))
-    finally:
-        pg.destroy()
+    with private_postgres() as pg, running(tmp_path, pg.url) as c:
+        c.start_api()
+        c.start_worker("w1", beat=True, env={"UNLEARN_FAILPOINTS": "publish.before_commit=sleep(4)"})
+        with client(c) as http:
+            ids = random.Random(10).sample(TRAIN_IDS, 20)
+            req = submit(http, ids)
+            job = at_publish(http, req["id"])
+            stopped_at = datetime.now(UTC)
+            pg.stop()
+            log = c.tmp / "w1.log"  # the whole file: the heartbeats' tracebacks fill Cluster.log's tail
+            wait_until(lambda: "the database went away" in log.read_text(errors="replace"), timeout=60,
+                       interval=0.2, what="the worker to meet the outage")  # fmt: skip
+            pg.start()
+            clock = Stopwatch()
+            status = f"/v1/deletion-requests/{req['id']}"  # the API's dead connections go first: 503s
+            wait_until(lambda: http.get(status).status_code == 200, timeout=60, interval=0.2,
+                       what="the API answering again")  # fmt: skip
+            [done] = wait_until(lambda: all_finished(http, [req["id"]]), timeout=300, interval=0.5,
+                                what="the job to be published after the outage")  # fmt: skip
+            clock.record("PostgreSQL down at publish", "request completed")
+            assert done["state"] == "completed", c.log("w1")
+            final = http.get(f"/v1/jobs/{job['id']}").json()
+            causes = [i["cause"] for i in final["metrics"]["interrupted"]]
+            assert (causes, final["attempts"]) == (["database unavailable"], 1), final
+            # the resumed job keeps its first start: its duration is the client's wait
+            assert datetime.fromisoformat(final["started_at"]) < stopped_at, final
+            assert_intact(http, set(ids))
 
 
 @contextlib.contextmanager
