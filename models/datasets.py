@@ -283,7 +283,7 @@ def load_webdataset(path: str | Path, features: Features = None) -> SampleDatase
     at a time. Images are read as CHW floats in [0, 1]: a declaration may only say mean, std, size."""
     index = index_shards(path)
     decl = declaration(features)
-    source = ShardRows(index.shards, index.images, decl)
+    source = ShardRows(index.shards, index.images, decl, keys=index.sample_ids)
     y = torch.tensor(index.labels, dtype=torch.long)
     return _streamed(source, y, index.sample_ids, decl, _first_image_shape(source))
 

@@ -102,6 +102,7 @@ class ShardRows:
     shards: list[Path]
     members: list[Member]
     decl: ImageFeatures | None
+    keys: list[str] | None = None  # each member's sample ID, to name an image that does not fit
 
     def __len__(self) -> int:
         return len(self.members)
@@ -115,7 +116,8 @@ class ShardRows:
         for i in rows.tolist():
             member = self.members[i]
             arrays.append(decode_image(read_member(self.shards[member.shard], member), member.ext))
-            names.append(f"{self.shards[member.shard].name}: member at byte {member.offset}")
+            where = f"sample {self.keys[i]!r}" if self.keys else f"the member at byte {member.offset}"
+            names.append(f"{self.shards[member.shard].name}: {where}")
         return (
             post_only(stack_images(arrays, self.shards[0].parent.name, names), self.decl)
             if arrays

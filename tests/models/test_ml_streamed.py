@@ -203,7 +203,7 @@ def test_shards_that_cannot_be_a_labelled_image_set_are_refused_by_name(tmp_path
 def test_manifest_images_of_another_shape_are_named_with_the_fix_that_fits(tmp_path: Path) -> None:
     """It read "images differ in shape: [(1, 8, 8), (3, 8, 8)]; declare features.size to resize": no file
     to look for in a large manifest, and a size does not change channels (a probe)."""
-    from models.streamed import FileRows
+    from models.streamed import FileRows, ShardRows
 
     files = []
     for name, pixels in (("a.png", np.zeros((8, 8), np.uint8)), ("b.png", np.zeros((8, 8, 3), np.uint8)),
@@ -214,6 +214,12 @@ def test_manifest_images_of_another_shape_are_named_with_the_fix_that_fits(tmp_p
         FileRows(files[:2], None).read(np.arange(2))
     with pytest.raises(ValueError, match=r"c\.png is \(1, 16, 16\).*declare features\.size"):
         FileRows([files[0], files[2]], None).read(np.arange(2))
+    grey, rgb = _png(np.zeros((8, 8), np.uint8)), _png(np.zeros((8, 8, 3), np.uint8))
+    members = {"k1.png": grey, "k1.cls": b"0", "k2.png": rgb, "k2.cls": b"1"}
+    index = index_shards(_tar(tmp_path / "s.tar", members))
+    shard_rows = ShardRows(index.shards, index.images, None, keys=index.sample_ids)
+    with pytest.raises(ValueError, match=r"s\.tar: sample 'k2' is \(3, 8, 8\), s\.tar: sample 'k1' \(1, 8"):
+        shard_rows.read(np.arange(2))
 
 
 def test_shard_keys_subjects_and_order_follow_webdataset(tmp_path: Path) -> None:
