@@ -422,7 +422,7 @@ def test_a_database_outage_at_publish_hands_the_job_back_without_costing_an_atte
     answers and resumes it at once, at no attempt's cost (a probe's finding)."""
     with private_postgres() as pg, running(tmp_path, pg.url) as c:
         c.start_api()
-        c.start_worker("w1", beat=True, env={"UNLEARN_FAILPOINTS": "publish.before_commit=sleep(4)"})
+        c.start_worker("w1", beat=True, env={"UNLEARN_FAILPOINTS": "publish.before_commit=sleep(8)"})
         with client(c) as http:
             ids = random.Random(10).sample(TRAIN_IDS, 20)
             req = submit(http, ids)

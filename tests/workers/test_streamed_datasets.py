@@ -221,7 +221,7 @@ def test_a_file_changed_while_the_job_ran_fails_it_before_anything_is_published(
     test = register_dataset(http, "test", "webdataset", data / "test")
     name = register_model(http, tmp_path, "edited", train.json()["id"], test.json()["id"])
     assert validate_model(app.settings, model_id(app, name)) == "ready"
-    monkeypatch.setenv("UNLEARN_FAILPOINTS", "publish.started=sleep(3)")  # a window to edit the file in
+    monkeypatch.setenv("UNLEARN_FAILPOINTS", "publish.started=sleep(8)")  # a window to edit the file in
     r = http.post(f"/v1/models/{name}/deletion-requests", json={"sample_ids": train_ids[:2]})
     assert r.status_code == 202, r.text
     worker = threading.Thread(target=process_model, args=(app.settings, model_id(app, name)))
