@@ -486,6 +486,36 @@ def test_a_policy_field_sent_as_null_is_a_422_saying_what_to_send(api: Api, body
     assert api.client.get("/v1/models/toy", headers=api.auth(admin)).json() == before
 
 
+@pytest.mark.parametrize(
+    ("body", "loc", "says"),
+    [
+        (
+            {"gates": {"max_test_accuracy_drop": 2}},
+            ["gates", "max_test_accuracy_drop"],
+            "less than or equal to 1",
+        ),
+        ({"gates": {"max_test_accuracy_drop": True}}, ["gates", "max_test_accuracy_drop"], "a valid number"),
+        ({"gates": []}, ["gates"], "valid dictionary"),
+        ({"default_params": []}, ["default_params"], "valid dictionary"),
+        ({"fallback_methods": "retrain"}, ["fallback_methods"], "valid list"),
+        ({"default_method": 5}, ["default_method"], "valid string"),
+        ({"time_limit_seconds": True}, ["time_limit_seconds"], "valid integer"),
+        ({"retrain_above_share": "0.5"}, ["retrain_above_share"], "valid number"),
+    ],
+)
+def test_a_policy_field_of_the_wrong_type_is_one_422_at_that_field(
+    api: Api, body: dict, loc: list[str], says: str
+) -> None:
+    """Each had a second error saying null would do (which is refused), and true was stored as 1: a gate
+    switched off, a one-second time limit (a probe)."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    r = api.client.patch("/v1/models/toy", json=body, headers=api.auth(admin))
+    assert r.status_code == 422, r.text
+    [error] = r.json()["errors"]
+    assert error["loc"] == ["body", *loc] and says in error["msg"], error
+
+
 def test_a_patch_that_changes_nothing_is_not_audited_as_a_change(api: Api) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))

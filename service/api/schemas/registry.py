@@ -8,13 +8,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     StringConstraints,
     Tag,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -161,7 +161,10 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# Strict: JSON's true and "0.5" are no fractions (true had been stored as 1.0, a gate switched off; a probe)
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Seconds = Annotated[int, Strict(), Field(ge=1)]
+Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 # A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
 # is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
 # never what a deletion costs a retrain. Only where at least DEFAULT_GATE_ROWS test rows score the model:
@@ -189,7 +192,9 @@ class Gates(BaseModel):
     # a deletion that takes whole classes: their test rows the new version still predicts as theirs
     max_forgotten_class_accuracy: Fraction | None = None
     # standard errors, not a fraction: D_f's accuracy above what unseen rows of its classes get
-    max_forget_accuracy_excess_se: float | None = Field(None, ge=0.0, le=100.0)
+    max_forget_accuracy_excess_se: Annotated[float, Strict()] | None = Field(
+        None, ge=0.0, le=100.0, allow_inf_nan=False
+    )
 
 
 RETRAIN_ABOVE_DOC = (
@@ -218,19 +223,20 @@ class ModelUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # None only as "left out": the schema shows no null (a null sent is refused, ``_not_null``)
-    default_method: str | SkipJsonSchema[None] = None
-    default_params: dict[str, Any] | SkipJsonSchema[None] = None
-    fallback_methods: list[str] | SkipJsonSchema[None] = Field(None, max_length=5)
-    train_recipe: dict[str, Any] | SkipJsonSchema[None] = None
-    gates: Gates | SkipJsonSchema[None] = None
-    time_limit_seconds: int | None = Field(
+    # None only as "left out", never a value: the schema shows no null (a null sent is refused,
+    # ``_not_null``), and a wrong type gets one error rather than a second one saying null would do.
+    # (The type-ignores: a default outside the type is what says "left out" without admitting null.)
+    default_method: str = Field(None)  # type: ignore[assignment]
+    default_params: dict[str, Any] = Field(None)  # type: ignore[arg-type]
+    fallback_methods: list[str] = Field(None, max_length=5)  # type: ignore[arg-type]
+    train_recipe: dict[str, Any] = Field(None)  # type: ignore[arg-type]
+    gates: Gates = Field(None)  # type: ignore[assignment]
+    time_limit_seconds: Seconds | None = Field(
         None,
-        ge=1,
         description="stop a job on this model after this many seconds (at most the service's "
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
-    retrain_above_share: float | None = Field(None, gt=0, le=1, description=RETRAIN_ABOVE_DOC)
+    retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
 
     @field_validator(
         "default_method", "default_params", "fallback_methods", "train_recipe", "gates", mode="before"
@@ -281,10 +287,9 @@ class ModelCreate(BaseModel):
         description="left out: `max_test_accuracy_drop` 0.1 where at least 100 test rows score the "
         "model, so a run that wrecks it is not published; `{}` for none",
     )
-    time_limit_seconds: int | None = Field(
+    time_limit_seconds: Seconds | None = Field(
         None,
-        ge=1,
         description="stop a job on this model after this many seconds (at most the service's "
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
-    retrain_above_share: float | None = Field(None, gt=0, le=1, description=RETRAIN_ABOVE_DOC)
+    retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
