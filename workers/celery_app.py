@@ -16,6 +16,7 @@ from celery.signals import beat_embedded_init, beat_init, worker_init, worker_re
 
 from service.core import liveness
 from service.core.db.engine import session_scope
+from service.core.errors import one_line
 from service.core.lifetimes import die_with_parent
 from service.core.queue import make_celery
 from service.core.settings import get_settings
@@ -68,8 +69,8 @@ def _heartbeat(name: str, what: str) -> str:
             try:
                 with session_scope(settings.resolved_database_url) as s:
                     liveness.beat(s, name)
-            except Exception:  # noqa: BLE001 - a database blip must not kill the thread; beat again later
-                log.warning("%s heartbeat failed; retrying", what, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a database blip must not kill the thread; beat again later
+                log.warning("%s heartbeat failed; retrying: %s", what, one_line(exc))
             if _stopping.wait(settings.heartbeat_seconds):
                 return
 

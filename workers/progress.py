@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from service.core.db.engine import session_scope
 from service.core.db.tables import Job, utcnow
+from service.core.errors import one_line
 from service.core.states import JobState
 from workers import leases
 from workers.jobstore import JobCancelled, JobTimedOut, LeaseLost, WorkerStopping
@@ -64,8 +65,8 @@ class Reporter:
                 self.flush()
             except LeaseLost:
                 return
-            except Exception:  # noqa: BLE001 - a database blip must not kill the job; the next beat retries
-                log.warning("heartbeat for job %s failed; retrying", self.job_id, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a database blip must not kill the job; the next beat retries
+                log.warning("heartbeat for job %s failed; retrying: %s", self.job_id, one_line(exc))
 
     def flush(self) -> None:
         """Write progress and heartbeat, renew the lease, read the cancel flag (one short transaction)."""

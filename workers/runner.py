@@ -27,6 +27,7 @@ from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_to_dict, parse_params, with_recipe
 from models.unlearning.silence import silence_classes
 from service.core.db.engine import session_scope
+from service.core.errors import one_line
 from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
@@ -84,7 +85,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
             return
         # The job did nothing wrong: it goes back to the queue, without an attempt's cost, once the
         # database answers. Left running, it had waited out the lease and counted as a worker's death.
-        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        said = one_line(exc)
         log.warning("job %s: the database went away (%s); the job is handed back", job_id, said)
         outages = hand_back(store, within_s=max(settings.lease_seconds, OUTAGE_WAIT_S), cause=DATABASE_GONE)
         if outages is None:
@@ -357,7 +358,13 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             kept_rows.keep(checkpoint, rows, torch.device(device), recorded)
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
-    end(store, rep, JobState.FAILED, f"every method failed its gates ({reasons})")
+    why = f"every method failed its gates ({reasons})"
+    if "retrained_above_share" in data_roles:  # the chain a client set was not tried: say why
+        why += (
+            f"; the deletion took at least the model's retrain_above_share ({ctx.retrain_above_share}) of "
+            "its training samples, so an exact retrain alone was tried"
+        )
+    end(store, rep, JobState.FAILED, why)
 
 
 STILL_PREDICTED = 0.01  # a forgotten class's share of its test rows still predicted that is worth a word

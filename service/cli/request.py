@@ -28,7 +28,8 @@ def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
     non-blank character is `[` is the JSON form, which an ID that starts with `#` or `[`, or is all
     spaces, needs."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not part of the first ID
     except OSError as exc:
         raise UsageError(f"cannot read the {noun} file {path}: {exc.strerror or exc}") from None
     if text.lstrip().startswith("["):

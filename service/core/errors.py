@@ -39,3 +39,11 @@ class PayloadTooLarge(ProblemError):
 
 class Unprocessable(ProblemError):
     status, title = 422, "Unprocessable request"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its message, for a log line that repeats: a heartbeat that
+    failed every 2 s through a database outage logged its whole traceback each time (a probe counted 96
+    tracebacks in 30 s)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

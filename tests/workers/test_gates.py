@@ -249,3 +249,12 @@ def test_a_run_that_forgot_nothing_fails_the_excess_gate_and_one_that_forgot_or_
     # An exact retrain never read D_f: whatever its number says, it is not refused for it.
     assert check(gates, base, {**known, "forget_accuracy_excess_se": 7.333}, method="retrain") == []
     assert check(gates, BASE, result()) == []  # not measured (no test rows): nothing to judge
+
+
+def test_a_repeated_log_line_is_the_errors_type_and_first_line() -> None:
+    """A heartbeat failing every 2 s through an outage logged a whole traceback each time (a probe)."""
+    from service.core.errors import one_line
+
+    said = one_line(ValueError("connection refused\nBackground on this error"))
+    assert said == "ValueError: connection refused"
+    assert one_line(KeyError()) == "KeyError"

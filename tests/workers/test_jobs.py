@@ -87,6 +87,16 @@ def test_a_deletion_above_the_models_retrain_share_is_retrained_and_a_smaller_on
         assert first.metrics["data"]["retrained_above_share"] == 0.05
         assert [a["method"] for a in second.metrics["attempts"]] == ["ugradsl_plus"]
         assert "retrained_above_share" not in second.metrics["data"]
+        s.execute(update(Model).values(gates={"min_mia_score": 1.0}, fallback_methods=["finetune"]))
+    # A retrain its gates refuse fails the job saying the share rule, not the chain, chose the method.
+    model_id, refused_id = submit(demo, [f"digits-{i:04d}" for i in range(5, 1437, 10)])
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        third = s.get_one(Job, s.get_one(DeletionRequest, refused_id).job_id)
+        assert third.state == "failed" and [a["method"] for a in third.metrics["attempts"]] == ["retrain"]
+        assert "retrain_above_share (0.05) of its training samples, so an exact retrain alone" in (
+            third.error or ""
+        ), third.error
 
 
 def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
