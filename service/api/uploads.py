@@ -18,14 +18,20 @@ from service.core.model_specs import check_safetensors
 _FEATURES: TypeAdapter[Any] = TypeAdapter(Features)
 
 
+class NotJsonNumber(ValueError):
+    """NaN or Infinity in a form field's JSON: Python's parser takes them, JSON has no such numbers."""
+
+
 def _no_constants(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+    # not a JSONDecodeError: its position would be made up (a probe read "line 1 column 1" for a NaN deep
+    # in a spec)
+    raise NotJsonNumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
 
 
 def parse_model_spec(raw: str) -> ModelCreate:
     try:
         return ModelCreate.model_validate(json.loads(raw, parse_constant=_no_constants))
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
         raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
         errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
@@ -38,7 +44,7 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
         return None
     try:
         decl = _FEATURES.validate_python(json.loads(raw, parse_constant=_no_constants))
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
         raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
         errors = [

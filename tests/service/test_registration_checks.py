@@ -250,3 +250,16 @@ def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) ->
     r = api.register(retrain_above_share=0.25)
     assert r.status_code == 202 and r.json()["retrain_above_share"] == 0.25, r.text
     assert api.client.get("/v1/models/m").json()["retrain_above_share"] == 0.25
+
+
+def test_a_nan_in_the_spec_is_named_without_a_made_up_position(api: Api) -> None:
+    """It read "NaN is not a JSON number: line 1 column 1 (char 0)" for a NaN deep in the spec (a probe)."""
+    raw = json.dumps({"name": "m", "architecture": "mlp", "num_classes": 3, "train_dataset": "x",
+                      "test_dataset": "y", "retrain_above_share": float("nan")})  # fmt: skip
+    r = api.client.post(
+        "/v1/models", data={"spec": raw}, files={"checkpoint": ("v1.safetensors", CHECKPOINT)}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "`spec` is not valid JSON: NotJsonNumber: NaN is not a JSON number (JSON has no NaN or Infinity)"
+    )
