@@ -360,9 +360,9 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     why = f"every method failed its gates ({reasons})"
     if "retrained_above_share" in data_roles:  # the chain a client set was not tried: say why
-        why += (
-            f"; the deletion took at least the model's retrain_above_share ({ctx.retrain_above_share}) of "
-            "its training samples, so an exact retrain alone was tried"
+        why = (
+            f"the exact retrain failed its gates ({reasons}); the deletion took at least the model's "
+            f"retrain_above_share ({ctx.retrain_above_share}) of its training samples, so it alone was tried"
         )
     end(store, rep, JobState.FAILED, why)
 

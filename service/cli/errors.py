@@ -6,6 +6,8 @@ The kinds match `service.cli.client.ApiError.kind`, plus `usage` and `failed` fo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EXIT_CODES = {
     "failed": 1,
     "usage": 2,
@@ -21,3 +23,15 @@ EXIT_CODES = {
 
 class UsageError(Exception):
     """A problem with the command line or a local file (exit code 2)."""
+
+
+def read_user_file(path: str, what: str) -> str:
+    """A text file the user named, as UTF-8 (a leading byte-order mark dropped, as Windows editors write
+    one); a UsageError, one line, where it cannot be read or is not UTF-8 (PowerShell's `>` writes
+    UTF-16, and the decode error had ended the command in a traceback)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"the {what} file {path} is not UTF-8 text; save it as UTF-8") from None

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from service.cli.errors import UsageError
+from service.cli.errors import UsageError, read_user_file
 from service.cli.render import console, datasets_table, models_table
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def json_arg(text: str | None, what: str) -> Any:
     """A JSON value given on the command line, or `@file` to read it from a file."""
     if text is None:
         return None
-    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    raw = read_user_file(text[1:], what) if text.startswith("@") else text
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:

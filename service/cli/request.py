@@ -10,10 +10,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.cli.errors import UsageError
+from service.cli.errors import UsageError, read_user_file
 from service.cli.render import console, metrics_table, short
 from service.core.states import RequestState
 
@@ -27,11 +26,8 @@ def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
     `u-1#old` at its `#` forgot a different sample, `u-1`, without a word (a probe). A text whose first
     non-blank character is `[` is the JSON form, which an ID that starts with `#` or `[`, or is all
     spaces, needs."""
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not part of the first ID
-    except OSError as exc:
-        raise UsageError(f"cannot read the {noun} file {path}: {exc.strerror or exc}") from None
+    # a byte-order mark (Windows editors) is not part of the first ID
+    text = sys.stdin.read().removeprefix("\ufeff") if path == "-" else read_user_file(path, noun)
     if text.lstrip().startswith("["):
         try:
             ids = json.loads(text)

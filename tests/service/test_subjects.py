@@ -561,6 +561,17 @@ def test_an_ids_file_keeps_each_id_exactly_as_written(tmp_path: Path) -> None:
     assert read_ids(str(path)) == ["bom-first", "second"]
     path.write_text('["#starts-with-hash", "   "]')
     assert read_ids(str(path)) == ["#starts-with-hash", "   "]
+    path.write_text("a\nb\n", encoding="utf-16")  # what PowerShell's `>` writes: one line, not a traceback
+    with pytest.raises(UsageError, match="is not UTF-8 text; save it as UTF-8"):
+        read_ids(str(path))
+    with pytest.raises(UsageError, match="cannot read the sample IDs file .*No such file"):
+        read_ids(str(tmp_path / "missing.txt"))
+    from service.cli.registration import json_arg
+
+    with pytest.raises(UsageError, match="cannot read the --spec file"):
+        json_arg(f"@{tmp_path / 'missing.json'}", "--spec")
+    (tmp_path / "bom.json").write_text('\ufeff{"a": 1}', encoding="utf-8")
+    assert json_arg(f"@{tmp_path / 'bom.json'}", "--spec") == {"a": 1}
     path.write_text("# only a comment\n")
     with pytest.raises(UsageError, match="holds no sample IDs"):
         read_ids(str(path))
