@@ -94,8 +94,8 @@ def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None)
         if not ok:
             return False, f"export vs the {name} head: {why}"
     return True, (
-        f"the log of {new['tree_size']} event(s) extends the kept head of {old['tree_size']} "
-        f"(root {new['root_hash'][:16]}...)"
+        f"the log of {new['tree_size']} event(s) (root {new['root_hash'][:16]}...) extends the kept head "
+        f"of {old['tree_size']} (root {old['root_hash'][:16]}...)"
     )
 
 

@@ -220,7 +220,10 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     """Keys straight in the database this machine is configured for (bootstrap, other tenants)."""
+    from service.core import events
     from service.core.db.engine import session_scope
+    from service.core.db.tables import ApiKey
+    from service.core.events import OPERATOR
     from service.core.keys import create_key, revoke_key
 
     if args.action == "create" and not args.tenant:
@@ -235,10 +238,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
+            events.key_created(s, key, actor=OPERATOR)  # the trail had only the API's keys (a probe)
             print(f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}")
         else:
-            if revoke_key(s, args.id) is None:
+            held = s.get(ApiKey, args.id)
+            if held is None:
                 print(f"error: no key with id {args.id}", file=sys.stderr)
                 return EXIT_CODES["not_found"]  # as `--api` answers it
+            if held.revoked_at is None:  # a second revoke is no second event
+                revoke_key(s, args.id)
+                events.key_revoked(s, held, actor=OPERATOR)
             print(f"revoked {args.id}")
     return 0

@@ -27,6 +27,7 @@ from service.core.proofs import ids_sha256
 from service.core.states import JobState, ModelStatus, RequestState
 
 WORKER = "worker"  # the actor of every event a worker writes
+OPERATOR = "operator"  # the actor of a change made on the server's command line (`unlearn keys`)
 SERVICE = "service"  # the API process acting on its own (e.g. after enqueueing)
 
 

@@ -745,6 +745,50 @@ def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_va
         assert sorted(s.scalars(select(ApiKey.tenant))) == sorted(["default", "acme-2.eu_west", "a" * 100])
 
 
+def test_keys_made_or_revoked_on_the_server_are_in_the_trail_once(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`unlearn keys create/revoke` left no audit event, and a second revoke wrote a second one (a probe)."""
+    settings = backend.settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrated(settings.resolved_database_url)
+    made = argparse.Namespace(action="create", tenant="acme", scopes=["admin"], name="")
+    assert cmd_keys(settings, made) == 0
+    key_id = capsys.readouterr().out.split("id=")[1].split()[0]
+    for _ in range(2):
+        assert cmd_keys(settings, argparse.Namespace(action="revoke", id=key_id)) == 0
+    with session_scope(settings.resolved_database_url) as s:
+        rows = s.scalars(select(AuditEvent).where(AuditEvent.entity_id == key_id))
+        trail = [(e.action, e.actor) for e in rows]
+    assert trail == [("api_key.created", "operator"), ("api_key.revoked", "operator")]
+
+
+def test_revoking_a_key_twice_answers_the_same_and_audits_it_once(api: Api) -> None:
+    from service.core.keys import create_key
+
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        other_id = create_key(s, tenant="default", scopes=["jobs:read"])[0].id
+    first = api.client.post(f"/v1/keys/{other_id}/revoke", headers=api.auth(admin))
+    second = api.client.post(f"/v1/keys/{other_id}/revoke", headers=api.auth(admin))
+    assert first.status_code == second.status_code == 200 and first.json() == second.json()
+    with session_scope(api.url) as s:
+        revoked = s.scalars(select(AuditEvent).where(AuditEvent.action == "api_key.revoked")).all()
+    assert len(revoked) == 1
+
+
+def test_a_batch_with_an_idempotency_key_header_is_a_422_pointing_at_the_items_keys(api: Api) -> None:
+    """The header was ignored, so a retried batch wrote every item twice (a probe)."""
+    before = api.counts()
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests/batch",
+        json={"requests": [{"sample_ids": ["toy-0001"]}]},
+        headers={**api.auth(), "Idempotency-Key": "batch-1"},
+    )
+    assert r.status_code == 422 and "give each item its own idempotency_key" in r.json()["detail"], r.text
+    assert api.counts() == before
+
+
 def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(api: Api) -> None:
     from datetime import timedelta
 

@@ -23,7 +23,7 @@ from service.api.schemas.deletion import (
 from service.api.views import request_out
 from service.core import deletions, events
 from service.core.db.tables import DeletionRequest, Model
-from service.core.errors import ProblemError
+from service.core.errors import ProblemError, Unprocessable
 from service.core.lookups import get_model, request_status
 
 router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
@@ -79,7 +79,11 @@ async def create_deletion_request(
     summary="Up to 1,000 deletion requests for one model in one call, each accepted or refused alone",
 )
 async def create_deletion_requests(
-    model: str, body: DeletionBatchCreate, request: Request, key: DeletionWriter
+    model: str,
+    body: DeletionBatchCreate,
+    request: Request,
+    key: DeletionWriter,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> DeletionBatchOut:
     """For a product that erases in bulk (a nightly export of account closures): each item is the body
     of a single POST (plus its own `idempotency_key`) and gets the answer that POST would have got, in
@@ -87,6 +91,11 @@ async def create_deletion_requests(
     queue together, so they are written in one transaction; one refused item (unknown IDs) refuses only
     itself. A batch is one write for the key's rate limit. A database outage fails the whole call (503):
     retry it with the same idempotency keys and nothing is written twice."""
+    if idempotency_key is not None:  # ignored, it let a retried batch write every item twice (a probe)
+        raise Unprocessable(
+            "the batch route takes no Idempotency-Key header: give each item its own idempotency_key, "
+            "and a retried batch writes nothing twice"
+        )
     intake: GroupCommit = request.app.state.intake
     submissions = [
         deletions.Submission(

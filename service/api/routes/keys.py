@@ -61,8 +61,9 @@ def revoke_key_route(key_id: str, request: Request, session: SessionDep, caller:
     if key is None or key.tenant != caller.tenant:
         raise NotFound(f"API key {key_id!r} not found")
     refuse_revoking_the_last_admin(session, key)
-    revoke_key(session, key_id)
-    events.key_revoked(session, key, actor=events.key_actor(caller))
+    if key.revoked_at is None:  # a second revoke answers the same and is no second event (a probe)
+        revoke_key(session, key_id)
+        events.key_revoked(session, key, actor=events.key_actor(caller))
     session.commit()
     request.app.state.key_cache.evict(key.key_hash)
     return key_out(key)
