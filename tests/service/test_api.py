@@ -724,12 +724,18 @@ def test_an_admin_key_creating_a_key_in_another_tenant_is_403_whether_that_tenan
         assert s.scalar(select(func.count()).select_from(ApiKey)) == before
 
 
-def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_valid_ones(
-    backend: Backend, capsys: pytest.CaptureFixture[str]
-) -> None:
+def server_settings(backend: Backend) -> Settings:
+    """The settings a server-side verb (`unlearn keys`) runs under, on a migrated database."""
     settings = backend.settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrated(settings.resolved_database_url)
+    return settings
+
+
+def test_the_server_verb_refuses_a_tenant_name_the_api_would_refuse_and_keeps_valid_ones(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = server_settings(backend)
 
     def create(tenant: str) -> int:
         args = argparse.Namespace(action="create", tenant=tenant, scopes=["admin"], name="")
@@ -749,9 +755,7 @@ def test_keys_made_or_revoked_on_the_server_are_in_the_trail_once(
     backend: Backend, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`unlearn keys create/revoke` left no audit event, and a second revoke wrote a second one (a probe)."""
-    settings = backend.settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    migrated(settings.resolved_database_url)
+    settings = server_settings(backend)
     made = argparse.Namespace(action="create", tenant="acme", scopes=["admin"], name="")
     assert cmd_keys(settings, made) == 0
     key_id = capsys.readouterr().out.split("id=")[1].split()[0]
