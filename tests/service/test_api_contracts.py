@@ -257,6 +257,12 @@ def test_metrics_show_tenant_counts_only_to_that_tenants_key(live: Live) -> None
     assert 'tenant="default"' not in theirs and "unlearn_deletion_requests" in theirs
     bad = httpx.get(f"{live.url}/metrics", headers={"Authorization": "Bearer ul_nope"})
     assert bad.status_code == 401
+    # a valid key without jobs:read gets what anyone gets, not a 403 for the whole page (a probe)
+    with session_scope(live.db) as s:
+        writer = make_key(s, scopes=("deletion:write",))
+    plain = httpx.get(f"{live.url}/metrics", headers={"Authorization": f"Bearer {writer}"})
+    assert plain.status_code == 200 and "unlearn_http_requests_total" in plain.text
+    assert "unlearn_deletion_requests" not in plain.text
 
 
 def test_readyz_reports_database_and_broker(live: Live) -> None:

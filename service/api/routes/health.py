@@ -14,6 +14,7 @@ from service.api.deps import SessionDep, SettingsDep, require_scope
 from service.api.errors import ANY_ROUTE, problem, problems
 from service.api.observability import render
 from service.core import liveness
+from service.core.errors import Forbidden
 
 router = APIRouter(tags=["health"], responses=problems(*ANY_ROUTE))
 
@@ -66,6 +67,11 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
         try:
             key = await require_scope("jobs:read")(request, _credentials(header or ""))
             tenant = key.tenant
+        except Forbidden:
+            # A valid key without jobs:read, where anyone may read the HTTP metrics: those, not a 403 for
+            # the whole page (a scraper sharing a deletion:write key lost them all; a probe).
+            if settings.metrics_require_key:
+                raise
         except SQLAlchemyError as exc:
             # A database outage is when a scraper needs the HTTP metrics most: where anyone may read them,
             # a keyed scrape still gets them (its tenant's gauges need the database); where a key is
