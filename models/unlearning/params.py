@@ -483,9 +483,10 @@ class SalunParams(RandomLabelParams):
 
 @dataclass(frozen=True)
 class RetrainParams:
-    """Exact retraining on D_r: the fields of ``models.training.TrainRecipe`` (the model's recipe)."""
+    """Exact retraining on D_r: the fields of ``models.training.TrainRecipe`` (the model's recipe).
+    At least one epoch: a retrain of none would publish an untrained network."""
 
-    epochs: int = _f(30, 0, 1000)
+    epochs: int = _f(30, 1, 1000)
     lr: float = _f(0.05, 1e-8, 10.0)
     batch_size: int = _f(64, 1, 65536)
     momentum: float = _f(0.9, 0.0, 0.999)
@@ -560,7 +561,7 @@ def parse_params(method: str, raw: Any = None) -> Any:
 
 def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
     """An explicit ``epochs: 0`` asks for a run of no step: an unlearning method would publish its base
-    unchanged as a version that forgot, and a retrain an untrained network. A probe saw the first published
+    unchanged as a version that forgot. A probe saw the first published
     under ``gates: {}``, so it is refused here, where the API turns it into a 422. Not only with nothing
     else to size the run: ``pushes`` size only random deletions that have held-out data, ``class_epochs``
     only class-wise ones, so which of them applies is not known until the deletion is (a review ran
@@ -568,10 +569,10 @@ def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
     pushes or class epochs alone, leave ``epochs`` out. Runs that the sizing rules leave without a step
     (every flagged row already where a retrain has it) are not affected: they never say ``epochs: 0``."""
     if raw.get("epochs") != 0:
-        return
-    what = "an untrained network" if method == "retrain" else "its base model unchanged"
+        return  # (a retrain's epochs are bounded below by 1: its bounds say so first)
     hint = " (to size a run by pushes or class_epochs, leave epochs out)" if hasattr(params, "pushes") else ""
-    raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {what}{hint}")
+    published = "its base model unchanged"
+    raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {published}{hint}")
 
 
 # A model trained with Adam is unlearned with Adam at this share of its recipe's lr (``with_recipe`` says
