@@ -6,6 +6,7 @@ The kinds match `service.cli.client.ApiError.kind`, plus `usage` and `failed` fo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 EXIT_CODES = {
@@ -26,12 +27,14 @@ class UsageError(Exception):
 
 
 def read_user_file(path: str, what: str) -> str:
-    """A text file the user named, as UTF-8 (a leading byte-order mark dropped, as Windows editors write
-    one); a UsageError, one line, where it cannot be read or is not UTF-8 (PowerShell's `>` writes
-    UTF-16, and the decode error had ended the command in a traceback)."""
+    """A text file the user named (`-`: standard input), as UTF-8 (a leading byte-order mark dropped, as
+    Windows editors write one); a UsageError, one line, where it cannot be read or is not UTF-8 (PowerShell's
+    `>` writes UTF-16, and the decode error had ended the command in a traceback)."""
     try:
-        return Path(path).read_text(encoding="utf-8-sig")
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        return data.decode("utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"the {what} file {path} is not UTF-8 text; save it as UTF-8") from None
+        where = "given on standard input" if path == "-" else f"file {path}"
+        raise UsageError(f"the {what} {where} is not UTF-8 text; save it as UTF-8") from None

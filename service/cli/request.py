@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,7 @@ def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
     `u-1#old` at its `#` forgot a different sample, `u-1`, without a word (a probe). A text whose first
     non-blank character is `[` is the JSON form, which an ID that starts with `#` or `[`, or is all
     spaces, needs."""
-    # a byte-order mark (Windows editors) is not part of the first ID
-    text = sys.stdin.read().removeprefix("\ufeff") if path == "-" else read_user_file(path, noun)
+    text = read_user_file(path, noun)
     if text.lstrip().startswith("["):
         try:
             ids = json.loads(text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -549,7 +550,9 @@ def test_the_cli_names_unknown_subjects_and_why_each_field_is_invalid(api: Api, 
     assert refused.value.message == "invalid fields: query.limit (Input should be less than or equal to 500)"
 
 
-def test_an_ids_file_keeps_each_id_exactly_as_written(tmp_path: Path) -> None:
+def test_an_ids_file_keeps_each_id_exactly_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A line was cut at its first `#` and stripped: `u-1#old` was sent as `u-1`, and a probe's job forgot
     that other sample without a word. Only whole lines that start with `#`, and empty lines, are skipped."""
     from service.cli.request import read_ids
@@ -566,6 +569,12 @@ def test_an_ids_file_keeps_each_id_exactly_as_written(tmp_path: Path) -> None:
         read_ids(str(path))
     with pytest.raises(UsageError, match="cannot read the sample IDs file .*No such file"):
         read_ids(str(tmp_path / "missing.txt"))
+    # the same from standard input: a pipe of UTF-16 had ended in a traceback (a review)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("a\nb\n".encode("utf-16"))))
+    with pytest.raises(UsageError, match="given on standard input is not UTF-8 text"):
+        read_ids("-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeffpiped\r\nu-2#x\n".encode())))
+    assert read_ids("-") == ["piped", "u-2#x"]
     from service.cli.registration import json_arg
 
     with pytest.raises(UsageError, match="cannot read the --spec file"):
