@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -15,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -163,7 +165,17 @@ class DatasetOut(BaseModel):
 
 # Strict: JSON's true and "0.5" are no fractions (true had been stored as 1.0, a gate switched off; a probe)
 Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Seconds = Annotated[int, Strict(), Field(ge=1)]
+
+
+def _no_bool_or_text(value: Any) -> Any:
+    """A whole number of seconds as JSON writes it, ``60`` or ``60.0`` (Python's json.dumps of a float),
+    but not ``true`` (stored as 1: a one-second limit) nor ``"60"``: strict int had refused ``60.0`` too."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+Seconds = Annotated[int, BeforeValidator(_no_bool_or_text), Field(ge=1)]
 Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 # A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
 # is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
