@@ -240,22 +240,25 @@ class JobStore:
         except Exception:  # noqa: BLE001 - unknown means keep
             return False
 
-    def give_back(self, cause: str = claims.STOPPED) -> int:
+    def give_back(self, cause: str = claims.STOPPED, limit: int | None = None) -> int:
         """A planned stop (a deploy, Ctrl-C) or a database outage ended this attempt: the job stays running,
         queued for the next worker, and its attempt is handed back. Resuming counts an attempt, and three of
         them fail the job as one whose worker "died each time": three restarts during one long job did
-        that. Returns how many of the job's last attempts in a row ended for ``cause``, this one included."""
+        that. Returns how many of the job's last attempts in a row ended for ``cause``, this one included;
+        where that reaches ``limit`` the caller fails the job, so this attempt keeps its count (a job failed
+        after three outages had shown 0 attempts)."""
         with self._fenced() as (_, job):
             stopped = claims.interruption(job, cause)  # where it got to; the resume adds no death
             entries = [*(job.metrics or {}).get("interrupted", []), stopped]
             job.metrics = {**(job.metrics or {}), "interrupted": entries}
-            job.attempts = max(job.attempts - 1, 0)
-            job.phase, job.progress = JobPhase.QUEUED, 0.0
             in_a_row = 0
             for entry in reversed(entries):
                 if entry.get("cause") != cause:
                     break
                 in_a_row += 1
+            if limit is None or in_a_row < limit:
+                job.attempts = max(job.attempts - 1, 0)
+                job.phase, job.progress = JobPhase.QUEUED, 0.0
             return in_a_row
 
     def close(

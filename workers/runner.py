@@ -55,8 +55,11 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
     store = JobStore(settings.resolved_database_url, job_id, owner)
     try:
         ctx = store.load_context()
+    except (OperationalError, InterfaceError) as exc:  # the database went away as the job started
+        lost_database(settings, store, None, exc)
+        return
     except Exception as exc:  # noqa: BLE001 - a job that cannot even start is failed, not retried forever
-        store.close(JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+        failed(store, None, exc)
         return
     rep = Reporter(
         settings.resolved_database_url,
@@ -80,21 +83,29 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
     except JobTimedOut as exc:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except (OperationalError, InterfaceError) as exc:
-        if not database_gone(settings.resolved_database_url, exc):
-            failed(store, rep, exc)
-            return
-        # The job did nothing wrong: it goes back to the queue, without an attempt's cost, once the
-        # database answers. Left running, it had waited out the lease and counted as a worker's death.
-        said = one_line(exc)
-        log.warning("job %s: the database went away (%s); the job is handed back", job_id, said)
-        outages = hand_back(store, within_s=max(settings.lease_seconds, OUTAGE_WAIT_S), cause=DATABASE_GONE)
-        if outages is None:
-            raise LeaseLost("the database did not come back in time; the job resumes later") from None
-        if outages >= OUTAGES_IN_A_ROW:  # an error that only looks like an outage would loop for ever
-            end(store, rep, JobState.FAILED, f"the database connection was lost in {outages} attempts in a "
-                f"row ({said}); retry the job once the database is stable")  # fmt: skip
+        lost_database(settings, store, rep, exc)
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         failed(store, rep, exc)
+
+
+def lost_database(
+    settings: Settings, store: JobStore, rep: Reporter | None, exc: OperationalError | InterfaceError
+) -> None:
+    """A database error ended the attempt. Where the database went away, the job did nothing wrong: it
+    goes back to the queue, without an attempt's cost, once the database answers (left running, it had
+    waited out the lease and counted as a worker's death). Any other such error fails it."""
+    if not database_gone(settings.resolved_database_url, exc):
+        failed(store, rep, exc)
+        return
+    said = one_line(exc)
+    log.warning("job %s: the database went away (%s); the job is handed back", store.job_id, said)
+    wait_s = max(settings.lease_seconds, OUTAGE_WAIT_S)
+    outages = hand_back(store, within_s=wait_s, cause=DATABASE_GONE, limit=OUTAGES_IN_A_ROW)
+    if outages is None:
+        raise LeaseLost("the database did not come back in time; the job resumes later") from None
+    if outages >= OUTAGES_IN_A_ROW:  # an error that only looks like an outage would loop for ever
+        end(store, rep, JobState.FAILED, f"the database connection was lost in {outages} attempts in a "
+            f"row ({said}); retry the job once the database is stable")  # fmt: skip
 
 
 HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
@@ -106,16 +117,18 @@ OUTAGE_WAIT_S = 60.0
 OUTAGES_IN_A_ROW = 3
 
 
-def failed(store: JobStore, rep: Reporter, exc: BaseException) -> None:
+def failed(store: JobStore, rep: Reporter | None, exc: BaseException) -> None:
     log.warning("job %s failed", store.job_id, exc_info=exc)  # the whole story, for the operator
     end(store, rep, JobState.FAILED, error_text(exc))
 
 
-def hand_back(store: JobStore, within_s: float = HAND_BACK_S, cause: str = STOPPED) -> int | None:
+def hand_back(
+    store: JobStore, within_s: float = HAND_BACK_S, cause: str = STOPPED, limit: int | None = None
+) -> int | None:
     """``store.give_back``, tried again while the database does not answer (a deploy during a failover):
     a stop that cannot be recorded reads as a death to the next worker and costs the job an attempt. Past
     ``within_s`` it is left at that (None). Returns how many attempts in a row ended so."""
-    return retried(lambda: store.give_back(cause), store.job_id, "hand-back", within_s)
+    return retried(lambda: store.give_back(cause, limit), store.job_id, "hand-back", within_s)
 
 
 def retried(write: Callable[[], T], job_id: str, what: str, within_s: float) -> T | None:
@@ -165,12 +178,12 @@ def error_text(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
 
 
-def end(store: JobStore, rep: Reporter, state: JobState, error: str) -> None:
+def end(store: JobStore, rep: Reporter | None, state: JobState, error: str) -> None:
     """Close a job that did not complete, with where it stopped and where its time went; tried again
     while the database does not answer (an outage here left the job running, to be resumed as a death
     and run again from the start), and past that the job's lease runs out as before."""
-    phase, progress = rep.where()
-    timings = rep.finished_timings()
+    phase, progress = rep.where() if rep else (None, None)
+    timings = rep.finished_timings() if rep else None
 
     def close() -> bool:
         store.close(state, error=error, timings=timings, phase=phase, progress=progress)

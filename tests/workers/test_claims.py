@@ -5,6 +5,7 @@ and validations. Every transition leaves its audit events and an intact chain.""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -300,6 +301,42 @@ def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url
             (1, "worker died"),
         ]
         assert job.attempts == 2
+
+
+def test_outages_in_a_row_fail_the_job_once_and_the_last_attempt_counts(db_url: str, tmp_path: Path) -> None:
+    """Each attempt a lost connection ends is handed back at no cost, as where the job was starting (a
+    review: one lost as the job loaded failed it for good); the third in a row fails the job, and that
+    attempt stays counted (a job failed so had shown 0 attempts)."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.core.settings import Settings
+    from workers import leases
+    from workers.jobstore import JobStore
+    from workers.runner import OUTAGES_IN_A_ROW, lost_database
+
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_DATABASE_URL=db_url)  # type: ignore[call-arg]
+    gone = OperationalError(
+        "SELECT 1", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        submit_request(s, model, ["toy-0001"])
+        assert leases.acquire(s, model.id, "owner", 60)
+        job_id = claimed_job(s, model).id
+    for outage in range(1, OUTAGES_IN_A_ROW + 1):
+        lost_database(settings, JobStore(db_url, job_id, "owner"), None, gone)
+        with session_scope(db_url) as s:
+            job = s.get_one(Job, job_id)
+            if outage < OUTAGES_IN_A_ROW:
+                assert (job.state, job.attempts, job.phase) == (JobState.RUNNING, 0, JobPhase.QUEUED)
+                assert claims.resume_unfinished(s, model.id) is not None  # at no attempt's cost
+    with session_scope(db_url) as s:
+        job = s.get_one(Job, job_id)
+        assert (job.state, job.attempts) == (JobState.FAILED, 1), job.error
+        assert f"lost in {OUTAGES_IN_A_ROW} attempts in a row" in (job.error or "")
+        assert [a["cause"] for a in job.metrics["interrupted"]] == ["database unavailable"] * OUTAGES_IN_A_ROW
+        [request] = s.scalars(select(DeletionRequest)).all()
+        assert request.state == RequestState.FAILED
 
 
 def test_a_job_that_reached_max_attempts_fails_with_its_requests(db_url: str) -> None:
