@@ -202,20 +202,35 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from service.core.db import migrate
+    from service.core.db.engine import make_engine
 
     url = settings.resolved_database_url
     where = make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    try:  # a 118-line traceback for a database not yet created
+        with engine.connect():
+            pass
+    except (OperationalError, InterfaceError) as exc:
+        hint = "(is it up, and created?)"
+        print(f"error: cannot use the database {where}: {_driver_said(exc)} {hint}", file=sys.stderr)
+        return EXIT_CODES["unreachable"]
+    finally:
+        engine.dispose()
     try:
         (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
-    except (OperationalError, InterfaceError) as exc:  # a 118-line traceback for a database not yet created
-        said = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        print(f"error: cannot use the database {where}: {said} (is it up, and created?)", file=sys.stderr)
-        return EXIT_CODES["unreachable"]
+    except (OperationalError, InterfaceError) as exc:  # a statement the schema refused: no outage (a review)
+        print(f"error: {args.action} of the database {where} failed: {_driver_said(exc)}", file=sys.stderr)
+        return EXIT_CODES["failed"]
     # Silence read as "did anything happen?" to an operator running the migration step by hand.
     print(f"{where}: {'schema up to date' if args.action == 'upgrade' else 'schema matches the tables'}")
     return 0
+
+
+def _driver_said(exc: Exception) -> str:
+    """The first line of what the database driver said, without SQLAlchemy's statement and links."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@ as a user runs it. One stack serves the whole module (it trains the demo model o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -538,6 +540,18 @@ def test_db_upgrade_on_a_database_it_cannot_reach_is_one_line_and_exit_3(tmp_pat
     [line] = upgraded.stderr.strip().splitlines()
     assert line.startswith("error: cannot use the database postgresql+psycopg://postgres@127.0.0.1:9/x: ")
     assert "(is it up, and created?)" in line
+    # a database it reaches whose schema refuses a migration is no outage: exit 1, saying what failed
+    (tmp_path / "var").mkdir(exist_ok=True)
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "unlearn.db")) as db:
+        db.execute("CREATE TABLE models (x INTEGER)")  # a table of the first migration's, made by hand
+        db.commit()
+    env.pop("DATABASE_URL")
+    refused = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 1, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line == f"error: upgrade of the database sqlite:///{tmp_path / 'var' / 'unlearn.db'} failed: " + (
+        "table models already exists"
+    )
     from service.core.settings import Settings
 
     for bare in ("postgres://u@h/db", "postgresql://u@h/db"):  # psycopg2, the bare form's driver, is absent
