@@ -37,6 +37,7 @@ from workers.datasets import DatasetRef, load_registered, recheck_registered
 from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
 from workers.progress import Reporter
+from workers.shutdown import shutting_down
 from workers.storage import version_path
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,16 @@ def hand_back(
 
 
 def retried(write: Callable[[], T], job_id: str, what: str, within_s: float) -> T | None:
-    """``write()``, tried again every half second while the database does not answer, for ``within_s``;
-    None past that (logged)."""
-    deadline = time.monotonic() + within_s
+    """``write()``, tried again every half second while the database does not answer, for ``within_s``
+    (``HAND_BACK_S`` once the worker is told to stop: an outage's minute outlasted a deploy's grace, and
+    the kill cost the same as leaving); None past that (logged)."""
+    start = time.monotonic()
     while True:
         try:
             return write()
         except (OperationalError, InterfaceError):
-            if time.monotonic() >= deadline:
+            waited = time.monotonic() - start
+            if waited >= within_s or (shutting_down() and waited >= HAND_BACK_S):
                 log.warning("job %s: the %s could not be recorded; it counts as a death", job_id, what)
                 return None
             time.sleep(0.5)

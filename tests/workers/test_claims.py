@@ -266,6 +266,25 @@ def test_a_hand_back_the_database_cannot_take_is_tried_until_its_deadline_then_l
     assert "the hand-back could not be recorded" in caplog.text
 
 
+@pytest.mark.timeout(60)
+def test_an_outage_wait_gives_up_at_the_stop_deadline_once_the_worker_is_told_to_stop(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job an outage stopped waits up to a minute for the database; a deploy's stop during that wait
+    had the worker killed at the end of its grace. Told to stop, it leaves at the stop's deadline (the
+    timeout fails the test if it waits out the outage's)."""
+    from celery.worker import state as worker_state
+
+    from workers import runner
+    from workers.jobstore import JobStore
+
+    monkeypatch.setattr(runner, "HAND_BACK_S", 0.5)
+    monkeypatch.setattr(worker_state, "should_stop", 0)  # EX_OK: a warm shutdown was asked for
+    unreachable = JobStore("postgresql+psycopg://postgres@127.0.0.1:1/none", "job", "owner")
+    assert runner.hand_back(unreachable, within_s=10_000, cause=claims.DATABASE_GONE) is None
+    assert "the hand-back could not be recorded" in caplog.text
+
+
 def test_a_job_handed_back_at_a_planned_stop_records_the_stop_not_a_death(db_url: str) -> None:
     from workers import leases
     from workers.jobstore import JobStore
