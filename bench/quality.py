@@ -227,7 +227,8 @@ DEFAULT = (
     "layer-normalised model trained with Adam, BatchNorm at its running statistics, retain reads drawn up to "
     "20% to D_f's class mix, a deletion "
     "drawn from a few classes aimed at held-out losses read under D_r's class prior and D_f's class mix, "
-    "weights pulled back towards the start by the share of D_r the pool leaves unread)"
+    "weights pulled back towards the start by the share of D_r the pool leaves unread, a run that would read "
+    "D_r more than 4 times taking fewer steps at a raised lr)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.

@@ -670,6 +670,7 @@ def _by_pushes(plan: Plan, n_retain: int, heldout_losses: torch.Tensor) -> Sizer
             "distance_se": se,
             "pushes_per_sample": pushes_per_sample(run, distance),
             "forget_batch_ratio": run.forget_batch_ratio,
+            **({"long_run_lr_raise": run.lr / params.lr} if run.lr != params.lr else {}),
         }
 
     return size

@@ -56,6 +56,11 @@ _RETAIN_PASSES_DOC = (
     "grows); the pool shrinks to the rows the steps read divided by the passes (never below one batch), so "
     "fewer rows go through the frozen front (train_share); 1 = every row read once"
 )
+_LONG_RUN_PASSES_DOC = (
+    "UGradSL+, a run sized by pushes: past this many passes over D_r (a large deletion: 16 pushes of half "
+    "the set read D_r 32 times), the run takes sqrt(this / passes) of its steps, each at an lr raised by "
+    "the inverse (at most 3x), so its summed lr is kept (models/unlearning/sizing.py); 0 = off"
+)
 _CLIP_TO_FIRST_DOC = (
     "max gradient norm as a multiple of the run's first step's (with grad_clip, the smaller applies): a "
     "step never moves the model much further than the first did at the same lr (models/training.py, "
@@ -293,6 +298,7 @@ class UGradSLParams(GradientParams):
         doc=_BOUND_WHEN_DOC,
     )
     retain_passes: float = _f(2.0, 1.0, 1000.0, doc=_RETAIN_PASSES_DOC)
+    long_run_passes: float = _f(0.0, 0.0, 1e6, doc=_LONG_RUN_PASSES_DOC)
     class_epochs: float = _f(0.0, 0.0, 200.0, doc=_CLASS_EPOCHS_DOC, off_if_given=("epochs",))
 
 
@@ -403,6 +409,10 @@ class UGradSLPlusParams(UGradSLParams):
     )
     train_share: float = _f(0.7, 0.0, 1.0, doc=_TRAIN_SHARE_DOC)
     pushes: float = _f(16.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
+    # Why (stop 59): a run sized per forget sample grows with the deletion, and its retain reads with it:
+    # at a quarter and a half of the training set, fewer, longer steps (the same summed lr) closed more of
+    # the gap on both tuning models at a fraction of the cost (bench/results/tune_stop59_long_run_*.md).
+    long_run_passes: float = _f(4.0, 0.0, 1e6, doc=_LONG_RUN_PASSES_DOC)
     # Why shorter for a class (stop 36): a class leaving D_r is forgotten once its samples are
     # misclassified, and the rerun doubles a run that left it recognised. On the tuning classes 0.75 epochs
     # kept the worst case of 1.5 (60k 100%, Fashion-MNIST 10k 99%, digits 99%) at about half the steps

@@ -51,6 +51,21 @@ def test_a_fully_memorised_deletion_is_pushed_pushes_times_whatever_its_size(n_f
     assert _pushes_per_sample(params, n_forget, n_retain) == pytest.approx(16, rel=0.05)
 
 
+def test_a_large_deletion_takes_fewer_longer_steps_past_long_run_passes_over_what_stays() -> None:
+    """16 pushes of half the set read D_r 32 times, as long as a retrain: past ``long_run_passes`` (4) the
+    run takes sqrt(4 / passes) of its steps at an lr raised by the inverse (the same summed lr), up to 3x;
+    a random 10% (3.6 passes) is left as it was."""
+    base = parse_params("ugradsl_plus", {"pushes": 16})
+    assert base.long_run_passes == 4
+    for n_forget, n_retain, scale in ((1500, 1500, math.sqrt(4 / 32)), (9000, 1000, 1 / 3), (1000, 9000, 1)):
+        params = sized(base, PLUS, n_forget, n_retain, distance=40.0)
+        assert params.lr == pytest.approx(base.lr / scale)
+        assert params.pushes == pytest.approx(16 * scale)
+        assert _pushes_per_sample(params, n_forget, n_retain) == pytest.approx(16 * scale, rel=0.05)
+    off = sized(dataclasses.replace(base, long_run_passes=0), PLUS, 1500, 1500, distance=40.0)
+    assert (off.lr, _pushes_per_sample(off, 1500, 1500)) == (base.lr, pytest.approx(16, rel=0.05))
+
+
 def test_the_pushes_rise_steeply_over_the_first_e_fold_and_level_off() -> None:
     """Stops 32-33's line (pushes·(1 + d)) undershot a model 0.85 e-folds out; the need saturates."""
     params = parse_params("ugradsl_plus", {})
