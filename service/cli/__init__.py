@@ -41,17 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(args.fn(get_settings(), args) or 0)
     from service.cli.client import ApiError
+    from service.cli.render import say
 
     try:
         return int(args.client_fn(args) or 0)
-    except ApiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    except ApiError as exc:  # the server's words, which may quote the client's (sample IDs, a reference)
+        say(f"error: {exc.message}", file=sys.stderr)
         return EXIT_CODES.get(exc.kind, 1)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_CODES["usage"]
     except TimeoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_CODES["failed"]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.cli.errors import UsageError
+from service.cli.render import say
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -44,7 +45,7 @@ def cmd_audit_head(client: Client, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     th = head["tree_head"]
-    print(f"wrote the signed head of {th['tree_size']} event(s), root {th['root_hash']}, to {args.output}")
+    say(f"wrote the signed head of {th['tree_size']} event(s), root {th['root_hash']}, to {args.output}")
     return 0
 
 
@@ -103,12 +104,12 @@ def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
     result = client.audit_verify()
     if not result["ok"]:
         where = f"at event seq {result['first_broken_seq']}" if result.get("first_broken_seq") else ""
-        print(f"audit log BROKEN {where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
+        say(f"audit log BROKEN {where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
         return 1
-    print(f"audit chain OK: {result['events']} event(s), head {result['head']}")
+    say(f"audit chain OK: {result['events']} event(s), head {result['head']}")
     if args.head:
         ok, why = against_kept_head(client, _kept_head(args.head), trusted_key(args.public_key))
-        print(f"audit log {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
+        say(f"audit log {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     return 0
 
@@ -123,7 +124,7 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     kept = _kept_head(args.head)
     ok, why = proofs.verify_head(kept, trusted_key(args.public_key))
     if not ok:
-        print(f"audit export NOT VERIFIED: the kept head: {why}", file=sys.stderr)
+        say(f"audit export NOT VERIFIED: the kept head: {why}", file=sys.stderr)
         return 1
     events = _exported_events(args.file)
     tenant = kept["tree_head"].get("tenant")
@@ -132,7 +133,7 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
         raise UsageError(f"the head belongs to tenant {tenant}; the export holds only tenant(s) {tenants}")
     seqs = [e.get("seq") for e in events[: int(kept["tree_head"]["tree_size"])]]
     if seqs != list(range(1, len(seqs) + 1)):
-        print(
+        say(
             "audit export TAMPERED or partial: its events are not seq 1, 2, 3, ... in order (events removed "
             "or reordered, or an export filtered by --since, --until or --model: export the whole log)",
             file=sys.stderr,
@@ -144,7 +145,7 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     newer = len(events) - int(kept["tree_head"]["tree_size"])
     if ok and newer > 0:
         why += f"; the {newer} later event(s) are not covered by this head"
-    print(f"audit export {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
+    say(f"audit export {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 

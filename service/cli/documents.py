@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from service.cli.audit_log import certificate_evidence, trusted_key
 from service.cli.errors import UsageError
+from service.cli.render import say
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -35,7 +36,7 @@ def cmd_certificate(client: Client, args: argparse.Namespace) -> int:
     signed = client.certificate(args.request_id)
     _write_output(args.output, json.dumps(signed, indent=2, ensure_ascii=False) + "\n")
     if args.output != "-":
-        print(f"wrote the signed certificate of request {args.request_id} to {args.output}")
+        say(f"wrote the signed certificate of request {args.request_id} to {args.output}")
     return 0
 
 
@@ -43,7 +44,7 @@ def cmd_public_key(client: Client, args: argparse.Namespace) -> int:
     key = client.public_key()
     _write_output(args.output, key["pem"])
     if args.output != "-":
-        print(f"wrote the service's {key['algorithm']} public key to {args.output}")
+        say(f"wrote the service's {key['algorithm']} public key to {args.output}")
     return 0
 
 
@@ -64,7 +65,7 @@ def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
     with open(args.output, newline="") as fh:
         rows = sum(1 for _ in (csv.reader(fh) if args.format == "csv" else fh))
     events = max(rows - 1, 0) if args.format == "csv" else rows
-    print(f"wrote {events} audit event(s) ({size} bytes, {args.format}) to {args.output}")
+    say(f"wrote {events} audit event(s) ({size} bytes, {args.format}) to {args.output}")
     return 0
 
 
@@ -92,37 +93,37 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        print(f"certificate INVALID: {args.file} is not JSON ({exc})", file=sys.stderr)
+        say(f"certificate INVALID: {args.file} is not JSON ({exc})", file=sys.stderr)
         return 1
     trusted = trusted_key(args.public_key)
     if not isinstance(signed, dict):
-        print("certificate INVALID: malformed certificate: not a JSON object", file=sys.stderr)
+        say("certificate INVALID: malformed certificate: not a JSON object", file=sys.stderr)
         return 1
     ok, reason = verify_document(signed, trusted)
     if ok:
         ok, evidence = certificate_evidence(signed, trusted)
         reason = f"audit evidence: {evidence}"
     if not ok:
-        print(f"certificate INVALID: {reason}", file=sys.stderr)
+        say(f"certificate INVALID: {reason}", file=sys.stderr)
         return 1
     cert = signed["certificate"]
     if args.subjects is not None:
         ok, reason = _subjects_match(cert, args.subjects)
         if not ok:
-            print(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
+            say(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
             return 1
     before, after = cert.get("version_before") or {}, cert.get("version_after") or {}
     of = f" ({cert['subject_count']} subject(s))" if cert.get("subject_count") else ""
-    print(
+    say(
         f"certificate valid: request {cert.get('request_id')} ({cert.get('reference') or 'no reference'}), "
         f"{cert.get('sample_count')} sample(s){of} forgotten by {cert.get('model')} "
         f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
     )
-    print(f"audit log: {evidence}")
+    say(f"audit log: {evidence}")
     if args.subjects is not None:
-        print(f"subjects: {reason}")
+        say(f"subjects: {reason}")
     if trusted is None:
-        print(
+        say(
             "certificate NOT VERIFIED: only its self-consistency was checked (against the key embedded in "
             "it, which anyone can make); pass --public-key with the service's PEM (`unlearn public-key -o "
             "key.pem`) to check who signed it",

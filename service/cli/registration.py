@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from service.cli.errors import UsageError, read_user_file
-from service.cli.render import console, datasets_table, models_table
+from service.cli.render import console, datasets_table, models_table, say
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,7 +130,7 @@ def cmd_datasets(client: Client, args: argparse.Namespace) -> int:
     else:
         console().print(datasets_table(client.datasets()))
         return 0
-    print(
+    say(
         f"dataset {ds['id']} {ds['name']!r} ({ds['kind']}): {ds['num_samples']} samples, "
         f"sha256 {ds.get('sha256') or '-'}"
     )
@@ -170,7 +170,7 @@ def model_spec(client: Client, args: argparse.Namespace) -> dict[str, Any]:
 def cmd_register_model(client: Client, args: argparse.Namespace) -> int:
     spec = model_spec(client, args)
     model = upload(client, args.checkpoint, "/v1/models", "checkpoint", {"spec": json.dumps(spec)})
-    print(f"model {model['name']!r} registered ({model['status']}): a worker now loads and scores v1")
+    say(f"model {model['name']!r} registered ({model['status']}): a worker now loads and scores v1")
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout
@@ -181,6 +181,6 @@ def cmd_register_model(client: Client, args: argparse.Namespace) -> int:
         model = client.get(f"/v1/models/{model['name']}")
     console().print(models_table([model]))
     if model["status"] != "ready":
-        print(f"model {model['name']!r} is {model['status']}: {model.get('status_detail')}")
+        say(f"model {model['name']!r} is {model['status']}: {model.get('status_detail')}")
         return 1
     return 0

@@ -7,6 +7,7 @@ rich is imported inside each function, never at module level, so commands that p
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -27,13 +28,39 @@ METRIC_ROWS = (
 )
 
 
-def console(stderr: bool = False) -> Console:
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on written as its escape (``\\x1b``), line
+    breaks and tabs kept. What the client prints comes from other people: a request's ``reference``, an
+    error naming sample IDs, a certificate handed to an auditor. A probe's reference cleared the screen and
+    retitled the terminal of whoever listed the requests."""
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+
+
+def say(*parts: object, **kwargs: Any) -> None:
+    """``print``, each part made ``printable``: the client verbs' plain lines carry other people's text."""
+    print(*(printable(str(p)) for p in parts), **kwargs)
+
+
+@functools.cache
+def _console_class() -> type[Console]:
     from rich.console import Console
 
+    class PlainConsole(Console):
+        """Every string it prints, a table's cells included, made ``printable``."""
+
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(printable(text), **kwargs)
+
+    return PlainConsole
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console that reads no markup (a reference of ``[bold red]x[/]`` printed as ``x``, restyled)
+    and prints every string ``printable``."""
     stream = sys.stderr if stderr else sys.stdout
     # A pipe or a log file has no width: print whole rows (hashes, ids) rather than rich's default 80.
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(stderr=stderr, highlight=False, width=width)
+    return _console_class()(stderr=stderr, highlight=False, markup=False, width=width)
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -66,6 +93,7 @@ def metrics_table(
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="jobs (newest first)", title_justify="left")
     for col, justify in (
@@ -93,7 +121,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         table.add_row(
             short(j["id"]),
             j["model"],
-            f"[{colour.get(j['state'], 'white')}]{j['state']}[/]",
+            Text(printable(j["state"]), style=colour.get(j["state"], "white")),
             j["phase"],
             f"{j['progress'] * 100:.0f}%",
             j["method"],

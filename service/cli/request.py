@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from service.cli.errors import UsageError, read_user_file
-from service.cli.render import console, metrics_table, short
+from service.cli.render import console, metrics_table, say, short
 from service.core.states import RequestState
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def cmd_request(client: Client, args: argparse.Namespace) -> int:
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
     of = f" of {len(req['subject_ids'])} subject(s)" if req.get("subject_ids") else ""
     why = " (mislabeled)" if req.get("reason") == "mislabeled" else ""
-    print(
+    say(
         f"request {req['id']} accepted: {req['sample_count']} sample(s){of}{why} for {req['model']}{note}; "
         f"state {req['state']}",
         flush=True,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from service.cli.render import console, jobs_table, models_table, requests_table, versions_table
+from service.cli.render import console, jobs_table, models_table, requests_table, say, versions_table
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -35,10 +35,10 @@ def client_verb(fn: Callable[[Client, argparse.Namespace], int]) -> Callable[[ar
 def cmd_keys_api(client: Client, args: argparse.Namespace) -> int:
     if args.action == "create":
         key = client.create_key(args.scopes, args.name, args.tenant)
-        print(f"{key['key']}\nid={key['id']} tenant={key['tenant']} scopes={','.join(key['scopes'])}")
+        say(f"{key['key']}\nid={key['id']} tenant={key['tenant']} scopes={','.join(key['scopes'])}")
     else:
         client.revoke_key(args.id)
-        print(f"revoked {args.id}")
+        say(f"revoked {args.id}")
     return 0
 
 

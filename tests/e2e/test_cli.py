@@ -323,6 +323,28 @@ def test_unknown_sample_ids_are_named_in_one_line(cli: Cli, tmp_path: Path) -> N
     assert "digits-9999" in one_error_line(result)
 
 
+EVIL = "t-1\x1b[2J\x1b]0;pwned\x07 [bold red]markup[/]"
+
+
+def test_other_peoples_text_is_printed_escaped_and_without_markup(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """A probe's reference cleared the screen and retitled the terminal of whoever listed the requests,
+    and its rich markup was read as styling: what the client prints from the server is shown as text."""
+    with cli.stack.client() as c:  # samples already forgotten: accepted, no new job
+        r = c.post("/v1/models/digits/deletion-requests", json={"sample_ids": IDS[:1], "reference": EVIL})
+        assert r.status_code == 202, r.text
+    listed = cli.run("requests", "--reference", EVIL)
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+    assert "t-1\\x1b[2J\\x1b]0;pwned\\x07 [bold red]markup[/]" in listed.stdout
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps([EVIL]))  # an unknown sample ID, which the 422 quotes back
+    refused = cli.run("request", "digits", "--ids-file", str(ids))
+    assert refused.returncode == 6 and "\x1b" not in refused.stderr
+    assert "t-1\\x1b[2J" in one_error_line(refused)
+
+
 def test_missing_ids_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     result = cli.run("request", "digits", "--ids-file", str(tmp_path / "absent.txt"))
     assert result.returncode == 2
