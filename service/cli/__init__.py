@@ -17,6 +17,7 @@ holds only `main`, the console script's entry point (`service.cli:main`).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -37,9 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = f"`{args.command}`{hint}"
             print(f"error: --url and --api-key are for the client commands, not {command}", file=sys.stderr)
             return EXIT_CODES["usage"]
-        from service.core.settings import get_settings
-
-        return int(args.fn(get_settings(), args) or 0)
+        return _server_verb(args)
     from service.cli.client import ApiError
     from service.cli.render import say
 
@@ -57,3 +56,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _server_verb(args: argparse.Namespace) -> int:
+    """A server verb, on the settings the environment gives: a setting it cannot read, or a folder it
+    cannot make, is one line naming it and exit 2, not a traceback (a probe's PORT=abc)."""
+    from pydantic import ValidationError
+
+    from service.core.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            print(f"error: setting {name}={error.get('input')!r}: {error['msg']}", file=sys.stderr)
+        return EXIT_CODES["usage"]
+    try:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        said = exc.strerror or exc
+        print(f"error: cannot make UNLEARN_VAR_DIR {settings.var_dir}: {said}", file=sys.stderr)
+        return EXIT_CODES["usage"]
+    return int(args.fn(settings, args) or 0)

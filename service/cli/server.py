@@ -198,6 +198,7 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -222,6 +223,10 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
     except (OperationalError, InterfaceError) as exc:  # a statement the schema refused: no outage (a review)
         print(f"error: {args.action} of the database {where} failed: {_driver_said(exc)}", file=sys.stderr)
+        return EXIT_CODES["failed"]
+    except CommandError as exc:  # check: "Target database is not up to date."
+        hint = " (run `unlearn db upgrade`)" if "not up to date" in str(exc) else ""
+        print(f"error: {args.action} of the database {where}: {exc}{hint}", file=sys.stderr)
         return EXIT_CODES["failed"]
     # Silence read as "did anything happen?" to an operator running the migration step by hand.
     print(f"{where}: {'schema up to date' if args.action == 'upgrade' else 'schema matches the tables'}")

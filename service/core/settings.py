@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(None, validation_alias=AliasChoices("UNLEARN_STORAGE_DIR"))
     queue_name: str = Field("unlearn", validation_alias=AliasChoices("UNLEARN_QUEUE"))
     host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
-    port: int = Field(8000, validation_alias=_env("PORT"))
+    # 0 is refused too: the OS would pick a port the service never names (it announces the one it asked for)
+    port: int = Field(8000, ge=1, le=65535, validation_alias=_env("PORT"))
 
     # Worker behaviour.
     device: str = Field("auto", validation_alias=AliasChoices("UNLEARN_DEVICE"))
@@ -159,6 +160,9 @@ class Settings(BaseSettings):
         for bare in ("postgres://", "postgresql://"):
             if value and value.startswith(bare):
                 return "postgresql+psycopg://" + value.removeprefix(bare)
+        if value and not value.startswith(("sqlite:", "postgresql+")):  # a NoSuchModuleError at first use
+            scheme = value.split(":", 1)[0]
+            raise ValueError(f"the service runs on PostgreSQL (postgresql://...) or SQLite, not {scheme!r}")
         return value
 
     @field_validator("webhook_allowed_hosts", mode="after")

@@ -552,6 +552,41 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
     assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"PORT": "abc"}, "error: setting UNLEARN_PORT='abc': Input should be a valid integer"),
+        (
+            {"PORT": "99999"},
+            "error: setting UNLEARN_PORT='99999': Input should be less than or equal to 65535",
+        ),
+        ({"PORT": "0"}, "error: setting UNLEARN_PORT='0': Input should be greater than or equal to 1"),
+        ({"UNLEARN_WRITE_RATE_PER_KEY": "x"}, "error: setting UNLEARN_WRITE_RATE_PER_KEY='x': "),
+        ({"DATABASE_URL": "bogus://x"}, "PostgreSQL (postgresql://...) or SQLite, not 'bogus'"),
+        ({"UNLEARN_VAR_DIR": "/proc/no-such/var"}, "error: cannot make UNLEARN_VAR_DIR /proc/no-such/var: "),
+    ],
+)
+def test_a_setting_the_server_verbs_cannot_use_is_one_line_and_exit_2(
+    tmp_path: Path, setting: dict[str, str], says: str
+) -> None:
+    """Each was a traceback; PORT=99999 served on 34463 while announcing 99999 (a probe)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env |= {"UNLEARN_VAR_DIR": str(tmp_path / "var"), **setting}
+    result = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert says in line
+
+
+def test_db_check_on_a_schema_behind_says_to_upgrade(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env["UNLEARN_VAR_DIR"] = str(tmp_path / "var")
+    result = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith("Target database is not up to date. (run `unlearn db upgrade`)")
+
+
 def test_db_upgrade_on_a_database_it_cannot_reach_is_one_line_and_exit_3(tmp_path: Path) -> None:
     """It was a 118-line traceback for a database not yet created; and `postgres://` (libpq's form) was a
     NoSuchModuleError. Nothing listens on port 9 here: the connection is refused."""
