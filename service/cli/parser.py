@@ -7,6 +7,7 @@ Building the parser imports the verb modules, which import nothing heavy until a
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,18 @@ SCOPE_NAMES = ("deletion:write", "jobs:read", "audit:read", "admin")
 # The dataset kinds of POST /v1/datasets/upload and POST /v1/datasets (service.api), spelled out likewise.
 UPLOAD_KIND_NAMES = ("npz", "webdataset", "jsonl", "text_csv")
 REGISTER_KIND_NAMES = ("npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv")
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds: a negative --timeout was taken, and the request sent before
+    the wait gave up at once; nan never timed out (a probe)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite number of seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="API key (prefer env UNLEARN_API_KEY; else, for a local server, $UNLEARN_VAR_DIR/admin.key)",
     )
-    conn.add_argument("--http-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    conn.add_argument("--http-timeout", type=seconds, default=30.0, help=argparse.SUPPRESS)
 
     keys = sub.add_parser(
         "keys", help="create or revoke API keys (in the configured database, or --api through a server)"
@@ -152,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--method", help="default unlearning method (server default: ugradsl_plus)")
     mr.add_argument("--params", help="the method's params, JSON object")
     mr.add_argument("--wait", action="store_true", help="wait until a worker has validated it")
-    mr.add_argument("--timeout", type=float, default=600, help="give up waiting after this many seconds")
-    mr.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    mr.add_argument("--timeout", type=seconds, default=600, help="give up waiting after this many seconds")
+    mr.add_argument("--interval", type=seconds, default=1.0, help=argparse.SUPPRESS)
 
     rq = client_parser("request", cmd_request, help="ask a model to forget training samples or data subjects")
     rq.add_argument("model")
@@ -177,15 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
     )
-    rq.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
-    rq.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    rq.add_argument("--timeout", type=seconds, default=3600, help="give up waiting after this many seconds")
+    rq.add_argument("--interval", type=seconds, default=0.5, help=argparse.SUPPRESS)
 
     jb = client_parser("jobs", cmd_jobs, help="list jobs with state and progress")
     jb.add_argument("--model")
     jb.add_argument("--state", choices=[s.value for s in JobState])
     jb.add_argument("--limit", type=int, default=20)
     jb.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
-    jb.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    jb.add_argument("--interval", type=seconds, default=1.0, help=argparse.SUPPRESS)
 
     vs = client_parser("versions", cmd_versions, help="a model's version line with metrics and hashes")
     vs.add_argument("model")

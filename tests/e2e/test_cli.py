@@ -656,6 +656,20 @@ def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:
     assert parse(["models"]).url is None and parse(["models"]).api_key is None
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_a_wait_that_is_not_a_positive_finite_time_is_refused_before_anything_is_sent(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--timeout -1` registered the model, then gave up at once as a usage error; nan never timed out."""
+    from service.cli.parser import build_parser
+
+    for argv in (["request", "m", "--ids-file", "f", "--wait"], ["models", "register", "--wait"]):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args([*argv, "--timeout", value])
+        assert refused.value.code == 2 and "--timeout" in capsys.readouterr().err
+    assert build_parser().parse_args(["request", "m", "--timeout", "2.5"]).timeout == 2.5
+
+
 def test_a_server_command_refuses_the_client_connection_flags(capsys: pytest.CaptureFixture[str]) -> None:
     """Read before any command, they were silently ignored by the ones that start the service."""
     from service.cli import main
