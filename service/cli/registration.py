@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -65,7 +66,9 @@ def upload(
             raise UsageError(f"no file at {file}")
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     total = sum(file.stat().st_size for file in parts.values())
-    with Progress(*columns, console=console(stderr=True), transient=True) as progress:
+    # Only on a terminal: piped, the bar it clears was a blank line before the one-line error (a probe)
+    shown = console(stderr=True)
+    with Progress(*columns, console=shown, transient=True, disable=not shown.is_terminal) as progress:
         task = progress.add_task(f"uploading {parts[field].name}", total=total)
 
         def advance(n: int) -> None:
@@ -180,7 +183,10 @@ def cmd_register_model(client: Client, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
         model = client.get(f"/v1/models/{model['name']}")
     console().print(models_table([model]))
-    if model["status"] != "ready":
-        say(f"model {model['name']!r} is {model['status']}: {model.get('status_detail')}")
+    if model["status"] != "ready":  # an error, where errors go: it had gone to stdout, stderr empty
+        say(
+            f"error: model {model['name']!r} is {model['status']}: {model.get('status_detail')}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -524,6 +524,14 @@ def test_a_tokenizer_with_an_image_file_and_an_unknown_suffix_are_usage_errors(
         assert all(d["name"] != "cli-no" for d in c.get("/v1/datasets").json())  # nothing was sent
 
 
+def test_a_refused_upload_is_its_one_error_line_and_nothing_before_it(cli: Cli) -> None:
+    """Piped, the upload's cleared progress bar had left a blank line above the error."""
+    npz = cli.stack.var_dir / "datasets" / "digits-train.npz"
+    refused = cli.run("datasets", "upload", str(npz), "--name", "bad name!")
+    assert refused.returncode == 6
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, repr(refused.stderr)
+
+
 def test_the_cli_knows_the_same_dataset_kinds_as_the_server() -> None:
     from typing import get_args, get_type_hints
 
