@@ -190,19 +190,38 @@ def _model(session: Session, m: Model, action: str, actor: str, data: dict[str, 
     return _on(session, m, "model", action, actor, data, model_id=m.id)
 
 
+# What decides how a model's deletions are run and judged: its registration records them all, and each
+# change records what it changed, so an audit of the export alone tells which applied to a job (a probe
+# found only the datasets and the checkpoint there).
+POLICY_FIELDS = (
+    "default_method",
+    "default_params",
+    "fallback_methods",
+    "gates",
+    "train_recipe",
+    "time_limit_seconds",
+    "retrain_above_share",
+)
+
+
 def model_registered(session: Session, m: Model, *, checkpoint_sha256: str, actor: str) -> AuditEvent:
     data = {
         "name": m.name,
         "architecture": m.architecture,
+        "arch_kwargs": m.arch_kwargs,
+        "num_classes": m.num_classes,
         "version": "v1",
         "checkpoint_sha256": checkpoint_sha256,
         "train_dataset": m.train_dataset_id,
         "test_dataset": m.test_dataset_id,
+        "heldout_dataset": m.heldout_dataset_id,
+        "policy": {f: getattr(m, f) for f in POLICY_FIELDS},  # the gates a spec left out included
     }
     return _model(session, m, "registered", actor, data)
 
 
 def model_updated(session: Session, m: Model, *, changes: dict[str, Any], actor: str) -> AuditEvent:
+    """``changes``: each field that changed, ``{"from": ..., "to": ...}``."""
     return _model(session, m, "updated", actor, changes)
 
 

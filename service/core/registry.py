@@ -200,17 +200,6 @@ def _merged(current: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, 
     return {k: v for k, v in merged.items() if v is not None}
 
 
-POLICY_FIELDS = (
-    "default_method",
-    "default_params",
-    "fallback_methods",
-    "gates",
-    "train_recipe",
-    "time_limit_seconds",
-    "retrain_above_share",
-)
-
-
 def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor: str) -> None:
     """An admin's change of method, params, fallback chain, gates or retrain recipe (`changes` holds only
     the fields sent); it applies to jobs that start afterwards. `gates` and `default_params` are merged
@@ -218,7 +207,7 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
     out stay), so tightening one gate does not silently drop the others. A new method starts from that
     method's defaults plus the params sent, rather than inheriting another method's params."""
     require_finite(changes)
-    before = {f: copy.deepcopy(getattr(m, f)) for f in POLICY_FIELDS}
+    before = {f: copy.deepcopy(getattr(m, f)) for f in events.POLICY_FIELDS}
     method = changes.get("default_method") or m.default_method
     same_method = method == m.default_method
     params = _merged(m.default_params if same_method else {}, changes.get("default_params"))
@@ -237,5 +226,9 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         m.time_limit_seconds = changes["time_limit_seconds"]
     if "retrain_above_share" in changes:  # null: never
         m.retrain_above_share = changes["retrain_above_share"]
-    if any(getattr(m, f) != before[f] for f in POLICY_FIELDS):  # a PATCH that changed nothing is no event
-        events.model_updated(session, m, changes=changes, actor=actor)
+    # what changed, from what to what (the body sent had been recorded: a new method's params it dropped
+    # were not); a PATCH that changed nothing is no event
+    after = {f: copy.deepcopy(getattr(m, f)) for f in events.POLICY_FIELDS}
+    changed = {f: {"from": before[f], "to": after[f]} for f in events.POLICY_FIELDS if after[f] != before[f]}
+    if changed:
+        events.model_updated(session, m, changes=changed, actor=actor)

@@ -538,6 +538,27 @@ def test_a_patch_that_changes_nothing_is_not_audited_as_a_change(api: Api) -> No
     assert updates() == 1
 
 
+def test_a_policy_change_is_audited_as_what_changed_from_what_to_what(api: Api) -> None:
+    """The event held the body sent: a new method's params, which the change dropped, were in no event
+    (a probe), so an audit of the export could not tell which params a job ran with."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    url, h = "/v1/models/toy", api.auth(admin)
+    assert api.client.patch(url, json={"default_params": {"epochs": 1}}, headers=h).status_code == 200
+    before = api.client.get(url, headers=h).json()
+    assert api.client.patch(url, json={"default_method": "finetune"}, headers=h).status_code == 200
+    with session_scope(api.url) as s:
+        last = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "model.updated").order_by(AuditEvent.id.desc())
+        ).first()
+        assert last is not None
+        assert last.data == {
+            "default_method": {"from": before["default_method"], "to": "finetune"},
+            "default_params": {"from": before["default_params"], "to": {}},
+        }
+    assert before["default_params"] == {"epochs": 1}
+
+
 def test_a_models_retrain_above_share_is_set_bounded_and_cleared(api: Api) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))

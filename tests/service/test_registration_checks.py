@@ -216,6 +216,22 @@ def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_on
         r = api.register(**spec)
         assert r.status_code == 202, r.text
         assert r.json()["gates"] == gates, spec["name"]
+    # the audit log holds the policy the model was registered with, the gates the service chose included
+    from service.core.db.tables import AuditEvent
+
+    with session_scope(api.url) as s:
+        registered = {
+            e.data["name"]: e.data
+            for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "model.registered"))
+        }
+    big = api.client.get("/v1/models/big").json()
+    assert registered["big"]["policy"] == {
+        f: big[f]
+        for f in ("default_method", "default_params", "fallback_methods", "gates", "train_recipe")
+        + ("time_limit_seconds", "retrain_above_share")
+    }
+    assert registered["big"]["policy"]["gates"] == guards and registered["bare"]["policy"]["gates"] == {}
+    assert registered["whole"]["heldout_dataset"] == ds["heldout"]
 
 
 def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api) -> None:
