@@ -180,14 +180,18 @@ NAME_CHARS = 100  # Model.name's column
 
 def retire_invalid(session: Session, tenant: str, name: str, actor: str) -> Model | None:
     """Free a name held by an `invalid` model of the tenant, so a corrected registration can take it: the
-    invalid one is renamed `<name>.invalid-<its id>` (audited), its record and upload kept. Such a model
+    invalid one is renamed `<name>.invalid-<its id's first 8 characters>` (audited; the whole id where a
+    model already has that name: a probe's registration got a 409 naming the name it asked for), its
+    record and upload kept. Such a model
     never accepted a request, and a registration mistake used the name up for good. Returns it, or None
     when the name is free or held by a model that is not invalid."""
     held = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
     if held is None or held.status != ModelStatus.INVALID:
         return None
-    suffix = f".invalid-{held.id[:8]}"
-    renamed = name[: NAME_CHARS - len(suffix)] + suffix
+    for suffix in (f".invalid-{held.id[:8]}", f".invalid-{held.id}"):  # the short one may be a name in use
+        renamed = name[: NAME_CHARS - len(suffix)] + suffix
+        if session.scalar(select(Model.id).where(Model.tenant == tenant, Model.name == renamed)) is None:
+            break
     events.model_updated(session, held, changes={"name": {"from": name, "to": renamed}}, actor=actor)
     held.name = renamed
     session.flush()  # before the new model takes the name (a unique index)

@@ -257,6 +257,14 @@ def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api
         renames = [e.data for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "model.updated"))]
     assert {"name": {"from": "wine", "to": retired}} in renames
     assert api.register(name="wine").status_code == 409  # the new one is not invalid
+    # where a model already has the short name, the whole id is used: it was a 409 naming "wine" (a probe)
+    with session_scope(api.url) as s:
+        invalid = s.scalars(select(Model).where(Model.name == "wine")).one()
+        invalid.status, second_id = ModelStatus.INVALID, invalid.id
+    assert api.register(name=f"wine.invalid-{second_id[:8]}").status_code == 202
+    third = api.register(name="wine")
+    assert third.status_code == 202, third.text
+    assert api.client.get(f"/v1/models/wine.invalid-{second_id}").json()["status"] == "invalid"
 
 
 def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
