@@ -101,14 +101,17 @@ def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None)
 
 
 def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
+    # the local files first: one that is not there had followed the server's "audit chain OK"
+    kept = _kept_head(args.head) if args.head else None
+    trusted = trusted_key(args.public_key) if args.head else None
     result = client.audit_verify()
     if not result["ok"]:
         where = f"at event seq {result['first_broken_seq']}" if result.get("first_broken_seq") else ""
         say(f"audit log BROKEN {where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
         return 1
     say(f"audit chain OK: {result['events']} event(s), head {result['head']}")
-    if args.head:
-        ok, why = against_kept_head(client, _kept_head(args.head), trusted_key(args.public_key))
+    if kept is not None:
+        ok, why = against_kept_head(client, kept, trusted)
         say(f"audit log {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     return 0

@@ -221,6 +221,9 @@ def test_a_kept_tree_head_proves_the_log_still_extends_it(
         bad.returncode == 1
         and "TAMPERED: the kept head: signature does not match the tree head" in bad.stderr
     )
+    missing = cli.run("audit", "verify", "--head", str(tmp_path / "absent.json"))
+    assert missing.returncode == 2 and missing.stdout == ""  # not "audit chain OK" first (a probe)
+    assert "cannot read" in one_error_line(missing)
 
 
 def test_an_exported_log_is_checked_against_a_kept_head_offline(
