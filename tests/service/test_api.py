@@ -817,6 +817,14 @@ def test_a_batch_with_an_idempotency_key_header_is_a_422_pointing_at_the_items_k
     )
     assert r.status_code == 422 and "give each item its own idempotency_key" in r.json()["detail"], r.text
     assert api.counts() == before
+    long = api.client.post(  # a long one is told the same, and the schema does not offer the header
+        "/v1/models/toy/deletion-requests/batch",
+        json={"requests": [{"sample_ids": ["toy-0001"]}]},
+        headers={**api.auth(), "Idempotency-Key": "k" * 300},
+    )
+    assert long.status_code == 422 and "give each item its own" in long.json()["detail"], long.text
+    batch = api.client.get("/openapi.json").json()["paths"]["/v1/models/{model}/deletion-requests/batch"]
+    assert all(p["name"].lower() != "idempotency-key" for p in batch["post"].get("parameters", []))
 
 
 def test_readyz_is_503_until_a_worker_beats_and_again_once_they_all_fall_silent(api: Api) -> None:
