@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE, MAX_OVERFLOW = 16, 16
 RECYCLE_SECONDS = 1800
+CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
@@ -50,6 +51,9 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     # request beyond the pool (PostgreSQL forks a backend for each) cost more CPU than the query itself.
     if not pre_ping:
         kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
+    # A server that does not answer (a partition, a failover in progress) fails a connect in seconds
+    # rather than the OS's minutes of SYN retries, which held a job's outage check and a request's worker
+    kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
     return create_engine(
         url, pool_pre_ping=pre_ping, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, **kwargs
     )
