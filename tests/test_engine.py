@@ -22,3 +22,28 @@ def test_a_postgresql_connect_gives_up_after_a_bounded_wait() -> None:
             assert dbapi.info.get_parameters()["connect_timeout"] == str(CONNECT_TIMEOUT_S)
     finally:
         engine.dispose()
+
+
+def test_an_api_connection_that_died_while_idle_is_replaced_before_a_request_fails_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API's pool pings no connection on every checkout (a round trip per request); one whose server
+    end was dropped while it sat idle (a restart, a failover) had failed the next request with a 503."""
+    import psycopg
+
+    from service.core.db import engine as engines
+
+    reason = services_available()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(engines, "IDLE_PING_S", 0.0)  # every connection that was checked in counts as idle
+    engine = make_engine(PG_ADMIN_URL, pre_ping=False)
+    try:
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        with engine.connect() as conn:  # the same pooled connection, dead: replaced, not raised
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    finally:
+        engine.dispose()

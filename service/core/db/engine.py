@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 POOL_SIZE, MAX_OVERFLOW = 16, 16
@@ -21,10 +22,11 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
 
     `pre_ping` (PostgreSQL): test each pooled connection with a round trip when it is checked out. Workers
     keep it (a long job must not fail on a connection that died while idle). The API turns it off: the
-    ping was a round trip per request (6% of a worker's time under load), and a connection that died
-    (the database restarted) fails its request with a 503 the client retries, while SQLAlchemy discards
-    the whole pool on that disconnect, so the next requests get fresh connections. `pool_recycle` then
-    replaces connections before idle timeouts in between (firewalls, proxies) can cut them.
+    ping was a round trip per request (6% of a worker's time under load). It pings only a connection that
+    sat idle a second or more (`_ping_after_idle`), which is where a restart leaves dead ones; one that
+    dies under load fails its request with a 503 the client retries, while SQLAlchemy discards the whole
+    pool on that disconnect, so the next requests get fresh connections. `pool_recycle` then replaces
+    connections before idle timeouts in between (firewalls, proxies) can cut them.
 
     The embedded stack has two processes (API, worker) writing one SQLite file. BEGIN IMMEDIATE makes every
     transaction take the write lock up front, so read-then-write sequences (the audit chain's last hash, a
@@ -49,14 +51,43 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
         return engine
     # Enough pooled connections for the requests one API process serves at once: a connection opened per
     # request beyond the pool (PostgreSQL forks a backend for each) cost more CPU than the query itself.
-    if not pre_ping:
-        kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
     # A server that does not answer (a partition, a failover in progress) fails a connect in seconds
     # rather than the OS's minutes of SYN retries, which held a job's outage check and a request's worker
     kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
-    return create_engine(
+    if not pre_ping:
+        kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
+    engine = create_engine(
         url, pool_pre_ping=pre_ping, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, **kwargs
     )
+    if not pre_ping:
+        _ping_after_idle(engine)
+    return engine
+
+
+IDLE_PING_S = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat idle at least ``IDLE_PING_S``: under load a
+    connection is handed on within milliseconds and never pinged (the round trip per request that
+    ``pool_pre_ping`` cost), while one that waited through a database restart or a failover is found dead
+    and replaced before a request fails on it. Without it, a client polling every few seconds after an
+    outage met a 503 per dead connection (a probe saw two in a row). Raising DisconnectionError at
+    checkout makes the pool discard the connection and hand out a fresh one."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure to answer: a fresh connection instead
+            raise DisconnectionError(f"an idle pooled connection did not answer: {exc}") from exc
 
 
 def engine_for(url: str, *, pre_ping: bool = True) -> Engine:
