@@ -109,12 +109,14 @@ def over_the_limit(limit: int | None) -> str:
 
 
 def unreadable_json(cause: BaseException | None) -> str | None:
-    """Why a body FastAPI could not parse, for the two ways a JSON body fails other than its syntax (which
+    """Why a body FastAPI could not parse, for the ways a JSON body fails other than its syntax (which
     is a validation error with its own message); None for anything else."""
     if isinstance(cause, UnicodeDecodeError):
         return f"it is not UTF-8 ({cause.reason} at byte {cause.start})"
     if isinstance(cause, RecursionError):
         return "it nests arrays or objects too deeply"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):  # a probe's 5,000 9s
+        return "it holds a number of more than 4,300 digits"
     return None
 
 

@@ -656,6 +656,10 @@ def test_a_json_body_sent_as_another_content_type_is_a_422_that_names_the_header
             "the body is not valid JSON: it is not UTF-8 (invalid start byte at byte 17)",
         ),
         (b"[" * 5000 + b"]" * 5000, "the body is not valid JSON: it nests arrays or objects too deeply"),
+        (
+            b'{"sample_ids": ["toy-0001"], "reference": ' + b"9" * 5000 + b"}",
+            "the body is not valid JSON: it holds a number of more than 4,300 digits",
+        ),
     ],
 )
 def test_a_body_that_is_not_utf8_or_nests_too_deeply_is_a_422_saying_which(
