@@ -105,11 +105,12 @@ def index_shards(uri: str | Path, *, one_image: bool = False) -> ShardIndex:
                     first = sample.get("image")
                     if isinstance(first, Member) and one_image:
                         raise ShardError(
-                            f"{path.name}: sample {key!r} has two images (.{first.ext} and {info.name}); "
-                            "a sample holds one image member"
+                            f"{path.name}: sample {key!r} has two images ({sample['image_name']} and "
+                            f"{info.name}); a sample holds one image member"
                         )
                     if first is None:
                         sample["image"] = Member(number, info.offset_data, info.size, ext)
+                        sample["image_name"] = info.name  # for the message above ('.png and a.jpg')
                 elif ext in (LABEL_EXTENSION, SUBJECT_EXTENSION):
                     sample[ext] = _small_text(tar, info, path, key)
         for key, sample in pending.items():  # a sample's files are adjacent: it ends with its shard
