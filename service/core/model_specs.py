@@ -143,14 +143,15 @@ def check_architecture(
         )
 
 
-def check_time_limit(seconds: int | None, service_limit_s: float) -> None:
-    """A model may ask for a shorter job time limit than the service's, never a longer one."""
+def check_time_limit(seconds: int | None, service_limit_s: float, *, where: str = "spec") -> None:
+    """A model may ask for a shorter job time limit than the service's, never a longer one. `where`: the
+    part of the request that holds it (a registration's `spec`, a PATCH's `body`)."""
     if seconds is not None and seconds > service_limit_s:
         raise Unprocessable(
             f"time_limit_seconds {seconds} exceeds this service's limit of {service_limit_s:.0f} s",
             errors=[
                 {
-                    "loc": ["body", "time_limit_seconds"],
+                    "loc": [where, "time_limit_seconds"],
                     "msg": "above the service limit",
                     "type": "value_error",
                 }

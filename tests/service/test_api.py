@@ -457,6 +457,7 @@ def test_a_models_job_time_limit_is_set_cleared_and_bounded_by_the_service(api: 
     assert r.status_code == 200 and r.json()["time_limit_seconds"] == 600
     over = api.client.patch(url, json={"time_limit_seconds": 10**9}, headers=h)
     assert over.status_code == 422 and "exceeds this service's limit" in over.json()["detail"]
+    assert over.json()["errors"][0]["loc"] == ["body", "time_limit_seconds"]
     assert api.client.patch(url, json={"time_limit_seconds": 0}, headers=h).status_code == 422
     assert api.client.patch(url, json={"time_limit_seconds": 60.5}, headers=h).status_code == 422
     assert api.client.get(url, headers=h).json()["time_limit_seconds"] == 600  # refusals changed nothing

@@ -267,6 +267,13 @@ def test_an_invalid_models_name_is_given_up_to_a_corrected_registration(api: Api
     assert api.client.get(f"/v1/models/wine.invalid-{second_id}").json()["status"] == "invalid"
 
 
+def test_a_registrations_time_limit_above_the_services_is_refused_at_its_spec_field(api: Api) -> None:
+    """Every other spec error is located in `spec`; this one said `body` (a probe)."""
+    r = api.register(time_limit_seconds=10**9)
+    assert r.status_code == 422 and "exceeds this service's limit" in r.json()["detail"], r.text
+    assert r.json()["errors"][0]["loc"] == ["spec", "time_limit_seconds"]
+
+
 def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
     refused = api.register(retrain_above_share=1.5)
     assert refused.status_code == 422, refused.text

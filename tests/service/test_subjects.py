@@ -333,6 +333,8 @@ def test_a_subject_is_named_as_registration_stores_it_trimmed(api: Api) -> None:
     assert sorted(s["sample_id"] for s in listed.json()["items"]) == samples_of(2)
     blank = api.client.get("/v1/models/toy/samples", params={"subject_id": "  "}, headers=api.auth())
     assert blank.status_code == 422 and "more than spaces" in blank.json()["detail"]
+    named = api.post({"subject_ids": ["person-2", "   "]})  # the refusal names the item (a probe)
+    assert named.status_code == 422 and named.json()["errors"][0]["loc"] == ["body", "subject_ids", 1]
 
 
 def test_unknown_subjects_are_refused_by_name_and_nothing_is_written(api: Api) -> None:

@@ -329,7 +329,7 @@ def update_model(
     """Method, params, fallback chain, gates, retrain recipe, job time limit or the share above which a
     deletion is retrained; applies to jobs that start afterwards."""
     m = get_model(session, key.tenant, model)
-    check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds)
+    check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds, where="body")
     changes = body.model_dump(exclude_unset=True)
     if body.gates is not None:  # the gates sent, a null one included (it removes that gate)
         changes["gates"] = body.gates.model_dump(exclude_unset=True)

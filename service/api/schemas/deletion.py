@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -15,6 +16,18 @@ from pydantic import (
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+def _trimmed_as_datasets_store_them(value: str) -> str:
+    """Registration trims subject IDs (" alice" is stored as "alice"): a request naming " alice" found no
+    one and was refused as an unknown subject. Per item, so a refusal names the item's index."""
+    trimmed = value.strip()
+    if not trimmed:
+        raise ValueError("a subject ID must hold more than spaces")
+    return trimmed
+
+
+SubjectId = Annotated[SampleId, AfterValidator(_trimmed_as_datasets_store_them)]
 RequestState = Literal["received", "queued", "processing", "completed", "failed", "cancelled"]
 Reason = Literal["erasure", "mislabeled"]  # service.core.states.DeletionReason
 REASON_DOC = (
@@ -36,7 +49,7 @@ class DeletionRequestCreate(BaseModel):
         description="Training-sample IDs to forget (duplicates are ignored). This, subject_ids or both; "
         "null is taken as absent.",
     )
-    subject_ids: list[SampleId] = Field(
+    subject_ids: list[SubjectId] = Field(
         default_factory=list,
         description="Data subjects to forget: every training sample the dataset attributes to one of them "
         "is forgotten (with sample_ids, the union). The request records the samples they stand for. null "
@@ -65,16 +78,6 @@ class DeletionRequestCreate(BaseModel):
     def _null_is_absent(cls, value: Any) -> Any:
         # Client libraries often send null for a list they leave out; it names nothing, as an absent one.
         return [] if value is None else value
-
-    @field_validator("subject_ids", mode="after")
-    @classmethod
-    def _trimmed_as_datasets_store_them(cls, value: list[str]) -> list[str]:
-        # registration trims subject IDs (" alice" is stored as "alice"): a request naming " alice" found
-        # no one and was refused as an unknown subject
-        trimmed = [s.strip() for s in value]
-        if not all(trimmed):
-            raise ValueError("a subject ID must hold more than spaces")
-        return trimmed
 
     @field_validator("reason", mode="before")
     @classmethod
