@@ -143,9 +143,13 @@ def sized(params: UGradSLParams, plan: Plan, n_forget: int, n_retain: int, dista
     b_f = partner_size(plan, b_r, n_forget, params.forget_batch_ratio)
     steps = math.ceil(pushes * n_forget / b_f)
     scale = long_run_scale(params, steps * b_r / n_retain)
-    if scale < 1.0:  # the record's pushes per sample are the run's
-        params = dataclasses.replace(params, pushes=params.pushes * scale, lr=params.lr / scale)
-        steps = max(1, math.ceil(steps * scale))
+    # never under one pass over D_f (every forget sample is pushed at least once: a review's 90% deletion
+    # of a barely memorised set would have left a third of it untouched)
+    fewer = max(math.ceil(steps * scale), math.ceil(n_forget / b_f))
+    if fewer < steps:  # the lr raised by what was taken off; the record's pushes per sample are the run's
+        taken = fewer / steps
+        params = dataclasses.replace(params, pushes=params.pushes * taken, lr=params.lr / taken)
+        steps = fewer
     return reread(params, plan, n_forget, n_retain, steps, retain_passes(params, distance))
 
 
@@ -163,7 +167,8 @@ def long_run_scale(params: UGradSLParams, passes: float) -> float:
     on both tuning models (stop 59: digits' halves 65-79% against 49-53%, ``blobs_mlp``'s 62-70% against
     27-32%, its quarter as before, at a third of the cost), while a random 10% (3.6 passes) lost with any
     change of its length. So a deletion's run is left as it was below ``long_run_passes`` passes, and past
-    them its reads grow as the square root of the deletion's."""
+    them its reads grow as the square root of the deletion's. ``sized`` keeps at least one pass over D_f
+    and raises the lr by the steps it actually took off."""
     if params.long_run_passes <= 0 or passes <= params.long_run_passes:
         return 1.0
     return max(math.sqrt(params.long_run_passes / passes), 1.0 / MAX_LR_RAISE)
