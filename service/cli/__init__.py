@@ -18,6 +18,7 @@ holds only `main`, the console script's entry point (`service.cli:main`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -69,8 +70,8 @@ def _server_verb(args: argparse.Namespace) -> int:
         settings = get_settings()
     except ValidationError as exc:
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]).upper()
-            print(f"error: setting {name}={error.get('input')!r}: {error['msg']}", file=sys.stderr)
+            name = _variable(".".join(str(part) for part in error["loc"]).upper())
+            print(f"error: setting {name}{_shown(name, error.get('input'))}: {error['msg']}", file=sys.stderr)
         return EXIT_CODES["usage"]
     try:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -79,3 +80,25 @@ def _server_verb(args: argparse.Namespace) -> int:
         print(f"error: cannot make UNLEARN_VAR_DIR {settings.var_dir}: {said}", file=sys.stderr)
         return EXIT_CODES["usage"]
     return int(args.fn(settings, args) or 0)
+
+
+def _variable(name: str) -> str:
+    """The variable the environment holds: `PORT` where the user set that form of `UNLEARN_PORT`."""
+    bare = name.removeprefix("UNLEARN_")
+    return bare if name not in os.environ and bare in os.environ else name
+
+
+def _shown(name: str, value: object) -> str:
+    """`=value` for the error line, but never a secret: a database URL's password is hidden and a secret
+    is left out (a review saw `mysql://root:hunter2@db/x` printed back)."""
+    if any(word in name.split("_") for word in ("SECRET", "SECRETS", "PASSWORD", "TOKEN")):
+        return ""
+    if "URL" in name and isinstance(value, str):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return "=" + repr(make_url(value).render_as_string(hide_password=True))
+        except ArgumentError:
+            return ""
+    return f"={value!r}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from service.core.states import JobState
@@ -29,11 +30,21 @@ METRIC_ROWS = (
 
 
 def printable(text: str) -> str:
-    """``text`` with every character a terminal would act on written as its escape (``\\x1b``), line
-    breaks and tabs kept. What the client prints comes from other people: a request's ``reference``, an
+    """``text`` with every character a terminal would act on written as its escape (``\\x1b``), line breaks
+    and tabs kept (``_acts``). What the client prints comes from other people: a request's ``reference``, an
     error naming sample IDs, a certificate handed to an auditor. A probe's reference cleared the screen and
     retitled the terminal of whoever listed the requests."""
-    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+    return "".join(c.encode("unicode_escape").decode() if _acts(c) else c for c in text)
+
+
+# Bidirectional embeddings, overrides and isolates: they reorder what follows ("exe.txt" shown as "txt.exe")
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _acts(c: str) -> bool:
+    """A control character (C0, DEL, C1) but a line break or a tab, a bidi control or a lone surrogate:
+    not a zero-width joiner, a non-breaking space or another character text in many scripts needs."""
+    return (unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t") or c in _BIDI
 
 
 def say(*parts: object, **kwargs: Any) -> None:
@@ -60,7 +71,7 @@ def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # A pipe or a log file has no width: print whole rows (hashes, ids) rather than rich's default 80.
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
-    return _console_class()(stderr=stderr, highlight=False, markup=False, width=width)
+    return _console_class()(stderr=stderr, highlight=False, markup=False, emoji=False, width=width)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -200,7 +200,7 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from alembic.util import CommandError
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     from service.core.db import migrate
     from service.core.db.engine import make_engine
@@ -221,7 +221,7 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
     try:
         (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
-    except (OperationalError, InterfaceError) as exc:  # a statement the schema refused: no outage (a review)
+    except DBAPIError as exc:  # a statement the schema refused (PostgreSQL: ProgrammingError): no outage
         print(f"error: {args.action} of the database {where} failed: {_driver_said(exc)}", file=sys.stderr)
         return EXIT_CODES["failed"]
     except CommandError as exc:  # check: "Target database is not up to date."

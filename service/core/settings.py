@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.callbacks import parse_allowed
 
+# The database URLs the service can use: its drivers are psycopg and Python's sqlite3 (pysqlite).
+DATABASE_SCHEMES = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+
 
 def _env(name: str) -> AliasChoices:
     """Accept both `UNLEARN_NAME` and the conventional bare `NAME` (e.g. DATABASE_URL, PORT)."""
@@ -160,9 +163,12 @@ class Settings(BaseSettings):
         for bare in ("postgres://", "postgresql://"):
             if value and value.startswith(bare):
                 return "postgresql+psycopg://" + value.removeprefix(bare)
-        if value and not value.startswith(("sqlite:", "postgresql+")):  # a NoSuchModuleError at first use
+        if value and value.split(":", 1)[0] not in DATABASE_SCHEMES:  # a NoSuchModuleError at first use
             scheme = value.split(":", 1)[0]
-            raise ValueError(f"the service runs on PostgreSQL (postgresql://...) or SQLite, not {scheme!r}")
+            raise ValueError(
+                f"the service runs on PostgreSQL (postgresql://..., through psycopg) or SQLite "
+                f"(sqlite://...), not {scheme!r}"
+            )
         return value
 
     @field_validator("webhook_allowed_hosts", mode="after")

@@ -329,6 +329,23 @@ def test_unknown_sample_ids_are_named_in_one_line(cli: Cli, tmp_path: Path) -> N
 EVIL = "t-1\x1b[2J\x1b]0;pwned\x07 [bold red]markup[/]"
 
 
+def test_printable_escapes_what_a_terminal_acts_on_and_keeps_the_text_of_every_script() -> None:
+    """Escaping every non-printable character had mangled Persian words (their zero-width non-joiner),
+    emoji sequences and non-breaking spaces, and rich still turned `:warning:` into a glyph (a review)."""
+    import io
+
+    from service.cli.render import console, printable
+
+    assert printable("x\x1b[2J\x07\r\x85") == "x\\x1b[2J\\x07\\r\\x85"
+    assert printable("\u202egnp.exe") == "\\u202egnp.exe"  # shown as "exe.png" otherwise
+    for kept in ("می\u200cخواهم", "a\xa0b", "👨\u200d👩\u200d👧", "line\nnext\ttab"):
+        assert printable(kept) == kept
+    out = console()
+    out.file = io.StringIO()
+    out.print("case:100:x :warning: [bold]b[/]")
+    assert out.file.getvalue() == "case:100:x :warning: [bold]b[/]\n"
+
+
 def test_other_peoples_text_is_printed_escaped_and_without_markup(
     cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
@@ -566,14 +583,17 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "says"),
     [
-        ({"PORT": "abc"}, "error: setting UNLEARN_PORT='abc': Input should be a valid integer"),
+        ({"PORT": "abc"}, "error: setting PORT='abc': Input should be a valid integer"),
+        ({"PORT": "99999"}, "error: setting PORT='99999': Input should be less than or equal to 65535"),
         (
-            {"PORT": "99999"},
-            "error: setting UNLEARN_PORT='99999': Input should be less than or equal to 65535",
+            {"UNLEARN_PORT": "0"},
+            "error: setting UNLEARN_PORT='0': Input should be greater than or equal to 1",
         ),
-        ({"PORT": "0"}, "error: setting UNLEARN_PORT='0': Input should be greater than or equal to 1"),
         ({"UNLEARN_WRITE_RATE_PER_KEY": "x"}, "error: setting UNLEARN_WRITE_RATE_PER_KEY='x': "),
-        ({"DATABASE_URL": "bogus://x"}, "PostgreSQL (postgresql://...) or SQLite, not 'bogus'"),
+        # never a password or a secret in the line (a review)
+        ({"DATABASE_URL": "mysql://root:hunter2@db/x"}, "setting DATABASE_URL='mysql://root:***@db/x': "),
+        ({"DATABASE_URL": "postgresql+asyncpg://h/x"}, "(sqlite://...), not 'postgresql+asyncpg'"),
+        ({"UNLEARN_WEBHOOK_SECRET": "whsec_hunter2!!"}, "error: setting UNLEARN_WEBHOOK_SECRET: "),
         ({"UNLEARN_VAR_DIR": "/proc/no-such/var"}, "error: cannot make UNLEARN_VAR_DIR /proc/no-such/var: "),
     ],
 )
@@ -586,7 +606,40 @@ def test_a_setting_the_server_verbs_cannot_use_is_one_line_and_exit_2(
     result = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert says in line
+    assert says in line and "hunter2" not in line
+
+
+def test_db_upgrade_that_postgresql_refuses_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """PostgreSQL refuses a migration's statement as a ProgrammingError, which was a traceback (a review)."""
+    import uuid
+
+    import psycopg
+
+    from tests.helpers import pg_url, services_available
+
+    reason = services_available()
+    if reason:
+        pytest.skip(reason)
+    name = f"unlearn_cli_{uuid.uuid4().hex[:12]}"
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(
+            f"host=127.0.0.1 port=5432 user=postgres dbname={name}", autocommit=True
+        ) as conn:
+            conn.execute("CREATE TABLE models (x integer)")  # a table of the first migration's, by hand
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+        env |= {"UNLEARN_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": pg_url(name)}
+        refused = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
+        assert refused.returncode == 1, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert (
+            line.startswith("error: upgrade of the database ") and 'relation "models" already exists' in line
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_db_check_on_a_schema_behind_says_to_upgrade(tmp_path: Path) -> None:
