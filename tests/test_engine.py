@@ -22,6 +22,13 @@ def test_a_postgresql_connect_gives_up_after_a_bounded_wait() -> None:
             assert dbapi.info.get_parameters()["connect_timeout"] == str(CONNECT_TIMEOUT_S)
     finally:
         engine.dispose()
+    own = make_engine(PG_ADMIN_URL + "?connect_timeout=60")  # an operator's own is kept (a review)
+    try:
+        with own.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None and dbapi.info.get_parameters()["connect_timeout"] == "60"
+    finally:
+        own.dispose()
 
 
 def test_an_api_connection_that_died_while_idle_is_replaced_before_a_request_fails_on_it(

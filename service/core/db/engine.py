@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,7 +54,8 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     # request beyond the pool (PostgreSQL forks a backend for each) cost more CPU than the query itself.
     # A server that does not answer (a partition, a failover in progress) fails a connect in seconds
     # rather than the OS's minutes of SYN retries, which held a job's outage check and a request's worker
-    kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
+    if "connect_timeout" not in make_url(url).query and "PGCONNECT_TIMEOUT" not in os.environ:  # theirs first
+        kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
     if not pre_ping:
         kwargs.setdefault("pool_recycle", RECYCLE_SECONDS)
     engine = create_engine(
