@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.cli.errors import EXIT_CODES, UsageError
 from service.cli.parser import SCOPE_NAMES, build_parser
@@ -60,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _server_verb(args: argparse.Namespace) -> int:
-    """A server verb, on the settings the environment gives: a setting it cannot read, or a folder it
-    cannot make, is one line naming it and exit 2, not a traceback (a probe's PORT=abc)."""
+    """A server verb, on the settings the environment gives: a setting it cannot read, or a var folder it
+    cannot make, is one line naming it and exit 2, not a traceback (a probe's PORT=abc). The folder is
+    made by the verbs that need it, after their own checks (a port in use is told before it is made)."""
     from pydantic import ValidationError
 
     from service.core.settings import get_settings
@@ -74,12 +76,14 @@ def _server_verb(args: argparse.Namespace) -> int:
             print(f"error: setting {name}{_shown(name, error.get('input'))}: {error['msg']}", file=sys.stderr)
         return EXIT_CODES["usage"]
     try:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+        return int(args.fn(settings, args) or 0)
+    except OSError as exc:  # making the var folder: it, or a folder above it, could not be made
+        where = Path(str(exc.filename)).resolve() if exc.filename else None
+        if where is None or not settings.var_dir.resolve().is_relative_to(where):
+            raise
         said = exc.strerror or exc
         print(f"error: cannot make UNLEARN_VAR_DIR {settings.var_dir}: {said}", file=sys.stderr)
         return EXIT_CODES["usage"]
-    return int(args.fn(settings, args) or 0)
 
 
 def _variable(name: str) -> str:
