@@ -73,14 +73,22 @@ def check_methods(
         ("default_method", default_method, default_params),
         *(("fallback_methods", m, {}) for m in fallback_methods),
     ]
+    parsed = []
     for field, method, params in chain:
         if field == "default_method" and method in METHOD_NAMES:
             field = "default_params"  # the method exists: what is wrong is in its params
         try:
-            parse_params(method, params)
+            parsed.append(parse_params(method, params))
         except (KeyError, ValueError, TypeError) as exc:
             msg = str(exc).strip("'\"") if method not in METHOD_NAMES else f"method {method!r}: {exc}"
             raise Unprocessable(msg, errors=[_error(where, field, msg)]) from exc
+    if default_method in fallback_methods and parsed[0] == parse_params(default_method, {}):
+        # a fallback runs its method's defaults, as the default method does here: the same run again
+        msg = (
+            f"fallback_methods names the default method {default_method!r}, which runs the same params "
+            "(its defaults) and fails the same way; give default_params of its own or another fallback"
+        )
+        raise Unprocessable(msg, errors=[_error(where, "fallback_methods", msg)])
 
 
 def _error(where: str, field: str, msg: str) -> dict[str, Any]:

@@ -274,6 +274,22 @@ def test_a_registrations_time_limit_above_the_services_is_refused_at_its_spec_fi
     assert r.json()["errors"][0]["loc"] == ["spec", "time_limit_seconds"]
 
 
+def test_a_fallback_that_reruns_the_default_method_as_it_ran_is_refused(api: Api) -> None:
+    """A fallback runs its method's defaults: named after a default method that runs its defaults too, it
+    is the same run again and fails the same way (a probe's chain was accepted)."""
+    same = api.register(name="again", default_method="finetune", fallback_methods=["finetune", "retrain"])
+    assert same.status_code == 422, same.text
+    assert same.json()["errors"][0]["loc"] == ["spec", "fallback_methods"]
+    assert "names the default method 'finetune'" in same.json()["detail"]
+    own = api.register(
+        name="own-params",
+        default_method="finetune",
+        default_params={"epochs": 2},
+        fallback_methods=["finetune"],
+    )
+    assert own.status_code == 202, own.text  # its fallback runs other params
+
+
 def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
     refused = api.register(retrain_above_share=1.5)
     assert refused.status_code == 422, refused.text
