@@ -228,27 +228,29 @@ def _csv(path: Path) -> DatasetIds:
         if not need <= set(reader.fieldnames or ()):
             raise ValueError(f"the header must have columns {sorted(need)}")
         has_subjects = "subject_id" in (reader.fieldnames or ())  # optional column
+        paths_only = True  # every refused line is a path problem (they get a message of their own)
         for row in reader:
             line = reader.line_num
-            if not row["sample_id"]:
-                raise ValueError(f"line {line}: empty sample_id")
-            problem = path_problem(root, row["path"] or "")
-            if problem is not None:
-                refused.append((line, problem))
+            # every problem of every line, as text datasets list theirs: a manifest's first bad label had
+            # hidden the rest, and its path errors too (a probe fixed one line at a time)
+            problems = [] if row["sample_id"] else ["empty sample_id"]
+            bad_path = path_problem(root, row["path"] or "")
             ids.append(row["sample_id"])
             try:
                 labels.append(int(row["label"]))
             except (TypeError, ValueError):
-                raise ValueError(f"line {line}: label {row['label']!r} is not a whole number") from None
+                problems.append(f"label {row['label']!r} is not a whole number")
+            paths_only = paths_only and not problems
+            refused += [(line, why) for why in ([bad_path] if bad_path else []) + problems]
             if has_subjects:
                 subjects.append(_subject(row["subject_id"] or ""))
     if refused:
         shown = "; ".join(f"line {line}: {why}" for line, why in refused[:_SHOWN])
         more = f" (and {len(refused) - _SHOWN} more)" if len(refused) > _SHOWN else ""
+        what = f"manifest path(s) are not files inside the manifest's folder {root}"
         raise Unprocessable(
-            f"{len(refused)} manifest path(s) are not files inside the manifest's folder {root}: "
-            f"{shown}{more}",
-            lines=[line for line, _ in refused[:100]],
+            f"{len(refused)} {what if paths_only else 'problem(s) in the manifest'}: {shown}{more}",
+            lines=sorted({line for line, _ in refused})[:100],
             refused_count=len(refused),
         )
     return DatasetIds(ids, labels, subjects if has_subjects else None)

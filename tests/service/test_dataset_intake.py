@@ -238,6 +238,14 @@ def test_a_manifest_naming_a_missing_file_is_refused_naming_the_line(live: tuple
         manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nhalf,a.npy,1.5\n")
         r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
         assert r.status_code == 422 and "line 3: label '1.5' is not a whole number" in r.json()["detail"]
+        # every problem at once: the first bad label had hidden the others and every path (a probe)
+        manifest.write_text("sample_id,path,label\nok-1,a.npy,0\nx,a.npy,x\n,gone.npy,-1.5\ny,a.npy,\n")
+        r = c.post("/v1/datasets", json={"name": "m", "kind": "csv_manifest", "uri": str(manifest)})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith("5 problem(s) in the manifest: line 3: label 'x' is not a whole")
+        for said in ("line 4: path 'gone.npy': no file there", "line 4: empty sample_id", "line 5: label ''"):
+            assert said in r.json()["detail"]
+        assert r.json()["lines"] == [3, 4, 5] and r.json()["refused_count"] == 5
         assert c.get("/v1/datasets").json() == []
 
 
