@@ -238,8 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--head", help="a signed tree head saved earlier: prove the log still extends it")
     av.add_argument("--public-key", help="the service's public key (PEM) the heads must be signed with")
     av.set_defaults(client_fn=client_verb(cmd_audit_verify))
+    # The offline verbs take the connection flags too, and need none: they were accepted before the verb
+    # and refused after it ("unrecognized arguments"; a probe)
     ax = asub.add_parser(
-        "verify-export", help="check an exported JSONL file against a kept head, offline (no server needed)"
+        "verify-export",
+        parents=[conn],
+        help="check an exported JSONL file against a kept head, offline (no server needed)",
     )
     ax.add_argument("file", help="the whole log exported with `audit export --format jsonl` (no filters)")
     ax.add_argument("--head", required=True, help="a signed tree head saved with `audit head`")
@@ -247,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     ax.set_defaults(client_fn=cmd_audit_verify_export)
 
     vc = sub.add_parser(
-        "verify-certificate", help="check a certificate's Ed25519 signature offline (no server needed)"
+        "verify-certificate",
+        parents=[conn],
+        help="check a certificate's Ed25519 signature offline (no server needed)",
     )
     vc.add_argument("file", help="the signed certificate (JSON, as served by the API)")
     vc.add_argument("--public-key", help="the service's public key (PEM); without it only self-consistency")

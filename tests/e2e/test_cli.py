@@ -718,6 +718,9 @@ def test_the_connection_flags_are_read_before_the_command_as_after_it() -> None:
     assert parse(["models", "--url", "http://b:2"]).url == "http://b:2"
     assert parse(["--url", "http://a:1", "models", "--url", "http://b:2"]).url == "http://b:2"  # the later
     assert parse(["models"]).url is None and parse(["models"]).api_key is None
+    # the offline verbs too, which need none (refused after the verb: a probe)
+    assert parse(["verify-certificate", "c.json", "--url", "http://b:2"]).url == "http://b:2"
+    assert parse(["audit", "verify-export", "e", "--head", "h", "--public-key", "k", "--url", "u"]).url == "u"
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
