@@ -66,6 +66,14 @@ def body_problem(request: Request, errors: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _plus_read_as_space(error: Any) -> bool:
+    """A query time whose `+00:00` arrived as ` 00:00`: curl and browsers leave `+` as it is, and a query
+    string reads it as a space (a probe's `since=...T07:41:00+00:00` got a bare datetime error)."""
+    loc, value = error.get("loc", ()), error.get("input")
+    kind = str(error.get("type", ""))
+    return bool(loc) and loc[0] == "query" and kind.startswith("datetime") and " " in str(value).strip()
+
+
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` documenting error statuses as `application/problem+json` bodies."""
     return {
@@ -138,6 +146,8 @@ def install_handlers(app: FastAPI) -> None:
                 why = (e.get("ctx") or {}).get("error", "")
                 detail = f"the body is not valid JSON: {why} (at character {e['loc'][-1]})"
         detail = body_problem(request, errors) or detail  # "invalid fields: body" named nothing to fix
+        if any(_plus_read_as_space(e) for e in exc.errors()):
+            detail += " (a '+' in a query string reads as a space: send a time's offset as %2B00:00, or Z)"
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

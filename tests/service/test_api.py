@@ -1025,6 +1025,15 @@ def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audi
     assert api.client.get(path + "Z", headers=api.auth()).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/audit/export"])
+def test_a_time_whose_plus_arrived_as_a_space_is_told_to_encode_it(api: Api, path: str) -> None:
+    """`since=...T07:41:00+00:00` sent as typed reads `+` as a space: a bare datetime error (a probe)."""
+    r = api.client.get(path + "?since=2026-01-01T00:00:00+00:00", headers=api.auth())
+    assert r.status_code == 422, r.text
+    assert "a '+' in a query string reads as a space: send a time's offset as %2B00:00" in r.json()["detail"]
+    assert api.client.get(path + "?since=2026-01-01T00:00:00%2B00:00", headers=api.auth()).status_code == 200
+
+
 def test_an_audit_export_whose_until_is_not_after_its_since_is_a_422(api: Api) -> None:
     """It answered 200 with nothing, which reads as "no events" (a probe's finding)."""
     path = "/v1/audit/export?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z"
