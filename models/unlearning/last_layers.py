@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -133,10 +134,37 @@ def _attribute(module: nn.Module, target: str) -> object:
     return functools.reduce(getattr, target.split("."), module)
 
 
+class _ModeTracer(fx.Tracer):
+    """torch.fx's tracer, which also keeps as one call every module whose forward reads ``self.training``.
+    Traced through, such a module's mode is the one it had when traced, fixed in the graph: timm's
+    ``BatchNormAct2d`` (a BatchNorm with its activation, outside ``torch.nn``) normalised by each batch's
+    statistics in the front's eval passes and wrote them into its running ones, so a published version
+    carried test rows' statistics, and a 1-row size probe refused a good EfficientNet (a probe); timm's
+    ``DropPath`` would drop paths at scoring. Kept whole, each follows the mode it is called in."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        kind: type = type(m)
+        return super().is_leaf_module(m, module_qualified_name) or _reads_training(kind)
+
+
+@functools.cache
+def _reads_training(cls: type) -> bool:
+    """Whether ``cls`` (or a class it inherits ``forward`` from, short of ``nn.Module``) reads
+    ``self.training`` in ``forward``: the source is read once per class."""
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object) or "forward" not in vars(klass):
+            continue
+        try:
+            return "self.training" in inspect.getsource(vars(klass)["forward"])
+        except (OSError, TypeError):  # no source (a compiled or generated class): trace it as before
+            return False
+    return False
+
+
 def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cut | None:
     """The cut of ``net`` (``model``'s network, ending in its ``classifier``) at ``share``, or None."""
     try:
-        traced = fx.symbolic_trace(net)
+        traced = fx.GraphModule(net, _ModeTracer().trace(net))
     except Exception:  # noqa: BLE001 - any tracing failure means: no split, run on the whole model
         return None
     nodes = list(traced.graph.nodes)

@@ -52,6 +52,23 @@ def test_a_torchvision_model_behind_the_adapter_splits_too() -> None:
     assert torch.allclose(split.tail.eval()(split.front(x)), model(x), atol=1e-5)
 
 
+def test_a_norm_layer_outside_torch_nn_follows_the_mode_it_is_called_in_not_the_one_traced() -> None:
+    """timm's BatchNormAct2d was traced through with `training=True` fixed in (the model is built in
+    train mode): the front's eval passes normalised by each batch and wrote its statistics into the
+    running ones, so a published version carried test rows' statistics, and a 1-row size probe refused a
+    good EfficientNet (a probe)."""
+    timm = pytest.importorskip("timm")
+    model = adapt(timm.create_model("test_efficientnet", num_classes=4, pretrained=False))
+    model.train()  # as build_model returns it, and as the worker splits it
+    split = split_last_layers(model, 0.5)
+    assert split is not None
+    model.eval(), split.front.eval(), split.tail.eval()
+    kept = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    x = torch.randn(1, 3, 32, 32)  # one row: batch statistics of a 1x1 map would refuse it
+    assert torch.allclose(split.tail(split.front(x)), model(x), atol=1e-5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())  # nothing written
+
+
 def test_models_of_one_structure_are_traced_once_and_split_on_their_own_weights(monkeypatch) -> None:
     monkeypatch.setattr(last_layers, "_CUTS", {})
     traced = []
