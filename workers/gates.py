@@ -1,7 +1,9 @@
 """Acceptance gates: a new version is published only if its measured metrics pass all of them.
 
 Gates are a model's policy (a dict stored with the model). Known keys, all fractions:
-- `max_test_accuracy_drop`: test accuracy may fall by at most this much from the base version.
+- `max_test_accuracy_drop`: test accuracy may fall by at most this much from the base version, and,
+  but for an exact retrain, from the model's first version (v1): deletions that each lost a little had
+  added up unbounded (a probe's eight 5% deletions took an MLP from 79% to 67%, each passing).
 - `max_retain_accuracy_drop`: the same for retain accuracy.
 - `max_forget_accuracy_above_test`: accuracy on the forget set may exceed test accuracy by at most this
   (a forgotten sample should look like one the model never saw).
@@ -31,18 +33,26 @@ EPS = 1e-9
 
 
 def check(
-    gates: dict[str, Any], base: dict[str, Any], result: dict[str, Any], method: str | None = None
+    gates: dict[str, Any],
+    base: dict[str, Any],
+    result: dict[str, Any],
+    method: str | None = None,
+    first_test_accuracy: float | None = None,
 ) -> list[str]:
     """Return one human-readable reason per failed gate (empty: all passed). A gate over a metric that
     could not be measured (None: e.g. RA once the whole training set is forgotten) does not apply.
-    ``method``: the one that made ``result`` (an exact retrain is not judged on D_f's recognition)."""
+    ``method``: the one that made ``result`` (an exact retrain is not judged on D_f's recognition, nor on
+    its drop from v1: it is what the data left supports). ``first_test_accuracy``: v1's."""
     failures: list[str] = []
     ta, ra, ua = result.get("test_accuracy"), result.get("retain_accuracy"), result.get("unlearning_accuracy")
     base_ta, base_ra = base.get("test_accuracy"), base.get("retain_accuracy")
     if (g := gates.get("max_test_accuracy_drop")) is not None and base_ta is not None and ta is not None:
         drop = base_ta - ta
+        since_first = (first_test_accuracy - ta) if first_test_accuracy is not None else None
         if drop > g + EPS:
             failures.append(f"test accuracy dropped {drop:.4f} > {g}")
+        elif since_first is not None and method != "retrain" and since_first > g + EPS:
+            failures.append(f"test accuracy dropped {since_first:.4f} since v1 > {g}")
     if (g := gates.get("max_retain_accuracy_drop")) is not None and base_ra is not None and ra is not None:
         drop = base_ra - ra
         if drop > g + EPS:

@@ -62,6 +62,19 @@ def test_a_test_accuracy_drop_equal_to_a_decimal_gate_passes() -> None:
     assert check({"max_test_accuracy_drop": 0.05}, base, result(test_accuracy=17 / 20)) == []
 
 
+def test_test_accuracy_drops_that_add_up_past_the_gate_since_v1_fail_but_an_exact_retrains_do_not() -> None:
+    """Each of a probe's eight 5% deletions lost a little and passed: an MLP went from 79% to 67%. The
+    drop from v1 is bounded too; an exact retrain is what the data left supports, and is not held to it."""
+    gates = {"max_test_accuracy_drop": 0.25}
+    base = {**BASE, "test_accuracy": 0.625}  # already 0.25 below v1's 0.875, within the gate each time
+    assert check(gates, base, result(test_accuracy=0.5625), "ugradsl_plus", 0.875) == [
+        "test accuracy dropped 0.3125 since v1 > 0.25"
+    ]
+    assert check(gates, base, result(test_accuracy=0.625), "ugradsl_plus", 0.875) == []  # at the bound
+    assert check(gates, base, result(test_accuracy=0.5625), "retrain", 0.875) == []
+    assert check(gates, base, result(test_accuracy=0.5625), "ugradsl_plus") == []  # v1 not measured
+
+
 # -- max_retain_accuracy_drop --------------------------------------------------------------------------
 
 
