@@ -666,8 +666,9 @@ def _by_pushes(plan: Plan, n_retain: int, heldout_losses: torch.Tensor) -> Sizer
         return run, {
             "sized_by": "pushes",
             "distance": distance,
-            "measured_distance": measured,
-            "distance_se": se,
+            # nothing measured where every row was flagged and moved (the set it is read on is empty)
+            "measured_distance": measured if len(like_class) else None,
+            "distance_se": se if len(like_class) else None,
             "pushes_per_sample": pushes_per_sample(run, distance),
             "forget_batch_ratio": run.forget_batch_ratio,
             **({"long_run_lr_raise": run.lr / params.lr} if run.lr != params.lr else {}),

@@ -136,6 +136,9 @@ def test_only_the_rows_flagged_mislabeled_are_moved_to_their_neighbours_class(
     assert flagged_plan["contradicted_rows"] == param_plan["contradicted_rows"]
     assert flagged_plan["away_rows"] == len(forget) - flagged_plan["contradicted_rows"] > 0
     assert "away_rows" not in param_plan
+    # every row flagged: no row was left to measure memorisation on, and the plan says so, not 0.0
+    assert flagged_plan["measured_distance"] is None and flagged_plan["distance_se"] is None
+    assert isinstance(param_plan["measured_distance"], float)  # measured on the rows left
     kept = [float((_predicted(m, forget) == forget.y).float().mean()) for m in (by_flags, by_param)]
     assert kept[0] < kept[1]  # fewer of the wrong labels left
 
