@@ -17,7 +17,7 @@ from models.hooks import Hooks
 from models.layout import cpu_channels_last
 from models.loading import read_ahead
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -29,7 +29,7 @@ class TrainRecipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
-    optimizer: str = "sgd"  # "sgd" | "adam"
+    optimizer: str = "sgd"  # "sgd" | "adam" | "adamw" (decoupled weight decay, as transformers train)
     schedule: str = "cosine"  # "constant" | "cosine" (per step, to 0)
 
     def __post_init__(self) -> None:
@@ -68,6 +68,8 @@ def model_device(model: nn.Module) -> torch.device:
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )

@@ -211,6 +211,15 @@ def register_and_forget(out: Path, train_ids: list[str], args: argparse.Namespac
         "train_dataset": ids["train"],
         "test_dataset": ids["test"],
         "default_params": {"epochs": 1},
+        # how main() trained it: unlearning runs Adam(W) at half this lr, and a retrain repeats it
+        "train_recipe": {
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "weight_decay": 0.01,
+            "epochs": args.epochs,
+            "batch_size": 32,
+            "schedule": "constant",
+        },
     }
     r = http.post(
         "/v1/models",

@@ -339,13 +339,12 @@ def _matched_about(retain_y: torch.Tensor, matched: torch.Tensor | None) -> dict
 
 def optimizer(ps: Sequence[torch.Tensor], params: GradientParams) -> torch.optim.Optimizer:
     """The run's optimiser: ``sgd`` below, or Adam (fused where SGD would be) when ``params.optimizer`` is
-    "adam": a model trained with Adam sits where SGD steps of a size that suits a CNN throw it off
-    (``models/unlearning/params.py``, ``optimizer``)."""
-    if params.optimizer == "adam":
+    "adam" (AdamW for "adamw"): a model trained with Adam sits where SGD steps of a size that suits a CNN
+    throw it off (``models/unlearning/params.py``, ``optimizer``)."""
+    if params.optimizer in ("adam", "adamw"):
         fused = _fusable(ps)
-        return torch.optim.Adam(
-            list(ps), lr=params.lr, weight_decay=params.weight_decay, fused=True if fused else None
-        )
+        adam = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+        return adam(list(ps), lr=params.lr, weight_decay=params.weight_decay, fused=True if fused else None)
     return sgd(ps, params.lr, params.momentum, params.weight_decay)
 
 

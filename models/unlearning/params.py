@@ -16,7 +16,7 @@ from typing import Any
 
 MASKS = ("none", "and", "prob", "focus", "salun")
 ADAPTIVE = ("off", "intuition", "literal")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # adamw: decoupled weight decay (AdamW)
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 BOUND_TARGETS = ("midpoint", "ends", "mean", "jitter")  # HeldoutBound.by (models/unlearning/bounds.py)
@@ -103,7 +103,8 @@ def _f(
 
 
 _OPTIMIZER_DOC = (
-    "sgd (with momentum) | adam. Where the model's registered training recipe says adam and the request "
+    "sgd (with momentum) | adam | adamw (decoupled weight decay). Where the model's registered training "
+    "recipe says adam or adamw and the request "
     "sets neither optimizer nor lr, the service runs adam at half that recipe's lr (with_recipe): "
     "finetune, random_label and salun on any such model, the others on a layer-normalised one (a "
     "transformer); a request that sets optimizer adam and no lr gets that lr too (but gradient_ascent). "
@@ -585,6 +586,7 @@ def _refuse_no_step(method: str, params: Any, raw: dict[str, Any]) -> None:
     raise ValueError(f"{method}.epochs 0 runs no step: the version published would be {published}{hint}")
 
 
+ADAMS = ("adam", "adamw")
 # A model trained with Adam is unlearned with Adam at this share of its recipe's lr (``with_recipe`` says
 # which methods, where). Chosen on the small BERT's tuning cases (bench/results/tune_stop44_adam_bert.md).
 ADAM_LR_SHARE = 0.5
@@ -617,19 +619,20 @@ def with_recipe(
     if method == "retrain":
         fields = {f.name for f in dataclasses.fields(cls)}
         return {**{k: v for k, v in recipe.items() if k in fields}, **params}
-    adam = recipe.get("optimizer") == "adam" and isinstance(recipe.get("lr"), int | float)
+    # AdamW is Adam with its weight decay decoupled: the same rule (a transformer's usual recipe)
+    adam = recipe.get("optimizer") in ADAMS and isinstance(recipe.get("lr"), int | float)
     if not issubclass(cls, GradientParams) or not adam or "lr" in params:
         return params
     # A request that asks for Adam and names no lr gets the recipe's Adam lr, not the SGD default (a
     # client's {"optimizer": "adam"} ran fine-tuning at 0.1, a hundred times its recipe's lr). Not gradient
     # ascent: its own lr (1e-4) is below the recipe's, and Adam at half the recipe's took models to 12%.
-    asked = params.get("optimizer") == "adam" and not issubclass(cls, GradientAscentParams)
+    asked = params.get("optimizer") in ADAMS and not issubclass(cls, GradientAscentParams)
     if asked or (
         "optimizer" not in params and (layer_norm or issubclass(cls, FinetuneParams | RandomLabelParams))
     ):
         bounds = next(f.metadata for f in dataclasses.fields(cls) if f.name == "lr")  # a recipe's lr at the
         lr = min(max(float(recipe["lr"]) * ADAM_LR_SHARE, bounds["lo"]), bounds["hi"])  # edge stays in
-        return {"optimizer": "adam", "lr": lr, **params}
+        return {"optimizer": recipe["optimizer"], "lr": lr, **params}
     return params
 
 

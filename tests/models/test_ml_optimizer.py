@@ -125,3 +125,22 @@ def test_a_coordinate_masked_at_one_step_keeps_its_adam_moments_from_before() ->
     M.masked_step(opt, [w], [torch.tensor([True, True])], binary=True)
     assert w[0].item() == 1.0  # its first moment was kept at zero, so a zero gradient moves it nowhere
     assert w[1].item() < 0.9  # the kept coordinate keeps its moments, and moves on
+
+
+def test_an_adamw_recipe_trains_and_unlearns_with_adamw_as_an_adam_one_does_with_adam() -> None:
+    """A transformer's usual recipe is AdamW, which a recipe could not say: a probe's BERT registered with
+    none ran SGD at 0.03, and a retrain fallback would have run SGD for 30 epochs."""
+    from models.training import TrainRecipe, make_optimizer
+
+    adamw = {**ADAM_RECIPE, "optimizer": "adamw", "weight_decay": 0.01}
+    got = parse_params("ugradsl_plus", with_recipe("ugradsl_plus", {}, adamw, layer_norm=True))
+    assert (got.optimizer, got.lr) == ("adamw", 0.002 * ADAM_LR_SHARE)
+    net = nn.Linear(3, 2)
+    assert type(optimizer(list(net.parameters()), got)) is torch.optim.AdamW
+    assert (
+        type(optimizer(list(net.parameters()), parse_params("finetune", {"optimizer": "adam"})))
+        is torch.optim.Adam
+    )
+    retrain = parse_params("retrain", with_recipe("retrain", {}, adamw))
+    recipe = TrainRecipe(**{k: v for k, v in vars(retrain).items()})
+    assert type(make_optimizer(net, recipe)) is torch.optim.AdamW

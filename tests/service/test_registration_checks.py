@@ -154,7 +154,7 @@ def test_training_labels_are_still_checked(api: Api) -> None:
         ({"epochs": 2.5}, "retrain.epochs must be an integer, got 2.5"),
         ({"lr": -1}, "retrain.lr must be in"),
         ({"epochs": 0}, "retrain.epochs must be in [1, 1000], got 0"),
-        ({"optimizer": "lion"}, "retrain.optimizer must be one of ['sgd', 'adam']"),
+        ({"optimizer": "lion"}, "retrain.optimizer must be one of ['sgd', 'adam', 'adamw']"),
         ({"bogus": 1, "epochs": 3}, "unknown retrain param(s): bogus"),
     ],
 )
