@@ -1034,6 +1034,19 @@ def test_a_time_whose_plus_arrived_as_a_space_is_told_to_encode_it(api: Api, pat
     assert api.client.get(path + "?since=2026-01-01T00:00:00%2B00:00", headers=api.auth()).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/audit/export?format=jsonl", "/v1/audit/verify"])
+def test_an_export_or_verify_that_sequences_events_leaves_a_head_over_them(api: Api, path: str) -> None:
+    """They sequenced events and signed nothing, and the workers sign only where events are left
+    unsequenced: a probe's head stayed at 6 events of a log of 101 until its tenant wrote again."""
+    before = api.client.get("/v1/audit/head?fresh=true", headers=api.auth()).json()["tree_head"]
+    assert post(api, {"sample_ids": ["toy-0001"]}).status_code == 202  # events past that head
+    assert api.client.get(path, headers=api.auth()).status_code == 200
+    events = api.client.get("/v1/audit/export?format=jsonl", headers=api.auth()).text.splitlines()
+    assert len(events) > before["tree_size"]
+    head = api.client.get("/v1/audit/head", headers=api.auth()).json()["tree_head"]
+    assert head["tree_size"] == len(events) > 0
+
+
 def test_an_audit_export_whose_until_is_not_after_its_since_is_a_422(api: Api) -> None:
     """It answered 200 with nothing, which reads as "no events" (a probe's finding)."""
     path = "/v1/audit/export?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z"
