@@ -450,7 +450,7 @@ def test_the_dashboard_says_requests_will_wait_while_no_worker_is_alive(page: An
             page.click("#login-form button[type=submit]")
             banner = page.locator("#readiness")
             expect(banner).to_be_visible(timeout=15_000)
-            expect(banner).to_contain_text("workers: no worker has been seen yet")
+            expect(banner).to_contain_text("workers: no worker is running")
             expect(banner).to_contain_text("wait")
             save_screenshot(page, tmp_path, "dashboard-not-ready.png")
             procs.append(subprocess.Popen([UNLEARN, "worker"], env=env, stdout=log, stderr=log))

@@ -107,10 +107,19 @@ def _heard(session: Session, heartbeat_s: float, *, of_beat: bool) -> str:
         quiet = liveness.silence(session, of_beat=of_beat)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return f"error: {type(exc).__name__}"
+    # A worker that stops cleanly takes its row with it, so what is on record is the last killed one's or
+    # none: the message says what is known, not how long none has run (a probe read "no worker seen for
+    # 467s" twelve seconds after stopping the last one cleanly)
     if quiet is None:
-        return f"no {who} (for an hour, or ever) has been seen" if of_beat else f"no {who} has been seen yet"
+        if of_beat:
+            return f"no {who} (for an hour, or ever) has been seen"
+        return f"no {who} is running (none has a heartbeat on record: none started, or all stopped cleanly)"
     limit = max(3 * heartbeat_s, 10.0)
-    return "ok" if quiet <= limit else f"no {who} seen for {quiet:.0f}s (limit {limit:.0f}s)"
+    return (
+        "ok"
+        if quiet <= limit
+        else f"no {who} is running: the latest heartbeat on record is {quiet:.0f}s old (limit {limit:.0f}s)"
+    )
 
 
 def _credentials(header: str) -> Any:
