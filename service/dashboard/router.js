@@ -11,11 +11,21 @@ import { disabledPanel } from "./widgets.js";
 
 const pages = { models, model, jobs, job, requests, request, audit };
 
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 function parseRoute() {
   // No hash: the first section this key may see (a product key lands on its deletion requests).
   const home = ["models", "jobs", "requests", "audit"].find((s) => !denied(s)) || "models";
   const [path, query] = (location.hash.replace(/^#/, "") || `/${home}`).split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  // A malformed escape (`%E0%A4%A`) threw out of render: the page stayed on "Loading…" or on the last
+  // page shown under a URL naming another (a probe). It is taken as written, and the page says not found.
+  const parts = path.split("/").filter(Boolean).map(decoded);
   const [head, arg] = parts;
   const one = { models: "model", jobs: "job", requests: "request" };
   if (arg && one[head]) return { name: one[head], arg, query };

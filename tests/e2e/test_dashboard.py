@@ -343,6 +343,29 @@ def test_search_by_reference_finds_a_request_and_shows_its_signed_certificate(
 
 
 @needs_chromium
+def test_a_long_reference_wraps_and_a_malformed_route_says_not_found(
+    page: Any, stack: LiveStack, admin_key: str
+) -> None:
+    """A 500-character reference pushed the requests table to 7,274 px, its columns off-screen, and a
+    route with a malformed escape threw out of render (the page fixture fails on any script error) and
+    left the page on "Loading…" (a probe)."""
+    from playwright.sync_api import expect
+
+    with stack.client() as api:
+        r = api.post(
+            "/v1/models/digits/deletion-requests",
+            json={"sample_ids": ["digits-0009"], "reference": "W" * 500},
+        )
+        assert r.status_code == 202, r.text
+    sign_in(page, stack, admin_key)
+    go(page, "#/requests")
+    expect(page.locator(f'tr[data-request-id="{r.json()["id"]}"]')).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    go(page, "#/models/%E0%A4%A")
+    expect(page.locator("#view p.error")).to_contain_text("%E0%A4%A")
+
+
+@needs_chromium
 def test_the_new_request_form_sends_the_reason_and_the_request_page_shows_it(
     page: Any, stack: LiveStack, admin_key: str
 ) -> None:
