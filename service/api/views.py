@@ -12,7 +12,7 @@ from service.api.schemas.jobs import JobOut
 from service.api.schemas.models import ModelOut, VersionOut
 from service.core.db.tables import Dataset, DeletionRequest, Job, Model, ModelVersion
 from service.core.lookups import version_label
-from service.core.states import PENDING
+from service.core.states import PENDING, JobState
 
 PENDING_COUNT_CAP = 1000  # a model's pending requests are counted up to this many
 
@@ -47,7 +47,9 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
 
 def job_out(job: Job, model_name: str) -> JobOut:
     heartbeat = _aware(job.heartbeat_at)
-    age = (datetime.now(UTC) - heartbeat).total_seconds() if heartbeat else None
+    # only a running job's heartbeat has an age worth reading: a finished one's grew for ever (a probe)
+    running = job.state == JobState.RUNNING
+    age = (datetime.now(UTC) - heartbeat).total_seconds() if heartbeat and running else None
     return JobOut(
         id=job.id,
         model=model_name,

@@ -431,3 +431,17 @@ def test_the_sample_id_digest_tells_one_id_holding_a_newline_from_two_ids() -> N
 
     assert ids_digest(["a\nb"]) != ids_digest(["a", "b"])
     assert ids_digest(["b", "a"]) == ids_digest(["a", "b"])  # order does not matter
+
+
+def test_only_a_running_jobs_heartbeat_has_an_age(db_url: str, model: Model) -> None:
+    """A finished job's `heartbeat_age_s` grew for ever (633 s on a job done ten minutes before; a probe)."""
+    from service.api.views import job_out
+    from service.core.db.tables import utcnow
+
+    with session_scope(db_url) as s:
+        submit_request(s, model, ["toy-0001"])
+        job = claim(s, model)
+        job.heartbeat_at = utcnow()
+        assert job_out(job, "toy").heartbeat_age_s is not None
+        jobs.close(s, job, JobState.COMPLETED, result_version=1)
+        assert job_out(job, "toy").heartbeat_age_s is None and job_out(job, "toy").heartbeat_at is not None

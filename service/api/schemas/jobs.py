@@ -25,7 +25,9 @@ class JobOut(BaseModel):
     result_version: str | None
     attempts: int
     heartbeat_at: datetime | None
-    heartbeat_age_s: float | None
+    heartbeat_age_s: float | None = Field(
+        description="Seconds since a running job's last heartbeat; null once it ended."
+    )
     metrics: dict[str, Any] = Field(
         description="`base` and `result` metrics (fractions, with counts), every `attempts` entry of the "
         "method chain (one that diverged fails with `gate_failures` `diverged: ...`; one that did not end, "
