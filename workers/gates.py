@@ -2,8 +2,10 @@
 
 Gates are a model's policy (a dict stored with the model). Known keys, all fractions:
 - `max_test_accuracy_drop`: test accuracy may fall by at most this much from the base version, and,
-  but for an exact retrain, from the model's first version (v1): deletions that each lost a little had
-  added up unbounded (a probe's eight 5% deletions took an MLP from 79% to 67%, each passing).
+  but for an exact retrain, from the newest exact version (v1, or the last one a retrain published),
+  where that was scored on the same test rows (a class taken whole since leaves its rows out): deletions
+  that each lost a little had added up unbounded (a probe's eight 5% deletions took an MLP from 79% to
+  67%, each passing). A retrain is what the data left supports, so it moves the reference.
 - `max_retain_accuracy_drop`: the same for retain accuracy.
 - `max_forget_accuracy_above_test`: accuracy on the forget set may exceed test accuracy by at most this
   (a forgotten sample should look like one the model never saw).
@@ -37,22 +39,24 @@ def check(
     base: dict[str, Any],
     result: dict[str, Any],
     method: str | None = None,
-    first_test_accuracy: float | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> list[str]:
     """Return one human-readable reason per failed gate (empty: all passed). A gate over a metric that
     could not be measured (None: e.g. RA once the whole training set is forgotten) does not apply.
     ``method``: the one that made ``result`` (an exact retrain is not judged on D_f's recognition, nor on
-    its drop from v1: it is what the data left supports). ``first_test_accuracy``: v1's."""
+    its drop from the reference). ``reference``: the metrics of the newest exact version."""
     failures: list[str] = []
     ta, ra, ua = result.get("test_accuracy"), result.get("retain_accuracy"), result.get("unlearning_accuracy")
     base_ta, base_ra = base.get("test_accuracy"), base.get("retain_accuracy")
     if (g := gates.get("max_test_accuracy_drop")) is not None and base_ta is not None and ta is not None:
         drop = base_ta - ta
-        since_first = (first_test_accuracy - ta) if first_test_accuracy is not None else None
+        ref = reference or {}
+        same_rows = ref.get("test_accuracy") is not None and ref.get("test_count") == result.get("test_count")
+        since = ref["test_accuracy"] - ta if same_rows and method != "retrain" else None
         if drop > g + EPS:
             failures.append(f"test accuracy dropped {drop:.4f} > {g}")
-        elif since_first is not None and method != "retrain" and since_first > g + EPS:
-            failures.append(f"test accuracy dropped {since_first:.4f} since v1 > {g}")
+        elif since is not None and since > g + EPS:
+            failures.append(f"test accuracy dropped {since:.4f} since the last exact version > {g}")
     if (g := gates.get("max_retain_accuracy_drop")) is not None and base_ra is not None and ra is not None:
         drop = base_ra - ra
         if drop > g + EPS:

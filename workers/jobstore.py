@@ -70,8 +70,9 @@ class JobContext:
     forgotten: set[str]
     time_limit_seconds: int | None  # the model's own; the service's limit bounds it
     retrain_above_share: float | None = None  # a deletion taking this share of what is left is retrained
-    # v1's test accuracy: the test-accuracy gate bounds the drop from it too (workers.gates.check)
-    first_test_accuracy: float | None = None
+    # the newest exact version's test scores (v1, or a retrain's since): the test-accuracy gate bounds the
+    # drop from them too (workers.gates.check)
+    reference_test: dict[str, Any] | None = None
 
 
 def fenced_job(session: Session, job_id: str, owner: str) -> Job:
@@ -119,8 +120,14 @@ class JobStore:
                 s.get_one(Dataset, model.test_dataset_id),
             )
             heldout = s.get(Dataset, model.heldout_dataset_id) if model.heldout_dataset_id else None
-            v1 = (ModelVersion.model_id == model.id) & (ModelVersion.number == 1)
-            first = s.scalar(select(ModelVersion.metrics).where(v1))
+            exact = (ModelVersion.number == 1) | (Job.method == "retrain")
+            reference = s.scalar(
+                select(ModelVersion.metrics)
+                .outerjoin(Job, Job.id == ModelVersion.job_id)
+                .where(ModelVersion.model_id == model.id, exact)
+                .order_by(ModelVersion.number.desc())
+                .limit(1)
+            )
             requests = s.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)).all()
             forgotten = s.scalars(
                 select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
@@ -157,7 +164,7 @@ class JobStore:
                 forgotten=set(forgotten),
                 time_limit_seconds=model.time_limit_seconds,
                 retrain_above_share=model.retrain_above_share,
-                first_test_accuracy=(first or {}).get("test_accuracy"),
+                reference_test=reference,
             )
 
     def trying(self, method: str, params: dict[str, Any]) -> None:

@@ -347,7 +347,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             failures = [f"diverged: {broken}"]
         else:
             metrics = {**scored, "runtime_s": runtime}
-            failures = gates.check(ctx.gates, base_metrics, metrics, method, ctx.first_test_accuracy)
+            failures = gates.check(ctx.gates, base_metrics, metrics, method, ctx.reference_test)
         attempts.append(
             {
                 "method": method,

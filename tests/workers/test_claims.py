@@ -547,3 +547,50 @@ def test_requests_that_together_would_forget_every_sample_are_not_coalesced(db_u
         third = submit_request(s, model, ids[:10])  # well short of emptying: coalesced as ever
         fourth = submit_request(s, model, ids[10:20])
         assert claimed_job(s, model).request_ids == [third.id, fourth.id]
+
+
+def test_a_job_is_judged_against_the_newest_exact_version_v1_or_a_retrains(db_url: str) -> None:
+    """The test-accuracy gate's reference (workers.gates.check): v1's scores until a retrain publishes,
+    then that retrain's; versions an unlearning method published are not references."""
+    from service.core.db.tables import ModelVersion
+    from workers import leases
+    from workers.jobstore import JobStore
+
+    def version(s: Session, model: Model, number: int, method: str, accuracy: float) -> None:
+        done = Job(
+            tenant=model.tenant,
+            model_id=model.id,
+            state=JobState.COMPLETED,
+            method=method,
+            request_ids=[],
+            params={},
+            base_version=number - 1,
+        )
+        s.add(done)
+        s.flush()
+        s.add(ModelVersion(model_id=model.id, number=number, parent_number=number - 1, checkpoint_uri="x",
+                           sha256="0" * 64, metrics={"test_accuracy": accuracy}, job_id=done.id))  # fmt: skip
+        model.latest_version = number
+
+    def reference() -> dict | None:
+        with session_scope(db_url) as s:
+            model = s.scalars(select(Model)).one()
+            submit_request(s, model, ["toy-0001"])
+            assert leases.acquire(s, model.id, "owner", 60)
+            job_id = claimed_job(s, model).id
+        ctx = JobStore(db_url, job_id, "owner").load_context()
+        with session_scope(db_url) as s:
+            s.get_one(Job, job_id).state = JobState.COMPLETED
+            leases.release(s, ctx.model_id, "owner")
+        return ctx.reference_test
+
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        s.get_one(ModelVersion, s.scalars(select(ModelVersion.id)).one()).metrics = {"test_accuracy": 0.9}
+        version(s, model, 2, "ugradsl_plus", 0.85)
+    assert reference() == {"test_accuracy": 0.9}  # v1
+    with session_scope(db_url) as s:
+        model = s.scalars(select(Model)).one()
+        version(s, model, 3, "retrain", 0.8)
+        version(s, model, 4, "ugradsl_plus", 0.78)
+    assert reference() == {"test_accuracy": 0.8}  # the retrain's
