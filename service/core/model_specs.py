@@ -59,10 +59,17 @@ def check_labels(session: Session, dataset: Dataset, num_classes: int, role: str
 
 
 def check_methods(
-    default_method: str, default_params: dict[str, Any], fallback_methods: list[str], where: str = "spec"
+    default_method: str,
+    default_params: dict[str, Any],
+    fallback_methods: list[str],
+    where: str = "spec",
+    *,
+    repeat: bool = True,
 ) -> None:
     """Every method of the chain exists and its params are within bounds (validated without torch); a 422
-    names the field, as ``check_recipe``'s does."""
+    names the field, as ``check_recipe``'s does. ``repeat``: also refuse a fallback that reruns the default
+    method as it ran (a PATCH that changes none of the chain does not: a model registered before the check
+    keeps taking other changes)."""
     from models.unlearning.params import METHOD_NAMES, parse_params  # torch-free by contract (tested)
 
     twice = sorted({m for m in fallback_methods if fallback_methods.count(m) > 1})
@@ -73,17 +80,18 @@ def check_methods(
         ("default_method", default_method, default_params),
         *(("fallback_methods", m, {}) for m in fallback_methods),
     ]
-    parsed = []
     for field, method, params in chain:
         if field == "default_method" and method in METHOD_NAMES:
             field = "default_params"  # the method exists: what is wrong is in its params
         try:
-            parsed.append(parse_params(method, params))
+            parse_params(method, params)
         except (KeyError, ValueError, TypeError) as exc:
             msg = str(exc).strip("'\"") if method not in METHOD_NAMES else f"method {method!r}: {exc}"
             raise Unprocessable(msg, errors=[_error(where, field, msg)]) from exc
-    if default_method in fallback_methods and parsed[0] == parse_params(default_method, {}):
+    if repeat and default_method in fallback_methods and not default_params:
         # a fallback runs its method's defaults, as the default method does here: the same run again
+        # (not where default_params name any key: one written out as its default, an lr or an optimizer,
+        # changes what the model's recipe decides; a review)
         msg = (
             f"fallback_methods names the default method {default_method!r}, which runs the same params "
             "(its defaults) and fails the same way; give default_params of its own or another fallback"

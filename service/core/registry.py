@@ -218,7 +218,8 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
     fallbacks = changes.get("fallback_methods")
     if fallbacks is None:
         fallbacks = m.fallback_methods
-    check_methods(method, params, fallbacks, where="body")
+    chain_changed = any(k in changes for k in ("default_method", "default_params", "fallback_methods"))
+    check_methods(method, params, fallbacks, where="body", repeat=chain_changed)
     if changes.get("train_recipe") is not None:
         check_recipe(changes["train_recipe"], where="body")
     m.default_method, m.default_params, m.fallback_methods = method, params, fallbacks

@@ -288,6 +288,20 @@ def test_a_fallback_that_reruns_the_default_method_as_it_ran_is_refused(api: Api
         fallback_methods=["finetune"],
     )
     assert own.status_code == 202, own.text  # its fallback runs other params
+    # any key written out, its default value included, may change what the recipe decides (a review)
+    sgd = api.register(
+        name="sgd-first",
+        default_method="finetune",
+        default_params={"optimizer": "sgd"},
+        fallback_methods=["finetune"],
+    )
+    assert sgd.status_code == 202, sgd.text
+    # a model whose chain was stored before the check still takes a change that leaves the chain alone
+    with session_scope(api.url) as s:
+        stored = s.scalars(select(Model).where(Model.name == "own-params")).one()
+        stored.default_params = {}
+    r = api.client.patch("/v1/models/own-params", json={"gates": {"max_test_accuracy_drop": 0.05}})
+    assert r.status_code == 200, r.text
 
 
 def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
