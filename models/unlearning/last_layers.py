@@ -163,10 +163,17 @@ def _reads_training(cls: type) -> bool:
 
 def _cut(model: nn.Module, net: nn.Module, classifier: str, share: float) -> _Cut | None:
     """The cut of ``net`` (``model``'s network, ending in its ``classifier``) at ``share``, or None."""
+    # in eval mode: the root's own forward is always traced through, and what it reads of self.training
+    # is fixed in the graph (timm's head dropout, F.dropout(..., training=self.training), would drop at
+    # scoring; a review): fixed at eval, the last layers train without that dropout, and score exactly
+    was_training = net.training
+    net.eval()
     try:
         traced = fx.GraphModule(net, _ModeTracer().trace(net))
     except Exception:  # noqa: BLE001 - any tracing failure means: no split, run on the whole model
         return None
+    finally:
+        net.train(was_training)
     nodes = list(traced.graph.nodes)
     weights = {id(p): p for p in model.parameters() if p.requires_grad}
     owned = {n: _weights_of(traced, n) for n in nodes}

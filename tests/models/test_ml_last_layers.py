@@ -58,7 +58,8 @@ def test_a_norm_layer_outside_torch_nn_follows_the_mode_it_is_called_in_not_the_
     running ones, so a published version carried test rows' statistics, and a 1-row size probe refused a
     good EfficientNet (a probe)."""
     timm = pytest.importorskip("timm")
-    model = adapt(timm.create_model("test_efficientnet", num_classes=4, pretrained=False))
+    # its head drops out in the root's own forward (F.dropout(..., training=self.training)): traced too
+    model = adapt(timm.create_model("test_efficientnet", num_classes=4, pretrained=False, drop_rate=0.5))
     model.train()  # as build_model returns it, and as the worker splits it
     split = split_last_layers(model, 0.5)
     assert split is not None
@@ -72,8 +73,8 @@ def test_a_norm_layer_outside_torch_nn_follows_the_mode_it_is_called_in_not_the_
 def test_models_of_one_structure_are_traced_once_and_split_on_their_own_weights(monkeypatch) -> None:
     monkeypatch.setattr(last_layers, "_CUTS", {})
     traced = []
-    trace = last_layers.fx.symbolic_trace
-    monkeypatch.setattr(last_layers.fx, "symbolic_trace", lambda m: traced.append(m) or trace(m))
+    trace = last_layers._ModeTracer.trace
+    monkeypatch.setattr(last_layers._ModeTracer, "trace", lambda self, m: traced.append(m) or trace(self, m))
     first = build_model("small_cnn").eval()
     second = copy.deepcopy(first)
     for p in second.parameters():
@@ -110,8 +111,8 @@ class _Scaled(Classifier):
 def test_a_traced_constant_and_a_model_no_recipe_built_split_as_their_own(monkeypatch) -> None:
     monkeypatch.setattr(last_layers, "_CUTS", {})
     traced = []
-    trace = last_layers.fx.symbolic_trace
-    monkeypatch.setattr(last_layers.fx, "symbolic_trace", lambda m: traced.append(m) or trace(m))
+    trace = last_layers._ModeTracer.trace
+    monkeypatch.setattr(last_layers._ModeTracer, "trace", lambda self, m: traced.append(m) or trace(self, m))
     x = torch.randn(5, 4)
     for _ in range(2):  # the second model reads the kept cut, constant included
         model = _Scaled().eval()
