@@ -126,8 +126,10 @@ def _sequence_and_sign(request: Request, session: SessionDep, tenant: str) -> No
     """Sequence what is committed and, where that sequenced anything, sign a head over it. The workers
     sign heads only for tenants with events left unsequenced: a tenant whose events an export or a verify
     had sequenced kept a head behind its log until it wrote again (a probe's stayed at 6 of 101 events)."""
-    if audit.sequence_all(session, tenant):
-        transparency.sign_head(session, request.app.state.signing_key, tenant)
+    sequenced = audit.sequence_all(session, tenant)
+    head = transparency.latest_head(session, tenant)
+    if sequenced or (head is not None and head["tree_head"]["tree_size"] < audit.tree_size(session, tenant)):
+        transparency.sign_head(session, request.app.state.signing_key, tenant)  # a stale one is caught up too
     session.commit()
 
 

@@ -118,7 +118,7 @@ def _heard(session: Session, heartbeat_s: float, *, of_beat: bool) -> str:
     return (
         "ok"
         if quiet <= limit
-        else f"no {who} is running: the latest heartbeat on record is {quiet:.0f}s old (limit {limit:.0f}s)"
+        else f"no {who} heard from within {limit:.0f}s: the latest heartbeat on record is {quiet:.0f}s old"
     )
 
 
