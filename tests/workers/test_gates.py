@@ -49,6 +49,13 @@ def test_a_test_accuracy_drop_beyond_the_gate_fails_saying_by_how_much() -> None
     assert failures == ["test accuracy dropped 0.3125 > 0.25"]
 
 
+def test_a_drop_just_past_the_gate_is_shown_past_it() -> None:
+    """2 rows of 331 lost, 0.00604, read as "dropped 0.0060 > 0.006" (a probe)."""
+    base = {**BASE, "test_accuracy": 310 / 331}
+    failures = check({"max_test_accuracy_drop": 0.006}, base, result(test_accuracy=308 / 331))
+    assert failures == ["test accuracy dropped 0.0060423 > 0.006"]
+
+
 def test_a_test_accuracy_gain_passes_a_zero_drop_gate() -> None:
     assert check({"max_test_accuracy_drop": 0.0}, BASE, result(test_accuracy=0.8125)) == []
 
