@@ -518,7 +518,8 @@ def _run(
         bound.jitter(len(part.forget), params.seed)
     if moves is not None:
         moves.y, moves.kept = part.moves, retain.y.unique()
-    select = selector(net, part.forget, part.retain, part.heldout, params.select_checks, params.seed, refresh)
+    checks, matched = params.select_checks, params.select_match
+    select = selector(net, part.forget, part.retain, part.heldout, checks, params.seed, refresh, matched)
     about = {**(about or {}), **part.about, "trained": "model" if net is model else "last_layers",
              "model_weights": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
     run_steps(net, part.forget, part.retain, params, hooks, objective, plan, forget_targets=forget_targets,
@@ -826,7 +827,8 @@ def salun_passes(
             for idx in torch.randperm(len(retain), generator=gen).split(params.batch_size):
                 yield B.take(retain.x, idx), retain.y[idx]
 
-    select = selector(model, forget, retain, heldout, params.select_checks, params.seed)
+    checks, matched = params.select_checks, params.select_match
+    select = selector(model, forget, retain, heldout, checks, params.seed, matched=matched)
     model.train()
     stream = batches()
     step = 0

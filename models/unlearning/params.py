@@ -212,6 +212,11 @@ class GradientParams:
     )
     batch_stats: str = _f("batch", choices=BATCH_STATS, doc=_BATCH_STATS_DOC)
     anchor: float = _f(0.0, 0.0, 1e4, doc=_ANCHOR_DOC)
+    select_match: bool = _f(
+        True,
+        doc="with select_checks: read the held-out rows in D_f's class mix (a deletion drawn from a few "
+        "classes is measured against those classes' unseen rows); False = the held-out data's own mix",
+    )
 
 
 _CLASS_BUDGET_DOC = (

@@ -81,19 +81,50 @@ def scores(model: nn.Module, sample: Sample) -> Scores:
     return Scores(torch.cat(losses).float(), torch.cat(correct))
 
 
-def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs (0 = same)."""
+def ks_statistic(a: torch.Tensor, b: torch.Tensor, b_weights: torch.Tensor | None = None) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs (0 = same).
+    ``b_weights``: (len(b),) how much each of ``b``'s values counts in its CDF (None: equally)."""
     if len(a) == 0 or len(b) == 0:
         return 0.0
-    a, b = a.sort().values, b.sort().values
+    w = torch.ones_like(b, dtype=torch.float) if b_weights is None else b_weights.float()
+    if float(w.sum()) <= 0:
+        return 0.0
+    a, (b, order) = a.sort().values, b.sort()
+    w = w[order].cumsum(0) / w.sum()
     at = torch.cat([a, b])
     cdf_a = torch.searchsorted(a, at, right=True).float() / len(a)
-    cdf_b = torch.searchsorted(b, at, right=True).float() / len(b)
+    below = torch.searchsorted(b, at, right=True)  # how many of b's values are <= each point
+    cdf_b = torch.where(below > 0, w[(below - 1).clamp(min=0)], torch.zeros_like(w[:1]))
     return float((cdf_a - cdf_b).abs().max())
 
 
-def _mean(t: torch.Tensor) -> float:
-    return float(t.float().mean()) if len(t) else 0.0
+def _mean(t: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    if len(t) == 0:
+        return 0.0
+    if weights is None:
+        return float(t.float().mean())
+    total = float(weights.sum())
+    return float((t.float() * weights).sum()) / total if total > 0 else 0.0
+
+
+def class_matched(forget_y: torch.Tensor, heldout_y: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """(N_h,) weights that give the held-out rows D_f's class mix over the classes that stay (``kept``:
+    (K,) bool): f_c / h_c, D_f's share of class c over the held-out rows' share. Why: held-out data
+    stands for what a retrain makes of D_f, and a deletion drawn from a few classes is measured against
+    those classes' unseen rows: half of one class of an MLP over overlapping classes (unseen rows of
+    every class 15-25% wrong) was otherwise aimed at the whole test set's accuracy and its losses, and a
+    state that had forgotten the class, not only its deleted half, could look closest. A random
+    deletion's mix is the held-out data's: its weights are all about 1. A class of D_f with no held-out
+    row has nothing to stand for it, and its rows are left to the rest."""
+    k = len(kept)
+    f = torch.bincount(forget_y[kept[forget_y]], minlength=k).float()
+    h = torch.bincount(heldout_y[kept[heldout_y]], minlength=k).float()
+    if float(f.sum()) == 0 or float(h.sum()) == 0:
+        return torch.ones_like(heldout_y, dtype=torch.float)
+    share = torch.where(h > 0, (f / f.sum()) / (h / h.sum()).clamp(min=1e-12), torch.zeros_like(h))
+    if float((share * h).sum()) == 0:
+        return torch.ones_like(heldout_y, dtype=torch.float)
+    return share[heldout_y]
 
 
 @dataclass(frozen=True)
@@ -117,16 +148,20 @@ def distance(
     heldout_retained: torch.Tensor,
     retain: Scores,
     start: tuple[float, float],
+    heldout_weights: torch.Tensor | None = None,
 ) -> Distance:
     """``*_retained``: (N,) bool, the sample's class still has retain samples. ``start``: (retain accuracy,
-    held-out accuracy on retained classes) of the starting model."""
+    held-out accuracy on retained classes) of the starting model, the latter under ``heldout_weights``
+    ((N_h,), how much each held-out row counts, ``class_matched``; None: equally), as every held-out term."""
     share = _mean(forget_retained)  # fraction of D_f whose class stays
     f_in, h_in = forget_retained, heldout_retained
-    accuracy = share * abs(_mean(forget.correct[f_in]) - _mean(heldout.correct[h_in]))
+    w = None if heldout_weights is None else heldout_weights[h_in]
+    heldout_accuracy = _mean(heldout.correct[h_in], w)
+    accuracy = share * abs(_mean(forget.correct[f_in]) - heldout_accuracy)
     accuracy += (1 - share) * _mean(forget.correct[~f_in])
-    losses = share * ks_statistic(forget.loss[f_in], heldout.loss[h_in])
+    losses = share * ks_statistic(forget.loss[f_in], heldout.loss[h_in], w)
     retain_drop = max(0.0, start[0] - _mean(retain.correct))
-    heldout_drop = max(0.0, start[1] - _mean(heldout.correct[h_in]))
+    heldout_drop = max(0.0, start[1] - heldout_accuracy)
     return Distance(accuracy, losses, retain_drop, heldout_drop)
 
 
@@ -150,6 +185,7 @@ class Selector:
         seed: int,
         device: torch.device,
         refresh: Callable[[torch.Tensor], None] | None = None,
+        matched: bool = True,
     ) -> None:
         self.checks, self.refresh = checks, refresh
         self.forget = Sample.of(forget, seed + 1, device)
@@ -159,6 +195,7 @@ class Selector:
         kept = torch.zeros(k, dtype=torch.bool, device=device)
         kept[retain.y.unique().to(device)] = True
         self.forget_retained, self.heldout_retained = kept[self.forget.y], kept[self.heldout.y]
+        self.heldout_weights = class_matched(self.forget.y, self.heldout.y, kept) if matched else None
         self.history: list[tuple[int, Distance]] = []
         self.best: tuple[float, dict[str, torch.Tensor]] | None = None
         self.start_accuracy = (0.0, 0.0)
@@ -167,7 +204,8 @@ class Selector:
     def start(self, model: nn.Module, total: int) -> None:
         self.steps = check_steps(self.checks, total)
         retain, heldout = scores(model, self.retain), scores(model, self.heldout)
-        self.start_accuracy = (_mean(retain.correct), _mean(heldout.correct[self.heldout_retained]))
+        w = None if self.heldout_weights is None else self.heldout_weights[self.heldout_retained]
+        self.start_accuracy = (_mean(retain.correct), _mean(heldout.correct[self.heldout_retained], w))
 
     def after_step(self, model: nn.Module, step: int) -> None:
         if step in self.steps:
@@ -189,6 +227,7 @@ class Selector:
             self.heldout_retained,
             scores(model, self.retain),
             self.start_accuracy,
+            self.heldout_weights,
         )
         self.history.append((step, d))
         if self.best is None or d.total < self.best[0]:
@@ -206,6 +245,7 @@ def selector(
     checks: int,
     seed: int,
     refresh: Callable[[torch.Tensor], None] | None = None,
+    matched: bool = True,
 ) -> Selector | None:
     """The run's Selector, or None when ``checks`` is 0 (off). No held-out data is an error."""
     if checks <= 0 or len(forget) == 0:
@@ -216,4 +256,4 @@ def selector(
             "to tell which state of the run looks retrained; pass select_checks=0 without it"
         )
     device = next(model.parameters()).device
-    return Selector(forget, retain, heldout, checks, seed, device, refresh)
+    return Selector(forget, retain, heldout, checks, seed, device, refresh, matched)

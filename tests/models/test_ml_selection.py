@@ -143,6 +143,39 @@ def test_ks_statistic_is_zero_for_one_distribution_and_one_for_disjoint_ones() -
     assert S.ks_statistic(a, torch.tensor([0.15, 0.25, 0.35, 0.45])) == pytest.approx(0.25)
 
 
+def test_a_weighted_ks_statistic_reads_the_second_sample_in_its_weights() -> None:
+    a = torch.tensor([0.1, 0.2])
+    b = torch.tensor([0.15, 0.9, 5.0, 6.0])
+    assert S.ks_statistic(a, b) == pytest.approx(0.75)
+    assert S.ks_statistic(a, b, torch.ones(4)) == pytest.approx(0.75)  # equal weights: the plain statistic
+    # Weighted to its first two values, b reads like a: the gap is the one between 0.1/0.15 and 0.2/0.9.
+    assert S.ks_statistic(a, b, torch.tensor([1.0, 1.0, 0.0, 0.0])) == pytest.approx(0.5)
+    assert S.ks_statistic(a, b, torch.zeros(4)) == 0.0  # nothing to compare with
+
+
+def test_held_out_rows_are_weighted_to_the_forget_sets_class_mix() -> None:
+    """Half of class 0 deleted: its held-out rows stand for it, the other classes' count for nothing; a
+    random deletion's mix is the held-out data's, and its weights are all 1."""
+    kept = torch.tensor([True, True, True])
+    heldout_y = torch.tensor([0, 0, 1, 1, 2, 2])
+    w = S.class_matched(torch.tensor([0, 0, 0]), heldout_y, kept)
+    assert w.tolist() == pytest.approx([3.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    assert S.class_matched(torch.tensor([0, 1, 2]), heldout_y, kept).tolist() == pytest.approx([1.0] * 6)
+    # A class the deletion takes whole is judged apart: it does not shape the held-out mix.
+    gone = torch.tensor([False, True, True])
+    weights = S.class_matched(torch.tensor([0, 0, 1]), heldout_y, gone)
+    assert weights.tolist() == pytest.approx([0, 0, 2, 2, 0, 0])
+    # Held-out accuracy is then D_f's classes': class 0's rows wrong, the others right.
+    heldout = _scores([3.0, 3.0, 0.1, 0.1, 0.1, 0.1], [False, False, True, True, True, True])
+    forget = _scores([3.0, 3.0, 3.0], [False, False, False])
+    retain = _scores([0.0] * 2, [True] * 2)
+    alike = torch.ones(3, dtype=torch.bool)
+    matched = S.distance(forget, alike, heldout, kept.repeat(2), retain, (1.0, 0.0), w)
+    assert (matched.accuracy, matched.losses) == (0.0, 0.0)  # D_f looks like its class's unseen rows
+    plain = S.distance(forget, alike, heldout, kept.repeat(2), retain, (1.0, 0.0))
+    assert plain.accuracy == pytest.approx(2 / 3)
+
+
 def _scores(loss: list[float], correct: list[bool]) -> S.Scores:
     return S.Scores(torch.tensor(loss), torch.tensor(correct))
 

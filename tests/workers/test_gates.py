@@ -220,7 +220,7 @@ def test_rows_sent_as_mislabeled_still_predicted_as_their_label_are_a_warning_bu
     assert len(attempt_warnings("finetune", [2], both)) == 2
 
 
-def test_rows_sent_as_mislabeled_that_their_neighbours_agree_with_are_a_warning_to_send_them_as_erasure() -> None:
+def test_rows_sent_as_mislabeled_that_their_neighbours_hold_are_a_warning_to_send_them_as_erasure() -> None:
     """A probe's correctly labelled rows sent as mislabeled were pushed off their labels (23 of 25 away
     rows) and cost test accuracy within the gate, with only a word that reads as too little forgetting."""
     from workers.runner import attempt_warnings
@@ -228,7 +228,7 @@ def test_rows_sent_as_mislabeled_that_their_neighbours_agree_with_are_a_warning_
     metrics = {"flagged_label_accuracy": 0.52, "flagged_count": 25}
     runs = [{"sized_by": "pushes", "away_rows": 23, "contradicted_rows": 2}]
     warnings = attempt_warnings("ugradsl_plus", None, metrics, runs)
-    assert len(warnings) == 2 and warnings[1].startswith("23 of the 25 rows sent as mislabeled have neighbours")
+    assert len(warnings) == 2 and warnings[1].startswith("23 of the 25 rows sent as mislabeled have")
     assert "reason erasure" in warnings[1]
     few = [{"away_rows": 12, "contradicted_rows": 13}]  # most contradicted: mislabeled as sent
     assert len(attempt_warnings("ugradsl_plus", None, metrics, few)) == 1
