@@ -36,6 +36,7 @@ from service.core.db.tables import (
 from service.core.errors import Conflict, NotFound, PayloadTooLarge, ProblemError, Unprocessable
 from service.core.queue import send_deliver_webhook, send_run_model, wake_due
 from service.core.states import PENDING, DeletionReason, ModelStatus, RequestState, WebhookState
+from service.core.subjects import spellings
 
 MAX_REPORTED_UNKNOWN = 100
 _CHUNK = 500
@@ -81,7 +82,8 @@ def expand_subjects(session: Session, model: Model, subjects: Sequence[str]) -> 
     request order): one round trip per chunk of subjects, on the (dataset, subject) index."""
     found: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for chunk in _chunks(subjects):
+    forms = {s: spellings(s) for s in subjects}  # each subject as a dataset may have stored it
+    for chunk in _chunks(sorted({f for fs in forms.values() for f in fs})):
         rows = session.execute(
             select(DatasetSample.position, DatasetSample.sample_id, DatasetSample.subject_id).where(
                 DatasetSample.dataset_id == model.train_dataset_id, DatasetSample.subject_id.in_(chunk)
@@ -92,7 +94,8 @@ def expand_subjects(session: Session, model: Model, subjects: Sequence[str]) -> 
             if subject_id is not None:
                 seen.add(subject_id)
     found.sort()
-    return [sample_id for _, sample_id in found], [s for s in subjects if s not in seen]
+    unknown = [s for s in subjects if not seen.intersection(forms[s])]
+    return [sample_id for _, sample_id in found], unknown
 
 
 def has_subjects(session: Session, model: Model) -> bool:

@@ -16,6 +16,7 @@ from service.core.db.engine import is_postgres
 from service.core.db.tables import Dataset, DatasetSample, Model, ModelVersion
 from service.core.model_specs import check_methods, check_recipe, require_finite
 from service.core.states import ModelStatus
+from service.core.subjects import stored
 
 _BATCH = 5000
 
@@ -59,10 +60,9 @@ def register_dataset(
             raise ValueError(
                 f"subject_ids and sample_ids differ in length ({len(subject_ids)}, {len(sample_ids)})"
             )
-        # Surrounding whitespace is not part of a subject (every kind reads it so; a shard's member file
-        # usually ends in a newline): " alice" and "alice " would otherwise be other people than
-        # "alice", and a request naming alice would leave their samples unforgotten.
-        subjects = [(s.strip() or None) if s else None for s in subject_ids]
+        # " alice", "alice " and "alice" are one subject, as are canonically equivalent spellings
+        # (``subjects.stored``): a request naming alice would otherwise leave some of her samples.
+        subjects = [stored(s) if s else None for s in subject_ids]
         # A subject must be nameable by a request too; an empty one means "about no one", not a subject.
         bad_rows = [(i, s) for i, s in enumerate(subjects) if s is not None and not _nameable(s)]
         if bad_rows:

@@ -284,6 +284,34 @@ def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Ap
     ]
 
 
+def test_one_subject_spelled_with_and_without_combining_marks_is_one_subject(api: Api, tmp_path: Path) -> None:
+    """A probe's data held "Zoë" once as one code point and three times with a combining diaeresis: a
+    request naming Zoë as typed, and the samples view, found one sample of four."""
+    composed, decomposed = "Zo\u00eb", "Zoe\u0308"
+    npz = tmp_path / "data" / "zoe.npz"
+    subject_npz(npz, [composed, decomposed, decomposed + " ", "zoe"])
+    up = api.client.post(
+        "/v1/datasets/upload", data={"name": "zoe"}, files={"file": ("z.npz", npz.read_bytes())},
+        headers=api.auth(api.admin),
+    )  # fmt: skip
+    assert up.status_code == 201, up.text
+    with session_scope(api.url) as s:
+        train = s.get_one(Dataset, up.json()["id"])
+        register_model(
+            s, tenant="default", name="zoe", architecture="mlp", arch_kwargs={}, num_classes=3,
+            train=train, test=train, checkpoint_uri="/nonexistent", checkpoint_sha256="0" * 64,
+            default_method="ugradsl_plus", default_params={}, train_recipe={}, gates={}, metrics={},
+            actor="test",
+        )  # fmt: skip
+    for named in (composed, decomposed):
+        listed = api.client.get("/v1/models/zoe/samples", params={"subject_id": named}, headers=api.auth())
+        assert [i["sample_id"] for i in listed.json()["items"]] == ["s0", "s1", "s2"]
+        assert {i["subject_id"] for i in listed.json()["items"]} == {composed}
+        r = api.post({"subject_ids": [named]}, model="zoe")
+        assert r.status_code == 202, r.text
+        assert stored(api, r.json()["id"]).sample_ids == ["s0", "s1", "s2"]  # "zoe" is someone else
+
+
 # -- requests that name subjects --------------------------------------------------------------------------
 
 

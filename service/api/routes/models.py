@@ -42,6 +42,7 @@ from service.core.model_specs import (
 from service.core.queue import send_validate_model
 from service.core.registry import is_model_name_clash, register_model, retire_invalid, update_policy
 from service.core.states import ModelStatus
+from service.core.subjects import spellings
 
 router = APIRouter(tags=["models"], responses=problems(*KEYED))
 upload_router = APIRouter(tags=["models"], responses=problems(*KEYED))  # carries the larger upload body limit
@@ -101,8 +102,8 @@ def list_samples(
         )
         .where(DatasetSample.dataset_id == m.train_dataset_id, DatasetSample.position > after)
     )
-    if subject_id is not None:  # on the (dataset, subject) index; trimmed, as registration stores them
-        query = query.where(DatasetSample.subject_id == subject_id.strip())
+    if subject_id is not None:  # on the (dataset, subject) index, in the forms registration stores
+        query = query.where(DatasetSample.subject_id.in_(spellings(subject_id)))
     rows = session.execute(query.order_by(DatasetSample.position).limit(limit + 1)).all()
     items = [
         SampleOut(sample_id=r[0], label=r[1], forgotten_in=version_label(r[3]), subject_id=r[4])
