@@ -54,3 +54,29 @@ def test_an_api_connection_that_died_while_idle_is_replaced_before_a_request_fai
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     finally:
         engine.dispose()
+
+
+def test_a_request_whose_connection_died_under_it_closes_without_raising_and_the_pool_moves_on() -> None:
+    """A read leaves its transaction open and its session is closed after the answer has started: a
+    rollback over a connection the database dropped raised there, and uvicorn reset the client's
+    keep-alive connection with no answer (a probe killed the API's backends under GETs)."""
+    import psycopg
+    from sqlalchemy import text
+    from sqlalchemy.orm import sessionmaker
+
+    from service.api.deps import close
+
+    reason = services_available()
+    if reason:
+        pytest.skip(reason)
+    engine = make_engine(PG_ADMIN_URL, pre_ping=False)
+    try:
+        session = sessionmaker(engine)()
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar()  # its transaction stays open
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        close(session)  # the rollback fails on the dead connection: discarded, not raised
+        with sessionmaker(engine)() as fresh:
+            assert fresh.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()

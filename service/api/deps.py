@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -10,12 +11,15 @@ from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db.tables import ApiKey
 from service.core.errors import Forbidden, Unauthorized
 from service.core.keys import SCOPES, find_key, hash_key
 from service.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -28,7 +32,20 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
+        close(session)
+
+
+def close(session: Session) -> None:
+    """Close ``session``; a connection the database dropped under it is thrown away instead. A read
+    leaves its transaction open, so close() rolls back over the wire, after the answer has started: a
+    probe that killed the API's PostgreSQL backends under keep-alive GETs had 37 of ~3,300 connections
+    reset with no answer at all (uvicorn's "response already started"). The answer already out is the
+    request's; the dead connection must not reach the next one."""
+    try:
         session.close()
+    except DBAPIError:
+        log.warning("a database connection died under a request; it is discarded", exc_info=True)
+        session.invalidate()
 
 
 def get_settings_dep(request: Request) -> Settings:
