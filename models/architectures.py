@@ -54,7 +54,9 @@ def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(list_models())}") from None
+        raise UnknownArchitecture(
+            f"unknown architecture {name!r}; known: {', '.join(list_models())}"
+        ) from None
 
 
 def list_models() -> list[str]:
@@ -93,18 +95,18 @@ def _external(source: sources.Source, kwargs: dict[str, Any]) -> nn.Module:
         import torchvision.models as tvm
 
         if source.target not in tvm.list_models(module=tvm):
-            raise KeyError(f"torchvision has no classification model builder {source.target!r}")
+            raise UnknownArchitecture(f"torchvision has no classification model builder {source.target!r}")
         return tvm.get_model_builder(source.target)(weights=None, **kwargs)
     if source.kind == "timm":
         import timm
 
         if not timm.is_model(source.target):
-            raise KeyError(f"timm has no model {source.target!r}")
+            raise UnknownArchitecture(f"timm has no model {source.target!r}")
         return timm.create_model(source.target, pretrained=False, **kwargs)
     found = entry_points(group=sources.ENTRY_POINT_GROUP, name=source.target)
     if not found:
         installed = ", ".join(sources.plugin_names()) or "none"
-        raise KeyError(
+        raise UnknownArchitecture(
             f"no plugin {source.target!r} in the entry-point group {sources.ENTRY_POINT_GROUP!r} "
             f"(installed: {installed})"
         )
@@ -124,6 +126,15 @@ def model_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- size before allocation
+
+
+class UnknownArchitecture(KeyError):
+    """A name no builder answers to. A KeyError (a lookup that failed) whose text is its message:
+    a KeyError's own str() is the repr of its argument, and a model's ``status_detail`` read
+    'KeyError: "torchvision has no classification model builder 'nope'"' (a probe)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ModelTooLarge(ValueError):

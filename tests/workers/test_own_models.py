@@ -210,6 +210,20 @@ def test_kwargs_the_builder_rejects_make_the_model_invalid_saying_so(
     assert "TypeError" in detail and "widht_per_group" in detail
 
 
+def test_an_unknown_builder_makes_the_model_invalid_in_plain_words(
+    live: tuple[LiveApp, httpx.Client],
+) -> None:
+    """A KeyError's text is the repr of its message: the detail read 'KeyError: "torchvision has no
+    classification model builder 'nope'"', quotes within quotes (a probe)."""
+    app, http = live
+    ckpt = save_numpy({"w": np.zeros(1, np.float32)})
+    r = register(http, "nope", "torchvision:nope", ckpt)
+    assert r.status_code == 202
+    assert validate_model(app.settings, model_id(app, r.json()["name"])) == "invalid"
+    detail = http.get("/v1/models/nope").json()["status_detail"]
+    assert detail == "UnknownArchitecture: torchvision has no classification model builder 'nope'"
+
+
 def test_validation_is_given_up_after_max_attempts_when_its_worker_dies_each_time(
     live: tuple[LiveApp, httpx.Client], tmp_path: Path
 ) -> None:
