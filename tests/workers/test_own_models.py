@@ -136,6 +136,10 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
     r = http.get("/v1/models/own/versions/v2/checkpoint")
     assert r.status_code == 200
     assert hashlib.sha256(r.content).hexdigest() == r.headers["x-checkpoint-sha256"]
+    head = http.head("/v1/models/own/versions/v2/checkpoint")  # the size and digest, no body (a probe)
+    assert (head.status_code, head.content) == (200, b"")
+    assert int(head.headers["content-length"]) == len(r.content)
+    assert head.headers["x-checkpoint-sha256"] == r.headers["x-checkpoint-sha256"]
     (tmp_path / "v2.safetensors").write_bytes(r.content)
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly

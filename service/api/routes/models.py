@@ -166,8 +166,9 @@ def get_version(model: str, version: str, session: SessionDep, key: JobsReader) 
     return version_out(_get_version(session, get_model(session, key.tenant, model), version))
 
 
-@router.get(
+@router.api_route(
     "/v1/models/{model}/versions/{version}/checkpoint",
+    methods=["GET", "HEAD"],  # HEAD: the size and the sha256 before a download (a probe's client asked)
     summary="Download a version's safetensors checkpoint (sha256 in the X-Checkpoint-SHA256 header)",
     response_class=FileResponse,
 )
