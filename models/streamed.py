@@ -23,7 +23,7 @@ import torch
 
 from models.declarations import ImageFeatures
 from models.shards import Member, read_member
-from models.transforms import apply_features, decode_image, post_only, stack_images
+from models.transforms import apply_features, post_only, read_image, stack_images
 
 
 class RowSource(Protocol):
@@ -88,10 +88,11 @@ class FileRows:
         return tuple(int(d) for d in self.read(np.arange(min(1, len(self)))).shape[1:])
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
-        arrays = [
-            decode_image(self.files[i], self.files[i].suffix.lstrip(".").lower()) for i in rows.tolist()
-        ]
         names = [str(self.files[i]) for i in rows.tolist()]
+        arrays = [
+            read_image(self.files[i], self.files[i].suffix.lstrip(".").lower(), name, self.decl)
+            for i, name in zip(rows.tolist(), names, strict=True)
+        ]
         return post_only(stack_images(arrays, self.what, names), self.decl) if arrays else torch.empty(0)
 
 
@@ -115,9 +116,10 @@ class ShardRows:
         arrays, names = [], []
         for i in rows.tolist():
             member = self.members[i]
-            arrays.append(decode_image(read_member(self.shards[member.shard], member), member.ext))
             where = f"sample {self.keys[i]!r}" if self.keys else f"the member at byte {member.offset}"
             names.append(f"{self.shards[member.shard].name}: {where}")
+            data = read_member(self.shards[member.shard], member)
+            arrays.append(read_image(data, member.ext, names[-1], self.decl))
         return (
             post_only(stack_images(arrays, self.shards[0].parent.name, names), self.decl)
             if arrays

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from models.declarations import DeclarationError, ImageFeatures
+from models.image_modes import FULL_SCALE, decoded_mode
 
 
 def apply_features(x: np.ndarray, decl: ImageFeatures | None, *, what: str = "x") -> torch.Tensor:
@@ -54,8 +55,15 @@ def normalise_and_resize(t: torch.Tensor, decl: ImageFeatures) -> torch.Tensor:
     return t.contiguous()
 
 
+class UnreadableImage(ValueError):
+    """An image file or member that cannot be decoded, named: the decoder's own message names a buffer
+    ("cannot identify image file <_io.BytesIO object at 0x7f...>") or nothing ("Truncated File Read")."""
+
+
 def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
-    """One image as (C, H, W) float32 in [0, 1] (an ``.npy`` array as stored, as float32)."""
+    """One image as (C, H, W) float32 in [0, 1] (an ``.npy`` array as stored, as float32): greyscale as
+    one channel and colour as three RGB ones, whatever mode the file stores (``models.image_modes``; alpha
+    dropped); 16-bit greyscale scaled by 65535, floating-point pixels as stored."""
     if ext == "npy":
         arr: np.ndarray = np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False)
         arr = arr.astype(np.float32)
@@ -63,8 +71,30 @@ def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        pixels = np.asarray(img, dtype=np.float32) / 255.0
+        shown = img.convert("RGBA") if img.mode == "P" and "transparency" in img.info else img  # as PIL asks
+        shown = shown.convert(decoded_mode(shown.mode)) if decoded_mode(shown.mode) != shown.mode else shown
+        pixels = np.asarray(shown, dtype=np.float32) / FULL_SCALE.get(shown.mode, 255.0)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def read_image(data: bytes | Path, ext: str, name: str, decl: ImageFeatures | None) -> np.ndarray:
+    """``decode_image``, its failure named by ``name`` (a file, or a shard's sample), resized to
+    ``decl.size`` where one is declared: images of different sizes are stacked only once each is the
+    declared size (a probe's manifest of 16, 20 and 24 px images was refused, told to declare the size it
+    had declared). Bilinear per image is what the batch's resize computes, and commutes with mean/std."""
+    try:
+        arr = decode_image(data, ext)
+    except Exception as exc:  # noqa: BLE001 - any decoder's failure is this file's, said with its name
+        raise UnreadableImage(f"{name} cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    if decl is None or decl.size is None or arr.ndim != 3 or tuple(arr.shape[-2:]) == decl.size:
+        return arr
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(arr))[None],
+        size=decl.size,
+        mode="bilinear",
+        align_corners=False,
+    )
+    return resized[0].numpy()
 
 
 def stack_images(arrays: Sequence[np.ndarray], what: str, names: Sequence[str] | None = None) -> torch.Tensor:

@@ -36,6 +36,7 @@ from models.declarations import (
     is_text,
     undeclared_problem,
 )
+from models.image_modes import decoded_mode
 from models.manifests import manifest_root, path_problem
 from models.shards import IMAGE_EXTENSIONS, shard_paths, split_key
 from models.text import TokenizerError, file_sha256, load_tokenizer
@@ -188,7 +189,7 @@ def _channels(fh: IO[bytes], is_npy: bool) -> int | None:
     from PIL import Image
 
     with Image.open(fh) as img:  # reads the header only
-        return len(img.getbands())
+        return Image.getmodebands(decoded_mode(img.mode))  # as the loaders decode it
 
 
 def _shard_channels(path: Path) -> int | None:

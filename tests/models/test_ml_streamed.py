@@ -222,6 +222,67 @@ def test_manifest_images_of_another_shape_are_named_with_the_fix_that_fits(tmp_p
         shard_rows.read(np.arange(2))
 
 
+def test_images_of_several_sizes_are_each_resized_to_the_declared_size_before_they_are_stacked(
+    tmp_path: Path,
+) -> None:
+    """A probe's manifest of 16, 20 and 24 px images, size declared, was refused and told to declare it:
+    the images were stacked before the declaration resized them."""
+    from models.declarations import ImageFeatures
+    from models.streamed import FileRows, ShardRows
+
+    files, members = [], {}
+    for i, side in enumerate((8, 12, 16)):
+        png = _png(np.full((side, side), 255, np.uint8))
+        (tmp_path / f"{i}.png").write_bytes(png)
+        files.append(tmp_path / f"{i}.png")
+        members |= {f"k{i}.png": png, f"k{i}.cls": b"0"}
+    decl = ImageFeatures(size=(8, 8), mean=(0.5,), std=(0.5,))
+    x = FileRows(files, decl).read(np.arange(3))
+    assert tuple(x.shape) == (3, 1, 8, 8) and torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
+    index = index_shards(_tar(tmp_path / "sizes.tar", members))
+    x = ShardRows(index.shards, index.images, decl, keys=index.sample_ids).read(np.arange(3))
+    assert tuple(x.shape) == (3, 1, 8, 8) and torch.allclose(x, torch.ones_like(x))
+
+
+def test_images_are_read_as_grey_or_rgb_in_0_1_whatever_mode_the_file_stores(tmp_path: Path) -> None:
+    """Palette PNGs read as their indices, 1-bit ones as {0, 1/255}, 16-bit ones up to 257, and RGBA as
+    four channels (a probe): each is now the colours it shows, scaled to [0, 1]."""
+    from models.transforms import decode_image
+
+    def saved(img: Image.Image) -> bytes:
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        return out.getvalue()
+
+    white = Image.new("P", (4, 4), 0)
+    white.putpalette([255, 255, 255] * 256)
+    assert (
+        np.allclose(decode_image(saved(white), "png"), 1.0)
+        and decode_image(saved(white), "png").shape[0] == 3
+    )
+    assert np.allclose(decode_image(saved(Image.new("1", (4, 4), 1)), "png"), 1.0)
+    deep = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert np.allclose(decode_image(saved(deep), "png"), 1.0)
+    rgba = decode_image(saved(Image.new("RGBA", (4, 4), (255, 0, 0, 128))), "png")
+    assert rgba.shape == (3, 4, 4) and np.allclose(rgba[:, 0, 0], [1.0, 0.0, 0.0])
+    assert decode_image(saved(Image.new("LA", (4, 4), (51, 0))), "png").shape == (1, 4, 4)
+
+
+def test_an_image_that_cannot_be_decoded_is_named(tmp_path: Path) -> None:
+    """A corrupt shard member read "cannot identify image file <_io.BytesIO object at 0x7f...>", a
+    truncated file "Truncated File Read": neither said which (a probe)."""
+    from models.streamed import FileRows, ShardRows
+    from models.transforms import UnreadableImage
+
+    good = _png(np.zeros((8, 8), np.uint8))
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(UnreadableImage, match=r"cut\.png cannot be read as an image"):
+        FileRows([tmp_path / "cut.png"], None).read(np.arange(1))
+    index = index_shards(_tar(tmp_path / "bad.tar", {"tc.png": b"not a png", "tc.cls": b"0"}))
+    with pytest.raises(UnreadableImage, match=r"bad\.tar: sample 'tc' cannot be read as an image"):
+        ShardRows(index.shards, index.images, None, keys=index.sample_ids).read(np.arange(1))
+
+
 def test_shard_keys_subjects_and_order_follow_webdataset(tmp_path: Path) -> None:
     png = _png(np.zeros((4, 4), dtype=np.uint8))
     members = {
