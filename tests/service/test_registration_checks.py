@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from service.api.app import create_app
 from service.core.db.engine import session_scope
-from service.core.db.tables import Model
+from service.core.db.tables import Dataset, Model
 from service.core.registry import register_dataset
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
@@ -127,6 +127,28 @@ def test_a_test_or_heldout_set_that_is_the_training_set_is_a_422(api: Api, field
     assert r.status_code == 422, r.text
     assert says in r.json()["detail"]
     assert "m" not in api.model_names()
+
+
+def test_a_test_or_heldout_set_that_is_the_same_data_registered_again_is_a_422(api: Api) -> None:
+    """A probe registered its test file a second time and named the copy as the held-out set: the ids
+    differed, so the method calibrated on the data it was scored on."""
+    with session_scope(api.url) as s:
+        copies = {}
+        for name, of, digest in (("test-copy", "test", "a" * 64), ("train-copy", "train", "b" * 64)):
+            s.get_one(Dataset, api.datasets[of]).sha256 = digest
+            copies[name] = register_dataset(
+                s, tenant="default", name=name, kind="npz", uri=f"/elsewhere/{name}.npz",
+                sample_ids=[f"{name}-{i}" for i in range(len(LABELS[of]))], labels=LABELS[of],
+                actor="test", sha256=digest,
+            ).id  # fmt: skip
+    r = api.register(heldout_dataset=copies["test-copy"])
+    assert r.status_code == 422, r.text
+    assert "neither the training nor the test set" in r.json()["detail"]
+    assert "registrations of the same data" in r.json()["detail"]
+    r = api.register(test_dataset=copies["train-copy"])
+    assert r.status_code == 422 and "must not be the training set" in r.json()["detail"], r.text
+    assert "m" not in api.model_names()
+    assert api.register(heldout_dataset=api.datasets["heldout"]).status_code == 202
 
 
 def test_a_dataset_named_where_its_id_belongs_is_a_422_giving_the_id(api: Api) -> None:

@@ -297,6 +297,19 @@ def _name_taken(name: str) -> Conflict:
     return Conflict(f"a model named {name!r} already exists")
 
 
+def _same_data(a: Dataset, b: Dataset) -> bool:
+    """One registration, or two of the same bytes (a probe registered its test file again under a new
+    id and named the copy as the held-out set: the id check let the method calibrate on the scoring
+    data)."""
+    return a.id == b.id or (a.sha256 is not None and a.sha256 == b.sha256)
+
+
+def _twice(a: Dataset, b: Dataset) -> str:
+    if a.id == b.id:
+        return ""
+    return f" ({a.id} and {b.id} are registrations of the same data, sha256 {a.sha256})"
+
+
 def _check_registrable(
     session: SessionDep, tenant: str, body: ModelCreate
 ) -> tuple[Dataset, Dataset, Dataset | None]:
@@ -307,15 +320,16 @@ def _check_registrable(
         raise _name_taken(body.name)
     train, test = (registered_dataset(session, tenant, d) for d in (body.train_dataset, body.test_dataset))
     heldout = registered_dataset(session, tenant, body.heldout_dataset) if body.heldout_dataset else None
-    if test.id == train.id:
+    if _same_data(test, train):
         raise Unprocessable(
             "test_dataset must not be the training set: test accuracy, the membership attacks and the "
-            "gates compare the model with data it never trained on"
+            f"gates compare the model with data it never trained on{_twice(test, train)}"
         )
-    if heldout is not None and heldout.id in (train.id, test.id):
+    if heldout is not None and (_same_data(heldout, train) or _same_data(heldout, test)):
+        other = train if _same_data(heldout, train) else test
         raise Unprocessable(
             "heldout_dataset must be neither the training nor the test set: the method reads it, so "
-            "scoring on it would grade the method on data it was tuned against"
+            f"scoring on it would grade the method on data it was tuned against{_twice(heldout, other)}"
         )
     check_labels(session, train, body.num_classes)
     check_labels(session, test, body.num_classes, "test")
