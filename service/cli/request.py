@@ -126,8 +126,8 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
         out.print(f"new version: {req['model_version']} (metrics need a key with jobs:read)")
         return
     new = versions.get(req["model_version"] or "")
-    if job is None or new is None:
-        out.print(f"version: {req['model_version']} (no new job was needed)")
+    if job is None or new is None or new.get("job_id") != job["id"]:  # its samples were gone already
+        out.print(f"version: {req['model_version']} (no new version was needed)")
         return
     base, result = job["metrics"].get("base") or {}, job["metrics"].get("result") or new["metrics"]
     out.print(

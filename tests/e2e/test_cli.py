@@ -427,6 +427,20 @@ def test_keys_create_and_revoke_through_the_api_with_an_admin_key(cli: Cli) -> N
     assert cli.run("keys", "create", "--scopes", "admin").returncode == 2  # the database way needs --tenant
 
 
+def test_a_request_whose_samples_were_all_forgotten_already_says_no_new_version_was_needed(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """Its job publishes nothing and the request points at the version that had forgotten them: the CLI
+    printed that version as "new version v2 ... (parent v1)" with an empty "before" column (a probe)."""
+    ids = tmp_path / "again.txt"
+    ids.write_text("\n".join(IDS[:3]) + "\n")
+    result = cli.run("request", "digits", "--ids-file", str(ids), "--wait", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 already forgotten" in result.stdout
+    assert re.search(r"^version: v\d+ \(no new version was needed\)$", result.stdout, re.MULTILINE)
+    assert "new version v" not in result.stdout
+
+
 def test_request_wait_with_a_product_key_follows_the_request_without_reading_jobs(
     cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
