@@ -224,6 +224,11 @@ def test_an_uploaded_shard_is_pinned_the_way_the_worker_checks_it(
         ref = DatasetRef.of(s.get_one(Dataset, got["id"]))
     ds = load_registered(ref)  # refuses the data if the pinned sha256 does not match
     assert list(ds.ids) == [f"k{i}" for i in range(6)] and ds.y.tolist() == [0, 1, 0, 1, 0, 1]
+    with app.client(admin) as c:  # without a kind, the name's suffix says it (it was read as an npz)
+        r = c.post(
+            "/v1/datasets/upload", data={"name": "by-suffix"}, files={"file": ("s.tar", shard.read_bytes())}
+        )
+    assert r.status_code == 201 and r.json()["kind"] == "webdataset", r.text
 
 
 def test_a_manifest_naming_a_missing_file_is_refused_naming_the_line(live: tuple[LiveApp, str]) -> None:

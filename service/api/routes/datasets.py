@@ -26,6 +26,17 @@ from service.core.errors import NotFound, ProblemError, Unprocessable
 from service.core.features import check_features
 from service.core.registry import register_dataset
 
+UploadKind = Literal["npz", "webdataset", "jsonl", "text_csv"]
+UPLOAD_SUFFIXES: dict[str, UploadKind] = {".tar": "webdataset", ".jsonl": "jsonl", ".csv": "text_csv"}
+
+
+def kind_of(filename: str | None) -> UploadKind:
+    """An upload's kind from its name, where the client did not say: a probe's .tar sent without one was
+    read as an npz ("BadZipFile"), which named neither the kind nor the fix. The CLI reads it so too."""
+    suffix = Path(filename or "").suffix.lower()
+    return UPLOAD_SUFFIXES.get(suffix, "npz")
+
+
 router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
 upload_router = APIRouter(
     tags=["datasets"], responses=problems(*KEYED)
@@ -157,15 +168,19 @@ def upload_dataset(
         ),
     ] = None,
     kind: Annotated[
-        Literal["npz", "webdataset", "jsonl", "text_csv"],
-        Form(description="the file's kind (webdataset: one .tar shard)"),
-    ] = "npz",
+        UploadKind | None,
+        Form(
+            description="the file's kind (webdataset: one .tar shard); left out, it is read from the file "
+            "name's suffix (.tar webdataset, .jsonl jsonl, .csv text_csv, anything else npz)"
+        ),
+    ] = None,
     tokenizer: Annotated[
         UploadFile | None,
         File(description="text kinds: the tokenizer.json (tokenizers library) the texts are tokenized with"),
     ] = None,
 ) -> DatasetOut:
     declared = parse_features(features)  # refused before the file is copied
+    kind = kind or kind_of(file.filename)
     if tokenizer is not None and kind not in TEXT_KINDS:
         raise Unprocessable(f"a tokenizer applies to text datasets (kind jsonl or text_csv), not to {kind}")
     if tokenizer is not None and declared is not None and declared.get("tokenizer"):
