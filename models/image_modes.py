@@ -3,15 +3,28 @@ way the loaders decode them."""
 
 from __future__ import annotations
 
-# Modes read as another before their pixels are taken: a palette's indices are not colours, one bit is not
-# a byte, alpha is not a channel a classifier reads, and CMYK or YCbCr are not RGB (a probe's palette and
-# 1-bit PNGs read as indices and {0, 1/255}, its RGBA ones as four channels).
-AS_MODE = {"1": "L", "LA": "L", "La": "L", "P": "RGB", "PA": "RGB", "RGBA": "RGB", "RGBa": "RGB",
-           "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}  # fmt: skip
+from typing import Any
+
+# Bumped whenever how stored image files become tensors changes: what keeps rows read from such files
+# (the front's outputs, a version's test scores) keys by it, so nothing read the old way is mixed in.
+DECODING = 2  # 2: palette colours, 1-bit and 16-bit scaling, CMYK/YCbCr as RGB (stop 60)
+
+# Modes read as another before their pixels are taken: one bit is not a byte, and CMYK or YCbCr values
+# are not RGB (a probe's 1-bit PNGs read as {0, 1/255}). Alpha stays a channel of its own, as before.
+AS_MODE = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB",
+           "RGBa": "RGBA", "La": "LA", "PA": "RGBA"}  # fmt: skip
 # What full intensity is in a mode's pixel values (8-bit modes: 255); floating-point pixels are as stored.
 FULL_SCALE = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
 
 
-def decoded_mode(mode: str) -> str:
-    """The mode an image stored in ``mode`` is read in."""
-    return AS_MODE.get(mode, mode)
+def decoded_mode(img: Any) -> str:
+    """The mode a PIL image is read in. A palette's indices are not colours (a probe's white palette
+    image read as 0.0): it is read as its colours, grey where every colour is (as a PNG optimiser
+    stores a greyscale image), and with alpha where it has transparency."""
+    if img.mode == "P":
+        if "transparency" in img.info:
+            return "RGBA"
+        palette = img.getpalette() or []
+        grey = all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+        return "L" if grey else "RGB"
+    return AS_MODE.get(img.mode, img.mode)

@@ -62,8 +62,8 @@ class UnreadableImage(ValueError):
 
 def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     """One image as (C, H, W) float32 in [0, 1] (an ``.npy`` array as stored, as float32): greyscale as
-    one channel and colour as three RGB ones, whatever mode the file stores (``models.image_modes``; alpha
-    dropped); 16-bit greyscale scaled by 65535, floating-point pixels as stored."""
+    one channel and colour as three RGB ones, whatever mode the file stores, alpha as one more
+    (``models.image_modes``); 16-bit greyscale scaled by 65535, floating-point pixels as stored."""
     if ext == "npy":
         arr: np.ndarray = np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False)
         arr = arr.astype(np.float32)
@@ -71,8 +71,8 @@ def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        shown = img.convert("RGBA") if img.mode == "P" and "transparency" in img.info else img  # as PIL asks
-        shown = shown.convert(decoded_mode(shown.mode)) if decoded_mode(shown.mode) != shown.mode else shown
+        mode = decoded_mode(img)
+        shown = img.convert(mode) if mode != img.mode else img
         pixels = np.asarray(shown, dtype=np.float32) / FULL_SCALE.get(shown.mode, 255.0)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from torch import nn
 
 from models.datasets import SampleDataset
+from models.image_modes import DECODING
 from models.layout import cpu_channels_last
 from models.metrics import SetScores, score_set
 from models.unlearning.feature_cache import FeatureCache
@@ -55,7 +56,7 @@ def source(ref: DatasetRef) -> str | None:
     for a manifest, whose hash does not cover the images it names."""
     if (ref.kind in HASHED_KINDS and ref.sha256 is None) or ref.kind in PARTLY_HASHED:
         return None
-    return json.dumps([ref.kind, ref.uri, ref.sha256, ref.features], sort_keys=True, default=str)
+    return json.dumps([ref.kind, ref.uri, ref.sha256, ref.features, DECODING], sort_keys=True, default=str)
 
 
 def scores(

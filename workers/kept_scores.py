@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from models.calibration import HeldOut
+from models.image_modes import DECODING
 from models.metrics import SetScores
 from workers.datasets import DatasetRef
 
@@ -43,7 +44,8 @@ def scoring_key(test: DatasetRef, parts: HeldOut, device: torch.device) -> str:
     registered (its files' hash and how they are read), which of its samples score (IDs and labels) and
     the device kind (a GPU's float32 kernels round differently from a CPU's)."""
     h = hashlib.sha256()
-    h.update(json.dumps([test.kind, test.uri, test.sha256, test.features, device.type], default=str).encode())
+    read = [test.kind, test.uri, test.sha256, test.features, device.type, DECODING]  # DECODING: image files
+    h.update(json.dumps(read, default=str).encode())
     h.update("\n".join(parts.scoring.ids).encode())
     h.update(parts.scoring.y.numpy().astype("<i8").tobytes())
     return h.hexdigest()[:32]

@@ -189,7 +189,7 @@ def _channels(fh: IO[bytes], is_npy: bool) -> int | None:
     from PIL import Image
 
     with Image.open(fh) as img:  # reads the header only
-        return Image.getmodebands(decoded_mode(img.mode))  # as the loaders decode it
+        return Image.getmodebands(decoded_mode(img))  # as the loaders decode it
 
 
 def _shard_channels(path: Path) -> int | None:

@@ -242,30 +242,42 @@ def test_images_of_several_sizes_are_each_resized_to_the_declared_size_before_th
     index = index_shards(_tar(tmp_path / "sizes.tar", members))
     x = ShardRows(index.shards, index.images, decl, keys=index.sample_ids).read(np.arange(3))
     assert tuple(x.shape) == (3, 1, 8, 8) and torch.allclose(x, torch.ones_like(x))
+    # Height and width as declared, and each image resized as the whole batch would have been.
+    ramp = np.tile(np.arange(0, 240, 20, dtype=np.uint8), (6, 1))  # 6 x 12, brighter to the right
+    (tmp_path / "ramp.png").write_bytes(_png(ramp))
+    tall = ImageFeatures(size=(4, 6))
+    alone = FileRows([tmp_path / "ramp.png"], tall).read(np.arange(1))
+    batch = torch.nn.functional.interpolate(
+        torch.from_numpy(ramp / np.float32(255))[None, None],
+        size=(4, 6),
+        mode="bilinear",
+        align_corners=False,
+    )
+    assert tuple(alone.shape) == (1, 1, 4, 6) and torch.allclose(alone, batch.float(), atol=1e-6)
 
 
 def test_images_are_read_as_grey_or_rgb_in_0_1_whatever_mode_the_file_stores(tmp_path: Path) -> None:
-    """Palette PNGs read as their indices, 1-bit ones as {0, 1/255}, 16-bit ones up to 257, and RGBA as
-    four channels (a probe): each is now the colours it shows, scaled to [0, 1]."""
+    """Palette PNGs read as their indices, 1-bit ones as {0, 1/255} and 16-bit ones up to 257 (a probe):
+    each is now the colours it shows, scaled to [0, 1]; alpha stays a channel of its own, as before."""
     from models.transforms import decode_image
 
-    def saved(img: Image.Image) -> bytes:
+    def read(img: Image.Image) -> np.ndarray:
         out = io.BytesIO()
         img.save(out, format="PNG")
-        return out.getvalue()
+        return decode_image(out.getvalue(), "png")
 
-    white = Image.new("P", (4, 4), 0)
-    white.putpalette([255, 255, 255] * 256)
-    assert (
-        np.allclose(decode_image(saved(white), "png"), 1.0)
-        and decode_image(saved(white), "png").shape[0] == 3
-    )
-    assert np.allclose(decode_image(saved(Image.new("1", (4, 4), 1)), "png"), 1.0)
-    deep = Image.fromarray(np.full((4, 4), 65535, np.uint16))
-    assert np.allclose(decode_image(saved(deep), "png"), 1.0)
-    rgba = decode_image(saved(Image.new("RGBA", (4, 4), (255, 0, 0, 128))), "png")
-    assert rgba.shape == (3, 4, 4) and np.allclose(rgba[:, 0, 0], [1.0, 0.0, 0.0])
-    assert decode_image(saved(Image.new("LA", (4, 4), (51, 0))), "png").shape == (1, 4, 4)
+    red = Image.new("P", (4, 4), 1)
+    red.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    assert read(red).shape == (3, 4, 4) and np.allclose(read(red)[:, 0, 0], [1.0, 0.0, 0.0])
+    grey = Image.new("P", (4, 4), 1)  # a greyscale image as a PNG optimiser stores it: one channel
+    grey.putpalette([0, 0, 0, 51, 51, 51] + [0, 0, 0] * 254)
+    assert read(grey).shape == (1, 4, 4) and np.allclose(read(grey), 0.2)
+    assert np.allclose(read(Image.new("1", (4, 4), 1)), 1.0)
+    deep = read(Image.fromarray(np.array([[0, 32768], [65535, 13107]], np.uint16)))
+    assert deep.shape == (1, 2, 2) and np.allclose(deep[0], [[0.0, 32768 / 65535], [1.0, 0.2]])
+    rgba = read(Image.new("RGBA", (4, 4), (255, 0, 0, 51)))
+    assert rgba.shape == (4, 4, 4) and np.allclose(rgba[:, 0, 0], [1.0, 0.0, 0.0, 0.2])
+    assert np.allclose(read(Image.new("LA", (4, 4), (51, 255)))[:, 0, 0], [0.2, 1.0])
 
 
 def test_an_image_that_cannot_be_decoded_is_named(tmp_path: Path) -> None:
