@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -357,7 +358,11 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 "gate_failures": failures,
                 "passed": not failures,
                 **({"silenced_classes": silenced} if silenced else {}),
-                **({"warnings": w} if (w := attempt_warnings(method, classes, metrics, runs)) else {}),
+                **(
+                    {"warnings": w}
+                    if (w := attempt_warnings(method, classes, metrics, runs, base_metrics))
+                    else {}
+                ),
                 **front_rows(cache, kept_before),
             }
         )
@@ -387,11 +392,15 @@ STILL_PREDICTED = 0.01  # a forgotten class's share of its test rows still predi
 
 
 def attempt_warnings(
-    method: str, classes: list[int] | None, metrics: dict[str, Any], runs: Sequence[Mapping[str, Any]] = ()
+    method: str,
+    classes: list[int] | None,
+    metrics: dict[str, Any],
+    runs: Sequence[Mapping[str, Any]] = (),
+    base: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """What an attempt's numbers say that its gates may not judge. A retrain predicts a flagged row as
     whatever the rest of the data teaches, which is what a deletion of it should end with."""
-    flagged = still_labelled(metrics) + agreed_flags(metrics, runs) if method != "retrain" else []
+    flagged = still_labelled(metrics) + agreed_flags(metrics, runs, base or {}) if method != "retrain" else []
     return still_predicted(classes, metrics) + flagged
 
 
@@ -439,21 +448,29 @@ def still_labelled(metrics: dict[str, Any]) -> list[str]:
 AGREED_SHARE = 0.5  # of the rows sent as mislabeled, the share pushed off a label their neighbours hold
 
 
-def agreed_flags(metrics: dict[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[str]:
+def agreed_flags(
+    metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], base: Mapping[str, Any]
+) -> list[str]:
     """A warning when most rows sent as mislabeled are ones whose neighbours in the model's features hold
-    the label they were sent with (a run's ``away_rows``): the run pushes those off their label, as it
-    must a backdoor's poisoned rows, and rows whose labels were right lose what the model knew of them. A
-    probe that sent a subject's 25 correctly labelled rows as mislabeled (23 pushed away) lost 5.5 points
-    of test accuracy, within the default gate, and the only word was that some rows "are still
-    predicted" as their label, which reads as too little forgetting."""
+    the label they were sent with (a run's ``away_rows``) and test accuracy fell by more than its noise
+    (two standard errors): the run pushes such rows off their label, as it must a backdoor's poisoned
+    rows (which leaves test accuracy where it was), and rows whose labels were right lose what the model
+    knew of them. A probe that sent a subject's 25 correctly labelled rows as mislabeled (23 pushed away)
+    lost 5.5 points of test accuracy, within the default gate, and the only word was that some rows "are
+    still predicted" as their label, which reads as too little forgetting."""
     rows = metrics.get("flagged_count")
     away = max((int(r.get("away_rows", 0)) for r in runs), default=0)
-    if not rows or away < AGREED_SHARE * rows:
+    before, after, n = base.get("test_accuracy"), metrics.get("test_accuracy"), metrics.get("test_count")
+    if not rows or away < AGREED_SHARE * rows or before is None or after is None or not n:
+        return []
+    noise = 2 * math.sqrt(max(before * (1 - before), 1 / n) / n)
+    if before - after <= noise:
         return []
     return [
         f"{away} of the {rows} rows sent as mislabeled have neighbours in the model that hold the label they "
-        "were sent with; the run pushed them off that label, as it does a backdoor's poisoned rows. Where "
-        "those labels are right, send the rows with reason erasure instead"
+        f"were sent with, and test accuracy fell from {before:.4f} to {after:.4f}: the run pushed them off "
+        "that label, as it does a backdoor's poisoned rows. Where those labels are right, send the rows "
+        "with reason erasure instead"
     ]
 
 

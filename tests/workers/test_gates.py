@@ -225,14 +225,19 @@ def test_rows_sent_as_mislabeled_that_their_neighbours_hold_are_a_warning_to_sen
     rows) and cost test accuracy within the gate, with only a word that reads as too little forgetting."""
     from workers.runner import attempt_warnings
 
-    metrics = {"flagged_label_accuracy": 0.52, "flagged_count": 25}
+    base = {"test_accuracy": 0.910}
+    metrics = {"flagged_label_accuracy": 0.52, "flagged_count": 25, "test_accuracy": 0.855, "test_count": 450}
     runs = [{"sized_by": "pushes", "away_rows": 23, "contradicted_rows": 2}]
-    warnings = attempt_warnings("ugradsl_plus", None, metrics, runs)
+    warnings = attempt_warnings("ugradsl_plus", None, metrics, runs, base)
     assert len(warnings) == 2 and warnings[1].startswith("23 of the 25 rows sent as mislabeled have")
-    assert "reason erasure" in warnings[1]
+    assert "fell from 0.9100 to 0.8550" in warnings[1] and "reason erasure" in warnings[1]
     few = [{"away_rows": 12, "contradicted_rows": 13}]  # most contradicted: mislabeled as sent
-    assert len(attempt_warnings("ugradsl_plus", None, metrics, few)) == 1
-    assert attempt_warnings("retrain", None, metrics, runs) == []
+    assert len(attempt_warnings("ugradsl_plus", None, metrics, few, base)) == 1
+    assert attempt_warnings("retrain", None, metrics, runs, base) == []
+    # A backdoor's rows are such rows too, and removing them leaves test accuracy where it was (within
+    # two standard errors, 0.027 on 450 rows): no word against it.
+    held = {**metrics, "test_accuracy": 0.895}
+    assert len(attempt_warnings("ugradsl_plus", None, held, runs, base)) == 1
 
 
 def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence() -> None:
