@@ -170,6 +170,8 @@ class ImageFeatures:
 
 
 TEXT_KINDS = ("jsonl", "text_csv")
+# An uploaded file's kind, by its name's suffix, where the client does not say it (the API and the CLI).
+UPLOAD_SUFFIXES = {".npz": "npz", ".tar": "webdataset", ".jsonl": "jsonl", ".csv": "text_csv"}
 MAX_TEXT_LENGTH = 8192  # tokens per sample
 _TEXT_KEYS = ("type", "tokenizer", "tokenizer_sha256", "max_length", "pad_token")
 DEFAULT_PAD_TOKEN = "[PAD]"

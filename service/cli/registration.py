@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from models.declarations import UPLOAD_SUFFIXES
 from service.cli.errors import UsageError, read_user_file
 from service.cli.render import console, datasets_table, models_table, say
 
@@ -82,8 +83,7 @@ def upload(
             return client.upload(url_path, form, files)
 
 
-# What `datasets upload` sends, by the file's suffix when --kind is not given.
-UPLOAD_KINDS = {".npz": "npz", ".tar": "webdataset", ".jsonl": "jsonl", ".csv": "text_csv"}
+UPLOAD_KINDS = UPLOAD_SUFFIXES  # what `datasets upload` sends, by the file's suffix when --kind is not given
 TEXT_KINDS = ("jsonl", "text_csv")  # the kinds a tokenizer goes with (models.declarations.TEXT_KINDS)
 
 

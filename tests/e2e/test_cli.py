@@ -576,8 +576,9 @@ def test_the_cli_knows_the_same_dataset_kinds_as_the_server() -> None:
     from service.cli.registration import TEXT_KINDS
 
     assert get_args(DatasetCreate.model_fields["kind"].annotation) == REGISTER_KIND_NAMES
-    upload_kind = get_type_hints(upload_dataset, include_extras=True)["kind"]
-    assert get_args(get_args(upload_kind)[0]) == UPLOAD_KIND_NAMES
+    upload_kind = get_type_hints(upload_dataset, include_extras=True)["kind"]  # Annotated[Literal | None]
+    [kinds] = [a for a in get_args(get_args(upload_kind)[0]) if a is not type(None)]
+    assert get_args(kinds) == UPLOAD_KIND_NAMES
     assert TEXT_KINDS == MODEL_TEXT_KINDS
     args = build_parser().parse_args(["datasets", "register", "/data/x", "--name", "x", "--kind", "npy"])
     assert args.kind == "npy"

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlalchemy import select
 
-from models.declarations import TEXT_KINDS
+from models.declarations import TEXT_KINDS, UPLOAD_SUFFIXES
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
@@ -27,14 +27,14 @@ from service.core.features import check_features
 from service.core.registry import register_dataset
 
 UploadKind = Literal["npz", "webdataset", "jsonl", "text_csv"]
-UPLOAD_SUFFIXES: dict[str, UploadKind] = {".tar": "webdataset", ".jsonl": "jsonl", ".csv": "text_csv"}
 
 
 def kind_of(filename: str | None) -> UploadKind:
     """An upload's kind from its name, where the client did not say: a probe's .tar sent without one was
-    read as an npz ("BadZipFile"), which named neither the kind nor the fix. The CLI reads it so too."""
-    suffix = Path(filename or "").suffix.lower()
-    return UPLOAD_SUFFIXES.get(suffix, "npz")
+    read as an npz ("BadZipFile"), which named neither the kind nor the fix. The CLI reads the same
+    suffixes (and asks for --kind where none fits)."""
+    kind = UPLOAD_SUFFIXES.get(Path(filename or "").suffix.lower(), "npz")  # unknown: npz, as before
+    return cast(UploadKind, kind)
 
 
 router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
