@@ -76,6 +76,7 @@ def test_a_request_whose_connection_died_under_it_closes_without_raising_and_the
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", [pid])
         close(session)  # the rollback fails on the dead connection: discarded, not raised
+        assert engine.pool.checkedout() == 0  # back to the pool (as an invalidated slot), not leaked
         with sessionmaker(engine)() as fresh:
             assert fresh.execute(text("SELECT pg_backend_pid()")).scalar() != pid
     finally:

@@ -40,12 +40,11 @@ def close(session: Session) -> None:
     leaves its transaction open, so close() rolls back over the wire, after the answer has started: a
     probe that killed the API's PostgreSQL backends under keep-alive GETs had 37 of ~3,300 connections
     reset with no answer at all (uvicorn's "response already started"). The answer already out is the
-    request's; the dead connection must not reach the next one."""
+    request's; SQLAlchemy has invalidated the dead connection and returned its slot to the pool."""
     try:
         session.close()
     except DBAPIError:
         log.warning("a database connection died under a request; it is discarded", exc_info=True)
-        session.invalidate()
 
 
 def get_settings_dep(request: Request) -> Settings:

@@ -17,8 +17,9 @@ def stored(subject: str) -> str | None:
 
 
 def spellings(subject: str) -> list[str]:
-    """The stored forms a subject named ``subject`` may have: ``stored``'s, and the name trimmed but
-    otherwise as sent, which a dataset registered before IDs were normalised may hold."""
+    """The stored forms a subject named ``subject`` may have: ``stored``'s, and those a dataset registered
+    before IDs were normalised may hold: the name trimmed but otherwise as sent, and its decomposed form
+    (NFD, as some systems store text)."""
     trimmed = subject.strip()
-    normal = unicodedata.normalize("NFC", trimmed)
-    return [normal] if normal == trimmed else [normal, trimmed]
+    forms = (unicodedata.normalize("NFC", trimmed), trimmed, unicodedata.normalize("NFD", trimmed))
+    return list(dict.fromkeys(forms))

@@ -284,7 +284,7 @@ def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Ap
     ]
 
 
-def test_one_subject_spelled_with_and_without_combining_marks_is_one_subject(api: Api, tmp_path: Path) -> None:
+def test_one_subject_spelled_with_and_without_combining_marks_is_one(api: Api, tmp_path: Path) -> None:
     """A probe's data held "Zoë" once as one code point and three times with a combining diaeresis: a
     request naming Zoë as typed, and the samples view, found one sample of four."""
     composed, decomposed = "Zo\u00eb", "Zoe\u0308"
@@ -310,6 +310,10 @@ def test_one_subject_spelled_with_and_without_combining_marks_is_one_subject(api
         r = api.post({"subject_ids": [named]}, model="zoe")
         assert r.status_code == 202, r.text
         assert stored(api, r.json()["id"]).sample_ids == ["s0", "s1", "s2"]  # "zoe" is someone else
+    # a dataset registered before subjects were normalised may hold either form: both are looked for
+    from service.core.subjects import spellings
+
+    assert set(spellings(composed)) == set(spellings(decomposed + " ")) == {composed, decomposed}
 
 
 # -- requests that name subjects --------------------------------------------------------------------------
