@@ -88,7 +88,9 @@ def config_from_dict(raw: Mapping[str, Any], num_classes: int) -> Any:
 def build(task: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """``hf:<task>`` with arch_kwargs ``{"num_classes": K, "config": {...}}``, adapted."""
     if task not in TASKS:
-        raise KeyError(f"no hf task {task!r}; known: {', '.join(TASKS)}")
+        from models.architectures import UnknownArchitecture  # which imports this module when it builds
+
+        raise UnknownArchitecture(f"no hf task {task!r}; known: {', '.join(TASKS)}")
     unknown = sorted(set(kwargs) - {"num_classes", "config"})
     if unknown:
         raise TypeError(f"hf:{task} takes arch_kwargs config (and num_classes) only, not {unknown}")
