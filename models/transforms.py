@@ -6,6 +6,7 @@ with the same result."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def read_image(data: bytes | Path, ext: str, name: str, decl: ImageFeatures | No
     try:
         arr = decode_image(data, ext)
     except Exception as exc:  # noqa: BLE001 - any decoder's failure is this file's, said with its name
-        raise UnreadableImage(f"{name} cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+        said = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))  # ours, not the file
+        raise UnreadableImage(f"{name} cannot be read as an image ({type(exc).__name__}: {said})") from exc
     if decl is None or decl.size is None or arr.ndim != 3 or tuple(arr.shape[-2:]) == decl.size:
         return arr
     resized = torch.nn.functional.interpolate(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from service.cli.audit_log import certificate_evidence, trusted_key
 from service.cli.errors import UsageError
 from service.cli.render import say
+from service.core.subjects import stored
 
 if TYPE_CHECKING:
     from service.cli.client import Client
@@ -73,7 +74,7 @@ def _subjects_match(cert: dict[str, object], subjects: str) -> tuple[bool, str]:
     """The certificate's subject digest is that of `subjects` (comma-separated), recomputed here."""
     from service.core.proofs import ids_sha256
 
-    named = list(dict.fromkeys(s.strip() for s in subjects.split(",") if s.strip()))
+    named = list(dict.fromkeys(n for s in subjects.split(",") if (n := stored(s))))  # as requests store them
     if not named:
         raise UsageError("--subjects names no subject (give a comma-separated list, e.g. alice,bob)")
     if cert.get("subject_ids_sha256") is None:

@@ -148,7 +148,30 @@ def test_a_test_or_heldout_set_that_is_the_same_data_registered_again_is_a_422(a
     r = api.register(test_dataset=copies["train-copy"])
     assert r.status_code == 422 and "must not be the training set" in r.json()["detail"], r.text
     assert "m" not in api.model_names()
-    assert api.register(heldout_dataset=api.datasets["heldout"]).status_code == 202
+    # a manifest's hash is its own text's: the same text in the same folder is the same data, in another
+    # folder it names other images
+    with session_scope(api.url) as s:
+        manifests = {
+            name: register_dataset(
+                s,
+                tenant="default",
+                name=name,
+                kind="csv_manifest",
+                uri=uri,
+                sample_ids=["a", "b", "c"],
+                labels=[2, 1, 0],
+                actor="test",
+                sha256="c" * 64,
+            ).id  # fmt: skip
+            for name, uri in (
+                ("m1", "/data/x/test.csv"),
+                ("m2", "/data/x/./test.csv"),
+                ("m3", "/data/y/test.csv"),
+            )
+        }
+    r = api.register(test_dataset=manifests["m1"], heldout_dataset=manifests["m2"])
+    assert r.status_code == 422 and "registrations of the same data" in r.json()["detail"], r.text
+    assert api.register(test_dataset=manifests["m1"], heldout_dataset=manifests["m3"]).status_code == 202
 
 
 def test_a_dataset_named_where_its_id_belongs_is_a_422_giving_the_id(api: Api) -> None:

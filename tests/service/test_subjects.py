@@ -310,8 +310,16 @@ def test_one_subject_spelled_with_and_without_combining_marks_is_one(api: Api, t
         r = api.post({"subject_ids": [named]}, model="zoe")
         assert r.status_code == 202, r.text
         assert stored(api, r.json()["id"]).sample_ids == ["s0", "s1", "s2"]  # "zoe" is someone else
-    # a dataset registered before subjects were normalised may hold either form: both are looked for
+    # named in both spellings, she is one subject, and a certificate binds her however she is typed
+    from service.cli.documents import _subjects_match
+    from service.core.proofs import ids_sha256
     from service.core.subjects import spellings
+
+    both = api.post({"subject_ids": [composed, decomposed, f" {decomposed}"]}, model="zoe")
+    assert both.status_code == 202 and both.json()["subject_ids"] == [composed], both.text
+    cert = {"subject_ids_sha256": ids_sha256([composed])}
+    assert _subjects_match(cert, decomposed)[0] and _subjects_match(cert, f"{composed}, {decomposed}")[0]
+    # a dataset registered before subjects were normalised may hold either form: both are looked for
 
     assert set(spellings(composed)) == set(spellings(decomposed + " ")) == {composed, decomposed}
 

@@ -14,20 +14,23 @@ from pydantic import (
     model_validator,
 )
 
+from service.core.subjects import stored
+
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
-def _trimmed_as_datasets_store_them(value: str) -> str:
-    """Registration trims subject IDs (" alice" is stored as "alice"): a request naming " alice" found no
-    one and was refused as an unknown subject. Per item, so a refusal names the item's index."""
-    trimmed = value.strip()
-    if not trimmed:
+def _as_datasets_store_them(value: str) -> str:
+    """Registration trims subject IDs and composes them (``service.core.subjects.stored``): a request
+    naming " alice" found no one, and one naming Zoë in both spellings recorded, and certified, two
+    people. Per item, so a refusal names the item's index."""
+    normal = stored(value)
+    if normal is None:
         raise ValueError("a subject ID must hold more than spaces")
-    return trimmed
+    return normal
 
 
-SubjectId = Annotated[SampleId, AfterValidator(_trimmed_as_datasets_store_them)]
+SubjectId = Annotated[SampleId, AfterValidator(_as_datasets_store_them)]
 RequestState = Literal["received", "queued", "processing", "completed", "failed", "cancelled"]
 Reason = Literal["erasure", "mislabeled"]  # service.core.states.DeletionReason
 REASON_DOC = (
