@@ -256,24 +256,27 @@ def test_subjects_are_stored_without_surrounding_whitespace_and_blank_means_no_o
         assert list(rows) == ["alice", "alice", "alice", None, "bob"]
 
 
-def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Api, tmp_path: Path) -> None:
-    npz = tmp_path / "data" / "people.npz"
-    subject_npz(npz, ["ann", "bob", "", "ann"])
+def model_on_uploaded_subjects(api: Api, tmp_path: Path, name: str, subjects: list[str]) -> None:
+    """Model ``name`` trained on an uploaded npz whose samples s0, s1, ... belong to ``subjects``."""
+    npz = tmp_path / "data" / f"{name}.npz"
+    subject_npz(npz, subjects)
     up = api.client.post(
-        "/v1/datasets/upload",
-        data={"name": "people"},
-        files={"file": ("p.npz", npz.read_bytes())},
+        "/v1/datasets/upload", data={"name": name}, files={"file": ("p.npz", npz.read_bytes())},
         headers=api.auth(api.admin),
-    )
+    )  # fmt: skip
     assert up.status_code == 201, up.text
     with session_scope(api.url) as s:
         train = s.get_one(Dataset, up.json()["id"])
         register_model(
-            s, tenant="default", name="people", architecture="mlp", arch_kwargs={}, num_classes=3,
+            s, tenant="default", name=name, architecture="mlp", arch_kwargs={}, num_classes=3,
             train=train, test=train, checkpoint_uri="/nonexistent", checkpoint_sha256="0" * 64,
             default_method="ugradsl_plus", default_params={}, train_recipe={}, gates={}, metrics={},
             actor="test",
         )  # fmt: skip
+
+
+def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Api, tmp_path: Path) -> None:
+    model_on_uploaded_subjects(api, tmp_path, "people", ["ann", "bob", "", "ann"])
     r = api.post({"subject_ids": ["ann"]}, model="people")
     assert r.status_code == 202, r.text
     assert stored(api, r.json()["id"]).sample_ids == ["s0", "s3"]
@@ -288,21 +291,7 @@ def test_one_subject_spelled_with_and_without_combining_marks_is_one(api: Api, t
     """A probe's data held "Zoë" once as one code point and three times with a combining diaeresis: a
     request naming Zoë as typed, and the samples view, found one sample of four."""
     composed, decomposed = "Zo\u00eb", "Zoe\u0308"
-    npz = tmp_path / "data" / "zoe.npz"
-    subject_npz(npz, [composed, decomposed, decomposed + " ", "zoe"])
-    up = api.client.post(
-        "/v1/datasets/upload", data={"name": "zoe"}, files={"file": ("z.npz", npz.read_bytes())},
-        headers=api.auth(api.admin),
-    )  # fmt: skip
-    assert up.status_code == 201, up.text
-    with session_scope(api.url) as s:
-        train = s.get_one(Dataset, up.json()["id"])
-        register_model(
-            s, tenant="default", name="zoe", architecture="mlp", arch_kwargs={}, num_classes=3,
-            train=train, test=train, checkpoint_uri="/nonexistent", checkpoint_sha256="0" * 64,
-            default_method="ugradsl_plus", default_params={}, train_recipe={}, gates={}, metrics={},
-            actor="test",
-        )  # fmt: skip
+    model_on_uploaded_subjects(api, tmp_path, "zoe", [composed, decomposed, decomposed + " ", "zoe"])
     for named in (composed, decomposed):
         listed = api.client.get("/v1/models/zoe/samples", params={"subject_id": named}, headers=api.auth())
         assert [i["sample_id"] for i in listed.json()["items"]] == ["s0", "s1", "s2"]
