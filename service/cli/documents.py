@@ -70,13 +70,27 @@ def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _subjects_match(cert: dict[str, object], subjects: str) -> tuple[bool, str]:
-    """The certificate's subject digest is that of `subjects` (comma-separated), recomputed here."""
-    from service.core.proofs import ids_sha256
+def named_subjects(args: argparse.Namespace) -> list[str] | None:
+    """The subjects --subjects (comma-separated) and --subjects-file name, as requests store them; None
+    when neither is given. A file, since a subject ID may hold a comma ("Doe, John": a probe's
+    certificate could not be checked against its name)."""
+    from service.cli.request import read_ids
 
-    named = list(dict.fromkeys(n for s in subjects.split(",") if (n := stored(s))))  # as requests store them
+    from_file = getattr(args, "subjects_file", None)  # a Namespace built by hand may lack it
+    if args.subjects is None and not from_file:
+        return None
+    given = args.subjects.split(",") if args.subjects is not None else []
+    given += read_ids(from_file, "subject IDs") if from_file else []
+    named = list(dict.fromkeys(n for s in given if (n := stored(s))))
     if not named:
         raise UsageError("--subjects names no subject (give a comma-separated list, e.g. alice,bob)")
+    return named
+
+
+def _subjects_match(cert: dict[str, object], named: list[str]) -> tuple[bool, str]:
+    """The certificate's subject digest is that of ``named``, recomputed here."""
+    from service.core.proofs import ids_sha256
+
     if cert.get("subject_ids_sha256") is None:
         return False, "the certificate names no subjects"
     if cert["subject_ids_sha256"] != ids_sha256(named):
@@ -108,8 +122,9 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         say(f"certificate INVALID: {reason}", file=sys.stderr)
         return 1
     cert = signed["certificate"]
-    if args.subjects is not None:
-        ok, reason = _subjects_match(cert, args.subjects)
+    named = named_subjects(args)
+    if named is not None:
+        ok, reason = _subjects_match(cert, named)
         if not ok:
             say(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
             return 1
@@ -121,7 +136,7 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
     )
     say(f"audit log: {evidence}")
-    if args.subjects is not None:
+    if named is not None:
         say(f"subjects: {reason}")
     if trusted is None:
         say(

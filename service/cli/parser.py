@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "for stdin",
     )
     rq.add_argument(
-        "--subjects", help="data subjects to forget, comma-separated: every sample of each is forgotten"
+        "--subjects",
+        help="data subjects to forget, comma-separated: every sample of each is forgotten (IDs that hold "
+        "commas: --subjects-file)",
     )
     rq.add_argument("--subjects-file", help="one subject ID per line, as --ids-file; - for stdin")
     rq.add_argument("--reference", help="your reference, e.g. a ticket number")
@@ -260,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument(
         "--subjects",
         help="comma-separated subject IDs: check they are exactly the subjects the certificate names",
+    )
+    vc.add_argument(
+        "--subjects-file",
+        help="as --subjects, one subject ID per line (or a JSON list), for IDs that hold commas; - for stdin",
     )
     vc.set_defaults(client_fn=cmd_verify_certificate)
     return p

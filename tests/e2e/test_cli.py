@@ -271,6 +271,31 @@ def test_an_exported_log_is_checked_against_a_kept_head_offline(
     assert bad.returncode == 1 and "NOT VERIFIED: the kept head" in bad.stderr
 
 
+def test_an_export_whose_events_hold_unicode_line_separators_still_verifies_offline(
+    cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    """A reference holding U+2028 was written raw into the JSONL, and the CLI's splitlines() cut its event
+    in two: every later offline check of the tenant's log failed (a probe)."""
+    with cli.stack.client() as c:
+        r = c.post("/v1/models/digits/deletion-requests", json={"sample_ids": ["digits-0610"],
+                   "reference": "line\u2028sep\u0085next\u2029end"})  # fmt: skip
+        assert r.status_code == 202, r.text
+    head, pem, export = tmp_path / "head.json", tmp_path / "key.pem", tmp_path / "audit.jsonl"
+    assert cli.run("audit", "head", "-o", str(head)).returncode == 0
+    assert cli.run("public-key", "-o", str(pem)).returncode == 0
+    assert cli.run("audit", "export", "--format", "jsonl", "-o", str(export)).returncode == 0
+    assert "\u2028" not in export.read_text() and len(
+        export.read_text().splitlines()
+    ) == export.read_text().count("\n")
+    check = ("audit", "verify-export", str(export), "--head", str(head), "--public-key", str(pem))
+    assert cli.run(*check).returncode == 0
+    events = [json.loads(line) for line in export.read_text().split("\n") if line]
+    export.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))  # as before: raw
+    assert "\u2028" in export.read_text()
+    ok = cli.run(*check)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_a_failed_requests_bar_ends_where_its_job_stopped(
     cli: Cli, waited: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:

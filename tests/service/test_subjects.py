@@ -275,6 +275,21 @@ def model_on_uploaded_subjects(api: Api, tmp_path: Path, name: str, subjects: li
         )  # fmt: skip
 
 
+def test_a_certificate_is_checked_against_subjects_that_hold_commas_from_a_file(tmp_path: Path) -> None:
+    """--subjects splits at commas, and a subject may hold one: "Doe, John"'s certificate could not be
+    checked against his name (a probe)."""
+    from service.cli.documents import _subjects_match, named_subjects
+    from service.core.proofs import ids_sha256
+
+    names = tmp_path / "subjects.txt"
+    names.write_text("Doe, John\nann\n")
+    named = named_subjects(argparse.Namespace(subjects=None, subjects_file=str(names)))
+    assert named == ["Doe, John", "ann"]
+    assert _subjects_match({"subject_ids_sha256": ids_sha256(["ann", "Doe, John"])}, named)[0]
+    split = named_subjects(argparse.Namespace(subjects="Doe, John", subjects_file=None))
+    assert split == ["Doe", "John"]  # what the comma-separated flag reads
+
+
 def test_a_model_on_an_uploaded_dataset_with_subjects_forgets_by_subject(api: Api, tmp_path: Path) -> None:
     model_on_uploaded_subjects(api, tmp_path, "people", ["ann", "bob", "", "ann"])
     r = api.post({"subject_ids": ["ann"]}, model="people")
@@ -300,14 +315,16 @@ def test_one_subject_spelled_with_and_without_combining_marks_is_one(api: Api, t
         assert r.status_code == 202, r.text
         assert stored(api, r.json()["id"]).sample_ids == ["s0", "s1", "s2"]  # "zoe" is someone else
     # named in both spellings, she is one subject, and a certificate binds her however she is typed
-    from service.cli.documents import _subjects_match
+    from service.cli.documents import _subjects_match, named_subjects
     from service.core.proofs import ids_sha256
     from service.core.subjects import spellings
 
     both = api.post({"subject_ids": [composed, decomposed, f" {decomposed}"]}, model="zoe")
     assert both.status_code == 202 and both.json()["subject_ids"] == [composed], both.text
     cert = {"subject_ids_sha256": ids_sha256([composed])}
-    assert _subjects_match(cert, decomposed)[0] and _subjects_match(cert, f"{composed}, {decomposed}")[0]
+    for given in (decomposed, f"{composed}, {decomposed}"):
+        named = named_subjects(argparse.Namespace(subjects=given, subjects_file=None))
+        assert named == [composed] and _subjects_match(cert, named)[0]
     # a dataset registered before subjects were normalised may hold either form: both are looked for
 
     assert set(spellings(composed)) == set(spellings(decomposed + " ")) == {composed, decomposed}

@@ -36,6 +36,17 @@ CSV_FIELDS = [
 ]
 
 
+# Characters a JSON string may hold raw that many line readers (Python's str.splitlines, JavaScript
+# before ES2019) take for line ends: escaped, so each event is one line to every reader.
+_LINE_ENDS = {ord("\u0085"): "\\u0085", ord("\u2028"): "\\u2028", ord("\u2029"): "\\u2029"}
+
+
+def jsonl_line(event: dict[str, Any]) -> str:
+    """One event of a JSONL export: its JSON, readable text kept, line-end characters escaped (a
+    reference holding U+2028 broke every later offline check of the tenant's log, a probe)."""
+    return json.dumps(event, ensure_ascii=False).translate(_LINE_ENDS) + "\n"
+
+
 def _matches(
     ev: dict[str, Any], since: datetime | None, until: datetime | None, model_id: str | None
 ) -> bool:
@@ -107,9 +118,7 @@ def export_audit(
         return StreamingResponse(
             rows(), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=audit.csv"}
         )
-    return StreamingResponse(
-        (json.dumps(ev, ensure_ascii=False) + "\n" for ev in events()), media_type="application/x-ndjson"
-    )
+    return StreamingResponse((jsonl_line(ev) for ev in events()), media_type="application/x-ndjson")
 
 
 @router.get(
