@@ -56,6 +56,10 @@ class HeldoutBound:
     # (K,) the share of each class's held-out rows the model gets wrong (loss above ln 2); 0 for a class with
     # none: how much of a deletion drawn from the class a retrain would be expected to forget
     class_error: torch.Tensor | None = None
+    # (m',) the held-out rows of classes that stay, as the model before the run predicted them (its own
+    # prior): their labels and whether it got them right, what a retrain's accuracy on D_f is read from
+    heldout_y: torch.Tensor | None = None
+    heldout_correct: torch.Tensor | None = None
     offsets: torch.Tensor | None = None  # (n_f,) by="jitter": each forget row's place u_i in its rank's bin
     # how the table was read where it was reshaped (``heldout_bound``'s prior and match, after ``when``, and
     # D_f's ``class_skew``), for the run's record; empty for the model's own held-out losses
@@ -194,6 +198,7 @@ def heldout_bound(
         model.train(was_training)
     labels = heldout.y[rows].to(device)
     logits = logits.float()  # under bf16 autocast: the shift and the losses in fp32
+    correct = logits.argmax(1) == labels  # (m,) under the model's own prior
     k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1, logits.shape[1])
     kept = torch.bincount(retain.y.cpu(), minlength=k).double()  # (K,) training rows per class in D_r
     retained = (kept > 0).to(device)
@@ -217,7 +222,13 @@ def heldout_bound(
             found = found[standing.to(device)]
     if len(found) == 0:
         return None
-    bound = HeldoutBound(found.sort().values, retained, class_error=wrong / rows_of.clamp(min=1))
+    bound = HeldoutBound(
+        found.sort().values,
+        retained,
+        class_error=wrong / rows_of.clamp(min=1),
+        heldout_y=labels.cpu(),
+        heldout_correct=correct[stays].cpu(),
+    )
     if prior != "trained" or match > 0:
         bound.read = {"prior": prior, "match": match, "class_skew": skew}
     return bound
