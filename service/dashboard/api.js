@@ -17,6 +17,10 @@ export function onUnauthorized(handler) {
 }
 
 export async function api(path, { method = "GET", body, raw = false } = {}) {
+  // A "." or ".." segment (a route such as #/jobs/.) is resolved away by the browser, and the page of one
+  // object was given its collection (a probe): it names no object.
+  const dots = path.split("?")[0].split("/").find((s) => s === "." || s === "..");
+  if (dots !== undefined) throw new ApiError(404, { detail: `"${dots}" names no object` });
   const headers = { Authorization: `Bearer ${state.key}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let res;

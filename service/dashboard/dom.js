@@ -26,10 +26,15 @@ function setAttrs(node, attrs) {
   }
 }
 
+// Bidirectional controls reorder what follows them on screen: a reference ending "\u202e<b>bold</b>" read
+// "<b/>dlob<b>" (a probe). Shown as their escapes, as the CLI prints them.
+const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+export const visible = (text) => text.replace(BIDI, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+
 function append(node, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(visible(String(child))));
   }
 }
 

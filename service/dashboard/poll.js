@@ -39,6 +39,7 @@ export async function tick(force) {
     if (err.status === 404) {
       page.body.replaceChildren(el("p", { class: "error" }, err.message));
       page.lastJson = null;
+      $("status-text").textContent = "Not found";
     } else {
       $("status-error").textContent = err.message;
     }

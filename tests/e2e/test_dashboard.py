@@ -363,6 +363,19 @@ def test_a_long_reference_wraps_and_a_malformed_route_says_not_found(
     assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
     go(page, "#/models/%E0%A4%A")
     expect(page.locator("#view p.error")).to_contain_text("%E0%A4%A")
+    # "." is resolved away by the browser: the page of one object got its collection (a probe)
+    for route in ("#/requests/.", "#/jobs/..", "#/models/%2E"):
+        go(page, route)
+        expect(page.locator("#view p.error")).to_contain_text("names no object")
+    # a bidi override reordered the rest of the reference on screen: shown as its escape (a probe)
+    with stack.client() as api:
+        spoof = api.post(
+            "/v1/models/digits/deletion-requests",
+            json={"sample_ids": ["digits-0019"], "reference": "invoice\u202egnp.exe"},
+        )
+        assert spoof.status_code == 202, spoof.text
+    go(page, f"#/requests/{spoof.json()['id']}")
+    expect(page.locator("#view")).to_contain_text("invoice\\u202egnp.exe")
 
 
 @needs_chromium
