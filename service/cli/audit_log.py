@@ -166,9 +166,11 @@ def _exported_events(path: str) -> list[dict[str, Any]]:
             "the event bodies its hashes cover"
         )
     try:
-        lines = jsonl_lines(Path(path).read_text())
+        lines = jsonl_lines(Path(path).read_bytes().decode("utf-8"))  # exports are UTF-8, whatever the locale
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not a UTF-8 JSONL export ({exc.reason} at byte {exc.start})") from None
     events = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -71,9 +71,9 @@ def cmd_audit_export(client: Client, args: argparse.Namespace) -> int:
 
 
 def named_subjects(args: argparse.Namespace) -> list[str] | None:
-    """The subjects --subjects (comma-separated) and --subjects-file name, as requests store them; None
-    when neither is given. A file, since a subject ID may hold a comma ("Doe, John": a probe's
-    certificate could not be checked against its name)."""
+    """The subjects --subjects (comma-separated) and --subjects-file name, trimmed; None when neither is
+    given. A file, since a subject ID may hold a comma ("Doe, John": a probe's certificate could not be
+    checked against its name)."""
     from service.cli.request import read_ids
 
     from_file = getattr(args, "subjects_file", None)  # a Namespace built by hand may lack it
@@ -81,21 +81,23 @@ def named_subjects(args: argparse.Namespace) -> list[str] | None:
         return None
     given = args.subjects.split(",") if args.subjects is not None else []
     given += read_ids(from_file, "subject IDs") if from_file else []
-    named = list(dict.fromkeys(n for s in given if (n := stored(s))))
+    named = list(dict.fromkeys(s.strip() for s in given if s.strip()))
     if not named:
         raise UsageError("--subjects names no subject (give a comma-separated list, e.g. alice,bob)")
     return named
 
 
 def _subjects_match(cert: dict[str, object], named: list[str]) -> tuple[bool, str]:
-    """The certificate's subject digest is that of ``named``, recomputed here."""
+    """The certificate's subject digest is that of ``named`` as requests store them (composed), or, for
+    a certificate of a request made before subjects were composed, of ``named`` as given."""
     from service.core.proofs import ids_sha256
 
     if cert.get("subject_ids_sha256") is None:
         return False, "the certificate names no subjects"
-    if cert["subject_ids_sha256"] != ids_sha256(named):
-        return False, f"the certificate's subjects are not exactly these {len(named)}"
-    return True, f"the certificate names exactly these {len(named)} subject(s)"
+    composed = list(dict.fromkeys(n for s in named if (n := stored(s))))
+    if cert["subject_ids_sha256"] not in (ids_sha256(composed), ids_sha256(named)):
+        return False, f"the certificate's subjects are not exactly these {len(composed)}"
+    return True, f"the certificate names exactly these {len(composed)} subject(s)"
 
 
 def cmd_verify_certificate(args: argparse.Namespace) -> int:
