@@ -1,5 +1,5 @@
 // Hash routing: which page a location.hash names, and showing that page (or why this key may not see it).
-import { $, el } from "./dom.js";
+import { $, el, visible } from "./dom.js";
 import { audit } from "./page-audit.js";
 import { job, jobs } from "./page-jobs.js";
 import { model, models } from "./page-models.js";
@@ -47,7 +47,7 @@ export function render() {
     link.classList.toggle("active", link.dataset.section === page.section);
   }
   const title = page.arg ? `${page.title} ${page.arg}` : page.title;
-  document.title = `${title} · Unlearning service`;
+  document.title = `${visible(title)} · Unlearning service`;
   const d = denied(page.section);
   if (d) {
     $("view").replaceChildren(disabledPanel(page.title, d));

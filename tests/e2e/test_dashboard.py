@@ -376,6 +376,9 @@ def test_a_long_reference_wraps_and_a_malformed_route_says_not_found(
         assert spoof.status_code == 202, spoof.text
     go(page, f"#/requests/{spoof.json()['id']}")
     expect(page.locator("#view")).to_contain_text("invoice\\u202egnp.exe")
+    go(page, "#/audit")  # an event's data is in a cell's tooltip too
+    cell = page.locator("td.data", has_text="invoice").first
+    expect(cell).to_have_attribute("title", re.compile(r"invoice\\u202egnp\.exe"))
 
 
 @needs_chromium
