@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.cli.errors import UsageError
+from service.cli.errors import UsageError, text_lines
 from service.cli.render import say
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def against_kept_head(client: Client, kept: dict[str, Any], trusted: str | None)
             return False, f"the log of {new['tree_size']} events does not extend the kept head: {changed}"
     buf = io.BytesIO()
     client.audit_export("jsonl", buf)
-    events = [json.loads(line) for line in jsonl_lines(buf.getvalue().decode()) if line.strip()]
+    events = [json.loads(line) for line in text_lines(buf.getvalue().decode()) if line.strip()]
     for head, name in ((old, "kept"), (new, "current")):
         ok, why = proofs.verify_export(events, head)
         if not ok:
@@ -152,13 +152,6 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def jsonl_lines(text: str) -> list[str]:
-    """A JSONL text's records: split at newlines only. str.splitlines() also splits at U+2028, U+2029
-    and U+0085, which a JSON string may hold raw: a probe's reference "line\u2028sep" cut its event in
-    two, and every later offline check of the tenant's log failed."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
 def _exported_events(path: str) -> list[dict[str, Any]]:
     if path.endswith(".csv"):
         raise UsageError(
@@ -166,7 +159,7 @@ def _exported_events(path: str) -> list[dict[str, Any]]:
             "the event bodies its hashes cover"
         )
     try:
-        lines = jsonl_lines(Path(path).read_bytes().decode("utf-8"))  # exports are UTF-8, whatever the locale
+        lines = text_lines(Path(path).read_bytes().decode("utf-8"))  # exports are UTF-8, whatever the locale
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -11,7 +11,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from service.cli.errors import UsageError, read_user_file
+from service.cli.errors import UsageError, read_user_file, text_lines
 from service.cli.render import console, metrics_table, say, short
 from service.core.states import RequestState
 
@@ -34,7 +34,7 @@ def read_ids(path: str, noun: str = "sample IDs") -> list[str]:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise UsageError(f"{path}: a JSON {noun} file must be a list of strings")
     else:
-        ids = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        ids = [line for line in text_lines(text) if line.strip() and not line.startswith("#")]
     if not ids:
         raise UsageError(f"{path} holds no {noun}")
     return ids

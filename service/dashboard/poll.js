@@ -40,6 +40,7 @@ export async function tick(force) {
       page.body.replaceChildren(el("p", { class: "error" }, err.message));
       page.lastJson = null;
       $("status-text").textContent = "Not found";
+      $("status-error").textContent = "";
     } else {
       $("status-error").textContent = err.message;
     }

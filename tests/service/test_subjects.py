@@ -610,6 +610,8 @@ def test_an_ids_file_keeps_each_id_exactly_as_written(
     path = tmp_path / "ids.txt"
     path.write_text("# ticket 7\nu-1#old\n  padded \ntab|#hash|00016\n\n   \r\nlast\r\n")
     assert read_ids(str(path)) == ["u-1#old", "  padded ", "tab|#hash|00016", "last"]
+    path.write_text("line\u2028sep\nnel\x85next\n", encoding="utf-8")  # split at newlines only (a review)
+    assert read_ids(str(path)) == ["line\u2028sep", "nel\x85next"]
     path.write_text("\ufeffbom-first\nsecond\n", encoding="utf-8")  # a Windows editor's byte-order mark
     assert read_ids(str(path)) == ["bom-first", "second"]
     path.write_text('["#starts-with-hash", "   "]')
