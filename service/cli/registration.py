@@ -83,7 +83,6 @@ def upload(
             return client.upload(url_path, form, files)
 
 
-UPLOAD_KINDS = UPLOAD_SUFFIXES  # what `datasets upload` sends, by the file's suffix when --kind is not given
 TEXT_KINDS = ("jsonl", "text_csv")  # the kinds a tokenizer goes with (models.declarations.TEXT_KINDS)
 
 
@@ -92,12 +91,12 @@ def upload_kind(file: str, kind: str | None) -> str:
     if kind is not None:
         return kind
     suffix = Path(file).suffix.lower()
-    if suffix not in UPLOAD_KINDS:
-        known = ", ".join(f"{s} ({k})" for s, k in UPLOAD_KINDS.items())
+    if suffix not in UPLOAD_SUFFIXES:
+        known = ", ".join(f"{s} ({k})" for s, k in UPLOAD_SUFFIXES.items())
         raise UsageError(
             f"cannot tell the kind of {Path(file).name} from its suffix (known: {known}); pass --kind"
         )
-    return UPLOAD_KINDS[suffix]
+    return UPLOAD_SUFFIXES[suffix]
 
 
 def dataset_id(client: Client, ref: str) -> str:
