@@ -23,7 +23,7 @@ from service.api.schemas.deletion import (
 from service.api.views import request_out
 from service.core import deletions, events
 from service.core.db.tables import DeletionRequest, Model
-from service.core.errors import ProblemError, Unprocessable
+from service.core.errors import NotFound, ProblemError, Unprocessable
 from service.core.lookups import get_model, request_status
 
 router = APIRouter(tags=["deletion requests"], responses=problems(*KEYED))
@@ -113,6 +113,9 @@ async def create_deletion_requests(
         for item in body.requests
     ]
     outcomes = await asyncio.gather(*(intake.submit(s) for s in submissions), return_exceptions=True)
+    missing = outcomes[0]  # the path names no model of the key's tenant: the call's resource is
+    if isinstance(missing, NotFound) and all(isinstance(o, NotFound) for o in outcomes):
+        raise missing  # missing, not each item's (it was answered 200 with a 404 per item)
     results: list[DeletionBatchResult] = []
     for outcome in outcomes:
         if isinstance(outcome, ProblemError):
