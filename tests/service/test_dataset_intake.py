@@ -229,6 +229,15 @@ def test_an_uploaded_shard_is_pinned_the_way_the_worker_checks_it(
             "/v1/datasets/upload", data={"name": "by-suffix"}, files={"file": ("s.tar", shard.read_bytes())}
         )
     assert r.status_code == 201 and r.json()["kind"] == "webdataset", r.text
+    # the same bytes sent twice are one data set (each upload's digest named its random file name, so
+    # the copy could be registered as the first one's test set)
+    assert r.json()["sha256"] == got["sha256"]
+    uploads = app.settings.dataset_dir / "uploads"
+    before = sorted(uploads.iterdir())
+    with app.client(admin) as c:  # a refused shard leaves nothing behind, its folder included
+        r = c.post("/v1/datasets/upload", data={"name": "junk"}, files={"file": ("j.tar", b"not a tar")})
+    assert r.status_code == 422, r.text
+    assert sorted(uploads.iterdir()) == before
 
 
 def test_a_manifest_naming_a_missing_file_is_refused_naming_the_line(live: tuple[LiveApp, str]) -> None:

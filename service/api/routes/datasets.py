@@ -188,6 +188,8 @@ def upload_dataset(
     stem = f"{uuid.uuid4().hex}"
     suffix = {"text_csv": "csv", "webdataset": "tar"}.get(kind, kind)
     target = settings.dataset_dir / "uploads" / f"{stem}.{suffix}"
+    if kind in FOLDER_KINDS:  # its digest covers its file's name: one name for every upload lets the same
+        target = target.with_suffix("") / f"upload.{suffix}"  # bytes sent twice be told apart from others
     tokenizer_path = settings.dataset_dir / "uploads" / f"{stem}.tokenizer.json"
     try:
         digest = save_upload(file, target)  # hashed as it is copied, before any transaction opens
@@ -200,6 +202,8 @@ def upload_dataset(
         return _register(session, key, name, kind, target, digest, declared, roots)
     except Exception as exc:
         target.unlink(missing_ok=True)
+        if target.parent.name == stem:
+            target.parent.rmdir()
         tokenizer_path.unlink(missing_ok=True)
         if isinstance(exc, ProblemError):
             _name_the_upload(
