@@ -19,6 +19,7 @@ from service.api.routes import audit, dashboard, datasets, deletion_requests, he
 from service.api.routes.webhooks import router as webhook_secrets_router
 from service.core.db.engine import reader_for, sessionmaker_for
 from service.core.deletions import IntakePolicy
+from service.core.lifetimes import die_with_api_supervisor
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings
 from service.core.signing import load_or_create_key
@@ -82,6 +83,7 @@ def served_app(settings: Settings | None = None) -> FastAPI:
     each API worker ran a full collection every 2-3 s, each 35-180 ms of wall time on 2 busy cores, and
     those pauses were the p99 of every route. ``gc.freeze`` moves them to the permanent generation, so a
     full collection walks only what requests allocated."""
+    die_with_api_supervisor()
     app = create_app(settings)
     gc.collect()
     gc.freeze()

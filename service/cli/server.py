@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from service.cli.errors import EXIT_CODES
 from service.cli.supervise import Supervised
+from service.core.lifetimes import SUPERVISOR_ENV
 
 if TYPE_CHECKING:
     from service.core.settings import Settings
@@ -156,6 +157,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     own_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unlearn-metrics-")
+    if args.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
     try:
         uvicorn.run(
             "service.api.app:served_app",

@@ -28,3 +28,14 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if parent_pid is not None and os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+SUPERVISOR_ENV = "UNLEARN_API_SUPERVISOR_PID"  # set by `unlearn api --workers N` for the processes it spawns
+
+
+def die_with_api_supervisor() -> None:
+    """An API process spawned by `unlearn api --workers N` dies with it: uvicorn's supervisor, killed
+    with SIGKILL, left its processes serving the port, and the restarted API could not bind it."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor and supervisor.isdigit() and int(supervisor) != os.getpid():
+        die_with_parent(int(supervisor))

@@ -58,7 +58,21 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
         scrapes = [served_count(url) for _ in range(8)]
         assert scrapes == [served] * 8, scrapes
+        # killed with SIGKILL, its processes go with it (they kept serving the port, orphaned)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_until(lambda: not group_alive(proc.pid), timeout=60, interval=0.2, what="the API processes")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
