@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, over_the_limit, problem
-from service.api.gate import AdmitRequests
+from service.api.gate import UPLOAD_PATHS, AdmitRequests
 from service.api.intake import GroupCommit
 from service.api.observability import HttpMetrics
 from service.api.ratelimit import make_limiter
@@ -23,8 +23,6 @@ from service.core.lifetimes import die_with_api_supervisor
 from service.core.queue import make_celery
 from service.core.settings import Settings, get_settings
 from service.core.signing import load_or_create_key
-
-UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets/upload"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -6,9 +6,10 @@ there is checked too late: an anonymous client could make the service receive (a
 of up to UNLEARN_MAX_UPLOAD_BYTES before hearing 401. This middleware answers from the headers alone.
 
 Every route under /v1/ needs a key; the public ones (/healthz, /readyz, /metrics, /dashboard, the OpenAPI
-documents) live outside it and pass untouched. Scopes are still checked by each route's `require_scope`,
-which then finds the key in the cache this check filled. Pure ASGI: a cached key costs a dictionary
-lookup; a miss reads the database in a worker thread, never on the event loop.
+documents) live outside it and pass untouched. Uploads need `admin`, checked here; other scopes are
+checked by each route's `require_scope`, which then finds the key in the cache this check filled. Pure
+ASGI: a cached key costs a dictionary lookup; a miss reads the database in a worker thread, never on the
+event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from service.api.ratelimit import WriteLimiter, retry_after
 
 KEYED_PREFIX = "/v1/"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The routes whose POST bodies are uploads, read up to UNLEARN_MAX_UPLOAD_BYTES; both are admin's: a key
+# of a narrower scope is refused here too, since the route's own check runs once the form is read
+UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets/upload"})
+LACKS_ADMIN = "this API key lacks the scope 'admin'"  # as require_scope words it
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -85,6 +90,9 @@ class AdmitRequests:
             return response
         if key is None:
             return problem(401, "Unauthorized", INVALID_KEY)
+        if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS and "admin" not in key.scopes:
+            # a jobs:read key made the service receive a whole upload before hearing 403 (a probe)
+            return problem(403, "Forbidden", LACKS_ADMIN, required_scopes=["admin"])
         if self.limiter is not None and scope["method"] in WRITE_METHODS:
             wait = await self.limiter.acquire(key.id)
             if wait > 0:

@@ -80,6 +80,19 @@ def test_a_bad_key_is_answered_401_before_the_body_arrives(
     }
 
 
+@pytest.mark.parametrize("path", ["/v1/datasets/upload", "/v1/models"])
+def test_a_key_without_admin_is_refused_an_upload_before_the_body_arrives(
+    gated: tuple[LiveApp, Seeded], path: str
+) -> None:
+    """The route's own scope check runs once the form is read: a jobs:read key made the service receive
+    a whole upload before hearing 403 (a probe)."""
+    app, keys = gated
+    status, headers, body = head_only(app, path, 5_000_000, f"Bearer {keys.writer}")
+    assert status == 403 and headers["content-type"].startswith("application/problem+json")
+    assert json.loads(body)["detail"] == "this API key lacks the scope 'admin'"
+    assert json.loads(body)["required_scopes"] == ["admin"]
+
+
 def test_a_revoked_key_is_refused_before_the_body_and_public_routes_need_none(
     gated: tuple[LiveApp, Seeded],
 ) -> None:
