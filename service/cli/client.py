@@ -60,6 +60,11 @@ def resolve_key(key: str | None, url: str = DEFAULT_URL) -> str | None:
         return None
 
 
+def _sendable(key: str) -> bool:
+    """Whether a key can go in a header as it is: printable ASCII (every key the service issues is)."""
+    return key.isascii() and key.isprintable()
+
+
 def _detail(response: httpx.Response) -> tuple[str, Any]:
     try:
         body = response.json()
@@ -104,7 +109,7 @@ class Client:
         self.url = resolve_url(url)
         self.key = resolve_key(key, self.url)
         headers = {"User-Agent": "unlearn-cli"}
-        if self.key:
+        if self.key and _sendable(self.key):
             headers["Authorization"] = f"Bearer {self.key}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -119,13 +124,22 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _check_key(self) -> None:
         if not self.key:
             raise ApiError(
                 "no API key: pass --api-key or set UNLEARN_API_KEY (the embedded stack writes one to "
                 "var/admin.key)",
                 kind="auth",
             )
+        if not _sendable(self.key):  # a traceback (non-ASCII) or "cannot reach the server" (a newline)
+            raise ApiError(
+                "the API key holds characters an HTTP header cannot carry (keys are printable ASCII): "
+                "check --api-key, UNLEARN_API_KEY or the key file",
+                kind="auth",
+            )
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self._check_key()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -198,8 +212,7 @@ class Client:
     def audit_export(self, fmt: str, out: Any, **filters: Any) -> int:
         """Stream the export into the binary file `out`; returns the number of bytes written."""
         params = {"format": fmt, **{k: v for k, v in filters.items() if v is not None}}
-        if not self.key:
-            self._send("GET", "/v1/audit/export")  # raises the "no API key" error
+        self._check_key()
         written = 0
         try:
             with self._http.stream("GET", "/v1/audit/export", params=params) as response:

@@ -247,7 +247,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     from service.core.db.engine import session_scope
     from service.core.db.tables import ApiKey
     from service.core.events import OPERATOR
-    from service.core.keys import create_key, revoke_key
+    from service.core.keys import create_key, is_utf8, revoke_key
 
     if args.action == "create" and not args.tenant:
         print(
@@ -264,7 +264,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             events.key_created(s, key, actor=OPERATOR)  # the trail had only the API's keys (a probe)
             print(f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}")
         else:
-            held = s.get(ApiKey, args.id)
+            held = s.get(ApiKey, args.id) if is_utf8(args.id) else None
             if held is None:
                 print(f"error: no key with id {args.id}", file=sys.stderr)
                 return EXIT_CODES["not_found"]  # as `--api` answers it

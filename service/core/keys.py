@@ -17,6 +17,7 @@ SCOPES = ("deletion:write", "jobs:read", "audit:read", "admin")
 # A tenant is named where keys are made: letters, digits, '-', '_', '.', as long as its columns hold.
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]+$"
 TENANT_MAX_LENGTH = 100
+KEY_NAME_MAX_LENGTH = 200  # the column's length
 
 
 def check_tenant_name(tenant: str) -> str:
@@ -28,6 +29,26 @@ def check_tenant_name(tenant: str) -> str:
     return tenant
 
 
+def check_key_name(name: str) -> str:
+    """The name itself, or ValueError saying what a key name may hold: the API's schema says it for the
+    API; `unlearn keys create --name` wrote a 300-character name into a 200-character column (SQLite) or
+    crashed with a traceback (PostgreSQL, or bytes that are not UTF-8)."""
+    if len(name) > KEY_NAME_MAX_LENGTH:
+        raise ValueError(f"a key name holds at most {KEY_NAME_MAX_LENGTH} characters, not {len(name)}")
+    if "\x00" in name or not is_utf8(name):
+        raise ValueError("a key name must be UTF-8 text without NUL characters")
+    return name
+
+
+def is_utf8(text: str) -> bool:
+    """False for a str holding lone surrogates (bytes a command line could not decode)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def hash_key(plaintext: str) -> str:
     # Keys carry 256 bits of randomness, so a plain (unsalted) sha256 is enough and allows indexed lookup.
     return hashlib.sha256(plaintext.encode()).hexdigest()
@@ -36,6 +57,7 @@ def hash_key(plaintext: str) -> str:
 def create_key(session: Session, *, tenant: str, scopes: Iterable[str], name: str = "") -> tuple[ApiKey, str]:
     """Create a key and return it with its plaintext (never stored)."""
     check_tenant_name(tenant)
+    check_key_name(name)
     scopes = sorted(set(scopes))
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:

@@ -334,6 +334,14 @@ def test_bad_key_is_one_line_and_exit_code_4(cli: Cli) -> None:
     assert one_error_line(result) == "error: the server rejected the API key: invalid or revoked API key"
 
 
+def test_a_key_a_header_cannot_carry_is_one_line_and_exit_code_4(cli: Cli) -> None:
+    """Non-ASCII was a UnicodeEncodeError traceback, a newline "cannot reach the server" (a probe)."""
+    for key in ("ülkey", "a\nb"):
+        result = cli.run("jobs", "--api-key", key)
+        assert result.returncode == 4, (key, result.stderr)
+        assert "the API key holds characters an HTTP header cannot carry" in one_error_line(result)
+
+
 def test_unknown_model_is_one_line_and_exit_code_5(cli: Cli, tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("digits-0001\n")
@@ -407,6 +415,11 @@ def test_keys_create_and_revoke_still_manage_keys_in_the_database(cli: Cli) -> N
     assert no_scope.returncode == 4
     assert one_error_line(no_scope) == "error: this API key lacks the scope 'audit:read'"
 
+    for name in ("n" * 201, "a\udcffb"):  # a traceback on PostgreSQL, stored as sent on SQLite
+        refused = cli.run("keys", "create", "--tenant", "default", "--scopes", "admin", "--name", name)
+        assert refused.returncode == 2, refused.stderr
+        assert "a key name" in one_error_line(refused)
+    assert cli.run("keys", "revoke", "a\udcffb").returncode == 5  # bytes a command line could not decode
     assert cli.run("keys", "revoke", key_id).returncode == 0
     unknown = cli.run("keys", "revoke", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode == 5, unknown.stderr  # not found, as with --api (it was 1: "failed")

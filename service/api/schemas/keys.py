@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.core.keys import TENANT_MAX_LENGTH, TENANT_PATTERN
+from service.core.keys import KEY_NAME_MAX_LENGTH, TENANT_MAX_LENGTH, TENANT_PATTERN
 
 Scope = Literal["deletion:write", "jobs:read", "audit:read", "admin"]
 
@@ -21,7 +21,7 @@ class KeyCreate(BaseModel):
         | None
     ) = Field(None, description="Defaults to the caller's tenant.")
     scopes: list[Scope] = Field(..., min_length=1)
-    name: Annotated[str, StringConstraints(max_length=200)] = ""
+    name: Annotated[str, StringConstraints(max_length=KEY_NAME_MAX_LENGTH)] = ""
 
 
 class KeyOut(BaseModel):
