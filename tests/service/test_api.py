@@ -1000,7 +1000,16 @@ def test_webhook_secrets_are_rotated_by_admins_and_shown_only_once(api: Api) -> 
     assert datetime.fromisoformat(previous[0]["expires_at"]) - made > timedelta(hours=23)
 
 
-@pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": 604801}, {"grace": 5}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"grace_seconds": -1},
+        {"grace_seconds": 604801},
+        {"grace": 5},
+        {"grace_seconds": False},  # was read as 0: every current secret expired at once
+        {"grace_seconds": "10"},
+    ],
+)
 def test_webhook_secret_rotation_with_a_bad_grace_period_is_422_naming_it(api: Api, body: object) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))

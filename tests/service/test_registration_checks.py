@@ -319,6 +319,14 @@ def test_a_registrations_time_limit_above_the_services_is_refused_at_its_spec_fi
     assert r.json()["errors"][0]["loc"] == ["spec", "time_limit_seconds"]
 
 
+@pytest.mark.parametrize("num_classes", ["10", 10.0, True])
+def test_num_classes_is_a_whole_json_number(api: Api, num_classes: object) -> None:
+    """"10" and 10.0 were read as 10 (and true as 1)."""
+    r = api.register(num_classes=num_classes)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["spec", "num_classes"], r.text
+    assert "m" not in api.model_names()
+
+
 def test_a_fallback_that_reruns_the_default_method_as_it_ran_is_refused(api: Api) -> None:
     """A fallback runs its method's defaults: named after a default method that runs its defaults too, it
     is the same run again and fails the same way (a probe's chain was accepted)."""

@@ -281,7 +281,7 @@ class ModelCreate(BaseModel):
         default_factory=dict,
         description="keyword arguments of the builder (besides num_classes, which is passed for you)",
     )
-    num_classes: int = Field(ge=2, le=100_000)
+    num_classes: int = Field(ge=2, le=100_000, strict=True)  # "10" and 10.0 were read as 10
     train_dataset: str = Field(description="id of a registered dataset")
     test_dataset: str = Field(description="id of a registered dataset")
     heldout_dataset: str | None = Field(

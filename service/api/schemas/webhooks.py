@@ -13,6 +13,7 @@ class WebhookSecretRotate(BaseModel):
     grace_seconds: int | None = Field(
         DEFAULT_GRACE_SECONDS,
         ge=0,
+        strict=True,  # false was read as 0 and expired every current secret at once (a probe)
         le=MAX_GRACE_SECONDS,
         description="How long the tenant's current secrets keep signing deliveries beside the new one "
         "(0 to 7 days; default 24 h, also when sent as null). Receivers switch to the new secret within it.",
