@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, over_the_limit, problem
 from service.api.gate import UPLOAD_PATHS, AdmitRequests
+from service.api.head import HeadAsGet
 from service.api.intake import GroupCommit
 from service.api.observability import HttpMetrics
 from service.api.ratelimit import make_limiter
@@ -52,9 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_problem_schema(app)
     app.state.metrics_registry = registry = CollectorRegistry()
-    # Innermost first: the key (and a write's rate limit) is checked before any body is read, inside the
-    # screen (NUL bytes, declared lengths: no lookup at all), inside the metrics (every refusal is counted,
-    # under the route it was meant for).
+    # Innermost first: a HEAD no route takes runs as its GET, inside the key (and a write's rate limit),
+    # checked before any body is read, inside the screen (NUL bytes, declared lengths: no lookup at all),
+    # inside the metrics (every refusal is counted, under the route it was meant for).
+    app.add_middleware(HeadAsGet, router=app.router)
     app.add_middleware(
         AdmitRequests,
         key_cache=app.state.key_cache,

@@ -159,7 +159,15 @@ def install_handlers(app: FastAPI) -> None:
             return problem(
                 413, "Payload too large", over_the_limit(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
             )
-        return problem(exc.status_code, "HTTP error", str(exc.detail))
+        title, detail = "HTTP error", str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
+            title, detail = "Not found", f"no route here: {request.url.path}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            title, detail = "Method not allowed", f"{request.method} {request.url.path}: allowed {allowed}"
+        response = problem(exc.status_code, title, detail)
+        response.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110 requires it)
+        return response
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

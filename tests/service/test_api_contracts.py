@@ -269,3 +269,19 @@ def test_readyz_reports_database_and_broker(live: Live) -> None:
     r = httpx.get(f"{live.url}/readyz")
     assert r.json()["checks"]["database"] == "ok"
     assert r.status_code in (200, 503)
+
+
+def test_head_is_answered_wherever_get_is_and_a_405_says_what_is_allowed(live: Live) -> None:
+    """Every HEAD was a 405 (monitors probe /healthz with it), and a 405 carried no Allow header, which
+    RFC 9110 requires (a probe)."""
+    auth = {"Authorization": f"Bearer {live.key}"}
+    for path in ("/healthz", "/v1/models/toy", "/v1/deletion-requests"):
+        got = httpx.get(f"{live.url}{path}", headers=auth)
+        head = httpx.head(f"{live.url}{path}", headers=auth)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"], path
+    wrong = httpx.delete(f"{live.url}/v1/models/toy", headers=auth)
+    assert wrong.status_code == 405 and "GET" in wrong.headers["allow"], wrong.headers
+    assert wrong.json()["detail"].startswith("DELETE /v1/models/toy: allowed "), wrong.text
+    nowhere = httpx.get(f"{live.url}/v1/no-such-thing", headers=auth)
+    assert nowhere.status_code == 404 and nowhere.json()["detail"] == "no route here: /v1/no-such-thing"
