@@ -10,17 +10,17 @@ that tree are in `service.core.transparency`.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from service.core import merkle
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
+from service.core.db.locks import wait_for_lock
 from service.core.db.tables import AuditEvent, AuditNode
 from service.core.proofs import BODY_KEYS, GENESIS, chain_hash, leaf_of
 
@@ -148,9 +148,7 @@ def sequence(session: Session, tenant: str, limit: int = SEQUENCE_BATCH) -> int:
     order, so an upgraded deployment's tree covers its whole history."""
     if is_postgres(session):
         # Only sequencers of this tenant wait here; writers never take this lock.
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"audit:{tenant}".encode())}
-        )
+        wait_for_lock(session, "audit", tenant)
     unleafed = list(
         session.scalars(
             select(AuditEvent)

@@ -9,18 +9,18 @@ of the training set the dataset attributes to it, and the request records those 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, exists, func, insert, select, text
+from sqlalchemy import and_, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from service.core import callbacks, events
 from service.core.canonical import canonical_json
 from service.core.db.engine import is_postgres
+from service.core.db.locks import try_lock
 from service.core.db.tables import (
     ApiKey,
     AuditEvent,
@@ -165,11 +165,9 @@ def find_idempotent(
 ) -> DeletionRequest | None:
     """The request an Idempotency-Key already created, if any. The same key with another body is an error:
     the client is reusing keys, and silently returning the old request would hide that."""
-    if is_postgres(session):
-        # Two concurrent first attempts: one proceeds, the other is told to retry (409), never a duplicate.
-        lock_key = zlib.crc32(f"{tenant}\x00{idempotency_key}".encode())
-        if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key}):
-            raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
+    # Two concurrent first attempts: one proceeds, the other is told to retry (409), never a duplicate.
+    if is_postgres(session) and not try_lock(session, "idempotency", tenant, idempotency_key):
+        raise Conflict("a request with this Idempotency-Key is still in flight; retry shortly")
     existing = session.scalar(
         select(DeletionRequest).where(
             DeletionRequest.tenant == tenant, DeletionRequest.idempotency_key == idempotency_key

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import base64
 import secrets
-import zlib
 from datetime import timedelta
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.core import events
 from service.core.db.engine import is_postgres
+from service.core.db.locks import wait_for_lock
 from service.core.db.tables import WebhookSecret, new_id, utcnow
 from service.core.errors import Unprocessable
 
@@ -87,9 +87,7 @@ def rotate(
         )
     if is_postgres(session):
         # Two concurrent rotations would each expire the other's predecessors but not each other.
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"whsec\x00{tenant}".encode())}
-        )
+        wait_for_lock(session, "webhook secrets", tenant)
     now = utcnow()
     until = now + timedelta(seconds=grace_seconds)
     retiring = active(session, tenant)
