@@ -299,6 +299,6 @@ def test_a_batch_that_is_empty_too_long_or_names_nothing_is_refused_whole(tmp_pa
             json={"requests": [{"sample_ids": ["x"]}]},
             headers=auth,
         )
-        assert missing.status_code == 200 and missing.json()["results"][0]["status"] == 404
+        assert missing.status_code == 404 and missing.json()["detail"] == "model 'nope' not found"
     with session_scope(settings.resolved_database_url) as s:
         assert s.scalars(select(DeletionRequest)).first() is None
