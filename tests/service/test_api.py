@@ -1054,6 +1054,16 @@ def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audi
     assert api.client.get(path + "Z", headers=api.auth()).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "query", ["/v1/jobs?since=0.5", "/v1/audit/export?until=0.5", "/v1/audit/export?since=99999999999"]
+)
+def test_a_time_filter_that_is_a_number_is_refused(api: Api, query: str) -> None:
+    """Read as Unix seconds, or as milliseconds past 2e10: since=99999999999 exported every event (1973)."""
+    r = api.client.get(query, headers=api.auth())
+    assert r.status_code == 422, r.text
+    assert "give an ISO 8601 time with a timezone" in r.text
+
+
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/audit/export"])
 def test_a_time_whose_plus_arrived_as_a_space_is_told_to_encode_it(api: Api, path: str) -> None:
     """`since=...T07:41:00+00:00` sent as typed reads `+` as a space: a bare datetime error (a probe)."""

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from service.api.deps import AuditReader, RequestReader, SessionDep
 from service.api.errors import KEYED, problems
+from service.api.schemas.common import IsoTime
 from service.core import audit, certificates, transparency
 from service.core.canonical import canonical_json
 from service.core.errors import Unprocessable
@@ -74,8 +75,8 @@ def export_audit(
     session: SessionDep,
     key: AuditReader,
     format: Literal["jsonl", "csv"] = Query("jsonl"),
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoTime | None = None,
+    until: IsoTime | None = None,
     model: str | None = None,
 ) -> StreamingResponse:
     """Streams: events are read in batches as the response is written, never held in memory all at once.

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,7 +8,7 @@ from sqlalchemy import select
 from service.api.deps import Admin, CeleryDep, JobsReader, SessionDep
 from service.api.errors import KEYED, problems
 from service.api.pagination import newest_first, utc
-from service.api.schemas.common import Page
+from service.api.schemas.common import IsoTime, Page
 from service.api.schemas.jobs import JobOut, JobState
 from service.api.views import job_out
 from service.core import events, jobs
@@ -27,7 +26,7 @@ def list_jobs(
     key: JobsReader,
     model: str | None = None,
     state: JobState | None = None,
-    since: Annotated[datetime | None, Query(description="only jobs created at or after this time")] = None,
+    since: Annotated[IsoTime | None, Query(description="only jobs created at or after this time")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Page[JobOut]:
