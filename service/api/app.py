@@ -91,9 +91,10 @@ def served_app(settings: Settings | None = None) -> FastAPI:
 
 
 class ScreenRequests:
-    """Refuse what no route can accept before any work: NUL bytes (PostgreSQL cannot store them) and a
-    declared Content-Length over the limit. (Chunked bodies are counted as they arrive by FastAPI's own
-    body limit.) Pure ASGI: it costs a few dictionary lookups per request."""
+    """Refuse what no route can accept before any work: NUL bytes (PostgreSQL cannot store them), a
+    declared Content-Length over the limit, an encoded body and a doubled Idempotency-Key. (Chunked
+    bodies are counted as they arrive by FastAPI's own body limit.) Pure ASGI: it costs a few dictionary
+    lookups per request."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.app, self.max_body, self.max_upload = app, max_body_bytes, max_upload_bytes
@@ -115,4 +116,15 @@ class ScreenRequests:
         limit = self.max_upload if scope["path"] in UPLOAD_PATHS else self.max_body
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(413, "Payload too large", over_the_limit(limit))
+        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if coding != b"identity" and scope["method"] not in ("GET", "HEAD"):  # gzip was read as JSON ("not UTF-8"), br ignored: no body is decoded
+            return problem(
+                415,
+                "Unsupported media type",
+                "request bodies are not decoded: send the body without Content-Encoding "
+                f"({coding.decode('latin-1')!r})",
+            )
+        keys = sum(name == b"idempotency-key" for name, _ in scope["headers"])
+        if keys > 1:  # the first one was used silently: a retry carrying the other wrote the request twice
+            return problem(422, "Invalid request", f"{keys} Idempotency-Key headers: send exactly one")
         return None

@@ -1054,6 +1054,25 @@ def test_a_time_without_a_timezone_is_refused_alike_by_the_job_list_and_the_audi
     assert api.client.get(path + "Z", headers=api.auth()).status_code == 200
 
 
+def test_an_encoded_body_is_a_415_and_two_idempotency_keys_a_422(api: Api) -> None:
+    """gzip was answered "the body is not valid JSON: it is not UTF-8", br was ignored, and of two
+    Idempotency-Key headers the first was used silently (a retry with the second wrote twice; a probe)."""
+    import gzip
+
+    before = api.counts()
+    body = json.dumps({"sample_ids": ["toy-0001"]}).encode()
+    path = "/v1/models/toy/deletion-requests"
+    typed = {**api.auth(), "Content-Type": "application/json"}
+    for coding, sent in (("gzip", gzip.compress(body)), ("br", body)):
+        r = api.client.post(path, content=sent, headers={**typed, "Content-Encoding": coding})
+        assert r.status_code == 415 and "without Content-Encoding" in r.json()["detail"], r.text
+    r = api.client.post(
+        path, content=body, headers=[*typed.items(), ("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
+    )
+    assert r.status_code == 422 and r.json()["detail"] == "2 Idempotency-Key headers: send exactly one"
+    assert api.counts() == before
+
+
 @pytest.mark.parametrize(
     "query", ["/v1/jobs?since=0.5", "/v1/audit/export?until=0.5", "/v1/audit/export?since=99999999999"]
 )
