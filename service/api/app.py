@@ -117,7 +117,8 @@ class ScreenRequests:
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(413, "Payload too large", over_the_limit(limit))
         coding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if coding != b"identity" and scope["method"] not in ("GET", "HEAD"):  # gzip was read as JSON ("not UTF-8"), br ignored: no body is decoded
+        # gzip was read as JSON ("not UTF-8") and br ignored: no body is decoded
+        if coding != b"identity" and scope["method"] not in ("GET", "HEAD"):
             return problem(
                 415,
                 "Unsupported media type",

@@ -140,6 +140,17 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
     assert (head.status_code, head.content) == (200, b"")
     assert int(head.headers["content-length"]) == len(r.content)
     assert head.headers["x-checkpoint-sha256"] == r.headers["x-checkpoint-sha256"]
+    url, size = "/v1/models/own/versions/v2/checkpoint", len(r.content)
+    part = http.get(url, headers={"Range": "bytes=2-9"})
+    assert (part.status_code, part.content) == (206, r.content[2:10])
+    # a unit RFC 9110 has ignored (the whole file), and refusals as problem bodies (they were text/plain)
+    whole = http.get(url, headers={"Range": "items=0-5"})
+    assert (whole.status_code, whole.content) == (200, r.content)
+    for wanted, status in (("bytes=abc", 400), ("bytes=5-2", 400), (f"bytes={size + 10}-", 416)):
+        refused = http.get(url, headers={"Range": wanted})
+        assert refused.status_code == status, (wanted, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json" and wanted in refused.text
+    assert refused.headers["content-range"] == f"bytes */{size}"
     (tmp_path / "v2.safetensors").write_bytes(r.content)
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
-from fastapi.responses import FileResponse
 from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
+from service.api.files import CheckpointFile
 from service.api.pagination import decode_cursor, encode_cursor
 from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
@@ -169,15 +169,15 @@ def get_version(model: str, version: str, session: SessionDep, key: JobsReader) 
 @router.get(
     "/v1/models/{model}/versions/{version}/checkpoint",
     summary="Download a version's safetensors checkpoint (sha256 in the X-Checkpoint-SHA256 header)",
-    response_class=FileResponse,
+    response_class=CheckpointFile,
 )
-def download_checkpoint(model: str, version: str, session: SessionDep, key: JobsReader) -> FileResponse:
+def download_checkpoint(model: str, version: str, session: SessionDep, key: JobsReader) -> CheckpointFile:
     m = get_model(session, key.tenant, model)
     v = _get_version(session, m, version)
     path = Path(v.checkpoint_uri)
     if not path.is_file():
         raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage")
-    return FileResponse(
+    return CheckpointFile(
         path,
         media_type="application/octet-stream",
         filename=f"{m.name}-v{v.number}.safetensors",
@@ -192,7 +192,7 @@ router.add_api_route(
     download_checkpoint,
     methods=["HEAD"],
     include_in_schema=False,
-    response_class=FileResponse,
+    response_class=CheckpointFile,
 )
 
 
