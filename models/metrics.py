@@ -260,7 +260,9 @@ def evaluate(
     cheaper way to ``score_set(model, rows)`` (a worker passes them through the front's kept outputs and
     the last layers: ``workers.front_cache``). ``forget_flagged``: (n_f,) bool, forget rows whose label the
     deleter says is wrong, which ``forget_accuracy_excess_se`` leaves out (see ``accuracy_excess``), and
-    whose share still predicted as that label is ``flagged_label_accuracy`` (with ``flagged_count``)."""
+    whose share still predicted as that label is ``flagged_label_accuracy`` (with ``flagged_count``),
+    and the test accuracy on the classes they were sent with ``flagged_classes_test_accuracy`` (with its
+    count)."""
     scored = train_scores or functools.partial(score_set, model)
     n_ra = min(len(retain), retain_sample)
     n_members = min(len(retain), len(test))  # as ``mia_sets``
@@ -298,6 +300,12 @@ def evaluate(
         if forget_flagged is not None and bool(forget_flagged.any()):
             out["flagged_label_accuracy"] = float(forgot.correct[forget_flagged.bool().numpy()].mean())
             out["flagged_count"] = int(forget_flagged.sum())
+            if len(test):  # the classes they were sent with: what rows pushed off a label they hold cost
+                theirs = np.isin(test.y.numpy(), forget.y[forget_flagged.bool()].unique().numpy())
+                out["flagged_classes_test_count"] = int(theirs.sum())
+                out["flagged_classes_test_accuracy"] = (
+                    float(te_correct[theirs].mean()) if theirs.any() else None
+                )
     if len(forget) and n_members:  # no attack without members: everything was forgotten
         m_log = retained.log_confidence[:n_members]
         n_log = (

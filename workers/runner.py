@@ -452,26 +452,33 @@ def agreed_flags(
     metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], base: Mapping[str, Any]
 ) -> list[str]:
     """A warning when most rows sent as mislabeled are ones whose neighbours in the model's features hold
-    the label they were sent with (a run's ``away_rows``) and test accuracy fell by more than its noise
-    (two standard errors): the run pushes such rows off their label, as it must a backdoor's poisoned
-    rows (which leaves test accuracy where it was), and rows whose labels were right lose what the model
-    knew of them. A probe that sent a subject's 25 correctly labelled rows as mislabeled (23 pushed away)
-    lost 5.5 points of test accuracy, within the default gate, and the only word was that some rows "are
-    still predicted" as their label, which reads as too little forgetting."""
+    the label they were sent with (a run's ``away_rows``) and test accuracy, overall or on the classes
+    they were sent with, fell by more than its noise (two standard errors): the run pushes such rows off
+    their label, as it must a backdoor's poisoned rows (which leaves test accuracy where it was), and rows
+    whose labels were right lose what the model knew of them. A probe that sent a subject's 25 correctly
+    labelled rows as mislabeled (23 pushed away) lost 5.5 points of test accuracy, within the default
+    gate, and the only word was that some rows "are still predicted" as their label, which reads as too
+    little forgetting."""
     rows = metrics.get("flagged_count")
     away = max((int(r.get("away_rows", 0)) for r in runs), default=0)
-    before, after, n = base.get("test_accuracy"), metrics.get("test_accuracy"), metrics.get("test_count")
-    if not rows or away < AGREED_SHARE * rows or before is None or after is None or not n:
+    if not rows or away < AGREED_SHARE * rows:
         return []
-    noise = 2 * math.sqrt(max(before * (1 - before), 1 / n) / n)
-    if before - after <= noise:
-        return []
-    return [
-        f"{away} of the {rows} rows sent as mislabeled have neighbours in the model that hold the label they "
-        f"were sent with, and test accuracy fell from {before:.4f} to {after:.4f}: the run pushed them off "
-        "that label, as it does a backdoor's poisoned rows. Where those labels are right, send the rows "
-        "with reason erasure instead"
-    ]
+    for what, count, said in (
+        ("test_accuracy", "test_count", "test accuracy"),
+        # a client's 60 right rows of one class cost that class 32 points and all classes 0.8 (a probe)
+        ("flagged_classes_test_accuracy", "flagged_classes_test_count", "test accuracy on their classes"),
+    ):
+        before, after, n = base.get(what), metrics.get(what), metrics.get(count)
+        if before is None or after is None or not n:
+            continue
+        if before - after > 2 * math.sqrt(max(before * (1 - before), 1 / n) / n):
+            return [
+                f"{away} of the {rows} rows sent as mislabeled have neighbours in the model that hold the "
+                f"label they were sent with, and {said} fell from {before:.4f} to {after:.4f}: the run "
+                "pushed them off that label, as it does a backdoor's poisoned rows. Where those labels are "
+                "right, send the rows with reason erasure instead"
+            ]
+    return []
 
 
 def non_finite_weights(model: torch.nn.Module, base: torch.nn.Module) -> str | None:

@@ -139,6 +139,12 @@ def test_evaluate_counts_the_flagged_rows_still_predicted_as_the_label_they_were
     flagged = torch.tensor([True, True, True, True, False])
     out = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=flagged)
     assert (out["flagged_label_accuracy"], out["flagged_count"]) == (0.5, 4)
+    of_zero = torch.tensor([True, True, True, False, False])  # sent as class 0: its test rows are read
+    out = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=of_zero)
+    zero = rest.y == 0
+    right = (FixedLogits()(rest.x).argmax(1) == rest.y)[zero].float().mean().item()
+    assert out["flagged_classes_test_count"] == int(zero.sum()) == 20
+    assert out["flagged_classes_test_accuracy"] == pytest.approx(right)
     none = torch.zeros(5, dtype=torch.bool)
     unflagged = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=none)
     assert "flagged_label_accuracy" not in unflagged and "flagged_count" not in unflagged

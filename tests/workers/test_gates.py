@@ -238,6 +238,14 @@ def test_rows_sent_as_mislabeled_that_their_neighbours_hold_are_a_warning_to_sen
     # two standard errors, 0.027 on 450 rows): no word against it.
     held = {**metrics, "test_accuracy": 0.895}
     assert len(attempt_warnings("ugradsl_plus", None, held, runs, base)) == 1
+    # The loss may stay within the whole test set's noise and still wreck the rows' class: a client's 60
+    # right rows of one class cost it 0.841 -> 0.523 on 44 test rows, and all classes 0.761 -> 0.754
+    on_class = {"flagged_classes_test_accuracy": 0.841, "flagged_classes_test_count": 44}
+    fell = {**held, "flagged_classes_test_accuracy": 0.523, "flagged_classes_test_count": 44}
+    warnings = attempt_warnings("ugradsl_plus", None, fell, runs, {**base, **on_class})
+    assert len(warnings) == 2 and "test accuracy on their classes fell from 0.8410 to 0.5230" in warnings[1]
+    kept = {**fell, "flagged_classes_test_accuracy": 0.80}  # within 2 SE (0.11 on 44 rows)
+    assert len(attempt_warnings("ugradsl_plus", None, kept, runs, {**base, **on_class})) == 1
 
 
 def test_weights_the_base_held_infinite_are_the_architectures_not_a_divergence() -> None:
