@@ -60,6 +60,9 @@ class HeldoutBound:
     # prior): their labels and whether it got them right, what a retrain's accuracy on D_f is read from
     heldout_y: torch.Tensor | None = None
     heldout_correct: torch.Tensor | None = None
+    # the same rows read as a model trained on D_r would read them (Bayes' rule under label shift, as
+    # ``prior="retained"``): how often a retrain gets D_f's classes right where D_f leans on a class
+    heldout_expected: torch.Tensor | None = None
     offsets: torch.Tensor | None = None  # (n_f,) by="jitter": each forget row's place u_i in its rank's bin
     # how the table was read where it was reshaped (``heldout_bound``'s prior and match, after ``when``, and
     # D_f's ``class_skew``), for the run's record; empty for the model's own held-out losses
@@ -199,17 +202,15 @@ def heldout_bound(
     labels = heldout.y[rows].to(device)
     logits = logits.float()  # under bf16 autocast: the shift and the losses in fp32
     correct = logits.argmax(1) == labels  # (m,) under the model's own prior
+    expected = correct if forget_y is None else _shifted(logits, retain.y, forget_y).argmax(1) == labels
     k = max(int(retain.y.max()) + 1 if len(retain) else 0, int(heldout.y.max()) + 1, logits.shape[1])
     kept = torch.bincount(retain.y.cpu(), minlength=k).double()  # (K,) training rows per class in D_r
     retained = (kept > 0).to(device)
     skew = class_skew(retain.y, forget_y) if forget_y is not None else 1.0
     if forget_y is None or (when == "skewed" and skew >= SKEW_ALPHA):
         prior, match = "trained", 0.0
-    if forget_y is not None and (prior == "retained" or match > 0):
-        trained = kept + torch.bincount(forget_y.cpu(), minlength=k).double()  # (K,) in D_r + D_f
-        if prior == "retained":  # a class never trained on keeps its logit: no share of it left or stayed
-            stayed = torch.where(trained > 0, kept / trained.clamp(min=1), torch.ones_like(kept))
-            logits = logits + stayed.log()[: logits.shape[1]].to(device=device, dtype=logits.dtype)
+    if forget_y is not None and prior == "retained":
+        logits = _shifted(logits, retain.y, forget_y)
     stays = retained[labels]  # a class with no retain row left (taken whole now or by an earlier job)
     logits, labels = logits[stays], labels[stays]  # is no forget row's target: its held-out rows leave
     found = F.cross_entropy(logits, labels, reduction="none")  # (m,)
@@ -228,10 +229,21 @@ def heldout_bound(
         class_error=wrong / rows_of.clamp(min=1),
         heldout_y=labels.cpu(),
         heldout_correct=correct[stays].cpu(),
+        heldout_expected=expected[stays].cpu(),
     )
     if prior != "trained" or match > 0:
         bound.read = {"prior": prior, "match": match, "class_skew": skew}
     return bound
+
+
+def _shifted(logits: torch.Tensor, retain_y: torch.Tensor, forget_y: torch.Tensor) -> torch.Tensor:
+    """``logits`` as a model trained on D_r would have them: each class's logit gains log(n_r(c) / (n_r(c)
+    + n_f(c))), the share of its training rows that stay; a class never trained on keeps its logit."""
+    k = max(logits.shape[1], *(int(y.max()) + 1 for y in (retain_y, forget_y) if len(y)))
+    kept = torch.bincount(retain_y.cpu(), minlength=k).double()
+    trained = kept + torch.bincount(forget_y.cpu(), minlength=k).double()
+    stayed = torch.where(trained > 0, kept / trained.clamp(min=1), torch.ones_like(kept))
+    return logits + stayed.log()[: logits.shape[1]].to(device=logits.device, dtype=logits.dtype)
 
 
 def _shrink(labels: torch.Tensor, forget_y: torch.Tensor, k: int, match_rows: int) -> float:

@@ -621,12 +621,17 @@ def _ugradsl(
         mislabeled=mislabeled,
         moves=moves,
     )
+    start = None
+    if params.overshoot_se > 0 and not len(gone_rows):
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     part = run(model, forget, retain, params, about=about, size=size)
     if size is not None and part.net is not model and (excess := _unmoved(part, bound)) is not None:
         # the last layers could not move D_f: the whole model is run, from where they ended, sized again
         whole = dataclasses.replace(params, train_share=0.0)
         why = f"the forget set stood {excess:.1f} standard errors above unseen rows of its classes"
         part = run(model, forget, retain, whole, about={**about, "rerun": 1, "reason": why}, size=size)
+    if start is not None and (pulled := _pull_back(model, start, part, bound, params.overshoot_se)):
+        hooks.plan({"sized_by": "pull_back", "steps": 0, **pulled})
     epochs = params.epochs
     for rerun in range(1, 1 + (CLASSWISE_ROUNDS if params.bounded and len(gone_rows) else 0)):
         # read off the trained network on the features the run cached: no pass through the front
@@ -659,9 +664,21 @@ def _unmoved(part: _Part, bound: HeldoutBound | None) -> float | None:
     keeps losses below the held-out mean after a good run, and a rerun there cost it the gap. Returns
     how many standard errors above it stands where that is past UNMOVED_SE, else None."""
     before = part.about.get("measured_distance")
-    if bound is None or bound.heldout_y is None or bound.heldout_correct is None or before is None:
+    if before is None or before < MEMORISED:
         return None
-    if before < MEMORISED or len(part.forget) == 0:
+    excess = _excess(part, bound)
+    if excess is None or excess <= UNMOVED_SE:
+        return None
+    return excess
+
+
+def _excess(part: _Part, bound: HeldoutBound | None, shifted: bool = False) -> float | None:
+    """How many standard errors D_f's accuracy, as the trained network now has it, stands above that of
+    the held-out rows of its classes as the model predicted them before the run (``accuracy_excess``),
+    or with ``shifted`` as a model trained on D_r would (``HeldoutBound.heldout_expected``); None where
+    it cannot be read."""
+    against = None if bound is None else bound.heldout_expected if shifted else bound.heldout_correct
+    if bound is None or bound.heldout_y is None or against is None or len(part.forget) == 0:
         return None
     forget_correct = predictions(part.net, part.forget).cpu() == part.forget.y.cpu()
     gone = set(torch.nonzero(~bound.retained.cpu()).flatten().tolist())
@@ -671,14 +688,50 @@ def _unmoved(part: _Part, bound: HeldoutBound | None) -> float | None:
     _, _, excess = accuracy_excess(
         forget_correct.numpy(),
         part.forget.y.cpu().numpy(),
-        bound.heldout_correct.numpy().astype(float),
+        against.numpy().astype(float),
         bound.heldout_y.numpy(),
         gone=gone,
         skip=moved,
     )
-    if excess is None or excess <= UNMOVED_SE:
-        return None
     return excess
+
+
+BLEND_STEPS = 8  # halvings of the way back from a run's end towards its start (1/256 of the way)
+
+
+def _pull_back(
+    model: nn.Module, start: dict[str, torch.Tensor], part: _Part, bound: HeldoutBound | None, limit: float
+) -> dict[str, Any] | None:
+    """Where a run left D_f recognised more than ``limit`` standard errors below unseen rows of its classes
+    (over-forgotten: a retrain scores D_f like them), take the weights back along the straight line to
+    where the run started, to the furthest point at which D_f is no longer below them. Returns what it
+    did, or None where it did nothing."""
+    excess = _excess(part, bound, shifted=True)
+    if excess is None or excess >= -limit:
+        return None
+    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    lo, hi = 0.0, 1.0  # lo: a share of the way from start to end at which D_f is not below
+    for _ in range(BLEND_STEPS):
+        mid = (lo + hi) / 2
+        _blend(model, start, end, mid)
+        now = _excess(part, bound, shifted=True)
+        if now is not None and now >= 0:
+            lo = mid
+        else:
+            hi = mid
+    _blend(model, start, end, lo)
+    after = _excess(part, bound, shifted=True)
+    return {"excess_before": round(excess, 2), "kept_share": lo, "excess_after": after}
+
+
+@torch.no_grad()
+def _blend(model: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], t: float) -> None:
+    """The model's floating-point weights and buffers set to start + t·(end - start); others as at end."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            value.copy_(start[name] + t * (end[name] - start[name]))
+        else:
+            value.copy_(end[name])
 
 
 def _by_pushes(plan: Plan, n_retain: int, heldout_losses: torch.Tensor) -> Sizer:

@@ -262,6 +262,13 @@ class UGradSLParams(GradientParams):
         doc=_CLASS_BUDGET_DOC,
     )
     pushes: float = _f(0.0, 0.0, 10000.0, doc=_PUSHES_DOC, off_if_given=("epochs",))
+    overshoot_se: float = _f(
+        0.0,
+        0.0,
+        100.0,
+        doc="trial: > 0 takes the weights back towards the run's start where D_f ends this many standard "
+        "errors below held-out rows of its classes (0 = off)",
+    )
     pushes_efolds: float = _f(0.6, 0.01, 100.0, doc=_PUSHES_EFOLDS_DOC)
     pushes_shrink: float = _f(0.0, 0.0, 10.0, doc=_PUSHES_SHRINK_DOC)
     bound_targets: str = _f(
