@@ -14,6 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY  # where a request's body limit is kept
+from starlette.routing import compile_path
 
 from service.core.errors import ProblemError
 
@@ -103,6 +104,21 @@ def domain_problem(exc: ProblemError) -> dict[str, Any]:
     return problem_body(exc.status, exc.title, exc.detail, errors=exc.errors, **exc.extra)
 
 
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods the API takes at this request's path, read off its schema (HEAD wherever GET is:
+    ``service.api.head``). Starlette's 405 named the methods of the first route whose path matched."""
+    methods: set[str] = set()
+    for path, operations in request.app.openapi()["paths"].items():
+        if compile_path(path)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations if m in _METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = problem_body(status, title, detail, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -162,11 +178,13 @@ def install_handlers(app: FastAPI) -> None:
         title, detail = "HTTP error", str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
             title, detail = "Not found", f"no route here: {request.url.path}"
-        elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+        response_headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 requires Allow: every route's on this path, not the first's
+            allowed = ", ".join(_allowed(request))
+            response_headers["Allow"] = allowed
             title, detail = "Method not allowed", f"{request.method} {request.url.path}: allowed {allowed}"
         response = problem(exc.status_code, title, detail)
-        response.headers.update(exc.headers or {})  # a 405's Allow (RFC 9110 requires it)
+        response.headers.update(response_headers)
         return response
 
     @app.exception_handler(OperationalError)

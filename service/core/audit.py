@@ -148,7 +148,7 @@ def sequence(session: Session, tenant: str, limit: int = SEQUENCE_BATCH) -> int:
     order, so an upgraded deployment's tree covers its whole history."""
     if is_postgres(session):
         # Only sequencers of this tenant wait here; writers never take this lock.
-        wait_for_lock(session, "audit", tenant)
+        wait_for_lock(session, "audit", tenant, legacy=f"audit:{tenant}")
     unleafed = list(
         session.scalars(
             select(AuditEvent)

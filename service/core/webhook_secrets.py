@@ -87,7 +87,7 @@ def rotate(
         )
     if is_postgres(session):
         # Two concurrent rotations would each expire the other's predecessors but not each other.
-        wait_for_lock(session, "webhook secrets", tenant)
+        wait_for_lock(session, "webhook secrets", tenant, legacy=f"whsec\x00{tenant}")
     now = utcnow()
     until = now + timedelta(seconds=grace_seconds)
     retiring = active(session, tenant)

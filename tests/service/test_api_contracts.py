@@ -275,13 +275,14 @@ def test_head_is_answered_wherever_get_is_and_a_405_says_what_is_allowed(live: L
     """Every HEAD was a 405 (monitors probe /healthz with it), and a 405 carried no Allow header, which
     RFC 9110 requires (a probe)."""
     auth = {"Authorization": f"Bearer {live.key}"}
+    http = httpx.Client(base_url=live.url, headers=auth, timeout=30)
     for path in ("/healthz", "/v1/models/toy", "/v1/deletion-requests"):
-        got = httpx.get(f"{live.url}{path}", headers=auth)
-        head = httpx.head(f"{live.url}{path}", headers=auth)
+        got, head = http.get(path), http.head(path)
         assert (head.status_code, head.content) == (200, b""), path
         assert head.headers["content-length"] == got.headers["content-length"], path
-    wrong = httpx.delete(f"{live.url}/v1/models/toy", headers=auth)
-    assert wrong.status_code == 405 and "GET" in wrong.headers["allow"], wrong.headers
-    assert wrong.json()["detail"].startswith("DELETE /v1/models/toy: allowed "), wrong.text
-    nowhere = httpx.get(f"{live.url}/v1/no-such-thing", headers=auth)
+    wrong = http.delete("/v1/models/toy")  # every route's methods at the path (it named the first's)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, PATCH", wrong.headers
+    assert wrong.json()["detail"] == "DELETE /v1/models/toy: allowed GET, HEAD, PATCH", wrong.text
+    assert http.put("/v1/keys").headers["allow"] == "GET, HEAD, POST"
+    nowhere = http.get("/v1/no-such-thing")
     assert nowhere.status_code == 404 and nowhere.json()["detail"] == "no route here: /v1/no-such-thing"

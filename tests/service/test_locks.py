@@ -32,3 +32,33 @@ def test_a_held_lock_blocks_only_its_own_name(backend: Backend) -> None:
         assert try_lock(first, "idempotency", "acme", a)
         assert try_lock(second, "idempotency", "acme", b)  # was refused: one CRC32 lock for both
         assert not try_lock(second, "idempotency", "acme", a)
+
+
+def test_the_audit_sequencer_also_waits_for_the_lock_an_earlier_release_takes(backend: Backend) -> None:
+    """During a rolling upgrade an earlier release's sequencer locks the CRC32 key: one of this release
+    under another key alone renumbered committed events (a review reproduced a broken chain)."""
+    if backend.name != "postgres":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from service.core.db.locks import wait_for_lock
+
+    url = backend.settings().resolved_database_url
+    with session_scope(url) as old, session_scope(url) as new:
+        old.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"audit:acme")})
+        new.execute(text("SET LOCAL lock_timeout = '300ms'"))
+        with pytest.raises(OperationalError, match="lock timeout"):
+            wait_for_lock(new, "audit", "acme", legacy="audit:acme")
+
+
+def test_find_idempotent_does_not_refuse_a_key_that_shared_a_crc32_lock(backend: Backend) -> None:
+    if backend.name != "postgres":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
+    from service.core.deletions import find_idempotent
+
+    url = backend.settings().resolved_database_url
+    a, b = COLLIDED
+    with session_scope(url) as first, session_scope(url) as second:
+        assert find_idempotent(first, tenant="acme", idempotency_key=a, digest="d") is None
+        assert find_idempotent(second, tenant="acme", idempotency_key=b, digest="d") is None  # was a 409
