@@ -106,6 +106,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
     from service.core.db import migrate
 
+    os.environ.pop(SUPERVISOR_ENV, None)  # one process serves: a stale one would kill it at start
     sockets = _bound(settings.host, settings.port)
     if sockets is None:
         return STARTUP_FAILURE
@@ -157,6 +158,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     own_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="unlearn-metrics-")
+    os.environ.pop(SUPERVISOR_ENV, None)  # a stale one (an operator's shell) would kill a lone server
     if args.workers > 1:
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
     try:

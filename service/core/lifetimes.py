@@ -36,6 +36,6 @@ SUPERVISOR_ENV = "UNLEARN_API_SUPERVISOR_PID"  # set by `unlearn api --workers N
 def die_with_api_supervisor() -> None:
     """An API process spawned by `unlearn api --workers N` dies with it: uvicorn's supervisor, killed
     with SIGKILL, left its processes serving the port, and the restarted API could not bind it."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
+    supervisor = os.environ.pop(SUPERVISOR_ENV, None)  # read once: nothing this process starts inherits it
     if supervisor and supervisor.isdigit() and int(supervisor) != os.getpid():
         die_with_parent(int(supervisor))

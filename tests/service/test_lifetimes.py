@@ -63,3 +63,17 @@ def test_without_the_parent_check_the_late_child_lives_on() -> None:
             wait_until(lambda: not alive(child), timeout=3, what="the orphaned child to die")
     finally:
         subprocess.run(["kill", "-9", str(child)], check=False)
+
+
+def test_an_api_process_reads_its_supervisor_once_and_passes_it_on_to_nothing() -> None:
+    """Left in the environment, anything an API process started would have died with the API's
+    supervisor, or at once where that is not its parent (a review)."""
+    import os
+
+    code = (
+        "import os; from service.core.lifetimes import die_with_api_supervisor; die_with_api_supervisor(); "
+        "print(os.environ.get('UNLEARN_API_SUPERVISOR_PID'))"
+    )
+    env = {**os.environ, "UNLEARN_API_SUPERVISOR_PID": str(os.getpid())}  # this process is its parent
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "None"), done.stderr

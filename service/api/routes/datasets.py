@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -203,7 +204,8 @@ def upload_dataset(
     except Exception as exc:
         target.unlink(missing_ok=True)
         if target.parent.name == stem:
-            target.parent.rmdir()
+            with contextlib.suppress(OSError):  # never made (a failed mkdir): the error is the other one
+                target.parent.rmdir()
         tokenizer_path.unlink(missing_ok=True)
         if isinstance(exc, ProblemError):
             _name_the_upload(
