@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
@@ -18,11 +19,17 @@ from service.api.errors import problem
 
 class CheckpointFile(FileResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wanted = Headers(scope=scope).get("range")
+        if self.stat_result is None:  # the ETag and Last-Modified that If-Range is read against
+            self.stat_result = await anyio.to_thread.run_sync(os.stat, self.path)
+            self.set_stat_headers(self.stat_result)
+        headers = Headers(scope=scope)
+        wanted, if_range = headers.get("range"), headers.get("if-range")
+        if if_range is not None and not self._should_use_range(if_range):
+            wanted = None  # the file changed since: the whole file is sent, whatever the range (RFC 9110)
         if wanted is not None and wanted.partition("=")[0].strip().lower() != "bytes":
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
         elif wanted is not None:
-            size = os.stat(self.path).st_size
+            size = self.stat_result.st_size
             try:
                 self._parse_range_header(wanted, size)
             except MalformedRangeHeader as exc:

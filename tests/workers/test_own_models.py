@@ -151,6 +151,12 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
         assert refused.status_code == status, (wanted, refused.text)
         assert refused.headers["content-type"] == "application/problem+json" and wanted in refused.text
     assert refused.headers["content-range"] == f"bytes */{size}"
+    # a range on a file that changed since (If-Range no longer matches) is the whole file, not a refusal
+    for wanted in (f"bytes={size + 10}-", "bytes=2-9"):
+        changed = http.get(url, headers={"Range": wanted, "If-Range": '"an-old-etag"'})
+        assert (changed.status_code, changed.content) == (200, r.content), wanted
+    same = http.get(url, headers={"Range": "bytes=2-9", "If-Range": r.headers["etag"]})
+    assert (same.status_code, same.content) == (206, r.content[2:10])
     (tmp_path / "v2.safetensors").write_bytes(r.content)
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly
