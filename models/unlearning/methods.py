@@ -621,9 +621,10 @@ def _ugradsl(
         mislabeled=mislabeled,
         moves=moves,
     )
-    start = None
-    if params.overshoot_se > 0 and not len(gone_rows):
-        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = None  # kept on the CPU: a GPU would hold the weights three times over
+    expected = bound is not None and bound.heldout_expected is not None
+    if params.overshoot_se > 0 and not len(gone_rows) and expected:
+        start = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     part = run(model, forget, retain, params, about=about, size=size)
     if size is not None and part.net is not model and (excess := _unmoved(part, bound)) is not None:
         # the last layers could not move D_f: the whole model is run, from where they ended, sized again
@@ -706,10 +707,17 @@ def _pull_back(
     (over-forgotten: a retrain scores D_f like them), take the weights back along the straight line to
     where the run started, to the furthest point at which D_f is no longer below them. Returns what it
     did, or None where it did nothing."""
+    if part.moves is not None and bool((part.moves != part.forget.y.to(part.moves.device)).any()):
+        return None  # rows moved off their label (flagged, a backdoor's): taking back would undo their push
     excess = _excess(part, bound, shifted=True)
     if excess is None or excess >= -limit:
         return None
-    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    end = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    _blend(model, start, end, 0.0)
+    at_start = _excess(part, bound, shifted=True)
+    if at_start is None or at_start < 0:  # below before the run too (rows hard or odd for their class):
+        _blend(model, start, end, 1.0)  # taking back would only undo the deletion
+        return None
     lo, hi = 0.0, 1.0  # lo: a share of the way from start to end at which D_f is not below
     for _ in range(BLEND_STEPS):
         mid = (lo + hi) / 2
@@ -726,12 +734,13 @@ def _pull_back(
 
 @torch.no_grad()
 def _blend(model: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], t: float) -> None:
-    """The model's floating-point weights and buffers set to start + t·(end - start); others as at end."""
+    """The model's floating-point weights and buffers set to start + t·(end - start) (the ends exactly:
+    an infinite weight makes the mix NaN); others as at end."""
     for name, value in model.state_dict().items():
-        if value.is_floating_point():
-            value.copy_(start[name] + t * (end[name] - start[name]))
+        if not value.is_floating_point() or t in (0.0, 1.0):
+            value.copy_(start[name] if t == 0.0 and value.is_floating_point() else end[name])
         else:
-            value.copy_(end[name])
+            value.copy_(start[name] + t * (end[name] - start[name]))
 
 
 def _by_pushes(plan: Plan, n_retain: int, heldout_losses: torch.Tensor) -> Sizer:

@@ -137,6 +137,7 @@ function runSummary(runs) {
   if (!runs || !runs.length) return "–";
   return runs
     .map((r) => {
+      if (r.sized_by === "pull_back") return `taken back to ${fmt(r.kept_share, 2)} of the way`;
       const length =
         r.sized_by === "pushes" ? `${fmt(r.pushes_per_sample, 1)} pushes/sample` : r.epochs === undefined ? "nothing to forget" : `${fmt(r.epochs, 2)} epochs`;
       const where = r.trained === "last_layers" ? ", last layers" : "";

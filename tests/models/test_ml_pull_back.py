@@ -29,11 +29,13 @@ def _part(net: nn.Module, rows: int = 50) -> _Part:
 
 
 def _bound(right: float, rows: int = 200) -> HeldoutBound:
-    """Held-out rows of class 0, ``right`` of them expected right by a retrain."""
+    """Held-out rows of class 0, ``right`` of them expected right by a retrain (read under D_r's prior);
+    under the model's own prior every one was wrong, which the pull-back must not read."""
     expected = torch.arange(rows) < right * rows
     return HeldoutBound(
         torch.linspace(0.0, 2.0, rows), torch.tensor([True, True]),
-        heldout_y=torch.zeros(rows, dtype=torch.long), heldout_correct=expected, heldout_expected=expected,
+        heldout_y=torch.zeros(rows, dtype=torch.long), heldout_correct=torch.zeros(rows, dtype=torch.bool),
+        heldout_expected=expected,
     )  # fmt: skip
 
 
@@ -63,3 +65,22 @@ def test_blend_mixes_floating_point_state_and_keeps_the_end_of_the_rest() -> Non
     end = {k: torch.ones_like(v) * (4 if v.is_floating_point() else 7) for k, v in net.state_dict().items()}
     _blend(net, start, end, 0.25)
     assert torch.equal(net.running_mean, torch.ones(2)) and int(net.num_batches_tracked) == 7
+
+
+def test_a_deletion_below_unseen_rows_before_the_run_too_is_not_undone() -> None:
+    """Rows hard or odd for their class (one person's corner of it) are below before the run: taking the
+    weights back would only restore the model that knew them."""
+    net = _linear(-1.0)
+    end = {k: v.clone() for k, v in net.state_dict().items()}
+    start = {k: v.clone() for k, v in _linear(-0.5).state_dict().items()}  # D_f wrong at the start too
+    assert _pull_back(net, start, _part(net), _bound(0.8), limit=1.0) is None
+    assert all(torch.equal(v, end[k]) for k, v in net.state_dict().items())
+
+
+def test_a_deletion_with_rows_moved_off_their_label_is_not_taken_back() -> None:
+    net = _linear(-1.0)
+    end = {k: v.clone() for k, v in net.state_dict().items()}
+    part = _part(net)
+    part.moves = torch.ones(len(part.forget), dtype=torch.long)  # flagged: pushed to class 1
+    assert _pull_back(net, {k: -v for k, v in end.items()}, part, _bound(0.8), limit=1.0) is None
+    assert all(torch.equal(v, end[k]) for k, v in net.state_dict().items())
