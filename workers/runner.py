@@ -463,6 +463,7 @@ def agreed_flags(
     away = max((int(r.get("away_rows", 0)) for r in runs), default=0)
     if not rows or away < AGREED_SHARE * rows:
         return []
+    fell = []
     for what, count, said in (
         ("test_accuracy", "test_count", "test accuracy"),
         # a client's 60 right rows of one class cost that class 32 points and all classes 0.8 (a probe)
@@ -472,13 +473,15 @@ def agreed_flags(
         if before is None or after is None or not n:
             continue
         if before - after > 2 * math.sqrt(max(before * (1 - before), 1 / n) / n):
-            return [
-                f"{away} of the {rows} rows sent as mislabeled have neighbours in the model that hold the "
-                f"label they were sent with, and {said} fell from {before:.4f} to {after:.4f}: the run "
-                "pushed them off that label, as it does a backdoor's poisoned rows. Where those labels are "
-                "right, send the rows with reason erasure instead"
-            ]
-    return []
+            fell.append(f"{said} fell from {before:.4f} to {after:.4f}")  # each named (a probe)
+    if not fell:
+        return []
+    return [
+        f"{away} of the {rows} rows sent as mislabeled have neighbours in the model that hold the label "
+        f"they were sent with, and {' and '.join(fell)}: the run pushed them off that label, as it "
+        "does a backdoor's poisoned rows. Where those labels are right, send the rows with reason erasure "
+        "instead"
+    ]
 
 
 def non_finite_weights(model: torch.nn.Module, base: torch.nn.Module) -> str | None:

@@ -114,6 +114,8 @@ def _allowed(request: Request) -> list[str]:
     for path, operations in request.app.openapi()["paths"].items():
         if compile_path(path)[0].match(request.url.path):
             methods |= {m.upper() for m in operations if m in _METHODS}
+    if not methods:  # a route outside the schema: the documents and the dashboard, all read with GET
+        methods = {"GET"}
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)

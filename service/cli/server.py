@@ -264,7 +264,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             events.key_created(s, key, actor=OPERATOR)  # the trail had only the API's keys (a probe)
-            print(f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}")
+            shown = f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}"
         else:
             held = s.get(ApiKey, args.id) if is_utf8(args.id) else None
             if held is None:
@@ -273,5 +273,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             if held.revoked_at is None:  # a second revoke is no second event
                 revoke_key(s, args.id)
                 events.key_revoked(s, held, actor=OPERATOR)
-            print(f"revoked {args.id}")
+            shown = f"revoked {args.id}"
+    # Printed once committed: printed inside the transaction, a reader that stopped early (`| head -1`)
+    # broke the pipe and rolled the key back after its secret was shown (a probe)
+    try:
+        print(shown, flush=True)
+    except BrokenPipeError:  # the rest is the reader's to drop; the key is stored as printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

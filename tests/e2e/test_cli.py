@@ -433,6 +433,19 @@ def test_keys_create_and_revoke_still_manage_keys_in_the_database(cli: Cli) -> N
     assert "rejected the API key" in one_error_line(revoked)
 
 
+def test_a_key_created_for_a_reader_that_stops_early_is_stored(cli: Cli) -> None:
+    """`KEY=$(unlearn keys create ... | head -1)` printed the key inside the transaction: the broken pipe
+    rolled it back, and the key shown was refused ever after (a probe, with PYTHONUNBUFFERED=1)."""
+    command = f"{UNLEARN} keys create --tenant default --scopes jobs:read 2>&1 | head -1"
+    env = cli.env(PYTHONUNBUFFERED="1")
+    keys = [subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(3)]  # fmt: skip
+    for made in keys:
+        key = made.stdout.strip()
+        assert key.startswith("ul_"), made.stdout
+        assert cli.run("versions", "digits", "--api-key", key).returncode == 0, key
+
+
 def test_the_cli_knows_the_same_scopes_as_the_server() -> None:
     from service.cli import SCOPE_NAMES
 

@@ -244,6 +244,9 @@ def test_rows_sent_as_mislabeled_that_their_neighbours_hold_are_a_warning_to_sen
     fell = {**held, "flagged_classes_test_accuracy": 0.523, "flagged_classes_test_count": 44}
     warnings = attempt_warnings("ugradsl_plus", None, fell, runs, {**base, **on_class})
     assert len(warnings) == 2 and "test accuracy on their classes fell from 0.8410 to 0.5230" in warnings[1]
+    worse = {**fell, "test_accuracy": 0.855}  # both fell: both are named (the first alone was)
+    both = attempt_warnings("ugradsl_plus", None, worse, runs, {**base, **on_class})
+    assert "test accuracy fell from 0.9100 to 0.8550 and test accuracy on their classes fell" in both[1]
     kept = {**fell, "flagged_classes_test_accuracy": 0.80}  # within 2 SE (0.11 on 44 rows)
     assert len(attempt_warnings("ugradsl_plus", None, kept, runs, {**base, **on_class})) == 1
 
