@@ -57,6 +57,16 @@ def dataset_sha256(kind: str, path: str | Path) -> str:
     return listing_sha256([(f.name, file_sha256(f)) for f in files])
 
 
+def content_sha256(kind: str, path: str | Path) -> str:
+    """A digest of the data's bytes whatever its files are named: a folder kind's registered digest
+    covers its files' names, so one shard uploaded (stored as ``upload.tar``) and registered again by path
+    read as two data sets (a probe's model took the one as its test set and the other as training)."""
+    files = dataset_files(kind, path)
+    if kind not in FOLDER_KINDS:
+        return file_sha256(files[0])
+    return hashlib.sha256("".join(sorted(f"{file_sha256(f)}\n" for f in files)).encode()).hexdigest()
+
+
 def listing_sha256(files: list[tuple[str, str]]) -> str:
     """A folder kind's sha256 from its files' (name, sha256) pairs, in the dataset's file order (as
     `dataset_sha256` computes it; an upload passes the one digest it took while copying the file)."""

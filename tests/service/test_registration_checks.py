@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -377,3 +378,28 @@ def test_a_nan_in_the_spec_is_named_without_a_made_up_position(api: Api) -> None
     assert r.json()["detail"] == (
         "`spec` is not valid JSON: NotJsonNumber: NaN is not a JSON number (JSON has no NaN or Infinity)"
     )
+
+
+def test_one_shard_under_two_names_is_the_same_data(api: Api, tmp_path: Path) -> None:
+    """A folder kind's digest covers its files' names: a shard uploaded (stored as upload.tar) and the same
+    bytes registered by path had two digests, and a probe's model took one as training and the other as
+    its test set. Same-sized sets of that kind are compared by their files' bytes."""
+    from service.core.dataset_ids import dataset_sha256
+
+    shards = {}
+    for name in ("upload", "shard", "other"):
+        (tmp_path / name).mkdir()
+        shards[name] = tmp_path / name / f"{name}.tar"
+        shards[name].write_bytes(b"the same bytes" if name != "other" else b"other bytes")
+    with session_scope(api.url) as s:
+        ids = {
+            name: register_dataset(
+                s, tenant="default", name=name, kind="webdataset", uri=str(path),
+                sample_ids=[f"{name}-{i}" for i in range(4)], labels=LABELS["test"],
+                actor="test", sha256=dataset_sha256("webdataset", path),
+            ).id  # fmt: skip
+            for name, path in shards.items()
+        }
+    r = api.register(test_dataset=ids["upload"], heldout_dataset=ids["shard"])
+    assert r.status_code == 422 and "registrations of the same data" in r.json()["detail"], r.text
+    assert api.register(test_dataset=ids["upload"], heldout_dataset=ids["other"]).status_code == 202
