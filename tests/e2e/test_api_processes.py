@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.core.settings import Settings
-from tests.helpers import free_port, migrated, wait_until
+from tests.helpers import free_port, group_alive, migrated, wait_until
 from tests.stack import UNLEARN
 
 pytestmark = pytest.mark.slow
@@ -67,12 +67,3 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the process group is left."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import group_alive, wait_until
 from tests.stack import LiveStack, wait_for_request
 
 pytestmark = pytest.mark.slow
@@ -27,14 +27,6 @@ def ready(stack: LiveStack) -> bool:
 
 def beat(stack: LiveStack) -> str:
     return str(httpx.get(f"{stack.base_url}/readyz", timeout=5).json()["beat"])
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def group_members(pgid: int) -> list[int]:

@@ -15,6 +15,13 @@ from tests.conftest import Backend
 COLLIDED = ("ckd5fd619153ae4159", "ck9131be7c806e5097")
 
 
+def postgres(backend: Backend) -> str:
+    """The backend's database URL, where it is PostgreSQL (the test is skipped otherwise)."""
+    if backend.name != "postgres":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
+    return backend.settings().resolved_database_url
+
+
 def test_keys_that_shared_a_crc32_lock_take_different_locks() -> None:
     a, b = COLLIDED
     assert zlib.crc32(f"acme\x00{a}".encode()) == zlib.crc32(f"acme\x00{b}".encode())  # the witness
@@ -24,9 +31,7 @@ def test_keys_that_shared_a_crc32_lock_take_different_locks() -> None:
 
 
 def test_a_held_lock_blocks_only_its_own_name(backend: Backend) -> None:
-    if backend.name != "postgres":
-        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
-    url = backend.settings().resolved_database_url
+    url = postgres(backend)
     a, b = COLLIDED
     with session_scope(url) as first, session_scope(url) as second:
         assert try_lock(first, "idempotency", "acme", a)
@@ -37,14 +42,12 @@ def test_a_held_lock_blocks_only_its_own_name(backend: Backend) -> None:
 def test_the_audit_sequencer_also_waits_for_the_lock_an_earlier_release_takes(backend: Backend) -> None:
     """During a rolling upgrade an earlier release's sequencer locks the CRC32 key: one of this release
     under another key alone renumbered committed events (a review reproduced a broken chain)."""
-    if backend.name != "postgres":
-        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
     from service.core.db.locks import wait_for_lock
 
-    url = backend.settings().resolved_database_url
+    url = postgres(backend)
     with session_scope(url) as old, session_scope(url) as new:
         old.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"audit:acme")})
         new.execute(text("SET LOCAL lock_timeout = '300ms'"))
@@ -53,11 +56,9 @@ def test_the_audit_sequencer_also_waits_for_the_lock_an_earlier_release_takes(ba
 
 
 def test_find_idempotent_does_not_refuse_a_key_that_shared_a_crc32_lock(backend: Backend) -> None:
-    if backend.name != "postgres":
-        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers instead")
     from service.core.deletions import find_idempotent
 
-    url = backend.settings().resolved_database_url
+    url = postgres(backend)
     a, b = COLLIDED
     with session_scope(url) as first, session_scope(url) as second:
         assert find_idempotent(first, tenant="acme", idempotency_key=a, digest="d") is None
