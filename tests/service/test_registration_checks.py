@@ -403,3 +403,19 @@ def test_one_shard_under_two_names_is_the_same_data(api: Api, tmp_path: Path) ->
     r = api.register(test_dataset=ids["upload"], heldout_dataset=ids["shard"])
     assert r.status_code == 422 and "registrations of the same data" in r.json()["detail"], r.text
     assert api.register(test_dataset=ids["upload"], heldout_dataset=ids["other"]).status_code == 202
+
+
+def test_text_sets_tokenized_by_different_tokenizers_are_a_422(api: Api) -> None:
+    """A probe's training set under another tokenizer whose ids fitted the vocabulary made a `ready`
+    model that read its training data at chance."""
+    with session_scope(api.url) as s:
+        for name, digest in (("train", "a" * 64), ("test", "b" * 64), ("heldout", "a" * 64)):
+            s.get_one(Dataset, api.datasets[name]).features = {
+                "type": "text", "tokenizer": f"/data/{digest[:1]}.json", "tokenizer_sha256": digest,
+            }  # fmt: skip
+    r = api.register()
+    assert r.status_code == 422 and "tokenized by different tokenizers" in r.json()["detail"], r.text
+    assert "test_dataset bbbbbbbbbbbbbbbb" in r.json()["detail"]
+    with session_scope(api.url) as s:
+        s.get_one(Dataset, api.datasets["test"]).features = s.get_one(Dataset, api.datasets["train"]).features
+    assert api.register(heldout_dataset=api.datasets["heldout"]).status_code == 202

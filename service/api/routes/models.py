@@ -328,6 +328,20 @@ def _twice(a: Dataset, b: Dataset) -> str:
     return f" ({a.id} and {b.id} are registrations of the same data, sha256 {a.sha256})"
 
 
+def _one_tokenizer(train: Dataset, test: Dataset, heldout: Dataset | None) -> None:
+    """Text sets read by one model are tokenized by one tokenizer: a probe's training set under another
+    tokenizer whose ids fitted the vocabulary made a model `ready` that read its own training data at
+    chance (retain accuracy 0.33 on 3 classes) while its test set scored 0.97."""
+    named = {"train_dataset": train, "test_dataset": test, "heldout_dataset": heldout}
+    digests = {f: (d.features or {}).get("tokenizer_sha256") for f, d in named.items() if d is not None}
+    if len({v for v in digests.values() if v}) > 1:
+        said = ", ".join(f"{f} {(v or 'none')[:16]}" for f, v in digests.items())
+        raise Unprocessable(
+            f"the datasets are tokenized by different tokenizers (sha256: {said}): the model reads every "
+            "set with one; register the sets with the tokenizer it was trained with"
+        )
+
+
 def _check_registrable(
     session: SessionDep, tenant: str, body: ModelCreate
 ) -> tuple[Dataset, Dataset, Dataset | None]:
@@ -349,6 +363,7 @@ def _check_registrable(
             "heldout_dataset must be neither the training nor the test set: the method reads it, so "
             f"scoring on it would grade the method on data it was tuned against{_twice(heldout, other)}"
         )
+    _one_tokenizer(train, test, heldout)
     check_labels(session, train, body.num_classes)
     check_labels(session, test, body.num_classes, "test")
     if heldout is not None:
