@@ -175,10 +175,12 @@ def _fix(
     current = stored.features if stored is not None else None
     if not isinstance(current, ImageFeatures):
         current = None
-    if expected is None:
+    if expected is None:  # the architecture cannot say what it reads: the data or the model may be at
+        # fault (a probe's plugin that raised in forward was told only to declare its data)
         return (
-            "Declare `features` (layout, scale, size) at dataset registration so that the samples are what "
-            "the model reads, or register the model with arch_kwargs that fit the data."
+            "If the samples as shown are what the model reads, the failure is in the model's own code (its "
+            "error above). Otherwise declare `features` (layout, scale, size) at dataset registration so "
+            "that they are, or register the model with arch_kwargs that fit the data."
         )
     proposal = suggest(sample_shape, dtype, expected, current)
     if proposal is not None:

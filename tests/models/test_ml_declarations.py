@@ -156,7 +156,8 @@ def test_a_forward_failure_is_wrapped_in_the_same_explanation() -> None:
     said = str(err.value)
     assert said.startswith("the model `not-registered` with arch_kwargs {in_channels: 3} cannot read")
     assert "the test set `t` holds samples of shape (1, 8, 8) (float32)" in said
-    assert "The model failed on one batch of it (RuntimeError" in said and "Declare `features`" in said
+    assert "The model failed on one batch of it (RuntimeError" in said and "declare `features`" in said
+    assert "the failure is in the model's own code" in said  # a plugin that raised was told to declare
 
 
 def test_data_that_fits_passes_including_a_flattening_mlp() -> None:
