@@ -148,8 +148,16 @@ def check_contract(model: nn.Module, x: Loaded, num_classes: int) -> None:
                 raise ValueError(f"features(x) must be (batch, D) for a batch of {n}; got {shape}")
             logits = model.head(f)  # type: ignore[operator]
             if tuple(logits.shape) != (n, num_classes):
+                picked = getattr(model, "classifier_name", None)
+                why = (  # a plugin that registered its head before another Linear was told only the shapes
+                    f": the classifier was taken to be `{picked}` (timm's get_classifier(), else the last "
+                    "nn.Linear registered); register the classifier last, or give the module features() "
+                    "and head()"
+                    if picked is not None
+                    else ""
+                )
                 raise ValueError(
-                    f"head(features(x)) has shape {tuple(logits.shape)}, not ({n}, {num_classes})"
+                    f"head(features(x)) has shape {tuple(logits.shape)}, not ({n}, {num_classes}){why}"
                 )
             own = model.own(x) if isinstance(model, LinearHeadAdapter) else model(x)
             if not isinstance(own, torch.Tensor) or own.shape != logits.shape:

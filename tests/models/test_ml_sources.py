@@ -164,6 +164,24 @@ def test_a_module_whose_classifier_is_not_its_last_step_fails_the_contract_check
         check_contract(adapt(net), torch.randn(2, 12), 3)
 
 
+def test_a_classifier_registered_before_another_linear_is_named_with_the_fix() -> None:
+    """A probe's plugin registered its head, then a projection it applies first: it was told only
+    "head(features(x)) has shape (2, 16), not (2, 4)"."""
+    from models.adapters import adapt
+
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(16, 4)
+            self.proj = nn.Linear(32, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.proj(x))
+
+    with pytest.raises(ValueError, match="taken to be `proj`.*register the classifier last"):
+        check_contract(adapt(HeadFirst()), torch.randn(2, 32), 4)
+
+
 @pytest.mark.parametrize("spoil", ["nan", "overflow"])
 def test_weights_that_give_non_finite_outputs_are_refused_as_such(spoil: str) -> None:
     """A client's NaN checkpoint (and one scaled by 1e30) was refused as "its classifier is not the last
