@@ -165,6 +165,7 @@ def heldout_bound(
     match: float = 0.0,
     when: str = "always",
     match_rows: int = 0,
+    match_stayed: bool = False,
 ) -> HeldoutBound | None:
     """The held-out loss quantiles of ``model`` (a seeded sample of at most HELDOUT_SAMPLE rows) and the
     classes left in ``retain``; None without held-out data (the caller falls back to ``correct``).
@@ -217,7 +218,10 @@ def heldout_bound(
     rows_of = torch.bincount(labels, minlength=k).double()  # (K,)
     wrong = torch.bincount(labels, weights=(found > math.log(2)).double(), minlength=k)  # (K,)
     if match > 0 and forget_y is not None and len(found):
-        match *= _shrink(labels, forget_y, k, match_rows)
+        # where most of D_f's classes leave, a retrain's losses on them move far from the other classes',
+        # and the shrink towards those is worth less: (2·stayed)², 1 from half a class up (``match_stayed``)
+        n0 = match_rows * (min(1.0, 2 * _stayed_share(retain.y, forget_y)) ** 2 if match_stayed else 1.0)
+        match *= _shrink(labels, forget_y, k, n0)
         standing = matched_rows(labels.cpu(), forget_y.cpu(), match)
         if standing is not None:
             found = found[standing.to(device)]
@@ -246,7 +250,17 @@ def _shifted(logits: torch.Tensor, retain_y: torch.Tensor, forget_y: torch.Tenso
     return logits + stayed.log()[: logits.shape[1]].to(device=logits.device, dtype=logits.dtype)
 
 
-def _shrink(labels: torch.Tensor, forget_y: torch.Tensor, k: int, match_rows: int) -> float:
+def _stayed_share(retain_y: torch.Tensor, forget_y: torch.Tensor) -> float:
+    """The share of the training rows of D_f's classes that stay, weighted by D_f's mix over the classes
+    that keep rows (a class taken whole leaves the table): 1/2 for half a class, 1/10 for 90% of one."""
+    k = max(int(retain_y.max()) + 1 if len(retain_y) else 0, int(forget_y.max()) + 1 if len(forget_y) else 0)
+    kept = torch.bincount(retain_y.cpu(), minlength=k).double()
+    drawn = torch.bincount(forget_y.cpu(), minlength=k).double() * (kept > 0)
+    stayed = kept / (kept + drawn).clamp(min=1)
+    return float((drawn / drawn.sum().clamp(min=1) * stayed).sum()) if drawn.sum() > 0 else 1.0
+
+
+def _shrink(labels: torch.Tensor, forget_y: torch.Tensor, k: int, match_rows: float) -> float:
     """n / (n + ``match_rows``), n the held-out rows of D_f's classes weighted by D_f's mix over the
     classes the table holds (as ``matched_rows`` spreads it); 1 when ``match_rows`` is 0."""
     if match_rows <= 0:

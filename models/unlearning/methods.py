@@ -822,6 +822,7 @@ def _bound(
         match=params.bound_match,
         when=params.bound_when,
         match_rows=params.bound_match_rows,
+        match_stayed=params.bound_match_stayed,
     )
     if bound is not None:
         bound.by, bound.ranks = params.bound_targets, params.bound_ranks

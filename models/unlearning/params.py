@@ -305,6 +305,12 @@ class UGradSLParams(GradientParams):
         1_000_000,
         doc=_BOUND_MATCH_ROWS_DOC,
     )
+    bound_match_stayed: bool = _f(
+        False,
+        doc="bound_match_rows scaled by (2·s)², s the share of D_f's classes' training rows that stay, at "
+        "most 1 (half a class or less deleted: unchanged; 90% of a class: 1/25), so a class mostly deleted "
+        "is read off its own held-out rows",
+    )
     bound_when: str = _f(
         "always",
         choices=BOUND_WHEN,

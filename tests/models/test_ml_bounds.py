@@ -347,3 +347,35 @@ def test_refreshing_keeps_a_reshaped_table(digits_model, digits, digits_random10
     skewed.refresh(torch.zeros(5))
     plain.refresh(torch.zeros(5))
     assert torch.equal(skewed.quantiles, before) and torch.equal(plain.quantiles, torch.zeros(5))
+
+
+def test_the_shrink_of_a_matched_table_eases_as_most_of_d_fs_classes_leave() -> None:
+    """``match_stayed``: half a class or less deleted keeps the shrink; 90% of one takes 1/25 of it, so a
+    class mostly deleted is read off its own held-out rows (a client's 90% of a 2% class: a retrain
+    forgot 73% of it, the run 23%, its table mostly the other classes' losses)."""
+    from models.unlearning.bounds import _stayed_share
+
+    retain_y = torch.tensor([0] * 50 + [1] * 10 + [2] * 100)
+    assert _stayed_share(retain_y, torch.tensor([0] * 50)) == pytest.approx(0.5)
+    assert _stayed_share(retain_y, torch.tensor([1] * 90)) == pytest.approx(0.1)
+    assert _stayed_share(retain_y, torch.tensor([3] * 30 + [1] * 90)) == pytest.approx(0.1)  # 3 left whole
+    assert _stayed_share(retain_y, torch.tensor([3] * 30)) == 1.0  # only a class taken whole: no table
+
+
+def test_a_mostly_deleted_class_reads_its_own_heldout_rows_with_match_stayed(
+    digits_model, digits, digits_random10
+) -> None:
+    _, retain = digits_random10
+    test = digits[1]
+    threes = torch.nonzero(retain.y == 3).flatten()
+    kept = retain.subset(torch.cat([torch.nonzero(retain.y != 3).flatten(), threes[:10]]))
+    most_of_3 = torch.full((len(threes) - 10,), 3)
+
+    def table(**how: object) -> torch.Tensor:
+        bound = heldout_bound(digits_model, test, kept, forget_y=most_of_3, match=1.0, **how)
+        assert bound is not None
+        return torch.quantile(bound.quantiles, torch.linspace(0.05, 0.95, 19))
+
+    own = table(match_rows=0)  # class 3's rows alone
+    shrunk, eased = table(match_rows=128), table(match_rows=128, match_stayed=True)
+    assert (eased - own).abs().mean() < (shrunk - own).abs().mean()
