@@ -307,9 +307,9 @@ class UGradSLParams(GradientParams):
     )
     bound_match_stayed: bool = _f(
         False,
-        doc="bound_match_rows scaled by (2·s)², s the share of D_f's classes' training rows that stay, at "
-        "most 1 (half a class or less deleted: unchanged; 90% of a class: 1/25), so a class mostly deleted "
-        "is read off its own held-out rows",
+        doc="opt-in: bound_match_rows scaled by (2·s)², s the share of D_f's classes' training rows that "
+        "stay, at most 1 (half a class or less deleted: unchanged; 90% of a class: 1/25), so a class mostly "
+        "deleted is read off its own held-out rows; for a rare class among overlapping ones",
     )
     bound_when: str = _f(
         "always",
