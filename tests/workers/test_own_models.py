@@ -157,6 +157,13 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
         assert (changed.status_code, changed.content) == (200, r.content), wanted
     same = http.get(url, headers={"Range": "bytes=2-9", "If-Range": r.headers["etag"]})
     assert (same.status_code, same.content) == (206, r.content[2:10])
+    # the ETag is the content's digest: a client holding it re-reads nothing (it was always the whole file)
+    assert r.headers["etag"] == f'"{r.headers["x-checkpoint-sha256"]}"'
+    for tags in (r.headers["etag"], f'"other", W/{r.headers["etag"]}', "*"):
+        cached = http.get(url, headers={"If-None-Match": tags, "Range": "bytes=2-9"})
+        assert (cached.status_code, cached.content) == (304, b""), tags
+        assert cached.headers["etag"] == r.headers["etag"]
+    assert http.get(url, headers={"If-None-Match": '"other"'}).content == r.content
     (tmp_path / "v2.safetensors").write_bytes(r.content)
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly

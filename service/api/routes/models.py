@@ -183,7 +183,7 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
         path,
         media_type="application/octet-stream",
         filename=f"{m.name}-v{v.number}.safetensors",
-        headers={"X-Checkpoint-SHA256": v.sha256},
+        headers={"X-Checkpoint-SHA256": v.sha256, "ETag": f'"{v.sha256}"'},
     )
 
 
