@@ -1,15 +1,19 @@
-"""A checkpoint download whose Range refusals are problem bodies like every other error.
+"""A checkpoint download whose refusals are problem bodies like every other error, and whose validators
+mean something.
 
 Starlette's FileResponse answered a malformed Range with a text/plain 400, an unsatisfiable one with an
 empty 416, and a range unit it does not know with a 400, where RFC 9110 (14.2) has a server ignore such a
-Range and send the whole file (a probe). Its ETag is the checkpoint's SHA-256 rather than Starlette's
-hash of the modification time and size, so a copy of the store (a restore, another volume) keeps it, and
-an If-None-Match that names it is a 304 without the file (a client that caches checkpoints re-reads none).
+Range and send the whole file (a probe); an unreadable range is ignored the same way. Its ETag is the
+checkpoint's SHA-256 rather than Starlette's hash of the modification time and size, so a copy of the
+store (a restore, another volume) keeps it, and an If-None-Match that names it is a 304 without the file
+(a client that caches checkpoints re-reads none); If-Modified-Since, If-Match and If-Unmodified-Since are
+answered too, where Starlette ignored them all.
 """
 
 from __future__ import annotations
 
 import os
+from email.utils import parsedate_to_datetime
 
 import anyio
 from starlette.datastructures import Headers
@@ -23,35 +27,65 @@ _VALIDATORS = ("etag", "last-modified", "x-checkpoint-sha256")  # what a 304 rep
 
 class CheckpointFile(FileResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.stat_result is None:  # the ETag and Last-Modified that If-Range is read against
+        if self.stat_result is None:  # the ETag and Last-Modified the preconditions are read against
             self.stat_result = await anyio.to_thread.run_sync(os.stat, self.path)
             self.set_stat_headers(self.stat_result)
         headers = Headers(scope=scope)
-        if _matches(headers.get("if-none-match"), self.headers["etag"]):
+        status = self._precondition(headers)
+        if status == 412:
+            refusal = problem(412, "Precondition failed", "the checkpoint is not the one If-Match names")
+            return await refusal(scope, receive, send)
+        if status == 304:
             kept = {k: v for k, v in self.headers.items() if k in _VALIDATORS}
             return await Response(status_code=304, headers=kept)(scope, receive, send)
         wanted, if_range = headers.get("range"), headers.get("if-range")
         if if_range is not None and not self._should_use_range(if_range):
             wanted = None  # the file changed since: the whole file is sent, whatever the range (RFC 9110)
-        if wanted is not None and wanted.partition("=")[0].strip().lower() != "bytes":
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
-        elif wanted is not None:
+        if wanted is not None:
             size = self.stat_result.st_size
             try:
                 self._parse_range_header(wanted, size)
-            except MalformedRangeHeader as exc:
-                refusal = problem(400, "Bad request", f"unreadable Range header {wanted!r}: {exc.content}")
-                return await refusal(scope, receive, send)
+            except MalformedRangeHeader:  # another unit or an unreadable range: ignored, the whole file
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
             except RangeNotSatisfiable:
                 refusal = problem(416, "Range not satisfiable", f"the file holds {size} bytes: {wanted!r}")
                 refusal.headers["Content-Range"] = f"bytes */{size}"
                 return await refusal(scope, receive, send)
         await super().__call__(scope, receive, send)
 
+    def _precondition(self, headers: Headers) -> int | None:
+        """412 or 304 where the request's preconditions say so, in RFC 9110's order (13.2.2); None to
+        send the file."""
+        etag = self.headers["etag"]
+        if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+        if if_match is not None:
+            if not _listed(if_match, etag, weak=False):
+                return 412
+        elif _not_after(headers.get("if-unmodified-since"), self.stat_result) is False:
+            return 412
+        if if_none_match is not None:
+            return 304 if _listed(if_none_match, etag, weak=True) else None
+        return 304 if _not_after(headers.get("if-modified-since"), self.stat_result) else None
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 13.1.2: a weak comparison against any of the listed tags, or `*` for any."""
-    if if_none_match is None:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag.removeprefix("W/") in tags
+
+def _listed(field: str, etag: str, *, weak: bool) -> bool:
+    """Whether the ETag list ``field`` names ``etag`` (or is ``*``): a weak comparison for If-None-Match,
+    a strong one (no ``W/`` tag matches) for If-Match (RFC 9110 8.8.3.2)."""
+    tags = [t.strip() for t in field.split(",")]
+    if weak:
+        tags = [t.removeprefix("W/") for t in tags]
+    return "*" in tags or etag in tags
+
+
+def _not_after(field: str | None, stat: os.stat_result | None) -> bool | None:
+    """Whether the file was last modified at or before the HTTP-date ``field``; None where there is no
+    date to read (absent or not an HTTP-date: RFC 9110 has the field ignored then)."""
+    if field is None or stat is None:
+        return None
+    try:
+        when = parsedate_to_datetime(field)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return int(stat.st_mtime) <= when.timestamp()
