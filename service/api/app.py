@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import KeyCache
-from service.api.errors import install_handlers, install_problem_schema, over_the_limit, problem
+from service.api.errors import install_handlers, install_problem_schema, problem, too_large
 from service.api.gate import UPLOAD_PATHS, AdmitRequests
 from service.api.head import HeadAsGet
 from service.api.intake import GroupCommit
@@ -115,7 +115,7 @@ class ScreenRequests:
         length = headers.get(b"content-length")
         limit = self.max_upload if scope["path"] in UPLOAD_PATHS else self.max_body
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return problem(413, "Payload too large", over_the_limit(limit))
+            return too_large(limit)
         coding = headers.get(b"content-encoding", b"identity").strip().lower()
         # gzip was read as JSON ("not UTF-8") and br ignored: no body is decoded
         if coding != b"identity" and scope["method"] not in ("GET", "HEAD"):

@@ -127,11 +127,15 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def over_the_limit(limit: int | None) -> str:
-    """The 413's detail, the same whether the body declared its length or was counted as it came."""
+def too_large(limit: int | None) -> JSONResponse:
+    """The 413, the same whether the body declared its length or was counted as it came; its ``limit``
+    in bytes, as the sample-ID 413 carries its own, so a client can split or shrink what it sends."""
     if isinstance(limit, int):
-        return f"request bodies here are limited to {limit} bytes"
-    return "the request body is over its limit (UNLEARN_MAX_BODY_BYTES; uploads: UNLEARN_MAX_UPLOAD_BYTES)"
+        return problem(
+            413, "Payload too large", f"request bodies here are limited to {limit} bytes", limit=limit
+        )
+    detail = "the request body is over its limit (UNLEARN_MAX_BODY_BYTES; uploads: UNLEARN_MAX_UPLOAD_BYTES)"
+    return problem(413, "Payload too large", detail)
 
 
 def unreadable_json(cause: BaseException | None) -> str | None:
@@ -174,9 +178,7 @@ def install_handlers(app: FastAPI) -> None:
         if unreadable is not None:  # FastAPI's "There was an error parsing the body" named neither
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
         if exc.status_code == 413:  # a chunked body counted past its router's limit: as a declared one
-            return problem(
-                413, "Payload too large", over_the_limit(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
-            )
+            return too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
         title, detail = "HTTP error", str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
             title, detail = "Not found", f"no route here: {request.url.path}"

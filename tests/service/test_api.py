@@ -702,9 +702,10 @@ def test_a_chunked_body_over_the_limit_is_413(backend: Backend) -> None:
         )
     assert r.status_code == 413
     # the same problem body as a declared length over the limit (it was "HTTP error", "Content Too Large")
-    assert (r.json()["title"], r.json()["detail"]) == (
+    assert (r.json()["title"], r.json()["detail"], r.json()["limit"]) == (
         "Payload too large",
         "request bodies here are limited to 1000 bytes",
+        1000,
     )
 
 
@@ -832,7 +833,6 @@ def test_a_batch_with_an_idempotency_key_header_is_a_422_pointing_at_the_items_k
     assert all(p["name"].lower() != "idempotency-key" for p in batch["post"].get("parameters", []))
 
 
-
 def test_a_batch_to_a_model_the_tenant_does_not_have_is_one_404(api: Api) -> None:
     """It was a 200 with a 404 per item: a client counting refused items took a typo for refusals."""
     before = api.counts()
@@ -843,6 +843,7 @@ def test_a_batch_to_a_model_the_tenant_does_not_have_is_one_404(api: Api) -> Non
     )
     assert r.status_code == 404 and r.json()["detail"] == "model 'no-such-model' not found", r.text
     assert api.counts() == before
+
 
 # what /readyz says with no worker row: a worker that stops cleanly takes its row with it
 NO_WORKER = "no worker is running (none has a heartbeat on record: none started, or all stopped cleanly)"
