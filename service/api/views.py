@@ -45,7 +45,7 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
     )
 
 
-def job_out(job: Job, model_name: str) -> JobOut:
+def job_out(job: Job, model_name: str, *, retryable: bool = False) -> JobOut:
     heartbeat = _aware(job.heartbeat_at)
     # only a running job's heartbeat has an age worth reading: a finished one's grew for ever (a probe)
     running = job.state == JobState.RUNNING
@@ -66,6 +66,7 @@ def job_out(job: Job, model_name: str) -> JobOut:
         heartbeat_age_s=age,
         metrics=job.metrics,
         error=job.error,
+        retryable=retryable,
         created_at=_aware(job.created_at),  # type: ignore[arg-type]
         started_at=_aware(job.started_at),
         finished_at=_aware(job.finished_at),

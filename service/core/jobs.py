@@ -3,6 +3,8 @@ and any job ends with its requests (`close`). Each writes its audit events in th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -50,6 +52,18 @@ def retry(session: Session, tenant: str, job_id: str, *, actor: str) -> Job:
         r.webhook_state, r.webhook_attempts = None, 0  # its next outcome gets a full delivery budget
         events.request_retried(session, r, failed_job_id=job.id, actor=actor)
     return job
+
+
+def retryable(session: Session, jobs: Sequence[Job]) -> set[str]:
+    """The ids of those of ``jobs`` a retry would act on: failed, with requests still failed (one
+    query for a page of them, so the dashboard offers Retry only where it would not be a 409)."""
+    failed = [j.id for j in jobs if j.state == JobState.FAILED]
+    if not failed:
+        return set()
+    held = select(DeletionRequest.job_id).where(
+        DeletionRequest.job_id.in_(failed), DeletionRequest.state == RequestState.FAILED
+    )
+    return {job_id for job_id in session.scalars(held.distinct()) if job_id is not None}
 
 
 def _nothing_to_retry(session: Session, job: Job) -> str:

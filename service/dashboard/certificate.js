@@ -17,6 +17,8 @@ export function certificateView(signed) {
       ["model", c.model],
       ["samples", String(c.sample_count)],
       ["sample IDs sha256", el("span", { class: "mono" }, c.sample_ids_sha256)],
+      c.subject_count ? ["subjects", String(c.subject_count)] : null,
+      c.subject_ids_sha256 ? ["subject IDs sha256", el("span", { class: "mono" }, c.subject_ids_sha256)] : null,
       ["before", [`${c.version_before.version} `, el("span", { class: "mono" }, c.version_before.checkpoint_sha256)]],
       ["after", [`${c.version_after.version} `, el("span", { class: "mono" }, c.version_after.checkpoint_sha256)]],
       ["method", c.method],

@@ -161,13 +161,15 @@ function jobActions(j, admin) {
     );
   }
   if (j.state === "failed") {
+    // a job whose requests were retried already has none left to send: the button would only meet a 409
+    const why = !admin ? "retrying a job needs an admin key" : !j.retryable ? "its requests were retried already" : null;
     return el(
       "button",
       {
         type: "button",
         class: "small",
-        disabled: !admin,
-        title: admin ? "send the job's failed requests round again" : "retrying a job needs an admin key",
+        disabled: why !== null,
+        title: why || "send the job's failed requests round again",
         onclick: (e) => runAction(e.currentTarget, () => api(`/v1/jobs/${j.id}/retry`, { method: "POST" })),
       },
       "Retry",

@@ -144,6 +144,7 @@ export const request = {
         ["model", req.model],
         ["state", badge(req.state)],
         ["samples", `${req.sample_count} (${req.already_forgotten_count} already forgotten)`],
+        req.subject_ids && req.subject_ids.length ? ["subjects", req.subject_ids.join(", ")] : null,
         ["reference", req.reference || "–"],
         ["reason", req.reason || "erasure"],
         ["job", req.job_id ? el("a", { href: `#/jobs/${req.job_id}`, class: "mono" }, req.job_id) : "–"],

@@ -501,7 +501,9 @@ def test_a_full_checkpoint_disk_fails_the_job_cleanly_and_a_retry_publishes(tmp_
             assert left == before | {"filler"}, left  # no temporary or orphan checkpoint left behind
             filler.unlink()  # the operator frees space and retries the job
             clock = Stopwatch()
-            assert http.post(f"/v1/jobs/{job['id']}/retry").status_code == 200
+            assert job["retryable"] is True
+            retried = http.post(f"/v1/jobs/{job['id']}/retry")
+            assert (retried.status_code, retried.json()["retryable"]) == (200, False)
             [done] = wait_until(
                 lambda: all_finished(http, [req["id"]]),
                 timeout=300,

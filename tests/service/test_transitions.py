@@ -247,6 +247,18 @@ def test_retried_requests_are_claimed_by_the_next_job(db_url: str, model: Model)
         assert again.id != job_id and sorted(again.request_ids) == sorted(req_ids)
 
 
+def test_a_failed_job_is_retryable_until_its_requests_are_retried(db_url: str, model: Model) -> None:
+    """The dashboard offered Retry on a job whose requests were retried already, and the click met a 409."""
+    job_id, _ = failed_job(db_url, model)
+    with session_scope(db_url) as s:
+        assert jobs.retryable(s, [s.get_one(Job, job_id)]) == {job_id}
+        jobs.retry(s, "default", job_id, actor="test")
+    with session_scope(db_url) as s:
+        assert jobs.retryable(s, [s.get_one(Job, job_id)]) == set()
+        again = claim(s, s.get_one(Model, model.id))
+        assert jobs.retryable(s, [again]) == set()  # running: nothing to retry
+
+
 def test_retrying_a_job_again_is_a_conflict_naming_its_requests_states_and_writes_nothing(
     db_url: str, model: Model
 ) -> None:

@@ -40,14 +40,20 @@ def list_jobs(
             raise Unprocessable("`since` needs a timezone, e.g. 2026-01-01T00:00:00Z")
         query = query.where(Job.created_at >= utc(since))
     rows, next_cursor = newest_first(session, query, Job, cursor, limit)
-    items = [job_out(job, name) for job, name in rows]
+    again = jobs.retryable(session, [job for job, _ in rows])
+    items = [job_out(job, name, retryable=job.id in again) for job, name in rows]
     return Page[JobOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
 def get_job_route(job_id: str, session: SessionDep, key: JobsReader) -> JobOut:
     job = get_job(session, key.tenant, job_id)
-    return job_out(job, session.get_one(Model, job.model_id).name)
+    return _out(session, job)
+
+
+def _out(session: SessionDep, job: Job) -> JobOut:
+    name = session.get_one(Model, job.model_id).name
+    return job_out(job, name, retryable=job.id in jobs.retryable(session, [job]))
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut, summary="Ask a running job to stop")
@@ -56,7 +62,7 @@ def cancel_job(job_id: str, session: SessionDep, key: Admin) -> JobOut:
     `cancelled` and its requests with it, and no version is published."""
     job = jobs.request_cancel(session, key.tenant, job_id, actor=events.key_actor(key))
     session.commit()
-    return job_out(job, session.get_one(Model, job.model_id).name)
+    return _out(session, job)
 
 
 @router.post(
@@ -68,4 +74,4 @@ def retry_job(job_id: str, session: SessionDep, celery: CeleryDep, key: Admin) -
     job = jobs.retry(session, key.tenant, job_id, actor=events.key_actor(key))
     session.commit()
     send_run_model(celery, job.model_id)
-    return job_out(job, session.get_one(Model, job.model_id).name)
+    return _out(session, job)

@@ -39,6 +39,11 @@ class JobOut(BaseModel):
         "attempt) and the phase and progress of its last heartbeat."
     )
     error: str | None
+    retryable: bool = Field(
+        False,
+        description="a failed job with requests still failed: `POST /v1/jobs/{id}/retry` would send them "
+        "round again (false once they were retried, and for every other job)",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
