@@ -253,3 +253,29 @@ def check_model_reads(
                 raise InputMismatch(explain(architecture, arch_kwargs, expected, ds, model_error=error))
     finally:
         model.train(was_training)
+
+
+def check_every_row_reads(ds: Role, *, batch: int = 256) -> None:
+    """InputMismatch unless every sample of a dataset kept on disk decodes, to one shape throughout.
+
+    Validation scores the training set and the test set's scoring part, but a job alone read the data
+    that calibrates (the held-out set, or the test set's other half): a client's manifest with one image
+    of another size became ``ready`` and every deletion then failed on it. Rows held in memory were read
+    whole at load, so only rows on disk are read here, once, without the model."""
+    x = ds.data.x
+    if not isinstance(x, LazyRows):
+        return
+    first: object = None  # one sample's shape (a tuple), as the first rows read
+    for start in range(0, len(ds.data), batch):
+        try:
+            rows = B.window(x, start, start + batch)
+        except Exception as exc:  # noqa: BLE001 - a reader's failure is this dataset's, said with its name
+            raise InputMismatch(f"the {ds.role} `{ds.name}` cannot be read in full: {exc}") from exc
+        shape = B.sample_shape(rows)
+        if first is None:
+            first = shape
+        elif shape != first:
+            raise InputMismatch(
+                f"the {ds.role} `{ds.name}` holds samples of different shapes: rows from {start} read as "
+                f"{shape}, its first rows as {first}; declare features.size at registration to resize them"
+            )

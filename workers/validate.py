@@ -22,7 +22,7 @@ from models.architectures import build_model, check_size
 from models.calibration import HeldOut, held_out
 from models.checkpoints import load_weights
 from models.datasets import SampleDataset
-from models.inputs import InputMismatch, Role, check_model_reads
+from models.inputs import InputMismatch, Role, check_every_row_reads, check_model_reads
 from models.metrics import SetScores, evaluate, score_set
 from service.core import events
 from service.core.db.engine import session_scope
@@ -197,6 +197,9 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
         share = train_share(*default_run)  # the front a job at the model's defaults reads rows through
         # Scored on what every job scores on: the part of the held-out data no method reads.
         parts = held_out(test_ds, heldout_ds)
+        calibrates = heldout_source[1] if heldout_source else names[1]
+        role = "held-out set" if heldout_source else "calibration half of the test set"
+        check_every_row_reads(Role(role, calibrates, parts.calibration))
         scorers = front_scores(settings, model, share, sources)
         # v1's training-row scores, kept for its first job's base in this process (``kept_rows``)
         scorers["train_scores"] = recorded.through(

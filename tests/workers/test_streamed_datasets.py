@@ -23,6 +23,7 @@ from safetensors.torch import save_model
 from sqlalchemy import select
 
 from models.architectures import build_model
+from models.calibration import _in_calibration_half
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from service.core.settings import Settings
@@ -265,3 +266,30 @@ def test_an_unreadable_image_of_a_manifest_fails_the_job_with_one_line_naming_th
     error = job["error"]
     assert "UnidentifiedImageError: cannot identify image file" in error and "img-0042.png" in error, error
     assert "\n" not in error and "Traceback" not in error and "DataLoader" not in error, error
+
+
+def test_an_odd_image_in_the_calibrating_half_of_the_test_set_makes_the_model_invalid(
+    live: tuple[LiveApp, httpx.Client, Path], tmp_path: Path
+) -> None:
+    """Validation scored the training set and the test set's scoring half; the half that calibrates was
+    read by jobs alone, so a client's model with one image of another size there was `ready` and every
+    deletion then failed on it (a probe)."""
+    app, http, data = live
+    shards(data / "train", 30, 0)
+    x, y, ids = images(40, 1)
+    odd = max(i for i, sid in enumerate(ids) if _in_calibration_half(sid))  # not the first row read
+    folder = data / "test"
+    folder.mkdir()
+    rows = ["sample_id,path,label"]
+    for i, (img, label, sid) in enumerate(zip(x, y, ids, strict=True)):
+        wide = np.resize(img, (10, 10, 3)) if i == odd else img
+        Image.fromarray(wide).save(folder / f"img-{i:04d}.png")
+        rows.append(f"{sid},img-{i:04d}.png,{label}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    train_id = register_dataset(http, "train", "webdataset", data / "train").json()["id"]
+    test_id = register_dataset(http, "test", "csv_manifest", folder / "m.csv").json()["id"]
+    register_model(http, tmp_path, "odd", train_id, test_id)
+    assert validate_model(app.settings, model_id(app, "odd")) == "invalid"
+    detail = http.get("/v1/models/odd").json()["status_detail"]
+    assert "calibration half of the test set `test`" in detail and f"img-{odd:04d}.png" in detail, detail
+    assert "features.size" in detail, detail
