@@ -12,7 +12,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.cli.audit_log import certificate_evidence, trusted_key
 from service.cli.errors import UsageError
@@ -130,12 +130,11 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         if not ok:
             say(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
             return 1
-    before, after = cert.get("version_before") or {}, cert.get("version_after") or {}
     of = f" ({cert['subject_count']} subject(s))" if cert.get("subject_count") else ""
     say(
         f"certificate valid: request {cert.get('request_id')} ({cert.get('reference') or 'no reference'}), "
         f"{cert.get('sample_count')} sample(s){of} forgotten by {cert.get('model')} "
-        f"{before.get('version')} -> {after.get('version')}, signed by {signed['signature']['public_key']}"
+        f"{_versions(cert)}, signed by {signed['signature']['public_key']}"
     )
     say(f"audit log: {evidence}")
     if named is not None:
@@ -149,3 +148,18 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _versions(cert: dict[str, Any]) -> str:
+    """Where the samples went: ``v1 -> v2``, or for a request whose samples earlier jobs had all forgotten
+    (it completes on the version it found), those versions, where ``v6 -> v6`` read as a job that did
+    nothing (a probe)."""
+    before = (cert.get("version_before") or {}).get("version")
+    after = (cert.get("version_after") or {}).get("version")
+    if before != after:
+        return f"{before} -> {after}"
+    earlier = [e for e in cert.get("forgotten_by") or [] if isinstance(e, dict)]
+    if not earlier:
+        return f"{after}"
+    counts = ", ".join(f"{e.get('sample_count')} in {e.get('version')}" for e in earlier)
+    return f"{after} (no new version: earlier jobs forgot them, {counts})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
+from service.cli.documents import _versions
 from service.core import certificates, jobs
 from service.core.db.engine import session_scope
 from service.core.db.tables import DeletionRequest, Job, Model
@@ -51,3 +52,24 @@ def test_a_request_accepted_while_another_job_forgot_its_samples_is_certified_wi
         ]
         first_cert = certificates.build(s, s.get_one(DeletionRequest, first.id), key)
         assert first_cert["forgotten_by"] == [{"version": "v2", "sample_count": 2}]
+
+
+def test_a_request_whose_samples_an_earlier_job_forgot_is_summed_up_with_the_versions_that_did(
+    db_url: str,
+) -> None:
+    """Its job publishes nothing (the worker completes it on the version it found), and `unlearn
+    verify-certificate` said "forgotten by toy v2 -> v2", as if a job had done nothing (a probe)."""
+    key = Ed25519PrivateKey.generate()
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        submit_request(s, model, ["toy-0001", "toy-0002"])
+        running = claim(s, model)
+        late = submit_request(s, model, ["toy-0002"])
+        assert publish(s, model, running, ["toy-0001", "toy-0002"]) == 2
+        jobs.close(s, claim(s, model), JobState.COMPLETED, result_version=2)  # nothing left: a no-op
+    with session_scope(db_url) as s:
+        cert = certificates.build(s, s.get_one(DeletionRequest, late.id), key)
+    assert cert["version_before"] == cert["version_after"]
+    assert _versions(cert) == "v2 (no new version: earlier jobs forgot them, 1 in v2)"
+    published = dict(cert, version_before={"version": "v1"})
+    assert _versions(published) == "v1 -> v2"
