@@ -18,6 +18,7 @@ DELIVER_WEBHOOK = "workers.deliver_webhook"
 VALIDATE_MODEL = "workers.validate_model"
 SIGN_HEADS = "workers.sign_audit_heads"
 SWEEP_CHECKPOINTS = "workers.sweep_checkpoints"
+BROKER_SOCKET_TIMEOUT_S = 2.0  # the API's longest wait on one broker read or write
 SWEEP_SECONDS = 3600.0  # orphan checkpoints are rare (a kill between write and commit): hourly is plenty
 
 
@@ -71,6 +72,10 @@ def make_celery(settings: Settings, *, fail_fast: bool = False) -> Celery:
         options: dict[str, float] = {"visibility_timeout": 6 * 3600}
         if fail_fast:
             options |= {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+            # A broker that takes the connection and never answers (frozen, partitioned, overloaded) held
+            # every send, and /readyz, on a read without end: a probe's requests were committed minutes
+            # after their clients had given up. The API only sends, so no blocking read is cut short.
+            options |= {"socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": 2}
             conf["broker_connection_timeout"] = 2
         conf["broker_transport_options"] = options
     app.conf.update(conf)

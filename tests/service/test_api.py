@@ -7,7 +7,11 @@ import argparse
 import gc
 import hashlib
 import json
+import socket
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -1161,3 +1165,45 @@ def test_an_erasure_binds_its_idempotency_key_to_the_body_as_before_reasons_exis
     ).hexdigest()
     assert body_digest(["b", "a"], "t") == old == body_digest(["a", "b"], "t", reason="erasure")
     assert body_digest(["a", "b"], "t", reason="mislabeled") != old
+
+
+@contextmanager
+def silent_broker() -> Iterator[int]:
+    """A port that takes connections and never answers, as a frozen or partitioned Redis does."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def take() -> None:
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.timeout(300)  # without the broker's timeouts, the held request holds the app's shutdown too
+def test_a_broker_that_never_answers_holds_neither_a_request_nor_readyz(tmp_path) -> None:
+    """A frozen Redis held every send on a read without end: a probe's requests were committed minutes
+    after their clients gave up, and /readyz never answered. Each now gives up on the broker, answers,
+    and leaves the committed request to the reconciler."""
+    with silent_broker() as port:
+        settings = Settings(  # type: ignore[call-arg]
+            UNLEARN_VAR_DIR=str(tmp_path / "var"),
+            BROKER_URL=f"redis://127.0.0.1:{port}/0",
+            UNLEARN_WRITE_RATE_PER_KEY=0,  # the limiter's own Redis client has its timeouts already
+        )
+        with ThreadPoolExecutor(1) as pool:
+            for api in serve_toy(settings):
+                sent = pool.submit(post, api, {"sample_ids": ["toy-0003"]})
+                assert sent.result(timeout=120).status_code == 202
+                ready = pool.submit(api.client.get, "/readyz").result(timeout=120)
+                assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("error")
+                assert api.counts()[0] == 1
