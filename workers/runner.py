@@ -27,6 +27,7 @@ from models.unlearning import run_method
 from models.unlearning.feature_cache import CacheStats, FeatureCache
 from models.unlearning.params import params_to_dict, parse_params, with_recipe
 from models.unlearning.silence import silence_classes
+from service.core import jobs
 from service.core.db.engine import session_scope
 from service.core.errors import one_line
 from service.core.model_specs import effective_time_limit
@@ -81,7 +82,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         hand_back(store)
         raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     except (Cancelled, JobCancelled):
-        end(store, rep, JobState.CANCELLED, "cancelled by an admin")
+        end(store, rep, JobState.CANCELLED, jobs.CANCELLED_BY_ADMIN)
     except JobTimedOut as exc:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except (OperationalError, InterfaceError) as exc:

@@ -82,6 +82,9 @@ def _nothing_to_retry(session: Session, job: Job) -> str:
     )
 
 
+CANCELLED_BY_ADMIN = "cancelled by an admin"  # a cancelled job's error
+
+
 def close(
     session: Session,
     job: Job,
@@ -90,7 +93,14 @@ def close(
     error: str | None = None,
     result_version: int | None = None,
 ) -> None:
-    """End a job and every request it claimed (they take the job's state), with their audit events."""
+    """End a job and every request it claimed (they take the job's state), with their audit events.
+
+    A job an admin asked to cancel that then fails (its run ended within a heartbeat of the cancel, and
+    missed its gates) ends `cancelled`, as a cancel wins over a publish: ended `failed`, it was offered
+    for retry, and a retry brought back deletions the admin had cancelled (a probe)."""
+    if state == JobState.FAILED and job.cancel_requested:
+        error = f"{CANCELLED_BY_ADMIN}; the attempt had failed: {error}" if error else CANCELLED_BY_ADMIN
+        state = JobState.CANCELLED
     now = utcnow()
     job.state, job.error, job.finished_at, job.result_version = state, error, now, result_version
     if state == JobState.COMPLETED:

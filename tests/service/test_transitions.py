@@ -259,6 +259,26 @@ def test_a_failed_job_is_retryable_until_its_requests_are_retried(db_url: str, m
         assert jobs.retryable(s, [again]) == set()  # running: nothing to retry
 
 
+def test_a_job_cancelled_by_an_admin_that_then_fails_ends_cancelled_and_cannot_be_retried(
+    db_url: str, model: Model
+) -> None:
+    """The cancel was answered 200 and audited, then the run missed its gates: the job and its requests
+    ended `failed`, `retryable`, and a retry would have brought the cancelled deletions back (a probe)."""
+    with session_scope(db_url) as s:
+        req = submit_request(s, model, ["toy-0001"])
+        job = claim(s, model)
+        jobs.request_cancel(s, "default", job.id, actor="test")
+    with session_scope(db_url) as s:
+        job = s.get_one(Job, job.id)
+        jobs.close(s, job, JobState.FAILED, error="every method failed its gates (x)")
+    with session_scope(db_url) as s:
+        job, req = s.get_one(Job, job.id), s.get_one(DeletionRequest, req.id)
+        assert (job.state, req.state) == (JobState.CANCELLED, RequestState.CANCELLED)
+        assert job.error == "cancelled by an admin; the attempt had failed: every method failed its gates (x)"
+        assert jobs.retryable(s, [job]) == set()
+        assert actions(s)[-2:] == ["deletion_request.cancelled", "job.cancelled"]
+
+
 def test_retrying_a_job_again_is_a_conflict_naming_its_requests_states_and_writes_nothing(
     db_url: str, model: Model
 ) -> None:
