@@ -68,17 +68,29 @@ def retryable(session: Session, jobs: Sequence[Job]) -> set[str]:
 
 def _nothing_to_retry(session: Session, job: Job) -> str:
     """Why a failed job has nothing left to retry: its requests were retried already (a retry detaches
-    them from the job), so say how many there are and what state each is in now."""
-    states: dict[str, int] = {}
+    them from the job), so say how many there are, what state each is in now and in which later job (one
+    that failed again is retried through that job: "no longer failed (now: 1 failed)" said neither)."""
+    states: dict[tuple[str, str | None], int] = {}
     if job.request_ids:
-        for state in session.scalars(
-            select(DeletionRequest.state).where(DeletionRequest.id.in_(job.request_ids))
-        ):
-            states[str(state)] = states.get(str(state), 0) + 1
-    now = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none left"
+        rows = session.execute(
+            select(DeletionRequest.state, DeletionRequest.job_id).where(
+                DeletionRequest.id.in_(job.request_ids)
+            )
+        )
+        for state, later in rows:
+            states[(str(state), later)] = states.get((str(state), later), 0) + 1
+    now = (
+        ", ".join(
+            f"{n} {state}" + (f" in job {later}" if later else "")
+            for (state, later), n in sorted(states.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+        )
+        or "none left"
+    )
+    again = sorted({later for (state, later) in states if state == RequestState.FAILED and later})
+    retry_there = f"; retry job {', '.join(again)} instead" if again else ""
     return (
         f"job {job.id} has no failed requests left to retry: its {len(job.request_ids)} request(s) "
-        f"were already retried and are no longer failed (now: {now})"
+        f"were already retried (now: {now}){retry_there}"
     )
 
 

@@ -279,6 +279,21 @@ def test_a_job_cancelled_by_an_admin_that_then_fails_ends_cancelled_and_cannot_b
         assert actions(s)[-2:] == ["deletion_request.cancelled", "job.cancelled"]
 
 
+def test_retrying_a_job_whose_requests_failed_again_in_a_later_job_names_that_job(
+    db_url: str, model: Model
+) -> None:
+    """It said "no longer failed (now: 1 failed)": they had failed again, in the job they joined."""
+    job_id, _ = failed_job(db_url, model, n=1)
+    with session_scope(db_url) as s:
+        jobs.retry(s, "default", job_id, actor="test")
+    with session_scope(db_url) as s:
+        later = claim(s, s.get_one(Model, model.id))
+        jobs.close(s, later, JobState.FAILED, error="boom again")
+    with session_scope(db_url) as s, pytest.raises(Conflict) as refused:
+        jobs.retry(s, "default", job_id, actor="test")
+    assert f"(now: 1 failed in job {later.id}); retry job {later.id} instead" in refused.value.detail
+
+
 def test_retrying_a_job_again_is_a_conflict_naming_its_requests_states_and_writes_nothing(
     db_url: str, model: Model
 ) -> None:
