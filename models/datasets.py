@@ -25,6 +25,7 @@ import torch
 from models import batches
 from models.batches import Inputs
 from models.declarations import TEXT_KINDS, DeclarationError, ImageFeatures, TextFeatures, is_text
+from models.labels import read_label
 from models.manifests import ManifestPathError, manifest_root, resolve_row_path
 from models.shards import index_shards, npy_files
 from models.streamed import FileRows, LazyRows, NpyRows, RowSource, ShardRows
@@ -231,7 +232,7 @@ def load_csv_manifest(path: str | Path, features: Features = None) -> SampleData
         raise ManifestPathError(f"{path}: {exc}; refusing to load it") from None
     decl = declaration(features)
     source = FileRows(files, decl, what=str(path))
-    y = torch.tensor([int(r["label"]) for _, r in rows], dtype=torch.long)
+    y = torch.tensor([read_label(r["label"]) for _, r in rows], dtype=torch.long)
     return _streamed(source, y, [r["sample_id"] for _, r in rows], decl, _first_image_shape(source))
 
 

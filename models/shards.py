@@ -24,6 +24,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.labels import read_label
+
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "npy", "bmp", "ppm", "pgm", "webp", "tif", "tiff")
 LABEL_EXTENSION = "cls"
 SUBJECT_EXTENSION = "subject_id"
@@ -150,7 +152,7 @@ def _add(index: ShardIndex, path: Path, key: str, sample: dict[str, object]) -> 
     if not isinstance(label, str):
         raise ShardError(f"{path.name}: sample {key!r} has no .{LABEL_EXTENSION} label")
     try:
-        value = int(label)
+        value = read_label(label)
     except ValueError:
         raise ShardError(f"{path.name}: sample {key!r} has label {label!r}, not an integer") from None
     if value < 0:

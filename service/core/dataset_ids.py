@@ -20,6 +20,7 @@ from typing import IO, NamedTuple
 import numpy as np
 from numpy.lib import format as npy
 
+from models.labels import read_label
 from models.manifests import manifest_root, path_problem
 from models.shards import index_shards, npy_files, shard_paths
 from models.text import TextFileError, read_records
@@ -247,7 +248,7 @@ def _csv(path: Path) -> DatasetIds:
             bad_path = path_problem(root, row["path"] or "")
             ids.append(row["sample_id"])
             try:
-                labels.append(int(row["label"]))
+                labels.append(read_label(row["label"]))
             except (TypeError, ValueError):
                 problems.append(f"label {row['label']!r} is not a whole number")
             paths_only = paths_only and not problems

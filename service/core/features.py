@@ -48,14 +48,21 @@ _MANIFEST_FIELDS = ("mean", "std", "size")
 
 
 def check_features(
-    kind: str, path: Path, features: dict[str, Any] | None, *, data_roots: Sequence[Path] = ()
+    kind: str,
+    path: Path,
+    features: dict[str, Any] | None,
+    *,
+    data_roots: Sequence[Path] = (),
+    uploads: Path | None = None,
+    own_tokenizer: Path | None = None,
 ) -> dict[str, Any] | None:
     """The declaration to store for the dataset file at `path` (the file's dtype filled in, a float's
     scale defaulted to 1; a text declaration's tokenizer resolved and hashed), or a 422 naming why it
     cannot describe the file. None without a declaration, where the file may be used as it is.
-    `data_roots`: where a declared tokenizer may be read from (none given: anywhere)."""
+    `data_roots`: where a declared tokenizer may be read from (none given: anywhere), but for `uploads`,
+    whose files are their tenants' own: only `own_tokenizer`, the one uploaded with this dataset."""
     if kind in TEXT_KINDS:
-        return _text(kind, path, features, data_roots)
+        return _text(kind, path, features, data_roots, uploads, own_tokenizer)
     if features is not None and is_text(features):
         raise Unprocessable(
             f"a text declaration applies to text datasets ({', '.join(TEXT_KINDS)}), not to {kind}",
@@ -78,7 +85,12 @@ def check_features(
 
 
 def _text(
-    kind: str, path: Path, features: dict[str, Any] | None, data_roots: Sequence[Path]
+    kind: str,
+    path: Path,
+    features: dict[str, Any] | None,
+    data_roots: Sequence[Path],
+    uploads: Path | None,
+    own_tokenizer: Path | None,
 ) -> dict[str, Any]:
     example = '{"type": "text", "tokenizer": "tokenizer.json", "max_length": 128}'
     if features is None or not is_text(features):
@@ -101,6 +113,13 @@ def _text(
     if data_roots and not any(tokenizer.is_relative_to(root) for root in data_roots):
         raise Unprocessable(
             f"features.tokenizer {decl.tokenizer} is outside the data roots {[str(r) for r in data_roots]}",
+            field="features",
+        )
+    theirs = uploads is not None and tokenizer.is_relative_to(uploads.resolve())
+    if theirs and (own_tokenizer is None or tokenizer != own_tokenizer.resolve()):  # maybe another tenant's
+        raise Unprocessable(
+            f"features.tokenizer {decl.tokenizer} is an uploaded file: a tokenizer is uploaded with its "
+            "dataset (the `tokenizer` file of POST /v1/datasets/upload) or read from the data roots",
             field="features",
         )
     resolved = TextFeatures(str(tokenizer), decl.max_length, None, decl.pad_token)

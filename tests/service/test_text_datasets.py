@@ -188,10 +188,12 @@ def test_bad_json_lines_are_a_422_naming_each_line(api: Api) -> None:
 def test_a_bad_csv_record_is_a_422_naming_its_line(api: Api) -> None:
     (api.data / "bad.csv").write_text(
         'sample_id,text,label\na,"the chef, a cook, baked",2\nb,the coach won,zero\n,nobody,1\n'
+        "d,the chef cooked,1_0\ne,the coach ran,\u0663\n"  # Python's int read these as 10 and 3 (a probe)
     )
     r = api.register("bad", "text_csv", "bad.csv")
     assert r.status_code == 422, r.text
-    assert r.json()["lines"] == [3, 4]
+    assert r.json()["lines"] == [3, 4, 5, 6]
+    assert "line 5: label must be a whole number (a class index), got '1_0'" in r.json()["detail"]
     assert "line 3: label must be a whole number (a class index), got 'zero'" in r.json()["detail"]
     assert "line 4: sample_id must be a non-empty string" in r.json()["detail"]
     (api.data / "nohead.csv").write_text("id,sentence,label\na,b,1\n")
@@ -210,6 +212,8 @@ def test_a_bad_csv_record_is_a_422_naming_its_line(api: Api) -> None:
         ({**TEXT, "tokenizer": "/etc/hostname"}, "outside the data roots"),
         ({**TEXT, "pad_token": "<pad>"}, "no padding token '<pad>'"),
         ({**TEXT, "tokenizer": "news.jsonl"}, "is not a tokenizers tokenizer.json"),
+        # [CLS] and [SEP] fill 2 tokens: the tokenizers library then left every text unpadded (a probe)
+        ({**TEXT, "max_length": 2}, "the tokenizer adds 2 special tokens to each text"),
     ],
 )
 def test_impossible_text_declarations_are_a_422_saying_why(api: Api, features: Any, says: str) -> None:
@@ -233,3 +237,49 @@ def test_schema_refuses_bad_text_fields_and_a_text_declaration_on_images(api: Ap
     )
     assert r.status_code == 422 and "a text declaration applies to text datasets" in r.json()["detail"]
     api.nothing_stored()
+
+
+def test_a_tokenizer_among_the_uploads_is_read_only_by_the_dataset_uploaded_with_it(api: Api) -> None:
+    """A path into the uploads folder named another upload's tokenizer, maybe another tenant's, and was
+    used (and a missing one said "no file at", telling which exist; a probe)."""
+    up = api.client.post(
+        "/v1/datasets/upload",
+        data={"name": "up", "kind": "jsonl", "features": json.dumps({"type": "text", "max_length": 8})},
+        files={
+            "file": ("news.jsonl", (api.data / "news.jsonl").read_bytes()),
+            "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
+        },
+    )
+    assert up.status_code == 201, up.text
+    theirs = Path(up.json()["features"]["tokenizer"])
+    for named in (str(theirs), str(theirs.parent / "nothing.tokenizer.json")):
+        r = api.register("by-path", "jsonl", "news.jsonl", {**TEXT, "tokenizer": named})
+        assert r.status_code == 422 and "is an uploaded file" in r.json()["detail"], r.text
+    r = api.client.post(  # an upload naming it beside itself, without a tokenizer file of its own
+        "/v1/datasets/upload",
+        data={"name": "up2", "kind": "jsonl", "features": json.dumps({**TEXT, "tokenizer": theirs.name})},
+        files={"file": ("news.jsonl", (api.data / "news.jsonl").read_bytes())},
+    )
+    assert r.status_code == 422 and "is an uploaded file" in r.json()["detail"], r.text
+    assert [d["name"] for d in api.client.get("/v1/datasets").json()] == ["up"]
+
+
+def test_the_sides_a_tokenizer_was_saved_to_truncate_and_pad_on_are_kept(api: Api) -> None:
+    """A client's tokenizer truncated on the left, and the service read it on the right: a model that
+    scored 100% on its data scored 24% (a probe)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(api.data / "tokenizer.json"))
+    tok.enable_truncation(max_length=4, direction="left")
+    tok.enable_padding(direction="left", pad_id=0, pad_token="[PAD]")
+    tok.save(str(api.data / "left.json"))
+    r = api.register("left", "jsonl", "news.jsonl", {**TEXT, "tokenizer": "left.json", "max_length": 6})
+    assert r.status_code == 201, r.text
+    with session_scope(api.settings.resolved_database_url) as s:
+        ds = load_registered(DatasetRef.of(s.get_one(Dataset, r.json()["id"])))
+    assert isinstance(ds.x, dict)
+    tok.enable_truncation(max_length=6, direction="left")
+    tok.enable_padding(length=6, direction="left", pad_id=0, pad_token="[PAD]")
+    texts = [t for t, _ in sentences(30, 0)]
+    assert ds.x["input_ids"].tolist() == [e.ids for e in tok.encode_batch(texts)]
+    assert ds.x["input_ids"][:, -1].tolist() != ds.x["input_ids"][:, 0].tolist()  # not all one token

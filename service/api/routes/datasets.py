@@ -67,6 +67,8 @@ def _register(
     features: dict[str, Any] | None,
     data_roots: list[Path],
     *,
+    uploads: Path,
+    own_tokenizer: Path | None = None,
     ids: DatasetIds | None = None,
 ) -> DatasetOut:
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
@@ -76,7 +78,9 @@ def _register(
     sample_ids, labels, subjects = read_samples(kind, path) if ids is None else ids
     if not sample_ids:
         raise Unprocessable("the dataset has no samples")
-    stored_features = check_features(kind, path, features, data_roots=data_roots)
+    stored_features = check_features(
+        kind, path, features, data_roots=data_roots, uploads=uploads, own_tokenizer=own_tokenizer
+    )
     try:
         ds = register_dataset(
             session,
@@ -135,8 +139,9 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
+    roots, uploads = settings.allowed_data_roots, settings.dataset_dir / "uploads"
     return _register(
-        session, key, body.name, body.kind, path, digest, features, settings.allowed_data_roots, ids=ids
+        session, key, body.name, body.kind, path, digest, features, roots, uploads=uploads, ids=ids
     )
 
 
@@ -200,7 +205,11 @@ def upload_dataset(
             save_upload(tokenizer, tokenizer_path)  # hashed again (and stored) by check_features
             declared = {"type": "text", **(declared or {}), "tokenizer": str(tokenizer_path)}
         roots = settings.allowed_data_roots
-        return _register(session, key, name, kind, target, digest, declared, roots)
+        own = tokenizer_path if tokenizer is not None else None
+        uploads = settings.dataset_dir / "uploads"
+        return _register(
+            session, key, name, kind, target, digest, declared, roots, uploads=uploads, own_tokenizer=own
+        )
     except Exception as exc:
         target.unlink(missing_ok=True)
         if target.parent.name == stem:
