@@ -128,12 +128,12 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 def too_large(limit: int | None) -> JSONResponse:
-    """The 413, the same whether the body declared its length or was counted as it came; its ``limit``
-    in bytes, as the sample-ID 413 carries its own, so a client can split or shrink what it sends."""
+    """The 413, the same whether the body declared its length or was counted as it came; its
+    ``limit_bytes``, as the sample-ID 413 carries its ``limit`` (a count of IDs, on the same path: hence
+    the other name), so a client can split or shrink what it sends."""
     if isinstance(limit, int):
-        return problem(
-            413, "Payload too large", f"request bodies here are limited to {limit} bytes", limit=limit
-        )
+        detail = f"request bodies here are limited to {limit} bytes"
+        return problem(413, "Payload too large", detail, limit_bytes=limit)
     detail = "the request body is over its limit (UNLEARN_MAX_BODY_BYTES; uploads: UNLEARN_MAX_UPLOAD_BYTES)"
     return problem(413, "Payload too large", detail)
 

@@ -13,6 +13,8 @@ answered too, where Starlette ignored them all.
 from __future__ import annotations
 
 import os
+import time
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import anyio
@@ -23,6 +25,10 @@ from starlette.types import Receive, Scope, Send
 from service.api.errors import problem
 
 _VALIDATORS = ("etag", "last-modified", "x-checkpoint-sha256")  # what a 304 repeats of the 200
+_REFUSALS = {
+    "if-match": "the checkpoint is not the one If-Match names (its ETag is its SHA-256)",
+    "if-unmodified-since": "the checkpoint was written after the If-Unmodified-Since date",
+}
 
 
 class CheckpointFile(FileResponse):
@@ -32,9 +38,8 @@ class CheckpointFile(FileResponse):
             self.set_stat_headers(self.stat_result)
         headers = Headers(scope=scope)
         status = self._precondition(headers)
-        if status == 412:
-            refusal = problem(412, "Precondition failed", "the checkpoint is not the one If-Match names")
-            return await refusal(scope, receive, send)
+        if status in _REFUSALS:
+            return await problem(412, "Precondition failed", _REFUSALS[status])(scope, receive, send)
         if status == 304:
             kept = {k: v for k, v in self.headers.items() if k in _VALIDATORS}
             return await Response(status_code=304, headers=kept)(scope, receive, send)
@@ -53,16 +58,17 @@ class CheckpointFile(FileResponse):
                 return await refusal(scope, receive, send)
         await super().__call__(scope, receive, send)
 
-    def _precondition(self, headers: Headers) -> int | None:
-        """412 or 304 where the request's preconditions say so, in RFC 9110's order (13.2.2); None to
-        send the file."""
+    def _precondition(self, headers: Headers) -> int | str | None:
+        """The field that fails (a 412), 304, or None to send the file, in RFC 9110's order (13.2.2). A
+        field sent on several lines is one list (RFC 9110 5.3)."""
         etag = self.headers["etag"]
-        if_match, if_none_match = headers.get("if-match"), headers.get("if-none-match")
+        if_match = ", ".join(headers.getlist("if-match")) or None
+        if_none_match = ", ".join(headers.getlist("if-none-match")) or None
         if if_match is not None:
             if not _listed(if_match, etag, weak=False):
-                return 412
+                return "if-match"
         elif _not_after(headers.get("if-unmodified-since"), self.stat_result) is False:
-            return 412
+            return "if-unmodified-since"
         if if_none_match is not None:
             return 304 if _listed(if_none_match, etag, weak=True) else None
         return 304 if _not_after(headers.get("if-modified-since"), self.stat_result) else None
@@ -79,13 +85,16 @@ def _listed(field: str, etag: str, *, weak: bool) -> bool:
 
 def _not_after(field: str | None, stat: os.stat_result | None) -> bool | None:
     """Whether the file was last modified at or before the HTTP-date ``field``; None where there is no
-    date to read (absent or not an HTTP-date: RFC 9110 has the field ignored then)."""
+    date to read (absent or not an HTTP-date: RFC 9110 has the field ignored then) or it is in the
+    future (a client's clock ahead of ours, not a date we sent: ignored, as Apache does). asctime's
+    form carries no zone and is GMT (RFC 9110 5.6.7)."""
     if field is None or stat is None:
         return None
     try:
         when = parsedate_to_datetime(field)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
+    stamp = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if stamp > time.time():
         return None
-    return int(stat.st_mtime) <= when.timestamp()
+    return int(stat.st_mtime) <= stamp

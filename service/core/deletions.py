@@ -605,8 +605,10 @@ def accept_many(
         wakes = [(m.id, wake_due(session, m, policy.wake_seconds)) for m in intake.woken.values()]
     session.commit()
     for model_id, countdown in wakes:
-        if countdown is not None:
-            send_run_model(celery, model_id, countdown)
+        # a broker that failed one send is left alone for the rest: each waited up to its timeout, and
+        # a batch waking many models held every request in it for the sum (the reconciler sends them)
+        if countdown is not None and not send_run_model(celery, model_id, countdown):
+            break
     outcomes = intake.outcomes
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]

@@ -133,7 +133,7 @@ def test_a_declared_body_over_the_limit_is_a_problem_413_whoever_sends_it(
     status, headers, body = head_only(app, "/v1/models/toy/deletion-requests", 16 * 1024**2 + 1, sent)
     assert status == 413 and headers["content-type"].startswith("application/problem+json")
     refusal = json.loads(body)  # the limit as a number too, as the sample-ID 413 gives its own (a probe)
-    assert (refusal["detail"], refusal["limit"]) == (
+    assert (refusal["detail"], refusal["limit_bytes"]) == (
         f"request bodies here are limited to {16 * 1024**2} bytes",
         16 * 1024**2,
     )

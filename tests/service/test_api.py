@@ -706,7 +706,7 @@ def test_a_chunked_body_over_the_limit_is_413(backend: Backend) -> None:
         )
     assert r.status_code == 413
     # the same problem body as a declared length over the limit (it was "HTTP error", "Content Too Large")
-    assert (r.json()["title"], r.json()["detail"], r.json()["limit"]) == (
+    assert (r.json()["title"], r.json()["detail"], r.json()["limit_bytes"]) == (
         "Payload too large",
         "request bodies here are limited to 1000 bytes",
         1000,

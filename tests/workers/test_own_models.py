@@ -5,6 +5,7 @@ is allocated, and a validation whose worker keeps dying is given up."""
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import io
 import json
@@ -173,7 +174,15 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
         changed_since = http.get(url, headers={"If-Match": tags})
         assert changed_since.status_code == 412 and "If-Match" in changed_since.json()["detail"], tags
     early = http.get(url, headers={"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
-    assert early.status_code == 412
+    assert early.status_code == 412 and "If-Unmodified-Since" in early.json()["detail"]
+    # a field on two lines is one list (RFC 9110 5.3): the second line's tag matches
+    both = http.get(url, headers=[("If-Match", '"other"'), ("If-Match", r.headers["etag"])])
+    assert both.content == r.content
+    written = email.utils.parsedate_to_datetime(since)  # asctime's form has no zone: it is GMT
+    asctime = written.strftime("%a %b %d %H:%M:%S %Y")
+    assert http.get(url, headers={"If-Modified-Since": asctime}).status_code == 304
+    ahead = "Fri, 01 Jan 2100 00:00:00 GMT"  # a client's clock, not our date: ignored
+    assert http.get(url, headers={"If-Modified-Since": ahead}).content == r.content
     (tmp_path / "v2.safetensors").write_bytes(r.content)
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly
