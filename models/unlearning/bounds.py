@@ -162,6 +162,7 @@ def heldout_bound(
     seed: int = 0,
     forget_y: torch.Tensor | None = None,
     prior: str = "trained",
+    prior_power: float = 1.0,
     match: float = 0.0,
     when: str = "always",
     match_rows: int = 0,
@@ -211,7 +212,7 @@ def heldout_bound(
     if forget_y is None or (when == "skewed" and skew >= SKEW_ALPHA):
         prior, match = "trained", 0.0
     if forget_y is not None and prior == "retained":
-        logits = _shifted(logits, retain.y, forget_y)
+        logits = _shifted(logits, retain.y, forget_y, prior_power)
     stays = retained[labels]  # a class with no retain row left (taken whole now or by an earlier job)
     logits, labels = logits[stays], labels[stays]  # is no forget row's target: its held-out rows leave
     found = F.cross_entropy(logits, labels, reduction="none")  # (m,)
@@ -240,14 +241,22 @@ def heldout_bound(
     return bound
 
 
-def _shifted(logits: torch.Tensor, retain_y: torch.Tensor, forget_y: torch.Tensor) -> torch.Tensor:
+def _shifted(
+    logits: torch.Tensor, retain_y: torch.Tensor, forget_y: torch.Tensor, power: float = 1.0
+) -> torch.Tensor:
     """``logits`` as a model trained on D_r would have them: each class's logit gains log(n_r(c) / (n_r(c)
     + n_f(c))), the share of its training rows that stay; a class never trained on keeps its logit."""
     k = max(logits.shape[1], *(int(y.max()) + 1 for y in (retain_y, forget_y) if len(y)))
     kept = torch.bincount(retain_y.cpu(), minlength=k).double()
     trained = kept + torch.bincount(forget_y.cpu(), minlength=k).double()
     stayed = torch.where(trained > 0, kept / trained.clamp(min=1), torch.ones_like(kept))
-    return logits + stayed.log()[: logits.shape[1]].to(device=logits.device, dtype=logits.dtype)
+    # Bayes' rule, and beyond it where less than half of a class stays: log(s) + (power - 1)·log(min(1, 2s))
+    # (a class with none left stays at -inf: 0·-inf would make every logit NaN)
+    shift = stayed.log()
+    if power != 1.0:
+        shift = torch.where(stayed > 0, shift + (power - 1) * (2 * stayed).clamp(max=1).log(), shift)
+    shift = shift[: logits.shape[1]]
+    return logits + shift.to(device=logits.device, dtype=logits.dtype)
 
 
 def _stayed_share(retain_y: torch.Tensor, forget_y: torch.Tensor) -> float:

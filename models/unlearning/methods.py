@@ -819,6 +819,7 @@ def _bound(
         params.seed,
         forget.y,
         prior=params.bound_prior,
+        prior_power=params.bound_prior_power,
         match=params.bound_match,
         when=params.bound_when,
         match_rows=params.bound_match_rows,

@@ -293,6 +293,14 @@ class UGradSLParams(GradientParams):
         choices=BOUND_PRIORS,
         doc=_BOUND_PRIOR_DOC,
     )
+    bound_prior_power: float = _f(
+        1.0,
+        0.0,
+        10.0,
+        doc="trial (1 = off): under bound_prior='retained', a class of which a share s < 1/2 of the "
+        "training rows stays has its logit shifted by log(s) + (power - 1)·log(2s) rather than Bayes' "
+        "log(s): a retrain of a deep network learns a class of few rows worse than its prior alone says",
+    )
     bound_match: float = _f(
         0.0,
         0.0,

@@ -10,7 +10,7 @@ from models.datasets import SampleDataset
 from models.metrics import avg_gap, evaluate, per_sample_loss
 from models.training import DIGITS_RECIPE
 from models.unlearning import run_method
-from models.unlearning.bounds import SKEW_ALPHA, HeldoutBound, class_skew, heldout_bound
+from models.unlearning.bounds import SKEW_ALPHA, HeldoutBound, _shifted, class_skew, heldout_bound
 
 
 def _bound(retained: list[bool]) -> HeldoutBound:
@@ -379,3 +379,19 @@ def test_a_mostly_deleted_class_reads_its_own_heldout_rows_with_match_stayed(
     own = table(match_rows=0)  # class 3's rows alone
     shrunk, eased = table(match_rows=128), table(match_rows=128, match_stayed=True)
     assert (eased - own).abs().mean() < (shrunk - own).abs().mean()
+
+
+def test_the_prior_power_shifts_only_classes_of_which_less_than_half_stays() -> None:
+    """power 1 is Bayes' rule (the logits as before, bit for bit); above 1, a class mostly deleted reads
+    further off, half a class or more stays as Bayes has it, and a class with none left stays at -inf
+    (0·-inf had made every logit NaN)."""
+    logits = torch.zeros(2, 4)
+    kept = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)  # class 3 has no training row left
+    gone = torch.tensor([1] * 5 + [2] * 9 + [3] * 4)  # stays: 1, 1/2, 1/10, 0
+    bayes = _shifted(logits, kept, gone)
+    assert torch.equal(bayes, _shifted(logits, kept, gone, 1.0))
+    assert bayes[0, :3].tolist() == pytest.approx([0.0, math.log(0.5), math.log(0.1)])
+    steeper = _shifted(logits, kept, gone, 3.0)
+    assert steeper[0, :2].tolist() == pytest.approx(bayes[0, :2].tolist())
+    assert steeper[0, 2].item() == pytest.approx(math.log(0.1) + 2 * math.log(0.2))
+    assert not steeper.isnan().any() and steeper[0, 3].item() == -math.inf
