@@ -251,8 +251,33 @@ def check_model_reads(
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 error = f"{n} samples gave output {shape}, not one row of class scores per sample"
                 raise InputMismatch(explain(architecture, arch_kwargs, expected, ds, model_error=error))
+            _check_longest_text(model, ds, device)
     finally:
         model.train(was_training)
+
+
+def _check_longest_text(model: nn.Module, ds: Role, device: torch.device) -> None:
+    """InputMismatch unless the model reads the dataset's longest text: a RoBERTa-style model, whose
+    positions start after the padding token's, reads every shorter text and fails only on one that fills
+    ``max_length`` (a probe's model was `ready`, then its first deletion met such a text among the rows
+    that calibrate, with torch's "index 16 is out of bounds")."""
+    x = ds.data.x
+    if not isinstance(x, dict) or "attention_mask" not in x or len(ds.data) == 0:
+        return
+    lengths = x["attention_mask"].sum(1)
+    row = int(lengths.argmax())
+    try:
+        with torch.no_grad():
+            model(B.to(B.window(x, row, row + 1), device))
+    except Exception as exc:  # noqa: BLE001 - the framework's failure becomes the explanation
+        tokens, most = int(lengths[row]), int(x["attention_mask"].shape[1])
+        raise InputMismatch(
+            f"the model fails on the longest text of the {ds.role} `{ds.name}` (sample "
+            f"{ds.data.ids[row]!r}, {tokens} of features.max_length {most} tokens): "
+            f"{type(exc).__name__}: {exc}. A model whose positions start after its padding token's "
+            "(RoBERTa's) needs max_position_embeddings of at least max_length + pad_token_id + 1: "
+            "register the dataset with a smaller max_length, or the model with more positions"
+        ) from exc
 
 
 def check_every_row_reads(ds: Role, *, batch: int = 256) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, GPT2Config
+from transformers import AutoModelForSequenceClassification, BertConfig, GPT2Config, RobertaConfig
 
 from models.adapters import NotAdaptable, check_contract
 from models.architectures import build_model, parameter_count
 from models.datasets import SampleDataset
-from models.inputs import Role, check_model_reads
+from models.inputs import InputMismatch, Role, check_model_reads
 from models.sources import check_hf_kwargs
 
 ARCH = "hf:sequence-classification"
@@ -58,6 +58,28 @@ def test_a_model_that_classifies_before_pooling_is_not_adaptable() -> None:
     data = SampleDataset(batch(), torch.tensor([0, 1, 2, 0]), list("abcd"))
     with pytest.raises(NotAdaptable, match="GPT2ForSequenceClassification applies its classifier 'score'"):
         check_model_reads(model, ARCH, kwargs, [Role("training set", "news", data)])
+
+
+def test_a_roberta_whose_positions_a_full_text_overruns_is_refused_naming_the_fix() -> None:
+    """RoBERTa's positions start after its padding token's: with 16 positions it reads every text but
+    one of 16 tokens. Validation read only the first rows, and a probe's model met such a text in its
+    first deletion, with torch's "index 16 is out of bounds"."""
+    config = RobertaConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, pad_token_id=1, num_labels=3,
+    )  # fmt: skip
+    kwargs = {"num_classes": 3, "config": config.to_dict()}
+    model = build_model(ARCH, **kwargs)
+    x = {"input_ids": torch.randint(2, 30, (4, 16)), "attention_mask": torch.ones(4, 16, dtype=torch.long)}
+    x["attention_mask"][:3, 8:] = 0  # the first rows are short; the last fills max_length
+    x["input_ids"][:3, 8:] = 1
+    data = SampleDataset(x, torch.tensor([0, 1, 2, 0]), ["a", "b", "c", "long"])
+    with pytest.raises(
+        InputMismatch, match=r"longest text of the held-out set `news` \(sample 'long', 16 of"
+    ):
+        check_model_reads(model, ARCH, kwargs, [Role("held-out set", "news", data)])
+    short = SampleDataset({k: v[:3] for k, v in x.items()}, torch.tensor([0, 1, 2]), ["a", "b", "c"])
+    check_model_reads(model, ARCH, kwargs, [Role("held-out set", "news", short)])
 
 
 @pytest.mark.parametrize(
