@@ -296,6 +296,7 @@ AS_SERVICE = "ugradsl_plus (held-out data = half the test set, as in the service
 # classes leave (a client's 90% of a 2% class was aimed at the other classes' losses)
 EASED = "ugradsl_plus (default, the matched table's shrink eased where most of a class leaves)"
 KEPT_SHRINK = "ugradsl_plus (default, the matched table's shrink as at stop 60)"
+STEEPER = "ugradsl_plus (default, a class mostly deleted read further off than Bayes' shift, power 4)"
 NEIGHBOURS = "ugradsl_plus (default, rows their 15 nearest retained rows contradict moved to their class)"
 # Stop 49: the default, the mislabeled rows of the deletion flagged by their request (reason "mislabeled"):
 # of those rows only, the ones their 15 nearest retained rows contradict are moved to the neighbours' class
@@ -484,6 +485,7 @@ ROWS = [
     Row(UNANCHORED, "ugradsl_plus", _fixed({"anchor": 0.0})),
     Row(EASED, "ugradsl_plus", _fixed({"bound_match_stayed": True})),
     Row(KEPT_SHRINK, "ugradsl_plus", _fixed({"bound_match_stayed": False})),
+    Row(STEEPER, "ugradsl_plus", _fixed({"bound_prior_power": 4.0})),
     Row(NEIGHBOURS, "ugradsl_plus", _fixed({"neighbour_labels": 15})),
     Row(FLAGGED, "ugradsl_plus", _fixed({}), flags="requested"),
     Row(ONE_EPOCH, "ugradsl_plus", _varied({"epochs": 1.0, "forget_batch_ratio": 1.0})),
