@@ -40,6 +40,17 @@ class Api:
         body = {"name": name, "kind": kind, "uri": str(self.data / file), "features": features}
         return self.client.post("/v1/datasets", json=body)
 
+    def upload_with_tokenizer(self, name: str, kind: str, file: str) -> Any:
+        """`file` uploaded with tokenizer.json beside it, at max_length 8."""
+        return self.client.post(
+            "/v1/datasets/upload",
+            data={"name": name, "kind": kind, "features": json.dumps({"type": "text", "max_length": 8})},
+            files={
+                "file": (file, (self.data / file).read_bytes()),
+                "tokenizer": ("tokenizer.json", (self.data / "tokenizer.json").read_bytes()),
+            },
+        )
+
     def samples(self, dataset_id: str) -> list[tuple[str, int]]:
         with session_scope(self.settings.resolved_database_url) as s:
             rows = s.execute(
@@ -112,14 +123,7 @@ def test_a_text_dataset_registers_with_its_ids_labels_and_hashed_tokenizer(
 
 
 def test_a_text_dataset_and_its_tokenizer_upload_together(api: Api) -> None:
-    r = api.client.post(
-        "/v1/datasets/upload",
-        data={"name": "up", "kind": "text_csv", "features": json.dumps({"type": "text", "max_length": 8})},
-        files={
-            "file": ("news.csv", (api.data / "news.csv").read_bytes()),
-            "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
-        },
-    )
+    r = api.upload_with_tokenizer("up", "text_csv", "news.csv")
     assert r.status_code == 201, r.text
     got = r.json()
     assert got["num_samples"] == 30 and got["features"]["max_length"] == 8
@@ -242,14 +246,7 @@ def test_schema_refuses_bad_text_fields_and_a_text_declaration_on_images(api: Ap
 def test_a_tokenizer_among_the_uploads_is_read_only_by_the_dataset_uploaded_with_it(api: Api) -> None:
     """A path into the uploads folder named another upload's tokenizer, maybe another tenant's, and was
     used (and a missing one said "no file at", telling which exist; a probe)."""
-    up = api.client.post(
-        "/v1/datasets/upload",
-        data={"name": "up", "kind": "jsonl", "features": json.dumps({"type": "text", "max_length": 8})},
-        files={
-            "file": ("news.jsonl", (api.data / "news.jsonl").read_bytes()),
-            "tokenizer": ("tokenizer.json", (api.data / "tokenizer.json").read_bytes()),
-        },
-    )
+    up = api.upload_with_tokenizer("up", "jsonl", "news.jsonl")
     assert up.status_code == 201, up.text
     theirs = Path(up.json()["features"]["tokenizer"])
     for named in (str(theirs), str(theirs.parent / "nothing.tokenizer.json")):
