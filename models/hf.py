@@ -79,6 +79,15 @@ def config_from_dict(raw: Mapping[str, Any], num_classes: int) -> Any:
     check_hf_config(raw, num_classes)
     values = dict(raw)
     model_type = values.pop("model_type")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:  # transformers' own error lists all its types: 11 kB of detail
+        import transformers
+
+        raise ValueError(
+            f"config.model_type {model_type!r} is not a model type transformers {transformers.__version__} "
+            "knows (e.g. bert, roberta, distilbert, albert, deberta-v2, electra)"
+        )
     config = AutoConfig.for_model(model_type, **values)
     if config.num_labels != num_classes:
         config.num_labels = num_classes  # also resets id2label / label2id to num_classes defaults

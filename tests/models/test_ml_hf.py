@@ -95,3 +95,10 @@ def test_a_roberta_whose_positions_a_full_text_overruns_is_refused_naming_the_fi
 def test_hf_kwargs_are_checked_without_torch(kwargs: dict, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         check_hf_kwargs(kwargs, 3)
+
+
+def test_an_unknown_model_type_is_said_in_one_line() -> None:
+    """transformers' own error listed every model type it has: 11 kB in a model's status_detail (a probe)."""
+    with pytest.raises(ValueError, match="model_type 'notatype' is not a model type transformers") as e:
+        build_model(ARCH, num_classes=3, config={"model_type": "notatype"})
+    assert len(str(e.value)) < 200
