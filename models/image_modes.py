@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# Bumped whenever how stored image files become tensors changes: what keeps rows read from such files
+# Bumped whenever how stored files (images, texts) become tensors changes: what keeps rows read from them
 # (the front's outputs, a version's test scores) keys by it, so nothing read the old way is mixed in.
-DECODING = 2  # 2: palette colours, 1-bit and 16-bit scaling, CMYK/YCbCr as RGB (stop 60)
+# 2: palette colours, 1-bit and 16-bit scaling, CMYK/YCbCr as RGB (stop 60); 3: texts truncated and padded
+# on the sides their tokenizer was saved with (stop 62), so scores kept from left-truncating tokenizers'
+# rows read on the right are not reused
+DECODING = 3
 
 # Modes read as another before their pixels are taken: one bit is not a byte, and CMYK or YCbCr values
 # are not RGB (a probe's 1-bit PNGs read as {0, 1/255}). Alpha stays a channel of its own, as before.

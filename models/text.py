@@ -159,20 +159,20 @@ def load_tokenizer(decl: TextFeatures) -> Any:
     pad_token, pad_id = _padding(tok, decl)
     # the sides the tokenizer was saved with: a client's, truncating on the left, was read on the right,
     # and a model that scored 100% on its data scored 24% in the service (a probe)
+    # Only the sides: a saved stride (question-answering tokenizers keep 128) overran a short max_length
+    # with a ValueError, and an "only_second" strategy failed every load of single texts (a review)
     trunc, pad = tok.truncation or {}, tok.padding or {}
-    tok.enable_truncation(
-        max_length=decl.max_length,
-        stride=int(trunc.get("stride", 0)),
-        strategy=str(trunc.get("strategy", "longest_first")),
-        direction=str(trunc.get("direction", "right")),
-    )
-    tok.enable_padding(
-        length=decl.max_length,
-        pad_id=pad_id,
-        pad_token=pad_token,
-        pad_type_id=int(pad.get("pad_type_id", 0)),
-        direction=str(pad.get("direction", "right")),
-    )
+    try:
+        tok.enable_truncation(max_length=decl.max_length, direction=str(trunc.get("direction", "right")))
+        tok.enable_padding(
+            length=decl.max_length,
+            pad_id=pad_id,
+            pad_token=pad_token,
+            pad_type_id=int(pad.get("pad_type_id", 0)),
+            direction=str(pad.get("direction", "right")),
+        )
+    except Exception as exc:  # noqa: BLE001 - the registrant's saved settings
+        raise TokenizerError(f"features.tokenizer {path.name}: its truncation or padding: {exc}") from None
     added = tok.num_special_tokens_to_add(False)
     if added >= decl.max_length:  # the tokenizers library then silently leaves every text unpadded
         raise TokenizerError(

@@ -280,3 +280,21 @@ def test_the_sides_a_tokenizer_was_saved_to_truncate_and_pad_on_are_kept(api: Ap
     texts = [t for t, _ in sentences(30, 0)]
     assert ds.x["input_ids"].tolist() == [e.ids for e in tok.encode_batch(texts)]
     assert ds.x["input_ids"][:, -1].tolist() != ds.x["input_ids"][:, 0].tolist()  # not all one token
+
+
+@pytest.mark.parametrize("saved", [{"stride": 128}, {"strategy": "only_second"}])
+def test_a_tokenizers_saved_stride_and_strategy_do_not_break_reading_single_texts(
+    api: Api, saved: dict[str, Any]
+) -> None:
+    """Only the saved sides are kept: a question-answering tokenizer's stride of 128 overran max_length 16
+    with a 500, and an "only_second" strategy registered, then failed every load (a review)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(api.data / "tokenizer.json"))
+    tok.enable_truncation(max_length=384, **saved)
+    tok.save(str(api.data / "saved.json"))
+    r = api.register("saved", "jsonl", "news.jsonl", {**TEXT, "tokenizer": "saved.json", "max_length": 6})
+    assert r.status_code == 201, r.text
+    with session_scope(api.settings.resolved_database_url) as s:
+        ds = load_registered(DatasetRef.of(s.get_one(Dataset, r.json()["id"])))
+    assert isinstance(ds.x, dict) and ds.x["input_ids"].shape == (30, 6)
