@@ -70,6 +70,7 @@ class JobContext:
     forgotten: set[str]
     time_limit_seconds: int | None  # the model's own; the service's limit bounds it
     retrain_above_share: float | None = None  # a deletion taking this share of what is left is retrained
+    retrain_above_class_share: float | None = None  # ... or this share of a class left, not all of it
     # the newest exact version's test scores (v1, or a retrain's since): the test-accuracy gate bounds the
     # drop from them too (workers.gates.check)
     reference_test: dict[str, Any] | None = None
@@ -164,6 +165,7 @@ class JobStore:
                 forgotten=set(forgotten),
                 time_limit_seconds=model.time_limit_seconds,
                 retrain_above_share=model.retrain_above_share,
+                retrain_above_class_share=model.retrain_above_class_share,
                 reference_test=reference,
             )
 

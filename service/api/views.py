@@ -119,6 +119,7 @@ def model_out(session: Session, m: Model) -> ModelOut:
         gates=m.gates,
         time_limit_seconds=m.time_limit_seconds,
         retrain_above_share=m.retrain_above_share,
+        retrain_above_class_share=m.retrain_above_class_share,
         heldout_dataset=m.heldout_dataset_id,
         train_samples=train_n or 0,
         test_samples=test_n or 0,

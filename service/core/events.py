@@ -201,6 +201,7 @@ POLICY_FIELDS = (
     "train_recipe",
     "time_limit_seconds",
     "retrain_above_share",
+    "retrain_above_class_share",
 )
 
 

@@ -137,6 +137,7 @@ def register_model(
     time_limit_seconds: int | None = None,
     heldout: Dataset | None = None,
     retrain_above_share: float | None = None,
+    retrain_above_class_share: float | None = None,
 ) -> Model:
     """Record a model and its v1 (the registered checkpoint) in the caller's transaction."""
     model = Model(
@@ -157,6 +158,7 @@ def register_model(
         fallback_methods=list(fallback_methods),
         time_limit_seconds=time_limit_seconds,
         retrain_above_share=retrain_above_share,
+        retrain_above_class_share=retrain_above_class_share,
     )
     session.add(model)
     session.flush()
@@ -229,8 +231,9 @@ def update_policy(session: Session, m: Model, changes: dict[str, Any], *, actor:
         m.train_recipe = changes["train_recipe"]
     if "time_limit_seconds" in changes:  # null goes back to the service's limit
         m.time_limit_seconds = changes["time_limit_seconds"]
-    if "retrain_above_share" in changes:  # null: never
-        m.retrain_above_share = changes["retrain_above_share"]
+    for share in ("retrain_above_share", "retrain_above_class_share"):  # null: never
+        if share in changes:
+            setattr(m, share, changes[share])
     # what changed, from what to what (the body sent had been recorded: a new method's params it dropped
     # were not); a PATCH that changed nothing is no event
     after = {f: copy.deepcopy(getattr(m, f)) for f in events.POLICY_FIELDS}

@@ -564,20 +564,21 @@ def test_a_policy_change_is_audited_as_what_changed_from_what_to_what(api: Api) 
     assert before["default_params"] == {"epochs": 1}
 
 
-def test_a_models_retrain_above_share_is_set_bounded_and_cleared(api: Api) -> None:
+@pytest.mark.parametrize("field", ["retrain_above_share", "retrain_above_class_share"])
+def test_a_models_retrain_share_is_set_bounded_and_cleared(api: Api, field: str) -> None:
     with session_scope(api.url) as s:
         admin = make_key(s, scopes=("admin",))
     url, h = "/v1/models/toy", api.auth(admin)
-    assert api.client.get(url, headers=h).json()["retrain_above_share"] is None  # never, by default
-    r = api.client.patch(url, json={"retrain_above_share": 0.25}, headers=h)
-    assert r.status_code == 200 and r.json()["retrain_above_share"] == 0.25
+    assert api.client.get(url, headers=h).json()[field] is None  # never, by default
+    r = api.client.patch(url, json={field: 0.25}, headers=h)
+    assert r.status_code == 200 and r.json()[field] == 0.25
     for bad in (0, 1.5, -0.1, "half"):
-        refused = api.client.patch(url, json={"retrain_above_share": bad}, headers=h)
+        refused = api.client.patch(url, json={field: bad}, headers=h)
         assert refused.status_code == 422, refused.text
-        assert refused.json()["errors"][0]["loc"] == ["body", "retrain_above_share"]
-    assert api.client.get(url, headers=h).json()["retrain_above_share"] == 0.25  # refusals changed nothing
-    r = api.client.patch(url, json={"retrain_above_share": None}, headers=h)
-    assert r.status_code == 200 and r.json()["retrain_above_share"] is None
+        assert refused.json()["errors"][0]["loc"] == ["body", field]
+    assert api.client.get(url, headers=h).json()[field] == 0.25  # refusals changed nothing
+    r = api.client.patch(url, json={field: None}, headers=h)
+    assert r.status_code == 200 and r.json()[field] is None
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,38 @@ def test_a_deletion_above_the_models_retrain_share_is_retrained_and_a_smaller_on
         assert said.endswith("retrain_above_share (0.05) of its training samples, so it alone was tried")
 
 
+def test_most_of_a_class_is_retrained_above_the_models_class_share_and_a_whole_class_is_not(
+    demo: Settings,
+) -> None:
+    """Unlearning leaves most of 90% of a class recognised on deep networks where a retrain forgets it: a
+    job that takes most of a class says so, and a model's retrain_above_class_share sends it to an exact
+    retrain. A class taken whole is forgotten as a retrain forgets it, and is unlearned whatever the
+    share."""
+    three, five, seven = (ungated_class(demo, c) for c in (3, 5, 7))
+    model_id, warned = submit(demo, three[: len(three) * 6 // 10])  # 60% of class 3, no policy set
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(retrain_above_class_share=0.5))
+    model_id, most = submit(demo, five[: len(five) * 6 // 10])  # 60% of class 5: retrained
+    assert process_model(demo, model_id) == "idle"
+    model_id, whole = submit(demo, [*seven, *three[-2:]])  # class 7 whole and 2 more rows of class 3
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        jobs = [s.get_one(Job, s.get_one(DeletionRequest, r).job_id) for r in (warned, most, whole)]
+        assert [j.state for j in jobs] == ["completed"] * 3, [j.error for j in jobs]
+        methods = [[a["method"] for a in j.metrics["attempts"]] for j in jobs]
+        assert methods == [["ugradsl_plus"], ["retrain"], ["ugradsl_plus"]]
+        said, share = jobs[0].metrics["attempts"][0].get("warnings", []), (len(three) * 6 // 10) / len(three)
+        assert any(f"took {share:.1%} of class 3" in w and "class_share" in w for w in said), said
+        assert jobs[1].metrics["data"]["retrained_above_class_share"] == {
+            "share": 0.5,
+            "class": 5,
+            "taken": round((len(five) * 6 // 10) / len(five), 6),
+        }
+        assert "retrained_above_class_share" not in jobs[2].metrics["data"]
+        assert not any("took" in w for w in jobs[2].metrics["attempts"][0].get("warnings", []))
+
+
 def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:
     ids = ungated_class(demo, 3)
     model_id, req_id = submit(demo, ids)

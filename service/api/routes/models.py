@@ -275,6 +275,7 @@ def register_model_route(
             fallback_methods=body.fallback_methods,
             time_limit_seconds=body.time_limit_seconds,
             retrain_above_share=body.retrain_above_share,
+            retrain_above_class_share=body.retrain_above_class_share,
         )
         session.commit()
     except IntegrityError as exc:
@@ -375,8 +376,8 @@ def _check_registrable(
 def update_model(
     model: str, body: ModelUpdate, session: SessionDep, settings: SettingsDep, key: Admin
 ) -> ModelOut:
-    """Method, params, fallback chain, gates, retrain recipe, job time limit or the share above which a
-    deletion is retrained; applies to jobs that start afterwards."""
+    """Method, params, fallback chain, gates, retrain recipe, job time limit or the shares (of what is
+    left, of a class) above which a deletion is retrained; applies to jobs that start afterwards."""
     m = get_model(session, key.tenant, model)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds, where="body")
     changes = body.model_dump(exclude_unset=True)

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.api.schemas.registry import RETRAIN_ABOVE_DOC
+from service.api.schemas.registry import RETRAIN_ABOVE_CLASS_DOC, RETRAIN_ABOVE_DOC
 
 
 class VersionOut(BaseModel):
@@ -39,6 +39,7 @@ class ModelOut(BaseModel):
         description="a job on this model is stopped after this many seconds (null: the service's limit)"
     )
     retrain_above_share: float | None = Field(description=RETRAIN_ABOVE_DOC)
+    retrain_above_class_share: float | None = Field(description=RETRAIN_ABOVE_CLASS_DOC)
     heldout_dataset: str | None = Field(
         description="the dataset the method calibrates on; null: half the test set does, the other half "
         "is scored"

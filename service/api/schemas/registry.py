@@ -216,6 +216,14 @@ RETRAIN_ABOVE_DOC = (
     "retrain re-initialises the network, so leave this unset for a model fine-tuned from pretrained "
     "weights; null = never"
 )
+RETRAIN_ABOVE_CLASS_DOC = (
+    "a deletion that takes at least this share of some class's training samples left, without taking "
+    "the class whole, is retrained exactly (the retrain method, on train_recipe) instead of unlearned: "
+    "a deep network retrained on a tenth of a class learns it far worse than the unlearning run's "
+    "estimate of a retrain says, and the run leaves most of such rows recognised (README, Where it "
+    "falls short); a class taken whole is forgotten as a retrain forgets it and is not counted; null = "
+    "never"
+)
 
 
 NOT_NULL = {  # what to send instead of null, per field of ModelUpdate
@@ -249,6 +257,7 @@ class ModelUpdate(BaseModel):
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
     retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
+    retrain_above_class_share: Share | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)
 
     @field_validator(
         "default_method", "default_params", "fallback_methods", "train_recipe", "gates", mode="before"
@@ -256,7 +265,7 @@ class ModelUpdate(BaseModel):
     @classmethod
     def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
         """A null (or an empty method name) here was taken for "no change", yet audited as a change (a
-        probe). null is meaningful for time_limit_seconds and retrain_above_share only."""
+        probe). null is meaningful for time_limit_seconds and the retrain shares only."""
         if value is None or value == "":
             what = NOT_NULL.get(info.field_name or "", "leave the field out")
             raise ValueError(f"cannot be {'null' if value is None else 'empty'}: {what}")
@@ -305,3 +314,4 @@ class ModelCreate(BaseModel):
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
     retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
+    retrain_above_class_share: Share | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)

@@ -139,6 +139,9 @@ class Model(Base):
     time_limit_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     # A deletion taking at least this share of the training samples left is retrained exactly (null: never).
     retrain_above_share: Mapped[float | None] = mapped_column(Float, default=None)
+    # A deletion taking at least this share of a class's training samples left, but not the class whole, is
+    # retrained exactly (null: never).
+    retrain_above_class_share: Mapped[float | None] = mapped_column(Float, default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
