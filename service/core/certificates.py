@@ -83,13 +83,19 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
         "metrics": result,
         "requested_at": _iso(req.created_at),
         "completed_at": _iso(req.completed_at),
-        "audit": _evidence(session, req, key),
+        "audit": _evidence(session, req, model, key),
         "issued_at": datetime.now(UTC).isoformat(),
     }
 
 
-def _evidence(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dict[str, Any] | None:
-    """The completion event, proved included in a signed tree head (the latest one, if it covers it)."""
+def _evidence(
+    session: Session, req: DeletionRequest, model: Model, key: Ed25519PrivateKey
+) -> dict[str, Any] | None:
+    """The completion event, proved included in a signed tree head (the latest one, if it covers it), and
+    the event that recorded the version the request completed on (its publication, or the model's
+    registration for v1), proved in the same head: the certificate's version, checkpoint hash, method,
+    params and metrics are read from tables an edit of the database changes, and only what the log holds
+    can show such an edit (a probe certified v1, the model that still held the samples)."""
     completed = select(AuditEvent).where(
         AuditEvent.tenant == req.tenant,
         AuditEvent.entity_id == req.id,
@@ -104,10 +110,39 @@ def _evidence(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) ->
         session.refresh(event)
     assert event.seq is not None
     size = head["tree_head"]["tree_size"]
-    return {
+    evidence = {
         "seq": event.seq,
         "event_hash": event.hash,
         "event": export_dict(event),
         "inclusion_proof": transparency.inclusion_proof(session, req.tenant, event.seq, size),
         "tree_head": head,
     }
+    recorded = _version_event(session, req, model)
+    if recorded is not None and recorded.seq is not None and recorded.seq <= size:
+        evidence["version_event"] = {
+            "event": export_dict(recorded),
+            "inclusion_proof": transparency.inclusion_proof(session, req.tenant, recorded.seq, size),
+        }
+    return evidence
+
+
+def _version_event(session: Session, req: DeletionRequest, model: Model) -> AuditEvent | None:
+    """The event that recorded the version the request completed on: `model_version.published`, or
+    `model.registered` for v1."""
+    if req.model_version is None:
+        return None
+    if req.model_version == 1:
+        action, entity = "model.registered", model.id
+    else:
+        action, entity = "model_version.published", f"{model.name}/v{req.model_version}"
+    return session.scalar(
+        select(AuditEvent)
+        .where(
+            AuditEvent.tenant == req.tenant,
+            AuditEvent.model_id == model.id,
+            AuditEvent.action == action,
+            AuditEvent.entity_id == entity,
+        )
+        .order_by(AuditEvent.seq)
+        .limit(1)
+    )

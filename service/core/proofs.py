@@ -55,11 +55,21 @@ BOUND_DIGESTS = ("sample_ids_sha256", "subject_ids_sha256")
 
 
 def verify_certificate_binding(certificate: dict[str, Any], event: dict[str, Any]) -> tuple[bool, str]:
-    """The certificate's sample and subject digests are those its completion event put in the log. An
-    event that records no digests (written before events carried them) binds nothing: (True, why)."""
+    """The certificate's tenant, job, version and sample and subject digests are those its completion
+    event put in the log. An event that records no digests (written before events carried them) binds
+    only the job and the version: (True, why)."""
     data = event.get("data") or {}
     if not isinstance(data, dict):
         return False, "the proved event's data is not an object"
+    after = certificate.get("version_after") or {}
+    stated = {
+        "tenant": (certificate.get("tenant"), event.get("tenant")),
+        "job": (certificate.get("job_id"), data.get("job_id", certificate.get("job_id"))),
+        "version": (after.get("version"), data.get("model_version", after.get("version"))),
+    }
+    for noun, (said, logged) in stated.items():
+        if said != logged:
+            return False, f"the certificate's {noun} ({said}) is not the one the audit log records ({logged})"
     bound = [k for k in BOUND_DIGESTS if k in data]
     if not bound:
         return True, "the event predates digest binding: the samples are bound by the signature only"
@@ -68,6 +78,47 @@ def verify_certificate_binding(certificate: dict[str, Any], event: dict[str, Any
             noun = "sample" if k.startswith("sample") else "subject"
             return False, f"the certificate's {noun} digest ({k}) differs from the one in the audit log"
     return True, "its sample and subject digests are those in the log"
+
+
+# What a certificate states of the version it names, and where the event that recorded that version holds
+# it: every version's checkpoint; the publication's method, params and metrics where the request's own job
+# published it (a request whose samples earlier jobs forgot completes on a version another job made).
+VERSION_FIELDS = {
+    "model.registered": ("checkpoint_sha256",),
+    "model_version.published": ("checkpoint_sha256", "method", "params", "metrics"),
+}
+
+
+def verify_version_binding(
+    certificate: dict[str, Any], evidence: dict[str, Any], head: dict[str, Any]
+) -> tuple[bool, str]:
+    """The certificate's ``version_after`` (and, where its job published it, its method, params and
+    metrics) is what the event that recorded that version put in the log: its publication, or the model's
+    registration for v1, proved included in ``head`` (the unsigned part) beside the completion event."""
+    event, after = evidence.get("event") or {}, certificate.get("version_after") or {}
+    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    fields = VERSION_FIELDS.get(str(event.get("action")))
+    if fields is None or data.get("version") != after.get("version"):
+        return False, f"the proved version event does not record {after.get('version')}"
+    if event.get("tenant") != certificate.get("tenant"):
+        return False, "the proved version event is another tenant's"
+    if not verify_inclusion_proof(event, evidence.get("inclusion_proof") or {}, head):
+        return False, "the version event's inclusion proof does not lead to the signed head's root"
+    published = (certificate.get("version_before") or {}).get("version") != after.get("version")
+    stated = {
+        "checkpoint_sha256": after.get("checkpoint_sha256"),
+        "method": certificate.get("method"),
+        "params": certificate.get("params"),
+        "metrics": certificate.get("metrics"),
+    }
+    for k in fields if published else fields[:1]:
+        logged = data.get(k)
+        said = stated[k]
+        if k == "metrics" and isinstance(logged, dict) and isinstance(said, dict):
+            logged = {m: logged.get(m) for m in said}  # the version's record keeps a few more
+        if said != logged:
+            return False, f"the certificate's {k} is not what the log recorded for {after.get('version')}"
+    return True, f"{after.get('version')}'s checkpoint{', method and metrics' if published else ''} as logged"
 
 
 def ids_sha256(ids: list[str]) -> str:

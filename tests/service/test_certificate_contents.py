@@ -73,3 +73,58 @@ def test_a_request_whose_samples_an_earlier_job_forgot_is_summed_up_with_the_ver
     assert _versions(cert) == "v2 (no new version: earlier jobs forgot them, 1 in v2)"
     published = dict(cert, version_before={"version": "v1"})
     assert _versions(published) == "v1 -> v2"
+
+
+def test_a_certificate_is_bound_to_the_version_checkpoint_and_method_its_log_records(db_url: str) -> None:
+    """A certificate is built from tables when it is asked for; a probe edited them (the request's version
+    set back to v1, the version's checkpoint hash, the job's method) and every such certificate verified.
+    The log's completion and publication events, proved in the same head, now say otherwise."""
+    from service.cli.audit_log import certificate_evidence
+    from service.core import events
+    from service.core.db.tables import ModelVersion
+    from service.core.signing import public_key_b64, sign_document
+
+    key = Ed25519PrivateKey.generate()
+    with session_scope(db_url) as s:
+        model = make_model(s, name="toy")
+        req = submit_request(s, model, ["toy-0001", "toy-0002"])
+        job = claim(s, model)
+        job.method, job.params, job.metrics = "ugradsl_plus", {"lr": 0.03}, {"result": {"test_accuracy": 0.9}}
+        number = publish_version(s, model, ["toy-0001", "toy-0002"], job_id=job.id)
+        version = s.query(ModelVersion).filter_by(model_id=model.id, number=number).one()
+        version.metrics = {"test_accuracy": 0.9, "test_scores_sha256": "ab"}
+        events.version_published(s, model, version, method=job.method, params=job.params)
+        jobs.close(s, job, JobState.COMPLETED, result_version=number)
+
+    def verified() -> tuple[bool, str]:
+        with session_scope(db_url) as s:
+            cert = certificates.build(s, s.get_one(DeletionRequest, req.id), key)
+        return certificate_evidence(sign_document(key, cert), public_key_b64(key))
+
+    ok, why = verified()
+    assert ok and "v2's checkpoint, method and metrics as logged" in why, why
+    edits = [
+        (DeletionRequest, "model_version", 1, "the certificate's version (v1) is not the one the audit"),
+        (ModelVersion, "sha256", "0" * 64, "the certificate's checkpoint_sha256 is not what the log"),
+        (Job, "method", "retrain", "the certificate's method is not what the log recorded for v2"),
+        (Job, "metrics", {"result": {"test_accuracy": 1.0}}, "the certificate's metrics is not what"),
+    ]
+
+    def edit(s: Session, table: type, column: str, value: object) -> object:
+        row = (
+            s.query(ModelVersion).filter_by(number=number).one()
+            if table is ModelVersion
+            else s.get_one(table, req.id if table is DeletionRequest else job.id)
+        )
+        kept = getattr(row, column)
+        setattr(row, column, value)
+        return kept
+
+    for table, column, value, says in edits:
+        with session_scope(db_url) as s:
+            kept = edit(s, table, column, value)
+        ok, why = verified()
+        assert not ok and why.startswith(says), (column, why)
+        with session_scope(db_url) as s:
+            edit(s, table, column, kept)
+    assert verified()[0]

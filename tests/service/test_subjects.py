@@ -38,7 +38,7 @@ from service.core.registry import register_dataset, register_model
 from service.core.settings import Settings
 from service.core.signing import public_key_b64, sign_document, verify_document
 from service.core.states import JobState
-from tests.factories import make_key, make_model
+from tests.factories import make_key, make_model, publish_version
 from tests.helpers import migrated
 from workers import claims
 
@@ -466,11 +466,14 @@ def test_idempotency_covers_the_subjects(api: Api) -> None:
 
 def complete(api: Api, request_id: str) -> dict[str, Any]:
     """Close the request's job as completed (as a worker would) and fetch its signed certificate."""
+    req = stored(api, request_id)
     with session_scope(api.url) as s:
-        model = s.get_one(Model, stored(api, request_id).model_id)
+        model = s.get_one(Model, req.model_id)
         job = claims.claim_pending(s, model)
         assert job is not None
-        jobs.close(s, job, JobState.COMPLETED, result_version=2)
+        job.base_version = model.latest_version
+        number = publish_version(s, model, list(req.sample_ids), job_id=job.id)
+        jobs.close(s, job, JobState.COMPLETED, result_version=number)
     r = api.client.get(f"/v1/deletion-requests/{request_id}/certificate", headers=api.auth())
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -526,7 +529,9 @@ def test_a_certificate_without_subjects_still_verifies(api: Api) -> None:
     old = {k: v for k, v in cert.items() if k not in ("subject_count", "subject_ids_sha256")}
     assert certificate_evidence(sign_document(signing_key(api), old), trusted)[0]
     # An event written before events carried digests binds nothing beyond the signature.
-    event = dict(cert["audit"]["event"], data={"job_id": "j", "model_version": "v2", "error": None})
+    event = dict(
+        cert["audit"]["event"], data={"job_id": cert["job_id"], "model_version": "v2", "error": None}
+    )
     ok, why = proofs.verify_certificate_binding(old, event)
     assert ok and "predates" in why
 
