@@ -33,6 +33,29 @@ def _root(session: Session, tenant: str, size: int) -> bytes:
     return merkle.subtree_from(audit.nodes(session, tenant, parts))(0, size)
 
 
+def stored_tree_problem(
+    session: Session, tenant: str, size: int, root_hex: str, key: Ed25519PrivateKey
+) -> str | None:
+    """What is wrong with what proofs and heads are built from, where the events themselves verify: the
+    stored subtree hashes must give the root the events give, and the latest head must carry this key's
+    signature. A probe zeroed a stored node and inserted a head signed "AAAA": the check said ok, and
+    certificates issued then failed their proofs."""
+    try:
+        stored = _root(session, tenant, size).hex()
+    except (KeyError, ValueError) as exc:  # a node missing: the tree cannot be rebuilt
+        return f"the stored Merkle tree cannot be rebuilt over {size} events ({exc})"
+    if stored != root_hex:
+        return f"the stored Merkle tree's root over {size} events is not the one the events give"
+    head = latest_head(session, tenant)
+    if head is not None:
+        from service.core.proofs import verify_head  # proofs imports nothing of the database
+
+        ok, why = verify_head(head, public_key_b64(key))
+        if not ok:
+            return f"the latest signed tree head does not verify: {why}"
+    return None
+
+
 def _signed(row: AuditHead) -> dict[str, Any]:
     head = {
         "type": HEAD_TYPE,

@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, inspect, select, update
 
 from service.api.app import create_app
+from service.core import merkle
 from service.core.db.engine import session_scope
-from service.core.db.tables import AuditEvent, DeletionRequest
+from service.core.db.tables import AuditEvent, AuditHead, AuditNode, DeletionRequest
 from service.core.settings import Settings
 from tests.conftest import Backend
 from tests.factories import make_key, make_model
@@ -127,6 +128,44 @@ def test_audit_verify_names_the_first_edited_event(live: Live) -> None:
             seq = victim.seq
         report = c.get("/v1/audit/verify").json()
     assert report["ok"] is False and report["first_broken_seq"] == seq
+
+
+def test_audit_verify_checks_the_stored_tree_and_the_head_and_signs_nothing_over_a_broken_chain(
+    live: Live,
+) -> None:
+    """A probe zeroed a stored tree node and inserted a head signed "AAAA": verify said ok (and proofs
+    built from the tree then failed); an event whose seq it cleared was sequenced again and signed over."""
+    with live.client() as c:
+        for i in range(3):
+            c.post("/v1/models/toy/deletion-requests", json={"sample_ids": [f"toy-00{i}1"]})
+        size = c.get("/v1/audit/verify").json()["events"]
+        lo, hi = merkle.perfect_parts(0, size)[0]  # the largest stored subtree the root is built from
+
+        def edited(table: type, where: object, **values: object) -> dict[str, object]:
+            with session_scope(live.db) as s:
+                row = s.scalars(select(table).where(where)).first()  # type: ignore[arg-type]
+                key, kept = inspect(row).identity, {k: getattr(row, k) for k in values}
+                for k, v in values.items():
+                    setattr(row, k, v)
+            report = c.get("/v1/audit/verify").json()
+            with session_scope(live.db) as s:
+                row = s.get_one(table, key)
+                for k, v in kept.items():
+                    setattr(row, k, v)
+            return dict(report)
+
+        level, idx = (hi - lo).bit_length() - 1, lo // (hi - lo)
+        node = edited(AuditNode, (AuditNode.level == level) & (AuditNode.idx == idx), hash="0" * 64)
+        assert node["ok"] is False and "stored Merkle tree's root" in str(node["detail"]), node
+        with session_scope(live.db) as s:
+            heads = s.scalar(select(func.count()).select_from(AuditHead))
+        head = edited(AuditHead, AuditHead.tree_size > 0, signature="AAAA")
+        assert head["ok"] is False and "head does not verify" in str(head["detail"]), head
+        unsequenced = edited(AuditEvent, AuditEvent.seq == 2, seq=None)
+        assert unsequenced["ok"] is False and unsequenced["first_broken_seq"] == 3, unsequenced
+        with session_scope(live.db) as s:
+            assert s.scalar(select(func.count()).select_from(AuditHead)) == heads  # none signed over it
+        assert c.get("/v1/audit/verify").json()["ok"] is True
 
 
 def test_request_listing_paginates_without_gaps_or_repeats(live: Live) -> None:

@@ -127,9 +127,29 @@ def export_audit(
 )
 def verify_audit(request: Request, session: SessionDep, key: AuditReader) -> dict[str, Any]:
     """Checks the stored log against itself and against the latest signed head. A client that kept a
-    head of its own checks it without trusting this answer: `unlearn audit verify --head FILE`."""
-    _sequence_and_sign(request, session, key.tenant)
-    return audit.verify_chain(session, key.tenant, transparency.latest_head(session, key.tenant))
+    head of its own checks it without trusting this answer: `unlearn audit verify --head FILE`.
+
+    The sequenced events are checked before new ones are sequenced and a head is signed over them: a
+    probe's event whose seq was cleared was sequenced again at the end, and a new head signed over the
+    broken chain. Rows that cannot be read back (data that is not JSON, a missing tree node) are a failed
+    check saying so, not a 500."""
+    tenant = key.tenant
+    try:
+        report = audit.verify_chain(session, tenant, transparency.latest_head(session, tenant))
+        if report["ok"]:
+            _sequence_and_sign(request, session, tenant)
+            report = audit.verify_chain(session, tenant, transparency.latest_head(session, tenant))
+        if report["ok"]:
+            signer = request.app.state.signing_key
+            problem = transparency.stored_tree_problem(
+                session, tenant, report["events"], report["root_hash"], signer
+            )
+            if problem is not None:
+                report |= {"ok": False, "detail": problem}
+    except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        session.rollback()
+        return {"ok": False, "detail": f"the stored log cannot be read back: {type(exc).__name__}: {exc}"}
+    return report
 
 
 def _sequence_and_sign(request: Request, session: SessionDep, tenant: str) -> None:
