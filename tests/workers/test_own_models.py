@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from torch import nn
 
 from service.core.db.engine import session_scope
-from service.core.db.tables import AuditEvent, Model
+from service.core.db.tables import AuditEvent, Model, ModelVersion
 from service.core.settings import Settings
 from tests.factories import make_key
 from tests.helpers import wait_until
@@ -152,6 +152,11 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
     refused = http.get(url, headers={"Range": f"bytes={size + 10}-"})
     assert refused.status_code == 416 and refused.headers["content-type"] == "application/problem+json"
     assert refused.headers["content-range"] == f"bytes */{size}"
+    # a set is satisfiable if any member is (RFC 9110 14.1.1); only ASCII digits are read (a review)
+    some = http.get(url, headers={"Range": f"bytes=2-9, {size + 10}-"})
+    assert (some.status_code, some.content) == (206, r.content[2:10])
+    for unreadable in ("bytes=--5", "bytes=1_0-2_0", "bytes=+2-9"):
+        assert http.get(url, headers={"Range": unreadable}).content == r.content, unreadable
     # a range on a file that changed since (If-Range no longer matches) is the whole file, not a refusal
     for wanted in (f"bytes={size + 10}-", "bytes=2-9"):
         changed = http.get(url, headers={"Range": wanted, "If-Range": '"an-old-etag"'})
@@ -184,6 +189,15 @@ def test_an_own_model_is_registered_validated_unlearned_and_published_loadable_b
     ahead = "Fri, 01 Jan 2100 00:00:00 GMT"  # a client's clock, not our date: ignored
     assert http.get(url, headers={"If-Modified-Since": ahead}).content == r.content
     (tmp_path / "v2.safetensors").write_bytes(r.content)
+    # v1's weights copied over v2's file: refused, not served under v2's digest (a probe)
+    with session_scope(app.settings.resolved_database_url) as s:
+        where = (ModelVersion.model_id == mid, ModelVersion.number == 2)
+        stored = Path(s.scalars(select(ModelVersion.checkpoint_uri).where(*where)).one())
+    stored.write_bytes(exported(v1_module, tmp_path / "v1-again.safetensors"))
+    swapped = http.get(url)
+    assert swapped.status_code == 409 and "changed on storage since it was published" in swapped.text
+    stored.write_bytes(r.content)
+    assert http.get(url).content == r.content
     v2_module = plain(architecture)
     load_model(v2_module, str(tmp_path / "v2.safetensors"), strict=True)  # the plain builder, strictly
     changed = [k for k, v in v2_module.state_dict().items() if not torch.equal(v, v1_module.state_dict()[k])]

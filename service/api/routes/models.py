@@ -13,7 +13,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service.api.deps import Admin, CeleryDep, JobsReader, RequestReader, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
-from service.api.files import CheckpointFile
+from service.api.files import CheckpointFile, stored_sha256
 from service.api.pagination import decode_cursor, encode_cursor
 from service.api.schemas.common import Page
 from service.api.schemas.datasets import SampleOut
@@ -179,6 +179,11 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
     path = Path(v.checkpoint_uri)
     if not path.is_file():
         raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage")
+    if (stored := stored_sha256(path)) != v.sha256:
+        raise Conflict(
+            f"the checkpoint file of {m.name}/v{v.number} changed on storage since it was published (sha256 "
+            f"{stored[:16]}..., recorded {v.sha256[:16]}...); refusing to serve it: restore it from a backup"
+        )
     return CheckpointFile(
         path,
         media_type="application/octet-stream",
