@@ -1,5 +1,5 @@
 // The request page's certificate: the signed deletion certificate's facts, a JSON download and how to verify it.
-import { saveJson } from "./api.js";
+import { download } from "./api.js";
 import { el } from "./dom.js";
 import { METRICS, fmt, short, when } from "./format.js";
 import { dl } from "./widgets.js";
@@ -32,7 +32,13 @@ export function certificateView(signed) {
     el(
       "div",
       { class: "actions" },
-      el("button", { type: "button", onclick: () => saveJson(signed, `certificate-${c.request_id}.json`) }, "Download certificate (JSON)"),
+      // The server's bytes, not JSON.stringify of them: JavaScript writes 16.0 as 16, and the signature is
+      // over the canonical JSON of the numbers as sent, so a re-serialised certificate never verified (a probe).
+      el(
+        "button",
+        { type: "button", onclick: () => download(`/v1/deletion-requests/${encodeURIComponent(c.request_id)}/certificate`, `certificate-${c.request_id}.json`) },
+        "Download certificate (JSON)",
+      ),
     ),
     el(
       "p",

@@ -6,6 +6,7 @@ Screenshots land in each test's tmp_path; with SAVE_SCREENSHOTS=1 they are also 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -333,6 +334,17 @@ def test_search_by_reference_finds_a_request_and_shows_its_signed_certificate(
     expect(certificate).to_contain_text(cert["certificate"]["version_after"]["checkpoint_sha256"])
     expect(certificate).to_contain_text(cert["signature"]["public_key"])
     save_screenshot(page, tmp_path, "dashboard-certificate.png")
+    # The download verifies offline: a re-serialised one (16.0 written as 16) never did (a probe).
+    with page.expect_download() as info:
+        page.click("text=Download certificate (JSON)")
+    saved = tmp_path / "certificate.json"
+    info.value.save_as(saved)
+    from service.cli.audit_log import certificate_evidence
+    from service.core.signing import verify_document
+
+    signed = json.loads(saved.read_text())
+    assert verify_document(signed, cert["signature"]["public_key"]) == (True, "signature valid")
+    assert certificate_evidence(signed, cert["signature"]["public_key"])[0]
 
     # Searching by the request's id finds it too.
     go(page, "#/requests")
