@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,6 +18,7 @@ from service.api.observability import HttpMetrics
 from service.api.ratelimit import make_limiter
 from service.api.routes import audit, dashboard, datasets, deletion_requests, health, jobs, keys, models
 from service.api.routes.webhooks import router as webhook_secrets_router
+from service.api.unicode import utf8_json_body
 from service.core.db.engine import reader_for, sessionmaker_for
 from service.core.deletions import IntakePolicy
 from service.core.lifetimes import die_with_api_supervisor
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Unlearning service",
         version="0.1.0",
         description="Make a deployed classifier forget training samples on request, and prove it.",
+        dependencies=[Depends(utf8_json_body)],
     )  # no app-wide max_body_size: FastAPI checks it outside every middleware, with a plain-text 413
     app.state.settings = settings
     # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).

@@ -4,6 +4,7 @@ becomes one `application/problem+json` body (RFC 9457), so no route builds error
 from __future__ import annotations
 
 import email.message
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -121,10 +122,22 @@ def _allowed(request: Request) -> list[str]:
     return sorted(methods)
 
 
+class ProblemResponse(JSONResponse):
+    """A problem body that renders whatever text it echoes: a message naming a lone surrogate a client
+    sent (a params key "\\ud800") failed UTF-8 encoding and became a 500; such a body is written with
+    ASCII escapes instead, which any JSON parser reads back to the same text."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = problem_body(status, title, detail, **extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return ProblemResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def too_large(limit: int | None) -> JSONResponse:
@@ -153,7 +166,7 @@ def unreadable_json(cause: BaseException | None) -> str | None:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        return JSONResponse(domain_problem(exc), status_code=exc.status, media_type=PROBLEM)
+        return ProblemResponse(domain_problem(exc), status_code=exc.status, media_type=PROBLEM)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.orm import Session
 
+from service.api.unicode import unencodable_at
 from service.core.errors import Unprocessable
 
 
@@ -31,7 +32,8 @@ def decode_cursor(cursor: str, arity: int, kind: type = str) -> list[Any]:
         raise Unprocessable(BAD_CURSOR)
     for v in values:
         ok = type(v) is kind and (
-            (isinstance(v, int) and -(2**31) <= v < 2**31) or (isinstance(v, str) and "\x00" not in v)
+            (isinstance(v, int) and -(2**31) <= v < 2**31)
+            or (isinstance(v, str) and "\x00" not in v and unencodable_at(v) is None)
         )
         if not ok:
             raise Unprocessable(BAD_CURSOR)

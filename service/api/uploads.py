@@ -12,6 +12,7 @@ from fastapi import UploadFile
 from pydantic import TypeAdapter, ValidationError
 
 from service.api.schemas.registry import Features, ModelCreate
+from service.api.unicode import refuse_unencodable
 from service.core.errors import Unprocessable
 from service.core.model_specs import check_safetensors
 
@@ -30,9 +31,12 @@ def _no_constants(name: str) -> Any:
 
 def parse_model_spec(raw: str) -> ModelCreate:
     try:
-        return ModelCreate.model_validate(json.loads(raw, parse_constant=_no_constants))
+        value = json.loads(raw, parse_constant=_no_constants)
     except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
         raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
+    refuse_unencodable(value, "spec")
+    try:
+        return ModelCreate.model_validate(value)
     except ValidationError as exc:
         errors = [{"loc": ["spec", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise Unprocessable("invalid model spec", errors=errors) from exc
@@ -43,9 +47,12 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
     try:
-        decl = _FEATURES.validate_python(json.loads(raw, parse_constant=_no_constants))
+        value = json.loads(raw, parse_constant=_no_constants)
     except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
         raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
+    refuse_unencodable(value, "features")
+    try:
+        decl = _FEATURES.validate_python(value)
     except ValidationError as exc:
         errors = [
             {"loc": ["features", *_untagged(e["loc"])], "msg": e["msg"], "type": e["type"]}
@@ -81,6 +88,7 @@ def with_uploaded_config(body: ModelCreate, upload: UploadFile) -> ModelCreate:
         ) from exc
     if not isinstance(config, dict):
         raise Unprocessable("`config` must be a JSON object (a config.json)", field="config")
+    refuse_unencodable(config, "config")
     return body.model_copy(update={"arch_kwargs": {**body.arch_kwargs, "config": config}})
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
 from service.api.app import create_app, served_app
+from service.api.pagination import encode_cursor
 from service.api.views import PENDING_COUNT_CAP
 from service.cli.audit_log import cmd_audit_verify
 from service.cli.client import Client as CliClient
@@ -562,6 +563,32 @@ def test_a_policy_change_is_audited_as_what_changed_from_what_to_what(api: Api) 
             "default_params": {"from": before["default_params"], "to": {}},
         }
     assert before["default_params"] == {"epochs": 1}
+
+
+def test_a_lone_surrogate_in_a_json_body_or_a_cursor_is_a_422_naming_where(api: Api) -> None:
+    """JSON's \\ud800 escapes decode to text UTF-8 cannot write: a params key was a 500 (its error echoed
+    it), and a cursor holding one was a 500 from the database (a probe)."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    h = {**api.auth(admin), "Content-Type": "application/json"}
+    r = api.client.patch("/v1/models/toy", content=b'{"default_params": {"\\ud800": 1}}', headers=h)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body", "default_params", "'\\ud800'"]
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests",
+        content=b'{"sample_ids": ["toy-0001"], "reference": "x\\udc00"}',
+        headers=h,
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "reference"], r.text
+    cursor = encode_cursor("2026-01-01T00:00:00+00:00", "\ud800")
+    r = api.client.get("/v1/deletion-requests", params={"cursor": cursor}, headers=api.auth())
+    assert r.status_code == 422 and "invalid cursor" in r.json()["detail"]
+    r = api.client.post(  # a valid pair is one character: accepted
+        "/v1/models/toy/deletion-requests",
+        content=b'{"sample_ids": ["toy-0001"], "reference": "\\ud83d\\ude00"}',
+        headers=h,
+    )
+    assert r.status_code == 202 and r.json()["reference"] == "\U0001f600", r.text
 
 
 @pytest.mark.parametrize("field", ["retrain_above_share", "retrain_above_class_share"])

@@ -419,3 +419,25 @@ def test_text_sets_tokenized_by_different_tokenizers_are_a_422(api: Api) -> None
     with session_scope(api.url) as s:
         s.get_one(Dataset, api.datasets["test"]).features = s.get_one(Dataset, api.datasets["train"]).features
     assert api.register(heldout_dataset=api.datasets["heldout"]).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"arch_kwargs": {"\ud800": 1}}, "arch_kwargs"),
+        ({"default_params": {"lr": "\udc00"}}, "default_params"),
+        ({"train_recipe": {"x\ud800": 1}}, "train_recipe"),
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_spec_is_a_422_and_the_audit_log_goes_on(
+    api: Api, spec: dict[str, Any], field: str
+) -> None:
+    """A probe's arch_kwargs key "\\ud800" was registered, and its tenant's audit log could no longer be
+    sequenced (UTF-8 cannot encode the key): verify, export and every certificate were 500s."""
+    r = api.register(**spec)
+    assert r.status_code == 422, r.text
+    assert "lone UTF-16 surrogate" in r.json()["detail"]
+    assert r.json()["errors"][0]["loc"][:2] == ["spec", field]
+    assert "m" not in api.model_names()
+    assert api.register().status_code == 202
+    assert api.client.get("/v1/audit/verify").json()["ok"] is True
