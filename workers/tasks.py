@@ -23,7 +23,7 @@ from service.core.queue import (
     send_validate_model,
 )
 from service.core.settings import Settings, get_settings
-from service.core.signing import load_or_create_key
+from service.core.signing import load_key, public_key_b64
 from workers import claims, courier, storage, validate
 from workers.celery_app import app
 from workers.orchestrate import process_model
@@ -102,14 +102,40 @@ def sign_audit_heads() -> int:
     """Sequence each tenant's new audit events and sign a tree head over them, so a head a client fetches
     is never far behind the log. Returns how many heads were signed. A shutdown stops it between batches
     of events (`transparency.sequence_and_sign`)."""
-    settings = get_settings()
-    key = load_or_create_key(settings.signing_key_path)
-    with session_scope(settings.resolved_database_url) as s:
+    return sign_heads(get_settings())
+
+
+def sign_heads(settings: Settings) -> int:
+    """``sign_audit_heads`` on ``settings``: with the key the API created, never one of the worker's own, and
+    only for a tenant whose latest head that key signed."""
+    url = settings.resolved_database_url
+    try:
+        key = load_key(settings.signing_key_path)
+    except (OSError, ValueError) as exc:  # the API creates it; a worker never makes one of its own
+        log.error(
+            "no audit heads signed: cannot read the signing key %s (%s)", settings.signing_key_path, exc
+        )
+        return 0
+    with session_scope(url) as s:
         tenants = list(s.scalars(select(AuditEvent.tenant).where(AuditEvent.seq.is_(None)).distinct()))
     signed = 0
-    for tenant in tenants:
-        if transparency.sequence_and_sign(settings.resolved_database_url, key, tenant, shutting_down):
-            signed += 1
+    for tenant in tenants:  # one tenant's failure is logged and the others go on
+        try:
+            with session_scope(url) as s:
+                earlier = transparency.latest_head(s, tenant)
+            if earlier is not None and earlier["signature"]["public_key"] != public_key_b64(key):
+                log.error(
+                    "tenant %s: no head signed: the key at %s is not the one its heads were signed with "
+                    "(%s...); restore that key",
+                    tenant,
+                    settings.signing_key_path,
+                    earlier["signature"]["public_key"][:12],
+                )
+                continue
+            if transparency.sequence_and_sign(url, key, tenant, shutting_down):
+                signed += 1
+        except Exception:
+            log.exception("tenant %s: its audit events could not be sequenced and signed", tenant)
     return signed
 
 

@@ -5,6 +5,7 @@ rewrites the database consistently (chain, leaves and tree recomputed) but has n
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 from service.core import audit, proofs, transparency
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent, AuditNode
-from service.core.signing import public_key_b64
+from service.core.settings import Settings
+from service.core.signing import load_or_create_key, public_key_b64
 from tests.factories import make_model
 
 TENANT = "default"
@@ -207,3 +209,26 @@ def test_sequencing_in_batches_stops_when_asked_and_keeps_the_batches_it_committ
     assert _unsequenced(db_url) == 0
     with session_scope(db_url) as s:
         assert audit.verify_chain(s, TENANT, head)["ok"]
+
+
+def test_a_worker_signs_heads_with_the_apis_key_only_and_never_makes_one(db_url: str, tmp_path: Path) -> None:
+    """A worker that found the key file gone made a key of its own and signed heads with it; every
+    certificate the API signed then failed against its published key (a probe). A tenant whose head
+    another key signed is skipped, and one tenant's failure does not stop the others."""
+    from workers.tasks import sign_heads
+
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), DATABASE_URL=db_url)  # type: ignore[call-arg]
+    log_with_events(db_url, 2)
+    assert sign_heads(settings) == 0 and not settings.signing_key_path.exists()  # none made, none signed
+    key = load_or_create_key(settings.signing_key_path)  # as the API does at its start
+    assert sign_heads(settings) == 1
+    with session_scope(db_url) as s:
+        audit.record(s, tenant=TENANT, actor="test", action="test.event", entity_type="t", entity_id="x")
+        audit.record(s, tenant="other", actor="test", action="test.event", entity_type="t", entity_id="y")
+    settings.signing_key_path.unlink()
+    swapped = load_or_create_key(settings.signing_key_path)  # another key behind the service's back
+    assert sign_heads(settings) == 1  # the other tenant, new, is signed; this one's head is not
+    with session_scope(db_url) as s:
+        kept, other = (transparency.latest_head(s, t) for t in (TENANT, "other"))
+    assert kept is not None and kept["signature"]["public_key"] == public_key_b64(key)
+    assert other is not None and other["signature"]["public_key"] == public_key_b64(swapped)
