@@ -329,7 +329,7 @@ def load_text(kind: str, path: str | Path, features: Features) -> SampleDataset:
         decl = TextFeatures.from_dict(features)
     records = text.read_records(kind, path)
     tok = text.load_tokenizer(decl)
-    ids, mask = text.encode(tok, [r.text for r in records])
+    ids, mask = text.encode(tok, [r.text for r in records], [r.line for r in records])
     n = len(records)
     x = {
         "input_ids": torch.tensor(ids, dtype=torch.long).reshape(n, decl.max_length),

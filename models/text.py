@@ -87,7 +87,18 @@ def _record(line: int, raw: dict[str, Any], *, from_csv: bool) -> TextRecord | s
     subject = raw.get("subject_id")
     if subject is not None and not isinstance(subject, str):
         return f"subject_id must be a string or null, got {subject!r}"
+    for field, value in (("sample_id", sid), ("text", text), ("subject_id", subject or "")):
+        if not _utf8(value):  # JSON's \ud800 escapes: the tokenizer refused the text in an opaque TypeError
+            return f"{field} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair)"
     return TextRecord(line, sid, text, label, subject or None)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, TextRecord | str]]:
@@ -195,7 +206,30 @@ def _padding(tok: Any, decl: TextFeatures) -> tuple[str, int]:
     return pad, int(pad_id)
 
 
-def encode(tok: Any, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """(input_ids, attention_mask), each ``len(texts)`` lists of exactly ``max_length`` ints."""
-    encodings = tok.encode_batch(texts)
+def encode(
+    tok: Any, texts: list[str], lines: list[int] | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(input_ids, attention_mask), each ``len(texts)`` lists of exactly ``max_length`` ints. A tokenizer
+    that fails on a text is a TokenizerError naming its line (``lines``, one per text): a probe's
+    pre-tokenizer regex made the tokenizers library panic, a BaseException that no ``except Exception``
+    caught, and the worker process died three times on one registration."""
+    try:
+        encodings = tok.encode_batch(texts)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        at = _first_failing(tok, texts)
+        where = f"line {lines[at]}" if lines is not None and at is not None else "a text"
+        raise TokenizerError(f"the tokenizer failed on {where}: {type(exc).__name__}: {exc}") from None
     return [e.ids for e in encodings], [e.attention_mask for e in encodings]
+
+
+def _first_failing(tok: Any, texts: list[str]) -> int | None:
+    for i, t in enumerate(texts):
+        try:
+            tok.encode(t)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 - as in ``encode``
+            return i
+    return None

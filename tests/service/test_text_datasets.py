@@ -298,3 +298,25 @@ def test_a_tokenizers_saved_stride_and_strategy_do_not_break_reading_single_text
     with session_scope(api.settings.resolved_database_url) as s:
         ds = load_registered(DatasetRef.of(s.get_one(Dataset, r.json()["id"])))
     assert isinstance(ds.x, dict) and ds.x["input_ids"].shape == (30, 6)
+
+
+def test_a_tokenizer_that_panics_on_a_text_is_an_error_naming_its_line(api: Api) -> None:
+    """The tokenizers library panics (pyo3's PanicException, a BaseException) where a pre-tokenizer's
+    regex backtracks too far: a probe's registration killed the worker process three times. A text that
+    holds a lone surrogate is named by its line too (it was an opaque TypeError from the tokenizer)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    from models.text import TokenizerError
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "a": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(a|aa)+b"), behavior="isolated")
+    tok.save(str(api.data / "panics.json"))
+    write_jsonl(api.data / "panics.jsonl", [("a b", 0), ("a", 1), ("a" * 60 + "c", 0)], "p")
+    r = api.register("panics", "jsonl", "panics.jsonl", {**TEXT, "tokenizer": "panics.json"})
+    assert r.status_code == 201, r.text
+    with session_scope(api.settings.resolved_database_url) as s, pytest.raises(TokenizerError) as failed:
+        load_registered(DatasetRef.of(s.get_one(Dataset, r.json()["id"])))
+    assert "the tokenizer failed on line 3: PanicException" in str(failed.value)
+    (api.data / "lone.jsonl").write_text('{"sample_id": "l-0", "text": "x\\udc00", "label": 0}\n')
+    r = api.register("lone", "jsonl", "lone.jsonl")
+    assert r.status_code == 422 and "line 1: text holds a lone UTF-16 surrogate" in r.json()["detail"], r.text
