@@ -303,7 +303,21 @@ def test_a_folder_whose_file_is_a_symlink_out_of_the_data_roots_is_refused(
         (leaky / swapped).symlink_to(elsewhere / swapped)
         r = c.post("/v1/datasets", json={"name": "leaky", "kind": kind, "uri": str(leaky)})
         assert r.status_code == 422, r.text
-        assert "resolve outside the data roots" in r.json()["detail"] and swapped in r.json()["detail"]
+        assert "resolves to outside the data roots" in r.json()["detail"] and swapped in r.json()["detail"]
+        # refused before a file is read: a probe's outside shard had its label quoted back
+        assert "label" not in r.json()["detail"]
+        (leaky / swapped).unlink()  # one leading to an upload (another tenant's, maybe) registered
+        upload = app.settings.dataset_dir / "uploads" / swapped
+        upload.parent.mkdir(parents=True, exist_ok=True)
+        upload.write_bytes((elsewhere / swapped).read_bytes())
+        (leaky / swapped).symlink_to(upload)
+        r = c.post("/v1/datasets", json={"name": "leaky", "kind": kind, "uri": str(leaky)})
+        assert r.status_code == 422 and "resolves to an uploaded file" in r.json()["detail"], r.text
+        loop = app.settings.dataset_dir / "loop"
+        loop.symlink_to(loop)  # a loop, and a name over 255 bytes: the path's problem, not a 500
+        for uri in (str(loop), str(app.settings.dataset_dir / ("x" * 300))):
+            r = c.post("/v1/datasets", json={"name": "bad-path", "kind": kind, "uri": uri})
+            assert r.status_code == 422, r.text
 
 
 def test_another_tenants_upload_cannot_be_registered_by_path(live: tuple[LiveApp, str]) -> None:

@@ -105,6 +105,20 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
+def _files_inside(uri: str, files: list[Path], roots: list[Path], uploads: Path) -> None:
+    """A 422 unless every file of a folder resolves inside the data roots and outside the uploads: a
+    symlinked shard's labels were read, and quoted back in the refusal, before the check (a probe), and one
+    leading to another tenant's upload registered."""
+    for f in files:
+        try:
+            real = f.resolve()
+        except (OSError, RuntimeError) as exc:
+            raise Unprocessable(f"cannot read {f.name} of {uri}: {exc}") from exc
+        if not _inside(real, roots) or real.is_relative_to(uploads):
+            where = "an uploaded file" if real.is_relative_to(uploads) else "outside the data roots"
+            raise Unprocessable(f"{f.name} of {uri} resolves to {where} (a symlink?): {real}")
+
+
 @router.post(
     "/v1/datasets",
     response_model=DatasetOut,
@@ -112,34 +126,29 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     summary="Register a dataset file that the workers can read (by path)",
 )
 def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep, key: Admin) -> DatasetOut:
-    path = Path(body.uri).resolve()
-    roots = settings.allowed_data_roots
+    roots, uploads = settings.allowed_data_roots, settings.dataset_dir / "uploads"
+    try:  # a symlink loop, a name over 255 bytes: the path's own problem, not a 500 (a probe)
+        path = Path(body.uri).resolve()
+        found = path.is_file() or (body.kind in FOLDER_KINDS and path.is_dir())
+    except (OSError, RuntimeError) as exc:
+        raise Unprocessable(f"cannot read the path {body.uri}: {exc}") from exc
     if not _inside(path, roots):
         raise Unprocessable(f"{body.uri} is outside the data roots {[str(r) for r in roots]}")
-    if path.is_relative_to(settings.dataset_dir / "uploads"):
+    if path.is_relative_to(uploads):
         # Another tenant's upload may sit there; an upload is registered by its own request, for its tenant.
         raise Unprocessable(
             f"{body.uri} is an uploaded file: uploads are registered by POST /v1/datasets/upload, for the "
             "tenant that uploaded them; by path, register files under the data roots"
         )
-    if body.kind in FOLDER_KINDS:
-        if not (path.is_dir() or path.is_file()):
-            raise Unprocessable(f"no folder or file at {body.uri}")
-    elif not path.is_file():
-        raise Unprocessable(f"no file at {body.uri}")
+    if not found:
+        raise Unprocessable(f"no {'folder or file' if body.kind in FOLDER_KINDS else 'file'} at {body.uri}")
+    if body.kind in FOLDER_KINDS:  # the folder is inside the roots; a symlink in it may lead out
+        _files_inside(body.uri, dataset_files(body.kind, path), roots, uploads)  # before any is read
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
     ids = read_samples(body.kind, path)  # a 422 naming the problem, before the files are hashed
-    if body.kind in FOLDER_KINDS:  # the folder is inside the roots; a symlink in it may lead out
-        outside = [f for f in dataset_files(body.kind, path) if not _inside(f.resolve(), roots)]
-        if outside:
-            raise Unprocessable(
-                f"{len(outside)} file(s) of {body.uri} resolve outside the data roots (symlinks?), e.g. "
-                f"{outside[0].name} -> {outside[0].resolve()}"
-            )
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
-    roots, uploads = settings.allowed_data_roots, settings.dataset_dir / "uploads"
     return _register(
         session, key, body.name, body.kind, path, digest, features, roots, uploads=uploads, ids=ids
     )
