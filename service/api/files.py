@@ -52,14 +52,14 @@ class CheckpointFile(FileResponse):
             wanted = None  # the file changed since: the whole file is sent, whatever the range (RFC 9110)
         if wanted is not None:
             size = self.stat_result.st_size
-            kept = satisfiable(wanted, size)
-            if kept == []:
+            members = satisfiable(wanted, size)
+            if members == []:
                 refusal = problem(416, "Range not satisfiable", f"the file holds {size} bytes: {wanted!r}")
                 refusal.headers["Content-Range"] = f"bytes */{size}"
                 return await refusal(scope, receive, send)
             others = [(k, v) for k, v in scope["headers"] if k != b"range"]
             # another unit or an unreadable range is ignored (the whole file); else the members that fit
-            ranges = [] if kept is None else [(b"range", f"bytes={','.join(kept)}".encode("latin-1"))]
+            ranges = [] if members is None else [(b"range", f"bytes={','.join(members)}".encode("latin-1"))]
             scope = {**scope, "headers": [*others, *ranges]}
         await super().__call__(scope, receive, send)
 

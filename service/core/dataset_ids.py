@@ -84,17 +84,18 @@ class DatasetIds(NamedTuple):
     subject_ids: list[str | None] | None = None
 
 
-def read_samples(kind: str, path: Path) -> DatasetIds:
+def read_samples(kind: str, path: Path, max_samples: int | None = None) -> DatasetIds:
     """The sample IDs, labels and subjects of a dataset file; a 422 that names the problem if it is
     malformed. Subjects come from an `.npz`'s optional `subject_ids` array, a manifest's or text CSV's
-    optional `subject_id` column, or a JSON line's optional `subject_id`."""
+    optional `subject_id` column, or a JSON line's optional `subject_id`. An npz or npy folder declaring
+    more than ``max_samples`` rows is refused from its header, before its IDs are read."""
     try:
         if kind == "npz":
-            return _npz(path)
+            return _npz(path, max_samples)
         if kind == "csv_manifest":
             return _csv(path)
         if kind == "npy":
-            return _npy(path)
+            return _npy(path, max_samples)
         if kind == "webdataset":
             index = index_shards(path, one_image=True)
             return DatasetIds(index.sample_ids, index.labels, index.subject_ids)
@@ -147,7 +148,15 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return headers
 
 
-def _npz(path: Path) -> DatasetIds:
+def _at_most(n: int, max_samples: int | None) -> None:
+    if max_samples is not None and n > max_samples:
+        raise Unprocessable(
+            f"the dataset declares {n:,} samples, more than the {max_samples:,} a dataset may hold "
+            "(UNLEARN_MAX_DATASET_SAMPLES)"
+        )
+
+
+def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
     headers = npz_headers(path)
     missing = [k for k in ("x", "y", "ids") if k not in headers]
     if missing:
@@ -158,6 +167,7 @@ def _npz(path: Path) -> DatasetIds:
     if len(x_shape) < 1 or x_dtype.kind not in "biuf":
         raise ValueError(f"x must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
     n = x_shape[0]
+    _at_most(max(n, *y_shape[:1], *ids_shape[:1]), max_samples)
     if len(y_shape) != 1 or len(ids_shape) != 1 or not (n == y_shape[0] == ids_shape[0]):
         shapes = ", ".join(f"{k} {list(v)}" for k, v in (("x", x_shape), ("y", y_shape), ("ids", ids_shape)))
         raise ValueError(f"x, y and ids must be one row per sample (y and ids 1-D); their shapes: {shapes}")
@@ -193,11 +203,12 @@ def npy_x_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         return npy_header(fh)
 
 
-def _npy(path: Path) -> DatasetIds:
+def _npy(path: Path, max_samples: int | None = None) -> DatasetIds:
     files = npy_files(path)
     x_shape, x_dtype = npy_x_header(path)
     if len(x_shape) < 1 or x_dtype.kind not in "biuf":
         raise ValueError(f"x.npy must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
+    _at_most(x_shape[0], max_samples)
     arrays = {
         name: np.load(files[f"{name}.npy"], mmap_mode="r", allow_pickle=False)
         for name in ("y", "ids", "subject_ids")

@@ -96,7 +96,7 @@ def verify_version_binding(
     metrics) is what the event that recorded that version put in the log: its publication, or the model's
     registration for v1, proved included in ``head`` (the unsigned part) beside the completion event."""
     event, after = evidence.get("event") or {}, certificate.get("version_after") or {}
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    data: dict[str, Any] = event["data"] if isinstance(event.get("data"), dict) else {}
     fields = VERSION_FIELDS.get(str(event.get("action")))
     if fields is None or data.get("version") != after.get("version"):
         return False, f"the proved version event does not record {after.get('version')}"

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         512 * 1024**2, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_UPLOAD_BYTES")
     )
+    # The most samples a dataset may hold. An npz or npy folder declares its row count in a header, and a
+    # 684 KB npz of compressed zeros declaring 80 million IDs held the API at 2.4 GB for 36 s reading them
+    # (a probe); ImageNet-1k's training set is 1.28 million.
+    max_dataset_samples: int = Field(
+        5_000_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_DATASET_SAMPLES")
+    )
 
     # The most parameters a registered model may have. Built-ins are sized at registration (a 422); the
     # others by the worker, on the meta device, before any weight is allocated (the model is `invalid`).

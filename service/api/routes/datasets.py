@@ -70,12 +70,13 @@ def _register(
     uploads: Path,
     own_tokenizer: Path | None = None,
     ids: DatasetIds | None = None,
+    max_samples: int | None = None,
 ) -> DatasetOut:
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
     against the file's headers (a text declaration's tokenizer: under `data_roots`, loadable), then record
     it all in one short transaction. `sha256` is the file's as it was hashed: the worker refuses it if it
     changes. `ids`: what `read_samples` read already, if the caller had to read it first."""
-    sample_ids, labels, subjects = read_samples(kind, path) if ids is None else ids
+    sample_ids, labels, subjects = read_samples(kind, path, max_samples) if ids is None else ids
     if not sample_ids:
         raise Unprocessable("the dataset has no samples")
     stored_features = check_features(
@@ -145,7 +146,7 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     if body.kind in FOLDER_KINDS:  # the folder is inside the roots; a symlink in it may lead out
         _files_inside(body.uri, dataset_files(body.kind, path), roots, uploads)  # before any is read
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
-    ids = read_samples(body.kind, path)  # a 422 naming the problem, before the files are hashed
+    ids = read_samples(body.kind, path, settings.max_dataset_samples)  # a 422 naming it, before hashing
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
@@ -217,8 +218,9 @@ def upload_dataset(
         own = tokenizer_path if tokenizer is not None else None
         uploads = settings.dataset_dir / "uploads"
         return _register(
-            session, key, name, kind, target, digest, declared, roots, uploads=uploads, own_tokenizer=own
-        )
+            session, key, name, kind, target, digest, declared, roots, uploads=uploads, own_tokenizer=own,
+            max_samples=settings.max_dataset_samples,
+        )  # fmt: skip
     except Exception as exc:
         target.unlink(missing_ok=True)
         if target.parent.name == stem:
