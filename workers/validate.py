@@ -7,6 +7,7 @@ after `MAX_ATTEMPTS` of them the model is `invalid` instead of validated, and ki
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from collections.abc import Callable
@@ -112,6 +113,21 @@ def warm_front(
         log.warning("model front outputs not kept at validation", exc_info=True)
 
 
+_SHORT_OF = {errno.ENOMEM, errno.ENOSPC, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EDQUOT}
+
+
+def worker_short_of(exc: BaseException) -> bool:
+    """Whether a validation failed for want of the worker's memory or disk, not for the model: a probe's
+    17M-parameter MLP under a 4 GB address-space limit was made invalid for good ("MemoryError: Cannot
+    allocate memory"), and validated at 4.45 GB. Such a failure is retried, as a worker's death is, up to
+    the same attempts."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, RuntimeError) and ("DefaultCPUAllocator" in str(exc) or "out of memory" in str(exc)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _SHORT_OF
+
+
 def validate_model(settings: Settings, model_id: str) -> str:
     url = settings.resolved_database_url
     owner = leases.worker_identity()
@@ -211,6 +227,8 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
     except InputMismatch as exc:  # already in the registrant's words
         status, detail, metrics = ModelStatus.INVALID, str(exc), {}
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
+        if worker_short_of(exc):
+            raise  # the lease goes back and the model stays validating: tried again, counted as an attempt
         status, detail, metrics = ModelStatus.INVALID, f"{type(exc).__name__}: {exc}", {}
     with session_scope(url) as s:
         m = s.get_one(Model, model_id)

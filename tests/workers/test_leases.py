@@ -3,14 +3,17 @@ runs in its own transaction and the outcome is read back from the database."""
 
 from __future__ import annotations
 
+import errno
 from datetime import datetime, timedelta
 
 import pytest
+import torch
 
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model, utcnow
 from tests.factories import make_model
 from workers import leases
+from workers.validate import worker_short_of
 
 
 @pytest.fixture
@@ -237,3 +240,24 @@ def test_killed_workers_heartbeats_are_pruned_and_live_ones_kept(db_url: str) ->
         assert liveness.prune(s, 3600) == 1
     with session_scope(db_url) as s:
         assert [w.name for w in s.query(WorkerHeartbeat)] == ["host:2"]
+
+
+@pytest.mark.parametrize(
+    ("error", "short"),
+    [
+        (MemoryError("Cannot allocate memory (os error 12)"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"), True),
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"), False),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x64 and 32x10)"), False),
+        (ValueError("x must be a numeric array"), False),
+    ],
+)
+def test_a_validation_that_ran_out_of_memory_or_disk_is_retried_not_the_models_fault(
+    error: BaseException, short: bool
+) -> None:
+    """A probe's 17M-parameter MLP under a 4 GB address-space limit was made invalid for good by a
+    MemoryError, and validated at 4.45 GB: a worker short of memory or disk is retried as a worker's death
+    is (the lease goes back, the attempt counts), a model that does not fit its data is invalid."""
+    assert worker_short_of(error) is short
