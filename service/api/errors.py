@@ -44,6 +44,7 @@ WHY = {
     422: "The input is invalid; the body names the field or the IDs",
     429: "Too many writes with this key (writes only): retry after the `Retry-After` header's seconds",
     503: "A dependency (database, broker) is unavailable",
+    507: "An upload could not be stored: the service's storage is full or read-only (nothing was kept)",
 }
 
 

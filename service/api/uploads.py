@@ -3,6 +3,7 @@ disk and hashed as they arrive."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.api.schemas.registry import Features, ModelCreate
 from service.api.unicode import refuse_unencodable
-from service.core.errors import Unprocessable
+from service.core.errors import InsufficientStorage, Unprocessable
 from service.core.model_specs import check_safetensors
 
 _FEATURES: TypeAdapter[Any] = TypeAdapter(Features)
@@ -97,14 +98,31 @@ def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc[1:] if loc and loc[0] in ("image", "text") else loc
 
 
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
 def save_upload(upload: UploadFile, path: Path) -> str:
-    """Stream the upload to `path`; return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Stream the upload to `path`; return its sha256. Nothing is left of a copy that fails, and a full or
+    read-only volume is a 507 saying so: a probe's upload to a full disk was a 500 that left its first
+    100 KB behind, where no sweep looks."""
     digest = hashlib.sha256()
-    with open(path, "wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            while chunk := upload.file.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in _STORAGE_FULL:
+            raise InsufficientStorage(
+                f"the upload could not be stored: {exc.strerror or exc}; retry once the service's storage "
+                "has room (nothing of it was kept)"
+            ) from exc
+        raise
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return digest.hexdigest()
 
 

@@ -41,6 +41,10 @@ class Unprocessable(ProblemError):
     status, title = 422, "Unprocessable request"
 
 
+class InsufficientStorage(ProblemError):
+    status, title = 507, "Insufficient storage"
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's type and the first line of its message, for a log line that repeats: a heartbeat that
     failed every 2 s through a database outage logged its whole traceback each time (a probe counted 96

@@ -348,3 +348,21 @@ def test_another_tenants_upload_cannot_be_registered_by_path(live: tuple[LiveApp
         r = c.post("/v1/datasets", json={"name": "theirs", "kind": "npz", "uri": str(upload)})
         assert r.status_code == 422, r.text
         assert "uploaded file" in r.json()["detail"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, whose writes fail with ENOSPC")
+def test_an_upload_to_a_full_volume_is_a_507_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A probe's checkpoint upload to a full disk was a 500 that left its first 100 KB in uploads/, where
+    no sweep looks. /dev/full answers every write with ENOSPC, as a full volume does."""
+    from fastapi import UploadFile
+
+    from service.api.uploads import save_upload
+    from service.core.errors import InsufficientStorage
+
+    target = tmp_path / "uploads" / "upload.npz"
+    target.parent.mkdir()
+    target.symlink_to("/dev/full")
+    with pytest.raises(InsufficientStorage) as full:
+        save_upload(UploadFile(io.BytesIO(b"x" * (3 << 20)), filename="big.npz"), target)
+    assert full.value.status == 507 and "No space left on device" in full.value.detail
+    assert list(target.parent.iterdir()) == [] and Path("/dev/full").exists()

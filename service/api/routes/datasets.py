@@ -40,7 +40,7 @@ def kind_of(filename: str | None) -> UploadKind:
 
 router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
 upload_router = APIRouter(
-    tags=["datasets"], responses=problems(*KEYED)
+    tags=["datasets"], responses=problems(*KEYED, 507)
 )  # carries the larger upload body limit
 
 

@@ -47,7 +47,7 @@ from service.core.states import ModelStatus
 from service.core.subjects import spellings
 
 router = APIRouter(tags=["models"], responses=problems(*KEYED))
-upload_router = APIRouter(tags=["models"], responses=problems(*KEYED))  # carries the larger upload body limit
+upload_router = APIRouter(tags=["models"], responses=problems(*KEYED, 507))  # the larger upload body limit
 
 
 @router.get("/v1/models", response_model=list[ModelOut])
