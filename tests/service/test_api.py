@@ -788,6 +788,15 @@ def test_an_admin_key_creating_a_key_in_another_tenant_is_403_whether_that_tenan
         assert s.scalar(select(func.count()).select_from(ApiKey)) == before
 
 
+def test_a_key_name_holding_a_nul_is_a_422_naming_it(api: Api) -> None:
+    """It was a 500: the core's own check raised where the schema let it through (a probe)."""
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+    body = {"scopes": ["jobs:read"], "name": "a\u0000"}
+    r = api.client.post("/v1/keys", json=body, headers=api.auth(admin))
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "name"], r.text
+
+
 def server_settings(backend: Backend) -> Settings:
     """The settings a server-side verb (`unlearn keys`) runs under, on a migrated database."""
     settings = backend.settings()
@@ -863,6 +872,27 @@ def test_a_batch_with_an_idempotency_key_header_is_a_422_pointing_at_the_items_k
     assert long.status_code == 422 and "give each item its own" in long.json()["detail"], long.text
     batch = api.client.get("/openapi.json").json()["paths"]["/v1/models/{model}/deletion-requests/batch"]
     assert all(p["name"].lower() != "idempotency-key" for p in batch["post"].get("parameters", []))
+
+
+def test_the_openapi_document_uses_json_schemas_own_bound_keywords(api: Api) -> None:
+    """time_limit_seconds was documented with "ge", which JSON Schema does not have: a client generated
+    from the document sent 0 and met a 422 (a probe)."""
+    found: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            found.extend(f"{path}.{k}" for k in ("ge", "gt", "le", "lt") if k in node and "type" in node)
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    document = api.client.get("/openapi.json").json()
+    walk(document, "")
+    assert found == []
+    limit = document["components"]["schemas"]["ModelUpdate"]["properties"]["time_limit_seconds"]
+    assert {"type": "integer", "minimum": 1} in limit["anyOf"]
 
 
 def test_a_batch_to_a_model_the_tenant_does_not_have_is_one_404(api: Api) -> None:

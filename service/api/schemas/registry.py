@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -175,7 +176,9 @@ def _no_bool_or_text(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[int, BeforeValidator(_no_bool_or_text), Field(ge=1)]
+# Ge before the validator: Field(ge=1) after it was written to the schema as a keyword JSON Schema lacks
+# ("ge"), and a client generated from it sent 0 (a probe)
+Seconds = Annotated[int, Ge(1), BeforeValidator(_no_bool_or_text)]
 Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 # A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
 # is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
