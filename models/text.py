@@ -148,6 +148,11 @@ class TokenizerError(DeclarationError):
     """The declared tokenizer cannot be used (unreadable, changed, no padding token)."""
 
 
+# The largest tokenizer.json read: XLM-R's 250k-token vocabulary is 17 MB, and a probe's 60 MB one held
+# the API at 946 MB while it was parsed (the upload limit would have let 512 MB through)
+MAX_TOKENIZER_BYTES = 64 << 20
+
+
 def load_tokenizer(decl: TextFeatures) -> Any:
     """The declared ``tokenizers.Tokenizer``, truncating and padding to ``max_length``. Checks the file
     against ``tokenizer_sha256`` when the declaration records one. TokenizerError saying why not."""
@@ -156,6 +161,11 @@ def load_tokenizer(decl: TextFeatures) -> Any:
     path = Path(decl.tokenizer)
     if not path.is_file():
         raise TokenizerError(f"features.tokenizer: no file at {decl.tokenizer}")
+    if (size := path.stat().st_size) > MAX_TOKENIZER_BYTES:
+        raise TokenizerError(
+            f"features.tokenizer {path.name} is {size:,} bytes; a tokenizer.json here is at most "
+            f"{MAX_TOKENIZER_BYTES:,}"
+        )
     if decl.tokenizer_sha256 is not None and (actual := file_sha256(path)) != decl.tokenizer_sha256:
         raise TokenizerError(
             f"tokenizer {decl.tokenizer} changed since registration (sha256 {actual[:16]}..., registered "
@@ -195,7 +205,13 @@ def load_tokenizer(decl: TextFeatures) -> Any:
 
 def _padding(tok: Any, decl: TextFeatures) -> tuple[str, int]:
     if decl.pad_token is None and tok.padding is not None:  # the tokenizer's own padding
-        return str(tok.padding["pad_token"]), int(tok.padding["pad_id"])
+        pad, pad_id = str(tok.padding["pad_token"]), int(tok.padding["pad_id"])
+        if tok.id_to_token(pad_id) is None:  # registered, then the model was invalid for a vocabulary miss
+            raise TokenizerError(
+                f"the tokenizer's own padding ({pad!r}, id {pad_id}) is not in its vocabulary of "
+                f"{tok.get_vocab_size()}; declare features.pad_token (a token of its vocabulary)"
+            )
+        return pad, pad_id
     pad = decl.pad_token or DEFAULT_PAD_TOKEN
     pad_id = tok.token_to_id(pad)
     if pad_id is None:

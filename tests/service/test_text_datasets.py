@@ -320,3 +320,21 @@ def test_a_tokenizer_that_panics_on_a_text_is_an_error_naming_its_line(api: Api)
     (api.data / "lone.jsonl").write_text('{"sample_id": "l-0", "text": "x\\udc00", "label": 0}\n')
     r = api.register("lone", "jsonl", "lone.jsonl")
     assert r.status_code == 422 and "line 1: text holds a lone UTF-16 surrogate" in r.json()["detail"], r.text
+
+
+def test_a_tokenizer_too_large_or_padding_outside_its_vocabulary_is_a_422(api: Api) -> None:
+    """A probe's 60 MB tokenizer.json held the API at 946 MB; one whose own padding id was outside its
+    vocabulary registered, and its model was then invalid for a vocabulary miss."""
+    from tokenizers import Tokenizer
+
+    from models.text import MAX_TOKENIZER_BYTES
+
+    tok = Tokenizer.from_file(str(api.data / "tokenizer.json"))
+    tok.enable_padding(pad_id=999_999, pad_token="[NOPE]")
+    tok.save(str(api.data / "nope.json"))
+    r = api.register("nope", "jsonl", "news.jsonl", {**TEXT, "tokenizer": "nope.json"})
+    assert r.status_code == 422 and "is not in its vocabulary" in r.json()["detail"], r.text
+    with open(api.data / "huge.json", "wb") as fh:
+        fh.truncate(MAX_TOKENIZER_BYTES + 1)  # sparse: its size is all that is read
+    r = api.register("huge", "jsonl", "news.jsonl", {**TEXT, "tokenizer": "huge.json"})
+    assert r.status_code == 422 and "a tokenizer.json here is at most" in r.json()["detail"], r.text
