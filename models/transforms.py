@@ -61,6 +61,11 @@ class UnreadableImage(ValueError):
     ("cannot identify image file <_io.BytesIO object at 0x7f...>") or nothing ("Truncated File Read")."""
 
 
+# The most pixels an image file may hold: 25 megapixels decode to 400 MB of float32 RGBA. Pillow only warns
+# below 179 MP, and a probe's 164 KB PNG of 13000x13000 grew a worker by 1.5 GB per image
+MAX_PIXELS = 25_000_000
+
+
 def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     """One image as (C, H, W) float32 in [0, 1] (an ``.npy`` array as stored, as float32): greyscale as
     one channel and colour as three RGB ones, whatever mode the file stores, alpha as one more
@@ -72,6 +77,11 @@ def decode_image(data: bytes | Path, ext: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        if img.width * img.height > MAX_PIXELS:  # from the header, before a pixel is decoded
+            raise ValueError(
+                f"it is {img.width}x{img.height} pixels; images here hold at most {MAX_PIXELS:,} "
+                "(resize them before registering)"
+            )
         mode = decoded_mode(img)
         shown = img.convert(mode) if mode != img.mode else img
         pixels = np.asarray(shown, dtype=np.float32) / FULL_SCALE.get(shown.mode, 255.0)

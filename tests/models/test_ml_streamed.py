@@ -309,3 +309,22 @@ def test_shard_keys_subjects_and_order_follow_webdataset(tmp_path: Path) -> None
     assert index.images[1].ext == "png"
     assert index.labels[0] == 3
     assert index.subject_ids == ["alice", None]
+
+
+def test_an_image_of_more_pixels_than_allowed_is_named_before_it_is_decoded(tmp_path: Path) -> None:
+    """A probe's 164 KB PNG declaring 13000x13000 pixels grew a worker by 1.5 GB per image: Pillow only
+    warns below 179 megapixels. The header's size is read first."""
+    import resource
+
+    from PIL import Image
+
+    from models.streamed import FileRows
+    from models.transforms import MAX_PIXELS, UnreadableImage
+
+    side = int(MAX_PIXELS**0.5) + 1
+    Image.new("L", (side, side)).save(tmp_path / "huge.png", optimize=True)
+    assert (tmp_path / "huge.png").stat().st_size < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UnreadableImage, match=rf"huge\.png cannot be read.*{side}x{side} pixels"):
+        FileRows([tmp_path / "huge.png"], None).read(np.arange(1))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 50_000  # KiB: not decoded
