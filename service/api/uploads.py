@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 from pydantic import TypeAdapter, ValidationError
 
 from service.api.schemas.registry import Features, ModelCreate
@@ -28,6 +28,19 @@ def _no_constants(name: str) -> Any:
     # not a JSONDecodeError: its position would be made up (a probe read "line 1 column 1" for a NaN deep
     # in a spec)
     raise NotJsonNumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+async def each_part_once(request: Request) -> None:
+    """A 422 naming every multipart field sent more than once. FastAPI keeps the last copy of a repeated
+    field: a probe's registration with two specs and two checkpoints registered the second of each, and
+    nothing said so. (The form is the one FastAPI parsed for the route: read again from its cache.)"""
+    form = await request.form()
+    repeated = sorted({k for k, _ in form.multi_items() if len(form.getlist(k)) > 1})
+    if repeated:
+        raise Unprocessable(
+            f"sent more than once: {', '.join(repeated)}; send each part once",
+            errors=[{"loc": [k], "msg": "sent more than once", "type": "repeated"} for k in repeated],
+        )
 
 
 def parse_model_spec(raw: str) -> ModelCreate:

@@ -274,7 +274,7 @@ def test_a_model_registered_without_gates_is_held_to_a_test_accuracy_drop_and_on
     assert registered["big"]["policy"] == {
         f: big[f]
         for f in ("default_method", "default_params", "fallback_methods", "gates", "train_recipe")
-        + ("time_limit_seconds", "retrain_above_share")
+        + ("time_limit_seconds", "retrain_above_share", "retrain_above_class_share")
     }
     assert registered["big"]["policy"]["gates"] == guards and registered["bare"]["policy"]["gates"] == {}
     assert registered["whole"]["heldout_dataset"] == ds["heldout"]
@@ -358,13 +358,14 @@ def test_a_fallback_that_reruns_the_default_method_as_it_ran_is_refused(api: Api
     assert r.status_code == 200, r.text
 
 
-def test_a_registration_takes_retrain_above_share_within_its_bounds(api: Api) -> None:
-    refused = api.register(retrain_above_share=1.5)
+@pytest.mark.parametrize("field", ["retrain_above_share", "retrain_above_class_share"])
+def test_a_registration_takes_a_retrain_share_within_its_bounds(api: Api, field: str) -> None:
+    refused = api.register(**{field: 1.5})
     assert refused.status_code == 422, refused.text
-    assert refused.json()["errors"][0]["loc"] == ["spec", "retrain_above_share"]
-    r = api.register(retrain_above_share=0.25)
-    assert r.status_code == 202 and r.json()["retrain_above_share"] == 0.25, r.text
-    assert api.client.get("/v1/models/m").json()["retrain_above_share"] == 0.25
+    assert refused.json()["errors"][0]["loc"] == ["spec", field]
+    r = api.register(**{field: 0.25})
+    assert r.status_code == 202 and r.json()[field] == 0.25, r.text
+    assert api.client.get("/v1/models/m").json()[field] == 0.25
 
 
 def test_a_nan_in_the_spec_is_named_without_a_made_up_position(api: Api) -> None:
@@ -441,3 +442,23 @@ def test_a_lone_surrogate_anywhere_in_a_spec_is_a_422_and_the_audit_log_goes_on(
     assert "m" not in api.model_names()
     assert api.register().status_code == 202
     assert api.client.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_a_multipart_field_sent_twice_is_a_422_naming_it_and_nothing_is_kept(api: Api) -> None:
+    """FastAPI keeps the last copy of a repeated field: a probe's two specs and two checkpoints registered
+    the second of each, and a dataset upload of two files kept the second, without a word."""
+    sets = {"train_dataset": api.datasets["train"], "test_dataset": api.datasets["test"]}
+    spec = json.dumps({"name": "twice", "architecture": "mlp", "num_classes": 3, **sets})
+    parts = [
+        ("spec", (None, spec)),
+        ("spec", (None, spec.replace("twice", "other"))),
+        ("checkpoint", ("v1.safetensors", CHECKPOINT)),
+        ("checkpoint", ("v2.safetensors", CHECKPOINT)),
+    ]
+    r = api.client.post("/v1/models", files=parts)
+    assert r.status_code == 422, r.text
+    assert [e["loc"] for e in r.json()["errors"]] == [["checkpoint"], ["spec"]]
+    assert "twice" not in api.model_names() and "other" not in api.model_names()
+    sent = [("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))]
+    r = api.client.post("/v1/datasets/upload", data={"name": "two"}, files=sent)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["file"], r.text

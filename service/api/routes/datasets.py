@@ -5,14 +5,14 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from sqlalchemy import select
 
 from models.declarations import TEXT_KINDS, UPLOAD_SUFFIXES
 from service.api.deps import Admin, SessionDep, SettingsDep
 from service.api.errors import KEYED, problems
 from service.api.schemas.registry import DatasetCreate, DatasetOut, Name
-from service.api.uploads import parse_features, save_upload
+from service.api.uploads import each_part_once, parse_features, save_upload
 from service.core import events
 from service.core.dataset_ids import (
     FOLDER_KINDS,
@@ -39,9 +39,9 @@ def kind_of(filename: str | None) -> UploadKind:
 
 
 router = APIRouter(tags=["datasets"], responses=problems(*KEYED))
-upload_router = APIRouter(
-    tags=["datasets"], responses=problems(*KEYED, 507)
-)  # carries the larger upload body limit
+upload_router = APIRouter(  # carries the larger upload body limit
+    tags=["datasets"], responses=problems(*KEYED, 507), dependencies=[Depends(each_part_once)]
+)
 
 
 def dataset_out(d: Dataset) -> DatasetOut:

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile, status
 from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
@@ -26,7 +26,12 @@ from service.api.schemas.registry import (
     ModelCreate,
     ModelUpdate,
 )
-from service.api.uploads import parse_model_spec, save_safetensors_upload, with_uploaded_config
+from service.api.uploads import (
+    each_part_once,
+    parse_model_spec,
+    save_safetensors_upload,
+    with_uploaded_config,
+)
 from service.api.views import model_out, version_out
 from service.core import events
 from service.core.dataset_ids import FOLDER_KINDS, content_sha256
@@ -47,7 +52,9 @@ from service.core.states import ModelStatus
 from service.core.subjects import spellings
 
 router = APIRouter(tags=["models"], responses=problems(*KEYED))
-upload_router = APIRouter(tags=["models"], responses=problems(*KEYED, 507))  # the larger upload body limit
+upload_router = APIRouter(  # the larger upload body limit
+    tags=["models"], responses=problems(*KEYED, 507), dependencies=[Depends(each_part_once)]
+)
 
 
 @router.get("/v1/models", response_model=list[ModelOut])
