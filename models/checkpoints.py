@@ -3,6 +3,7 @@ to rebuild the model from the architecture registry."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,7 +76,8 @@ def save_checkpoint(
         # No space left on device"): a failed job should say which disk to look at.
         raise OSError(f"could not write checkpoint {path}: {exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only volume it raised again and hid why (a probe)
+            tmp.unlink(missing_ok=True)
     return digest
 
 

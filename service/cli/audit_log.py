@@ -106,8 +106,8 @@ def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
     trusted = trusted_key(args.public_key) if args.head else None
     result = client.audit_verify()
     if not result["ok"]:
-        where = f"at event seq {result['first_broken_seq']}" if result.get("first_broken_seq") else ""
-        say(f"audit log BROKEN {where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
+        where = f" at event seq {result['first_broken_seq']}" if result.get("first_broken_seq") else ""
+        say(f"audit log BROKEN{where}: {result.get('detail', '')}".rstrip(": "), file=sys.stderr)
         return 1
     say(f"audit chain OK: {result['events']} event(s), head {result['head']}")
     if kept is not None:
@@ -159,7 +159,8 @@ def _exported_events(path: str) -> list[dict[str, Any]]:
             "the event bodies its hashes cover"
         )
     try:
-        lines = text_lines(Path(path).read_bytes().decode("utf-8"))  # exports are UTF-8, whatever the locale
+        # exports are UTF-8, whatever the locale; an editor's byte-order mark was refused (a probe)
+        lines = text_lines(Path(path).read_bytes().decode("utf-8-sig"))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -131,8 +131,10 @@ def cmd_verify_certificate(args: argparse.Namespace) -> int:
             say(f"certificate INVALID for these subjects: {reason}", file=sys.stderr)
             return 1
     of = f" ({cert['subject_count']} subject(s))" if cert.get("subject_count") else ""
+    verdict = "valid" if trusted is not None else "self-consistent (not verified, see below)"  # a probe
+    reference = cert.get("reference") or "no reference"
     say(
-        f"certificate valid: request {cert.get('request_id')} ({cert.get('reference') or 'no reference'}), "
+        f"certificate {verdict}: request {cert.get('request_id')} ({reference}), "
         f"{cert.get('sample_count')} sample(s){of} forgotten by {cert.get('model')} "
         f"{_versions(cert)}, signed by {signed['signature']['public_key']}"
     )

@@ -42,7 +42,14 @@ export const audit = {
                 result.replaceChildren(
                   v.ok
                     ? el("p", { class: "ok" }, `Chain verified: ${v.events} events, head `, el("span", { class: "mono" }, v.head))
-                    : el("p", { class: "error" }, `Chain BROKEN at event seq ${v.first_broken_seq} (${v.events} events before it verify).`),
+                    : el(
+                        "p",
+                        { class: "error" },
+                        // a failed check that names no event (the head, the stored tree) read "seq undefined" (a probe)
+                        v.first_broken_seq
+                          ? `Chain BROKEN at event seq ${v.first_broken_seq} (${v.events} events before it verify).`
+                          : `Audit log check FAILED: ${v.detail || "no reason given"}`,
+                      ),
                 );
               }),
           },

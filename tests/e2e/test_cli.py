@@ -175,6 +175,7 @@ def test_verify_certificate_accepts_a_real_certificate_and_rejects_a_tampered_on
     # Without the service's key anyone could have signed it: self-consistent, but not verified.
     unchecked = cli.run("verify-certificate", str(cert), **offline)
     assert unchecked.returncode == 1 and "NOT VERIFIED: only its self-consistency" in unchecked.stderr
+    assert unchecked.stdout.startswith("certificate self-consistent (not verified")  # not "valid" (a probe)
 
     signed = json.loads(cert.read_text())
     signed["certificate"]["sample_count"] += 1
@@ -241,6 +242,9 @@ def test_an_exported_log_is_checked_against_a_kept_head_offline(
     ok = cli.run(*check, **offline)
     assert ok.returncode == 0, ok.stderr
     assert f"audit export OK: the first {size} events reproduce the head's root" in ok.stdout
+    bom = tmp_path / "bom.jsonl"  # saved by an editor that writes a byte-order mark: the same export
+    bom.write_bytes(b"\xef\xbb\xbf" + export.read_bytes())
+    assert cli.run("audit", "verify-export", str(bom), *check[3:], **offline).returncode == 0
 
     events = [json.loads(line) for line in export.read_text().splitlines()]
     edited = [dict(e) for e in events]
