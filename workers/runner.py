@@ -379,6 +379,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
             failpoints.hit("publish.started")
+            if cache is not None and rows is not None:  # the forgotten rows' front outputs are kept nowhere
+                cache.forget(rows, set(new_ids))
             for ref in (ctx.train, ctx.test, ctx.heldout):  # what was read is what was registered
                 if ref is not None:
                     recheck_registered(ref)

@@ -51,6 +51,7 @@ class _Rows:
     chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     stored: set[str] = field(default_factory=set)  # names of the store's chunks these rows hold
+    rows: int = 0  # rows held, served or not: a forgotten row leaves the index, not the chunk (``forget``)
 
     def nbytes(self) -> int:
         return sum(t.element_size() * t.numel() for c in self.chunks for t in c.values())
@@ -62,9 +63,10 @@ class _Rows:
         return values  # type: ignore[return-value]
 
     def add_values(self, values: dict[str, torch.Tensor], ids: list[str]) -> None:
-        self.starts.append(len(self.index))
+        self.starts.append(self.rows)
         self.chunks.append(values)
         self.index.update((sid, self.starts[-1] + i) for i, sid in enumerate(ids))
+        self.rows += len(ids)
         self._merge()
 
     def _merge(self) -> None:
@@ -75,7 +77,7 @@ class _Rows:
         reallocates, each row is copied a bounded number of times over the cache's life (merging at every
         add copied every kept row at every run that added some); the merge holds the rows twice for
         its moment."""
-        if len(self.chunks) > 1 and len(self.index) - self.starts[-1] >= self.starts[-1]:
+        if len(self.chunks) > 1 and self.rows - self.starts[-1] >= self.starts[-1]:
             self.chunks = [{k: torch.cat([c[k] for c in self.chunks]) for k in self.chunks[0]}]
             self.starts = [0]
 
@@ -185,6 +187,16 @@ class FeatureCache:
 
     def nbytes(self) -> int:
         return sum(r.nbytes() for r in self._fronts.values())
+
+    def forget(self, source: str, ids: set[str]) -> int:
+        """Rows a deletion forgot are kept nowhere once it is published: they leave every front's index of
+        ``source`` here (what is not indexed is never served, and goes with its chunk) and every chunk of
+        the store. Returns how many rows left the store."""
+        for (src, _), rows in self._fronts.items():
+            if src == source:
+                for sid in ids & rows.index.keys():
+                    del rows.index[sid]
+        return self.store.purge(ids) if self.store is not None else 0
 
     def features(
         self, front: nn.Module, data: SampleDataset, device: torch.device, source: str

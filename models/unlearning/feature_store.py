@@ -63,10 +63,10 @@ class FeatureStore:
             return []
         return sorted(p.name for p in folder.glob(f"*{SUFFIX}") if p.name not in skip)
 
-    def read(self, key: str, name: str, wanted: set[str]) -> Chunk | None:
+    def read(self, key: str, name: str, wanted: set[str], folder: Path | None = None) -> Chunk | None:
         """A chunk holding any of the ``wanted`` rows, its checksum checked; None where it holds none of
         them (its header alone is read), is gone, or fails the check (the file is then deleted)."""
-        path = self._folder(key) / name
+        path = (folder or self._folder(key)) / name
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -94,7 +94,11 @@ class FeatureStore:
         size = sum(t.element_size() * t.numel() for t in values.values())
         if size > self.max_bytes or not ids:
             return None
-        folder = self._folder(key)
+        return self._write(self._folder(key), ids, values)
+
+    def _write(
+        self, folder: Path, ids: list[str], values: dict[str, torch.Tensor], evict: bool = True
+    ) -> str | None:
         name = f"{uuid.uuid4().hex}{SUFFIX}"
         tmp = folder / f".{name}.tmp"
         tensors = {f"v:{k}": v.detach().cpu().contiguous() for k, v in values.items()}
@@ -112,8 +116,30 @@ class FeatureStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             return None
-        self._evict()
+        if evict:
+            self._evict()
         return name
+
+    def purge(self, ids: set[str]) -> int:
+        """Rewrite every chunk holding any of ``ids`` without those rows (rows a deletion forgot: their
+        front outputs are theirs too, and a probe found an erased subject's still on disk, named in the
+        header); returns how many rows left. A chunk of another model or dataset that shares an ID string
+        loses that row too: it is computed again if a run wants it. Only the header is read of a chunk
+        that holds none."""
+        dropped = 0
+        for _, _, path in self._files():
+            wanted = self.read(path.parent.name, path.name, ids, folder=path.parent)
+            if wanted is None:
+                continue
+            keep = [i for i, sid in enumerate(wanted.ids) if sid not in ids]
+            if keep:
+                rows = torch.tensor(keep)
+                values = {k: v[rows] for k, v in wanted.values.items()}
+                self._write(path.parent, [wanted.ids[i] for i in keep], values, evict=False)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            dropped += len(wanted.ids) - len(keep)
+        return dropped
 
     def nbytes(self) -> int:
         return sum(size for _, size, _ in self._files())

@@ -133,3 +133,34 @@ def test_a_store_that_cannot_be_written_leaves_the_run_to_its_memory(tmp_path: P
     again = cache.features(front, data, CPU, "train")
     assert cache.stats.computed == 6 and cache.stats.read == 6
     assert torch.equal(_parts(got)[""], _parts(again)[""])
+
+
+def test_rows_a_deletion_forgot_leave_memory_and_every_chunk_and_the_rest_read_back_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    """A probe found an erased subject's front outputs on disk after the erasure, their IDs in the chunk's
+    header. ``forget`` takes them out of the index here and rewrites the store's chunks without them."""
+    import json
+
+    from safetensors import safe_open
+
+    front = _front()
+    data = _data(12, (1, 28, 28))
+    first = FeatureCache(2**30, FeatureStore(tmp_path, 2**30))
+    first.features(front, data.subset(range(6)), CPU, "train")
+    first.features(front, data.subset(range(6, 12)), CPU, "train")  # two chunks on disk
+    gone = {data.ids[1], data.ids[7]}
+    assert first.forget("train", gone) == 2
+    for path in tmp_path.glob("*/*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            assert gone.isdisjoint(json.loads(f.metadata()["ids"])), path
+    kept = [i for i in range(12) if data.ids[i] not in gone]
+    expect = features(front, data.subset(kept), CPU)
+    second = FeatureCache(2**30, FeatureStore(tmp_path, 2**30))  # another process: the rewritten chunks
+    got = second.features(front, data.subset(kept), CPU, "train")
+    assert second.stats.loaded == 10 and second.stats.computed == 0
+    mine = first.features(front, data.subset([*kept, 1]), CPU, "train")  # this one: the row is computed again
+    assert first.stats.computed == 13
+    for k, v in _parts(got).items():
+        assert torch.equal(v, _parts(expect)[k]), k
+        assert torch.equal(_parts(mine)[k][:-1], v), k  # rows after the forgotten one still line up
