@@ -379,8 +379,6 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         if not failures:
             rep.phase(JobPhase.PUBLISH, 0.95, 1.0)
             failpoints.hit("publish.started")
-            if cache is not None and rows is not None:  # the forgotten rows' front outputs are kept nowhere
-                cache.forget(rows, set(new_ids))
             for ref in (ctx.train, ctx.test, ctx.heldout):  # what was read is what was registered
                 if ref is not None:
                     recheck_registered(ref)
@@ -388,6 +386,14 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict
             )
             kept_rows.keep(checkpoint, rows, torch.device(device), recorded)
+            if cache is not None and rows is not None:  # the forgotten rows' front outputs are kept nowhere
+                started = time.perf_counter()  # after the publish: the client does not wait for it
+                dropped = cache.forget(rows, set(new_ids))
+                log.info(
+                    "%d forgotten rows left the feature store (%.2f s)",
+                    dropped,
+                    time.perf_counter() - started,
+                )
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     why = f"every method failed its gates ({reasons})"
