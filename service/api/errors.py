@@ -40,6 +40,7 @@ WHY = {
     403: "The key lacks the scope this route needs",
     404: "No such object in the caller's tenant",
     409: "The object's state does not allow this now",
+    410: "The object existed and was deleted on purpose (a retired checkpoint)",
     413: "The body, or the list of sample IDs, is over the limit",
     422: "The input is invalid; the body names the field or the IDs",
     429: "Too many writes with this key (writes only): retry after the `Retry-After` header's seconds",

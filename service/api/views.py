@@ -83,6 +83,7 @@ def version_out(v: ModelVersion) -> VersionOut:
         metrics=v.metrics,
         job_id=v.job_id,
         created_at=_aware(v.created_at),  # type: ignore[arg-type]
+        checkpoint_retired_at=_aware(v.checkpoint_retired_at),
     )
 
 

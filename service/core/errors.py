@@ -33,6 +33,10 @@ class Conflict(ProblemError):
     status, title = 409, "Conflict"
 
 
+class Gone(ProblemError):
+    status, title = 410, "Gone"
+
+
 class PayloadTooLarge(ProblemError):
     status, title = 413, "Payload too large"
 

@@ -221,6 +221,15 @@ def model_registered(session: Session, m: Model, *, checkpoint_sha256: str, acto
     return _model(session, m, "registered", actor, data)
 
 
+def checkpoint_retired(session: Session, m: Model, v: ModelVersion, *, actor: str) -> AuditEvent:
+    """An admin deleted a superseded version's checkpoint file: its digest is kept, the weights are not."""
+    data = {"version": f"v{v.number}", "checkpoint_sha256": v.sha256}
+    return _on(
+        session, m, "model_version", "checkpoint_retired", actor, data, model_id=m.id,
+        entity_id=f"{m.name}/v{v.number}",
+    )  # fmt: skip
+
+
 def model_updated(session: Session, m: Model, *, changes: dict[str, Any], actor: str) -> AuditEvent:
     """``changes``: each field that changed, ``{"from": ..., "to": ...}``."""
     return _model(session, m, "updated", actor, changes)

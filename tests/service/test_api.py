@@ -30,7 +30,7 @@ from service.cli.server import cmd_keys
 from service.core import audit, proofs
 from service.core.canonical import canonical_json
 from service.core.db.engine import session_scope
-from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model
+from service.core.db.tables import ApiKey, AuditEvent, DeletionRequest, Model, ModelVersion
 from service.core.deletions import body_digest
 from service.core.proofs import BODY_KEYS
 from service.core.settings import Settings
@@ -786,6 +786,39 @@ def test_an_admin_key_creating_a_key_in_another_tenant_is_403_whether_that_tenan
         assert "only create keys in its own tenant ('default')" in r.json()["detail"]
     with session_scope(api.url) as s:
         assert s.scalar(select(func.count()).select_from(ApiKey)) == before
+
+
+def test_an_admin_deletes_a_superseded_checkpoint_and_its_download_is_gone(api: Api) -> None:
+    """An erasure left every earlier version's weights downloadable, and a compliance team had no way to
+    take them off storage (a probe). The latest version serves the model and is refused."""
+    settings = api.client.app.state.settings  # type: ignore[attr-defined]
+    stored = settings.checkpoint_dir / "toy" / "v1.safetensors"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"weights that learned toy-0001")
+    with session_scope(api.url) as s:
+        admin = make_key(s, scopes=("admin",))
+        model = s.scalars(select(Model)).one()
+        v1 = s.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
+        v1.checkpoint_uri, v1.sha256 = str(stored), hashlib.sha256(stored.read_bytes()).hexdigest()
+        publish_version(s, model, ["toy-0001"])
+        digest = v1.sha256
+    url = "/v1/models/toy/versions/{}/checkpoint"
+    assert api.client.get(url.format("v1"), headers=api.auth()).status_code == 200
+    latest = api.client.delete(url.format("v2"), headers=api.auth(admin))
+    assert latest.status_code == 409 and "it serves the model" in latest.json()["detail"]
+    assert api.client.delete(url.format("v1"), headers=api.auth()).status_code == 403  # admins only
+    retired = api.client.delete(url.format("v1"), headers=api.auth(admin))
+    assert retired.status_code == 200 and retired.json()["checkpoint_retired_at"] is not None
+    assert retired.json()["checkpoint_sha256"] == digest and not stored.exists()
+    again = api.client.delete(url.format("v1"), headers=api.auth(admin))  # idempotent
+    assert again.json()["checkpoint_retired_at"] == retired.json()["checkpoint_retired_at"]
+    gone = api.client.get(url.format("v1"), headers=api.auth())
+    assert gone.status_code == 410 and "deleted by an admin" in gone.json()["detail"]
+    assert digest in gone.json()["detail"]
+    with session_scope(api.url) as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "model_version.checkpoint_retired"))
+        assert event.data == {"version": "v1", "checkpoint_sha256": digest}
+    assert api.client.get("/v1/audit/verify", headers=api.auth()).json()["ok"] is True
 
 
 def test_a_key_name_holding_a_nul_is_a_422_naming_it(api: Api) -> None:

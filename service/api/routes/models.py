@@ -35,8 +35,8 @@ from service.api.uploads import (
 from service.api.views import model_out, version_out
 from service.core import events
 from service.core.dataset_ids import FOLDER_KINDS, content_sha256
-from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion
-from service.core.errors import Conflict, NotFound, Unprocessable
+from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion, utcnow
+from service.core.errors import Conflict, Gone, NotFound, Unprocessable
 from service.core.lookups import get_model, version_label
 from service.core.model_specs import (
     check_architecture,
@@ -179,10 +179,17 @@ def get_version(model: str, version: str, session: SessionDep, key: JobsReader) 
     "/v1/models/{model}/versions/{version}/checkpoint",
     summary="Download a version's safetensors checkpoint (sha256 in the X-Checkpoint-SHA256 header)",
     response_class=CheckpointFile,
+    responses=problems(410),
 )
 def download_checkpoint(model: str, version: str, session: SessionDep, key: JobsReader) -> CheckpointFile:
     m = get_model(session, key.tenant, model)
     v = _get_version(session, m, version)
+    if v.checkpoint_retired_at is not None:
+        raise Gone(
+            f"the checkpoint of {m.name}/v{v.number} was deleted by an admin at "
+            f"{version_out(v).checkpoint_retired_at} (it held samples later versions forgot); its "
+            f"sha256 {v.sha256} stays in the version record and the audit log"
+        )
     path = Path(v.checkpoint_uri)
     if not path.is_file():
         raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage")
@@ -197,6 +204,36 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
         filename=f"{m.name}-v{v.number}.safetensors",
         headers={"X-Checkpoint-SHA256": v.sha256, "ETag": f'"{v.sha256}"'},
     )
+
+
+@router.delete(
+    "/v1/models/{model}/versions/{version}/checkpoint",
+    response_model=VersionOut,
+    summary="Delete a superseded version's checkpoint file (it may hold samples later versions forgot)",
+)
+def retire_checkpoint(
+    model: str, version: str, session: SessionDep, settings: SettingsDep, key: Admin
+) -> VersionOut:
+    """An erasure leaves every earlier version's weights on storage, downloadable: a compliance team
+    asked where an erased subject still was (a probe). The file goes, the record and its digest stay,
+    the audit log says who; the latest version serves the model and is refused (409). Idempotent. The
+    file is deleted before the record is written: a database that fails then leaves a version whose file
+    is missing (a 404 until the same call, retried, records it)."""
+    m = get_model(session, key.tenant, model)
+    v = _get_version(session, m, version)
+    if v.number == m.latest_version:
+        raise Conflict(
+            f"v{v.number} is the latest version of {m.name}: it serves the model; a later deletion "
+            "supersedes it"
+        )
+    if v.checkpoint_retired_at is None:
+        path = Path(v.checkpoint_uri)
+        if path.resolve().is_relative_to(settings.checkpoint_dir.resolve()):  # never a file elsewhere
+            path.unlink(missing_ok=True)
+        v.checkpoint_retired_at = utcnow()
+        events.checkpoint_retired(session, m, v, actor=events.key_actor(key))
+        session.commit()
+    return version_out(v)
 
 
 # HEAD: the size and the sha256 before a download (a probe's client asked); out of the schema, where it

@@ -17,6 +17,9 @@ class VersionOut(BaseModel):
     metrics: dict[str, Any]
     job_id: str | None
     created_at: datetime
+    checkpoint_retired_at: datetime | None = Field(
+        description="when an admin deleted this superseded version's checkpoint file (null: it is kept)"
+    )
 
 
 class ModelOut(BaseModel):

@@ -160,6 +160,9 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When an admin deleted this superseded version's checkpoint file (it still held erased samples);
+    # its digest stays here and in the audit log
+    checkpoint_retired_at: Mapped[datetime | None] = mapped_column(default=None)
     __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),)
 
 
