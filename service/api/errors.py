@@ -114,9 +114,12 @@ def _allowed(request: Request) -> list[str]:
     """The methods the API takes at this request's path, read off its schema (HEAD wherever GET is:
     ``service.api.head``). Starlette's 405 named the methods of the first route whose path matched."""
     methods: set[str] = set()
-    for path, operations in request.app.openapi()["paths"].items():
-        if compile_path(path)[0].match(request.url.path):
-            methods |= {m.upper() for m in operations if m in _METHODS}
+    matching = {
+        p: o for p, o in request.app.openapi()["paths"].items() if compile_path(p)[0].match(request.url.path)
+    }
+    literal = {p: o for p, o in matching.items() if "{" not in p}  # /v1/datasets/upload, not /{dataset_id}
+    for operations in (literal or matching).values():  # a probe read GET in the upload route's Allow
+        methods |= {m.upper() for m in operations if m in _METHODS}
     if not methods:  # a route outside the schema: the documents and the dashboard, all read with GET
         methods = {"GET"}
     if "GET" in methods:

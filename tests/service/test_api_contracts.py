@@ -324,5 +324,7 @@ def test_head_is_answered_wherever_get_is_and_a_405_says_what_is_allowed(live: L
     assert wrong.json()["detail"] == "DELETE /v1/models/toy: allowed GET, HEAD, PATCH", wrong.text
     assert http.put("/v1/keys").headers["allow"] == "GET, HEAD, POST"
     assert http.delete("/dashboard/").headers["allow"] == "GET, HEAD"  # outside the schema: was empty
+    # a literal route over the template beside it: the upload route's Allow read GET (a probe)
+    assert http.put("/v1/datasets/upload").headers["allow"] == "POST"
     nowhere = http.get("/v1/no-such-thing")
     assert nowhere.status_code == 404 and nowhere.json()["detail"] == "no route here: /v1/no-such-thing"
