@@ -332,6 +332,12 @@ def test_a_folder_whose_file_is_a_symlink_out_of_the_data_roots_is_refused(
         (leaky / swapped).symlink_to(upload)
         r = c.post("/v1/datasets", json={"name": "leaky", "kind": kind, "uri": str(leaky)})
         assert r.status_code == 422 and "resolves to an uploaded file" in r.json()["detail"], r.text
+        empty = app.settings.dataset_dir / "empty"  # no shards, no x.npy: a 422, not a 500 (a review)
+        empty.mkdir()
+        (empty.parent / "junk.bin").write_bytes(b"junk")  # a file no folder kind reads
+        for uri in (str(empty), str(empty.parent / "junk.bin")):
+            r = c.post("/v1/datasets", json={"name": "empty", "kind": kind, "uri": uri})
+            assert r.status_code == 422, r.text
         loop = app.settings.dataset_dir / "loop"
         loop.symlink_to(loop)  # a loop, and a name over 255 bytes: the path's problem, not a 500
         for uri in (str(loop), str(app.settings.dataset_dir / ("x" * 300))):

@@ -144,7 +144,11 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
     if not found:
         raise Unprocessable(f"no {'folder or file' if body.kind in FOLDER_KINDS else 'file'} at {body.uri}")
     if body.kind in FOLDER_KINDS:  # the folder is inside the roots; a symlink in it may lead out
-        _files_inside(body.uri, dataset_files(body.kind, path), roots, uploads)  # before any is read
+        try:
+            files = dataset_files(body.kind, path)
+        except ValueError as exc:  # no x.npy, no shards, a plain file: the folder's own problem (a review)
+            raise Unprocessable(f"cannot read {body.kind} dataset at {body.uri}: {exc}") from exc
+        _files_inside(body.uri, files, roots, uploads)  # before any is read
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
     ids = read_samples(body.kind, path, settings.max_dataset_samples)  # a 422 naming it, before hashing
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
