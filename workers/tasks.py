@@ -11,6 +11,7 @@ from sqlalchemy import select
 from service.core import liveness, transparency
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditEvent
+from service.core.proofs import verify_head
 from service.core.queue import (
     DELIVER_WEBHOOK,
     RECONCILE,
@@ -123,13 +124,14 @@ def sign_heads(settings: Settings) -> int:
         try:
             with session_scope(url) as s:
                 earlier = transparency.latest_head(s, tenant)
-            if earlier is not None and earlier["signature"]["public_key"] != public_key_b64(key):
+            verified, why = (True, "") if earlier is None else verify_head(earlier, public_key_b64(key))
+            if not verified:  # another key's (the file replaced), or a head nobody signed
                 log.error(
-                    "tenant %s: no head signed: the key at %s is not the one its heads were signed with "
-                    "(%s...); restore that key",
+                    "tenant %s: no head signed: its latest head does not verify with the key at %s (%s); "
+                    "restore the key its heads were signed with, and run GET /v1/audit/verify",
                     tenant,
                     settings.signing_key_path,
-                    earlier["signature"]["public_key"][:12],
+                    why,
                 )
                 continue
             if transparency.sequence_and_sign(url, key, tenant, shutting_down):

@@ -37,22 +37,22 @@ def stored_tree_problem(
     session: Session, tenant: str, size: int, root_hex: str, key: Ed25519PrivateKey
 ) -> str | None:
     """What is wrong with what proofs and heads are built from, where the events themselves verify: the
-    stored subtree hashes must give the root the events give, and the latest head must carry this key's
+    stored subtree hashes must give the root the events give, and every head must carry this key's
     signature. A probe zeroed a stored node and inserted a head signed "AAAA": the check said ok, and
-    certificates issued then failed their proofs."""
+    certificates issued then failed their proofs; a forged head under a later one went unseen (a review)."""
     try:
         stored = _root(session, tenant, size).hex()
     except (KeyError, ValueError) as exc:  # a node missing: the tree cannot be rebuilt
         return f"the stored Merkle tree cannot be rebuilt over {size} events ({exc})"
     if stored != root_hex:
         return f"the stored Merkle tree's root over {size} events is not the one the events give"
-    head = latest_head(session, tenant)
-    if head is not None:
-        from service.core.proofs import verify_head  # proofs imports nothing of the database
+    from service.core.proofs import verify_head  # proofs imports nothing of the database
 
-        ok, why = verify_head(head, public_key_b64(key))
+    trusted = public_key_b64(key)
+    for row in session.scalars(select(AuditHead).where(AuditHead.tenant == tenant).order_by(AuditHead.id)):
+        ok, why = verify_head(_signed(row), trusted)
         if not ok:
-            return f"the latest signed tree head does not verify: {why}"
+            return f"the signed tree head of {row.tree_size} events (row {row.id}) does not verify: {why}"
     return None
 
 

@@ -3,7 +3,7 @@ concurrency, cancellation, tenant isolation, the audit chain's tamper detection,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,12 +141,15 @@ def test_audit_verify_checks_the_stored_tree_and_the_head_and_signs_nothing_over
         size = c.get("/v1/audit/verify").json()["events"]
         lo, hi = merkle.perfect_parts(0, size)[0]  # the largest stored subtree the root is built from
 
-        def edited(table: type, where: object, **values: object) -> dict[str, object]:
+        def edited(
+            table: type, where: object, then: Callable[[], None] = lambda: None, **values: object
+        ) -> dict[str, object]:
             with session_scope(live.db) as s:
                 row = s.scalars(select(table).where(where)).first()  # type: ignore[arg-type]
                 key, kept = inspect(row).identity, {k: getattr(row, k) for k in values}
                 for k, v in values.items():
                     setattr(row, k, v)
+            then()
             report = c.get("/v1/audit/verify").json()
             with session_scope(live.db) as s:
                 row = s.get_one(table, key)
@@ -155,16 +158,21 @@ def test_audit_verify_checks_the_stored_tree_and_the_head_and_signs_nothing_over
             return dict(report)
 
         level, idx = (hi - lo).bit_length() - 1, lo // (hi - lo)
-        node = edited(AuditNode, (AuditNode.level == level) & (AuditNode.idx == idx), hash="0" * 64)
-        assert node["ok"] is False and "stored Merkle tree's root" in str(node["detail"]), node
         with session_scope(live.db) as s:
             heads = s.scalar(select(func.count()).select_from(AuditHead))
-        head = edited(AuditHead, AuditHead.tree_size > 0, signature="AAAA")
-        assert head["ok"] is False and "head does not verify" in str(head["detail"]), head
+
+        def then_an_event() -> None:  # a head would be signed over it: none may be over a broken log
+            c.post("/v1/models/toy/deletion-requests", json={"sample_ids": ["toy-0099"]})
+
+        where = (AuditNode.level == level) & (AuditNode.idx == idx)
+        node = edited(AuditNode, where, hash="0" * 64, then=then_an_event)
+        assert node["ok"] is False and "stored Merkle tree's root" in str(node["detail"]), node
+        head = edited(AuditHead, AuditHead.tree_size > 0, signature="AAAA", then=then_an_event)
+        assert head["ok"] is False and "does not verify" in str(head["detail"]), head
         unsequenced = edited(AuditEvent, AuditEvent.seq == 2, seq=None)
         assert unsequenced["ok"] is False and unsequenced["first_broken_seq"] == 3, unsequenced
         with session_scope(live.db) as s:
-            assert s.scalar(select(func.count()).select_from(AuditHead)) == heads  # none signed over it
+            assert s.scalar(select(func.count()).select_from(AuditHead)) == heads  # none signed over any
         assert c.get("/v1/audit/verify").json()["ok"] is True
 
 
