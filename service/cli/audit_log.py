@@ -199,11 +199,15 @@ def certificate_evidence(signed: dict[str, Any], trusted: str | None) -> tuple[b
     bound, why = proofs.verify_certificate_binding(cert, event)
     if not bound:
         return False, why
-    if "version_event" in evidence:  # certificates issued before it carried one bind the version by signature
-        bound, version_why = proofs.verify_version_binding(cert, evidence["version_event"], head["tree_head"])
+    if "version_event" in evidence:
+        bound, version_why = proofs.verify_version_binding(
+            cert, evidence["version_event"], head["tree_head"], event
+        )
         if not bound:
             return False, version_why
         why += f"; {version_why}"
+    elif cert.get("type") == proofs.CERTIFICATE_V3:  # earlier types bind their version by the signature only
+        return False, "the certificate carries no event recording its version, which its type requires"
     return True, (
         f"event {event['seq']} is in the signed head of {head['tree_head']['tree_size']} event(s); {why}"
     )

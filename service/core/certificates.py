@@ -16,6 +16,7 @@ from service.core.audit import export_dict
 from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Job, Model, ModelVersion
 from service.core.errors import Conflict
 from service.core.events import ids_digest, subjects_digest
+from service.core.proofs import CERTIFICATE_V3
 from service.core.states import RequestState
 
 
@@ -61,8 +62,12 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
     job = session.get_one(Job, req.job_id)
     model = session.get_one(Model, req.model_id)
     result = job.metrics.get("result", {}) if job.metrics else {}
+    evidence = _evidence(session, req, model, key)
+    # v2: sample_ids_sha256 over a JSON array; v3: its `audit` carries the version's event too, which
+    # verification then requires (v2 where the log holds no such event)
+    v3 = evidence is not None and "version_event" in evidence
     return {
-        "type": "unlearning-deletion-certificate/v2",  # v2: sample_ids_sha256 over a JSON array
+        "type": CERTIFICATE_V3 if v3 else "unlearning-deletion-certificate/v2",
         "request_id": req.id,
         "reference": req.reference,
         "tenant": req.tenant,
@@ -83,7 +88,7 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
         "metrics": result,
         "requested_at": _iso(req.created_at),
         "completed_at": _iso(req.completed_at),
-        "audit": _evidence(session, req, model, key),
+        "audit": evidence,
         "issued_at": datetime.now(UTC).isoformat(),
     }
 
@@ -104,10 +109,13 @@ def _evidence(
     event = session.scalar(completed)
     if event is None:
         return None
+    recorded = _version_event(session, req, model)
+    proved = [e for e in (event, recorded) if e is not None]
     head = transparency.latest_head(session, req.tenant)
-    if event.seq is None or head is None or head["tree_head"]["tree_size"] < event.seq:
-        head = transparency.sign_head(session, key, req.tenant)
-        session.refresh(event)
+    if head is None or any(e.seq is None or head["tree_head"]["tree_size"] < e.seq for e in proved):
+        head = transparency.sign_head(session, key, req.tenant)  # one that covers both (a review's
+        for e in proved:  # version event, logged after the completion, was left out)
+            session.refresh(e)
     assert event.seq is not None
     size = head["tree_head"]["tree_size"]
     evidence = {
@@ -117,8 +125,7 @@ def _evidence(
         "inclusion_proof": transparency.inclusion_proof(session, req.tenant, event.seq, size),
         "tree_head": head,
     }
-    recorded = _version_event(session, req, model)
-    if recorded is not None and recorded.seq is not None and recorded.seq <= size:
+    if recorded is not None and recorded.seq is not None:
         evidence["version_event"] = {
             "event": export_dict(recorded),
             "inclusion_proof": transparency.inclusion_proof(session, req.tenant, recorded.seq, size),
@@ -128,21 +135,14 @@ def _evidence(
 
 def _version_event(session: Session, req: DeletionRequest, model: Model) -> AuditEvent | None:
     """The event that recorded the version the request completed on: `model_version.published`, or
-    `model.registered` for v1."""
+    `model.registered` for v1; found by the model's id and the version its data names, not by the
+    model's name (a review renamed a model in the database and the evidence was left out)."""
     if req.model_version is None:
         return None
-    if req.model_version == 1:
-        action, entity = "model.registered", model.id
-    else:
-        action, entity = "model_version.published", f"{model.name}/v{req.model_version}"
-    return session.scalar(
+    action = "model.registered" if req.model_version == 1 else "model_version.published"
+    found = session.scalars(
         select(AuditEvent)
-        .where(
-            AuditEvent.tenant == req.tenant,
-            AuditEvent.model_id == model.id,
-            AuditEvent.action == action,
-            AuditEvent.entity_id == entity,
-        )
+        .where(AuditEvent.tenant == req.tenant, AuditEvent.model_id == model.id, AuditEvent.action == action)
         .order_by(AuditEvent.seq)
-        .limit(1)
     )
+    return next((e for e in found if (e.data or {}).get("version") == f"v{req.model_version}"), None)

@@ -261,6 +261,7 @@ def version_published(
         "method": method,
         "params": params,
         "metrics": v.metrics,
+        "job_id": v.job_id,  # which job published it: what a certificate's method is checked against
     }
     return _on(
         session,

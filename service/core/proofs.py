@@ -83,6 +83,7 @@ def verify_certificate_binding(certificate: dict[str, Any], event: dict[str, Any
 # What a certificate states of the version it names, and where the event that recorded that version holds
 # it: every version's checkpoint; the publication's method, params and metrics where the request's own job
 # published it (a request whose samples earlier jobs forgot completes on a version another job made).
+CERTIFICATE_V3 = "unlearning-deletion-certificate/v3"  # carries its version's event, which it must hold
 VERSION_FIELDS = {
     "model.registered": ("checkpoint_sha256",),
     "model_version.published": ("checkpoint_sha256", "method", "params", "metrics"),
@@ -90,21 +91,30 @@ VERSION_FIELDS = {
 
 
 def verify_version_binding(
-    certificate: dict[str, Any], evidence: dict[str, Any], head: dict[str, Any]
+    certificate: dict[str, Any], evidence: dict[str, Any], head: dict[str, Any], completed: dict[str, Any]
 ) -> tuple[bool, str]:
     """The certificate's ``version_after`` (and, where its job published it, its method, params and
     metrics) is what the event that recorded that version put in the log: its publication, or the model's
-    registration for v1, proved included in ``head`` (the unsigned part) beside the completion event."""
+    registration for v1, proved included in ``head`` (the unsigned part) beside the completion event
+    ``completed``, and of the same model. Whether its job published it is read from the publication's
+    ``job_id`` (events since this check), else from its ``parent`` being the certificate's version before:
+    a review edited a job's base version to skip the method's check."""
     event, after = evidence.get("event") or {}, certificate.get("version_after") or {}
     data: dict[str, Any] = event["data"] if isinstance(event.get("data"), dict) else {}
     fields = VERSION_FIELDS.get(str(event.get("action")))
     if fields is None or data.get("version") != after.get("version"):
         return False, f"the proved version event does not record {after.get('version')}"
-    if event.get("tenant") != certificate.get("tenant"):
-        return False, "the proved version event is another tenant's"
+    if event.get("tenant") != certificate.get("tenant") or event.get("model_id") != completed.get("model_id"):
+        return False, "the proved version event is another model's"
     if not verify_inclusion_proof(event, evidence.get("inclusion_proof") or {}, head):
         return False, "the version event's inclusion proof does not lead to the signed head's root"
-    published = (certificate.get("version_before") or {}).get("version") != after.get("version")
+    before = (certificate.get("version_before") or {}).get("version")
+    if "job_id" in data:
+        published = data["job_id"] == certificate.get("job_id")
+    else:  # a publication from before events named their job
+        published = before != after.get("version")
+    if published and fields is VERSION_FIELDS["model_version.published"] and data.get("parent") != before:
+        return False, f"the certificate's version before ({before}) is not the parent the log recorded"
     stated = {
         "checkpoint_sha256": after.get("checkpoint_sha256"),
         "method": certificate.get("method"),

@@ -103,28 +103,43 @@ def test_a_certificate_is_bound_to_the_version_checkpoint_and_method_its_log_rec
 
     ok, why = verified()
     assert ok and "v2's checkpoint, method and metrics as logged" in why, why
-    edits = [
-        (DeletionRequest, "model_version", 1, "the certificate's version (v1) is not the one the audit"),
-        (ModelVersion, "sha256", "0" * 64, "the certificate's checkpoint_sha256 is not what the log"),
-        (Job, "method", "retrain", "the certificate's method is not what the log recorded for v2"),
-        (Job, "metrics", {"result": {"test_accuracy": 1.0}}, "the certificate's metrics is not what"),
+    with session_scope(db_url) as s:  # another model, its own v2 published, for a request moved there
+        other = make_model(s, name="other")
+        moved = s.query(ModelVersion).filter_by(model_id=other.id, number=publish_version(s, other, [])).one()
+        moved.metrics = {"test_accuracy": 0.9, "test_scores_sha256": "ab"}
+        events.version_published(s, other, moved, method=job.method, params=job.params)
+        other_id, toy_id = other.id, model.id
+    cases = [  # (edits as (table, column, value), what verification says)
+        ([(DeletionRequest, "model_version", 1)], "the certificate's version (v1) is not the one the audit"),
+        ([(ModelVersion, "sha256", "0" * 64)], "the certificate's checkpoint_sha256 is not what the log"),
+        ([(Job, "method", "retrain")], "the certificate's method is not what the log recorded for v2"),
+        ([(Job, "metrics", {"result": {"test_accuracy": 1.0}})], "the certificate's metrics is not what"),
+        # a review's: the job's base set to its result (to skip the method's check), the request moved to
+        # another model's v2, the model renamed with its checkpoint hash changed
+        ([(Job, "base_version", 2), (Job, "method", "retrain")], "the certificate's version before (v2)"),
+        ([(DeletionRequest, "model_id", other_id)], "the proved version event is another model's"),
+        ([(Model, "name", "renamed"), (ModelVersion, "sha256", "0" * 64)], "the certificate's checkpoint"),
     ]
 
     def edit(s: Session, table: type, column: str, value: object) -> object:
-        row = (
-            s.query(ModelVersion).filter_by(number=number).one()
-            if table is ModelVersion
-            else s.get_one(table, req.id if table is DeletionRequest else job.id)
-        )
+        row = {
+            ModelVersion: lambda: s.query(ModelVersion).filter_by(model_id=toy_id, number=number).one(),
+            DeletionRequest: lambda: s.get_one(DeletionRequest, req.id),
+            Job: lambda: s.get_one(Job, job.id),
+            Model: lambda: s.get_one(Model, toy_id),
+        }[table]()
         kept = getattr(row, column)
         setattr(row, column, value)
         return kept
 
-    for table, column, value, says in edits:
+    for edits, says in cases:
         with session_scope(db_url) as s:
-            kept = edit(s, table, column, value)
+            kept = [(table, column, edit(s, table, column, value)) for table, column, value in edits]
         ok, why = verified()
-        assert not ok and why.startswith(says), (column, why)
+        assert not ok and why.startswith(says), (edits, why)
         with session_scope(db_url) as s:
-            edit(s, table, column, kept)
+            for table, column, value in kept:
+                edit(s, table, column, value)
+    with session_scope(db_url) as s:
+        edit(s, Model, "name", "renamed")  # a rename alone changes nothing the log recorded
     assert verified()[0]
