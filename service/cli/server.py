@@ -101,6 +101,27 @@ def _bound(host: str, port: int) -> list[socket.socket] | None:
     return sockets
 
 
+def signing_key_refused(settings: Settings) -> bool:
+    """Print why the API must not start on its signing key (``signing.key_problem``) and return True; a
+    database it cannot read yet (not migrated, down) is the API's own start to report."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.core.db.engine import session_scope
+    from service.core.db.tables import AuditHead
+    from service.core.signing import key_problem
+
+    try:
+        with session_scope(settings.resolved_database_url) as s:
+            keys = set(s.scalars(select(AuditHead.public_key).distinct()))
+    except SQLAlchemyError:
+        return False
+    problem = key_problem(settings.signing_key_path, keys)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -112,6 +133,8 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         return STARTUP_FAILURE
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
+    if signing_key_refused(settings):
+        return EXIT_CODES["usage"]
     key = ensure_admin_key(settings)
     print(f"Admin API key: {key}\n(also in {settings.var_dir / 'admin.key'})", flush=True)
     # The demo's registration (a Python start and its torch and scikit-learn imports: ~7 s on 2 cores)
@@ -152,6 +175,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    if signing_key_refused(settings):
+        return EXIT_CODES["usage"]
     # Several processes share /metrics: each keeps its counters in files under this folder and a scrape
     # sums them (service.api.observability.server_wide). Set before uvicorn spawns them; a folder the
     # operator set (a gunicorn deployment's) is theirs to manage.

@@ -41,6 +41,31 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def key_problem(path: Path, head_keys: set[str]) -> str | None:
+    """Why a server must not start on the key at ``path`` (None: it may, creating one where there is
+    none and nothing was signed yet). ``head_keys``: the public keys (base64) the audit log's heads carry.
+    A probe removed the file and restarted the API: it made a new key without a word and signed heads
+    with it, and every certificate saved before then failed against the published key."""
+    fix = "UNLEARN_SIGNING_KEY_FILE must hold the Ed25519 key that signed the audit log's heads"
+    if not path.exists():
+        if not head_keys:
+            return None
+        return (
+            f"no signing key at {path}, and the audit log's heads were signed with {_named(head_keys)}: {fix}"
+        )
+    try:
+        held = public_key_b64(load_key(path))
+    except (ValueError, TypeError) as exc:
+        return f"{path} is not an Ed25519 private key in PEM ({exc}): {fix}"
+    if head_keys and held not in head_keys:
+        return f"the key at {path} ({held[:12]}...) signed none of the heads ({_named(head_keys)}): {fix}"
+    return None
+
+
+def _named(keys: set[str]) -> str:
+    return ", ".join(f"{k[:12]}..." for k in sorted(keys))
+
+
 def public_key_b64(key: Ed25519PrivateKey) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()

@@ -176,3 +176,53 @@ def test_a_second_run_on_a_port_in_use_exits_before_starting_a_worker(tmp_path: 
     assert f"error: cannot serve on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "worker started" not in done.stdout and "Serving on" not in done.stdout
     assert not (tmp_path / "var").exists()  # nothing was set up either
+
+
+@pytest.mark.parametrize("verb", ["run", "api"])
+def test_a_server_refuses_to_start_on_a_signing_key_that_did_not_sign_the_logs_heads(
+    tmp_path: Path, verb: str
+) -> None:
+    """A probe removed the key file and restarted the API: it made a new key without a word and signed
+    heads with it, and every certificate saved before failed against the published key. Missing, foreign
+    or unreadable, the key is refused in one line naming the setting, exit 2, before anything starts."""
+    import socket
+    import subprocess
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from service.core import transparency
+    from service.core.db.engine import session_scope
+    from service.core.settings import Settings
+    from service.core.signing import load_or_create_key, public_key_b64
+    from tests.factories import make_model
+    from tests.helpers import migrated
+    from tests.stack import UNLEARN
+
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    migrated(settings.resolved_database_url)
+    signer = Ed25519PrivateKey.generate()
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        transparency.sign_head(s, signer, "default")
+    with socket.socket() as probe:  # a free port: `run` binds before anything else
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "UNLEARN_VAR_DIR": str(settings.var_dir), "UNLEARN_DEMO": "false", "PORT": port}
+    path = settings.signing_key_path
+    for state, says in [
+        ("missing", f"error: no signing key at {path}, and the audit log's heads were signed with "),
+        ("foreign", f"error: the key at {path} ("),
+        ("garbled", f"error: {path} is not an Ed25519 private key in PEM"),
+    ]:
+        path.unlink(missing_ok=True)
+        if state == "foreign":
+            load_or_create_key(path)
+        elif state == "garbled":
+            path.write_text("not a key")
+        done = subprocess.run([UNLEARN, verb], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (state, done.stdout + done.stderr)
+        assert done.stderr.startswith(says) and "UNLEARN_SIGNING_KEY_FILE" in done.stderr, done.stderr
+        assert public_key_b64(signer)[:12] in done.stderr or state == "garbled"
+        assert len(done.stderr.strip().splitlines()) == 1 and "Serving on" not in done.stdout
+    assert path.read_text() == "not a key"  # nothing made a key of its own
