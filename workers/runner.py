@@ -386,8 +386,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 settings, ctx, store, rep, model, new_ids, metrics, (key, test_scores), method, as_dict
             )
             kept_rows.keep(checkpoint, rows, torch.device(device), recorded)
-            if cache is not None and rows is not None:
-                forget_front_rows(cache, rows, set(new_ids))
+            if cache is not None and rows is not None:  # every row the model forgot: a purge that an
+                forget_front_rows(cache, rows, set(new_ids) | ctx.forgotten)  # earlier kill cut short too
             return
     reasons = "; ".join(f"{a['method']}: {', '.join(a['gate_failures'])}" for a in attempts)
     why = f"every method failed its gates ({reasons})"

@@ -21,17 +21,19 @@ it already holds).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ class FeatureStore:
             folder.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, folder / name)
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:  # safetensors' own error for a full disk (a probe)
             log.warning("front rows not written to %s: %s", folder, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -125,20 +127,29 @@ class FeatureStore:
         front outputs are theirs too, and a probe found an erased subject's still on disk, named in the
         header); returns how many rows left. A chunk of another model or dataset that shares an ID string
         loses that row too: it is computed again if a run wants it. Only the header is read of a chunk
-        that holds none."""
+        that holds none.
+
+        One purge at a time over the store (a lock file): two at once each rewrote the same chunk without
+        only their own rows, and both kept the other's (probes). A chunk is unlinked before its kept rows
+        are written: a purge killed between the two loses cache rows, never keeps forgotten ones."""
         dropped = 0
-        for _, _, path in self._files():
-            wanted = self.read(path.parent.name, path.name, ids, folder=path.parent)
-            if wanted is None:
-                continue
-            keep = [i for i, sid in enumerate(wanted.ids) if sid not in ids]
-            if keep:
-                rows = torch.tensor(keep)
-                values = {k: v[rows] for k, v in wanted.values.items()}
-                self._write(path.parent, [wanted.ids[i] for i in keep], values, evict=False)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            dropped += len(wanted.ids) - len(keep)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".purge.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for _, _, path in self._files():
+                wanted = self.read(path.parent.name, path.name, ids, folder=path.parent)
+                if wanted is None:
+                    continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # evicted since it was read
+                keep = [i for i, sid in enumerate(wanted.ids) if sid not in ids]
+                if keep:
+                    rows = torch.tensor(keep)
+                    values = {k: v[rows] for k, v in wanted.values.items()}
+                    self._write(path.parent, [wanted.ids[i] for i in keep], values, evict=False)
+                dropped += len(wanted.ids) - len(keep)
         return dropped
 
     def nbytes(self) -> int:
@@ -154,6 +165,13 @@ class FeatureStore:
         return sorted(found)
 
     def _evict(self) -> None:
+        """Least recently used chunks first, down to ``max_bytes``; and temporary files an hour old, which
+        a process killed mid-write left (not chunks: they were never counted, nor swept)."""
+        stale = time.time() - 3600
+        for leftover in [*self.root.glob("*/.*.tmp"), *self.root.glob("*/.tmp*")]:
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < stale:
+                    leftover.unlink()
         files = self._files()
         total = sum(size for _, size, _ in files)
         for _, size, path in files:

@@ -164,3 +164,25 @@ def test_rows_a_deletion_forgot_leave_memory_and_every_chunk_and_the_rest_read_b
     for k, v in _parts(got).items():
         assert torch.equal(v, _parts(expect)[k]), k
         assert torch.equal(_parts(mine)[k][:-1], v), k  # rows after the forgotten one still line up
+
+
+def test_purges_at_once_each_remove_their_rows_and_keep_no_copy(tmp_path: Path) -> None:
+    """Two purges of one chunk at once each rewrote it without only their own rows, and both copies were
+    kept: each purge's rows survived in the other's (probes). One purge at a time over the store."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors import safe_open
+
+    front = _front()
+    data = _data(12, (1, 28, 28))
+    FeatureCache(2**30, FeatureStore(tmp_path, 2**30)).features(front, data, CPU, "train")
+    firsts, seconds = set(data.ids[:3]), set(data.ids[3:6])
+    with ThreadPoolExecutor(2) as pool:
+        dropped = list(pool.map(lambda ids: FeatureStore(tmp_path, 2**30).purge(ids), [firsts, seconds]))
+    assert dropped == [3, 3]
+    held = []
+    for path in tmp_path.glob("*/*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            held += json.loads(f.metadata()["ids"])
+    assert sorted(held) == sorted(data.ids[6:])  # each row once, none of either purge's
