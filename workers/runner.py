@@ -369,7 +369,17 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 **({"silenced_classes": silenced} if silenced else {}),
                 **(
                     {"warnings": w}
-                    if (w := attempt_warnings(method, classes, metrics, runs, base_metrics, mostly))
+                    if (
+                        w := attempt_warnings(
+                            method,
+                            classes,
+                            metrics,
+                            runs,
+                            base_metrics,
+                            mostly,
+                            ctx.retrain_above_class_share,
+                        )
+                    )
                     else {}
                 ),
                 **front_rows(cache, kept_before),
@@ -428,13 +438,14 @@ def attempt_warnings(
     runs: Sequence[Mapping[str, Any]] = (),
     base: Mapping[str, Any] | None = None,
     mostly: tuple[int, float] | None = None,
+    class_share: float | None = None,
 ) -> list[str]:
     """What an attempt's numbers say that its gates may not judge. A retrain predicts a flagged row as
     whatever the rest of the data teaches, which is what a deletion of it should end with."""
     if method == "retrain":
         return still_predicted(classes, metrics)
     flagged = still_labelled(metrics) + agreed_flags(metrics, runs, base or {})
-    return still_predicted(classes, metrics) + flagged + most_taken(mostly)
+    return still_predicted(classes, metrics) + flagged + most_taken(mostly, class_share)
 
 
 def retrain_instead(share: float | None, n_forget: int, n_left: int) -> bool:
@@ -463,7 +474,7 @@ def most_of_a_class(forget_y: torch.Tensor, retain_y: torch.Tensor) -> tuple[int
 MOST_OF_A_CLASS = 0.5  # a deletion taking more of a class than this is one the method falls short on
 
 
-def most_taken(mostly: tuple[int, float] | None) -> list[str]:
+def most_taken(mostly: tuple[int, float] | None, policy: float | None = None) -> list[str]:
     """A warning when an unlearning run served a deletion that took most, not all, of a class: where a
     client compared, a deep network's retrain forgot such rows far more than the run did (a ShuffleNet's
     90% of a class: 11% of them recognised against 65%), and no gate measures it (README, Where it falls
@@ -471,10 +482,11 @@ def most_taken(mostly: tuple[int, float] | None) -> list[str]:
     if mostly is None or mostly[1] <= MOST_OF_A_CLASS:
         return []
     c, share = mostly
+    set_to = "" if policy is None else f" (set to {policy:g}, above this deletion's share)"
     return [
         f"the deletion took {share:.1%} of class {c}'s training samples left; on deep networks a retrain "
         "forgets such rows more than unlearning does (README, Where it falls short): the model's "
-        "retrain_above_class_share sends such deletions to an exact retrain"
+        f"retrain_above_class_share{set_to} sends such deletions to an exact retrain"
     ]
 
 

@@ -57,11 +57,19 @@ def refuse_unencodable(value: Any, where: str) -> None:
 
 
 async def utf8_json_body(request: Request) -> None:
-    """An app-wide dependency: a JSON body whose strings UTF-8 cannot encode is a 422 naming the field.
-    Only a body holding a surrogate escape is decoded a second time (a regex search otherwise)."""
+    """An app-wide dependency: a JSON body that is not UTF-8 (RFC 8259 8.1), or whose strings UTF-8
+    cannot encode, is a 422 naming the field. Python's JSON parser took UTF-16 bodies and raw surrogate
+    bytes (CESU-8) as text holding lone surrogates, past the escape search (a review). Only a body
+    holding a surrogate escape is decoded a second time (a regex search otherwise)."""
     if "json" not in request.headers.get("content-type", ""):
         return
     body = await request.body()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unprocessable(
+            f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON encoded as UTF-8"
+        ) from exc
     if not _SURROGATE_ESCAPE.search(body):
         return
     try:

@@ -580,6 +580,12 @@ def test_a_lone_surrogate_in_a_json_body_or_a_cursor_is_a_422_naming_where(api: 
         headers=h,
     )
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "reference"], r.text
+    for raw in (  # the same surrogate as raw bytes (CESU-8), and a body in UTF-16: not UTF-8 (a review)
+        b'{"sample_ids": ["toy-0001"], "reference": "x\xed\xa0\x80"}',
+        '{"sample_ids": ["toy-0001"]}'.encode("utf-16"),
+    ):
+        r = api.client.post("/v1/models/toy/deletion-requests", content=raw, headers=h)
+        assert r.status_code == 422 and "the body is not UTF-8" in r.json()["detail"], r.text
     cursor = encode_cursor("2026-01-01T00:00:00+00:00", "\ud800")
     r = api.client.get("/v1/deletion-requests", params={"cursor": cursor}, headers=api.auth())
     assert r.status_code == 422 and "invalid cursor" in r.json()["detail"]
@@ -599,7 +605,7 @@ def test_a_models_retrain_share_is_set_bounded_and_cleared(api: Api, field: str)
     assert api.client.get(url, headers=h).json()[field] is None  # never, by default
     r = api.client.patch(url, json={field: 0.25}, headers=h)
     assert r.status_code == 200 and r.json()[field] == 0.25
-    for bad in (0, 1.5, -0.1, "half"):
+    for bad in (0, 1.5, -0.1, "half", *([1] if field == "retrain_above_class_share" else [])):
         refused = api.client.patch(url, json={field: bad}, headers=h)
         assert refused.status_code == 422, refused.text
         assert refused.json()["errors"][0]["loc"] == ["body", field]

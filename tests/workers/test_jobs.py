@@ -33,6 +33,7 @@ from service.core.settings import Settings
 from tests.helpers import migrated
 from workers.demo import ensure_demo
 from workers.orchestrate import process_model
+from workers.runner import most_taken
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +130,9 @@ def test_most_of_a_class_is_retrained_above_the_models_class_share_and_a_whole_c
         }
         assert "retrained_above_class_share" not in jobs[2].metrics["data"]
         assert not any("took" in w for w in jobs[2].metrics["attempts"][0].get("warnings", []))
+    # a policy set above the deletion's share is named as such (a review: it read as if unset)
+    [said] = most_taken((3, 0.6), 0.7)
+    assert "took 60.0% of class 3" in said and "(set to 0.7, above this deletion's share)" in said
 
 
 def test_forgetting_a_whole_class_scores_test_accuracy_without_it(demo: Settings) -> None:

@@ -180,6 +180,9 @@ def _no_bool_or_text(value: Any) -> Any:
 # ("ge"), and a client generated from it sent 0 (a probe)
 Seconds = Annotated[int, Ge(1), BeforeValidator(_no_bool_or_text)]
 Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+# Below 1: a deletion of all of a class takes it whole, which the class share leaves out (a probe set 1,
+# which could never apply)
+ClassShare = Annotated[float, Strict(), Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 # A registered model's gate where its spec names none: a version 10 points of test accuracy below its base
 # is a run that diverged or collapsed (a probe's ascent at a large lr published one predicting one class),
 # never what a deletion costs a retrain. Only where at least DEFAULT_GATE_ROWS test rows score the model:
@@ -260,7 +263,7 @@ class ModelUpdate(BaseModel):
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
     retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
-    retrain_above_class_share: Share | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)
+    retrain_above_class_share: ClassShare | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)
 
     @field_validator(
         "default_method", "default_params", "fallback_methods", "train_recipe", "gates", mode="before"
@@ -317,4 +320,4 @@ class ModelCreate(BaseModel):
         "UNLEARN_JOB_TIME_LIMIT_SECONDS, which applies when unset)",
     )
     retrain_above_share: Share | None = Field(None, description=RETRAIN_ABOVE_DOC)
-    retrain_above_class_share: Share | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)
+    retrain_above_class_share: ClassShare | None = Field(None, description=RETRAIN_ABOVE_CLASS_DOC)
