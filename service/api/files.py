@@ -12,7 +12,6 @@ answered too, where Starlette ignored them all.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -27,6 +26,7 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from service.api.errors import problem
+from service.core.dataset_ids import file_sha256
 
 _VALIDATORS = ("etag", "last-modified", "x-checkpoint-sha256")  # what a 304 repeats of the 200
 _REFUSALS = {
@@ -116,8 +116,7 @@ def stored_sha256(path: Path) -> str:
 
 @lru_cache(maxsize=256)
 def _sha256_of(path: str, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 def _listed(field: str, etag: str, *, weak: bool) -> bool:

@@ -13,26 +13,19 @@ from typing import Any
 from fastapi import Request
 
 from service.core.errors import Unprocessable
+from service.core.keys import is_utf8
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a body without one holds none
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def unencodable_at(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
     """The path of the first string (a key or a value) in decoded JSON that UTF-8 cannot encode; None if
     there is none. A key on the path is given as ``ascii()`` spells it, so an error naming it renders."""
     if isinstance(value, str):
-        return None if _encodes(value) else path
+        return None if is_utf8(value) else path
     if isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(k, str) and not _encodes(k):
+            if isinstance(k, str) and not is_utf8(k):
                 return (*path, ascii(k))
             if (found := unencodable_at(v, (*path, k))) is not None:
                 return found
