@@ -102,21 +102,35 @@ def _bound(host: str, port: int) -> list[socket.socket] | None:
 
 
 def signing_key_refused(settings: Settings) -> bool:
-    """Print why the API must not start on its signing key (``signing.key_problem``) and return True; a
-    database it cannot read yet (not migrated, down) is the API's own start to report."""
-    from sqlalchemy import select
+    """Print why the API must not start on its signing key (``signing.key_problem``: it must have signed
+    each tenant's latest head) and return True. A database not migrated yet holds no heads; one that cannot
+    be reached cannot say, and then only a missing key is refused: the API would make one, and a review's
+    did, with the database locked at its start."""
+    from sqlalchemy import func, select, text
     from sqlalchemy.exc import SQLAlchemyError
 
     from service.core.db.engine import session_scope
     from service.core.db.tables import AuditHead
     from service.core.signing import key_problem
 
+    path = settings.signing_key_path
     try:
         with session_scope(settings.resolved_database_url) as s:
-            keys = set(s.scalars(select(AuditHead.public_key).distinct()))
+            s.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        if path.exists():
+            return False  # its heads are checked again before each signature (transparency.sign_head)
+        print(f"error: no signing key at {path}, and the database cannot be read to tell whether the audit "
+              f"log holds heads another key signed ({_driver_said(exc)}); start it with the database up",
+              file=sys.stderr)  # fmt: skip
+        return True
+    try:
+        with session_scope(settings.resolved_database_url) as s:
+            latest = select(func.max(AuditHead.id)).group_by(AuditHead.tenant)
+            keys = set(s.scalars(select(AuditHead.public_key).where(AuditHead.id.in_(latest))))
     except SQLAlchemyError:
-        return False
-    problem = key_problem(settings.signing_key_path, keys)
+        keys = set()  # not migrated yet: no heads
+    problem = key_problem(path, keys)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
     return problem is not None

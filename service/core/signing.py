@@ -43,8 +43,8 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 def key_problem(path: Path, head_keys: set[str]) -> str | None:
     """Why a server must not start on the key at ``path`` (None: it may, creating one where there is
-    none and nothing was signed yet). ``head_keys``: the public keys (base64) the audit log's heads carry.
-    A probe removed the file and restarted the API: it made a new key without a word and signed heads
+    none and nothing was signed yet). ``head_keys``: the public keys (base64) each tenant's latest head
+    carries. A probe removed the file and restarted the API: it made a new key without a word and signed heads
     with it, and every certificate saved before then failed against the published key."""
     fix = "UNLEARN_SIGNING_KEY_FILE must hold the Ed25519 key that signed the audit log's heads"
     if not path.exists():
@@ -55,10 +55,14 @@ def key_problem(path: Path, head_keys: set[str]) -> str | None:
         )
     try:
         held = public_key_b64(load_key(path))
+    except OSError as exc:  # a folder, no permission: a traceback was printed (a review)
+        return f"cannot read the signing key {path} ({exc.strerror or exc}): {fix}"
     except (ValueError, TypeError) as exc:
         return f"{path} is not an Ed25519 private key in PEM ({exc}): {fix}"
-    if head_keys and held not in head_keys:
-        return f"the key at {path} ({held[:12]}...) signed none of the heads ({_named(head_keys)}): {fix}"
+    if head_keys and head_keys != {held}:
+        return (
+            f"the key at {path} ({held[:12]}...) did not sign the latest heads ({_named(head_keys)}): {fix}"
+        )
     return None
 
 

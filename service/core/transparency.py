@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.core import audit, merkle
 from service.core.canonical import canonical_json
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditHead
-from service.core.errors import Unprocessable
+from service.core.errors import ProblemError, Unprocessable
 from service.core.signing import public_key_b64
 
 HEAD_TYPE = "unlearning-audit-tree-head/v1"
@@ -34,12 +34,13 @@ def _root(session: Session, tenant: str, size: int) -> bytes:
 
 
 def stored_tree_problem(
-    session: Session, tenant: str, size: int, root_hex: str, key: Ed25519PrivateKey
+    session: Session, tenant: str, size: int, root_hex: str, key: Ed25519PrivateKey, after_head: int = 0
 ) -> str | None:
     """What is wrong with what proofs and heads are built from, where the events themselves verify: the
     stored subtree hashes must give the root the events give, and every head must carry this key's
     signature. A probe zeroed a stored node and inserted a head signed "AAAA": the check said ok, and
-    certificates issued then failed their proofs; a forged head under a later one went unseen (a review)."""
+    certificates issued then failed their proofs; a forged head under a later one went unseen (a review).
+    ``after_head``: only heads of later rows are checked (those a caller checked already are not)."""
     try:
         stored = _root(session, tenant, size).hex()
     except (KeyError, ValueError) as exc:  # a node missing: the tree cannot be rebuilt
@@ -49,11 +50,43 @@ def stored_tree_problem(
     from service.core.proofs import verify_head  # proofs imports nothing of the database
 
     trusted = public_key_b64(key)
-    for row in session.scalars(select(AuditHead).where(AuditHead.tenant == tenant).order_by(AuditHead.id)):
+    newer = select(AuditHead).where(AuditHead.tenant == tenant, AuditHead.id > after_head)
+    for row in session.scalars(newer.order_by(AuditHead.id)):
         ok, why = verify_head(_signed(row), trusted)
         if not ok:
             return f"the signed tree head of {row.tree_size} events (row {row.id}) does not verify: {why}"
     return None
+
+
+def latest_head_id(session: Session, tenant: str) -> int:
+    return session.scalar(select(func.max(AuditHead.id)).where(AuditHead.tenant == tenant)) or 0
+
+
+class SignerMismatch(ProblemError):
+    """The key at hand did not sign the log's latest head: signing with it would put the log under two
+    keys, and every certificate checked against the published key would fail."""
+
+    status, title = 503, "Signing key mismatch"
+
+
+def _check_signer(session: Session, key: Ed25519PrivateKey, tenant: str) -> None:
+    """SignerMismatch unless ``key`` signed the tenant's latest head (or, for a tenant with none yet, the
+    latest head of any tenant): a server that made a key of its own where the file had gone signed over
+    the old heads (probes), whatever path it signed through."""
+    from service.core.proofs import verify_head
+
+    row = session.scalar(
+        select(AuditHead).where(AuditHead.tenant == tenant).order_by(AuditHead.id.desc()).limit(1)
+    ) or session.scalar(select(AuditHead).order_by(AuditHead.id.desc()).limit(1))
+    if row is None:
+        return
+    ok, why = verify_head(_signed(row), public_key_b64(key))
+    if not ok:
+        raise SignerMismatch(
+            f"no tree head signed: the log's latest head ({row.public_key[:12]}...) does not verify with "
+            f"this server's key ({public_key_b64(key)[:12]}...): {why}; UNLEARN_SIGNING_KEY_FILE must hold "
+            "the key that signed it"
+        )
 
 
 def _signed(row: AuditHead) -> dict[str, Any]:
@@ -69,7 +102,9 @@ def _signed(row: AuditHead) -> dict[str, Any]:
 
 
 def sign_head(session: Session, key: Ed25519PrivateKey, tenant: str) -> dict[str, Any]:
-    """Sequence what is committed, then sign and store a head over the whole tree. The caller commits."""
+    """Sequence what is committed, then sign and store a head over the whole tree. The caller commits.
+    SignerMismatch where ``key`` did not sign the latest head."""
+    _check_signer(session, key, tenant)
     audit.sequence_all(session, tenant)
     size = audit.tree_size(session, tenant)
     ts = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -98,6 +133,8 @@ def sequence_and_sign(
     asked between batches; when it says so, return None without a head, keeping the batches committed
     (the next run goes on). After a burst the backlog takes minutes to sequence, and a worker asked to
     shut down waited for all of it in one transaction, which a kill then threw away."""
+    with session_scope(url) as s:
+        _check_signer(s, key, tenant)  # before any is sequenced: they wait for a head the right key signs
     while True:
         if stop():
             return None

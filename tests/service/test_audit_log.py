@@ -213,8 +213,9 @@ def test_sequencing_in_batches_stops_when_asked_and_keeps_the_batches_it_committ
 
 def test_a_worker_signs_heads_with_the_apis_key_only_and_never_makes_one(db_url: str, tmp_path: Path) -> None:
     """A worker that found the key file gone made a key of its own and signed heads with it; every
-    certificate the API signed then failed against its published key (a probe). A tenant whose head
-    another key signed is skipped, and one tenant's failure does not stop the others."""
+    certificate the API signed then failed against its published key (a probe). No head is signed with a
+    key that did not sign the latest one, a new tenant's first included (a review: the log then stood
+    under two keys, and no key verified it again)."""
     from workers.tasks import sign_heads
 
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), DATABASE_URL=db_url)  # type: ignore[call-arg]
@@ -227,8 +228,18 @@ def test_a_worker_signs_heads_with_the_apis_key_only_and_never_makes_one(db_url:
         audit.record(s, tenant="other", actor="test", action="test.event", entity_type="t", entity_id="y")
     settings.signing_key_path.unlink()
     swapped = load_or_create_key(settings.signing_key_path)  # another key behind the service's back
-    assert sign_heads(settings) == 1  # the other tenant, new, is signed; this one's head is not
+    assert sign_heads(settings) == 0  # neither: a new tenant's first head would put the log under two keys
     with session_scope(db_url) as s:
         kept, other = (transparency.latest_head(s, t) for t in (TENANT, "other"))
+        with pytest.raises(transparency.SignerMismatch, match="does not verify with this server's key"):
+            transparency.sign_head(s, swapped, "other")  # nor through any other path
     assert kept is not None and kept["signature"]["public_key"] == public_key_b64(key)
-    assert other is not None and other["signature"]["public_key"] == public_key_b64(swapped)
+    assert other is None
+    from cryptography.hazmat.primitives import serialization
+
+    settings.signing_key_path.write_bytes(  # the key restored: both are signed
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    assert sign_heads(settings) == 2
