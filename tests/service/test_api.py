@@ -342,6 +342,8 @@ def test_tree_heads_and_proofs_are_served_and_verify_offline(api: Api) -> None:
         assert post(api, {"sample_ids": [f"toy-000{i}"]}).status_code == 202
     assert api.client.get("/v1/audit/head", headers=api.auth()).json() == first  # the latest signed one
     second = api.client.get("/v1/audit/head?fresh=true", headers=api.auth()).json()
+    # nothing new: the same head, not one more stored per call (a probe's 50 calls stored 50)
+    assert api.client.get("/v1/audit/head?fresh=true", headers=api.auth()).json() == second
     pub = api.client.get("/v1/audit/public-key", headers=api.auth()).json()["public_key"]
     assert proofs.verify_head(first, pub)[0] and proofs.verify_head(second, pub)[0]
     old, new = first["tree_head"], second["tree_head"]
@@ -583,9 +585,12 @@ def test_a_lone_surrogate_in_a_json_body_or_a_cursor_is_a_422_naming_where(api: 
     for raw in (  # the same surrogate as raw bytes (CESU-8), and a body in UTF-16: not UTF-8 (a review)
         b'{"sample_ids": ["toy-0001"], "reference": "x\xed\xa0\x80"}',
         '{"sample_ids": ["toy-0001"]}'.encode("utf-16"),
+        '{"sample_ids": ["toy-0001"]}'.encode("utf-16-le"),  # no byte-order mark (a probe)
+        '{"sample_ids": ["toy-0001"]}'.encode("utf-32-be"),
     ):
-        r = api.client.post("/v1/models/toy/deletion-requests", content=raw, headers=h)
-        assert r.status_code == 422 and "the body is not UTF-8" in r.json()["detail"], r.text
+        upper = {**h, "Content-Type": "APPLICATION/JSON"}  # any case (a review)
+        r = api.client.post("/v1/models/toy/deletion-requests", content=raw, headers=upper)
+        assert r.status_code == 422 and "UTF-8" in r.json()["detail"], r.text
     cursor = encode_cursor("2026-01-01T00:00:00+00:00", "\ud800")
     r = api.client.get("/v1/deletion-requests", params={"cursor": cursor}, headers=api.auth())
     assert r.status_code == 422 and "invalid cursor" in r.json()["detail"]
