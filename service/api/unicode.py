@@ -54,7 +54,7 @@ async def utf8_json_body(request: Request) -> None:
     cannot encode, is a 422 naming the field. Python's JSON parser took UTF-16 bodies and raw surrogate
     bytes (CESU-8) as text holding lone surrogates, past the escape search (a review). Only a body
     holding a surrogate escape is decoded a second time (a regex search otherwise)."""
-    if "json" not in request.headers.get("content-type", ""):
+    if "json" not in request.headers.get("content-type", "").lower():  # any case, as FastAPI reads it
         return
     body = await request.body()
     try:
@@ -63,6 +63,8 @@ async def utf8_json_body(request: Request) -> None:
         raise Unprocessable(
             f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON encoded as UTF-8"
         ) from exc
+    if b"\x00" in body:  # UTF-16 or UTF-32 text of ASCII is valid UTF-8 byte for byte (a probe)
+        raise Unprocessable("the body holds NUL bytes (UTF-16 or UTF-32?): send JSON encoded as UTF-8")
     if not _SURROGATE_ESCAPE.search(body):
         return
     try:
