@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile, status
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -228,11 +228,21 @@ def retire_checkpoint(
         )
     if v.checkpoint_retired_at is None:
         path = Path(v.checkpoint_uri)
-        if path.resolve().is_relative_to(settings.checkpoint_dir.resolve()):  # never a file elsewhere
-            path.unlink(missing_ok=True)
-        v.checkpoint_retired_at = utcnow()
-        events.checkpoint_retired(session, m, v, actor=events.key_actor(key))
+        if path.exists() and not path.resolve().is_relative_to(settings.checkpoint_dir.resolve()):
+            raise Conflict(  # said deleted while kept (a review): this service deletes only its own files
+                f"the checkpoint of {m.name}/v{v.number} is outside UNLEARN_STORAGE_DIR "
+                f"({settings.checkpoint_dir}); delete it where it is stored"
+            )
+        path.unlink(missing_ok=True)
+        marked = session.execute(  # one of two calls at once records it (the other finds it done)
+            update(ModelVersion)
+            .where(ModelVersion.id == v.id, ModelVersion.checkpoint_retired_at.is_(None))
+            .values(checkpoint_retired_at=utcnow())
+        )
+        if marked.rowcount:  # type: ignore[attr-defined]
+            events.checkpoint_retired(session, m, v, actor=events.key_actor(key))
         session.commit()
+        session.refresh(v)
     return version_out(v)
 
 
