@@ -113,6 +113,13 @@ def cmd_audit_verify(client: Client, args: argparse.Namespace) -> int:
     if kept is not None:
         ok, why = against_kept_head(client, kept, trusted)
         say(f"audit log {'OK' if ok else 'TAMPERED'}: {why}", file=sys.stdout if ok else sys.stderr)
+        if ok and trusted is None:  # as verify-certificate says it (a probe read exit 0 as verified)
+            say(
+                "kept head NOT VERIFIED: only against the key embedded in it, which anyone can make; pass "
+                "--public-key with the service's PEM (`unlearn public-key -o key.pem`)",
+                file=sys.stderr,
+            )
+            return 1
         return 0 if ok else 1
     return 0
 

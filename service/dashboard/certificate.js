@@ -1,7 +1,7 @@
 // The request page's certificate: the signed deletion certificate's facts, a JSON download and how to verify it.
 import { download } from "./api.js";
 import { el } from "./dom.js";
-import { METRICS, fmt, short, when } from "./format.js";
+import { METRICS, fmt, when } from "./format.js";
 import { dl } from "./widgets.js";
 
 export function certificateView(signed) {
@@ -44,7 +44,7 @@ export function certificateView(signed) {
       "p",
       { class: "hint" },
       "Verify it offline: ",
-      el("code", {}, `unlearn public-key -o key.pem && unlearn verify-certificate certificate-${short(c.request_id)}….json --public-key key.pem`),
+      el("code", {}, `unlearn public-key -o key.pem && unlearn verify-certificate certificate-${c.request_id}.json --public-key key.pem`),
     ),
     el("details", {}, el("summary", {}, "Raw JSON"), el("pre", { class: "json" }, JSON.stringify(signed, null, 2))),
   );

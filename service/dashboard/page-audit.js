@@ -5,6 +5,16 @@ import { shortId, when } from "./format.js";
 import { runAction, tick } from "./poll.js";
 import { table } from "./widgets.js";
 
+async function savePem() {
+  const { pem } = await api("/v1/audit/public-key");
+  const url = URL.createObjectURL(new Blob([pem], { type: "application/x-pem-file" }));
+  const a = el("a", { href: url, download: "unlearn-public-key.pem" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 export const audit = {
   title: "Audit trail",
   section: "audit",
@@ -58,7 +68,8 @@ export const audit = {
         el("button", { type: "button", onclick: (e) => runAction(e.currentTarget, () => download(`/v1/audit/export?${query("jsonl")}`, `audit-${stamp}.jsonl`)) }, "Export JSONL"),
         el("button", { type: "button", onclick: (e) => runAction(e.currentTarget, () => download(`/v1/audit/export?${query("csv")}`, `audit-${stamp}.csv`)) }, "Export CSV"),
         el("button", { type: "button", class: "secondary", onclick: () => tick(true) }, "Refresh"),
-        el("button", { type: "button", class: "secondary", onclick: (e) => runAction(e.currentTarget, () => download("/v1/audit/public-key", "unlearn-public-key.json")) }, "Public key"),
+        // PEM, which every --public-key takes (the JSON it saved was refused by the CLI: a probe)
+        el("button", { type: "button", class: "secondary", onclick: (e) => runAction(e.currentTarget, savePem) }, "Public key (PEM)"),
       ),
       filters,
       result,

@@ -86,21 +86,24 @@ export const model = {
               el(
                 "td",
                 {},
-                el(
-                  "button",
-                  {
-                    type: "button",
-                    class: "small",
-                    onclick: (e) =>
-                      runAction(e.currentTarget, () =>
-                        download(
-                          `/v1/models/${enc(model.name)}/versions/${v.version}/checkpoint`,
-                          `${model.name}-${v.version}.safetensors`,
-                        ),
-                      ),
-                  },
-                  "download",
-                ),
+                // a deleted checkpoint's download was offered, and answered 410 (a probe)
+                v.checkpoint_retired_at
+                  ? el("span", { class: "muted", title: `deleted ${v.checkpoint_retired_at}` }, "deleted")
+                  : el(
+                      "button",
+                      {
+                        type: "button",
+                        class: "small",
+                        onclick: (e) =>
+                          runAction(e.currentTarget, () =>
+                            download(
+                              `/v1/models/${enc(model.name)}/versions/${v.version}/checkpoint`,
+                              `${model.name}-${v.version}.safetensors`,
+                            ),
+                          ),
+                      },
+                      "download",
+                    ),
               ),
             ),
           ),

@@ -212,6 +212,8 @@ def test_a_kept_tree_head_proves_the_log_still_extends_it(
     ok = cli.run("audit", "verify", "--head", str(head), "--public-key", str(pem))
     assert ok.returncode == 0, ok.stderr
     kept_root = json.loads(head.read_text())["tree_head"]["root_hash"]  # not the current head's (a probe)
+    unkeyed = cli.run("audit", "verify", "--head", str(head))  # checked, but not against the service's key
+    assert unkeyed.returncode == 1 and "kept head NOT VERIFIED" in unkeyed.stderr, unkeyed.stderr
     assert f"extends the kept head of {size} (root {kept_root[:16]}...)" in ok.stdout
 
     forged = json.loads(head.read_text())

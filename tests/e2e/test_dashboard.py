@@ -432,6 +432,15 @@ def test_audit_page_verifies_the_chain_and_exports_it(
     info.value.save_as(exported)
     lines = exported.read_text().splitlines()
     assert lines and all(line.startswith("{") for line in lines)
+    with page.expect_download() as info:  # PEM, which every --public-key takes (it saved JSON: a probe)
+        page.click("text=Public key (PEM)")
+    pem = tmp_path / "key.pem"
+    info.value.save_as(pem)
+    from service.core.signing import public_key_b64_from_pem
+
+    with stack.client() as api:
+        served = api.get("/v1/audit/public-key").json()["public_key"]
+    assert public_key_b64_from_pem(pem.read_text()) == served
     save_screenshot(page, tmp_path, "dashboard-audit.png")
 
 
