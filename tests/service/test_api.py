@@ -275,11 +275,15 @@ def test_a_kept_head_of_another_tenant_is_a_usage_error_naming_both_tenants_not_
     with session_scope(api.url) as s:
         make_model(s, tenant="acme", name="theirs")  # acme's log is longer than default's
         acme = make_key(s, tenant="acme", scopes=("audit:read",))
+    from service.core.signing import public_key_pem
+
+    pem = tmp_path / "key.pem"  # a kept head is verified against the service's key (without: exit 1)
+    pem.write_text(public_key_pem(api.client.app.state.signing_key))  # type: ignore[attr-defined]
     for owner, other, key_of_other in (("acme", "default", api.key), ("default", "acme", acme)):
         head = tmp_path / f"{owner}.json"
         owner_key = acme if owner == "acme" else api.key
         head.write_text(json.dumps(cli_client(api, owner_key).get("/v1/audit/head", fresh="true")))
-        args = argparse.Namespace(head=str(head), public_key=None)
+        args = argparse.Namespace(head=str(head), public_key=str(pem))
         with pytest.raises(UsageError, match=f"belongs to tenant '{owner}'.*log is tenant '{other}'"):
             cmd_audit_verify(cli_client(api, key_of_other), args)
         assert cmd_audit_verify(cli_client(api, owner_key), args) == 0  # its own tenant's key: intact
