@@ -51,7 +51,11 @@ export async function api(path, { method = "GET", body, raw = false } = {}) {
 
 export async function download(path, filename) {
   const res = await api(path, { raw: true });
-  const url = URL.createObjectURL(await res.blob());
+  saveBlob(await res.blob(), filename);
+}
+
+export function saveBlob(blob, filename) {
+  const url = URL.createObjectURL(blob);
   const a = el("a", { href: url, download: filename });
   document.body.append(a);
   a.click();

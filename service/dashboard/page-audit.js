@@ -1,5 +1,5 @@
 // The audit trail page: the newest events, chain verification, JSONL/CSV export and the public key.
-import { api, download } from "./api.js";
+import { api, download, saveBlob } from "./api.js";
 import { el } from "./dom.js";
 import { shortId, when } from "./format.js";
 import { runAction, tick } from "./poll.js";
@@ -7,12 +7,7 @@ import { table } from "./widgets.js";
 
 async function savePem() {
   const { pem } = await api("/v1/audit/public-key");
-  const url = URL.createObjectURL(new Blob([pem], { type: "application/x-pem-file" }));
-  const a = el("a", { href: url, download: "unlearn-public-key.pem" });
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  saveBlob(new Blob([pem], { type: "application/x-pem-file" }), "unlearn-public-key.pem");
 }
 
 export const audit = {
