@@ -8,6 +8,7 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.core import deletions, events, jobs
+from service.core.db.clock import db_now
 from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Job, Model, utcnow
 from service.core.states import PENDING, JobPhase, JobState, ModelStatus, RequestState, WebhookState
 from workers import leases
@@ -37,7 +38,9 @@ def models_needing_work(session: Session, takeover_after: float | None = None) -
     pending = exists().where(DeletionRequest.model_id == Model.id, DeletionRequest.state.in_(PENDING))
     unfinished = exists().where(Job.model_id == Model.id, Job.state == JobState.RUNNING)
     return list(
-        session.scalars(select(Model.id).where(or_(pending, unfinished), leases.is_free(takeover_after)))
+        session.scalars(
+            select(Model.id).where(or_(pending, unfinished), leases.is_free(db_now(session), takeover_after))
+        )
     )
 
 

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from models.hooks import Cancelled
 from service.core import events, jobs
+from service.core.db.clock import db_now
 from service.core.db.engine import session_scope
-from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion, utcnow
+from service.core.db.tables import Dataset, DeletionRequest, ForgottenSample, Job, Model, ModelVersion
 from service.core.states import DeletionReason, JobPhase, JobState
 from workers import claims, kept_scores
 from workers.datasets import DatasetRef
@@ -134,7 +135,7 @@ class JobStore:
                 select(ForgottenSample.sample_id).where(ForgottenSample.model_id == model.id)
             )
             # a resumed job keeps its first start: durations are the client's wait, lost attempts included
-            job.base_version, job.heartbeat_at = model.latest_version, utcnow()
+            job.base_version, job.heartbeat_at = model.latest_version, db_now(s)
             job.started_at = job.started_at or job.heartbeat_at
             return JobContext(
                 job_id=job.id,

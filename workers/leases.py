@@ -2,7 +2,8 @@
 
 A conditional UPDATE is atomic on PostgreSQL and SQLite alike, so no advisory lock is needed; the
 expiry means a killed worker's lease lapses and another worker resumes its job; sooner, when the dead
-worker's heartbeat row shows it has gone silent.
+worker's heartbeat row shows it has gone silent. Expiries are set and read by the database's clock
+(`db_now`): workers on hosts whose clocks disagree judge a lease alike.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.orm import Session
 
+from service.core.db.clock import db_now
 from service.core.db.engine import session_scope
-from service.core.db.tables import Model, utcnow
+from service.core.db.tables import Model
 from service.core.liveness import owner_is_silent
 
 log = logging.getLogger(__name__)
@@ -31,12 +33,12 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def is_free(takeover_after: float | None = None) -> ColumnElement[bool]:
-    """SQL: nobody holds the model's lease, it ran out, or (given `takeover_after`) its holder's worker
-    has not beaten for that long."""
-    free = [Model.lease_owner.is_(None), Model.lease_expires_at < utcnow()]
+def is_free(now: datetime, takeover_after: float | None = None) -> ColumnElement[bool]:
+    """SQL: nobody holds the model's lease, it ran out by `now` (the database's clock: `db_now`), or
+    (given `takeover_after`) its holder's worker has not beaten for that long."""
+    free = [Model.lease_owner.is_(None), Model.lease_expires_at < now]
     if takeover_after is not None:
-        free.append(owner_is_silent(Model.lease_owner, takeover_after))
+        free.append(owner_is_silent(Model.lease_owner, takeover_after, now))
     return or_(*free)
 
 
@@ -44,10 +46,10 @@ def acquire(
     session: Session, model_id: str, owner: str, seconds: float, takeover_after: float | None = None
 ) -> bool:
     """Take the model's lease for `seconds` if it is free (see `is_free`) or already ours."""
-    now = utcnow()
+    now = db_now(session)
     result = session.execute(
         update(Model)
-        .where(Model.id == model_id, or_(is_free(takeover_after), Model.lease_owner == owner))
+        .where(Model.id == model_id, or_(is_free(now, takeover_after), Model.lease_owner == owner))
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
@@ -58,7 +60,7 @@ def renew(session: Session, model_id: str, owner: str, seconds: float) -> bool:
     result = session.execute(
         update(Model)
         .where(Model.id == model_id, Model.lease_owner == owner)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+        .values(lease_expires_at=db_now(session) + timedelta(seconds=seconds))
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 

@@ -14,8 +14,9 @@ from types import TracebackType
 
 from sqlalchemy import select
 
+from service.core.db.clock import db_now
 from service.core.db.engine import session_scope
-from service.core.db.tables import Job, utcnow
+from service.core.db.tables import Job
 from service.core.errors import one_line
 from service.core.states import JobState
 from workers import leases
@@ -83,7 +84,7 @@ class Reporter:
             if job is None:
                 self._lost = f"job {self.job_id} vanished"
                 raise LeaseLost(self._lost)
-            job.progress, job.phase, job.heartbeat_at = overall, phase, utcnow()
+            job.progress, job.phase, job.heartbeat_at = overall, phase, db_now(s)
             self._cancel = job.cancel_requested
 
     # --- called by the job --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import liveness
+from service.core.db.clock import db_now
 from service.core.db.tables import DeletionRequest, Job
 from service.core.states import JobState, RequestState
 
@@ -110,7 +111,7 @@ class TenantCollector(Collector):
                 "Seconds since the least recent heartbeat of a running job (0: none running)",
                 labels=["tenant"],
             )
-            stale.add_metric([self.tenant], liveness.age_s(oldest) or 0.0)
+            stale.add_metric([self.tenant], liveness.age_s(oldest, db_now(s)) or 0.0)
             s.rollback()
         hist = HistogramMetricFamily(
             "unlearn_job_duration_seconds", "Duration of completed jobs", labels=["tenant"]

@@ -45,11 +45,12 @@ def request_out(req: DeletionRequest, model_name: str) -> DeletionRequestOut:
     )
 
 
-def job_out(job: Job, model_name: str, *, retryable: bool = False) -> JobOut:
+def job_out(job: Job, model_name: str, *, retryable: bool = False, now: datetime | None = None) -> JobOut:
+    """`now` (the database's clock, `db_now`, by which workers write heartbeats) is needed only for a
+    running job's heartbeat age: a finished one's grew for ever (a probe)."""
     heartbeat = _aware(job.heartbeat_at)
-    # only a running job's heartbeat has an age worth reading: a finished one's grew for ever (a probe)
     running = job.state == JobState.RUNNING
-    age = (datetime.now(UTC) - heartbeat).total_seconds() if heartbeat and running else None
+    age = max((now - heartbeat).total_seconds(), 0.0) if heartbeat and running and now else None
     return JobOut(
         id=job.id,
         model=model_name,

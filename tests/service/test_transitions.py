@@ -489,6 +489,7 @@ def test_only_a_running_jobs_heartbeat_has_an_age(db_url: str, model: Model) -> 
         submit_request(s, model, ["toy-0001"])
         job = claim(s, model)
         job.heartbeat_at = utcnow()
-        assert job_out(job, "toy").heartbeat_age_s is not None
+        assert job_out(job, "toy", now=utcnow()).heartbeat_age_s is not None
         jobs.close(s, job, JobState.COMPLETED, result_version=1)
-        assert job_out(job, "toy").heartbeat_age_s is None and job_out(job, "toy").heartbeat_at is not None
+        finished = job_out(job, "toy", now=utcnow())
+        assert finished.heartbeat_age_s is None and finished.heartbeat_at is not None

@@ -11,6 +11,7 @@ import torch
 
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model, utcnow
+from tests.conftest import Backend
 from tests.factories import make_model
 from workers import leases
 from workers.validate import worker_short_of
@@ -261,3 +262,46 @@ def test_a_validation_that_ran_out_of_memory_or_disk_is_retried_not_the_models_f
     MemoryError, and validated at 4.45 GB: a worker short of memory or disk is retried as a worker's death
     is (the lease goes back, the attempt counts), a model that does not fit its data is invalid."""
     assert worker_short_of(error) is short
+
+
+# -- hosts whose clocks disagree ------------------------------------------------------------------------
+
+
+def test_hosts_whose_clocks_disagree_judge_leases_and_heartbeats_alike(backend: Backend) -> None:
+    """A worker on a host ten minutes fast saw a live worker's 60 s lease as lapsed and its heartbeat as
+    ten minutes old, and took the model over; one ten minutes slow wrote a lease and heartbeats that others
+    read as long gone. On PostgreSQL every host reads the database's clock."""
+    if backend.name != "postgres":
+        pytest.skip("the embedded default (SQLite) is one host: its own clock is the shared one")
+    from freezegun import freeze_time
+
+    from service.core import liveness
+    from tests.factories import submit_request
+    from workers import claims
+
+    url = backend.env["DATABASE_URL"]
+    with session_scope(url) as s:
+        model = make_model(s, name="toy")
+        submit_request(s, model, ["toy-0000"])
+        model_id = model.id
+    assert acquire(url, model_id, "right:1:aaaa", seconds=60)
+    with session_scope(url) as s:
+        liveness.beat(s, "right:1")
+
+    fast = freeze_time(utcnow() + timedelta(minutes=10), tick=True)  # a host ten minutes fast
+    with fast, session_scope(url) as s:
+        assert claims.models_needing_work(s, takeover_after=6) == []
+        assert not leases.acquire(s, model_id, "fast:2:bbbb", 60, takeover_after=6)
+        assert liveness.alive(s, within_s=6) == 1
+    assert lease(url, model_id)[0] == "right:1:aaaa"
+
+    release(url, model_id, "right:1:aaaa")
+    with freeze_time(utcnow() - timedelta(minutes=10), tick=True):  # this one ten minutes slow
+        assert acquire(url, model_id, "slow:3:cccc", seconds=60)
+        with session_scope(url) as s:
+            liveness.beat(s, "slow:3")
+    with session_scope(url) as s:
+        assert not leases.acquire(s, model_id, "right:4:dddd", 60, takeover_after=6)
+        assert claims.models_needing_work(s, takeover_after=6) == []
+    owner, expires = lease(url, model_id)
+    assert owner == "slow:3:cccc" and expires is not None and expires > utcnow() + timedelta(seconds=30)

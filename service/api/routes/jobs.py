@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -12,6 +13,7 @@ from service.api.schemas.common import IsoTime, Page
 from service.api.schemas.jobs import JobOut, JobState
 from service.api.views import job_out
 from service.core import events, jobs
+from service.core.db.clock import db_now
 from service.core.db.tables import Job, Model
 from service.core.errors import Unprocessable
 from service.core.lookups import get_job, get_model
@@ -41,7 +43,8 @@ def list_jobs(
         query = query.where(Job.created_at >= utc(since))
     rows, next_cursor = newest_first(session, query, Job, cursor, limit)
     again = jobs.retryable(session, [job for job, _ in rows])
-    items = [job_out(job, name, retryable=job.id in again) for job, name in rows]
+    now = _now_if_running(session, [job for job, _ in rows])
+    items = [job_out(job, name, retryable=job.id in again, now=now) for job, name in rows]
     return Page[JobOut](items=items, next_cursor=next_cursor)
 
 
@@ -53,7 +56,13 @@ def get_job_route(job_id: str, session: SessionDep, key: JobsReader) -> JobOut:
 
 def _out(session: SessionDep, job: Job) -> JobOut:
     name = session.get_one(Model, job.model_id).name
-    return job_out(job, name, retryable=job.id in jobs.retryable(session, [job]))
+    retryable = job.id in jobs.retryable(session, [job])
+    return job_out(job, name, retryable=retryable, now=_now_if_running(session, [job]))
+
+
+def _now_if_running(session: SessionDep, listed: list[Job]) -> datetime | None:
+    """The database's clock, read only where a running job's heartbeat age is shown."""
+    return db_now(session) if any(j.state == "running" for j in listed) else None
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut, summary="Ask a running job to stop")
