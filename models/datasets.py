@@ -64,6 +64,8 @@ class SampleDataset:
             self.x = self.x.float()
         elif isinstance(self.x, dict):
             self.x = dict(self.x)  # a copy: the caller's dict is not shared
+        if self.y.is_floating_point() and not torch.equal(self.y, self.y.round()):
+            raise ValueError("labels must be whole numbers (class indices); y holds fractions or NaN")
         self.y = self.y.long()
 
     def __len__(self) -> int:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import batches as B
+from models.adapters import adapt, check_contract, defines_contract
 from models.architectures import Classifier, build_model
 from models.batches import Loaded
 from models.datasets import SampleDataset
@@ -83,16 +84,116 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str) -> Callable[[Method], Method]:
-    """Register a method; its params dataclass must exist in ``models.unlearning.params`` (torch-free)."""
+    """Register a method; its params dataclass must exist in ``models.unlearning.params`` (torch-free).
+
+    What is registered, and what the decorated name then holds (``from models.unlearning import
+    ugradsl_plus``), is the method behind ``_prepared``, so a researcher calling it directly gets what
+    ``run_method`` gives: ``params`` as a dict, an instance or None (the defaults), ``hooks`` optional,
+    inputs checked, a model without ``features()``/``head()`` adapted, runs seeded by ``params.seed``
+    (dropout included) and the model handed back in the train/eval modes it came in."""
 
     def deco(fn: Method) -> Method:
         params_class(name)  # raises ValueError if the params are not declared
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = fn
-        return fn
+
+        @functools.wraps(fn)
+        def method(
+            model: nn.Module,
+            forget: SampleDataset,
+            retain: SampleDataset,
+            params: Any = None,
+            hooks: Hooks | None = None,
+            heldout: SampleDataset | None = None,
+            **flags: Any,
+        ) -> nn.Module:
+            p = parse_params(name, params)
+            return _prepared(fn, model, forget, retain, p, hooks or Hooks(), heldout, flags)
+
+        _METHODS[name] = method
+        return method
 
     return deco
+
+
+def _prepared(
+    fn: Method,
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: Any,
+    hooks: Hooks,
+    heldout: SampleDataset | None,
+    flags: dict[str, Any],
+) -> nn.Module:
+    """Run ``fn`` on the caller's model as the methods assume it: checked inputs, the features/head
+    contract (``adapt``), a seeded RNG (the caller's own state restored after), and every module's mode
+    restored on the way out (the runs switch modules to train mode, some shared with the caller's front:
+    a model handed back half in train mode ran dropout and batch statistics in the caller's next
+    evaluation, and moved BatchNorm's running means in a plain forward)."""
+    modes = {m: m.training for m in model.modules()}  # before anything here switches one
+    _check_inputs(model, forget, retain, heldout)
+    device = model_device(model)
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda):
+        seed = getattr(params, "seed", None)
+        if isinstance(seed, int):
+            torch.manual_seed(seed)
+        try:
+            net = model if defines_contract(model) else _adapted(model, forget, retain)
+            with cpu_channels_last(net):
+                fn(net, forget, retain, params, hooks, heldout=heldout, **flags)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+    return model
+
+
+def _check_inputs(
+    model: nn.Module, forget: SampleDataset, retain: SampleDataset, heldout: SampleDataset | None
+) -> None:
+    """What the methods would otherwise fail on deep inside a run, or silently run wrong with."""
+    for role, data in (("forget", forget), ("retain", retain), ("heldout", heldout)):
+        if data is not None and not isinstance(data, SampleDataset):
+            raise TypeError(
+                f"{role} must be a models.datasets.SampleDataset(x, y, ids), got {type(data).__name__}"
+            )
+    if len(forget) and len(retain):
+        overlap = set(forget.ids).intersection(retain.ids)
+        if overlap:
+            raise ValueError(
+                f"retain set contains {len(overlap)} forget sample(s), e.g. {sorted(overlap)[:3]}: D_r is "
+                "the training set without D_f"
+            )
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    tensor_inputs = [d for d in (forget, retain) if len(d) and isinstance(d.x, torch.Tensor)]
+    if floats and floats[0] != torch.float32 and tensor_inputs:
+        raise ValueError(
+            f"the model's parameters are {floats[0]} but a SampleDataset holds float32 inputs: run the "
+            "method on model.float() (and convert the result back)"
+        )
+    if not len(forget):
+        return  # nothing to forget: the methods return the model untouched, reading nothing
+    labelled = [d for d in (forget, retain, heldout) if d is not None and len(d)]
+    low, high = min(int(d.y.min()) for d in labelled), max(int(d.y.max()) for d in labelled)
+    k = _num_classes(model, forget)
+    if low < 0 or high >= k:
+        raise ValueError(f"labels must lie in [0, {k}) (the model's {k} outputs); found {low}..{high}")
+
+
+def _adapted(model: nn.Module, forget: SampleDataset, retain: SampleDataset) -> nn.Module:
+    """A plain module behind ``adapt``'s features/head, checked to compute the module's own outputs (a
+    forward that rescales its classifier's output, say, would be a different function to unlearn)."""
+    net = adapt(model)
+    rows = forget if len(forget) else retain
+    if len(rows):
+        x = B.to(B.window(rows.x, 0, min(len(rows), 8)), model_device(model))
+        check_contract(net, x, _num_classes(net, rows))
+    return net
 
 
 def get_method(name: str) -> Method:
@@ -118,12 +219,12 @@ def run_method(
     mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """Validate ``params`` (dict, params dataclass or None for defaults), move the model to ``device`` if
-    given, run the method in place and return the model. ``heldout``: data the model never trained on, for
+    given, run the method in place and return the model (see ``register_method`` for what every method
+    call checks and keeps). ``heldout``: data the model never trained on, for
     methods whose params ask for it (UGradSL's ``bound_by="heldout"``). ``mislabeled``: (n_f,) bool, the
     forget rows whose labels are known to be wrong; UGradSL and UGradSL+ move those their neighbours
     contradict to the neighbours' class (``neighbour_labels``), the other methods ignore it."""
     fn = get_method(name)
-    p = parse_params(name, params)
     flags: dict[str, torch.Tensor] = {}  # passed only when given: a method registered without it still runs
     if mislabeled is not None:
         if mislabeled.dtype != torch.bool or mislabeled.shape != (len(forget),):
@@ -132,8 +233,7 @@ def run_method(
         flags["mislabeled"] = mislabeled
     if device is not None:
         model.to(device)
-    with cpu_channels_last(model):
-        return fn(model, forget, retain, p, hooks or Hooks(), heldout=heldout, **flags)
+    return fn(model, forget, retain, params, hooks, heldout=heldout, **flags)
 
 
 # ---------------------------------------------------------------- objectives
@@ -543,9 +643,10 @@ def ugradsl_plus(
     mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """UGradSL+ (Di et al., Eq. 8 on fine-tuning): L = p·CE(B_r) - (1 - p)·ℓ_α(B_f); an epoch is one pass
-    over D_r, cycling D_f. B_f has B_r's size unless D_f is smaller, when B_f = D_f (never repeated; the
-    forget sum is still divided by B). Better quality than UGradSL, cost ∝ |D_r|, or ∝ |D_f| with
-    ``retain_budget`` (D_r replaced by a class-stratified sample of retain_budget·|D_f| rows)."""
+    over D_r, cycling D_f. B_f is ``forget_batch_ratio`` of B_r's size unless D_f is smaller, when
+    B_f = D_f (never repeated; the forget sum is still divided by B). Better quality than UGradSL, cost
+    ∝ |D_r|, or ∝ |D_f| with ``retain_budget`` (D_r replaced by a class-stratified sample of
+    retain_budget·|D_f| rows)."""
     return _ugradsl("retain", model, forget, retain, params, hooks, heldout, mislabeled)
 
 
@@ -889,6 +990,17 @@ def random_label(
 ) -> nn.Module:
     """Random labels (see ``RandomLabelParams.relabel``): SalUn's passes over D_f then D_r with labels
     redrawn per batch, or ours, fixed wrong labels with retain batches alongside."""
+    return _random_labels(model, forget, retain, params, hooks, heldout)
+
+
+def _random_labels(
+    model: nn.Module,
+    forget: SampleDataset,
+    retain: SampleDataset,
+    params: RandomLabelParams,
+    hooks: Hooks,
+    heldout: SampleDataset | None,
+) -> nn.Module:
     if params.relabel == "salun":
         return salun_passes(model, forget, retain, params, hooks, heldout)
     targets = random_wrong_labels(forget.y, _num_classes(model, forget), params.seed) if len(forget) else None
@@ -970,7 +1082,7 @@ def salun(
     mislabeled: torch.Tensor | None = None,
 ) -> nn.Module:
     """SalUn (Fan et al.): random labels restricted by the saliency mask (``mask='salun'`` by default)."""
-    return random_label(model, forget, retain, params, hooks, heldout)
+    return _random_labels(model, forget, retain, params, hooks, heldout)
 
 
 @register_method("retrain")
@@ -986,9 +1098,8 @@ def retrain(
     """Exact unlearning: re-initialise the architecture and train on D_r only with the recipe in ``params``
     (the recipe that trained the original, so the comparison is honest). D_f is never touched; passing a
     retain set that shares IDs with the forget set is an error."""
-    overlap = set(forget.ids) & set(retain.ids)
-    if overlap:
-        raise ValueError(f"retain set contains {len(overlap)} forget sample(s), e.g. {sorted(overlap)[:3]}")
+    if len(retain) == 0:  # a fresh initialisation trained on nothing is not a model that forgot
+        raise ValueError("retrain needs retain samples to train on; D_r is empty")
     device = model_device(model)
     recipe = TrainRecipe.from_dict(params_to_dict(params))
     fresh = fresh_init(model, recipe.seed).to(device)

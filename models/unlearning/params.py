@@ -333,6 +333,9 @@ class UGradSLParams(GradientParams):
 class UGradSLPlusParams(UGradSLParams):
     """UGradSL+ : like UGradSL but an epoch is one pass over D_r (D_f cycled).
 
+    Each default is its field's, below; what follows tells, in order, how they were reached, so values
+    they have since left (p 0.7, 3.2 pushes per e-fold) appear in it as they were then.
+
     Defaults (1.5 epochs with forget batches half the retain batch's size, p = 0.7, lr 0.03 decayed to 0
     by a cosine schedule, the held-out bound) come from ``bench/tune.py`` grids on tuning cases only
     (bench/results/tune_*.md): model seed 0 of digits and of the Fashion-MNIST 10k memorising model,
