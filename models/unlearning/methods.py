@@ -61,12 +61,8 @@ from models.unlearning.sizing import (
 )
 
 
-class Method(Protocol):
-    """``fn(model, forget, retain, params, hooks, heldout=None, mislabeled=None) -> model``. ``heldout``:
-    samples the model never trained on (the service passes the calibration part of its held-out data);
-    ``mislabeled``: (n_f,) bool, the forget rows whose owner says their labels are wrong (a deletion of
-    label-flipped or mislabeled data), passed only when some are (a method registered without the
-    argument runs as before). Methods that need neither ignore them."""
+class MethodBody(Protocol):
+    """What ``register_method`` decorates: a method's own run, given parsed params and hooks."""
 
     def __call__(
         self,
@@ -80,10 +76,29 @@ class Method(Protocol):
     ) -> nn.Module: ...
 
 
+class Method(Protocol):
+    """``fn(model, forget, retain, params, hooks, heldout=None, mislabeled=None) -> model``. ``heldout``:
+    samples the model never trained on (the service passes the calibration part of its held-out data);
+    ``mislabeled``: (n_f,) bool, the forget rows whose owner says their labels are wrong (a deletion of
+    label-flipped or mislabeled data), passed only when some are (a method registered without the
+    argument runs as before). Methods that need neither ignore them."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        forget: SampleDataset,
+        retain: SampleDataset,
+        params: Any = None,
+        hooks: Hooks | None = None,
+        heldout: SampleDataset | None = None,
+        **flags: Any,
+    ) -> nn.Module: ...
+
+
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str) -> Callable[[Method], Method]:
+def register_method(name: str) -> Callable[[MethodBody], Method]:
     """Register a method; its params dataclass must exist in ``models.unlearning.params`` (torch-free).
 
     What is registered, and what the decorated name then holds (``from models.unlearning import
@@ -92,7 +107,7 @@ def register_method(name: str) -> Callable[[Method], Method]:
     inputs checked, a model without ``features()``/``head()`` adapted, runs seeded by ``params.seed``
     (dropout included) and the model handed back in the train/eval modes it came in."""
 
-    def deco(fn: Method) -> Method:
+    def deco(fn: MethodBody) -> Method:
         params_class(name)  # raises ValueError if the params are not declared
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
@@ -110,14 +125,14 @@ def register_method(name: str) -> Callable[[Method], Method]:
             p = parse_params(name, params)
             return _prepared(fn, model, forget, retain, p, hooks or Hooks(), heldout, flags)
 
-        _METHODS[name] = method
-        return method
+        _METHODS[name] = cast(Method, method)
+        return cast(Method, method)
 
     return deco
 
 
 def _prepared(
-    fn: Method,
+    fn: MethodBody,
     model: nn.Module,
     forget: SampleDataset,
     retain: SampleDataset,
