@@ -19,6 +19,7 @@ from service.core.errors import Conflict, NotFound, Unprocessable
 from service.core.events import ids_digest
 from service.core.keys import create_key
 from service.core.states import JobPhase, JobState, RequestState, WebhookState
+from tests.conftest import Backend
 from tests.factories import make_model, submit_request, verified_log
 from workers import claims
 
@@ -493,3 +494,27 @@ def test_only_a_running_jobs_heartbeat_has_an_age(db_url: str, model: Model) -> 
         jobs.close(s, job, JobState.COMPLETED, result_version=1)
         finished = job_out(job, "toy", now=utcnow())
         assert finished.heartbeat_age_s is None and finished.heartbeat_at is not None
+
+
+def test_a_model_with_the_longest_name_allowed_publishes_and_retires_versions(backend: Backend) -> None:
+    """A version's events name it `<model name>/v<n>`: on PostgreSQL a 98-character model name failed every
+    publish (the column held 100 characters), its requests failed for good, and showed them the SQL."""
+    from service.core import events as audit_events
+    from service.core.db.tables import ModelVersion
+    from tests.factories import publish_version
+
+    url = backend.settings().resolved_database_url
+    with session_scope(url) as s:
+        model = make_model(s, name="L" * 100, sample_id=lambda i: f"toy-{i:04d}")
+        submit_request(s, model, ["toy-0001"])
+        job = claim(s, model)
+        number = publish_version(s, model, ["toy-0001"], job_id=job.id)
+        version = s.scalars(select(ModelVersion).filter_by(model_id=model.id, number=number)).one()
+        audit_events.version_published(s, model, version, method="ugradsl_plus", params={})
+        first = s.scalars(select(ModelVersion).filter_by(model_id=model.id, number=1)).one()
+        audit_events.checkpoint_retired(s, model, first, actor="test")
+        jobs.close(s, job, JobState.COMPLETED, result_version=number)
+    with session_scope(url) as s:
+        named = s.scalars(select(AuditEvent.entity_id).where(AuditEvent.entity_id.like("%/v%"))).all()
+        assert sorted(named) == ["L" * 100 + "/v1", "L" * 100 + "/v2"]
+        assert verified_log(s)["ok"]

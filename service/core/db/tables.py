@@ -245,7 +245,7 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(100))
     entity_type: Mapped[str] = mapped_column(String(50))
-    entity_id: Mapped[str] = mapped_column(String(100))
+    entity_id: Mapped[str] = mapped_column(String(200))  # a version's: `<model name, up to 100>/v<n>`
     model_id: Mapped[str | None] = mapped_column(String(36), default=None)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
