@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
 from models.architectures import build_model, layer_normed
 from models.calibration import held_out, roles
@@ -177,6 +177,11 @@ def error_text(exc: BaseException) -> str:
     FileNotFoundError in DataLoader worker process 0. Original Traceback ..."), which names our code
     and not the problem: its last line is the original error ("FileNotFoundError: [Errno 2] No such
     file or directory: '.../img-0150.png'")."""
+    if isinstance(exc, StatementError):
+        # its text goes on to the SQL statement and its parameters, which any key of the tenant would then
+        # read in the job's error (a probe's showed an INSERT into the audit log): the database's own words
+        said = (str(exc.orig if exc.orig is not None else exc).strip().splitlines() or ["?"])[0]
+        return f"{type(exc).__name__}: the database refused a statement: {said}"[:ERROR_CHARS]
     text = str(exc).strip()
     wrapped = "Original Traceback" in text
     text = text.splitlines()[-1].strip() if wrapped else f"{type(exc).__name__}: {text}"
