@@ -145,6 +145,9 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return ProblemResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+FORM_FIELD_BYTES = 1024 * 1024  # Starlette's max_part_size, the most a multipart field's text may hold
+
+
 def too_large(limit: int | None) -> JSONResponse:
     """The 413, the same whether the body declared its length or was counted as it came; its
     ``limit_bytes``, as the sample-ID 413 carries its ``limit`` (a count of IDs, on the same path: hence
@@ -197,6 +200,10 @@ def install_handlers(app: FastAPI) -> None:
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
         if exc.status_code == 413:  # a chunked body counted past its router's limit: as a declared one
             return too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
+        if exc.status_code == 400 and str(exc.detail).startswith("Part exceeded maximum size"):
+            # Starlette's limit on a form field's text (files are not held to it): a generic 400 said less
+            why = f"a form field's text (spec, features, ...) is over {FORM_FIELD_BYTES} bytes"
+            return problem(413, "Payload too large", why, limit_bytes=FORM_FIELD_BYTES)
         title, detail = "HTTP error", str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
             title, detail = "Not found", f"no route here: {request.url.path}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,20 @@ def _no_constants(name: str) -> Any:
     raise NotJsonNumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309: Python reads infinity, which PostgreSQL's JSON cannot store
+        raise NotJsonNumber(f"{text} is too large for a JSON number (it reads as infinity)")
+    return value
+
+
+def _json(raw: str | bytes) -> Any:
+    """A form part's JSON, with NaN, Infinity and numbers that overflow to infinity refused. ValueError
+    (JSONDecodeError, NotJsonNumber, UnicodeDecodeError, an integer of over 4,300 digits) or
+    RecursionError where it is not JSON the service can store."""
+    return json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+
+
 async def each_part_once(request: Request) -> None:
     """A 422 naming every multipart field sent more than once. FastAPI keeps the last copy of a repeated
     field: a probe's registration with two specs and two checkpoints registered the second of each, and
@@ -45,8 +60,8 @@ async def each_part_once(request: Request) -> None:
 
 def parse_model_spec(raw: str) -> ModelCreate:
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
-    except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
+        value = _json(raw)
+    except (ValueError, RecursionError) as exc:
         raise Unprocessable(f"`spec` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     refuse_unencodable(value, "spec")
     try:
@@ -61,8 +76,8 @@ def parse_features(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
-    except (json.JSONDecodeError, NotJsonNumber, RecursionError) as exc:
+        value = _json(raw)
+    except (ValueError, RecursionError) as exc:
         raise Unprocessable(f"`features` is not valid JSON: {type(exc).__name__}: {exc}") from exc
     refuse_unencodable(value, "features")
     try:
@@ -95,8 +110,8 @@ def with_uploaded_config(body: ModelCreate, upload: UploadFile) -> ModelCreate:
     if len(raw) > MAX_CONFIG_BYTES:
         raise Unprocessable(f"the `config` file is larger than {MAX_CONFIG_BYTES} bytes", field="config")
     try:
-        config = json.loads(raw, parse_constant=_no_constants)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        config = _json(raw)
+    except (ValueError, RecursionError) as exc:
         raise Unprocessable(
             f"`config` is not valid JSON: {type(exc).__name__}: {exc}", field="config"
         ) from exc

@@ -334,5 +334,8 @@ def test_head_is_answered_wherever_get_is_and_a_405_says_what_is_allowed(live: L
     assert http.delete("/dashboard/").headers["allow"] == "GET, HEAD"  # outside the schema: was empty
     # a literal route over the template beside it: the upload route's Allow read GET (a probe)
     assert http.put("/v1/datasets/upload").headers["allow"] == "POST"
+    for method in ("GET", "HEAD"):  # read as the dataset "upload": a 404 (a probe)
+        upload = http.request(method, "/v1/datasets/upload")
+        assert upload.status_code == 405 and upload.headers["allow"] == "POST", (method, upload.headers)
     nowhere = http.get("/v1/no-such-thing")
     assert nowhere.status_code == 404 and nowhere.json()["detail"] == "no route here: /v1/no-such-thing"

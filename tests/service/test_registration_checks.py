@@ -381,6 +381,32 @@ def test_a_nan_in_the_spec_is_named_without_a_made_up_position(api: Api) -> None
     )
 
 
+@pytest.mark.parametrize("number", ["1e309", "-1e400", "NaN", "1" + "0" * 5000])
+def test_a_number_postgresql_cannot_store_in_a_spec_or_config_is_a_422(api: Api, number: str) -> None:
+    """1e309 reads as infinity: in `arch_kwargs` it was a 500 on PostgreSQL (its JSON has no Infinity), and
+    NaN in an uploaded `config` file a 500 on any database (a probe)."""
+    head = '{"name": "m", "architecture": "hf:sequence-classification", "num_classes": 3, '
+    spec = head + f'"train_dataset": "x", "test_dataset": "y", "arch_kwargs": {{"x": {number}}}}}'
+    ckpt = {"checkpoint": ("v1.safetensors", CHECKPOINT)}
+    r = api.client.post("/v1/models", data={"spec": spec}, files=ckpt)
+    assert r.status_code == 422 and r.json()["detail"].startswith("`spec` is not valid JSON"), r.text
+    plain = head + '"train_dataset": "x", "test_dataset": "y"}'
+    config = ("config.json", f'{{"model_type": "bert", "x": {number}}}'.encode())
+    r = api.client.post("/v1/models", data={"spec": plain}, files={**ckpt, "config": config})
+    assert r.status_code == 422 and r.json()["detail"].startswith("`config` is not valid JSON"), r.text
+
+
+def test_a_spec_over_a_form_fields_limit_is_a_413_saying_so(api: Api) -> None:
+    """Starlette holds a form field's text to 1 MiB: a 2 MB spec was a bare 400 "Part exceeded maximum
+    size of 1024KB." (a probe)."""
+    spec = json.dumps({"name": "m", "architecture": "mlp", "num_classes": 3, "train_dataset": "x",
+                       "test_dataset": "y", "arch_kwargs": {"pad": "x" * 2_000_000}})  # fmt: skip
+    ckpt = {"checkpoint": ("v1.safetensors", CHECKPOINT)}
+    r = api.client.post("/v1/models", data={"spec": spec}, files=ckpt)
+    assert r.status_code == 413 and r.json()["limit_bytes"] == 1024 * 1024, r.text
+    assert "form field" in r.json()["detail"], r.text
+
+
 def test_one_shard_under_two_names_is_the_same_data(api: Api, tmp_path: Path) -> None:
     """A folder kind's digest covers its files' names: a shard uploaded (stored as upload.tar) and the same
     bytes registered by path had two digests, and a probe's model took one as training and the other as

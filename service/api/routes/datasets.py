@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.declarations import TEXT_KINDS, UPLOAD_SUFFIXES
 from service.api.deps import Admin, SessionDep, SettingsDep
@@ -254,6 +255,13 @@ def _name_the_upload(exc: ProblemError, sent: dict[Path, str]) -> None:
 def list_datasets(session: SessionDep, key: Admin) -> list[DatasetOut]:
     rows = session.scalars(select(Dataset).where(Dataset.tenant == key.tenant).order_by(Dataset.created_at))
     return [dataset_out(d) for d in rows]
+
+
+@router.get("/v1/datasets/upload", include_in_schema=False)
+def upload_takes_post() -> None:
+    """Registered before the next route, which read GET here as the dataset "upload" (a 404) where a
+    method the path does not take is a 405 naming the ones it does (POST)."""
+    raise StarletteHTTPException(status.HTTP_405_METHOD_NOT_ALLOWED)
 
 
 @router.get("/v1/datasets/{dataset_id}", response_model=DatasetOut)
