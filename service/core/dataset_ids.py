@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import os
 import zipfile
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -175,7 +176,12 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
         raise ValueError("y must hold integer class labels")
     if ids_dtype.kind != "U":
         raise ValueError(f"ids must be a unicode string array (as the worker requires), got {ids_dtype}")
-    checked = [("y", y_shape, y_dtype, y_size), ("ids", ids_shape, ids_dtype, ids_size)]
+    x_size = headers["x"][2]
+    checked = [
+        ("x", x_shape, x_dtype, x_size),
+        ("y", y_shape, y_dtype, y_size),
+        ("ids", ids_shape, ids_dtype, ids_size),
+    ]
     if "subject_ids" in headers:  # optional: the data subject of each sample ("" for none)
         s_shape, s_dtype, s_size = headers["subject_ids"]
         if len(s_shape) != 1 or s_shape[0] != n:
@@ -185,7 +191,7 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
         checked.append(("subject_ids", s_shape, s_dtype, s_size))
     # y, ids and subject_ids are read in full (they are registered), but never more than the archive says
     # they hold: a header that declares more data than its zip entry has would make numpy allocate for
-    # nothing.
+    # nothing. x is not read here, but a worker would find it short only once a model was on it.
     for name, shape, dtype, size in checked:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
@@ -198,9 +204,18 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
 
 
 def npy_x_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of an npy folder's `x.npy`, from its header."""
+    """(shape, dtype) of an npy folder's `x.npy`, from its header; ValueError where the file is shorter
+    than its header says (it registered, and every model on it went invalid at "mmap length is greater
+    than file size": a probe)."""
     with open(npy_files(path)["x.npy"], "rb") as fh:
-        return npy_header(fh)
+        shape, dtype = npy_header(fh)
+        declared = fh.tell() + math.prod(shape) * dtype.itemsize
+        held = os.fstat(fh.fileno()).st_size
+    if held < declared:
+        raise ValueError(
+            f"x.npy is cut short: its header declares {declared:,} bytes, the file holds {held:,}"
+        )
+    return shape, dtype
 
 
 def _npy(path: Path, max_samples: int | None = None) -> DatasetIds:

@@ -87,6 +87,37 @@ def test_malformed_npz_files_are_refused_by_name(tmp_path: Path, arrays: dict, s
     assert says in err.value.detail
 
 
+def test_an_x_shorter_than_its_header_says_is_refused_at_registration(tmp_path: Path) -> None:
+    """A truncated x.npy registered, and every model on it then went invalid ("mmap length is greater than
+    file size": a probe); an npz's x is held to what its zip entry holds, as y and ids were."""
+    import zipfile
+
+    from service.core.errors import Unprocessable
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "x.npy", np.zeros((300, 4), dtype=np.float32))
+    np.save(folder / "y.npy", np.zeros(300, dtype=np.int64))
+    np.save(folder / "ids.npy", np.array([f"s{i}" for i in range(300)]))
+    assert len(read_ids("npy", folder)[0]) == 300
+    whole = (folder / "x.npy").read_bytes()
+    (folder / "x.npy").write_bytes(whole[:-8])
+    with pytest.raises(Unprocessable, match="x.npy is cut short"):
+        read_ids("npy", folder)
+
+    def member(array: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        np.save(out, array)
+        return out.getvalue()
+
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as zf:
+        zf.writestr("x.npy", whole[: len(whole) // 2])  # the header of 300 rows, half of their bytes
+        zf.writestr("y.npy", member(np.zeros(300, dtype=np.int64)))
+        zf.writestr("ids.npy", member(np.array([f"s{i}" for i in range(300)])))
+    with pytest.raises(Unprocessable, match="array x declares more data than the archive holds"):
+        read_ids("npz", tmp_path / "short.npz")
+
+
 def test_an_npz_upload_that_would_inflate_is_registered_without_inflating(
     live: tuple[LiveApp, str], tmp_path: Path
 ) -> None:
