@@ -42,6 +42,7 @@ WHY = {
     409: "The object's state does not allow this now",
     410: "The object existed and was deleted on purpose (a retired checkpoint)",
     413: "The body, or the list of sample IDs, is over the limit",
+    415: "The body came with a Content-Encoding (gzip, ...): bodies are read as sent",
     422: "The input is invalid; the body names the field or the IDs",
     429: "Too many writes with this key (writes only): retry after the `Retry-After` header's seconds",
     503: "A dependency (database, broker) is unavailable",
@@ -237,7 +238,9 @@ def install_handlers(app: FastAPI) -> None:
 
 
 def install_problem_schema(app: FastAPI) -> None:
-    """Put `Problem` into the OpenAPI components, where `problems()` refers to it."""
+    """Put `Problem` into the OpenAPI components, where `problems()` refers to it, and the 415 that the
+    screen in front of the routes gives any request whose body it would have to decode (no route sees
+    that request, so none declared it: a probe's schema check)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -246,6 +249,10 @@ def install_problem_schema(app: FastAPI) -> None:
             schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
                 Problem.model_json_schema()
             )
+            for operations in schema["paths"].values():
+                for method, operation in operations.items():
+                    if method not in ("get", "head"):
+                        operation["responses"]["415"] = problems(415)[415]
             app.openapi_schema = schema
         return app.openapi_schema
 

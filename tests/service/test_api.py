@@ -1313,3 +1313,18 @@ def test_a_broker_that_never_answers_holds_neither_a_request_nor_readyz(tmp_path
                 ready = pool.submit(api.client.get, "/readyz").result(timeout=120)
                 assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("error")
                 assert api.counts()[0] == 1
+
+
+def test_the_openapi_document_lists_what_the_screen_and_the_checkpoint_download_answer(api: Api) -> None:
+    """Every write can meet the screen's 415 (a body with a Content-Encoding), and a download answers 206,
+    304, 412 and 416: none of them was in the document, so a client generated from it met statuses it did
+    not know (a probe)."""
+    paths = api.client.get("/openapi.json").json()["paths"]
+    writes = [op for ops in paths.values() for method, op in ops.items() if method not in ("get", "head")]
+    assert writes and all("415" in op["responses"] for op in writes)
+    download = paths["/v1/models/{model}/versions/{version}/checkpoint"]["get"]["responses"]
+    assert {"206", "304", "410", "412", "416"} <= set(download)
+    refused = api.client.post(
+        "/v1/models/toy/deletion-requests", content=b"x", headers={**api.auth(), "Content-Encoding": "gzip"}
+    )
+    assert refused.status_code == 415, refused.text

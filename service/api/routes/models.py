@@ -179,7 +179,13 @@ def get_version(model: str, version: str, session: SessionDep, key: JobsReader) 
     "/v1/models/{model}/versions/{version}/checkpoint",
     summary="Download a version's safetensors checkpoint (sha256 in the X-Checkpoint-SHA256 header)",
     response_class=CheckpointFile,
-    responses=problems(410),
+    responses={
+        206: {"description": "The byte ranges a `Range` header asked for"},
+        304: {"description": "`If-None-Match` names its digest, or `If-Modified-Since` is not earlier"},
+        412: {"description": "`If-Match` names another digest, or `If-Unmodified-Since` is before the file"},
+        416: {"description": "None of the byte ranges asked for lies in the file"},
+        **problems(410),
+    },
 )
 def download_checkpoint(model: str, version: str, session: SessionDep, key: JobsReader) -> CheckpointFile:
     m = get_model(session, key.tenant, model)
