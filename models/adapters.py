@@ -126,11 +126,13 @@ class LinearHeadAdapter(nn.Module):
         return self.head(self.features(x))
 
 
-def adapt(module: nn.Module) -> nn.Module:
-    """The module itself if it implements the contract, else the module behind a ``LinearHeadAdapter``."""
+def adapt(module: nn.Module, classifier: str | None = None) -> nn.Module:
+    """The module itself if it implements the contract, else the module behind a ``LinearHeadAdapter`` on
+    ``classifier`` (the name of its output ``nn.Linear``; found by ``find_classifier`` when not given,
+    which a module registering an unused Linear after its real one cannot rely on)."""
     if defines_contract(module):
         return module
-    return LinearHeadAdapter(module, find_classifier(module))
+    return LinearHeadAdapter(module, classifier or find_classifier(module))
 
 
 def check_contract(model: nn.Module, x: Loaded, num_classes: int) -> None:

@@ -108,3 +108,23 @@ def test_bad_inputs_are_refused_before_the_run_saying_what_is_wrong(sets) -> Non
 
 def _union(a: SampleDataset, b: SampleDataset) -> SampleDataset:
     return SampleDataset(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), a.ids + b.ids)
+
+
+def test_adapt_takes_the_classifiers_name_where_the_last_linear_is_not_it(sets) -> None:
+    from models.adapters import adapt
+
+    class Aux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.out, self.aux = nn.Linear(8, 16), nn.Linear(16, K), nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.body(x)))
+
+    forget, retain, held = sets
+    with pytest.raises(RuntimeError, match="never reached its classifier 'aux'"):
+        run_method("finetune", Aux(), forget, retain, {})
+    model = Aux()
+    before = model.out.weight.detach().clone()
+    run_method("finetune", adapt(model, classifier="out"), forget, retain, {"epochs": 1})
+    assert not torch.equal(before, model.out.weight)
