@@ -64,7 +64,8 @@ def sweep_orphans(settings: Settings) -> list[Path]:
     deletes its own file on any failure it lives through)."""
     with session_scope(settings.resolved_database_url) as s:
         model_ids = list(s.scalars(select(Model.id)))
-        referenced = {str(Path(u).resolve()) for u in s.scalars(select(ModelVersion.checkpoint_uri))}
+        kept = select(ModelVersion.checkpoint_uri).where(ModelVersion.checkpoint_retired_at.is_(None))
+        referenced = {str(Path(u).resolve()) for u in s.scalars(kept)}  # a retired one's file is an orphan
     checkpoints = orphans(
         settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600
     )

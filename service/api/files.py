@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 from starlette.datastructures import Headers
@@ -36,9 +39,37 @@ _REFUSALS = {
 
 
 class CheckpointFile(FileResponse):
+    """The file is opened once, before anything is sent, and every byte comes from that open file:
+    Starlette stats the path, sends the headers and only then opens it, so a checkpoint deleted (or
+    replaced) in between was a 500 or a 200 closed after its headers (a probe deleting versions while
+    downloading them). An open file outlives its deletion."""
+
+    _held: BinaryIO | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._held = await anyio.to_thread.run_sync(open, self.path, "rb")
+        except FileNotFoundError:
+            gone = problem(
+                404, "Not found", "the checkpoint file was deleted from storage as it was asked for"
+            )
+            return await gone(scope, receive, send)
+        try:
+            await self._send(scope, receive, send)
+        finally:
+            self._held.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        """Starlette's one way into the file (each handler reads through it): the file opened above."""
+        assert self._held is not None
+        self._held.seek(0)
+        yield anyio.wrap_file(self._held)  # closed by __call__
+
+    async def _send(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._held is not None
         if self.stat_result is None:  # the ETag and Last-Modified the preconditions are read against
-            self.stat_result = await anyio.to_thread.run_sync(os.stat, self.path)
+            self.stat_result = os.fstat(self._held.fileno())
             self.set_stat_headers(self.stat_result)
         headers = Headers(scope=scope)
         status = self._precondition(headers)

@@ -12,8 +12,14 @@ from service.core.db.tables import DeletionRequest, Job, Model
 from service.core.errors import NotFound
 
 
-def get_model(session: Session, tenant: str, name: str) -> Model:
-    model = session.scalar(select(Model).where(Model.tenant == tenant, Model.name == name))
+def get_model(session: Session, tenant: str, name: str, *, for_update: bool = False) -> Model:
+    """``for_update``: the row locked until the transaction ends, read afresh, for a change decided on
+    what it holds (two PATCHes at once each merged into the row as it was before the other, and one was
+    lost; a checkpoint deletion read the latest version before a publish committed: a probe)."""
+    query = select(Model).where(Model.tenant == tenant, Model.name == name)
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    model = session.scalar(query)
     if model is None:
         raise NotFound(f"model {name!r} not found")
     return model

@@ -55,3 +55,23 @@ def test_only_old_files_no_version_points_at_are_swept(demo: Settings) -> None:
     assert not orphan.exists() and not half_written.exists() and not orphan_scores.exists()
     assert Path(published).exists() and in_flight.exists() and not_ours.exists() and in_flight_scores.exists()
     assert sweep_orphans(demo) == []
+
+
+def test_a_retired_versions_file_left_behind_is_swept(demo: Settings) -> None:
+    """A checkpoint deletion records the retirement before it deletes the file (so no download is cut
+    short); one that died between the two left the erased samples' weights on storage for good."""
+    from service.core.db.tables import utcnow
+
+    with session_scope(demo.resolved_database_url) as s:
+        model_id = s.scalars(select(Model.id)).one()
+        v1 = s.scalars(select(ModelVersion)).one()
+        kept = aged(version_path(demo.checkpoint_dir, model_id, 2, "d" * 36), 10**6)
+        s.add(
+            ModelVersion(model_id=model_id, number=2, parent_number=1, checkpoint_uri=str(kept),
+                         sha256=v1.sha256, forgotten_count=0)
+        )  # fmt: skip
+        s.get_one(Model, model_id).latest_version = 2
+    assert sweep_orphans(demo) == []  # v2 points at it
+    with session_scope(demo.resolved_database_url) as s:
+        s.scalars(select(ModelVersion).filter_by(number=2)).one().checkpoint_retired_at = utcnow()
+    assert sweep_orphans(demo) == [kept] and not kept.exists()

@@ -197,9 +197,11 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
             f"sha256 {v.sha256} stays in the version record and the audit log"
         )
     path = Path(v.checkpoint_uri)
-    if not path.is_file():
-        raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage")
-    if (stored := stored_sha256(path)) != v.sha256:
+    try:
+        stored = stored_sha256(path)
+    except (FileNotFoundError, IsADirectoryError):  # gone since the row was read: a 500 (a probe)
+        raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage") from None
+    if stored != v.sha256:
         raise Conflict(
             f"the checkpoint file of {m.name}/v{v.number} changed on storage since it was published (sha256 "
             f"{stored[:16]}..., recorded {v.sha256[:16]}...); refusing to serve it: restore it from a backup"
@@ -222,33 +224,36 @@ def retire_checkpoint(
 ) -> VersionOut:
     """An erasure leaves every earlier version's weights on storage, downloadable: a compliance team
     asked where an erased subject still was (a probe). The file goes, the record and its digest stay,
-    the audit log says who; the latest version serves the model and is refused (409). Idempotent. The
-    file is deleted before the record is written: a database that fails then leaves a version whose file
-    is missing (a 404 until the same call, retried, records it)."""
-    m = get_model(session, key.tenant, model)
+    the audit log says who; the latest version serves the model and is refused (409). Idempotent.
+
+    The model row is locked first, as a publish locks it: read unlocked, the latest version was the one
+    before a publish that committed a moment later, and a probe's call deleted the new latest checkpoint
+    (every later job failed). The record is committed before the file goes, so a download from then on
+    is a 410, never a file cut short; a call that dies between the two leaves the file, which the same
+    call, retried, deletes (and the beat's sweep, which no longer counts a retired version's file)."""
+    m = get_model(session, key.tenant, model, for_update=True)
     v = _get_version(session, m, version)
     if v.number == m.latest_version:
         raise Conflict(
             f"v{v.number} is the latest version of {m.name}: it serves the model; a later deletion "
             "supersedes it"
         )
-    if v.checkpoint_retired_at is None:
-        path = Path(v.checkpoint_uri)
-        if path.exists() and not path.resolve().is_relative_to(settings.checkpoint_dir.resolve()):
-            raise Conflict(  # said deleted while kept (a review): this service deletes only its own files
-                f"the checkpoint of {m.name}/v{v.number} is outside UNLEARN_STORAGE_DIR "
-                f"({settings.checkpoint_dir}); delete it where it is stored"
-            )
-        path.unlink(missing_ok=True)
-        marked = session.execute(  # one of two calls at once records it (the other finds it done)
-            update(ModelVersion)
-            .where(ModelVersion.id == v.id, ModelVersion.checkpoint_retired_at.is_(None))
-            .values(checkpoint_retired_at=utcnow())
+    path = Path(v.checkpoint_uri)
+    if path.exists() and not path.resolve().is_relative_to(settings.checkpoint_dir.resolve()):
+        raise Conflict(  # said deleted while kept (a review): this service deletes only its own files
+            f"the checkpoint of {m.name}/v{v.number} is outside UNLEARN_STORAGE_DIR "
+            f"({settings.checkpoint_dir}); delete it where it is stored"
         )
-        if marked.rowcount:  # type: ignore[attr-defined]
-            events.checkpoint_retired(session, m, v, actor=events.key_actor(key))
-        session.commit()
-        session.refresh(v)
+    marked = session.execute(  # one of two calls at once records it (the other finds it done)
+        update(ModelVersion)
+        .where(ModelVersion.id == v.id, ModelVersion.checkpoint_retired_at.is_(None))
+        .values(checkpoint_retired_at=utcnow())
+    )
+    if marked.rowcount:  # type: ignore[attr-defined]
+        events.checkpoint_retired(session, m, v, actor=events.key_actor(key))
+    session.commit()
+    path.unlink(missing_ok=True)
+    session.refresh(v)
     return version_out(v)
 
 
@@ -443,7 +448,7 @@ def update_model(
 ) -> ModelOut:
     """Method, params, fallback chain, gates, retrain recipe, job time limit or the shares (of what is
     left, of a class) above which a deletion is retrained; applies to jobs that start afterwards."""
-    m = get_model(session, key.tenant, model)
+    m = get_model(session, key.tenant, model, for_update=True)
     check_time_limit(body.time_limit_seconds, settings.job_time_limit_seconds, where="body")
     changes = body.model_dump(exclude_unset=True)
     if body.gates is not None:  # the gates sent, a null one included (it removes that gate)

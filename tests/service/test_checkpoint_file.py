@@ -1,0 +1,51 @@
+"""The checkpoint download as the ASGI server meets it (`service.api.files.CheckpointFile`)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from service.api.files import CheckpointFile
+
+
+def _download(
+    path: Path, *, on_start: Any = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> list[dict]:
+    """The messages the response sends for a GET; ``on_start`` runs when its headers go out."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)  # the client never disconnects
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start" and on_start is not None:
+            on_start()
+
+    scope = {"type": "http", "method": "GET", "headers": headers or [], "asgi": {"spec_version": "2.4"}}
+    response = CheckpointFile(path, media_type="application/octet-stream", headers={"ETag": '"x"'})
+    asyncio.run(response(scope, receive, send))
+    return sent
+
+
+def test_a_checkpoint_deleted_once_its_headers_are_sent_is_still_sent_whole(tmp_path: Path) -> None:
+    """Starlette opened the file only after sending the headers: a checkpoint deleted in between was a 200
+    cut off after them (a probe deleting versions while downloading them)."""
+    path = tmp_path / "v2.safetensors"
+    body = bytes(range(256)) * 4000  # over one read chunk
+    path.write_bytes(body)
+    sent = _download(path, on_start=path.unlink)
+    assert sent[0]["status"] == 200 and not path.exists()
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == body
+    ranged = tmp_path / "v3.safetensors"
+    ranged.write_bytes(body)
+    sent = _download(ranged, on_start=ranged.unlink, headers=[(b"range", b"bytes=10-19")])
+    assert sent[0]["status"] == 206 and b"".join(m.get("body", b"") for m in sent[1:]) == body[10:20]
+
+
+def test_a_checkpoint_gone_before_it_is_opened_is_a_404_problem(tmp_path: Path) -> None:
+    sent = _download(tmp_path / "gone.safetensors")
+    assert sent[0]["status"] == 404
+    assert b"deleted from storage" in b"".join(m.get("body", b"") for m in sent[1:])
