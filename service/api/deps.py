@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import Depends, Request, Security
@@ -14,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core.db.engine import MAX_OVERFLOW, POOL_SIZE
 from service.core.db.tables import ApiKey
 from service.core.errors import Forbidden, Unauthorized
 from service.core.keys import SCOPES, find_key, hash_key
@@ -22,17 +24,42 @@ from service.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# Requests that hold a session at once, per API process: fewer than the pool's connections (the rest
+# serve key lookups and the intake's group commits) and than anyio's 40 worker threads. A route's session
+# keeps its connection until the request ends, after FastAPI has validated the response in a worker
+# thread; with more sessions than connections, a burst filled every thread with routes waiting for a
+# connection while the connections waited for a thread: 300 reads at once took three minutes and 238 of
+# them were 503s at the pool's timeout (a probe). Beyond this, requests wait on the event loop. SQLite
+# runs one transaction at a time (BEGIN IMMEDIATE): a few sessions keep it busy, and more only spun in
+# its busy handler, which is not first come, first served (a burst's slowest waited out its 30 s).
+SESSION_SLOTS = (POOL_SIZE + MAX_OVERFLOW) * 3 // 4
+SQLITE_SESSION_SLOTS = 4
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request. Routes that write commit explicitly (before they enqueue anything);
     whatever is left uncommitted when the request ends is rolled back by close().
 
     An async dependency, so its teardown runs on the event loop rather than waiting for a free worker
     thread: under load, a teardown queued behind requests that wait for its connection deadlocked."""
-    session = request.app.state.sessionmaker()
-    try:
-        yield session
-    finally:
-        close(session)
+    async with _session_slots(request.app.state):
+        session = request.app.state.sessionmaker()
+        try:
+            yield session
+        finally:
+            close(session)
+
+
+def _session_slots(state: Any) -> asyncio.Semaphore:
+    """The process's ``SESSION_SLOTS``, made in the running event loop (an asyncio primitive belongs to
+    one, and a test client runs the app in a loop of its own)."""
+    loop = asyncio.get_running_loop()
+    held: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = getattr(state, "session_slots", None)
+    if held is None or held[0] is not loop:
+        sqlite = state.sessionmaker.kw["bind"].dialect.name == "sqlite"
+        held = (loop, asyncio.Semaphore(SQLITE_SESSION_SLOTS if sqlite else SESSION_SLOTS))
+        state.session_slots = held
+    return held[1]
 
 
 def close(session: Session) -> None:
