@@ -21,6 +21,8 @@ from service.cli.supervise import Supervised
 from service.core.lifetimes import SUPERVISOR_ENV
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from service.core.settings import Settings
 
 
@@ -244,25 +246,16 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from alembic.util import CommandError
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     from service.core.db import migrate
-    from service.core.db.engine import make_engine
 
     url = settings.resolved_database_url
     where = make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
-    try:  # a 118-line traceback for a database not yet created
-        with engine.connect():
-            pass
-    except (OperationalError, InterfaceError) as exc:
-        hint = "(is it up, and created?)"
-        print(f"error: cannot use the database {where}: {_driver_said(exc)} {hint}", file=sys.stderr)
+    if not _reachable(url, where):
         return EXIT_CODES["unreachable"]
-    finally:
-        engine.dispose()
     try:
         (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
     except DBAPIError as exc:  # a statement the schema refused (PostgreSQL: ProgrammingError): no outage
@@ -277,42 +270,82 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reachable(url: str, where: str) -> bool:
+    """Whether the database answers a connection; if not, says so in one line (it was a 118-line
+    traceback for a database not yet created)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from service.core.db.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            return True
+    except (OperationalError, InterfaceError) as exc:
+        hint = "(is it up, and created?)"
+        print(f"error: cannot use the database {where}: {_driver_said(exc)} {hint}", file=sys.stderr)
+        return False
+    finally:
+        engine.dispose()
+
+
 def _driver_said(exc: Exception) -> str:
     """The first line of what the database driver said, without SQLAlchemy's statement and links."""
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
-def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
-    """Keys straight in the database this machine is configured for (bootstrap, other tenants)."""
+def _change_keys(s: Session, args: argparse.Namespace) -> tuple[int, str]:
+    """Create or revoke the key ``args`` name in session ``s``: (exit code, what to print once committed)."""
     from service.core import events
-    from service.core.db.engine import session_scope
     from service.core.db.tables import ApiKey
     from service.core.events import OPERATOR
     from service.core.keys import create_key, is_utf8, revoke_key
+
+    if args.action == "create":
+        try:
+            key, plaintext = create_key(s, tenant=args.tenant, scopes=args.scopes, name=args.name)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2, ""
+        events.key_created(s, key, actor=OPERATOR)  # the trail had only the API's keys (a probe)
+        return 0, f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}"
+    held = s.get(ApiKey, args.id) if is_utf8(args.id) else None
+    if held is None:
+        print(f"error: no key with id {args.id}", file=sys.stderr)
+        return EXIT_CODES["not_found"], ""  # as `--api` answers it
+    if held.revoked_at is None:  # a second revoke is no second event
+        revoke_key(s, args.id)
+        events.key_revoked(s, held, actor=OPERATOR)
+    return 0, f"revoked {args.id}"
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Keys straight in the database this machine is configured for (bootstrap, other tenants)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from service.core.db.engine import session_scope
 
     if args.action == "create" and not args.tenant:
         print(
             "error: --tenant is required (or use --api to create a key in your own tenant)", file=sys.stderr
         )
         return 2
-    with session_scope(settings.resolved_database_url) as s:
-        if args.action == "create":
-            try:
-                key, plaintext = create_key(s, tenant=args.tenant, scopes=args.scopes, name=args.name)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            events.key_created(s, key, actor=OPERATOR)  # the trail had only the API's keys (a probe)
-            shown = f"{plaintext}\nid={key.id} tenant={key.tenant} scopes={','.join(key.scopes)}"
-        else:
-            held = s.get(ApiKey, args.id) if is_utf8(args.id) else None
-            if held is None:
-                print(f"error: no key with id {args.id}", file=sys.stderr)
-                return EXIT_CODES["not_found"]  # as `--api` answers it
-            if held.revoked_at is None:  # a second revoke is no second event
-                revoke_key(s, args.id)
-                events.key_revoked(s, held, actor=OPERATOR)
-            shown = f"revoked {args.id}"
+    url = settings.resolved_database_url
+    where = make_url(url).render_as_string(hide_password=True)
+    # one line and an exit code, as `db upgrade`: a database down or not migrated was a 157-line traceback
+    # quoting the INSERT and its key hash (a probe, bootstrapping against a full server)
+    if not _reachable(url, where):
+        return EXIT_CODES["unreachable"]
+    try:
+        with session_scope(url) as s:
+            code, shown = _change_keys(s, args)
+    except DBAPIError as exc:  # reached: a schema that refuses it (not migrated), or an outage since
+        hint = "(has `unlearn db upgrade` run on it?)"
+        print(f"error: the database {where} refused it: {_driver_said(exc)} {hint}", file=sys.stderr)
+        return EXIT_CODES["failed"]
+    if code:
+        return code
     # Printed once committed: printed inside the transaction, a reader that stopped early (`| head -1`)
     # broke the pipe and rolled the key back after its secret was shown (a probe)
     try:

@@ -723,6 +723,26 @@ def test_db_check_on_a_schema_behind_says_to_upgrade(tmp_path: Path) -> None:
     assert line.endswith("Target database is not up to date. (run `unlearn db upgrade`)")
 
 
+def test_keys_on_a_database_down_or_not_migrated_is_one_line(tmp_path: Path) -> None:
+    """The first command of a production bootstrap printed a 157-line traceback, quoting the INSERT and its
+    key hash, for a server that was full or a database not yet migrated (a probe)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env |= {"UNLEARN_VAR_DIR": str(tmp_path / "var"), "DATABASE_URL": "postgres://postgres@127.0.0.1:9/x"}
+    create = [UNLEARN, "keys", "create", "--tenant", "acme", "--scopes", "admin"]
+    down = subprocess.run(create, env=env, capture_output=True, text=True)
+    assert down.returncode == 3, down.stderr
+    [line] = down.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use the database postgresql+psycopg://postgres@127.0.0.1:9/x: ")
+    (tmp_path / "var").mkdir(exist_ok=True)
+    sqlite3.connect(tmp_path / "var" / "unlearn.db").close()  # there, with no tables
+    env.pop("DATABASE_URL")
+    bare = subprocess.run(create, env=env, capture_output=True, text=True)
+    assert bare.returncode == 1 and bare.stdout == "", bare.stderr
+    [line] = bare.stderr.strip().splitlines()
+    assert "no such table: api_keys" in line and line.endswith("(has `unlearn db upgrade` run on it?)"), line
+    assert "INSERT" not in line
+
+
 def test_db_upgrade_on_a_database_it_cannot_reach_is_one_line_and_exit_3(tmp_path: Path) -> None:
     """It was a 118-line traceback for a database not yet created; and `postgres://` (libpq's form) was a
     NoSuchModuleError. Nothing listens on port 9 here: the connection is refused."""
