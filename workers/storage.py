@@ -66,11 +66,15 @@ def sweep_orphans(settings: Settings) -> list[Path]:
         model_ids = list(s.scalars(select(Model.id)))
         kept = select(ModelVersion.checkpoint_uri).where(ModelVersion.checkpoint_retired_at.is_(None))
         referenced = {str(Path(u).resolve()) for u in s.scalars(kept)}  # a retired one's file is an orphan
+        retired = select(ModelVersion.checkpoint_uri).where(ModelVersion.checkpoint_retired_at.is_not(None))
+        retired_uris = [Path(u) for u in s.scalars(retired)]
     checkpoints = orphans(
         settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600
     )
+    # the scores kept beside a retired checkpoint: its deletion (the API's) leaves them (a probe)
     gone = sorted(
-        checkpoints + [scores for path in checkpoints for scores in kept_scores.of_checkpoint(path)]
+        set(checkpoints)
+        | {scores for path in [*checkpoints, *retired_uris] for scores in kept_scores.of_checkpoint(path)}
     )
     for path in gone:
         path.unlink(missing_ok=True)

@@ -59,7 +59,8 @@ def test_only_old_files_no_version_points_at_are_swept(demo: Settings) -> None:
 
 def test_a_retired_versions_file_left_behind_is_swept(demo: Settings) -> None:
     """A checkpoint deletion records the retirement before it deletes the file (so no download is cut
-    short); one that died between the two left the erased samples' weights on storage for good."""
+    short); one that died between the two left the erased samples' weights on storage for good. The
+    test scores kept beside a retired checkpoint go too (the API deletes only the checkpoint: a probe)."""
     from service.core.db.tables import utcnow
 
     with session_scope(demo.resolved_database_url) as s:
@@ -71,7 +72,10 @@ def test_a_retired_versions_file_left_behind_is_swept(demo: Settings) -> None:
                          sha256=v1.sha256, forgotten_count=0)
         )  # fmt: skip
         s.get_one(Model, model_id).latest_version = 2
+    scores = aged(path_for(demo.checkpoint_dir, model_id, str(kept), "k" * 32), 0)
     assert sweep_orphans(demo) == []  # v2 points at it
     with session_scope(demo.resolved_database_url) as s:
         s.scalars(select(ModelVersion).filter_by(number=2)).one().checkpoint_retired_at = utcnow()
-    assert sweep_orphans(demo) == [kept] and not kept.exists()
+    assert sweep_orphans(demo) == sorted([kept, scores]) and not kept.exists() and not scores.exists()
+    retired_after = aged(path_for(demo.checkpoint_dir, model_id, str(kept), "j" * 32), 0)  # the API's case
+    assert sweep_orphans(demo) == [retired_after]  # its checkpoint file already deleted
