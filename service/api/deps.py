@@ -82,7 +82,10 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed when the route's function has returned (and its answer is serialized), before the body is sent:
+# a download held its session, and its slot, for as long as the client took to read it (24 stalled
+# downloads stopped every other request: a review), and on SQLite the write lock with it.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 

@@ -42,3 +42,51 @@ def test_a_burst_of_reads_is_answered_without_waiting_out_the_pool(live: tuple[L
         return Counter(r.status_code for r in answers)
 
     assert asyncio.run(burst()) == {200: n}
+
+
+def test_downloads_a_client_stopped_reading_hold_no_other_request_up(live: tuple[LiveApp, str]) -> None:
+    """A request's session (and its place among the sessions a process holds at once) was kept until its
+    body was sent: as many stalled checkpoint downloads as there are places stopped every other request
+    (a review), and on SQLite one held the write lock."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from service.core.db.tables import ModelVersion
+
+    app, key = live
+    big = app.settings.checkpoint_dir / "big.safetensors"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(bytes(64 << 20))  # far more than the sockets' buffers hold
+    with session_scope(app.db) as s:
+        v1 = s.scalars(select(ModelVersion)).one()
+        v1.checkpoint_uri, v1.sha256 = str(big), hashlib.sha256(big.read_bytes()).hexdigest()
+    path = "/v1/models/toy/versions/v1/checkpoint"
+    ask = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+    stalled = []
+    for _ in range(SESSION_SLOTS + 2):
+        sock = app.connect()
+        sock.sendall(ask.encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")  # under way; then never read again
+        stalled.append(sock)
+    try:
+        with app.client(key) as c:
+            assert c.get("/v1/models/toy", timeout=30).status_code == 200
+            assert c.patch("/v1/models/toy", json={"time_limit_seconds": 600}, timeout=30).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_an_in_memory_sqlite_database_still_makes_an_engine() -> None:
+    """SQLite's file databases get PostgreSQL's pool sizes; an in-memory one has a pool that takes none
+    (a review: make_engine("sqlite://") raised TypeError)."""
+    from sqlalchemy import text
+
+    from service.core.db.engine import make_engine
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        engine.dispose()

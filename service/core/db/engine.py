@@ -34,8 +34,9 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     lease check) cannot interleave, and the busy timeout turns contention into a short wait, not an error.
     """
     if url.startswith("sqlite"):
-        connect = {"timeout": 30, "check_same_thread": False}  # the pool as PostgreSQL's: see SESSION_SLOTS
-        kwargs = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, **kwargs}
+        connect = {"timeout": 30, "check_same_thread": False}
+        if make_url(url).database not in (None, "", ":memory:") and "poolclass" not in kwargs:
+            kwargs = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, **kwargs}  # as PostgreSQL's
         engine = create_engine(url, connect_args=connect, **kwargs)
 
         @event.listens_for(engine, "connect")
