@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core import events
-from service.core.db.tables import DeletionRequest, Job, utcnow
+from service.core.db.clock import db_now
+from service.core.db.tables import DeletionRequest, Job
 from service.core.errors import Conflict, NotFound
 from service.core.states import JobPhase, JobState, RequestState, WebhookState
 
@@ -113,7 +114,7 @@ def close(
     if state == JobState.FAILED and job.cancel_requested:
         error = f"{CANCELLED_BY_ADMIN}; the attempt had failed: {error}" if error else CANCELLED_BY_ADMIN
         state = JobState.CANCELLED
-    now = utcnow()
+    now = db_now(session)  # the clock its started_at was read from (jobstore): a duration of one clock
     job.state, job.error, job.finished_at, job.result_version = state, error, now, result_version
     if state == JobState.COMPLETED:
         job.progress, job.phase = 1.0, JobPhase.DONE
