@@ -14,6 +14,7 @@ worker that validates it (``workers.validate.keep_v1_scores``); a v1 registered 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -55,6 +56,13 @@ def path_for(checkpoint_dir: Path, model_id: str, checkpoint_uri: str, key: str)
     """Named after the checkpoint file, which is unique to one publish attempt (``version_path``): a
     refused attempt that removes its own files never removes another's."""
     return checkpoint_dir / model_id / FOLDER / f"{Path(checkpoint_uri).stem}.{key}{SUFFIX}"
+
+
+def of_version(checkpoint_dir: Path, model_id: str, checkpoint_uri: str) -> list[Path]:
+    """The kept scores of a version's checkpoint, wherever the checkpoint is (a registered v1's is under
+    ``uploads/``, its scores in the model's folder: ``path_for``)."""
+    folder = checkpoint_dir / model_id / FOLDER
+    return sorted(folder.glob(f"{glob.escape(Path(checkpoint_uri).stem)}.*{SUFFIX}"))
 
 
 def of_checkpoint(checkpoint: Path) -> list[Path]:

@@ -66,15 +66,23 @@ def sweep_orphans(settings: Settings) -> list[Path]:
         model_ids = list(s.scalars(select(Model.id)))
         kept = select(ModelVersion.checkpoint_uri).where(ModelVersion.checkpoint_retired_at.is_(None))
         referenced = {str(Path(u).resolve()) for u in s.scalars(kept)}  # a retired one's file is an orphan
-        retired = select(ModelVersion.checkpoint_uri).where(ModelVersion.checkpoint_retired_at.is_not(None))
-        retired_uris = [Path(u) for u in s.scalars(retired)]
+        retired = s.execute(
+            select(ModelVersion.model_id, ModelVersion.checkpoint_uri).where(
+                ModelVersion.checkpoint_retired_at.is_not(None)
+            )
+        ).all()
     checkpoints = orphans(
         settings.checkpoint_dir, model_ids, referenced, settings.job_time_limit_seconds + 3600
     )
-    # the scores kept beside a retired checkpoint: its deletion (the API's) leaves them (a probe)
+    # A retired version's file (its deletion recorded, then the call died before it deleted the file;
+    # a registered v1's under uploads/ too) and the scores kept beside it, which the API's deletion
+    # leaves (a probe): retired is for good, so at any age.
+    storage = settings.checkpoint_dir.resolve()
+    left = [Path(u) for _, u in retired if Path(u).is_file() and Path(u).resolve().is_relative_to(storage)]
+    scores = [p for m, u in retired for p in kept_scores.of_version(settings.checkpoint_dir, m, u)]
     gone = sorted(
-        set(checkpoints)
-        | {scores for path in [*checkpoints, *retired_uris] for scores in kept_scores.of_checkpoint(path)}
+        set(checkpoints + left + scores)
+        | {kept for path in checkpoints for kept in kept_scores.of_checkpoint(path)}
     )
     for path in gone:
         path.unlink(missing_ok=True)

@@ -79,3 +79,10 @@ def test_a_retired_versions_file_left_behind_is_swept(demo: Settings) -> None:
     assert sweep_orphans(demo) == sorted([kept, scores]) and not kept.exists() and not scores.exists()
     retired_after = aged(path_for(demo.checkpoint_dir, model_id, str(kept), "j" * 32), 0)  # the API's case
     assert sweep_orphans(demo) == [retired_after]  # its checkpoint file already deleted
+    # v1, registered: its file is not in the model's folder, its scores are (a review)
+    v1_scores = aged(path_for(demo.checkpoint_dir, model_id, v1.checkpoint_uri, "v" * 32), 0)
+    with session_scope(demo.resolved_database_url) as s:
+        s.scalars(select(ModelVersion).filter_by(number=1)).one().checkpoint_retired_at = utcnow()
+    assert Path(v1.checkpoint_uri).parent.name != model_id  # the demo's v1 is in a folder of its own
+    assert sweep_orphans(demo) == sorted([v1_scores, Path(v1.checkpoint_uri)])
+    assert not v1_scores.exists() and not Path(v1.checkpoint_uri).exists()
