@@ -156,8 +156,10 @@ def _prepared(
     )
     with torch.random.fork_rng(devices=cuda):
         seed = getattr(params, "seed", None)
-        if isinstance(seed, int):
-            torch.manual_seed(seed)
+        if isinstance(seed, int):  # the forked generators only: torch.manual_seed seeds every GPU's too
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
         try:
             net = model if defines_contract(model) else _adapted(model, forget, retain)
             with cpu_channels_last(net):

@@ -201,7 +201,7 @@ def install_handlers(app: FastAPI) -> None:
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
         if exc.status_code == 413:  # a chunked body counted past its router's limit: as a declared one
             return too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
-        if exc.status_code == 400 and str(exc.detail).startswith("Part exceeded maximum size"):
+        if exc.status_code == 400 and str(exc.detail).startswith(("Part exceeded", "Field exceeded")):
             # Starlette's limit on a form field's text (files are not held to it): a generic 400 said less
             why = f"a form field's text (spec, features, ...) is over {FORM_FIELD_BYTES} bytes"
             return problem(413, "Payload too large", why, limit_bytes=FORM_FIELD_BYTES)

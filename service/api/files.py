@@ -54,6 +54,9 @@ class CheckpointFile(FileResponse):
                 404, "Not found", "the checkpoint file was deleted from storage as it was asked for"
             )
             return await gone(scope, receive, send)
+        except OSError as exc:  # storage the server cannot read (permissions, a volume gone): no 500
+            why = f"the checkpoint file cannot be read from storage ({type(exc).__name__}); retry later"
+            return await problem(503, "Service unavailable", why)(scope, receive, send)
         try:
             await self._send(scope, receive, send)
         finally:

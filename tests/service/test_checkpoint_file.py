@@ -49,3 +49,9 @@ def test_a_checkpoint_gone_before_it_is_opened_is_a_404_problem(tmp_path: Path) 
     sent = _download(tmp_path / "gone.safetensors")
     assert sent[0]["status"] == 404
     assert b"deleted from storage" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_checkpoint_storage_cannot_read_is_a_503_problem(tmp_path: Path) -> None:
+    sent = _download(tmp_path)  # a folder where the file should be: open() fails, as on a lost volume
+    assert sent[0]["status"] == 503
+    assert b"cannot be read from storage" in b"".join(m.get("body", b"") for m in sent[1:])
