@@ -61,6 +61,20 @@ def serve(settings: Settings) -> Iterator[LiveApp]:
         thread.join(timeout=10)
 
 
+@contextmanager
+def serve_toy(settings: Settings) -> Iterator[tuple[LiveApp, str]]:
+    """`serve` a fresh database holding the API-only model `toy` (tests.factories), with an admin key."""
+    from service.core.db.engine import session_scope
+    from tests.factories import make_key, make_model
+
+    settings = prepared(settings)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        key = make_key(s)
+    with serve(settings) as app:
+        yield app, key
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Read one HTTP/1.1 response with a Content-Length body: (status, headers, body)."""
     data = b""

@@ -12,18 +12,13 @@ import pytest
 from service.api.deps import SESSION_SLOTS
 from service.core.db.engine import session_scope
 from tests.conftest import Backend
-from tests.factories import make_key, make_model
-from tests.liveapp import LiveApp, prepared, serve
+from tests.liveapp import LiveApp, serve_toy
 
 
 @pytest.fixture
 def live(backend: Backend) -> Iterator[tuple[LiveApp, str]]:
-    settings = prepared(backend.settings())
-    with session_scope(settings.resolved_database_url) as s:
-        make_model(s, name="toy")
-        key = make_key(s)
-    with serve(settings) as app:
-        yield app, key
+    with serve_toy(backend.settings()) as served:
+        yield served
 
 
 def test_a_burst_of_reads_is_answered_without_waiting_out_the_pool(live: tuple[LiveApp, str]) -> None:

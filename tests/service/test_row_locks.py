@@ -14,21 +14,17 @@ from sqlalchemy import select, text
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
 from tests.conftest import Backend
-from tests.factories import make_key, make_model, publish_version
+from tests.factories import publish_version
 from tests.helpers import wait_until
-from tests.liveapp import LiveApp, prepared, serve
+from tests.liveapp import LiveApp, serve_toy
 
 
 @pytest.fixture
 def live(backend: Backend) -> Iterator[tuple[LiveApp, str]]:
     if backend.name != "postgres":
         pytest.skip("the embedded default's writers run one at a time (SQLite BEGIN IMMEDIATE)")
-    settings = prepared(backend.settings())
-    with session_scope(settings.resolved_database_url) as s:
-        make_model(s, name="toy")
-        key = make_key(s)
-    with serve(settings) as app:
-        yield app, key
+    with serve_toy(backend.settings()) as served:
+        yield served
 
 
 def _waiting_for_locks(url: str, n: int) -> bool:
