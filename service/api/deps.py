@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from celery import Celery
@@ -102,6 +102,33 @@ class KeyCache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._reading: dict[str, asyncio.Future[ApiKey | None]] = {}
+
+    async def read_once(self, digest: str, read: Callable[[], Awaitable[ApiKey | None]]) -> ApiKey | None:
+        """``read()`` the key, once however many requests ask for it at the same time: a burst carrying
+        a key not yet cached read it once per request, each in a database transaction of its own (240 at
+        once on SQLite fought for its write lock, and some waited out its 30 s busy timeout: 503s)."""
+        loop = asyncio.get_running_loop()
+        reading = self._reading.get(digest)
+        if reading is not None and reading.get_loop() is loop:
+            return await asyncio.shield(reading)
+        reading = self._reading[digest] = loop.create_future()
+        reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if none waited
+        try:
+            key = await read()
+        except Exception as exc:
+            reading.set_exception(exc)  # each waiter answers as the reader does (a 503 for an outage)
+            raise
+        except BaseException:
+            reading.cancel()
+            raise
+        finally:
+            if self._reading.get(digest) is reading:
+                del self._reading[digest]
+        reading.set_result(key)
+        if key is not None:
+            self.put(digest, key)
+        return key
 
     def get(self, digest: str) -> ApiKey | None:
         hit = self._keys.get(digest)
@@ -142,9 +169,7 @@ async def authenticate(cache: KeyCache, sessions: sessionmaker[Session], plainte
     digest = hash_key(plaintext)
     key = cache.get(digest)
     if key is None:
-        key = await run_in_threadpool(_lookup, sessions, plaintext)
-        if key is not None:
-            cache.put(digest, key)
+        key = await cache.read_once(digest, lambda: run_in_threadpool(_lookup, sessions, plaintext))
     return key
 
 
