@@ -173,7 +173,14 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
             return 1
         base = f"http://{settings.host}:{settings.port}"
         print(f"Serving on {base} (dashboard: {base}/dashboard/)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+        server = uvicorn.Server(config)
         with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=sockets)
         if not server.started:
@@ -210,6 +217,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
             port=settings.port,
             workers=args.workers,
             log_level="info",
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     finally:
         if own_dir is not None:
@@ -220,6 +228,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # exec keeps the pid: the node name is one per process, also for several workers on one host, which
     # Celery's inspect and remote control could not tell apart as `worker@host` each
+    if args.beat:  # its beat writes its schedule there: without the folder it died, the worker ran on
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
     argv = _worker_argv(settings, beat=args.beat, name=f"worker-{os.getpid()}@%h")
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
@@ -227,6 +237,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
     """The periodic reconciler on its own (production runs exactly one of these)."""
+    settings.var_dir.mkdir(parents=True, exist_ok=True)  # it died writing its schedule there (a probe)
     schedule = str((settings.var_dir / "celerybeat-schedule").resolve())
     argv = [
         sys.executable,

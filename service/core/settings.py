@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # The API remembers a verified key this long per process (a revocation reaches other processes
     # within it); 0 checks the database on every request.
     key_cache_seconds: float = Field(2.0, ge=0, validation_alias=AliasChoices("UNLEARN_KEY_CACHE_SECONDS"))
+    # How long a stopping API waits for requests under way (a download a client stopped reading held a
+    # SIGTERMed API, bound to its port and answering no one, for as long as the client stayed: a probe)
+    shutdown_grace_seconds: int = Field(
+        20, ge=1, validation_alias=AliasChoices("UNLEARN_SHUTDOWN_GRACE_SECONDS")
+    )
 
     # Request limits.
     max_sample_ids: int = Field(100_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_SAMPLE_IDS"))

@@ -67,3 +67,92 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         log.close()
+
+
+def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_path: Path) -> None:
+    """SIGTERMed while a client held a download open without reading it, `unlearn api` never stopped,
+    still bound to its port and answering no one (a probe's waited 41 s): requests under way get
+    UNLEARN_SHUTDOWN_GRACE_SECONDS, then the processes exit."""
+    import hashlib
+    import socket
+
+    from sqlalchemy import select
+
+    from service.core.db.engine import session_scope
+    from service.core.db.tables import ModelVersion
+    from tests.factories import make_key, make_model
+
+    env = {**os.environ, "UNLEARN_VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
+    env |= {"UNLEARN_SHUTDOWN_GRACE_SECONDS": "2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
+    settings.checkpoint_dir.mkdir(parents=True)
+    migrated(settings.resolved_database_url)
+    big = settings.checkpoint_dir / "big.safetensors"
+    big.write_bytes(bytes(64 << 20))
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        key = make_key(s)
+        v1 = s.scalars(select(ModelVersion)).one()
+        v1.checkpoint_uri, v1.sha256 = str(big), hashlib.sha256(big.read_bytes()).hexdigest()
+    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [UNLEARN, "api", "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stalled = socket.socket()
+    try:
+        wait_until(
+            lambda: (
+                (tmp_path / "api.log").read_text(errors="replace").count("Application startup complete") == 2
+            ),
+            timeout=120,
+            interval=0.5,
+            what="two API processes",
+        )
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stalled.connect(("127.0.0.1", int(env["PORT"])))
+        path = "/v1/models/toy/versions/v1/checkpoint"
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+        assert stalled.recv(32).startswith(b"HTTP/1.1 200")  # under way; never read again
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        wait_until(lambda: not group_alive(proc.pid), timeout=30, interval=0.2, what="the API processes")
+    finally:
+        stalled.close()
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_beat_started_before_anything_made_its_folder_makes_it(tmp_path: Path) -> None:
+    """`unlearn beat` (and a worker's `--beat`) died writing its schedule into an UNLEARN_VAR_DIR nothing
+    had made yet (PostgreSQL deployments: `db upgrade` makes it only for SQLite; a probe)."""
+    from tests.helpers import REDIS_URL, pg_url, services_available
+
+    if reason := services_available():
+        pytest.skip(reason)  # the embedded broker makes the folder first
+    var = tmp_path / "fresh" / "var"
+    env = {**os.environ, "UNLEARN_VAR_DIR": str(var), "DATABASE_URL": pg_url("test"), "BROKER_URL": REDIS_URL}
+    proc = subprocess.Popen(
+        [UNLEARN, "beat"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: proc.poll() is None and any(var.glob("celerybeat-schedule*")),
+            timeout=60,
+            interval=0.2,
+            what=f"the beat's schedule in {var} (exit code {proc.poll()})",
+        )
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
