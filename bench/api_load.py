@@ -162,6 +162,28 @@ def bare_baseline(args: argparse.Namespace, label: str) -> Row:
         return wrk(label, f"{base}/healthz", "", args)
 
 
+@contextmanager
+def load_backend(env: dict[str, str], embedded: bool, prefix: str) -> Iterator[dict[str, str]]:
+    """``env`` on PostgreSQL + Redis, in a database of its own dropped at the end, unless ``embedded``."""
+    if embedded:
+        yield env
+        return
+    import psycopg
+
+    admin = "host=127.0.0.1 user=postgres dbname=test"
+    dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        yield env | {
+            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
+            "BROKER_URL": "redis://127.0.0.1:6379/0",
+        }
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
 def broker_messages(settings: Settings, queue: str) -> int:
     """Messages waiting in the API's queue (nobody consumes it during the bench)."""
     if settings.broker_url:
@@ -196,29 +218,18 @@ def main() -> None:
         "UNLEARN_WRITE_RATE_PER_KEY": "1000000",
         "UNLEARN_WRITE_BURST_PER_KEY": "1000000",
     }
-    dbname = None
-    if not args.embedded:
-        import psycopg
+    with load_backend(env, args.embedded, "unlearn_load") as env:
+        settings = Settings(**env)  # type: ignore[arg-type]
+        migrate.upgrade(settings.resolved_database_url)
+        with session_scope(settings.resolved_database_url) as s:
+            make_model(s, name=MODEL, n_train=N_TRAIN)
+            key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
 
-        dbname = f"unlearn_load_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        env |= {
-            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
-            "BROKER_URL": "redis://127.0.0.1:6379/0",
-        }
-    settings = Settings(**env)  # type: ignore[arg-type]
-    migrate.upgrade(settings.resolved_database_url)
-    with session_scope(settings.resolved_database_url) as s:
-        make_model(s, name=MODEL, n_train=N_TRAIN)
-        key = make_key(s, scopes=("deletion:write", "jobs:read", "audit:read"))
-
-    rows = [bare_baseline(args, "bare FastAPI GET /healthz (baseline, first)")]
-    port = free_port()
-    argv = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)]
-    accepted = messages = 0
-    batch_rate = 0.0
-    try:
+        rows = [bare_baseline(args, "bare FastAPI GET /healthz (baseline, first)")]
+        port = free_port()
+        argv = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)]
+        accepted = messages = 0
+        batch_rate = 0.0
         with server(argv, {**env, "PORT": str(port)}, port) as base:
             rows.append(wrk("GET /healthz", f"{base}/healthz", "", args))
             post = POST_SCRIPT % {"key": key, "ids": args.ids_per_request, "n": N_TRAIN}
@@ -249,12 +260,6 @@ def main() -> None:
                 wrk(f"POST .../deletion-requests/batch ({args.batch} requests per call)", base, batch, args)
             )
             batch_rate = rows[-1].rate * args.batch
-    finally:
-        if dbname:
-            import psycopg
-
-            with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     rows.append(bare_baseline(args, "bare FastAPI GET /healthz (baseline, last)"))
 
     backend = "SQLite + filesystem broker" if args.embedded else "PostgreSQL + Redis"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.api_load import BARE_APP, server
+from bench.api_load import BARE_APP, load_backend, server
 from service.core.db import migrate
 from service.core.db.engine import session_scope
 from service.core.settings import Settings
@@ -73,36 +73,19 @@ def main() -> None:
         "UNLEARN_QUEUE": f"burst-{uuid.uuid4().hex[:6]}",
         "UNLEARN_DEMO": "false",
     }
-    dbname = None
-    if not args.embedded:
-        import psycopg
-
-        dbname = f"unlearn_burst_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        env |= {
-            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}",
-            "BROKER_URL": "redis://127.0.0.1:6379/0",
-        }
-    settings = Settings(**env)  # type: ignore[arg-type]
-    migrate.upgrade(settings.resolved_database_url)
-    with session_scope(settings.resolved_database_url) as s:
-        make_model(s, name="burst")
-        key = make_key(s, scopes=("jobs:read",))
-    rows = [("bare FastAPI GET /healthz (baseline, first)", *bare(args.requests, args.api_workers))]
-    port = free_port()
-    argv = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)]
-    try:
+    with load_backend(env, args.embedded, "unlearn_burst") as env:
+        settings = Settings(**env)  # type: ignore[arg-type]
+        migrate.upgrade(settings.resolved_database_url)
+        with session_scope(settings.resolved_database_url) as s:
+            make_model(s, name="burst")
+            key = make_key(s, scopes=("jobs:read",))
+        rows = [("bare FastAPI GET /healthz (baseline, first)", *bare(args.requests, args.api_workers))]
+        port = free_port()
+        argv = [str(Path(sys.executable).parent / "unlearn"), "api", "--workers", str(args.api_workers)]
         with server(argv, {**env, "PORT": str(port)}, port) as base:
             auth = {"Authorization": f"Bearer {key}"}
             rows.append(("GET /v1/models/{m}", *burst(f"{base}/v1/models/burst", args.requests, auth)))
             rows.append(("GET /healthz", *burst(f"{base}/healthz", args.requests)))
-    finally:
-        if dbname:
-            import psycopg
-
-            with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     rows.append(("bare FastAPI GET /healthz (baseline, last)", *bare(args.requests, args.api_workers)))
 
     backend = "SQLite + filesystem broker" if args.embedded else "PostgreSQL + Redis"

@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,32 @@ pytestmark = pytest.mark.slow
 SERIES = re.compile(
     r'^unlearn_http_requests_total\{method="GET",route="/healthz",status="200"\} (\S+)$', re.M
 )
+
+
+@contextmanager
+def two_api_processes(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`unlearn api --workers 2` in a process group of its own, once both processes have started; the
+    group is killed at the end if anything of it is left."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [UNLEARN, "api", "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def both_up() -> bool:
+            return log_path.read_text(errors="replace").count("Application startup complete") == 2
+
+        wait_until(both_up, timeout=120, interval=0.5, what=f"two API processes ({log_path})")
+        yield proc
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
 
 
 def served_count(url: str) -> float:
@@ -38,21 +66,7 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
     settings.var_dir.mkdir(parents=True)
     migrated(settings.resolved_database_url)
     url = f"http://127.0.0.1:{env['PORT']}"
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [UNLEARN, "api", "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def both_up() -> bool:
-            text = (tmp_path / "api.log").read_text(errors="replace")
-            return text.count("Application startup complete") == 2
-
-        wait_until(both_up, timeout=120, interval=0.5, what=f"two API processes ({tmp_path / 'api.log'})")
+    with two_api_processes(env, tmp_path / "api.log") as proc:
         served = 40
         for _ in range(served):  # a new connection each time: the kernel hands them to both processes
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
@@ -62,11 +76,6 @@ def test_every_scrape_of_a_multi_process_api_counts_what_all_its_processes_serve
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         wait_until(lambda: not group_alive(proc.pid), timeout=60, interval=0.2, what="the API processes")
-    finally:
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_path: Path) -> None:
@@ -95,24 +104,7 @@ def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_p
         key = make_key(s)
         v1 = s.scalars(select(ModelVersion)).one()
         v1.checkpoint_uri, v1.sha256 = str(big), hashlib.sha256(big.read_bytes()).hexdigest()
-    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [UNLEARN, "api", "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    stalled = socket.socket()
-    try:
-        wait_until(
-            lambda: (
-                (tmp_path / "api.log").read_text(errors="replace").count("Application startup complete") == 2
-            ),
-            timeout=120,
-            interval=0.5,
-            what="two API processes",
-        )
+    with two_api_processes(env, tmp_path / "api.log") as proc, socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
         stalled.connect(("127.0.0.1", int(env["PORT"])))
         path = "/v1/models/toy/versions/v1/checkpoint"
@@ -121,12 +113,6 @@ def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_p
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         wait_until(lambda: not group_alive(proc.pid), timeout=30, interval=0.2, what="the API processes")
-    finally:
-        stalled.close()
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_a_beat_started_before_anything_made_its_folder_makes_it(tmp_path: Path) -> None:
