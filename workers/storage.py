@@ -78,7 +78,13 @@ def sweep_orphans(settings: Settings) -> list[Path]:
     # a registered v1's under uploads/ too) and the scores kept beside it, which the API's deletion
     # leaves (a probe): retired is for good, so at any age.
     storage = settings.checkpoint_dir.resolve()
-    left = [Path(u) for _, u in retired if Path(u).is_file() and Path(u).resolve().is_relative_to(storage)]
+    left = [
+        Path(u)
+        for _, u in retired
+        if Path(u).is_file()
+        and Path(u).resolve().is_relative_to(storage)
+        and str(Path(u).resolve()) not in referenced  # never a file a live version also names
+    ]
     scores = [p for m, u in retired for p in kept_scores.of_version(settings.checkpoint_dir, m, u)]
     gone = sorted(
         set(checkpoints + left + scores)

@@ -111,7 +111,13 @@ class KeyCache:
         loop = asyncio.get_running_loop()
         reading = self._reading.get(digest)
         if reading is not None and reading.get_loop() is loop:
-            return await asyncio.shield(reading)
+            try:
+                return await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not reading.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this request was cancelled itself
+                return await self.read_once(digest, read)  # the reader was: read it ourselves
         reading = self._reading[digest] = loop.create_future()
         reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, if none waited
         try:

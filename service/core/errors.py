@@ -45,6 +45,10 @@ class Unprocessable(ProblemError):
     status, title = 422, "Unprocessable request"
 
 
+class ServiceUnavailable(ProblemError):
+    status, title = 503, "Service unavailable"
+
+
 class InsufficientStorage(ProblemError):
     status, title = 507, "Insufficient storage"
 

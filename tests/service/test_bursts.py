@@ -94,8 +94,36 @@ def test_an_in_memory_sqlite_database_still_makes_an_engine() -> None:
 
     from service.core.db.engine import make_engine
 
-    for url in ("sqlite://", "sqlite:///:memory:"):
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:m?mode=memory&cache=shared&uri=true"):
         engine = make_engine(url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 1")).scalar() == 1
         engine.dispose()
+
+
+def test_a_request_waiting_on_a_key_read_that_was_cancelled_reads_it_itself() -> None:
+    """Requests carrying the same key wait for one read of it; one whose reader was cancelled got the
+    reader's CancelledError (a 500) instead of its answer (a review)."""
+    from service.api.deps import KeyCache
+    from service.core.db.tables import ApiKey
+
+    async def scenario() -> tuple[ApiKey | None, int]:
+        cache, reads, release = KeyCache(ttl=2), [], asyncio.Event()
+        found = ApiKey(id="k", tenant="t", name="", prefix="p", key_hash="h", scopes=["admin"])
+
+        async def read() -> ApiKey | None:
+            reads.append(1)
+            await release.wait()
+            return found
+
+        leader = asyncio.create_task(cache.read_once("d", read))
+        await asyncio.sleep(0)  # the leader is reading
+        waiter = asyncio.create_task(cache.read_once("d", read))
+        await asyncio.sleep(0)  # the waiter waits on it
+        leader.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        return await waiter, len(reads)
+
+    key, reads = asyncio.run(scenario())
+    assert key is not None and key.id == "k" and reads == 2

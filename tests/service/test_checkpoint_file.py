@@ -55,3 +55,23 @@ def test_a_checkpoint_storage_cannot_read_is_a_503_problem(tmp_path: Path) -> No
     sent = _download(tmp_path)  # a folder where the file should be: open() fails, as on a lost volume
     assert sent[0]["status"] == 503
     assert b"cannot be read from storage" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_checkpoint_storage_cannot_read_is_a_503_through_the_route(tmp_path: Path) -> None:
+    """The route hashes the file before it is served: an OSError there (a path through a regular file,
+    permissions, a lost volume) was a 500 (a review)."""
+    from sqlalchemy import select
+
+    from service.core.db.engine import session_scope
+    from service.core.db.tables import ModelVersion
+    from service.core.settings import Settings
+    from tests.liveapp import serve_toy
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"x")
+    with serve_toy(Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))) as (app, key):  # type: ignore[call-arg]
+        with session_scope(app.db) as s:
+            s.scalars(select(ModelVersion)).one().checkpoint_uri = str(blocker / "v1.safetensors")
+        with app.client(key) as c:
+            r = c.get("/v1/models/toy/versions/v1/checkpoint")
+    assert r.status_code == 503 and "cannot be read from storage" in r.json()["detail"], r.text

@@ -36,7 +36,7 @@ from service.api.views import model_out, version_out
 from service.core import events
 from service.core.dataset_ids import FOLDER_KINDS, content_sha256
 from service.core.db.tables import Dataset, DatasetSample, ForgottenSample, Model, ModelVersion, utcnow
-from service.core.errors import Conflict, Gone, NotFound, Unprocessable
+from service.core.errors import Conflict, Gone, NotFound, ServiceUnavailable, Unprocessable
 from service.core.lookups import get_model, version_label
 from service.core.model_specs import (
     check_architecture,
@@ -201,6 +201,11 @@ def download_checkpoint(model: str, version: str, session: SessionDep, key: Jobs
         stored = stored_sha256(path)
     except (FileNotFoundError, IsADirectoryError):  # gone since the row was read: a 500 (a probe)
         raise NotFound(f"the checkpoint file of {m.name}/v{v.number} is missing from storage") from None
+    except OSError as exc:  # storage the server cannot read (permissions, a lost volume): no 500 (a review)
+        raise ServiceUnavailable(
+            f"the checkpoint file of {m.name}/v{v.number} cannot be read from storage "
+            f"({type(exc).__name__}); retry later"
+        ) from None
     if stored != v.sha256:
         raise Conflict(
             f"the checkpoint file of {m.name}/v{v.number} changed on storage since it was published (sha256 "

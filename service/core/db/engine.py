@@ -35,7 +35,9 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     """
     if url.startswith("sqlite"):
         connect = {"timeout": 30, "check_same_thread": False}
-        if make_url(url).database not in (None, "", ":memory:") and "poolclass" not in kwargs:
+        parsed = make_url(url)
+        in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+        if not in_memory and "poolclass" not in kwargs:
             kwargs = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, **kwargs}  # as PostgreSQL's
         engine = create_engine(url, connect_args=connect, **kwargs)
 
