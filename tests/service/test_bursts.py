@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -44,13 +46,16 @@ def test_a_burst_of_reads_is_answered_without_waiting_out_the_pool(live: tuple[L
         return Counter(r.status_code for r in answers)
 
     event.listen(Engine, "before_cursor_execute", count)
+    started = time.monotonic()
     try:
         assert asyncio.run(burst()) == {200: n}
     finally:
         event.remove(Engine, "before_cursor_execute", count)
-    # the key, not yet cached, is read once for the whole burst: once per request, 240 transactions at
-    # once fought for SQLite's write lock and some waited out its busy timeout (503s under a loaded CI)
-    assert len(key_reads) == 1, len(key_reads)
+    # the key, not yet cached, is read once at a time, and again only once its cache entry lapses
+    # (UNLEARN_KEY_CACHE_SECONDS): read once per request, 240 transactions at once fought for SQLite's
+    # write lock and some waited out its busy timeout (503s under a loaded CI)
+    lapses = math.ceil((time.monotonic() - started) / app.settings.key_cache_seconds)
+    assert 1 <= len(key_reads) <= 1 + lapses, (len(key_reads), lapses)
 
 
 def test_downloads_a_client_stopped_reading_hold_no_other_request_up(live: tuple[LiveApp, str]) -> None:
