@@ -140,8 +140,16 @@ def check_hf_config(config: Any, num_classes: int) -> None:
         if value is not None and value not in HF_ATTENTION:
             raise ValueError(f"config.{key} must be one of {list(HF_ATTENTION)} (or left out), got {value!r}")
     labels = config.get("id2label")
-    if isinstance(labels, dict) and labels and len(labels) != num_classes:
+    if labels is not None and not isinstance(labels, dict):
+        raise ValueError(f"config.id2label must be an object of class index -> name, got {labels!r:.100}")
+    if labels and len(labels) != num_classes:
         raise ValueError(f"config.id2label has {len(labels)} labels but num_classes is {num_classes}")
+    # transformers reads every key as int(key) when it builds the config: a worker would fail on it later
+    indices = sorted(str(k) for k in labels or {})
+    if indices and indices != sorted(str(i) for i in range(num_classes)):
+        raise ValueError(
+            f"config.id2label's keys must be the class indices 0..{num_classes - 1}, got {indices[:10]}"
+        )
     declared = config.get("num_labels")
     if declared is not None and declared != num_classes:
         raise ValueError(f"config.num_labels {declared!r} differs from num_classes {num_classes}")

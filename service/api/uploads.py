@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request, UploadFile
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
 from service.api.schemas.registry import Features, ModelCreate
@@ -46,15 +47,28 @@ def _json(raw: str | bytes) -> Any:
 
 
 async def each_part_once(request: Request) -> None:
-    """A 422 naming every multipart field sent more than once. FastAPI keeps the last copy of a repeated
-    field: a probe's registration with two specs and two checkpoints registered the second of each, and
-    nothing said so. (The form is the one FastAPI parsed for the route: read again from its cache.)"""
+    """A 422 naming every multipart field sent more than once, or that the route does not take. FastAPI
+    keeps the last copy of a repeated field: a probe's registration with two specs and two checkpoints
+    registered the second of each, and nothing said so; a misspelt part (`heldout` for a file the route
+    calls otherwise, `feature=`) was dropped as silently. (The form is the one FastAPI parsed for the
+    route: read again from its cache.)"""
     form = await request.form()
     repeated = sorted({k for k, _ in form.multi_items() if len(form.getlist(k)) > 1})
     if repeated:
         raise Unprocessable(
             f"sent more than once: {', '.join(repeated)}; send each part once",
             errors=[{"loc": [k], "msg": "sent more than once", "type": "repeated"} for k in repeated],
+        )
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = [p.alias for p in route.dependant.body_params]
+    unknown = sorted(set(form.keys()) - set(taken))
+    if unknown:
+        raise Unprocessable(
+            f"this call takes no part named {', '.join(map(repr, unknown))}; "
+            f"its parts are {', '.join(taken)}",
+            errors=[{"loc": [k], "msg": "unknown part", "type": "unknown_part"} for k in unknown],
         )
 
 

@@ -1328,3 +1328,12 @@ def test_the_openapi_document_lists_what_the_screen_and_the_checkpoint_download_
         "/v1/models/toy/deletion-requests", content=b"x", headers={**api.auth(), "Content-Encoding": "gzip"}
     )
     assert refused.status_code == 415, refused.text
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/deletion-requests", "/v1/audit/export"])
+def test_an_empty_model_filter_names_no_model_on_every_list(api: Api, path: str) -> None:
+    """`?model=` was a 404 on the job list and ignored by the audit export, which then exported every
+    model's events to a client that meant to filter (a contract probe)."""
+    r = api.client.get(path + "?model=", headers=api.auth())
+    assert r.status_code == 404, r.text
+    assert "model" in r.json()["detail"]

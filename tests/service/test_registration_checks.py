@@ -488,3 +488,22 @@ def test_a_multipart_field_sent_twice_is_a_422_naming_it_and_nothing_is_kept(api
     sent = [("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))]
     r = api.client.post("/v1/datasets/upload", data={"name": "two"}, files=sent)
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["file"], r.text
+
+
+def test_a_multipart_part_the_call_does_not_take_is_a_422_naming_it_and_nothing_is_kept(api: Api) -> None:
+    """A misspelt part was dropped without a word: a registration whose held-out set went as `heldout`
+    registered without one (its test set then split in two), an upload's `feature=` declaration went
+    unread."""
+    sets = {"train_dataset": api.datasets["train"], "test_dataset": api.datasets["test"]}
+    spec = json.dumps({"name": "extra", "architecture": "mlp", "num_classes": 3, **sets})
+    parts = [("spec", (None, spec)), ("checkpoint", ("v1.safetensors", CHECKPOINT)), ("heldout", (None, "x"))]
+    r = api.client.post("/v1/models", files=parts)
+    assert r.status_code == 422, r.text
+    assert "no part named 'heldout'" in r.json()["detail"] and "spec, checkpoint" in r.json()["detail"]
+    assert r.json()["errors"] == [{"loc": ["heldout"], "msg": "unknown part", "type": "unknown_part"}]
+    assert "extra" not in api.model_names()
+    sent = {"file": ("a.jsonl", b'{"id": "a", "text": "x", "label": 0}\n')}
+    r = api.client.post("/v1/datasets/upload", data={"name": "one", "feature": "{}"}, files=sent)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["feature"], r.text
+    names = [d["name"] for d in api.client.get("/v1/datasets").json()]
+    assert "one" not in names

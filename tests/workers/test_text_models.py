@@ -206,6 +206,9 @@ def test_a_tokenizer_the_model_was_not_trained_with_makes_it_invalid_saying_so(
         ({"quantization_config": {"quant_method": "bitsandbytes"}}, "would load code, weights or kernels"),
         ({"attn_implementation": "kernels-community/flash-attn"}, "must be one of ['eager', 'sdpa']"),
         ({"id2label": {"0": "a", "1": "b"}}, "config.id2label has 2 labels but num_classes is 3"),
+        ({"id2label": {"a": "x", "b": "y", "c": "z"}}, "id2label's keys must be the class indices 0..2"),
+        ({"id2label": {"0": "x", "1": "y", "3": "z"}}, "id2label's keys must be the class indices 0..2"),
+        ({"id2label": ["x", "y", "z"]}, "config.id2label must be an object"),
         ({"model_type": "Not A Type!"}, "config.model_type must name a transformers model type"),
     ],
 )

@@ -82,7 +82,7 @@ def export_audit(
     """Streams: events are read in batches as the response is written, never held in memory all at once.
     Filters select events but never alter them: each exported event still carries its own `prev_hash`
     and `hash`, so a filtered export can be checked against a full one."""
-    model_id = get_model(session, key.tenant, model).id if model else None
+    model_id = get_model(session, key.tenant, model).id if model is not None else None
     if any(b is not None and b.tzinfo is None for b in (since, until)):
         raise Unprocessable("`since` and `until` need a timezone, e.g. 2026-01-01T00:00:00Z")
     if since is not None and until is not None and until <= since:
