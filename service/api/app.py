@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Make a deployed classifier forget training samples on request, and prove it.",
         dependencies=[Depends(utf8_json_body)],
     )  # no app-wide max_body_size: FastAPI checks it outside every middleware, with a plain-text 413
+    app.router.redirect_slashes = False  # its Location named the request's Host: see errors._other_slash
     app.state.settings = settings
     # No pre-ping: a round trip per request saved; a dead connection is a 503 (see make_engine).
     app.state.sessionmaker = sessionmaker_for(settings.resolved_database_url, pre_ping=False)

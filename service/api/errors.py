@@ -6,16 +6,17 @@ from __future__ import annotations
 import email.message
 import json
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY  # where a request's body limit is kept
-from starlette.routing import compile_path
+from starlette.routing import Match, compile_path
 
 from service.core.errors import ProblemError
 
@@ -111,6 +112,21 @@ def domain_problem(exc: ProblemError) -> dict[str, Any]:
 _METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
+def _other_slash(request: Request) -> str | None:
+    """The path and query this request's path names with its trailing slash added or taken away, where a
+    route takes that, as a relative reference. (Starlette's own redirect, turned off in ``create_app``,
+    wrote the request's Host header into ``Location``: anyone who could set that header, a proxy's cache
+    included, chose where clients were sent.)"""
+    path = request.scope["path"]
+    if path == "/":
+        return None
+    scope = {**request.scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+    if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return quote(scope["path"]) + (f"?{query}" if query else "")
+
+
 def _allowed(request: Request) -> list[str]:
     """The methods the API takes at this request's path, read off its schema (HEAD wherever GET is:
     ``service.api.head``). Starlette's 405 named the methods of the first route whose path matched."""
@@ -195,7 +211,7 @@ def install_handlers(app: FastAPI) -> None:
         return problem(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         unreadable = unreadable_json(exc.__cause__) if exc.status_code == 400 else None
         if unreadable is not None:  # FastAPI's "There was an error parsing the body" named neither
             return problem(422, "Invalid request", f"the body is not valid JSON: {unreadable}")
@@ -207,6 +223,9 @@ def install_handlers(app: FastAPI) -> None:
             return problem(413, "Payload too large", why, limit_bytes=FORM_FIELD_BYTES)
         title, detail = "HTTP error", str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":  # the router's: no route has this path
+            other = _other_slash(request)
+            if other is not None:
+                return RedirectResponse(other, status_code=307)
             title, detail = "Not found", f"no route here: {request.url.path}"
         response_headers = dict(exc.headers or {})
         if exc.status_code == 405:  # RFC 9110 requires Allow: every route's on this path, not the first's

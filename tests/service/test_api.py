@@ -1337,3 +1337,23 @@ def test_an_empty_model_filter_names_no_model_on_every_list(api: Api, path: str)
     r = api.client.get(path + "?model=", headers=api.auth())
     assert r.status_code == 404, r.text
     assert "model" in r.json()["detail"]
+
+
+def test_a_trailing_slash_is_redirected_by_a_relative_location_whatever_the_host_header(api: Api) -> None:
+    """Starlette's redirect wrote the request's Host header into `Location`: a forged Host (or a cache
+    keyed without it) sent clients to another server, keys and all (a contract probe)."""
+    headers = {**api.auth(), "Host": "evil.example"}
+    r = api.client.get("/v1/jobs/?limit=5", headers=headers, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/v1/jobs?limit=5", (r.status_code, r.headers)
+    r = api.client.post(
+        "/v1/models/toy/deletion-requests/",
+        json={"sample_ids": ["toy-0001"]},
+        headers=headers,
+        follow_redirects=False,
+    )
+    assert r.status_code == 307 and r.headers["location"] == "/v1/models/toy/deletion-requests"
+    assert post(api, {"sample_ids": ["toy-0001"]}).status_code == 202
+    r = api.client.get("/v1/nothing/", headers=headers, follow_redirects=False)
+    assert r.status_code == 404 and r.json()["detail"] == "no route here: /v1/nothing/", r.text
+    r = api.client.get("/dashboard", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/dashboard/"
