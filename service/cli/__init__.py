@@ -8,7 +8,8 @@ and demo subprocesses, never here; the client verbs import neither the database 
 
 Exit codes of the client verbs: 0 ok; 1 the thing checked or waited for failed (a job failed, a chain or
 certificate does not verify); 2 usage; 3 server unreachable; 4 key missing, rejected or lacking a scope;
-5 not found; 6 the server refused the input (409/413/422); 7 any other server error.
+5 not found; 6 the server refused the input (409/413/422); 7 any other server error; 141 the reader of
+its output went away (a cut pipe).
 
 The package: `parser` (the command line), `server` (server verbs), `verbs`, `request` and `documents`
 (client verbs), `render` (rich output), `errors` (exit codes), `client` (the HTTP client). This module
@@ -31,6 +32,18 @@ __all__ = ["SCOPE_NAMES", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored" and exit 120
+    except BrokenPipeError:
+        # The reader went away (`unlearn audit export | head`): what it wanted it has; not a traceback.
+        # Python's recipe: stdout to /dev/null, so the flush at exit has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process SIGPIPE ended (128 + 13): what shells expect of a cut pipe
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "api", False):  # `unlearn keys ... --api`
         args.client_fn = client_verb(cmd_keys_api)

@@ -267,8 +267,12 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
     if not _reachable(url, where):
         return EXIT_CODES["unreachable"]
+    applied: list[str] = []
     try:
-        (migrate.upgrade if args.action == "upgrade" else migrate.check)(url)
+        if args.action == "upgrade":
+            applied = migrate.upgrade(url)
+        else:
+            migrate.check(url)
     except DBAPIError as exc:  # a statement the schema refused (PostgreSQL: ProgrammingError): no outage
         print(f"error: {args.action} of the database {where} failed: {_driver_said(exc)}", file=sys.stderr)
         return EXIT_CODES["failed"]
@@ -277,7 +281,12 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {args.action} of the database {where}: {exc}{hint}", file=sys.stderr)
         return EXIT_CODES["failed"]
     # Silence read as "did anything happen?" to an operator running the migration step by hand.
-    print(f"{where}: {'schema up to date' if args.action == 'upgrade' else 'schema matches the tables'}")
+    if args.action == "check":
+        print(f"{where}: schema matches the tables")
+    elif applied:  # "up to date" alone did not say whether this run changed the schema, or how
+        print(f"{where}: schema up to date, applied {len(applied)} migration(s): {', '.join(applied)}")
+    else:
+        print(f"{where}: schema up to date at {migrate.current(url)}, nothing to apply")
     return 0
 
 

@@ -647,9 +647,30 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
     env["UNLEARN_VAR_DIR"] = str(tmp_path / "var")
     upgraded = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.strip() == f"sqlite:///{tmp_path / 'var' / 'unlearn.db'}: schema up to date"
+    where = f"sqlite:///{tmp_path / 'var' / 'unlearn.db'}"
+    said = upgraded.stdout.strip()
+    assert said.startswith(f"{where}: schema up to date, applied ") and "migration(s): 0001, 0002, " in said
+    newest = upgraded.stdout.strip().rsplit(", ", 1)[1]
+    again = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert again.stdout.strip() == f"{where}: schema up to date at {newest}, nothing to apply", again.stdout
     checked = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`unlearn ... | head` ended in a BrokenPipeError traceback, or "Exception ignored" and exit 120 (a
+    probe): the command's work is done; it exits as a process SIGPIPE ended, 141, without a word."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEARN_") and k != "DATABASE_URL"}
+    env["UNLEARN_VAR_DIR"] = str(tmp_path / "var")
+    proc = subprocess.Popen(
+        [UNLEARN, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the command prints (it starts in a second or so)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == "", (proc.returncode, err)
+    checked = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.parametrize(

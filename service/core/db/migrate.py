@@ -6,6 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -17,8 +21,26 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str) -> None:
-    command.upgrade(alembic_config(url), "head")
+def upgrade(url: str) -> list[str]:
+    """Upgrade to the newest revision; the revisions applied, oldest first (none: it was up to date)."""
+    cfg = alembic_config(url)
+    before = current(url)
+    command.upgrade(cfg, "head")
+    after = current(url)
+    if after == before or after is None:
+        return []
+    steps = ScriptDirectory.from_config(cfg).iterate_revisions(after, before)  # newest first
+    return [script.revision for script in reversed(list(steps))]
+
+
+def current(url: str) -> str | None:
+    """The database's revision (None where no migration has run on it)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def check(url: str) -> None:
