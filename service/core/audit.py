@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.core import merkle
 from service.core.canonical import canonical_json
+from service.core.db.clock import utcnow
 from service.core.db.engine import is_postgres
 from service.core.db.locks import wait_for_lock
 from service.core.db.tables import AuditEvent, AuditNode
@@ -46,7 +46,7 @@ def event_row(
     events in one statement (the intake's group commit) inserts."""
     return {
         "tenant": tenant,
-        "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "ts": utcnow().isoformat(timespec="microseconds"),
         "actor": actor,
         "action": action,
         "entity_type": entity_type,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.core import transparency
 from service.core.audit import export_dict
+from service.core.db.clock import utcnow
 from service.core.db.tables import AuditEvent, DeletionRequest, ForgottenSample, Job, Model, ModelVersion
 from service.core.errors import Conflict
 from service.core.events import ids_digest, subjects_digest
@@ -89,7 +90,7 @@ def build(session: Session, req: DeletionRequest, key: Ed25519PrivateKey) -> dic
         "requested_at": _iso(req.created_at),
         "completed_at": _iso(req.completed_at),
         "audit": evidence,
-        "issued_at": datetime.now(UTC).isoformat(),
+        "issued_at": utcnow().isoformat(),
     }
 
 

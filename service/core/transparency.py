@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.core import audit, merkle
 from service.core.canonical import canonical_json
+from service.core.db.clock import utcnow
 from service.core.db.engine import session_scope
 from service.core.db.tables import AuditHead
 from service.core.errors import ProblemError, Unprocessable
@@ -107,7 +107,7 @@ def sign_head(session: Session, key: Ed25519PrivateKey, tenant: str) -> dict[str
     _check_signer(session, key, tenant)
     audit.sequence_all(session, tenant)
     size = audit.tree_size(session, tenant)
-    ts = datetime.now(UTC).isoformat(timespec="microseconds")
+    ts = utcnow().isoformat(timespec="microseconds")
     head = {"type": HEAD_TYPE, "tenant": tenant, "tree_size": size,
             "root_hash": _root(session, tenant, size).hex(), "timestamp": ts}  # fmt: skip
     row = AuditHead(

@@ -4,11 +4,12 @@ runs in its own transaction and the outcome is read back from the database."""
 from __future__ import annotations
 
 import errno
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
 
+from service.core.db import clock
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model, utcnow
 from tests.conftest import Backend
@@ -289,18 +290,20 @@ def test_hosts_whose_clocks_disagree_judge_leases_and_heartbeats_alike(backend: 
     with session_scope(url) as s:
         liveness.beat(s, "right:1")
 
-    fast = freeze_time(utcnow() + timedelta(minutes=30), tick=True)  # a host half an hour fast
+    fast = freeze_time(datetime.now(UTC) + timedelta(minutes=30), tick=True)  # a host half an hour fast
     with fast, session_scope(url) as s:
         assert claims.models_needing_work(s, takeover_after=120) == []
         assert not leases.acquire(s, model_id, "fast:2:bbbb", 600, takeover_after=120)
         assert liveness.alive(s, within_s=120) == 1
+    clock.forget_offset()  # the offset measured under the fake clock: back to the real one
     assert lease(url, model_id)[0] == "right:1:aaaa"
 
     release(url, model_id, "right:1:aaaa")
-    with freeze_time(utcnow() - timedelta(minutes=30), tick=True):  # this one half an hour slow
+    with freeze_time(datetime.now(UTC) - timedelta(minutes=30), tick=True):  # this one half an hour slow
         assert acquire(url, model_id, "slow:3:cccc", seconds=600)
         with session_scope(url) as s:
             liveness.beat(s, "slow:3")
+    clock.forget_offset()
     with session_scope(url) as s:
         assert not leases.acquire(s, model_id, "right:4:dddd", 600, takeover_after=120)
         assert claims.models_needing_work(s, takeover_after=120) == []

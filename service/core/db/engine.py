@@ -13,6 +13,8 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core.db.clock import follow_database_clock
+
 POOL_SIZE, MAX_OVERFLOW = 16, 16
 RECYCLE_SECONDS = 1800
 CONNECT_TIMEOUT_S = 10
@@ -68,6 +70,7 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     )
     if not pre_ping:
         _ping_after_idle(engine)
+    follow_database_clock(engine)
     return engine
 
 
