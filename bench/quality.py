@@ -544,7 +544,9 @@ NOISE_SEED_OFFSET = 1000  # the second retrain's training seed: the run's seed +
 # large deletions of a data provider that withdraws (half: D_f as large as D_r); no default was tuned on them.
 ONE_IN = {"random": 10, "small": 100, "quarter": 4, "half": 2}
 OF_CLASS = {"subclass": 0.5, "most": 0.9}  # a seeded share of one class's samples is deleted; the class stays
-SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "mislabeled"]
+# ``class_and_random`` (stop 65): every sample of one class and a seeded 10% of the other classes' in one
+# deletion, the classes and rows of classes that stay that the method runs apart
+SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "class_and_random", "mislabeled"]
 
 
 def model_bench_args(
@@ -573,7 +575,8 @@ def forget_split(
     where a cost that follows the dataset is most out of proportion), 25% (``quarter``) or 50% (``half``), a
     seeded half (``subclass``) or 90% (``most``) of the training samples of ``forgotten_class`` (the class
     stays, the deletion is all of one label, as when one source's images of a kind are taken down), every
-    training sample of ``forgotten_class``, or (``mislabeled``) the rows a ``mislabeled`` setting gave another
+    training sample of ``forgotten_class`` (``classwise``; with a seeded 10% of the other classes' samples:
+    ``class_and_random``), or (``mislabeled``) the rows a ``mislabeled`` setting gave another
     class's label."""
     gen = torch.Generator().manual_seed(seed)
     if scenario == "mislabeled":
@@ -585,6 +588,9 @@ def forget_split(
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // ONE_IN[scenario]]
     else:
         idx = torch.nonzero(train_ds.y == forgotten_class).flatten()
+    if scenario == "class_and_random":
+        others = torch.nonzero(train_ds.y != forgotten_class).flatten()
+        idx = torch.cat([idx, others[torch.randperm(len(others), generator=gen)[: len(others) // 10]]])
     if scenario in OF_CLASS:
         idx = idx[torch.randperm(len(idx), generator=gen)[: int(OF_CLASS[scenario] * len(idx))]]
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
@@ -891,6 +897,8 @@ def scenario_title(scenario: str) -> str:
     """A scenario as the tables name it."""
     if scenario == "classwise":
         return "class-wise (class 0)"
+    if scenario == "class_and_random":
+        return "class 0 and random 10% of the others"
     if scenario == "mislabeled":
         return f"its mislabeled rows (1 in {MISLABELED_ONE_IN})"
     if scenario in OF_CLASS:
@@ -905,7 +913,7 @@ def markdown(records: list[dict[str, Any]], settings: list[str], scenarios: list
             rs = [r for r in records if r["setting"] == setting and r["scenario"] == scenario]
             if not rs:
                 continue
-            cls = scenario == "classwise"
+            cls = scenario in ("classwise", "class_and_random")
             asr = all("asr" in r for r in rs)  # a backdoored setting: the trigger's attack success
             lines += [f"\n### {setting}, {scenario_title(scenario)}\n",
                       "| Method | UA | MIA | MIA-loss | RA | TA" + (" | TA class 0" if cls else "")
