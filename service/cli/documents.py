@@ -158,10 +158,16 @@ def _versions(cert: dict[str, Any]) -> str:
     nothing (a probe)."""
     before = (cert.get("version_before") or {}).get("version")
     after = (cert.get("version_after") or {}).get("version")
+    by = [e for e in cert.get("forgotten_by") or [] if isinstance(e, dict)]
+    earlier = [e for e in by if e.get("version") != after]
+    counts = ", ".join(f"{e.get('sample_count')} in {e.get('version')}" for e in by)
     if before != after:
-        return f"{before} -> {after}"
-    earlier = [e for e in cert.get("forgotten_by") or [] if isinstance(e, dict)]
-    if not earlier:
+        if not earlier:
+            return f"{before} -> {after}"
+        if len(earlier) == len(by):  # completed on a version another job's requests made (a probe's
+            # "2 sample(s) forgotten by tab v4 -> v5", where v4 had forgotten both)
+            return f"{before} -> {after} ({after} forgot none of them: earlier jobs did, {counts})"
+        return f"{before} -> {after} ({counts})"
+    if not by:  # no new version, and the forgetting it found before it is all it names
         return f"{after}"
-    counts = ", ".join(f"{e.get('sample_count')} in {e.get('version')}" for e in earlier)
     return f"{after} (no new version: earlier jobs forgot them, {counts})"

@@ -73,6 +73,13 @@ def test_a_request_whose_samples_an_earlier_job_forgot_is_summed_up_with_the_ver
     assert _versions(cert) == "v2 (no new version: earlier jobs forgot them, 1 in v2)"
     published = dict(cert, version_before={"version": "v1"})
     assert _versions(published) == "v1 -> v2"
+    # completed on a version another job made, its own samples forgotten before (a probe's two requests
+    # for the same IDs: "forgotten by tab v4 -> v5" where v4 had forgotten both)
+    later = dict(cert, version_after={"version": "v3"})
+    assert _versions(later) == "v2 -> v3 (v3 forgot none of them: earlier jobs did, 1 in v2)"
+    by = [{"version": "v2", "sample_count": 1}, {"version": "v3", "sample_count": 2}]
+    split = dict(later, forgotten_by=by)
+    assert _versions(split) == "v2 -> v3 (1 in v2, 2 in v3)"
 
 
 def test_a_certificate_is_bound_to_the_version_checkpoint_and_method_its_log_records(db_url: str) -> None:
