@@ -3,11 +3,13 @@ database and the queue (tasks are sent by name)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 
 from fastapi import Depends, FastAPI, Response
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import KeyCache
 from service.api.errors import install_handlers, install_problem_schema, problem, too_large
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ScreenRequests, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )
     app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(StoppedMidRequest)  # outermost: what the server's shutdown cancels, it answers
     # Declared lengths are screened above; a chunked body is counted as it arrives, per router
     for module in (health, deletion_requests, jobs, models, datasets, audit, keys, dashboard):
         app.include_router(module.router, max_body_size=settings.max_body_bytes)
@@ -91,6 +94,36 @@ def served_app(settings: Settings | None = None) -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
+
+
+class StoppedMidRequest:
+    """A request the server cancels before its response began (the shutdown grace ran out while its body
+    was still arriving) is answered 503, JSON, with ``Retry-After`` and ``Connection: close``; uvicorn
+    answered it with a plain-text 500 (a probe's slow upload). The cancellation then goes on up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not started:
+                response = problem(503, "Service unavailable", "the server is stopping; retry the request")
+                response.headers.update({"Retry-After": "2", "Connection": "close"})
+                with contextlib.suppress(Exception):  # the client may be gone too
+                    await response(scope, receive, send)
+            raise
 
 
 class ScreenRequests:

@@ -115,6 +115,43 @@ def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_p
         wait_until(lambda: not group_alive(proc.pid), timeout=30, interval=0.2, what="the API processes")
 
 
+def test_a_request_whose_body_outlasts_the_shutdown_grace_is_a_503_to_retry(tmp_path: Path) -> None:
+    """A deletion request (or an upload) still arriving when the grace ran out got uvicorn's plain-text
+    500 (a probe's upload at 400 bytes/s): the server's own stop is a 503 the client may retry."""
+    import json
+    import socket
+
+    from service.core.db.engine import session_scope
+    from tests.factories import make_key, make_model
+    from tests.liveapp import read_response
+
+    env = {**os.environ, "UNLEARN_VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
+    env |= {"UNLEARN_SHUTDOWN_GRACE_SECONDS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    migrated(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        make_model(s, name="toy")
+        key = make_key(s)
+    body = json.dumps({"sample_ids": ["toy-0001"], "reference": "x" * 500}).encode()
+    with two_api_processes(env, tmp_path / "api.log") as proc, socket.socket() as slow:
+        slow.settimeout(60)
+        slow.connect(("127.0.0.1", int(env["PORT"])))
+        head = (
+            f"POST /v1/models/toy/deletion-requests HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        # the rest never comes (uvicorn reads the head at once; its shutdown starts on its next 0.1 s tick)
+        slow.sendall(head.encode() + body[:10])
+        os.kill(proc.pid, signal.SIGTERM)
+        status, headers, answer = read_response(slow)
+        assert status == 503, (status, answer)
+        assert headers.get("content-type", "").startswith("application/problem+json"), headers
+        assert headers.get("retry-after") == "2" and "stopping" in json.loads(answer)["detail"]
+        assert proc.wait(timeout=60) == 0
+
+
 def test_a_beat_started_before_anything_made_its_folder_makes_it(tmp_path: Path) -> None:
     """`unlearn beat` (and a worker's `--beat`) died writing its schedule into an UNLEARN_VAR_DIR nothing
     had made yet (PostgreSQL deployments: `db upgrade` makes it only for SQLite; a probe)."""
