@@ -97,9 +97,11 @@ def served_app(settings: Settings | None = None) -> FastAPI:
 
 
 class StoppedMidRequest:
-    """A request the server cancels before its response began (the shutdown grace ran out while its body
-    was still arriving) is answered 503, JSON, with ``Retry-After`` and ``Connection: close``; uvicorn
-    answered it with a plain-text 500 (a probe's slow upload). The cancellation then goes on up."""
+    """A request the server cancels before its response began (the shutdown grace ran out) is answered
+    503, JSON, with ``Retry-After`` and ``Connection: close``; uvicorn answered it with a plain-text 500 (a
+    probe's slow upload). Where its body was still arriving, nothing of it ran; where the body had all
+    come, its route may still be running in a thread the cancel does not stop, and may yet commit (a
+    review): the 503 then says so, and points at ``Idempotency-Key``. The cancellation then goes on up."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -108,22 +110,39 @@ class StoppedMidRequest:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started, received = False, False
 
-        async def tracked(message: Message) -> None:
+        async def sending(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        async def receiving() -> Message:
+            nonlocal received
+            message = await receive()
+            received = received or (message["type"] == "http.request" and not message.get("more_body"))
+            return message
+
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receiving, sending)
         except asyncio.CancelledError:
             if not started:
-                response = problem(503, "Service unavailable", "the server is stopping; retry the request")
-                response.headers.update({"Retry-After": "2", "Connection": "close"})
                 with contextlib.suppress(Exception):  # the client may be gone too
-                    await response(scope, receive, send)
+                    await self._stopping(received)(scope, receive, send)
             raise
+
+    @staticmethod
+    def _stopping(received: bool) -> Response:
+        if received:
+            why = (
+                "the server stopped while handling the request, which may have taken effect: retry it "
+                "with the same Idempotency-Key, or look before sending it again"
+            )
+        else:
+            why = "the server is stopping, and the request had not all arrived: nothing of it was done"
+        response = problem(503, "Service unavailable", why)
+        response.headers.update({"Retry-After": "2", "Connection": "close"})
+        return response
 
 
 class ScreenRequests:

@@ -49,8 +49,8 @@ def _json(raw: str | bytes) -> Any:
 async def each_part_once(request: Request) -> None:
     """A 422 naming every multipart field sent more than once, or that the route does not take. FastAPI
     keeps the last copy of a repeated field: a probe's registration with two specs and two checkpoints
-    registered the second of each, and nothing said so; a misspelt part (`heldout` for a file the route
-    calls otherwise, `feature=`) was dropped as silently. (The form is the one FastAPI parsed for the
+    registered the second of each, and nothing said so; a misspelt part (`configs=` for an hf model's
+    `config` file, `feature=`) was dropped as silently. (The form is the one FastAPI parsed for the
     route: read again from its cache.)"""
     form = await request.form()
     repeated = sorted({k for k, _ in form.multi_items() if len(form.getlist(k)) > 1})

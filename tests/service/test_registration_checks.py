@@ -491,9 +491,8 @@ def test_a_multipart_field_sent_twice_is_a_422_naming_it_and_nothing_is_kept(api
 
 
 def test_a_multipart_part_the_call_does_not_take_is_a_422_naming_it_and_nothing_is_kept(api: Api) -> None:
-    """A misspelt part was dropped without a word: a registration whose held-out set went as `heldout`
-    registered without one (its test set then split in two), an upload's `feature=` declaration went
-    unread."""
+    """A misspelt part was dropped without a word: a registration's `heldout` part (or an hf model's
+    config sent as `configs`) registered without it, an upload's `feature=` declaration went unread."""
     sets = {"train_dataset": api.datasets["train"], "test_dataset": api.datasets["test"]}
     spec = json.dumps({"name": "extra", "architecture": "mlp", "num_classes": 3, **sets})
     parts = [("spec", (None, spec)), ("checkpoint", ("v1.safetensors", CHECKPOINT)), ("heldout", (None, "x"))]
