@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.message
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -123,7 +123,8 @@ def _other_slash(request: Request) -> str | None:
     scope = {**request.scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
     if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
         return None
-    query = request.scope.get("query_string", b"").decode("latin-1")
+    # as sent, percent-escapes kept: raw UTF-8 read as latin-1 and quoted again was garbled (a review)
+    query = quote_from_bytes(request.scope.get("query_string", b""), safe="=&;%+/:@!$'()*,?~")
     return quote(scope["path"]) + (f"?{query}" if query else "")
 
 

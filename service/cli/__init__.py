@@ -31,9 +31,15 @@ from service.cli.verbs import client_verb, cmd_keys_api
 __all__ = ["SCOPE_NAMES", "build_parser", "main"]
 
 
+SERVING = ("run", "api", "worker", "beat")  # a broken pipe there is a socket's or a child's, not stdout's
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in SERVING:
+        return _run(args)
     try:
-        code = _main(argv)
+        code = _run(args)
         sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored" and exit 120
     except BrokenPipeError:
         # The reader went away (`unlearn audit export | head`): what it wanted it has; not a traceback.
@@ -43,8 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     if getattr(args, "api", False):  # `unlearn keys ... --api`
         args.client_fn = client_verb(cmd_keys_api)
     if not hasattr(args, "client_fn"):
