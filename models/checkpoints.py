@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,14 @@ def file_sha256(path: str | Path) -> str:
 
 class ChecksumMismatch(ValueError):
     """The file on disk is not the one its version recorded (changed, truncated or swapped)."""
+
+
+def _errno(exc: BaseException) -> int | None:
+    """An OSError's errno, or the one a safetensors error quotes ("... (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = re.search(r"os error (\d+)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -73,8 +82,11 @@ def save_checkpoint(
         _fsync_dir(path.parent)
     except (OSError, SafetensorError) as exc:
         # safetensors' writer names neither the file nor the errno's meaning in its own terms ("I/O error:
-        # No space left on device"): a failed job should say which disk to look at.
-        raise OSError(f"could not write checkpoint {path}: {exc}") from exc
+        # No space left on device"): a failed job should say which disk to look at. The errno is kept, so
+        # a caller can tell a full disk from a broken file.
+        failure = OSError(f"could not write checkpoint {path}: {exc}")
+        failure.errno = _errno(exc)
+        raise failure from exc
     finally:
         with contextlib.suppress(OSError):  # on a read-only volume it raised again and hid why (a probe)
             tmp.unlink(missing_ok=True)

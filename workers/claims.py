@@ -56,17 +56,18 @@ def interruption(job: Job, cause: str) -> dict[str, object]:
     }
 
 
-# Causes of an attempt its worker handed back (``JobStore.give_back``): a planned stop, a database outage.
-STOPPED, DATABASE_GONE = "stopped", "database unavailable"
+# Causes of an attempt its worker handed back (``JobStore.give_back``): a planned stop, a database outage,
+# storage that was full or failing.
+STOPPED, DATABASE_GONE, STORAGE_SHORT_CAUSE = "stopped", "database unavailable", "storage unavailable"
 
 
 def handed_back(job: Job) -> bool:
-    """The job's last attempt ended at a planned stop or a database outage (``JobStore.give_back``), which
+    """The job's last attempt ended at a planned stop or an outage (``JobStore.give_back``), which
     recorded where it got to and handed the attempt back, and no attempt has started since: its entry is
     the last one, and names the attempt after the one the job now counts."""
     entries = (job.metrics or {}).get("interrupted") or [{}]
     cause, attempt = entries[-1].get("cause"), entries[-1].get("attempt")
-    return cause in (STOPPED, DATABASE_GONE) and attempt == job.attempts + 1
+    return cause in (STOPPED, DATABASE_GONE, STORAGE_SHORT_CAUSE) and attempt == job.attempts + 1
 
 
 def resume_unfinished(session: Session, model_id: str) -> Job | None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import functools
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -34,7 +37,7 @@ from service.core.model_specs import effective_time_limit
 from service.core.settings import Settings
 from service.core.states import JobPhase, JobState, method_phase
 from workers import failpoints, front_cache, gates, kept_rows, kept_scores
-from workers.claims import DATABASE_GONE, STOPPED
+from workers.claims import DATABASE_GONE, STOPPED, STORAGE_SHORT_CAUSE
 from workers.datasets import DatasetRef, load_registered, recheck_registered
 from workers.device import cpu_threads, precision, resolve_device, synchronize
 from workers.jobstore import JobCancelled, JobContext, JobStore, JobTimedOut, LeaseLost, WorkerStopping
@@ -87,8 +90,50 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except (OperationalError, InterfaceError) as exc:
         lost_database(settings, store, rep, exc)
+    except OSError as exc:
+        if exc.errno in STORAGE_SHORT:
+            lost_storage(settings, store, rep, exc)
+        else:
+            failed(store, rep, exc)
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
         failed(store, rep, exc)
+
+
+# A volume that is full, over quota or failing: no fault of the job's, as a database outage is none
+STORAGE_SHORT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+STORAGE_WAIT_S = 60.0  # at most this long (and half a lease) for space to be freed before the hand-back
+STORAGE_FREED = 1 << 20  # bytes freed since the failure that end the wait
+
+
+def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc: OSError) -> None:
+    """A write to storage failed for want of space (or a failing volume): the job goes back to the queue,
+    without an attempt's cost, once space is freed or STORAGE_WAIT_S have passed, and fails after
+    OUTAGES_IN_A_ROW such attempts. A full checkpoint volume had failed the job and its requests at once
+    (a client's `.failed` webhooks), for a disk an operator freed a minute later (a probe)."""
+    said = one_line(exc)
+    wait_s = min(STORAGE_WAIT_S, settings.lease_seconds / 2)
+    log.warning(
+        "job %s: storage is short (%s); waiting up to %.0f s for space, then the job is handed back",
+        store.job_id, said, wait_s,
+    )  # fmt: skip
+    folder = settings.checkpoint_dir
+    free_then = _free_bytes(folder)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _free_bytes(folder) < free_then + STORAGE_FREED:
+        time.sleep(2.0)  # an outage's wait, not a test's: nothing else to do until space comes back
+    outages = hand_back(store, cause=STORAGE_SHORT_CAUSE, limit=OUTAGES_IN_A_ROW)
+    if outages is None:
+        raise LeaseLost("the database did not record the hand-back; the job resumes later") from None
+    if outages >= OUTAGES_IN_A_ROW:
+        end(store, rep, JobState.FAILED, f"storage was short in {outages} attempts in a row ({said}); "
+            "free space and retry the job")  # fmt: skip
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def lost_database(

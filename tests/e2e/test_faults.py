@@ -477,11 +477,18 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_full_checkpoint_disk_fails_the_job_cleanly_and_a_retry_publishes(tmp_path: Path) -> None:
+def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_publishes(
+    tmp_path: Path,
+) -> None:
+    """A full volume is an outage, not the job's fault: an attempt that cannot write its checkpoint waits
+    for space (half a lease here: 5 s) and hands the job back at no attempt's cost; a disk freed meanwhile
+    publishes without anyone's retry (it had failed the job and its requests at once: a client probe).
+    Three such attempts in a row fail it, cleanly, and an admin's retry publishes once space is freed."""
+    env = {"UNLEARN_STORAGE_DIR": "", "UNLEARN_LEASE_SECONDS": "10", "UNLEARN_HEARTBEAT_SECONDS": "1"}
     with (
         small_disk(tmp_path / "ckpt", "8m") as disk,
         shared_postgres_database() as url,
-        running(tmp_path, url, {"UNLEARN_STORAGE_DIR": str(disk)}) as c,
+        running(tmp_path, url, {**env, "UNLEARN_STORAGE_DIR": str(disk)}) as c,
     ):
         before = {p.name for p in disk.rglob("*") if p.is_file()}
         filler = fill(disk)
@@ -496,6 +503,9 @@ def test_a_full_checkpoint_disk_fails_the_job_cleanly_and_a_retry_publishes(tmp_
             job = http.get(f"/v1/jobs/{failed['job_id']}").json()
             assert (failed["state"], job["state"]) == ("failed", "failed")
             assert "No space left on device" in job["error"], job["error"]
+            assert "storage was short in 3 attempts in a row" in job["error"], job["error"]
+            causes = [e["cause"] for e in job["metrics"]["interrupted"]]
+            assert causes == ["storage unavailable"] * 3, job["metrics"]["interrupted"]
             assert [v["version"] for v in versions(http)] == ["v1"]  # nothing half-published
             left = {p.name for p in disk.rglob("*") if p.is_file()}
             assert left == before | {"filler"}, left  # no temporary or orphan checkpoint left behind
@@ -513,3 +523,20 @@ def test_a_full_checkpoint_disk_fails_the_job_cleanly_and_a_retry_publishes(tmp_
             clock.record("checkpoint disk full during publish", "retried job completed after space freed")
             assert done["state"] == "completed", c.log("w1")
             assert_intact(http, set(ids))
+            # full again; freed while the attempt waits: published with no retry, the wait on the record
+            filler = fill(disk)
+            waits = c.log("w1").count("storage is short")
+            more = random.Random(11).sample(sorted(set(TRAIN_IDS) - set(ids)), 20)
+            second = submit(http, more)
+            wait_until(
+                lambda: c.log("w1").count("storage is short") > waits, timeout=300, interval=0.2,
+                what="the attempt to wait for space",
+            )  # fmt: skip
+            filler.unlink()
+            [done] = wait_until(
+                lambda: all_finished(http, [second["id"]]), timeout=300, interval=0.5, what="the job"
+            )
+            assert done["state"] == "completed", c.log("w1")
+            job = http.get(f"/v1/jobs/{done['job_id']}").json()
+            assert [e["cause"] for e in job["metrics"]["interrupted"]] == ["storage unavailable"]
+            assert_intact(http, set(ids) | set(more))

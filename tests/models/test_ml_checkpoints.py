@@ -1,3 +1,4 @@
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -148,9 +149,12 @@ try:
                     num_classes=2)
 except OSError as exc:
     print(exc)
+    print("errno", exc.errno)
     sys.exit(3)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert f"could not write checkpoint {target}" in done.stdout and "too large" in done.stdout
+    # the errno stays, so the worker tells a full volume (an outage) from a broken file (a failure)
+    assert f"errno {errno.EFBIG}" in done.stdout, done.stdout
     assert list(target.parent.iterdir()) == []  # neither the checkpoint nor its temporary file
