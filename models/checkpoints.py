@@ -33,6 +33,11 @@ class ChecksumMismatch(ValueError):
     """The file on disk is not the one its version recorded (changed, truncated or swapped)."""
 
 
+class CheckpointWriteFailed(OSError):
+    """A checkpoint could not be written (its ``errno`` kept, where there was one): what a worker treats as
+    an outage of its storage when the volume is full or failing, and as the job's failure otherwise."""
+
+
 def _errno(exc: BaseException) -> int | None:
     """An OSError's errno, or the one a safetensors error quotes ("... (os error 28)")."""
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -84,7 +89,7 @@ def save_checkpoint(
         # safetensors' writer names neither the file nor the errno's meaning in its own terms ("I/O error:
         # No space left on device"): a failed job should say which disk to look at. The errno is kept, so
         # a caller can tell a full disk from a broken file.
-        failure = OSError(f"could not write checkpoint {path}: {exc}")
+        failure = CheckpointWriteFailed(f"could not write checkpoint {path}: {exc}")
         failure.errno = _errno(exc)
         raise failure from exc
     finally:

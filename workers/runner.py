@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
 from models.architectures import build_model, layer_normed
 from models.calibration import held_out, roles
-from models.checkpoints import load_weights, save_checkpoint
+from models.checkpoints import CheckpointWriteFailed, load_weights, save_checkpoint
 from models.datasets import SampleDataset
 from models.hooks import Cancelled, Hooks
 from models.metrics import NonFiniteOutputs, SetScores, evaluate, forgotten_classes, score_set
@@ -90,7 +90,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         end(store, rep, JobState.FAILED, f"JobTimedOut: {exc}")
     except (OperationalError, InterfaceError) as exc:
         lost_database(settings, store, rep, exc)
-    except OSError as exc:
+    except CheckpointWriteFailed as exc:  # only the checkpoint's write: a read's EIO is a broken file
         if exc.errno in STORAGE_SHORT:
             lost_storage(settings, store, rep, exc)
         else:
@@ -120,7 +120,15 @@ def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc:
     free_then = _free_bytes(folder)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and _free_bytes(folder) < free_then + STORAGE_FREED:
+        if shutting_down() or store.cancel_requested():  # a deploy's grace is shorter than the wait
+            break
         time.sleep(2.0)  # an outage's wait, not a test's: nothing else to do until space comes back
+    if store.cancel_requested():  # an admin's cancel during the wait wins, as it does before a publish
+        end(store, rep, JobState.CANCELLED, jobs.CANCELLED_BY_ADMIN)
+        return
+    if shutting_down():  # a planned stop, as one mid-run is: it says nothing more about the storage
+        hand_back(store)
+        raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
     outages = hand_back(store, cause=STORAGE_SHORT_CAUSE, limit=OUTAGES_IN_A_ROW)
     if outages is None:
         raise LeaseLost("the database did not record the hand-back; the job resumes later") from None

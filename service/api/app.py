@@ -110,7 +110,7 @@ class StoppedMidRequest:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, received = False, False
+        started, arriving = False, False
 
         async def sending(message: Message) -> None:
             nonlocal started
@@ -118,9 +118,10 @@ class StoppedMidRequest:
             await send(message)
 
         async def receiving() -> Message:
-            nonlocal received
+            nonlocal arriving
+            arriving = True  # cancelled in here: the route is still waiting for its body
             message = await receive()
-            received = received or (message["type"] == "http.request" and not message.get("more_body"))
+            arriving = False
             return message
 
         try:
@@ -128,12 +129,13 @@ class StoppedMidRequest:
         except asyncio.CancelledError:
             if not started:
                 with contextlib.suppress(Exception):  # the client may be gone too
-                    await self._stopping(received)(scope, receive, send)
+                    await self._stopping(under_way=not arriving)(scope, receive, send)
             raise
 
     @staticmethod
-    def _stopping(received: bool) -> Response:
-        if received:
+    def _stopping(under_way: bool) -> Response:
+        """A route with no body to wait for (a cancel, a revoke, a DELETE) was under way when cancelled."""
+        if under_way:
             why = (
                 "the server stopped while handling the request, which may have taken effect: retry it "
                 "with the same Idempotency-Key, or look before sending it again"

@@ -34,9 +34,9 @@ class JobOut(BaseModel):
         "timed out, cancelled or raising, carries its `error`), the `data` that calibrated and scored "
         "them, the `gates` they were judged by, and "
         "`timings` (seconds per phase) once the job has ended, failed or not, and `interrupted`: for each "
-        "attempt that ended unfinished, its `cause` (`worker died`; `stopped`, a planned stop; or "
-        "`database unavailable`, an outage the worker handed the job back after: these two cost no "
-        "attempt) and the phase and progress of its last heartbeat."
+        "attempt that ended unfinished, its `cause` (`worker died`; `stopped`, a planned stop; "
+        "`database unavailable` or `storage unavailable`, an outage the worker handed the job back after: "
+        "all but the first cost no attempt) and the phase and progress of its last heartbeat."
     )
     error: str | None
     retryable: bool = Field(
