@@ -53,6 +53,18 @@ def two_api_processes(
         log.close()
 
 
+def stopping_api(tmp_path: Path, grace_s: float) -> tuple[dict[str, str], Settings]:
+    """The environment of an API on its own port and migrated embedded database, whose stop gives requests
+    under way ``grace_s`` (its checkpoint folder made)."""
+    env = {**os.environ, "UNLEARN_VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
+    env |= {"UNLEARN_SHUTDOWN_GRACE_SECONDS": str(grace_s)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
+    settings.checkpoint_dir.mkdir(parents=True)
+    migrated(settings.resolved_database_url)
+    return env, settings
+
+
 def served_count(url: str) -> float:
     """The /healthz counter, as one scrape (a new connection, so any process may answer) reads it."""
     found = SERIES.search(httpx.get(f"{url}/metrics", timeout=10).text)
@@ -93,12 +105,7 @@ def test_a_stopping_api_waits_for_a_stalled_download_only_its_grace_period(tmp_p
     from service.core.db.tables import ModelVersion
     from tests.factories import make_key, make_model
 
-    env = {**os.environ, "UNLEARN_VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
-    env |= {"UNLEARN_SHUTDOWN_GRACE_SECONDS": "2"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
-    settings.checkpoint_dir.mkdir(parents=True)
-    migrated(settings.resolved_database_url)
+    env, settings = stopping_api(tmp_path, grace_s=2)
     big = settings.checkpoint_dir / "big.safetensors"
     big.write_bytes(bytes(64 << 20))
     with session_scope(settings.resolved_database_url) as s:
@@ -127,12 +134,7 @@ def test_a_request_whose_body_outlasts_the_shutdown_grace_is_a_503_to_retry(tmp_
     from tests.factories import make_key, make_model
     from tests.liveapp import read_response
 
-    env = {**os.environ, "UNLEARN_VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
-    env |= {"UNLEARN_SHUTDOWN_GRACE_SECONDS": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    settings = Settings(UNLEARN_VAR_DIR=env["UNLEARN_VAR_DIR"])  # type: ignore[call-arg]
-    settings.var_dir.mkdir(parents=True)
-    migrated(settings.resolved_database_url)
+    env, settings = stopping_api(tmp_path, grace_s=1)
     with session_scope(settings.resolved_database_url) as s:
         make_model(s, name="toy")
         key = make_key(s)
