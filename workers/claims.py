@@ -59,6 +59,7 @@ def interruption(job: Job, cause: str) -> dict[str, object]:
 # Causes of an attempt its worker handed back (``JobStore.give_back``): a planned stop, a database outage,
 # storage that was full or failing.
 STOPPED, DATABASE_GONE, STORAGE_SHORT_CAUSE = "stopped", "database unavailable", "storage unavailable"
+OUTAGES = frozenset({DATABASE_GONE, STORAGE_SHORT_CAUSE})  # counted together towards a job's limit
 
 
 def handed_back(job: Job) -> bool:

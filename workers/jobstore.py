@@ -264,16 +264,20 @@ class JobStore:
         """A planned stop (a deploy, Ctrl-C) or a database outage ended this attempt: the job stays running,
         queued for the next worker, and its attempt is handed back. Resuming counts an attempt, and three of
         them fail the job as one whose worker "died each time": three restarts during one long job did
-        that. Returns how many of the job's last attempts in a row ended for ``cause``, this one included;
+        that. Returns how many of the job's last attempts in a row ended for ``cause`` (for an outage: for
+        any outage), this one included;
         where that reaches ``limit`` the caller fails the job, so this attempt keeps its count (a job failed
         after three outages had shown 0 attempts)."""
         with self._fenced() as (_, job):
             stopped = claims.interruption(job, cause)  # where it got to; the resume adds no death
             entries = [*(job.metrics or {}).get("interrupted", []), stopped]
             job.metrics = {**(job.metrics or {}), "interrupted": entries}
+            # outages count together: a database outage and a full volume taking turns never reached the
+            # limit of either (a review), and each hand-back re-runs the job at no attempt's cost
+            kinds = claims.OUTAGES if cause in claims.OUTAGES else {cause}
             in_a_row = 0
             for entry in reversed(entries):
-                if entry.get("cause") != cause:
+                if entry.get("cause") not in kinds:
                     break
                 in_a_row += 1
             if limit is None or in_a_row < limit:

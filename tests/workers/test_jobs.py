@@ -369,6 +369,33 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -
         assert s.get_one(Job, job_id).state == "failed"
 
 
+def test_outages_of_either_kind_count_together_and_a_planned_stop_apart(tmp_path: Path) -> None:
+    """A database outage and a full volume taking turns never reached the limit of either (a review):
+    each hand-back re-runs the job at no attempt's cost, so they count together; a deploy between them is
+    no outage and starts the count again."""
+    from tests.factories import make_model
+    from workers import claims, leases
+    from workers.jobstore import JobStore
+
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
+    settings.var_dir.mkdir(parents=True)
+    url = settings.resolved_database_url
+    migrated(url)
+    with session_scope(url) as s:
+        model = make_model(s, name="toy")
+        key, _ = create_key(s, tenant="default", scopes=["deletion:write"])
+        deletions.submit(s, model=model, key=key, sample_ids=["toy-0001"], reference=None, max_ids=10)
+        assert leases.acquire(s, model.id, "A", 60)
+        job = claims.claim_pending(s, model)
+        assert job is not None
+    store = JobStore(url, job.id, "A")
+    causes = [claims.DATABASE_GONE, claims.STORAGE_SHORT_CAUSE, claims.STOPPED, claims.STORAGE_SHORT_CAUSE]
+    counts = [store.give_back(cause, limit=3) for cause in causes]
+    assert counts == [1, 2, 1, 1]
+    assert store.give_back(claims.DATABASE_GONE, limit=3) == 2
+    assert store.give_back(claims.STORAGE_SHORT_CAUSE, limit=3) == 3  # the caller fails the job here
+
+
 def test_a_job_fails_saying_so_when_its_base_checkpoint_changed_on_disk(demo: Settings) -> None:
     with session_scope(demo.resolved_database_url) as s:
         path = Path(s.scalars(select(ModelVersion.checkpoint_uri)).one())
