@@ -133,8 +133,8 @@ def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc:
     if outages is None:
         raise LeaseLost("the database did not record the hand-back; the job resumes later") from None
     if outages >= OUTAGES_IN_A_ROW:
-        end(store, rep, JobState.FAILED, f"storage was short in {outages} attempts in a row ({said}); "
-            "free space and retry the job")  # fmt: skip
+        end(store, rep, JobState.FAILED, f"{outages} attempts in a row ended in outages, this one for want "
+            f"of storage ({said}); free space and retry the job")  # fmt: skip
 
 
 def _free_bytes(folder: Path) -> int:
@@ -161,7 +161,7 @@ def lost_database(
         raise LeaseLost("the database did not come back in time; the job resumes later") from None
     if outages >= OUTAGES_IN_A_ROW:  # an error that only looks like an outage would loop for ever
         end(store, rep, JobState.FAILED, f"the database connection was lost in {outages} attempts in a "
-            f"row ({said}); retry the job once the database is stable")  # fmt: skip
+            f"row, or other outages ended them ({said}); retry the job once it is stable")  # fmt: skip
 
 
 HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
