@@ -255,11 +255,6 @@ class JobStore:
         except Exception:  # noqa: BLE001 - unknown means keep
             return False
 
-    def cancel_requested(self) -> bool:
-        """Whether an admin asked to cancel the job (read where no Reporter is watching: an outage's wait)."""
-        with session_scope(self.url) as s:
-            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
-
     def give_back(self, cause: str = claims.STOPPED, limit: int | None = None) -> int:
         """A planned stop (a deploy, Ctrl-C) or a database outage ended this attempt: the job stays running,
         queued for the next worker, and its attempt is handed back. Resuming counts an attempt, and three of

@@ -104,6 +104,13 @@ class Reporter:
         self._check()
         self._fraction = fraction
 
+    def waiting(self) -> None:
+        """Called while a job waits (for storage): stop for a lost lease, a shutdown, the time limit or an
+        admin's cancel, as between steps."""
+        self._check()
+        if self._cancel:
+            raise JobCancelled(f"cancelled in {self._phase}")
+
     def cancelled(self) -> bool:
         """The cancel flag as of the last heartbeat (at most `interval` old)."""
         return self._cancel

@@ -92,7 +92,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         lost_database(settings, store, rep, exc)
     except CheckpointWriteFailed as exc:  # only the checkpoint's write: a read's EIO is a broken file
         if exc.errno in STORAGE_SHORT:
-            lost_storage(settings, store, rep, exc)
+            lost_storage(store, rep, exc)
         else:
             failed(store, rep, exc)
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
@@ -101,40 +101,43 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
 
 # A volume that is full, over quota or failing: no fault of the job's, as a database outage is none
 STORAGE_SHORT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
-STORAGE_WAIT_S = 60.0  # at most this long (and half a lease) for space to be freed before the hand-back
+STORAGE_WAIT_S = 120.0  # at most this long (and a lease) for space to be freed before the hand-back
 STORAGE_FREED = 1 << 20  # bytes freed since the failure that end the wait
 
 
-def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc: OSError) -> None:
-    """A write to storage failed for want of space (or a failing volume): the job goes back to the queue,
-    without an attempt's cost, once space is freed or STORAGE_WAIT_S have passed, and fails after
-    OUTAGES_IN_A_ROW such attempts. A full checkpoint volume had failed the job and its requests at once
-    (a client's `.failed` webhooks), for a disk an operator freed a minute later (a probe)."""
+def lost_storage(store: JobStore, rep: Reporter | None, exc: OSError) -> None:
+    """A checkpoint could not be written for want of space (or on a failing volume) after ``publish``'s
+    wait: the job goes back to the queue without an attempt's cost, and fails after OUTAGES_IN_A_ROW
+    outages in a row. A full checkpoint volume had failed the job and its requests at once (a client's
+    `.failed` webhooks), for a disk an operator freed a minute later (a probe)."""
     said = one_line(exc)
-    wait_s = min(STORAGE_WAIT_S, settings.lease_seconds / 2)
-    log.warning(
-        "job %s: storage is short (%s); waiting up to %.0f s for space, then the job is handed back",
-        store.job_id, said, wait_s,
-    )  # fmt: skip
-    folder = settings.checkpoint_dir
-    free_then = _free_bytes(folder)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _free_bytes(folder) < free_then + STORAGE_FREED:
-        if shutting_down() or store.cancel_requested():  # a deploy's grace is shorter than the wait
-            break
-        time.sleep(2.0)  # an outage's wait, not a test's: nothing else to do until space comes back
-    if store.cancel_requested():  # an admin's cancel during the wait wins, as it does before a publish
-        end(store, rep, JobState.CANCELLED, jobs.CANCELLED_BY_ADMIN)
-        return
-    if shutting_down():  # a planned stop, as one mid-run is: it says nothing more about the storage
-        hand_back(store)
-        raise LeaseLost("the worker is shutting down; the job is left to the next one") from None
+    log.warning("job %s: storage is still short (%s); the job is handed back", store.job_id, said)
     outages = hand_back(store, cause=STORAGE_SHORT_CAUSE, limit=OUTAGES_IN_A_ROW)
     if outages is None:
         raise LeaseLost("the database did not record the hand-back; the job resumes later") from None
     if outages >= OUTAGES_IN_A_ROW:
         end(store, rep, JobState.FAILED, f"{outages} attempts in a row ended in outages, this one for want "
             f"of storage ({said}); free space and retry the job")  # fmt: skip
+
+
+def written_while_storage_lasts(settings: Settings, rep: Reporter, write: Callable[[], str]) -> str:
+    """``write()``'s result; where the checkpoint volume is full or failing, the write is tried again each
+    time a megabyte is freed there, for up to STORAGE_WAIT_S (and a lease), the job's heartbeat going on:
+    a cancel, a shutdown, a lost lease or the time limit still stop it (``Reporter.waiting``). Past that
+    the error goes up, and the job is handed back (``lost_storage``)."""
+    deadline = time.monotonic() + min(STORAGE_WAIT_S, settings.lease_seconds)
+    while True:
+        try:
+            return write()
+        except CheckpointWriteFailed as exc:
+            if exc.errno not in STORAGE_SHORT or time.monotonic() >= deadline:
+                raise
+            log.warning("storage is short (%s); waiting for space to write the checkpoint", one_line(exc))
+            folder = settings.checkpoint_dir
+            free_then = _free_bytes(folder)
+            while time.monotonic() < deadline and _free_bytes(folder) < free_then + STORAGE_FREED:
+                rep.waiting()
+                time.sleep(2.0)  # an outage's wait, not a test's: nothing else to do until space comes back
 
 
 def _free_bytes(folder: Path) -> int:
@@ -682,7 +685,8 @@ def publish(
     have pointed to, once the database confirms no version points at them (a commit cut off mid-way may
     have landed)."""
     path = version_path(settings.checkpoint_dir, ctx.model_id, ctx.base_version + 1, ctx.job_id)
-    sha256 = save_checkpoint(
+    write = functools.partial(
+        save_checkpoint,
         model.cpu(),
         path,
         architecture=ctx.architecture,
@@ -692,6 +696,7 @@ def publish(
         num_classes=ctx.num_classes,
         extra={"version": ctx.base_version + 1, "job_id": ctx.job_id},
     )
+    sha256 = written_while_storage_lasts(settings, rep, write)
     key, test_scores = scores
     scores_path = kept_scores.path_for(settings.checkpoint_dir, ctx.model_id, str(path), key)
     if (scores_sha256 := kept_scores.write(scores_path, test_scores)) is not None:

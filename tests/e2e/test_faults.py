@@ -481,9 +481,10 @@ def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_p
     tmp_path: Path,
 ) -> None:
     """A full volume is an outage, not the job's fault: an attempt that cannot write its checkpoint waits
-    for space (half a lease here: 5 s) and hands the job back at no attempt's cost; a disk freed meanwhile
-    publishes without anyone's retry (it had failed the job and its requests at once: a client probe).
-    Three such attempts in a row fail it, cleanly, and an admin's retry publishes once space is freed."""
+    for space (a lease here: 10 s), heartbeat going on, and writes again once some is freed, publishing
+    without anyone's retry (it had failed the job and its requests at once: a client probe); past the
+    wait it hands the job back at no attempt's cost, and three such attempts fail it, cleanly, and an
+    admin's retry publishes once space is freed."""
     env = {"UNLEARN_STORAGE_DIR": "", "UNLEARN_LEASE_SECONDS": "10", "UNLEARN_HEARTBEAT_SECONDS": "1"}
     with (
         small_disk(tmp_path / "ckpt", "8m") as disk,
@@ -538,5 +539,5 @@ def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_p
             )
             assert done["state"] == "completed", c.log("w1")
             job = http.get(f"/v1/jobs/{done['job_id']}").json()
-            assert [e["cause"] for e in job["metrics"]["interrupted"]] == ["storage unavailable"]
+            assert not job["metrics"].get("interrupted") and job["attempts"] == 1, job  # the same attempt
             assert_intact(http, set(ids) | set(more))
