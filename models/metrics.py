@@ -235,6 +235,7 @@ def evaluate(
     test_scores: SetScores | None = None,
     train_scores: Callable[[SampleDataset], SetScores] | None = None,
     forget_flagged: torch.Tensor | None = None,
+    judged_classes: Iterable[int] | None = None,
 ) -> dict[str, float | int | None]:
     """UA, MIA-efficacy, RA, TA as fractions, with counts, and the loss-threshold MIA (``mia_loss_score``)
     so that one attack is not the only judge. RA uses a fixed-seed sample of at most
@@ -247,9 +248,11 @@ def evaluate(
     number and a version's audit number mean the same thing. Class-wise forgetting (``forgotten_classes``,
     see ``forgotten_classes()``): a retrained model could never predict a class it never saw, so TA and
     ``test_count`` exclude those classes and ``forgotten_class_test_accuracy`` (with its count) reports
-    them apart, read off the same test pass. The attacks still use all of D_te as non-members: the
-    formula's D_te, whatever was forgotten. Outputs that are NaN on any scored row raise
-    ``NonFiniteOutputs``.
+    them apart, read off the same test pass; ``judged_classes``, where given, are the forgotten classes
+    that number reads (a deletion's own, not those earlier deletions took, whose switched-off rows at 0
+    had diluted a class still predicted on 95% of its rows to 17%: a probe). The attacks still use all
+    of D_te as non-members: the formula's D_te, whatever was forgotten. Outputs that are NaN on any
+    scored row raise ``NonFiniteOutputs``.
 
     Each scored set is read once: the RA sample and the attack's members are both prefixes of the same
     seeded permutation of D_r (``_member_sample``), so one pass over the longer serves both; the
@@ -301,7 +304,8 @@ def evaluate(
             out["flagged_label_accuracy"] = float(forgot.correct[forget_flagged.bool().numpy()].mean())
             out["flagged_count"] = int(forget_flagged.sum())
             if len(test):  # the classes they were sent with: what rows pushed off a label they hold cost
-                theirs = np.isin(test.y.numpy(), forget.y[forget_flagged.bool()].unique().numpy())
+                sent = set(forget.y[forget_flagged.bool()].unique().tolist()) - set(forgotten_classes or ())
+                theirs = np.isin(test.y.numpy(), sorted(sent))  # a class taken whole is lost by design
                 out["flagged_classes_test_count"] = int(theirs.sum())
                 out["flagged_classes_test_accuracy"] = (
                     float(te_correct[theirs].mean()) if theirs.any() else None
@@ -321,6 +325,8 @@ def evaluate(
         mean = lambda v: float(v.mean()) if len(v) else None  # noqa: E731 - None: nothing to measure
         out["test_accuracy"] = mean(te_correct[~gone])
         out["test_count"] = int((~gone).sum())
+        if judged_classes is not None:
+            gone = np.isin(test.y.numpy(), sorted(set(judged_classes)))
         out["forgotten_class_test_accuracy"] = mean(te_correct[gone])
         out["forgotten_class_test_count"] = int(gone.sum())
     return out

@@ -277,6 +277,23 @@ def split(
     return train.subset(forget_idx), train.subset(torch.nonzero(keep).flatten())
 
 
+def with_class_remnants(
+    train: SampleDataset, forget: SampleDataset, forgotten: set[str], taken: list[int]
+) -> SampleDataset:
+    """D_f for the method: with the rows earlier jobs forgot of each class this job takes whole. Those
+    jobs unlearned them as rows of a class that stayed (recognised about as unseen rows of it are), and
+    the class run, which pushes until a class is forgotten, read only the rows left: a probe's 39 of 40
+    rows, then the last one, ended with the class still predicted for 52% of its test rows (the version
+    refused, a retry refused alike). They were forgotten already: the run only reads them."""
+    if not taken or not forgotten:
+        return forget
+    labels = train.y.tolist()
+    remnants = [i for i, y in zip(train.ids, labels, strict=True) if y in taken and i in forgotten]
+    if not remnants:
+        return forget
+    return train.subset(train.index_of([*forget.ids, *remnants]))
+
+
 def flagged(forget: SampleDataset, mislabeled_ids: set[str]) -> torch.Tensor | None:
     """(n_f,) bool: the forget rows a request with reason "mislabeled" named; None when there are none,
     and every row is unlearned as an erasure."""
@@ -313,6 +330,11 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         return
     classes = forgotten_classes(train.y, retain.y)
     earlier = sorted(set(classes or ()) - set(forget.y.tolist()))  # taken whole by earlier jobs: kept off
+    taken = sorted(set(classes or ()) - set(earlier))  # taken whole by this job: what the class gate judges
+    unlearn = with_class_remnants(train, forget, ctx.forgotten, taken)  # D_f as the method reads it
+    if len(unlearn) > len(forget):
+        data_roles["class_rows_forgotten_earlier"] = len(unlearn) - len(forget)
+    unlearn_flags = mislabeled if unlearn is forget else flagged(unlearn, ctx.mislabeled_ids)
 
     cache = front_cache.feature_cache(settings)
     rows, test_rows = front_cache.source(ctx.train), front_cache.source(ctx.test)
@@ -344,6 +366,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
             test_scores=test_scores,
             train_scores=on_train,
             forget_flagged=mislabeled,
+            judged_classes=taken if classes else None,
         )
         return dict(metrics), test_scores
 
@@ -393,8 +416,8 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                 hooks.front_features = cache.bound(rows)
             started = time.perf_counter()
             with precision(settings.precision, device):
-                model = run_method(method, copy.deepcopy(base_model), forget, retain, params, hooks,
-                                   heldout=parts.calibration, mislabeled=mislabeled)  # fmt: skip
+                model = run_method(method, copy.deepcopy(base_model), unlearn, retain, params, hooks,
+                                   heldout=parts.calibration, mislabeled=unlearn_flags)  # fmt: skip
             synchronize(device)
             runtime = time.perf_counter() - started
             silenced = silence_classes(model, earlier, retain) if method != "retrain" else []
@@ -433,7 +456,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
                     if (
                         w := attempt_warnings(
                             method,
-                            classes,
+                            taken,
                             metrics,
                             runs,
                             base_metrics,

@@ -220,6 +220,55 @@ def test_a_class_an_earlier_job_took_whole_is_switched_off_in_every_later_versio
         assert not bool((model.eval()(test.x).argmax(1) == 3).any())
 
 
+def test_the_class_gate_judges_the_class_a_job_takes_not_those_earlier_jobs_took(demo: Settings) -> None:
+    """A class taken earlier is switched off (0 on its test rows), and pooled with the class a job takes it
+    diluted that class's number: a probe's version still predicting its class on 95% of the rows read 17%
+    and passed `max_forgotten_class_accuracy`. A run that moves nothing must fail that gate."""
+    threes = ungated_class(demo, 3)
+    model_id, _ = submit(demo, threes)
+    assert process_model(demo, model_id) == "idle"
+    sevens = ungated_class(demo, 7)
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(
+            update(Model).values(
+                gates={"max_forgotten_class_accuracy": 0.5},
+                default_method="finetune",
+                default_params={"lr": 1e-8, "epochs": 0.1},
+            )
+        )
+    submit(demo, sevens)
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        second = s.scalars(select(Job).where(Job.base_version == 2)).one()
+        attempt = second.metrics["attempts"][-1]
+    assert second.state == "failed", attempt
+    assert attempt["metrics"]["forgotten_class_test_accuracy"] > 0.9  # class 7 alone, still predicted
+    assert any("forgotten classes still predicted" in f for f in attempt["gate_failures"])
+    rows = attempt["metrics"]["forgotten_class_test_count"]
+    assert second.metrics["base"]["forgotten_class_test_count"] == rows  # class 7's rows, not 3's too
+    assert "forgotten class 7 is still predicted" in " ".join(attempt.get("warnings", []))
+
+
+def test_a_class_emptied_over_two_jobs_is_forgotten_with_the_rows_the_first_took(demo: Settings) -> None:
+    """The last row of a class whose other rows an earlier job forgot: the class run read that one row,
+    stopped once it was misclassified, and left the class predicted for half its test rows (a probe's
+    job, and its retry, failed the class gate). It now reads the class's earlier-forgotten rows too."""
+    sevens = ungated_class(demo, 7)
+    with session_scope(demo.resolved_database_url) as s:
+        s.execute(update(Model).values(gates={"max_forgotten_class_accuracy": 0.05}))
+    model_id, _ = submit(demo, sevens[:-1])
+    assert process_model(demo, model_id) == "idle"
+    submit(demo, sevens[-1:])
+    assert process_model(demo, model_id) == "idle"
+    with session_scope(demo.resolved_database_url) as s:
+        second = s.scalars(select(Job).where(Job.base_version == 2)).one()
+        attempt = second.metrics["attempts"][-1]
+    assert second.state == "completed", (second.error, attempt)
+    assert attempt["metrics"]["forgotten_class_test_accuracy"] <= 0.05
+    assert second.metrics["data"]["class_rows_forgotten_earlier"] == len(sevens) - 1
+    assert attempt["runs"][0]["forget_rows"] == len(sevens)
+
+
 def test_the_demos_v1_is_scored_on_the_data_every_job_scores_on(demo: Settings) -> None:
     """The version line compares like with like: v1's TA is the job's base TA (same model, same data)."""
     model_id, _ = submit(demo, [f"digits-{i:04d}" for i in range(0, 200, 10)])
