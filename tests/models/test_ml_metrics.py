@@ -148,6 +148,13 @@ def test_evaluate_counts_the_flagged_rows_still_predicted_as_the_label_they_were
     none = torch.zeros(5, dtype=torch.bool)
     unflagged = evaluate(FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=none)
     assert "flagged_label_accuracy" not in unflagged and "flagged_count" not in unflagged
+    # a class the deletion takes whole is lost by design: not read as the right labels pushed off (a probe)
+    flagged = torch.tensor([True, True, True, True, False])  # sent as classes 0 and 1; 1 taken whole
+    out = evaluate(
+        FixedLogits(), forget=forget, retain=rest, test=rest, forget_flagged=flagged, forgotten_classes=[1]
+    )
+    assert out["flagged_classes_test_count"] == int(zero.sum())
+    assert out["flagged_classes_test_accuracy"] == pytest.approx(right)
 
 
 def test_outputs_that_are_nan_on_any_scored_row_are_named_not_fed_to_the_attack() -> None:
