@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = au.add_subparsers(dest="action", required=True)
     ae = asub.add_parser("export", parents=[conn], help="stream the audit trail to a file")
     ae.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    ae.add_argument("-o", "--output", required=True, help="file to write (- for stdout)")
+    ae.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     ae.add_argument("--since", help="ISO time with a timezone, e.g. 2026-01-01T00:00:00Z")
     ae.add_argument("--until", help="ISO time with a timezone")
     ae.add_argument("--model")

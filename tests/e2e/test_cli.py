@@ -639,6 +639,8 @@ def test_the_cli_knows_the_same_dataset_kinds_as_the_server() -> None:
     assert TEXT_KINDS == MODEL_TEXT_KINDS
     args = build_parser().parse_args(["datasets", "register", "/data/x", "--name", "x", "--kind", "npy"])
     assert args.kind == "npy"
+    # `unlearn audit export | head` wanted -o (a probe): stdout by default, as `certificate` and `audit head`
+    assert build_parser().parse_args(["audit", "export"]).output == "-"
 
 
 def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:

@@ -1357,5 +1357,7 @@ def test_a_trailing_slash_is_redirected_by_a_relative_location_whatever_the_host
     assert r.headers["location"] == "/v1/jobs?model=caf%C3%A9&x=a+b", r.headers
     r = api.client.get("/v1/nothing/", headers=headers, follow_redirects=False)
     assert r.status_code == 404 and r.json()["detail"] == "no route here: /v1/nothing/", r.text
+    r = api.client.get("/v1/models/toy/samples/?limit=2", headers=headers, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/v1/models/toy/samples?limit=2", r.text
     r = api.client.get("/dashboard", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "/dashboard/"

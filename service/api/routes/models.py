@@ -124,9 +124,11 @@ def list_samples(
 
 class AnyText(Convertor[str]):
     """The rest of the path, newlines included: `path`'s `.*` stops at one, and a sample ID that holds one
-    (which registration accepts) could not be looked up (a route-level 404)."""
+    (which registration accepts) could not be looked up (a route-level 404). At least one character: an
+    empty one read `/samples/` as the lookup of sample '' (a 404), where every other trailing slash is
+    redirected to its route."""
 
-    regex = r"[\s\S]*"
+    regex = r"[\s\S]+"
 
     def convert(self, value: str) -> str:
         return value
