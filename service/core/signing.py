@@ -102,6 +102,9 @@ def verify_signed(
 ) -> tuple[bool, str]:
     """Check the Ed25519 signature over `signed[part]` (a certificate, a tree head); with
     `trusted_public_key_b64`, also that it was signed by that key. `noun` names the part in messages."""
+    problem = _shape_problem(signed, part)
+    if problem is not None:  # Python's own words ("string indices must be integers") named no field
+        return False, f"malformed {noun}: {problem}"
     try:
         sig = signed["signature"]
         embedded = sig["public_key"]
@@ -114,6 +117,19 @@ def verify_signed(
     except (KeyError, TypeError, ValueError) as exc:
         return False, f"malformed {noun}: {exc}"
     return True, "signature valid"
+
+
+def _shape_problem(signed: dict[str, Any], part: str) -> str | None:
+    """What a signed document lacks to be checked at all, by field name; None where its shape is right."""
+    if not isinstance(signed.get(part), dict):
+        return f"`{part}` must be an object"
+    sig = signed.get("signature")
+    if not isinstance(sig, dict):
+        return "`signature` must be an object with `public_key` and `value`"
+    for field in ("public_key", "value"):
+        if not isinstance(sig.get(field), str):
+            return f"`signature.{field}` must be a base64 string"
+    return None
 
 
 def verify_document(signed: dict[str, Any], trusted_public_key_b64: str | None = None) -> tuple[bool, str]:

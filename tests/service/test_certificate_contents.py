@@ -3,6 +3,7 @@ database per test (versions are published the way the worker's `JobStore.publish
 
 from __future__ import annotations
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
@@ -150,3 +151,23 @@ def test_a_certificate_is_bound_to_the_version_checkpoint_and_method_its_log_rec
     with session_scope(db_url) as s:
         edit(s, Model, "name", "renamed")  # a rename alone changes nothing the log recorded
     assert verified()[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"signature": "x"}, "`signature` must be an object with `public_key` and `value`"),
+        ({"signature": {}}, "`signature.public_key` must be a base64 string"),
+        ({"signature": {"public_key": "AAAA", "value": 7}}, "`signature.value` must be a base64 string"),
+        ({"certificate": []}, "`certificate` must be an object"),
+    ],
+)
+def test_a_malformed_certificate_is_refused_naming_the_field(change: dict, says: str) -> None:
+    """Python's words came through: "malformed certificate: string indices must be integers, not 'str'"
+    and "malformed certificate: 'public_key'" (a client probe)."""
+    from service.core.signing import sign_document, verify_document
+
+    signed = sign_document(Ed25519PrivateKey.generate(), {"request_id": "r"})
+    assert verify_document(signed)[0]
+    ok, reason = verify_document({**signed, **change})
+    assert not ok and reason == f"malformed certificate: {says}"
