@@ -99,8 +99,10 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         failed(store, rep, exc)
 
 
-# A volume that is full, over quota or failing: no fault of the job's, as a database outage is none
-STORAGE_SHORT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+# A volume that is full, over quota, failing, remounted read-only or a network mount gone away: no fault
+# of the job's, as a database outage is none (a read-only remount had failed jobs at once: a probe)
+STORAGE_SHORT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ESTALE, errno.ENOTCONN})
+STORAGE_RETRY_S = 15.0  # the write is tried again at least this often while it waits, space freed or not
 STORAGE_WAIT_S = 120.0  # at most this long (and a lease) for space to be freed before the hand-back
 STORAGE_FREED = 1 << 20  # bytes freed since the failure that end the wait
 
@@ -122,7 +124,8 @@ def lost_storage(store: JobStore, rep: Reporter | None, exc: OSError) -> None:
 
 def written_while_storage_lasts(settings: Settings, rep: Reporter, write: Callable[[], str]) -> str:
     """``write()``'s result; where the checkpoint volume is full or failing, the write is tried again each
-    time a megabyte is freed there, for up to STORAGE_WAIT_S (and a lease), the job's heartbeat going on:
+    time a megabyte is freed there, and every STORAGE_RETRY_S (a volume remounted writable frees nothing; a
+    small checkpoint needs less), for up to STORAGE_WAIT_S (and a lease), the job's heartbeat going on:
     a cancel, a shutdown, a lost lease or the time limit still stop it (``Reporter.waiting``). Past that
     the error goes up, and the job is handed back (``lost_storage``)."""
     deadline = time.monotonic() + min(STORAGE_WAIT_S, settings.lease_seconds)
@@ -134,8 +137,8 @@ def written_while_storage_lasts(settings: Settings, rep: Reporter, write: Callab
                 raise
             log.warning("storage is short (%s); waiting for space to write the checkpoint", one_line(exc))
             folder = settings.checkpoint_dir
-            free_then = _free_bytes(folder)
-            while time.monotonic() < deadline and _free_bytes(folder) < free_then + STORAGE_FREED:
+            free_then, retry_at = _free_bytes(folder), min(deadline, time.monotonic() + STORAGE_RETRY_S)
+            while time.monotonic() < retry_at and _free_bytes(folder) < free_then + STORAGE_FREED:
                 rep.waiting()
                 time.sleep(2.0)  # an outage's wait, not a test's: nothing else to do until space comes back
 

@@ -4,7 +4,6 @@ database and the queue (tasks are sent by name)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 
 from fastapi import Depends, FastAPI, Response
@@ -101,7 +100,8 @@ class StoppedMidRequest:
     503, JSON, with ``Retry-After`` and ``Connection: close``; uvicorn answered it with a plain-text 500 (a
     probe's slow upload). Where its body was still arriving, nothing of it ran; where the body had all
     come, its route may still be running in a thread the cancel does not stop, and may yet commit (a
-    review): the 503 then says so, and points at ``Idempotency-Key``. The cancellation then goes on up."""
+    review): the 503 then says so, and points at ``Idempotency-Key``. Once answered, the request's task
+    ends quietly; where the answer cannot be sent, the cancellation goes on up."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -127,10 +127,14 @@ class StoppedMidRequest:
         try:
             await self.app(scope, receiving, sending)
         except asyncio.CancelledError:
-            if not started:
-                with contextlib.suppress(Exception):  # the client may be gone too
-                    await self._stopping(under_way=not arriving)(scope, receive, send)
-            raise
+            if started:
+                raise
+            try:
+                await self._stopping(under_way=not arriving)(scope, receive, send)
+            except Exception:  # noqa: BLE001 - the client is gone too: the cancellation goes on up
+                raise asyncio.CancelledError from None
+            # answered: the request's task ends here, where re-raising had uvicorn log an "Exception in
+            # ASGI application" traceback at ERROR for every request a planned stop cut off (a probe)
 
     @staticmethod
     def _stopping(under_way: bool) -> Response:

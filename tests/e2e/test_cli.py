@@ -656,7 +656,7 @@ def test_db_upgrade_and_check_say_what_they_found(tmp_path: Path) -> None:
     again = subprocess.run([UNLEARN, "db", "upgrade"], env=env, capture_output=True, text=True)
     assert again.stdout.strip() == f"{where}: schema up to date at {newest}, nothing to apply", again.stdout
     checked = subprocess.run([UNLEARN, "db", "check"], env=env, capture_output=True, text=True)
-    assert checked.returncode == 0 and checked.stdout.strip().endswith(": schema matches the tables")
+    assert checked.returncode == 0 and checked.stdout.strip() == f"{where}: schema matches the tables"
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:

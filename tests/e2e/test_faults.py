@@ -541,3 +541,18 @@ def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_p
             job = http.get(f"/v1/jobs/{done['job_id']}").json()
             assert not job["metrics"].get("interrupted") and job["attempts"] == 1, job  # the same attempt
             assert_intact(http, set(ids) | set(more))
+            # remounted read-only (EROFS), then writable: nothing is freed, the periodic retry writes
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            waits = c.log("w1").count("storage is short")
+            last = random.Random(12).sample(sorted(set(TRAIN_IDS) - set(ids) - set(more)), 20)
+            third = submit(http, last)
+            wait_until(
+                lambda: c.log("w1").count("storage is short") > waits, timeout=300, interval=0.2,
+                what="the attempt to wait on the read-only volume",
+            )  # fmt: skip
+            subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+            [done] = wait_until(
+                lambda: all_finished(http, [third["id"]]), timeout=300, interval=0.5, what="the job"
+            )
+            assert done["state"] == "completed", c.log("w1")
+            assert_intact(http, set(ids) | set(more) | set(last))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from alembic import command
@@ -44,8 +45,11 @@ def current(url: str) -> str | None:
 
 
 def check(url: str) -> None:
-    """Raise if the tables in service.core.db.tables and the migrations disagree."""
-    command.check(alembic_config(url))
+    """Raise if the tables in service.core.db.tables and the migrations disagree. (Alembic's own "No new
+    upgrade operations detected." is kept off stdout: the caller says what it found, once.)"""
+    cfg = alembic_config(url)
+    cfg.stdout = io.StringIO()  # alembic writes to the stream its Config holds, not to sys.stdout
+    command.check(cfg)
 
 
 def revision(url: str, message: str) -> None:
