@@ -388,12 +388,11 @@ def test_a_job_runs_in_bf16_autocast_and_publishes(tmp_path: Path) -> None:
     assert result["test_accuracy"] > 0.9  # bf16 steps did not wreck the model
 
 
-def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -> None:
-    """Worker A's lease lapsed and B took the model over: A's failure path must not touch the job."""
-    from service.core.states import JobState
+def claimed_toy_job(tmp_path: Path, owner: str) -> tuple[str, str]:
+    """A fresh embedded database whose model `toy` has one request in a job claimed under ``owner``'s
+    lease: (database URL, job id)."""
     from tests.factories import make_model
     from workers import claims, leases
-    from workers.jobstore import JobStore, LeaseLost
 
     settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
     settings.var_dir.mkdir(parents=True)
@@ -403,10 +402,18 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -
         model = make_model(s, name="toy")
         key, _ = create_key(s, tenant="default", scopes=["deletion:write"])
         deletions.submit(s, model=model, key=key, sample_ids=["toy-0001"], reference=None, max_ids=10)
-        assert leases.acquire(s, model.id, "B", 60)
+        assert leases.acquire(s, model.id, owner, 60)
         job = claims.claim_pending(s, model)
         assert job is not None
-        job_id = job.id
+        return url, job.id
+
+
+def test_a_worker_that_lost_its_lease_cannot_overwrite_the_job(tmp_path: Path) -> None:
+    """Worker A's lease lapsed and B took the model over: A's failure path must not touch the job."""
+    from service.core.states import JobState
+    from workers.jobstore import JobStore, LeaseLost
+
+    url, job_id = claimed_toy_job(tmp_path, owner="B")
     with pytest.raises(LeaseLost):
         JobStore(url, job_id, "A").close(JobState.FAILED, error="stale worker A")
     with session_scope(url) as s:
@@ -422,22 +429,11 @@ def test_outages_of_either_kind_count_together_and_a_planned_stop_apart(tmp_path
     """A database outage and a full volume taking turns never reached the limit of either (a review):
     each hand-back re-runs the job at no attempt's cost, so they count together; a deploy between them is
     no outage and starts the count again."""
-    from tests.factories import make_model
-    from workers import claims, leases
+    from workers import claims
     from workers.jobstore import JobStore
 
-    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"))  # type: ignore[call-arg]
-    settings.var_dir.mkdir(parents=True)
-    url = settings.resolved_database_url
-    migrated(url)
-    with session_scope(url) as s:
-        model = make_model(s, name="toy")
-        key, _ = create_key(s, tenant="default", scopes=["deletion:write"])
-        deletions.submit(s, model=model, key=key, sample_ids=["toy-0001"], reference=None, max_ids=10)
-        assert leases.acquire(s, model.id, "A", 60)
-        job = claims.claim_pending(s, model)
-        assert job is not None
-    store = JobStore(url, job.id, "A")
+    url, job_id = claimed_toy_job(tmp_path, owner="A")
+    store = JobStore(url, job_id, "A")
     causes = [claims.DATABASE_GONE, claims.STORAGE_SHORT_CAUSE, claims.STOPPED, claims.STORAGE_SHORT_CAUSE]
     counts = [store.give_back(cause, limit=3) for cause in causes]
     assert counts == [1, 2, 1, 1]
