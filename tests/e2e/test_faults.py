@@ -556,3 +556,24 @@ def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_p
             )
             assert done["state"] == "completed", c.log("w1")
             assert_intact(http, set(ids) | set(more) | set(last))
+            # full again, and an admin cancels the job while it waits: it stops in that wait, not after
+            # a hand-back or a later attempt, and nothing of it is published
+            filler = fill(disk)
+            waits = c.log("w1").count("storage is short")
+            fourth = submit(http, random.Random(13).sample(sorted(set(TRAIN_IDS) - set(ids) - set(more)
+                                                                  - set(last)), 20))  # fmt: skip
+            wait_until(
+                lambda: c.log("w1").count("storage is short") > waits, timeout=300, interval=0.2,
+                what="the attempt to wait for space",
+            )  # fmt: skip
+            job_id = http.get(f"/v1/deletion-requests/{fourth['id']}").json()["job_id"]
+            assert http.post(f"/v1/jobs/{job_id}/cancel").status_code in (200, 202)
+            [done] = wait_until(
+                lambda: all_finished(http, [fourth["id"]]), timeout=300, interval=0.5, what="the cancel"
+            )
+            job = http.get(f"/v1/jobs/{job_id}").json()
+            assert (done["state"], job["state"], job["attempts"]) == ("cancelled", "cancelled", 1), job
+            assert not job["metrics"].get("interrupted"), job["metrics"]  # stopped inside the wait
+            assert job["phase"].startswith("publish"), job
+            filler.unlink()
+            assert_intact(http, set(ids) | set(more) | set(last))
