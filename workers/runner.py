@@ -65,7 +65,7 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         lost_database(settings, store, None, exc)
         return
     except Exception as exc:  # noqa: BLE001 - a job that cannot even start is failed, not retried forever
-        failed(store, None, exc)
+        failed(settings, store, None, exc)
         return
     rep = Reporter(
         settings.resolved_database_url,
@@ -92,11 +92,11 @@ def run_job(settings: Settings, job_id: str, owner: str) -> None:
         lost_database(settings, store, rep, exc)
     except CheckpointWriteFailed as exc:  # only the checkpoint's write: a read's EIO is a broken file
         if exc.errno in STORAGE_SHORT:
-            lost_storage(store, rep, exc)
+            lost_storage(settings, store, rep, exc)
         else:
-            failed(store, rep, exc)
+            failed(settings, store, rep, exc)
     except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-        failed(store, rep, exc)
+        failed(settings, store, rep, exc)
 
 
 # A volume that is full, over quota, failing, remounted read-only or a network mount gone away: no fault
@@ -107,12 +107,12 @@ STORAGE_WAIT_S = 120.0  # at most this long (and a lease) for space to be freed 
 STORAGE_FREED = 1 << 20  # bytes freed since the failure that end the wait
 
 
-def lost_storage(store: JobStore, rep: Reporter | None, exc: OSError) -> None:
+def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc: OSError) -> None:
     """A checkpoint could not be written for want of space (or on a failing volume) after ``publish``'s
     wait: the job goes back to the queue without an attempt's cost, and fails after OUTAGES_IN_A_ROW
     outages in a row. A full checkpoint volume had failed the job and its requests at once (a client's
     `.failed` webhooks), for a disk an operator freed a minute later (a probe)."""
-    said = one_line(exc)
+    said = without_server_paths(one_line(exc), settings)
     log.warning("job %s: storage is still short (%s); the job is handed back", store.job_id, said)
     outages = hand_back(store, cause=STORAGE_SHORT_CAUSE, limit=OUTAGES_IN_A_ROW)
     if outages is None:
@@ -157,7 +157,7 @@ def lost_database(
     goes back to the queue, without an attempt's cost, once the database answers (left running, it had
     waited out the lease and counted as a worker's death). Any other such error fails it."""
     if not database_gone(settings.resolved_database_url, exc):
-        failed(store, rep, exc)
+        failed(settings, store, rep, exc)
         return
     said = one_line(exc)
     log.warning("job %s: the database went away (%s); the job is handed back", store.job_id, said)
@@ -179,9 +179,9 @@ OUTAGE_WAIT_S = 60.0
 OUTAGES_IN_A_ROW = 3
 
 
-def failed(store: JobStore, rep: Reporter | None, exc: BaseException) -> None:
+def failed(settings: Settings, store: JobStore, rep: Reporter | None, exc: BaseException) -> None:
     log.warning("job %s failed", store.job_id, exc_info=exc)  # the whole story, for the operator
-    end(store, rep, JobState.FAILED, error_text(exc))
+    end(store, rep, JobState.FAILED, error_text(exc, settings))
 
 
 def hand_back(
@@ -230,7 +230,7 @@ def database_gone(url: str, exc: OperationalError | InterfaceError) -> bool:
 ERROR_CHARS = 1000
 
 
-def error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException, settings: Settings | None = None) -> str:
     """The one line a failed job and its requests show the client. An error raised in a DataLoader
     reader process arrives re-raised with that process's whole traceback in its message ("Caught
     FileNotFoundError in DataLoader worker process 0. Original Traceback ..."), which names our code
@@ -244,7 +244,24 @@ def error_text(exc: BaseException) -> str:
     text = str(exc).strip()
     wrapped = "Original Traceback" in text
     text = text.splitlines()[-1].strip() if wrapped else f"{type(exc).__name__}: {text}"
+    text = without_server_paths(text, settings) if settings is not None else text
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
+
+
+def without_server_paths(text: str, settings: Settings) -> str:
+    """``text`` with the service's own folders named rather than spelt out: a job's error is read by every
+    key of its tenant, and a checkpoint's or an uploaded file's absolute path told them how the server's
+    disks are laid out. A file under a data root the client registered keeps its path: the client named
+    it. The operator's log keeps the whole error."""
+    folders = [
+        (settings.dataset_dir, "<uploaded datasets>"),
+        (settings.checkpoint_dir, "<checkpoints>"),
+        (settings.resolved_feature_store_dir, "<front rows>"),
+        (settings.var_dir.resolve(), "<state folder>"),  # after the folders that may lie inside it
+    ]
+    for folder, name in folders:
+        text = text.replace(str(folder), name)
+    return text
 
 
 def end(store: JobStore, rep: Reporter | None, state: JobState, error: str) -> None:
@@ -436,7 +453,7 @@ def _run(settings: Settings, ctx: JobContext, store: JobStore, rep: Reporter) ->
         except (WorkerStopping, LeaseLost):
             raise  # the job goes on elsewhere: nothing of this attempt is final
         except Exception as exc:  # timed out, cancelled or raised: the attempt is kept with why it ended
-            attempt = {"method": method, "params": as_dict, "runs": runs, "error": error_text(exc)}
+            attempt = {"method": method, "params": as_dict, "runs": runs, "error": error_text(exc, settings)}
             keep_unfinished(store, base_metrics, [*attempts, {**attempt, "passed": False}], data_roles, ctx)
             raise
         if broken is not None:  # a run that diverged is judged as one that failed its gates: next method

@@ -505,6 +505,7 @@ def test_a_full_checkpoint_disk_waits_for_space_then_fails_cleanly_and_a_retry_p
             assert (failed["state"], job["state"]) == ("failed", "failed")
             assert "No space left on device" in job["error"], job["error"]
             assert "3 attempts in a row ended in outages, this one for want of storage" in job["error"]
+            assert str(disk) not in job["error"] and "<checkpoints>/" in job["error"], job["error"]
             causes = [e["cause"] for e in job["metrics"]["interrupted"]]
             assert causes == ["storage unavailable"] * 3, job["metrics"]["interrupted"]
             assert [v["version"] for v in versions(http)] == ["v1"]  # nothing half-published

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from models.checkpoints import CheckpointWriteFailed
 from service.core.db.engine import session_scope
 from service.core.db.tables import ApiKey
+from service.core.settings import Settings
 from tests.conftest import Backend
 from workers.runner import error_text
 
@@ -24,3 +28,25 @@ def test_a_database_error_says_what_the_database_said_without_the_statement(back
     assert said.startswith("IntegrityError: the database refused a statement: "), said
     assert "INSERT" not in said and "secret-name" not in said and "\n" not in said
     assert "unique" in said.lower() or "duplicate" in said.lower(), said
+
+
+def test_the_service_folders_in_an_error_are_named_not_spelt_out(tmp_path: Path) -> None:
+    """A job's error is read by every key of its tenant: a checkpoint's or an uploaded file's absolute path
+    told them the server's disk layout. A file under a data root the client registered keeps its path."""
+    settings = Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_STORAGE_DIR=str(tmp_path / "ckpt"))  # type: ignore[call-arg]
+    uploaded = settings.dataset_dir / "ds_1" / "img-0001.png"
+    said = error_text(FileNotFoundError(2, "No such file or directory", str(uploaded)), settings)
+    assert (
+        said
+        == "FileNotFoundError: [Errno 2] No such file or directory: '<uploaded datasets>/ds_1/img-0001.png'"
+    )
+    full = CheckpointWriteFailed(
+        f"could not write checkpoint {settings.checkpoint_dir / 'm' / 'v2.st'}: full"
+    )
+    assert (
+        error_text(full, settings)
+        == "CheckpointWriteFailed: could not write checkpoint <checkpoints>/m/v2.st: full"
+    )
+    theirs = "/srv/client-data/train/img-0001.png"
+    assert theirs in error_text(FileNotFoundError(2, "No such file or directory", theirs), settings)
+    assert str(tmp_path) not in error_text(OSError(f"{settings.var_dir.resolve()}/webhook-secret"), settings)
