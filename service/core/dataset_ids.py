@@ -85,14 +85,17 @@ class DatasetIds(NamedTuple):
     subject_ids: list[str | None] | None = None
 
 
-def read_samples(kind: str, path: Path, max_samples: int | None = None) -> DatasetIds:
+def read_samples(
+    kind: str, path: Path, max_samples: int | None = None, max_npz_bytes: int | None = None
+) -> DatasetIds:
     """The sample IDs, labels and subjects of a dataset file; a 422 that names the problem if it is
     malformed. Subjects come from an `.npz`'s optional `subject_ids` array, a manifest's or text CSV's
     optional `subject_id` column, or a JSON line's optional `subject_id`. An npz or npy folder declaring
-    more than ``max_samples`` rows is refused from its header, before its IDs are read."""
+    more than ``max_samples`` rows is refused from its header, before its IDs are read, and an npz whose x
+    would take more than ``max_npz_bytes`` as float32 (a worker decompresses it whole) from its header."""
     try:
         if kind == "npz":
-            return _npz(path, max_samples)
+            return _npz(path, max_samples, max_npz_bytes)
         if kind == "csv_manifest":
             return _csv(path)
         if kind == "npy":
@@ -157,7 +160,7 @@ def _at_most(n: int, max_samples: int | None) -> None:
         )
 
 
-def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
+def _npz(path: Path, max_samples: int | None = None, max_bytes: int | None = None) -> DatasetIds:
     headers = npz_headers(path)
     missing = [k for k in ("x", "y", "ids") if k not in headers]
     if missing:
@@ -169,6 +172,13 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
         raise ValueError(f"x must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
     n = x_shape[0]
     _at_most(max(n, *y_shape[:1], *ids_shape[:1]), max_samples)
+    held = math.prod(x_shape) * 4  # float32, as a worker holds it
+    if max_bytes is not None and held > max_bytes:
+        raise Unprocessable(
+            f"x {list(x_shape)} would take {held / 2**20:,.0f} MiB of a worker's memory as float32, more "
+            f"than the {max_bytes / 2**20:,.0f} MiB an npz may (UNLEARN_MAX_NPZ_BYTES), being read whole: "
+            "register the data as an npy folder or WebDataset shards, which are read from disk as needed"
+        )
     if len(y_shape) != 1 or len(ids_shape) != 1 or not (n == y_shape[0] == ids_shape[0]):
         shapes = ", ".join(f"{k} {list(v)}" for k, v in (("x", x_shape), ("y", y_shape), ("ids", ids_shape)))
         raise ValueError(f"x, y and ids must be one row per sample (y and ids 1-D); their shapes: {shapes}")

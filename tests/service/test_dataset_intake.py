@@ -150,6 +150,45 @@ def test_an_npz_declaring_more_samples_than_a_dataset_may_hold_is_refused_before
     assert list((app.settings.dataset_dir / "uploads").iterdir()) == []
 
 
+def test_an_npz_whose_x_would_not_fit_a_workers_memory_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A worker decompresses an npz whole and holds x as float32: 12 MB of compressed zeros declaring 12 GB
+    registered, and the first job on it took a worker's memory. Refused at registration, uploaded or by
+    path, naming the limit and the kinds that are read from disk instead (here a 10 MB limit)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    inflated = zeros_npz(data / "big.npz")  # 52 MB as float32, ~100 KB on disk
+    settings = prepared(
+        Settings(  # type: ignore[call-arg]
+            UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_QUEUE="q-npz", UNLEARN_DATA_ROOTS=str(data),
+            UNLEARN_MAX_NPZ_BYTES=str(10 * 1024**2),
+        )
+    )  # fmt: skip
+    with session_scope(settings.resolved_database_url) as s:
+        admin = make_key(s, scopes=("admin",))
+    with serve(settings) as app, app.client(admin) as c:
+        raw = (data / "big.npz").read_bytes()
+        assert len(raw) < inflated // 100
+        uploaded = c.post("/v1/datasets/upload", data={"name": "big"}, files={"file": ("big.npz", raw)})
+        by_path = c.post("/v1/datasets", json={"name": "big", "kind": "npz", "uri": str(data / "big.npz")})
+        small = c.post(
+            "/v1/datasets", json={"name": "ok", "kind": "npz", "uri": str(zeros_npz_at(data, 200))}
+        )
+        listed = c.get("/v1/datasets").json()
+    for r in (uploaded, by_path):
+        assert r.status_code == 422, r.text
+        assert "x [1300, 100, 100] would take 50 MiB" in r.text and "more than the 10 MiB" in r.text, r.text
+        assert "UNLEARN_MAX_NPZ_BYTES" in r.text and "npy folder" in r.text, r.text
+    assert small.status_code == 201, small.text  # 8 MB as float32: under the limit
+    assert [d["name"] for d in listed] == ["ok"]
+    assert list((settings.dataset_dir / "uploads").iterdir()) == []
+
+
+def zeros_npz_at(folder: Path, rows: int) -> Path:
+    path = folder / f"zeros-{rows}.npz"
+    zeros_npz(path, rows)
+    return path
+
+
 def test_an_unreadable_upload_is_refused_naming_the_file_sent_not_the_servers_copy(
     live: tuple[LiveApp, str],
 ) -> None:

@@ -72,12 +72,15 @@ def _register(
     own_tokenizer: Path | None = None,
     ids: DatasetIds | None = None,
     max_samples: int | None = None,
+    max_npz_bytes: int | None = None,
 ) -> DatasetOut:
     """Read the IDs (no transaction open: the file may be large) and check the feature declaration
     against the file's headers (a text declaration's tokenizer: under `data_roots`, loadable), then record
     it all in one short transaction. `sha256` is the file's as it was hashed: the worker refuses it if it
     changes. `ids`: what `read_samples` read already, if the caller had to read it first."""
-    sample_ids, labels, subjects = read_samples(kind, path, max_samples) if ids is None else ids
+    sample_ids, labels, subjects = (
+        read_samples(kind, path, max_samples, max_npz_bytes) if ids is None else ids
+    )
     if not sample_ids:
         raise Unprocessable("the dataset has no samples")
     stored_features = check_features(
@@ -151,7 +154,8 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
             raise Unprocessable(f"cannot read {body.kind} dataset at {body.uri}: {exc}") from exc
         _files_inside(body.uri, files, roots, uploads)  # before any is read
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
-    ids = read_samples(body.kind, path, settings.max_dataset_samples)  # a 422 naming it, before hashing
+    # a 422 naming the problem, before hashing
+    ids = read_samples(body.kind, path, settings.max_dataset_samples, settings.max_npz_bytes)
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
@@ -224,7 +228,7 @@ def upload_dataset(
         uploads = settings.dataset_dir / "uploads"
         return _register(
             session, key, name, kind, target, digest, declared, roots, uploads=uploads, own_tokenizer=own,
-            max_samples=settings.max_dataset_samples,
+            max_samples=settings.max_dataset_samples, max_npz_bytes=settings.max_npz_bytes,
         )  # fmt: skip
     except Exception as exc:
         target.unlink(missing_ok=True)
