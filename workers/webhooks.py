@@ -208,7 +208,7 @@ def deliver(settings: Settings, request_id: str) -> bool:
         headers = {"Content-Type": "application/json", **signed_headers(keys, msg_id, int(time.time()), body)}
         status = attempt(url, body, headers, settings)
         ok, reason = 200 <= status < 300, f"the receiver answered HTTP {status}"
-    except Refused as exc:
+    except (Refused, httpx.InvalidURL) as exc:  # InvalidURL: no attempt could send it (one too long)
         _finish(settings, request_id, False, f"refused: {exc}")
         return True
     except TimeoutError:  # before OSError, which it is
@@ -216,7 +216,9 @@ def deliver(settings: Settings, request_id: str) -> bool:
             False,
             f"the receiver did not answer in full within {settings.webhook_timeout_seconds:g} s",
         )
-    except (OSError, httpx.HTTPError) as exc:  # OSError: the name did not resolve
+    except Exception as exc:  # noqa: BLE001 - OSError: the name did not resolve; any other counts too
+        # an error that is not httpx's HTTPError (its InvalidURL, say) went up to the courier, which sent
+        # the attempt again without counting it against webhook_max_attempts: pending for good (a probe)
         ok, reason = False, f"{type(exc).__name__}: {exc}"
     if ok or attempts >= settings.webhook_max_attempts:
         _finish(

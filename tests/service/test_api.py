@@ -1027,6 +1027,7 @@ def hook_api(backend: Backend) -> Iterator[Api]:
         ("https://token@hooks.example/done", "must not carry credentials"),
         ("https://hooks.example/done\u0000", "holds control characters"),  # was stored without the NUL
         ("https://hooks.example/do\nne", "holds control characters"),
+        ("https://hooks.example/" + "a" * 2100, "callback_url is 2,122 characters long; at most 2,048"),
     ],
 )
 def test_webhook_callback_with_wrong_scheme_host_or_port_is_422_naming_it(

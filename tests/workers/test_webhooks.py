@@ -241,6 +241,22 @@ def test_a_webhook_is_given_up_after_its_attempts_with_the_reason_in_the_trail(w
         assert "HTTP 503" in event.data["reason"]
 
 
+def test_a_callback_url_no_client_can_send_fails_at_once_instead_of_staying_pending(world: World) -> None:
+    """A URL over httpx's 64 KB (stored before the API's limit) raised httpx.InvalidURL, not an HTTPError:
+    the courier sent the attempt again without counting it, and the webhook stayed pending for good."""
+    rid = world.finished()
+    with session_scope(world.url) as s:
+        req = s.get_one(DeletionRequest, rid)
+        req.callback_url = req.callback_url + "a" * 70_000
+    assert webhooks.deliver(world.settings, rid) is True  # done with: no attempt would send it
+    req = world.request(rid)
+    assert (req.webhook_state, req.webhook_attempts) == (WebhookState.FAILED, 1)
+    assert world.receiver.received == []
+    with session_scope(world.url) as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "deletion_request.webhook_failed"))
+        assert "URL too long" in event.data["reason"], event.data
+
+
 @pytest.mark.parametrize(("host", "kind"), [("localhost", "loopback"), ("127.0.0.1", "loopback")])
 def test_a_callback_resolving_to_a_private_address_is_refused_at_delivery_and_not_retried(
     world: World, host: str, kind: str

@@ -17,6 +17,7 @@ from pydantic import (
 from service.core.subjects import stored
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; refuse it at the door (422), never a 500
+MAX_CALLBACK_URL = 2048  # characters: what browsers and proxies commonly take
 SampleId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
@@ -64,7 +65,8 @@ class DeletionRequestCreate(BaseModel):
     callback_url: AnyHttpUrl | None = Field(
         None,
         description="POSTed (signed as Standard Webhooks describe) when the request completes, fails or is "
-        "cancelled; https, with its host and port on the service's allow-list.",
+        f"cancelled; https, with its host and port on the service's allow-list; at most {MAX_CALLBACK_URL:,} "
+        "characters.",
     )
     reason: Reason = Field("erasure", description=REASON_DOC)
 
@@ -74,6 +76,10 @@ class DeletionRequestCreate(BaseModel):
         # The URL parser drops tabs, newlines and a trailing NUL: the URL stored would not be the one sent
         if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
             raise ValueError("callback_url holds control characters")
+        # A 15 MB URL was stored whole and sent back in every list page holding its request; one over 64 KB
+        # can never be sent (httpx refuses it), and its webhook stayed pending for good (a probe)
+        if isinstance(value, str) and len(value) > MAX_CALLBACK_URL:
+            raise ValueError(f"callback_url is {len(value):,} characters long; at most {MAX_CALLBACK_URL:,}")
         return value
 
     @field_validator("sample_ids", "subject_ids", mode="before")
