@@ -31,6 +31,10 @@ ID_KINDS = ("npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv")
 # Kinds whose data is a folder (or, for shards, a folder or one .tar file) rather than one file.
 FOLDER_KINDS = ("npy", "webdataset")
 _SHOWN = 20  # offending manifest lines named in a refusal
+# The most an npz's or npy folder's IDs (or subjects) may take read: numpy holds every string at the width
+# of the longest, 4 bytes a character, and 4 million IDs declared 200 characters wide (3.2 GB of compressed
+# zeros in a 3.3 MB upload) held the API at 1.6 GB for 20 s before it refused them (a probe).
+MAX_ID_BYTES = 1 << 30
 
 
 def file_sha256(path: str | Path) -> str:
@@ -152,6 +156,19 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return headers
 
 
+def _ids_fit(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """From an array's header, before it is read: no more IDs than MAX_ID_BYTES hold (each longer than a
+    request may name is refused once read, by ``registry.register_dataset``)."""
+    if name not in ("ids", "subject_ids") or dtype.kind != "U":
+        return
+    n, wide = math.prod(shape), dtype.itemsize // 4
+    if n * dtype.itemsize > MAX_ID_BYTES:
+        raise Unprocessable(
+            f"{name} would take {n * dtype.itemsize / 2**20:,.0f} MiB read ({n:,} strings, each held {wide} "
+            f"characters wide), more than {MAX_ID_BYTES >> 20:,} MiB: shorten the IDs"
+        )
+
+
 def _at_most(n: int, max_samples: int | None) -> None:
     if max_samples is not None and n > max_samples:
         raise Unprocessable(
@@ -205,6 +222,7 @@ def _npz(path: Path, max_samples: int | None = None, max_bytes: int | None = Non
     for name, shape, dtype, size in checked:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
+        _ids_fit(name, shape, dtype)
     subjects = None
     with np.load(path, allow_pickle=False) as data:
         ids, labels = data["ids"], data["y"]
@@ -248,6 +266,8 @@ def _npy(path: Path, max_samples: int | None = None) -> DatasetIds:
     for name in ("ids", "subject_ids"):
         if name in arrays and arrays[name].dtype.kind != "U":
             raise ValueError(f"{name}.npy must be a unicode string array, got {arrays[name].dtype}")
+        if name in arrays:
+            _ids_fit(name, arrays[name].shape, arrays[name].dtype)
     subjects = [_subject(v) for v in arrays["subject_ids"].tolist()] if "subject_ids" in arrays else None
     return DatasetIds(arrays["ids"].tolist(), [int(v) for v in arrays["y"].tolist()], subjects)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.lib import format as npy
 from sqlalchemy import select
 
 from service.core.dataset_ids import read_ids
@@ -181,6 +182,33 @@ def test_an_npz_whose_x_would_not_fit_a_workers_memory_is_refused_from_its_heade
     assert small.status_code == 201, small.text  # 8 MB as float32: under the limit
     assert [d["name"] for d in listed] == ["ok"]
     assert list((settings.dataset_dir / "uploads").iterdir()) == []
+
+
+def test_ids_that_would_take_more_than_a_gibibyte_read_are_refused_from_their_header(tmp_path: Path) -> None:
+    """numpy holds every ID at the width of the longest, 4 bytes a character: a probe's 3.3 MB upload
+    declared 4 million IDs 200 characters wide (3.2 GB) and held the API at 1.6 GB for 20 s. Refused from
+    the header, before the IDs are read (here an npy folder whose ids.npy is a sparse 1.2 GB file)."""
+    data = tmp_path / "data"
+    folder = data / "wide"
+    folder.mkdir(parents=True)
+    n = 1_500_000  # x 200 characters x 4 bytes = 1.2 GB, over MAX_ID_BYTES
+    np.save(folder / "x.npy", np.zeros((n, 1), np.uint8))
+    np.save(folder / "y.npy", np.zeros(n, np.int8))
+    with open(folder / "ids.npy", "wb") as fh:
+        npy.write_array_header_1_0(fh, {"descr": "<U200", "fortran_order": False, "shape": (n,)})
+        fh.truncate(fh.tell() + n * 800)  # a hole: nothing is written
+    settings = prepared(
+        Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_QUEUE="q-ids", UNLEARN_DATA_ROOTS=str(data))  # type: ignore[call-arg]
+    )
+    with session_scope(settings.resolved_database_url) as s:
+        admin = make_key(s, scopes=("admin",))
+    with serve(settings) as app, app.client(admin) as c:
+        r = c.post("/v1/datasets", json={"name": "wide", "kind": "npy", "uri": str(folder)})
+        assert c.get("/v1/datasets").json() == []
+    assert r.status_code == 422, r.text
+    assert "ids would take 1,144 MiB read (1,500,000 strings, each held 200 characters wide)" in r.text, (
+        r.text
+    )
 
 
 def zeros_npz_at(folder: Path, rows: int) -> Path:
