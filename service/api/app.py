@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import KeyCache
+from service.api.docs import install_docs
 from service.api.errors import install_handlers, install_problem_schema, problem, too_large
 from service.api.gate import UPLOAD_PATHS, AdmitRequests
 from service.api.head import HeadAsGet
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Make a deployed classifier forget training samples on request, and prove it.",
         dependencies=[Depends(utf8_json_body)],
+        docs_url=None,  # served below from the package's copy of Swagger UI
+        redoc_url=None,
     )  # no app-wide max_body_size: FastAPI checks it outside every middleware, with a plain-text 413
     app.router.redirect_slashes = False  # its Location named the request's Host: see errors._other_slash
     app.state.settings = settings
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhook_secrets_router, max_body_size=settings.max_body_bytes)
     for module in (models, datasets):
         app.include_router(module.upload_router, max_body_size=settings.max_upload_bytes)
+    install_docs(app)
     return app
 
 

@@ -5,6 +5,7 @@ anonymous client cannot make the service receive its upload), and each key's wri
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -106,6 +107,22 @@ def test_a_revoked_key_is_refused_before_the_body_and_public_routes_need_none(
     with app.client() as anonymous:
         for path in ("/healthz", "/metrics", "/openapi.json", "/dashboard/"):
             assert anonymous.get(path).status_code == 200, path
+
+
+def test_the_interactive_schema_is_served_from_the_service_itself(gated: tuple[LiveApp, Seeded]) -> None:
+    """FastAPI's /docs loaded Swagger UI from cdn.jsdelivr.net: blank on a service with no internet, and a
+    third party's script on the page where users paste their keys (a probe). No key needed, as the schema."""
+    app, _ = gated
+    with app.client() as anonymous:
+        page = anonymous.get("/docs")
+        assert page.status_code == 200 and "://" not in page.text, page.text  # nothing from elsewhere
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert "/docs/assets/swagger-ui-bundle.js" in scripts, scripts
+        for asset in scripts:
+            got = anonymous.get(asset)
+            assert got.status_code == 200 and len(got.content) > 100, asset
+        assert "/openapi.json" in page.text
+        assert anonymous.get("/redoc").status_code == 404  # it loaded its script from a CDN too
 
 
 def test_a_valid_key_is_let_through_to_the_route(gated: tuple[LiveApp, Seeded]) -> None:
