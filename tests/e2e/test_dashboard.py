@@ -526,3 +526,18 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@needs_chromium
+def test_the_interactive_schema_renders_the_apis_operations_in_a_browser(page: Any, stack: LiveStack) -> None:
+    """/docs in a browser: Swagger UI (the service's own copy, under its own policy) lists the routes.
+    Swagger UI 4 answered FastAPI's OpenAPI 3.1 with "Unable to render this definition" (a review)."""
+    from playwright.sync_api import expect
+
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(f"{stack.base_url}/docs")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=20_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/models/{model}/deletion-requests" in p.replace("\u200b", "") for p in paths), paths
+    assert not blocked, blocked

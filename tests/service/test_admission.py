@@ -111,7 +111,9 @@ def test_a_revoked_key_is_refused_before_the_body_and_public_routes_need_none(
 
 def test_the_interactive_schema_is_served_from_the_service_itself(gated: tuple[LiveApp, Seeded]) -> None:
     """FastAPI's /docs loaded Swagger UI from cdn.jsdelivr.net: blank on a service with no internet, and a
-    third party's script on the page where users paste their keys (a probe). No key needed, as the schema."""
+    third party's script on the page where users paste their keys (a probe). No key needed, as the schema;
+    a Swagger UI that reads the OpenAPI 3.1 FastAPI writes (4.x showed "Unable to render this definition":
+    a review); only its own files, and no framing."""
     app, _ = gated
     with app.client() as anonymous:
         page = anonymous.get("/docs")
@@ -121,7 +123,11 @@ def test_the_interactive_schema_is_served_from_the_service_itself(gated: tuple[L
         for asset in scripts:
             got = anonymous.get(asset)
             assert got.status_code == 200 and len(got.content) > 100, asset
-        assert "/openapi.json" in page.text
+        assert anonymous.get("/openapi.json").json()["openapi"].startswith("3.1")
+        assert "isOAS31" in anonymous.get("/docs/assets/swagger-ui-bundle.js").text  # Swagger UI 5
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "'sha256-" in policy, policy
+        assert anonymous.get("/docs/assets/index.html").status_code == 404  # only the page's own files
         assert anonymous.get("/redoc").status_code == 404  # it loaded its script from a CDN too
 
 
