@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from service.core.db.clock import db_now
 from service.core.db.engine import session_scope
 from service.core.db.tables import Model
-from service.core.liveness import owner_is_silent
+from service.core.liveness import owner_is_silent, refresh
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,19 @@ def is_free(now: datetime, takeover_after: float | None = None) -> ColumnElement
 def acquire(
     session: Session, model_id: str, owner: str, seconds: float, takeover_after: float | None = None
 ) -> bool:
-    """Take the model's lease for `seconds` if it is free (see `is_free`) or already ours."""
+    """Take the model's lease for `seconds` if it is free (see `is_free`) or already ours; the taker's
+    heartbeat row is brought up to date with it (``liveness.refresh``), so no one judges the new holder by
+    a beat it missed before it took the lease."""
     now = db_now(session)
     result = session.execute(
         update(Model)
         .where(Model.id == model_id, or_(is_free(now, takeover_after), Model.lease_owner == owner))
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    refresh(session, owner)
+    return True
 
 
 def renew(session: Session, model_id: str, owner: str, seconds: float) -> bool:

@@ -43,6 +43,18 @@ def beat(session: Session, name: str) -> None:
         session.add(WorkerHeartbeat(name=name, started_at=now, last_seen=now))
 
 
+def refresh(session: Session, owner: str) -> None:
+    """The heartbeat row of the worker process behind lease ``owner`` (``host:pid:suffix``), as of now:
+    only where it has one (a process that never beat is not judged by its row). A worker that took a lease
+    just after a database outage still had the outage's stale row, so another worker judged it silent
+    and took the lease from it within a second, recording a death and costing the job an attempt (a
+    probe)."""
+    process, sep, _ = owner.rpartition(":")
+    if sep:
+        now = db_now(session)
+        session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.name == process).values(last_seen=now))
+
+
 def gone(session: Session, name: str) -> None:
     """A worker that shuts down cleanly says so, rather than waiting to be missed."""
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.name == name))

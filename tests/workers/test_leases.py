@@ -194,6 +194,23 @@ def test_a_lease_of_a_worker_that_beats_is_not_taken_over(db_url: str, model_id:
     assert lease(db_url, model_id)[0] == "host:41:aaaa"
 
 
+def test_a_worker_taking_a_lease_after_an_outage_is_not_judged_by_the_beats_it_missed(
+    db_url: str, model_id: str
+) -> None:
+    """Just after a database outage a worker's heartbeat row is as old as the outage: it took a model's
+    lease, and another worker, reading that row, took the lease from it a second later (a probe: the job
+    recorded "worker died" and lost an attempt, with both workers alive). Taking a lease refreshes the
+    taker's row; a worker that then stays silent is still taken over."""
+    beat_at(db_url, "host:41", seconds_ago=30)  # host:41 has not beaten since the outage began
+    assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
+    with session_scope(db_url) as s:
+        assert not leases.acquire(s, model_id, "host:42:bbbb", 60, takeover_after=6)
+    assert lease(db_url, model_id)[0] == "host:41:aaaa"
+    beat_at(db_url, "host:41", seconds_ago=30)  # silent since it took the lease: taken over as before
+    with session_scope(db_url) as s:
+        assert leases.acquire(s, model_id, "host:42:bbbb", 60, takeover_after=6)
+
+
 def test_a_lease_whose_holder_never_beat_runs_its_full_term(db_url: str, model_id: str) -> None:
     assert acquire(db_url, model_id, "host:41:aaaa", seconds=600)
     with session_scope(db_url) as s:
