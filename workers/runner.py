@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -112,8 +113,8 @@ def lost_storage(settings: Settings, store: JobStore, rep: Reporter | None, exc:
     wait: the job goes back to the queue without an attempt's cost, and fails after OUTAGES_IN_A_ROW
     outages in a row. A full checkpoint volume had failed the job and its requests at once (a client's
     `.failed` webhooks), for a disk an operator freed a minute later (a probe)."""
-    said = without_server_paths(one_line(exc), settings)
-    log.warning("job %s: storage is still short (%s); the job is handed back", store.job_id, said)
+    said = without_server_paths(one_line(exc), settings)  # the job's words; the log keeps the paths
+    log.warning("job %s: storage is still short (%s); the job is handed back", store.job_id, one_line(exc))
     outages = hand_back(store, cause=STORAGE_SHORT_CAUSE, limit=OUTAGES_IN_A_ROW)
     if outages is None:
         raise LeaseLost("the database did not record the hand-back; the job resumes later") from None
@@ -166,8 +167,11 @@ def lost_database(
     if outages is None:
         raise LeaseLost("the database did not come back in time; the job resumes later") from None
     if outages >= OUTAGES_IN_A_ROW:  # an error that only looks like an outage would loop for ever
+        # the driver's words name the database's host and port: the job's error (every key of the tenant
+        # reads it) names the error's kind; the worker's log above has the rest (a review)
         end(store, rep, JobState.FAILED, f"the database connection was lost in {outages} attempts in a "
-            f"row, or other outages ended them ({said}); retry the job once it is stable")  # fmt: skip
+            f"row, or other outages ended them ({type(exc).__name__}; the worker's log has the driver's "
+            "words); retry the job once it is stable")  # fmt: skip
 
 
 HAND_BACK_S = 8.0  # a stopping worker's tries at recording its hand-back, within a deploy's 10 s grace
@@ -252,15 +256,22 @@ def without_server_paths(text: str, settings: Settings) -> str:
     """``text`` with the service's own folders named rather than spelt out: a job's error is read by every
     key of its tenant, and a checkpoint's or an uploaded file's absolute path told them how the server's
     disks are laid out. A file under a data root the client registered keeps its path: the client named
-    it. The operator's log keeps the whole error."""
-    folders = [
+    it (a folder that holds a data root, or is the root of the file system, is left alone). A folder is
+    matched whole, up to a path separator or the end of the path, deepest first, as configured and as
+    resolved. The operator's log keeps the whole error."""
+    roots = [r.resolve() for r in settings.data_roots]
+    named: dict[str, str] = {}
+    for folder, name in (
         (settings.dataset_dir, "<uploaded datasets>"),
         (settings.checkpoint_dir, "<checkpoints>"),
         (settings.resolved_feature_store_dir, "<front rows>"),
-        (settings.var_dir.resolve(), "<state folder>"),  # after the folders that may lie inside it
-    ]
-    for folder, name in folders:
-        text = text.replace(str(folder), name)
+        (settings.var_dir, "<state folder>"),
+    ):
+        for spelt in (folder, folder.resolve()):
+            if len(spelt.parts) > 1 and not any(r == spelt or r.is_relative_to(spelt) for r in roots):
+                named.setdefault(str(spelt), name)
+    for spelt_out in sorted(named, key=len, reverse=True):
+        text = re.sub(re.escape(spelt_out) + r"(?=/|[^\w.-]|$)", named[spelt_out], text)
     return text
 
 

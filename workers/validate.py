@@ -35,7 +35,7 @@ from workers import failpoints, front_cache, kept_rows, kept_scores, leases
 from workers.claims import MAX_ATTEMPTS, validation_attempts
 from workers.datasets import DatasetRef, load_registered
 from workers.device import cpu_threads, precision, resolve_device
-from workers.runner import train_share
+from workers.runner import train_share, without_server_paths
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[SampleDataset], SetScores]
@@ -229,7 +229,9 @@ def _validate(settings: Settings, model_id: str, owner: str, after: list[Callabl
     except Exception as exc:  # noqa: BLE001 - a bad upload is the registrant's problem, reported back
         if worker_short_of(exc):
             raise  # the lease goes back and the model stays validating: tried again, counted as an attempt
-        status, detail, metrics = ModelStatus.INVALID, f"{type(exc).__name__}: {exc}", {}
+        log.warning("model %s is invalid", model_id, exc_info=exc)  # the whole story, for the operator
+        said = without_server_paths(f"{type(exc).__name__}: {exc}", settings)
+        status, detail, metrics = ModelStatus.INVALID, said, {}
     with session_scope(url) as s:
         m = s.get_one(Model, model_id)
         if m.status != ModelStatus.VALIDATING or m.lease_owner != owner:

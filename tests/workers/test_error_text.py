@@ -50,3 +50,25 @@ def test_the_service_folders_in_an_error_are_named_not_spelt_out(tmp_path: Path)
     theirs = "/srv/client-data/train/img-0001.png"
     assert theirs in error_text(FileNotFoundError(2, "No such file or directory", theirs), settings)
     assert str(tmp_path) not in error_text(OSError(f"{settings.var_dir.resolve()}/webhook-secret"), settings)
+
+
+def test_a_service_folder_is_matched_whole_and_never_above_a_clients_data_root(tmp_path: Path) -> None:
+    """Folders were replaced as text prefixes (a review): a data root /srv/unlearn-data beside a state
+    folder /srv/unlearn read '<state folder>-data/...', and a storage folder / turned every slash of a path
+    into '<checkpoints>'."""
+    var, sibling = tmp_path / "unlearn", tmp_path / "unlearn-data"
+    settings = Settings(  # type: ignore[call-arg]
+        UNLEARN_VAR_DIR=str(var), UNLEARN_STORAGE_DIR=str(tmp_path / "ckpt"), UNLEARN_DATA_ROOTS=str(sibling)
+    )
+
+    def said(path: Path | str) -> str:
+        return error_text(FileNotFoundError(2, "No such file or directory", str(path)), settings)
+
+    assert str(sibling / "train" / "a.png") in said(sibling / "train" / "a.png")
+    assert said(f"{tmp_path / 'ckpt'}2/m/v1.st").endswith(f"'{tmp_path / 'ckpt'}2/m/v1.st'")
+    assert said(var / "webhook-secret").endswith("'<state folder>/webhook-secret'")
+    at_root = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_STORAGE_DIR="/")  # type: ignore[call-arg]
+    whole = error_text(FileNotFoundError(2, "No such file or directory", "/data/train/a.png"), at_root)
+    assert whole.endswith("'/data/train/a.png'"), whole
+    inside = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_DATA_ROOTS=str(var / "client"))  # type: ignore[call-arg]
+    assert str(var / "client" / "a.png") in error_text(OSError(str(var / "client" / "a.png")), inside)
