@@ -31,10 +31,6 @@ ID_KINDS = ("npz", "csv_manifest", "npy", "webdataset", "jsonl", "text_csv")
 # Kinds whose data is a folder (or, for shards, a folder or one .tar file) rather than one file.
 FOLDER_KINDS = ("npy", "webdataset")
 _SHOWN = 20  # offending manifest lines named in a refusal
-# The most an npz's or npy folder's IDs (or subjects) may take read: numpy holds every string at the width
-# of the longest, 4 bytes a character, and 4 million IDs declared 200 characters wide (3.2 GB of compressed
-# zeros in a 3.3 MB upload) held the API at 1.6 GB for 20 s before it refused them (a probe).
-MAX_ID_BYTES = 1 << 30
 
 
 def file_sha256(path: str | Path) -> str:
@@ -89,17 +85,14 @@ class DatasetIds(NamedTuple):
     subject_ids: list[str | None] | None = None
 
 
-def read_samples(
-    kind: str, path: Path, max_samples: int | None = None, max_npz_bytes: int | None = None
-) -> DatasetIds:
+def read_samples(kind: str, path: Path, max_samples: int | None = None) -> DatasetIds:
     """The sample IDs, labels and subjects of a dataset file; a 422 that names the problem if it is
     malformed. Subjects come from an `.npz`'s optional `subject_ids` array, a manifest's or text CSV's
     optional `subject_id` column, or a JSON line's optional `subject_id`. An npz or npy folder declaring
-    more than ``max_samples`` rows is refused from its header, before its IDs are read, and an npz whose x
-    would take more than ``max_npz_bytes`` as float32 (a worker decompresses it whole) from its header."""
+    more than ``max_samples`` rows is refused from its header, before its IDs are read."""
     try:
         if kind == "npz":
-            return _npz(path, max_samples, max_npz_bytes)
+            return _npz(path, max_samples)
         if kind == "csv_manifest":
             return _csv(path)
         if kind == "npy":
@@ -156,19 +149,6 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return headers
 
 
-def _ids_fit(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """From an array's header, before it is read: no more IDs than MAX_ID_BYTES hold (each longer than a
-    request may name is refused once read, by ``registry.register_dataset``)."""
-    if name not in ("ids", "subject_ids") or dtype.kind != "U":
-        return
-    n, wide = math.prod(shape), dtype.itemsize // 4
-    if n * dtype.itemsize > MAX_ID_BYTES:
-        raise Unprocessable(
-            f"{name} would take {n * dtype.itemsize / 2**20:,.0f} MiB read ({n:,} strings, each held {wide} "
-            f"characters wide), more than {MAX_ID_BYTES >> 20:,} MiB: shorten the IDs"
-        )
-
-
 def _at_most(n: int, max_samples: int | None) -> None:
     if max_samples is not None and n > max_samples:
         raise Unprocessable(
@@ -177,7 +157,7 @@ def _at_most(n: int, max_samples: int | None) -> None:
         )
 
 
-def _npz(path: Path, max_samples: int | None = None, max_bytes: int | None = None) -> DatasetIds:
+def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
     headers = npz_headers(path)
     missing = [k for k in ("x", "y", "ids") if k not in headers]
     if missing:
@@ -189,13 +169,6 @@ def _npz(path: Path, max_samples: int | None = None, max_bytes: int | None = Non
         raise ValueError(f"x must be a numeric array with one row per sample, got {x_dtype} {x_shape}")
     n = x_shape[0]
     _at_most(max(n, *y_shape[:1], *ids_shape[:1]), max_samples)
-    held = math.prod(x_shape) * 4  # float32, as a worker holds it
-    if max_bytes is not None and held > max_bytes:
-        raise Unprocessable(
-            f"x {list(x_shape)} would take {held / 2**20:,.0f} MiB of a worker's memory as float32, more "
-            f"than the {max_bytes / 2**20:,.0f} MiB an npz may (UNLEARN_MAX_NPZ_BYTES), being read whole: "
-            "register the data as an npy folder or WebDataset shards, which are read from disk as needed"
-        )
     if len(y_shape) != 1 or len(ids_shape) != 1 or not (n == y_shape[0] == ids_shape[0]):
         shapes = ", ".join(f"{k} {list(v)}" for k, v in (("x", x_shape), ("y", y_shape), ("ids", ids_shape)))
         raise ValueError(f"x, y and ids must be one row per sample (y and ids 1-D); their shapes: {shapes}")
@@ -222,13 +195,34 @@ def _npz(path: Path, max_samples: int | None = None, max_bytes: int | None = Non
     for name, shape, dtype, size in checked:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
-        _ids_fit(name, shape, dtype)
-    subjects = None
     with np.load(path, allow_pickle=False) as data:
-        ids, labels = data["ids"], data["y"]
-        if "subject_ids" in headers:
-            subjects = [_subject(v) for v in data["subject_ids"].tolist()]
-    return DatasetIds(ids.tolist(), [int(v) for v in labels.tolist()], subjects)
+        labels = data["y"]
+    subjects = None
+    if "subject_ids" in headers:
+        subjects = [_subject(v) for v in _strings(path, "subject_ids")]
+    return DatasetIds(_strings(path, "ids"), [int(v) for v in labels.tolist()], subjects)
+
+
+STRING_CHUNK = 8 << 20  # bytes of a string array decoded at a time
+
+
+def _strings(path: Path, name: str) -> list[str]:
+    """An npz's 1-D unicode array ``name``, decoded a chunk at a time: numpy holds every string at the
+    width of the longest, 4 bytes a character, and reading 4 million IDs declared 200 characters wide
+    whole (3.2 GB of compressed zeros in a 3.3 MB upload) held the API at 1.6 GB (a probe). The list holds
+    each string at its own length."""
+    out: list[str] = []
+    with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as fh:
+        shape, dtype = npy_header(fh)
+        n, width = math.prod(shape), dtype.itemsize
+        per = max(1, STRING_CHUNK // max(width, 1))
+        for start in range(0, n, per):
+            k = min(per, n - start)
+            raw = fh.read(k * width)
+            if len(raw) < k * width:
+                raise ValueError(f"array {name} is cut short")
+            out.extend(np.frombuffer(raw, dtype=dtype).tolist())
+    return out
 
 
 def npy_x_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -266,8 +260,6 @@ def _npy(path: Path, max_samples: int | None = None) -> DatasetIds:
     for name in ("ids", "subject_ids"):
         if name in arrays and arrays[name].dtype.kind != "U":
             raise ValueError(f"{name}.npy must be a unicode string array, got {arrays[name].dtype}")
-        if name in arrays:
-            _ids_fit(name, arrays[name].shape, arrays[name].dtype)
     subjects = [_subject(v) for v in arrays["subject_ids"].tolist()] if "subject_ids" in arrays else None
     return DatasetIds(arrays["ids"].tolist(), [int(v) for v in arrays["y"].tolist()], subjects)
 

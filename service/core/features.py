@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,12 +56,14 @@ def check_features(
     data_roots: Sequence[Path] = (),
     uploads: Path | None = None,
     own_tokenizer: Path | None = None,
+    max_npz_bytes: int | None = None,
 ) -> dict[str, Any] | None:
     """The declaration to store for the dataset file at `path` (the file's dtype filled in, a float's
     scale defaulted to 1; a text declaration's tokenizer resolved and hashed), or a 422 naming why it
     cannot describe the file. None without a declaration, where the file may be used as it is.
     `data_roots`: where a declared tokenizer may be read from (none given: anywhere), but for `uploads`,
-    whose files are their tenants' own: only `own_tokenizer`, the one uploaded with this dataset."""
+    whose files are their tenants' own: only `own_tokenizer`, the one uploaded with this dataset. An npz
+    whose x would take more than `max_npz_bytes` of a worker's memory is refused (``_npz_fits``)."""
     if kind in TEXT_KINDS:
         return _text(kind, path, features, data_roots, uploads, own_tokenizer)
     if features is not None and is_text(features):
@@ -74,7 +77,9 @@ def check_features(
         raise Unprocessable(f"impossible features declaration: {exc}") from exc
     if kind == "npz":
         x_shape, x_dtype, _ = npz_headers(path)["x"]  # present: read_samples checked the archive first
-        return _array(x_shape, x_dtype, decl, "an .npz")
+        stored = _array(x_shape, x_dtype, decl, "an .npz")
+        _npz_fits(x_shape, x_dtype, decl, max_npz_bytes)
+        return stored
     if kind == "npy":
         return _array(*npy_x_header(path), decl, "an npy folder's x.npy")
     if kind in ("csv_manifest", "webdataset"):
@@ -129,6 +134,26 @@ def _text(
         raise Unprocessable(f"impossible features declaration: {exc}", field="features") from exc
     digest = file_sha256(tokenizer)
     return TextFeatures(str(tokenizer), decl.max_length, digest, decl.pad_token).to_dict()
+
+
+def _npz_fits(
+    x_shape: tuple[int, ...], x_dtype: np.dtype, decl: ImageFeatures | None, max_bytes: int | None
+) -> None:
+    """A worker decompresses an npz whole and holds x beside it as float32, at the declared ``size``
+    where there is one: refused from the headers where that would pass ``max_bytes``. A few MB of
+    compressed zeros declared gigabytes, and a 6 KB one with a 4096x4096 resize 125 GiB (a review)."""
+    n, sample = int(x_shape[0]) if x_shape else 0, tuple(int(d) for d in x_shape[1:])
+    held = (
+        math.prod(decl.output_shape(sample)) if decl is not None and len(sample) >= 2 else math.prod(sample)
+    )
+    need = n * (math.prod(sample) * x_dtype.itemsize + held * 4)
+    if max_bytes is not None and need > max_bytes:
+        raise Unprocessable(
+            f"x {list(x_shape)} ({x_dtype.name}) would take {need / 2**20:,.0f} MiB of a worker's memory "
+            f"(read whole, and held as float32{' at the declared size' if decl and decl.size else ''}), "
+            f"more than the {max_bytes / 2**20:,.0f} MiB an npz may (UNLEARN_MAX_NPZ_BYTES): register the "
+            "data as an npy folder or WebDataset shards, which are read from disk as needed"
+        )
 
 
 def _array(

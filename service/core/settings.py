@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     max_dataset_samples: int = Field(
         5_000_000, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_DATASET_SAMPLES")
     )
-    # The most bytes an npz dataset's x may take in a worker's memory (as float32, as it is held there):
-    # an npz is decompressed whole, and 12 MB of compressed zeros declare 12 GB. Fashion-MNIST's 60k
-    # images take 188 MB. Larger data is registered as an npy folder or shards, read from disk as needed.
+    # The most bytes an npz dataset's x may take in a worker's memory: read whole as stored, plus the
+    # float32 copy it holds (at a declared resize): 12 MB of compressed zeros declared 12 GB. Fashion-MNIST's
+    # 60k images take 235 MB. Larger data is registered as an npy folder or shards, read from disk as needed.
     max_npz_bytes: int = Field(4 * 1024**3, gt=0, validation_alias=AliasChoices("UNLEARN_MAX_NPZ_BYTES"))
 
     # The most parameters a registered model may have. Built-ins are sized at registration (a 422); the

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.lib import format as npy
 from sqlalchemy import select
 
-from service.core.dataset_ids import read_ids
+from service.core.dataset_ids import read_ids, read_samples
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DatasetSample
 from service.core.settings import Settings
@@ -152,9 +151,10 @@ def test_an_npz_declaring_more_samples_than_a_dataset_may_hold_is_refused_before
 
 
 def test_an_npz_whose_x_would_not_fit_a_workers_memory_is_refused_from_its_header(tmp_path: Path) -> None:
-    """A worker decompresses an npz whole and holds x as float32: 12 MB of compressed zeros declaring 12 GB
-    registered, and the first job on it took a worker's memory. Refused at registration, uploaded or by
-    path, naming the limit and the kinds that are read from disk instead (here a 10 MB limit)."""
+    """A worker decompresses an npz whole and holds x beside it as float32, at a declared size where there
+    is one: 12 MB of compressed zeros declaring 12 GB registered, and the first job on it took a worker's
+    memory. Refused at registration, uploaded or by path, naming the limit and the kinds that are read from
+    disk instead (here a 10 MB limit)."""
     data = tmp_path / "data"
     data.mkdir()
     inflated = zeros_npz(data / "big.npz")  # 52 MB as float32, ~100 KB on disk
@@ -172,43 +172,52 @@ def test_an_npz_whose_x_would_not_fit_a_workers_memory_is_refused_from_its_heade
         uploaded = c.post("/v1/datasets/upload", data={"name": "big"}, files={"file": ("big.npz", raw)})
         by_path = c.post("/v1/datasets", json={"name": "big", "kind": "npz", "uri": str(data / "big.npz")})
         small = c.post(
-            "/v1/datasets", json={"name": "ok", "kind": "npz", "uri": str(zeros_npz_at(data, 200))}
+            "/v1/datasets", json={"name": "ok", "kind": "npz", "uri": str(zeros_npz_at(data, 100))}
+        )
+        images = data / "images.npz"  # 20 small images, declared to be resized to 2048x2048: 320 MiB
+        names = np.array([f"i{i}" for i in range(20)])
+        np.savez(images, x=np.zeros((20, 28, 28), np.uint8), y=np.zeros(20, np.int64), ids=names)
+        resize = {"layout": "HW", "scale": 255, "size": [2048, 2048]}
+        resized = c.post(
+            "/v1/datasets", json={"name": "big", "kind": "npz", "uri": str(images), "features": resize}
         )
         listed = c.get("/v1/datasets").json()
     for r in (uploaded, by_path):
         assert r.status_code == 422, r.text
-        assert "x [1300, 100, 100] would take 50 MiB" in r.text and "more than the 10 MiB" in r.text, r.text
+        assert "x [1300, 100, 100] (float32) would take 99 MiB" in r.text, r.text  # read, and as float32
+        assert "more than the 10 MiB" in r.text, r.text
         assert "UNLEARN_MAX_NPZ_BYTES" in r.text and "npy folder" in r.text, r.text
-    assert small.status_code == 201, small.text  # 8 MB as float32: under the limit
+    assert small.status_code == 201, small.text  # 8 MB read and as float32: under the limit
+    assert resized.status_code == 422 and "at the declared size" in resized.text, resized.text
     assert [d["name"] for d in listed] == ["ok"]
     assert list((settings.dataset_dir / "uploads").iterdir()) == []
 
 
-def test_ids_that_would_take_more_than_a_gibibyte_read_are_refused_from_their_header(tmp_path: Path) -> None:
-    """numpy holds every ID at the width of the longest, 4 bytes a character: a probe's 3.3 MB upload
-    declared 4 million IDs 200 characters wide (3.2 GB) and held the API at 1.6 GB for 20 s. Refused from
-    the header, before the IDs are read (here an npy folder whose ids.npy is a sparse 1.2 GB file)."""
-    data = tmp_path / "data"
-    folder = data / "wide"
-    folder.mkdir(parents=True)
-    n = 1_500_000  # x 200 characters x 4 bytes = 1.2 GB, over MAX_ID_BYTES
-    np.save(folder / "x.npy", np.zeros((n, 1), np.uint8))
-    np.save(folder / "y.npy", np.zeros(n, np.int8))
-    with open(folder / "ids.npy", "wb") as fh:
-        npy.write_array_header_1_0(fh, {"descr": "<U200", "fortran_order": False, "shape": (n,)})
-        fh.truncate(fh.tell() + n * 800)  # a hole: nothing is written
-    settings = prepared(
-        Settings(UNLEARN_VAR_DIR=str(tmp_path / "var"), UNLEARN_QUEUE="q-ids", UNLEARN_DATA_ROOTS=str(data))  # type: ignore[call-arg]
+def test_npz_ids_and_subjects_are_decoded_a_chunk_at_a_time_not_at_the_width_of_the_longest(
+    tmp_path: Path,
+) -> None:
+    """numpy holds every string at the width of the longest, 4 bytes a character: a probe's 3.3 MB upload
+    declared 4 million IDs 200 characters wide (3.2 GB of zeros) and held the API at 1.6 GB for 20 s. The
+    strings are decoded a few MB at a time: here 100,000 short IDs and subjects stored 200 wide (80 MB
+    each as numpy holds them) are read in a fraction of that."""
+    n = 100_000
+    ids = np.array([f"s{i}" for i in range(n)], dtype="<U200")
+    subjects = np.array([f"p{i % 7}" if i % 3 else "" for i in range(n)], dtype="<U200")
+    path = tmp_path / "wide.npz"
+    np.savez_compressed(
+        path, x=np.zeros((n, 1), np.uint8), y=np.zeros(n, np.int64), ids=ids, subject_ids=subjects
     )
-    with session_scope(settings.resolved_database_url) as s:
-        admin = make_key(s, scopes=("admin",))
-    with serve(settings) as app, app.client(admin) as c:
-        r = c.post("/v1/datasets", json={"name": "wide", "kind": "npy", "uri": str(folder)})
-        assert c.get("/v1/datasets").json() == []
-    assert r.status_code == 422, r.text
-    assert "ids would take 1,144 MiB read (1,500,000 strings, each held 200 characters wide)" in r.text, (
-        r.text
-    )
+    width = ids.nbytes
+    del ids
+    tracemalloc.start()
+    try:
+        got = read_samples("npz", path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got.sample_ids[:2] == ["s0", "s1"] and len(got.sample_ids) == n
+    assert got.subject_ids is not None and got.subject_ids[:3] == [None, "p1", "p2"]
+    assert peak < width // 2, f"peak {peak:,} bytes against {width:,} for the ids as numpy holds them"
 
 
 def zeros_npz_at(folder: Path, rows: int) -> Path:

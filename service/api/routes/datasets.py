@@ -78,13 +78,17 @@ def _register(
     against the file's headers (a text declaration's tokenizer: under `data_roots`, loadable), then record
     it all in one short transaction. `sha256` is the file's as it was hashed: the worker refuses it if it
     changes. `ids`: what `read_samples` read already, if the caller had to read it first."""
-    sample_ids, labels, subjects = (
-        read_samples(kind, path, max_samples, max_npz_bytes) if ids is None else ids
-    )
+    sample_ids, labels, subjects = read_samples(kind, path, max_samples) if ids is None else ids
     if not sample_ids:
         raise Unprocessable("the dataset has no samples")
     stored_features = check_features(
-        kind, path, features, data_roots=data_roots, uploads=uploads, own_tokenizer=own_tokenizer
+        kind,
+        path,
+        features,
+        data_roots=data_roots,
+        uploads=uploads,
+        own_tokenizer=own_tokenizer,
+        max_npz_bytes=max_npz_bytes,
     )
     try:
         ds = register_dataset(
@@ -154,14 +158,14 @@ def create_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsD
             raise Unprocessable(f"cannot read {body.kind} dataset at {body.uri}: {exc}") from exc
         _files_inside(body.uri, files, roots, uploads)  # before any is read
     features = body.features.model_dump(exclude_none=True) if body.features is not None else None
-    # a 422 naming the problem, before hashing
-    ids = read_samples(body.kind, path, settings.max_dataset_samples, settings.max_npz_bytes)
+    ids = read_samples(body.kind, path, settings.max_dataset_samples)  # a 422 naming it, before hashing
     # A manifest is hashed itself; the image files it names are not (see README: they are checked
     # only for staying inside the manifest's folder). A folder kind hashes every file it reads.
     digest = dataset_sha256(body.kind, path)
     return _register(
-        session, key, body.name, body.kind, path, digest, features, roots, uploads=uploads, ids=ids
-    )
+        session, key, body.name, body.kind, path, digest, features, roots, uploads=uploads, ids=ids,
+        max_npz_bytes=settings.max_npz_bytes,
+    )  # fmt: skip
 
 
 @upload_router.post(
