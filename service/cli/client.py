@@ -8,8 +8,11 @@ It imports nothing heavy (no torch, no database), so the CLI starts fast on any 
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -18,17 +21,47 @@ from service.core.states import RequestState
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_REQUEST_STATES = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED})
+T = TypeVar("T")
 
 
 class ApiError(Exception):
     """A failed call. `kind` is one of: unreachable, auth, forbidden, not_found, conflict, invalid, server."""
 
-    def __init__(self, message: str, *, kind: str, status: int | None = None, body: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        status: int | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.status = status
         self.body = body
+        self.retry_after = retry_after  # seconds, where the server said when to try again
+
+    @property
+    def temporary(self) -> bool:
+        """The server could not be reached, or said it is briefly unavailable (503) or busy (429): the
+        same call may well succeed shortly."""
+        return self.kind == "unreachable" or self.status in (429, 503)
+
+
+def retried(call: Callable[[], T], within_s: float) -> T:
+    """``call()``, made again while it fails for a reason that passes (``ApiError.temporary``), waiting
+    what the server's Retry-After says (1-10 s), for up to ``within_s`` seconds; then its error."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except ApiError as exc:
+            wait = min(max(exc.retry_after or 2.0, 1.0), 10.0)
+            if not exc.temporary or time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)
 
 
 def resolve_url(url: str | None) -> str:
@@ -152,8 +185,8 @@ class Client:
         clean = {k: v for k, v in params.items() if v is not None}
         return self._send("GET", path, params=clean).json()
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self._send("POST", path, json=body).json()
+    def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        return self._send("POST", path, json=body, headers=headers).json()
 
     # -- the API ---------------------------------------------------------------------------------------
 
@@ -178,7 +211,13 @@ class Client:
         *,
         subject_ids: list[str] | None = None,
         reason: str = "erasure",
+        idempotency_key: str | None = None,
+        retry_for: float = 0.0,
     ) -> dict[str, Any]:
+        """POST a deletion request under ``idempotency_key`` (one of its own when none is given), sent again
+        with the same key while the server is briefly unavailable, for up to ``retry_for`` seconds: an
+        answer lost to a 503 or a dropped connection may have been acted on, and the key makes the
+        second POST return the first's request instead of a duplicate."""
         body: dict[str, Any] = {"sample_ids": sample_ids}
         if subject_ids:
             body["subject_ids"] = subject_ids
@@ -186,7 +225,9 @@ class Client:
             body["reference"] = reference
         if reason != "erasure":
             body["reason"] = reason
-        return cast(dict[str, Any], self.post(f"/v1/models/{model}/deletion-requests", body))
+        headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4().hex}"}
+        path = f"/v1/models/{model}/deletion-requests"
+        return cast(dict[str, Any], retried(lambda: self.post(path, body, headers), retry_for))
 
     def request(self, request_id: str) -> dict[str, Any]:
         return cast(dict[str, Any], self.get(f"/v1/deletion-requests/{request_id}"))
@@ -260,7 +301,11 @@ class Client:
             message = _invalid(detail, body)
         if kind == "server":
             message = f"the server answered {status}: {detail}"
-        raise ApiError(_one_line(message), kind=kind, status=status, body=body)
+        try:
+            retry_after: float | None = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            retry_after = None
+        raise ApiError(_one_line(message), kind=kind, status=status, body=body, retry_after=retry_after)
 
     def create_key(self, scopes: list[str], name: str = "", tenant: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"scopes": scopes, "name": name}

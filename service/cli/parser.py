@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mistaken labels), which decides how the samples are unlearned",
     )
     rq.add_argument(
+        "--idempotency-key",
+        help="the request's Idempotency-Key (default: one of its own per run); the POST is sent again under "
+        "it for up to a minute while the server is briefly unavailable (503, 429, unreachable), so a lost "
+        "answer never makes a second request",
+    )
+    rq.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar, then show metrics"
     )
     rq.add_argument("--timeout", type=seconds, default=3600, help="give up waiting after this many seconds")

@@ -7,6 +7,7 @@ The one verb that waits, so it has a module of its own; it needs the client and 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,7 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
     """Poll the request (and its job, when the key may read jobs) with a progress bar on stderr."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from service.cli.client import TERMINAL_REQUEST_STATES, ApiError
+    from service.cli.client import TERMINAL_REQUEST_STATES, ApiError, retried
 
     can_read_jobs = True
     deadline = time.monotonic() + timeout
@@ -81,7 +82,7 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
                 return req
             if req.get("job_id") and can_read_jobs:
                 try:
-                    job = client.job(req["job_id"])
+                    job = retried(functools.partial(client.job, req["job_id"]), deadline - time.monotonic())
                 except ApiError as exc:
                     if exc.kind != "forbidden" and not done:
                         raise  # a request that has ended is reported whatever its job's read gave
@@ -102,7 +103,9 @@ def _wait_for_request(client: Client, req: dict[str, Any], timeout: float, inter
             if time.monotonic() > deadline:
                 raise TimeoutError(f"request {req['id']} is still {req['state']} after {timeout:.0f}s")
             time.sleep(interval)
-            req = client.request(req["id"])
+            # a database failover or an API restart answers 503 or nothing for a while: the deletion goes
+            # on, so the wait does too, as the server's Retry-After says (a probe's gave up at once)
+            req = retried(functools.partial(client.request, req["id"]), deadline - time.monotonic())
 
 
 def _print_result(client: Client, req: dict[str, Any]) -> None:
@@ -148,9 +151,20 @@ def _print_result(client: Client, req: dict[str, Any]) -> None:
     out.print(f"checkpoint sha256: {new['checkpoint_sha256']}")
 
 
+CREATE_RETRY_S = 60.0  # how long `unlearn request` sends its POST again while the server is unavailable
+
+
 def cmd_request(client: Client, args: argparse.Namespace) -> int:
     ids, subjects = request_ids(args)
-    req = client.create_request(args.model, ids, args.reference, subject_ids=subjects, reason=args.reason)
+    req = client.create_request(
+        args.model,
+        ids,
+        args.reference,
+        subject_ids=subjects,
+        reason=args.reason,
+        idempotency_key=args.idempotency_key,
+        retry_for=CREATE_RETRY_S,
+    )
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
     of = f" of {len(req['subject_ids'])} subject(s)" if req.get("subject_ids") else ""
     why = " (mislabeled)" if req.get("reason") == "mislabeled" else ""
