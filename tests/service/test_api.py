@@ -1028,6 +1028,7 @@ def hook_api(backend: Backend) -> Iterator[Api]:
         ("https://hooks.example/done\u0000", "holds control characters"),  # was stored without the NUL
         ("https://hooks.example/do\nne", "holds control characters"),
         ("https://hooks.example/" + "a" * 2100, "callback_url is 2,122 characters long; at most 2,048"),
+        ("https://hooks.example/" + "\U0001f600" * 200, "characters long once encoded; at most 2,048"),
     ],
 )
 def test_webhook_callback_with_wrong_scheme_host_or_port_is_422_naming_it(
