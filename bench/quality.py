@@ -241,6 +241,13 @@ FORGET_RANKS = "ugradsl_plus (default, ranks taken among all of D_f)"
 # Stop 50: each forget row aims at its own place in its rank's bin (``bound_targets`` jitter), drawn once
 # per row, so D_f's targets reach the top bin's tail without moving the others' mean.
 JITTER = "ugradsl_plus (default, each forget row aiming at its own place in its rank's bin)"
+# Stop 66: each forget row aims, throughout, at the held-out loss of the quantile its loss takes among D_r's
+# before the run (``bound_ranks`` train; a probe's deletion of a model's easiest rows lost 9 points of TA)
+IN_RETAIN = "ugradsl_plus (default, each forget row aiming at the held-out loss of its own rank among D_r)"
+IN_RETAIN_SKEWED = (
+    "ugradsl_plus (default, each forget row aiming at the held-out loss of its own rank among D_r where "
+    "D_f's losses stand apart from D_r's)"
+)
 # Stop 40: the default with the tail (ranks reading a held-out loss above ln 2) pushed to its nearest wrong
 # class instead of ascending (``push``); stop 28 ran it at p 0.6 beside an older default (NEAREST_TAIL).
 TAIL_PUSH = "ugradsl_plus (default, tail pushed to its nearest wrong class)"
@@ -472,6 +479,8 @@ ROWS = [
     Row(BIN_MEANS, "ugradsl_plus", _fixed({"bound_targets": "mean"})),
     Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
     Row(JITTER, "ugradsl_plus", _fixed({"bound_targets": "jitter"})),
+    Row(IN_RETAIN, "ugradsl_plus", _fixed({"bound_ranks": "train"})),
+    Row(IN_RETAIN_SKEWED, "ugradsl_plus", _fixed({"bound_ranks": "train_when_skewed"})),
     Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
     Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),
@@ -546,7 +555,11 @@ ONE_IN = {"random": 10, "small": 100, "quarter": 4, "half": 2}
 OF_CLASS = {"subclass": 0.5, "most": 0.9}  # a seeded share of one class's samples is deleted; the class stays
 # ``class_and_random`` (stop 65): every sample of one class and a seeded 10% of the other classes' in one
 # deletion, the classes and rows of classes that stay that the method runs apart
-SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "class_and_random", "mislabeled"]
+# ``typical`` and ``atypical`` (stop 66): the tenth of each class's rows nearest to (farthest from) the
+# class's mean input, in the training set's class mix: rows a retrain gets right (wrong) more often than
+# unseen rows of their class, which only where they lie tells from a random draw (a probe's easiest rows)
+PLACED = ("typical", "atypical")
+SCENARIOS = [*ONE_IN, *OF_CLASS, "classwise", "class_and_random", "mislabeled", *PLACED]
 
 
 def model_bench_args(
@@ -586,6 +599,8 @@ def forget_split(
         return train_ds.split_by_ids(poisoned)
     if scenario in ONE_IN:
         idx = torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // ONE_IN[scenario]]
+    elif scenario in PLACED:
+        idx = placed_rows(train_ds, far=scenario == "atypical")
     else:
         idx = torch.nonzero(train_ds.y == forgotten_class).flatten()
     if scenario == "class_and_random":
@@ -594,6 +609,19 @@ def forget_split(
     if scenario in OF_CLASS:
         idx = idx[torch.randperm(len(idx), generator=gen)[: int(OF_CLASS[scenario] * len(idx))]]
     return train_ds.split_by_ids([train_ds.ids[i] for i in idx.tolist()])
+
+
+def placed_rows(train_ds: SampleDataset, far: bool, share: float = 0.1) -> torch.Tensor:
+    """The ``share`` of each class's rows nearest to (``far``: farthest from) the class's mean input."""
+    if not isinstance(train_ds.x, torch.Tensor):
+        raise ValueError("the typical and atypical scenarios need one input tensor (not text)")
+    x = train_ds.x.flatten(1).float()
+    picked = []
+    for c in train_ds.y.unique().tolist():
+        rows = torch.nonzero(train_ds.y == c).flatten()
+        spread = (x[rows] - x[rows].mean(0)).norm(dim=1)
+        picked.append(rows[spread.argsort(descending=far)[: int(share * len(rows))]])
+    return torch.cat(picked)
 
 
 def score(model: torch.nn.Module, forget: SampleDataset, retain: SampleDataset,
@@ -903,6 +931,9 @@ def scenario_title(scenario: str) -> str:
         return f"its mislabeled rows (1 in {MISLABELED_ONE_IN})"
     if scenario in OF_CLASS:
         return f"{OF_CLASS[scenario]:.0%} of class 0"
+    if scenario in PLACED:
+        where = "farthest from" if scenario == "atypical" else "nearest to"
+        return f"the tenth of each class {where} its mean"
     return f"random {100 // ONE_IN[scenario]}%"
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.quality import closable_gap_closed, forget_split, gap_closed, markdown, pooled_closable
+from models.datasets import SampleDataset
 
 
 def record(gap: float, original_gap: float, floor: float) -> dict[str, float]:
@@ -66,6 +67,24 @@ def test_the_table_heads_each_scenario_with_what_it_deleted() -> None:
     heads = [line for line in table.splitlines() if line.startswith("### ")]
     assert heads == ["### s, random 10%", "### s, random 1%", "### s, 50% of class 0",
                      "### s, 90% of class 0", "### s, class-wise (class 0)"]  # fmt: skip
+
+
+def test_the_placed_scenarios_take_the_tenth_of_each_class_nearest_to_or_farthest_from_its_mean() -> None:
+    """``typical`` and ``atypical`` keep the training set's class mix (so no class-mix rule tells them from a
+    random draw) and split each class by distance from its mean input."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=gen) * torch.arange(1, 201).unsqueeze(1)  # rows ever farther out
+    y = torch.arange(200) % 2
+    ds = SampleDataset(x, y, [f"s{i}" for i in range(200)])
+    near, _ = forget_split(ds, "typical", 0)
+    far, _ = forget_split(ds, "atypical", 0)
+    assert torch.bincount(near.y).tolist() == torch.bincount(far.y).tolist() == [10, 10]
+    for c in (0, 1):
+        mean = x[y == c].mean(0)
+        near_d = (near.x[near.y == c] - mean).norm(dim=1)
+        far_d = (far.x[far.y == c] - mean).norm(dim=1)
+        others = (x[y == c] - mean).norm(dim=1).sort().values
+        assert near_d.max() <= others[9] + 1e-6 and far_d.min() >= others[-10] - 1e-6
 
 
 def test_a_tuning_case_is_ranked_by_its_mean_over_run_seeds_and_shows_their_range() -> None:

@@ -36,6 +36,7 @@ from torch import nn
 from models import batches as B
 from models.datasets import SampleDataset
 from models.layout import cpu_batch
+from models.metrics import per_sample_loss
 from models.unlearning.engine import matched_rows
 
 HELDOUT_SAMPLE = 2048  # quantiles of at most this many held-out losses: enough for ranks of a batch
@@ -64,6 +65,11 @@ class HeldoutBound:
     # ``prior="retained"``): how often a retrain gets D_f's classes right where D_f leans on a class
     heldout_expected: torch.Tensor | None = None
     offsets: torch.Tensor | None = None  # (n_f,) by="jitter": each forget row's place u_i in its rank's bin
+    # ranks="train": each forget ID's quantile among D_r's losses before the run (``rank_in_retain``), and
+    # the targets they read, in the order of the set the run trains on (``fix``)
+    in_retain_rank: dict[str, float] = field(default_factory=dict)
+    fixed: torch.Tensor | None = None
+    rank_skew: float | None = None  # ``loss_rank_skew`` of D_f against D_r, where ranks were placed so
     # how the table was read where it was reshaped (``heldout_bound``'s prior and match, after ``when``, and
     # D_f's ``class_skew``), for the run's record; empty for the model's own held-out losses
     read: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +78,33 @@ class HeldoutBound:
         """Draw each forget row's offset within its rank's bin (``by="jitter"``), from the run's seed."""
         gen = torch.Generator().manual_seed(seed + 4)  # its own stream: + 1 to + 3 are taken
         self.offsets = torch.rand(n_forget, generator=gen).to(self.quantiles.device)
+
+    def rank_in_retain(
+        self, model: nn.Module, forget: SampleDataset, retain: SampleDataset, seed: int
+    ) -> None:
+        """``ranks="train"``: place each forget row's loss among D_r's (at most HELDOUT_SAMPLE rows of it,
+        seeded) under ``model`` as it is before the run. A retrain scores a row the way unseen rows of its
+        kind score: one the model finds as easy as its easiest training rows is a typical row, which a
+        retrain gets right too. Batch ranks aim every batch at the whole held-out distribution, so a
+        deletion of such rows had a fifth of them pushed to misclassification (a probe: test accuracy -9
+        points, its retrains none)."""
+        gen = torch.Generator().manual_seed(seed + 5)  # its own stream: + 1 to + 4 are taken
+        rows = torch.randperm(len(retain), generator=gen)[:HELDOUT_SAMPLE].sort().values
+        losses = torch.as_tensor(per_sample_loss(model, retain.subset(rows))).double()
+        ranked = losses.sort().values
+        own = torch.as_tensor(per_sample_loss(model, forget)).double()
+        below = torch.searchsorted(ranked, own, right=False) + torch.searchsorted(ranked, own, right=True)
+        quantile = (below.double() / (2 * max(len(ranked), 1))).clamp(0, 1)  # mid-rank: ties share a place
+        self.in_retain_rank = dict(zip(forget.ids, quantile.tolist(), strict=True))
+        self.rank_skew = loss_rank_skew(own, forget.y.cpu(), losses, retain.y[rows].cpu(), seed)
+
+    def fix(self, ids: list[str]) -> torch.Tensor:
+        """(n,) the targets of the rows ``ids`` (their order is the run's): the held-out loss at each row's
+        quantile among D_r's; kept for ``targets``."""
+        q = torch.tensor([self.in_retain_rank[i] for i in ids], dtype=torch.float64)
+        m = len(self.quantiles)
+        self.fixed = self.quantiles[(q * m).long().clamp(max=m - 1).to(self.quantiles.device)]
+        return self.fixed
 
     def refresh(self, heldout_losses: torch.Tensor) -> None:
         """New targets from held-out losses measured on the current model (``select_refresh``). A table
@@ -92,6 +125,8 @@ class HeldoutBound:
     def targets(self, loss: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the held-out loss that each forget sample's rank aims at (``by``): its rank within the
         batch, or, given the batch's ``rows`` of D_f while tracking (``track``), among D_f's latest losses."""
+        if self.fixed is not None and rows is not None:
+            return self.fixed[rows.to(self.fixed.device)]
         u = self._offsets(rows)
         if self.latest is None or rows is None:
             return self._in_batch(loss, u)
@@ -134,6 +169,44 @@ class HeldoutBound:
 
 
 SKEW_ALPHA = 1e-3  # a deletion's class mix that a random draw of its size gives this rarely is "skewed"
+
+
+def loss_rank_skew(
+    forget_losses: torch.Tensor, forget_y: torch.Tensor, retain_losses: torch.Tensor, retain_y: torch.Tensor,
+    seed: int = 0,
+) -> float:  # fmt: skip
+    """The chance that a random draw of |D_f| training rows, class by class, has losses as far from D_r's
+    as D_f's: near 0 for a deletion of the rows the model finds easiest or hardest, uniform on [0, 1] for
+    one drawn at random, whatever its class mix (a class's rows are placed among D_r's rows of the class,
+    so a deletion of most of one class is not told apart by its class alone). Each forget row's place is
+    its loss's rank, ties broken at random (seeded), so under a random draw the places are uniform; then
+    Kolmogorov-Smirnov (asymptotic) on the sample size the places carry: a few reference rows of a class
+    place its many forget rows together."""
+    n = len(forget_losses)
+    if n == 0:
+        return 1.0
+    gen = torch.Generator().manual_seed(seed + 6)
+    places = torch.empty(n, dtype=torch.float64)
+    spread = 1.0 / n  # 1 / the effective sample size: D_f's draw, and each class's reference rows
+    for c in forget_y.unique().tolist():
+        mine = forget_y == c
+        theirs = retain_y == c
+        ranked = (retain_losses[theirs] if int(theirs.sum()) else retain_losses).double().sort().values
+        own = forget_losses[mine].double()
+        lo = torch.searchsorted(ranked, own, right=False).double()
+        hi = torch.searchsorted(ranked, own, right=True).double()
+        u = torch.rand(len(own), generator=gen, dtype=torch.float64)
+        places[mine] = (lo + u * (hi - lo + 1)) / (len(ranked) + 1)
+        spread += (len(own) / n) ** 2 / len(ranked)
+    q = places.sort().values
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    d = float(torch.maximum(i / n - q, q - (i - 1) / n).max())
+    ne = 1.0 / spread  # as two-sample KS reads n_f·n_r / (n_f + n_r), class by class
+    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
+    if lam < 0.3:
+        return 1.0  # the series below converges slowly there; the chance is above 0.99
+    p = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+    return min(max(p, 0.0), 1.0)
 
 
 def class_skew(kept_y: torch.Tensor, forget_y: torch.Tensor) -> float:

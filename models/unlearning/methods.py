@@ -24,7 +24,7 @@ from models.metrics import accuracy, accuracy_excess, per_sample_loss, predictio
 from models.training import TrainRecipe, lr_scheduler, train
 from models.unlearning import masks as M
 from models.unlearning.batch_stats import frozen_batch_stats, uses_batch_stats
-from models.unlearning.bounds import HeldoutBound, heldout_bound
+from models.unlearning.bounds import SKEW_ALPHA, HeldoutBound, heldout_bound
 from models.unlearning.engine import (
     Batch,
     Objective,
@@ -629,7 +629,9 @@ def _run(
         params = dataclasses.replace(params, anchor=0.0)
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
-    if bound is not None and bound.ranks != "batch":  # ranks among D_f, as the trained network reads it
+    if bound is not None and bound.in_retain_rank:  # ranks="train": fixed before the run
+        bound.fix(part.forget.ids)
+    elif bound is not None and bound.ranks in ("forget", "both"):  # ranks among D_f, as the net reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
     if bound is not None and bound.by == "jitter":  # one offset per row the run reads
         bound.jitter(len(part.forget), params.seed)
@@ -719,6 +721,10 @@ def _ugradsl(
             _ugradsl(lead, model, forget.subset(rows), retain, params, hooks, heldout, flagged)
         return model
     bound = _bound(model, forget, retain, params, heldout)
+    if bound is not None and bound.ranks.startswith("train") and len(forget) and len(retain):
+        bound.rank_in_retain(model, forget, retain, params.seed)  # on the model before any run
+        if bound.ranks == "train_when_skewed" and (bound.rank_skew or 0.0) >= SKEW_ALPHA:
+            bound.in_retain_rank = {}  # D_r's kind of rows: batch ranks
     moves = Moves()
     objective = ugradsl_objective(params, bound, moves)
     plan = Plan(lead, params.p, 1 - params.p)
@@ -736,10 +742,18 @@ def _ugradsl(
     about: dict[str, Any] = {
         "sized_by": "epochs",
         **({"heldout_table": bound.read} if bound and bound.read else {}),
+        # ranks="train...": how far D_f's losses stand from D_r's, and whether each row aims at its own
+        **(
+            {"loss_rank_skew": bound.rank_skew, "ranked_in_retain": bool(bound.in_retain_rank)}
+            if bound and bound.rank_skew is not None
+            else {}
+        ),
     }
     size = None
     if params.pushes > 0 and not len(gone_rows) and len(forget) and len(retain) and heldout is not None:
         losses = _heldout_losses(model, retain, params, heldout, bound)
+        if bound is not None and bound.in_retain_rank:  # sized by how far D_f sits below its own targets
+            losses = bound.fix(forget.ids)
         size = _by_pushes(plan, len(retain), losses)
     run = functools.partial(
         _run,

@@ -20,7 +20,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")  # adamw: decoupled weight decay (AdamW)
 SCHEDULES = ("constant", "cosine")
 BOUND_BY = ("correct", "heldout")
 BOUND_TARGETS = ("midpoint", "ends", "mean", "jitter")  # HeldoutBound.by (models/unlearning/bounds.py)
-BOUND_RANKS = ("batch", "forget", "both")  # HeldoutBound.ranks
+BOUND_RANKS = ("batch", "forget", "both", "train", "train_when_skewed")  # HeldoutBound.ranks
 BOUND_PRIORS = ("trained", "retained")  # bounds.heldout_bound(prior=)
 BOUND_WHEN = ("always", "skewed")  # bounds.heldout_bound(when=)
 RELABEL = ("salun", "wrong")
@@ -286,7 +286,12 @@ class UGradSLParams(GradientParams):
         doc="bound_by='heldout': what a forget sample's rank r is taken among: batch = its forget batch (B "
         "ranks, which never aim above the held-out quantile 1 - 1/(2B)) | forget = D_f's latest losses "
         "(B = |D_f|, each row's loss when the run last read it), so D_f's targets cover the held-out tail | "
-        "both = the larger of the two targets",
+        "both = the larger of the two targets | train = D_r's losses under the model before the run: each "
+        "forget row aims, throughout, at the held-out loss at the quantile its own loss takes among D_r's, "
+        "and the run is sized by those targets, so a deletion of rows the model finds easy (typical rows, "
+        "a retrain gets them right) is not pushed onto the held-out tail | train_when_skewed = train where "
+        "D_f's losses stand apart from D_r's (two-sample KS, p < 1e-3: the model's easiest or hardest rows), "
+        "batch otherwise (a random deletion's rows are D_r's kind)",
     )
     bound_prior: str = _f(
         "trained",

@@ -7,10 +7,18 @@ import pytest
 import torch
 
 from models.datasets import SampleDataset
+from models.hooks import Hooks
 from models.metrics import avg_gap, evaluate, per_sample_loss
 from models.training import DIGITS_RECIPE
 from models.unlearning import run_method
-from models.unlearning.bounds import SKEW_ALPHA, HeldoutBound, _shifted, class_skew, heldout_bound
+from models.unlearning.bounds import (
+    SKEW_ALPHA,
+    HeldoutBound,
+    _shifted,
+    class_skew,
+    heldout_bound,
+    loss_rank_skew,
+)
 
 
 def _bound(retained: list[bool]) -> HeldoutBound:
@@ -106,6 +114,108 @@ def test_ranks_among_the_forget_set_reach_the_heldout_tail_and_follow_the_latest
     low = torch.tensor([0.0, 0.01])  # D_f's lowest: its targets read 0.1
     assert bound.targets(low, torch.tensor([1, 2])).tolist() == pytest.approx([0.3, 0.8])
     assert bound.targets(loss, rows).tolist() == pytest.approx([1.0, 0.9])
+
+
+def test_ranks_in_the_retain_set_aim_each_row_at_the_heldout_loss_of_its_own_place_among_d_r() -> None:
+    """``ranks="train"``: a forget row the model finds as easy as its easiest retained rows reads the lowest
+    held-out losses, one as hard as its hardest the tail, whatever batch it comes in, and the targets are
+    fixed before the run (its losses do not move them). Batch ranks spread every batch over the whole
+    held-out range, so a deletion of easy rows was pushed onto the tail (a probe: TA -9 points)."""
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [-1.0]]))  # class 0's margin is 2x: a larger x is easier
+    margins = torch.linspace(0.1, 4.0, 40).unsqueeze(1)
+    retain = SampleDataset(margins, torch.zeros(40, dtype=torch.long), [f"r{i}" for i in range(40)])
+    forget = SampleDataset(
+        torch.tensor([[5.0], [0.05], [2.0]]), torch.zeros(3, dtype=torch.long), ["e", "h", "m"]
+    )
+    bound = _bound([True])
+    bound.ranks = "train"
+    bound.rank_in_retain(model, forget, retain, seed=0)
+    assert bound.in_retain_rank["e"] == 0.0 and bound.in_retain_rank["h"] == 1.0  # rank 0: the easiest
+    assert bound.in_retain_rank["m"] == pytest.approx(0.5, abs=0.05)
+    assert bound.fix(["h", "m", "e"]).tolist() == pytest.approx([1.0, 0.6, 0.1])
+    bound.fix(["m", "e", "h"])  # the run's own order
+    loss = torch.tensor([9.0, 0.0])  # whatever they read now
+    assert bound.targets(loss, torch.tensor([1, 2])).tolist() == pytest.approx([0.1, 1.0])
+    assert bound.targets(loss).tolist() == pytest.approx([0.8, 0.3])  # no rows: ranks within the batch
+
+
+def test_a_run_ranking_in_the_retain_set_sizes_a_deletion_of_typical_rows_by_their_own_targets(
+    digits_model, digits
+) -> None:
+    """The rows nearest their class's mean are ones the model finds easy: their targets sit low in the
+    held-out table, so the run is sized by a shorter distance than batch ranks read (the whole table's
+    mean), and pushes them less far."""
+    train_ds, test_ds = digits
+    x = train_ds.x.flatten(1)
+    near = []
+    for c in range(10):
+        rows = torch.nonzero(train_ds.y == c).flatten()
+        near.append(rows[(x[rows] - x[rows].mean(0)).norm(dim=1).argsort()[:10]])
+    forget, retain = train_ds.split_by_ids([train_ds.ids[i] for i in torch.cat(near).tolist()])
+    plans: dict[str, dict] = {}
+    pushed: dict[str, float] = {}
+    for ranks in ("batch", "train"):
+        seen: list[dict] = []
+        out = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"bound_ranks": ranks},
+                         Hooks(on_plan=seen.append), heldout=test_ds)  # fmt: skip
+        plans[ranks], pushed[ranks] = seen[0], float(per_sample_loss(out, forget).mean())
+    assert plans["train"]["distance"] < plans["batch"]["distance"] - 0.5, plans
+    assert pushed["train"] < pushed["batch"], pushed
+
+
+def test_a_deletion_of_the_rows_the_model_finds_easiest_stands_apart_and_a_random_or_class_drawn_one_does_not(
+    digits_model, digits
+) -> None:
+    """``loss_rank_skew``: D_f's losses placed among D_r's of their classes. A random tenth, half of a class
+    and 90% of a class read as random draws (their class mix alone is not a skew of where rows lie); the
+    tenth of each class nearest its mean (the model's easiest rows) and the farthest stand far apart."""
+    train_ds, _ = digits
+    losses = torch.as_tensor(per_sample_loss(digits_model, train_ds))
+    x = train_ds.x.flatten(1)
+
+    def skew(rows: torch.Tensor) -> float:
+        out = torch.ones(len(train_ds), dtype=torch.bool)
+        out[rows] = False
+        return loss_rank_skew(losses[rows], train_ds.y[rows], losses[out], train_ds.y[out], seed=0)
+
+    gen = torch.Generator().manual_seed(3)
+    of_0 = torch.nonzero(train_ds.y == 0).flatten()
+    drawn = {
+        "random": torch.randperm(len(train_ds), generator=gen)[: len(train_ds) // 10],
+        "half of a class": of_0[torch.randperm(len(of_0), generator=gen)[: len(of_0) // 2]],
+        "most of a class": of_0[torch.randperm(len(of_0), generator=gen)[: int(0.9 * len(of_0))]],
+    }
+    for what, rows in drawn.items():
+        assert skew(rows) > SKEW_ALPHA, what
+    near, far = [], []
+    for c in range(10):
+        rows = torch.nonzero(train_ds.y == c).flatten()
+        order = (x[rows] - x[rows].mean(0)).norm(dim=1).argsort()
+        near.append(rows[order[:15]])
+        far.append(rows[order[-15:]])
+    assert skew(torch.cat(near)) < 1e-6 and skew(torch.cat(far)) < 1e-6
+
+
+def test_ranks_in_the_retain_set_only_where_skewed_leave_a_random_deletion_to_batch_ranks(
+    digits_model, digits, digits_random10
+) -> None:
+    """``train_when_skewed`` runs a random deletion exactly as batch ranks do (the same weights)."""
+    forget, retain = digits_random10
+    runs = [
+        run_method(
+            "ugradsl_plus",
+            copy.deepcopy(digits_model),
+            forget,
+            retain,
+            {"bound_ranks": ranks},
+            heldout=digits[1],
+        )  # fmt: skip
+        for ranks in ("batch", "train_when_skewed")
+    ]
+    for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_ranks_among_the_forget_set_push_its_hardest_samples_further(
