@@ -162,7 +162,7 @@ def cmd_request(client: Client, args: argparse.Namespace) -> int:
         args.reference,
         subject_ids=subjects,
         reason=args.reason,
-        idempotency_key=args.idempotency_key,
+        idempotency_key=getattr(args, "idempotency_key", None),  # the parser sets it; callers may not
         retry_for=CREATE_RETRY_S,
     )
     note = f", {req['already_forgotten_count']} already forgotten" if req["already_forgotten_count"] else ""
