@@ -228,7 +228,8 @@ DEFAULT = (
     "20% to D_f's class mix, a deletion "
     "drawn from a few classes aimed at held-out losses read under D_r's class prior and D_f's class mix, "
     "weights pulled back towards the start by the share of D_r the pool leaves unread, a run that would read "
-    "D_r more than 4 times taking fewer steps at a raised lr)"
+    "D_r more than 4 times taking fewer steps at a raised lr, a deletion whose losses stand apart from D_r's "
+    "aimed row by row at the held-out loss of its rank among D_r)"
 )
 # Stop 39: the default sized on D_f's distance less one standard error (``pushes_shrink``); it lost
 # (bench/results/quality_stop39_full_shrink.md), so it is opt-in.
@@ -244,10 +245,10 @@ JITTER = "ugradsl_plus (default, each forget row aiming at its own place in its 
 # Stop 66: each forget row aims, throughout, at the held-out loss of the quantile its loss takes among D_r's
 # before the run (``bound_ranks`` train; a probe's deletion of a model's easiest rows lost 9 points of TA)
 IN_RETAIN = "ugradsl_plus (default, each forget row aiming at the held-out loss of its own rank among D_r)"
-IN_RETAIN_SKEWED = (
-    "ugradsl_plus (default, each forget row aiming at the held-out loss of its own rank among D_r where "
-    "D_f's losses stand apart from D_r's)"
-)
+# Stop 66's default aims a deletion whose losses stand apart from D_r's (``bound_ranks`` train_when_skewed)
+# row by row; this row runs batch ranks whatever the deletion, as until then. The same run as the default
+# wherever D_f's losses read as D_r's kind (random, half and most of a class: bit for bit).
+BATCH_RANKS = "ugradsl_plus (stop 65 default: batch ranks whatever the deletion)"
 # Stop 40: the default with the tail (ranks reading a held-out loss above ln 2) pushed to its nearest wrong
 # class instead of ascending (``push``); stop 28 ran it at p 0.6 beside an older default (NEAREST_TAIL).
 TAIL_PUSH = "ugradsl_plus (default, tail pushed to its nearest wrong class)"
@@ -480,7 +481,7 @@ ROWS = [
     Row(FORGET_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "forget"})),
     Row(JITTER, "ugradsl_plus", _fixed({"bound_targets": "jitter"})),
     Row(IN_RETAIN, "ugradsl_plus", _fixed({"bound_ranks": "train"})),
-    Row(IN_RETAIN_SKEWED, "ugradsl_plus", _fixed({"bound_ranks": "train_when_skewed"})),
+    Row(BATCH_RANKS, "ugradsl_plus", _fixed({"bound_ranks": "batch"})),
     Row(TAIL_PUSH, "ugradsl_plus", _fixed({"push": "nearest_tail"})),
     Row(KEPT_FRONT, "ugradsl_plus", _fixed({}), front="kept"),
     Row(UNHELD, "ugradsl_plus", _fixed({"clip_to_first": 0.0})),

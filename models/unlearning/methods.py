@@ -629,7 +629,9 @@ def _run(
         params = dataclasses.replace(params, anchor=0.0)
     mask = _static_mask(net, part.forget, params)
     refresh = bound.refresh if bound is not None and params.select_refresh else None
-    if bound is not None and bound.in_retain_rank:  # ranks="train": fixed before the run
+    if bound is not None and bound.ranks.startswith("train"):  # each row's own target, fixed
+        about = {**(about or {}), **_placed(bound, part, params.seed, mislabeled)}
+    if bound is not None and bound.in_retain_rank:
         bound.fix(part.forget.ids)
     elif bound is not None and bound.ranks in ("forget", "both"):  # ranks among D_f, as the net reads it
         bound.track(torch.as_tensor(per_sample_loss(net, part.forget)))
@@ -649,6 +651,25 @@ def _run(
 
 
 # ---------------------------------------------------------------- methods
+
+
+def _placed(bound: HeldoutBound, part: _Part, seed: int, mislabeled: torch.Tensor | None) -> dict[str, Any]:
+    """``bound_ranks`` train (and, where D_f's losses stand apart from D_r's, train_when_skewed): each
+    forget row placed among the retain pool's losses, read off the network the first run trains on its
+    cached features (no pass through the front; a later run, on a network the first moved, keeps those
+    places). Not for a deletion with flagged rows: they are moved to their neighbours' class, as tuned
+    with batch ranks. Returns what the run's record says of it."""
+    if bound.rank_skew is None:
+        if (
+            not len(part.forget)
+            or not len(part.retain)
+            or (mislabeled is not None and bool(mislabeled.any()))
+        ):
+            return {}
+        bound.rank_in_retain(part.net, part.forget, part.retain, seed)
+        if bound.ranks == "train_when_skewed" and (bound.rank_skew or 0.0) >= SKEW_ALPHA:
+            bound.in_retain_rank = {}  # rows of D_r's kind: batch ranks
+    return {"loss_rank_skew": bound.rank_skew, "ranked_in_retain": bool(bound.in_retain_rank)}
 
 
 @register_method("ugradsl_plus")
@@ -721,10 +742,6 @@ def _ugradsl(
             _ugradsl(lead, model, forget.subset(rows), retain, params, hooks, heldout, flagged)
         return model
     bound = _bound(model, forget, retain, params, heldout)
-    if bound is not None and bound.ranks.startswith("train") and len(forget) and len(retain):
-        bound.rank_in_retain(model, forget, retain, params.seed)  # on the model before any run
-        if bound.ranks == "train_when_skewed" and (bound.rank_skew or 0.0) >= SKEW_ALPHA:
-            bound.in_retain_rank = {}  # D_r's kind of rows: batch ranks
     moves = Moves()
     objective = ugradsl_objective(params, bound, moves)
     plan = Plan(lead, params.p, 1 - params.p)
@@ -742,18 +759,10 @@ def _ugradsl(
     about: dict[str, Any] = {
         "sized_by": "epochs",
         **({"heldout_table": bound.read} if bound and bound.read else {}),
-        # ranks="train...": how far D_f's losses stand from D_r's, and whether each row aims at its own
-        **(
-            {"loss_rank_skew": bound.rank_skew, "ranked_in_retain": bool(bound.in_retain_rank)}
-            if bound and bound.rank_skew is not None
-            else {}
-        ),
     }
     size = None
     if params.pushes > 0 and not len(gone_rows) and len(forget) and len(retain) and heldout is not None:
         losses = _heldout_losses(model, retain, params, heldout, bound)
-        if bound is not None and bound.in_retain_rank:  # sized by how far D_f sits below its own targets
-            losses = bound.fix(forget.ids)
         size = _by_pushes(plan, len(retain), losses)
     run = functools.partial(
         _run,

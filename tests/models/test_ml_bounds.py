@@ -141,12 +141,12 @@ def test_ranks_in_the_retain_set_aim_each_row_at_the_heldout_loss_of_its_own_pla
     assert bound.targets(loss).tolist() == pytest.approx([0.8, 0.3])  # no rows: ranks within the batch
 
 
-def test_a_run_ranking_in_the_retain_set_sizes_a_deletion_of_typical_rows_by_their_own_targets(
+def test_the_default_aims_a_deletion_of_typical_rows_at_their_own_targets_and_pushes_them_less(
     digits_model, digits
 ) -> None:
-    """The rows nearest their class's mean are ones the model finds easy: their targets sit low in the
-    held-out table, so the run is sized by a shorter distance than batch ranks read (the whole table's
-    mean), and pushes them less far."""
+    """The rows nearest their class's mean are ones the model finds easy: the default reads them as
+    standing apart from D_r (its record says so), aims each at the low held-out loss of its own place,
+    and pushes them less far than batch ranks, which aim every batch at the whole table."""
     train_ds, test_ds = digits
     x = train_ds.x.flatten(1)
     near = []
@@ -156,13 +156,14 @@ def test_a_run_ranking_in_the_retain_set_sizes_a_deletion_of_typical_rows_by_the
     forget, retain = train_ds.split_by_ids([train_ds.ids[i] for i in torch.cat(near).tolist()])
     plans: dict[str, dict] = {}
     pushed: dict[str, float] = {}
-    for ranks in ("batch", "train"):
+    for name, params in (("batch", {"bound_ranks": "batch"}), ("default", {})):
         seen: list[dict] = []
-        out = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"bound_ranks": ranks},
+        out = run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, params,
                          Hooks(on_plan=seen.append), heldout=test_ds)  # fmt: skip
-        plans[ranks], pushed[ranks] = seen[0], float(per_sample_loss(out, forget).mean())
-    assert plans["train"]["distance"] < plans["batch"]["distance"] - 0.5, plans
-    assert pushed["train"] < pushed["batch"], pushed
+        plans[name], pushed[name] = seen[0], float(per_sample_loss(out, forget).mean())
+    assert plans["default"]["ranked_in_retain"] is True and plans["default"]["loss_rank_skew"] < 1e-6
+    assert "loss_rank_skew" not in plans["batch"]
+    assert pushed["default"] < pushed["batch"], pushed
 
 
 def test_a_deletion_of_the_rows_the_model_finds_easiest_stands_apart_and_a_random_or_class_drawn_one_does_not(
@@ -216,6 +217,11 @@ def test_ranks_in_the_retain_set_only_where_skewed_leave_a_random_deletion_to_ba
     ]
     for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    plans: list[dict] = []
+    flagged = torch.ones(len(forget), dtype=torch.bool)  # rows moved to their neighbours' class: batch ranks
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"bound_ranks": "train"},
+               Hooks(on_plan=plans.append), heldout=digits[1], mislabeled=flagged)  # fmt: skip
+    assert plans and all("loss_rank_skew" not in p for p in plans), plans
 
 
 def test_ranks_among_the_forget_set_push_its_hardest_samples_further(
@@ -240,7 +246,8 @@ def test_the_targets_choice_reaches_the_bound_a_run_uses(digits_model, digits, d
         bound = bound_of(digits_model, forget, retain, params, digits[1])
         assert bound is not None and (bound.by, bound.ranks) == (by, ranks)
     defaults = parse_params("ugradsl_plus", {})
-    assert (defaults.bound_targets, defaults.bound_ranks) == ("midpoint", "batch")
+    assert (defaults.bound_targets, defaults.bound_ranks) == ("midpoint", "train_when_skewed")
+    assert parse_params("ugradsl", {}).bound_ranks == "batch"  # the paper's method keeps its ranks
     assert (defaults.bound_prior, defaults.bound_match, defaults.bound_when) == ("retained", 1.0, "skewed")
     assert parse_params("ugradsl", {}).bound_prior == "trained"  # opt-in beside UGradSL+
     of_3 = forget.subset(torch.nonzero(forget.y == 3).flatten())
