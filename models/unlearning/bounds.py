@@ -101,7 +101,8 @@ class HeldoutBound:
     def fix(self, ids: list[str]) -> torch.Tensor:
         """(n,) the targets of the rows ``ids`` (their order is the run's): the held-out loss at each row's
         quantile among D_r's; kept for ``targets``."""
-        q = torch.tensor([self.in_retain_rank[i] for i in ids], dtype=torch.float64)
+        # a row the first run left out (already where a retrain has it) and a later one reads: the middle
+        q = torch.tensor([self.in_retain_rank.get(i, 0.5) for i in ids], dtype=torch.float64)
         m = len(self.quantiles)
         self.fixed = self.quantiles[(q * m).long().clamp(max=m - 1).to(self.quantiles.device)]
         return self.fixed
@@ -191,13 +192,21 @@ def loss_rank_skew(
     for c in forget_y.unique().tolist():
         mine = forget_y == c
         theirs = retain_y == c
-        ranked = (retain_losses[theirs] if int(theirs.sum()) else retain_losses).double().sort().values
+        if not int(theirs.sum()):  # no reference row of the class (it leaves, or the sample missed it)
+            places[mine] = float("nan")
+            continue
+        ranked = retain_losses[theirs].double().sort().values
         own = forget_losses[mine].double()
         lo = torch.searchsorted(ranked, own, right=False).double()
         hi = torch.searchsorted(ranked, own, right=True).double()
         u = torch.rand(len(own), generator=gen, dtype=torch.float64)
         places[mine] = (lo + u * (hi - lo + 1)) / (len(ranked) + 1)
         spread += (len(own) / n) ** 2 / len(ranked)
+    places = places[~places.isnan()]
+    n = len(places)
+    if n == 0:
+        return 1.0
+    spread += 1.0 / n - 1.0 / len(forget_losses)  # the rows tested
     q = places.sort().values
     i = torch.arange(1, n + 1, dtype=torch.float64)
     d = float(torch.maximum(i / n - q, q - (i - 1) / n).max())

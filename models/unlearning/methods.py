@@ -657,14 +657,15 @@ def _placed(bound: HeldoutBound, part: _Part, seed: int, mislabeled: torch.Tenso
     """``bound_ranks`` train (and, where D_f's losses stand apart from D_r's, train_when_skewed): each
     forget row placed among the retain pool's losses, read off the network the first run trains on its
     cached features (no pass through the front; a later run, on a network the first moved, keeps those
-    places). Not for a deletion with flagged rows: they are moved to their neighbours' class, as tuned
-    with batch ranks. Returns what the run's record says of it."""
+    places). Not for a deletion with flagged rows or rows moved to their neighbours' class (tuned with
+    batch ranks; their losses sit high by construction), nor where the held-out table was reshaped to
+    D_f's classes (a place among all of D_r read off one class's table would aim a hard class too high).
+    Returns what the run's record says of it."""
     if bound.rank_skew is None:
-        if (
-            not len(part.forget)
-            or not len(part.retain)
-            or (mislabeled is not None and bool(mislabeled.any()))
-        ):
+        moved = part.moves is not None and bool((part.moves != part.forget.y.to(part.moves.device)).any())
+        flagged = mislabeled is not None and bool(mislabeled.any())
+        # a table reshaped to D_f's classes (``bound.read``) is read per class; places are D_r-wide
+        if not len(part.forget) or not len(part.retain) or flagged or moved or bound.read:
             return {}
         bound.rank_in_retain(part.net, part.forget, part.retain, seed)
         if bound.ranks == "train_when_skewed" and (bound.rank_skew or 0.0) >= SKEW_ALPHA:

@@ -135,6 +135,7 @@ def test_ranks_in_the_retain_set_aim_each_row_at_the_heldout_loss_of_its_own_pla
     assert bound.in_retain_rank["e"] == 0.0 and bound.in_retain_rank["h"] == 1.0  # rank 0: the easiest
     assert bound.in_retain_rank["m"] == pytest.approx(0.5, abs=0.05)
     assert bound.fix(["h", "m", "e"]).tolist() == pytest.approx([1.0, 0.6, 0.1])
+    assert bound.fix(["x"]).tolist() == pytest.approx([0.6])  # a row never placed: the middle
     bound.fix(["m", "e", "h"])  # the run's own order
     loss = torch.tensor([9.0, 0.0])  # whatever they read now
     assert bound.targets(loss, torch.tensor([1, 2])).tolist() == pytest.approx([0.1, 1.0])
@@ -217,7 +218,13 @@ def test_ranks_in_the_retain_set_only_where_skewed_leave_a_random_deletion_to_ba
     ]
     for a, b in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    of_0 = torch.nonzero(digits[0].y == 0).flatten()  # 90% of a class: the table is read for its class
+    most, rest = digits[0].split_by_ids([digits[0].ids[i] for i in of_0[: int(0.9 * len(of_0))].tolist()])
     plans: list[dict] = []
+    run_method("ugradsl_plus", copy.deepcopy(digits_model), most, rest, {"bound_ranks": "train"},
+               Hooks(on_plan=plans.append), heldout=digits[1])  # fmt: skip
+    assert plans and all("loss_rank_skew" not in p for p in plans), plans
+    plans = []
     flagged = torch.ones(len(forget), dtype=torch.bool)  # rows moved to their neighbours' class: batch ranks
     run_method("ugradsl_plus", copy.deepcopy(digits_model), forget, retain, {"bound_ranks": "train"},
                Hooks(on_plan=plans.append), heldout=digits[1], mislabeled=flagged)  # fmt: skip
