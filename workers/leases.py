@@ -61,13 +61,17 @@ def acquire(
 
 
 def renew(session: Session, model_id: str, owner: str, seconds: float) -> bool:
-    """Extend our lease; False means we lost it (it expired and another worker took it)."""
+    """Extend our lease; False means we lost it (it expired and another worker took it). Our heartbeat row
+    is refreshed with it, as in ``acquire``: after an outage a holder's row is as stale as a taker's."""
     result = session.execute(
         update(Model)
         .where(Model.id == model_id, Model.lease_owner == owner)
         .values(lease_expires_at=db_now(session) + timedelta(seconds=seconds))
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    refresh(session, owner)
+    return True
 
 
 def release(session: Session, model_id: str, owner: str) -> None:

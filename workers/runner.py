@@ -271,7 +271,10 @@ def without_server_paths(text: str, settings: Settings) -> str:
             if len(spelt.parts) > 1 and not any(r == spelt or r.is_relative_to(spelt) for r in roots):
                 named.setdefault(str(spelt), name)
     for spelt_out in sorted(named, key=len, reverse=True):
-        text = re.sub(re.escape(spelt_out) + r"(?=/|[^\w.-]|$)", named[spelt_out], text)
+        # whole: not inside a longer name on either side (/mnt/data is not /data), a sentence's full stop
+        # after it allowed
+        edges = (r"(?<![\w./-])", r"(?=/|[^\w.-]|\.(?:\s|$)|$)")
+        text = re.sub(edges[0] + re.escape(spelt_out) + edges[1], named[spelt_out], text)
     return text
 
 

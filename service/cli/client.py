@@ -7,6 +7,7 @@ It imports nothing heavy (no torch, no database), so the CLI starts fast on any 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -50,16 +51,19 @@ class ApiError(Exception):
         return self.kind == "unreachable" or self.status in (429, 503)
 
 
-def retried(call: Callable[[], T], within_s: float) -> T:
-    """``call()``, made again while it fails for a reason that passes (``ApiError.temporary``), waiting
-    what the server's Retry-After says (1-10 s), for up to ``within_s`` seconds; then its error."""
+def retried(call: Callable[[], T], within_s: float, *, unreachable: bool = True) -> T:
+    """``call()``, made again while it fails for a reason that passes (``ApiError.temporary``; a server
+    that cannot be reached only where ``unreachable``), waiting what the server's Retry-After says (1-10
+    s), for up to ``within_s`` seconds; then its error."""
     deadline = time.monotonic() + within_s
     while True:
         try:
             return call()
         except ApiError as exc:
-            wait = min(max(exc.retry_after or 2.0, 1.0), 10.0)
-            if not exc.temporary or time.monotonic() + wait > deadline:
+            said = exc.retry_after if exc.retry_after is not None and math.isfinite(exc.retry_after) else 2.0
+            wait = min(max(said, 1.0), 10.0)
+            passes = exc.temporary and (unreachable or exc.kind != "unreachable")
+            if not passes or time.monotonic() + wait > deadline:
                 raise
             time.sleep(wait)
 
@@ -227,7 +231,9 @@ class Client:
             body["reason"] = reason
         headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4().hex}"}
         path = f"/v1/models/{model}/deletion-requests"
-        return cast(dict[str, Any], retried(lambda: self.post(path, body, headers), retry_for))
+        # a server that cannot be reached at all is not waited for here: most often a wrong --url
+        post = retried(lambda: self.post(path, body, headers), retry_for, unreachable=False)
+        return cast(dict[str, Any], post)
 
     def request(self, request_id: str) -> dict[str, Any]:
         return cast(dict[str, Any], self.get(f"/v1/deletion-requests/{request_id}"))

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument(
         "--idempotency-key",
         help="the request's Idempotency-Key (default: one of its own per run); the POST is sent again under "
-        "it for up to a minute while the server is briefly unavailable (503, 429, unreachable), so a lost "
+        "it for up to a minute while the server is briefly unavailable (503, 429), so a lost "
         "answer never makes a second request",
     )
     rq.add_argument(

@@ -195,6 +195,12 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
     for name, shape, dtype, size in checked:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
+        if dtype.kind == "U" and dtype.itemsize // 4 > MAX_ID_CHARS:  # one row would be read whole
+            raise ValueError(
+                f"{name} is stored {dtype.itemsize // 4:,} characters wide; an ID may have at most "
+                f"{MAX_ID_CHARS} (a deletion request could not name a longer one): store the IDs at their "
+                "own width (np.array(ids))"
+            )
     with np.load(path, allow_pickle=False) as data:
         labels = data["y"]
     subjects = None
@@ -204,6 +210,7 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
 
 
 STRING_CHUNK = 8 << 20  # bytes of a string array decoded at a time
+MAX_ID_CHARS = 200  # a sample or subject ID a deletion request can name (registry.register_dataset)
 
 
 def _strings(path: Path, name: str) -> list[str]:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from service.core.dataset_ids import read_ids, read_samples
 from service.core.db.engine import session_scope
 from service.core.db.tables import Dataset, DatasetSample
+from service.core.errors import ProblemError
 from service.core.settings import Settings
 from tests.factories import make_key
 from tests.liveapp import LiveApp, prepared, serve
@@ -218,6 +219,18 @@ def test_npz_ids_and_subjects_are_decoded_a_chunk_at_a_time_not_at_the_width_of_
     assert got.sample_ids[:2] == ["s0", "s1"] and len(got.sample_ids) == n
     assert got.subject_ids is not None and got.subject_ids[:3] == [None, "p1", "p2"]
     assert peak < width // 2, f"peak {peak:,} bytes against {width:,} for the ids as numpy holds them"
+
+
+def test_npz_ids_stored_wider_than_an_id_may_be_are_refused_from_the_header(tmp_path: Path) -> None:
+    """A row is decoded whole: ids declared 500 million characters wide (2 GB a row, a few MB of zeros
+    compressed) would have been read into the API's memory one row at a time (a review)."""
+    path = tmp_path / "wide.npz"
+    np.savez(
+        path, x=np.zeros((2, 1), np.uint8), y=np.zeros(2, np.int64), ids=np.array(["a", "b"], dtype="<U300")
+    )
+    with pytest.raises(ProblemError) as refused:
+        read_samples("npz", path)
+    assert "ids is stored 300 characters wide; an ID may have at most 200" in str(refused.value)
 
 
 def zeros_npz_at(folder: Path, rows: int) -> Path:

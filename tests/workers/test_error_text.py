@@ -67,6 +67,9 @@ def test_a_service_folder_is_matched_whole_and_never_above_a_clients_data_root(t
     assert str(sibling / "train" / "a.png") in said(sibling / "train" / "a.png")
     assert said(f"{tmp_path / 'ckpt'}2/m/v1.st").endswith(f"'{tmp_path / 'ckpt'}2/m/v1.st'")
     assert said(var / "webhook-secret").endswith("'<state folder>/webhook-secret'")
+    inner = f"/mnt{settings.dataset_dir}/a.npz"  # a client's path that holds the folder's spelling inside
+    assert inner in error_text(OSError(f"no such file: {inner}"), settings)
+    assert error_text(OSError(f"cannot list {settings.checkpoint_dir}."), settings).endswith("<checkpoints>.")
     at_root = Settings(UNLEARN_VAR_DIR=str(var), UNLEARN_STORAGE_DIR="/")  # type: ignore[call-arg]
     whole = error_text(FileNotFoundError(2, "No such file or directory", "/data/train/a.png"), at_root)
     assert whole.endswith("'/data/train/a.png'"), whole
