@@ -196,10 +196,11 @@ def _npz(path: Path, max_samples: int | None = None) -> DatasetIds:
         if math.prod(shape) * dtype.itemsize > size:
             raise ValueError(f"array {name} declares more data than the archive holds")
         if dtype.kind == "U" and dtype.itemsize // 4 > MAX_ID_CHARS:  # one row would be read whole
+            what = "subject" if name == "subject_ids" else "sample"
             raise ValueError(
-                f"{name} is stored {dtype.itemsize // 4:,} characters wide; an ID may have at most "
-                f"{MAX_ID_CHARS} (a deletion request could not name a longer one): store the IDs at their "
-                "own width (np.array(ids))"
+                f"{what} ID(s) are stored {dtype.itemsize // 4:,} characters wide, longer than "
+                f"{MAX_ID_CHARS} characters, the most a deletion request can name: store them at their own "
+                "width (np.array(ids))"
             )
     with np.load(path, allow_pickle=False) as data:
         labels = data["y"]

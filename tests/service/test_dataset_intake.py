@@ -230,7 +230,7 @@ def test_npz_ids_stored_wider_than_an_id_may_be_are_refused_from_the_header(tmp_
     )
     with pytest.raises(ProblemError) as refused:
         read_samples("npz", path)
-    assert "ids is stored 300 characters wide; an ID may have at most 200" in str(refused.value)
+    assert "sample ID(s) are stored 300 characters wide, longer than 200" in str(refused.value)
 
 
 def zeros_npz_at(folder: Path, rows: int) -> Path:
